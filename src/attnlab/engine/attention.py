@@ -1,0 +1,196 @@
+"""The one attention function attnlab registers with transformers.
+
+transformers 5 routes every attention layer through ``AttentionInterface``: the layer
+computes q, k, v (after rotary embedding) and hands them to a registered function. attnlab
+registers two names, ``attnlab_sdpa`` and ``attnlab_eager`` (each with the mask function
+of its parent, so padding masks keep working), and the function below does one of two
+things per layer:
+
+* no hook is attached to this layer: call the fused fast path (sdpa) or eager as before;
+* some hook is attached: compute attention explicitly, passing q, k, v, scores, pattern
+  and z through the layer's :class:`AttentionHooks` so they can be read or overwritten.
+
+The explicit path does the same arithmetic as transformers' eager attention (bit-exact
+for identity edits); the fast path is exactly the model's own sdpa call.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+
+from attnlab.engine.locations import SITES
+
+__all__ = ["AttentionHooks", "SiteHookPoint", "IMPLEMENTATIONS", "register_attention", "attach", "detach", "hooks_of"]
+
+#: Our implementation name for each original one (flash/flex kernels fall back to sdpa).
+IMPLEMENTATIONS = {"sdpa": "attnlab_sdpa", "eager": "attnlab_eager"}
+
+_ATTR = "_attnlab_hooks"
+
+
+class SiteHookPoint(HookPoint):
+    """A TransformerLens hook point that also knows its layer, site and query offset.
+
+    ``query_offset`` is the absolute position of the first query row in this call (non-zero
+    when generating with a KV cache), so position-aware hooks address the same token
+    whether the model recomputes everything or reuses its cache.
+    """
+
+    def __init__(self, layer: int, site: str):
+        super().__init__()
+        self.layer_index = layer
+        self.site = site
+        self.query_offset = 0
+
+    def is_hooked(self) -> bool:
+        return bool(self._forward_hooks)
+
+
+class AttentionHooks(nn.Module):
+    """The six hook points of one attention layer (``hook_q`` ... ``hook_z``)."""
+
+    def __init__(self, layer: int):
+        super().__init__()
+        self.layer_index = layer
+        for site in SITES:
+            self.add_module(f"hook_{site}", SiteHookPoint(layer, site))
+
+    def points(self) -> list[SiteHookPoint]:
+        return [getattr(self, f"hook_{site}") for site in SITES]
+
+    def any_hooked(self) -> bool:
+        return any(p._forward_hooks for p in self.points())
+
+
+def attach(attention_module: nn.Module, hooks: AttentionHooks) -> None:
+    """Tie ``hooks`` to an HF attention module without registering them as its submodule."""
+    object.__setattr__(attention_module, _ATTR, hooks)
+
+
+def detach(attention_module: nn.Module) -> None:
+    if _ATTR in attention_module.__dict__:
+        object.__delattr__(attention_module, _ATTR)
+
+
+def hooks_of(attention_module: nn.Module) -> AttentionHooks | None:
+    return attention_module.__dict__.get(_ATTR)
+
+
+def _run(point: SiteHookPoint, x: torch.Tensor) -> torch.Tensor:
+    # Calling an un-hooked HookPoint costs a module call; skip it on the hot path.
+    return point(x) if point._forward_hooks else x
+
+
+def _causal_bool_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """``[1, 1, q, k]`` True where query i (absolute k_len - q_len + i) may see key j."""
+    q_abs = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    return (q_abs >= torch.arange(k_len, device=device)[None, :])[None, None]
+
+
+def explicit_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    hooks: AttentionHooks | None,
+    *,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    is_causal: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with a hook point at every site.
+
+    Shapes in: query ``[batch, head, q_pos, d_head]``, key/value ``[batch, kv_head, k_pos, d_head]``.
+    Shapes out: z ``[batch, q_pos, head, d_head]`` (what the HF layer expects), pattern
+    ``[batch, head, q_pos, k_pos]``.
+    """
+    n_heads, q_len, k_len = query.shape[1], query.shape[2], key.shape[2]
+    group = n_heads // key.shape[1]
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    if group > 1:  # one key/value per *query* head, so an edit at head h touches head h only
+        key = repeat(key, "b kvh k d -> b (kvh g) k d", g=group)
+        value = repeat(value, "b kvh k d -> b (kvh g) k d", g=group)
+
+    if hooks is not None:
+        offset = k_len - q_len
+        for point in hooks.points():
+            point.query_offset = offset
+        if hooks.hook_q._forward_hooks:
+            query = rearrange(hooks.hook_q(rearrange(query, "b h p d -> b p h d")), "b p h d -> b h p d")
+        if hooks.hook_k._forward_hooks:
+            key = rearrange(hooks.hook_k(rearrange(key, "b h p d -> b p h d")), "b p h d -> b h p d")
+        if hooks.hook_v._forward_hooks:
+            value = rearrange(hooks.hook_v(rearrange(value, "b h p d -> b p h d")), "b p h d -> b h p d")
+
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, head, q_pos, k_pos]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask[..., :k_len]
+    else:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        if causal and q_len > 1:
+            allowed = _causal_bool_mask(q_len, k_len, scores.device)
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    if hooks is not None:
+        scores = _run(hooks.hook_attn_scores, scores)
+
+    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if hooks is not None:
+        pattern = _run(hooks.hook_pattern, pattern)
+    if dropout and module.training:
+        pattern = nn.functional.dropout(pattern, p=dropout, training=True)
+
+    z = torch.matmul(pattern, value).transpose(1, 2)  # [batch, q_pos, head, d_head]
+    if hooks is not None:
+        z = _run(hooks.hook_z, z)
+    return z.contiguous(), pattern
+
+
+def _attnlab_attention(fast_path):
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        hooks = hooks_of(module)
+        if hooks is None or not hooks.any_hooked():
+            if fast_path is None:
+                return explicit_attention(
+                    module, query, key, value, attention_mask, None,
+                    dropout=dropout, scaling=scaling, softcap=kwargs.get("softcap"), is_causal=kwargs.get("is_causal"),
+                )
+            return fast_path(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return explicit_attention(
+            module, query, key, value, attention_mask, hooks,
+            dropout=dropout, scaling=scaling, softcap=kwargs.get("softcap"), is_causal=kwargs.get("is_causal"),
+        )
+
+    return attention
+
+
+_registered = False
+
+
+def register_attention() -> None:
+    """Register ``attnlab_sdpa`` and ``attnlab_eager`` (idempotent).
+
+    Each name also gets its parent's mask function: without it transformers builds no
+    padding mask for an unknown name, and padded rows silently come out wrong.
+    """
+    global _registered
+    if _registered:
+        return
+    AttentionInterface.register("attnlab_sdpa", _attnlab_attention(sdpa_attention_forward))
+    AttentionInterface.register("attnlab_eager", _attnlab_attention(None))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("attnlab_sdpa", sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("attnlab_eager", eager_mask)
+    _registered = True

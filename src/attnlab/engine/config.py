@@ -1,0 +1,62 @@
+"""What attnlab needs to know about a model's attention, read once from its HF config."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["ModelConfig", "config_from_hf"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Attention geometry of a wrapped model (the names follow TransformerLens)."""
+
+    name: str  # short name used in messages, e.g. "gemma-3-270m"
+    architecture: str  # HF model_type: "bert", "gpt2", "llama", "gemma3_text", ...
+    n_layers: int  # attention layers, indexed 0..n_layers-1
+    n_heads: int  # query heads per layer
+    n_kv_heads: int  # key/value heads per layer (< n_heads under grouped-query attention)
+    d_head: int  # width of one head's q/k/v vectors
+    d_model: int  # residual stream width
+    is_causal: bool  # decoder (True) or bidirectional encoder (False)
+    n_ctx: int | None  # longest sequence the model was trained for, if the config says
+    has_lm_head: bool  # calling the model returns vocabulary logits (else hidden states)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def layer_range(self) -> str:
+        return f"layers 0..{self.n_layers - 1}"
+
+    def head_range(self) -> str:
+        return f"heads 0..{self.n_heads - 1}"
+
+
+def _first(cfg, *names, default=None):
+    for name in names:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def config_from_hf(hf_config, *, name: str, n_layers: int, is_causal: bool, has_lm_head: bool) -> ModelConfig:
+    """Read head counts and widths from an HF config (text sub-config where there is one)."""
+    cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    d_model = int(_first(cfg, "hidden_size", "n_embd", "d_model"))
+    n_heads = int(_first(cfg, "num_attention_heads", "n_head", "num_heads"))
+    n_kv_heads = int(_first(cfg, "num_key_value_heads", default=n_heads))
+    d_head = int(_first(cfg, "head_dim", default=d_model // n_heads))
+    n_ctx = _first(cfg, "max_position_embeddings", "n_positions", "n_ctx")
+    return ModelConfig(
+        name=name,
+        architecture=str(getattr(cfg, "model_type", type(cfg).__name__)),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_head=d_head,
+        d_model=d_model,
+        is_causal=is_causal,
+        n_ctx=int(n_ctx) if n_ctx is not None else None,
+        has_lm_head=has_lm_head,
+    )

@@ -1,0 +1,56 @@
+"""The one family of errors attnlab raises.
+
+Every error names what was wrong and the valid range or set, so a researcher can fix the
+call without reading the source. Children also inherit the matching built-in exception
+(``except IndexError`` keeps working for an out-of-range layer).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "AttnlabError",
+    "InvalidLocation",
+    "InvalidSpec",
+    "ShapeMismatch",
+    "UnsupportedModel",
+    "InvalidInput",
+    "DataFormatError",
+    "did_you_mean",
+]
+
+
+class AttnlabError(Exception):
+    """Base class of every error attnlab raises on purpose."""
+
+
+class InvalidLocation(AttnlabError, IndexError):
+    """A layer, head, dimension, position or hook name that the model does not have."""
+
+
+class InvalidSpec(AttnlabError, ValueError):
+    """An intervention or option that is malformed (unknown method, NaN values, ...)."""
+
+
+class ShapeMismatch(AttnlabError, ValueError):
+    """A supplied tensor whose shape does not fit the place it is written to."""
+
+
+class UnsupportedModel(AttnlabError, TypeError):
+    """A model whose attention attnlab cannot reach (e.g. a state-space model)."""
+
+
+class InvalidInput(AttnlabError, ValueError):
+    """Prompts, token strings or data that cannot be used (empty, too long, mismatched)."""
+
+
+class DataFormatError(AttnlabError, ValueError):
+    """A data file (CoNLL-U, WinoBias, Winogender, JSON spec) with a malformed line."""
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest option, or ``""`` if none is close."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
