@@ -242,6 +242,8 @@ class HookedModel(HookedRootModule):
         if return_type not in ("logits", "hidden", "outputs"):
             raise InvalidInput(f"unknown return_type {return_type!r}; valid: 'logits', 'hidden', 'outputs'")
         inputs = self._inputs(input, attention_mask)
+        if return_type == "hidden" and self.cfg.has_lm_head:
+            hf_kwargs.setdefault("output_hidden_states", True)
         out = self.hf_model(**inputs, **hf_kwargs)
         if return_type == "outputs":
             return out
