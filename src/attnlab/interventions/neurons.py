@@ -1,0 +1,61 @@
+"""Scale or set single q/k/v dimensions ("neurons") of a head.
+
+On rotary models q and k are read *after* rotation, so dimension d is mixed with its
+rotary partner; scale both dimensions of a pair to act on one frequency.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnlab.errors import InvalidLocation, InvalidSpec
+from attnlab.interventions._base import Intervention, as_index_tuple, check_site, register
+
+__all__ = ["EditNeuron", "NEURON_SITES"]
+
+NEURON_SITES = ("q", "k", "v")
+
+
+@register
+class EditNeuron(Intervention):
+    """Multiply (``scale=``) or overwrite (``value=``) dimension(s) ``dim`` of a head's q, k or v.
+
+    >>> EditNeuron(2, 1, site="k", dim=7, scale=0.0)
+    EditNeuron(layer=2, head=1, site='k', dim=7, scale=0.0)
+    """
+
+    kind = "edit_neuron"
+    fields = ("site", "dim", "scale", "value")
+    defaults = {"scale": None, "value": None}
+
+    def __init__(self, layer: int, head=None, *, site: str, dim, scale=None, value=None, positions=None, rows=None):
+        super().__init__(layer, head, positions=positions, rows=rows)
+        self.site = check_site(site, NEURON_SITES, "EditNeuron")
+        dims = as_index_tuple(dim, "dim")
+        if dims is None:
+            raise InvalidSpec("EditNeuron needs dim= (an int or a list of ints)")
+        self.dim = dims[0] if len(dims) == 1 else list(dims)
+        self._dims = dims
+        if (scale is None) == (value is None):
+            raise InvalidSpec("EditNeuron needs exactly one of scale= or value=")
+        for name, v in (("scale", scale), ("value", value)):
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or abs(v) == float("inf")):
+                raise InvalidSpec(f"{name} must be a finite number, got {v!r}")
+        self.scale = float(scale) if scale is not None else None
+        self.value = float(value) if value is not None else None
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        for d in self._dims:
+            if d >= cfg.d_head:
+                raise InvalidLocation(f"dim {d} out of range: {cfg.name} has d_head={cfg.d_head} (dims 0..{cfg.d_head - 1})")
+
+    def location_mask(self, x: torch.Tensor, query_offset: int = 0) -> torch.Tensor:
+        dims = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
+        dims[list(self._dims)] = True
+        return super().location_mask(x, query_offset) & dims
+
+    def edit_fn(self, model):
+        if self.scale is not None:
+            return lambda x, hook: x * self.scale
+        return lambda x, hook: torch.full_like(x, self.value)
