@@ -1,0 +1,149 @@
+"""Distances between heads (Jensen-Shannon divergence of their attention) and a 2-D map of them.
+
+Clark et al. (2019, section 6): two heads are close when, for the same query token, they
+spread attention over the keys in the same way. The distance between heads a and b is
+
+    D(a, b) = mean over sentences and query tokens i of JS(a_i || b_i),
+    JS(p || q) = 1/2 KL(p || m) + 1/2 KL(q || m),  m = (p + q) / 2   (nats, at most log 2),
+
+and multidimensional scaling (scikit-learn, fixed random state) places the heads in 2-D.
+Each head also gets a behaviour label from its statistics (see :func:`behaviour`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+
+from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis.heads import HeadStats, entropy, head_stats
+from attnlab.errors import InvalidInput
+
+__all__ = ["js_divergence_matrix", "head_distances", "HeadMap", "behaviour", "BEHAVIOURS"]
+
+BEHAVIOURS = ("special", "previous", "next", "self", "broad", "other")
+
+
+def js_divergence_matrix(pattern: Float[torch.Tensor, "n_heads query key"]) -> Float[torch.Tensor, "n_heads n_heads"]:
+    """Mean over query rows of the JS divergence between every pair of heads' attention rows."""
+    p = pattern.double()
+    h_each = entropy(p)  # [head, query]
+    out = torch.zeros(p.shape[0], p.shape[0], dtype=torch.float64)
+    for a in range(p.shape[0]):
+        m = (p[a : a + 1] + p) / 2  # [head, query, key]
+        js = entropy(m) - (h_each[a : a + 1] + h_each) / 2  # JS = H(m) - (H(p) + H(q)) / 2
+        out[a] = js.clamp_min(0).mean(-1)
+    return out
+
+
+def behaviour(stats: pd.DataFrame, *, threshold: float = 0.5, broad: float = 0.7) -> pd.Series:
+    """Label each head: ``special`` (> threshold of its attention on special tokens),
+    ``previous`` / ``next`` / ``self`` (> threshold on that token), ``broad`` (entropy above
+    ``broad`` x the uniform entropy), else ``other``. Checked in that order."""
+    labels = []
+    for _, r in stats.iterrows():
+        if r["special"] > threshold:
+            labels.append("special")
+        elif r["prev"] > threshold:
+            labels.append("previous")
+        elif r["next"] > threshold:
+            labels.append("next")
+        elif r["self"] > threshold:
+            labels.append("self")
+        elif r["uniform_entropy"] > 0 and r["entropy"] > broad * r["uniform_entropy"]:
+            labels.append("broad")
+        else:
+            labels.append("other")
+    return pd.Series(labels, index=stats.index, name="behaviour")
+
+
+@dataclass
+class HeadMap:
+    """JS distances between all heads and their 2-D MDS embedding.
+
+    ``distances``: ``[n_layers * n_heads]`` square matrix, head index = layer * n_heads + head.
+    ``df``: one row per head with ``layer, head, x, y, behaviour``.
+    """
+
+    distances: np.ndarray
+    df: pd.DataFrame
+    model_name: str
+
+    def distance(self, a: tuple[int, int], b: tuple[int, int]) -> float:
+        n_heads = int(self.df["head"].max()) + 1
+        return float(self.distances[a[0] * n_heads + a[1], b[0] * n_heads + b[1]])
+
+    def plot(self):
+        """Two panels like Clark et al. Fig. 6: the MDS map coloured by layer and by behaviour."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
+        sc = a.scatter(self.df["x"], self.df["y"], c=self.df["layer"], cmap="viridis", s=28)
+        fig.colorbar(sc, ax=a, label="layer")
+        a.set_title("heads coloured by layer")
+        for i, name in enumerate(BEHAVIOURS):
+            sub = self.df[self.df["behaviour"] == name]
+            if len(sub):
+                b.scatter(sub["x"], sub["y"], s=28, color=f"C{i}", label=name)
+        b.legend(frameon=False, fontsize=8)
+        b.set_title("heads coloured by behaviour")
+        for ax in (a, b):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(f"{self.model_name}: MDS of Jensen-Shannon distances between heads")
+        fig.tight_layout()
+        return fig
+
+
+@torch.no_grad()
+def head_distances(
+    model,
+    corpus,
+    *,
+    stats: HeadStats | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> HeadMap:
+    """JS distances between every pair of heads over ``corpus``, with an MDS map and behaviour labels.
+
+    >>> from attnlab.testing import tiny_model
+    >>> hm = head_distances(tiny_model("gpt2"), ["the nurse said that she left ."], progress=False)
+    >>> hm.distances.shape, bool((hm.distances.diagonal() == 0).all())
+    ((8, 8), True)
+    """
+    from sklearn.manifold import MDS
+
+    sentences = prepare(model, corpus)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    total = torch.zeros(L * H, L * H, dtype=torch.float64)
+    n = 0
+    for s in attention_batches(model, sentences, batch_size=batch_size, progress=progress, desc="head distances"):
+        flat = s.pattern.reshape(L * H, s.n_tokens, s.n_tokens)  # [(layer head), query, key]
+        total += js_divergence_matrix(flat)
+        n += 1
+    dist = (total / n).numpy()
+    dist = (dist + dist.T) / 2
+    np.fill_diagonal(dist, 0.0)
+    if L * H >= 3:
+        mds = MDS(n_components=2, metric="precomputed", random_state=seed, n_init=4, init="random", normalized_stress="auto")
+        xy = mds.fit_transform(dist)
+    else:
+        xy = np.zeros((L * H, 2))
+    if stats is None:
+        stats = head_stats(model, corpus, batch_size=batch_size, progress=progress)
+    elif len(stats.df) != L * H:
+        raise InvalidInput(f"stats has {len(stats.df)} heads but {model.cfg.name} has {L * H}")
+    df = pd.DataFrame({
+        "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L), "x": xy[:, 0], "y": xy[:, 1],
+    })
+    df["behaviour"] = behaviour(stats.df.sort_values(["layer", "head"]).reset_index(drop=True)).values
+    return HeadMap(distances=dist, df=df, model_name=model.cfg.name)
