@@ -180,7 +180,18 @@ def load(
             spec = spec.to(dtype)
         if device is not None:
             spec = spec.to(device)
-        return HookedModel(spec, tokenizer, name=name, bridge=bridge)
+        if bridge is None:
+            return HookedModel(spec, tokenizer, name=name)
+        try:
+            return HookedModel(spec, tokenizer, name=name, bridge=bridge)
+        except UnsupportedModel as err:
+            kinds = sorted({type(m).__name__ for m in spec.modules() if type(m).__name__.endswith("AttentionBridge")})
+            raise UnsupportedModel(
+                f"this TransformerBridge recomputes attention itself ({', '.join(kinds) or 'its own attention'}) "
+                "instead of calling the Hugging Face attention module, so attnlab's hooks would never run. "
+                "Load the Hugging Face model instead: attnlab.load(hf_model, tokenizer=tok), with a model the "
+                f"bridge has not wrapped (booting a bridge replaces its modules in place). ({err})"
+            ) from None
     if not isinstance(spec, (str, os.PathLike)):
         raise InvalidInput(
             f"load() takes a model name, path, transformers model or TransformerBridge, got {type(spec).__name__}"

@@ -17,8 +17,8 @@ from jaxtyping import Float, Int
 from torch import nn
 from transformer_lens import ActivationCache, HookedRootModule
 
-from attnlab.engine.adapters import find_attention_modules, is_causal_model, switch_implementation
-from attnlab.engine.attention import AttentionHooks, SiteHookPoint, attach
+from attnlab.engine.adapters import find_attention_modules, is_causal_model, restore_implementation, switch_implementation
+from attnlab.engine.attention import AttentionHooks, SiteHookPoint, attach, detach
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.locations import SITES, hook_name
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, UnsupportedModel, did_you_mean
@@ -54,6 +54,16 @@ class HookedModel(HookedRootModule):
         super().__init__()
         attention_modules = find_attention_modules(hf_model)
         self.original_attn_implementation = switch_implementation(hf_model)
+        try:
+            self._build(hf_model, tokenizer, attention_modules, name=name, bridge=bridge)
+        except BaseException:
+            # a model we cannot wrap is handed back exactly as it came
+            restore_implementation(hf_model, self.original_attn_implementation)
+            for module in attention_modules:
+                detach(module)
+            raise
+
+    def _build(self, hf_model, tokenizer, attention_modules, *, name, bridge) -> None:
         self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
         self.bridge = bridge
