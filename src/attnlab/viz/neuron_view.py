@@ -1,0 +1,79 @@
+"""Neuron view (Vig 2019): how one head's query and key vectors produce its attention.
+
+For a query token and each key: q, k, their elementwise product q*k (whose sum is the raw
+score), the scaled score q.k and the softmax. q and k are read at ``hook_q``/``hook_k``,
+i.e. after rotary embeddings and q/k norms, exactly what the scores are computed from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from einops import einsum
+
+from attnlab.errors import InvalidLocation
+from attnlab.viz._data import (
+    DEFAULT_MAX_TOKENS, base_payload, encode, interventions_tuple, read_sites, select, to_list,
+)
+from attnlab.viz._html import View
+
+__all__ = ["neuron_view", "effective_scale"]
+
+
+def neuron_view(
+    model,
+    text,
+    *,
+    layers: int | Sequence[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    query: int | None = None,
+    interventions=(),
+    max_tokens: int = 32,
+) -> View:
+    """q, k, q*k, q.k and softmax for every selected layer/head and every query token.
+
+    >>> from attnlab.testing import tiny_model
+    >>> view = neuron_view(tiny_model("llama"), "the nurse said that she", layers=0, heads=[1])
+    >>> len(view.data["q"][0][0][0])  # d_head
+    8
+
+    The page holds q and k (layers x heads x tokens x d_head each), so the default token
+    cap is smaller than the other views'; restrict ``layers``/``heads`` for big models.
+    ``query`` is the token selected first (default: the last token of a decoder, the first
+    word of an encoder input).
+    """
+    specs = interventions_tuple(interventions)
+    layer_list = select(layers, model.cfg.n_layers, "layer", model.cfg.name)
+    head_list = select(heads, model.cfg.n_heads, "head", model.cfg.name)
+    enc = encode(model, text, max_tokens=max_tokens, view="neuron view")
+    n = enc.n_tokens
+    if query is None:
+        query = n - 1 if model.cfg.is_causal else min(1, n - 1)
+    if not isinstance(query, int) or isinstance(query, bool) or not 0 <= query < n:
+        raise InvalidLocation(f"query token {query!r} out of range: this input has tokens 0..{n - 1}")
+    sites = read_sites(model, enc, layer_list, ["q", "k", "attn_scores", "pattern"], specs)
+    data = base_payload(model, enc, "neuron", "Neuron view", layer_list, head_list, specs)
+    data["query"] = query
+    data["q"], data["k"], data["scores"], data["attention"], data["scales"] = [], [], [], [], []
+    for layer in layer_list:
+        q = sites[(layer, "q")][:, head_list]  # [pos, head, d_head]
+        k = sites[(layer, "k")][:, head_list]
+        scores = sites[(layer, "attn_scores")][head_list]  # [head, query, key]
+        masked = scores <= np.finfo(np.float32).min / 2
+        data["q"].append(to_list(np.moveaxis(q, 1, 0)))  # [head, pos, d_head]
+        data["k"].append(to_list(np.moveaxis(k, 1, 0)))
+        rounded = np.round(scores.astype(np.float64), 4).astype(object)
+        rounded[masked] = None
+        data["scores"].append(rounded.tolist())
+        data["attention"].append(to_list(sites[(layer, "pattern")][head_list]))
+        data["scales"].append(effective_scale(q, k, scores, masked))
+    return View("neuron", f"Neuron view: {model.cfg.name}", data)
+
+
+def effective_scale(q: np.ndarray, k: np.ndarray, scores: np.ndarray, masked: np.ndarray) -> float:
+    """The factor s with scores = s * (q . k) (least squares over unmasked entries; 1/sqrt(d) usually)."""
+    dots = einsum(q.astype(np.float64), k.astype(np.float64), "qp h d, kp h d -> h qp kp")
+    keep = ~masked
+    denom = float((dots[keep] ** 2).sum())
+    return float((scores.astype(np.float64)[keep] * dots[keep]).sum() / denom) if denom > 0 else 1.0
