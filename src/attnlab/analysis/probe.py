@@ -1,0 +1,192 @@
+"""An attention-probe dependency parser (Clark et al. 2019, section 5).
+
+Each word i picks its head j (a word, or the root) with probability
+
+    p(head(i) = j) ∝ exp( sum over heads f of  w_f * A_f[i, j] + u_f * A_f[j, i]  + b[clip(j - i, -K, K)] )
+
+where A_f is head f's word-level attention map: the learned weights combine every head's
+attention in both directions, and ``b`` is an optional relative-position feature. The
+root candidate has its own weights applied to attention to / from the first special
+token ([CLS] or BOS). Training maximises the log-likelihood of the gold heads with Adam;
+everything (initialisation, shuffling) is fixed by ``seed``. Evaluation reports UAS
+(unlabelled attachment score: the fraction of words given the right head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from attnlab.analysis.conllu import DependencySentence
+from attnlab.analysis.syntax import _check_sentences, word_maps
+from attnlab.errors import InvalidInput
+
+__all__ = ["AttentionProbe", "ProbeScore"]
+
+
+class _Scorer(nn.Module):
+    def __init__(self, n_features: int, max_offset: int, distance: bool):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(n_features))  # dependent -> candidate attention
+        self.u = nn.Parameter(torch.zeros(n_features))  # candidate -> dependent attention
+        self.w_root = nn.Parameter(torch.zeros(n_features))
+        self.u_root = nn.Parameter(torch.zeros(n_features))
+        self.root_bias = nn.Parameter(torch.zeros(()))
+        self.max_offset = max_offset
+        self.dist = nn.Parameter(torch.zeros(2 * max_offset + 1)) if distance else None
+
+    def forward(self, maps: torch.Tensor, n_words: torch.Tensor) -> torch.Tensor:
+        """``maps`` [batch, feature, 1+N, 1+N] -> scores [batch, 1+N (dependent), 1+N (candidate)], invalid = -inf."""
+        b, _, size, _ = maps.shape
+        fwd = torch.einsum("f,bfij->bij", self.w, maps)
+        bwd = torch.einsum("f,bfji->bij", self.u, maps)
+        scores = fwd + bwd
+        root = torch.einsum("f,bfi->bi", self.w_root, maps[:, :, :, 0]) + torch.einsum("f,bfi->bi", self.u_root, maps[:, :, 0, :])
+        scores[:, :, 0] = root + self.root_bias
+        pos = torch.arange(size)
+        if self.dist is not None:
+            off = (pos[None, :] - pos[:, None]).clamp(-self.max_offset, self.max_offset) + self.max_offset  # [i, j]
+            extra = self.dist[off]
+            extra[:, 0] = 0.0
+            scores = scores + extra[None]
+        valid = pos[None, None, :] <= n_words[:, None, None]  # candidate exists
+        valid = valid & (pos[None, :, None] != pos[None, None, :])  # never itself
+        return scores.masked_fill(~valid, float("-inf"))
+
+
+def _stack(maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    size = max(m.shape[-1] for m in maps)
+    out = torch.zeros(len(maps), maps[0].shape[0] * maps[0].shape[1], size, size)
+    for i, m in enumerate(maps):
+        k = m.shape[-1]
+        out[i, :, :k, :k] = m.reshape(-1, k, k)  # [(layer head), 1+n, 1+n]
+    return out, torch.tensor([m.shape[-1] - 1 for m in maps])
+
+
+def _gold(sentences: Sequence[DependencySentence], size: int) -> torch.Tensor:
+    gold = torch.full((len(sentences), size), -100, dtype=torch.long)  # -100: ignored
+    for i, s in enumerate(sentences):
+        gold[i, 1 : len(s) + 1] = torch.tensor(s.heads)
+    return gold
+
+
+@dataclass
+class ProbeScore:
+    """UAS of the probe and of two simple baselines on the same words."""
+
+    uas: float
+    n_words: int
+    n_sentences: int
+    right_branching: float  # every word's head is the next word
+    left_branching: float  # every word's head is the previous word
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{
+            "parser": "attention probe", "uas": self.uas}, {"parser": "head = next word", "uas": self.right_branching},
+            {"parser": "head = previous word", "uas": self.left_branching},
+        ]).assign(n_words=self.n_words)
+
+
+class AttentionProbe:
+    """Predict each word's syntactic head from all heads' attention maps (both directions).
+
+    >>> from attnlab.analysis.conllu import parse_conllu
+    >>> from attnlab.testing import tiny_model
+    >>> sents = parse_conllu("1\\tshe\\t_\\t_\\t_\\t_\\t2\\tnsubj\\t_\\t_\\n2\\tleft\\t_\\t_\\t_\\t_\\t0\\troot\\t_\\t_\\n")
+    >>> probe = AttentionProbe(epochs=20, seed=0).fit(tiny_model("bert"), sents, progress=False)
+    >>> probe.evaluate(tiny_model("bert"), sents, progress=False).uas
+    1.0
+    """
+
+    def __init__(
+        self,
+        *,
+        distance_features: bool = True,
+        max_offset: int = 5,
+        epochs: int = 30,
+        lr: float = 0.05,
+        batch_size: int = 32,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ):
+        for name, v in (("epochs", epochs), ("batch_size", batch_size), ("max_offset", max_offset)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
+        if not lr > 0:
+            raise InvalidInput(f"lr must be > 0, got {lr!r}")
+        self.distance_features = distance_features
+        self.max_offset = max_offset
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.seed = seed
+        self.scorer: _Scorer | None = None
+        self.losses: list[float] = []
+        self._shape: tuple[int, int] | None = None
+
+    def fit(self, model, sentences: Sequence[DependencySentence], *, maps: Sequence[torch.Tensor] | None = None,
+            progress: bool = True) -> AttentionProbe:
+        """Train on ``sentences`` (their word maps are computed unless ``maps`` is given)."""
+        from tqdm.auto import tqdm
+
+        sentences = _check_sentences(sentences)
+        maps = list(maps) if maps is not None else word_maps(model, sentences, progress=progress)
+        if len(maps) != len(sentences):
+            raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
+        self._shape = tuple(maps[0].shape[:2])
+        gen = torch.Generator().manual_seed(self.seed)
+        self.scorer = _Scorer(self._shape[0] * self._shape[1], self.max_offset, self.distance_features)
+        opt = torch.optim.Adam(self.scorer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        order = sorted(range(len(maps)), key=lambda i: maps[i].shape[-1])  # batches of similar length
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        packed = []
+        for idx in batches:
+            x, n = _stack([maps[i] for i in idx])
+            packed.append((x, n, _gold([sentences[i] for i in idx], x.shape[-1])))
+        self.losses = []
+        for _ in tqdm(range(self.epochs), desc="probe", disable=not progress):
+            total = 0.0
+            for b in torch.randperm(len(packed), generator=gen).tolist():
+                x, n, gold = packed[b]
+                scores = self.scorer(x, n)  # [batch, dependent, candidate]
+                safe = scores.masked_fill(gold[..., None] == -100, 0.0)  # padded rows: no NaN from all -inf
+                loss = nn.functional.cross_entropy(safe.reshape(-1, safe.shape[-1]), gold.reshape(-1), ignore_index=-100)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+            self.losses.append(total / len(packed))
+        return self
+
+    @torch.no_grad()
+    def predict(self, maps: Sequence[torch.Tensor]) -> list[list[int]]:
+        """Predicted head (0 = root) of every word of every sentence."""
+        if self.scorer is None:
+            raise InvalidInput("the probe is not trained yet: call fit() first")
+        out = []
+        for m in maps:
+            if tuple(m.shape[:2]) != self._shape:
+                raise InvalidInput(f"maps have {tuple(m.shape[:2])} layers x heads but the probe was trained on {self._shape}")
+            x, n = _stack([m])
+            out.append(self.scorer(x, n)[0, 1:].argmax(-1).tolist())
+        return out
+
+    def evaluate(self, model, sentences: Sequence[DependencySentence], *, maps: Sequence[torch.Tensor] | None = None,
+                 progress: bool = True) -> ProbeScore:
+        """UAS on ``sentences`` (every word counted, punctuation included)."""
+        sentences = _check_sentences(sentences)
+        maps = list(maps) if maps is not None else word_maps(model, sentences, progress=progress)
+        preds = self.predict(maps)
+        right = left = correct = total = 0
+        for s, p in zip(sentences, preds):
+            for i, (h, ph) in enumerate(zip(s.heads, p), start=1):
+                correct += h == ph
+                right += h == (i + 1 if i < len(s) else 0)
+                left += h == i - 1
+                total += 1
+        return ProbeScore(correct / total, total, len(sentences), right / total, left / total)

@@ -1,0 +1,196 @@
+"""Heads as dependency parsers (Clark et al. 2019, section 4).
+
+For every relation and every head, in both directions:
+
+* ``dep->head``: the word a dependent attends to most (itself and special tokens
+  excluded) is predicted to be its syntactic head;
+* ``head->dep``: the word a head word attends to most is predicted to be the dependent.
+
+Accuracy is the fraction of arcs of that relation predicted right. The baseline is the
+best *fixed offset* for the relation: always predicting the word ``k`` positions away,
+with ``k`` chosen on the same data (so it is an upper bound for any fixed-offset rule).
+Attention is converted to word level first (see :func:`attnlab.analysis.word_attention`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis.conllu import DependencySentence
+from attnlab.analysis.heads import word_attention
+from attnlab.errors import InvalidInput
+
+__all__ = ["word_maps", "relation_accuracy", "RelationAccuracy", "DIRECTIONS"]
+
+DIRECTIONS = ("dep->head", "head->dep")
+
+
+def _check_sentences(sentences) -> list[DependencySentence]:
+    sentences = list(sentences) if not isinstance(sentences, DependencySentence) else [sentences]
+    if not sentences:
+        raise InvalidInput("no sentences given: pass a non-empty list of DependencySentence (see read_conllu)")
+    for i, s in enumerate(sentences):
+        if not isinstance(s, DependencySentence):
+            raise InvalidInput(f"sentence {i} is a {type(s).__name__}; pass DependencySentence objects from read_conllu")
+    return sentences
+
+
+@torch.no_grad()
+def word_maps(
+    model,
+    sentences: Sequence[DependencySentence],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    interventions: Sequence = (),
+) -> list[torch.Tensor]:
+    """Word-level attention of every sentence as ``[layer, head, 1 + n_words, 1 + n_words]``.
+
+    Index 0 is the first special token ([CLS] or BOS; zeros if the tokenizer adds none),
+    which stands for the root; indices 1..n are the CoNLL-U words, so gold heads index it
+    directly. Other special tokens ([SEP]) are dropped.
+    """
+    sentences = _check_sentences(sentences)
+    prepared = prepare(model, [s.words for s in sentences])
+    out: list[torch.Tensor | None] = [None] * len(prepared)
+    index = {id(p): i for i, p in enumerate(prepared)}
+    for s in attention_batches(model, prepared, batch_size=batch_size, progress=progress,
+                               interventions=interventions, desc="word attention"):
+        full = word_attention(s.pattern, s)  # [layer, head, unit, unit]
+        words = sorted((u for u, w in enumerate(s.word_index) if w is not None), key=lambda u: s.word_index[u])
+        first = [u for u, w in enumerate(s.word_index) if w is None][:1]
+        idx = torch.tensor(first + words)
+        m = full.index_select(-2, idx).index_select(-1, idx)
+        if not first:  # no special token: an all-zero root row and column
+            m = torch.nn.functional.pad(m, (1, 0, 1, 0))
+        out[index[id(s)]] = m
+        s.pattern = None  # free the token-level map
+    return out  # type: ignore[return-value]
+
+
+def _argmax_excluding(rows: torch.Tensor, exclude: int) -> torch.Tensor:
+    """Argmax over word columns 1..n of ``[..., 1 + n]`` rows, never choosing ``exclude`` or the root column."""
+    r = rows.clone()
+    r[..., 0] = -1.0
+    r[..., exclude] = -1.0
+    return r.argmax(-1)
+
+
+@dataclass
+class RelationAccuracy:
+    """Per-relation accuracy of every head; ``per_head`` has one row per (relation, direction, layer, head)."""
+
+    per_head: pd.DataFrame
+    baselines: pd.DataFrame  # relation, count, offset, accuracy
+    model_name: str
+
+    def table(self, *, min_count: int = 1, relations: Sequence[str] | None = None) -> pd.DataFrame:
+        """Clark et al. Table 1: for each relation, the best head (either direction) next to the best fixed offset."""
+        ph = self.per_head
+        best = ph.loc[ph.groupby("relation")["accuracy"].idxmax()]
+        t = best.merge(self.baselines, on=["relation", "count"], suffixes=("", "_baseline"))
+        t = t.rename(columns={"offset": "baseline_offset", "accuracy_baseline": "baseline_accuracy"})
+        t = t[t["count"] >= min_count]
+        if relations is not None:
+            t = t[t["relation"].isin(list(relations))]
+        cols = ["relation", "count", "direction", "layer", "head", "accuracy", "baseline_offset", "baseline_accuracy"]
+        return t[cols].sort_values("count", ascending=False).reset_index(drop=True)
+
+    def head_matrix(self, relation: str, direction: str = "dep->head"):
+        """Accuracy of every head for one relation as a ``[layer, head]`` array."""
+        if direction not in DIRECTIONS:
+            raise InvalidInput(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+        sub = self.per_head[(self.per_head["relation"] == relation) & (self.per_head["direction"] == direction)]
+        if sub.empty:
+            raise InvalidInput(f"no arcs with relation {relation!r}; relations here: {', '.join(sorted(self.per_head['relation'].unique()))}")
+        return sub.pivot(index="layer", columns="head", values="accuracy").to_numpy()
+
+    def plot(self, *, top: int = 10):
+        """Bar chart of the best head's accuracy vs the fixed-offset baseline for the most frequent relations."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        t = self.table().head(top)
+        fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(t) + 2), 3.2))
+        x = range(len(t))
+        ax.bar([i - 0.2 for i in x], t["accuracy"], width=0.4, label="best head")
+        ax.bar([i + 0.2 for i in x], t["baseline_accuracy"], width=0.4, label="best fixed offset")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([f"{r}\n{l}-{h}" for r, l, h in zip(t["relation"], t["layer"], t["head"])], fontsize=8)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend(frameon=False)
+        ax.set_title(f"{self.model_name}: heads as dependency parsers")
+        fig.tight_layout()
+        return fig
+
+
+def relation_accuracy(
+    model,
+    sentences: Sequence[DependencySentence],
+    *,
+    maps: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    include_all: bool = True,
+) -> RelationAccuracy:
+    """Accuracy of every head at every relation, both directions, plus the best fixed offset.
+
+    ``maps`` reuses word maps from :func:`word_maps`. ``include_all`` adds the pseudo
+    relation ``"all"`` (every non-root arc).
+
+    >>> from attnlab.analysis.conllu import parse_conllu
+    >>> from attnlab.testing import tiny_model
+    >>> sents = parse_conllu("1\\tshe\\t_\\t_\\t_\\t_\\t2\\tnsubj\\t_\\t_\\n2\\tleft\\t_\\t_\\t_\\t_\\t0\\troot\\t_\\t_\\n")
+    >>> res = relation_accuracy(tiny_model("bert"), sents, progress=False)
+    >>> float(res.table(relations=["nsubj"])["baseline_accuracy"][0])
+    1.0
+    """
+    sentences = _check_sentences(sentences)
+    if maps is None:
+        maps = word_maps(model, sentences, batch_size=batch_size, progress=progress)
+    if len(maps) != len(sentences):
+        raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    correct: dict[tuple[str, str], torch.Tensor] = defaultdict(lambda: torch.zeros(L, H))
+    counts: Counter = Counter()
+    offsets: dict[str, Counter] = defaultdict(Counter)
+    for sent, m in zip(sentences, maps):
+        n = len(sent)
+        if m.shape[-1] != n + 1:
+            raise InvalidInput(f"word map of shape {tuple(m.shape)} does not fit a sentence of {n} words")
+        for i in range(1, n + 1):
+            h = sent.heads[i - 1]
+            if h == 0:
+                continue
+            rels = [sent.relations[i - 1]] + (["all"] if include_all else [])
+            pred_head = _argmax_excluding(m[:, :, i, :], i)  # [layer, head]
+            pred_dep = _argmax_excluding(m[:, :, h, :], h)
+            for r in rels:
+                correct[(r, "dep->head")] += (pred_head == h).float()
+                correct[(r, "head->dep")] += (pred_dep == i).float()
+                counts[r] += 1
+                offsets[r][h - i] += 1
+    if not counts:
+        raise InvalidInput("the sentences have no dependency arcs (only roots); nothing to evaluate")
+    rows = []
+    for (r, d), c in correct.items():
+        acc = (c / counts[r]).numpy()
+        for layer in range(L):
+            for head in range(H):
+                rows.append((r, d, layer, head, float(acc[layer, head]), counts[r]))
+    per_head = pd.DataFrame(rows, columns=["relation", "direction", "layer", "head", "accuracy", "count"])
+    base = []
+    for r, cnt in offsets.items():
+        off, k = max(cnt.items(), key=lambda kv: (kv[1], -abs(kv[0])))
+        base.append((r, counts[r], off, k / counts[r]))
+    baselines = pd.DataFrame(base, columns=["relation", "count", "offset", "accuracy"])
+    return RelationAccuracy(per_head=per_head, baselines=baselines, model_name=model.cfg.name)
