@@ -1,0 +1,136 @@
+"""attnlab against TransformerLens 4's TransformerBridge on the same tiny weights.
+
+What is true with transformer-lens 4.3 (and tested here):
+* readings of q, k, v, pattern and z agree with the bridge's on GPT-2, BERT, Llama and Gemma-3
+  (the bridge's q/k after rotary are ``hook_rot_q``/``hook_rot_k``, and its k/v keep one entry per
+  kv head under GQA, where attnlab expands them to one per query head);
+* for BERT the bridge delegates to the HF attention module, so ``attnlab.load(bridge)`` works, and
+  attnlab's pattern edits land whether you run attnlab, the bridge or the HF model, while an edit
+  made through the bridge's own ``hook_pattern`` is discarded;
+* for GPT-2, Llama and Gemma-3 the bridge recomputes attention itself, so attnlab cannot reach it
+  and ``load(bridge)`` says so with an ``UnsupportedModel`` error, leaving the bridge untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+from einops import repeat
+
+import attnlab
+from attnlab.errors import UnsupportedModel
+from attnlab.interventions import SetPattern
+from attnlab.testing import tiny_hf_model, tiny_model, tiny_tokenizer
+
+bridge_mod = pytest.importorskip("transformer_lens.model_bridge")
+
+# tiny architecture -> (a model name the bridge knows, the HF class name it dispatches on)
+BRIDGED = {
+    "gpt2": ("gpt2", "GPT2LMHeadModel"),
+    "bert-mlm": ("google-bert/bert-base-uncased", "BertForMaskedLM"),
+    "llama": ("meta-llama/Llama-3.2-1B", "LlamaForCausalLM"),
+    "gemma3": ("google/gemma-3-270m", "Gemma3ForCausalLM"),
+}
+TEXT = "the nurse said that she was happy"
+
+
+def boot(arch: str):
+    """A bridge around a fresh tiny HF model; the bridge only needs the name to pick its adapter."""
+    name, cls = BRIDGED[arch]
+    hf = tiny_hf_model(arch)
+    hf.config.architectures = [cls]
+    tok = tiny_tokenizer("encoder" if arch.startswith("bert") else "decoder")
+    # TL rebuilds tokenizers from their hub name unless told they already add BOS
+    tok.init_kwargs.update(name_or_path="tiny", add_bos_token=True)
+    logging.disable(logging.WARNING)
+    try:
+        bridge = bridge_mod.TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok)
+    finally:
+        logging.disable(logging.NOTSET)
+    return bridge, hf, tok
+
+
+@pytest.mark.parametrize("arch", list(BRIDGED))
+def test_readings_equal_the_bridge(arch):
+    bridge, _, tok = boot(arch)
+    model = tiny_model(arch)  # same seed: same weights, never touched by the bridge
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        _, theirs = bridge.run_with_cache(ids)
+        _, ours = model.run_with_cache(ids)
+    group = model.cfg.n_heads // model.cfg.n_kv_heads
+    for layer in range(model.cfg.n_layers):
+        for site in ("q", "k", "v", "pattern", "z"):
+            name = f"blocks.{layer}.attn.hook_{site}"
+            # on rotary models the bridge's hook_q/hook_k are pre-rotation; attnlab's are after it
+            rotated = f"blocks.{layer}.attn.hook_rot_{site}"
+            reference = theirs[rotated] if rotated in theirs.cache_dict else theirs[name]
+            if site in ("k", "v") and reference.shape[2] != model.cfg.n_heads:
+                # the bridge keeps one k/v per kv head; attnlab expands them to query heads
+                reference = repeat(reference, "b p kvh d -> b p (kvh g) d", g=group)
+            assert ours[name].shape == reference.shape, name
+            assert (ours[name] - reference).abs().max() <= 1e-5, name
+
+
+def test_bert_bridge_loads_and_pattern_edits_land_everywhere():
+    bridge, hf, tok = boot("bert-mlm")
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        clean = bridge(ids)
+    model = attnlab.load(bridge)
+    assert model.bridge is bridge and model.hf_model is hf
+    assert model.cfg.n_layers == 2 and not model.cfg.is_causal
+    eye = torch.eye(ids.shape[1])  # every token attends only to itself
+    resident = model.count_hooks()  # the bridge keeps some hooks of its own on its modules
+    with torch.no_grad():
+        assert torch.allclose(model(ids), clean, atol=1e-6)
+        with model.intervene(SetPattern(1, 0, pattern=eye)):
+            through_attnlab = model(ids)
+            through_bridge = bridge(ids)
+            through_hf = hf(input_ids=ids).logits
+            _, cache = model.run_with_cache(ids, names_filter="blocks.1.attn.hook_pattern")
+    assert (through_attnlab - clean).abs().max() > 1e-3  # the edit changed the output
+    assert torch.equal(through_bridge, through_attnlab)
+    assert torch.equal(through_hf, through_attnlab)
+    assert torch.equal(cache["blocks.1.attn.hook_pattern"][0, 0], eye)
+    assert model.count_hooks() == resident
+    with torch.no_grad():
+        assert torch.allclose(bridge(ids), clean, atol=1e-6)  # nothing left behind
+
+
+def test_bert_bridge_discards_its_own_pattern_edits():
+    """The documented gap attnlab fills: TL 4.3's BERT bridge reads patterns post hoc."""
+    bridge, _, tok = boot("bert-mlm")
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+
+    def to_identity(pattern, hook):
+        pattern = pattern.clone()
+        pattern[:, 0] = torch.eye(pattern.shape[-1])
+        return pattern
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clean = bridge(ids)
+        edited = bridge.run_with_hooks(ids, fwd_hooks=[("blocks.1.attn.hook_pattern", to_identity)])
+    assert torch.equal(edited, clean)  # discarded by the bridge
+    model = tiny_model("bert-mlm")
+    with torch.no_grad(), model.intervene(SetPattern(1, 0, pattern=torch.eye(ids.shape[1]))):
+        assert (model(ids) - clean).abs().max() > 1e-3  # lands in attnlab
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_bridge_that_recomputes_attention_is_refused_and_left_untouched(arch):
+    bridge, hf, tok = boot(arch)
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+    implementation = hf.config._attn_implementation
+    with torch.no_grad():
+        before = bridge(ids)
+    with pytest.raises(UnsupportedModel, match=r"recomputes attention itself .*attnlab.load\(hf_model, tokenizer=tok\)"):
+        attnlab.load(bridge)
+    assert hf.config._attn_implementation == implementation
+    with torch.no_grad():
+        assert torch.equal(bridge(ids), before)
+    assert not any("_attnlab_hooks" in m.__dict__ for m in hf.modules())
