@@ -4,8 +4,10 @@ Every analysis in this package starts here: texts (or pre-split word lists, e.g.
 CoNLL-U) are tokenised once, run through the model in batches with only ``hook_pattern``
 cached, and cut back to each sentence's own length (padding removed).
 
-Word alignment uses the fast tokenizer's character offsets on the text made by joining
-the words with single spaces: a token belongs to the word its characters overlap. Special
+A text is fed to the model as it is, and its words are runs of word characters and single
+punctuation marks; a word list (e.g. from CoNLL-U) is fed as the words joined by single
+spaces. Word alignment uses the fast tokenizer's character offsets: a token belongs to the
+first word its characters overlap. Special
 tokens ([CLS], [SEP], BOS) have empty offsets and become words of their own, flagged in
 ``Sentence.special``.
 """
@@ -85,27 +87,32 @@ def check_corpus(corpus) -> list:
     return items
 
 
-def _words_of(item, index: int) -> list[str]:
+def _words_of(item, index: int) -> tuple[str, list[str], list[int]]:
+    """(text fed to the model, its words, each word's start character)."""
     if isinstance(item, str):
-        words = split_words(item)
-    elif isinstance(item, Sequence) and all(isinstance(w, str) for w in item):
-        words = [w for w in item]
+        found = list(_WORD_RE.finditer(item))
+        text, words, starts = item, [m.group() for m in found], [m.start() for m in found]
+    else:
+        if hasattr(item, "words") and not isinstance(item, Sequence):
+            item = list(item.words)
+        if not (isinstance(item, Sequence) and all(isinstance(w, str) for w in item)):
+            raise InvalidInput(f"sentence {index}: expected a string or a list of words, got {type(item).__name__}")
+        words = list(item)
         if any(not w or any(ch.isspace() for ch in w) for w in words):
             raise InvalidInput(f"sentence {index}: words must be non-empty and contain no spaces, got {words!r}")
-    elif hasattr(item, "words"):
-        words = list(item.words)
-    else:
-        raise InvalidInput(f"sentence {index}: expected a string or a list of words, got {type(item).__name__}")
+        text, starts, pos = " ".join(words), [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
     if not words:
         raise InvalidInput(f"sentence {index} is empty: every sentence needs at least one word")
-    return words
+    return text, words, starts
 
 
-def _align(model, words: list[str], index: int) -> Sentence:
+def _align(model, text: str, words: list[str], starts: list[int], index: int) -> Sentence:
     tok = model._need_tokenizer()
     if not getattr(tok, "is_fast", False):
         raise InvalidInput(f"{model.cfg.name}: word alignment needs a fast tokenizer (character offsets)")
-    text = " ".join(words)
     enc = tok(text, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     n_ctx = model.cfg.n_ctx
@@ -114,10 +121,6 @@ def _align(model, words: list[str], index: int) -> Sentence:
             f"sentence {index} has {len(ids)} tokens but {model.cfg.name} handles at most {n_ctx}; "
             "shorten or drop it"
         )
-    starts, pos = [], 0
-    for w in words:
-        starts.append(pos)
-        pos += len(w) + 1
     ends = [st + len(w) for st, w in zip(starts, words)]
     word_of, word_index, special, unit_of_word = [], [], [], {}
     for s, e in offsets:
@@ -151,7 +154,7 @@ def _align(model, words: list[str], index: int) -> Sentence:
 def prepare(model, corpus: Iterable) -> list[Sentence]:
     """Tokenise and word-align every sentence (no forward pass yet); checks lengths."""
     items = check_corpus(corpus)
-    return [_align(model, _words_of(item, i), i) for i, item in enumerate(items)]
+    return [_align(model, *_words_of(item, i), i) for i, item in enumerate(items)]
 
 
 def _batches(sentences: list[Sentence], batch_size: int) -> Iterator[list[Sentence]]:
