@@ -1,0 +1,418 @@
+"""Downstream metrics: numbers read from a clean and an intervened run of the same rows.
+
+Every metric works in three steps, so the same object serves :func:`effect` (one
+intervention) and the sweeps (thousands of interventions, batched):
+
+1. ``rows(model, prompts)`` tokenizes the prompts (and continuations) into :class:`Rows`;
+2. ``reduce(out, rows)`` keeps the small per-row statistic it needs from the model output
+   (a log-prob, the top-k ids, a log-distribution);
+3. ``compare(stats, clean, rows)`` turns the intervened statistic (and the clean one, for
+   comparative metrics such as KL) into one number per row, and ``combine`` folds the rows
+   of a prompt into one number per prompt.
+
+The next-token position of a prompt is its last non-padding token (inputs are right-padded).
+Exact formulas: ``docs/measure.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+
+from attnlab.errors import InvalidInput, InvalidSpec, did_you_mean
+from attnlab.measure._rows import Rows, check_prompts, continuation_ids, encode_prompts, pad_rows, per_prompt_list
+
+__all__ = [
+    "Metric",
+    "LogitDiff",
+    "TokenProb",
+    "KL",
+    "Loss",
+    "TopKChange",
+    "HiddenShift",
+    "GenerationDiff",
+    "continuation_logprob",
+    "metric_from_name",
+]
+
+READ_AT = ("last", "mask")
+
+
+class Metric:
+    """Base class. Subclasses set ``name`` and ``output`` and implement ``rows`` and ``reduce``."""
+
+    name: str = "metric"
+    output: str = "logits"  # "logits" (needs an LM head) or "hidden" (final hidden states)
+    comparative: bool = False  # compare() needs the clean statistic (clean value is then 0)
+    generation: bool = False  # scored on generated text, not on one forward pass
+
+    def check_model(self, model) -> None:
+        if self.output == "logits" and not model.cfg.has_lm_head:
+            raise InvalidInput(
+                f"{self.name} reads vocabulary logits but {model.cfg.name} has no LM head; "
+                "use a hidden-state metric such as HiddenShift()"
+            )
+
+    def rows(self, model, prompts: Sequence[str]) -> Rows:
+        raise NotImplementedError
+
+    def reduce(self, out: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """The per-row statistic kept from ``out`` ([row, vocab] at the read position, or [row, pos, ...])."""
+        raise NotImplementedError
+
+    def compare(self, stats: torch.Tensor, clean: torch.Tensor, rows: Rows) -> Float[torch.Tensor, " row"]:
+        """One number per row; non-comparative metrics ignore ``clean``."""
+        return stats.float()
+
+    def combine(self, values: Float[torch.Tensor, "prompt per_prompt"]) -> Float[torch.Tensor, " prompt"]:
+        return values[:, 0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# -- shared pieces --------------------------------------------------------------------------
+
+
+def _read_rows(model, prompts, read_at: str) -> Rows:
+    """Prompt rows read at one position: the last real token, or the tokenizer's mask token."""
+    if read_at not in READ_AT:
+        raise InvalidSpec(f"unknown read_at {read_at!r}{did_you_mean(read_at, READ_AT)} (valid: {', '.join(READ_AT)})")
+    prompts = check_prompts(prompts)
+    ids, mask = pad_rows(model, encode_prompts(model, prompts))
+    if read_at == "last":
+        read = mask.sum(dim=1) - 1
+    else:
+        mask_id = getattr(model.tokenizer, "mask_token_id", None)
+        if mask_id is None:
+            raise InvalidInput(f"read_at='mask' needs a tokenizer with a mask token; {model.cfg.name}'s has none")
+        hits = ids == mask_id
+        counts = hits.sum(dim=1)
+        bad = [i for i, c in enumerate(counts.tolist()) if c != 1]
+        if bad:
+            raise InvalidInput(
+                f"read_at='mask': prompt {bad[0]} has {int(counts[bad[0]])} {model.tokenizer.mask_token} tokens; "
+                "every prompt needs exactly one"
+            )
+        read = hits.float().argmax(dim=1)
+    return Rows(ids, mask, 1, "read", {"read": read})
+
+
+def _continuation_rows(model, prompts, continuations: list[list[list[int]]]) -> Rows:
+    """Rows prompt + continuation j for every prompt (``continuations[i][j]`` = token ids)."""
+    encoded = encode_prompts(model, prompts)
+    token_rows, start, length = [], [], []
+    for prompt_ids, conts in zip(encoded, continuations):
+        for cont in conts:
+            token_rows.append(prompt_ids + cont)
+            start.append(len(prompt_ids))
+            length.append(len(cont))
+    ids, mask = pad_rows(model, token_rows)
+    k = len(continuations[0])
+    return Rows(ids, mask, k, "all", {"start": torch.tensor(start), "length": torch.tensor(length)})
+
+
+def continuation_logprob(logits: Float[torch.Tensor, "row pos vocab"], rows: Rows) -> Float[torch.Tensor, " row"]:
+    """Teacher-forced ``sum_j log p(c_j | prompt, c_<j)`` of each row's continuation.
+
+    The continuation occupies positions ``start .. start + length - 1``; token ``t`` is
+    predicted by the logits at position ``t - 1``.
+    """
+    logits = logits[:, :-1].float()
+    target = rows.input_ids[:, 1:]
+    logp = logits.gather(-1, target[..., None])[..., 0] - logits.logsumexp(dim=-1)  # [row, pos-1]
+    token_pos = torch.arange(1, logits.shape[1] + 1, device=logits.device)[None, :]
+    start, length = rows.data["start"][:, None], rows.data["length"][:, None]
+    inside = (token_pos >= start) & (token_pos < start + length)
+    return (logp * inside).sum(dim=1)
+
+
+def _ids_per_prompt(model, value, n, what, single) -> list[list[int]]:
+    return [continuation_ids(model, s, what, single=single) for s in per_prompt_list(value, n, what)]
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+class LogitDiff(Metric):
+    """``log p(target) - log p(foil)`` after each prompt (the logit difference for single tokens).
+
+    ``target``/``foil``: one string for all prompts or a list with one per prompt. Strings
+    are tokenized without special tokens; multi-token strings are scored teacher-forced
+    (sum of the log-probs of their tokens). ``single_token=True`` refuses multi-token
+    strings; ``read_at="mask"`` reads a masked LM at its ``[MASK]`` token (single tokens only).
+
+    >>> from attnlab.testing import tiny_model
+    >>> model = tiny_model("gpt2")
+    >>> LogitDiff(" she", " he").rows(model, ["the nurse said that"]).data["target"].tolist()
+    [18]
+    """
+
+    name = "logit_diff"
+
+    def __init__(self, target: str | Sequence[str], foil: str | Sequence[str], *, single_token: bool = False,
+                 read_at: str = "last"):
+        self.target, self.foil = target, foil
+        self.single_token = bool(single_token)
+        self.read_at = read_at
+
+    def rows(self, model, prompts) -> Rows:
+        prompts = check_prompts(prompts)
+        n = len(prompts)
+        single = self.single_token or self.read_at == "mask"
+        t = _ids_per_prompt(model, self.target, n, "target", single)
+        f = _ids_per_prompt(model, self.foil, n, "foil", single)
+        if all(len(x) == 1 for x in t + f):
+            rows = _read_rows(model, prompts, self.read_at)
+            rows.data["target"] = torch.tensor([x[0] for x in t])
+            rows.data["foil"] = torch.tensor([x[0] for x in f])
+            return rows
+        if not model.cfg.is_causal:
+            raise InvalidInput(f"multi-token targets need a causal LM; {model.cfg.name} is bidirectional")
+        return _continuation_rows(model, prompts, [[a, b] for a, b in zip(t, f)])
+
+    def reduce(self, out, rows):
+        if rows.positions == "read":  # out: [row, vocab]
+            out = out.float()
+            return out.gather(1, rows.data["target"][:, None])[:, 0] - out.gather(1, rows.data["foil"][:, None])[:, 0]
+        return continuation_logprob(out, rows)
+
+    def combine(self, values):
+        return values[:, 0] if values.shape[1] == 1 else values[:, 0] - values[:, 1]
+
+    def __repr__(self) -> str:
+        return f"LogitDiff(target={self.target!r}, foil={self.foil!r})"
+
+
+class TokenProb(Metric):
+    """Probability (or ``log=True`` log-probability) of a continuation after each prompt.
+
+    Multi-token continuations are scored teacher-forced: ``p = prod_j p(c_j | prompt, c_<j)``.
+    """
+
+    name = "prob"
+
+    def __init__(self, token: str | Sequence[str], *, log: bool = False, single_token: bool = False,
+                 read_at: str = "last"):
+        self.token = token
+        self.log = bool(log)
+        self.single_token = bool(single_token)
+        self.read_at = read_at
+        self.name = "logprob" if self.log else "prob"
+
+    def rows(self, model, prompts) -> Rows:
+        prompts = check_prompts(prompts)
+        ids = _ids_per_prompt(model, self.token, len(prompts), "token", self.single_token or self.read_at == "mask")
+        if all(len(x) == 1 for x in ids):
+            rows = _read_rows(model, prompts, self.read_at)
+            rows.data["target"] = torch.tensor([x[0] for x in ids])
+            return rows
+        if not model.cfg.is_causal:
+            raise InvalidInput(f"multi-token continuations need a causal LM; {model.cfg.name} is bidirectional")
+        return _continuation_rows(model, prompts, [[x] for x in ids])
+
+    def reduce(self, out, rows):
+        if rows.positions == "read":
+            out = out.float()
+            logp = out.gather(1, rows.data["target"][:, None])[:, 0] - out.logsumexp(dim=-1)
+        else:
+            logp = continuation_logprob(out, rows)
+        return logp if self.log else logp.exp()
+
+    def __repr__(self) -> str:
+        return f"TokenProb({self.token!r}{', log=True' if self.log else ''})"
+
+
+class KL(Metric):
+    """``KL(clean || intervened)`` of the next-token distribution, in nats (clean value 0)."""
+
+    name = "kl"
+    comparative = True
+
+    def __init__(self, *, read_at: str = "last"):
+        self.read_at = read_at
+
+    def rows(self, model, prompts) -> Rows:
+        return _read_rows(model, prompts, self.read_at)
+
+    def reduce(self, out, rows):
+        return out.float().log_softmax(dim=-1)
+
+    def compare(self, stats, clean, rows):
+        return (clean.exp() * (clean - stats)).sum(dim=-1)
+
+
+class Loss(Metric):
+    """Mean next-token cross-entropy of each prompt's own tokens (``perplexity=True``: its exp)."""
+
+    name = "loss"
+
+    def __init__(self, *, perplexity: bool = False):
+        self.perplexity = bool(perplexity)
+        self.name = "perplexity" if self.perplexity else "loss"
+
+    def check_model(self, model) -> None:
+        super().check_model(model)
+        if not model.cfg.is_causal:
+            raise InvalidInput(f"Loss is next-token loss; {model.cfg.name} is not a causal LM")
+
+    def rows(self, model, prompts) -> Rows:
+        prompts = check_prompts(prompts)
+        encoded = encode_prompts(model, prompts)
+        short = [i for i, r in enumerate(encoded) if len(r) < 2]
+        if short:
+            raise InvalidInput(f"Loss needs at least 2 tokens per text; text {short[0]} has {len(encoded[short[0]])}")
+        ids, mask = pad_rows(model, encoded)
+        # score every token after the first: start 1, length n - 1
+        return Rows(ids, mask, 1, "all", {"start": torch.ones(len(encoded), dtype=torch.long),
+                                          "length": mask.sum(dim=1) - 1})
+
+    def reduce(self, out, rows):
+        mean_nll = -continuation_logprob(out, rows) / rows.data["length"].float()
+        return mean_nll.exp() if self.perplexity else mean_nll
+
+
+TOPK_MEASURES = ("jaccard", "overlap", "top1")
+
+
+class TopKChange(Metric):
+    """How much the top-k next tokens change (clean value 0).
+
+    ``measure="jaccard"``: ``1 - |A & B| / |A | B|``; ``"overlap"``: ``1 - |A & B| / k``;
+    ``"top1"``: 1 if the most likely token changed, else 0.
+    """
+
+    comparative = True
+
+    def __init__(self, k: int = 10, *, measure: str = "jaccard", read_at: str = "last"):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidSpec(f"k must be a positive integer, got {k!r}")
+        if measure not in TOPK_MEASURES:
+            raise InvalidSpec(f"unknown measure {measure!r}{did_you_mean(measure, TOPK_MEASURES)} (valid: {', '.join(TOPK_MEASURES)})")
+        self.k, self.measure, self.read_at = k, measure, read_at
+        self.name = f"top{k}_{measure}_change" if measure != "top1" else "top1_changed"
+
+    def rows(self, model, prompts) -> Rows:
+        vocab = model.hf_model.get_output_embeddings().weight.shape[0] if model.cfg.has_lm_head else 0
+        if self.k > vocab:
+            raise InvalidSpec(f"k={self.k} exceeds the vocabulary of {model.cfg.name} ({vocab} tokens)")
+        return _read_rows(model, prompts, self.read_at)
+
+    def reduce(self, out, rows):
+        k = 1 if self.measure == "top1" else self.k
+        return out.float().topk(k, dim=-1).indices  # [row, k], most likely first
+
+    def compare(self, stats, clean, rows):
+        if self.measure == "top1":
+            return (stats[:, 0] != clean[:, 0]).float()
+        inter = (stats[:, :, None] == clean[:, None, :]).any(dim=-1).sum(dim=-1).float()
+        if self.measure == "overlap":
+            return 1.0 - inter / self.k
+        return 1.0 - inter / (2 * self.k - inter)
+
+    def __repr__(self) -> str:
+        return f"TopKChange(k={self.k}, measure={self.measure!r})"
+
+
+class HiddenShift(Metric):
+    """Mean over real tokens of ``||h_intervened - h_clean||_2`` of the final hidden states.
+
+    Works on every model, encoders without an LM head included (clean value 0).
+    """
+
+    name = "hidden_shift"
+    output = "hidden"
+    comparative = True
+
+    def rows(self, model, prompts) -> Rows:
+        prompts = check_prompts(prompts)
+        ids, mask = pad_rows(model, encode_prompts(model, prompts))
+        return Rows(ids, mask, 1, "all", {})
+
+    def reduce(self, out, rows):
+        return out.float()
+
+    def compare(self, stats, clean, rows):
+        dist = (stats - clean).norm(dim=-1)  # [row, pos]
+        mask = rows.attention_mask.to(dist.dtype)
+        return (dist * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+GENERATION_MEASURES = ("match", "equal")
+
+
+class GenerationDiff(Metric):
+    """Compare greedy continuations with and without the interventions (``effect`` only).
+
+    ``measure="match"``: number of leading generated tokens that agree with the clean
+    continuation (clean value: its length); ``"equal"``: 1 if the continuations are identical.
+    """
+
+    generation = True
+    comparative = True
+
+    def __init__(self, max_new_tokens: int = 10, *, measure: str = "match"):
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise InvalidSpec(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if measure not in GENERATION_MEASURES:
+            raise InvalidSpec(
+                f"unknown measure {measure!r}{did_you_mean(measure, GENERATION_MEASURES)} "
+                f"(valid: {', '.join(GENERATION_MEASURES)})"
+            )
+        self.max_new_tokens, self.measure = max_new_tokens, measure
+        self.name = "generation_match" if measure == "match" else "generation_equal"
+
+    def check_model(self, model) -> None:
+        super().check_model(model)
+        if not model.cfg.is_causal:
+            raise InvalidInput(f"GenerationDiff needs a causal LM; {model.cfg.name} is bidirectional")
+
+    def generate(self, model, prompts: Sequence[str], interventions=()) -> list[list[int]]:
+        """Greedy new token ids per prompt (left-padded batch, KV cache, interventions active)."""
+        tok = model.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = model.tokenize(list(prompts))
+        finally:
+            tok.padding_side = side
+        with torch.no_grad(), model.intervene(*interventions):
+            out = model.hf_model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                          pad_token_id=tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        stops = {tok.eos_token_id, tok.pad_token_id} - {None}
+        cut = []
+        for row in new:
+            end = next((j for j, t in enumerate(row) if t in stops), len(row))
+            cut.append(row[:end])
+        return cut
+
+    def score(self, clean: list[int], intervened: list[int]) -> tuple[float, float]:
+        """``(clean value, intervened value)`` for one prompt."""
+        if self.measure == "equal":
+            return 1.0, float(clean == intervened)
+        match = 0
+        for a, b in zip(clean, intervened):
+            if a != b:
+                break
+            match += 1
+        if clean == intervened:
+            match = len(clean)
+        return float(len(clean)), float(match)
+
+    def __repr__(self) -> str:
+        return f"GenerationDiff(max_new_tokens={self.max_new_tokens}, measure={self.measure!r})"
+
+
+def metric_from_name(name: str, **options) -> Metric:
+    """Build a metric from a short name (the CLI's spelling): logit_diff, prob, kl, loss, topk, hidden, generation."""
+    table = {"logit_diff": LogitDiff, "prob": TokenProb, "kl": KL, "loss": Loss, "topk": TopKChange,
+             "hidden": HiddenShift, "generation": GenerationDiff}
+    if name not in table:
+        raise InvalidSpec(f"unknown metric {name!r}{did_you_mean(name, table)} (valid: {', '.join(table)})")
+    try:
+        return table[name](**options)
+    except TypeError as err:
+        raise InvalidSpec(f"metric {name!r}: {err}") from None

@@ -1,0 +1,173 @@
+"""Metrics and effect(): every number checked against a direct computation from the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec
+from attnlab.interventions import AblateHead
+from attnlab.measure import (
+    KL,
+    GenerationDiff,
+    HiddenShift,
+    LogitDiff,
+    Loss,
+    TokenProb,
+    TopKChange,
+    bootstrap_mean,
+    effect,
+    metric_from_name,
+)
+
+PROMPTS = ["the nurse said that", "the doctor said that he was", "a man"]
+ABLATE = [AblateHead(1, 0), AblateHead(0, 2)]
+
+
+def _ids(model, text):
+    return model.tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def _last_logits(model, text, specs=()):
+    with torch.no_grad(), model.intervene(*specs):
+        return model(_ids(model, text))[0, -1]
+
+
+def _cont_logprob(model, prompt, cont, specs=()):
+    ids = torch.cat([_ids(model, prompt), model.tokenizer(cont, add_special_tokens=False, return_tensors="pt")["input_ids"]], 1)
+    n = _ids(model, prompt).shape[1]
+    with torch.no_grad(), model.intervene(*specs):
+        logp = model(ids)[0].log_softmax(-1)
+    return sum(float(logp[t - 1, ids[0, t]]) for t in range(n, ids.shape[1]))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_logit_diff_single_token_matches_unpadded_logits(arch):
+    from attnlab.testing import tiny_model
+
+    model = tiny_model(arch)
+    she, he = model.to_single_token(" she"), model.to_single_token(" he")
+    res = effect(model, PROMPTS, ABLATE, LogitDiff(" she", " he"), progress=False)
+    for i, p in enumerate(PROMPTS):
+        clean, inter = _last_logits(model, p), _last_logits(model, p, ABLATE)
+        assert res.per_prompt.clean[i] == pytest.approx(float(clean[she] - clean[he]), abs=1e-4)
+        assert res.per_prompt.intervened[i] == pytest.approx(float(inter[she] - inter[he]), abs=1e-4)
+    assert np.allclose(res.per_prompt.effect, res.per_prompt.intervened - res.per_prompt.clean)
+    assert model.count_hooks() == 0
+
+
+def test_multi_token_and_per_prompt_targets(tiny_gpt2):
+    targets, foils = [" she said", " she", " he was"], [" he", " he told", " she"]
+    res = effect(tiny_gpt2, PROMPTS, ABLATE, LogitDiff(targets, foils), progress=False)
+    for i, p in enumerate(PROMPTS):
+        want = _cont_logprob(tiny_gpt2, p, targets[i], ABLATE) - _cont_logprob(tiny_gpt2, p, foils[i], ABLATE)
+        assert res.per_prompt.intervened[i] == pytest.approx(want, abs=1e-4)
+    prob = effect(tiny_gpt2, PROMPTS, ABLATE, TokenProb(" she said"), progress=False)
+    assert prob.per_prompt.clean[0] == pytest.approx(np.exp(_cont_logprob(tiny_gpt2, PROMPTS[0], " she said")), rel=1e-4)
+
+
+def test_token_prob_kl_topk_match_direct_computation(tiny_llama):
+    m = tiny_llama
+    she = m.to_single_token(" she")
+    prob = effect(m, PROMPTS, ABLATE, TokenProb(" she"), progress=False).per_prompt
+    kl = effect(m, PROMPTS, ABLATE, KL(), progress=False).per_prompt
+    top = effect(m, PROMPTS, ABLATE, TopKChange(5), progress=False).per_prompt
+    top1 = effect(m, PROMPTS, ABLATE, TopKChange(measure="top1"), progress=False).per_prompt
+    for i, p in enumerate(PROMPTS):
+        c, x = _last_logits(m, p).log_softmax(-1), _last_logits(m, p, ABLATE).log_softmax(-1)
+        assert prob.intervened[i] == pytest.approx(float(x[she].exp()), rel=1e-4)
+        assert kl.clean[i] == 0
+        assert kl.intervened[i] == pytest.approx(float((c.exp() * (c - x)).sum()), abs=1e-5)
+        a, b = set(c.topk(5).indices.tolist()), set(x.topk(5).indices.tolist())
+        assert top.intervened[i] == pytest.approx(1 - len(a & b) / len(a | b))
+        assert top1.intervened[i] == float(c.argmax() != x.argmax())
+
+
+def test_loss_matches_hf_loss(tiny_gemma):
+    res = effect(tiny_gemma, PROMPTS, ABLATE, Loss(), progress=False).per_prompt
+    ppl = effect(tiny_gemma, PROMPTS, ABLATE, Loss(perplexity=True), progress=False).per_prompt
+    for i, p in enumerate(PROMPTS):
+        ids = _ids(tiny_gemma, p)
+        with torch.no_grad():
+            want = float(tiny_gemma.hf_model(input_ids=ids, labels=ids).loss)
+        assert res.clean[i] == pytest.approx(want, abs=1e-4)
+        assert ppl.clean[i] == pytest.approx(np.exp(want), rel=1e-4)
+
+
+def test_hidden_shift_on_encoder(tiny_bert):
+    res = effect(tiny_bert, PROMPTS, [AblateHead(1, 0)], HiddenShift(), progress=False).per_prompt
+    p = PROMPTS[1]
+    with torch.no_grad():
+        clean = tiny_bert(p, return_type="hidden")[0]
+        with tiny_bert.intervene(AblateHead(1, 0)):
+            inter = tiny_bert(p, return_type="hidden")[0]
+    assert res.intervened[1] == pytest.approx(float((clean - inter).norm(dim=-1).mean()), rel=1e-4)
+    assert (res.clean == 0).all()
+    with pytest.raises(InvalidInput, match="no LM head"):
+        effect(tiny_bert, PROMPTS, [], KL(), progress=False)
+
+
+def test_masked_lm_reads_the_mask_token():
+    from attnlab.testing import tiny_model
+
+    m = tiny_model("bert-mlm")
+    res = effect(m, ["the [MASK] said that", "he told [MASK] ."], [], LogitDiff(" she", " he", read_at="mask"), progress=False)
+    ids = m.tokenizer("the [MASK] said that", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = m(ids)[0, 2]
+    assert res.per_prompt.clean[0] == pytest.approx(float(logits[m.to_single_token("she")] - logits[m.to_single_token("he")]), abs=1e-4)
+    with pytest.raises(InvalidInput, match="exactly one"):
+        effect(m, ["the nurse said"], [], LogitDiff(" she", " he", read_at="mask"), progress=False)
+
+
+def test_generation_diff(tiny_gpt2):
+    same = effect(tiny_gpt2, PROMPTS[:2], [], GenerationDiff(4), progress=False).per_prompt
+    assert (same.effect == 0).all() and (same.clean == 4).all()
+    res = effect(tiny_gpt2, PROMPTS[:2], ABLATE, GenerationDiff(4), progress=False).per_prompt
+    want = tiny_gpt2.generate(PROMPTS[:2], max_new_tokens=4, interventions=ABLATE)
+    assert [t.strip() for t in res.intervened_text] == [w.strip() for w in want]
+    eq = effect(tiny_gpt2, PROMPTS[:2], ABLATE, GenerationDiff(4, measure="equal"), progress=False).per_prompt
+    assert list(eq.intervened) == [float(a == b) for a, b in zip(res.clean_text, res.intervened_text)]
+
+
+def test_bootstrap_interval():
+    vals = np.arange(10.0)
+    mean, low, high = bootstrap_mean(vals[None], n_boot=500, seed=3)
+    rng = np.random.default_rng(3)
+    boots = vals[rng.integers(0, 10, size=(500, 10))].mean(1)
+    assert mean[0] == 4.5
+    assert low[0] == pytest.approx(np.quantile(boots, 0.025)) and high[0] == pytest.approx(np.quantile(boots, 0.975))
+    assert low[0] < 4.5 < high[0]
+    res = effect(__import__("attnlab.testing", fromlist=["x"]).tiny_model("gpt2"), PROMPTS, ABLATE, KL(), progress=False)
+    assert res.summary.ci_low[0] <= res.mean <= res.summary.ci_high[0]
+    assert "effect" in repr(res) and "95% CI" in repr(res)
+
+
+def test_bad_input(tiny_gpt2):
+    m = tiny_gpt2
+    with pytest.raises(InvalidInput, match="no prompts"):
+        effect(m, [], ABLATE, KL(), progress=False)
+    with pytest.raises(InvalidInput, match="prompt 1 is empty"):
+        effect(m, ["the cat", "  "], ABLATE, KL(), progress=False)
+    with pytest.raises(InvalidInput, match="handles at most 128"):
+        effect(m, ["the " * 200], ABLATE, KL(), progress=False)
+    with pytest.raises(InvalidInput, match="mismatched targets: 2 targets for 3 prompts"):
+        effect(m, PROMPTS, ABLATE, LogitDiff([" she", " he"], " he"), progress=False)
+    with pytest.raises(InvalidInput, match=r"'she', 'said'.*single token"):
+        effect(m, PROMPTS, ABLATE, LogitDiff(" she said", " he", single_token=True), progress=False)
+    with pytest.raises(InvalidLocation, match="layer 9 out of range"):
+        effect(m, PROMPTS, [AblateHead(9, 0)], KL(), progress=False)
+    with pytest.raises(InvalidInput, match="batch_size"):
+        effect(m, PROMPTS, ABLATE, KL(), batch_size=0, progress=False)
+    with pytest.raises(InvalidSpec, match="did you mean 'kl'"):
+        metric_from_name("kll")
+    with pytest.raises(InvalidSpec, match="valid: jaccard, overlap, top1"):
+        TopKChange(measure="jacard")
+    assert m.count_hooks() == 0
+
+
+def test_chunking_does_not_change_results(tiny_llama):
+    a = effect(tiny_llama, PROMPTS, ABLATE, LogitDiff(" she said", " he"), batch_size=64, progress=False).per_prompt
+    b = effect(tiny_llama, PROMPTS, ABLATE, LogitDiff(" she said", " he"), batch_size=1, progress=False).per_prompt
+    assert np.allclose(a.intervened, b.intervened, atol=1e-5)
