@@ -110,6 +110,10 @@ def _encode_pair(model, pair: Sequence[str], max_tokens: int, view: str) -> Enco
     if 1 not in segments:
         raise InvalidInput(f"the tokenizer of {model.cfg.name} did not mark a second sentence; it may not support pairs")
     kwargs = {k: enc[k].to(model.device) for k in ("attention_mask", "token_type_ids") if k in enc}
+    hf_config = getattr(model.hf_model, "config", None)
+    if "token_type_ids" not in kwargs and getattr(hf_config, "type_vocab_size", 0) >= 2:
+        # a BERT-style model whose tokenizer gives no segment ids: supply them as BERT's tokenizer would
+        kwargs["token_type_ids"] = torch.tensor([segments], dtype=torch.long, device=model.device)
     ids = enc["input_ids"].to(model.device)
     return Encoded(ids=ids, kwargs=kwargs, tokens=model.to_str_tokens(ids[0]), segments=segments)
 
