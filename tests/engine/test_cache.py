@@ -1,0 +1,52 @@
+"""``run_with_cache`` caches only what is asked; hook names are checked with a did-you-mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.errors import InvalidLocation
+
+TEXT = "the nurse said that she was happy"
+
+
+def test_names_filter_caches_only_what_is_asked(any_tiny):
+    model = any_tiny
+    _, one = model.run_with_cache(TEXT, names_filter="blocks.1.attn.hook_pattern")
+    assert list(one.keys()) == ["blocks.1.attn.hook_pattern"]
+    _, two = model.run_with_cache(TEXT, names_filter=["blocks.0.attn.hook_q", "blocks.1.attn.hook_z"])
+    assert sorted(two.keys()) == ["blocks.0.attn.hook_q", "blocks.1.attn.hook_z"]
+    _, patterns = model.run_with_cache(TEXT, names_filter=lambda name: name.endswith("hook_pattern"))
+    assert sorted(patterns.keys()) == [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    _, everything = model.run_with_cache(TEXT)
+    assert len(everything.keys()) == 6 * model.cfg.n_layers
+    # layer 0 ran fused in the first call and explicitly in the last: equal up to rounding
+    assert torch.allclose(one["blocks.1.attn.hook_pattern"], everything["blocks.1.attn.hook_pattern"], atol=1e-5)
+    assert model.count_hooks() == 0
+
+
+def test_cache_does_not_change_the_output(any_tiny):
+    model = any_tiny
+    with torch.no_grad():
+        clean = model(TEXT)
+    out, _ = model.run_with_cache(TEXT)
+    assert (out - clean).abs().max() <= 1e-5  # explicit (eager) arithmetic vs the fused sdpa path
+
+
+def test_unknown_hook_name_in_run_with_cache_suggests_the_right_one(tiny_gpt2):
+    with pytest.raises(InvalidLocation, match=r"no hook point 'blocks.1.attn.hook_patern' .*did you mean 'blocks.1.attn.hook_pattern'"):
+        tiny_gpt2.run_with_cache(TEXT, names_filter=["blocks.1.attn.hook_patern"])
+    assert tiny_gpt2.count_hooks() == 0
+
+
+def test_unknown_hook_name_in_run_with_hooks_suggests_the_right_one(tiny_llama):
+    with pytest.raises(InvalidLocation, match=r"no hook point 'blocks.0.attn.hook_zz' .*did you mean 'blocks.0.attn.hook_z'"):
+        tiny_llama.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_zz", lambda x, hook: x)])
+    with pytest.raises(InvalidLocation, match=r"no hook point 'blocks.5.attn.hook_q' .*blocks.<0..1>.attn.hook_<q\|k\|v"):
+        tiny_llama.run_with_hooks(TEXT, fwd_hooks=[("blocks.5.attn.hook_q", lambda x, hook: x)])
+    assert tiny_llama.count_hooks() == 0
+
+
+def test_hook_pair_must_be_name_and_function(tiny_llama):
+    with pytest.raises(InvalidLocation, match="hooks must be \\(name or name filter, function\\) pairs"):
+        tiny_llama.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_q", "not a function")])

@@ -1,0 +1,109 @@
+"""Hooks live only inside ``with``: removed after exceptions, and nested contexts compose."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.errors import InvalidLocation
+from attnlab.interventions import AblateHead, EditNeuron, SetPattern
+
+TEXT = "the nurse said that she was happy"
+
+
+def _all_torch_hooks(model) -> int:
+    """Every PyTorch hook on every module of the wrapper and the HF model (not just attnlab's count)."""
+    modules = set(model.modules()) | set(model.hf_model.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        for m in modules
+    )
+
+
+def _run(model):
+    with torch.no_grad():
+        return model(TEXT)
+
+
+def test_exception_inside_intervene_removes_every_hook(any_tiny):
+    model = any_tiny
+    before, clean = _all_torch_hooks(model), _run(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.intervene(AblateHead(0, 1), EditNeuron(1, 0, site="q", dim=0, scale=3.0)):
+            assert _all_torch_hooks(model) == before + 2
+            raise RuntimeError("boom")
+    assert _all_torch_hooks(model) == before == 0
+    assert model.count_hooks() == 0
+    assert torch.equal(_run(model), clean)
+
+
+def test_exception_inside_a_hook_function_removes_every_hook(any_tiny):
+    model = any_tiny
+    clean = _run(model)
+
+    def broken(x, hook):
+        raise ValueError("bad hook")
+
+    with pytest.raises(ValueError, match="bad hook"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.attn.hook_pattern", broken)])
+    assert _all_torch_hooks(model) == 0
+    with pytest.raises(ValueError, match="bad hook"):
+        with model.hooks(fwd_hooks=[("blocks.0.attn.hook_q", broken)]):
+            model(TEXT)
+    assert _all_torch_hooks(model) == 0
+    # an intervention whose function fails mid-forward
+    spec = SetPattern(0, 0, fn=lambda p: p[..., :1])  # wrong shape -> attnlab ShapeMismatch inside the hook
+    with pytest.raises(Exception, match="SetPattern fn must return a tensor of shape"):
+        with model.intervene(spec):
+            model(TEXT)
+    assert _all_torch_hooks(model) == 0
+    assert torch.equal(_run(model), clean)
+
+
+def test_nested_intervene_composes_and_inner_exit_keeps_outer(tiny_llama):
+    model = tiny_llama
+    outer, inner = AblateHead(0, 1), AblateHead(1, 2)
+    with torch.no_grad():
+        clean = model(TEXT)
+        with model.intervene(outer):
+            only_outer = model(TEXT)
+        with model.intervene(inner):
+            only_inner = model(TEXT)
+        with model.intervene(outer, inner):
+            both_flat = model(TEXT)
+        with model.intervene(outer):
+            with model.intervene(inner):
+                assert model.count_hooks() == 2
+                both_nested = model(TEXT)
+            assert model.count_hooks() == 1  # the inner exit removed only its own hook
+            after_inner = model(TEXT)
+        assert model.count_hooks() == 0
+        final = model(TEXT)
+    assert not torch.allclose(only_outer, clean) and not torch.allclose(only_inner, clean)
+    assert not torch.allclose(both_nested, only_outer) and not torch.allclose(both_nested, only_inner)
+    assert torch.equal(both_nested, both_flat)
+    assert torch.equal(after_inner, only_outer)
+    assert torch.equal(final, clean)
+
+
+def test_nested_edits_on_the_same_site_apply_in_order(tiny_gpt2):
+    """Two edits of the same hook compose: scale by 2 then by 3 is scale by 6."""
+    model = tiny_gpt2
+    six = EditNeuron(0, 1, site="v", dim=2, scale=6.0)
+    with torch.no_grad():
+        with model.intervene(six):
+            expected = model(TEXT)
+        with model.intervene(EditNeuron(0, 1, site="v", dim=2, scale=2.0)):
+            with model.intervene(EditNeuron(0, 1, site="v", dim=2, scale=3.0)):
+                got = model(TEXT)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_bad_spec_in_intervene_attaches_nothing(tiny_gemma):
+    model = tiny_gemma
+    clean = _run(model)
+    with pytest.raises(InvalidLocation, match=r"layer 7 out of range: tiny-gemma3 has layers 0\.\.2"):
+        with model.intervene(AblateHead(0, 0), AblateHead(7, 0)):
+            pytest.fail("the body must not run")
+    assert _all_torch_hooks(model) == 0
+    assert torch.equal(_run(model), clean)
