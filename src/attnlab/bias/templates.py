@@ -1,0 +1,118 @@
+"""The authored bias data that ships with attnlab: templates, occupations, neutral text.
+
+Occupations carry the share of women employed in the matching US occupation (BLS, 2023;
+see ``occupations.json`` for the exact source). Templates and neutral text were written
+for attnlab. Everything is read with ``importlib.resources`` from ``attnlab/bias/data``.
+
+>>> from attnlab.bias.templates import occupations, templates
+>>> occupations().loc[lambda d: d.occupation == "nurse", "share_women"].item()
+0.87
+>>> templates()[0].prefix
+'The {occupation} said that'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import pandas as pd
+
+from attnlab.errors import InvalidInput
+
+__all__ = [
+    "Template",
+    "templates",
+    "occupations",
+    "occupation_table",
+    "neutral_prompts",
+    "neutral_text",
+    "OCCUPATION_SOURCE",
+]
+
+
+@dataclass(frozen=True)
+class Template:
+    """One sentence frame: a causal LM reads ``prefix``; a masked LM reads ``prefix [MASK] suffix``."""
+
+    prefix: str  # must contain "{occupation}"
+    suffix: str = ""
+
+    def __post_init__(self):
+        if "{occupation}" not in self.prefix:
+            raise InvalidInput(f"template prefix {self.prefix!r} has no '{{occupation}}' slot")
+
+    def causal(self, occupation: str) -> str:
+        return self.prefix.format(occupation=occupation)
+
+    def masked(self, occupation: str, mask_token: str) -> str:
+        return f"{self.causal(occupation)} {mask_token} {self.suffix}".strip()
+
+
+def _read(name: str) -> str:
+    return resources.files("attnlab.bias").joinpath("data").joinpath(name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def _json(name: str) -> dict:
+    return json.loads(_read(name))
+
+
+def _as_templates(items) -> list[Template]:
+    out = []
+    for t in items:
+        out.append(t if isinstance(t, Template) else Template(t) if isinstance(t, str) else Template(**t))
+    if not out:
+        raise InvalidInput("no templates given: pass a non-empty list of strings with an '{occupation}' slot")
+    return out
+
+
+def templates() -> list[Template]:
+    """The six authored templates."""
+    return _as_templates(_json("templates.json")["templates"])
+
+
+def occupation_table() -> pd.DataFrame:
+    """Occupations with their BLS category and share of women (0..1), as shipped."""
+    data = _json("occupations.json")
+    df = pd.DataFrame(data["occupations"])
+    df["share_women"] = df.pop("pct_women") / 100.0
+    df["year"] = data["year"]
+    return df[["occupation", "share_women", "bls_category", "year"]]
+
+
+def occupations(names: Sequence[str] | None = None) -> pd.DataFrame:
+    """``occupation, share_women`` for all shipped occupations or the ``names`` chosen."""
+    df = occupation_table()[["occupation", "share_women"]]
+    if names is None:
+        return df.reset_index(drop=True)
+    names = list(names)
+    if not names:
+        raise InvalidInput("no occupations given: pass a non-empty list (or None for all)")
+    known = set(df.occupation)
+    missing = [n for n in names if n not in known]
+    if missing:
+        from attnlab.errors import did_you_mean
+
+        raise InvalidInput(
+            f"no share of women known for {missing[0]!r}{did_you_mean(missing[0], known)}; pass a DataFrame "
+            "with columns occupation, share_women for occupations outside the shipped list"
+        )
+    return df.set_index("occupation").loc[names].reset_index()
+
+
+def neutral_prompts() -> list[str]:
+    """Short prompts with no people in them, for the next-token KL cost of an intervention."""
+    return list(_json("templates.json")["neutral_prompts"])
+
+
+def neutral_text() -> list[str]:
+    """A few paragraphs of ordinary prose with no gendered words, for the perplexity cost."""
+    return [p.strip() for p in _read("neutral_text.txt").split("\n\n") if p.strip()]
+
+
+#: where the share-of-women numbers come from (table, year)
+OCCUPATION_SOURCE: str = _json("occupations.json")["source"]
