@@ -17,8 +17,28 @@ from attnlab.viz.diff_view import diff_view
 from attnlab.viz.head_view import head_view
 from attnlab.viz.model_view import model_view
 from attnlab.viz.neuron_view import neuron_view
+from attnlab.viz.plots import (
+    bias_by_occupation,
+    clustering_embedding,
+    context_window_curves,
+    head_heatmap,
+    head_statistics,
+)
 
-__all__ = ["View", "head_view", "model_view", "neuron_view", "diff_view", "DEFAULT_MAX_TOKENS", "VIEWS"]
+__all__ = [
+    "View",
+    "head_view",
+    "model_view",
+    "neuron_view",
+    "diff_view",
+    "DEFAULT_MAX_TOKENS",
+    "VIEWS",
+    "head_heatmap",
+    "head_statistics",
+    "clustering_embedding",
+    "context_window_curves",
+    "bias_by_occupation",
+]
 
 #: The views by name, as the command line spells them.
 VIEWS = {"head": head_view, "model": model_view, "neuron": neuron_view, "diff": diff_view}

@@ -1,0 +1,258 @@
+"""matplotlib figures for attnlab's tables: head sweeps, head statistics, clusterings, context windows, bias.
+
+Every function takes a plain pandas DataFrame (the columns are named in its docstring and
+can be renamed with keyword options), so results from ``attnlab.measure``,
+``attnlab.analysis`` and ``attnlab.bias`` or from your own code plot the same way. Each
+returns a :class:`matplotlib.figure.Figure` drawn on the Agg canvas: no pyplot, no global
+backend change, safe in scripts and servers; ``fig.savefig("x.png")`` saves it and Jupyter
+displays it. matplotlib is imported only when a figure is drawn.
+
+>>> import pandas as pd
+>>> from attnlab.viz.plots import head_heatmap
+>>> df = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "effect": [0.1, -0.2, 0.0, 0.4]})
+>>> head_heatmap(df).axes[0].images[0].get_array().shape
+(2, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from attnlab.errors import InvalidInput
+
+__all__ = ["head_heatmap", "head_statistics", "clustering_embedding", "context_window_curves", "bias_by_occupation"]
+
+
+def _figure(width: float, height: float):
+    """A Figure on an Agg canvas (no pyplot state, nothing shown)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        raise InvalidInput('plots need matplotlib: pip install "matplotlib>=3.8"') from None
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _check_frame(df, columns: Sequence[str], what: str, *, numeric: Sequence[str] = ()) -> pd.DataFrame:
+    if not isinstance(df, pd.DataFrame):
+        raise InvalidInput(f"{what} takes a pandas DataFrame with columns {list(columns)}, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InvalidInput(f"{what}: missing column(s) {missing}; the DataFrame has {list(df.columns)}")
+    if df.empty:
+        raise InvalidInput(f"{what}: the DataFrame is empty")
+    for c in numeric:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            raise InvalidInput(f"{what}: column {c!r} must be numeric, got dtype {df[c].dtype}")
+    return df
+
+
+def _symmetric_limit(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    vmax = float(finite.max()) if finite.size else 0.0
+    return vmax if vmax > 0 else 1.0
+
+
+def head_heatmap(
+    df: pd.DataFrame,
+    *,
+    value: str = "effect",
+    layer: str = "layer",
+    head: str = "head",
+    title: str | None = None,
+    cmap: str = "RdBu_r",
+    annotate: bool | None = None,
+    n_layers: int | None = None,
+    n_heads: int | None = None,
+):
+    """A layers x heads image of a per-head number (a sweep's effect), diverging colours centred at 0.
+
+    ``df`` has one row per head with columns ``layer``, ``head`` and ``value`` (names
+    configurable). Heads missing from ``df`` stay blank. Red is positive, blue negative,
+    with the same scale both ways so zero is white. ``annotate`` writes the numbers in the
+    cells (default: when there are at most 200 cells).
+    """
+    _check_frame(df, [layer, head, value], "head_heatmap", numeric=[layer, head, value])
+    if df.duplicated([layer, head]).any():
+        dup = df[df.duplicated([layer, head], keep=False)][[layer, head]].iloc[0].tolist()
+        raise InvalidInput(f"head_heatmap: (layer, head) {tuple(dup)} appears more than once; aggregate first")
+    L = int(n_layers if n_layers is not None else df[layer].max() + 1)
+    H = int(n_heads if n_heads is not None else df[head].max() + 1)
+    if df[layer].min() < 0 or df[head].min() < 0 or df[layer].max() >= L or df[head].max() >= H:
+        raise InvalidInput(f"head_heatmap: layers must lie in 0..{L - 1} and heads in 0..{H - 1}")
+    grid = np.full((L, H), np.nan)
+    grid[df[layer].to_numpy(int), df[head].to_numpy(int)] = df[value].to_numpy(float)
+    vmax = _symmetric_limit(grid)
+    fig = _figure(min(2.0 + 0.55 * H, 14), min(1.4 + 0.38 * L, 12))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(L))
+    ax.set_title(title or f"{value} per head")
+    fig.colorbar(image, ax=ax, label=value, shrink=0.9)
+    if annotate if annotate is not None else L * H <= 200:
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(v) > 0.6 * vmax else "black")
+    return fig
+
+
+def head_statistics(
+    df: pd.DataFrame,
+    columns: Sequence[str] | None = None,
+    *,
+    layer: str = "layer",
+    head: str = "head",
+    title: str | None = None,
+):
+    """Per-layer scatter of head statistics, as in Clark et al. 2019 (one dot per head, one panel per statistic).
+
+    ``df`` has one row per head with ``layer``, ``head`` and numeric statistic columns
+    (e.g. ``entropy``, ``to_cls``, ``to_sep``, ``to_punct``); ``columns`` picks which to draw
+    (default: every other numeric column). A black line marks each layer's mean.
+    """
+    _check_frame(df, [layer, head], "head_statistics", numeric=[layer, head])
+    if columns is None:
+        columns = [c for c in df.columns if c not in (layer, head) and pd.api.types.is_numeric_dtype(df[c])]
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    if not columns:
+        raise InvalidInput("head_statistics: no numeric statistic columns besides layer and head")
+    _check_frame(df, columns, "head_statistics", numeric=columns)
+    n_heads = int(df[head].max()) + 1
+    fig = _figure(min(3.2 * len(columns), 16), 3.0)
+    axes = fig.subplots(1, len(columns), squeeze=False)[0]
+    x_layer = df[layer].to_numpy(float)
+    jitter = (df[head].to_numpy(float) + 0.5) / max(n_heads, 1) * 0.5 - 0.25  # heads spread within a layer
+    for ax, column in zip(axes, columns):
+        y = df[column].to_numpy(float)
+        ax.scatter(x_layer + jitter, y, s=14, c=df[layer].to_numpy(float), cmap="viridis", alpha=0.85, linewidths=0)
+        means = df.groupby(layer)[column].mean()
+        ax.plot(means.index.to_numpy(float), means.to_numpy(float), color="black", linewidth=1, label="layer mean")
+        ax.set_xlabel("layer")
+        ax.set_title(column)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def clustering_embedding(
+    df: pd.DataFrame,
+    *,
+    x: str = "x",
+    y: str = "y",
+    color: str = "layer",
+    label: str | None = None,
+    title: str | None = None,
+):
+    """2-D embedding of heads (e.g. MDS of Jensen-Shannon distances, Clark et al. 2019), coloured by a column.
+
+    ``df`` has one row per head (or point) with coordinates ``x``, ``y`` and a ``color``
+    column: numeric (e.g. ``layer``) gives a colour scale, text (e.g. ``behaviour``) gives
+    one colour per category with a legend. ``label`` names a column written next to each
+    point (e.g. ``"name"`` holding ``"3.5"``).
+    """
+    _check_frame(df, [x, y, color] + ([label] if label else []), "clustering_embedding", numeric=[x, y])
+    fig = _figure(5.6, 4.6)
+    ax = fig.add_subplot()
+    if pd.api.types.is_numeric_dtype(df[color]):
+        points = ax.scatter(df[x], df[y], c=df[color].to_numpy(float), cmap="viridis", s=28, linewidths=0)
+        fig.colorbar(points, ax=ax, label=color)
+    else:
+        from matplotlib import colormaps
+
+        cats = list(dict.fromkeys(df[color].astype(str)))
+        palette = colormaps["tab10" if len(cats) <= 10 else "tab20"]
+        for k, cat in enumerate(cats):
+            rows = df[color].astype(str) == cat
+            ax.scatter(df.loc[rows, x], df.loc[rows, y], color=palette(k % palette.N), s=28, label=cat, linewidths=0)
+        ax.legend(title=color, fontsize=8, loc="best")
+    if label:
+        for _, row in df.iterrows():
+            ax.annotate(str(row[label]), (row[x], row[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"heads coloured by {color}")
+    return fig
+
+
+def context_window_curves(
+    df: pd.DataFrame,
+    *,
+    x: str = "distance",
+    y: str = "mass",
+    group: str = "label",
+    logx: bool = False,
+    title: str | None = None,
+):
+    """Attention mass against query-key distance, one curve per ``group`` (e.g. before/after a neuron edit).
+
+    ``df`` is long format: columns ``distance``, ``mass`` and ``label`` (names
+    configurable); rows of each label are sorted by distance and joined by a line.
+    """
+    _check_frame(df, [x, y, group], "context_window_curves", numeric=[x, y])
+    fig = _figure(6.0, 3.8)
+    ax = fig.add_subplot()
+    for name, rows in df.groupby(group, sort=False):
+        rows = rows.sort_values(x)
+        ax.plot(rows[x], rows[y], marker="o", markersize=3, linewidth=1.5, label=str(name))
+    if logx:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(f"{x} (query position - key position)" if x == "distance" else x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title=group)
+    ax.set_title(title or "attention by distance")
+    return fig
+
+
+def bias_by_occupation(
+    df: pd.DataFrame,
+    *,
+    x: str = "share_women",
+    y: str = "log_ratio",
+    label: str | None = "occupation",
+    group: str | None = None,
+    title: str | None = None,
+):
+    """Scatter of each occupation's pronoun bias against its share of women, with a least-squares line.
+
+    ``df`` has one row per occupation (and per ``group``, e.g. clean / intervened):
+    ``share_women`` (0..1 or percent), ``log_ratio`` = log p(she)/p(he), and
+    ``occupation`` names written by the points (``label=None`` to leave them out). The
+    legend gives each group's fit slope and Pearson r.
+    """
+    needed = [x, y] + ([label] if label else []) + ([group] if group else [])
+    _check_frame(df, needed, "bias_by_occupation", numeric=[x, y])
+    fig = _figure(6.4, 4.6)
+    ax = fig.add_subplot()
+    groups = [(None, df)] if group is None else list(df.groupby(group, sort=False))
+    for name, rows in groups:
+        xs, ys = rows[x].to_numpy(float), rows[y].to_numpy(float)
+        points = ax.scatter(xs, ys, s=24, alpha=0.85, linewidths=0, label=None if name is None else str(name))
+        if len(rows) >= 2 and np.ptp(xs) > 0:
+            slope, intercept = np.polyfit(xs, ys, 1)
+            r = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) > 0 else float("nan")
+            grid = np.linspace(xs.min(), xs.max(), 50)
+            prefix = "" if name is None else f"{name}: "
+            ax.plot(grid, slope * grid + intercept, color=points.get_facecolor()[0], linewidth=1.5,
+                    label=f"{prefix}fit slope {slope:.2f}, r = {r:.2f}")
+        if label and len(rows) <= 80:
+            for xi, yi, text in zip(xs, ys, rows[label].astype(str)):
+                ax.annotate(text, (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points", alpha=0.8)
+    ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("log p(she) / p(he)" if y == "log_ratio" else y)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or "pronoun bias by occupation")
+    return fig
