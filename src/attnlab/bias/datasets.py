@@ -1,0 +1,266 @@
+"""Readers for the published WinoBias and Winogender formats, from paths the user gives.
+
+attnlab ships no copy of either data set. Each reader checks every line and raises
+:class:`~attnlab.errors.DataFormatError` naming the file, the line number and what was
+expected there.
+
+WinoBias (Zhao et al. 2018): one sentence per line, ``<n> <sentence>``, with the
+occupation mention and the pronoun(s) that refer to it in [brackets] (a few
+sentences bracket a second pronoun of the same entity); files are named
+``{pro,anti}_stereotyped_type{1,2}.txt.{dev,test}``.
+
+Winogender (Rudinger et al. 2018): ``templates.tsv`` (occupation, other participant,
+answer, sentence with ``$OCCUPATION $PARTICIPANT $NOM_PRONOUN $POSS_PRONOUN $ACC_PRONOUN``)
+and ``occupations-stats.tsv`` (occupation, bergsma_pct_female, bls_pct_female, bls_year).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from attnlab.errors import DataFormatError, InvalidInput
+
+__all__ = [
+    "load_winobias",
+    "load_winobias_dir",
+    "winobias_pairs",
+    "load_winogender_templates",
+    "load_winogender_stats",
+    "fill_winogender",
+    "PRONOUN_GENDER",
+    "WINOGENDER_PRONOUNS",
+]
+
+#: gender of the pronouns that WinoBias brackets
+PRONOUN_GENDER = {
+    "he": "male", "his": "male", "him": "male", "himself": "male",
+    "she": "female", "her": "female", "hers": "female", "herself": "female",
+}
+
+#: Winogender placeholder fills per gender: (nominative, possessive, accusative)
+WINOGENDER_PRONOUNS = {
+    "male": ("he", "his", "him"),
+    "female": ("she", "her", "her"),
+    "neutral": ("they", "their", "them"),
+}
+
+_WINOBIAS_NAME = re.compile(r"(pro|anti)_stereotyped_type([12])\.txt(?:\.(dev|test))?$")
+_WINOBIAS_LINE = re.compile(r"^(\d+)\s+(\S.*)$")
+_BRACKET = re.compile(r"\[([^\[\]]+)\]")
+
+
+def _path(path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(f"no such file: {p}")
+    return p
+
+
+def _lines(p: Path) -> list[str]:
+    try:
+        return p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataFormatError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def load_winobias(path, *, stereotype: str | None = None, type: int | None = None) -> pd.DataFrame:
+    """Read one WinoBias file into a DataFrame, one row per sentence.
+
+    ``stereotype`` ("pro"/"anti") and ``type`` (1/2) are read from the file name when not
+    given. Columns: ``id, sentence`` (brackets removed), ``entity, pronoun, pronoun_gender,
+    entity_start, pronoun_start`` (character offsets in ``sentence``), ``n_mentions``, ``stereotype, type,
+    split, line``.
+    """
+    p = _path(path)
+    m = _WINOBIAS_NAME.search(p.name)
+    stereotype = stereotype or (m.group(1) if m else None)
+    type = type if type is not None else (int(m.group(2)) if m else None)
+    if stereotype not in ("pro", "anti"):
+        raise InvalidInput(f"{p.name}: pass stereotype='pro' or 'anti' (not in the file name), got {stereotype!r}")
+    if type not in (1, 2):
+        raise InvalidInput(f"{p.name}: pass type=1 or 2 (not in the file name), got {type!r}")
+    split = m.group(3) if m and m.group(3) else None
+    rows = []
+    expected = "'<number> <sentence with two [bracketed] mentions>'"
+    for lineno, raw in enumerate(_lines(p), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        lm = _WINOBIAS_LINE.match(line)
+        if not lm:
+            raise DataFormatError(f"{p}:{lineno}: expected {expected}, got {line[:60]!r}")
+        text = lm.group(2)
+        n_found = len(_BRACKET.findall(text))
+        if text.count("[") != text.count("]") or text.count("[") != n_found or n_found < 2:
+            raise DataFormatError(
+                f"{p}:{lineno}: expected at least two balanced [bracketed] mentions (entity, then pronoun), "
+                f"got {text[:80]!r}"
+            )
+        spans, clean, last = [], [], 0
+        for bm in _BRACKET.finditer(text):
+            clean.append(text[last : bm.start()])
+            start = sum(len(c) for c in clean)
+            clean.append(bm.group(1))
+            spans.append((start, bm.group(1)))
+            last = bm.end()
+        clean.append(text[last:])
+        (e_start, entity), (p_start, pronoun) = spans[:2]  # later brackets: more pronouns
+        rows.append(
+            {
+                "id": int(lm.group(1)),
+                "sentence": "".join(clean),
+                "entity": entity,
+                "pronoun": pronoun,
+                "pronoun_gender": PRONOUN_GENDER.get(pronoun.lower()),
+                "entity_start": e_start,
+                "pronoun_start": p_start,
+                "n_mentions": len(spans),
+                "stereotype": stereotype,
+                "type": type,
+                "split": split,
+                "line": lineno,
+            }
+        )
+    if not rows:
+        raise DataFormatError(f"{p}: no sentences found; expected lines like {expected}")
+    return pd.DataFrame(rows)
+
+
+def load_winobias_dir(folder, *, split: str = "dev", types=(1, 2)) -> pd.DataFrame:
+    """All pro/anti files of ``split`` ("dev" or "test") and ``types`` in a WinoBias folder."""
+    if split not in ("dev", "test"):
+        raise InvalidInput(f"split must be 'dev' or 'test', got {split!r}")
+    folder = Path(folder)
+    frames = []
+    for t in types:
+        if t not in (1, 2):
+            raise InvalidInput(f"types must be 1 and/or 2, got {t!r}")
+        for s in ("pro", "anti"):
+            f = folder / f"{s}_stereotyped_type{t}.txt.{split}"
+            if not f.is_file():
+                raise InvalidInput(f"missing WinoBias file {f}")
+            frames.append(load_winobias(f))
+    return pd.concat(frames, ignore_index=True)
+
+
+def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Match each pro-stereotyped sentence with its anti-stereotyped twin (same type, split, id).
+
+    Columns: ``type, split, id, entity, pro, anti, pro_pronoun, anti_pronoun``.
+    """
+    need = {"id", "sentence", "stereotype", "type", "entity", "pronoun"}
+    if not isinstance(df, pd.DataFrame) or need - set(df.columns):
+        raise InvalidInput(f"winobias_pairs takes a DataFrame from load_winobias with columns {sorted(need)}")
+    if "split" not in df:
+        df = df.assign(split=None)
+    df = df.assign(split=df["split"].fillna("-"))
+    keys = ["type", "split", "id"]
+    pro = df[df.stereotype == "pro"].set_index(keys)
+    anti = df[df.stereotype == "anti"].set_index(keys)
+    both = pro.index.intersection(anti.index)
+    if len(both) == 0:
+        raise InvalidInput("no pro/anti sentence pairs share (type, split, id); load both pro and anti files")
+    out = pd.DataFrame(
+        {
+            "entity": pro.loc[both, "entity"],
+            "pro": pro.loc[both, "sentence"],
+            "anti": anti.loc[both, "sentence"],
+            "pro_pronoun": pro.loc[both, "pronoun"],
+            "anti_pronoun": anti.loc[both, "pronoun"],
+        }
+    )
+    return out.reset_index()
+
+
+def _tsv(p: Path, header_cols: int, what: str) -> list[tuple[int, list[str]]]:
+    lines = _lines(p)
+    if not lines:
+        raise DataFormatError(f"{p}: empty file; expected a header line and {what}")
+    rows = []
+    for lineno, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue
+        cols = raw.rstrip("\n").split("\t")
+        if len(cols) != header_cols:
+            raise DataFormatError(
+                f"{p}:{lineno}: expected {header_cols} tab-separated columns ({what}), got {len(cols)}: {raw[:60]!r}"
+            )
+        rows.append((lineno, [c.strip() for c in cols]))
+    return rows
+
+
+def load_winogender_templates(path) -> pd.DataFrame:
+    """Read Winogender ``templates.tsv``: ``occupation, participant, answer, template, line``.
+
+    ``answer`` is 0 when the pronoun refers to the occupation, 1 when it refers to the
+    other participant.
+    """
+    p = _path(path)
+    what = "occupation, other-participant, answer (0/1), sentence"
+    out = []
+    for lineno, (occ, part, answer, sentence) in _tsv(p, 4, what):
+        if answer not in ("0", "1"):
+            raise DataFormatError(f"{p}:{lineno}: expected answer 0 (occupation) or 1 (participant), got {answer!r}")
+        if "$OCCUPATION" not in sentence or not re.search(r"\$(NOM|POSS|ACC)_PRONOUN", sentence):
+            raise DataFormatError(
+                f"{p}:{lineno}: expected a sentence with $OCCUPATION and a $NOM_PRONOUN/$POSS_PRONOUN/$ACC_PRONOUN "
+                f"placeholder, got {sentence[:60]!r}"
+            )
+        unknown = set(re.findall(r"\$[A-Z_]+", sentence)) - {"$OCCUPATION", "$PARTICIPANT", "$NOM_PRONOUN", "$POSS_PRONOUN", "$ACC_PRONOUN"}
+        if unknown:
+            raise DataFormatError(f"{p}:{lineno}: unknown placeholder {sorted(unknown)[0]}")
+        if not occ or not part:
+            raise DataFormatError(f"{p}:{lineno}: expected non-empty occupation and participant columns")
+        out.append({"occupation": occ, "participant": part, "answer": int(answer), "template": sentence, "line": lineno})
+    if not out:
+        raise DataFormatError(f"{p}: no templates found after the header")
+    return pd.DataFrame(out)
+
+
+def load_winogender_stats(path) -> pd.DataFrame:
+    """Read Winogender ``occupations-stats.tsv``: share of women per occupation (percent)."""
+    p = _path(path)
+    what = "occupation, bergsma_pct_female, bls_pct_female, bls_year"
+    out = []
+    for lineno, (occ, bergsma, bls, year) in _tsv(p, 4, what):
+        try:
+            row = {"occupation": occ, "bergsma_pct_female": float(bergsma), "bls_pct_female": float(bls), "bls_year": int(year)}
+        except ValueError:
+            raise DataFormatError(f"{p}:{lineno}: expected numbers in columns 2-4 ({what}), got {[bergsma, bls, year]}") from None
+        if not (0 <= row["bls_pct_female"] <= 100 and 0 <= row["bergsma_pct_female"] <= 100):
+            raise DataFormatError(f"{p}:{lineno}: percentages must lie in 0..100")
+        out.append(row)
+    if not out:
+        raise DataFormatError(f"{p}: no occupations found after the header")
+    return pd.DataFrame(out)
+
+
+def _capitalise_starts(text: str) -> str:
+    return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
+
+
+def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neutral"), someone: bool = False) -> pd.DataFrame:
+    """Fill every template with each gender's pronouns (and the participant or ``"someone"``)."""
+    if not isinstance(templates, pd.DataFrame) or templates.empty:
+        raise InvalidInput("fill_winogender takes the non-empty DataFrame from load_winogender_templates")
+    bad = [g for g in genders if g not in WINOGENDER_PRONOUNS]
+    if bad:
+        raise InvalidInput(f"unknown gender {bad[0]!r}; valid: {', '.join(WINOGENDER_PRONOUNS)}")
+    rows = []
+    for t in templates.itertuples():
+        for g in genders:
+            nom, poss, acc = WINOGENDER_PRONOUNS[g]
+            s = (
+                t.template.replace("$OCCUPATION", t.occupation)
+                .replace("$PARTICIPANT", "someone" if someone else t.participant)
+                .replace("$NOM_PRONOUN", nom)
+                .replace("$POSS_PRONOUN", poss)
+                .replace("$ACC_PRONOUN", acc)
+            )
+            if someone:
+                s = s.replace("the someone", "someone").replace("The someone", "Someone")
+            rows.append({"occupation": t.occupation, "participant": t.participant, "answer": t.answer, "gender": g, "sentence": _capitalise_starts(s)})
+    return pd.DataFrame(rows)
