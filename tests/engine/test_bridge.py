@@ -7,8 +7,9 @@ What is true with transformer-lens 4.3 (and tested here):
 * for BERT the bridge delegates to the HF attention module, so ``attnlab.load(bridge)`` works, and
   attnlab's pattern edits land whether you run attnlab, the bridge or the HF model, while an edit
   made through the bridge's own ``hook_pattern`` is discarded;
-* for GPT-2, Llama and Gemma-3 the bridge recomputes attention itself, so attnlab cannot reach it
-  and ``load(bridge)`` says so with an ``UnsupportedModel`` error, leaving the bridge untouched.
+* for GPT-2, Llama and Gemma-3 the bridge recomputes attention itself; ``load(bridge)`` then hooks
+  a view of the HF model the bridge wrapped (the same weights, nothing copied), so attnlab's
+  edits land in attnlab's runs and the bridge itself keeps computing what it computed.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def test_bert_bridge_loads_and_pattern_edits_land_everywhere():
     with torch.no_grad():
         clean = bridge(ids)
     model = attnlab.load(bridge)
-    assert model.bridge is bridge and model.hf_model is hf
+    assert model.bridge is bridge
+    assert {id(p) for p in model.hf_model.parameters()} == {id(p) for p in hf.parameters()}  # no copy
     assert model.cfg.n_layers == 2 and not model.cfg.is_causal
     eye = torch.eye(ids.shape[1])  # every token attends only to itself
     resident = model.count_hooks()  # the bridge keeps some hooks of its own on its modules
@@ -122,15 +124,21 @@ def test_bert_bridge_discards_its_own_pattern_edits():
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
-def test_bridge_that_recomputes_attention_is_refused_and_left_untouched(arch):
+def test_bridge_that_recomputes_attention_gets_attnlab_edits(arch):
     bridge, hf, tok = boot(arch)
     ids = tok([TEXT], return_tensors="pt")["input_ids"]
-    implementation = hf.config._attn_implementation
     with torch.no_grad():
         before = bridge(ids)
-    with pytest.raises(UnsupportedModel, match=r"recomputes attention itself .*attnlab.load\(hf_model, tokenizer=tok\)"):
-        attnlab.load(bridge)
-    assert hf.config._attn_implementation == implementation
+    model = attnlab.load(bridge)
+    assert model.bridge is bridge
+    assert {id(p) for p in model.hf_model.parameters()} <= {id(p) for p in hf.parameters()}  # shared weights
+    eye = torch.eye(ids.shape[1])
+    reference = tiny_model(arch)  # same seed, never bridged
     with torch.no_grad():
-        assert torch.equal(bridge(ids), before)
-    assert not any("_attnlab_hooks" in m.__dict__ for m in hf.modules())
+        assert torch.allclose(model(ids), before, atol=1e-5)
+        with model.intervene(SetPattern(1, 0, pattern=eye)), reference.intervene(SetPattern(1, 0, pattern=eye)):
+            edited, expected = model(ids), reference(ids)
+    assert (edited - before).abs().max() > 1e-3  # the edit lands
+    assert torch.allclose(edited, expected, atol=1e-5)  # and does exactly what it does on the plain model
+    with torch.no_grad():
+        assert torch.equal(bridge(ids), before)  # the bridge is left as it was

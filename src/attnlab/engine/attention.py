@@ -38,8 +38,10 @@ class SiteHookPoint(HookPoint):
     """A TransformerLens hook point that also knows its layer, site and query offset.
 
     ``query_offset`` is the absolute position of the first query row in this call (non-zero
-    when generating with a KV cache), so position-aware hooks address the same token
-    whether the model recomputes everything or reuses its cache.
+    when generating with a KV cache), and ``key_offset`` that of the first key column
+    (non-zero only when a sliding-window layer's cache has dropped old keys), so
+    position-aware hooks address the same token whether the model recomputes everything or
+    reuses its cache.
     """
 
     def __init__(self, layer: int, site: str):
@@ -47,6 +49,8 @@ class SiteHookPoint(HookPoint):
         self.layer_index = layer
         self.site = site
         self.query_offset = 0
+        self.key_offset = 0
+        self.generating = False  # True inside generate(): positions past the text so far are not errors
 
     def is_hooked(self) -> bool:
         return bool(self._forward_hooks)
@@ -69,13 +73,23 @@ class AttentionHooks(nn.Module):
 
 
 def attach(attention_module: nn.Module, hooks: AttentionHooks) -> None:
-    """Tie ``hooks`` to an HF attention module without registering them as its submodule."""
+    """Tie ``hooks`` to an HF attention module without registering them as its submodule.
+
+    A module that is a view of another (see :mod:`attnlab.engine.bridge`) ties its source too,
+    so edits land whichever of the two runs.
+    """
     object.__setattr__(attention_module, _ATTR, hooks)
+    source = attention_module.__dict__.get("_attnlab_source")
+    if source is not None:
+        attach(source, hooks)
 
 
 def detach(attention_module: nn.Module) -> None:
     if _ATTR in attention_module.__dict__:
         object.__delattr__(attention_module, _ATTR)
+    source = attention_module.__dict__.get("_attnlab_source")
+    if source is not None:
+        detach(source)
 
 
 def hooks_of(attention_module: nn.Module) -> AttentionHooks | None:
@@ -93,6 +107,18 @@ def _causal_bool_mask(q_len: int, k_len: int, device: torch.device) -> torch.Ten
     return (q_abs >= torch.arange(k_len, device=device)[None, :])[None, None]
 
 
+def _query_offset(q_len: int, k_len: int, position_ids, sliding_window) -> int:
+    """Absolute position of the first query row.
+
+    Normally the keys are the whole text so far (offset ``k_len - q_len``). A sliding-window
+    layer decoding with a KV cache only gets the last keys, so there the position ids tell
+    (the largest over rows: the unpadded row's ids are plain token indices).
+    """
+    if sliding_window is not None and isinstance(position_ids, torch.Tensor) and position_ids.numel():
+        return int(position_ids.reshape(-1, position_ids.shape[-1])[:, 0].max())
+    return k_len - q_len
+
+
 def explicit_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -105,6 +131,8 @@ def explicit_attention(
     scaling: float | None = None,
     softcap: float | None = None,
     is_causal: bool | None = None,
+    position_ids: torch.Tensor | None = None,
+    sliding_window: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention with a hook point at every site.
 
@@ -121,9 +149,10 @@ def explicit_attention(
         value = repeat(value, "b kvh k d -> b (kvh g) k d", g=group)
 
     if hooks is not None:
-        offset = k_len - q_len
+        query_offset = _query_offset(q_len, k_len, position_ids, sliding_window)
         for point in hooks.points():
-            point.query_offset = offset
+            point.query_offset = query_offset
+            point.key_offset = query_offset + q_len - k_len
         if hooks.hook_q._forward_hooks:
             query = rearrange(hooks.hook_q(rearrange(query, "b h p d -> b p h d")), "b p h d -> b h p d")
         if hooks.hook_k._forward_hooks:
@@ -172,6 +201,7 @@ def _attnlab_attention(fast_path):
         return explicit_attention(
             module, query, key, value, attention_mask, hooks,
             dropout=dropout, scaling=scaling, softcap=kwargs.get("softcap"), is_causal=kwargs.get("is_causal"),
+            position_ids=kwargs.get("position_ids"), sliding_window=kwargs.get("sliding_window"),
         )
 
     return attention

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from attnlab.engine.bridge import hf_model_of_bridge, is_bridge
 from attnlab.engine.model import HookedModel
 from attnlab.errors import InvalidInput, UnsupportedModel, did_you_mean
 
@@ -171,27 +172,16 @@ def load(
         return spec
     if isinstance(spec, torch.nn.Module):
         bridge = None
-        if hasattr(spec, "original_model") and hasattr(spec, "adapter"):  # TransformerLens TransformerBridge
+        if is_bridge(spec):  # TransformerLens TransformerBridge: hook the HF model inside it
             bridge, tokenizer = spec, tokenizer or getattr(spec, "tokenizer", None)
-            spec = spec.original_model
+            spec = hf_model_of_bridge(spec)
         if not hasattr(spec, "config"):
             raise UnsupportedModel(f"{type(spec).__name__} is not a transformers model (it has no .config)")
         if dtype is not None:
             spec = spec.to(dtype)
         if device is not None:
             spec = spec.to(device)
-        if bridge is None:
-            return HookedModel(spec, tokenizer, name=name)
-        try:
-            return HookedModel(spec, tokenizer, name=name, bridge=bridge)
-        except UnsupportedModel as err:
-            kinds = sorted({type(m).__name__ for m in spec.modules() if type(m).__name__.endswith("AttentionBridge")})
-            raise UnsupportedModel(
-                f"this TransformerBridge recomputes attention itself ({', '.join(kinds) or 'its own attention'}) "
-                "instead of calling the Hugging Face attention module, so attnlab's hooks would never run. "
-                "Load the Hugging Face model instead: attnlab.load(hf_model, tokenizer=tok), with a model the "
-                f"bridge has not wrapped (booting a bridge replaces its modules in place). ({err})"
-            ) from None
+        return HookedModel(spec, tokenizer, name=name, bridge=bridge)
     if not isinstance(spec, (str, os.PathLike)):
         raise InvalidInput(
             f"load() takes a model name, path, transformers model or TransformerBridge, got {type(spec).__name__}"
