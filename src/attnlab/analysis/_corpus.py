@@ -25,7 +25,7 @@ from jaxtyping import Float
 
 from attnlab.errors import InvalidInput
 
-__all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus"]
+__all__ = ["Sentence", "prepare", "attention_batches", "capture", "split_words", "is_punctuation", "check_corpus"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -157,6 +157,28 @@ def prepare(model, corpus: Iterable) -> list[Sentence]:
     return [_align(model, *_words_of(item, i), i) for i, item in enumerate(items)]
 
 
+@torch.no_grad()
+def capture(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Run the model's body (no LM head: its logits are not needed) and return the named hook outputs.
+
+    The vocabulary projection dominates the cost of a forward pass of a small LM with a
+    large vocabulary (Gemma: 262k words), so analyses that only read attention skip it.
+    """
+    store: dict[str, torch.Tensor] = {}
+    wanted = set(names)
+
+    def save(tensor, hook):
+        store[hook.name] = tensor.detach()
+
+    body = getattr(model.hf_model, "base_model", model.hf_model)
+    kwargs = {"input_ids": input_ids.to(model.device)}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.to(model.device)
+    with model.hooks(fwd_hooks=[(n, save) for n in wanted]):
+        body(**kwargs)
+    return store
+
+
 def _batches(sentences: list[Sentence], batch_size: int) -> Iterator[list[Sentence]]:
     # Group similar lengths so padding stays small; results keep the caller's order.
     order = sorted(range(len(sentences)), key=lambda i: sentences[i].n_tokens)
@@ -192,10 +214,8 @@ def attention_batches(
             for row, s in enumerate(batch):
                 ids[row, : s.n_tokens] = torch.tensor(s.token_ids)
                 mask[row, : s.n_tokens] = 1
-            _, cache = model.run_with_cache(
-                ids.to(model.device), attention_mask=mask.to(model.device),
-                names_filter=lambda n: n.endswith("hook_pattern"),
-            )
+            names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+            cache = capture(model, ids, mask, names)
             stacked = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)], 1)
             for row, s in enumerate(batch):
                 n = s.n_tokens

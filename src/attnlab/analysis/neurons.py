@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
-from attnlab.analysis._corpus import prepare
+from attnlab.analysis._corpus import capture, prepare
 from attnlab.engine.adapters import find_attention_modules
 from attnlab.errors import InvalidInput, InvalidLocation
 
@@ -71,7 +71,7 @@ def _check_text(model, text) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _qk_scores(model, enc, layer: int):
     names = [f"blocks.{layer}.attn.hook_{s}" for s in ("q", "k", "attn_scores", "pattern")]
-    _, cache = model.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"], names_filter=names)
+    cache = capture(model, enc["input_ids"], enc["attention_mask"], names)
     return [cache[n][0].float() for n in names]  # q/k [pos, head, d]; scores/pattern [head, q, k]
 
 
@@ -237,12 +237,15 @@ def decay_neurons(
     max_distance: int | None = None,
     layers: Sequence[int] | None = None,
     pairs: bool | None = None,
+    ignore_first: bool = True,
     progress: bool = True,
 ) -> DecayProfile:
     """Mean contribution of every q/k unit of every head, by query-key distance, over ``corpus``.
 
     ``pairs`` (default: the model is rotary) groups dims d and d + d_head/2. Masked
-    query-key pairs (causal, sliding window) are skipped. Texts run one at a time (no
+    query-key pairs (causal, sliding window) are skipped, and so is key 0 when
+    ``ignore_first`` (the BOS / [CLS] sink has an atypical key and would dominate the
+    longest distances). Texts run one at a time (no
     padding). Call ``.ranking()`` on the result for the strongest decaying units.
 
     >>> from attnlab.testing import tiny_model
@@ -266,12 +269,14 @@ def decay_neurons(
     floor = torch.finfo(torch.float32).min / 2
     for s in tqdm(sentences, desc="decay neurons", disable=not progress):
         ids = torch.tensor([s.token_ids], device=model.device)
-        _, cache = model.run_with_cache(ids, names_filter=names)
+        cache = capture(model, ids, None, names)
         n = s.n_tokens
         for li, layer in enumerate(layer_list):
             q = cache[f"blocks.{layer}.attn.hook_q"][0].double()  # [pos, head, d]
             k = cache[f"blocks.{layer}.attn.hook_k"][0].double()
             vis = (cache[f"blocks.{layer}.attn.hook_attn_scores"][0] > floor).double()  # [head, q, k]
+            if ignore_first:
+                vis[..., 0] = 0.0
             for dist in range(min(D, n)):
                 prod = q[dist:] * k[: n - dist]  # query i = j + dist, key j: [n - dist, head, d]
                 v = torch.diagonal(vis, offset=-dist, dim1=-2, dim2=-1)  # [head, n - dist]
