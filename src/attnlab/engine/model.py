@@ -284,10 +284,17 @@ class HookedModel(HookedRootModule):
         finally:
             tok.padding_side = side
         gen_kwargs.setdefault("do_sample", False)
+        points = list(self.hook_dict.values())
         with self.intervene(*interventions):
-            out = self.hf_model.generate(
-                **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs
-            )
+            for point in points:  # an edit at a position still to be generated is not an error
+                point.generating = True
+            try:
+                out = self.hf_model.generate(
+                    **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs
+                )
+            finally:
+                for point in points:
+                    point.generating = False
         new = out[:, enc["input_ids"].shape[1] :]
         decoded = [tok.decode(row, skip_special_tokens=True) for row in new]
         return decoded[0] if isinstance(prompt, str) else decoded

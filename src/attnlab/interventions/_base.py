@@ -101,7 +101,9 @@ class Intervention:
         edit = self.edit_fn(model)
 
         def hook(x: torch.Tensor, hook) -> torch.Tensor:
-            mask = self.location_mask(x, hook.query_offset)
+            mask = self.location_mask(
+                x, hook.query_offset, loose=getattr(hook, "generating", False), key_offset=getattr(hook, "key_offset", 0)
+            )
             return torch.where(mask, edit(x, hook).to(x.dtype), x)
 
         return [(self.hook_name, hook)]
@@ -110,17 +112,22 @@ class Intervention:
         """The new value of the whole site tensor; ``hooks`` keeps it only where the mask is True."""
         raise NotImplementedError
 
-    def location_mask(self, x: torch.Tensor, query_offset: int = 0) -> torch.Tensor:
-        """Boolean mask broadcastable to ``x``: True at the rows, heads and positions addressed."""
+    def location_mask(
+        self, x: torch.Tensor, query_offset: int = 0, *, loose: bool = False, key_offset: int = 0
+    ) -> torch.Tensor:
+        """Boolean mask broadcastable to ``x``: True at the rows, heads and positions addressed.
+
+        ``loose`` (set while generating) ignores positions this call does not contain yet.
+        """
         head_major = self.site in HEAD_MAJOR_SITES  # [batch, head, query, key] else [batch, pos, head, d]
         batch = x.shape[0]
         n_pos = x.shape[2] if head_major else x.shape[1]
         n_heads = x.shape[1] if head_major else x.shape[2]
-        offset = query_offset if self.site in ("q", "z", "attn_scores", "pattern") else 0
+        offset = query_offset if self.site in ("q", "z", "attn_scores", "pattern") else key_offset
         dev = x.device
         rows = _axis_mask(self.rows, batch, dev, "row", "batch rows")
         heads = _axis_mask(self.heads, n_heads, dev, "head", "heads")
-        pos = _axis_mask(self.positions, n_pos, dev, "position", "positions", offset=offset, loose=offset > 0)
+        pos = _axis_mask(self.positions, n_pos, dev, "position", "positions", offset=offset, loose=loose or offset > 0)
         if head_major:
             return rows[:, None, None, None] & heads[None, :, None, None] & pos[None, None, :, None]
         return rows[:, None, None, None] & pos[None, :, None, None] & heads[None, None, :, None]

@@ -50,10 +50,10 @@ class EditNeuron(Intervention):
             if d >= cfg.d_head:
                 raise InvalidLocation(f"dim {d} out of range: {cfg.name} has d_head={cfg.d_head} (dims 0..{cfg.d_head - 1})")
 
-    def location_mask(self, x: torch.Tensor, query_offset: int = 0) -> torch.Tensor:
+    def location_mask(self, x: torch.Tensor, query_offset: int = 0, **options) -> torch.Tensor:
         dims = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
         dims[list(self._dims)] = True
-        return super().location_mask(x, query_offset) & dims
+        return super().location_mask(x, query_offset, **options) & dims
 
     def edit_fn(self, model):
         if self.scale is not None:

@@ -125,8 +125,8 @@ class BlockKeys(Intervention):
 
     def edit_fn(self, model):
         def edit(x, hook):
-            n_keys = x.shape[-1]
-            keys = [k for k in self.keys if k < n_keys]
+            n_keys, first = x.shape[-1], getattr(hook, "key_offset", 0)
+            keys = [k - first for k in self.keys if 0 <= k - first < n_keys]
             new = x.clone()
             new[..., keys] = 0
             if self.renormalize:
@@ -169,7 +169,8 @@ class EditScores(Intervention):
             if self.distance_penalty is not None:
                 q, k = x.shape[-2:]
                 q_abs = torch.arange(hook.query_offset, hook.query_offset + q, device=x.device)
-                dist = (q_abs[:, None] - torch.arange(k, device=x.device)[None, :]).abs().to(x.dtype)
+                k_abs = torch.arange(hook.key_offset, hook.key_offset + k, device=x.device)
+                dist = (q_abs[:, None] - k_abs[None, :]).abs().to(x.dtype)
                 new = x - self.distance_penalty * dist
             elif self.add is not None:
                 add = self.add.expand(x.shape[-2:]) if self.add.ndim == 0 else self.add

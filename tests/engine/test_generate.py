@@ -1,0 +1,125 @@
+"""Greedy generation with the KV cache equals a loop of full forwards under the same edits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.interventions import AblateHead, BlockKeys, EditNeuron, EditScores, SetPattern, from_dict
+
+PROMPT = "the nurse said that"
+N_NEW = 6
+
+
+def _present(specs, length):
+    """The specs as a full forward over ``length`` tokens sees them: future positions dropped."""
+    out = []
+    for spec in specs:
+        if spec.positions is None:
+            out.append(spec)
+            continue
+        kept = [p for p in spec.positions if p < length]
+        if kept:
+            out.append(from_dict({**spec.to_dict(), "positions": kept}))
+    return out
+
+
+def _recompute(model, prompt, n_new, specs):
+    """Argmax of a full forward pass at every step (no KV cache)."""
+    ids = model.to_tokens(prompt)
+    with torch.no_grad():
+        for _ in range(n_new):
+            with model.intervene(*_present(specs, ids.shape[1])):
+                next_id = model(ids)[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    return ids[0, -n_new:].tolist()
+
+
+def _generated_ids(model, prompt, n_new, specs):
+    text = model.generate(prompt, max_new_tokens=n_new, interventions=specs)
+    return model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+CASES = {
+    "clean": [],
+    "ablate": [AblateHead(0, 1), AblateHead(1, 3)],
+    "k-neuron": [EditNeuron(0, 2, site="k", dim=1, value=4.0)],
+    "q-neuron-at-positions": [EditNeuron(1, None, site="q", dim=0, scale=-3.0, positions=[2, 6, 7])],
+    "k-neuron-at-positions": [EditNeuron(0, 1, site="k", dim=3, value=5.0, positions=[1, 7])],
+    "scores": [EditScores(1, 0, distance_penalty=1.5)],
+    "block-bos": [BlockKeys(0, None, keys=[0])],
+    "pattern-fn": [SetPattern(1, 2, fn=lambda p: p.pow(3), renormalize=True)],
+    "ablate-late-positions": [AblateHead(0, None, positions=[5, 6, 8])],
+}
+
+
+# every case on GPT-2; the rotary / GQA / sliding-window models get a representative subset
+MATRIX = [("gpt2", case) for case in CASES] + [
+    (arch, case)
+    for arch in ("llama", "gemma3")
+    for case in ("clean", "ablate", "k-neuron-at-positions", "q-neuron-at-positions", "scores", "block-bos", "pattern-fn")
+]
+
+
+@pytest.mark.parametrize(("arch", "case"), MATRIX)
+def test_generate_with_kv_cache_equals_full_recompute(arch, case):
+    from attnlab.testing import tiny_model
+
+    model = tiny_model(arch)
+    specs = CASES[case]
+    expected = _recompute(model, PROMPT, N_NEW, specs)
+    got = _generated_ids(model, PROMPT, N_NEW, specs)
+    assert got == expected
+    assert model.count_hooks() == 0
+    present = _present(specs, model.to_tokens(PROMPT).shape[1])
+    if present:  # the interventions already act on the prompt
+        with torch.no_grad():
+            clean = model(PROMPT)
+            with model.intervene(*present):
+                edited = model(PROMPT)
+        assert (edited - clean).abs().max() > 1e-4
+
+
+def test_positional_edit_acts_only_once_its_position_is_generated(tiny_gpt2):
+    """An edit at position 7 (the 3rd new token) leaves the first two new tokens as clean."""
+    model = tiny_gpt2
+    n_prompt = model.to_tokens(PROMPT).shape[1]
+    spec = AblateHead(0, None, positions=[n_prompt + 2])
+    clean = _recompute(model, PROMPT, N_NEW, [])
+    edited = _recompute(model, PROMPT, N_NEW, [spec])
+    assert edited[:3] == clean[:3]  # tokens produced before position n_prompt+2 is a query row
+    assert _generated_ids(model, PROMPT, N_NEW, [spec]) == edited
+
+
+def test_generate_refuses_encoders_and_bad_lengths(tiny_bert, tiny_gpt2):
+    with pytest.raises(UnsupportedModel, match="not a causal language model"):
+        tiny_bert.generate("the nurse", max_new_tokens=2)
+    with pytest.raises(InvalidInput, match="max_new_tokens must be a positive integer, got 0"):
+        tiny_gpt2.generate("the nurse", max_new_tokens=0)
+
+
+def test_offsets_on_sliding_window_layers_during_generation(tiny_gemma):
+    """Gemma-3's sliding layers (window 4 here) see only the last keys while decoding; the hook
+    still knows the absolute position of its first query row and first key column."""
+    model = tiny_gemma
+    n_prompt = model.to_tokens(PROMPT).shape[1]
+    seen = []
+
+    def record(x, hook):
+        seen.append((hook.layer_index, x.shape[2], x.shape[3], hook.query_offset, hook.key_offset))
+        return x
+
+    with model.hooks(fwd_hooks=[(lambda name: name.endswith("hook_attn_scores"), record)]):
+        model.hf_model.generate(**model.tokenize(PROMPT), max_new_tokens=3, do_sample=False)
+    steps = {}
+    for layer, q_len, k_len, q_off, k_off in seen:
+        steps.setdefault(layer, []).append((q_len, k_len, q_off, k_off))
+    for layer, calls in steps.items():
+        assert [q_off for _, _, q_off, _ in calls] == [0, n_prompt, n_prompt + 1]
+        for q_len, k_len, q_off, k_off in calls:
+            assert k_off + k_len == q_off + q_len  # the last key is the last query's own token
+    sliding = steps[0]  # layer 0 is a sliding-window layer with window 4
+    assert sliding[-1][1] < n_prompt + 2 and sliding[-1][3] > 0
+    full = steps[2]
+    assert all(k_off == 0 for *_, k_off in full)
