@@ -35,3 +35,7 @@ __all__ = [
     "metric_from_name",
     "bootstrap_mean",
 ]
+
+from attnlab.measure.sweep import HEAD_METHODS, SweepResult, sweep_heads, sweep_interventions, sweep_neurons  # noqa: E402
+
+__all__ += ["sweep_heads", "sweep_neurons", "sweep_interventions", "SweepResult", "HEAD_METHODS"]

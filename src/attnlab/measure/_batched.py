@@ -1,0 +1,136 @@
+"""The engine of every sweep: many intervention variants, several per batch, prefix reused.
+
+A *variant* is a list of intervention specs acting at layers ``>= start``. For each chunk
+of metric rows the clean forward runs once (keeping what every decoder layer returned);
+then the variants are grouped ``copies`` at a time into one batch of ``copies x chunk``
+rows, copy ``g`` carrying variant ``g`` (one hook per hook point splits the batch and hands
+each copy to its own variant's hook function, so each copy sees exactly the rows a naive
+one-variant forward would see), and the forward resumes at layer ``start``.
+Memory is bounded by ``batch_size`` rows, whatever the number of variants.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from attnlab.measure._forward import metric_output
+from attnlab.measure._prefix import capture_outputs, decoder_layers, skip_layers
+from attnlab.measure._rows import Rows
+
+__all__ = ["run_variants"]
+
+Build = Callable[[Any, Any], list]  # (variant key, chunk context) -> specs
+
+
+def _grouped_hooks(model, spec_lists: Sequence[list], rows_per_copy: int) -> list[tuple[str, Callable]]:
+    """One hook per hook point; copy ``g`` of the batch goes through variant ``g``'s hook functions."""
+    per_name: dict[str, list[tuple[int, Callable]]] = {}
+    for g, specs in enumerate(spec_lists):
+        for spec in specs:
+            spec.validate(model.cfg)
+            for name, fn in spec.hooks(model):
+                per_name.setdefault(name, []).append((g, fn))
+
+    def make(fns):
+        def grouped(x, hook):
+            parts = list(x.split(rows_per_copy, dim=0))  # [copies x (rows, ...)]
+            for g, fn in fns:
+                out = fn(parts[g], hook=hook)
+                if out is not None:
+                    parts[g] = out
+            return torch.cat(parts, dim=0)
+
+        return grouped
+
+    return [(name, make(fns)) for name, fns in per_name.items()]
+
+
+def _repeat_stats(stats: torch.Tensor, times: int) -> torch.Tensor:
+    return stats.repeat(times, *([1] * (stats.ndim - 1))) if times > 1 else stats
+
+
+def _prefix_works(model, layers, part: Rows, metric, clean_out: torch.Tensor, kept, start: int) -> bool:
+    """A resumed clean run at ``start`` must reproduce the clean output (checked once per sweep)."""
+    with skip_layers(layers, start, kept[start - 1], 1, part.n_rows):
+        resumed = metric_output(model, part, metric.output)
+    tol = 1e-4 * max(1.0, float(clean_out.abs().max()))
+    return resumed.shape == clean_out.shape and bool((resumed - clean_out).abs().max() <= tol)
+
+
+@torch.no_grad()
+def run_variants(
+    model,
+    rows: Rows,
+    metric,
+    variants: Sequence[tuple[int, Any]],
+    build: Build,
+    *,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    chunk_setup: Callable[[Rows, slice], Any] | None = None,
+    single_chunk: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clean values ``[prompt]`` and intervened values ``[variant, prompt]`` of ``metric``.
+
+    ``variants``: ``(start layer, key)`` pairs; ``build(key, ctx)`` makes the specs of one
+    variant for one chunk (``ctx`` from ``chunk_setup``, e.g. that chunk's patch sources).
+    """
+    k = rows.per_prompt
+    chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
+    copies = max(1, batch_size // chunk)
+    layers = decoder_layers(model)
+    by_start: dict[int, list[int]] = {}
+    for i, (start, _) in enumerate(variants):
+        by_start.setdefault(int(start), []).append(i)
+    need = {s - 1 for s in by_start if s > 0}
+    use_prefix = layers is not None and bool(need)
+    if layers is None and need:
+        warnings.warn(f"{model.cfg.name}: decoder layers not found; the sweep runs full forwards (slower, same results)")
+
+    n_chunks = -(-rows.n_rows // chunk)
+    total = n_chunks * sum(-(-len(ix) // copies) for ix in by_start.values())
+    clean_rows = torch.empty(rows.n_rows)
+    inter_rows = torch.empty(len(variants), rows.n_rows)
+    checked = False
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+        for c0 in range(0, rows.n_rows, chunk):
+            sl = slice(c0, c0 + chunk)
+            part = rows.select(sl).to(model.device)
+            n = part.n_rows
+            with capture_outputs(layers, need) if use_prefix else nullcontext({}) as kept:
+                clean_out = metric_output(model, part, metric.output)
+            clean = metric.reduce(clean_out, part)
+            clean_rows[c0 : c0 + n] = metric.compare(clean, clean, part).float().cpu()
+            if use_prefix and not checked:
+                checked = True
+                if not _prefix_works(model, layers, part, metric, clean_out, kept, max(by_start)):
+                    use_prefix = False
+                    warnings.warn(
+                        f"{model.cfg.name}: resuming at a layer does not reproduce the clean output; "
+                        "the sweep falls back to full forwards (slower, same results)"
+                    )
+            del clean_out
+            ctx = chunk_setup(part, sl) if chunk_setup is not None else None
+            for start, idx in by_start.items():
+                for g0 in range(0, len(idx), copies):
+                    group = idx[g0 : g0 + copies]
+                    r = len(group)
+                    hooks = _grouped_hooks(model, [build(variants[i][1], ctx) for i in group], n)
+                    big = part.repeat(r)
+                    skip = skip_layers(layers, start, kept[start - 1], r, n) if use_prefix and start > 0 else nullcontext()
+                    with skip, model.hooks(fwd_hooks=hooks):
+                        out = metric_output(model, big, metric.output)
+                    vals = metric.compare(metric.reduce(out, big), _repeat_stats(clean, r), big)
+                    inter_rows[group, c0 : c0 + n] = vals.float().cpu().reshape(r, n)
+                    bar.update(1)
+    clean_v = metric.combine(clean_rows.reshape(-1, k)).double().numpy()
+    inter_v = torch.stack([metric.combine(v.reshape(-1, k)) for v in inter_rows]).double().numpy() if len(variants) else np.zeros((0, len(clean_v)))
+    return clean_v, inter_v

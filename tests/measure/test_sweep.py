@@ -1,0 +1,160 @@
+"""Sweeps equal a naive loop of one forward per variant, reuse the prefix, and batch variants."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec
+from attnlab.interventions import AblateHead, EditNeuron, Patch
+from attnlab.measure import KL, GenerationDiff, HiddenShift, LogitDiff, TopKChange, effect, sweep_heads, sweep_interventions, sweep_neurons
+from attnlab.measure._prefix import decoder_layers
+from attnlab.testing import tiny_model
+
+PROMPTS = ["the nurse said that", "the doctor said that he was", "a man", "the king told the queen that"]
+
+
+def _naive(model, specs_per_variant, metric, prompts=PROMPTS):
+    """One plain forward per variant over all prompts (one batch)."""
+    return np.stack([
+        effect(model, prompts, specs, metric, batch_size=1000, n_boot=1, progress=False).per_prompt.intervened.to_numpy()
+        for specs in specs_per_variant
+    ])
+
+
+def _matrix(res, n):
+    return res.per_prompt.intervened.to_numpy().reshape(-1, n)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_zero_sweep_equals_naive_loop(arch, batch_size):
+    model = tiny_model(arch)
+    metric = LogitDiff(" she", " he")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to full forwards would warn
+        res = sweep_heads(model, PROMPTS, "zero", metric, batch_size=batch_size, progress=False)
+    keys = list(zip(res.table.layer, res.table["head"]))
+    assert len(keys) == model.cfg.n_layers * model.cfg.n_heads
+    naive = _naive(model, [[AblateHead(l, h)] for l, h in keys], metric)
+    assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
+    clean = effect(model, PROMPTS, [], metric, progress=False).per_prompt.clean.to_numpy()
+    assert np.allclose(res.table.effect, (naive - clean).mean(1), atol=1e-4)
+    assert (res.table.ci_low <= res.table.effect + 1e-12).all() and (res.table.effect <= res.table.ci_high + 1e-12).all()
+    assert model.count_hooks() == 0
+    assert all("forward" not in layer.__dict__ for layer in decoder_layers(model))
+
+
+@pytest.mark.parametrize("method", ["mean", "resample"])
+def test_mean_and_resample_equal_naive(tiny_gemma, method):
+    metric = KL()
+    ref = ["the cat sat on the mat", "a dog ran", "she gave him the book"]
+    res = sweep_heads(tiny_gemma, PROMPTS, method, metric, reference=ref, seed=3, layers=[1, 2], batch_size=64, progress=False)
+    keys = list(zip(res.table.layer, res.table["head"]))
+    naive = _naive(tiny_gemma, [[AblateHead(l, h, method=method, reference=ref, seed=3)] for l, h in keys], metric)
+    assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
+    assert (res.table.effect > 0).any()  # KL of a real change is positive
+
+
+def test_pattern_patching_equals_naive(tiny_llama):
+    prompts = ["the nurse said that", "the man said that"]
+    cfs = ["the doctor said that", "the woman said that"]
+    metric = LogitDiff(" she", " he")
+    res = sweep_heads(tiny_llama, prompts, "patch", metric, counterfactuals=cfs, batch_size=5, progress=False)
+    keys = list(zip(res.table.layer, res.table["head"]))
+    naive = _naive(tiny_llama, [[Patch(l, h, site="pattern", source=cfs)] for l, h in keys], metric, prompts)
+    assert np.abs(_matrix(res, 2) - naive).max() <= 1e-4
+    assert np.abs(res.table.effect).max() > 1e-3  # patching different words changes something
+    with pytest.raises(InvalidInput, match="mismatched prompt pairs: 2 prompts but 1 counterfactuals"):
+        sweep_heads(tiny_llama, prompts, "patch", metric, counterfactuals=cfs[:1], progress=False)
+    with pytest.raises(InvalidInput, match="mismatched prompt pair 0: .* has 5 tokens but counterfactual .* has 6"):
+        sweep_heads(tiny_llama, prompts, "patch", metric, counterfactuals=["the old doctor said that", cfs[1]], progress=False)
+
+
+def test_multi_token_metric_sweep(tiny_gpt2):
+    metric = LogitDiff([" she said", " he", " she", " he was"], " he told")
+    res = sweep_heads(tiny_gpt2, PROMPTS, "zero", metric, layers=[1], batch_size=6, progress=False)
+    naive = _naive(tiny_gpt2, [[AblateHead(1, h)] for h in res.table["head"]], metric)
+    assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bert", "bert-mlm"])
+def test_encoder_sweeps(arch):
+    model = tiny_model(arch)
+    metric = HiddenShift() if arch == "bert" else TopKChange(5)
+    res = sweep_heads(model, PROMPTS, "zero", metric, batch_size=9, progress=False)
+    keys = list(zip(res.table.layer, res.table["head"]))
+    naive = _naive(model, [[AblateHead(l, h)] for l, h in keys], metric)
+    assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
+
+
+def test_prefix_is_really_skipped(tiny_llama):
+    """Layer 0's attention runs only in the clean pass when only layer 1 is swept."""
+    calls = []
+    attn0 = decoder_layers(tiny_llama)[0].self_attn
+    handle = attn0.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        sweep_heads(tiny_llama, PROMPTS, "zero", KL(), layers=[1], batch_size=8, progress=False)
+    finally:
+        handle.remove()
+    # 4 prompts in chunks of 4 rows -> 1 clean pass + 1 self-check pass; 4 heads in 2 batches skip layer 0
+    assert len(calls) == 1
+
+
+def test_memory_bounded_by_batch_size(tiny_gpt2):
+    seen = []
+    h = tiny_gpt2.hf_model.transformer.wte.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    try:
+        sweep_heads(tiny_gpt2, PROMPTS, "zero", KL(), batch_size=9, progress=False)
+    finally:
+        h.remove()
+    assert max(seen) <= 9 and max(seen) == 8  # two heads (2 x 4 rows) per batch
+
+
+def test_neuron_sweep_equals_naive(tiny_gemma):
+    metric = KL()
+    res = sweep_neurons(tiny_gemma, PROMPTS, 2, [0, 3], site="q", dims=[0, 1, 5], scale=3.0, metric=metric,
+                        batch_size=10, progress=False)
+    assert list(res.table.dim) == [0, 1, 5, 0, 1, 5] and list(res.table["head"]) == [0, 0, 0, 3, 3, 3]
+    naive = _naive(tiny_gemma, [[EditNeuron(2, h, site="q", dim=d, scale=3.0)] for h, d in zip(res.table["head"], res.table.dim)], metric)
+    assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
+    fig = res.heatmap()
+    assert fig.axes[0].get_xlabel() == "dim" and fig.axes[0].get_ylabel() == "head"
+    with pytest.raises(InvalidLocation, match="dim 8 out of range"):
+        sweep_neurons(tiny_gemma, PROMPTS, 2, 0, dims=[8], progress=False)
+    with pytest.raises(InvalidSpec, match="unknown site 'z'"):
+        sweep_neurons(tiny_gemma, PROMPTS, 2, 0, site="z", progress=False)
+
+
+def test_sweep_interventions_and_heatmap(tiny_gpt2):
+    variants = {"L0": [AblateHead(0)], "L1": [AblateHead(1)], "both": [AblateHead(0), AblateHead(1, [0, 1])]}
+    res = sweep_interventions(tiny_gpt2, PROMPTS, variants, KL(), batch_size=8, progress=False)
+    naive = _naive(tiny_gpt2, list(variants.values()), KL())
+    assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
+    heads = sweep_heads(tiny_gpt2, PROMPTS, "zero", KL(), progress=False)
+    fig = heads.heatmap()
+    img = fig.axes[0].images[0].get_array()
+    assert img.shape == (2, 4) and np.allclose(np.asarray(img), heads.matrix().to_numpy())
+    assert "largest |effect|" in repr(heads)
+
+
+def test_sweep_bad_input(tiny_gpt2):
+    m = tiny_gpt2
+    with pytest.raises(InvalidSpec, match="did you mean 'zero'"):
+        sweep_heads(m, PROMPTS, "zeros", KL(), progress=False)
+    with pytest.raises(InvalidInput, match="no prompts"):
+        sweep_heads(m, [], "zero", KL(), progress=False)
+    with pytest.raises(InvalidLocation, match="layer 5 out of range"):
+        sweep_heads(m, PROMPTS, "zero", KL(), layers=[5], progress=False)
+    with pytest.raises(InvalidLocation, match="head 4 out of range"):
+        sweep_heads(m, PROMPTS, "zero", KL(), heads=[4], progress=False)
+    with pytest.raises(InvalidInput, match="needs counterfactuals"):
+        sweep_heads(m, PROMPTS, "patch", KL(), progress=False)
+    with pytest.raises(InvalidInput, match="cannot be swept"):
+        sweep_heads(m, PROMPTS, "zero", GenerationDiff(3), progress=False)
+    with pytest.raises(InvalidInput, match="handles at most 128"):
+        sweep_heads(m, ["the " * 200], "zero", KL(), progress=False)
+    assert m.count_hooks() == 0
