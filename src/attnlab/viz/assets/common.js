@@ -90,10 +90,15 @@ attnlab.views = attnlab.views || {};
     var rowH = opts.rowHeight || 20, width = opts.width || 420, pad = 8;
     var textW = opts.textWidth || 110;
     var n = Math.max(opts.left.length, opts.right.length);
-    var height = n * rowH + 2 * pad;
+    var top = opts.columnLabels === false ? 0 : 18;
+    var height = n * rowH + 2 * pad + top;
     var svg = A.svg("svg", { width: width, height: height, "class": "al-lines", role: "img" }, parent);
     var x1 = textW, x2 = width - textW;
-    var yOf = function (k) { return pad + k * rowH + rowH / 2; };
+    var yOf = function (k) { return top + pad + k * rowH + rowH / 2; };
+    if (top) {
+      A.svg("text", { x: x1 - 8, y: 13, "text-anchor": "end", "class": "al-axis al-colhead" }, svg, "query");
+      A.svg("text", { x: x2 + 8, y: 13, "text-anchor": "start", "class": "al-axis al-colhead" }, svg, "key");
+    }
     var gLines = A.svg("g", { "class": "al-line-group" }, svg);
     var leftPos = {}, rightPos = {};
     opts.left.forEach(function (i, k) { leftPos[i] = k; });

@@ -9,7 +9,7 @@
     A.el("div", { "class": "al-hint" }, root,
       "cell colour: largest |change| of any attention weight in that head (max over all heads: " + data.max_change.toFixed(3) + ") \u00b7 click a cell");
     var grid = A.el("div", { "class": "al-grid" }, root);
-    grid.style.gridTemplateColumns = "54px repeat(" + data.heads.length + ", 38px)";
+    grid.style.gridTemplateColumns = "56px repeat(" + data.heads.length + ", 38px)";
     var detail = A.el("div", { "class": "al-detail" }, root);
     var cells = [];
     A.el("div", { "class": "al-collabel" }, grid, "");
@@ -33,7 +33,7 @@
         cells.forEach(function (c, k) { c.classList.toggle("al-selected", k === a * data.heads.length + b); });
         detail.innerHTML = "";
         var l = data.layers[a], h = data.heads[b];
-        A.el("strong", {}, detail, "layer " + l + ", head " + h);
+        A.el("div", { style: "font-weight:600;margin-bottom:6px" }, detail, "layer " + l + ", head " + h);
         var panels = A.el("div", { "class": "al-panels" }, detail);
         var idx = A.filterIndices(data, "all");
         var clean = data.clean[a][b], edited = data.intervened[a][b];

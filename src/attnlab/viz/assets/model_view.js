@@ -14,7 +14,7 @@
     var detail = A.el("div", { "class": "al-detail" }, root);
     var status = A.el("div", { "class": "al-status" }, root);
     var thumb = data.thumbnail || 76;
-    grid.style.gridTemplateColumns = "44px repeat(" + data.heads.length + ", " + (thumb + 2) + "px)";
+    grid.style.gridTemplateColumns = "56px repeat(" + data.heads.length + ", " + (thumb + 2) + "px)";
     var canvases = [];
 
     function drawGrid() {

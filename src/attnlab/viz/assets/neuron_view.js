@@ -25,10 +25,12 @@
       for (var i = 0; i < d; i++) { ctx.fillStyle = A.diverging(vec[i], vmax); ctx.fillRect(i * cw, 0, cw, 12); }
       return c;
     }
+    /* Colour scale: the 95th percentile of |x|, so a few outlier dimensions do not wash out the rest. */
     function maxAbs(vecs) {
-      var m = 0;
-      vecs.forEach(function (v) { v.forEach(function (x) { m = Math.max(m, Math.abs(x)); }); });
-      return m || 1;
+      var all = [];
+      vecs.forEach(function (v) { v.forEach(function (x) { all.push(Math.abs(x)); }); });
+      all.sort(function (x, y) { return x - y; });
+      return all.length ? (all[Math.floor(0.95 * (all.length - 1))] || all[all.length - 1] || 1) : 1;
     }
 
     function draw() {
@@ -45,7 +47,7 @@
       var q = data.q[a][b][state.query], K = data.k[a][b], S = data.scores[a][b][state.query], P = data.attention[a][b][state.query];
       var keys = idx.right.filter(function (j) { return S[j] !== null; });
       var prods = keys.map(function (j) { return q.map(function (x, n) { return x * K[j][n]; }); });
-      var vQK = maxAbs([q].concat(keys.map(function (j) { return K[j]; }))), vProd = maxAbs(prods);
+      var vQ = maxAbs([q]), vK = maxAbs(keys.map(function (j) { return K[j]; })), vProd = maxAbs(prods);
       var table = A.el("table", { "class": "al-neurons" }, body);
       var head = A.el("tr", {}, A.el("thead", {}, table));
       ["", "key", "query q / key k", "q \u00d7 k (elementwise)", "q \u00b7 k (scaled)", "softmax"].forEach(function (t) { A.el("th", {}, head, t); });
@@ -53,7 +55,7 @@
       var qrow = A.el("tr", { "class": "al-query-row" }, tbody);
       A.el("td", { "class": "al-hint" }, qrow, "query");
       A.el("td", {}, qrow, A.tokenText(data.tokens[state.query]));
-      strip(A.el("td", {}, qrow), q, vQK);
+      strip(A.el("td", {}, qrow), q, vQ);
       A.el("td", {}, qrow); A.el("td", {}, qrow); A.el("td", {}, qrow);
       var sMax = 0;
       keys.forEach(function (j) { sMax = Math.max(sMax, Math.abs(S[j])); });
@@ -61,7 +63,7 @@
         var tr = A.el("tr", { "class": "al-key-row", "data-key": j }, tbody);
         A.el("td", { "class": "al-hint" }, tr, r === 0 ? "keys" : "");
         A.el("td", {}, tr, A.tokenText(data.tokens[j]));
-        strip(A.el("td", {}, tr), K[j], vQK);
+        strip(A.el("td", {}, tr), K[j], vK);
         strip(A.el("td", {}, tr), prods[r], vProd);
         var sc = A.el("td", { "class": "al-num", style: "background:" + A.diverging(S[j], sMax) }, tr, (+S[j]).toFixed(3));
         var sm = A.el("td", { "class": "al-num" }, tr);

@@ -1,0 +1,87 @@
+"""A small self-contained HTML report: headline numbers, tables, figures and embedded views.
+
+Figures are inlined as base64 PNG and views as ``<iframe srcdoc>``, so the report is one
+file that opens offline, like every attnlab view.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["Report"]
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+.numbers{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:.6em}
+.num{background:#f7f7fb;border:1px solid #e3e3ee;border-radius:6px;padding:.6em}
+.num b{display:block;font-size:1.3em} .note{color:#666;font-size:.9em}
+img{max-width:100%} iframe{width:100%;height:560px;border:1px solid #ddd;border-radius:4px}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+"""
+
+
+class Report:
+    """Collect sections, then ``.save(path)`` one offline HTML file."""
+
+    def __init__(self, title: str, subtitle: str = ""):
+        self.title, self.subtitle = title, subtitle
+        self._parts: list[str] = []
+
+    def heading(self, text: str) -> Report:
+        self._parts.append(f"<h2>{html.escape(text)}</h2>")
+        return self
+
+    def text(self, text: str, *, note: bool = False) -> Report:
+        cls = ' class="note"' if note else ""
+        self._parts.append(f"<p{cls}>{html.escape(text)}</p>")
+        return self
+
+    def numbers(self, items: Sequence[tuple[str, str]]) -> Report:
+        cells = "".join(f'<div class="num">{html.escape(label)}<b>{html.escape(value)}</b></div>' for label, value in items)
+        self._parts.append(f'<div class="numbers">{cells}</div>')
+        return self
+
+    def table(self, df: pd.DataFrame, *, max_rows: int = 30, float_format: str = "{:.3f}") -> Report:
+        shown = df.head(max_rows)
+        self._parts.append(
+            shown.to_html(index=False, border=0, float_format=lambda v: float_format.format(v), escape=True)
+        )
+        if len(df) > max_rows:
+            self.text(f"({len(df) - max_rows} more rows in the CSV files)", note=True)
+        return self
+
+    def figure(self, fig, *, alt: str = "figure") -> Report:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        data = base64.b64encode(buf.getvalue()).decode()
+        self._parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+        return self
+
+    def views(self, *views) -> Report:
+        frames = "".join(f'<iframe srcdoc="{html.escape(v.html, quote=True)}"></iframe>' for v in views)
+        self._parts.append(f'<div class="pair">{frames}</div>' if len(views) == 2 else frames)
+        return self
+
+    @property
+    def html(self) -> str:
+        sub = f"<p class=\"note\">{html.escape(self.subtitle)}</p>" if self.subtitle else ""
+        body = "\n".join(self._parts)
+        return (
+            f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>{sub}\n{body}\n</body></html>\n"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.html, encoding="utf-8")
+        return path
