@@ -138,6 +138,9 @@ class AttentionProbe:
         maps = list(maps) if maps is not None else word_maps(model, sentences, progress=progress)
         if len(maps) != len(sentences):
             raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
+        for i, (m, s) in enumerate(zip(maps, sentences)):
+            if m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape[-1] != len(s) + 1:
+                raise InvalidInput(f"map {i} has shape {tuple(m.shape)}; a sentence of {len(s)} words needs [layer, head, {len(s) + 1}, {len(s) + 1}]")
         self._shape = tuple(maps[0].shape[:2])
         gen = torch.Generator().manual_seed(self.seed)
         self.scorer = _Scorer(self._shape[0] * self._shape[1], self.max_offset, self.distance_features)

@@ -141,11 +141,13 @@ def relation_accuracy(
     batch_size: int = 16,
     progress: bool = True,
     include_all: bool = True,
+    interventions: Sequence = (),
 ) -> RelationAccuracy:
     """Accuracy of every head at every relation, both directions, plus the best fixed offset.
 
     ``maps`` reuses word maps from :func:`word_maps`. ``include_all`` adds the pseudo
-    relation ``"all"`` (every non-root arc).
+    relation ``"all"`` (every non-root arc). ``interventions`` are active while attention
+    is read (e.g. to plant or ablate a head).
 
     >>> from attnlab.analysis.conllu import parse_conllu
     >>> from attnlab.testing import tiny_model
@@ -156,7 +158,7 @@ def relation_accuracy(
     """
     sentences = _check_sentences(sentences)
     if maps is None:
-        maps = word_maps(model, sentences, batch_size=batch_size, progress=progress)
+        maps = word_maps(model, sentences, batch_size=batch_size, progress=progress, interventions=interventions)
     if len(maps) != len(sentences):
         raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
     L, H = model.cfg.n_layers, model.cfg.n_heads

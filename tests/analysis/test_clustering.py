@@ -1,0 +1,71 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.analysis import behaviour, head_distances, head_stats, js_divergence_matrix
+from attnlab.errors import InvalidInput
+from attnlab.interventions import SetPattern
+
+TEXT = "the nurse said that she left the house ."
+
+
+def test_js_of_identical_heads_is_zero_and_disjoint_is_log2():
+    torch.manual_seed(0)
+    a = torch.softmax(torch.randn(5, 5), -1)
+    eye = torch.eye(5)
+    shifted = torch.roll(eye, 1, dims=-1)
+    js = js_divergence_matrix(torch.stack([a, a, eye, shifted]))
+    assert js[0, 1].item() == pytest.approx(0.0, abs=1e-12)
+    assert js[2, 3].item() == pytest.approx(math.log(2))
+    assert torch.allclose(js, js.T) and (js >= 0).all()
+    # against a direct computation for one pair
+    m = (a + eye) / 2
+    kl = lambda p, q: (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum(-1)
+    direct = (0.5 * kl(a.double(), m.double()) + 0.5 * kl(eye.double(), m.double())).mean()
+    assert js[0, 2].item() == pytest.approx(direct.item(), rel=1e-9)
+
+
+def test_planted_twins_have_distance_zero_and_labels(tiny_gpt2):
+    n = len(tiny_gpt2.to_tokens(TEXT)[0])
+    prev = torch.zeros(n, n)
+    prev[0, 0] = 1
+    prev[torch.arange(1, n), torch.arange(n - 1)] = 1
+    first = torch.zeros(n, n)
+    first[:, 0] = 1
+    specs = [SetPattern(0, 1, pattern=prev), SetPattern(1, 3, pattern=prev), SetPattern(1, 0, pattern=first)]
+    with tiny_gpt2.intervene(*specs):
+        hm = head_distances(tiny_gpt2, [TEXT], progress=False)
+    assert hm.distances.shape == (8, 8)
+    assert hm.distance((0, 1), (1, 3)) == pytest.approx(0.0, abs=1e-9)
+    assert hm.distance((0, 1), (1, 0)) > 0.5  # previous-token vs first-token head: nearly disjoint
+    labels = hm.df.set_index(["layer", "head"])["behaviour"]
+    assert labels[(0, 1)] == labels[(1, 3)] == "previous"
+    assert labels[(1, 0)] == "special"
+    # MDS puts the twins on the same point
+    xy = hm.df[["x", "y"]].to_numpy()
+    assert np.linalg.norm(xy[1] - xy[7]) < 1e-3 * (np.ptp(xy) + 1e-9) + 1e-6
+    assert len(hm.plot().axes) >= 2
+
+
+def test_mds_is_deterministic(tiny_bert):
+    a = head_distances(tiny_bert, [TEXT, "a dog ran ."], progress=False, seed=3)
+    b = head_distances(tiny_bert, [TEXT, "a dog ran ."], progress=False, seed=3)
+    assert np.array_equal(a.df[["x", "y"]].to_numpy(), b.df[["x", "y"]].to_numpy())
+
+
+def test_behaviour_thresholds(tiny_llama):
+    stats = head_stats(tiny_llama, [TEXT], progress=False)
+    df = stats.df.copy()
+    df.loc[0, ["special", "prev", "next", "self"]] = [0.9, 0, 0, 0]
+    df.loc[1, ["special", "prev", "next", "self"]] = [0.0, 0, 0.8, 0]
+    labels = behaviour(df)
+    assert labels[0] == "special" and labels[1] == "next"
+
+
+def test_stats_of_another_model_rejected(tiny_gpt2, tiny_bert):
+    stats = head_stats(tiny_gpt2, [TEXT], progress=False)
+    stats.df = stats.df.iloc[:3]
+    with pytest.raises(InvalidInput, match="stats has 3 heads but tiny-bert has 8"):
+        head_distances(tiny_bert, [TEXT], stats=stats, progress=False)

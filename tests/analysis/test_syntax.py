@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.analysis.conllu import parse_conllu, read_conllu
+from attnlab.analysis.syntax import relation_accuracy, word_maps
+from attnlab.errors import InvalidInput
+from attnlab.interventions import SetPattern
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def _gold_pattern(sentence, n_tokens):
+    """Token pattern of a tiny BERT ([CLS] w1..wn [SEP], one token per word): word i attends to its head."""
+    p = torch.zeros(n_tokens, n_tokens)
+    for i, h in enumerate(sentence.heads, start=1):
+        p[i, h] = 1.0  # h == 0 is [CLS], the root
+    p[0, 0] = p[-1, -1] = 1.0
+    return p
+
+
+def _reverse_pattern(sentence, n_tokens):
+    """Head words attend to (one of) their dependents."""
+    p = torch.eye(n_tokens)
+    for i, h in enumerate(sentence.heads, start=1):
+        if h:
+            p[h] = 0
+            p[h, i] = 1.0
+    return p
+
+
+def test_planted_head_is_a_perfect_parser(tiny_bert):
+    sent = read_conllu(FIX / "good.conllu")[0]  # The nurse said that she left .
+    n = len(sent) + 2
+    spec = SetPattern(1, 2, pattern=_gold_pattern(sent, n))
+    res = relation_accuracy(tiny_bert, [sent], interventions=[spec], progress=False)
+    ph = res.per_head.set_index(["relation", "direction", "layer", "head"])["accuracy"]
+    for rel in ("all", "nsubj", "det", "mark", "ccomp", "punct"):
+        assert ph[(rel, "dep->head", 1, 2)] == 1.0
+    assert res.head_matrix("all").shape == (2, 4)
+    table = res.table()
+    assert (table.loc[table["relation"] == "all", ["layer", "head", "accuracy"]].values.tolist() == [[1, 2, 1.0]])
+    assert tiny_bert.count_hooks() == 0
+
+
+def test_head_to_dependent_direction(tiny_bert):
+    sent = parse_conllu("1\tthe\t_\t_\t_\t_\t2\tdet\t_\t_\n2\tdog\t_\t_\t_\t_\t3\tnsubj\t_\t_\n3\tran\t_\t_\t_\t_\t0\troot\t_\t_\n")[0]
+    spec = SetPattern(0, 0, pattern=_reverse_pattern(sent, len(sent) + 2))
+    res = relation_accuracy(tiny_bert, [sent], interventions=[spec], progress=False)
+    ph = res.per_head.set_index(["relation", "direction", "layer", "head"])["accuracy"]
+    assert ph[("det", "head->dep", 0, 0)] == 1.0 and ph[("nsubj", "head->dep", 0, 0)] == 1.0
+    assert ph[("nsubj", "dep->head", 0, 0)] == 0.0  # 'dog' attends to its dependent 'the', not to 'ran'
+
+
+def test_offset_baseline_on_a_hand_tree(tiny_bert):
+    sents = read_conllu(FIX / "good.conllu")
+    res = relation_accuracy(tiny_bert, sents, progress=False)
+    base = res.baselines.set_index("relation")
+    # det: The->nurse (+1), the->car (+1): offset +1 always right
+    assert base.loc["det", "offset"] == 1 and base.loc["det", "accuracy"] == 1.0
+    # nsubj: nurse->said +1, she->left +1, She->like +3, dog->ran +1  => +1 in 3 of 4
+    assert base.loc["nsubj", "offset"] == 1 and base.loc["nsubj", "accuracy"] == pytest.approx(0.75)
+    assert base.loc["nsubj", "count"] == 4
+    # punct: .->said (-4), .->like (-3): tie broken towards the smaller offset
+    assert base.loc["punct", "offset"] == -3 and base.loc["punct", "accuracy"] == 0.5
+    assert base.loc["all", "count"] == sum(len(s) - 1 for s in sents)
+
+
+def test_word_maps_have_root_slot(tiny_llama):
+    sents = read_conllu(FIX / "good.conllu")
+    maps = word_maps(tiny_llama, sents, progress=False)
+    assert [m.shape for m in maps] == [(2, 4, 8, 8), (2, 4, 8, 8), (2, 4, 4, 4)]
+    # causal model: word 1 sees only BOS (slot 0) and itself, all mass accounted for
+    assert torch.allclose(maps[0][..., 1, :2].sum(-1), torch.ones(2, 4), atol=1e-5)
+
+
+def test_bad_input(tiny_bert):
+    with pytest.raises(InvalidInput, match="no sentences given"):
+        relation_accuracy(tiny_bert, [], progress=False)
+    with pytest.raises(InvalidInput, match="pass DependencySentence objects"):
+        relation_accuracy(tiny_bert, ["the dog ran"], progress=False)
+    only_root = parse_conllu("1\tran\t_\t_\t_\t_\t0\troot\t_\t_\n")
+    with pytest.raises(InvalidInput, match="no dependency arcs"):
+        relation_accuracy(tiny_bert, only_root, progress=False)
+    res = relation_accuracy(tiny_bert, read_conllu(FIX / "good.conllu"), progress=False)
+    with pytest.raises(InvalidInput, match="unknown direction 'up'"):
+        res.head_matrix("det", "up")
+    with pytest.raises(InvalidInput, match="no arcs with relation 'dobj'"):
+        res.head_matrix("dobj")
