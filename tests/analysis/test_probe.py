@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from attnlab.analysis.conllu import DependencySentence
+from attnlab.analysis.probe import AttentionProbe
+from attnlab.errors import InvalidInput
+
+
+def _random_tree(n, gen):
+    """Heads of a random projective-ish tree: each word attaches to a random earlier word or the root."""
+    root = int(torch.randint(1, n + 1, (1,), generator=gen))
+    heads = []
+    for i in range(1, n + 1):
+        if i == root:
+            heads.append(0)
+        else:
+            choices = [j for j in range(1, n + 1) if j != i and (j < i or j == root)]
+            choices = choices or [root]
+            heads.append(choices[int(torch.randint(len(choices), (1,), generator=gen))])
+    return heads
+
+
+def _synthetic(n_sent, seed, planted=True):
+    """Sentences plus fake attention maps [2 layers, 3 heads, 1+n, 1+n]; head (1, 2) points at the gold head."""
+    gen = torch.Generator().manual_seed(seed)
+    sents, maps = [], []
+    for _ in range(n_sent):
+        n = int(torch.randint(3, 9, (1,), generator=gen))
+        heads = _random_tree(n, gen)
+        m = torch.softmax(torch.randn(2, 3, n + 1, n + 1, generator=gen), -1)
+        if planted:
+            m[1, 2] = 0
+            for i, h in enumerate(heads, start=1):
+                m[1, 2, i, h] = 1.0
+        sents.append(DependencySentence([f"w{i}" for i in range(n)], heads, ["dep"] * n))
+        maps.append(m)
+    return sents, maps
+
+
+def test_probe_learns_a_planted_head_and_beats_chance():
+    train_s, train_m = _synthetic(60, 0)
+    test_s, test_m = _synthetic(30, 1)
+    probe = AttentionProbe(epochs=40, seed=0).fit(None, train_s, maps=train_m, progress=False)
+    score = probe.evaluate(None, test_s, maps=test_m, progress=False)
+    assert score.uas == 1.0
+    assert probe.losses[-1] < probe.losses[0]
+    # without the planted head the same probe is near chance (a word has ~5 candidates)
+    noise_s, noise_m = _synthetic(30, 2, planted=False)
+    assert probe.evaluate(None, noise_s, maps=noise_m, progress=False).uas < 0.6
+    frame = score.to_frame()
+    assert list(frame["parser"]) == ["attention probe", "head = next word", "head = previous word"]
+
+
+def test_probe_is_deterministic_with_a_seed():
+    s, m = _synthetic(40, 3)
+    noisy = [x + 0.3 * torch.rand(x.shape, generator=torch.Generator().manual_seed(i)) for i, x in enumerate(m)]
+    a = AttentionProbe(epochs=5, seed=7).fit(None, s, maps=noisy, progress=False)
+    b = AttentionProbe(epochs=5, seed=7).fit(None, s, maps=noisy, progress=False)
+    c = AttentionProbe(epochs=5, seed=8).fit(None, s, maps=noisy, progress=False)
+    assert torch.equal(a.scorer.w, b.scorer.w) and a.losses == b.losses
+    assert not torch.equal(a.scorer.w, c.scorer.w)  # another seed shuffles batches differently
+
+
+def test_end_to_end_on_a_tiny_model(tiny_bert):
+    from pathlib import Path
+
+    from attnlab.analysis.conllu import read_conllu
+
+    sents = read_conllu(Path(__file__).parent / "fixtures" / "good.conllu")
+    probe = AttentionProbe(epochs=60, lr=0.1, seed=0).fit(tiny_bert, sents, progress=False)
+    score = probe.evaluate(tiny_bert, sents, progress=False)
+    assert score.n_words == 17 and score.uas >= score.right_branching  # fits its training data at least as well as a fixed rule
+    assert tiny_bert.count_hooks() == 0
+
+
+def test_bad_input():
+    with pytest.raises(InvalidInput, match="epochs must be a positive integer"):
+        AttentionProbe(epochs=0)
+    with pytest.raises(InvalidInput, match="lr must be > 0"):
+        AttentionProbe(lr=0)
+    with pytest.raises(InvalidInput, match="not trained yet"):
+        AttentionProbe().predict([torch.zeros(1, 1, 3, 3)])
+    s, m = _synthetic(3, 4)
+    with pytest.raises(InvalidInput, match="got 2 maps for 3 sentences"):
+        AttentionProbe().fit(None, s, maps=m[:2], progress=False)
+    with pytest.raises(InvalidInput, match=r"needs \[layer, head"):
+        AttentionProbe().fit(None, s, maps=[m[1], m[0], m[2]] if m[0].shape != m[1].shape else [torch.zeros(2, 3, 2, 2)] * 3, progress=False)
+    probe = AttentionProbe(epochs=1).fit(None, s, maps=m, progress=False)
+    with pytest.raises(InvalidInput, match=r"trained on \(2, 3\)"):
+        probe.predict([torch.zeros(1, 3, 4, 4)])
