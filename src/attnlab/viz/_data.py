@@ -140,11 +140,19 @@ def read_sites(
     model, enc: Encoded, layers: Sequence[int], sites: Sequence[str], interventions: Sequence = ()
 ) -> dict[tuple[int, str], Float[np.ndarray, "..."]]:
     """``{(layer, site): array}`` for batch row 0, run clean or inside ``model.intervene``."""
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(tensor, hook):
+        store[hook.name] = tensor[0].detach()
+
+    # Only attention is read, so run the model's body without its LM head (for Gemma's
+    # 262k-word vocabulary the projection costs more than all the layers together).
+    body = getattr(model.hf_model, "base_model", model.hf_model)
     names = [hook_name(layer, site) for layer in layers for site in sites]
-    with model.intervene(*interventions):
-        _, cache = model.run_with_cache(enc.ids, names_filter=names, **enc.kwargs)
+    with model.intervene(*interventions), model.hooks(fwd_hooks=[(name, keep) for name in names]):
+        body(input_ids=enc.ids, **enc.kwargs)
     return {
-        (layer, site): cache[hook_name(layer, site)][0].detach().float().cpu().numpy()
+        (layer, site): store[hook_name(layer, site)].float().cpu().numpy()
         for layer in layers
         for site in sites
     }

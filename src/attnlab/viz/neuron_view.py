@@ -61,8 +61,8 @@ def neuron_view(
         k = sites[(layer, "k")][:, head_list]
         scores = sites[(layer, "attn_scores")][head_list]  # [head, query, key]
         masked = scores <= np.finfo(np.float32).min / 2
-        data["q"].append(to_list(np.moveaxis(q, 1, 0)))  # [head, pos, d_head]
-        data["k"].append(to_list(np.moveaxis(k, 1, 0)))
+        data["q"].append(to_list(np.moveaxis(q, 1, 0), 3))  # [head, pos, d_head]
+        data["k"].append(to_list(np.moveaxis(k, 1, 0), 3))
         rounded = np.round(scores.astype(np.float64), 4).astype(object)
         rounded[masked] = None
         data["scores"].append(rounded.tolist())
