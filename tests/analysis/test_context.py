@@ -1,0 +1,91 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.analysis.context import attention_by_distance, loss_by_position, window_experiment
+from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.interventions import EditNeuron, EditScores, SetPattern
+
+TEXT = "the nurse said that she left the house because the doctor was not happy with the new car ."
+
+
+def test_mass_is_a_distribution_and_uniform_window_is_exact(tiny_gpt2):
+    n = len(tiny_gpt2.to_tokens(TEXT)[0])
+    uniform = [EditScores(layer, None, replace=0.0) for layer in range(2)]
+    prof = attention_by_distance(tiny_gpt2, [TEXT], interventions=uniform, ignore_first=False, progress=False)
+    assert np.allclose(prof.mass.sum(-1), 1.0)
+    # uniform causal attention: query i gives 1/(i+1) to each distance 0..i
+    expected = np.array([sum(1 / (i + 1) for i in range(d, n)) / n for d in range(n)])
+    assert np.allclose(prof.mass[0, 0], expected)
+    cum = np.cumsum(expected)
+    assert prof.windows(0.9)["window"].iloc[0] == int(np.argmax(cum >= 0.9))
+    assert prof.model_window(1.0) == n - 1
+    with_sink = attention_by_distance(tiny_gpt2, [TEXT], interventions=uniform, progress=False)
+    assert np.allclose(with_sink.mass.sum(-1) + with_sink.sink, 1.0)
+    assert with_sink.sink[0, 0] == pytest.approx(np.mean([1 / (i + 1) for i in range(n)]))
+
+
+def test_previous_token_head_has_window_one(tiny_bert):
+    n = len(tiny_bert.to_tokens(TEXT)[0])
+    prev = torch.zeros(n, n)
+    prev[0, 0] = 1
+    prev[torch.arange(1, n), torch.arange(n - 1)] = 1
+    prof = attention_by_distance(tiny_bert, [TEXT], interventions=[SetPattern(0, 2, pattern=prev)],
+                                 ignore_first=False, progress=False)
+    w = prof.windows(0.9).set_index(["layer", "head"])
+    assert w.loc[(0, 2), "window"] == 1.0
+    assert w.loc[(0, 2), "mean_distance"] == pytest.approx((n - 1) / n)
+
+
+def test_window_shrinks_under_a_distance_penalty(tiny_llama):
+    penalty = {"penalty": [EditScores(layer, None, distance_penalty=3.0) for layer in range(2)]}
+    exp = window_experiment(tiny_llama, [TEXT], penalty, progress=False)
+    s = exp.summary.set_index("condition")
+    assert s.loc["penalty", "model_window"] < s.loc["clean", "model_window"]
+    w = exp.windows.pivot_table(index=["layer", "head"], columns="condition", values="window")
+    assert (w["penalty"] <= w["clean"]).all() and (w["penalty"] < w["clean"]).any()
+    assert set(exp.loss["condition"]) == {"clean", "penalty"}
+    assert "late_loss" in s.columns and np.isfinite(s["mean_loss"]).all()
+    assert len(exp.plot().axes) == 2
+
+
+def test_scaling_a_neuron_changes_only_its_head(tiny_llama):
+    edits = {"x0": [EditNeuron(1, 2, site="q", dim=[0, 4], scale=0.0)]}
+    exp = window_experiment(tiny_llama, [TEXT], edits, progress=False)
+    d = exp.windows.pivot_table(index=["layer", "head"], columns="condition", values="mean_distance")
+    assert np.allclose(d.loc[0, "x0"], d.loc[0, "clean"])  # layer 0 comes before the edit
+    assert d.loc[(1, 2), "x0"] != pytest.approx(d.loc[(1, 2), "clean"])
+    assert np.allclose(d.loc[[(1, 0), (1, 1), (1, 3)], "x0"], d.loc[[(1, 0), (1, 1), (1, 3)], "clean"])
+
+
+def test_loss_by_position_matches_a_direct_computation(tiny_gpt2):
+    texts = [TEXT, "a dog ran ."]
+    df = loss_by_position(tiny_gpt2, texts, progress=False)
+    ids = tiny_gpt2.to_tokens(TEXT)[0]
+    logits = tiny_gpt2(ids[None])[0].detach()
+    nll = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
+    short = tiny_gpt2.to_tokens("a dog ran .")[0]
+    nll_short = torch.nn.functional.cross_entropy(tiny_gpt2(short[None])[0].detach()[:-1], short[1:], reduction="none")
+    row = df.set_index("position")
+    assert row.loc[2, "loss"] == pytest.approx(float((nll[1] + nll_short[1]) / 2), rel=1e-5)
+    assert row.loc[len(ids) - 1, "loss"] == pytest.approx(float(nll[-1]), rel=1e-5)
+    assert row.loc[len(ids) - 1, "n"] == 1 and df["position"].min() == 1
+
+
+def test_bad_input(tiny_bert, tiny_gpt2):
+    with pytest.raises(UnsupportedModel, match="not a causal language model"):
+        loss_by_position(tiny_bert, [TEXT], progress=False)
+    with pytest.raises(InvalidInput, match="empty corpus"):
+        attention_by_distance(tiny_gpt2, [], progress=False)
+    prof = attention_by_distance(tiny_gpt2, [TEXT], progress=False)
+    with pytest.raises(InvalidInput, match=r"level must be in \(0, 1\]"):
+        prof.windows(1.5)
+    with pytest.raises(InvalidInput, match="conditions must be a dict"):
+        window_experiment(tiny_gpt2, [TEXT], [EditScores(0, 0, replace=0.0)], progress=False)
+    from attnlab.errors import InvalidLocation
+
+    with pytest.raises(InvalidLocation, match="dim 9 out of range"):
+        window_experiment(tiny_gpt2, [TEXT], {"bad": [EditNeuron(0, 0, site="q", dim=9, scale=0.0)]}, progress=False)
+    assert tiny_gpt2.count_hooks() == 0

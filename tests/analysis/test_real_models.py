@@ -1,0 +1,48 @@
+"""A few cheap checks on the real embedded models (marked slow)."""
+
+import pytest
+import torch
+
+from attnlab.analysis import head_stats
+from attnlab.analysis.conllu import parse_conllu
+from attnlab.analysis.neurons import decay_neurons, neuron_view
+from attnlab.analysis.syntax import relation_accuracy
+
+pytestmark = pytest.mark.slow
+
+CORPUS = [
+    "The nurse said that she would leave early because the shift was long.",
+    "Dogs bark at night, and the cats sit quietly on the old mat.",
+    "He gave his sister the book that their father had bought in Paris.",
+]
+
+
+def test_minilm_heads_sink_into_special_tokens(minilm):
+    stats = head_stats(minilm, CORPUS, progress=False)
+    # BERT-style encoders park much attention on [CLS]/[SEP] in middle layers (Clark et al. section 3)
+    assert stats.df["special"].max() > 0.5
+    assert stats.df["cls"].notna().all() and stats.df["sep"].notna().all()
+    # some head is a clear previous- or next-token head
+    assert max(stats.df["prev"].max(), stats.df["next"].max()) > 0.5
+
+
+def test_minilm_has_a_determiner_head_better_than_the_baseline(minilm):
+    rows = "\n".join(
+        "\t".join([str(i), w, "_", "_", "_", "_", str(h), r, "_", "_"])
+        for i, (w, h, r) in enumerate([("The", 2, "det"), ("old", 3, "amod"), ("dog", 4, "nsubj"), ("slept", 0, "root"),
+                                       ("near", 7, "case"), ("the", 7, "det"), ("door", 4, "obl")], start=1)
+    )
+    res = relation_accuracy(minilm, parse_conllu(rows + "\n"), progress=False)
+    det = res.table(relations=["det"]).iloc[0]
+    assert det["accuracy"] == 1.0
+
+
+def test_gemma_neuron_view_and_decay(gemma):
+    text = CORPUS[0] + " " + CORPUS[1]
+    v = neuron_view(gemma, text, layer=3, head=1, query=20)
+    _, cache = gemma.run_with_cache(text, names_filter=["blocks.3.attn.hook_pattern"])
+    assert torch.allclose(v.pattern, cache["blocks.3.attn.hook_pattern"][0, 1, 20].float(), atol=1e-5)
+    assert v.rotary and v.q.shape == (256,)
+    prof = decay_neurons(gemma, [text], layers=[1], progress=False)
+    top = prof.ranking(max_distance=20).iloc[0]
+    assert top["layer"] == 1 and top["spearman"] < -0.9 and top["decay"] > 0
