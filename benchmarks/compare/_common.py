@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 __all__ = [
     "ARCHS", "EDIT_HEAD", "DIM", "tiny", "ids_for", "run_out", "eager_patterns", "reference",
     "prev_token_pattern", "greedy_recompute", "greedy_reference", "Table", "skip_unless", "median_time",
-    "gemma_hf", "minilm_hf", "count_torch_hooks", "saved_tokenizer",
+    "gemma_hf", "minilm_hf", "count_torch_hooks", "saved_tokenizer", "foreign_hook_survives",
 ]
 
 ARCHS = ("gpt2", "bert", "llama", "gemma3")
@@ -188,6 +188,18 @@ def greedy_reference(model, ids, edits, n: int) -> torch.Tensor:
 
 def count_torch_hooks(module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def foreign_hook_survives(module, run) -> tuple[str, str]:
+    """Register a plain torch hook on ``module``, call ``run()``; is it still there and did it fire?"""
+    calls = []
+    handle = module.register_forward_hook(lambda mod, args, out: calls.append(1))
+    try:
+        run()
+        alive = handle.id in module._forward_hooks
+    finally:
+        handle.remove()
+    return ("yes" if alive and calls else "no"), f"a user's torch hook: fired {len(calls)}x, still registered: {alive}"
 
 
 def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:

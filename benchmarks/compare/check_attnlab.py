@@ -11,12 +11,12 @@ import torch
 
 from _common import (
     ARCHS, DIM, EDIT_HEAD, Table, diff, eager_patterns, gemma_hf, greedy_reference, ids_for, minilm_hf,
-    prev_token_pattern, reference, reference_sanity, run_out, tiny, verdict_close,
+    foreign_hook_survives, prev_token_pattern, reference, reference_sanity, run_out, tiny, verdict_close,
 )
 
 import attnlab
 from attnlab.engine.model import HookedModel
-from attnlab.interventions import AblateHead, EditNeuron, SetPattern
+from attnlab.interventions import AblateHead, EditNeuron, EditScores, SetPattern
 
 H = EDIT_HEAD
 
@@ -50,6 +50,17 @@ def checks(table: Table, name: str, make, ids: torch.Tensor, *, generate: bool, 
             return p
         want = expect("pattern", edit)
         with torch.no_grad(), model.intervene(SetPattern(L, H, fn=prev_fn)):
+            got = model(ids)
+        return verdict_close(diff(got, want), diff(clean, want))
+
+    def edit_scores():
+        def ref_edit(x):
+            x = x.clone()
+            x[:, H] = x[:, H] + 5.0 * prev_token_pattern(x.shape[-2], x.shape[-1])
+            return x
+        want = expect("scores", ref_edit)
+        q = ids.shape[1]
+        with torch.no_grad(), model.intervene(EditScores(L, H, add=5.0 * prev_token_pattern(q, q))):
             got = model(ids)
         return verdict_close(diff(got, want), diff(clean, want))
 
@@ -122,6 +133,7 @@ def checks(table: Table, name: str, make, ids: torch.Tensor, *, generate: bool, 
 
     table.attempt(name, "1 read pattern = eager softmax", read_pattern)
     table.attempt(name, "2 set one head's pattern", set_pattern)
+    table.attempt(name, "2 add to one head's scores", edit_scores)
     table.attempt(name, "3 read post-rotary q/k per head", read_qk)
     table.attempt(name, "3 edit k of one query head (GQA)", edit_k_one_query_head)
     table.attempt(name, "4 edit one k dim (neuron)", edit_neuron)
@@ -129,6 +141,13 @@ def checks(table: Table, name: str, make, ids: torch.Tensor, *, generate: bool, 
     if generate:
         table.attempt(name, "6 KV-cache generate w/ edit", gen)
     table.attempt(name, "7 hooks removed after exception", cleanup)
+
+    def foreign():
+        def run():
+            with torch.no_grad(), model.intervene(AblateHead(L, H)):
+                model(ids)
+        return foreign_hook_survives(model.hf_model.get_input_embeddings(), run)
+    table.attempt(name, "other code's hooks survive a call", foreign)
 
 
 def main(real: bool) -> None:

@@ -12,7 +12,7 @@ from importlib.metadata import version
 import torch
 
 from _common import (
-    ARCHS, DIM, EDIT_HEAD, Table, count_torch_hooks, diff, eager_patterns, greedy_reference, ids_for,
+    ARCHS, DIM, EDIT_HEAD, Table, count_torch_hooks, foreign_hook_survives, diff, eager_patterns, greedy_reference, ids_for,
     prev_token_pattern, reference, run_out, skip_unless, tiny, verdict_close,
 )
 
@@ -189,6 +189,15 @@ def checks(table: Table, arch: str):
     if arch != "bert":
         table.attempt(name, "6 KV-cache generate w/ edit", gen)
     table.attempt(name, "7 hooks removed after exception", cleanup)
+
+    def foreign():
+        def run():
+            with torch.no_grad(), m.trace(ids):
+                x = oproj.input.clone()
+                x[:, :, H * d_head:(H + 1) * d_head] = 0
+                oproj.input = x
+        return foreign_hook_survives(hf.get_input_embeddings(), run)
+    table.attempt(name, "other code's hooks survive a call", foreign)
 
 
 def main():

@@ -111,14 +111,14 @@ def main():
 
         def foreign_hooks():
             calls = []
-            handle = hf.lm_head.register_forward_hook(lambda mod, a, out: calls.append(1))
+            handle = hf.get_input_embeddings().register_forward_hook(lambda mod, a, out: calls.append(1))
             m = pv.IntervenableModel(pv.IntervenableConfig([{"layer": L, "component": "attention_value_output",
                                                              "unit": "pos", "intervention": zero_head}]), model=hf)
             m(base={"input_ids": ids}, unit_locations={"base": list(range(p))})
-            alive = handle.id in hf.lm_head._forward_hooks
+            alive = handle.id in hf.get_input_embeddings()._forward_hooks
             handle.remove()
             return ("yes" if alive and calls else "no"), (
-                f"a user's forward hook on lm_head: fired {len(calls)} times, still registered afterwards: {alive}")
+                f"a user's torch hook: fired {len(calls)} times, still registered: {alive}")
 
         table.attempt(f"tiny-{arch}", "5 zero-ablate one head", ablate)
         table.attempt(f"tiny-{arch}", "6 generate w/ edit (all positions)", gen)

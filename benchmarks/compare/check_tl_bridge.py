@@ -13,7 +13,7 @@ from importlib.metadata import version
 import torch
 
 from _common import (
-    DIM, EDIT_HEAD, Table, count_torch_hooks, diff, eager_patterns, gemma_hf, greedy_reference, ids_for,
+    DIM, EDIT_HEAD, Table, count_torch_hooks, foreign_hook_survives, diff, eager_patterns, gemma_hf, greedy_reference, ids_for,
     prev_token_pattern, reference, run_out, saved_tokenizer, skip_unless, tiny, verdict_close,
 )
 
@@ -82,6 +82,19 @@ def checks(table: Table, name: str, make, ids, *, generate: bool, n_new: int = 6
         v, num = verdict_close(diff(got, want), diff(clean, want))
         if warns:
             num += f"; WARNING: '{warns[0][:150]}...'"
+        return v, num
+
+    def edit_scores():
+        def ref_edit(x):
+            x = x.clone()
+            x[:, H] = x[:, H] + 5.0 * prev_token_pattern(x.shape[-2], x.shape[-1])
+            return x
+        want = expect("scores", ref_edit)
+        got, warns = caught(lambda: b.run_with_hooks(ids, fwd_hooks=[(f"blocks.{L}.attn.hook_attn_scores",
+                                                                       lambda x, hook: ref_edit(x))]))
+        v, num = verdict_close(diff(got, want), diff(clean, want))
+        if warns:
+            num += f"; WARNING: '{warns[0][:60]}...'"
         return v, num
 
     def read_qk():
@@ -180,6 +193,7 @@ def checks(table: Table, name: str, make, ids, *, generate: bool, n_new: int = 6
 
     table.attempt(name, "1 read pattern = eager softmax", read_pattern)
     table.attempt(name, "2 set one head's pattern", set_pattern)
+    table.attempt(name, "2 add to one head's scores", edit_scores)
     table.attempt(name, "3 read post-rotary q/k per head", read_qk)
     table.attempt(name, "3 edit k of one query head (GQA)", lambda: edit_k(slice(None), "head"))
     table.attempt(name, "4 edit one k dim (neuron)", lambda: edit_k(DIM, "dim"))
@@ -187,6 +201,15 @@ def checks(table: Table, name: str, make, ids, *, generate: bool, n_new: int = 6
     if generate:
         table.attempt(name, "6 KV-cache generate w/ edit", gen)
     table.attempt(name, "7 hooks removed after exception", cleanup)
+
+    def foreign():
+        def hook(z, hook):
+            z = z.clone()
+            z[:, :, H] = 0
+            return z
+        return foreign_hook_survives(b.original_model.get_input_embeddings(),
+                                     lambda: b.run_with_hooks(ids, fwd_hooks=[(f"blocks.{L}.attn.hook_z", hook)]))
+    table.attempt(name, "other code's hooks survive a call", foreign)
 
 
 def main(real: bool):

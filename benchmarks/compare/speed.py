@@ -29,8 +29,12 @@ def main():
     torch.manual_seed(0)
     ids = torch.randint(10, 1000, (8, 64))
     times = {}
+
+    def record(label, fn):
+        times[label] = median_time(fn, repeats=3, warmup=1)
+        print(f"  {label}: {times[label]:.3f} s", flush=True)
     with torch.no_grad():
-        times["HF sdpa, no edit"] = median_time(lambda: hf(input_ids=ids))
+        record("HF sdpa, no edit", lambda: hf(input_ids=ids))
         import attnlab
         from attnlab.interventions import SetPattern
         model = attnlab.load("gemma-3-270m")
@@ -38,14 +42,17 @@ def main():
         def al():
             with model.intervene(SetPattern(L, H, fn=lambda p: prev_token_pattern(p.shape[-2], p.shape[-1]).expand_as(p))):
                 model(ids)
-        times["attnlab SetPattern"] = median_time(al)
+        record("attnlab SetPattern", al)
         del model
+        hf_e, _ = gemma_hf("eager")
+        record("HF eager, no edit", lambda: hf_e(input_ids=ids))
+        del hf_e
         try:
             from check_tl_bridge import boot
             hf2, _ = gemma_hf("eager")
             b = boot(hf2, tok)
-            times["TL bridge hook_pattern"] = median_time(
-                lambda: b.run_with_hooks(ids, fwd_hooks=[(f"blocks.{L}.attn.hook_pattern", lambda p, hook: edit(p))]))
+            record("TL bridge hook_pattern",
+                   lambda: b.run_with_hooks(ids, fwd_hooks=[(f"blocks.{L}.attn.hook_pattern", lambda p, hook: edit(p))]))
             del b, hf2
         except ImportError as err:
             print("skip TL:", err)
@@ -62,7 +69,7 @@ def main():
                 with m.trace(ids):
                     op = attn.source.attention_interface_1.source.nn_functional_dropout_0
                     op.output = edit(op.output)
-            times["nnsight .source edit"] = median_time(nn)
+            record("nnsight .source edit", nn)
         except ImportError as err:
             print("skip nnsight:", err)
     base = times["HF sdpa, no edit"]
