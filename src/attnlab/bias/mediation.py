@@ -26,6 +26,7 @@ True
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -162,12 +163,22 @@ def _log_odds(model, ids: torch.Tensor, anti: torch.Tensor, stereo: torch.Tensor
     return (logp[rows, anti.to(logp.device)] - logp[rows, stereo.to(logp.device)]).cpu()
 
 
+def _as_int(v):
+    """numpy integers (from a DataFrame) count as ints; anything else is left for the range check."""
+    if v is None or isinstance(v, bool):
+        return v
+    try:
+        return operator.index(v)
+    except TypeError:
+        return v
+
+
 def _check_units(model, units: Sequence[Sequence[Head]]) -> list[list[Head]]:
     out = []
     for u in units:
         heads = []
         for item in u:
-            layer, head = item
+            layer, head = (_as_int(v) for v in item)
             model.check_layer(layer)
             if head is not None:
                 model.check_head(head)

@@ -1,0 +1,136 @@
+"""WinoBias / Winogender readers on authored fixtures, and their errors on malformed files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attnlab.bias.datasets import (
+    fill_winogender,
+    load_winobias,
+    load_winobias_dir,
+    load_winogender_stats,
+    load_winogender_templates,
+    winobias_pairs,
+)
+from attnlab.errors import DataFormatError, InvalidInput
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def test_winobias_line_parsed_with_offsets():
+    df = load_winobias(FIX / "pro_stereotyped_type1.txt.dev")
+    assert len(df) == 5 and set(df.stereotype) == {"pro"} and set(df.type) == {1} and set(df.split) == {"dev"}
+    row = df.iloc[1]
+    assert row.sentence == "The carpenter thanked the nurse because she cleaned the wound."
+    assert row.entity == "the nurse" and row.pronoun == "she" and row.pronoun_gender == "female"
+    assert row.sentence[row.entity_start : row.entity_start + len(row.entity)] == "the nurse"
+    assert row.sentence[row.pronoun_start : row.pronoun_start + 3] == "she"
+    # a third bracket is a second pronoun of the same entity; the first one is kept
+    last = df.iloc[4]
+    assert last.n_mentions == 3 and last.pronoun == "he" and "[" not in last.sentence
+
+
+def test_winobias_dir_and_pairs():
+    df = load_winobias_dir(FIX, split="dev")
+    assert len(df) == 14 and sorted(df.type.unique()) == [1, 2]
+    pairs = winobias_pairs(df)
+    assert len(pairs) == 7
+    p = pairs[(pairs.type == 2) & (pairs.id == 1)].iloc[0]
+    assert p.pro.endswith("paid him in cash.") and p.anti.endswith("paid her in cash.")
+    assert p.pro_pronoun == "him" and p.anti_pronoun == "her"
+
+
+def test_winobias_stereotype_from_argument(tmp_path):
+    f = tmp_path / "mine.txt"
+    f.write_text("1 [The baker] smiled because [she] was happy.\n")
+    with pytest.raises(InvalidInput, match="stereotype='pro' or 'anti'"):
+        load_winobias(f)
+    df = load_winobias(f, stereotype="anti", type=2)
+    assert df.stereotype[0] == "anti" and df.type[0] == 2
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("The baker [smiled] because [she] was happy.", "expected '<number> <sentence"),
+        ("3 The baker smiled because [she] was happy.", "expected at least two balanced"),
+        ("3 [The baker smiled because [she] was happy.", "expected at least two balanced"),
+        ("3 [The [baker]] smiled because [she] was happy.", "expected at least two balanced"),
+    ],
+)
+def test_winobias_malformed_line_names_file_and_line(tmp_path, line, expected):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_text("1 [The baker] smiled because [she] was happy.\n\n" + line + "\n")
+    with pytest.raises(DataFormatError, match=rf"pro_stereotyped_type1.txt.dev:3: {expected}"):
+        load_winobias(f)
+
+
+def test_winobias_empty_and_missing(tmp_path):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_text("\n\n")
+    with pytest.raises(DataFormatError, match="no sentences found"):
+        load_winobias(f)
+    with pytest.raises(InvalidInput, match="no such file"):
+        load_winobias(tmp_path / "nope.txt")
+    with pytest.raises(InvalidInput, match="missing WinoBias file"):
+        load_winobias_dir(tmp_path / "empty")
+    with pytest.raises(InvalidInput, match="split must be"):
+        load_winobias_dir(FIX, split="train")
+
+
+def test_winobias_pairs_needs_both_sides():
+    with pytest.raises(InvalidInput, match="no pro/anti sentence pairs"):
+        winobias_pairs(load_winobias(FIX / "pro_stereotyped_type1.txt.dev"))
+
+
+def test_winogender_templates_and_fill():
+    t = load_winogender_templates(FIX / "templates.tsv")
+    assert list(t.answer) == [0, 1, 1, 0] and t.line.tolist() == [2, 3, 4, 5]
+    filled = fill_winogender(t)
+    assert len(filled) == 12
+    s = filled[(filled.occupation == "mechanic") & (filled.gender == "female")].sentence.tolist()
+    assert s == [
+        "The mechanic returned the keys to the customer and wished her a good day.",
+        "She said the mechanic had checked her tools twice.",  # capitalised at the start
+    ]
+    someone = fill_winogender(t, genders=("neutral",), someone=True)
+    assert someone.sentence[0] == "The nurse reassured someone that they would stay all night."
+    with pytest.raises(InvalidInput, match="unknown gender 'other'"):
+        fill_winogender(t, genders=("other",))
+
+
+def test_winogender_stats():
+    s = load_winogender_stats(FIX / "occupations-stats.tsv")
+    assert s.set_index("occupation").loc["nurse", "bls_pct_female"] == 90.0
+    assert s.bls_year.tolist() == [2015, 2015]
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("nurse\tpatient\t0\n", "expected 4 tab-separated columns"),
+        ("nurse\tpatient\t2\tThe $OCCUPATION saw $NOM_PRONOUN.\n", "expected answer 0"),
+        ("nurse\tpatient\t0\tThe nurse saw the patient.\n", r"expected a sentence with \$OCCUPATION"),
+        ("nurse\tpatient\t0\tThe $OCCUPATION saw $NOM_PRONOUN $OBJ.\n", r"unknown placeholder \$OBJ"),
+    ],
+)
+def test_winogender_malformed_templates(tmp_path, body, expected):
+    f = tmp_path / "templates.tsv"
+    f.write_text("occupation(0)\tother-participant(1)\tanswer\tsentence\n" + body)
+    with pytest.raises(DataFormatError, match=rf"templates.tsv:2: {expected}"):
+        load_winogender_templates(f)
+
+
+def test_winogender_malformed_stats(tmp_path):
+    f = tmp_path / "stats.tsv"
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\nnurse\t80\tmany\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:2: expected numbers"):
+        load_winogender_stats(f)
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\nnurse\t80\t190\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:2: percentages must lie in 0..100"):
+        load_winogender_stats(f)
+    f.write_text("")
+    with pytest.raises(DataFormatError, match="empty file"):
+        load_winogender_stats(f)

@@ -1,0 +1,137 @@
+"""Causal mediation: TE by hand, NIE/NDE identities, batched per-row patches equal a one-head loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.bias.mediation import (
+    MediationPair,
+    causal_mediation,
+    greedy_heads,
+    mediation_effects,
+    mediation_pairs,
+    total_effect,
+)
+from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.interventions import Patch
+from attnlab.testing import tiny_model
+
+PAIRS = [
+    MediationPair("The nurse said that", "The man said that", " she", " he", "nurse"),
+    MediationPair("The mechanic told the customer that", "The woman told the customer that", " he", " she", "mechanic"),
+    MediationPair("The teacher said that", "The man said that", " she", " he", "teacher"),
+]
+
+
+def _log_odds(model, text, anti, stereo):
+    with torch.no_grad():
+        lp = model(text)[0, -1].float().log_softmax(-1)
+    return float(lp[model.to_single_token(anti)] - lp[model.to_single_token(stereo)])
+
+
+def test_total_effect_by_hand():
+    model = tiny_model("gpt2")
+    te = total_effect(model, PAIRS)
+    for p, row in zip(PAIRS, te.itertuples()):
+        ob, oc = (np.exp(_log_odds(model, t, p.anti, p.stereotypical)) for t in (p.base, p.counterfactual))
+        assert row.odds_base == pytest.approx(ob, rel=1e-4)
+        assert row.te == pytest.approx(oc / ob - 1, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_batched_nie_equals_one_head_at_a_time(arch):
+    model = tiny_model(arch)
+    c = model.cfg
+    units = [[(layer, head)] for layer in range(c.n_layers) for head in range(c.n_heads)]
+    batched = mediation_effects(model, PAIRS, units, batch_size=5)  # chunks cut across pairs
+    for i, p in [(1, PAIRS[1])]:  # a pair in the second length group, after a chunk boundary
+        base = _log_odds(model, p.base, p.anti, p.stereotypical)
+        for j, [(layer, head)] in enumerate(units):
+            with model.intervene(Patch(layer, head, site="pattern", source=p.counterfactual)):
+                lo = _log_odds(model, p.base, p.anti, p.stereotypical)
+            assert batched[i, j] == pytest.approx(np.expm1(lo - base), abs=1e-5)
+    assert model.count_hooks() == 0
+
+
+def test_nde_loop_and_identities():
+    model = tiny_model("llama")
+    p = PAIRS[0]
+    res = causal_mediation(model, [p], level="head", n_boot=0)
+    base = _log_odds(model, p.base, p.anti, p.stereotypical)
+    with model.intervene(Patch(1, 2, site="pattern", source=p.base)):
+        lo = _log_odds(model, p.counterfactual, p.anti, p.stereotypical)
+    row = res.per_unit[(res.per_unit.layer == 1) & (res.per_unit["head"] == 2)].iloc[0]
+    assert row.nde == pytest.approx(np.expm1(lo - base), abs=1e-5)
+    # freezing every pattern of x' at x and patching every pattern of x with x' are whole-model runs
+    whole = causal_mediation(model, [p], level="model", n_boot=0).per_unit.iloc[0]
+    specs = [Patch(layer, None, site="pattern", source=p.counterfactual) for layer in range(model.cfg.n_layers)]
+    with model.intervene(*specs):
+        lo_all = _log_odds(model, p.base, p.anti, p.stereotypical)
+    assert whole.nie == pytest.approx(np.expm1(lo_all - base), abs=1e-5)
+    # NDE of an empty head set is the total effect
+    assert mediation_effects(model, [p], [[]], effect="nde")[0, 0] == pytest.approx(res.te[0], abs=1e-5)
+
+
+def test_layer_level_equals_all_heads_of_the_layer():
+    model = tiny_model("gemma3")
+    layer_res = causal_mediation(model, PAIRS, level="layer", effects=("nie",), n_boot=0)
+    c = model.cfg
+    units = [[(1, h) for h in range(c.n_heads)]]
+    by_heads = mediation_effects(model, PAIRS, units).mean(axis=0)[0]
+    assert layer_res.per_unit.set_index("layer").loc[1, "nie"] == pytest.approx(by_heads, abs=1e-6)
+
+
+def test_no_intervention_means_no_effect():
+    model = tiny_model("gpt2")
+    same = [MediationPair("The nurse said that", "The nurse said that", " she", " he")]
+    res = causal_mediation(model, same, n_boot=0)
+    assert np.abs(res.per_unit[["nie", "nde"]].to_numpy()).max() < 1e-6
+    assert abs(res.te[0]) < 1e-6
+
+
+def test_top_heads_greedy_and_heatmap():
+    model = tiny_model("gpt2")
+    res = causal_mediation(model, PAIRS, effects=("nie",), n_boot=50)
+    top = res.top_heads(3)
+    nie = res.per_unit.set_index(["layer", "head"]).nie
+    assert nie[top[0]] == nie.max() and nie[top[0]] >= nie[top[1]] >= nie[top[2]]
+    greedy = greedy_heads(model, PAIRS, k=2, n_boot=0)
+    assert (greedy.layer[0], greedy["head"][0]) == top[0]
+    assert greedy.nie[0] == pytest.approx(nie.max(), abs=1e-9)
+    both = mediation_effects(model, PAIRS, [[top[0], (greedy.layer[1], greedy["head"][1])]]).mean()
+    assert greedy.nie[1] == pytest.approx(both, abs=1e-9)
+    from matplotlib.figure import Figure
+
+    assert isinstance(res.heatmap(), Figure)
+    with pytest.raises(InvalidInput, match="'nde' was not computed|effect 'nde'"):
+        res.heatmap("nde")
+
+
+def test_mediation_pairs_keep_equal_lengths():
+    model = tiny_model("gpt2")
+    pairs, skipped = mediation_pairs(model, occupations=["nurse", "mechanic"], templates=["The {occupation} said that"])
+    assert [(p.base, p.counterfactual, p.stereotypical) for p in pairs] == [
+        ("The nurse said that", "The man said that", " she"),
+        ("The mechanic said that", "The woman said that", " he"),
+    ]
+    assert skipped.empty
+
+
+def test_bad_input():
+    model = tiny_model("gpt2")
+    with pytest.raises(InvalidInput, match="same number of tokens"):
+        total_effect(model, [MediationPair("The nurse said that", "The old man said that", " she", " he")])
+    with pytest.raises(InvalidInput, match="single-token"):
+        total_effect(model, [MediationPair("The nurse said that", "The man said that", " she said", " he")])
+    with pytest.raises(InvalidInput, match="no prompt pairs"):
+        causal_mediation(model, [])
+    with pytest.raises(InvalidInput, match="unknown level"):
+        causal_mediation(model, PAIRS, level="neuron")
+    with pytest.raises(InvalidLocation, match="layer 7 out of range"):
+        mediation_effects(model, PAIRS, [[(7, 0)]])
+    with pytest.raises(InvalidInput, match="positive integer"):
+        greedy_heads(model, PAIRS, k=0)
+    with pytest.raises(InvalidLocation, match="only 8 candidate"):
+        greedy_heads(model, PAIRS, k=9)

@@ -1,0 +1,111 @@
+"""Profession pronoun bias and the batched scoring under it, checked against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from attnlab.bias import _scoring
+from attnlab.bias.pronouns import pronoun_bias
+from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.testing import tiny_model
+
+OCC = ["nurse", "mechanic", "teacher", "librarian", "carpenter"]
+
+
+def _logp_next(model, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return model(text)[0, -1].float().log_softmax(-1)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_padded_batch_equals_single_runs(arch):
+    model = tiny_model(arch)
+    prompts = ["the nurse said that", "the doctor told the customer that", "she"]
+    she, he = model.to_single_token(" she"), model.to_single_token(" he")
+    batched = _scoring.next_token_scores(model, prompts, [she, he], batch_size=3)
+    for i, p in enumerate(prompts):
+        lp = _logp_next(model, p)
+        assert np.allclose(batched[i], [lp[she], lp[he]], atol=1e-5)
+
+
+def test_log_ratio_by_hand_and_summary():
+    model = tiny_model("gpt2")
+    res = pronoun_bias(model, occupations=OCC, templates=["The {occupation} said that", "The {occupation} was tired because"])
+    assert len(res.per_prompt) == 10
+    she, he = model.to_single_token(" she"), model.to_single_token(" he")
+    lp = _logp_next(model, "The librarian was tired because")
+    row = res.per_prompt[res.per_prompt.prompt == "The librarian was tired because"].iloc[0]
+    assert row.log_ratio == pytest.approx(float(lp[she] - lp[he]), abs=1e-5)
+    occ = res.per_occupation.set_index("occupation")
+    mean = res.per_prompt.groupby("occupation").log_ratio.mean()
+    assert np.allclose(occ.loc[mean.index, "log_ratio"], mean)
+    r = stats.pearsonr(res.per_occupation.share_women, res.per_occupation.log_ratio).statistic
+    assert res.value("pearson_r") == pytest.approx(r, abs=1e-9)
+    assert res.value("mean_abs_log_ratio") == pytest.approx(res.per_occupation.log_ratio.abs().mean())
+    s = res.summary.set_index("metric")
+    assert (s.low <= s.value + 1e-12).all() and (s.value <= s.high + 1e-12).all()
+    from matplotlib.figure import Figure
+
+    assert isinstance(res.figure(), Figure)
+
+
+def test_multi_token_continuation_is_sum_of_token_logprobs():
+    model = tiny_model("llama")
+    res = pronoun_bias(model, occupations=["nurse", "mechanic", "baker"], templates=["The {occupation} said that"],
+                       pronouns=("she said", "he said"))
+    ids = model.to_tokens("The nurse said that")[0].tolist()
+    she, he, said = (model.to_single_token(w) for w in (" she", " he", " said"))
+
+    def two_token(first):
+        with torch.no_grad():
+            lp = model(torch.tensor([ids + [first, said]]))[0].float().log_softmax(-1)
+        n = len(ids)
+        return float(lp[n - 1, first] + lp[n, said])
+
+    got = res.per_prompt.set_index("occupation").loc["nurse"]
+    assert got.logp_female == pytest.approx(two_token(she), abs=1e-5)
+    assert got.logp_male == pytest.approx(two_token(he), abs=1e-5)
+
+
+def test_masked_lm_scores_the_mask():
+    model = tiny_model("bert-mlm")
+    res = pronoun_bias(model, occupations=OCC, templates=[{"prefix": "The {occupation} said that", "suffix": "was late ."}])
+    text = "The nurse said that [MASK] was late ."
+    assert res.per_prompt.prompt[0] == text
+    with torch.no_grad():
+        enc = model.tokenize(text)
+        pos = int((enc["input_ids"][0] == model.tokenizer.mask_token_id).nonzero()[0, 0])
+        lp = model(enc["input_ids"])[0, pos].float().log_softmax(-1)
+    she, he = model.to_single_token("she"), model.to_single_token("he")
+    assert res.per_prompt.log_ratio[0] == pytest.approx(float(lp[she] - lp[he]), abs=1e-5)
+    with pytest.raises(InvalidInput, match="a masked LM fills one"):
+        pronoun_bias(model, occupations=OCC, pronouns=("she said", "he"))
+
+
+def test_bad_input():
+    with pytest.raises(UnsupportedModel, match="no language-model head"):
+        pronoun_bias(tiny_model("bert"), occupations=OCC)
+    model = tiny_model("gpt2")
+    with pytest.raises(InvalidInput, match="non-empty"):
+        pronoun_bias(model, occupations=[])
+    with pytest.raises(InvalidInput, match="no templates"):
+        pronoun_bias(model, occupations=OCC, templates=[])
+    with pytest.raises(InvalidInput, match="0..1"):
+        pronoun_bias(model, occupations=pd.DataFrame({"occupation": ["nurse"], "share_women": [87.0]}))
+    with pytest.raises(InvalidInput, match=r"\(female, male\) pair"):
+        pronoun_bias(model, occupations=OCC, pronouns=("she",))
+    with pytest.raises(InvalidInput, match="handles at most 128"):
+        pronoun_bias(model, occupations=OCC, templates=["The {occupation} " + "said that " * 80])
+    with pytest.raises(InvalidInput, match="unknown metric"):
+        pronoun_bias(model, occupations=OCC).value("r")
+
+
+def test_custom_occupations_frame():
+    model = tiny_model("gpt2")
+    occ = pd.DataFrame({"occupation": ["king", "queen", "doctor"], "share_women": [0.0, 1.0, 0.4]})
+    res = pronoun_bias(model, occupations=occ, templates=["The {occupation} said that"])
+    assert res.per_occupation.occupation.tolist() == ["king", "queen", "doctor"]

@@ -1,0 +1,42 @@
+"""The shipped bias data: occupations with shares of women, templates, neutral text."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from attnlab.bias.templates import Template, neutral_prompts, neutral_text, occupation_table, occupations, templates
+from attnlab.errors import InvalidInput
+
+
+def test_occupations_table():
+    df = occupation_table()
+    assert 30 <= len(df) <= 40 and df.occupation.is_unique
+    assert df.share_women.between(0, 1).all() and set(df.year) == {2023}
+    assert df.share_women.max() > 0.85 and df.share_women.min() < 0.05  # spans the range
+    assert occupations(["nurse", "mechanic"]).share_women.tolist() == [0.87, 0.02]
+
+
+def test_unknown_occupation_suggests():
+    with pytest.raises(InvalidInput, match="did you mean 'nurse'"):
+        occupations(["nurce"])
+    with pytest.raises(InvalidInput, match="non-empty"):
+        occupations([])
+
+
+def test_templates():
+    ts = templates()
+    assert 4 <= len(ts) <= 8
+    assert ts[0].causal("nurse") == "The nurse said that"
+    assert ts[0].masked("nurse", "[MASK]") == "The nurse said that [MASK] would be late today."
+    with pytest.raises(InvalidInput, match="no '{occupation}' slot"):
+        Template("The person said that")
+
+
+def test_neutral_text_has_no_gendered_words():
+    words = set(re.findall(r"[a-z]+", " ".join(neutral_text() + neutral_prompts()).lower()))
+    assert len(neutral_text()) >= 3 and len(neutral_prompts()) >= 8
+    assert not words & {"he", "she", "him", "her", "his", "hers", "man", "woman", "men", "women"}
+    assert isinstance(occupations(), pd.DataFrame)
