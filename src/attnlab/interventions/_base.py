@@ -227,6 +227,8 @@ def _axis_mask(
 
 
 def check_site(site: str, allowed: Sequence[str], kind: str) -> str:
+    if site in SITES and site not in allowed:  # a real site, just not one this kind edits
+        raise InvalidSpec(f"{kind} cannot act on site {site!r} (valid: {', '.join(allowed)})")
     if site not in allowed:
         hint = did_you_mean(site, allowed) or did_you_mean(site, SITES)
         raise InvalidSpec(f"{kind}: unknown site {site!r}{hint} (valid: {', '.join(allowed)})")
