@@ -1,15 +1,21 @@
 """Forward pass with one head's pattern edited on Gemma-3-270m (batch 8 x 64 tokens), one process.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/compare/speed.py   (ratios vs plain HF sdpa; rough on a shared machine)
+Run:  OMP_NUM_THREADS=1 python benchmarks/compare/speed.py [rounds]
+Setups are timed in interleaved rounds (each setup once per round) so that load from other
+jobs on a shared machine hits all of them alike; the table shows the median per setup and
+its ratio to plain transformers sdpa without an edit.
 """
 
 from __future__ import annotations
 
+import statistics
+import sys
+import time
 import warnings
 
 import torch
 
-from _common import gemma_hf, median_time, prev_token_pattern
+from _common import gemma_hf, prev_token_pattern
 
 warnings.simplefilter("ignore")
 L, H = 17, 1
@@ -21,62 +27,75 @@ def edit(p):
     return p
 
 
-def main():
+def setups(ids):
+    """(label, zero-argument function) pairs; each library gets its own copy of the weights."""
     hf, tok = gemma_hf("sdpa")
-    if hf is None:
-        print("SKIP: Gemma-3-270m not in the attnlab cache")
+    out = [("HF sdpa, no edit", lambda: hf(input_ids=ids))]
+    hf_eager, _ = gemma_hf("eager")
+    out.append(("HF eager, no edit", lambda: hf_eager(input_ids=ids)))
+
+    import attnlab
+    from attnlab.interventions import SetPattern
+
+    model = attnlab.load("gemma-3-270m")
+    spec = SetPattern(L, H, fn=lambda p: prev_token_pattern(p.shape[-2], p.shape[-1]).expand_as(p))
+
+    def run_attnlab():
+        with model.intervene(spec):
+            model(ids)
+    out.append(("attnlab SetPattern", run_attnlab))
+
+    try:
+        from check_tl_bridge import boot
+
+        hf_tl, _ = gemma_hf("eager")
+        bridge = boot(hf_tl, tok)
+        hook = (f"blocks.{L}.attn.hook_pattern", lambda p, hook: edit(p))
+        out.append(("TL bridge hook_pattern", lambda: bridge.run_with_hooks(ids, fwd_hooks=[hook])))
+    except ImportError as err:
+        print("skip TransformerBridge:", err)
+
+    try:
+        from nnsight import NNsight
+
+        hf_nn, _ = gemma_hf("eager")
+        nn_model = NNsight(hf_nn)
+        attn = nn_model.model.layers[L].self_attn
+
+        def run_nnsight():
+            with nn_model.trace(ids):
+                op = attn.source.attention_interface_1.source.nn_functional_dropout_0
+                op.output = edit(op.output)
+        out.append(("nnsight .source edit", run_nnsight))
+    except ImportError as err:
+        print("skip nnsight:", err)
+    return out
+
+
+def main(rounds: int):
+    if gemma_hf("sdpa")[0] is None:
+        print("SKIP: Gemma-3-270m is not in the attnlab cache")
         return
     torch.manual_seed(0)
     ids = torch.randint(10, 1000, (8, 64))
-    times = {}
-
-    def record(label, fn):
-        times[label] = median_time(fn, repeats=3, warmup=1)
-        print(f"  {label}: {times[label]:.3f} s", flush=True)
+    runs = setups(ids)
+    times: dict[str, list[float]] = {label: [] for label, _ in runs}
     with torch.no_grad():
-        record("HF sdpa, no edit", lambda: hf(input_ids=ids))
-        import attnlab
-        from attnlab.interventions import SetPattern
-        model = attnlab.load("gemma-3-270m")
-
-        def al():
-            with model.intervene(SetPattern(L, H, fn=lambda p: prev_token_pattern(p.shape[-2], p.shape[-1]).expand_as(p))):
-                model(ids)
-        record("attnlab SetPattern", al)
-        del model
-        hf_e, _ = gemma_hf("eager")
-        record("HF eager, no edit", lambda: hf_e(input_ids=ids))
-        del hf_e
-        try:
-            from check_tl_bridge import boot
-            hf2, _ = gemma_hf("eager")
-            b = boot(hf2, tok)
-            record("TL bridge hook_pattern",
-                   lambda: b.run_with_hooks(ids, fwd_hooks=[(f"blocks.{L}.attn.hook_pattern", lambda p, hook: edit(p))]))
-            del b, hf2
-        except ImportError as err:
-            print("skip TL:", err)
-        try:
-            from nnsight import NNsight
-            hf3, _ = gemma_hf("eager")
-            m = NNsight(hf3)
-            attn = m.model.layers[L].self_attn
-            box = {}
-            with m.trace(ids):
-                box["l"] = str(attn.source.attention_interface_1.source)
-
-            def nn():
-                with m.trace(ids):
-                    op = attn.source.attention_interface_1.source.nn_functional_dropout_0
-                    op.output = edit(op.output)
-            record("nnsight .source edit", nn)
-        except ImportError as err:
-            print("skip nnsight:", err)
-    base = times["HF sdpa, no edit"]
-    print(f"{'setup':<26} | median s | x HF sdpa")
-    for k, v in times.items():
-        print(f"{k:<26} | {v:8.3f} | {v / base:5.2f}")
+        for _, fn in runs:  # warm-up
+            fn()
+        for r in range(rounds):
+            for label, fn in runs:
+                t = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - t)
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+    base = statistics.median(times["HF sdpa, no edit"])
+    print(f"\n{'setup':<24} | median s | x HF sdpa")
+    print("-" * 48)
+    for label, values in times.items():
+        med = statistics.median(values)
+        print(f"{label:<24} | {med:8.2f} | {med / base:5.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
