@@ -214,3 +214,11 @@ def test_json_in_script_cannot_close_the_script():
     text = json_for_script(data)
     assert "</" not in text and "<!--" not in text
     assert json.loads(text) == data
+
+
+def test_undefined_weights_become_null_not_invalid_json():
+    from attnlab.viz._data import to_list
+
+    out = to_list(np.array([[0.123456, np.nan], [-0.0, np.inf]]))
+    assert out == [[0.1235, None], [0.0, None]]
+    assert json.loads(json_for_script(out)) == out  # allow_nan=False would reject NaN

@@ -162,7 +162,10 @@ def to_list(array: np.ndarray, decimals: int = 4) -> list:
     """Rounded nested lists for JSON (the page size grows with every digit)."""
     out = np.round(np.asarray(array, dtype=np.float64), decimals)
     out[out == 0] = 0.0  # no "-0.0" in the page
-    return out.tolist()
+    if np.isfinite(out).all():
+        return out.tolist()
+    # JSON has no NaN: an intervention that leaves a row undefined shows as "no value" (null)
+    return np.where(np.isfinite(out), out, None).tolist()
 
 
 def interventions_tuple(interventions) -> tuple:

@@ -17,8 +17,6 @@ from typing import Any
 
 __all__ = ["View", "asset", "json_for_script"]
 
-_ASSETS = ("common.js",)
-
 
 @cache
 def asset(name: str) -> str:

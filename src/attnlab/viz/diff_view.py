@@ -59,6 +59,7 @@ def diff_view(
 
     def payload(arr: np.ndarray) -> list:
         out = np.round(arr.astype(np.float64), 4).astype(object)
+        out[~np.isfinite(arr)] = None  # JSON has no NaN
         out[:, future] = None  # a decoder's future keys are masked, not "zero attention"
         return out.tolist()
 

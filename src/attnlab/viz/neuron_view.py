@@ -14,7 +14,7 @@ from einops import einsum
 
 from attnlab.errors import InvalidLocation
 from attnlab.viz._data import (
-    DEFAULT_MAX_TOKENS, base_payload, encode, interventions_tuple, read_sites, select, to_list,
+    base_payload, encode, interventions_tuple, read_sites, select, to_list,
 )
 from attnlab.viz._html import View
 

@@ -175,7 +175,7 @@ attnlab.views = attnlab.views || {};
           x: labelW + c * cell, y: top + r * cell, width: cell - 1, height: cell - 1,
           fill: v === null ? "#eee" : opts.color(v), "class": "al-cell", "data-q": i, "data-k": j
         }, svg);
-        var t = A.svg("title", {}, rect, A.tokenText(opts.tokens[i]) + " \u2192 " + A.tokenText(opts.tokens[j]) + ": " + (v === null ? "masked" : (+v).toFixed(4)));
+        A.svg("title", {}, rect, A.tokenText(opts.tokens[i]) + " \u2192 " + A.tokenText(opts.tokens[j]) + ": " + (v === null ? "masked" : (+v).toFixed(4)));
         count++;
       });
     });
