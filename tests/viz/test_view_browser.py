@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,23 @@ def test_a_broken_page_reports_its_error(render, tiny_gpt2):
     view.data["attention"] = []  # the script cannot draw this
     root = render(view.html).root
     assert root["data-status"] == "error" and "TypeError" in root["data-error"]
+
+
+def test_jupyter_iframe_renders_the_view(render, tiny_gpt2):
+    """``_repr_html_`` (an iframe srcdoc) draws the view, and the iframe grows to fit it."""
+    frame = head_view(tiny_gpt2, TEXT)._repr_html_()
+    probe = (
+        "<script>window.addEventListener('load', function () {"
+        " var f = document.querySelector('iframe'); var r = f.contentDocument.querySelector('.attnlab-view');"
+        " var out = document.getElementById('probe');"
+        " out.setAttribute('data-inner-status', r.getAttribute('data-status'));"
+        " out.setAttribute('data-inner-lines', r.getAttribute('data-lines'));"
+        " out.setAttribute('data-height', String(f.getBoundingClientRect().height)); });</script>"
+    )
+    page = f'<!DOCTYPE html><html><body><div id="probe"></div>{frame}{probe}</body></html>'
+    rendered = render(page, selftest=False)
+    probe_tag = re.search(r'<div id="probe"([^>]*)>', rendered.dom).group(1)
+    probe_attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', probe_tag))
+    assert probe_attrs["data-inner-status"] == "ok"
+    assert int(probe_attrs["data-inner-lines"]) > 0
+    assert float(probe_attrs["data-height"]) != 620  # resized to the page's own height
