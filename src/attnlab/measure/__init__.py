@@ -1,8 +1,9 @@
 """Floor 3: what interventions do to a model's outputs, for one spec or a sweep over every head.
 
 ``effect()`` scores one set of interventions per prompt with a bootstrap interval;
-``sweep_heads()`` / ``sweep_neurons()`` do the same for every head or q/k/v dimension, fast
-(prefix reuse and one intervention per batch row). Metrics live in :mod:`.metrics`.
+``sweep_heads()`` / ``sweep_neurons()`` / ``sweep_interventions()`` do the same for every
+head, q/k/v dimension or labelled spec set, fast (prefix reuse and several variants per
+batch). Metrics live in :mod:`attnlab.measure.metrics`; definitions in ``docs/measure.md``.
 """
 
 from attnlab.measure._stats import bootstrap_mean
@@ -19,10 +20,16 @@ from attnlab.measure.metrics import (
     continuation_logprob,
     metric_from_name,
 )
+from attnlab.measure.sweep import HEAD_METHODS, SweepResult, sweep_heads, sweep_interventions, sweep_neurons
 
 __all__ = [
     "effect",
     "EffectResult",
+    "sweep_heads",
+    "sweep_neurons",
+    "sweep_interventions",
+    "SweepResult",
+    "HEAD_METHODS",
     "Metric",
     "LogitDiff",
     "TokenProb",
@@ -35,7 +42,3 @@ __all__ = [
     "metric_from_name",
     "bootstrap_mean",
 ]
-
-from attnlab.measure.sweep import HEAD_METHODS, SweepResult, sweep_heads, sweep_interventions, sweep_neurons  # noqa: E402
-
-__all__ += ["sweep_heads", "sweep_neurons", "sweep_interventions", "SweepResult", "HEAD_METHODS"]
