@@ -72,7 +72,7 @@ def checks(table: Table, name: str, make, ids: torch.Tensor, *, generate: bool, 
             _, cache = model.run_with_cache(ids, names_filter=[f"blocks.{L}.attn.hook_q", f"blocks.{L}.attn.hook_k"])
         q, k = cache[f"blocks.{L}.attn.hook_q"].transpose(1, 2), cache[f"blocks.{L}.attn.hook_k"].transpose(1, 2)
         err = max(diff(q, want_q), diff(k, want_k))
-        return ("yes" if err < 1e-5 else "no"), f"k per query head: {tuple(k.shape)}; max|qk-ref|={err:.2e}"
+        return ("yes" if err < 1e-4 else "no"), f"k per query head: {tuple(k.shape)}; max|qk-ref|={err:.2e}"
 
     def edit_k_one_query_head():
         def edit(k):

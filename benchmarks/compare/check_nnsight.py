@@ -12,8 +12,8 @@ from importlib.metadata import version
 import torch
 
 from _common import (
-    ARCHS, DIM, EDIT_HEAD, Table, count_torch_hooks, foreign_hook_survives, diff, eager_patterns, greedy_reference, ids_for,
-    prev_token_pattern, reference, run_out, skip_unless, tiny, verdict_close,
+    ARCHS, DIM, EDIT_HEAD, Table, count_torch_hooks, diff, eager_patterns, foreign_hook_survives, gemma_hf,
+    greedy_reference, ids_for, prev_token_pattern, reference, run_out, skip_unless, tiny, verdict_close,
 )
 
 skip_unless("nnsight")
@@ -53,12 +53,16 @@ def find(listing: str, code_part: str, name_part: str) -> str:
     raise LookupError(f"no op with {name_part!r} on a line containing {code_part!r}")
 
 
-def checks(table: Table, arch: str):
-    ref_model, tok = tiny(arch, "eager")
-    hf, _ = tiny(arch, "eager")
+def checks(table: Table, arch: str, real=None, n_new: int = 6):
+    """``real``: (name, clean eager model, second copy, tokenizer, ids) instead of a tiny model."""
+    if real is None:
+        ref_model, tok = tiny(arch, "eager")
+        hf, _ = tiny(arch, "eager")
+        ids = ids_for(arch, tok)
+        name = f"tiny-{arch}"
+    else:
+        name, ref_model, hf, tok, ids = real
     m = LanguageModel(hf, tokenizer=tok) if arch != "bert" else NNsight(hf)
-    ids = ids_for(arch, tok)
-    name = f"tiny-{arch}"
     L = ref_model.config.num_hidden_layers - 1 if hasattr(ref_model.config, "num_hidden_layers") else 1
     clean = run_out(ref_model, ids)
     attn, oproj = parts(m, arch, L)
@@ -117,7 +121,7 @@ def checks(table: Table, arch: str):
             kt = getattr(f.source, kt_name).output.save()
         k = kt.transpose(-1, -2)
         err = max(diff(q, want_q), diff(k, want_k))
-        return ("yes" if err < 1e-5 else "no"), f"k per query head {tuple(k.shape)}; max|qk-ref|={err:.2e}"
+        return ("yes" if err < 1e-4 else "no"), f"k per query head {tuple(k.shape)}; max|qk-ref|={err:.2e}"
 
     def edit_k(dims):
         def ref_edit(k):
@@ -147,7 +151,7 @@ def checks(table: Table, arch: str):
             res = m.output.save()
         return verdict_close(diff(out_of(res), want), diff(clean, want))
 
-    def gen(n_new=6):
+    def gen():
         def ref_edit(p):
             p = p.clone()
             p[:, H] = prev_token_pattern(p.shape[-2], p.shape[-1])
@@ -200,15 +204,20 @@ def checks(table: Table, arch: str):
     table.attempt(name, "other code's hooks survive a call", foreign)
 
 
-def main():
+def main(real: bool):
     table = Table(f"nnsight {version('nnsight')}")
     for arch in ARCHS:
         try:
             checks(table, arch)
         except Exception as err:  # noqa: BLE001
             table.add(f"tiny-{arch}", "setup", "error", f"{type(err).__name__}: {str(err)[:120]}")
+    if real:
+        ref, tok = gemma_hf("eager")
+        if ref is not None:
+            ids = tok(["The nurse said that", "The doctor said that"], return_tensors="pt")["input_ids"]
+            checks(table, "gemma3", real=("gemma-270m", ref, gemma_hf("eager")[0], tok, ids), n_new=5)
     table.print()
 
 
 if __name__ == "__main__":
-    main()
+    main("--real" in sys.argv)
