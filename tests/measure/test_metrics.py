@@ -19,6 +19,7 @@ from attnlab.measure import (
     bootstrap_mean,
     effect,
     metric_from_name,
+    score,
 )
 
 PROMPTS = ["the nurse said that", "the doctor said that he was", "a man"]
@@ -171,3 +172,12 @@ def test_chunking_does_not_change_results(tiny_llama):
     a = effect(tiny_llama, PROMPTS, ABLATE, LogitDiff(" she said", " he"), batch_size=64, progress=False).per_prompt
     b = effect(tiny_llama, PROMPTS, ABLATE, LogitDiff(" she said", " he"), batch_size=1, progress=False).per_prompt
     assert np.allclose(a.intervened, b.intervened, atol=1e-5)
+
+
+def test_score_is_the_clean_or_intervened_column(tiny_llama):
+    metric = LogitDiff(" she", [" he", " he was", " he"])
+    res = effect(tiny_llama, PROMPTS, ABLATE, metric, progress=False).per_prompt
+    assert np.allclose(score(tiny_llama, PROMPTS, metric), res.clean, atol=1e-6)
+    assert np.allclose(score(tiny_llama, PROMPTS, metric, ABLATE, batch_size=1), res.intervened, atol=1e-5)
+    with pytest.raises(InvalidInput, match="use effect"):
+        score(tiny_llama, PROMPTS, KL())

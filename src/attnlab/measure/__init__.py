@@ -7,7 +7,7 @@ batch). Metrics live in :mod:`attnlab.measure.metrics`; definitions in ``docs/me
 """
 
 from attnlab.measure._stats import bootstrap_mean
-from attnlab.measure.effect import EffectResult, effect
+from attnlab.measure.effect import EffectResult, effect, score
 from attnlab.measure.metrics import (
     KL,
     GenerationDiff,
@@ -24,6 +24,7 @@ from attnlab.measure.sweep import HEAD_METHODS, SweepResult, sweep_heads, sweep_
 
 __all__ = [
     "effect",
+    "score",
     "EffectResult",
     "sweep_heads",
     "sweep_neurons",

@@ -21,7 +21,7 @@ from attnlab.measure._rows import check_prompts
 from attnlab.measure._stats import bootstrap_mean
 from attnlab.measure.metrics import Metric
 
-__all__ = ["EffectResult", "effect", "check_interventions", "check_batch_size"]
+__all__ = ["EffectResult", "effect", "score", "check_interventions", "check_batch_size"]
 
 
 @dataclass
@@ -132,6 +132,48 @@ def effect(
         "intervened": float(np.nanmean(inter)), "effect": float(mean[0]), "ci_low": float(low[0]), "ci_high": float(high[0]),
     }])
     return EffectResult(per_prompt, summary)
+
+
+@torch.no_grad()
+def score(
+    model,
+    prompts: Sequence[str],
+    metric: Metric,
+    interventions=(),
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> np.ndarray:
+    """The metric's value for each prompt in one run (clean, or with ``interventions``).
+
+    For non-comparative metrics only (LogitDiff, TokenProb, Loss): one forward per chunk
+    instead of effect()'s two, e.g. ``log p(she) - log p(he)`` for every occupation prompt.
+
+    >>> from attnlab.testing import tiny_model
+    >>> from attnlab.measure import score, LogitDiff
+    >>> score(tiny_model("gpt2"), ["the nurse said that", "the man said that"], LogitDiff(" she", " he")).shape
+    (2,)
+    """
+    metric = _metric(metric)
+    if metric.comparative or metric.generation:
+        raise InvalidInput(f"{metric.name} compares with a clean run; use effect() for it")
+    prompts = check_prompts(prompts)
+    check_batch_size(batch_size)
+    specs = check_interventions(model, interventions)
+    metric.check_model(model)
+    rows = metric.rows(model, prompts)
+    k = rows.per_prompt
+    chunk = rows.n_rows if any(_addresses_rows(s) for s in specs) else max(k, batch_size // k * k)
+    values = []
+    try:
+        for start in tqdm(range(0, rows.n_rows, chunk), desc=f"score ({metric.name})", disable=not progress, leave=False):
+            part = rows.select(slice(start, start + chunk)).to(model.device)
+            with model.intervene(*specs):
+                stats = metric.reduce(metric_output(model, part, metric.output), part)
+            values.append(metric.compare(stats, stats, part).cpu())
+    except AttnlabError as err:
+        raise type(err)(f"while scoring {metric.name} on {model.cfg.name}: {err}") from None
+    return metric.combine(torch.cat(values).reshape(-1, k)).double().numpy()
 
 
 def _forward_effect(model, prompts, specs, metric, batch_size, progress) -> tuple[np.ndarray, np.ndarray]:
