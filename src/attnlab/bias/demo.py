@@ -2,7 +2,8 @@
 
 1. measure the profession pronoun bias over the shipped occupations;
 2. find the heads that mediate it: the NIE of every head on (occupation, "man"/"woman")
-   prompt pairs built from the most female- and most male-dominated occupations;
+   prompt pairs built from the most female- and most male-dominated occupations (the
+   ``n_mediation_occupations`` at each end, ``n_mediation_templates`` templates each);
 3. ablate the top-k heads and measure the bias again, with the perplexity and KL cost;
 4. write the figures (PNG) and tables (CSV) into ``out_dir``.
 """
@@ -16,8 +17,8 @@ import pandas as pd
 
 from attnlab.bias.experiment import BiasExperiment, bias_experiment
 from attnlab.bias.mediation import MediationResult, causal_mediation, mediation_pairs
-from attnlab.bias.pronouns import PronounBias, pronoun_bias
-from attnlab.bias.templates import neutral_prompts, occupations as shipped_occupations, templates as shipped_templates
+from attnlab.bias.pronouns import PronounBias, occupation_frame, pronoun_bias
+from attnlab.bias.templates import neutral_prompts, templates as shipped_templates
 from attnlab.errors import InvalidInput
 from attnlab.interventions import AblateHead
 
@@ -54,40 +55,44 @@ class BiasDemo:
         )
 
 
-def _demo_occupations(n_each: int) -> list[str]:
-    occ = shipped_occupations().sort_values("share_women")
-    return list(occ.occupation.head(n_each)) + list(occ.occupation.tail(n_each))
+def _extremes(occ: pd.DataFrame, n_each: int) -> pd.DataFrame:
+    occ = occ.sort_values("share_women")
+    return pd.concat([occ.head(n_each), occ.tail(n_each)]).drop_duplicates("occupation")
 
 
 def run_bias_demo(
     model,
     out_dir: str | Path | None = "attnlab-out",
     *,
-    k: int = 3,
+    occupations=None,
+    k: int = 2,
     method: str = "mean",
-    n_mediation_occupations: int = 6,
+    n_mediation_occupations: int = 4,
     n_mediation_templates: int = 2,
     n_boot: int = 1000,
     progress: bool = True,
 ) -> BiasDemo:
     """Run the whole demo on ``model`` (a causal LM) and return a :class:`BiasDemo`.
 
-    ``k`` heads with the largest NIE are ablated (``method`` "zero" or "mean"; the mean is
+    ``occupations`` (default: the shipped list) are used for the bias metric; the
+    mediation pairs come from those at both ends of the share of women. ``k`` heads with
+    the largest NIE are ablated (``method`` "zero" or "mean"; the mean is
     taken over the shipped neutral prompts). ``out_dir=None`` writes nothing.
     """
     if not isinstance(k, int) or k < 1 or k > model.cfg.n_layers * model.cfg.n_heads:
         raise InvalidInput(f"k must be an integer in 1..{model.cfg.n_layers * model.cfg.n_heads}, got {k!r}")
     if method not in ("zero", "mean"):
         raise InvalidInput(f"method must be 'zero' or 'mean', got {method!r}")
-    bias = pronoun_bias(model, n_boot=n_boot, progress=progress)
+    occ = occupation_frame(occupations)
+    bias = pronoun_bias(model, occupations=occ, n_boot=n_boot, progress=progress)
     pairs, _ = mediation_pairs(
-        model, occupations=_demo_occupations(n_mediation_occupations), templates=shipped_templates()[:n_mediation_templates]
+        model, occupations=_extremes(occ, n_mediation_occupations), templates=shipped_templates()[:n_mediation_templates]
     )
     med = causal_mediation(model, pairs, level="head", effects=("nie",), n_boot=n_boot, progress=progress)
     top = med.top_heads(k)
     ref = neutral_prompts() if method == "mean" else None
     specs = [AblateHead(layer, head, method=method, reference=ref) for layer, head in top]
-    exp = bias_experiment(model, specs, n_boot=n_boot, progress=progress)
+    exp = bias_experiment(model, specs, occupations=occ, n_boot=n_boot, baseline=bias, progress=progress)
     t = exp.table.set_index("metric")
     numbers = {
         "pearson_r_before": float(t.loc["pearson_r", "before"]),

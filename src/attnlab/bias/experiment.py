@@ -107,6 +107,7 @@ def bias_experiment(
     batch_size: int = 32,
     n_boot: int = 1000,
     seed: int = 0,
+    baseline: PronounBias | None = None,
     progress: bool = False,
 ) -> BiasExperiment:
     """Apply ``interventions`` and report the bias metrics and the collateral cost before/after.
@@ -116,6 +117,8 @@ def bias_experiment(
         interventions: specs for ``model.intervene`` (e.g. ``AblateHead(6, 2)``).
         neutral_text: paragraphs for the perplexity cost (default: shipped prose).
         neutral_prompts: prompts for the next-token KL (default: shipped prompts).
+        baseline: a :func:`pronoun_bias` result of the clean model with the same
+            occupations, templates, pronouns, ``n_boot`` and ``seed``, to skip measuring it again.
     Returns:
         :class:`BiasExperiment`; ``.table`` has one row per metric with columns
         ``before, before_low, before_high, after, after_low, after_high, change``.
@@ -131,7 +134,9 @@ def bias_experiment(
     text = shipped_text() if neutral_text is None else _scoring._texts(neutral_text, "neutral_text")
     prompts = shipped_prompts() if neutral_prompts is None else _scoring._texts(neutral_prompts, "neutral_prompts")
     kw = dict(occupations=occupations, templates=templates, pronouns=pronouns, batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress)
-    before = pronoun_bias(model, **kw)
+    if baseline is not None and not isinstance(baseline, PronounBias):
+        raise InvalidInput(f"baseline must be a PronounBias from pronoun_bias(), got {type(baseline).__name__}")
+    before = pronoun_bias(model, **kw) if baseline is None else baseline
     ppl_before = perplexity(model, text, n_boot=n_boot, seed=seed)
     clean = _scoring.next_token_logprobs(model, prompts, batch_size=batch_size)
     with model.intervene(*interventions):

@@ -1,0 +1,83 @@
+"""The bias intervention experiment and the demo pipeline, on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.bias import bias_experiment, pronoun_bias, run_bias_demo
+from attnlab.bias._scoring import token_logprobs
+from attnlab.bias.experiment import perplexity
+from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.interventions import AblateHead, EditNeuron
+from attnlab.testing import tiny_model
+
+OCC = ["nurse", "mechanic", "teacher", "librarian", "carpenter"]
+TEXT = ["the cat sat on the house .", "a dog ran to the city at night ."]
+PROMPTS = ["the cat sat on the", "the dog ran to"]
+
+
+def test_before_after_match_direct_measurements():
+    model = tiny_model("gpt2")
+    specs = [AblateHead(1, 0), AblateHead(0, 3)]
+    exp = bias_experiment(model, specs, occupations=OCC, neutral_text=TEXT, neutral_prompts=PROMPTS, n_boot=100)
+    before = pronoun_bias(model, occupations=OCC, n_boot=100)
+    with model.intervene(*specs):
+        after = pronoun_bias(model, occupations=OCC, n_boot=100)
+        nll_after = -np.concatenate(token_logprobs(model, TEXT))
+    t = exp.table.set_index("metric")
+    assert t.loc["pearson_r", "before"] == pytest.approx(before.value("pearson_r"))
+    assert t.loc["mean_abs_log_ratio", "after"] == pytest.approx(after.value("mean_abs_log_ratio"))
+    assert t.loc["perplexity", "after"] == pytest.approx(float(np.exp(nll_after.mean())), rel=1e-5)
+    assert t.loc["next_token_kl", "after"] > 0
+    assert np.allclose(t.change, t.after - t.before)
+    assert model.count_hooks() == 0
+    from matplotlib.figure import Figure
+
+    assert isinstance(exp.figure(), Figure)
+
+
+def test_identity_intervention_costs_nothing():
+    model = tiny_model("llama")
+    exp = bias_experiment(model, [EditNeuron(0, 1, site="q", dim=0, scale=1.0)], occupations=OCC,
+                          neutral_text=TEXT, neutral_prompts=PROMPTS, n_boot=0)
+    t = exp.table.set_index("metric")
+    assert abs(t.loc["next_token_kl", "after"]) < 1e-6
+    assert np.allclose(t.before, t.after, atol=1e-5)
+
+
+def test_perplexity_by_hand():
+    model = tiny_model("gemma3")
+    ids = model.to_tokens(TEXT[0])
+    with torch.no_grad():
+        lp = model(ids)[0].float().log_softmax(-1)
+    nll = -lp[:-1].gather(-1, ids[0, 1:, None]).mean()
+    assert perplexity(model, TEXT[:1], n_boot=0)[0] == pytest.approx(float(nll.exp()), rel=1e-5)
+
+
+def test_bad_input_leaves_model_clean():
+    model = tiny_model("gpt2")
+    with pytest.raises(InvalidInput, match="no interventions"):
+        bias_experiment(model, [], occupations=OCC)
+    with pytest.raises(InvalidLocation, match="layer 5 out of range"):
+        bias_experiment(model, [AblateHead(5, 0)], occupations=OCC)
+    with pytest.raises(InvalidInput, match="neutral_text"):
+        bias_experiment(model, [AblateHead(0, 0)], occupations=OCC, neutral_text=[])
+    assert model.count_hooks() == 0
+
+
+def test_demo_pipeline_writes_files(tmp_path):
+    model = tiny_model("gpt2")
+    demo = run_bias_demo(model, tmp_path / "out", occupations=OCC, k=2, n_mediation_occupations=2, n_boot=50, progress=False)
+    assert sorted(p.name for p in demo.files) == sorted(
+        ["bias_scatter.png", "mediation_heatmap.png", "bias_experiment.png", "bias_per_occupation.csv",
+         "mediation_per_head.csv", "bias_experiment.csv", "top_heads.csv"]
+    )
+    assert all(p.stat().st_size > 0 for p in demo.files)
+    assert demo.top_heads == demo.mediation.top_heads(2)
+    assert [(s.layer, s.heads[0]) for s in demo.experiment.interventions] == demo.top_heads
+    assert demo.numbers["pearson_r_before"] == pytest.approx(demo.bias.value("pearson_r"))
+    assert "top mediating heads" in demo.report()
+    with pytest.raises(InvalidInput, match="k must be an integer in 1..8"):
+        run_bias_demo(model, None, k=9)
