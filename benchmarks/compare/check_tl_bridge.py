@@ -81,7 +81,7 @@ def checks(table: Table, name: str, make, ids, *, generate: bool, n_new: int = 6
         got, warns = caught(lambda: b.run_with_hooks(ids, fwd_hooks=[(f"blocks.{L}.attn.hook_pattern", hook)]))
         v, num = verdict_close(diff(got, want), diff(clean, want))
         if warns:
-            num += f"; WARNING: '{warns[0][:150]}...'"
+            num += f"; max|lib-clean|={diff(got, clean):.1e}; WARNING: '{warns[0][:150]}...'"
         return v, num
 
     def edit_scores():
@@ -94,7 +94,7 @@ def checks(table: Table, name: str, make, ids, *, generate: bool, n_new: int = 6
                                                                        lambda x, hook: ref_edit(x))]))
         v, num = verdict_close(diff(got, want), diff(clean, want))
         if warns:
-            num += f"; WARNING: '{warns[0][:60]}...'"
+            num += f"; max|lib-clean|={diff(got, clean):.1e}; WARNING: '{warns[0][:60]}...'"
         return v, num
 
     def read_qk():
