@@ -40,8 +40,10 @@ def test_minilm_has_a_determiner_head_better_than_the_baseline(minilm):
 def test_gemma_neuron_view_and_decay(gemma):
     text = CORPUS[0] + " " + CORPUS[1]
     v = neuron_view(gemma, text, layer=3, head=1, query=20)
-    _, cache = gemma.run_with_cache(text, names_filter=["blocks.3.attn.hook_pattern"])
-    assert torch.allclose(v.pattern, cache["blocks.3.attn.hook_pattern"][0, 1, 20].float(), atol=1e-5)
+    seen = []
+    with gemma.hooks(fwd_hooks=[("blocks.3.attn.hook_pattern", lambda x, hook: seen.append(x.detach()))]):
+        gemma(text, return_type="hidden")
+    assert torch.allclose(v.pattern, seen[0][0, 1, 20].float(), atol=1e-5)
     assert v.rotary and v.q.shape == (256,)
     prof = decay_neurons(gemma, [text], layers=[1], progress=False)
     top = prof.ranking(max_distance=20).iloc[0]
