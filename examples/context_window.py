@@ -68,7 +68,8 @@ def main() -> None:
     for col in ("window", "sink", "mean_distance"):
         table = edited.pivot_table(index=["layer", "head"], columns="condition", values=col)
         print(f"\nEdited heads, {col}:\n" + table[["clean", *conditions]].round(2).to_string())
-    exp.plot().savefig(args.out / "window_and_loss.png", dpi=120)
+    edited_heads = [(int(l), int(h)) for l, h in top[["layer", "head"]].drop_duplicates().itertuples(index=False)]
+    exp.plot(heads=edited_heads).savefig(args.out / "window_and_loss.png", dpi=120)
     print(f"\nfigures in {args.out}/ ({time.time() - t0:.0f} s)")
 
 

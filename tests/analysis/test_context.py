@@ -49,6 +49,7 @@ def test_window_shrinks_under_a_distance_penalty(tiny_llama):
     assert set(exp.loss["condition"]) == {"clean", "penalty"}
     assert "late_loss" in s.columns and np.isfinite(s["mean_loss"]).all()
     assert len(exp.plot().axes) == 2
+    assert "(2 heads)" in exp.plot(heads=[(0, 1), (1, 2)]).axes[0].get_ylabel()
 
 
 def test_scaling_a_neuron_changes_only_its_head(tiny_llama):

@@ -174,8 +174,9 @@ class WindowExperiment:
     loss: pd.DataFrame  # condition, position, loss, n
     profiles: dict[str, DistanceProfile]
 
-    def plot(self, *, smooth: int = 16):
-        """Two panels: cumulative attention mass vs distance, and loss by position (moving average)."""
+    def plot(self, *, heads: Sequence[tuple[int, int]] | None = None, smooth: int = 16):
+        """Two panels: cumulative attention mass vs distance (mean over ``heads``, default all;
+        non-sink mass normalised per head), and loss by position (moving average)."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -183,12 +184,13 @@ class WindowExperiment:
 
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
         for i, (name, prof) in enumerate(self.profiles.items()):
-            total = prof.mass.sum(-1, keepdims=True)
-            cum = np.cumsum(prof.mass / np.where(total > 0, total, 1), -1).reshape(-1, prof.mass.shape[-1]).mean(0)
+            mass = prof.mass if heads is None else np.stack([prof.mass[l, h] for l, h in heads])
+            total = mass.sum(-1, keepdims=True)
+            cum = np.cumsum(mass / np.where(total > 0, total, 1), -1).reshape(-1, mass.shape[-1]).mean(0)
             a.plot(cum, color=f"C{i}", label=name)
         a.set_xscale("symlog")
         a.set_xlabel("distance (tokens)")
-        a.set_ylabel("cumulative attention mass (all heads)")
+        a.set_ylabel("cumulative attention mass " + ("(all heads)" if heads is None else f"({len(heads)} heads)"))
         a.legend(frameon=False, fontsize=8)
         if not self.loss.empty:
             for i, name in enumerate(self.profiles):
