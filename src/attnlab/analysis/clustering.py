@@ -12,7 +12,6 @@ Each head also gets a behaviour label from its statistics (see :func:`behaviour`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 
 from attnlab.analysis._corpus import capture, prepare
 from attnlab.engine.adapters import find_attention_modules
