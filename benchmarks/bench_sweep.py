@@ -8,7 +8,7 @@ Both sweeps run in this process on the same prompts and weights:
   one ``run_with_hooks`` per head zeroing ``blocks.L.attn.hook_z[:, :, h]`` (18 x 4 = 72
   forwards of the 32-prompt batch), logit difference read at each prompt's last token.
 
-Prints both times, the speed ratio and the largest absolute difference between the two
+Prints wall and CPU times (CPU time is steadier on a shared machine), the speed ratios and the largest absolute difference between the two
 72 x 32 effect matrices. Run: ``python benchmarks/bench_sweep.py [--threads N] [--prompts N]``.
 """
 
@@ -98,22 +98,23 @@ def main() -> None:
     with torch.no_grad():
         bridge(rows.input_ids[:4])
 
-    t0 = time.perf_counter()
+    # wall time and this process's CPU time: on a shared machine the CPU time is the steadier number
+    w0, c0 = time.perf_counter(), time.process_time()
     ours = sweep_heads(model, texts, "zero", metric, batch_size=args.batch_size, progress=False)
-    t_ours = time.perf_counter() - t0
+    t_ours, cpu_ours = time.perf_counter() - w0, time.process_time() - c0
 
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     clean, inter = tl_sweep(bridge, rows.input_ids, last, she, he, cfg.n_layers, cfg.n_heads)
-    t_tl = time.perf_counter() - t0
+    t_tl, cpu_tl = time.perf_counter() - w0, time.process_time() - c0
 
     ours_eff = ours.per_prompt.effect.to_numpy().reshape(cfg.n_layers * cfg.n_heads, len(texts))
     tl_eff = inter - clean[None, :]
     diff = float(np.abs(ours_eff - tl_eff).max())
     print(f"model: {cfg.name} ({cfg.n_layers} layers x {cfg.n_heads} heads), {len(texts)} prompts, "
           f"{torch.get_num_threads()} thread(s), attnlab batch_size={args.batch_size}")
-    print(f"attnlab sweep_heads:             {t_ours:8.2f} s")
-    print(f"TransformerBridge run_with_hooks: {t_tl:8.2f} s  ({cfg.n_layers * cfg.n_heads} forwards)")
-    print(f"speed ratio (TL / attnlab):      {t_tl / t_ours:8.2f} x")
+    print(f"attnlab sweep_heads:              wall {t_ours:8.2f} s   cpu {cpu_ours:8.2f} s")
+    print(f"TransformerBridge run_with_hooks: wall {t_tl:8.2f} s   cpu {cpu_tl:8.2f} s  ({cfg.n_layers * cfg.n_heads} forwards)")
+    print(f"speed ratio (TL / attnlab):       wall {t_tl / t_ours:8.2f} x   cpu {cpu_tl / cpu_ours:8.2f} x")
     print(f"max |effect difference|:         {diff:.2e}  (largest |effect| {np.abs(tl_eff).max():.3f})")
     top = ours.top(3)
     print("top heads by |effect| (attnlab):")

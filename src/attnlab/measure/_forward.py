@@ -1,26 +1,19 @@
 """One forward pass over metric rows, returning exactly what the metric reads.
 
-For metrics that read one position per row, the LM head runs only at the positions read
-(``logits_to_keep``, where the HF model accepts it): on a 262k-token vocabulary the head
-costs as much as all of Gemma-3-270m's layers together, so this alone halves a sweep.
+For metrics that read one position per row, the LM head runs only at that position: a
+forward pre-hook on the model's output embedding gathers each row's read position before
+the head is applied (anything the model does after the head, such as Gemma's logit
+soft-capping, still runs). On a 262k-token vocabulary the head costs as much as all of
+Gemma-3-270m's layers together, so this alone roughly halves a sweep.
 """
 
 from __future__ import annotations
-
-import inspect
 
 import torch
 
 from attnlab.measure._rows import Rows
 
-__all__ = ["metric_output", "supports_logits_to_keep"]
-
-
-def supports_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+__all__ = ["metric_output"]
 
 
 def metric_output(model, rows: Rows, output: str) -> torch.Tensor:
@@ -29,12 +22,22 @@ def metric_output(model, rows: Rows, output: str) -> torch.Tensor:
     kwargs = {"use_cache": False} if model.cfg.is_causal else {}
     if output == "hidden":
         return model(ids, attention_mask=mask, return_type="hidden", **kwargs)
-    if rows.positions == "read":
-        read = rows.data["read"].to(ids.device)
-        if supports_logits_to_keep(model):
-            keep = torch.unique(read)  # sorted
-            logits = model.hf_model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **kwargs).logits
-            return logits[torch.arange(len(read), device=ids.device), torch.searchsorted(keep, read)]
+    if rows.positions != "read":
+        return model(ids, attention_mask=mask, **kwargs)
+    read = rows.data["read"].to(ids.device)
+    at = torch.arange(len(read), device=ids.device)
+    head = model.hf_model.get_output_embeddings()
+
+    def gather(module, args):
+        hidden = args[0]
+        if isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and hidden.shape[:2] == ids.shape:
+            return (hidden[at, read][:, None], *args[1:])  # [row, 1, d_model]
+        return None
+
+    handle = head.register_forward_pre_hook(gather) if head is not None else None
+    try:
         logits = model(ids, attention_mask=mask, **kwargs)
-        return logits[torch.arange(len(read), device=ids.device), read]
-    return model(ids, attention_mask=mask, **kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits[:, 0] if logits.shape[1] == 1 else logits[at, read]
