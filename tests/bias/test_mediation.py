@@ -58,14 +58,14 @@ def test_batched_nie_equals_one_head_at_a_time(arch):
 def test_nde_loop_and_identities():
     model = tiny_model("llama")
     p = PAIRS[0]
-    res = causal_mediation(model, [p], level="head", n_boot=0)
+    res = causal_mediation(model, [p], level="head", effects=("nde",), n_boot=0)
     base = _log_odds(model, p.base, p.anti, p.stereotypical)
     with model.intervene(Patch(1, 2, site="pattern", source=p.base)):
         lo = _log_odds(model, p.counterfactual, p.anti, p.stereotypical)
     row = res.per_unit[(res.per_unit.layer == 1) & (res.per_unit["head"] == 2)].iloc[0]
     assert row.nde == pytest.approx(np.expm1(lo - base), abs=1e-5)
     # freezing every pattern of x' at x and patching every pattern of x with x' are whole-model runs
-    whole = causal_mediation(model, [p], level="model", n_boot=0).per_unit.iloc[0]
+    whole = causal_mediation(model, [p], level="model", effects=("nie",), n_boot=0).per_unit.iloc[0]
     specs = [Patch(layer, None, site="pattern", source=p.counterfactual) for layer in range(model.cfg.n_layers)]
     with model.intervene(*specs):
         lo_all = _log_odds(model, p.base, p.anti, p.stereotypical)

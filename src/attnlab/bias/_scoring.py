@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from attnlab.errors import InvalidInput, UnsupportedModel
@@ -134,7 +135,9 @@ def _batches(n: int, batch_size: int, progress: bool, desc: str):
     return tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False)
 
 
-def next_token_logprobs(model, prompts: Sequence[str], *, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+def next_token_logprobs(
+    model, prompts: Sequence[str], *, batch_size: int = 16, progress: bool = False
+) -> Float[torch.Tensor, "prompt vocab"]:
     """Full next-token log-distribution after each prompt, ``[n_prompts, vocab]``."""
     check_lm(model, causal=True)
     prompts = _texts(prompts)

@@ -25,7 +25,7 @@ import torch
 from scipy import stats
 
 from attnlab.bias import _scoring
-from attnlab.bias._stats import bootstrap_ci, mean_ci
+from attnlab.bias._stats import mean_ci
 from attnlab.bias.datasets import fill_winogender
 from attnlab.errors import InvalidInput
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 
 from attnlab.bias import _scoring
 from attnlab.bias._stats import mean_ci
@@ -44,7 +45,7 @@ def perplexity(model, texts: Sequence[str], *, n_boot: int = 1000, seed: int = 0
     return float(np.exp(m)), float(np.exp(lo)), float(np.exp(hi))
 
 
-def next_token_kl(clean: torch.Tensor, edited: torch.Tensor) -> np.ndarray:
+def next_token_kl(clean: Float[torch.Tensor, "prompt vocab"], edited: Float[torch.Tensor, "prompt vocab"]) -> np.ndarray:
     """Per prompt ``KL(p_clean || p_edited)`` from two ``[n, vocab]`` log-probability tensors."""
     return (clean.exp() * (clean - edited)).sum(-1).clamp(min=0).numpy()
 

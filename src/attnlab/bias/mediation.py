@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -69,15 +69,6 @@ class MediationPair:
     stereotypical: str  # continuation the stereotype predicts after x, e.g. " she"
     anti: str  # the other one, e.g. " he"
     label: str = ""  # free text, e.g. the occupation
-
-
-@dataclass
-class _Encoded:
-    x: torch.Tensor  # [n_pairs, pos]
-    xp: torch.Tensor  # [n_pairs, pos]
-    stereo: torch.Tensor  # [n_pairs]
-    anti: torch.Tensor  # [n_pairs]
-    groups: dict[int, list[int]] = field(default_factory=dict)  # token length -> pair indices
 
 
 def _single(model, text: str, what: str) -> int:
