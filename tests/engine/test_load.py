@@ -185,3 +185,12 @@ def test_corrupt_gemma_cache_is_rebuilt_not_used(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="corrupt or partial; rebuilding"), pytest.raises(RuntimeError, match="stop after"):
         attnlab.load("gemma-3-270m")
     assert rebuilt == [folder]
+
+
+def test_tokenize_pads_on_the_right_even_if_the_tokenizer_pads_left():
+    tok = tiny_tokenizer()
+    tok.padding_side = "left"  # like Gemma's tokenizer
+    model = attnlab.load(tiny_hf_model("gpt2"), tokenizer=tok)
+    enc = model.tokenize(["the nurse said that she was happy", "he ran"])
+    assert enc["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert model.to_str_tokens(enc["input_ids"][1])[:3] == ["[BOS]", "he", "ran"]

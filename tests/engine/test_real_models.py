@@ -37,3 +37,14 @@ def test_gemma_geometry_bias_and_an_edit_changes_it(gemma):
     assert probs[she] > 0.05
     assert (edited - probs).abs().sum() > 1e-2  # the edit moved the next-token distribution
     assert gemma.count_hooks() == 0
+
+
+def test_gemma_batches_are_right_padded_and_match_single_runs(gemma):
+    texts = ["The nurse said that", "Once upon a time, there was a"]
+    enc = gemma.tokenize(texts)
+    assert enc["attention_mask"][0, 0] == 1 and enc["attention_mask"][0, -1] == 0
+    with torch.no_grad():
+        batch = gemma(enc["input_ids"], attention_mask=enc["attention_mask"])
+        single = gemma(texts[0])
+    n = single.shape[1]
+    assert (batch[0, :n] - single[0]).abs().max() < 1e-3

@@ -81,6 +81,10 @@ class HookedModel(HookedRootModule):
             attach(module, block.attn)
         if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if tokenizer is not None and getattr(tokenizer, "padding_side", "right") != "right":
+            # tokenize() promises right padding (row i's tokens at positions 0..len-1); Gemma's
+            # tokenizer pads on the left by default. generate() switches to left itself.
+            tokenizer.padding_side = "right"
         self.setup()
         self._check_every_layer_is_reached()
 
