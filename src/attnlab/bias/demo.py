@@ -68,7 +68,7 @@ def run_bias_demo(
     k: int = 2,
     method: str = "mean",
     n_mediation_occupations: int = 4,
-    n_mediation_templates: int = 2,
+    n_mediation_templates: int = 1,
     n_boot: int = 1000,
     progress: bool = True,
 ) -> BiasDemo:
