@@ -26,7 +26,7 @@ from scipy import stats
 from attnlab.bias import _scoring
 from attnlab.bias._stats import bootstrap_ci
 from attnlab.bias.templates import Template, _as_templates, occupations as shipped_occupations, templates as shipped_templates
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, UnsupportedModel
 
 __all__ = ["PronounBias", "pronoun_bias", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
 
@@ -156,8 +156,6 @@ def pronoun_bias(
     else:
         mask = getattr(model.tokenizer, "mask_token", None)
         if mask is None:
-            from attnlab.errors import UnsupportedModel
-
             raise UnsupportedModel(f"{model.cfg.name}'s tokenizer has no mask token")
         targets = []
         for word in (female, male):

@@ -21,7 +21,7 @@ from importlib import resources
 
 import pandas as pd
 
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, did_you_mean
 
 __all__ = [
     "Template",
@@ -95,8 +95,6 @@ def occupations(names: Sequence[str] | None = None) -> pd.DataFrame:
     known = set(df.occupation)
     missing = [n for n in names if n not in known]
     if missing:
-        from attnlab.errors import did_you_mean
-
         raise InvalidInput(
             f"no share of women known for {missing[0]!r}{did_you_mean(missing[0], known)}; pass a DataFrame "
             "with columns occupation, share_women for occupations outside the shipped list"
