@@ -9,7 +9,7 @@ import torch
 
 from attnlab.testing import TINY_ARCHITECTURES, tiny_model
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # tiny models: extra threads only add contention on 2 shared cores
 
 
 @pytest.fixture(params=["gpt2", "bert", "llama", "gemma3"])
