@@ -13,6 +13,18 @@ from attnlab.errors import (
 
 __version__ = "0.1.0"
 
+_SUBPACKAGES = ("interventions", "measure", "bias", "analysis", "viz", "testing")
+
+
+def __getattr__(name: str):
+    """Import the upper floors on first use (``attnlab.measure``, ``attnlab.viz``, ...)."""
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"attnlab.{name}")
+    raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
+
+
 __all__ = [
     "load",
     "HookedModel",
@@ -28,4 +40,5 @@ __all__ = [
     "UnsupportedModel",
     "InvalidInput",
     "DataFormatError",
+    *_SUBPACKAGES,
 ]

@@ -66,6 +66,10 @@ def _ints(text: str | None, what: str) -> list[int] | None:
 
 def _load(args):
     import attnlab
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep stderr to our own progress bars and one-line errors
+    hf_logging.set_verbosity_error()
 
     return attnlab.load(args.model)
 
@@ -134,8 +138,9 @@ def cmd_sweep(args) -> None:
     """Effect of intervening on every head (or chosen heads) on a metric, as a table and heatmap."""
     from attnlab.measure import metric_from_name, sweep_heads
 
-    model = _load(args)
+    layers, heads = _ints(args.layers, "--layers"), _ints(args.heads, "--heads")
     prompts = _read_lines(args, what="prompts")
+    model = _load(args)
     options = {}
     if args.metric == "logit_diff":
         options = {"target": args.target, "foil": args.foil}
@@ -148,7 +153,7 @@ def cmd_sweep(args) -> None:
     result = sweep_heads(
         model, prompts, method=args.method, metric=metric, counterfactuals=counterfactuals,
         reference=prompts if args.method in ("mean", "resample") else None,
-        layers=_ints(args.layers, "--layers"), heads=_ints(args.heads, "--heads"),
+        layers=layers, heads=heads,
         batch_size=args.batch_size, n_boot=args.n_boot, progress=not args.quiet,
     )
     _write_table(result.table, args.out, default_name="sweep.csv")
@@ -200,17 +205,18 @@ def cmd_analyze(args) -> None:
         sentences = read_conllu(args.conllu, limit=args.limit)
         corpus = sentences
         acc = relation_accuracy(model, sentences, progress=not args.quiet)
-        _write_table(acc.table, str(out / "relations.csv"), default_name="relations.csv")
+        _write_table(acc.table(), str(out / "relations.csv"), default_name="relations.csv")
     else:
         corpus = _read_lines(args, what="corpus sentences")
         if args.limit:
             corpus = corpus[: args.limit]
     stats = head_stats(model, corpus, progress=not args.quiet)
-    _write_table(stats.table, str(out / "head_stats.csv"), default_name="head_stats.csv")
-    _save_figure(stats.figure(), str(out / "head_stats.png"))
+    _write_table(stats.df, str(out / "head_stats.csv"), default_name="head_stats.csv")
+    _save_figure(stats.plot_targets(), str(out / "head_stats.png"))
+    _save_figure(stats.plot_entropy(), str(out / "head_entropy.png"))
     head_map = head_distances(model, corpus, stats=stats, progress=not args.quiet)
-    _write_table(head_map.table, str(out / "head_clusters.csv"), default_name="head_clusters.csv")
-    _save_figure(head_map.figure(), str(out / "head_clusters.png"))
+    _write_table(head_map.df, str(out / "head_clusters.csv"), default_name="head_clusters.csv")
+    _save_figure(head_map.plot(), str(out / "head_clusters.png"))
 
 
 def cmd_neurons(args) -> None:
@@ -219,8 +225,9 @@ def cmd_neurons(args) -> None:
 
     model = _load(args)
     corpus = _read_lines(args, what="corpus texts")
-    result = decay_neurons(model, corpus, layers=_ints(args.layers, "--layers"), progress=not args.quiet)
-    table = result.table if hasattr(result, "table") else result
+    layers = _ints(args.layers, "--layers")
+    result = decay_neurons(model, corpus, layers=layers, progress=not args.quiet)
+    table = result.ranking()
     _write_table(table.head(args.top) if args.top else table, args.out, default_name="decay_neurons.csv")
 
 
@@ -249,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     _common(p, model_default="gemma-3-270m", text=False)
     p.add_argument("--out", default="attnlab-out", help="output folder (default: attnlab-out)")
-    p.add_argument("--k", type=int, default=3, help="how many top mediating heads to ablate (default: 3)")
+    p.add_argument("--k", type=int, default=2, help="how many top mediating heads to ablate (default: 2)")
     p.add_argument("--method", default="mean", choices=["mean", "zero"], help="ablation method (default: mean)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for intervals")
     p.set_defaults(func=cmd_demo)

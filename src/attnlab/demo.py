@@ -24,7 +24,7 @@ def _fmt(value: float, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def run_demo(model, out_dir: str | Path = "attnlab-out", *, k: int = 3, method: str = "mean", n_boot: int = 1000,
+def run_demo(model, out_dir: str | Path = "attnlab-out", *, k: int = 2, method: str = "mean", n_boot: int = 1000,
              progress: bool = True, example: str = DEMO_EXAMPLE):
     """Run the bias demo on ``model`` and write ``report.html`` (plus CSV/PNG files) into ``out_dir``.
 

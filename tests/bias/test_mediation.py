@@ -101,7 +101,7 @@ def test_top_heads_greedy_and_heatmap():
     assert (greedy.layer[0], greedy["head"][0]) == top[0]
     assert greedy.nie[0] == pytest.approx(nie.max(), abs=1e-9)
     both = mediation_effects(model, PAIRS, [[top[0], (greedy.layer[1], greedy["head"][1])]]).mean()
-    assert greedy.nie[1] == pytest.approx(both, abs=1e-9)
+    assert greedy.nie[1] == pytest.approx(both, rel=1e-3)  # batched vs single forward: float32 rounding
     from matplotlib.figure import Figure
 
     assert isinstance(res.heatmap(), Figure)

@@ -160,11 +160,12 @@ class HookedModel(HookedRootModule):
             yield self
 
     def count_hooks(self) -> int:
-        """Forward/backward hooks currently attached anywhere in the model (0 outside ``with``)."""
-        return sum(
-            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-            for m in self.modules()
-        )
+        """Hooks attached to attnlab's hook points (0 outside ``with`` blocks).
+
+        transformers keeps a few hooks of its own on some modules (e.g. to collect hidden
+        states); those are not attnlab's and are not counted.
+        """
+        return sum(len(p._forward_hooks) + len(p._forward_pre_hooks) + len(p._backward_hooks) for p in self.hook_dict.values())
 
     def _check_every_layer_is_reached(self) -> None:
         """One tiny forward pass proving that every layer calls attnlab's attention function."""

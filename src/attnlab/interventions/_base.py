@@ -181,7 +181,11 @@ class Intervention:
         if "layer" not in data:
             raise InvalidSpec(f"{cls.kind}: missing field 'layer'")
         layer = data.pop("layer")
-        return cls(layer, **data)
+        try:
+            return cls(layer, **data)
+        except TypeError as err:  # a missing required field, e.g. BlockKeys without keys
+            message = str(err).split("() ", 1)[-1]
+            raise InvalidSpec(f"{cls.kind}: {message}") from None
 
     def __repr__(self) -> str:
         def show(v):
