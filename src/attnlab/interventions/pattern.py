@@ -120,7 +120,10 @@ class BlockKeys(Intervention):
 
     def __init__(self, layer: int, head=None, *, keys, renormalize: bool = True, positions=None, rows=None):
         super().__init__(layer, head, positions=positions, rows=rows)
-        self.keys = list(as_index_tuple(keys, "keys"))
+        keys = as_index_tuple(keys, "keys")
+        if keys is None:
+            raise InvalidSpec("BlockKeys needs keys= (the key positions to block: an int or a list of ints)")
+        self.keys = list(keys)
         self.renormalize = bool(renormalize)
 
     def edit_fn(self, model):
