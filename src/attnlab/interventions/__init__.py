@@ -47,8 +47,10 @@ def from_dict(data: dict[str, Any]) -> Intervention:
     if not isinstance(data, dict) or "kind" not in data:
         raise InvalidSpec(f"an intervention dict needs a 'kind' key (one of {', '.join(REGISTRY)}), got {data!r}")
     kind = data["kind"]
-    if kind not in REGISTRY:
-        raise InvalidSpec(f"unknown intervention kind {kind!r}{did_you_mean(kind, REGISTRY)} (valid: {', '.join(REGISTRY)})")
+    if not isinstance(kind, str) or kind not in REGISTRY:
+        raise InvalidSpec(
+            f"unknown intervention kind {kind!r}{did_you_mean(str(kind), REGISTRY)} (valid: {', '.join(REGISTRY)})"
+        )
     return REGISTRY[kind].from_dict(data)
 
 
