@@ -19,14 +19,15 @@ from __future__ import annotations
 import torch
 from einops import rearrange, repeat
 from torch import nn
-from transformer_lens.hook_points import HookPoint
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
+from attnlab.engine.hooks import Hook, HookPoint
 from attnlab.engine.locations import SITES
+from attnlab.engine.state import current_state
 
-__all__ = ["AttentionHooks", "SiteHookPoint", "IMPLEMENTATIONS", "register_attention", "attach", "detach", "hooks_of"]
+__all__ = ["AttentionHooks", "IMPLEMENTATIONS", "register_attention", "attach", "detach", "hooks_of", "MASKED"]
 
 #: Our implementation name for each original one (flash/flex kernels fall back to sdpa).
 IMPLEMENTATIONS = {"sdpa": "attnlab_sdpa", "eager": "attnlab_eager"}
@@ -34,26 +35,13 @@ IMPLEMENTATIONS = {"sdpa": "attnlab_sdpa", "eager": "attnlab_eager"}
 _ATTR = "_attnlab_hooks"
 
 
-class SiteHookPoint(HookPoint):
-    """A TransformerLens hook point that also knows its layer, site and query offset.
+#: Scores at or below this are masked (causal, padding, sliding window): the mask writes the
+#: dtype's minimum, and an edit cannot bring a masked score back into play.
+def masked(scores: torch.Tensor) -> torch.Tensor:
+    return scores <= torch.finfo(scores.dtype).min / 2
 
-    ``query_offset`` is the absolute position of the first query row in this call (non-zero
-    when generating with a KV cache), and ``key_offset`` that of the first key column
-    (non-zero only when a sliding-window layer's cache has dropped old keys), so
-    position-aware hooks address the same token whether the model recomputes everything or
-    reuses its cache.
-    """
 
-    def __init__(self, layer: int, site: str):
-        super().__init__()
-        self.layer_index = layer
-        self.site = site
-        self.query_offset = 0
-        self.key_offset = 0
-        self.generating = False  # True inside generate(): positions past the text so far are not errors
-
-    def is_hooked(self) -> bool:
-        return bool(self._forward_hooks)
+MASKED = masked
 
 
 class AttentionHooks(nn.Module):
@@ -63,13 +51,14 @@ class AttentionHooks(nn.Module):
         super().__init__()
         self.layer_index = layer
         for site in SITES:
-            self.add_module(f"hook_{site}", SiteHookPoint(layer, site))
+            self.add_module(f"hook_{site}", HookPoint(layer, site))
 
-    def points(self) -> list[SiteHookPoint]:
+    def points(self) -> list[HookPoint]:
         return [getattr(self, f"hook_{site}") for site in SITES]
 
     def any_hooked(self) -> bool:
-        return any(p._forward_hooks for p in self.points())
+        """Some hook acts on this layer in the current context (then it runs explicitly)."""
+        return any(p._forward_hooks for p in self.points()) and any(p.is_hooked() for p in self.points())
 
 
 def attach(attention_module: nn.Module, hooks: AttentionHooks) -> None:
@@ -96,27 +85,27 @@ def hooks_of(attention_module: nn.Module) -> AttentionHooks | None:
     return attention_module.__dict__.get(_ATTR)
 
 
-def _run(point: SiteHookPoint, x: torch.Tensor) -> torch.Tensor:
-    # Calling an un-hooked HookPoint costs a module call; skip it on the hot path.
-    return point(x) if point._forward_hooks else x
-
-
 def _causal_bool_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
     """``[1, 1, q, k]`` True where query i (absolute k_len - q_len + i) may see key j."""
     q_abs = torch.arange(k_len - q_len, k_len, device=device)[:, None]
     return (q_abs >= torch.arange(k_len, device=device)[None, :])[None, None]
 
 
-def _query_offset(q_len: int, k_len: int, position_ids, sliding_window) -> int:
-    """Absolute position of the first query row.
+def _first_query_column(q_len: int, k_len: int, position_ids, sliding_window) -> int:
+    """Column of the first query row when the engine did not say (a plain HF call).
 
     Normally the keys are the whole text so far (offset ``k_len - q_len``). A sliding-window
     layer decoding with a KV cache only gets the last keys, so there the position ids tell
-    (the largest over rows: the unpadded row's ids are plain token indices).
+    (the largest over rows: the unpadded row's ids are plain column indices).
     """
     if sliding_window is not None and isinstance(position_ids, torch.Tensor) and position_ids.numel():
         return int(position_ids.reshape(-1, position_ids.shape[-1])[:, 0].max())
     return k_len - q_len
+
+
+def _run(point: HookPoint, x: torch.Tensor, info: Hook) -> torch.Tensor:
+    # Calling a point with no hook costs a module call; skip it on the hot path.
+    return point(x, info=info) if point._forward_hooks else x
 
 
 def explicit_attention(
@@ -148,18 +137,24 @@ def explicit_attention(
         key = repeat(key, "b kvh k d -> b (kvh g) k d", g=group)
         value = repeat(value, "b kvh k d -> b (kvh g) k d", g=group)
 
+    infos = {}
     if hooks is not None:
-        query_offset = _query_offset(q_len, k_len, position_ids, sliding_window)
-        for point in hooks.points():
-            point.query_offset = query_offset
-            point.key_offset = query_offset + q_len - k_len
+        state = current_state()
+        q_col = state.past if state is not None else _first_query_column(q_len, k_len, position_ids, sliding_window)
+        geometry = dict(q_col=q_col, q_len=q_len, k_col=q_col + q_len - k_len, k_len=k_len, state=state)
+        infos = {site: Hook(point, **geometry) for site, point in zip(SITES, hooks.points())}
         if hooks.hook_q._forward_hooks:
-            query = rearrange(hooks.hook_q(rearrange(query, "b h p d -> b p h d")), "b p h d -> b h p d")
+            query = rearrange(_run(hooks.hook_q, rearrange(query, "b h p d -> b p h d"), infos["q"]), "b p h d -> b h p d")
         if hooks.hook_k._forward_hooks:
-            key = rearrange(hooks.hook_k(rearrange(key, "b h p d -> b p h d")), "b p h d -> b h p d")
+            key = rearrange(_run(hooks.hook_k, rearrange(key, "b h p d -> b p h d"), infos["k"]), "b p h d -> b h p d")
         if hooks.hook_v._forward_hooks:
-            value = rearrange(hooks.hook_v(rearrange(value, "b h p d -> b p h d")), "b p h d -> b h p d")
+            value = rearrange(_run(hooks.hook_v, rearrange(value, "b h p d -> b p h d"), infos["v"]), "b p h d -> b h p d")
 
+    # Edited scores are computed in float32 in a half-precision model: adding a constant of
+    # 1e4 to fp16 scores loses the scores themselves (and 7e4 overflows to inf).
+    upcast = hooks is not None and bool(hooks.hook_attn_scores._forward_hooks) and query.dtype in (torch.float16, torch.bfloat16)
+    if upcast:
+        query, key = query.float(), key.float()
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, head, q_pos, k_pos]
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
@@ -167,24 +162,27 @@ def explicit_attention(
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask[..., :k_len]
+            mask = attention_mask[..., :k_len]
+            scores = scores + mask.to(scores.dtype)
+            if mask.dtype != scores.dtype:  # upcast scores: keep masked entries at float32's minimum
+                scores = scores.masked_fill(masked(mask), torch.finfo(scores.dtype).min)
     else:
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
         if causal and q_len > 1:
             allowed = _causal_bool_mask(q_len, k_len, scores.device)
             scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     if hooks is not None:
-        scores = _run(hooks.hook_attn_scores, scores)
+        scores = _run(hooks.hook_attn_scores, scores, infos["attn_scores"])
 
-    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     if hooks is not None:
-        pattern = _run(hooks.hook_pattern, pattern)
+        pattern = _run(hooks.hook_pattern, pattern, infos["pattern"])
     if dropout and module.training:
         pattern = nn.functional.dropout(pattern, p=dropout, training=True)
 
     z = torch.matmul(pattern, value).transpose(1, 2)  # [batch, q_pos, head, d_head]
     if hooks is not None:
-        z = _run(hooks.hook_z, z)
+        z = _run(hooks.hook_z, z, infos["z"])
     return z.contiguous(), pattern
 
 

@@ -21,6 +21,7 @@ class ModelConfig:
     is_causal: bool  # decoder (True) or bidirectional encoder (False)
     n_ctx: int | None  # longest sequence the model was trained for, if the config says
     has_lm_head: bool  # calling the model returns vocabulary logits (else hidden states)
+    d_vocab: int | None = None  # vocabulary size (rows of the token embedding)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,4 +60,5 @@ def config_from_hf(hf_config, *, name: str, n_layers: int, is_causal: bool, has_
         is_causal=is_causal,
         n_ctx=int(n_ctx) if n_ctx is not None else None,
         has_lm_head=has_lm_head,
+        d_vocab=int(_first(cfg, "vocab_size")) if _first(cfg, "vocab_size") is not None else None,
     )

@@ -1,7 +1,9 @@
-"""Where in the model: attention sites and the TransformerLens hook names that print them.
+"""Where in the model: sites and the TransformerLens hook names that print them.
 
 A location is a structured value (layer, site); this module is the only place that turns
-it into a hook name (``blocks.3.attn.hook_pattern``) and back.
+it into a hook name (``blocks.3.attn.hook_pattern``) and back. Sites are spelled as in
+TransformerLens' ``utils.get_act_name``: ``"pattern"``, ``"resid_pre"``, ``"mlp_out"``,
+``"result"``, ``"post"`` (MLP neurons after the activation), ...
 """
 
 from __future__ import annotations
@@ -11,10 +13,37 @@ from dataclasses import dataclass
 
 from attnlab.errors import InvalidLocation, did_you_mean
 
-__all__ = ["SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "Site", "hook_name", "parse_hook_name", "check_site"]
+__all__ = [
+    "SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "BLOCK_SITES", "MODEL_SITES", "ALL_SITES",
+    "Location", "hook_name", "parse_hook_name", "get_act_name", "check_site",
+]
 
-#: Every attention site attnlab exposes, in the order the attention computation visits them.
+#: The attention sites, in the order the attention computation visits them.
 SITES: tuple[str, ...] = ("q", "k", "v", "attn_scores", "pattern", "z")
+
+#: Block-edge sites of layer L and the name each gets (after ``blocks.L.``), in forward order.
+BLOCK_SITES: dict[str, str] = {
+    "resid_pre": "hook_resid_pre",
+    "result": "attn.hook_result",
+    "attn_out": "hook_attn_out",
+    "resid_mid": "hook_resid_mid",
+    "pre": "mlp.hook_pre",
+    "pre_linear": "mlp.hook_pre_linear",
+    "post": "mlp.hook_post",
+    "mlp_out": "hook_mlp_out",
+    "resid_post": "hook_resid_post",
+    "normalized_resid_post": "hook_normalized_resid_post",
+}
+
+#: Sites outside the blocks and their names.
+MODEL_SITES: dict[str, str] = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "token_type_embed": "hook_token_type_embed",
+    "ln_final": "ln_final.hook_normalized",
+}
+
+ALL_SITES: tuple[str, ...] = (*SITES, *BLOCK_SITES, *MODEL_SITES)
 
 #: The axes of the tensor each site carries (TransformerLens conventions).
 SITE_SHAPES: dict[str, str] = {
@@ -24,26 +53,33 @@ SITE_SHAPES: dict[str, str] = {
     "attn_scores": "batch head query key",
     "pattern": "batch head query key",
     "z": "batch pos head d_head",
+    "result": "batch pos head d_model",
+    "pre": "batch pos d_mlp",
+    "pre_linear": "batch pos d_mlp",
+    "post": "batch pos d_mlp",
+    **{s: "batch pos d_model" for s in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post",
+                                        "normalized_resid_post", "embed", "pos_embed", "token_type_embed", "ln_final")},
 }
 
 #: Sites whose head axis comes right after batch (``[batch, head, query, key]``).
 HEAD_MAJOR_SITES = frozenset({"attn_scores", "pattern"})
 
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.attn\.hook_(\w+)$")
+_ALIASES = {"scores": "attn_scores", "attn": "pattern", "mlp_pre": "pre", "mlp_post": "post", "normalized": "ln_final"}
 
 
 def check_site(site: str) -> str:
-    """Return ``site`` if attnlab knows it, else raise :class:`InvalidLocation` with a hint."""
-    if site not in SITES:
-        raise InvalidLocation(f"unknown site {site!r}{did_you_mean(site, SITES)} (valid sites: {', '.join(SITES)})")
+    """Return ``site`` (or its canonical spelling) if attnlab knows it, else raise with a hint."""
+    site = _ALIASES.get(site, site)
+    if site not in ALL_SITES:
+        raise InvalidLocation(f"unknown site {site!r}{did_you_mean(str(site), ALL_SITES)} (valid sites: {', '.join(ALL_SITES)})")
     return site
 
 
 @dataclass(frozen=True)
-class Site:
-    """One attention site of one layer, e.g. ``Site(3, "pattern")``."""
+class Location:
+    """One site, in one layer for sites inside the blocks: ``Location(3, "pattern")``."""
 
-    layer: int
+    layer: int | None
     site: str
 
     @property
@@ -51,17 +87,43 @@ class Site:
         return hook_name(self.layer, self.site)
 
 
-def hook_name(layer: int, site: str) -> str:
-    """``hook_name(3, "pattern") == "blocks.3.attn.hook_pattern"``."""
-    return f"blocks.{int(layer)}.attn.hook_{check_site(site)}"
+def hook_name(layer: int | None, site: str) -> str:
+    """``hook_name(3, "pattern") == "blocks.3.attn.hook_pattern"``; ``hook_name(None, "embed") == "hook_embed"``."""
+    site = check_site(site)
+    if site in MODEL_SITES:
+        return MODEL_SITES[site]
+    if layer is None:
+        raise InvalidLocation(f"site {site!r} is inside a block; give its layer")
+    layer = int(layer)
+    if site in SITES:
+        return f"blocks.{layer}.attn.hook_{site}"
+    return f"blocks.{layer}.{BLOCK_SITES[site]}"
 
 
-def parse_hook_name(name: str) -> Site:
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """TransformerLens' ``utils.get_act_name``: ``get_act_name("pattern", 3)``, ``get_act_name("resid_pre", 0)``.
+
+    A full hook name is returned unchanged; ``layer_type`` (``"attn"``, ``"mlp"``) is accepted for
+    compatibility and checked against the site.
+    """
+    if name.startswith("blocks.") or name.startswith("hook_") or "." in name:
+        return name
+    return hook_name(layer, name)
+
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_BY_SUFFIX = {**{f"attn.hook_{s}": s for s in SITES}, **{v: k for k, v in BLOCK_SITES.items()}}
+_BY_MODEL_NAME = {v: k for k, v in MODEL_SITES.items()}
+
+
+def parse_hook_name(name: str) -> Location:
     """Inverse of :func:`hook_name`; raises :class:`InvalidLocation` for anything else."""
-    match = _HOOK_RE.match(name)
-    if match is None or match.group(2) not in SITES:
+    if name in _BY_MODEL_NAME:
+        return Location(None, _BY_MODEL_NAME[name])
+    match = _BLOCK_RE.match(name)
+    if match is None or match.group(2) not in _BY_SUFFIX:
         raise InvalidLocation(
-            f"{name!r} is not an attention hook name; expected 'blocks.<layer>.attn.hook_<site>' "
-            f"with site one of {', '.join(SITES)}"
+            f"{name!r} is not a hook name attnlab knows; names look like 'blocks.<layer>.attn.hook_<site>', "
+            f"'blocks.<layer>.hook_resid_pre', 'blocks.<layer>.mlp.hook_post' or 'hook_embed'"
         )
-    return Site(int(match.group(1)), match.group(2))
+    return Location(int(match.group(1)), _BY_SUFFIX[match.group(2)])

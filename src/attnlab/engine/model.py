@@ -1,13 +1,17 @@
-"""``HookedModel``: a Hugging Face model with TransformerLens hook points at every attention site.
+"""``HookedModel``: a Hugging Face model with TransformerLens hook points everywhere that matters.
 
-The wrapper owns the HF model and a tree of :class:`SiteHookPoint` named exactly like
-TransformerLens (``blocks.L.attn.hook_pattern``), so ``run_with_hooks``, ``run_with_cache``
-and ``hooks()`` behave as TL users expect. Hooks exist only inside ``with`` blocks:
-PyTorch hooks are global state, and a forgotten one silently changes every later result.
+The wrapper owns the HF model and a tree of hook points named exactly like TransformerLens
+(``blocks.L.attn.hook_pattern``, ``blocks.L.hook_resid_pre``, ``blocks.L.mlp.hook_post``),
+so ``run_with_hooks``, ``run_with_cache`` and ``hooks()`` behave as TL users expect. Every
+forward pass goes through :func:`attnlab.engine.forward.run`. Hooks exist only inside
+``with`` blocks and act only in the context (thread) that opened them: PyTorch hooks are
+global state, and a forgotten or shared one silently changes every later result.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -15,36 +19,40 @@ from typing import Any, Protocol
 import torch
 from jaxtyping import Float, Int
 from torch import nn
-from transformer_lens import ActivationCache, HookedRootModule
 
 from attnlab.engine.adapters import find_attention_modules, is_causal_model, restore_implementation, switch_implementation
-from attnlab.engine.attention import AttentionHooks, SiteHookPoint, attach, detach
+from attnlab.engine.attention import detach
+from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
-from attnlab.engine.locations import SITES, hook_name
+from attnlab.engine.forward import Output, run, token_logprobs
+from attnlab.engine.generate import decode
+from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, active_frames, clean_context, hook_frame
+from attnlab.engine.layout import ModelLayout, model_layout
+from attnlab.engine.locations import ALL_SITES, parse_hook_name
+from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
+from attnlab.engine.tree import HookTree, tree_of
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, UnsupportedModel, did_you_mean
 
-__all__ = ["HookedModel", "Intervention", "Text"]
+__all__ = ["HookedModel", "Intervention", "Text", "RETURN_TYPES"]
 
 Text = str | Sequence[str]
-HookFn = Callable[..., Any]
+
+#: What calling the model can return (TransformerLens' options plus attnlab's two).
+RETURN_TYPES = ("logits", "loss", "both", None, "hidden", "outputs")
+
+_PREPARED_CACHE_SIZE = 32
 
 
 class Intervention(Protocol):
-    """Anything ``model.intervene`` accepts: it checks itself, then names its hooks."""
+    """Anything ``model.intervene`` accepts: it checks itself, then prepares its hooks."""
 
     def validate(self, cfg: ModelConfig) -> None: ...
 
-    def hooks(self, model: HookedModel) -> list[tuple[str, HookFn]]: ...
+    def prepare(self, model: HookedModel) -> Any: ...
 
 
-class _Block(nn.Module):
-    def __init__(self, layer: int):
-        super().__init__()
-        self.attn = AttentionHooks(layer)
-
-
-class HookedModel(HookedRootModule):
-    """A wrapped HF model whose attention can be read and overwritten at every site.
+class HookedModel(nn.Module):
+    """A wrapped HF model whose attention (and residual stream, and MLPs) can be read and overwritten.
 
     Build one with :func:`attnlab.load`. Calling it on text or token ids returns logits
     (hidden states for encoders without an LM head).
@@ -54,13 +62,17 @@ class HookedModel(HookedRootModule):
         super().__init__()
         attention_modules = find_attention_modules(hf_model)
         self.original_attn_implementation = switch_implementation(hf_model)
+        fresh = "_attnlab_tree" not in hf_model.__dict__
         try:
             self._build(hf_model, tokenizer, attention_modules, name=name, bridge=bridge)
+            if fresh:
+                self._check_every_layer_is_reached()
         except BaseException:
-            # a model we cannot wrap is handed back exactly as it came
-            restore_implementation(hf_model, self.original_attn_implementation)
-            for module in attention_modules:
-                detach(module)
+            if fresh:  # a model we cannot wrap is handed back exactly as it came
+                restore_implementation(hf_model, self.original_attn_implementation)
+                for module in attention_modules:
+                    detach(module)
+                hf_model.__dict__.pop("_attnlab_tree", None)
             raise
 
     def _build(self, hf_model, tokenizer, attention_modules, *, name, bridge) -> None:
@@ -76,32 +88,43 @@ class HookedModel(HookedRootModule):
             is_causal=is_causal_model(hf_model, attention_modules),
             has_lm_head=has_lm_head,
         )
-        self.blocks = nn.ModuleList([_Block(layer) for layer in range(self.cfg.n_layers)])
-        for block, module in zip(self.blocks, attention_modules):
-            attach(module, block.attn)
+        self.tree = tree_of(hf_model, lambda: HookTree(model_layout(hf_model, attention_modules), attention_modules, self.cfg.n_heads))
+        self.blocks = self.tree.blocks
+        self.hook_dict: dict[str, HookPoint] = self.tree.hook_dict
+        self.mod_dict: dict[str, nn.Module] = dict(self.tree.named_modules())
+        self.padding_side = "right"
+        self._global_needs: list = []
+        self._prepared: OrderedDict[Any, Any] = OrderedDict()
+        self._forward_params = set(inspect.signature(hf_model.forward).parameters)
         if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        if tokenizer is not None and getattr(tokenizer, "padding_side", "right") != "right":
-            # tokenize() promises right padding (row i's tokens at positions 0..len-1); Gemma's
-            # tokenizer pads on the left by default. generate() switches to left itself.
-            tokenizer.padding_side = "right"
-        self.setup()
-        self._check_every_layer_is_reached()
 
-    # -- hook points ----------------------------------------------------------------------
+    # -- structure ------------------------------------------------------------------------
 
-    def setup(self) -> None:
-        """Name only attnlab's own hook points (never touch the HF modules' attributes)."""
-        self.mod_dict, self.hook_dict = {}, {}
-        for name, module in self.blocks.named_modules(prefix="blocks"):
-            module.name = name
-            self.mod_dict[name] = module
-            if isinstance(module, SiteHookPoint):
-                self.hook_dict[name] = module
+    @property
+    def layout(self) -> ModelLayout:
+        return self.tree.layout
 
-    def hook_point(self, layer: int, site: str) -> SiteHookPoint:
+    def decoder_layers(self) -> list[nn.Module] | None:
+        """The HF module of every block (what prefix reuse skips), or None if not found."""
+        blocks = self.layout.blocks
+        return [b.layer for b in blocks] if blocks else None
+
+    def _accepts(self, param: str) -> bool:
+        return param in self._forward_params
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.get_input_embeddings().weight.device
+
+    def hook_point(self, layer: int, site: str) -> HookPoint:
+        from attnlab.engine.locations import hook_name
+
         self.check_layer(layer)
-        return self.hook_dict[hook_name(layer, site)]
+        name = hook_name(layer, site)
+        if name not in self.hook_dict:
+            raise InvalidLocation(f"{self.cfg.name} has no hook point {name!r}: {self._kinds_message()}")
+        return self.hook_dict[name]
 
     def check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.cfg.n_layers:
@@ -113,32 +136,163 @@ class HookedModel(HookedRootModule):
             raise InvalidLocation(f"head {head!r} out of range: {self.cfg.name} has {self.cfg.head_range()}")
         return head
 
-    def _check_hook_names(self, hooks: Sequence[tuple[Any, Any]]) -> None:
-        for name, fn in hooks:
-            if isinstance(name, str) and name not in self.hook_dict:
-                raise InvalidLocation(
-                    f"no hook point {name!r} in {self.cfg.name}{did_you_mean(name, self.hook_dict)}; "
-                    f"names look like 'blocks.<0..{self.cfg.n_layers - 1}>.attn.hook_<{'|'.join(SITES)}>'"
-                )
+    # -- hook names -----------------------------------------------------------------------
+
+    def _kinds_message(self) -> str:
+        kinds = []
+        for name in self.hook_dict:
+            try:
+                site = parse_hook_name(name).site
+            except AttnlabError:
+                continue
+            if site not in kinds:
+                kinds.append(site)
+        shown = sorted(kinds, key=ALL_SITES.index)
+        return (
+            f"names look like 'blocks.<0..{self.cfg.n_layers - 1}>.attn.hook_<q|k|v|attn_scores|pattern|z>'; "
+            f"the kinds of hook point in this model are: {', '.join(shown)} (see docs/concepts.md)"
+        )
+
+    def _check_name(self, name: str) -> None:
+        if name in self.hook_dict:
+            return
+        hint = did_you_mean(name, self.hook_dict)
+        raise InvalidLocation(f"no hook point {name!r} in {self.cfg.name}{hint}; {self._kinds_message()}")
+
+    def _resolve_names(self, names) -> list[str]:
+        """A name, a list of names or a predicate on names -> the hook names it selects."""
+        if names is None:
+            return list(self.hook_dict)
+        if isinstance(names, str):
+            names = [names]
+        if callable(names):
+            return [n for n in self.hook_dict if names(n)]
+        names = list(names)
+        for n in names:
+            if not isinstance(n, str):
+                raise InvalidInput(f"hook names must be strings, got {n!r}")
+            self._check_name(n)
+        return names
+
+    def _expand(self, pairs, direction: str) -> list[tuple[HookPoint, HookFn, str]]:
+        out = []
+        for pair in pairs:
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise InvalidLocation(f"hooks must be (name or name filter, function) pairs, got {pair!r}")
+            name, fn = pair
             if not (isinstance(name, str) or callable(name)) or not callable(fn):
                 raise InvalidLocation(f"hooks must be (name or name filter, function) pairs, got ({name!r}, {fn!r})")
+            for n in self._resolve_names(name):
+                out.append((self.hook_dict[n], fn, direction))
+        return out
+
+    # -- hooks ----------------------------------------------------------------------------
 
     @contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
-        """TransformerLens' ``hooks()``, with hook names checked before anything is attached."""
-        self._check_hook_names(list(fwd_hooks))
-        self._check_hook_names(list(bwd_hooks))
-        with super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
-            yield model
+        """Attach ``(name or name filter, fn)`` hooks for the block; they act only in this context.
 
-    def run_with_cache(self, *model_args, names_filter=None, **kwargs) -> tuple[torch.Tensor, ActivationCache]:
-        """Run and cache only the hooks ``names_filter`` selects (a name, a list or a predicate)."""
-        names = [names_filter] if isinstance(names_filter, str) else names_filter
-        if isinstance(names, (list, tuple)):
-            self._check_hook_names([(n, print) for n in names])
-            names = list(names)
-        out, cache = super().run_with_cache(*model_args, names_filter=names, **kwargs)
-        return out, ActivationCache(cache, self)
+        Names are checked before anything is attached; every hook is removed in ``finally``.
+        """
+        if not reset_hooks_end:
+            raise InvalidInput("attnlab removes a block's hooks when it ends; for hooks that persist use model.add_hook()")
+        wanted = self._expand(list(fwd_hooks), "fwd") + self._expand(list(bwd_hooks), "bwd")
+        with hook_frame() as owner:
+            points, needs = [], []
+            try:
+                for point, fn, direction in wanted:
+                    point.add_hook(fn, direction, owner=owner)
+                    points.append(point)
+                    for need in getattr(point, "_needs", ()):
+                        need.acquire()
+                        needs.append(need)
+                yield self
+            finally:
+                for point in points:
+                    point.remove_hooks(owner)
+                for need in needs:
+                    need.release()
+
+    def add_hook(self, name, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, prepend: bool = False) -> None:
+        """Attach a hook that persists: inside a ``hooks()`` block until it ends, outside until ``reset_hooks()``.
+
+        A persistent hook added outside any block acts in every thread (TransformerLens'
+        semantics); prefer ``with model.hooks(...)``, whose hooks belong to one context.
+        """
+        frames = active_frames()
+        owner = frames[-1] if frames else _GLOBAL
+        for point, f, direction in self._expand([(name, fn)], dir):
+            point.add_hook(f, direction, owner=owner, prepend=prepend)
+            if owner == _GLOBAL:
+                for need in getattr(point, "_needs", ()):
+                    need.acquire()
+                    self._global_needs.append(need)
+
+    def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False) -> None:
+        """Remove the persistent hooks added with ``add_hook`` outside a block."""
+        for point in self.hook_dict.values():
+            point.remove_hooks(_GLOBAL)
+        while self._global_needs:
+            self._global_needs.pop().release()
+
+    def count_hooks(self) -> int:
+        """Hooks on attnlab's hook points that act in this context (0 outside ``with`` blocks)."""
+        frames = active_frames() or ()
+        return sum(p.n_hooks(owners=(_GLOBAL, *frames)) for p in self.hook_dict.values())
+
+    @contextmanager
+    def clean(self) -> Iterator[HookedModel]:
+        """A block in which no hook or intervention acts (in this context): the unedited model."""
+        with clean_context():
+            yield self
+
+    def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **model_kwargs):
+        """Run the model with ``fwd_hooks`` (and ``bwd_hooks``) attached for this one call."""
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self(*model_args, **model_kwargs)
+
+    def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim: bool = False,
+                       incl_bwd: bool = False, return_cache_object: bool = True, **model_kwargs):
+        """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
+        names = self._resolve_names(names_filter)
+        cache: dict[str, torch.Tensor] = {}
+        grad_cache: dict[str, torch.Tensor] = {}
+
+        def store(x, hook):
+            cache[hook.name] = x.detach() if device is None else x.detach().to(device)
+
+        def store_grad(g, hook):
+            grad_cache[hook.name + "_grad"] = g.detach()
+
+        bwd = [(n, store_grad) for n in names] if incl_bwd else []
+        with self.hooks(fwd_hooks=[(n, store) for n in names], bwd_hooks=bwd):
+            out = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                out.backward()
+        cache.update(grad_cache)
+        if not return_cache_object:
+            return out, cache
+        result = ActivationCache(cache, self)
+        return out, (result.remove_batch_dim() if remove_batch_dim else result)
+
+    # -- interventions --------------------------------------------------------------------
+
+    def prepared_source(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """What an intervention computes from this model (a mean, a patch source), cached by ``key``.
+
+        Always computed from the unedited model (inside :meth:`clean`), whatever blocks are
+        open, so a mean first used inside another edit is still the clean mean.
+        """
+        if key in self._prepared:
+            self._prepared.move_to_end(key)
+            return self._prepared[key]
+        with self.clean():
+            value = compute()
+        self._prepared[key] = value
+        while len(self._prepared) > _PREPARED_CACHE_SIZE:
+            self._prepared.popitem(last=False)
+        return value
 
     @contextmanager
     def intervene(self, *interventions: Intervention) -> Iterator[HookedModel]:
@@ -147,25 +301,17 @@ class HookedModel(HookedRootModule):
         Every spec is validated before any hook is attached or any forward pass runs.
         """
         for spec in interventions:
-            if not (hasattr(spec, "validate") and hasattr(spec, "hooks")):
+            if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):
                 raise InvalidInput(f"intervene() takes intervention specs, got {type(spec).__name__}: {spec!r}")
             spec.validate(self.cfg)
         fwd: list[tuple[str, HookFn]] = []
         for spec in interventions:
             try:
-                fwd.extend(spec.hooks(self))
+                fwd.extend(spec.prepare(self).hooks())
             except AttnlabError as err:
                 raise type(err)(f"while preparing {spec!r} on {self.cfg.name}: {err}") from None
         with self.hooks(fwd_hooks=fwd):
             yield self
-
-    def count_hooks(self) -> int:
-        """Hooks attached to attnlab's hook points (0 outside ``with`` blocks).
-
-        transformers keeps a few hooks of its own on some modules (e.g. to collect hidden
-        states); those are not attnlab's and are not counted.
-        """
-        return sum(len(p._forward_hooks) + len(p._forward_pre_hooks) + len(p._backward_hooks) for p in self.hook_dict.values())
 
     def _check_every_layer_is_reached(self) -> None:
         """One tiny forward pass proving that every layer calls attnlab's attention function."""
@@ -175,9 +321,8 @@ class HookedModel(HookedRootModule):
             seen.add(hook.layer_index)
 
         probe = torch.zeros(1, 2, dtype=torch.long, device=self.device)
-        with self.hooks(fwd_hooks=[(lambda name: name.endswith("hook_pattern"), mark)]):
-            with torch.no_grad():
-                self.hf_model(input_ids=probe)
+        with self.hooks(fwd_hooks=[(lambda name: name.endswith("hook_pattern"), mark)]), torch.no_grad():
+            self.hf_model(input_ids=probe)
         missing = sorted(set(range(self.cfg.n_layers)) - seen)
         if missing:
             raise UnsupportedModel(
@@ -185,41 +330,115 @@ class HookedModel(HookedRootModule):
                 "AttentionInterface, so attnlab cannot read or edit them"
             )
 
-    # -- tokens -----------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return self.hf_model.get_input_embeddings().weight.device
+    # -- tokens ---------------------------------------------------------------------------
 
     def _need_tokenizer(self):
         if self.tokenizer is None:
             raise InvalidInput(f"{self.cfg.name} was loaded without a tokenizer; pass token ids instead of text")
         return self.tokenizer
 
-    def tokenize(self, text: Text) -> dict[str, torch.Tensor]:
-        """Token ids and attention mask for one text or a batch (right-padded)."""
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise InvalidInput("no text given: pass a string or a non-empty list of strings")
-        if not all(isinstance(t, str) for t in texts):
-            raise InvalidInput("text must be a string or a list of strings")
-        tok = self._need_tokenizer()
-        enc = tok(texts, return_tensors="pt", padding=True)
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None), getattr(tok, "unk_token_id", None)):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    def _check_length(self, n: int, what: str = "input") -> None:
         n_ctx = self.cfg.n_ctx
-        if n_ctx is not None and enc["input_ids"].shape[1] > n_ctx:
-            raise InvalidInput(
-                f"input has {enc['input_ids'].shape[1]} tokens but {self.cfg.name} handles at most {n_ctx}"
-            )
-        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+        if n_ctx is not None and n > n_ctx:
+            raise InvalidInput(f"{what} has {n} tokens but {self.cfg.name} handles at most {n_ctx}")
 
-    def to_tokens(self, text: Text) -> Int[torch.Tensor, "batch pos"]:
-        return self.tokenize(text)["input_ids"]
-
-    def to_str_tokens(self, text: str | torch.Tensor) -> list[str]:
-        """The tokens of one text (or one row of ids) as strings, special tokens included."""
-        ids = self.to_tokens(text)[0] if isinstance(text, str) else torch.as_tensor(text).reshape(-1)
+    def token_rows(self, text: Text, *, prepend_bos: bool | None = None) -> list[list[int]]:
+        """Token ids of each text alone (special tokens included unless ``prepend_bos=False``)."""
+        texts = check_texts(text)
         tok = self._need_tokenizer()
-        return [tok.decode([int(i)]) for i in ids]
+        rows = tok(texts, add_special_tokens=prepend_bos is not False)["input_ids"]
+        if prepend_bos is True and tok.bos_token_id is not None:
+            rows = [r if r[:1] == [tok.bos_token_id] else [tok.bos_token_id, *r] for r in rows]
+        for i, row in enumerate(rows):
+            if not row:
+                raise InvalidInput(f"text {i} ({texts[i]!r}) gives no tokens for {self.cfg.name}")
+            self._check_length(len(row), "input" if len(rows) == 1 else f"text {i}")
+        return [list(r) for r in rows]
+
+    def pad(self, rows: Sequence[Sequence[int]], *, padding_side: str | None = None) -> Tokens:
+        """Pad token lists into :class:`Tokens` with this model's pad id (default side: ``model.padding_side``)."""
+        side = check_padding_side(padding_side or self.padding_side)
+        for i, row in enumerate(rows):
+            if not len(row):
+                raise InvalidInput(f"row {i} has no tokens")
+            self._check_length(len(row), f"row {i}")
+        return pad_rows(rows, pad_id=self.pad_token_id, side=side)
+
+    def tokens(self, input: Text | torch.Tensor | Tokens, *, attention_mask: torch.Tensor | None = None,
+               padding_side: str | None = None, prepend_bos: bool | None = None) -> Tokens:
+        """Text(s) or token ids -> :class:`Tokens`, checked against the vocabulary and the context length."""
+        if isinstance(input, Tokens):
+            return input
+        if isinstance(input, torch.Tensor):
+            return self._id_tokens(input, attention_mask)
+        if attention_mask is not None:
+            raise InvalidInput("attention_mask goes with token ids; text is tokenized and masked by attnlab")
+        return self.pad(self.token_rows(input, prepend_bos=prepend_bos), padding_side=padding_side)
+
+    def _id_tokens(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Tokens:
+        if ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64, torch.int16, torch.uint8):
+            raise InvalidInput(f"token ids must be an integer tensor, got {ids.dtype}")
+        if ids.ndim not in (1, 2):
+            raise InvalidInput(f"token ids must be [pos] or [batch, pos], got shape {tuple(ids.shape)}")
+        ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
+        if ids.shape[0] == 0 or ids.shape[1] == 0:
+            raise InvalidInput(f"token ids of shape {tuple(ids.shape)} hold no tokens; give at least one row of one token")
+        vocab = self.hf_model.get_input_embeddings().num_embeddings
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise InvalidInput(f"token ids must lie in 0..{vocab - 1} for {self.cfg.name}")
+        self._check_length(int(ids.shape[1]))
+        ids = ids.long().to(self.device)
+        if attention_mask is None:
+            return Tokens(ids, torch.ones_like(ids), "right")
+        if attention_mask.shape != ids.shape:
+            raise InvalidInput(f"attention_mask shape {tuple(attention_mask.shape)} != ids shape {tuple(ids.shape)}")
+        mask = attention_mask.to(self.device).long()
+        if bool((mask.sum(dim=1) == 0).any()):
+            raise InvalidInput("attention_mask has a row with no tokens (all zeros)")
+        return Tokens.from_mask(ids, mask)
+
+    def tokenize(self, text: Text, *, padding_side: str | None = None, prepend_bos: bool | None = None) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` of one text or a batch (``model.padding_side`` by default)."""
+        t = self.tokens(text, padding_side=padding_side, prepend_bos=prepend_bos).to(self.device)
+        return {"input_ids": t.ids, "attention_mask": t.mask}
+
+    def to_tokens(self, input: Text, prepend_bos: bool | None = None, padding_side: str | None = None,
+                  move_to_device: bool = True, truncate: bool = True) -> Int[torch.Tensor, "batch pos"]:
+        """Token ids ``[batch, pos]`` (TransformerLens' ``to_tokens``)."""
+        t = self.tokens(input, padding_side=padding_side, prepend_bos=prepend_bos)
+        return t.ids.to(self.device) if move_to_device else t.ids
+
+    def to_str_tokens(self, input, prepend_bos: bool | None = None, padding_side: str | None = None):
+        """Tokens as strings: a text or 1-D ids -> ``list[str]``; a list of texts or 2-D ids -> one list per row."""
+        tok = self._need_tokenizer()
+        if isinstance(input, str):
+            return [tok.decode([i]) for i in self.token_rows(input, prepend_bos=prepend_bos)[0]]
+        if isinstance(input, torch.Tensor):
+            ids = input.squeeze(0) if input.ndim == 2 and input.shape[0] == 1 else input
+            if ids.ndim == 2:
+                return [[tok.decode([int(i)]) for i in row] for row in ids]
+            return [tok.decode([int(i)]) for i in ids.reshape(-1)]
+        if isinstance(input, Sequence) and all(isinstance(t, str) for t in input):
+            return [[tok.decode([i]) for i in row] for row in self.token_rows(list(input), prepend_bos=prepend_bos)]
+        if isinstance(input, Sequence) and all(isinstance(t, int) for t in input):
+            return [tok.decode([i]) for i in input]
+        raise InvalidInput(f"to_str_tokens takes a text, a list of texts or token ids, got {type(input).__name__}")
+
+    def to_string(self, tokens) -> str | list[str]:
+        """Decode ids back to text: 1-D ids (or a list of ints) -> str, 2-D ids -> one str per row."""
+        tok = self._need_tokenizer()
+        ids = torch.as_tensor(tokens)
+        if ids.ndim == 2:
+            return [tok.decode(row.tolist()) for row in ids]
+        return tok.decode(ids.reshape(-1).tolist())
 
     def to_single_token(self, word: str) -> int:
         ids = self._need_tokenizer()(word, add_special_tokens=False)["input_ids"]
@@ -227,82 +446,135 @@ class HookedModel(HookedRootModule):
             raise InvalidInput(f"{word!r} is {len(ids)} tokens for {self.cfg.name}, not one: {ids}")
         return int(ids[0])
 
-    # -- running ----------------------------------------------------------------------------
+    # -- running --------------------------------------------------------------------------
 
-    def _inputs(self, input: Text | torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        if isinstance(input, torch.Tensor):
-            ids = input if input.ndim == 2 else input.reshape(1, -1)
-            if ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
-                raise InvalidInput(f"token ids must be an integer tensor, got {ids.dtype}")
-            vocab = self.hf_model.get_input_embeddings().num_embeddings
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-                raise InvalidInput(f"token ids must lie in 0..{vocab - 1} for {self.cfg.name}")
-            inputs = {"input_ids": ids.to(self.device)}
-            if attention_mask is not None:
-                if attention_mask.shape != ids.shape:
-                    raise InvalidInput(f"attention_mask shape {tuple(attention_mask.shape)} != ids shape {tuple(ids.shape)}")
-                inputs["attention_mask"] = attention_mask.to(self.device)
-            return inputs
-        return self.tokenize(input)
+    def run(self, input, **options) -> Output:
+        """The engine's forward primitive on text, ids or :class:`Tokens` (see :func:`attnlab.engine.forward.run`)."""
+        tokens = self.tokens(input, padding_side=options.pop("padding_side", None), prepend_bos=options.pop("prepend_bos", None))
+        return run(self, tokens, **options)
 
     def forward(
         self,
         input: Text | torch.Tensor,
+        return_type: str | None = "logits",
         *,
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
         attention_mask: torch.Tensor | None = None,
-        return_type: str = "logits",
-        **hf_kwargs: Any,
-    ) -> Float[torch.Tensor, "batch pos d_vocab"] | Any:
-        """Logits (or ``return_type="hidden"`` / ``"outputs"``) for text or token ids."""
-        if return_type not in ("logits", "hidden", "outputs"):
-            raise InvalidInput(f"unknown return_type {return_type!r}; valid: 'logits', 'hidden', 'outputs'")
-        inputs = self._inputs(input, attention_mask)
-        if return_type == "hidden" and self.cfg.has_lm_head:
-            hf_kwargs.setdefault("output_hidden_states", True)
-        out = self.hf_model(**inputs, **hf_kwargs)
+        token_type_ids: torch.Tensor | None = None,
+        **unknown: Any,
+    ):
+        """Logits for text or token ids; ``return_type``: "logits", "loss", "both", None, "hidden", "outputs".
+
+        ``padding_side`` ("right"/"left", default ``model.padding_side``) decides where a
+        batch of different lengths is padded: read ``[:, -1]`` only from a left-padded batch,
+        or use :meth:`next_token_logits`.
+        """
+        if unknown:
+            raise InvalidInput(
+                f"unknown keyword argument(s) {sorted(unknown)} for {self.cfg.name}(...); valid: return_type, "
+                "loss_per_token, prepend_bos, padding_side, attention_mask, token_type_ids"
+            )
+        if return_type not in RETURN_TYPES:
+            raise InvalidInput(f"unknown return_type {return_type!r}; valid: {', '.join(map(repr, RETURN_TYPES))}")
+        tokens = self.tokens(input, attention_mask=attention_mask, padding_side=padding_side, prepend_bos=prepend_bos)
+        extra = {"token_type_ids": token_type_ids.to(self.device)} if token_type_ids is not None else {}
+        grad = torch.is_grad_enabled()
         if return_type == "outputs":
-            return out
-        if return_type == "logits" and getattr(out, "logits", None) is not None:
+            from attnlab.engine.forward import _model_kwargs
+            from attnlab.engine.state import ForwardState, forward_state
+
+            state = ForwardState(pad_left=tokens.pad_left, n_positions=int(tokens.lengths.max()))
+            with forward_state(state):
+                return self.hf_model(**_model_kwargs(self, tokens.to(self.device), extra))
+        if return_type == "hidden" or not self.cfg.has_lm_head:
+            if return_type in ("loss", "both"):
+                raise InvalidInput(f"return_type={return_type!r} needs an LM head; {self.cfg.name} has none")
+            out = run(self, tokens, logits=None, hidden=True, grad=grad, model_kwargs=extra) if not self.cfg.has_lm_head \
+                else run(self, tokens, logits="all", hidden=True, grad=grad, model_kwargs=extra)
+            return None if return_type is None else out.hidden
+        if return_type is None:
+            run(self, tokens, logits=None, grad=grad, model_kwargs=extra)
+            return None
+        out = run(self, tokens, logits="all", grad=grad, model_kwargs=extra)
+        if return_type == "logits":
             return out.logits
-        return out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out.hidden_states[-1]
+        loss = self.loss(out.logits, tokens, per_token=loss_per_token)
+        return loss if return_type == "loss" else (out.logits, loss)
+
+    def loss(self, logits: Float[torch.Tensor, "batch pos vocab"], tokens: Tokens, *, per_token: bool = False):
+        """Next-token cross-entropy over the real tokens (mean, or ``[batch, pos - 1]`` per token)."""
+        if not self.cfg.is_causal:
+            raise InvalidInput(f"next-token loss needs a causal LM; {self.cfg.name} is bidirectional")
+        nll = -token_logprobs(logits, tokens)[:, 1:]  # column t predicts token t + 1
+        if per_token:
+            return nll
+        counted = (tokens.mask[:, 1:] * tokens.mask[:, :-1]).to(nll.device)
+        if int(counted.sum()) == 0:
+            raise InvalidInput("the loss needs at least 2 tokens in some row")
+        return (nll * counted).sum() / counted.sum()
+
+    def next_token_logits(self, input: Text | torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                          interventions: Sequence[Intervention] = ()) -> Float[torch.Tensor, "batch vocab"]:
+        """Logits after each prompt's last real token, ``[batch, vocab]``, whatever the padding.
+
+        The safe way to read "the next token" from a batch of different lengths (reading
+        ``model(prompts)[:, -1]`` from a right-padded batch reads padding).
+        """
+        tokens = self.tokens(input, attention_mask=attention_mask)
+        return run(self, tokens, logits="last", interventions=interventions, grad=torch.is_grad_enabled()).logits
 
     @torch.no_grad()
     def generate(
         self,
-        prompt: Text,
-        *,
+        input: Text,
         max_new_tokens: int = 20,
+        *,
         interventions: Sequence[Intervention] = (),
-        **gen_kwargs: Any,
-    ) -> str | list[str]:
-        """Greedy continuation(s) of ``prompt`` with the KV cache, interventions active at every step."""
+        fwd_hooks: Sequence = (),
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+        eos_token_id: int | None = None,
+        return_type: str = "str",
+        **unknown: Any,
+    ):
+        """Continuation(s) of ``input`` with the KV cache, interventions and ``fwd_hooks`` active at every step.
+
+        Greedy unless ``do_sample=True``. Returns a string per prompt (one string for one
+        prompt), or the new token ids with ``return_type="tokens"``.
+        """
+        if unknown:
+            raise InvalidInput(
+                f"unknown keyword argument(s) {sorted(unknown)} for generate(); valid: max_new_tokens, interventions, "
+                "fwd_hooks, do_sample, temperature, top_k, top_p, seed, stop_at_eos, eos_token_id, return_type"
+            )
         if not self.cfg.is_causal or not self.cfg.has_lm_head:
             raise UnsupportedModel(f"{self.cfg.name} is not a causal language model; generate() needs one")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise InvalidInput(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        tok = self._need_tokenizer()
-        texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        side = tok.padding_side
-        tok.padding_side = "left"  # new tokens must follow every prompt directly
-        try:
-            enc = self.tokenize(texts)
-        finally:
-            tok.padding_side = side
-        gen_kwargs.setdefault("do_sample", False)
-        points = list(self.hook_dict.values())
-        with self.intervene(*interventions):
-            for point in points:  # an edit at a position still to be generated is not an error
-                point.generating = True
-            try:
-                out = self.hf_model.generate(
-                    **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs
-                )
-            finally:
-                for point in points:
-                    point.generating = False
-        new = out[:, enc["input_ids"].shape[1] :]
-        decoded = [tok.decode(row, skip_special_tokens=True) for row in new]
-        return decoded[0] if isinstance(prompt, str) else decoded
+        if return_type not in ("str", "tokens"):
+            raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature == temperature):
+            raise InvalidInput(f"temperature must be a positive number, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise InvalidInput(f"top_k must be a positive integer or None, got {top_k!r}")
+        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise InvalidInput(f"top_p must lie in (0, 1], got {top_p!r}")
+        tokens = self.tokens(input, padding_side="left")
+        tok = self.tokenizer
+        eos = eos_token_id if eos_token_id is not None else getattr(tok, "eos_token_id", None)
+        with self.intervene(*interventions), self.hooks(fwd_hooks=fwd_hooks):
+            new = decode(self, tokens, max_new_tokens, do_sample=do_sample, temperature=float(temperature), top_k=top_k,
+                         top_p=top_p, seed=seed, stop_at_eos=stop_at_eos, eos_token_id=eos, pad_token_id=self.pad_token_id)
+        if return_type == "tokens":
+            return new
+        decoded = [tok.decode(row.tolist(), skip_special_tokens=True) for row in new]
+        return decoded[0] if isinstance(input, str) else decoded
 
     def __repr__(self) -> str:
         c = self.cfg

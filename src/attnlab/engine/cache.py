@@ -1,0 +1,95 @@
+"""``ActivationCache``: the tensors a ``run_with_cache`` call read, by hook name.
+
+It behaves like TransformerLens' ``ActivationCache`` where the names match:
+``cache["pattern", 3]`` and ``cache["blocks.3.attn.hook_pattern"]`` are the same tensor,
+``remove_batch_dim()`` / ``apply_slice_to_batch_dim()`` / ``to()`` / ``stack_activation()``
+work as there. attnlab keeps its own class so that importing attnlab never imports
+TransformerLens (a 5-second import).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from attnlab.engine.locations import get_act_name
+from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean
+
+__all__ = ["ActivationCache"]
+
+
+class ActivationCache:
+    """Cached activations of one forward pass, keyed by hook name (``cache_dict``)."""
+
+    def __init__(self, cache_dict: dict[str, torch.Tensor], model, *, has_batch_dim: bool = True):
+        self.cache_dict = dict(cache_dict)
+        self.model = model
+        self.has_batch_dim = has_batch_dim
+
+    # -- mapping ----------------------------------------------------------------------------
+
+    def _key(self, key) -> str:
+        if isinstance(key, tuple):
+            key = get_act_name(*key)
+        if not isinstance(key, str):
+            raise InvalidInput(f"cache keys are hook names or (site, layer) tuples, got {key!r}")
+        return key
+
+    def __getitem__(self, key) -> torch.Tensor:
+        name = self._key(key)
+        if name not in self.cache_dict:
+            raise InvalidLocation(
+                f"{name!r} is not in this cache{did_you_mean(name, self.cache_dict)}; it holds "
+                f"{len(self.cache_dict)} names (pass names_filter= to run_with_cache to choose what is cached)"
+            )
+        return self.cache_dict[name]
+
+    def __contains__(self, key) -> bool:
+        return self._key(key) in self.cache_dict
+
+    def __len__(self) -> int:
+        return len(self.cache_dict)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cache_dict)
+
+    def keys(self):
+        return self.cache_dict.keys()
+
+    def values(self):
+        return self.cache_dict.values()
+
+    def items(self):
+        return self.cache_dict.items()
+
+    def __repr__(self) -> str:
+        return f"ActivationCache with keys {list(self.cache_dict)}"
+
+    # -- reshaping --------------------------------------------------------------------------
+
+    def to(self, device) -> ActivationCache:
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model,
+                               has_batch_dim=self.has_batch_dim)
+
+    def remove_batch_dim(self) -> ActivationCache:
+        """Drop the batch axis of a one-row cache."""
+        if not self.has_batch_dim:
+            return self
+        sizes = {v.shape[0] for v in self.cache_dict.values()}
+        if sizes - {1}:
+            raise InvalidInput(f"remove_batch_dim needs a batch of 1, this cache has batch size {sorted(sizes)}")
+        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, has_batch_dim=False)
+
+    def apply_slice_to_batch_dim(self, batch_slice) -> ActivationCache:
+        """Keep some rows (an int keeps one row and drops the batch axis)."""
+        if not self.has_batch_dim:
+            raise InvalidInput("this cache has no batch axis")
+        index = slice(*batch_slice) if isinstance(batch_slice, tuple) else batch_slice
+        sliced = {k: v[index] for k, v in self.cache_dict.items()}
+        return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(index, int))
+
+    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> torch.Tensor:
+        """``[layer, ...]``: one site of every layer up to ``layer`` (exclusive; -1: all) stacked."""
+        n = self.model.cfg.n_layers if layer == -1 else layer
+        return torch.stack([self[get_act_name(activation_name, i, sublayer_type)] for i in range(n)], dim=0)

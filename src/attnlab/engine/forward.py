@@ -1,0 +1,179 @@
+"""The one forward path: every forward pass attnlab makes goes through :func:`run`.
+
+One call does, in one place, what every feature needs around the HF model: the attention
+mask and position ids for either padding side, the per-row token positions that
+position-addressed edits use, reading named hook points, applying interventions and hook
+functions, resuming from a cached prefix, and the LM head only where it is read:
+
+* ``logits="all"``: every position (``[batch, pos, vocab]``);
+* ``logits="last"``: each row's last real token (``[batch, vocab]``), whatever the padding;
+* ``logits=<[batch, k] token positions>``: those positions of each row (``[batch, k, vocab]``);
+* ``logits=None``: no LM head at all (attention and hidden-state readers).
+
+On a 262k-word vocabulary (Gemma-3) the LM head costs as much as all the layers together,
+so reading logits at one position instead of all of them roughly halves a forward pass.
+The head runs at the chosen positions by gathering its input rows just before it, so
+whatever the model does after the head (Gemma's logit soft-capping) still applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from attnlab.engine.hooks import scoped_module_hook
+from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
+from attnlab.engine.state import ForwardState, forward_state
+from attnlab.engine.tokens import Tokens
+from attnlab.errors import InvalidInput
+
+__all__ = ["Output", "Resume", "run", "token_logprobs"]
+
+LogitsAt = str | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Start the forward at layer ``start``, layers before it returning ``prefix``'s kept outputs."""
+
+    prefix: Prefix
+    start: int
+    times: int = 1  # copies of the prefix rows stacked in the batch
+
+
+@dataclass
+class Output:
+    """What :func:`run` returns: logits where asked, the final hidden states if asked, read hook points."""
+
+    tokens: Tokens
+    logits: torch.Tensor | None = None
+    hidden: Float[torch.Tensor, "batch pos d_model"] | None = None
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    prefix: Prefix | None = None  # layer outputs kept for resuming (when keep_layers was given)
+
+
+def _validate_logits_at(logits: LogitsAt, tokens: Tokens) -> LogitsAt:
+    if logits is None or (isinstance(logits, str) and logits in ("all", "last")):
+        return logits
+    if isinstance(logits, torch.Tensor):
+        if logits.ndim != 2 or logits.shape[0] != tokens.n_rows or logits.dtype not in (torch.long, torch.int, torch.int32):
+            raise InvalidInput(f"logits positions must be an integer tensor [batch={tokens.n_rows}, k], got {tuple(logits.shape)}")
+        bad = (logits < 0) | (logits >= tokens.lengths[:, None].to(logits.device))
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise InvalidInput(
+                f"logits position {int(logits[bad][0])} out of range for row {row}, which has positions 0..{int(tokens.lengths[row]) - 1}"
+            )
+        return logits
+    raise InvalidInput(f"logits must be 'all', 'last', None or a [batch, k] tensor of positions, got {logits!r}")
+
+
+@contextmanager
+def _lm_head_at(model, columns: Int[torch.Tensor, "batch k"], n_cols: int) -> Iterator[None]:
+    """Inside the block, the LM head sees only ``columns`` of each row (``[batch, k, d_model]``)."""
+    head = model.layout.unembed
+    rows = torch.arange(columns.shape[0], device=columns.device)[:, None]
+
+    def gather(module, args, kwargs):
+        hidden = args[0] if args else None
+        if isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and hidden.shape[1] == n_cols:
+            return (hidden[rows, columns.to(hidden.device)], *args[1:]), kwargs
+        return None
+
+    with scoped_module_hook(head, gather, kind="pre"):
+        yield
+
+
+def _model_kwargs(model, tokens: Tokens, extra: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"input_ids": tokens.ids, "attention_mask": tokens.mask, **extra}
+    if tokens.side == "left" and model._accepts("position_ids"):
+        kwargs["position_ids"] = tokens.position_ids
+    if model.cfg.is_causal and model._accepts("use_cache"):
+        kwargs["use_cache"] = False
+    return kwargs
+
+
+def run(
+    model,
+    tokens: Tokens,
+    *,
+    logits: LogitsAt = "all",
+    hidden: bool = False,
+    read: Sequence[str] | Callable[[str], bool] = (),
+    hooks: Sequence[tuple[Any, Callable]] = (),
+    interventions: Sequence = (),
+    resume: Resume | None = None,
+    keep_layers: set[int] | None = None,
+    grad: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Output:
+    """Run ``model`` on ``tokens`` once. See the module docstring for ``logits``.
+
+    ``read``: hook names (or a predicate on names) whose values to return in ``Output.cache``.
+    ``hooks``: ``(name, fn)`` pairs active for this call; ``interventions``: specs.
+    ``resume``: start at a later layer from a kept prefix; ``keep_layers``: keep the outputs of
+    these decoder layers (``Output.prefix``) for later resumes. ``grad``: build the autograd
+    graph (attribution patching); otherwise the pass runs under ``torch.no_grad()``.
+    """
+    logits = _validate_logits_at(logits, tokens)
+    tokens = tokens.to(model.device)
+    cache: dict[str, torch.Tensor] = {}
+    names = model._resolve_names(read) if read else []
+
+    def store(x, hook):
+        cache[hook.name] = x if grad else x.detach()
+
+    state = ForwardState(
+        pad_left=tokens.pad_left if tokens.side == "left" else None,
+        n_positions=int(tokens.lengths.max()),
+    )
+    kwargs = _model_kwargs(model, tokens, model_kwargs or {})
+    result = Output(tokens=tokens)
+    with ExitStack() as stack:
+        stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
+        stack.enter_context(forward_state(state))
+        if interventions:
+            stack.enter_context(model.intervene(*interventions))
+        all_hooks = [*hooks, *((n, store) for n in names)]
+        if all_hooks:
+            stack.enter_context(model.hooks(fwd_hooks=all_hooks))
+        if resume is not None:
+            stack.enter_context(resumed(model.decoder_layers(), resume.prefix, resume.start, resume.times))
+        if keep_layers:
+            kept = stack.enter_context(capture_layer_outputs(model.decoder_layers(), keep_layers))
+        if logits is None:
+            out = model.layout.body(**kwargs)
+            result.hidden = out.last_hidden_state if hidden else None
+        else:
+            if isinstance(logits, torch.Tensor) or logits == "last":
+                columns = tokens.last[:, None] if isinstance(logits, str) else tokens.columns(logits.to(tokens.ids.device))
+                stack.enter_context(_lm_head_at(model, columns, tokens.ids.shape[1]))
+            if hidden:
+                kwargs["output_hidden_states"] = True
+            out = model.hf_model(**kwargs)
+            result.logits = out.logits[:, 0] if isinstance(logits, str) and logits == "last" else out.logits
+            if hidden:
+                result.hidden = out.hidden_states[-1]
+        if keep_layers:
+            result.prefix = Prefix(dict(kept), tokens.n_rows)
+    result.cache = cache
+    return result
+
+
+def token_logprobs(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Tokens) -> Float[torch.Tensor, "batch pos"]:
+    """``log p(token t | tokens < t)`` in column ``t`` of each row (0 where t is padding or the first token).
+
+    The one per-token log-probability every loss, perplexity and continuation score uses.
+    """
+    logp = logits[:, :-1].float().log_softmax(dim=-1)
+    target = tokens.ids[:, 1:].to(logp.device)
+    picked = logp.gather(-1, target[..., None])[..., 0]  # [batch, pos-1]: predicts column 1..
+    valid = (tokens.mask[:, 1:] * tokens.mask[:, :-1]).to(picked.device).bool()
+    out = torch.zeros(logits.shape[:2], dtype=picked.dtype, device=picked.device)
+    out[:, 1:] = picked.masked_fill(~valid, 0.0)
+    return out

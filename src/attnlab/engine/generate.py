@@ -1,0 +1,110 @@
+"""Generation with the KV cache, under whatever hooks and interventions are active.
+
+attnlab decodes with its own short loop instead of ``hf_model.generate``: it must know, at
+every step, which columns are new and how far each row is left-padded, so that an edit at
+token position ``p`` lands on the same token in a batch as alone and in a cached decoding
+step as in a full recomputation (tested on GPT-2, Llama and Gemma-3). The loop is greedy by
+default; ``do_sample=True`` samples with temperature / top-k / top-p from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from jaxtyping import Int
+
+from attnlab.engine.state import ForwardState, forward_state
+from attnlab.engine.tokens import Tokens
+from attnlab.errors import InvalidInput
+
+__all__ = ["decode"]
+
+
+def _cache_kwarg(hf_model) -> str:
+    params = inspect.signature(hf_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _new_cache(hf_model):
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache(config=hf_model.config)
+
+
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, generator) -> torch.Tensor:
+    """Next token per row from ``[batch, vocab]`` logits."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+
+@torch.no_grad()
+def decode(
+    model,
+    tokens: Tokens,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+) -> Int[torch.Tensor, "batch new"]:
+    """New token ids per row (``pad_token_id`` after a row has stopped at EOS).
+
+    ``tokens`` must be left-padded (every prompt's last token in the last column). Hooks and
+    interventions the caller has opened act at every step.
+    """
+    if tokens.side != "left":
+        raise InvalidInput("decode() needs left-padded tokens: new tokens must follow every prompt directly")
+    n_ctx = model.cfg.n_ctx
+    if n_ctx is not None and int(tokens.lengths.max()) + max_new_tokens > n_ctx:
+        raise InvalidInput(
+            f"the longest prompt has {int(tokens.lengths.max())} tokens; with max_new_tokens={max_new_tokens} it would "
+            f"reach {int(tokens.lengths.max()) + max_new_tokens}, but {model.cfg.name} handles at most {n_ctx}"
+        )
+    hf = model.hf_model
+    tokens = tokens.to(model.device)
+    generator = torch.Generator().manual_seed(seed) if (do_sample and seed is not None) else None
+    cache, cache_key = _new_cache(hf), _cache_kwarg(hf)
+    pad_left = tokens.pad_left
+    ids, mask = tokens.ids, tokens.mask
+    step_ids, step_pos = ids, tokens.position_ids
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    new = []
+    for _ in range(max_new_tokens):
+        state = ForwardState(pad_left=pad_left, n_positions=int(mask.sum(dim=1).max()), past=ids.shape[1] - step_ids.shape[1],
+                             generating=True)
+        kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True, cache_key: cache}
+        if model._accepts("position_ids"):
+            kwargs["position_ids"] = step_pos
+        if model._accepts("logits_to_keep"):
+            kwargs["logits_to_keep"] = 1
+        with forward_state(state):
+            logits = hf(**kwargs).logits[:, -1]
+        nxt = _pick(logits, do_sample, temperature, top_k, top_p, generator)
+        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+        new.append(nxt)
+        if stop_at_eos and eos_token_id is not None:
+            done = done | (nxt == eos_token_id)
+            if bool(done.all()):
+                break
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        step_ids = nxt[:, None]
+        step_pos = step_pos[:, -1:] + 1
+    return torch.stack(new, dim=1) if new else ids.new_zeros((ids.shape[0], 0))

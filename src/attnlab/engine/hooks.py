@@ -1,0 +1,289 @@
+"""Hook points: identity modules whose dotted names are the API (TransformerLens semantics).
+
+A hook function ``fn(tensor, hook)`` attached to a hook point sees the tensor that flows
+through it and may return a replacement. Three rules make hooks safe to use from scripts:
+
+* **Hooks belong to the context that attached them.** ``with model.hooks(...)`` registers
+  real PyTorch hooks, but each one only acts when the forward pass runs in the context
+  (thread, or asyncio task) that opened the block, and only while the block is open. Other
+  threads running the same model see a clean model; an inner block's exit removes only its
+  own hooks. PyTorch hooks are global state; this is what keeps them from leaking.
+* **Hooks live only inside ``with``**: attached on entry, removed in ``finally``.
+  ``add_hook`` outside a block is the one exception (TransformerLens' persistent hooks):
+  it acts in every thread until ``reset_hooks()``.
+* **A replacement must fit**: a hook returning a tensor of another shape raises
+  :class:`~attnlab.errors.ShapeMismatch` naming the hook point and both shapes (a wrong
+  shape would otherwise broadcast silently over heads or positions).
+
+``model.clean()`` opens a block in which no hook acts at all, for computing what an
+intervention needs (means, patch sources) from the unedited model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import nn
+
+from attnlab.errors import ShapeMismatch
+
+__all__ = ["HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "clean_context", "OnDemand"]
+
+HookFn = Callable[..., Any]
+
+#: Ids of the ``hooks()`` blocks open in this context, innermost last. ``None``: a clean block.
+_FRAMES: ContextVar[tuple[int, ...] | None] = ContextVar("attnlab_hook_frames", default=())
+_frame_ids = itertools.count(1)
+_GLOBAL = 0  # owner id of persistent hooks added with add_hook() outside a block
+
+
+def active_frames() -> tuple[int, ...] | None:
+    return _FRAMES.get()
+
+
+def _is_active(owner: int) -> bool:
+    frames = _FRAMES.get()
+    if frames is None:  # inside clean(): nothing acts
+        return False
+    return owner == _GLOBAL or owner in frames
+
+
+@contextmanager
+def hook_frame() -> Iterator[int]:
+    """Open a new hook block in this context; yields its owner id."""
+    frame = next(_frame_ids)
+    parent = _FRAMES.get()
+    token = _FRAMES.set((parent or ()) + (frame,))
+    try:
+        yield frame
+    finally:
+        _FRAMES.reset(token)
+
+
+@contextmanager
+def clean_context() -> Iterator[None]:
+    """No hook of any block (nor a persistent one) acts inside this block, in this context."""
+    token = _FRAMES.set(None)
+    try:
+        yield
+    finally:
+        _FRAMES.reset(token)
+
+
+class Hook:
+    """What a hook function receives as ``hook``: the hook point plus where this call is.
+
+    Attribute access falls through to the :class:`HookPoint` (``hook.name``,
+    ``hook.layer()``, ``hook.ctx``). ``query_pos`` / ``key_pos`` are the absolute token
+    positions of this call's columns, per batch row (``[batch, pos]``): with left padding or
+    a KV cache they differ from the column index, and edits address tokens, not columns.
+    ``generating`` is True inside ``generate()``, where positions not reached yet are not an
+    error.
+    """
+
+    __slots__ = ("point", "q_col", "q_len", "k_col", "k_len", "state")
+
+    def __init__(self, point: HookPoint, *, q_col: int = 0, q_len: int = 0, k_col: int = 0, k_len: int = 0, state=None):
+        self.point = point
+        self.q_col, self.q_len, self.k_col, self.k_len = q_col, q_len, k_col, k_len
+        self.state = state  # attnlab.engine.state.ForwardState or None (a plain HF call)
+
+    def __getattr__(self, name: str):
+        return getattr(self.point, name)
+
+    def _positions(self, first_col: int, n: int) -> torch.Tensor:
+        cols = torch.arange(first_col, first_col + n)[None, :]  # [1, pos]
+        pad = getattr(self.state, "pad_left", None)
+        return cols if pad is None else cols - pad[:, None].cpu()  # [batch, pos]
+
+    @property
+    def query_pos(self) -> torch.Tensor:
+        return self._positions(self.q_col, self.q_len)
+
+    @property
+    def key_pos(self) -> torch.Tensor:
+        return self._positions(self.k_col, self.k_len)
+
+    @property
+    def generating(self) -> bool:
+        return bool(getattr(self.state, "generating", False))
+
+    @property
+    def n_positions(self) -> int | None:
+        """Longest row of the input (tokens), for range checks; None when unknown."""
+        return getattr(self.state, "n_positions", None)
+
+    @property
+    def query_offset(self) -> int:
+        """Absolute position of the first query column of row 0."""
+        return int(self.query_pos[0, 0]) if self.q_len else 0
+
+    @property
+    def key_offset(self) -> int:
+        return int(self.key_pos[0, 0]) if self.k_len else 0
+
+    def rows(self, index: slice) -> Hook:
+        """The same call seen by a slice of the batch rows (sweeps give each copy its own hook)."""
+        state = self.state.rows(index) if self.state is not None else None
+        return Hook(self.point, q_col=self.q_col, q_len=self.q_len, k_col=self.k_col, k_len=self.k_len, state=state)
+
+    def __repr__(self) -> str:
+        return f"Hook({self.point.name!r})"
+
+
+class HookPoint(nn.Module):
+    """An identity module at one named place of the model (``blocks.3.attn.hook_pattern``).
+
+    ``layer_index`` and ``site`` say where it is (``layer_index`` is ``None`` for points
+    outside the blocks, such as ``hook_embed``).
+    """
+
+    def __init__(self, layer: int | None, site: str):
+        super().__init__()
+        self.name: str = ""
+        self.layer_index = layer
+        self.site = site
+        self.ctx: dict = {}
+        self._owned: dict[int, list[Any]] = {}  # owner -> PyTorch hook handles
+        self._lock = threading.Lock()
+
+    def forward(self, x: torch.Tensor, info: Hook | None = None) -> torch.Tensor:
+        return x
+
+    def layer(self) -> int:
+        """TransformerLens' spelling of ``layer_index``."""
+        if self.layer_index is None:
+            raise ValueError(f"{self.name} is not inside a block")
+        return self.layer_index
+
+    # -- attaching --------------------------------------------------------------------------
+
+    def add_hook(self, fn: HookFn, dir: str = "fwd", *, owner: int | None = None, prepend: bool = False) -> None:
+        """Attach ``fn(tensor, hook)``; it acts only in the block ``owner`` (default: the innermost open one)."""
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        if owner is None:
+            frames = _FRAMES.get()
+            owner = frames[-1] if frames else _GLOBAL
+        point = self
+
+        def forward_hook(module, args, kwargs, output):
+            if not _is_active(owner):
+                return None
+            info = kwargs.get("info") or Hook(point)
+            if dir == "bwd":
+                if output.requires_grad:
+                    output.register_hook(lambda grad: _checked(fn, grad, info, "gradient"))
+                return None
+            return _checked(fn, output, info, "activation")
+
+        handle = self.register_forward_hook(forward_hook, with_kwargs=True, prepend=prepend)
+        with self._lock:
+            self._owned.setdefault(owner, []).append(handle)
+
+    def remove_hooks(self, owner: int | None = None, *, including_permanent: bool = True) -> None:
+        """Remove the hooks of one owner, or all of them."""
+        with self._lock:
+            owners = list(self._owned) if owner is None else [owner]
+            for o in owners:
+                for handle in self._owned.pop(o, []):
+                    handle.remove()
+
+    def n_hooks(self, *, owners: Sequence[int] | None = None) -> int:
+        with self._lock:
+            return sum(len(h) for o, h in self._owned.items() if owners is None or o in owners)
+
+    def is_hooked(self) -> bool:
+        """True when some hook on this point acts in the current context."""
+        if not self._forward_hooks:
+            return False
+        with self._lock:
+            return any(_is_active(o) and h for o, h in self._owned.items())
+
+    def __repr__(self) -> str:
+        return f"HookPoint({self.name!r})"
+
+
+def _checked(fn: HookFn, x: torch.Tensor, info: Hook, what: str):
+    """Call ``fn``; a replacement must keep the shape (cast back to the site's dtype and device)."""
+    out = fn(x, hook=info)
+    if out is None:
+        return None
+    if not isinstance(out, torch.Tensor):
+        raise ShapeMismatch(
+            f"hook function {_fn_name(fn)} on {info.point.name} returned {type(out).__name__}; "
+            f"it must return None or a tensor of shape {tuple(x.shape)}"
+        )
+    if out.shape != x.shape:
+        raise ShapeMismatch(
+            f"hook function {_fn_name(fn)} on {info.point.name} returned shape {tuple(out.shape)}, "
+            f"but the {what} there has shape {tuple(x.shape)}; a hook must return a tensor of the same shape"
+        )
+    if out.dtype != x.dtype or out.device != x.device:
+        out = out.to(device=x.device, dtype=x.dtype)
+    return out
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+class OnDemand:
+    """A PyTorch hook on an HF module that exists only while some block needs it.
+
+    Block-edge hook points (``hook_resid_pre``, ``hook_mlp_out``, ...) sit on the HF model's
+    own modules. Their dispatcher is registered when the first block that hooks them opens
+    and removed when the last one closes (a reference count, shared by threads), so a model
+    with no open block carries no attnlab hook at all.
+    """
+
+    def __init__(self, register: Callable[[], Any]):
+        self._register = register
+        self._handle = None
+        self._users = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._handle = self._register()
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._handle is not None:
+                self._handle.remove()
+                self._handle = None
+
+
+@contextmanager
+def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward") -> Iterator[None]:
+    """A PyTorch hook on ``module`` that acts only in this context, only inside the block.
+
+    ``kind``: ``"forward"`` (``fn(module, args, output)``) or ``"pre"``
+    (``fn(module, args, kwargs)``, with keyword arguments). The engine uses these for its own
+    plumbing (reading the LM head's input, resuming from a cached prefix), so a forward pass
+    running in another thread at the same time is not affected.
+    """
+    with hook_frame() as owner:
+
+        def acting(*args):
+            return fn(*args) if _is_active(owner) else None
+
+        if kind == "forward":
+            handle = module.register_forward_hook(acting)
+        elif kind == "pre":
+            handle = module.register_forward_pre_hook(acting, with_kwargs=True)
+        else:
+            raise ValueError(f"kind must be 'forward' or 'pre', got {kind!r}")
+        try:
+            yield
+        finally:
+            handle.remove()

@@ -1,0 +1,49 @@
+"""What the hook points need to know about the forward pass that is running now.
+
+Position-addressed edits (``positions=[3]``, ``BlockKeys(keys=[0])``) name *tokens*, not
+tensor columns. With left padding, row ``i``'s token ``t`` sits in column ``t + pad_left[i]``;
+while decoding with a KV cache, a call only sees the newest columns. The engine's forward
+path records both facts here for the duration of one call, per context (thread), so the
+hook points can translate columns into token positions for every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = ["ForwardState", "forward_state", "current_state"]
+
+
+@dataclass(frozen=True)
+class ForwardState:
+    """One forward call: left padding per row, columns already cached, and the generation flag."""
+
+    pad_left: torch.Tensor | None = None  # [batch] left-padding columns of each row (None: no padding)
+    n_positions: int | None = None  # longest row in tokens (range checks of position edits)
+    past: int = 0  # columns already held in the KV cache before this call
+    generating: bool = False  # inside generate(): positions not reached yet are not errors
+
+    def rows(self, index: slice) -> ForwardState:
+        pad = self.pad_left[index] if self.pad_left is not None and self.pad_left.shape[0] > 1 else self.pad_left
+        return replace(self, pad_left=pad)
+
+
+_STATE: ContextVar[ForwardState | None] = ContextVar("attnlab_forward_state", default=None)
+
+
+def current_state() -> ForwardState | None:
+    return _STATE.get()
+
+
+@contextmanager
+def forward_state(state: ForwardState) -> Iterator[ForwardState]:
+    token = _STATE.set(state)
+    try:
+        yield state
+    finally:
+        _STATE.reset(token)

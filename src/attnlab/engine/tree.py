@@ -1,0 +1,229 @@
+"""The named tree of hook points of one HF model: attention sites and block edges.
+
+One tree per HF model, stored on the model itself, so wrapping the same model twice gives
+two wrappers over the same hook points (both work; an edit made through either applies to
+forwards of that model in the block's context).
+
+Attention sites (``blocks.L.attn.hook_q`` ... ``hook_z``) are called by attnlab's attention
+function. Block edges sit on the HF model's own modules; each has a dispatcher (a PyTorch
+hook on that module) registered only while some block uses the point (see
+:class:`~attnlab.engine.hooks.OnDemand`). What each edge holds per architecture is listed in
+``docs/concepts.md``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+from einops import einsum, rearrange
+from torch import nn
+
+from attnlab.engine.attention import AttentionHooks, attach
+from attnlab.engine.hooks import Hook, HookPoint, OnDemand
+from attnlab.engine.layout import BlockLayout, ModelLayout
+from attnlab.engine.state import current_state
+
+__all__ = ["HookTree", "tree_of", "EDGE_SITES"]
+
+_TREE_ATTR = "_attnlab_tree"
+
+#: Block-edge hook names (after ``blocks.L.``) and model-level ones, in forward order.
+EDGE_SITES = (
+    "hook_resid_pre", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_pre_linear",
+    "mlp.hook_post", "hook_mlp_out", "hook_resid_post", "hook_normalized_resid_post",
+)
+MODEL_SITES = ("hook_embed", "hook_pos_embed", "hook_token_type_embed", "ln_final.hook_normalized")
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_first(output, value):
+    return (value, *output[1:]) if isinstance(output, tuple) else value
+
+
+def _call(point: HookPoint, x: torch.Tensor) -> torch.Tensor:
+    """Run ``point`` on a ``[batch, pos, ...]`` tensor at the block edges."""
+    if not point._forward_hooks:
+        return x
+    state = current_state()
+    past = state.past if state is not None else 0
+    return point(x, info=Hook(point, q_col=past, q_len=x.shape[1], k_col=past, k_len=x.shape[1], state=state))
+
+
+class _Mlp(nn.Module):
+    pass
+
+
+class _Block(nn.Module):
+    def __init__(self, layer: int):
+        super().__init__()
+        self.attn = AttentionHooks(layer)
+        self.mlp = _Mlp()
+
+
+class _Final(nn.Module):
+    pass
+
+
+class HookTree(nn.Module):
+    """Every hook point of one HF model, named like TransformerLens, with its dispatchers."""
+
+    def __init__(self, layout: ModelLayout, attention_modules: list[nn.Module], n_heads: int):
+        super().__init__()
+        self.layout = layout
+        self.n_heads = n_heads
+        self.blocks = nn.ModuleList([_Block(i) for i in range(len(attention_modules))])
+        for block, module in zip(self.blocks, attention_modules):
+            attach(module, block.attn)
+        self._needs: dict[str, list[OnDemand]] = {}
+        self._scratch = threading.local()  # resid_pre of the block running now (for resid_mid edits)
+        self._build_edges()
+        self.hook_dict: dict[str, HookPoint] = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _point(self, parent: nn.Module, attr: str, layer: int | None, needs: list[OnDemand]) -> HookPoint:
+        point = HookPoint(layer, attr.removeprefix("hook_"))
+        parent.add_module(attr, point)
+        point._needs = needs
+        return point
+
+    def _on_output(self, module: nn.Module, fn: Callable) -> OnDemand:
+        """A dispatcher replacing ``module``'s output (its first element for tuples)."""
+
+        def hook(mod, args, output):
+            new = fn(_first(output), args)
+            return None if new is None or new is _first(output) else _with_first(output, new)
+
+        return OnDemand(lambda: module.register_forward_hook(hook))
+
+    def _on_input(self, module: nn.Module, fn: Callable) -> OnDemand:
+        """A dispatcher replacing ``module``'s first input (positional or ``hidden_states=``)."""
+
+        def hook(mod, args, kwargs):
+            if args:
+                new = fn(args[0])
+                return None if new is args[0] else ((new, *args[1:]), kwargs)
+            if "hidden_states" in kwargs:
+                new = fn(kwargs["hidden_states"])
+                return None if new is kwargs["hidden_states"] else (args, {**kwargs, "hidden_states": new})
+            return None
+
+        return OnDemand(lambda: module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _build_edges(self) -> None:
+        layout = self.layout
+        top = [("hook_embed", layout.embed), ("hook_pos_embed", layout.pos_embed), ("hook_token_type_embed", layout.token_type_embed)]
+        for attr, module in top:
+            if module is not None:
+                self._edge_output(self, attr, None, module)
+        if layout.final_norm is not None:
+            self.ln_final = _Final()
+            self._edge_output(self.ln_final, "hook_normalized", None, layout.final_norm)
+        for b in layout.blocks:
+            self._build_block(self.blocks[b.index], b)
+
+    def _edge_output(self, parent, attr, layer, module) -> HookPoint:
+        holder: list[HookPoint] = []
+        needs = [self._on_output(module, lambda x, args: _call(holder[0], x))]
+        holder.append(self._point(parent, attr, layer, needs))
+        return holder[0]
+
+    def _edge_input(self, parent, attr, layer, module) -> HookPoint:
+        holder: list[HookPoint] = []
+        needs = [self._on_input(module, lambda x: _call(holder[0], x))]
+        holder.append(self._point(parent, attr, layer, needs))
+        return holder[0]
+
+    def _build_block(self, block: _Block, b: BlockLayout) -> None:
+        i, scratch = b.index, self._scratch
+
+        def keep_resid_pre(x):
+            x = _call(block.hook_resid_pre, x)
+            scratch.__dict__.setdefault("resid_pre", {})[i] = x
+            return x
+
+        resid_pre_input = self._on_input(b.layer, keep_resid_pre)
+        self._point(block, "hook_resid_pre", i, [resid_pre_input])
+        if b.kind == "unknown":
+            self._edge_output(block, "hook_resid_post", i, b.layer)
+            return
+        if b.out_proj is not None:
+            self._point(block.attn, "hook_result", i, [self._on_output(b.out_proj, self._result_dispatch(block, b))])
+        if b.kind == "post_norm":
+            self._edge_output(block, "hook_attn_out", i, b.attn_out)
+            self._edge_input(block, "hook_resid_mid", i, b.ln1)
+            self._edge_output(block, "hook_mlp_out", i, b.mlp_out)
+            self._edge_input(block, "hook_resid_post", i, b.ln2)
+            self._edge_output(block, "hook_normalized_resid_post", i, b.layer)
+        else:
+            def attn_out(x, args):
+                x = _call(block.hook_attn_out, x)
+                if block.hook_resid_mid._forward_hooks:
+                    mid = scratch.__dict__["resid_pre"][i] + x  # what the block computes next
+                    new_mid = _call(block.hook_resid_mid, mid)
+                    if new_mid is not mid:  # the block adds x to resid_pre: shift x by the edit
+                        x = x + (new_mid - mid)
+                return x
+
+            attn_dispatch = self._on_output(b.attn_out, attn_out)
+            self._point(block, "hook_attn_out", i, [attn_dispatch])
+            self._point(block, "hook_resid_mid", i, [resid_pre_input, attn_dispatch])
+            self._edge_output(block, "hook_mlp_out", i, b.mlp_out)
+            self._edge_output(block, "hook_resid_post", i, b.layer)
+        if b.mlp_in is not None:
+            self._edge_output(block.mlp, "hook_pre", i, b.mlp_in)
+        if b.mlp_in_linear is not None:
+            self._edge_output(block.mlp, "hook_pre_linear", i, b.mlp_in_linear)
+        if b.mlp_down is not None:
+            self._edge_input(block.mlp, "hook_post", i, b.mlp_down)
+
+    def _result_dispatch(self, block: _Block, b: BlockLayout) -> Callable:
+        """Per-head outputs of the output projection, ``[batch, pos, head, d_model]``, only when hooked.
+
+        Each head's z times its slice of the output projection; the heads plus the bias sum
+        to the projection's output, so an unedited hook changes nothing (up to rounding).
+        """
+
+        def dispatch(output, args):
+            point = block.attn.hook_result
+            if not point._forward_hooks:
+                return None
+            heads = rearrange(args[0], "b p (h d) -> b p h d", h=self.n_heads)
+            weight = head_out_weight(b.out_proj, self.n_heads).to(heads.dtype)  # [head, d_head, d_model]
+            result = _call(point, einsum(heads, weight, "b p h d, h d m -> b p h m"))
+            bias = getattr(b.out_proj, "bias", None)
+            total = result.sum(dim=2)
+            return total + bias if bias is not None else total
+
+        return dispatch
+
+    # -- using ------------------------------------------------------------------------------
+
+    def needs(self, name: str) -> list[OnDemand]:
+        return getattr(self.hook_dict[name], "_needs", [])
+
+
+def head_out_weight(out_proj: nn.Module, n_heads: int) -> torch.Tensor:
+    """The output projection as ``[head, d_head, d_model]`` (a view of the model's weight)."""
+    weight = out_proj.weight
+    if type(out_proj).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+        return rearrange(weight, "(h d) m -> h d m", h=n_heads)
+    return rearrange(weight, "m (h d) -> h d m", h=n_heads)  # nn.Linear stores [out, in]
+
+
+def tree_of(hf_model: nn.Module, build: Callable[[], HookTree]) -> HookTree:
+    """The hook tree stored on ``hf_model``, built on first use."""
+    tree = hf_model.__dict__.get(_TREE_ATTR)
+    if tree is None:
+        tree = build()
+        object.__setattr__(hf_model, _TREE_ATTR, tree)
+    return tree
