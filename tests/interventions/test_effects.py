@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -173,7 +175,9 @@ def test_mean_ablation_writes_the_reference_mean(arch):
             edited, cache = model.run_with_cache(TEXT, names_filter=name)
     z = cache[name][0]
     assert torch.allclose(z[:, head], means[head].expand_as(z[:, head]), atol=1e-6)
-    assert torch.equal(spec.mean, means)  # computed once, kept in the spec
+    # computed once from the clean model and kept by the model, never on the (immutable) spec
+    assert spec.mean is None and spec == copy.deepcopy(spec)
+    assert torch.equal(spec.prepare(model).mean, means)
     assert (edited - clean).abs().max() > 1e-4
     # by hand: the mean over every real token of every reference prompt
     enc = model.tokenize(reference)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.errors import DataFormatError, InvalidSpec, did_you_mean
-from attnlab.interventions._base import REGISTRY, Intervention
+from attnlab.interventions._base import REGISTRY, Intervention, Prepared
 from attnlab.interventions.ablation import ABLATION_METHODS, AblateHead, head_means
 from attnlab.interventions.neurons import NEURON_SITES, EditNeuron
 from attnlab.interventions.patching import Patch
@@ -25,6 +25,7 @@ from attnlab.interventions.pattern import BlockKeys, EditScores, SetPattern
 
 __all__ = [
     "Intervention",
+    "Prepared",
     "AblateHead",
     "SetPattern",
     "BlockKeys",
@@ -69,20 +70,21 @@ def per_row(specs: Sequence[Intervention | Sequence[Intervention] | None]) -> li
             if data is None:
                 raise InvalidSpec(f"per_row: {spec!r} holds a function; set rows= on it directly instead")
             data["rows"] = [row]
-            clone = from_dict(data)
-            _carry_prepared_values(spec, clone)
-            out.append(clone)
+            out.append(_with_rows(spec, data))
     return out
+
+
+def _with_rows(spec: Intervention, data: dict[str, Any]) -> Intervention:
+    """A copy of ``spec`` with new location fields (tensors and sources kept as they are, not re-read from lists)."""
+    kwargs = {k: getattr(spec, k) for k in spec.fields}
+    if "dim" in kwargs:
+        kwargs["dim"] = spec.dim
+    location = {k: data[k] for k in ("head", "positions", "rows") if k in data}
+    return type(spec)(spec.layer, **location, **kwargs)
 
 
 def _has_callable(spec: Intervention) -> bool:
     return any(callable(getattr(spec, f, None)) and not hasattr(getattr(spec, f), "shape") for f in spec.fields)
-
-
-def _carry_prepared_values(src: Intervention, dst: Intervention) -> None:
-    for attr in ("_resample_cache", "_computed"):
-        if hasattr(src, attr):
-            setattr(dst, attr, getattr(src, attr))
 
 
 def hooks_for(model, specs: Iterable[Intervention]) -> list[tuple[str, Any]]:
@@ -90,7 +92,7 @@ def hooks_for(model, specs: Iterable[Intervention]) -> list[tuple[str, Any]]:
     specs = list(specs)
     for spec in specs:
         spec.validate(model.cfg)
-    return [pair for spec in specs for pair in spec.hooks(model)]
+    return [pair for spec in specs for pair in spec.prepare(model).hooks()]
 
 
 def save_specs(path: str | Path, specs: Iterable[Intervention]) -> None:

@@ -1,26 +1,36 @@
 """The shared shape of every intervention: where it acts, how it checks itself, how it serialises.
 
-An intervention is data, not a closure: ``(layer, heads, positions, rows)`` say *where*,
-the subclass fields say *what*. ``hooks(model)`` turns it into TransformerLens hook
-functions only when it is applied, so specs can be printed, saved, compared and replayed.
+An intervention is immutable data, not a closure: ``(layer, heads, positions, rows)`` say
+*where*, the subclass fields say *what*. Anything computed from a model (a mean over
+reference prompts, a patch source, resample draws) lives in the :class:`Prepared` object
+that ``spec.prepare(model)`` returns, never on the spec: a spec can be printed, saved,
+compared and replayed, and ``spec == copy.deepcopy(spec)`` always holds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from attnlab.engine.config import ModelConfig
 from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES, hook_name
-from attnlab.errors import InvalidLocation, InvalidSpec, did_you_mean
+from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch, did_you_mean
 
-__all__ = ["Intervention", "REGISTRY", "register", "as_index_tuple", "tensor_or_none"]
+__all__ = [
+    "Intervention", "Prepared", "REGISTRY", "register", "as_index_tuple", "tensor_or_none", "finite_number",
+    "check_seed", "FLOAT32_MAX",
+]
 
 REGISTRY: dict[str, type[Intervention]] = {}
 
-HookFn = Callable[..., torch.Tensor]
+#: Largest magnitude a value may have: edits run in float32 at least, so anything larger is inf there.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+Edit = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 def register(cls: type[Intervention]) -> type[Intervention]:
@@ -34,33 +44,102 @@ def as_index_tuple(value: Any, what: str) -> tuple[int, ...] | None:
         return None
     if isinstance(value, torch.Tensor):
         value = value.tolist()
-    items = [value] if isinstance(value, int) else list(value) if isinstance(value, (Sequence, range)) else None
+    items = [value] if isinstance(value, int) else list(value) if isinstance(value, (Sequence, range)) and not isinstance(value, str) else None
     if items is None or not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
         raise InvalidSpec(f"{what} must be an int, a non-empty list of ints or None (all), got {value!r}")
     if any(i < 0 for i in items):
         raise InvalidLocation(f"{what} must be >= 0, got {value!r}")
+    if any(i >= 2**31 for i in items):
+        raise InvalidLocation(f"{what} must be < 2**31, got {value!r}")
     return tuple(items)
 
 
+def finite_number(value: Any, what: str) -> float:
+    """A real number that is finite in float32 (what every edit computes in, at least)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidSpec(f"{what} must be a finite number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidSpec(f"{what} must be a finite number, got {value!r}")
+    if abs(number) > FLOAT32_MAX:
+        raise InvalidSpec(f"{what} must be a finite number within float32's range (|x| <= {FLOAT32_MAX:.3g}), got {value!r}")
+    return number
+
+
+def check_seed(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise InvalidSpec(f"seed must be an integer in 0..2**63-1, got {value!r}")
+    return value
+
+
 def tensor_or_none(value: Any, what: str) -> torch.Tensor | None:
+    """A float32 tensor of finite values (nested lists are converted), or None."""
     if value is None:
         return None
     try:
-        tensor = torch.as_tensor(value, dtype=torch.float32) if not isinstance(value, torch.Tensor) else value.detach()
-    except (TypeError, ValueError) as err:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach()
+            if tensor.is_floating_point() or tensor.is_complex():
+                big = tensor.abs().amax().item() if tensor.numel() else 0.0
+                if tensor.is_complex() or not math.isfinite(big):
+                    raise InvalidSpec(f"{what} contains NaN or inf values; only finite numbers are allowed")
+                if big > FLOAT32_MAX:
+                    raise InvalidSpec(f"{what} contains values beyond float32's range (|x| <= {FLOAT32_MAX:.3g})")
+            tensor = tensor.to(torch.float32).cpu()
+        else:
+            tensor = torch.as_tensor(value, dtype=torch.float64)
+            big = tensor.abs().amax().item() if tensor.numel() else 0.0
+            if math.isfinite(big) and big > FLOAT32_MAX:
+                raise InvalidSpec(f"{what} contains values beyond float32's range (|x| <= {FLOAT32_MAX:.3g})")
+            tensor = tensor.to(torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        if isinstance(err, InvalidSpec):
+            raise
         raise InvalidSpec(f"{what} must be a tensor or nested list of numbers: {err}") from None
     if not torch.isfinite(tensor).all():
         raise InvalidSpec(f"{what} contains NaN or inf values; only finite numbers are allowed")
     return tensor
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An intervention made ready for one model: the spec plus what it computed from the model.
+
+    ``edit(x, hook)`` gives the new value of the whole site tensor; :meth:`hooks` keeps it
+    only at the rows, heads and positions the spec addresses.
+    """
+
+    spec: Intervention
+    edit: Edit
+    values: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values") or {}
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        spec, edit = self.spec, self.edit
+
+        def hook(x: torch.Tensor, hook) -> torch.Tensor:
+            mask = spec.location_mask(x, hook)
+            return torch.where(mask, edit(x, hook).to(x.dtype), x)
+
+        hook.__qualname__ = f"{type(spec).__name__}.hook"
+        return [(spec.hook_name, hook)]
+
+
 class Intervention:
     """Base class: one edit at one layer, on some heads, positions and batch rows.
 
     ``heads``, ``positions`` and ``rows`` are ``None`` (everywhere) or tuples of indices.
-    ``positions`` are absolute token positions (query positions for q, z, scores and
-    pattern; key positions for k and v). ``rows`` picks batch rows, which is how one batch
-    carries a different intervention per row.
+    ``positions`` are token positions in each row's own text (query positions for q, z,
+    scores and pattern; key positions for k and v), the same in a padded batch as alone.
+    ``rows`` picks batch rows, which is how one batch carries a different intervention per row.
     """
 
     kind: ClassVar[str] = ""
@@ -80,6 +159,26 @@ class Intervention:
         self.positions = as_index_tuple(positions, "positions")
         self.rows = as_index_tuple(rows, "rows")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"{type(self).__name__} is immutable; make a new spec (e.g. from_dict({{**spec.to_dict(), ...}}))")
+        object.__setattr__(self, name, value)
+
+    def _freeze(self) -> None:
+        object.__setattr__(self, "_frozen", True)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        def frozen_init(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self) is cls:
+                self._freeze()
+
+        frozen_init.__doc__, frozen_init.__wrapped__ = init.__doc__, init
+        cls.__init__ = frozen_init
+
     # -- checking ---------------------------------------------------------------------------
 
     def validate(self, cfg: ModelConfig) -> None:
@@ -96,41 +195,51 @@ class Intervention:
     def hook_name(self) -> str:
         return hook_name(self.layer, self.site)
 
-    def hooks(self, model) -> list[tuple[str, HookFn]]:
-        """``[(hook name, hook function)]`` for ``model``; may run ``model`` to prepare values."""
-        edit = self.edit_fn(model)
+    def prepare(self, model) -> Prepared:
+        """This spec made ready for ``model`` (computing sources from the clean model if needed)."""
+        values = self.prepare_values(model)
+        return Prepared(self, self.make_edit(values), values)
 
-        def hook(x: torch.Tensor, hook) -> torch.Tensor:
-            mask = self.location_mask(
-                x, hook.query_offset, loose=getattr(hook, "generating", False), key_offset=getattr(hook, "key_offset", 0)
-            )
-            return torch.where(mask, edit(x, hook).to(x.dtype), x)
+    def prepare_values(self, model) -> dict[str, Any]:
+        """What the edit needs from ``model`` (default: nothing)."""
+        return {}
 
-        return [(self.hook_name, hook)]
-
-    def edit_fn(self, model) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-        """The new value of the whole site tensor; ``hooks`` keeps it only where the mask is True."""
+    def make_edit(self, values: dict[str, Any]) -> Edit:
+        """The new value of the whole site tensor; only the addressed part is kept."""
         raise NotImplementedError
 
-    def location_mask(
-        self, x: torch.Tensor, query_offset: int = 0, *, loose: bool = False, key_offset: int = 0
-    ) -> torch.Tensor:
-        """Boolean mask broadcastable to ``x``: True at the rows, heads and positions addressed.
+    def hooks(self, model) -> list[tuple[str, Callable]]:
+        """``[(hook name, hook function)]`` for ``model`` (``self.prepare(model).hooks()``)."""
+        return self.prepare(model).hooks()
 
-        ``loose`` (set while generating) ignores positions this call does not contain yet.
-        """
+    def location_mask(self, x: torch.Tensor, hook) -> torch.Tensor:
+        """Boolean mask broadcastable to ``x``: True at the rows, heads and positions addressed."""
         head_major = self.site in HEAD_MAJOR_SITES  # [batch, head, query, key] else [batch, pos, head, d]
         batch = x.shape[0]
-        n_pos = x.shape[2] if head_major else x.shape[1]
         n_heads = x.shape[1] if head_major else x.shape[2]
-        offset = query_offset if self.site in ("q", "z", "attn_scores", "pattern") else key_offset
         dev = x.device
         rows = _axis_mask(self.rows, batch, dev, "row", "batch rows")
         heads = _axis_mask(self.heads, n_heads, dev, "head", "heads")
-        pos = _axis_mask(self.positions, n_pos, dev, "position", "positions", offset=offset, loose=loose or offset > 0)
+        pos = self._position_mask(x, hook, head_major).to(dev)  # [batch or 1, pos]
         if head_major:
-            return rows[:, None, None, None] & heads[None, :, None, None] & pos[None, None, :, None]
-        return rows[:, None, None, None] & pos[None, :, None, None] & heads[None, None, :, None]
+            return rows[:, None, None, None] & heads[None, :, None, None] & pos[:, None, :, None]
+        return rows[:, None, None, None] & pos[:, :, None, None] & heads[None, None, :, None]
+
+    def _position_mask(self, x: torch.Tensor, hook, head_major: bool) -> torch.Tensor:
+        n_pos = x.shape[2] if head_major else x.shape[1]
+        if self.positions is None:
+            return torch.ones(1, n_pos, dtype=torch.bool)
+        key_site = self.site in ("k", "v")
+        positions = hook.key_pos if key_site else hook.query_pos  # [batch or 1, pos]
+        if positions is None or positions.shape[-1] != n_pos:
+            positions = torch.arange(n_pos)[None, :]
+        wanted = torch.tensor(self.positions)
+        if not getattr(hook, "generating", False):
+            longest = getattr(hook, "n_positions", None) or int(positions.max()) + 1
+            bad = [p for p in self.positions if p >= longest]
+            if bad:
+                raise InvalidLocation(f"position {bad[0]} out of range: this input has positions 0..{longest - 1}")
+        return torch.isin(positions, wanted)
 
     # -- describing -------------------------------------------------------------------------
 
@@ -193,6 +302,10 @@ class Intervention:
                 return f"tensor{tuple(v.shape)}"
             if callable(v):
                 return getattr(v, "__name__", "fn")
+            if isinstance(v, list) and len(v) > 4 and all(isinstance(i, str) for i in v):
+                return f"[{len(v)} prompts]"
+            if isinstance(v, list) and len(repr(v)) > 60:
+                return f"[{len(v)} items]"
             return repr(v)
 
         body = ", ".join(f"{k}={show(v)}" for k, v in self._location_items() + self._field_items())
@@ -206,27 +319,28 @@ class Intervention:
         except InvalidSpec:
             return self is other
 
-    __hash__ = object.__hash__
+    def __hash__(self) -> int:
+        try:
+            return hash(repr(sorted(self.to_dict().items(), key=lambda kv: kv[0])))
+        except InvalidSpec:
+            return object.__hash__(self)
+
+    def __deepcopy__(self, memo):
+        return self  # immutable
+
+    def __copy__(self):
+        return self
 
 
-def _axis_mask(
-    index: tuple[int, ...] | None, size: int, device, noun: str, plural: str, *, offset: int = 0, loose: bool = False
-) -> torch.Tensor:
-    """Boolean vector of length ``size``: True at ``index - offset`` (all True for None).
-
-    ``loose`` (generation with a KV cache) ignores indices outside this call's window
-    instead of raising, since the query rows of one decoding step are a slice of the text.
-    """
+def _axis_mask(index: tuple[int, ...] | None, size: int, device, noun: str, plural: str) -> torch.Tensor:
+    """Boolean vector of length ``size``: True at ``index`` (all True for None)."""
     if index is None:
         return torch.ones(size, dtype=torch.bool, device=device)
-    local = [i - offset for i in index]
-    bad = [i for i, j in zip(index, local) if not 0 <= j < size]
-    if bad and not loose:
-        raise InvalidLocation(f"{noun} {bad[0]} out of range: this input has {plural} {offset}..{offset + size - 1}")
+    bad = [i for i in index if not 0 <= i < size]
+    if bad:
+        raise InvalidLocation(f"{noun} {bad[0]} out of range: this input has {plural} 0..{size - 1}")
     mask = torch.zeros(size, dtype=torch.bool, device=device)
-    keep = [j for j in local if 0 <= j < size]
-    if keep:
-        mask[keep] = True
+    mask[list(index)] = True
     return mask
 
 
@@ -234,6 +348,28 @@ def check_site(site: str, allowed: Sequence[str], kind: str) -> str:
     if site in SITES and site not in allowed:  # a real site, just not one this kind edits
         raise InvalidSpec(f"{kind} cannot act on site {site!r} (valid: {', '.join(allowed)})")
     if site not in allowed:
-        hint = did_you_mean(site, allowed) or did_you_mean(site, SITES)
+        hint = did_you_mean(str(site), allowed) or did_you_mean(str(site), SITES)
         raise InvalidSpec(f"{kind}: unknown site {site!r}{hint} (valid: {', '.join(allowed)})")
     return site
+
+
+def fit(value: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
+    """Broadcast a ``[query, key]``, ``[batch, query, key]`` or ``[batch, head, query, key]`` tensor onto ``x``."""
+    q, k = x.shape[-2:]
+    if value.shape[-2:] != (q, k):
+        raise ShapeMismatch(f"{what} has shape {tuple(value.shape)} but this input needs [..., {q}, {k}] (query x key)")
+    if value.ndim == 2:
+        value = value[None, None]
+    elif value.ndim == 3:
+        if value.shape[0] not in (1, x.shape[0]):
+            raise ShapeMismatch(f"{what} has {value.shape[0]} rows but the batch has {x.shape[0]}")
+        value = value[:, None]
+    elif value.ndim == 4:
+        if value.shape[0] not in (1, x.shape[0]) or value.shape[1] not in (1, x.shape[1]):
+            raise ShapeMismatch(
+                f"{what} has shape {tuple(value.shape)} but this input is {tuple(x.shape)} "
+                "([batch, head, query, key]; batch and head may also be 1)"
+            )
+    else:
+        raise ShapeMismatch(f"{what} must be [query, key], [batch, query, key] or [batch, head, query, key]")
+    return value.to(device=x.device, dtype=x.dtype).expand_as(x)

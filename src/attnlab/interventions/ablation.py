@@ -2,8 +2,9 @@
 
 Zeroing head h's slice of ``z`` is exactly removing that head's contribution to the
 attention output. Mean ablation replaces it by its average over reference prompts
-(computed once, stored in the spec, reusable and saved by ``to_dict``); resample ablation
-replaces it by the same position of a randomly chosen reference prompt.
+(computed from the unedited model when the spec is prepared, and cached by the model; give
+``mean=`` to fix it in the spec, e.g. ``spec.with_mean(model)``); resample ablation replaces
+it by the same position of a randomly chosen reference prompt.
 """
 
 from __future__ import annotations
@@ -13,29 +14,35 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 
-from attnlab.errors import InvalidInput, InvalidSpec, did_you_mean
-from attnlab.interventions._base import Intervention, register, tensor_or_none
+from attnlab.engine.locations import hook_name
+from attnlab.errors import InvalidInput, InvalidSpec, ShapeMismatch, did_you_mean
+from attnlab.interventions._base import Intervention, check_seed, register, tensor_or_none
 
 __all__ = ["AblateHead", "ABLATION_METHODS", "head_means"]
 
 ABLATION_METHODS = ("zero", "mean", "resample")
 
 
+def _check_reference(prompts) -> list[str]:
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise InvalidInput("reference prompts must be a non-empty list of non-empty strings")
+    return list(prompts)
+
+
 def _reference_z(model, layer: int, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """z at ``layer`` for the reference prompts and their attention mask."""
-    if isinstance(prompts, str) or not prompts:
-        raise InvalidInput("reference prompts must be a non-empty list of strings")
-    enc = model.tokenize(list(prompts))
-    name = f"blocks.{layer}.attn.hook_z"
-    with torch.no_grad():
-        _, cache = model.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"], names_filter=[name])
-    return cache[name], enc["attention_mask"].bool()
+    """z at ``layer`` for the reference prompts (right-padded) and their attention mask."""
+    name = hook_name(layer, "z")
+    out = model.run(_check_reference(prompts), logits=None, read=[name], padding_side="right")
+    return out.cache[name], out.tokens.mask.bool()
 
 
 def head_means(model, layer: int, prompts: Sequence[str]) -> Float[torch.Tensor, "head d_head"]:
-    """Mean of every head's ``z`` over all non-padding tokens of ``prompts``."""
-    z, mask = _reference_z(model, layer, prompts)
-    return z[mask].mean(dim=0).float().cpu()
+    """Mean of every head's ``z`` over all non-padding tokens of ``prompts`` (from the unedited model)."""
+    def compute():
+        z, mask = _reference_z(model, layer, prompts)
+        return z[mask].mean(dim=0).float().cpu()
+
+    return model.prepared_source(("head_means", layer, tuple(prompts)), compute)
 
 
 @register
@@ -65,28 +72,28 @@ class AblateHead(Intervention):
         rows=None,
     ):
         super().__init__(layer, head, positions=positions, rows=rows)
-        if method not in ABLATION_METHODS:
+        if not isinstance(method, str) or method not in ABLATION_METHODS:
             raise InvalidSpec(
-                f"unknown ablation method {method!r}{did_you_mean(method, ABLATION_METHODS)} "
+                f"unknown ablation method {method!r}{did_you_mean(str(method), ABLATION_METHODS)} "
                 f"(valid: {', '.join(ABLATION_METHODS)})"
             )
         if method == "mean" and mean is None and not reference:
             raise InvalidSpec("mean ablation needs reference prompts (reference=[...]) or a precomputed mean=")
         if method == "resample" and not reference:
             raise InvalidSpec("resample ablation needs reference prompts to resample from (reference=[...])")
-        if reference is not None and (isinstance(reference, str) or not all(isinstance(r, str) for r in reference)):
-            raise InvalidSpec("reference must be a list of prompt strings")
+        if reference is not None and (
+            isinstance(reference, str) or not isinstance(reference, (list, tuple))
+            or not all(isinstance(r, str) and r.strip() for r in reference)
+        ):
+            raise InvalidSpec("reference must be a list of non-empty prompt strings")
         self.method = method
         self.reference = list(reference) if reference is not None else None
         self.mean = tensor_or_none(mean, "mean")
-        self.seed = int(seed)
-        self._resample_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.seed = check_seed(seed)
 
     def validate(self, cfg) -> None:
         super().validate(cfg)
         if self.mean is not None and tuple(self.mean.shape) != (cfg.n_heads, cfg.d_head):
-            from attnlab.errors import ShapeMismatch
-
             raise ShapeMismatch(
                 f"mean has shape {tuple(self.mean.shape)}; {cfg.name} needs [n_heads, d_head] = "
                 f"[{cfg.n_heads}, {cfg.d_head}]"
@@ -102,29 +109,33 @@ class AblateHead(Intervention):
             positions=self.positions, rows=self.rows,
         )
 
-    def edit_fn(self, model):
+    def prepare_values(self, model) -> dict:
+        if self.method == "mean":
+            return {"mean": self.mean if self.mean is not None else head_means(model, self.layer, self.reference)}
+        if self.method == "resample":
+            key = ("reference_z", self.layer, tuple(self.reference))
+            z, mask = model.prepared_source(key, lambda: _reference_z(model, self.layer, self.reference))
+            return {"reference_z": z, "lengths": mask.sum(dim=1)}
+        return {}
+
+    def make_edit(self, values):
         if self.method == "zero":
             return lambda x, hook: torch.zeros_like(x)
         if self.method == "mean":
-            if self.mean is None:
-                self.mean = head_means(model, self.layer, self.reference)  # computed once, then reused
-            return lambda x, hook: self.mean.to(device=x.device, dtype=x.dtype)[None, None].expand_as(x)
-
-        key = id(model)
-        if self._resample_cache is None or self._resample_cache[0] != key:
-            z, mask = _reference_z(model, self.layer, self.reference)
-            self._resample_cache = (key, z, mask.sum(dim=1))
+            mean = values["mean"]
+            return lambda x, hook: mean.to(device=x.device, dtype=x.dtype)[None, None].expand_as(x)
+        ref_z, lengths = values["reference_z"], values["lengths"]
+        seed = self.seed
 
         def resample(x, hook):
-            _, ref_z, lengths = self._resample_cache
-            gen = torch.Generator().manual_seed(self.seed)
+            gen = torch.Generator().manual_seed(seed)
             picks = torch.randint(len(ref_z), (x.shape[0],), generator=gen)
-            positions = torch.arange(hook.query_offset, hook.query_offset + x.shape[1])
+            positions = hook.query_pos.expand(x.shape[0], -1)  # [batch, pos] token positions
             out = []
             for row, pick in enumerate(picks.tolist()):
                 # same position in the reference prompt, or its last real token if it is shorter
-                at = positions.clamp(max=int(lengths[pick]) - 1)
-                out.append(ref_z[pick, at])
+                at = positions[row].clamp(min=0, max=int(lengths[pick]) - 1)
+                out.append(ref_z[pick, at.to(ref_z.device)])
             return torch.stack(out).to(device=x.device, dtype=x.dtype)
 
         return resample

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from attnlab.errors import InvalidLocation, InvalidSpec
-from attnlab.interventions._base import Intervention, as_index_tuple, check_site, register
+from attnlab.interventions._base import Intervention, as_index_tuple, check_site, finite_number, register
 
 __all__ = ["EditNeuron", "NEURON_SITES"]
 
@@ -38,11 +38,8 @@ class EditNeuron(Intervention):
         self._dims = dims
         if (scale is None) == (value is None):
             raise InvalidSpec("EditNeuron needs exactly one of scale= or value=")
-        for name, v in (("scale", scale), ("value", value)):
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or abs(v) == float("inf")):
-                raise InvalidSpec(f"{name} must be a finite number, got {v!r}")
-        self.scale = float(scale) if scale is not None else None
-        self.value = float(value) if value is not None else None
+        self.scale = finite_number(scale, "scale") if scale is not None else None
+        self.value = finite_number(value, "value") if value is not None else None
 
     def validate(self, cfg) -> None:
         super().validate(cfg)
@@ -50,12 +47,14 @@ class EditNeuron(Intervention):
             if d >= cfg.d_head:
                 raise InvalidLocation(f"dim {d} out of range: {cfg.name} has d_head={cfg.d_head} (dims 0..{cfg.d_head - 1})")
 
-    def location_mask(self, x: torch.Tensor, query_offset: int = 0, **options) -> torch.Tensor:
+    def location_mask(self, x: torch.Tensor, hook) -> torch.Tensor:
         dims = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
         dims[list(self._dims)] = True
-        return super().location_mask(x, query_offset, **options) & dims
+        return super().location_mask(x, hook) & dims
 
-    def edit_fn(self, model):
+    def make_edit(self, values):
         if self.scale is not None:
-            return lambda x, hook: x * self.scale
-        return lambda x, hook: torch.full_like(x, self.value)
+            scale = self.scale
+            return lambda x, hook: x * scale
+        value = self.value
+        return lambda x, hook: torch.full_like(x, value)

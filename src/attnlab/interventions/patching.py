@@ -1,8 +1,9 @@
 """Activation patching: give a head the q/k/v/scores/pattern/z it has on another input.
 
-The source is either text (run once, cleanly, when the spec is applied; the declarative
-form that ``to_dict`` saves), an ``ActivationCache``/dict from ``run_with_cache``, or a
-tensor with the site's full shape.
+The source is either text (run once, from the unedited model, when the spec is prepared;
+the declarative form that ``to_dict`` saves), an ``ActivationCache``/dict from
+``run_with_cache``, or a tensor with the site's full shape. Source positions are token
+positions: they land on the same tokens of a left-padded batch or a KV-cached decoding step.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from attnlab.engine.locations import SITES
+from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES
 from attnlab.errors import InvalidSpec, ShapeMismatch
-from attnlab.interventions._base import Intervention, check_site, register
+from attnlab.interventions._base import Intervention, check_site, register, tensor_or_none
 
 __all__ = ["Patch"]
 
@@ -36,52 +37,78 @@ class Patch(Intervention):
         self.site = check_site(site, SITES, "Patch")
         if isinstance(source, str):
             source = [source]
-        if isinstance(source, Sequence) and source and not all(isinstance(s, str) for s in source):
-            try:  # a tensor saved by to_dict() as nested lists
-                source = torch.as_tensor(source, dtype=torch.float32)
-            except (TypeError, ValueError):
-                raise InvalidSpec("Patch source must be prompt text, a list of prompts, a cache or a tensor") from None
-        if isinstance(source, Sequence) and not isinstance(source, torch.Tensor):
-            if not source:
-                raise InvalidSpec("Patch source must be prompt text, a list of prompts, a cache or a tensor")
-            source = list(source)
-        elif isinstance(source, Mapping) or hasattr(source, "cache_dict"):
+        if isinstance(source, Mapping) or hasattr(source, "cache_dict"):
             cache = getattr(source, "cache_dict", source)
             if self.hook_name not in cache:
                 raise InvalidSpec(f"Patch source cache has no {self.hook_name!r}; cache it with names_filter")
-            source = cache[self.hook_name].detach()
-        elif isinstance(source, torch.Tensor):
-            if not torch.isfinite(source.float()).all() and self.site != "attn_scores":
-                raise InvalidSpec("Patch source tensor contains NaN or inf")
-            source = source.detach()
-        else:
+            source = cache[self.hook_name]
+        if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) for s in source):
+            if not all(s.strip() for s in source):
+                raise InvalidSpec("Patch source prompts must be non-empty")
+            self.source = list(source)
+            return
+        if isinstance(source, (list, tuple)) and not source:
+            raise InvalidSpec("Patch source must be prompt text, a list of prompts, a cache or a tensor; got an empty list")
+        if not isinstance(source, (torch.Tensor, list, tuple)):
             raise InvalidSpec(f"Patch source must be text, a cache or a tensor, got {type(source).__name__}")
-        self.source = source
-        self._computed: tuple[int, torch.Tensor] | None = None
+        try:
+            tensor = tensor_or_none(source, "Patch source tensor")
+        except InvalidSpec as err:
+            if "NaN or inf" in str(err) or "beyond" in str(err):
+                raise InvalidSpec(f"Patch source tensor contains NaN or inf ({err})") from None
+            raise InvalidSpec("Patch source must be prompt text, a list of prompts, a cache or a tensor of numbers") from None
+        if tensor.ndim != 4:
+            raise ShapeMismatch(
+                f"Patch source tensor for site {self.site!r} must have 4 axes "
+                f"({'batch head query key' if self.site in HEAD_MAJOR_SITES else 'batch pos head d_head'}), got {tuple(tensor.shape)}"
+            )
+        self.source = tensor
 
-    def _source_tensor(self, model) -> torch.Tensor:
+    def prepare_values(self, model) -> dict:
         if isinstance(self.source, torch.Tensor):
-            return self.source
-        if self._computed is None or self._computed[0] != id(model):
-            with torch.no_grad():
-                _, cache = model.run_with_cache(self.source, names_filter=[self.hook_name])
-            self._computed = (id(model), cache[self.hook_name])
-        return self._computed[1]
+            return {"source": self.source}
+        name, texts = self.hook_name, tuple(self.source)
+        return {"source": model.prepared_source(
+            ("patch_source", name, texts), lambda: model.run(list(texts), logits=None, read=[name]).cache[name]
+        )}
 
-    def edit_fn(self, model):
-        source = self._source_tensor(model)
+    def make_edit(self, values):
+        source = values["source"]
+        name, site = self.hook_name, self.site
 
         def edit(x, hook):
-            src = source
-            if hook.query_offset and self.site in ("q", "z", "attn_scores", "pattern"):
-                # KV-cached decoding step: take the source's query rows for this step
-                axis = 2 if self.site in ("attn_scores", "pattern") else 1
-                src = src.narrow(axis, hook.query_offset, min(x.shape[axis], src.shape[axis] - hook.query_offset))
-            if src.shape[1:] != x.shape[1:] or src.shape[0] not in (1, x.shape[0]):
-                raise ShapeMismatch(
-                    f"patch source for {self.hook_name} has shape {tuple(src.shape)} but the input gives "
-                    f"{tuple(x.shape)}; source and input must tokenize to the same length"
-                )
-            return src.to(device=x.device, dtype=x.dtype).expand_as(x)
+            src = source.to(device=x.device, dtype=x.dtype)
+            head_major = site in HEAD_MAJOR_SITES
+            n_src = _check_fits(src, x, hook, head_major, name)
+            axis_pos = hook.key_pos if site in ("k", "v") else hook.query_pos  # [batch or 1, n] token positions
+            rows = torch.arange(x.shape[0])[:, None] if src.shape[0] > 1 else torch.zeros(1, 1, dtype=torch.long)
+            inside = (axis_pos >= 0) & (axis_pos < n_src)  # positions past the source (while generating) keep x
+            at = axis_pos.clamp(0, n_src - 1)
+            if head_major:
+                keys = hook.key_pos
+                key_at = keys.clamp(0, n_src - 1)
+                picked = src[rows[:, :, None], :, at[:, :, None], key_at[:, None, :]]  # [batch, query, key, head]
+                picked = picked.permute(0, 3, 1, 2)
+                keep = inside[:, None, :, None] & ((keys >= 0) & (keys < n_src))[:, None, None, :]
+            else:
+                picked = src[rows, at]  # [batch, pos, head, d_head]
+                keep = inside[:, :, None, None]
+            return torch.where(keep.to(x.device), picked.expand_as(x), x)
 
         return edit
+
+
+def _check_fits(src: torch.Tensor, x: torch.Tensor, hook, head_major: bool, name: str) -> int:
+    """The source's number of token positions, after checking it can be patched into ``x``."""
+    n_src = src.shape[2] if head_major else src.shape[1]
+    fits = src.shape[0] in (1, x.shape[0])
+    fits &= (src.shape[1] == x.shape[1] and src.shape[3] == n_src) if head_major else src.shape[2:] == x.shape[2:]
+    known = getattr(hook, "n_positions", None)
+    if not getattr(hook, "generating", False):
+        fits &= (known if known is not None else (x.shape[2] if head_major else x.shape[1])) == n_src
+    if not fits:
+        raise ShapeMismatch(
+            f"patch source for {name} has shape {tuple(src.shape)} but the input gives {tuple(x.shape)}; "
+            "source and input must tokenize to the same length"
+        )
+    return n_src

@@ -11,26 +11,11 @@ from collections.abc import Callable
 
 import torch
 
+from attnlab.engine.attention import masked
 from attnlab.errors import InvalidSpec, ShapeMismatch
-from attnlab.interventions._base import Intervention, as_index_tuple, register, tensor_or_none
+from attnlab.interventions._base import Intervention, as_index_tuple, finite_number, fit, register, tensor_or_none
 
 __all__ = ["SetPattern", "BlockKeys", "EditScores"]
-
-
-def _fit(value: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
-    """Broadcast a ``[query, key]``, ``[batch, query, key]`` or full-shape tensor onto ``x``."""
-    q, k = x.shape[-2:]
-    if value.shape[-2:] != (q, k):
-        raise ShapeMismatch(f"{what} has shape {tuple(value.shape)} but this input needs [..., {q}, {k}] (query x key)")
-    if value.ndim == 2:
-        value = value[None, None]
-    elif value.ndim == 3:
-        if value.shape[0] not in (1, x.shape[0]):
-            raise ShapeMismatch(f"{what} has {value.shape[0]} rows but the batch has {x.shape[0]}")
-        value = value[:, None]
-    elif value.ndim != 4:
-        raise ShapeMismatch(f"{what} must be [query, key], [batch, query, key] or [batch, head, query, key]")
-    return value.to(device=x.device, dtype=x.dtype).expand_as(x)
 
 
 def _check_rows_sum_to_one(pattern: torch.Tensor, what: str) -> None:
@@ -86,13 +71,13 @@ class SetPattern(Intervention):
             if not renormalize and not allow_unnormalized:
                 _check_rows_sum_to_one(self.pattern, "pattern")
         self.fn = fn
-        self.renormalize = bool(renormalize)
-        self.allow_unnormalized = bool(allow_unnormalized)
+        self.renormalize = _flag(renormalize, "renormalize")
+        self.allow_unnormalized = _flag(allow_unnormalized, "allow_unnormalized")
 
-    def edit_fn(self, model):
+    def make_edit(self, values):
         def edit(x, hook):
             if self.pattern is not None:
-                new = _fit(self.pattern, x, "pattern")
+                new = fit(self.pattern, x, "pattern")
             else:
                 new = self.fn(x.clone())
                 if not isinstance(new, torch.Tensor) or new.shape != x.shape:
@@ -124,14 +109,17 @@ class BlockKeys(Intervention):
         if keys is None:
             raise InvalidSpec("BlockKeys needs keys= (the key positions to block: an int or a list of ints)")
         self.keys = list(keys)
-        self.renormalize = bool(renormalize)
+        self.renormalize = _flag(renormalize, "renormalize")
 
-    def edit_fn(self, model):
+    def make_edit(self, values):
+        blocked = torch.tensor(self.keys)
+
         def edit(x, hook):
-            n_keys, first = x.shape[-1], getattr(hook, "key_offset", 0)
-            keys = [k - first for k in self.keys if 0 <= k - first < n_keys]
-            new = x.clone()
-            new[..., keys] = 0
+            key_pos = hook.key_pos  # [batch or 1, key] token positions of this call's key columns
+            if key_pos.shape[-1] != x.shape[-1]:
+                key_pos = torch.arange(x.shape[-1])[None, :]
+            block = torch.isin(key_pos, blocked).to(x.device)  # same tokens in every row, whatever the padding
+            new = x.masked_fill(block[:, None, None, :], 0.0)
             if self.renormalize:
                 new = new / new.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(new.dtype).tiny)
             return new
@@ -161,26 +149,35 @@ class EditScores(Intervention):
         self.add = tensor_or_none(add, "add")
         self.replace = tensor_or_none(replace, "replace")
         if distance_penalty is not None:
-            if not isinstance(distance_penalty, (int, float)) or distance_penalty != distance_penalty:
-                raise InvalidSpec(f"distance_penalty must be a finite number, got {distance_penalty!r}")
-            distance_penalty = float(distance_penalty)
+            distance_penalty = finite_number(distance_penalty, "distance_penalty")
         self.distance_penalty = distance_penalty
 
-    def edit_fn(self, model):
+    def make_edit(self, values):
         def edit(x, hook):
-            masked = x <= torch.finfo(x.dtype).min / 2
+            hidden = masked(x)
             if self.distance_penalty is not None:
-                q, k = x.shape[-2:]
-                q_abs = torch.arange(hook.query_offset, hook.query_offset + q, device=x.device)
-                k_abs = torch.arange(hook.key_offset, hook.key_offset + k, device=x.device)
-                dist = (q_abs[:, None] - k_abs[None, :]).abs().to(x.dtype)
-                new = x - self.distance_penalty * dist
+                q_pos, k_pos = hook.query_pos, hook.key_pos  # [batch or 1, query], [batch or 1, key]
+                if q_pos.shape[-1] != x.shape[-2] or k_pos.shape[-1] != x.shape[-1]:
+                    q_pos, k_pos = torch.arange(x.shape[-2])[None], torch.arange(x.shape[-1])[None]
+                dist = (q_pos[:, :, None] - k_pos[:, None, :]).abs().to(device=x.device, dtype=x.dtype)
+                new = x - self.distance_penalty * dist[:, None]
             elif self.add is not None:
                 add = self.add.expand(x.shape[-2:]) if self.add.ndim == 0 else self.add
-                new = x + _fit(add, x, "add")
+                new = x + fit(add, x, "add")
             else:
                 value = self.replace if self.replace.ndim > 0 else self.replace.expand(x.shape[-2:])
-                new = _fit(value, x, "replace")
-            return new.masked_fill(masked, torch.finfo(x.dtype).min)
+                new = fit(value, x, "replace")
+            new = new.masked_fill(hidden, torch.finfo(x.dtype).min)
+            if not torch.isfinite(new).all():
+                raise InvalidSpec(
+                    f"{self!r} gives scores beyond the range of {x.dtype} at {hook.name}; use smaller values"
+                )
+            return new
 
         return edit
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidSpec(f"{name} must be True or False, got {value!r}")
+    return value
