@@ -7,7 +7,7 @@ import pytest
 
 from attnlab.interventions import AblateHead
 from attnlab.measure import HiddenShift, LogitDiff, effect, sweep_heads
-from attnlab.measure._prefix import decoder_layers
+from attnlab.engine.layout import decoder_layers
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["The nurse said that", "The mechanic told the customer that"]

@@ -11,7 +11,7 @@ import torch
 from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec
 from attnlab.interventions import AblateHead, EditNeuron, Patch
 from attnlab.measure import KL, GenerationDiff, HiddenShift, LogitDiff, TopKChange, effect, sweep_heads, sweep_interventions, sweep_neurons
-from attnlab.measure._prefix import decoder_layers
+from attnlab.engine.layout import decoder_layers
 from attnlab.testing import tiny_model
 
 PROMPTS = ["the nurse said that", "the doctor said that he was", "a man", "the king told the queen that"]

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float
 
+from attnlab.engine.forward import run
+from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput
 
 __all__ = ["Sentence", "prepare", "attention_batches", "capture", "split_words", "is_punctuation", "check_corpus"]
@@ -164,19 +166,8 @@ def capture(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     The vocabulary projection dominates the cost of a forward pass of a small LM with a
     large vocabulary (Gemma: 262k words), so analyses that only read attention skip it.
     """
-    store: dict[str, torch.Tensor] = {}
-    wanted = set(names)
-
-    def save(tensor, hook):
-        store[hook.name] = tensor.detach()
-
-    body = getattr(model.hf_model, "base_model", model.hf_model)
-    kwargs = {"input_ids": input_ids.to(model.device)}
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask.to(model.device)
-    with model.hooks(fwd_hooks=[(n, save) for n in wanted]):
-        body(**kwargs)
-    return store
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    return run(model, Tokens(input_ids, mask.long(), "right"), logits=None, read=list(dict.fromkeys(names))).cache
 
 
 def _batches(sentences: list[Sentence], batch_size: int) -> Iterator[list[Sentence]]:

@@ -9,7 +9,6 @@ score of the text run alone. Logits are computed only at the positions that are 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from attnlab.engine.forward import run
+from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput, UnsupportedModel
 
 __all__ = [
@@ -107,25 +108,11 @@ def encode(model, texts: Sequence[str]) -> Encoded:
     return _pad(model, rows)
 
 
-def _supports_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 @torch.no_grad()
 def _logits_at(model, enc: Encoded, positions: torch.Tensor) -> torch.Tensor:
-    """Logits ``[batch, k, vocab]`` at ``positions`` ``[batch, k]`` of each row."""
-    positions = positions.to(enc.ids.device)
-    if _supports_keep(model):
-        keep = torch.unique(positions)
-        logits = model(enc.ids, attention_mask=enc.mask, logits_to_keep=keep)
-        local = torch.searchsorted(keep, positions)
-    else:
-        logits = model(enc.ids, attention_mask=enc.mask)
-        local = positions
-    return logits.gather(1, local[..., None].expand(-1, -1, logits.shape[-1])).float()
+    """Logits ``[batch, k, vocab]`` at token ``positions`` ``[batch, k]`` of each row."""
+    tokens = Tokens(enc.ids, enc.mask, "right")
+    return run(model, tokens, logits=positions.to(torch.long)).logits.float()
 
 
 def _batches(n: int, batch_size: int, progress: bool, desc: str):
@@ -218,7 +205,7 @@ def token_logprobs(model, texts: Sequence[str], *, batch_size: int = 8, progress
     out: list[np.ndarray] = []
     for s in _batches(len(texts), batch_size, progress, "text log-prob"):
         enc = encode(model, texts[s : s + batch_size])
-        logits = model(enc.ids, attention_mask=enc.mask).float()
+        logits = run(model, Tokens(enc.ids, enc.mask, "right")).logits.float()
         logp = logits[:, :-1].log_softmax(-1).gather(-1, enc.ids[:, 1:, None])[..., 0]
         for r, n in enumerate(enc.lengths):
             out.append(logp[r, : n - 1].cpu().numpy())
@@ -244,7 +231,7 @@ def masked_scores(
             bad = int(torch.nonzero(hits != 1)[0, 0])
             raise InvalidInput(f"text {texts[s + bad]!r} has {int(hits[bad])} mask tokens; exactly one is needed")
         pos = (enc.ids == mask_id).float().argmax(1)
-        logits = model(enc.ids, attention_mask=enc.mask).float()
-        logp = logits[torch.arange(len(pos)), pos].log_softmax(-1)
+        logits = _logits_at(model, enc, pos[:, None])[:, 0]
+        logp = logits.log_softmax(-1)
         out.append(logp[:, tgt.to(logp.device)].cpu().numpy())
     return np.concatenate(out)

@@ -39,7 +39,9 @@ from attnlab.bias import _scoring
 from attnlab.bias._stats import mean_ci
 from attnlab.bias.pronouns import _check_pronouns, occupation_frame
 from attnlab.bias.templates import Template, _as_templates, templates as shipped_templates
+from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
+from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import Patch
 
@@ -147,8 +149,7 @@ def mediation_pairs(
 @torch.no_grad()
 def _log_odds(model, ids: torch.Tensor, anti: torch.Tensor, stereo: torch.Tensor) -> torch.Tensor:
     """log p(anti) - log p(stereo) at the last position of equal-length rows ``[batch]``."""
-    kwargs = {"logits_to_keep": 1} if _scoring._supports_keep(model) else {}
-    logits = model(ids, **kwargs)[:, -1].float()
+    logits = run(model, Tokens(ids, torch.ones_like(ids), "right"), logits="last").logits.float()
     logp = logits.log_softmax(-1)
     rows = torch.arange(len(ids), device=logp.device)
     return (logp[rows, anti.to(logp.device)] - logp[rows, stereo.to(logp.device)]).cpu()

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from attnlab.engine.forward import Resume
 from attnlab.measure._forward import metric_output
-from attnlab.measure._prefix import capture_outputs, decoder_layers, skip_layers
 from attnlab.measure._rows import Rows
 
 __all__ = ["run_variants"]
@@ -35,14 +34,15 @@ def _grouped_hooks(model, spec_lists: Sequence[list], rows_per_copy: int) -> lis
     for g, specs in enumerate(spec_lists):
         for spec in specs:
             spec.validate(model.cfg)
-            for name, fn in spec.hooks(model):
+            for name, fn in spec.prepare(model).hooks():
                 per_name.setdefault(name, []).append((g, fn))
 
     def make(fns):
         def grouped(x, hook):
             parts = list(x.split(rows_per_copy, dim=0))  # [copies x (rows, ...)]
             for g, fn in fns:
-                out = fn(parts[g], hook=hook)
+                rows = slice(g * rows_per_copy, (g + 1) * rows_per_copy)
+                out = fn(parts[g], hook=hook.rows(rows))  # each copy sees its own rows' token positions
                 if out is not None:
                     parts[g] = out
             return torch.cat(parts, dim=0)
@@ -56,10 +56,9 @@ def _repeat_stats(stats: torch.Tensor, times: int) -> torch.Tensor:
     return stats.repeat(times, *([1] * (stats.ndim - 1))) if times > 1 else stats
 
 
-def _prefix_works(model, layers, part: Rows, metric, clean_out: torch.Tensor, kept, start: int) -> bool:
+def _prefix_works(model, part: Rows, metric, clean_out: torch.Tensor, prefix, start: int) -> bool:
     """A resumed clean run at ``start`` must reproduce the clean output (checked once per sweep)."""
-    with skip_layers(layers, start, kept[start - 1], 1, part.n_rows):
-        resumed = metric_output(model, part, metric.output)
+    resumed = metric_output(model, part, metric.output, resume=Resume(prefix, start))
     tol = 1e-4 * max(1.0, float(clean_out.abs().max()))
     return resumed.shape == clean_out.shape and bool((resumed - clean_out).abs().max() <= tol)
 
@@ -86,7 +85,7 @@ def run_variants(
     k = rows.per_prompt
     chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
     copies = max(1, batch_size // chunk)
-    layers = decoder_layers(model)
+    layers = model.decoder_layers()
     by_start: dict[int, list[int]] = {}
     for i, (start, _) in enumerate(variants):
         by_start.setdefault(int(start), []).append(i)
@@ -105,13 +104,15 @@ def run_variants(
             sl = slice(c0, c0 + chunk)
             part = rows.select(sl).to(model.device)
             n = part.n_rows
-            with capture_outputs(layers, need) if use_prefix else nullcontext({}) as kept:
-                clean_out = metric_output(model, part, metric.output)
+            if use_prefix:
+                clean_out, prefix = metric_output(model, part, metric.output, keep_layers=need)
+            else:
+                clean_out, prefix = metric_output(model, part, metric.output), None
             clean = metric.reduce(clean_out, part)
             clean_rows[c0 : c0 + n] = metric.compare(clean, clean, part).float().cpu()
             if use_prefix and not checked:
                 checked = True
-                if not _prefix_works(model, layers, part, metric, clean_out, kept, max(by_start)):
+                if not _prefix_works(model, part, metric, clean_out, prefix, max(by_start)):
                     use_prefix = False
                     warnings.warn(
                         f"{model.cfg.name}: resuming at a layer does not reproduce the clean output; "
@@ -125,9 +126,8 @@ def run_variants(
                     r = len(group)
                     hooks = _grouped_hooks(model, [build(variants[i][1], ctx) for i in group], n)
                     big = part.repeat(r)
-                    skip = skip_layers(layers, start, kept[start - 1], r, n) if use_prefix and start > 0 else nullcontext()
-                    with skip, model.hooks(fwd_hooks=hooks):
-                        out = metric_output(model, big, metric.output)
+                    resume = Resume(prefix, start, r) if use_prefix and start > 0 else None
+                    out = metric_output(model, big, metric.output, hooks=hooks, resume=resume)
                     vals = metric.compare(metric.reduce(out, big), _repeat_stats(clean, r), big)
                     inter_rows[group, c0 : c0 + n] = vals.float().cpu().reshape(r, n)
                     bar.update(1)

@@ -1,43 +1,28 @@
-"""One forward pass over metric rows, returning exactly what the metric reads.
-
-For metrics that read one position per row, the LM head runs only at that position: a
-forward pre-hook on the model's output embedding gathers each row's read position before
-the head is applied (anything the model does after the head, such as Gemma's logit
-soft-capping, still runs). On a 262k-token vocabulary the head costs as much as all of
-Gemma-3-270m's layers together, so this alone roughly halves a sweep.
-"""
+"""One forward pass over metric rows, returning exactly what the metric reads (via the engine)."""
 
 from __future__ import annotations
 
 import torch
 
+from attnlab.engine.forward import run
 from attnlab.measure._rows import Rows
 
 __all__ = ["metric_output"]
 
 
-def metric_output(model, rows: Rows, output: str) -> torch.Tensor:
-    """``[row, vocab]`` logits at ``rows.data["read"]``, else ``[row, pos, vocab]`` logits or ``[row, pos, d_model]`` hidden."""
-    ids, mask = rows.input_ids.to(model.device), rows.attention_mask.to(model.device)
-    kwargs = {"use_cache": False} if model.cfg.is_causal else {}
+def metric_output(model, rows: Rows, output: str, **options) -> torch.Tensor:
+    """``[row, vocab]`` logits at ``rows.data["read"]``, else ``[row, pos, vocab]`` logits or ``[row, pos, d_model]`` hidden.
+
+    ``options`` go to :func:`attnlab.engine.forward.run` (``resume=``, ``keep_layers=``,
+    ``hooks=``, ...); with ``keep_layers`` the kept prefix is returned as a second value.
+    """
     if output == "hidden":
-        return model(ids, attention_mask=mask, return_type="hidden", **kwargs)
-    if rows.positions != "read":
-        return model(ids, attention_mask=mask, **kwargs)
-    read = rows.data["read"].to(ids.device)
-    at = torch.arange(len(read), device=ids.device)
-    head = model.hf_model.get_output_embeddings()
-
-    def gather(module, args):
-        hidden = args[0]
-        if isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and hidden.shape[:2] == ids.shape:
-            return (hidden[at, read][:, None], *args[1:])  # [row, 1, d_model]
-        return None
-
-    handle = head.register_forward_pre_hook(gather) if head is not None else None
-    try:
-        logits = model(ids, attention_mask=mask, **kwargs)
-    finally:
-        if handle is not None:
-            handle.remove()
-    return logits[:, 0] if logits.shape[1] == 1 else logits[at, read]
+        out = run(model, rows.tokens, logits=None, hidden=True, **options)
+        value = out.hidden
+    elif rows.positions == "read":
+        out = run(model, rows.tokens, logits=rows.data["read"][:, None], **options)
+        value = out.logits[:, 0]
+    else:
+        out = run(model, rows.tokens, logits="all", **options)
+        value = out.logits
+    return (value, out.prefix) if options.get("keep_layers") else value

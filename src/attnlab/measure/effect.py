@@ -62,7 +62,7 @@ def check_interventions(model, interventions) -> list:
         interventions = [interventions]
     specs = list(interventions)
     for spec in specs:
-        if not (hasattr(spec, "validate") and hasattr(spec, "hooks")):
+        if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):
             raise InvalidInput(f"interventions must be intervention specs, got {type(spec).__name__}: {spec!r}")
         spec.validate(model.cfg)
     return specs
@@ -168,8 +168,7 @@ def score(
     try:
         for start in tqdm(range(0, rows.n_rows, chunk), desc=f"score ({metric.name})", disable=not progress, leave=False):
             part = rows.select(slice(start, start + chunk)).to(model.device)
-            with model.intervene(*specs):
-                stats = metric.reduce(metric_output(model, part, metric.output), part)
+            stats = metric.reduce(metric_output(model, part, metric.output, interventions=specs), part)
             values.append(metric.compare(stats, stats, part).cpu())
     except AttnlabError as err:
         raise type(err)(f"while scoring {metric.name} on {model.cfg.name}: {err}") from None
@@ -184,8 +183,7 @@ def _forward_effect(model, prompts, specs, metric, batch_size, progress) -> tupl
     for start in tqdm(range(0, rows.n_rows, chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
         part = rows.select(slice(start, start + chunk)).to(model.device)
         clean = metric.reduce(metric_output(model, part, metric.output), part)
-        with model.intervene(*specs):
-            stats = metric.reduce(metric_output(model, part, metric.output), part)
+        stats = metric.reduce(metric_output(model, part, metric.output, interventions=specs), part)
         clean_vals.append(metric.compare(clean, clean, part).cpu())
         inter_vals.append(metric.compare(stats, clean, part).cpu())
     clean_v = metric.combine(torch.cat(clean_vals).reshape(-1, k))

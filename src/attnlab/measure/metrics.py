@@ -10,7 +10,7 @@ intervention) and the sweeps (thousands of interventions, batched):
    comparative metrics such as KL) into one number per row, and ``combine`` folds the rows
    of a prompt into one number per prompt.
 
-The next-token position of a prompt is its last non-padding token (inputs are right-padded).
+The next-token position of a prompt is its last real token, whatever the padding.
 Exact formulas: ``docs/measure.md``.
 """
 
@@ -21,8 +21,9 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 
+from attnlab.engine.forward import token_logprobs
 from attnlab.errors import InvalidInput, InvalidSpec, did_you_mean
-from attnlab.measure._rows import Rows, check_prompts, continuation_ids, encode_prompts, pad_rows, per_prompt_list
+from attnlab.measure._rows import Rows, check_prompts, continuation_ids, encode_prompts, per_prompt_list
 
 __all__ = [
     "Metric",
@@ -81,9 +82,10 @@ def _read_rows(model, prompts, read_at: str) -> Rows:
     if read_at not in READ_AT:
         raise InvalidSpec(f"unknown read_at {read_at!r}{did_you_mean(read_at, READ_AT)} (valid: {', '.join(READ_AT)})")
     prompts = check_prompts(prompts)
-    ids, mask = pad_rows(model, encode_prompts(model, prompts))
+    tokens = model.pad(encode_prompts(model, prompts), padding_side="right")
+    ids = tokens.ids
     if read_at == "last":
-        read = mask.sum(dim=1) - 1
+        read = tokens.lengths - 1
     else:
         mask_id = getattr(model.tokenizer, "mask_token_id", None)
         if mask_id is None:
@@ -97,7 +99,7 @@ def _read_rows(model, prompts, read_at: str) -> Rows:
                 "every prompt needs exactly one"
             )
         read = hits.float().argmax(dim=1)
-    return Rows(ids, mask, 1, "read", {"read": read})
+    return Rows(tokens, 1, "read", {"read": read})
 
 
 def _continuation_rows(model, prompts, continuations: list[list[list[int]]]) -> Rows:
@@ -109,23 +111,29 @@ def _continuation_rows(model, prompts, continuations: list[list[list[int]]]) -> 
             token_rows.append(prompt_ids + cont)
             start.append(len(prompt_ids))
             length.append(len(cont))
-    ids, mask = pad_rows(model, token_rows)
+    tokens = _pad_checked(model, token_rows, "a prompt with its continuation")
     k = len(continuations[0])
-    return Rows(ids, mask, k, "all", {"start": torch.tensor(start), "length": torch.tensor(length)})
+    return Rows(tokens, k, "all", {"start": torch.tensor(start), "length": torch.tensor(length)})
+
+
+def _pad_checked(model, token_rows, what: str):
+    n_ctx, width = model.cfg.n_ctx, max(len(r) for r in token_rows)
+    if n_ctx is not None and width > n_ctx:
+        raise InvalidInput(f"{what} has {width} tokens but {model.cfg.name} handles at most {n_ctx}")
+    return model.pad(token_rows, padding_side="right")
 
 
 def continuation_logprob(logits: Float[torch.Tensor, "row pos vocab"], rows: Rows) -> Float[torch.Tensor, " row"]:
     """Teacher-forced ``sum_j log p(c_j | prompt, c_<j)`` of each row's continuation.
 
-    The continuation occupies positions ``start .. start + length - 1``; token ``t`` is
+    The continuation occupies token positions ``start .. start + length - 1``; token ``t`` is
     predicted by the logits at position ``t - 1``.
     """
-    logits = logits[:, :-1].float()
-    target = rows.input_ids[:, 1:]
-    logp = logits.gather(-1, target[..., None])[..., 0] - logits.logsumexp(dim=-1)  # [row, pos-1]
-    token_pos = torch.arange(1, logits.shape[1] + 1, device=logits.device)[None, :]
-    start, length = rows.data["start"][:, None], rows.data["length"][:, None]
-    inside = (token_pos >= start) & (token_pos < start + length)
+    logp = token_logprobs(logits, rows.tokens)  # [row, column]: log p of the token in that column
+    cols = torch.arange(logp.shape[1], device=logp.device)[None, :]
+    start = rows.tokens.columns(rows.data["start"][:, None]).to(logp.device)
+    length = rows.data["length"][:, None].to(logp.device)
+    inside = (cols >= start) & (cols < start + length)
     return (logp * inside).sum(dim=1)
 
 
@@ -264,10 +272,9 @@ class Loss(Metric):
         short = [i for i, r in enumerate(encoded) if len(r) < 2]
         if short:
             raise InvalidInput(f"Loss needs at least 2 tokens per text; text {short[0]} has {len(encoded[short[0]])}")
-        ids, mask = pad_rows(model, encoded)
+        tokens = model.pad(encoded, padding_side="right")
         # score every token after the first: start 1, length n - 1
-        return Rows(ids, mask, 1, "all", {"start": torch.ones(len(encoded), dtype=torch.long),
-                                          "length": mask.sum(dim=1) - 1})
+        return Rows(tokens, 1, "all", {"start": torch.ones(len(encoded), dtype=torch.long), "length": tokens.lengths - 1})
 
     def reduce(self, out, rows):
         mean_nll = -continuation_logprob(out, rows) / rows.data["length"].float()
@@ -295,7 +302,7 @@ class TopKChange(Metric):
         self.name = f"top{k}_{measure}_change" if measure != "top1" else "top1_changed"
 
     def rows(self, model, prompts) -> Rows:
-        vocab = model.hf_model.get_output_embeddings().weight.shape[0] if model.cfg.has_lm_head else 0
+        vocab = model.cfg.d_vocab if model.cfg.has_lm_head else 0
         if self.k > vocab:
             raise InvalidSpec(f"k={self.k} exceeds the vocabulary of {model.cfg.name} ({vocab} tokens)")
         return _read_rows(model, prompts, self.read_at)
@@ -328,8 +335,7 @@ class HiddenShift(Metric):
 
     def rows(self, model, prompts) -> Rows:
         prompts = check_prompts(prompts)
-        ids, mask = pad_rows(model, encode_prompts(model, prompts))
-        return Rows(ids, mask, 1, "all", {})
+        return Rows(model.pad(encode_prompts(model, prompts), padding_side="right"), 1, "all", {})
 
     def reduce(self, out, rows):
         return out.float()
@@ -372,17 +378,9 @@ class GenerationDiff(Metric):
     def generate(self, model, prompts: Sequence[str], interventions=()) -> list[list[int]]:
         """Greedy new token ids per prompt (left-padded batch, KV cache, interventions active)."""
         tok = model.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = model.tokenize(list(prompts))
-        finally:
-            tok.padding_side = side
-        with torch.no_grad(), model.intervene(*interventions):
-            out = model.hf_model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          pad_token_id=tok.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
-        stops = {tok.eos_token_id, tok.pad_token_id} - {None}
+        new = model.generate(list(prompts), max_new_tokens=self.max_new_tokens, interventions=interventions,
+                             return_type="tokens").tolist()
+        stops = {tok.eos_token_id, model.pad_token_id} - {None}
         cut = []
         for row in new:
             end = next((j for j, t in enumerate(row) if t in stops), len(row))

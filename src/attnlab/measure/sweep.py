@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from attnlab.engine.forward import run
+from attnlab.engine.locations import hook_name
 from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean
 from attnlab.interventions import AblateHead, EditNeuron, Patch, head_means
 from attnlab.measure._batched import run_variants
@@ -182,20 +184,9 @@ def _head_builders(model, prompts, rows, method, metric, counterfactuals, refere
         ref = check_prompts(reference) if reference is not None else prompts
         means = {layer: head_means(model, layer, ref) for layer in layer_list}
         return None, lambda key, ctx: [AblateHead(key[0], key[1], method="mean", mean=means[key[0]])]
-    if method == "resample":
+    if method == "resample":  # the model caches each layer's reference run, so it runs once per layer
         ref = check_prompts(reference) if reference is not None else prompts
-        prepared = {}
-        for layer in layer_list:
-            template = AblateHead(layer, method="resample", reference=ref, seed=seed)
-            template.edit_fn(model)  # runs the reference prompts once per layer
-            prepared[layer] = template._resample_cache
-
-        def build_resample(key, ctx):
-            spec = AblateHead(key[0], key[1], method="resample", reference=ref, seed=seed)
-            spec._resample_cache = prepared[key[0]]
-            return [spec]
-
-        return None, build_resample
+        return None, lambda key, ctx: [AblateHead(key[0], key[1], method="resample", reference=ref, seed=seed)]
     # pattern patching from counterfactual prompts
     cf = check_prompts(counterfactuals)
     if len(cf) != len(prompts):
@@ -208,11 +199,12 @@ def _head_builders(model, prompts, rows, method, metric, counterfactuals, refere
             f"mismatched prompt pair {i}: {prompts[i]!r} has {int(rows.lengths[bad[0, 0]])} tokens but counterfactual "
             f"{cf[i]!r} has {int(cf_rows.lengths[bad[0, 0]])}; patterns can only be patched between equal lengths"
         )
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layer_list]
+    names = [hook_name(layer, "pattern") for layer in layer_list]
 
     def setup(part, sl):
-        src = cf_rows.select(sl).to(model.device)
-        _, cache = model.run_with_cache(src.input_ids, attention_mask=src.attention_mask, names_filter=names)
+        src = cf_rows.select(sl)
+        with model.clean():
+            cache = run(model, src.tokens, logits=None, read=names).cache
         return {layer: cache[name] for layer, name in zip(layer_list, names)}
 
     return setup, lambda key, ctx: [Patch(key[0], key[1], site="pattern", source=ctx[key[0]])]

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
+from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput, InvalidLocation
 
 __all__ = [
@@ -140,19 +142,15 @@ def read_sites(
     model, enc: Encoded, layers: Sequence[int], sites: Sequence[str], interventions: Sequence = ()
 ) -> dict[tuple[int, str], Float[np.ndarray, "..."]]:
     """``{(layer, site): array}`` for batch row 0, run clean or inside ``model.intervene``."""
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(tensor, hook):
-        store[hook.name] = tensor[0].detach()
-
-    # Only attention is read, so run the model's body without its LM head (for Gemma's
-    # 262k-word vocabulary the projection costs more than all the layers together).
-    body = getattr(model.hf_model, "base_model", model.hf_model)
+    # Only attention is read, so no LM head runs (for Gemma's 262k-word vocabulary the
+    # projection costs more than all the layers together).
     names = [hook_name(layer, site) for layer in layers for site in sites]
-    with model.intervene(*interventions), model.hooks(fwd_hooks=[(name, keep) for name in names]):
-        body(input_ids=enc.ids, **enc.kwargs)
+    mask = enc.kwargs.get("attention_mask", torch.ones_like(enc.ids))
+    extra = {k: v for k, v in enc.kwargs.items() if k != "attention_mask"}
+    store = run(model, Tokens(enc.ids, mask.long(), "right"), logits=None, read=names, interventions=interventions,
+                model_kwargs=extra).cache
     return {
-        (layer, site): store[hook_name(layer, site)].float().cpu().numpy()
+        (layer, site): store[hook_name(layer, site)][0].float().cpu().numpy()
         for layer in layers
         for site in sites
     }
