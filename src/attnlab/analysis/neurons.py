@@ -23,7 +23,6 @@ import torch
 from jaxtyping import Float
 
 from attnlab.analysis._corpus import capture, prepare
-from attnlab.engine.adapters import find_attention_modules
 from attnlab.errors import InvalidInput, InvalidLocation
 
 __all__ = [
@@ -34,7 +33,7 @@ __all__ = [
 
 def is_rotary(model) -> bool:
     """True when the model rotates q and k (Llama, Gemma, ...): its neurons come in pairs."""
-    return any("rotary" in type(m).__name__.lower() for m in model.hf_model.modules())
+    return model.cfg.rotary
 
 
 def unit_dims(model, unit: int, *, pairs: bool | None = None) -> list[int]:
@@ -49,9 +48,7 @@ def unit_dims(model, unit: int, *, pairs: bool | None = None) -> list[int]:
 def head_scale(model, layer: int) -> float:
     """The factor the model multiplies q.k by in ``layer`` (1/sqrt(d_head) unless the config says otherwise)."""
     model.check_layer(layer)
-    module = find_attention_modules(model.hf_model)[layer]
-    scale = getattr(module, "scaling", None)
-    return float(scale) if scale is not None else model.cfg.d_head ** -0.5
+    return model.cfg.scaling
 
 
 def _to_units(x: torch.Tensor, pairs: bool) -> torch.Tensor:

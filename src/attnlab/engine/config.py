@@ -22,6 +22,18 @@ class ModelConfig:
     n_ctx: int | None  # longest sequence the model was trained for, if the config says
     has_lm_head: bool  # calling the model returns vocabulary logits (else hidden states)
     d_vocab: int | None = None  # vocabulary size (rows of the token embedding)
+    positional_embedding_type: str = "standard"  # "rotary" (q, k rotated per position) or "standard" (learned/none)
+    attn_scale: float | None = None  # scores = q.k / attn_scale (TransformerLens' meaning; sqrt(d_head) by default)
+
+    @property
+    def rotary(self) -> bool:
+        """q and k are rotated per position: q/k dimensions d and d + d_head/2 form a pair."""
+        return self.positional_embedding_type == "rotary"
+
+    @property
+    def scaling(self) -> float:
+        """The factor q.k is multiplied by (``1 / attn_scale``)."""
+        return 1.0 / (self.attn_scale if self.attn_scale is not None else self.d_head**0.5)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,8 +53,13 @@ def _first(cfg, *names, default=None):
     return default
 
 
-def config_from_hf(hf_config, *, name: str, n_layers: int, is_causal: bool, has_lm_head: bool) -> ModelConfig:
-    """Read head counts and widths from an HF config (text sub-config where there is one)."""
+def config_from_hf(hf_config, *, name: str, n_layers: int, is_causal: bool, has_lm_head: bool,
+                   rotary: bool = False, scaling: float | None = None) -> ModelConfig:
+    """Read head counts and widths from an HF config (text sub-config where there is one).
+
+    ``rotary`` and ``scaling`` come from the model's modules (a rotary-embedding module; the
+    attention modules' ``scaling`` attribute), which say what the model really does.
+    """
     cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     d_model = int(_first(cfg, "hidden_size", "n_embd", "d_model"))
     n_heads = int(_first(cfg, "num_attention_heads", "n_head", "num_heads"))
@@ -61,4 +78,6 @@ def config_from_hf(hf_config, *, name: str, n_layers: int, is_causal: bool, has_
         n_ctx=int(n_ctx) if n_ctx is not None else None,
         has_lm_head=has_lm_head,
         d_vocab=int(_first(cfg, "vocab_size")) if _first(cfg, "vocab_size") is not None else None,
+        positional_embedding_type="rotary" if rotary else "standard",
+        attn_scale=(1.0 / scaling) if scaling else float(d_head) ** 0.5,
     )

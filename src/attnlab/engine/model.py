@@ -87,6 +87,8 @@ class HookedModel(nn.Module):
             n_layers=len(attention_modules),
             is_causal=is_causal_model(hf_model, attention_modules),
             has_lm_head=has_lm_head,
+            rotary=any("rotary" in type(m).__name__.lower() for m in hf_model.modules()),
+            scaling=getattr(attention_modules[0], "scaling", None),
         )
         self.tree = tree_of(hf_model, lambda: HookTree(model_layout(hf_model, attention_modules), attention_modules, self.cfg.n_heads))
         self.blocks = self.tree.blocks
