@@ -26,8 +26,9 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask,
 from attnlab.engine.hooks import Hook, HookPoint
 from attnlab.engine.locations import SITES
 from attnlab.engine.state import current_state
+from attnlab.errors import InvalidSpec
 
-__all__ = ["AttentionHooks", "IMPLEMENTATIONS", "register_attention", "attach", "detach", "hooks_of", "MASKED"]
+__all__ = ["AttentionHooks", "IMPLEMENTATIONS", "register_attention", "attach", "detach", "hooks_of", "masked"]
 
 #: Our implementation name for each original one (flash/flex kernels fall back to sdpa).
 IMPLEMENTATIONS = {"sdpa": "attnlab_sdpa", "eager": "attnlab_eager"}
@@ -35,13 +36,13 @@ IMPLEMENTATIONS = {"sdpa": "attnlab_sdpa", "eager": "attnlab_eager"}
 _ATTR = "_attnlab_hooks"
 
 
-#: Scores at or below this are masked (causal, padding, sliding window): the mask writes the
-#: dtype's minimum, and an edit cannot bring a masked score back into play.
 def masked(scores: torch.Tensor) -> torch.Tensor:
+    """True where a score is masked (causal, padding, sliding window).
+
+    The mask writes the dtype's minimum; anything at or below half of it counts as masked,
+    so an edit that adds to the scores cannot bring a masked key back into play.
+    """
     return scores <= torch.finfo(scores.dtype).min / 2
-
-
-MASKED = masked
 
 
 class AttentionHooks(nn.Module):
@@ -183,6 +184,11 @@ def explicit_attention(
     z = torch.matmul(pattern, value).transpose(1, 2)  # [batch, q_pos, head, d_head]
     if hooks is not None:
         z = _run(hooks.hook_z, z, infos["z"])
+        if not bool(torch.isfinite(z).all()):  # an edit of q, k, v, scores, pattern or z overflowed
+            raise InvalidSpec(
+                f"the edits at layer {hooks.layer_index} gave non-finite attention output (inf or NaN) in "
+                f"{z.dtype}: an edit's values are too large for this model's precision"
+            )
     return z.contiguous(), pattern
 
 

@@ -302,10 +302,8 @@ class Intervention:
                 return f"tensor{tuple(v.shape)}"
             if callable(v):
                 return getattr(v, "__name__", "fn")
-            if isinstance(v, list) and len(v) > 4 and all(isinstance(i, str) for i in v):
-                return f"[{len(v)} prompts]"
-            if isinstance(v, list) and len(repr(v)) > 60:
-                return f"[{len(v)} items]"
+            if isinstance(v, list) and len(repr(v)) > 60:  # one readable line: long lists are counted, not shown
+                return f"[{len(v)} {'prompts' if all(isinstance(i, str) for i in v) else 'items'}]"
             return repr(v)
 
         body = ", ".join(f"{k}={show(v)}" for k, v in self._location_items() + self._field_items())

@@ -1,0 +1,75 @@
+"""No silent traps at the model's door: ids and text checked, unknown options refused, hooks that misfit named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput, InvalidLocation, ShapeMismatch
+from attnlab.testing import tiny_model
+
+TEXT = "the nurse said that she was happy"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama", "gemma3"])
+def test_token_ids_are_checked_like_text(arch):
+    model = tiny_model(arch)  # every tiny model has a 128-token context
+    with pytest.raises(InvalidInput, match=r"input has 129 tokens but tiny-\w+ handles at most 128"):
+        model(torch.full((1, 129), 9))
+    with pytest.raises(InvalidInput, match=r"token ids of shape \(1, 0\) hold no tokens"):
+        model(torch.zeros((1, 0), dtype=torch.long))
+    with pytest.raises(InvalidInput, match=r"token ids must be \[pos\] or \[batch, pos\], got shape \(1, 1, 3\)"):
+        model(torch.ones((1, 1, 3), dtype=torch.long))
+    with pytest.raises(InvalidInput, match="attention_mask has a row with no tokens"):
+        model(torch.ones((2, 3), dtype=torch.long), attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]]))
+    assert model.count_hooks() == 0
+
+
+def test_generation_past_the_context_is_refused(tiny_gpt2):
+    long_prompt = " ".join(["the"] * 120)
+    with pytest.raises(InvalidInput, match=r"with max_new_tokens=20 it would reach 14\d, but tiny-gpt2 handles at most 128"):
+        tiny_gpt2.generate(long_prompt, max_new_tokens=20)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_empty_text_is_refused_everywhere(arch):
+    model = tiny_model(arch)
+    for call in (lambda: model(""), lambda: model.run_with_cache("   "), lambda: model.generate(""),
+                 lambda: model(["the nurse", ""]), lambda: model.to_tokens("")):
+        with pytest.raises(InvalidInput, match="is empty; every text needs at least one word"):
+            call()
+    assert model.count_hooks() == 0
+
+
+def test_unknown_keyword_arguments_are_refused(tiny_llama):
+    with pytest.raises(InvalidInput, match=r"unknown keyword argument\(s\) \['logits_to_keep'\] .*valid: return_type"):
+        tiny_llama(TEXT, logits_to_keep=1)
+    with pytest.raises(InvalidInput, match=r"unknown keyword argument\(s\) \['temprature'\] for generate"):
+        tiny_llama.generate(TEXT, max_new_tokens=2, temprature=0.5)
+    with pytest.raises(InvalidInput, match="padding_side must be 'right' or 'left', got 'middle'"):
+        tiny_llama([TEXT, "a dog"], padding_side="middle")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_a_hook_returning_the_wrong_shape_is_named(arch):
+    model = tiny_model(arch)
+    clean = model(TEXT)
+    n = model.to_tokens(TEXT).shape[1]
+    one_head = lambda p, hook: p[:, :1]  # noqa: E731 - one head instead of four: used to broadcast silently
+    with pytest.raises(ShapeMismatch, match=rf"on blocks\.1\.attn\.hook_pattern returned shape \(1, 1, {n}, {n}\), "
+                                            rf"but the activation there has shape \(1, 4, {n}, {n}\)"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.attn.hook_pattern", one_head)])
+    with pytest.raises(ShapeMismatch, match=r"hook_resid_pre returned shape"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x[:, :-1])])
+    with pytest.raises(ShapeMismatch, match="returned str"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: "oops")])
+    assert model.count_hooks() == 0
+    assert torch.equal(model(TEXT), clean)
+
+
+def test_unknown_hook_names_list_the_kinds_that_exist(tiny_gemma):
+    with pytest.raises(InvalidLocation, match=r"did you mean 'blocks.2.hook_resid_post'\?.*kinds of hook point .*resid_pre.*mlp_out"):
+        tiny_gemma.run_with_cache(TEXT, names_filter=["blocks.2.hook_resid_postt"])
+    with pytest.raises(InvalidLocation, match=r"no hook point 'blocks.1.hook_normalized_resid_post' in tiny-gemma3;.*kinds"):
+        tiny_gemma.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.hook_normalized_resid_post", lambda x, hook: x)])
+    assert tiny_gemma.count_hooks() == 0
