@@ -16,7 +16,7 @@ from pathlib import Path
 
 from attnlab.errors import DataFormatError, InvalidInput
 
-__all__ = ["open_error", "iter_lines", "read_lines", "read_text"]
+__all__ = ["open_error", "iter_lines", "read_lines", "read_text", "decode_lines"]
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _SAVE_AS_UTF8 = "save it as UTF-8 text"
@@ -35,7 +35,7 @@ def open_error(path: Path, err: OSError, what: str) -> InvalidInput:
     return InvalidInput(f"{what} {path}: {reason}")
 
 
-def _decode(raw: bytes, path: Path, lineno: int) -> str:
+def _decode(raw: bytes, path: Path | str, lineno: int) -> str:
     if lineno == 1 and raw.startswith(_UTF16_BOMS):
         raise DataFormatError(f"{path}:1: this is UTF-16 text; {_SAVE_AS_UTF8}")
     if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -79,3 +79,8 @@ def read_lines(path: str | Path, *, what: str = "file") -> list[str]:
 def read_text(path: str | Path, *, what: str = "file") -> str:
     """The whole UTF-8 text of a file, lines joined with ``\\n`` (see :func:`iter_lines`)."""
     return "\n".join(read_lines(path, what=what))
+
+
+def decode_lines(data: bytes, *, source: str) -> list[str]:
+    """The lines of UTF-8 ``data`` read from elsewhere (standard input), checked like a file's."""
+    return [_decode(raw, source, lineno).rstrip("\n").rstrip("\r") for lineno, raw in enumerate(data.splitlines(keepends=True), start=1)]
