@@ -46,8 +46,9 @@ def _decode(raw: bytes, path: Path | str, lineno: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         bad = raw[err.start : err.start + 4].hex(" ")
+        column = len(raw[: err.start].decode("utf-8")) + 1  # everything before the first bad byte decodes
         raise DataFormatError(
-            f"{path}:{lineno}: not UTF-8 text (bytes {bad} at column {err.start + 1}; latin-1 or another "
+            f"{path}:{lineno}: not UTF-8 text (bytes {bad} at column {column}; latin-1 or another "
             f"encoding?); {_SAVE_AS_UTF8}"
         ) from None
 
