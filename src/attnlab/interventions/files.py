@@ -219,7 +219,7 @@ def from_dict(data: dict[str, Any]) -> Intervention:
         form = FIELD_FORMS.get(name)
         problem = form(value) if form is not None else None
         if problem:
-            raise InvalidSpec(f"{kind}: field {name!r} must be {problem}, got {_short(value)}")
+            raise InvalidSpec(f"{kind}: {name} must be {problem}, got {_short(value)}")
     try:
         return cls.from_dict(data)
     except AttnlabError:
