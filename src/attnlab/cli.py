@@ -1,39 +1,70 @@
 """The ``attnlab`` command line: the everyday jobs from a shell.
 
-Each command parses its arguments, calls one library function and writes what it returns.
-Errors print one line (``attnlab: error: ...``) and exit with status 2; ``--debug`` shows
-the traceback instead.
+Each command checks its options and input files, loads the model, calls one library
+function and writes what it returns. Every user error (a bad option, a missing or
+malformed file, a model that cannot be loaded, an out-of-range spec) prints one line,
+``attnlab: error: ...``, and exits with status 2; ``--debug`` shows the traceback instead.
+Options and files are checked before the model is loaded, so mistakes fail in a second.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "DEFAULT_MODEL"]
 
 EXIT_BAD_INPUT = 2
+#: the model every command uses unless --model says otherwise
+DEFAULT_MODEL = "gemma-3-270m"
 
 
-# -- shared helpers ---------------------------------------------------------------------------
+# -- option types: refuse bad values while parsing ------------------------------------------
+
+
+def _count(minimum: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse type for an integer >= ``minimum`` (``meaning`` explains the smallest value)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{meaning}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}{meaning}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same single line as every other error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"attnlab: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- inputs ---------------------------------------------------------------------------------
 
 
 def _read_lines(args, *, what: str = "texts") -> list[str]:
     """Texts from positional arguments, ``--file`` (one per line) or standard input."""
+    from attnlab._textfile import decode_lines, read_lines
     from attnlab.errors import InvalidInput
 
-    if getattr(args, "text", None):
-        items = list(args.text)
-    elif getattr(args, "file", None):
-        path = Path(args.file)
-        if not path.is_file():
-            raise InvalidInput(f"--file {path}: no such file")
-        items = path.read_text(encoding="utf-8").splitlines()
+    given, file = list(getattr(args, "text", None) or []), getattr(args, "file", None)
+    if given and file:
+        raise InvalidInput(f"give the {what} as arguments or with --file, not both")
+    if given:
+        items = given
+    elif file:
+        items = read_lines(file, what="--file")
     elif not sys.stdin.isatty():
-        items = sys.stdin.read().splitlines()
+        stream = getattr(sys.stdin, "buffer", None)
+        items = decode_lines(stream.read(), source="<stdin>") if stream is not None else sys.stdin.read().splitlines()
     else:
         items = []
     items = [line.strip() for line in items if line.strip()]
@@ -42,14 +73,24 @@ def _read_lines(args, *, what: str = "texts") -> list[str]:
     return items
 
 
+def _file_lines(path: str | None, option: str) -> list[str] | None:
+    """The non-empty lines of the file given to ``option`` (None when the option is absent)."""
+    if path is None:
+        return None
+    from attnlab._textfile import read_lines
+    from attnlab.errors import InvalidInput
+
+    lines = [line.strip() for line in read_lines(path, what=option) if line.strip()]
+    if not lines:
+        raise InvalidInput(f"{option} {path}: the file has no non-empty lines")
+    return lines
+
+
 def _specs(path: str | None) -> list:
     if not path:
         return []
-    from attnlab.errors import InvalidInput
     from attnlab.interventions import load_specs
 
-    if not Path(path).is_file():
-        raise InvalidInput(f"--interventions {path}: no such file")
     return load_specs(path)
 
 
@@ -64,14 +105,78 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise InvalidInput(f"{what} must be comma-separated integers like 0,3,5; got {text!r}") from None
 
 
+def _occupations(value: str | None) -> list[str] | None:
+    """``--occupations``: comma-separated names from the shipped list (which knows their share of women)."""
+    if value is None:
+        return None
+    from attnlab.bias.templates import occupation_table
+    from attnlab.errors import InvalidInput, did_you_mean
+
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    known = list(occupation_table().occupation)
+    if not names:
+        raise InvalidInput(f"--occupations {value!r}: no names given (e.g. --occupations nurse,mechanic)")
+    for name in names:
+        if name not in known:
+            raise InvalidInput(
+                f"--occupations: unknown occupation {name!r}{did_you_mean(name, known)} "
+                f"(the shipped list: {', '.join(known[:8])}, ... {len(known)} in all)"
+            )
+    return names
+
+
+def _templates(value: str | None) -> list[str] | None:
+    """``--templates``: one template with an ``{occupation}`` slot, or a file of them (one per line)."""
+    if value is None:
+        return None
+    from attnlab.bias.templates import Template
+    from attnlab.errors import InvalidInput
+
+    if "{occupation}" in value:
+        items = [value]
+    elif Path(value).is_file():
+        items = _file_lines(value, "--templates")
+    else:
+        raise InvalidInput(
+            f"--templates {value!r}: not a file and not a template with an {{occupation}} slot "
+            "(e.g. --templates 'The {occupation} said that')"
+        )
+    for item in items:
+        Template(item)  # refuses a line without the {occupation} slot, naming it
+    return items
+
+
+def _check_model(name: str) -> None:
+    """A local --model path must be a folder with config.json; say so before transformers does."""
+    from attnlab.errors import InvalidInput
+
+    path = Path(name)
+    if not path.exists():
+        return
+    hint = f"pass a folder written by save_pretrained, an embedded model ({DEFAULT_MODEL}, minilm) or an HF id"
+    if not path.is_dir():
+        raise InvalidInput(f"--model {name}: a file, not a model folder; {hint}")
+    if not (path / "config.json").is_file():
+        raise InvalidInput(f"--model {name}: the folder has no config.json; {hint}")
+
+
 def _load(args):
     import attnlab
+    from attnlab.errors import AttnlabError, InvalidInput
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep stderr to our own progress bars and one-line errors
     hf_logging.set_verbosity_error()
+    try:
+        return attnlab.load(args.model)
+    except AttnlabError:
+        raise
+    except (OSError, ValueError) as err:  # transformers' errors for a folder or id it cannot read
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidInput(f"--model {args.model}: cannot load it ({first})") from err
 
-    return attnlab.load(args.model)
+
+# -- outputs --------------------------------------------------------------------------------
 
 
 def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
@@ -92,22 +197,21 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
     return path
 
 
-def _save_figure(fig, path: str | None) -> None:
+def _save_figure(fig, path: str | Path | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         print(f"wrote {path}")
 
 
-# -- commands ---------------------------------------------------------------------------------
+# -- commands -------------------------------------------------------------------------------
 
 
 def cmd_demo(args) -> None:
-    """Bias-intervention demo on the embedded Gemma model, written as an HTML report."""
+    """Bias-intervention demo (bias, mediating heads, ablation, cost), written as an HTML report."""
     from attnlab.demo import run_demo
 
-    model = _load(args)
-    demo, path = run_demo(model, args.out, k=args.k, method=args.method, n_boot=args.n_boot, progress=not args.quiet)
+    demo, path = run_demo(_load(args), args.out, k=args.k, method=args.method, n_boot=args.n_boot, progress=not args.quiet)
     print(demo.report())
     print(f"report: {path.resolve()}")
 
@@ -117,43 +221,47 @@ def cmd_view(args) -> None:
     from attnlab.errors import InvalidInput
     from attnlab.viz import VIEWS
 
-    text = " ".join(_read_lines(args, what="text"))
-    specs = _specs(args.interventions)
     options = dict(layers=_ints(args.layers, "--layers"), heads=_ints(args.heads, "--heads"))
     if args.max_tokens is not None:
         options["max_tokens"] = args.max_tokens
+    specs = _specs(args.interventions)
+    if args.kind == "diff" and not specs:
+        raise InvalidInput("the diff view needs --interventions SPEC.json (what to compare against)")
+    if args.query is not None:
+        if args.kind != "neuron":
+            raise InvalidInput("--query is only used by the neuron view")
+        options["query"] = args.query
+    text = " ".join(_read_lines(args, what="text"))
+    model = _load(args)
     if args.kind == "diff":
-        if not specs:
-            raise InvalidInput("the diff view needs --interventions SPEC.json (what to compare against)")
-        view = VIEWS["diff"](_load(args), text, specs, **options)
+        view = VIEWS["diff"](model, text, specs, **options)
     else:
-        if args.kind == "neuron" and args.query is not None:
-            options["query"] = args.query
-        view = VIEWS[args.kind](_load(args), text, interventions=specs, **options)
-    path = view.save(args.out)
-    print(f"wrote {path}")
+        view = VIEWS[args.kind](model, text, interventions=specs, **options)
+    print(f"wrote {view.save(args.out)}")
 
 
 def cmd_sweep(args) -> None:
     """Effect of intervening on every head (or chosen heads) on a metric, as a table and heatmap."""
+    from attnlab.errors import InvalidInput
     from attnlab.measure import metric_from_name, sweep_heads
 
     layers, heads = _ints(args.layers, "--layers"), _ints(args.heads, "--heads")
-    prompts = _read_lines(args, what="prompts")
-    model = _load(args)
+    if args.reference and args.method not in ("mean", "resample"):
+        raise InvalidInput(f"--reference is used by --method mean or resample, not {args.method}")
+    if args.counterfactuals and args.method != "patch":
+        raise InvalidInput(f"--counterfactuals is used by --method patch, not {args.method}")
     options = {}
     if args.metric == "logit_diff":
         options = {"target": args.target, "foil": args.foil}
     elif args.metric == "prob":
         options = {"tokens": [args.target]}
     metric = metric_from_name(args.metric, **options)
-    counterfactuals = None
-    if args.counterfactuals:
-        counterfactuals = [line.strip() for line in Path(args.counterfactuals).read_text().splitlines() if line.strip()]
+    reference = _file_lines(args.reference, "--reference")
+    counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
+    prompts = _read_lines(args, what="prompts")
     result = sweep_heads(
-        model, prompts, method=args.method, metric=metric, counterfactuals=counterfactuals,
-        reference=prompts if args.method in ("mean", "resample") else None,
-        layers=layers, heads=heads,
+        _load(args), prompts, method=args.method, metric=metric, counterfactuals=counterfactuals,
+        reference=reference, layers=layers, heads=heads,
         batch_size=args.batch_size, n_boot=args.n_boot, progress=not args.quiet,
     )
     _write_table(result.table, args.out, default_name="sweep.csv")
@@ -161,176 +269,199 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_bias(args) -> None:
-    """Profession pronoun bias (and WinoBias/Winogender gaps), optionally under interventions."""
-    import pandas as pd
-
+    """Occupation pronoun bias (and the WinoBias pro/anti gap), optionally before/after interventions."""
     from attnlab.bias import bias_experiment, coref_bias, load_winobias_dir, pronoun_bias, winobias_pairs
 
-    model = _load(args)
+    occupations = _occupations(args.occupations)
+    templates = _templates(args.templates)
     specs = _specs(args.interventions)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if specs:
-        exp = bias_experiment(model, specs, n_boot=args.n_boot, progress=not args.quiet)
-        _write_table(exp.table, str(out / "bias_experiment.csv"), default_name="bias_experiment.csv")
-        _save_figure(exp.figure(), str(out / "bias_experiment.png"))
-        print(exp.table.to_string(index=False))
-    else:
-        bias = pronoun_bias(model, n_boot=args.n_boot, progress=not args.quiet)
-        _write_table(bias.per_occupation, str(out / "bias_per_occupation.csv"), default_name="x.csv")
-        _write_table(bias.summary, str(out / "bias_summary.csv"), default_name="x.csv")
-        _save_figure(bias.figure(), str(out / "bias_per_occupation.png"))
-        print(bias.summary.to_string(index=False))
+    pairs = None
     if args.winobias:
         pairs = winobias_pairs(load_winobias_dir(args.winobias, split=args.split))
         if args.limit:
             pairs = pairs.head(args.limit)
+    model = _load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = dict(occupations=occupations, templates=templates, n_boot=args.n_boot, progress=not args.quiet)
+    if specs:
+        exp = bias_experiment(model, specs, **options)
+        _write_table(exp.table, out / "bias_experiment.csv", default_name="bias_experiment.csv")
+        _save_figure(exp.figure(), out / "bias_experiment.png")
+        print(exp.table.to_string(index=False))
+    else:
+        bias = pronoun_bias(model, **options)
+        _write_table(bias.per_occupation, out / "bias_per_occupation.csv", default_name="x.csv")
+        _write_table(bias.summary, out / "bias_summary.csv", default_name="x.csv")
+        _save_figure(bias.figure(), out / "bias_per_occupation.png")
+        print(bias.summary.to_string(index=False))
+    if pairs is not None:
         result = coref_bias(model, pairs, n_boot=args.n_boot, progress=not args.quiet)
-        table = result.summary if isinstance(getattr(result, "summary", None), pd.DataFrame) else result.table
-        _write_table(table, str(out / "winobias.csv"), default_name="winobias.csv")
-        print(table.to_string(index=False))
+        _write_table(result.summary, out / "winobias.csv", default_name="winobias.csv")
+        print(result.summary.to_string(index=False))
 
 
 def cmd_analyze(args) -> None:
     """Clark et al. head statistics and clustering over a corpus (plus dependency tables from CoNLL-U)."""
     from attnlab.analysis import head_distances, head_stats
 
-    model = _load(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    sentences = None
     if args.conllu:
         from attnlab.analysis.conllu import read_conllu
-        from attnlab.analysis.syntax import relation_accuracy
 
         sentences = read_conllu(args.conllu, limit=args.limit)
         corpus = sentences
-        acc = relation_accuracy(model, sentences, progress=not args.quiet)
-        _write_table(acc.table(), str(out / "relations.csv"), default_name="relations.csv")
     else:
-        corpus = _read_lines(args, what="corpus sentences")
-        if args.limit:
-            corpus = corpus[: args.limit]
+        corpus = _read_lines(args, what="corpus sentences")[: args.limit]
+    model = _load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if sentences is not None:
+        from attnlab.analysis.syntax import relation_accuracy
+
+        acc = relation_accuracy(model, sentences, progress=not args.quiet)
+        _write_table(acc.table(), out / "relations.csv", default_name="relations.csv")
     stats = head_stats(model, corpus, progress=not args.quiet)
-    _write_table(stats.df, str(out / "head_stats.csv"), default_name="head_stats.csv")
-    _save_figure(stats.plot_targets(), str(out / "head_stats.png"))
-    _save_figure(stats.plot_entropy(), str(out / "head_entropy.png"))
+    _write_table(stats.df, out / "head_stats.csv", default_name="head_stats.csv")
+    _save_figure(stats.plot_targets(), out / "head_stats.png")
+    _save_figure(stats.plot_entropy(), out / "head_entropy.png")
     head_map = head_distances(model, corpus, stats=stats, progress=not args.quiet)
-    _write_table(head_map.df, str(out / "head_clusters.csv"), default_name="head_clusters.csv")
-    _save_figure(head_map.plot(), str(out / "head_clusters.png"))
+    _write_table(head_map.df, out / "head_clusters.csv", default_name="head_clusters.csv")
+    _save_figure(head_map.plot(), out / "head_clusters.png")
 
 
 def cmd_neurons(args) -> None:
     """Rank q/k dimensions (rotary pairs on rotary models) by how strongly they make attention decay with distance."""
     from attnlab.analysis.neurons import decay_neurons
 
-    model = _load(args)
-    corpus = _read_lines(args, what="corpus texts")
     layers = _ints(args.layers, "--layers")
-    result = decay_neurons(model, corpus, layers=layers, progress=not args.quiet)
+    corpus = _read_lines(args, what="corpus texts")
+    result = decay_neurons(_load(args), corpus, layers=layers, progress=not args.quiet)
     table = result.ranking()
     _write_table(table.head(args.top) if args.top else table, args.out, default_name="decay_neurons.csv")
 
 
-# -- parser -----------------------------------------------------------------------------------
+# -- parser ---------------------------------------------------------------------------------
+
+EXAMPLES = {
+    "demo": "attnlab demo -o attnlab-out --k 2",
+    "view": 'attnlab view head "The nurse said that she was late." --layers 0,1 -o nurse.html',
+    "sweep": "attnlab sweep --file prompts.txt --method mean --reference neutral.txt -o sweep.csv --figure sweep.png",
+    "bias": "attnlab bias --occupations nurse,mechanic,secretary --templates 'The {occupation} said that' -o bias/",
+    "analyze": "attnlab analyze --model minilm --conllu en_ewt-ud-dev.conllu --limit 200 -o analysis/",
+    "neurons": "attnlab neurons --file long_text.txt --top 20 -o decay.csv",
+}
 
 
-def _common(p: argparse.ArgumentParser, *, model_default: str, text: bool = True) -> None:
-    p.add_argument("--model", default=model_default,
-                   help=f"embedded name (minilm, gemma-3-270m), HF id or local path (default: {model_default})")
+def _command(
+    sub, name: str, func, *, text: bool = True, out_default: str | None, out_help: str, first: Callable | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand with the options every command shares: --model, -o/--out, --quiet, --debug.
+
+    ``first`` adds positionals that come before the input texts (``view``'s kind).
+    """
+    p = sub.add_parser(
+        name, help=func.__doc__, description=func.__doc__, epilog=f"example:\n  {EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if first is not None:
+        first(p)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"embedded name ({DEFAULT_MODEL}, minilm), HF id or local folder (default: {DEFAULT_MODEL})")
     if text:
         p.add_argument("text", nargs="*", help="input text(s); or use --file, or pipe them on standard input")
-        p.add_argument("--file", help="read inputs from this file, one per line")
+        p.add_argument("--file", help="read inputs from this UTF-8 file, one per line")
+    p.add_argument("-o", "--out", default=out_default, help=out_help)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="attnlab",
         description="Read, overwrite, measure and view attention inside transformer models.",
-        epilog="Run 'attnlab COMMAND --help' for the options of each command.",
+        epilog=f"Every command uses --model {DEFAULT_MODEL} unless told otherwise. "
+        "Run 'attnlab COMMAND --help' for the options and an example of each command. "
+        "Errors print one line and exit with status 2.",
     )
     parser.add_argument("--version", action="version", version="attnlab 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    n_boot = dict(type=_count(0, " (0: no intervals)"), default=1000, help="bootstrap resamples for intervals (default: 1000)")
 
-    p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    _common(p, model_default="gemma-3-270m", text=False)
-    p.add_argument("--out", default="attnlab-out", help="output folder (default: attnlab-out)")
-    p.add_argument("--k", type=int, default=2, help="how many top mediating heads to ablate (default: 2)")
+    p = _command(sub, "demo", cmd_demo, text=False, out_default="attnlab-out", out_help="output folder (default: attnlab-out)")
+    p.add_argument("--k", type=_count(1), default=2, help="how many top mediating heads to ablate (default: 2)")
     p.add_argument("--method", default="mean", choices=["mean", "zero"], help="ablation method (default: mean)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for intervals")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--n-boot", **n_boot)
 
-    p = sub.add_parser("view", help=cmd_view.__doc__, description=cmd_view.__doc__)
-    p.add_argument("kind", choices=["head", "model", "neuron", "diff"], help="which view")
-    _common(p, model_default="minilm")
+    p = _command(
+        sub, "view", cmd_view, out_default="view.html", out_help="HTML file to write (default: view.html)",
+        first=lambda p: p.add_argument("kind", choices=["head", "model", "neuron", "diff"], help="which view"),
+    )
     p.add_argument("--layers", help="comma-separated layers to include (default: all)")
     p.add_argument("--heads", help="comma-separated heads to include (default: all)")
-    p.add_argument("--query", type=int, help="neuron view: the query token position")
-    p.add_argument("--max-tokens", type=int, help="refuse inputs longer than this many tokens")
+    p.add_argument("--query", type=_count(0), help="neuron view: the query token position")
+    p.add_argument("--max-tokens", type=_count(1), help="refuse inputs longer than this many tokens")
     p.add_argument("--interventions", help="JSON file of intervention specs (required for diff)")
-    p.add_argument("--out", default="view.html", help="HTML file to write (default: view.html)")
-    p.set_defaults(func=cmd_view)
 
-    p = sub.add_parser("sweep", help=cmd_sweep.__doc__, description=cmd_sweep.__doc__)
-    _common(p, model_default="gemma-3-270m")
-    p.add_argument("--method", default="zero", choices=["zero", "mean", "resample", "patch"])
+    p = _command(sub, "sweep", cmd_sweep, out_default=None, out_help="CSV or JSON file for the table (default: print it)")
+    p.add_argument("--method", default="zero", choices=["zero", "mean", "resample", "patch"], help="(default: zero)")
     p.add_argument("--metric", default="logit_diff", help="logit_diff, prob, kl, loss, topk (default: logit_diff)")
     p.add_argument("--target", default=" she", help="target continuation for logit_diff/prob (default: ' she')")
     p.add_argument("--foil", default=" he", help="foil continuation for logit_diff (default: ' he')")
+    p.add_argument("--reference", help="file of reference texts (one per line) for --method mean/resample "
+                   "(default: the prompts themselves)")
     p.add_argument("--counterfactuals", help="file of counterfactual prompts (one per prompt) for --method patch")
     p.add_argument("--layers", help="comma-separated layers (default: all)")
     p.add_argument("--heads", help="comma-separated heads (default: all)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--out", help="CSV or JSON file for the table (default: print it)")
+    p.add_argument("--batch-size", type=_count(1), default=64, help="rows per forward pass (default: 64)")
+    p.add_argument("--n-boot", **n_boot)
     p.add_argument("--figure", help="PNG file for the layer x head heatmap")
-    p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("bias", help=cmd_bias.__doc__, description=cmd_bias.__doc__)
-    _common(p, model_default="gemma-3-270m", text=False)
+    p = _command(sub, "bias", cmd_bias, text=False, out_default="attnlab-bias", out_help="output folder (default: attnlab-bias)")
+    p.add_argument("--occupations", help="comma-separated occupations from the shipped list (default: all of them)")
+    p.add_argument("--templates", help="a template with an {occupation} slot, or a file of them, one per line "
+                   "(default: the six shipped templates)")
     p.add_argument("--interventions", help="JSON file of specs: report the bias before/after them with the cost")
     p.add_argument("--winobias", help="folder with the WinoBias files (pro/anti_stereotyped_type{1,2}.txt.SPLIT)")
-    p.add_argument("--split", default="dev", help="WinoBias split suffix (default: dev)")
-    p.add_argument("--limit", type=int, help="use at most this many WinoBias pairs")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--out", default="attnlab-bias", help="output folder (default: attnlab-bias)")
-    p.set_defaults(func=cmd_bias)
+    p.add_argument("--split", default="dev", choices=["dev", "test"], help="WinoBias split (default: dev)")
+    p.add_argument("--limit", type=_count(1), help="use at most this many WinoBias pairs")
+    p.add_argument("--n-boot", **n_boot)
 
-    p = sub.add_parser("analyze", help=cmd_analyze.__doc__, description=cmd_analyze.__doc__)
-    _common(p, model_default="minilm")
+    p = _command(sub, "analyze", cmd_analyze, out_default="attnlab-analysis", out_help="output folder (default: attnlab-analysis)")
     p.add_argument("--conllu", help="CoNLL-U file: analyse its sentences and write per-relation head accuracy")
-    p.add_argument("--limit", type=int, help="use at most this many sentences")
-    p.add_argument("--out", default="attnlab-analysis", help="output folder (default: attnlab-analysis)")
-    p.set_defaults(func=cmd_analyze)
+    p.add_argument("--limit", type=_count(1), help="use at most this many sentences")
 
-    p = sub.add_parser("neurons", help=cmd_neurons.__doc__, description=cmd_neurons.__doc__)
-    _common(p, model_default="gemma-3-270m")
+    p = _command(sub, "neurons", cmd_neurons, out_default=None, out_help="CSV or JSON file (default: print the table)")
     p.add_argument("--layers", help="comma-separated layers (default: all)")
-    p.add_argument("--top", type=int, default=50, help="keep the strongest N (default: 50; 0 keeps all)")
-    p.add_argument("--out", help="CSV or JSON file (default: print the table)")
-    p.set_defaults(func=cmd_neurons)
+    p.add_argument("--top", type=_count(0, " (0 keeps all)"), default=50, help="keep the strongest N (default: 50; 0 keeps all)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, 2 for any user error, 130 on Ctrl-C)."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # texts given after options land here (argparse stops a nargs="*" at the first option)
-        if any(e.startswith("-") for e in extra) or not hasattr(args, "text"):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.text = [*args.text, *extra]
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_BAD_INPUT
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # texts given after options land here (argparse stops a nargs="*" at the first option)
+            if any(e.startswith("-") for e in extra) or not hasattr(args, "text"):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.text = [*args.text, *extra]
+        if not getattr(args, "command", None):
+            parser.error("choose a command: demo, view, sweep, bias, analyze or neurons")
+    except SystemExit as done:  # --help, --version and usage errors end here, already printed
+        return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     from attnlab.errors import AttnlabError
 
     try:
+        if getattr(args, "model", None):
+            _check_model(args.model)
         args.func(args)
-    except (AttnlabError, OSError, json.JSONDecodeError) as err:
+    except (AttnlabError, OSError) as err:
         if args.debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"attnlab: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -36,10 +36,10 @@ def test_limit_and_string_parser_agree():
     [
         ("cycle.conllu", r"cycle 2 -> 3 -> 2"),
         ("missing_head.conllu", r"word 2 \('b'\) has head 9, but the sentence has words 1\.\.2"),
-        ("bad_columns.conllu", r"line 3: expected 10 tab-separated columns, found 9"),
-        ("head_not_number.conllu", r"line 2: HEAD '_' of word 2 is not a number"),
+        ("bad_columns.conllu", r"bad_columns.conllu:3: expected 10 tab-separated columns, found 9"),
+        ("head_not_number.conllu", r"head_not_number.conllu:2: HEAD '_' of word 2 is not a number"),
         ("no_root.conllu", r"no root"),
-        ("out_of_order.conllu", r"line 2: word ID 3 out of order, expected 2"),
+        ("out_of_order.conllu", r"out_of_order.conllu:2: word ID 3 out of order, expected 2"),
     ],
 )
 def test_broken_files_name_the_problem(name, pattern):
@@ -50,3 +50,78 @@ def test_broken_files_name_the_problem(name, pattern):
 def test_missing_file():
     with pytest.raises(InvalidInput, match="no CoNLL-U file"):
         read_conllu(FIX / "nope.conllu")
+
+
+def test_tree_errors_name_the_line_of_the_word():
+    with pytest.raises(DataFormatError, match=r"cycle.conllu:3 \(sent_id c1\): heads form a cycle 2 -> 3 -> 2"):
+        read_conllu(FIX / "cycle.conllu")
+    with pytest.raises(DataFormatError, match=r"missing_head.conllu:3 \(sent_id m1\): word 2"):
+        read_conllu(FIX / "missing_head.conllu")
+
+
+def _word(i, form, head, rel="dep"):
+    return f"{i}\t{form}\t{form}\tX\t_\t_\t{head}\t{rel}\t_\t_"
+
+
+GOOD = "\n".join(["# sent_id = a", _word(1, "nurse", 2, "nsubj"), _word(2, "left", 0, "root"), ""]) + "\n"
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    f = tmp_path / "bom.conllu"
+    f.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    (sent,) = read_conllu(f)
+    assert sent.sent_id == "a" and sent.words == ["nurse", "left"] and sent.heads == [2, 0]
+    assert parse_conllu("\ufeff" + GOOD)[0].words == ["nurse", "left"]
+
+
+@pytest.mark.parametrize(
+    "data, pattern",
+    [
+        (GOOD.replace("nurse", "café").encode("latin-1"), r"latin.conllu:2: not UTF-8 text .*latin-1"),
+        (GOOD.encode("utf-16"), r"latin.conllu:1: this is UTF-16 text; save it as UTF-8"),
+        (GOOD.encode("utf-16-le"), r"latin.conllu:1: contains NUL bytes"),
+        (bytes(range(256)) * 4, r"latin.conllu:1: contains NUL bytes"),
+        (b"# ok\n" + b"\x89PNG\r\n\x1a\n", r"latin.conllu:2: not UTF-8 text"),
+    ],
+    ids=["latin-1", "utf-16 with BOM", "utf-16 without BOM", "binary", "png"],
+)
+def test_non_utf8_files_are_a_data_format_error_naming_the_line(tmp_path, data, pattern):
+    f = tmp_path / "latin.conllu"
+    f.write_bytes(data)
+    with pytest.raises(DataFormatError, match=pattern):
+        read_conllu(f)
+
+
+@pytest.mark.parametrize(
+    "line, pattern",
+    [
+        (_word("\u00b2", "x", 0), r"x.conllu:3: ID '\u00b2' is not a word index"),  # '²'.isdigit() is True
+        (_word(2, "x", "\u00b2"), r"x.conllu:3: HEAD '\u00b2' of word 2 is not a number"),
+        (_word(2, "x", "\u0663"), r"x.conllu:3: HEAD '\u0663' of word 2 is not a number"),  # Arabic-Indic 3
+        (_word(2, "x", "-1"), r"x.conllu:3: HEAD '-1' of word 2 is not a number"),
+    ],
+)
+def test_ids_and_heads_are_ascii_numbers(tmp_path, line, pattern):
+    f = tmp_path / "x.conllu"
+    f.write_text("# sent_id = a\n" + _word(1, "a", 0, "root") + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=pattern):
+        read_conllu(f)
+
+
+def test_a_folder_and_a_bad_limit_are_invalid_input(tmp_path):
+    with pytest.raises(InvalidInput, match="no CoNLL-U file at .* \\(it is a folder\\)"):
+        read_conllu(tmp_path)
+    with pytest.raises(InvalidInput, match="limit must be a positive number"):
+        read_conllu(FIX / "good.conllu", limit=0)
+
+
+def test_long_chain_sentence_is_checked_and_cycles_found_anywhere():
+    """A 3,000-word chain (each word headed by the next) is a valid tree; closing it is a cycle."""
+    n = 3000
+    lines = [_word(i, f"w{i}", i + 1 if i < n else 0) for i in range(1, n + 1)]
+    (sent,) = parse_conllu("\n".join(lines))
+    assert len(sent) == n and sent.heads[-1] == 0
+    lines[-1] = _word(n, f"w{n}", 1)  # now 1 -> 2 -> ... -> n -> 1 and no root
+    lines.append(_word(n + 1, "r", 0))
+    with pytest.raises(DataFormatError, match=r"<string>:1: heads form a cycle 1 -> 2 -> 3 .* -> 3000 -> 1$"):
+        parse_conllu("\n".join(lines))

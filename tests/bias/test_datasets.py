@@ -134,3 +134,72 @@ def test_winogender_malformed_stats(tmp_path):
     f.write_text("")
     with pytest.raises(DataFormatError, match="empty file"):
         load_winogender_stats(f)
+
+
+WINOBIAS_OK = "1 [The baker] smiled because [she] was happy.\n"
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ((WINOBIAS_OK + "2 [The café owner] waved because [he] was glad.\n").encode("latin-1"), r":2: not UTF-8 text .*latin-1"),
+        (WINOBIAS_OK.encode("utf-16"), r":1: this is UTF-16 text; save it as UTF-8"),
+        (bytes(range(256)), r":1: contains NUL bytes"),
+    ],
+    ids=["latin-1", "utf-16", "binary"],
+)
+def test_undecodable_files_name_file_and_line_not_a_byte_offset(tmp_path, data, expected):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_bytes(data)
+    with pytest.raises(DataFormatError, match=rf"pro_stereotyped_type1.txt.dev{expected}") as err:
+        load_winobias(f)
+    assert "byte " not in str(err.value).split("(")[0]  # the place is a line, not a byte offset
+    t = tmp_path / "templates.tsv"
+    t.write_bytes(("occupation\tparticipant\tanswer\tsentence\n" + "nurse\tpatient\t0\tThe $OCCUPATION saw $NOM_PRONOUN.\n").encode("utf-16"))
+    with pytest.raises(DataFormatError, match=r"templates.tsv:1: this is UTF-16 text"):
+        load_winogender_templates(t)
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_bytes(b"\xef\xbb\xbf" + WINOBIAS_OK.encode())
+    assert load_winobias(f).sentence.tolist() == ["The baker smiled because she was happy."]
+    t = tmp_path / "stats.tsv"
+    t.write_bytes(b"\xef\xbb\xbfoccupation\tbergsma_pct_female\tbls_pct_female\tbls_year\nnurse\t80\t90\t2015\n")
+    assert load_winogender_stats(t).bls_pct_female.tolist() == [90.0]
+
+
+def test_a_folder_is_not_a_file(tmp_path):
+    with pytest.raises(InvalidInput, match=r"no such file: .* \(it is a folder\)"):
+        load_winobias(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("\u00b2 [The baker] smiled because [she] was happy.", "expected '<number> <sentence"),  # '²' is no number
+        ("\u0663 [The baker] smiled because [she] was happy.", "expected '<number> <sentence"),
+    ],
+)
+def test_winobias_ids_are_ascii_numbers(tmp_path, line, expected):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_text(WINOBIAS_OK + line + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=rf"pro_stereotyped_type1.txt.dev:2: {expected}"):
+        load_winobias(f)
+
+
+def test_winogender_header_and_messages_say_what_was_expected(tmp_path):
+    f = tmp_path / "stats.tsv"
+    f.write_text("occupation bergsma bls year\nnurse\t80\t90\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:1: expected a header of 4 tab-separated columns .*got 1"):
+        load_winogender_stats(f)
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\nnurse\t80\t\u00b2\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:2: expected numbers in columns 2-4"):
+        load_winogender_stats(f)
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\nnurse\t80\tnan\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:2: percentages must lie in 0..100, got '80' and 'nan'"):
+        load_winogender_stats(f)
+    t = tmp_path / "templates.tsv"
+    t.write_text("occupation\tparticipant\tanswer\tsentence\nnurse\tpatient\t0\tThe $OCCUPATION saw $NOM_PRONOUN and $HIM.\n")
+    with pytest.raises(DataFormatError, match=r"templates.tsv:2: unknown placeholder \$HIM \(expected \$OCCUPATION"):
+        load_winogender_templates(t)

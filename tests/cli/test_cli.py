@@ -1,10 +1,17 @@
-"""Drive the ``attnlab`` command as a user would: subprocesses, files, stdin, exit codes."""
+"""Drive the ``attnlab`` command as a user would: files, stdin, options, exit codes.
+
+Most cases call ``attnlab.cli.main([...])`` in this process (an error path exits before any
+model is loaded, so a fresh interpreter per case would only measure import time); a few
+run the real console entry point in a subprocess to check what a shell sees.
+"""
 
 from __future__ import annotations
 
+import io
 import json
-import re
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from attnlab import cli
 from attnlab.testing import tiny_hf_model, tiny_tokenizer
+
+CONLLU = Path(__file__).parents[1] / "analysis" / "fixtures"
+COMMANDS = ("demo", "view", "sweep", "bias", "analyze", "neurons")
 
 
 def run(*args, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -21,6 +32,20 @@ def run(*args, stdin: str | None = None, cwd=None) -> subprocess.CompletedProces
         [sys.executable, "-m", "attnlab.cli", *map(str, args)],
         input=stdin, capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
     )
+
+
+def main(capsys, *args) -> tuple[int, str, str]:
+    """``attnlab ARGS`` in this process: (exit status, stdout, stderr)."""
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("attnlab: error: ") and "Traceback" not in err
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +61,184 @@ def tiny_dirs(tmp_path_factory):
     return dirs
 
 
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if a command loads a model: options and files must be checked first."""
+
+    def refuse(args):
+        raise AssertionError(f"loaded --model {args.model} before finding the error")
+
+    monkeypatch.setattr(cli, "_load", refuse)
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Hostile and ordinary input files."""
+    f = {
+        "latin": tmp_path / "latin.txt",
+        "utf16": tmp_path / "utf16.txt",
+        "good": tmp_path / "good.txt",
+        "spec_seed": tmp_path / "seed.json",
+        "spec_nan": tmp_path / "nan.json",
+        "spec_deep": tmp_path / "deep.json",
+        "spec_digits": tmp_path / "digits.json",
+        "no_config": tmp_path / "model_without_config",
+        "empty": tmp_path / "empty.txt",
+    }
+    f["latin"].write_bytes("the café said that\n".encode("latin-1"))
+    f["utf16"].write_bytes("the nurse said that\n".encode("utf-16"))
+    f["good"].write_text("the nurse said that\nthe doctor said that\n")
+    f["spec_seed"].write_text(json.dumps([{"kind": "ablate_head", "layer": 0, "seed": "x"}]))
+    f["spec_nan"].write_text('[{"kind": "edit_scores", "layer": 0, "distance_penalty": NaN}]')
+    f["spec_deep"].write_text("[" * 50_000 + "]" * 50_000)
+    f["spec_digits"].write_text('[{"kind": "ablate_head", "layer": ' + "9" * 5000 + "}]")
+    f["no_config"].mkdir()
+    (f["no_config"] / "model.safetensors").write_bytes(b"")
+    f["empty"].write_text("\n\n")
+    f["missing"] = tmp_path / "missing.txt"
+    f["folder"] = tmp_path
+    return f
+
+
+# -- errors: one line on stderr, exit 2, before any model is loaded -------------------------------
+
+ERROR_CASES = [
+    # unreadable or malformed input files
+    (["sweep", "--file", "{latin}"], r"latin.txt:1: not UTF-8 text .*latin-1"),
+    (["sweep", "--file", "{utf16}"], r"utf16.txt:1: this is UTF-16 text; save it as UTF-8"),
+    (["sweep", "--file", "{missing}"], r"--file .*missing.txt: no such file"),
+    (["neurons", "--file", "{folder}"], r"--file .*: is a folder, not a file"),
+    (["sweep", "--file", "{empty}"], r"no prompts given"),
+    (["sweep", "--method", "patch", "--counterfactuals", "{latin}", "x"], r"latin.txt:1: not UTF-8 text"),
+    (["sweep", "--method", "patch", "--counterfactuals", "{missing}", "x"], r"--counterfactuals .*missing.txt: no such file"),
+    (["sweep", "--method", "mean", "--reference", "{latin}", "x"], r"latin.txt:1: not UTF-8 text"),
+    (["sweep", "--method", "mean", "--reference", "{empty}", "x"], r"--reference .*empty.txt: the file has no non-empty lines"),
+    (["analyze", "--conllu", "{latin}"], r"latin.txt:1: not UTF-8 text"),
+    (["analyze", "--conllu", str(CONLLU / "cycle.conllu")], r"cycle.conllu:3 \(sent_id c1\): heads form a cycle 2 -> 3 -> 2"),
+    (["analyze", "--conllu", "{missing}"], r"no CoNLL-U file at"),
+    (["bias", "--winobias", "{folder}"], r"missing WinoBias file"),
+    # spec files
+    (["view", "diff", "--interventions", "{spec_seed}", "x"], r"seed.json: intervention #0: ablate_head: seed must be an integer, got 'x'"),
+    (["view", "diff", "--interventions", "{spec_nan}", "x"], r"nan.json:1: NaN is not standard JSON"),
+    (["view", "diff", "--interventions", "{spec_deep}", "x"], r"deep.json: JSON nested too deeply"),
+    (["view", "diff", "--interventions", "{spec_digits}", "x"], r"digits.json: not usable JSON \(Exceeds the limit"),
+    (["view", "diff", "--interventions", "{missing}", "x"], r"spec file .*missing.txt: no such file"),
+    (["view", "diff", "--interventions", "{folder}", "x"], r"spec file .*: is a folder, not a file"),
+    (["bias", "--interventions", "{latin}"], r"latin.txt:1: not UTF-8 text"),
+    # models
+    (["view", "head", "--model", "{no_config}", "x"], r"--model .*model_without_config: the folder has no config.json"),
+    (["view", "head", "--model", "{good}", "x"], r"--model .*good.txt: a file, not a model folder"),
+    # counts refused by argparse
+    (["sweep", "--n-boot", "-5", "x"], r"argument --n-boot: must be >= 0 \(0: no intervals\), got -5"),
+    (["bias", "--n-boot", "-5"], r"argument --n-boot: must be >= 0"),
+    (["demo", "--n-boot", "many"], r"argument --n-boot: expected an integer >= 0 .*got 'many'"),
+    (["neurons", "--top", "-5", "x"], r"argument --top: must be >= 0 \(0 keeps all\), got -5"),
+    (["bias", "--limit", "-1"], r"argument --limit: must be >= 1, got -1"),
+    (["analyze", "--limit", "0", "x"], r"argument --limit: must be >= 1, got 0"),
+    (["sweep", "--batch-size", "0", "x"], r"argument --batch-size: must be >= 1, got 0"),
+    (["demo", "--k", "0"], r"argument --k: must be >= 1, got 0"),
+    (["view", "head", "--max-tokens", "0", "x"], r"argument --max-tokens: must be >= 1, got 0"),
+    (["view", "neuron", "--query", "-1", "x"], r"argument --query: must be >= 0, got -1"),
+    # options that do not fit together, or that name nothing known
+    (["sweep", "--reference", "{good}", "x"], r"--reference is used by --method mean or resample, not zero"),
+    (["sweep", "--method", "mean", "--counterfactuals", "{good}", "x"], r"--counterfactuals is used by --method patch"),
+    (["sweep", "--file", "{good}", "x"], r"give the prompts as arguments or with --file, not both"),
+    (["view", "head", "--query", "2", "x"], r"--query is only used by the neuron view"),
+    (["bias", "--occupations", "nurse,mechnic"], r"--occupations: unknown occupation 'mechnic'; did you mean 'mechanic'\?"),
+    (["bias", "--templates", "The nurse said that"], r"--templates 'The nurse said that': not a file and not a template"),
+    (["bias", "--templates", "{good}"], r"template prefix 'the nurse said that' has no '\{occupation\}' slot"),
+    (["bias", "--split", "train"], r"argument --split: invalid choice: 'train'"),
+    (["sweep", "--metric", "klx", "x"], r"unknown metric 'klx'; did you mean 'kl'\?"),
+    (["view", "diff", "x"], r"diff view needs --interventions"),
+    (["sweep", "--layers", "0,x", "hello"], r"--layers must be comma-separated integers"),
+    (["view", "head", "--bogus", "x"], r"unrecognized arguments: --bogus"),
+    ([], r"choose a command: demo, view, sweep, bias, analyze or neurons"),
+]
+
+
+@pytest.mark.parametrize("args, message", ERROR_CASES, ids=[" ".join(a)[:60] or "no command" for a, _ in ERROR_CASES])
+def test_user_errors_print_one_line_and_exit_2(capsys, files, no_model_loading, args, message):
+    code, out, err = main(capsys, *[a.format(**files) for a in args])
+    assert code == 2
+    assert re.search(message, one_error_line(err)), err
+    assert out == ""
+
+
+def test_latin1_on_standard_input_is_one_line(capsys, monkeypatch, no_model_loading):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("ok\nthe café\n".encode("latin-1"))))
+    code, _, err = main(capsys, "sweep")
+    assert code == 2 and re.search(r"<stdin>:2: not UTF-8 text", one_error_line(err))
+
+
+def test_unknown_model_name_suggests_the_embedded_one(capsys):
+    code, _, err = main(capsys, "view", "head", "--model", "gema-3-270m", "hello")
+    assert code == 2 and "did you mean 'gemma-3-270m'" in one_error_line(err)
+
+
+def test_a_model_folder_transformers_cannot_read_is_one_line(capsys, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    code, _, err = main(capsys, "view", "head", "--model", folder, "hello")
+    assert code == 2 and re.search(r"--model .*broken: cannot load it \(", one_error_line(err))
+
+
+def test_debug_shows_the_traceback_instead(capsys, files, no_model_loading):
+    with pytest.raises(Exception, match="seed must be an integer"):
+        cli.main(["view", "diff", "--interventions", str(files["spec_seed"]), "x", "--debug"])
+
+
+# -- conventions: -o/--out, one default model, an example in every --help ----------------------------
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_names_the_default_model_out_and_an_example(capsys, command):
+    code, out, _ = main(capsys, command, "--help")
+    assert code == 0
+    assert f"(default: {cli.DEFAULT_MODEL})" in " ".join(out.split())
+    assert "-o OUT, --out OUT" in out
+    example = out.split("example:\n", 1)[1].strip()
+    assert example.startswith(f"attnlab {command} ")
+    args, extra = cli.build_parser().parse_known_args(shlex.split(example)[1:])  # the example parses as it reads
+    assert args.command == command and not [e for e in extra if e.startswith("-")]
+
+
+def test_one_default_model_for_every_command():
+    parser = cli.build_parser()
+    argv = {"view": ["view", "head"]}
+    for command in COMMANDS:
+        args, _ = parser.parse_known_args(argv.get(command, [command]))
+        assert args.model == cli.DEFAULT_MODEL == "gemma-3-270m"
+
+
 def test_help_lists_every_command():
     out = run("--help")
     assert out.returncode == 0
-    for command in ("demo", "view", "sweep", "bias", "analyze", "neurons"):
+    for command in COMMANDS:
         assert command in out.stdout
-    assert run().returncode == 2  # no command: help and a non-zero exit
+    assert "gemma-3-270m" in out.stdout
+    assert run().returncode == 2  # no command: one error line and a non-zero exit
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sweep", "--n-boot", "-5", "x"], "argument --n-boot: must be >= 0"),
+        (["view", "diff", "some text"], "diff view needs --interventions"),
+    ],
+)
+def test_a_real_process_exits_2_with_one_line(args, message):
+    out = run(*args)
+    assert out.returncode == 2
+    assert message in one_error_line(out.stderr)
+
+
+# -- commands that work ------------------------------------------------------------------------
 
 
 def test_head_view_from_argument(tiny_dirs, tmp_path):
     target = tmp_path / "view.html"
-    out = run("view", "head", "--model", tiny_dirs["gpt2"], "the nurse said that she was happy", "--out", target)
+    out = run("view", "head", "--model", tiny_dirs["gpt2"], "the nurse said that she was happy", "-o", target)
     assert out.returncode == 0, out.stderr
     page = target.read_text()
     assert page.startswith("<!DOCTYPE html>") and "nurse" in page
@@ -63,19 +255,14 @@ def test_diff_view_reads_stdin_and_interventions_file(tiny_dirs, tmp_path):
     assert "doctor" in target.read_text()
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["view", "diff", "some text"], "diff view needs --interventions"),
-        (["view", "head", "--model", "gema-3-270m", "hello"], "did you mean 'gemma-3-270m'"),
-        (["sweep", "--layers", "0,x", "hello"], "--layers must be comma-separated integers"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    out = run(*args)
-    assert out.returncode == 2
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+def test_encoder_views_still_work_with_an_encoder_model(capsys, tiny_dirs, tmp_path):
+    """The default is a decoder now; an encoder (MiniLM's family) still gets its bidirectional views."""
+    for kind in ("head", "neuron"):
+        target = tmp_path / f"{kind}.html"
+        extra = ["--query", "2"] if kind == "neuron" else []
+        code, out, err = main(capsys, "view", kind, "--model", tiny_dirs["bert"], "the nurse said that", *extra, "-o", target)
+        assert code == 0, err
+        assert "nurse" in target.read_text() and f"wrote {target}" in out
 
 
 def test_out_of_range_intervention_names_the_valid_range(tiny_dirs, tmp_path):
@@ -88,11 +275,11 @@ def test_out_of_range_intervention_names_the_valid_range(tiny_dirs, tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_malformed_spec_file_names_the_line(tmp_path):
+def test_malformed_spec_file_names_the_line(capsys, tmp_path, no_model_loading):
     specs = tmp_path / "specs.json"
     specs.write_text('[{"kind": "ablate_head",\n "layer": }]')
-    out = run("view", "diff", "--interventions", specs, "the cat sat")
-    assert out.returncode == 2 and "not valid JSON (line 2" in out.stderr
+    code, _, err = main(capsys, "view", "diff", "--interventions", specs, "the cat sat")
+    assert code == 2 and "not valid JSON (line 2" in one_error_line(err)
 
 
 def test_sweep_writes_one_row_per_head(tiny_dirs, tmp_path):
@@ -106,16 +293,54 @@ def test_sweep_writes_one_row_per_head(tiny_dirs, tmp_path):
     assert figure.stat().st_size > 1000
 
 
-def test_neurons_and_analyze(tiny_dirs, tmp_path):
+def test_sweep_mean_ablation_uses_the_reference_file(capsys, tiny_dirs, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the nurse said that\nthe doctor said that\n")
+    reference = tmp_path / "reference.txt"
+    reference.write_text("the cat sat on the mat\na dog ran to the car\n")
+    tables = {}
+    for name, extra in (("own", []), ("reference", ["--reference", reference])):
+        tables[name] = tmp_path / f"{name}.csv"
+        code, _, err = main(capsys, "sweep", "--model", tiny_dirs["gpt2"], "--file", prompts, "--method", "mean",
+                            *extra, "--n-boot", 0, "--quiet", "-o", tables[name])
+        assert code == 0, err
+    own, ref = pd.read_csv(tables["own"]), pd.read_csv(tables["reference"])
+    assert len(ref) == 2 * 4 and ref.effect.abs().max() > 0
+    assert not own.effect.equals(ref.effect)  # the means come from other texts, so the effects differ
+
+
+def test_bias_with_chosen_occupations_and_templates(capsys, tiny_dirs, tmp_path):
+    templates = tmp_path / "templates.txt"
+    templates.write_text("The {occupation} said that\nThe {occupation} went home because\n")
+    for name, given in (("file", str(templates)), ("string", "The {occupation} said that")):
+        out = tmp_path / name
+        code, _, err = main(capsys, "bias", "--model", tiny_dirs["gpt2"], "--occupations", "nurse,mechanic,secretary",
+                            "--templates", given, "--n-boot", 10, "--quiet", "-o", out)
+        assert code == 0, err
+        per_occupation = pd.read_csv(out / "bias_per_occupation.csv")
+        assert per_occupation.occupation.tolist() == ["nurse", "mechanic", "secretary"]
+        assert per_occupation.n_templates.tolist() == [2 if name == "file" else 1] * 3
+
+
+def test_neurons_and_analyze(capsys, tiny_dirs, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the nurse said that she was happy .\nthe doctor left the house because he was sad .\n")
     neurons = tmp_path / "neurons.csv"
-    out = run("neurons", "--model", tiny_dirs["llama"], "--file", corpus, "--quiet", "--out", neurons)
-    assert out.returncode == 0, out.stderr
+    code, _, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--file", corpus, "--quiet", "--out", neurons)
+    assert code == 0, err
     assert len(pd.read_csv(neurons)) > 0
     folder = tmp_path / "analysis"
-    out = run("analyze", "--model", tiny_dirs["bert"], "--file", corpus, "--quiet", "--out", folder)
-    assert out.returncode == 0, out.stderr
+    code, _, err = main(capsys, "analyze", "--model", tiny_dirs["bert"], "--file", corpus, "--quiet", "--out", folder)
+    assert code == 0, err
     stats = pd.read_csv(folder / "head_stats.csv")
     assert len(stats) == 2 * 4
     assert (folder / "head_clusters.png").is_file()
+
+
+def test_analyze_a_conllu_file_with_an_encoder(capsys, tiny_dirs, tmp_path):
+    folder = tmp_path / "analysis"
+    code, _, err = main(capsys, "analyze", "--model", tiny_dirs["bert"], "--conllu", CONLLU / "good.conllu", "--quiet", "-o", folder)
+    assert code == 0, err
+    relations = pd.read_csv(folder / "relations.csv")
+    assert len(relations) > 0
+    assert len(pd.read_csv(folder / "head_stats.csv")) == 2 * 4

@@ -4,10 +4,15 @@ Whatever hypothesis builds (layers, heads, dims, sites, methods, NaN or wrongly 
 unnormalised patterns, random JSON dicts), constructing it, applying it and running the
 model either works or raises an ``AttnlabError``; never a raw PyTorch/Python error. After
 each example the model has no hook left and computes exactly what it computed before.
+
+The last test generates mostly *valid* specs (plus one mutation in about 40% of them) and
+sends them through a JSON file, ``load_specs``, a second round trip and a forward pass; it
+also asserts that at least 30% of them succeed, so a harness that refuses everything fails.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnlab.errors import AttnlabError
-from attnlab.interventions import AblateHead, BlockKeys, EditNeuron, EditScores, Patch, SetPattern, from_dict
+from attnlab.interventions import AblateHead, BlockKeys, EditNeuron, EditScores, Patch, SetPattern, from_dict, load_specs
 from attnlab.testing import tiny_model
 
 TEXT = "the nurse said that she was happy"
@@ -153,3 +158,110 @@ def test_fuzz_left_models_clean(arch):
     model, clean = _model(arch)
     with torch.no_grad(), model.intervene(AblateHead(0, None)):
         assert not torch.equal(model(TEXT), clean)
+
+
+# -- mostly-valid specs through the whole path: dict -> JSON file -> load_specs -> run -------------
+
+OTHER = "the doctor said that he was sad"  # same number of tokens as TEXT on every tiny tokenizer
+REFERENCE = ["the cat sat", "a dog ran to the car"]
+KINDS = ("ablate_head", "set_pattern", "block_keys", "edit_scores", "edit_neuron", "patch")
+SITES = ("q", "k", "v", "attn_scores", "pattern", "z")
+
+
+@st.composite
+def valid_spec_dicts(draw, arch: str) -> dict:
+    """A spec dict that fits the tiny model of ``arch`` and TEXT (every field in range)."""
+    model, clean = _model(arch)
+    cfg, n = model.cfg, model.tokenize([TEXT])["input_ids"].shape[1]
+    heads = st.integers(0, cfg.n_heads - 1)
+    spots = st.integers(0, n - 1)
+    data: dict = {"kind": draw(st.sampled_from(KINDS)), "layer": draw(st.integers(0, cfg.n_layers - 1))}
+    head = draw(st.one_of(st.none(), heads, st.lists(heads, min_size=1, max_size=3, unique=True)))
+    if head is not None:
+        data["head"] = head
+    if draw(st.integers(0, 3)) == 0:
+        data["positions"] = draw(st.lists(spots, min_size=1, max_size=3, unique=True))
+    weights = st.floats(0.05, 1.0)
+    kind = data["kind"]
+    if kind == "ablate_head":
+        method = draw(st.sampled_from(["zero", "mean", "resample"]))
+        if method != "zero":
+            data.update(method=method, reference=REFERENCE, seed=draw(st.integers(0, 2**31)))
+    elif kind == "set_pattern":
+        rows = [[draw(weights) if (k <= q or not cfg.is_causal) else 0.0 for k in range(n)] for q in range(n)]
+        data.update(pattern=rows, renormalize=True)
+    elif kind == "block_keys":
+        data.update(keys=draw(st.lists(spots, min_size=1, max_size=3, unique=True)), renormalize=draw(st.booleans()))
+    elif kind == "edit_scores":
+        which = draw(st.sampled_from(["distance_penalty", "add", "replace"]))
+        if which == "distance_penalty":
+            data["distance_penalty"] = draw(st.floats(-2.0, 2.0))
+        else:
+            data[which] = [[draw(st.floats(-3.0, 3.0)) for _ in range(n)] for _ in range(n)]
+    elif kind == "edit_neuron":
+        data.update(site=draw(st.sampled_from(["q", "k", "v"])), dim=draw(st.integers(0, cfg.d_head - 1)))
+        data["scale" if draw(st.booleans()) else "value"] = draw(st.floats(-4.0, 4.0))
+    else:
+        data.update(site=draw(st.sampled_from(SITES)), source=[OTHER])
+    return data
+
+
+@st.composite
+def mutated(draw, data: dict) -> tuple[dict, str]:
+    """``data`` unchanged (about 60% of draws) or with one field dropped, replaced, added or pushed out of range."""
+    how = draw(st.sampled_from(["none"] * 6 + ["drop", "replace", "add", "kind", "range"]))
+    data = dict(data)
+    fields = [k for k in data if k != "kind"]
+    if how == "drop":
+        del data[draw(st.sampled_from(fields))]
+    elif how == "replace":
+        data[draw(st.sampled_from(fields))] = draw(json_values)
+    elif how == "add":
+        data[draw(field_names.filter(lambda f: f not in data))] = draw(json_values)
+    elif how == "kind":
+        data["kind"] = draw(kinds)
+    elif how == "range":
+        data[draw(st.sampled_from(["layer", "head"]))] = draw(st.integers(3, 2**70))
+    return data, how
+
+
+def test_fuzz_mostly_valid_specs_succeed_and_bad_ones_raise_typed_errors(tmp_path):
+    """Random specs near the valid ones: each either round-trips and runs, or raises an AttnlabError.
+
+    A fuzz test that only checks "no raw error" passes even if every spec is refused, so
+    this one also requires that a good share of what it generates succeeds end to end:
+    loaded from a JSON file, equal after a second round trip, and run on the tiny model
+    with finite output of the clean output's shape.
+    """
+    outcomes: list[str] = []
+
+    @settings(max_examples=160, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(arch=archs, spec=st.data())
+    def run(arch, spec):
+        data, how = spec.draw(valid_spec_dicts(arch).flatmap(mutated))
+        model, clean = _model(arch)
+        path = tmp_path / "specs.json"
+        path.write_text(json.dumps([data]))  # a NaN drawn into a mutation is written as the token NaN
+        try:
+            (loaded,) = load_specs(path)
+            copy = from_dict(json.loads(json.dumps(loaded.to_dict(), allow_nan=False)))
+            assert copy == loaded and repr(copy) == repr(loaded)
+            with torch.no_grad(), model.intervene(loaded):
+                out = model(TEXT)
+        except AttnlabError:
+            outcomes.append("refused" if how != "none" else "valid refused")
+        else:
+            assert out.shape == clean.shape
+            finite = bool(torch.isfinite(out).all())
+            if how == "none":  # an in-range spec with moderate values must give a usable output
+                assert finite, f"{data} gave non-finite output"
+            outcomes.append("ok" if finite else "non-finite")  # non-finite after a mutation: issue 11 item 5
+        assert model.count_hooks() == 0
+        with torch.no_grad():
+            assert torch.equal(model(TEXT), clean)
+
+    run()
+    share_ok = outcomes.count("ok") / len(outcomes)
+    assert outcomes.count("valid refused") == 0, f"valid specs were refused: {outcomes.count('valid refused')}"
+    assert share_ok >= 0.3, f"only {share_ok:.0%} of {len(outcomes)} generated specs ran: {sorted(set(outcomes))}"
+    assert "refused" in outcomes  # and the mutations did reach the error paths

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from attnlab.errors import DataFormatError, InvalidSpec
+from attnlab.errors import DataFormatError, InvalidInput, InvalidSpec
 from attnlab.interventions import (
     AblateHead,
     BlockKeys,
@@ -131,3 +132,120 @@ def test_per_row_round_trips_too():
     specs = per_row([AblateHead(0, 1), None, [EditScores(1, 0, distance_penalty=1.0), BlockKeys(0, keys=[0])]])
     assert [s.rows for s in specs] == [(0,), (2,), (2,)]
     assert [from_dict(json.loads(json.dumps(s.to_dict()))) for s in specs] == specs
+
+
+# -- the JSON boundary: hostile files and dicts become typed errors naming the file/kind/field ------
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, r"hostile.json: JSON nested too deeply"),
+        ('[{"kind": "ablate_head", "layer": 0, "head": "caf\u00e9"}]'.encode("latin-1"), r"hostile.json:1: not UTF-8 text"),
+        ('[{"kind": "ablate_head", "layer": 0}]'.encode("utf-16"), r"hostile.json:1: this is UTF-16 text"),
+        (b'[{"kind": "ablate_head", "layer": 0, "seed": ' + b"7" * 5000 + b"}]", r"hostile.json: not usable JSON \(Exceeds the limit"),
+        (b'[{"kind": "edit_scores", "layer": 0,\n "distance_penalty": Infinity}]', r"hostile.json:2: Infinity is not standard JSON"),
+        (b'[{"kind": "edit_neuron", "layer": 0, "site": "k", "dim": 0, "scale": NaN}]', r"hostile.json:1: NaN is not standard JSON"),
+        (b'{"kind": "set_pattern", "layer": 0,\n\n "pattern": [[-Infinity]]}', r"hostile.json:3: -Infinity is not standard JSON"),
+        (b"42", r"hostile.json: expected a JSON list of intervention objects, got int"),
+        (b"null", r"hostile.json: expected a JSON list of intervention objects, got NoneType"),
+        (b"", r"hostile.json: not valid JSON \(line 1: Expecting value"),
+        (b'[[{"kind": "ablate_head", "layer": 0}]]', r"hostile.json: intervention #0: an intervention must be a JSON object"),
+        (b'[{"kind": "ablate_head", "layer": 0, "seed": "x"}]', r"#0: ablate_head: seed must be an integer, got 'x'"),
+        (b'[{"kind": "ablate_head", "layer": -1}]', r"#0: layer must be >= 0, got -1"),
+    ],
+    ids=["deep", "latin-1", "utf-16", "5000-digit", "Infinity", "NaN", "-Infinity", "number", "null", "empty",
+         "nested list", "bad seed", "negative layer"],
+)
+def test_load_specs_turns_every_bad_file_into_a_data_format_error(tmp_path, content, pattern):
+    path = tmp_path / "hostile.json"
+    path.write_bytes(content)
+    with pytest.raises(DataFormatError, match=pattern):
+        load_specs(path)
+
+
+def test_load_specs_paths_that_cannot_be_read_are_invalid_input(tmp_path, monkeypatch):
+    with pytest.raises(InvalidInput, match=r"spec file .*nope.json: no such file"):
+        load_specs(tmp_path / "nope.json")
+    with pytest.raises(InvalidInput, match=r"spec file .*: is a folder, not a file"):
+        load_specs(tmp_path)
+    locked = tmp_path / "locked.json"
+    locked.write_text("[]")
+
+    def refuse(self, *args, **kwargs):  # chmod 000 does not stop root, so refuse the open itself
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(InvalidInput, match=r"spec file .*locked.json: permission denied"):
+        load_specs(locked)
+
+
+def test_load_specs_accepts_a_utf8_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([AblateHead(1, 2).to_dict()]).encode())
+    assert load_specs(path) == [AblateHead(1, 2)]
+
+
+def test_save_specs_refuses_a_folder(tmp_path):
+    with pytest.raises(InvalidInput, match="cannot write spec file"):
+        save_specs(tmp_path, [AblateHead(0, 0)])
+
+
+@pytest.mark.parametrize(
+    "data, pattern",
+    [
+        ([1, 2], r"an intervention must be a JSON object with a 'kind' key, got list"),
+        ("ablate_head", r"an intervention must be a JSON object .* got str"),
+        ({"layer": 0}, r"needs a 'kind' key \(one of ablate_head"),
+        ({"kind": 3, "layer": 0}, r"unknown intervention kind 3 \(valid: ablate_head"),
+        ({"kind": ["ablate_head"], "layer": 0}, r"unknown intervention kind \['ablate_head'\]"),
+        ({"kind": "ablate_head", "layer": 0, 7: 1}, r"ablate_head: field names must be strings, got 7"),
+        ({"kind": "ablate_head", "layer": 0, "sed": 1}, r"ablate_head: unknown field 'sed'; did you mean 'seed'\?"),
+        ({"kind": "ablate_head"}, r"ablate_head: missing field 'layer'"),
+        ({"kind": "ablate_head", "layer": "0"}, r"ablate_head: layer must be an integer, got '0'"),
+        ({"kind": "ablate_head", "layer": True}, r"ablate_head: layer must be an integer, got True"),
+        ({"kind": "ablate_head", "layer": 0, "seed": float("nan")}, r"ablate_head: seed must be an integer, got nan"),
+        ({"kind": "ablate_head", "layer": 0, "seed": float("inf")}, r"ablate_head: seed must be an integer, got inf"),
+        ({"kind": "ablate_head", "layer": 0, "seed": 2**70}, r"seed must be an integer that fits in 64 bits"),
+        ({"kind": "ablate_head", "layer": 0, "head": 2**70}, r"head must be null, an integer or a list of integers"),
+        ({"kind": "ablate_head", "layer": 0, "method": "mean", "reference": "the cat"}, r"reference must be null or a list of strings"),
+        ({"kind": "ablate_head", "layer": 0, "method": "mean", "mean": [[1.0], [1.0, 2.0]]}, r"mean must be a rectangular nested list"),
+        ({"kind": "ablate_head", "layer": 0, "method": "mean", "mean": [[1e39]]}, r"mean must be numbers within \+-3.403e\+38"),
+        ({"kind": "ablate_head", "layer": 0, "method": "mean", "mean": [[[[[0.0]]]]]}, r"mean must be .* at most 4 levels deep"),
+        ({"kind": "block_keys", "layer": 0, "keys": [0], "renormalize": "no"}, r"renormalize must be true or false, got 'no'"),
+        ({"kind": "edit_neuron", "layer": 0, "site": "k", "dim": 0, "scale": 2**2000}, r"scale must be a finite number"),
+        ({"kind": "edit_neuron", "layer": 0, "site": "k", "dim": 0, "value": float("-inf")}, r"value must be a finite number"),
+        ({"kind": "edit_scores", "layer": 0, "distance_penalty": 10**400}, r"distance_penalty must be a finite number"),
+        ({"kind": "edit_scores", "layer": 0, "add": [[0.0, float("nan")]]}, r"add must be finite numbers \(no NaN\)"),
+        ({"kind": "set_pattern", "layer": 0, "pattern": [[True]]}, r"pattern must be a number or nested lists of numbers, not one holding True"),
+        ({"kind": "set_pattern", "layer": 0, "fn": "lambda p: p"}, r"fn must be null: a Python function cannot be given as data"),
+        ({"kind": "patch", "layer": 0, "site": "z", "source": {"blocks.0.attn.hook_z": [1.0]}}, r"source must be a string, a list of strings or a tensor"),
+        ({"kind": "patch", "layer": 0, "site": "z", "source": [["a"]]}, r"source must be a string, a list of strings or a tensor"),
+        ({"kind": "patch", "layer": 0, "site": ["z"], "source": "a"}, r"patch: site must be a string, got \['z'\]"),
+    ],
+)
+def test_from_dict_raises_invalid_spec_naming_kind_and_field(data, pattern):
+    with pytest.raises(InvalidSpec, match=pattern):
+        from_dict(data)
+
+
+def test_raw_constructor_errors_become_invalid_spec_naming_the_field(monkeypatch):
+    """A field the JSON boundary has no form for (a future spec's) still never leaks a raw error."""
+    from attnlab.interventions._base import REGISTRY, Intervention
+
+    class Widen(Intervention):
+        kind = "widen"
+        fields = ("width", "label")
+
+        def __init__(self, layer, head=None, *, width=1, label="", positions=None, rows=None):
+            super().__init__(layer, head, positions=positions, rows=rows)
+            self.width = int(width)  # int("wide") -> ValueError
+            self.label = label.upper()  # 3 .upper() -> AttributeError
+
+    monkeypatch.setitem(REGISTRY, "widen", Widen)
+    assert from_dict({"kind": "widen", "layer": 0, "width": "3"}).width == 3
+    with pytest.raises(InvalidSpec, match=r"widen: field 'width' = 'wide' is not valid \(ValueError: invalid literal") as err:
+        from_dict({"kind": "widen", "layer": 0, "label": "x", "width": "wide"})
+    assert isinstance(err.value.__cause__, ValueError)
+    with pytest.raises(InvalidSpec, match=r"widen: field 'label' = 3 is not valid \(AttributeError"):
+        from_dict({"kind": "widen", "layer": 0, "width": 2, "label": 3})

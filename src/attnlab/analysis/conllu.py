@@ -3,25 +3,32 @@
 Handles the real format: ``#`` comment lines (``# text = ...`` and ``# sent_id = ...`` are
 kept), multiword token ranges such as ``3-4`` (skipped: the syntactic words that follow
 carry the tree) and empty nodes such as ``5.1`` (skipped: they belong to enhanced
-dependencies). Every malformed line raises :class:`DataFormatError` naming the file and
-line number; a sentence whose heads do not form one tree rooted at 0 (a missing head, a
-cycle, no root) is rejected the same way.
+dependencies). Every malformed line raises :class:`DataFormatError` naming ``file:line``;
+a sentence whose heads do not form one tree rooted at 0 (a missing head, a cycle, no root)
+is rejected the same way, and so is a file that is not UTF-8 text (a UTF-8 byte-order
+mark is accepted).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnlab._textfile import iter_lines
 from attnlab.errors import DataFormatError, InvalidInput
 
 __all__ = ["DependencySentence", "read_conllu", "parse_conllu"]
 
 _N_COLUMNS = 10
-_RANGE = re.compile(r"^\d+-\d+$")
-_EMPTY = re.compile(r"^\d+\.\d+$")
+# ASCII digits only: str.isdigit() and \d also accept "²" or "٣", which are no CoNLL-U index
+_NUMBER = re.compile(r"^[0-9]+$")
+_RANGE = re.compile(r"^[0-9]+-[0-9]+$")
+_EMPTY = re.compile(r"^[0-9]+\.[0-9]+$")
+_META = re.compile(r"#\s*(sent_id|text)\s*=\s*(.*)$")
+# walk states of the tree check
+_UNSEEN, _ON_PATH, _REACHES_ROOT = 0, 1, 2
 
 
 @dataclass
@@ -40,97 +47,113 @@ class DependencySentence:
         return len(self.words)
 
 
-def _check_tree(sent: DependencySentence, where: str) -> None:
+def _check_tree(sent: DependencySentence, lines: list[int], where: str) -> None:
+    """Raise unless the heads form one tree rooted at 0, in time linear in the sentence length.
+
+    Each word is walked up towards the root at most once: a walk stops at a word already
+    known to reach the root, so a 4,000-word sentence is as cheap per word as a 10-word one.
+    """
     n = len(sent.words)
-    roots = [i + 1 for i, h in enumerate(sent.heads) if h == 0]
-    if not roots:
-        raise DataFormatError(f"{where}: sentence has no root (no word with HEAD 0)")
+    label = f" (sent_id {sent.sent_id})" if sent.sent_id else ""
+    if not any(h == 0 for h in sent.heads):
+        raise DataFormatError(f"{where}:{lines[0]}{label}: sentence has no root (no word with HEAD 0)")
     for i, h in enumerate(sent.heads):
         if not 0 <= h <= n:
             raise DataFormatError(
-                f"{where}: word {i + 1} ({sent.words[i]!r}) has head {h}, but the sentence has words 1..{n} "
-                "(missing head word)"
+                f"{where}:{lines[i]}{label}: word {i + 1} ({sent.words[i]!r}) has head {h}, but the sentence has words "
+                f"1..{n} (missing head word)"
             )
         if h == i + 1:
-            raise DataFormatError(f"{where}: word {i + 1} ({sent.words[i]!r}) is its own head")
-    for start in range(1, n + 1):  # follow heads; more than n steps means a cycle
-        node, seen = start, []
-        while node != 0:
-            if node in seen:
-                cycle = seen[seen.index(node):] + [node]
-                raise DataFormatError(f"{where}: heads form a cycle {' -> '.join(map(str, cycle))}")
-            seen.append(node)
+            raise DataFormatError(f"{where}:{lines[i]}{label}: word {i + 1} ({sent.words[i]!r}) is its own head")
+    state = [_UNSEEN] * (n + 1)  # index 0 is the root
+    state[0] = _REACHES_ROOT
+    for start in range(1, n + 1):
+        path, node = [], start
+        while state[node] == _UNSEEN:
+            state[node] = _ON_PATH
+            path.append(node)
             node = sent.heads[node - 1]
+        if state[node] == _ON_PATH:  # the walk came back to a word of this very walk
+            cycle = path[path.index(node) :] + [node]
+            raise DataFormatError(f"{where}:{lines[node - 1]}{label}: heads form a cycle {' -> '.join(map(str, cycle))}")
+        for word in path:
+            state[word] = _REACHES_ROOT
 
 
 def parse_conllu(text: str, *, source: str = "<string>", subtypes: bool = False) -> list[DependencySentence]:
     """Parse CoNLL-U text. ``subtypes=False`` keeps only the universal relation (``nmod:poss`` -> ``nmod``)."""
-    return list(_iter_sentences(text.splitlines(), source, subtypes))
+    if not isinstance(text, str):
+        raise InvalidInput(f"parse_conllu takes the text of a CoNLL-U file, got {type(text).__name__}; use read_conllu for a path")
+    text = text.removeprefix("\ufeff")
+    return list(_iter_sentences(enumerate(text.split("\n"), start=1), source, subtypes))
 
 
 def read_conllu(path: str | Path, *, subtypes: bool = False, limit: int | None = None) -> list[DependencySentence]:
-    """Read every sentence of a CoNLL-U file (or the first ``limit``)."""
+    """Read every sentence of a UTF-8 CoNLL-U file (or the first ``limit``)."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InvalidInput(f"limit must be a positive number of sentences or None (all), got {limit!r}")
     path = Path(path)
     if not path.is_file():
-        raise InvalidInput(f"no CoNLL-U file at {str(path)!r}")
+        raise InvalidInput(f"no CoNLL-U file at {str(path)!r}" + (" (it is a folder)" if path.is_dir() else ""))
     out = []
-    with path.open(encoding="utf-8") as f:
-        for sent in _iter_sentences(f, str(path), subtypes):
-            out.append(sent)
-            if limit is not None and len(out) >= limit:
-                break
+    for sent in _iter_sentences(iter_lines(path, what="CoNLL-U file"), str(path), subtypes):
+        out.append(sent)
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
-        raise DataFormatError(f"{path}: no sentences found")
+        raise DataFormatError(f"{path}: no sentences found (expected word lines of {_N_COLUMNS} tab-separated columns)")
     return out
 
 
-def _iter_sentences(lines, source: str, subtypes: bool) -> Iterator[DependencySentence]:
+def _iter_sentences(lines: Iterable[tuple[int, str]], source: str, subtypes: bool) -> Iterator[DependencySentence]:
+    """Sentences from ``(line number, line)`` pairs; every error names ``source:line``."""
     words: list[str] = []
     heads: list[int] = []
     rels: list[str] = []
     upos: list[str] = []
+    word_lines: list[int] = []
     meta: dict[str, str] = {}
-    first_line = 0
 
-    def finish(lineno: int):
-        sent = DependencySentence(words[:], heads[:], rels[:], meta.get("sent_id"), meta.get("text"), first_line, upos[:])
-        _check_tree(sent, f"{source}, sentence ending before line {lineno}" + (f" (sent_id {sent.sent_id})" if sent.sent_id else ""))
+    def finish() -> DependencySentence:
+        sent = DependencySentence(words, heads, rels, meta.get("sent_id"), meta.get("text"), word_lines[0], upos)
+        _check_tree(sent, word_lines, source)
         return sent
 
-    lineno = 0
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.rstrip("\n").rstrip("\r")
+    for lineno, raw in lines:
+        line = raw.rstrip("\r")
         if not line.strip():
             if words:
-                yield finish(lineno)
-            words, heads, rels, upos, meta = [], [], [], [], {}
+                yield finish()
+            words, heads, rels, upos, word_lines, meta = [], [], [], [], [], {}
             continue
         if line.startswith("#"):
-            m = re.match(r"#\s*(sent_id|text)\s*=\s*(.*)$", line)
+            m = _META.match(line)
             if m:
                 meta[m.group(1)] = m.group(2).strip()
             continue
         cols = line.split("\t")
         if len(cols) != _N_COLUMNS:
             raise DataFormatError(
-                f"{source}, line {lineno}: expected {_N_COLUMNS} tab-separated columns, found {len(cols)}: {line[:60]!r}"
+                f"{source}:{lineno}: expected {_N_COLUMNS} tab-separated columns, found {len(cols)}: {line[:60]!r}"
             )
-        idx = cols[0]
+        idx, head = cols[0], cols[6]
         if _RANGE.match(idx) or _EMPTY.match(idx):
             continue
-        if not idx.isdigit():
-            raise DataFormatError(f"{source}, line {lineno}: ID {idx!r} is not a word index, a range (3-4) or an empty node (5.1)")
+        if not _NUMBER.match(idx):
+            raise DataFormatError(
+                f"{source}:{lineno}: ID {idx!r} is not a word index (1, 2, ...), a range (3-4) or an empty node (5.1)"
+            )
         if int(idx) != len(words) + 1:
-            raise DataFormatError(f"{source}, line {lineno}: word ID {idx} out of order, expected {len(words) + 1}")
-        if not cols[6].isdigit():
-            raise DataFormatError(f"{source}, line {lineno}: HEAD {cols[6]!r} of word {idx} is not a number (missing head)")
-        if not words:
-            first_line = lineno
-        form = cols[1].replace(" ", "_") or "_"
-        words.append(form)
-        heads.append(int(cols[6]))
-        rel = cols[7]
-        rels.append(rel if subtypes else rel.split(":")[0])
+            raise DataFormatError(f"{source}:{lineno}: word ID {idx} out of order, expected {len(words) + 1}")
+        if not _NUMBER.match(head):
+            raise DataFormatError(
+                f"{source}:{lineno}: HEAD {head!r} of word {idx} is not a number (missing head; expected 0 for the "
+                f"root or a word ID)"
+            )
+        words.append(cols[1].replace(" ", "_") or "_")
+        heads.append(int(head))
+        rels.append(cols[7] if subtypes else cols[7].split(":")[0])
         upos.append(cols[3])
+        word_lines.append(lineno)
     if words:
-        yield finish(lineno + 1)
+        yield finish()

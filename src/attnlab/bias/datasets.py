@@ -1,8 +1,9 @@
 """Readers for the published WinoBias and Winogender formats, from paths the user gives.
 
 attnlab ships no copy of either data set. Each reader checks every line and raises
-:class:`~attnlab.errors.DataFormatError` naming the file, the line number and what was
-expected there.
+:class:`~attnlab.errors.DataFormatError` naming ``file:line`` and what was expected
+there; a file that is not UTF-8 text is refused the same way (a UTF-8 byte-order mark is
+accepted).
 
 WinoBias (Zhao et al. 2018): one sentence per line, ``<n> <sentence>``, with the
 occupation mention and the pronoun(s) that refer to it in [brackets] (a few
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnlab._textfile import read_lines
 from attnlab.errors import DataFormatError, InvalidInput
 
 __all__ = [
@@ -48,22 +50,20 @@ WINOGENDER_PRONOUNS = {
 }
 
 _WINOBIAS_NAME = re.compile(r"(pro|anti)_stereotyped_type([12])\.txt(?:\.(dev|test))?$")
-_WINOBIAS_LINE = re.compile(r"^(\d+)\s+(\S.*)$")
+_WINOBIAS_LINE = re.compile(r"^([0-9]+)\s+(\S.*)$")
 _BRACKET = re.compile(r"\[([^\[\]]+)\]")
 
 
 def _path(path) -> Path:
     p = Path(path)
     if not p.is_file():
-        raise InvalidInput(f"no such file: {p}")
+        raise InvalidInput(f"no such file: {p}" + (" (it is a folder)" if p.is_dir() else ""))
     return p
 
 
 def _lines(p: Path) -> list[str]:
-    try:
-        return p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    """The file's lines; not-UTF-8 bytes are a DataFormatError naming ``file:line``."""
+    return read_lines(p, what="data file")
 
 
 def load_winobias(path, *, stereotype: str | None = None, type: int | None = None) -> pd.DataFrame:
@@ -177,8 +177,13 @@ def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
 
 def _tsv(p: Path, header_cols: int, what: str) -> list[tuple[int, list[str]]]:
     lines = _lines(p)
-    if not lines:
+    if not lines or not lines[0].strip():
         raise DataFormatError(f"{p}: empty file; expected a header line and {what}")
+    n_header = len(lines[0].split("\t"))
+    if n_header != header_cols:
+        raise DataFormatError(
+            f"{p}:1: expected a header of {header_cols} tab-separated columns ({what}), got {n_header}: {lines[0][:60]!r}"
+        )
     rows = []
     for lineno, raw in enumerate(lines[1:], start=2):
         if not raw.strip():
@@ -211,7 +216,10 @@ def load_winogender_templates(path) -> pd.DataFrame:
             )
         unknown = set(re.findall(r"\$[A-Z_]+", sentence)) - {"$OCCUPATION", "$PARTICIPANT", "$NOM_PRONOUN", "$POSS_PRONOUN", "$ACC_PRONOUN"}
         if unknown:
-            raise DataFormatError(f"{p}:{lineno}: unknown placeholder {sorted(unknown)[0]}")
+            raise DataFormatError(
+                f"{p}:{lineno}: unknown placeholder {sorted(unknown)[0]} (expected $OCCUPATION, $PARTICIPANT, "
+                "$NOM_PRONOUN, $POSS_PRONOUN or $ACC_PRONOUN)"
+            )
         if not occ or not part:
             raise DataFormatError(f"{p}:{lineno}: expected non-empty occupation and participant columns")
         out.append({"occupation": occ, "participant": part, "answer": int(answer), "template": sentence, "line": lineno})
@@ -231,7 +239,9 @@ def load_winogender_stats(path) -> pd.DataFrame:
         except ValueError:
             raise DataFormatError(f"{p}:{lineno}: expected numbers in columns 2-4 ({what}), got {[bergsma, bls, year]}") from None
         if not (0 <= row["bls_pct_female"] <= 100 and 0 <= row["bergsma_pct_female"] <= 100):
-            raise DataFormatError(f"{p}:{lineno}: percentages must lie in 0..100")
+            raise DataFormatError(
+                f"{p}:{lineno}: percentages must lie in 0..100, got {bergsma!r} and {bls!r} ({what})"
+            )
         out.append(row)
     if not out:
         raise DataFormatError(f"{p}: no occupations found after the header")

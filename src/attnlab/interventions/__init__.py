@@ -11,14 +11,13 @@ fwd_hooks=hooks_for(model, specs))``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-from attnlab.errors import DataFormatError, InvalidSpec, did_you_mean
-from attnlab.interventions._base import REGISTRY, Intervention, Prepared
+from attnlab.errors import InvalidSpec
+from attnlab.interventions._base import Intervention, Prepared
 from attnlab.interventions.ablation import ABLATION_METHODS, AblateHead, head_means
+from attnlab.interventions.files import from_dict, load_specs, save_specs
 from attnlab.interventions.neurons import NEURON_SITES, EditNeuron
 from attnlab.interventions.patching import Patch
 from attnlab.interventions.pattern import BlockKeys, EditScores, SetPattern
@@ -41,18 +40,6 @@ __all__ = [
     "save_specs",
     "load_specs",
 ]
-
-
-def from_dict(data: dict[str, Any]) -> Intervention:
-    """Rebuild any intervention from its ``to_dict()``."""
-    if not isinstance(data, dict) or "kind" not in data:
-        raise InvalidSpec(f"an intervention dict needs a 'kind' key (one of {', '.join(REGISTRY)}), got {data!r}")
-    kind = data["kind"]
-    if not isinstance(kind, str) or kind not in REGISTRY:
-        raise InvalidSpec(
-            f"unknown intervention kind {kind!r}{did_you_mean(str(kind), REGISTRY)} (valid: {', '.join(REGISTRY)})"
-        )
-    return REGISTRY[kind].from_dict(data)
 
 
 def per_row(specs: Sequence[Intervention | Sequence[Intervention] | None]) -> list[Intervention]:
@@ -93,27 +80,3 @@ def hooks_for(model, specs: Iterable[Intervention]) -> list[tuple[str, Any]]:
     for spec in specs:
         spec.validate(model.cfg)
     return [pair for spec in specs for pair in spec.prepare(model).hooks()]
-
-
-def save_specs(path: str | Path, specs: Iterable[Intervention]) -> None:
-    """Write interventions to a JSON file (a list of their ``to_dict()``)."""
-    Path(path).write_text(json.dumps([s.to_dict() for s in specs], indent=1))
-
-
-def load_specs(path: str | Path) -> list[Intervention]:
-    """Read interventions from a JSON file written by :func:`save_specs` (or by hand)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise DataFormatError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise DataFormatError(f"{path}: expected a JSON list of intervention objects")
-    specs = []
-    for i, item in enumerate(data):
-        try:
-            specs.append(from_dict(item))
-        except InvalidSpec as err:
-            raise DataFormatError(f"{path}: intervention #{i}: {err}") from None
-    return specs

@@ -1,0 +1,87 @@
+"""Read user-given text files line by line, with typed errors that name ``file:line``.
+
+Every reader of a user's data file (CoNLL-U, WinoBias, Winogender, spec JSON, the CLI's
+``--file``) goes through here, so all of them agree: a path that cannot be opened is an
+:class:`InvalidInput`; bytes that are not UTF-8 text (latin-1, UTF-16, a binary file) are a
+:class:`DataFormatError` naming the file and the line, never a raw ``UnicodeDecodeError``
+with a byte offset. A UTF-8 byte-order mark at the start is accepted and dropped, since
+common Windows editors write one.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from pathlib import Path
+
+from attnlab.errors import DataFormatError, InvalidInput
+
+__all__ = ["open_error", "iter_lines", "read_lines", "read_text", "decode_lines"]
+
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_SAVE_AS_UTF8 = "save it as UTF-8 text"
+
+
+def open_error(path: Path, err: OSError, what: str) -> InvalidInput:
+    """The typed error for a path that cannot be opened, naming the path and the reason."""
+    if isinstance(err, FileNotFoundError):
+        reason = "no such file"
+    elif isinstance(err, IsADirectoryError) or path.is_dir():
+        reason = "is a folder, not a file"
+    elif isinstance(err, PermissionError):
+        reason = "permission denied"
+    else:
+        reason = err.strerror or type(err).__name__
+    return InvalidInput(f"{what} {path}: {reason}")
+
+
+def _decode(raw: bytes, path: Path | str, lineno: int) -> str:
+    if lineno == 1 and raw.startswith(_UTF16_BOMS):
+        raise DataFormatError(f"{path}:1: this is UTF-16 text; {_SAVE_AS_UTF8}")
+    if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    if b"\x00" in raw:  # UTF-16 without a BOM, or a binary file: valid UTF-8 bytes but not text
+        raise DataFormatError(f"{path}:{lineno}: contains NUL bytes, so it is not UTF-8 text (binary or UTF-16?); {_SAVE_AS_UTF8}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = raw[err.start : err.start + 4].hex(" ")
+        column = len(raw[: err.start].decode("utf-8")) + 1  # everything before the first bad byte decodes
+        raise DataFormatError(
+            f"{path}:{lineno}: not UTF-8 text (bytes {bad} at column {column}; latin-1 or another "
+            f"encoding?); {_SAVE_AS_UTF8}"
+        ) from None
+
+
+def iter_lines(path: str | Path, *, what: str = "file") -> Iterator[tuple[int, str]]:
+    """``(line number, line without its end-of-line)`` for each line of a UTF-8 text file.
+
+    Lines are split at ``\\n`` only (``\\r\\n`` is accepted), so the numbers are the ones an
+    editor shows. ``what`` names the file in errors ("CoNLL-U file", "--file").
+    """
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except OSError as err:
+        raise open_error(path, err, what) from None
+    with handle:
+        try:
+            for lineno, raw in enumerate(handle, start=1):
+                yield lineno, _decode(raw, path, lineno).rstrip("\n").rstrip("\r")
+        except IsADirectoryError as err:  # some systems open a folder and fail on the first read
+            raise open_error(path, err, what) from None
+
+
+def read_lines(path: str | Path, *, what: str = "file") -> list[str]:
+    """Every line of a UTF-8 text file (see :func:`iter_lines`)."""
+    return [line for _, line in iter_lines(path, what=what)]
+
+
+def read_text(path: str | Path, *, what: str = "file") -> str:
+    """The whole UTF-8 text of a file, lines joined with ``\\n`` (see :func:`iter_lines`)."""
+    return "\n".join(read_lines(path, what=what))
+
+
+def decode_lines(data: bytes, *, source: str) -> list[str]:
+    """The lines of UTF-8 ``data`` read from elsewhere (standard input), checked like a file's."""
+    return [_decode(raw, source, lineno).rstrip("\n").rstrip("\r") for lineno, raw in enumerate(data.splitlines(keepends=True), start=1)]
