@@ -3,14 +3,16 @@ import pytest
 import torch
 
 from attnlab.analysis.neurons import decay_neurons, is_rotary, neuron_view, unit_dims, unit_scores
+from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidLocation
 
 TEXT = "the nurse said that she left the house because the doctor was not happy ."
 
 
 def _model_attention(model, text, layer):
-    _, cache = model.run_with_cache(text, names_filter=[f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_attn_scores"])
-    return cache[f"blocks.{layer}.attn.hook_pattern"][0], cache[f"blocks.{layer}.attn.hook_attn_scores"][0]
+    pattern, scores = hook_name(layer, "pattern"), hook_name(layer, "attn_scores")
+    _, cache = model.run_with_cache(text, names_filter=[pattern, scores])
+    return cache[pattern][0], cache[scores][0]
 
 
 def test_neuron_view_softmax_is_the_models_pattern(any_tiny):

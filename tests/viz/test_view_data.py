@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import AblateHead, BlockKeys, EditNeuron
 from attnlab.viz import diff_view, head_view, model_view, neuron_view
@@ -27,7 +28,7 @@ def embedded_data(view) -> dict:
 
 
 def patterns(model, text_or_ids, **kwargs) -> np.ndarray:
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(text_or_ids, names_filter=names, **kwargs)
     return np.stack([cache[n][0].numpy() for n in names])  # [layer, head, query, key]
