@@ -127,7 +127,7 @@ class RelationAccuracy(Result):
         t = t[t["count"] >= min_count]
         if relations is not None:
             t = t[t["relation"].isin(list(relations))]
-        return t[_TABLE_COLUMNS].sort_values("count", ascending=False).reset_index(drop=True)
+        return t[_TABLE_COLUMNS].sort_values("count", ascending=False, kind="stable").reset_index(drop=True)  # ties: by name
 
     def head_matrix(self, relation: str, direction: str = "dep->head"):
         """Accuracy of every head for one relation as a ``[layer, head]`` array."""

@@ -59,7 +59,7 @@ def panels(ax, n: int, width: float, height: float, what: str) -> tuple[Figure, 
         return fig, list(fig.subplots(1, n, squeeze=False)[0])
     if _is_axes(ax):
         axes = [ax]
-    elif isinstance(ax, (Sequence, np.ndarray)):
+    elif isinstance(ax, (Sequence, np.ndarray)) and not isinstance(ax, str):
         axes = list(np.ravel(np.asarray(ax, dtype=object)))
     else:
         axes = None
