@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 
 from attnlab.analysis._corpus import attention_batches, prepare
-from attnlab.analysis._result import deprecated, empty_frame
+from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.analysis.heads import HeadStats, entropy, head_stats
 from attnlab.errors import InvalidInput
 from attnlab.measure.result import Result
@@ -79,10 +79,7 @@ class HeadMap(Result):
     def __repr__(self) -> str:
         return f"HeadMap({self.model_name}: {len(self.table)} heads)"
 
-    @property
-    def df(self) -> pd.DataFrame:
-        deprecated("HeadMap.df", "HeadMap.table")
-        return self.table
+    df = Renamed("table")
 
     @property
     def summary(self) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from attnlab.analysis._corpus import attention_batches, prepare
-from attnlab.analysis._result import deprecated, empty_frame
+from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure.result import Result
@@ -240,10 +240,7 @@ class WindowExperiment(Result):
         return pd.concat([p.per_prompt.assign(condition=name) for name, p in self.profiles.items()], ignore_index=True)[
             ["condition", "sentence", *_WINDOW_COLUMNS, "n_tokens"]]
 
-    @property
-    def windows(self) -> pd.DataFrame:
-        deprecated("WindowExperiment.windows", "WindowExperiment.table")
-        return self.table
+    windows = Renamed("table")
 
     def plot(self, ax=None, *, heads: Sequence[tuple[int, int]] | None = None, smooth: int = 16):
         """Two panels: cumulative attention mass vs distance (mean over ``heads``, default all;

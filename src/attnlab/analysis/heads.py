@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 
 from attnlab.analysis._corpus import Sentence, attention_batches, is_punctuation, prepare
-from attnlab.analysis._result import deprecated, empty_frame
+from attnlab.analysis._result import Renamed, deprecated, empty_frame
 from attnlab.errors import InvalidInput
 from attnlab.measure.result import Result
 
@@ -85,15 +85,7 @@ class HeadStats(Result):
     def __repr__(self) -> str:
         return f"HeadStats({self.model_name}: {len(self.table)} heads, {self.n_sentences} sentences, {self.n_tokens} tokens)"
 
-    @property
-    def df(self) -> pd.DataFrame:
-        deprecated("HeadStats.df", "HeadStats.table")
-        return self.table
-
-    @df.setter
-    def df(self, value: pd.DataFrame) -> None:
-        deprecated("HeadStats.df", "HeadStats.table")
-        self.table = value
+    df = Renamed("table")
 
     @property
     def summary(self) -> pd.DataFrame:

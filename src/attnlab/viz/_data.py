@@ -18,7 +18,7 @@ from jaxtyping import Float
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import Tokens
-from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.errors import InvalidInput
 
 __all__ = [
     "ViewInput", "view_input", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
@@ -122,8 +122,9 @@ def _pair_input(model, pair: Sequence[str], max_tokens: int, view: str) -> ViewI
     return ViewInput(tokens, model.to_str_tokens(tokens.ids[0]), segments, types)
 
 
-def select(values, size: int, noun: str, model_name: str) -> list[int]:
-    """``None`` -> all of ``range(size)``; an int or a list of ints checked against the range."""
+def select(model, values, noun: str) -> list[int]:
+    """``layers=``/``heads=`` of a view: ``None`` -> all; an int or a list of ints, each checked by the engine."""
+    size, check = (model.cfg.n_layers, model.check_layer) if noun == "layer" else (model.cfg.n_heads, model.check_head)
     if values is None:
         return list(range(size))
     items = [values] if isinstance(values, int) and not isinstance(values, bool) else values
@@ -133,10 +134,7 @@ def select(values, size: int, noun: str, model_name: str) -> list[int]:
         raise InvalidInput(f"{noun}s must be an int, a list of ints or None (all), got {values!r}") from None
     if not items:
         raise InvalidInput(f"{noun}s is empty: give at least one {noun} in 0..{size - 1}, or None for all")
-    for v in items:
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < size:
-            raise InvalidLocation(f"{noun} {v!r} out of range: {model_name} has {noun}s 0..{size - 1}")
-    return list(dict.fromkeys(items))
+    return list(dict.fromkeys(check(v) for v in items))
 
 
 def read_sites(
@@ -192,8 +190,8 @@ def attention_payload(
 ) -> tuple[dict, ViewInput]:
     """Tokens and patterns ``[layer][head][query][key]`` for the layers and heads asked for."""
     specs = interventions_tuple(interventions)
-    layer_list = select(layers, model.cfg.n_layers, "layer", model.cfg.name)
-    head_list = select(heads, model.cfg.n_heads, "head", model.cfg.name)
+    layer_list = select(model, layers, "layer")
+    head_list = select(model, heads, "head")
     check_threshold(threshold)
     source = view_input(model, text, max_tokens=max_tokens, view=f"{kind} view")
     patterns = read_sites(model, source, layer_list, ["pattern"], specs)

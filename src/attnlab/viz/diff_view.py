@@ -46,8 +46,8 @@ def diff_view(
     specs = interventions_tuple(interventions)
     if not specs:
         raise InvalidInput("diff_view needs at least one intervention (e.g. AblateHead(layer, head)) to compare against")
-    layer_list = select(layers, model.cfg.n_layers, "layer", model.cfg.name)
-    head_list = select(heads, model.cfg.n_heads, "head", model.cfg.name)
+    layer_list = select(model, layers, "layer")
+    head_list = select(model, heads, "head")
     check_threshold(threshold)
     for spec in specs:  # fail before any forward pass
         spec.validate(model.cfg)

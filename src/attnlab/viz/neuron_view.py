@@ -47,8 +47,8 @@ def neuron_view(
     word of an encoder input).
     """
     specs = interventions_tuple(interventions)
-    layer_list = select(layers, model.cfg.n_layers, "layer", model.cfg.name)
-    head_list = select(heads, model.cfg.n_heads, "head", model.cfg.name)
+    layer_list = select(model, layers, "layer")
+    head_list = select(model, heads, "head")
     source = view_input(model, text, max_tokens=max_tokens, view="neuron view")
     n = source.n_tokens
     if query is None:
