@@ -93,7 +93,7 @@ def test_ranking_finds_a_planted_decay_neuron(tiny_gpt2):
         x[:, :, 1, 3] = torch.arange(x.shape[1], dtype=x.dtype)
         return x
 
-    with tiny_gpt2.hooks(fwd_hooks=[("blocks.0.attn.hook_q", set_q), ("blocks.0.attn.hook_k", set_k_decay)]):
+    with tiny_gpt2.hooks(fwd_hooks=[(hook_name(0, "q"), set_q), (hook_name(0, "k"), set_k_decay)]):
         prof = decay_neurons(tiny_gpt2, [TEXT], ignore_first=False, progress=False)
     r = prof.table
     assert (r.loc[0, "layer"], r.loc[0, "head"], r.loc[0, "unit"]) == (0, 1, 3)
