@@ -47,11 +47,12 @@ def main() -> None:
 
     # 1. find distance-decay neurons -----------------------------------------------------
     profile = decay_neurons(model, texts, progress=progress)
-    ranking = profile.ranking(max_distance=args.max_distance)
+    ranking = profile.ranked(max_distance=args.max_distance).table
     print(f"Strongest distance-decay pairs (score contribution over distances 1..{args.max_distance}):")
     print(ranking.head(10).round(3).to_string(index=False))
     top = ranking.head(args.top)
-    profile.plot(list(zip(top["layer"], top["head"], top["unit"]))).savefig(args.out / "decay_neurons.png", dpi=120)
+    units = list(zip(top["layer"], top["head"], top["unit"]))
+    profile.plot(units=units).savefig(args.out / "decay_neurons.png", dpi=120)
 
     # 2. scale them and measure windows and loss -----------------------------------------
     def edits(scale: float) -> list[EditNeuron]:
@@ -64,7 +65,7 @@ def main() -> None:
     exp = window_experiment(model, texts, conditions, progress=progress)
     print("\nWhole model (window over all heads; loss in nats, late = second half of the text):")
     print(exp.summary.round(3).to_string(index=False))
-    edited = exp.windows.merge(top[["layer", "head"]].drop_duplicates(), on=["layer", "head"])
+    edited = exp.table.merge(top[["layer", "head"]].drop_duplicates(), on=["layer", "head"])
     for col in ("window", "sink", "mean_distance"):
         table = edited.pivot_table(index=["layer", "head"], columns="condition", values=col)
         print(f"\nEdited heads, {col}:\n" + table[["clean", *conditions]].round(2).to_string())

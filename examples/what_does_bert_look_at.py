@@ -57,28 +57,29 @@ def main() -> None:
     for col in ("cls", "sep", "punct", "prev", "next"):
         top = stats.top(col, 3)
         print(f"  {col:6s} " + "   ".join(f"{l}-{h}: {v:.2f}" for l, h, v in top.itertuples(index=False)))
-    by_layer = stats.df.groupby("layer")[["cls", "sep", "punct", "entropy"]].mean()
+    by_layer = stats.table.groupby("layer")[["cls", "sep", "punct", "entropy"]].mean()
     print("\nMean over the heads of each layer:\n" + by_layer.round(3).to_string())
-    stats.plot_targets().savefig(args.out / "attention_targets.png", dpi=120)
-    stats.plot_entropy().savefig(args.out / "entropy.png", dpi=120)
+    stats.plot(kind="targets").savefig(args.out / "attention_targets.png", dpi=120)
+    stats.plot(kind="entropy").savefig(args.out / "entropy.png", dpi=120)
 
     # 2. clustering ----------------------------------------------------------------------
     hmap = head_distances(model, corpus, stats=stats, seed=args.seed, progress=progress)
-    print("\nHead behaviours:", {k: int(v) for k, v in hmap.df["behaviour"].value_counts().items()})
+    print("\nHead behaviours:", {b: int(n) for b, n in hmap.summary.itertuples(index=False)})
     hmap.plot().savefig(args.out / "head_clusters.png", dpi=120)
 
     # 3. syntax --------------------------------------------------------------------------
     maps = word_maps(model, sentences, progress=progress)
     res = relation_accuracy(model, sentences, maps=maps, progress=progress)
     print("\nBest head per relation vs the best fixed offset (most frequent relations):")
-    print(res.table(min_count=5).head(15).round(3).to_string(index=False))
+    frequent = res.table[res.table["count"] >= 5]
+    print(frequent.head(15).round(3).to_string(index=False))
     res.plot().savefig(args.out / "relations.png", dpi=120)
 
     n_train = args.train if args.train is not None else (2 * len(sentences)) // 3
     probe = AttentionProbe(seed=args.seed).fit(model, sentences[:n_train], maps=maps[:n_train], progress=progress)
     score = probe.evaluate(model, sentences[n_train:], maps=maps[n_train:], progress=progress)
     print(f"\nAttention probe: trained on {n_train} sentences, tested on {score.n_sentences} ({score.n_words} words)")
-    print(score.to_frame().round(3).to_string(index=False))
+    print(score.table.round(3).to_string(index=False))
     print(f"\nfigures in {args.out}/ ({time.time() - t0:.0f} s)")
 
 

@@ -40,11 +40,11 @@ def test_planted_twins_have_distance_zero_and_labels(tiny_gpt2):
     assert hm.distances.shape == (8, 8)
     assert hm.distance((0, 1), (1, 3)) == pytest.approx(0.0, abs=1e-9)
     assert hm.distance((0, 1), (1, 0)) > 0.5  # previous-token vs first-token head: nearly disjoint
-    labels = hm.df.set_index(["layer", "head"])["behaviour"]
+    labels = hm.table.set_index(["layer", "head"])["behaviour"]
     assert labels[(0, 1)] == labels[(1, 3)] == "previous"
     assert labels[(1, 0)] == "special"
     # MDS puts the twins on the same point
-    xy = hm.df[["x", "y"]].to_numpy()
+    xy = hm.table[["x", "y"]].to_numpy()
     assert np.linalg.norm(xy[1] - xy[7]) < 1e-3 * (np.ptp(xy) + 1e-9) + 1e-6
     assert len(hm.plot().axes) >= 2
 
@@ -52,12 +52,12 @@ def test_planted_twins_have_distance_zero_and_labels(tiny_gpt2):
 def test_mds_is_deterministic(tiny_bert):
     a = head_distances(tiny_bert, [TEXT, "a dog ran ."], progress=False, seed=3)
     b = head_distances(tiny_bert, [TEXT, "a dog ran ."], progress=False, seed=3)
-    assert np.array_equal(a.df[["x", "y"]].to_numpy(), b.df[["x", "y"]].to_numpy())
+    assert np.array_equal(a.table[["x", "y"]].to_numpy(), b.table[["x", "y"]].to_numpy())
 
 
 def test_behaviour_thresholds(tiny_llama):
     stats = head_stats(tiny_llama, [TEXT], progress=False)
-    df = stats.df.copy()
+    df = stats.table.copy()
     df.loc[0, ["special", "prev", "next", "self"]] = [0.9, 0, 0, 0]
     df.loc[1, ["special", "prev", "next", "self"]] = [0.0, 0, 0.8, 0]
     labels = behaviour(df)
@@ -66,6 +66,6 @@ def test_behaviour_thresholds(tiny_llama):
 
 def test_stats_of_another_model_rejected(tiny_gpt2, tiny_bert):
     stats = head_stats(tiny_gpt2, [TEXT], progress=False)
-    stats.df = stats.df.iloc[:3]
+    stats.table = stats.table.iloc[:3]
     with pytest.raises(InvalidInput, match="stats has 3 heads but tiny-bert has 8"):
         head_distances(tiny_bert, [TEXT], stats=stats, progress=False)

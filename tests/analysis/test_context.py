@@ -42,7 +42,7 @@ def test_window_shrinks_under_a_distance_penalty(tiny_llama):
     exp = window_experiment(tiny_llama, [TEXT], penalty, progress=False)
     s = exp.summary.set_index("condition")
     assert s.loc["penalty", "model_window"] < s.loc["clean", "model_window"]
-    w = exp.windows.pivot_table(index=["layer", "head"], columns="condition", values="window")
+    w = exp.table.pivot_table(index=["layer", "head"], columns="condition", values="window")
     assert (w["penalty"] <= w["clean"]).all() and (w["penalty"] < w["clean"]).any()
     assert set(exp.loss["condition"]) == {"clean", "penalty"}
     assert "late_loss" in s.columns and np.isfinite(s["mean_loss"]).all()
@@ -53,7 +53,7 @@ def test_window_shrinks_under_a_distance_penalty(tiny_llama):
 def test_scaling_a_neuron_changes_only_its_head(tiny_llama):
     edits = {"x0": [EditNeuron(1, 2, site="q", dim=[0, 4], scale=0.0)]}
     exp = window_experiment(tiny_llama, [TEXT], edits, progress=False)
-    d = exp.windows.pivot_table(index=["layer", "head"], columns="condition", values="mean_distance")
+    d = exp.table.pivot_table(index=["layer", "head"], columns="condition", values="mean_distance")
     assert np.allclose(d.loc[0, "x0"], d.loc[0, "clean"])  # layer 0 comes before the edit
     assert d.loc[(1, 2), "x0"] != pytest.approx(d.loc[(1, 2), "clean"])
     assert np.allclose(d.loc[[(1, 0), (1, 1), (1, 3)], "x0"], d.loc[[(1, 0), (1, 1), (1, 3)], "clean"])

@@ -67,12 +67,12 @@ def test_planted_previous_head_and_uniform_entropy(tiny_gpt2):
     n = len(tiny_gpt2.to_tokens(TEXT)[0])
     specs = [SetPattern(1, 2, pattern=_previous_token_pattern(n)), EditScores(0, None, replace=0.0)]
     stats = head_stats(tiny_gpt2, [TEXT], interventions=specs, progress=False)
-    row = stats.df.set_index(["layer", "head"]).loc[(1, 2)]
+    row = stats.table.set_index(["layer", "head"]).loc[(1, 2)]
     assert row["prev"] == pytest.approx(1.0)
     assert row["next"] == 0.0 and row["entropy"] == pytest.approx(0.0, abs=1e-6)
     assert row["first"] == pytest.approx(2 / n)  # queries 0 and 1 attend to token 0
     # uniform causal attention: entropy of query i is log(i + 1)
-    uniform = stats.df[stats.df["layer"] == 0]
+    uniform = stats.table[stats.table["layer"] == 0]
     expected = np.mean([math.log(i + 1) for i in range(n)])
     assert np.allclose(uniform["entropy"], expected, atol=1e-5)
     assert np.allclose(uniform["uniform_entropy"], expected, atol=1e-5)
@@ -85,21 +85,21 @@ def test_special_token_columns_on_an_encoder(tiny_bert):
     to_sep = torch.zeros(n, n)
     to_sep[:, n - 1] = 1  # every token attends to [SEP]
     stats = head_stats(tiny_bert, [TEXT, TEXT], interventions=[SetPattern(0, 1, pattern=to_sep)], progress=False)
-    row = stats.df.set_index(["layer", "head"]).loc[(0, 1)]
+    row = stats.table.set_index(["layer", "head"]).loc[(0, 1)]
     assert row["sep"] == pytest.approx(1.0) and row["special"] == pytest.approx(1.0)
     assert row["cls"] == 0.0 and row["punct"] == 0.0
     assert stats.n_sentences == 2 and stats.n_tokens == 2 * n
     # an ordinary head: special + punct + the rest = 1, punctuation is the final "."
-    assert (stats.df["special"] + stats.df["punct"] <= 1 + 1e-6).all()
-    fig = stats.plot_targets()
+    assert (stats.table["special"] + stats.table["punct"] <= 1 + 1e-6).all()
+    fig = stats.plot(kind="targets")
     assert len(fig.axes) == 4
-    assert len(stats.plot_entropy().axes[0].patches) == 8
+    assert len(stats.plot(kind="entropy").axes[0].patches) == 8
 
 
 def test_decoder_has_no_cls_column(tiny_llama):
     stats = head_stats(tiny_llama, [TEXT], progress=False)
-    assert stats.df["cls"].isna().all()
-    assert (stats.df["entropy_first"] == 0).all()  # a decoder's first row sees only itself
+    assert stats.table["cls"].isna().all()
+    assert (stats.table["entropy_first"] == 0).all()  # a decoder's first row sees only itself
 
 
 def test_bad_corpus(tiny_gpt2):

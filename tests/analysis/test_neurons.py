@@ -2,20 +2,22 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.analysis.neurons import decay_neurons, is_rotary, neuron_view, unit_dims, unit_scores
+from attnlab.analysis.neurons import decay_neurons, neuron_data, unit_dims, unit_scores
+from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidLocation
 
 TEXT = "the nurse said that she left the house because the doctor was not happy ."
 
 
 def _model_attention(model, text, layer):
-    _, cache = model.run_with_cache(text, names_filter=[f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_attn_scores"])
-    return cache[f"blocks.{layer}.attn.hook_pattern"][0], cache[f"blocks.{layer}.attn.hook_attn_scores"][0]
+    pattern, scores = hook_name(layer, "pattern"), hook_name(layer, "attn_scores")
+    _, cache = model.run_with_cache(text, names_filter=[pattern, scores])
+    return cache[pattern][0], cache[scores][0]
 
 
 def test_neuron_view_softmax_is_the_models_pattern(any_tiny):
     layer, head, query = 1, 2, 6
-    v = neuron_view(any_tiny, TEXT, layer=layer, head=head, query=query)
+    v = neuron_data(any_tiny, TEXT, layer=layer, head=head, query=query)
     pattern, scores = _model_attention(any_tiny, TEXT, layer)
     assert torch.allclose(v.pattern, pattern[head, query], atol=1e-6)
     assert torch.allclose(v.qk, v.q[None] * v.k)
@@ -32,7 +34,7 @@ def test_unit_contributions_sum_to_the_scores(any_tiny):
     us = unit_scores(any_tiny, TEXT, layer=1, head=3)
     _, scores = _model_attention(any_tiny, TEXT, 1)
     vis = scores[3] > -1e30
-    assert us.shape[0] == (any_tiny.cfg.d_head // 2 if is_rotary(any_tiny) else any_tiny.cfg.d_head)
+    assert us.shape[0] == (any_tiny.cfg.d_head // 2 if any_tiny.cfg.rotary else any_tiny.cfg.d_head)
     assert torch.allclose(us.sum(0)[vis], scores[3][vis], atol=1e-5)
 
 
@@ -52,7 +54,7 @@ def test_rotary_pairs_follow_rotate_half(tiny_llama):
     assert rotated[..., others].abs().max() == 0
     assert not torch.allclose(rotated[0, 0, 3, dims], x[0, 0, 3, dims])  # it did rotate
     assert torch.allclose(rotated[..., dims].norm(dim=-1), x[..., dims].norm(dim=-1))
-    assert not is_rotary(__import__("attnlab.testing", fromlist=["tiny_model"]).tiny_model("gpt2"))
+    assert not __import__("attnlab.testing", fromlist=["tiny_model"]).tiny_model("gpt2").cfg.rotary
 
 
 def test_decay_profile_is_the_mean_of_unit_scores_by_distance(tiny_gemma):
@@ -91,24 +93,24 @@ def test_ranking_finds_a_planted_decay_neuron(tiny_gpt2):
         x[:, :, 1, 3] = torch.arange(x.shape[1], dtype=x.dtype)
         return x
 
-    with tiny_gpt2.hooks(fwd_hooks=[("blocks.0.attn.hook_q", set_q), ("blocks.0.attn.hook_k", set_k_decay)]):
+    with tiny_gpt2.hooks(fwd_hooks=[(hook_name(0, "q"), set_q), (hook_name(0, "k"), set_k_decay)]):
         prof = decay_neurons(tiny_gpt2, [TEXT], ignore_first=False, progress=False)
-    r = prof.ranking()
+    r = prof.table
     assert (r.loc[0, "layer"], r.loc[0, "head"], r.loc[0, "unit"]) == (0, 1, 3)
     assert r.loc[0, "spearman"] == pytest.approx(-1.0)
     assert r.loc[0, "slope"] == pytest.approx(-scale / 2, rel=1e-4)
     assert r.loc[0, "dims"] == "3"
     assert prof.curve(0, 1, 3)["contribution"].iloc[0] == pytest.approx(scale * (len(tiny_gpt2.to_tokens(TEXT)[0]) - 1) / 2, rel=1e-4)
-    assert len(prof.plot([(0, 1, 3)]).axes) == 1
+    assert len(prof.plot(units=[(0, 1, 3)]).axes) == 1
 
 
 def test_bad_locations(tiny_llama):
     with pytest.raises(InvalidLocation, match=r"head 4 out of range: tiny-llama has heads 0\.\.3"):
-        neuron_view(tiny_llama, TEXT, layer=0, head=4, query=0)
+        neuron_data(tiny_llama, TEXT, layer=0, head=4, query=0)
     with pytest.raises(InvalidLocation, match=r"layer 5 out of range"):
-        neuron_view(tiny_llama, TEXT, layer=5, head=0, query=0)
+        neuron_data(tiny_llama, TEXT, layer=5, head=0, query=0)
     with pytest.raises(InvalidLocation, match=r"query position 99 out of range: this text has positions 0\.\.15"):
-        neuron_view(tiny_llama, TEXT, layer=0, head=0, query=99)
+        neuron_data(tiny_llama, TEXT, layer=0, head=0, query=99)
     with pytest.raises(InvalidLocation, match=r"unit 4 out of range: tiny-llama has pairs 0\.\.3"):
         unit_dims(tiny_llama, 4)
     with pytest.raises(InvalidInput, match="non-empty string"):
@@ -117,8 +119,8 @@ def test_bad_locations(tiny_llama):
         decay_neurons(tiny_llama, [], progress=False)
     prof = decay_neurons(tiny_llama, [TEXT], progress=False)
     with pytest.raises(InvalidInput, match="unknown ranking 'steep'"):
-        prof.ranking(by="steep")
+        prof.ranked(by="steep")
     with pytest.raises(InvalidInput, match="min_distance < max_distance"):
-        prof.ranking(min_distance=5, max_distance=3)
+        prof.ranked(min_distance=5, max_distance=3)
     with pytest.raises(InvalidLocation, match="key 40 out of range"):
-        neuron_view(tiny_llama, TEXT, layer=0, head=0, query=2).top_dims(40)
+        neuron_data(tiny_llama, TEXT, layer=0, head=0, query=2).top_dims(40)

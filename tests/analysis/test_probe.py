@@ -47,7 +47,7 @@ def test_probe_learns_a_planted_head_and_beats_chance():
     # without the planted head the same probe is near chance (a word has ~5 candidates)
     noise_s, noise_m = _synthetic(30, 2, planted=False)
     assert probe.evaluate(None, noise_s, maps=noise_m, progress=False).uas < 0.6
-    frame = score.to_frame()
+    frame = score.table
     assert list(frame["parser"]) == ["attention probe", "head = next word", "head = previous word"]
 
 

@@ -5,8 +5,9 @@ import torch
 
 from attnlab.analysis import head_stats
 from attnlab.analysis.conllu import parse_conllu
-from attnlab.analysis.neurons import decay_neurons, neuron_view
+from attnlab.analysis.neurons import decay_neurons, neuron_data
 from attnlab.analysis.syntax import relation_accuracy
+from attnlab.engine.locations import hook_name
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +21,10 @@ CORPUS = [
 def test_minilm_heads_sink_into_special_tokens(minilm):
     stats = head_stats(minilm, CORPUS, progress=False)
     # BERT-style encoders park much attention on [CLS]/[SEP] in middle layers (Clark et al. section 3)
-    assert stats.df["special"].max() > 0.5
-    assert stats.df["cls"].notna().all() and stats.df["sep"].notna().all()
+    assert stats.table["special"].max() > 0.5
+    assert stats.table["cls"].notna().all() and stats.table["sep"].notna().all()
     # some head is a clear previous- or next-token head
-    assert max(stats.df["prev"].max(), stats.df["next"].max()) > 0.5
+    assert max(stats.table["prev"].max(), stats.table["next"].max()) > 0.5
 
 
 def test_minilm_has_a_determiner_head_better_than_the_baseline(minilm):
@@ -33,18 +34,18 @@ def test_minilm_has_a_determiner_head_better_than_the_baseline(minilm):
                                        ("near", 7, "case"), ("the", 7, "det"), ("door", 4, "obl")], start=1)
     )
     res = relation_accuracy(minilm, parse_conllu(rows + "\n"), progress=False)
-    det = res.table(relations=["det"]).iloc[0]
+    det = res.table.set_index("relation").loc["det"]
     assert det["accuracy"] == 1.0
 
 
 def test_gemma_neuron_view_and_decay(gemma):
     text = CORPUS[0] + " " + CORPUS[1]
-    v = neuron_view(gemma, text, layer=3, head=1, query=20)
+    v = neuron_data(gemma, text, layer=3, head=1, query=20)
     seen = []
-    with gemma.hooks(fwd_hooks=[("blocks.3.attn.hook_pattern", lambda x, hook: seen.append(x.detach()))]):
+    with gemma.hooks(fwd_hooks=[(hook_name(3, "pattern"), lambda x, hook: seen.append(x.detach()))]):
         gemma(text, return_type="hidden")
     assert torch.allclose(v.pattern, seen[0][0, 1, 20].float(), atol=1e-5)
     assert v.rotary and v.q.shape == (256,)
     prof = decay_neurons(gemma, [text], layers=[1], progress=False)
-    top = prof.ranking(max_distance=20).iloc[0]
+    top = prof.ranked(max_distance=20).table.iloc[0]
     assert top["layer"] == 1 and top["spearman"] < -0.9 and top["decay"] > 0

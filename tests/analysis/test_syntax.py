@@ -39,7 +39,7 @@ def test_planted_head_is_a_perfect_parser(tiny_bert):
     for rel in ("all", "nsubj", "det", "mark", "ccomp", "punct"):
         assert ph[(rel, "dep->head", 1, 2)] == 1.0
     assert res.head_matrix("all").shape == (2, 4)
-    table = res.table()
+    table = res.table
     assert (table.loc[table["relation"] == "all", ["layer", "head", "accuracy"]].values.tolist() == [[1, 2, 1.0]])
     assert tiny_bert.count_hooks() == 0
 

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from attnlab.errors import InvalidInput
 from attnlab.viz.plots import (
-    bias_by_occupation, clustering_embedding, context_window_curves, head_heatmap, head_statistics,
+    bias_by_occupation, clustering_embedding, context_window_curves, grouped_bars, head_heatmap, head_statistics,
 )
 
 
@@ -111,3 +111,93 @@ def test_bias_by_occupation_fit_and_labels():
     assert sorted(line.get_label().split(":")[0] for line in ax.lines if "fit" in line.get_label()) == ["clean", "intervened"]
     with pytest.raises(InvalidInput, match="the DataFrame is empty"):
         bias_by_occupation(df.iloc[:0])
+
+
+def test_grouped_bars_one_bar_per_row_and_column():
+    df = pd.DataFrame({"relation": ["det", "nsubj"], "best head": [0.9, 0.6], "offset": [0.7, 0.4]})
+    ax = grouped_bars(df, ["best head", "offset"], x="relation", ylim=(0, 1), reference=0.5).axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [0.9, 0.6, 0.7, 0.4]  # column by column
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["det", "nsubj"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["best head", "offset"]
+    assert ax.lines[0].get_ydata()[0] == 0.5 and ax.get_ylim() == (0, 1)
+    with pytest.raises(InvalidInput, match=r"missing column\(s\) \['uas'\]"):
+        grouped_bars(df, "uas", x="relation")
+
+
+def test_every_plot_draws_on_the_callers_axes(sweep):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    stats = sweep.assign(entropy=sweep.effect.abs())
+    assert head_heatmap(sweep, ax=axes[0, 0]) is fig and axes[0, 0].images
+    assert head_statistics(stats, ["effect", "entropy"], ax=axes[1, :2]) is fig
+    assert len(axes[1, 1].collections[0].get_offsets()) == len(stats)
+    points = pd.DataFrame({"x": [0.0, 1.0], "y": [1.0, 0.0], "layer": [0, 1]})
+    assert clustering_embedding(points, ax=axes[0, 1]) is fig and len(axes[0, 1].collections) == 1
+    curves = pd.DataFrame({"distance": [1, 2], "mass": [0.5, 0.2], "label": "clean"})
+    assert context_window_curves(curves, ax=axes[0, 2], reference=0.9) is fig and len(axes[0, 2].lines) == 2
+    occupations = pd.DataFrame({"occupation": ["a", "b"], "share_women": [0.1, 0.9], "log_ratio": [-1.0, 1.0]})
+    assert bias_by_occupation(occupations, ax=axes[1, 2]) is fig
+    with pytest.raises(InvalidInput, match=r"head_statistics draws 2 panel\(s\): pass ax=None or a list of 2 Axes, got 1 item"):
+        head_statistics(stats, ["effect", "entropy"], ax=[axes[0, 0]])
+    with pytest.raises(InvalidInput, match=r"head_heatmap draws 1 panel\(s\): pass ax=None or one Axes, got str"):
+        head_heatmap(sweep, ax="left")
+
+
+@pytest.fixture
+def pdf_backend():
+    """Switch to the 'pdf' backend (one no plot should move away from) and restore the user's afterwards."""
+    import sys
+
+    import matplotlib
+
+    previous = dict.__getitem__(matplotlib.rcParams, "backend")  # raw: reading it normally may pick a backend
+    pyplot_before = sys.modules.get("matplotlib.pyplot")
+    open_before = pyplot_before.get_fignums() if pyplot_before else []
+    matplotlib.use("pdf")
+    yield pyplot_before, open_before
+    if isinstance(previous, str):
+        matplotlib.use(previous)
+    else:
+        dict.__setitem__(matplotlib.rcParams, "backend", previous)
+
+
+def test_plots_never_touch_pyplot_or_the_backend(pdf_backend, sweep, tiny_bert, tiny_llama):
+    """Every viz plot and every analysis result's plot: no pyplot import, no open figure, the backend unchanged."""
+    import sys
+    from pathlib import Path
+
+    import matplotlib
+
+    from attnlab.analysis import (
+        AttentionProbe, attention_by_distance, decay_neurons, head_distances, head_stats, neuron_data, read_conllu,
+        relation_accuracy, window_experiment,
+    )
+
+    texts = ["the nurse said that she left the house .", "a dog ran ."]
+    sents = read_conllu(Path(__file__).parents[1] / "analysis" / "fixtures" / "good.conllu")
+    stats = head_stats(tiny_bert, texts, progress=False)
+    results = [
+        stats, head_distances(tiny_bert, texts, stats=stats, progress=False),
+        relation_accuracy(tiny_bert, sents, progress=False),
+        AttentionProbe(epochs=2).fit(tiny_bert, sents, progress=False).evaluate(tiny_bert, sents, progress=False),
+        neuron_data(tiny_llama, texts[0], layer=1, head=0, query=4), decay_neurons(tiny_llama, texts, progress=False),
+        attention_by_distance(tiny_llama, texts, progress=False), window_experiment(tiny_llama, texts, {}, progress=False),
+    ]
+    figures = [result.plot() for result in results] + [stats.plot(kind="entropy")]
+    figures += [
+        head_heatmap(sweep), head_statistics(sweep), grouped_bars(sweep, "effect", x="head"),
+        clustering_embedding(pd.DataFrame({"x": [0.0, 1], "y": [1.0, 0], "layer": [0, 1]})),
+        context_window_curves(pd.DataFrame({"distance": [1, 2], "mass": [0.5, 0.2], "label": "a"})),
+        bias_by_occupation(pd.DataFrame({"occupation": ["a", "b"], "share_women": [0.1, 0.9], "log_ratio": [-1.0, 1.0]})),
+    ]
+    assert all(isinstance(fig, Figure) and type(fig.canvas).__name__ == "FigureCanvasAgg" for fig in figures)
+    assert matplotlib.get_backend() == "pdf"
+    pyplot_before, open_before = pdf_backend
+    if pyplot_before is None:
+        assert "matplotlib.pyplot" not in sys.modules
+    else:
+        assert pyplot_before.get_fignums() == open_before

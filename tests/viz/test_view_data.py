@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import AblateHead, BlockKeys, EditNeuron
 from attnlab.viz import diff_view, head_view, model_view, neuron_view
@@ -27,7 +28,7 @@ def embedded_data(view) -> dict:
 
 
 def patterns(model, text_or_ids, **kwargs) -> np.ndarray:
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(text_or_ids, names_filter=names, **kwargs)
     return np.stack([cache[n][0].numpy() for n in names])  # [layer, head, query, key]
@@ -222,3 +223,30 @@ def test_undefined_weights_become_null_not_invalid_json():
     out = to_list(np.array([[0.123456, np.nan], [-0.0, np.inf]]))
     assert out == [[0.1235, None], [0.0, None]]
     assert json.loads(json_for_script(out)) == out  # allow_nan=False would reject NaN
+
+
+def test_views_tokenise_through_the_engine(tiny_bert, tiny_gpt2):
+    from attnlab.engine.tokens import Tokens
+    from attnlab.viz._data import view_input
+
+    source = view_input(tiny_gpt2, TEXT)
+    expected = tiny_gpt2.tokens(TEXT)
+    assert isinstance(source.tokens, Tokens)
+    assert torch.equal(source.tokens.ids, expected.ids) and torch.equal(source.tokens.mask, expected.mask)
+    assert source.strings == tiny_gpt2.to_str_tokens(TEXT) and source.token_type_ids is None
+    pair = view_input(tiny_bert, PAIR)
+    assert pair.token_type_ids.tolist() == [pair.segments]  # BERT segments travel next to the engine's Tokens
+    with pytest.raises(InvalidInput, match=r"token ids must lie in 0\.\.\d+ for tiny-gpt2"):
+        head_view(tiny_gpt2, torch.tensor([0, 10**6]))  # the engine's vocabulary check applies to views too
+
+
+def test_neuron_view_scale_is_the_models(any_tiny):
+    view = neuron_view(any_tiny, TEXT, layers=[0, 1], heads=[0])
+    assert view.data["scales"] == [any_tiny.cfg.scaling] * 2
+    from attnlab.viz.neuron_view import effective_scale
+
+    q, k = np.asarray(view.data["q"][0]).swapaxes(0, 1), np.asarray(view.data["k"][0]).swapaxes(0, 1)
+    scores = np.asarray([[[np.nan if v is None else v for v in row] for row in h] for h in view.data["scores"][0]])
+    with pytest.warns(DeprecationWarning, match=r"use model\.cfg\.scaling"):
+        fitted = effective_scale(q, k, np.nan_to_num(scores), np.isnan(scores))
+    assert fitted == pytest.approx(any_tiny.cfg.scaling, rel=1e-3)

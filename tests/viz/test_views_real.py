@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from attnlab.engine.locations import hook_name
 from attnlab.viz import head_view, neuron_view
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,6 @@ def test_minilm_sentence_pair_runs_with_segment_ids(minilm):
     enc = minilm.tokenizer(*pair, return_tensors="pt")
     assert view.data["segments"] == enc["token_type_ids"][0].tolist()
     with torch.no_grad():
-        _, cache = minilm.run_with_cache(enc["input_ids"], names_filter=["blocks.2.attn.hook_pattern"],
+        _, cache = minilm.run_with_cache(enc["input_ids"], names_filter=[hook_name(2, "pattern")],
                                          attention_mask=enc["attention_mask"], token_type_ids=enc["token_type_ids"])
-    np.testing.assert_allclose(np.asarray(view.data["attention"])[0], cache["blocks.2.attn.hook_pattern"][0].numpy(), atol=6e-5)
+    np.testing.assert_allclose(np.asarray(view.data["attention"])[0], cache[hook_name(2, "pattern")][0].numpy(), atol=6e-5)

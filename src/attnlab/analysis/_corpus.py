@@ -1,8 +1,9 @@
 """Turn a corpus into per-sentence attention maps, with tokens aligned to words.
 
 Every analysis in this package starts here: texts (or pre-split word lists, e.g. from
-CoNLL-U) are tokenised once, run through the model in batches with only ``hook_pattern``
-cached, and cut back to each sentence's own length (padding removed).
+CoNLL-U) are tokenised once, padded by the engine (``model.pad``) and run through the
+engine's one forward primitive (:func:`attnlab.engine.forward.run`, no LM head) in
+batches with only ``hook_pattern`` read, then cut back to each sentence's own length.
 
 A text is fed to the model as it is, and its words are runs of word characters and single
 punctuation marks; a word list (e.g. from CoNLL-U) is fed as the words joined by single
@@ -24,10 +25,10 @@ import torch
 from jaxtyping import Float
 
 from attnlab.engine.forward import run
-from attnlab.engine.tokens import Tokens
+from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput
 
-__all__ = ["Sentence", "prepare", "attention_batches", "capture", "split_words", "is_punctuation", "check_corpus"]
+__all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -112,9 +113,12 @@ def _words_of(item, index: int) -> tuple[str, list[str], list[int]]:
 
 
 def _align(model, text: str, words: list[str], starts: list[int], index: int) -> Sentence:
-    tok = model._need_tokenizer()
+    # Offsets come from the tokenizer itself (the engine has no notion of words); the ids
+    # are the ones ``model.token_rows`` gives, special tokens included.
+    tok = model.tokenizer
     if not getattr(tok, "is_fast", False):
-        raise InvalidInput(f"{model.cfg.name}: word alignment needs a fast tokenizer (character offsets)")
+        raise InvalidInput(f"{model.cfg.name}: word alignment needs a fast tokenizer (character offsets); "
+                           "load the model with its fast tokenizer")
     enc = tok(text, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     n_ctx = model.cfg.n_ctx
@@ -159,17 +163,6 @@ def prepare(model, corpus: Iterable) -> list[Sentence]:
     return [_align(model, *_words_of(item, i), i) for i, item in enumerate(items)]
 
 
-@torch.no_grad()
-def capture(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Run the model's body (no LM head: its logits are not needed) and return the named hook outputs.
-
-    The vocabulary projection dominates the cost of a forward pass of a small LM with a
-    large vocabulary (Gemma: 262k words), so analyses that only read attention skip it.
-    """
-    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    return run(model, Tokens(input_ids, mask.long(), "right"), logits=None, read=list(dict.fromkeys(names))).cache
-
-
 def _batches(sentences: list[Sentence], batch_size: int) -> Iterator[list[Sentence]]:
     # Group similar lengths so padding stays small; results keep the caller's order.
     order = sorted(range(len(sentences)), key=lambda i: sentences[i].n_tokens)
@@ -177,7 +170,6 @@ def _batches(sentences: list[Sentence], batch_size: int) -> Iterator[list[Senten
         yield [sentences[i] for i in order[start : start + batch_size]]
 
 
-@torch.no_grad()
 def attention_batches(
     model,
     sentences: list[Sentence],
@@ -189,27 +181,22 @@ def attention_batches(
 ) -> Iterator[Sentence]:
     """Yield each sentence with ``.pattern`` filled: ``[layer, head, query, key]`` float32.
 
-    Sentences are batched by length; only ``hook_pattern`` is cached. ``interventions``
-    are applied during the run (e.g. to measure attention under an edit).
+    Sentences are batched by length and right-padded by the engine; only ``hook_pattern``
+    is read and no LM head runs. ``interventions`` are applied during the run (e.g. to
+    measure attention under an edit).
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
-    pad = model.tokenizer.pad_token_id or 0
-    with tqdm(total=len(sentences), desc=desc, disable=not progress) as bar, model.intervene(*interventions):
+    names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
+    with tqdm(total=len(sentences), desc=desc, disable=not progress) as bar:
         for batch in _batches(sentences, batch_size):
-            width = max(s.n_tokens for s in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, s in enumerate(batch):
-                ids[row, : s.n_tokens] = torch.tensor(s.token_ids)
-                mask[row, : s.n_tokens] = 1
-            names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
-            cache = capture(model, ids, mask, names)
-            stacked = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)], 1)
+            tokens = model.pad([s.token_ids for s in batch], padding_side="right")
+            cache = run(model, tokens, logits=None, read=names, interventions=interventions).cache
+            stacked = torch.stack([cache[name] for name in names], 1)  # [batch, layer, head, query, key]
             for row, s in enumerate(batch):
                 n = s.n_tokens
-                s.pattern = stacked[row, :, :, :n, :n].float().cpu().clone()  # [layer, head, query, key]
+                s.pattern = stacked[row, :, :, :n, :n].float().cpu().clone()
                 yield s
             bar.update(len(batch))

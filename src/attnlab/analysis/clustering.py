@@ -12,16 +12,16 @@ Each head also gets a behaviour label from its statistics (see :func:`behaviour`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 
 from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.analysis.heads import HeadStats, entropy, head_stats
 from attnlab.errors import InvalidInput
+from attnlab.measure.result import Result
 
 __all__ = ["js_divergence_matrix", "head_distances", "HeadMap", "behaviour", "BEHAVIOURS"]
 
@@ -61,44 +61,45 @@ def behaviour(stats: pd.DataFrame, *, threshold: float = 0.5, broad: float = 0.7
     return pd.Series(labels, index=stats.index, name="behaviour")
 
 
-@dataclass
-class HeadMap:
+class HeadMap(Result):
     """JS distances between all heads and their 2-D MDS embedding.
 
     ``distances``: ``[n_layers * n_heads]`` square matrix, head index = layer * n_heads + head.
-    ``df``: one row per head with ``layer, head, x, y, behaviour``.
+    ``table``: one row per head with ``layer, head, x, y, behaviour``; ``summary``: how
+    many heads have each behaviour; ``per_prompt`` is empty (distances are pooled over
+    the corpus).
     """
 
-    distances: np.ndarray
-    df: pd.DataFrame
-    model_name: str
+    def __init__(self, distances: np.ndarray, table: pd.DataFrame, model_name: str):
+        self.distances = distances
+        self.table = table
+        self.model_name = model_name
+        self.per_prompt = empty_frame(["sentence", "layer", "head"])
+
+    def __repr__(self) -> str:
+        return f"HeadMap({self.model_name}: {len(self.table)} heads)"
+
+    df = Renamed("table")
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        counts = self.table["behaviour"].value_counts()
+        return pd.DataFrame({"behaviour": [b for b in BEHAVIOURS if b in counts],
+                             "n_heads": [int(counts[b]) for b in BEHAVIOURS if b in counts]})
 
     def distance(self, a: tuple[int, int], b: tuple[int, int]) -> float:
-        n_heads = int(self.df["head"].max()) + 1
+        n_heads = int(self.table["head"].max()) + 1
         return float(self.distances[a[0] * n_heads + a[1], b[0] * n_heads + b[1]])
 
-    def plot(self):
-        """Two panels like Clark et al. Fig. 6: the MDS map coloured by layer and by behaviour."""
-        import matplotlib
+    def plot(self, ax=None):
+        """Two panels like Clark et al. Fig. 6: the MDS map coloured by layer and by behaviour (``ax``: two Axes)."""
+        from attnlab.viz.plots import clustering_embedding, panels
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
-        sc = a.scatter(self.df["x"], self.df["y"], c=self.df["layer"], cmap="viridis", s=28)
-        fig.colorbar(sc, ax=a, label="layer")
-        a.set_title("heads coloured by layer")
-        for i, name in enumerate(BEHAVIOURS):
-            sub = self.df[self.df["behaviour"] == name]
-            if len(sub):
-                b.scatter(sub["x"], sub["y"], s=28, color=f"C{i}", label=name)
-        b.legend(frameon=False, fontsize=8)
-        b.set_title("heads coloured by behaviour")
-        for ax in (a, b):
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle(f"{self.model_name}: MDS of Jensen-Shannon distances between heads")
-        fig.tight_layout()
+        fig, (by_layer, by_behaviour) = panels(ax, 2, 10, 4.2, "HeadMap.plot")
+        clustering_embedding(self.table, color="layer", title="heads coloured by layer", ax=by_layer)
+        clustering_embedding(self.table, color="behaviour", title="heads coloured by behaviour", ax=by_behaviour)
+        if ax is None:  # a caller's figure keeps its own title
+            fig.suptitle(f"{self.model_name}: MDS of Jensen-Shannon distances between heads")
         return fig
 
 
@@ -139,10 +140,10 @@ def head_distances(
         xy = np.zeros((L * H, 2))
     if stats is None:
         stats = head_stats(model, corpus, batch_size=batch_size, progress=progress)
-    elif len(stats.df) != L * H:
-        raise InvalidInput(f"stats has {len(stats.df)} heads but {model.cfg.name} has {L * H}")
+    elif len(stats.table) != L * H:
+        raise InvalidInput(f"stats has {len(stats.table)} heads but {model.cfg.name} has {L * H}")
     df = pd.DataFrame({
         "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L), "x": xy[:, 0], "y": xy[:, 1],
     })
-    df["behaviour"] = behaviour(stats.df.sort_values(["layer", "head"]).reset_index(drop=True)).values
-    return HeadMap(distances=dist, df=df, model_name=model.cfg.name)
+    df["behaviour"] = behaviour(stats.table.sort_values(["layer", "head"]).reset_index(drop=True)).values
+    return HeadMap(dist, df, model.cfg.name)

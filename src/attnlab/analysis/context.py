@@ -18,16 +18,21 @@ distance-decay neurons with ``EditNeuron``) so their effect can be compared side
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._result import Renamed, empty_frame
+from attnlab.engine.forward import run, token_logprobs
 from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.measure.result import Result
 
 __all__ = ["DistanceProfile", "attention_by_distance", "loss_by_position", "window_experiment", "WindowExperiment"]
+
+_WINDOW_COLUMNS = ["layer", "head", "window", "sink", "mean_distance"]
 
 
 def _window(profile: np.ndarray, level: float) -> np.ndarray:
@@ -38,60 +43,86 @@ def _window(profile: np.ndarray, level: float) -> np.ndarray:
     return np.where(reached.any(-1), reached.argmax(-1), np.nan)
 
 
+def _window_table(mass: np.ndarray, sink: np.ndarray, level: float) -> pd.DataFrame:
+    """``layer, head, window, sink, mean_distance`` of every head from its mass by distance ``[layer, head, distance]``."""
+    L, H, D = mass.shape
+    total = mass.sum(-1)
+    mean_d = (mass * np.arange(D)).sum(-1) / np.where(total > 0, total, 1)
+    return pd.DataFrame({
+        "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+        "window": _window(mass, level).reshape(-1), "sink": sink.reshape(-1), "mean_distance": mean_d.reshape(-1),
+    })
+
+
+def _cumulative(mass: np.ndarray) -> np.ndarray:
+    """Cumulative share of each head's (non-sink) mass by distance, heads' profiles normalised first."""
+    total = mass.sum(-1, keepdims=True)
+    return np.cumsum(mass / np.where(total > 0, total, 1), -1)
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level <= 1:
+        raise InvalidInput(f"level must be in (0, 1], got {level!r}")
+
+
 @dataclass
-class DistanceProfile:
-    """Attention mass by query-key distance for every head (see module docstring)."""
+class DistanceProfile(Result):
+    """Attention mass by query-key distance for every head (see module docstring).
+
+    ``table``: every head's effective window at 90% (``layer, head, window, sink,
+    mean_distance``; :meth:`windows` for another level); ``per_prompt``: the same per
+    sentence and head, plus ``n_tokens``; ``summary``: the model's window, the mean sink
+    and the number of queries.
+    """
 
     mass: np.ndarray  # [layer, head, distance]
     sink: np.ndarray  # [layer, head]: mean attention to the first token (0 when ignore_first=False)
     n_queries: int
     model_name: str
     ignore_first: bool
+    per_prompt: pd.DataFrame | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.per_prompt is None:
+            self.per_prompt = empty_frame(["sentence", *_WINDOW_COLUMNS, "n_tokens"])
+
+    def __repr__(self) -> str:
+        L, H, D = self.mass.shape
+        return f"DistanceProfile({self.model_name}: {L} layers x {H} heads, {self.n_queries} queries, distances 0..{D - 1})"
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self.windows(0.9)
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return pd.DataFrame([{"level": 0.9, "model_window": self.model_window(0.9), "mean_sink": float(self.sink.mean()),
+                              "n_queries": self.n_queries}])
 
     def windows(self, level: float = 0.9) -> pd.DataFrame:
         """Effective window of every head: ``layer, head, window, sink, mean_distance``."""
-        self._check_level(level)
-        L, H, D = self.mass.shape
-        win = _window(self.mass, level)
-        total = self.mass.sum(-1)
-        mean_d = (self.mass * np.arange(D)).sum(-1) / np.where(total > 0, total, 1)
-        return pd.DataFrame({
-            "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
-            "window": win.reshape(-1), "sink": self.sink.reshape(-1), "mean_distance": mean_d.reshape(-1),
-        })
+        _check_level(level)
+        return _window_table(self.mass, self.sink, level)
 
     def model_window(self, level: float = 0.9) -> float:
         """Effective window of the whole model (mean of all heads' normalised profiles)."""
-        self._check_level(level)
+        _check_level(level)
         total = self.mass.sum(-1, keepdims=True)
         norm = self.mass / np.where(total > 0, total, 1)
         return float(_window(norm.reshape(-1, norm.shape[-1]).mean(0), level))
 
-    @staticmethod
-    def _check_level(level: float) -> None:
-        if not 0 < level <= 1:
-            raise InvalidInput(f"level must be in (0, 1], got {level!r}")
-
-    def plot(self, *, level: float = 0.9):
+    def plot(self, ax=None, *, level: float = 0.9):
         """Cumulative attention mass vs distance, one line per layer (mean over its heads)."""
-        import matplotlib
+        from attnlab.viz.plots import context_window_curves
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        total = self.mass.sum(-1, keepdims=True)
-        cum = np.cumsum(self.mass / np.where(total > 0, total, 1), -1).mean(1)  # [layer, distance]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        cmap = plt.get_cmap("viridis")
-        for layer, row in enumerate(cum):
-            ax.plot(row, color=cmap(layer / max(1, len(cum) - 1)), lw=1)
-        ax.axhline(level, color="gray", ls="--", lw=0.8)
-        ax.set_xscale("symlog")
-        ax.set_xlabel("query - key distance (tokens)")
-        ax.set_ylabel("cumulative attention mass")
-        ax.set_title(f"{self.model_name}: model window {self.model_window(level):.0f} tokens at {level:.0%}")
-        fig.tight_layout()
-        return fig
+        cum = _cumulative(self.mass).mean(1)  # [layer, distance]
+        L, D = cum.shape
+        curves = pd.DataFrame({"distance": np.tile(np.arange(D), L), "cumulative attention mass": cum.reshape(-1),
+                               "layer": np.repeat(np.arange(L), D)})
+        return context_window_curves(
+            curves, y="cumulative attention mass", group="layer", logx=True, reference=level, markers=False,
+            title=f"{self.model_name}: model window {self.model_window(level):.0f} tokens at {level:.0%}", ax=ax,
+        )
 
 
 @torch.no_grad()
@@ -115,90 +146,124 @@ def attention_by_distance(
     True
     """
     sentences = prepare(model, corpus)
+    order = {id(s): i for i, s in enumerate(sentences)}
     longest = max(s.n_tokens for s in sentences)
     D = longest if max_distance is None else max(1, min(int(max_distance) + 1, longest))
     L, H = model.cfg.n_layers, model.cfg.n_heads
     mass = torch.zeros(L, H, D, dtype=torch.float64)
     sink = torch.zeros(L, H, dtype=torch.float64)
     n_q = 0
+    per_sentence = []
     for s in attention_batches(model, sentences, batch_size=batch_size, progress=progress,
                                interventions=interventions, desc="attention by distance"):
         p = s.pattern.double()  # [layer, head, query, key]
         n = s.n_tokens
+        s_sink = p[..., 0].sum(-1) if ignore_first else torch.zeros(L, H, dtype=torch.float64)
         if ignore_first:
-            sink += p[..., 0].sum(-1)
             p = p.clone()
             p[..., 0] = 0.0
         pos = torch.arange(n)
         dist = (pos[:, None] - pos[None, :]).abs().clamp(max=D - 1)  # [query, key]
-        mass += torch.zeros(L, H, D, dtype=torch.float64).index_add_(
-            2, dist.reshape(-1), p.reshape(L, H, n * n)
-        )
+        s_mass = torch.zeros(L, H, D, dtype=torch.float64).index_add_(2, dist.reshape(-1), p.reshape(L, H, n * n))
+        mass += s_mass
+        sink += s_sink
         n_q += n
+        per_sentence.append(_window_table((s_mass / n).numpy(), (s_sink / n).numpy(), 0.9)
+                            .assign(sentence=order[id(s)], n_tokens=n))
+    per_prompt = pd.concat(per_sentence, ignore_index=True)[["sentence", *_WINDOW_COLUMNS, "n_tokens"]]
+    per_prompt = per_prompt.sort_values(["sentence", "layer", "head"], kind="stable").reset_index(drop=True)
     return DistanceProfile(mass=(mass / n_q).numpy(), sink=(sink / n_q).numpy(), n_queries=n_q,
-                           model_name=model.cfg.name, ignore_first=ignore_first)
+                           model_name=model.cfg.name, ignore_first=ignore_first, per_prompt=per_prompt)
 
 
 @torch.no_grad()
-def loss_by_position(model, texts, *, interventions: Sequence = (), progress: bool = True) -> pd.DataFrame:
+def loss_by_position(model, texts, *, interventions: Sequence = (), progress: bool = True,
+                     batch_size: int = 4) -> pd.DataFrame:
     """Next-token loss (nats) at every position, averaged over ``texts``: ``position, loss, n``.
 
-    Row ``position = t`` is the loss of predicting token t from tokens 0..t-1.
+    Row ``position = t`` is the loss of predicting token t from tokens 0..t-1. Texts run
+    ``batch_size`` at a time (right-padded by the engine; padding is never scored); the
+    logits of a batch are ``batch_size x length x vocabulary`` floats, so lower it for long
+    texts on a large vocabulary.
     """
     from tqdm.auto import tqdm
 
     if not model.cfg.is_causal or not model.cfg.has_lm_head:
         raise UnsupportedModel(f"{model.cfg.name} is not a causal language model; loss by position needs one")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
     sentences = prepare(model, texts)
     longest = max(s.n_tokens for s in sentences)
     total = torch.zeros(longest, dtype=torch.float64)
     count = torch.zeros(longest, dtype=torch.float64)
-    with model.intervene(*interventions):
-        for s in tqdm(sentences, desc="loss by position", disable=not progress):
-            ids = torch.tensor([s.token_ids], device=model.device)
-            logits = model(ids)[0].float()  # [pos, vocab]
-            nll = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="none")
-            total[1 : s.n_tokens] += nll.double().cpu()
-            count[1 : s.n_tokens] += 1
+    with tqdm(total=len(sentences), desc="loss by position", disable=not progress) as bar:
+        for start in range(0, len(sentences), batch_size):
+            tokens = model.pad([s.token_ids for s in sentences[start : start + batch_size]], padding_side="right")
+            out = run(model, tokens, logits="all", interventions=interventions)
+            # column t: log p(token t | tokens before it); 0 at padding and in column 0, which nothing predicts
+            logp = token_logprobs(out.logits, out.tokens).double().cpu()
+            width = logp.shape[1]
+            total[1:width] -= logp[:, 1:].sum(0)
+            count[1:width] += out.tokens.mask[:, 1:].cpu().double().sum(0)  # right padding: real tokens t >= 1
+            bar.update(tokens.n_rows)
     keep = count > 0
     pos = torch.arange(longest)[keep]
     return pd.DataFrame({"position": pos.numpy(), "loss": (total[keep] / count[keep]).numpy(), "n": count[keep].numpy()})
 
 
-@dataclass
-class WindowExperiment:
-    """Effective windows and losses under several named conditions (``"clean"`` = no intervention)."""
+class WindowExperiment(Result):
+    """Effective windows and losses under several named conditions (``"clean"`` = no intervention).
 
-    windows: pd.DataFrame  # condition, layer, head, window, sink, mean_distance
-    summary: pd.DataFrame  # condition, model_window, mean_loss, late_loss
-    loss: pd.DataFrame  # condition, position, loss, n
-    profiles: dict[str, DistanceProfile]
+    ``table``: every head's window under each condition (``condition, layer, head, window,
+    sink, mean_distance``); ``summary``: per condition ``model_window`` and, for language
+    models, ``mean_loss`` and ``late_loss``; ``per_prompt``: the windows per sentence and
+    head under each condition; ``loss``: loss by position per condition; ``profiles``: the
+    :class:`DistanceProfile` of each condition.
+    """
 
-    def plot(self, *, heads: Sequence[tuple[int, int]] | None = None, smooth: int = 16):
+    def __init__(self, table: pd.DataFrame, summary: pd.DataFrame, loss: pd.DataFrame,
+                 profiles: dict[str, DistanceProfile]):
+        self.table = table
+        self._summary = summary
+        self.loss = loss
+        self.profiles = profiles
+
+    def __repr__(self) -> str:
+        return f"WindowExperiment(conditions: {', '.join(self.profiles)})"
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self._summary
+
+    @property
+    def per_prompt(self) -> pd.DataFrame:
+        return pd.concat([p.per_prompt.assign(condition=name) for name, p in self.profiles.items()], ignore_index=True)[
+            ["condition", "sentence", *_WINDOW_COLUMNS, "n_tokens"]]
+
+    windows = Renamed("table")
+
+    def plot(self, ax=None, *, heads: Sequence[tuple[int, int]] | None = None, smooth: int = 16):
         """Two panels: cumulative attention mass vs distance (mean over ``heads``, default all;
-        non-sink mass normalised per head), and loss by position (moving average)."""
-        import matplotlib
+        non-sink mass normalised per head), and loss by position (moving average). ``ax``: two Axes."""
+        from attnlab.viz.plots import context_window_curves, panels
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-        for i, (name, prof) in enumerate(self.profiles.items()):
+        fig, (left, right) = panels(ax, 2, 11, 3.8, "WindowExperiment.plot")
+        y = "cumulative attention mass " + ("(all heads)" if heads is None else f"({len(heads)} heads)")
+        curves = []
+        for name, prof in self.profiles.items():
             mass = prof.mass if heads is None else np.stack([prof.mass[l, h] for l, h in heads])
-            total = mass.sum(-1, keepdims=True)
-            cum = np.cumsum(mass / np.where(total > 0, total, 1), -1).reshape(-1, mass.shape[-1]).mean(0)
-            a.plot(cum, color=f"C{i}", label=name)
-        a.set_xscale("symlog")
-        a.set_xlabel("distance (tokens)")
-        a.set_ylabel("cumulative attention mass " + ("(all heads)" if heads is None else f"({len(heads)} heads)"))
-        a.legend(frameon=False, fontsize=8)
+            cum = _cumulative(mass).reshape(-1, mass.shape[-1]).mean(0)
+            curves.append(pd.DataFrame({"distance": np.arange(len(cum)), y: cum, "condition": name}))
+        context_window_curves(pd.concat(curves, ignore_index=True), y=y, group="condition", logx=True, markers=False,
+                              title="attention by distance", ax=left)
         if not self.loss.empty:
-            for i, name in enumerate(self.profiles):
-                sub = self.loss[self.loss["condition"] == name]
-                b.plot(sub["position"], sub["loss"].rolling(smooth, min_periods=1).mean(), color=f"C{i}", label=name)
-            b.set_xlabel("token position")
-            b.set_ylabel(f"loss (nats, moving mean of {smooth})")
-        fig.tight_layout()
+            label = f"loss (nats, moving mean of {smooth})"
+            smoothed = [sub.assign(**{label: sub["loss"].rolling(smooth, min_periods=1).mean()})
+                        for _, sub in self.loss.groupby("condition", sort=False)]
+            context_window_curves(pd.concat(smoothed, ignore_index=True), x="position", y=label, group="condition",
+                                  markers=False, title="loss by position", ax=right)
+        else:
+            right.set_axis_off()
         return fig
 
 
@@ -239,7 +304,7 @@ def window_experiment(
             losses.append(lp)
         summary.append(row)
     windows = pd.concat(win_rows, ignore_index=True)
-    windows = windows[["condition", "layer", "head", "window", "sink", "mean_distance"]]
+    windows = windows[["condition", *_WINDOW_COLUMNS]]
     loss = pd.concat(losses, ignore_index=True)[["condition", "position", "loss", "n"]] if losses else pd.DataFrame(
         columns=["condition", "position", "loss", "n"])
-    return WindowExperiment(windows=windows, summary=pd.DataFrame(summary), loss=loss, profiles=profiles)
+    return WindowExperiment(windows, pd.DataFrame(summary), loss, profiles)

@@ -11,7 +11,6 @@ is the mean over its pieces, so every row still sums to 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -19,11 +18,13 @@ import torch
 from jaxtyping import Float
 
 from attnlab.analysis._corpus import Sentence, attention_batches, is_punctuation, prepare
+from attnlab.analysis._result import Renamed, deprecated, empty_frame
 from attnlab.errors import InvalidInput
+from attnlab.measure.result import Result
 
 __all__ = ["word_attention", "head_stats", "HeadStats", "STAT_COLUMNS", "entropy"]
 
-#: Columns of ``HeadStats.df`` after ``layer`` and ``head`` (all means over query tokens).
+#: Columns of ``HeadStats.table`` after ``layer`` and ``head`` (all means over query tokens).
 STAT_COLUMNS = (
     "special", "cls", "sep", "first", "punct", "self", "prev", "next",
     "entropy", "entropy_first", "entropy_last", "uniform_entropy",
@@ -63,68 +64,77 @@ def word_attention(
     return out
 
 
-@dataclass
-class HeadStats:
-    """Per-head averages over a corpus; ``df`` has one row per (layer, head)."""
+class HeadStats(Result):
+    """Per-head averages over a corpus.
 
-    df: pd.DataFrame
-    model_name: str
-    n_sentences: int
-    n_tokens: int
+    ``table``: one row per head (``layer, head`` and :data:`STAT_COLUMNS`);
+    ``per_prompt``: the same statistics per sentence and head (``sentence, layer, head,
+    n_tokens, ...``): weighted by ``n_tokens`` (``n_tokens - 1`` for ``prev``/``next``;
+    equal weights for ``entropy_first``/``entropy_last``) they average to ``table``;
+    ``summary``: per statistic, its mean over heads and the head where it is largest.
+    """
+
+    def __init__(self, table: pd.DataFrame, model_name: str, n_sentences: int, n_tokens: int,
+                 per_prompt: pd.DataFrame | None = None):
+        self.table = table
+        self.model_name = model_name
+        self.n_sentences = n_sentences
+        self.n_tokens = n_tokens
+        self.per_prompt = per_prompt if per_prompt is not None else empty_frame(["sentence", "layer", "head", "n_tokens"])
+
+    def __repr__(self) -> str:
+        return f"HeadStats({self.model_name}: {len(self.table)} heads, {self.n_sentences} sentences, {self.n_tokens} tokens)"
+
+    df = Renamed("table")
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        rows = []
+        for column in STAT_COLUMNS:
+            values = self.table[column]
+            if values.notna().any():
+                best = self.table.loc[values.idxmax()]
+                rows.append({"statistic": column, "mean": float(values.mean()), "max": float(values.max()),
+                             "layer": int(best["layer"]), "head": int(best["head"])})
+        return pd.DataFrame(rows, columns=["statistic", "mean", "max", "layer", "head"])
 
     def matrix(self, column: str) -> np.ndarray:
         """One statistic as a ``[layer, head]`` array."""
-        if column not in self.df.columns or column in ("layer", "head"):
+        if column not in self.table.columns or column in ("layer", "head"):
             raise InvalidInput(f"unknown statistic {column!r}; valid: {', '.join(STAT_COLUMNS)}")
-        return self.df.pivot(index="layer", columns="head", values=column).to_numpy()
+        return self.table.pivot(index="layer", columns="head", values=column).to_numpy()
 
     def top(self, column: str, n: int = 5) -> pd.DataFrame:
         """The ``n`` heads with the highest value of ``column``."""
         self.matrix(column)
-        return self.df.nlargest(n, column)[["layer", "head", column]].reset_index(drop=True)
+        return self.table.nlargest(n, column)[["layer", "head", column]].reset_index(drop=True)
+
+    def plot(self, ax=None, *, kind: str = "targets", columns: Sequence[str] | None = None):
+        """``kind="targets"``: Clark et al. Fig. 2, per layer each head's mean attention to special
+        tokens / punctuation (one panel per column; ``ax``: one Axes per panel).
+        ``kind="entropy"``: Fig. 4, mean attention entropy per head grouped by layer, with the
+        entropy of uniform attention dashed."""
+        from attnlab.viz.plots import grouped_bars, head_statistics
+
+        if kind == "targets":
+            if columns is None:
+                columns = [c for c in ("cls", "sep", "first", "punct") if self.table[c].notna().any()]
+            return head_statistics(self.table, columns, title=f"{self.model_name}: mean attention to each target", ax=ax)
+        if kind == "entropy":
+            wide = self.table.pivot(index="layer", columns="head", values="entropy")
+            wide.columns = [f"head {h}" for h in wide.columns]
+            return grouped_bars(wide.reset_index(), list(wide.columns), x="layer", ylabel="entropy (nats)",
+                                reference=float(self.table["uniform_entropy"].iloc[0]), legend=False,
+                                title=f"{self.model_name}: attention entropy per head (dashed: uniform)", ax=ax)
+        raise InvalidInput(f"unknown plot kind {kind!r}; valid: targets, entropy")
 
     def plot_targets(self, columns: Sequence[str] | None = None):
-        """Clark et al. Fig. 2: per layer, each head's mean attention to special tokens / punctuation."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        if columns is None:
-            columns = [c for c in ("cls", "sep", "first", "punct") if self.df[c].notna().any()]
-        fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3), sharey=True, squeeze=False)
-        for ax, col in zip(axes[0], columns):
-            ax.scatter(self.df["layer"], self.df[col], s=14, alpha=0.7)
-            means = self.df.groupby("layer")[col].mean()
-            ax.plot(means.index, means.values, color="black", lw=1)
-            ax.set_title(f"attention to {col}")
-            ax.set_xlabel("layer")
-        axes[0][0].set_ylabel("mean attention")
-        fig.suptitle(self.model_name)
-        fig.tight_layout()
-        return fig
+        deprecated("HeadStats.plot_targets()", 'HeadStats.plot(kind="targets")')
+        return self.plot(kind="targets", columns=columns)
 
     def plot_entropy(self):
-        """Clark et al. Fig. 4: mean attention entropy per head, grouped by layer, with the uniform baseline."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        ent = self.matrix("entropy")
-        n_layers, n_heads = ent.shape
-        fig, ax = plt.subplots(figsize=(max(4, 0.6 * n_layers + 2), 3))
-        width = 0.8 / n_heads
-        for h in range(n_heads):
-            ax.bar(np.arange(n_layers) + h * width - 0.4, ent[:, h], width=width, color="C0", alpha=0.8)
-        ax.axhline(float(self.df["uniform_entropy"].iloc[0]), color="gray", ls="--", label="uniform attention")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("entropy (nats)")
-        ax.set_xticks(range(n_layers))
-        ax.legend(frameon=False)
-        ax.set_title(f"{self.model_name}: attention entropy per head")
-        fig.tight_layout()
-        return fig
+        deprecated("HeadStats.plot_entropy()", 'HeadStats.plot(kind="entropy")')
+        return self.plot(kind="entropy")
 
 
 def _named_token_mask(sentence: Sentence, token: str | None) -> torch.Tensor | None:
@@ -154,60 +164,68 @@ def head_stats(
 
     >>> from attnlab.testing import tiny_model
     >>> stats = head_stats(tiny_model("bert"), ["the nurse said that she left ."], progress=False)
-    >>> round(float(stats.df[["special", "punct"]].sum(axis=1).max()), 2) <= 1.0
+    >>> round(float(stats.table[["special", "punct"]].sum(axis=1).max()), 2) <= 1.0
     True
     """
     sentences = prepare(model, corpus)
+    order = {id(s): i for i, s in enumerate(sentences)}
     tok = model.tokenizer
-    cls_token = getattr(tok, "cls_token", None)
-    sep_token = getattr(tok, "sep_token", None)
+    targets = {"cls": getattr(tok, "cls_token", None), "sep": getattr(tok, "sep_token", None)}
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    names = ["special", "cls", "sep", "first", "punct", "self", "entropy", "uniform_entropy"]
-    sums = {k: torch.zeros(L, H, dtype=torch.float64) for k in names + ["prev", "next", "entropy_first", "entropy_last"]}
-    n_q = n_prev = 0
-    n_sent = 0
+    per_query = ["special", "cls", "sep", "first", "punct", "self", "entropy", "uniform_entropy"]
+    # per sentence: each statistic summed over its queries, [layer, head] (float64)
+    sums: list[dict[str, torch.Tensor] | None] = [None] * len(sentences)
     for s in attention_batches(model, sentences, batch_size=batch_size, progress=progress, interventions=interventions):
-        p = s.pattern.double()  # [layer, head, query, key]
-        n = s.n_tokens
-        masks = {
-            "special": torch.tensor(s.special, dtype=torch.float64),
-            "punct": torch.tensor([is_punctuation(t) and not sp for t, sp in zip(s.tokens, s.special)], dtype=torch.float64),
-            "first": torch.nn.functional.one_hot(torch.tensor(0), n).double(),
-        }
-        for name, tname in (("cls", cls_token), ("sep", sep_token)):
-            m = _named_token_mask(s, tname)
-            if m is not None:
-                masks[name] = m.double()
-        for name, m in masks.items():
-            sums[name] += (p @ m).sum(-1)
-        sums["self"] += torch.diagonal(p, dim1=-2, dim2=-1).sum(-1)
-        if n > 1:
-            sums["prev"] += torch.diagonal(p, offset=-1, dim1=-2, dim2=-1).sum(-1)
-            sums["next"] += torch.diagonal(p, offset=1, dim1=-2, dim2=-1).sum(-1)
-        ent = entropy(p)  # [layer, head, query]
-        sums["entropy"] += ent.sum(-1)
-        visible = (p > 0).sum(-1).clamp_min(1).double()  # keys each query can see
-        sums["uniform_entropy"] += visible.log().sum(-1)
-        sums["entropy_first"] += ent[..., 0]
-        sums["entropy_last"] += ent[..., -1]
-        n_q += n
-        n_prev += n - 1
-        n_sent += 1
-    rows = []
-    for layer in range(L):
-        for head in range(H):
-            row = {"layer": layer, "head": head}
-            for name in names:
-                row[name] = float(sums[name][layer, head] / n_q)
-            for name in ("prev", "next"):
-                row[name] = float(sums[name][layer, head] / n_prev) if n_prev else float("nan")
-            for name in ("entropy_first", "entropy_last"):
-                row[name] = float(sums[name][layer, head] / n_sent)
-            rows.append(row)
-    df = pd.DataFrame(rows)
-    if cls_token is None:
-        df["cls"] = float("nan")
-    if sep_token is None:
-        df["sep"] = float("nan")
-    df = df[["layer", "head", *STAT_COLUMNS]]
-    return HeadStats(df=df, model_name=model.cfg.name, n_sentences=n_sent, n_tokens=n_q)
+        sums[order[id(s)]] = _sentence_sums(s, targets)
+    n = torch.tensor([s.n_tokens for s in sentences], dtype=torch.float64)[:, None, None]  # [sentence, 1, 1]
+    stacked = {k: torch.stack([t[k] for t in sums]) for k in sums[0]}  # [sentence, layer, head]
+    means, per_sentence = {}, {}
+    for name in per_query:
+        means[name] = stacked[name].sum(0) / n.sum()
+        per_sentence[name] = stacked[name] / n
+    for name in ("prev", "next"):
+        means[name] = stacked[name].sum(0) / (n - 1).sum() if (n > 1).any() else torch.full((L, H), float("nan"))
+        per_sentence[name] = torch.where(n > 1, stacked[name] / (n - 1).clamp_min(1), float("nan"))
+    for name in ("entropy_first", "entropy_last"):
+        means[name] = stacked[name].mean(0)
+        per_sentence[name] = stacked[name]
+    for name, token in targets.items():
+        if token is None:
+            means[name] = torch.full((L, H), float("nan"))
+            per_sentence[name] = torch.full((len(sentences), L, H), float("nan"))
+    layer, head = np.repeat(np.arange(L), H), np.tile(np.arange(H), L)
+    table = pd.DataFrame({"layer": layer, "head": head, **{c: means[c].reshape(-1).numpy() for c in STAT_COLUMNS}})
+    per_prompt = pd.DataFrame({
+        "sentence": np.repeat(np.arange(len(sentences)), L * H),
+        "layer": np.tile(layer, len(sentences)),
+        "head": np.tile(head, len(sentences)),
+        "n_tokens": np.repeat(n.reshape(-1).numpy().astype(int), L * H),
+        **{c: per_sentence[c].reshape(-1).numpy() for c in STAT_COLUMNS},
+    })
+    return HeadStats(table, model.cfg.name, n_sentences=len(sentences), n_tokens=int(n.sum()), per_prompt=per_prompt)
+
+
+def _sentence_sums(s: Sentence, targets: dict[str, str | None]) -> dict[str, torch.Tensor]:
+    """Each statistic of one sentence summed over its query tokens: ``{name: [layer, head]}``."""
+    p = s.pattern.double()  # [layer, head, query, key]
+    n = s.n_tokens
+    masks = {
+        "special": torch.tensor(s.special, dtype=torch.float64),
+        "punct": torch.tensor([is_punctuation(t) and not sp for t, sp in zip(s.tokens, s.special)], dtype=torch.float64),
+        "first": torch.nn.functional.one_hot(torch.tensor(0), n).double(),
+    }
+    for name, token in targets.items():
+        mask = _named_token_mask(s, token)
+        masks[name] = mask.double() if mask is not None else torch.zeros(n, dtype=torch.float64)
+    out = {name: (p @ m).sum(-1) for name, m in masks.items()}
+    out["self"] = torch.diagonal(p, dim1=-2, dim2=-1).sum(-1)
+    zeros = torch.zeros(p.shape[:2], dtype=torch.float64)
+    out["prev"] = torch.diagonal(p, offset=-1, dim1=-2, dim2=-1).sum(-1) if n > 1 else zeros
+    out["next"] = torch.diagonal(p, offset=1, dim1=-2, dim2=-1).sum(-1) if n > 1 else zeros
+    ent = entropy(p)  # [layer, head, query]
+    out["entropy"] = ent.sum(-1)
+    visible = (p > 0).sum(-1).clamp_min(1).double()  # keys each query can see
+    out["uniform_entropy"] = visible.log().sum(-1)
+    out["entropy_first"] = ent[..., 0]
+    out["entropy_last"] = ent[..., -1]
+    return out

@@ -14,6 +14,7 @@ distance i - j and ranks units by how strongly that mean falls with distance.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,33 +23,37 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import capture, prepare
+from attnlab.analysis._corpus import prepare
+from attnlab.analysis._result import deprecated, empty_frame
+from attnlab.engine.attention import masked
+from attnlab.engine.forward import run
+from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.measure.result import Result
 
-__all__ = [
-    "NeuronView", "neuron_view", "is_rotary", "unit_dims", "unit_scores", "head_scale",
-    "decay_neurons", "DecayProfile",
-]
+__all__ = ["NeuronData", "neuron_data", "unit_dims", "unit_scores", "decay_neurons", "DecayProfile"]
 
 
 def is_rotary(model) -> bool:
-    """True when the model rotates q and k (Llama, Gemma, ...): its neurons come in pairs."""
+    """Deprecated: ``model.cfg.rotary``."""
+    deprecated("attnlab.analysis.is_rotary(model)", "model.cfg.rotary")
     return model.cfg.rotary
+
+
+def head_scale(model, layer: int) -> float:
+    """Deprecated: ``model.cfg.scaling`` (the factor q.k is multiplied by; the same in every layer)."""
+    deprecated("attnlab.analysis.head_scale(model, layer)", "model.cfg.scaling")
+    model.check_layer(layer)
+    return model.cfg.scaling
 
 
 def unit_dims(model, unit: int, *, pairs: bool | None = None) -> list[int]:
     """The q/k dimensions of one unit: ``[unit]``, or ``[unit, unit + d_head/2]`` for a rotary pair."""
-    pairs = is_rotary(model) if pairs is None else pairs
+    pairs = model.cfg.rotary if pairs is None else pairs
     n_units = model.cfg.d_head // 2 if pairs else model.cfg.d_head
     if not isinstance(unit, int) or isinstance(unit, bool) or not 0 <= unit < n_units:
         raise InvalidLocation(f"unit {unit!r} out of range: {model.cfg.name} has {'pairs' if pairs else 'dims'} 0..{n_units - 1}")
     return [unit, unit + model.cfg.d_head // 2] if pairs else [unit]
-
-
-def head_scale(model, layer: int) -> float:
-    """The factor the model multiplies q.k by in ``layer`` (1/sqrt(d_head) unless the config says otherwise)."""
-    model.check_layer(layer)
-    return model.cfg.scaling
 
 
 def _to_units(x: torch.Tensor, pairs: bool) -> torch.Tensor:
@@ -59,41 +64,66 @@ def _to_units(x: torch.Tensor, pairs: bool) -> torch.Tensor:
     return x[..., :half] + x[..., half:]
 
 
-def _check_text(model, text) -> dict[str, torch.Tensor]:
+def _text_tokens(model, text):
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"text must be a non-empty string, got {text!r}")
-    return model.tokenize(text)
+    return model.tokens(text)
 
 
-@torch.no_grad()
-def _qk_scores(model, enc, layer: int):
-    names = [f"blocks.{layer}.attn.hook_{s}" for s in ("q", "k", "attn_scores", "pattern")]
-    cache = capture(model, enc["input_ids"], enc["attention_mask"], names)
-    return [cache[n][0].float() for n in names]  # q/k [pos, head, d]; scores/pattern [head, q, k]
+def _qk_scores(model, tokens, layer: int) -> list[torch.Tensor]:
+    """q, k ``[pos, head, d_head]`` and scores ``[head, query, key]`` of ``layer`` for the one row of ``tokens``."""
+    names = [hook_name(layer, site) for site in ("q", "k", "attn_scores")]
+    cache = run(model, tokens, logits=None, read=names).cache
+    return [cache[name][0].float() for name in names]
 
 
-@dataclass
-class NeuronView:
+class NeuronData(Result):
     """Everything Vig's neuron view shows for one head and one query position.
 
     ``q`` [d_head]; ``k``, ``qk`` [n_keys, d_head] (``qk = q * k`` elementwise); ``scores``
     [n_keys] = ``scale * qk.sum(-1)``, ``-inf`` where the key is masked (causal, sliding
     window); ``pattern`` [n_keys] = softmax of ``scores`` (equals the model's own pattern).
+
+    ``table``: one row per key (``key, token, visible, score, pattern``); ``per_prompt``:
+    one row per key and q/k dimension (``key, dim, q, k, contribution``), the terms each
+    score is the sum of; ``summary``: the key the query attends to most.
     """
 
-    model_name: str
-    layer: int
-    head: int
-    query: int
-    tokens: list[str]
-    q: torch.Tensor
-    k: torch.Tensor
-    qk: torch.Tensor
-    scale: float
-    scores: torch.Tensor
-    visible: torch.Tensor
-    pattern: torch.Tensor
-    rotary: bool
+    def __init__(self, *, model_name: str, layer: int, head: int, query: int, tokens: list[str], q: torch.Tensor,
+                 k: torch.Tensor, qk: torch.Tensor, scale: float, scores: torch.Tensor, visible: torch.Tensor,
+                 pattern: torch.Tensor, rotary: bool):
+        self.model_name, self.layer, self.head, self.query, self.tokens = model_name, layer, head, query, tokens
+        self.q, self.k, self.qk, self.scale = q, k, qk, scale
+        self.scores, self.visible, self.pattern, self.rotary = scores, visible, pattern, rotary
+
+    def __repr__(self) -> str:
+        return (f"NeuronData({self.model_name} layer {self.layer} head {self.head}, query {self.query} "
+                f"{self.tokens[self.query]!r}, {len(self.tokens)} keys)")
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({
+            "key": np.arange(len(self.tokens)), "token": self.tokens, "visible": self.visible.numpy(),
+            "score": self.scores.numpy(), "pattern": self.pattern.numpy(),
+        })
+
+    @property
+    def per_prompt(self) -> pd.DataFrame:
+        n, d = self.k.shape
+        return pd.DataFrame({
+            "key": np.repeat(np.arange(n), d), "dim": np.tile(np.arange(d), n),
+            "q": np.tile(self.q.numpy(), n), "k": self.k.reshape(-1).numpy(),
+            "contribution": (self.qk * self.scale).reshape(-1).numpy(),
+        })
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        top = int(self.pattern.argmax())
+        return pd.DataFrame([{
+            "layer": self.layer, "head": self.head, "query": self.query, "query_token": self.tokens[self.query],
+            "top_key": top, "top_key_token": self.tokens[top], "attention": float(self.pattern[top]),
+            "score": float(self.scores[top]), "scale": self.scale,
+        }])
 
     def top_dims(self, key: int, n: int = 5) -> pd.DataFrame:
         """The dimensions contributing most (by magnitude) to the score of one key."""
@@ -104,32 +134,52 @@ class NeuronView:
         return pd.DataFrame({"dim": idx.tolist(), "q": self.q[idx].tolist(), "k": self.k[key, idx].tolist(),
                              "contribution": contrib[idx].tolist()})
 
+    def plot(self, ax=None):
+        """Each visible key's score split over the q/k dimensions (``scale * q[d] * k[d]``), keys x dims."""
+        from attnlab.viz.plots import head_heatmap
 
-def neuron_view(model, text: str, *, layer: int, head: int, query: int) -> NeuronView:
+        terms = self.per_prompt
+        terms = terms[self.visible.numpy()[terms["key"].to_numpy()]]
+        return head_heatmap(terms, value="contribution", layer="key", head="dim", n_layers=len(self.tokens),
+                            n_heads=self.k.shape[1], title=f"L{self.layer} H{self.head}: score of query "
+                            f"{self.query} ({self.tokens[self.query]!r}) per key and dimension", ax=ax)
+
+
+def neuron_data(model, text: str, *, layer: int, head: int, query: int) -> NeuronData:
     """q, k, q*k, scaled scores and softmax for one head and query position of ``text``.
 
+    The data behind :func:`attnlab.viz.neuron_view` for one head (``layer=``/``head=`` name
+    one location; the views take ``layers=``/``heads=`` for several).
+
     >>> from attnlab.testing import tiny_model
-    >>> v = neuron_view(tiny_model("llama"), "the nurse said that", layer=1, head=2, query=3)
+    >>> v = neuron_data(tiny_model("llama"), "the nurse said that", layer=1, head=2, query=3)
     >>> v.qk.shape, round(float(v.pattern.sum()), 4)
     (torch.Size([5, 8]), 1.0)
     """
     model.check_layer(layer)
     model.check_head(head)
-    enc = _check_text(model, text)
-    n = enc["input_ids"].shape[1]
+    tokens = _text_tokens(model, text)
+    n = int(tokens.lengths[0])
     if not isinstance(query, int) or isinstance(query, bool) or not 0 <= query < n:
         raise InvalidLocation(f"query position {query!r} out of range: this text has positions 0..{n - 1}")
-    q, k, scores, _ = _qk_scores(model, enc, layer)
-    scale = head_scale(model, layer)
-    qv, kv = q[query, head], k[:, head]  # [d_head], [key, d_head]
+    q, k, scores = _qk_scores(model, tokens, layer)
+    scale = model.cfg.scaling
+    qv, kv = q[query, head].cpu(), k[:, head].cpu()  # [d_head], [key, d_head]
     qk = qv[None] * kv
-    visible = scores[head, query] > torch.finfo(torch.float32).min / 2
+    visible = ~masked(scores[head, query]).cpu()
     dots = (qk.sum(-1) * scale).masked_fill(~visible, float("-inf"))
-    return NeuronView(
+    return NeuronData(
         model_name=model.cfg.name, layer=layer, head=head, query=query,
-        tokens=model.to_str_tokens(enc["input_ids"][0]), q=qv, k=kv, qk=qk, scale=scale,
-        scores=dots, visible=visible, pattern=torch.softmax(dots, -1), rotary=is_rotary(model),
+        tokens=model.to_str_tokens(tokens.ids[0]), q=qv, k=kv, qk=qk, scale=scale,
+        scores=dots, visible=visible, pattern=torch.softmax(dots, -1), rotary=model.cfg.rotary,
     )
+
+
+def neuron_view(model, text: str, *, layer: int, head: int, query: int) -> NeuronData:
+    """Deprecated name of :func:`neuron_data` (``attnlab.viz.neuron_view`` is the HTML view)."""
+    deprecated("attnlab.analysis.neuron_view(model, text, layer=, head=, query=)",
+               "attnlab.analysis.neuron_data (same arguments); attnlab.viz.neuron_view is the HTML view")
+    return neuron_data(model, text, layer=layer, head=head, query=query)
 
 
 def unit_scores(
@@ -138,19 +188,28 @@ def unit_scores(
     """Each unit's contribution ``scale * q_u . k_u`` to every score of one head on ``text`` (masks ignored)."""
     model.check_layer(layer)
     model.check_head(head)
-    pairs = is_rotary(model) if pairs is None else pairs
-    q, k, _, _ = _qk_scores(model, _check_text(model, text), layer)
-    prod = torch.einsum("qd,kd->dqk", q[:, head], k[:, head]) * head_scale(model, layer)  # [d_head, query, key]
+    pairs = model.cfg.rotary if pairs is None else pairs
+    q, k, _ = _qk_scores(model, _text_tokens(model, text), layer)
+    prod = torch.einsum("qd,kd->dqk", q[:, head], k[:, head]).cpu() * model.cfg.scaling  # [d_head, query, key]
     return _to_units(prod.movedim(0, -1), pairs).movedim(-1, 0)
 
 
+_RANKINGS = ("decay", "spearman", "slope")
+_RANK_COLUMNS = ["layer", "head", "unit", "dims", "decay", "slope", "spearman", "near", "far"]
+
+
 @dataclass
-class DecayProfile:
+class DecayProfile(Result):
     """Mean contribution of every unit at every query-key distance over a corpus.
 
     ``mean`` [layer, head, unit, distance] (NaN where no pair of tokens had that distance),
     ``counts`` [layer, head, distance]. Distances are ``query - key`` (decoders) or
     ``|query - key|`` (encoders).
+
+    ``table``: the units ranked by how strongly their contribution falls with distance
+    (see :meth:`ranked` for the columns and the options, which a profile carries);
+    ``summary``: the ten strongest; ``per_prompt`` is empty (token pairs are pooled over
+    the corpus; :meth:`curve` gives one unit's mean by distance).
     """
 
     mean: np.ndarray
@@ -158,15 +217,35 @@ class DecayProfile:
     pairs: bool
     d_head: int
     model_name: str
+    min_distance: int = 1
+    max_distance: int | None = None
+    by: str = "decay"
+    min_count: int = 1
+
+    def __repr__(self) -> str:
+        L, H, U, D = self.mean.shape
+        return f"DecayProfile({self.model_name}: {L} layers x {H} heads x {U} units, distances 0..{D - 1})"
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self._rank()
+
+    @property
+    def per_prompt(self) -> pd.DataFrame:
+        return empty_frame(["sentence", "layer", "head", "unit", "distance"])
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self.table.head(10)
 
     def curve(self, layer: int, head: int, unit: int) -> pd.DataFrame:
         """One unit's mean contribution by distance."""
         m = self.mean[layer, head, unit]
         return pd.DataFrame({"distance": np.arange(len(m)), "contribution": m, "count": self.counts[layer, head]})
 
-    def ranking(self, *, min_distance: int = 1, max_distance: int | None = None, by: str = "decay",
-                min_count: int = 1) -> pd.DataFrame:
-        """Rank units by how strongly their mean contribution falls with distance.
+    def ranked(self, *, min_distance: int = 1, max_distance: int | None = None, by: str = "decay",
+               min_count: int = 1) -> DecayProfile:
+        """The same profile, its ``table`` ranked with these options.
 
         Over distances ``min_distance..max_distance`` with at least ``min_count`` token pairs:
         ``spearman`` = rank correlation of mean contribution with distance (-1: strictly
@@ -175,21 +254,32 @@ class DecayProfile:
         mean contribution at the first/last distance. Sorted by ``by`` (``decay``:
         largest first; ``spearman``/``slope``: most negative first).
         """
-        from scipy.stats import spearmanr
-
-        valid_by = ("decay", "spearman", "slope")
-        if by not in valid_by:
-            raise InvalidInput(f"unknown ranking {by!r}; valid: {', '.join(valid_by)}")
-        L, H, U, D = self.mean.shape
+        if by not in _RANKINGS:
+            raise InvalidInput(f"unknown ranking {by!r}; valid: {', '.join(_RANKINGS)}")
+        D = self.mean.shape[-1]
         hi = D - 1 if max_distance is None else min(max_distance, D - 1)
         if not 0 <= min_distance < hi:
             raise InvalidInput(f"need 0 <= min_distance < max_distance <= {D - 1}, got {min_distance}..{hi}")
+        return dataclasses.replace(self, min_distance=min_distance, max_distance=max_distance, by=by, min_count=min_count)
+
+    def ranking(self, *, min_distance: int = 1, max_distance: int | None = None, by: str = "decay",
+                min_count: int = 1) -> pd.DataFrame:
+        """Deprecated: ``profile.table``, or ``profile.ranked(...).table`` with options."""
+        deprecated("DecayProfile.ranking(...)", "DecayProfile.table, or DecayProfile.ranked(...).table with options")
+        return self.ranked(min_distance=min_distance, max_distance=max_distance, by=by, min_count=min_count).table
+
+    def _rank(self) -> pd.DataFrame:
+        from scipy.stats import spearmanr
+
+        L, H, U, D = self.mean.shape
+        lo = self.min_distance
+        hi = D - 1 if self.max_distance is None else min(self.max_distance, D - 1)
         rows = []
         for layer in range(L):
             for head in range(H):
-                ok = np.arange(D) >= min_distance
+                ok = np.arange(D) >= lo
                 ok &= np.arange(D) <= hi
-                ok &= self.counts[layer, head] >= min_count
+                ok &= self.counts[layer, head] >= self.min_count
                 d = np.arange(D)[ok]
                 if len(d) < 3:
                     continue
@@ -200,29 +290,26 @@ class DecayProfile:
                     rho = spearmanr(d, ys[u]).statistic if np.ptp(ys[u]) > 0 else 0.0
                     rows.append((layer, head, u, slopes[u], float(rho), ys[u, 0], ys[u, -1]))
         df = pd.DataFrame(rows, columns=["layer", "head", "unit", "slope", "spearman", "near", "far"])
-        df["decay"] = -df["slope"] * (hi - min_distance)
+        df["decay"] = -df["slope"] * (hi - lo)
         half = self.d_head // 2
         df["dims"] = [f"{u},{u + half}" if self.pairs else f"{u}" for u in df["unit"]]
-        df = df[["layer", "head", "unit", "dims", "decay", "slope", "spearman", "near", "far"]]
-        ascending = by != "decay"
-        return df.sort_values(by, ascending=ascending).reset_index(drop=True)
+        return df[_RANK_COLUMNS].sort_values(self.by, ascending=self.by != "decay").reset_index(drop=True)
 
-    def plot(self, units: Sequence[tuple[int, int, int]]):
-        """Mean contribution vs distance for the given ``(layer, head, unit)`` triples."""
-        import matplotlib
+    def plot(self, ax=None, *, units: Sequence[tuple[int, int, int]] | None = None):
+        """Mean contribution vs distance for ``units`` (``(layer, head, unit)`` triples; default: the table's top 3)."""
+        from attnlab.viz.plots import context_window_curves
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for layer, head, unit in units:
-            ax.plot(self.mean[layer, head, unit], label=f"L{layer} H{head} {'pair' if self.pairs else 'dim'} {unit}")
-        ax.set_xlabel("query - key distance (tokens)")
-        ax.set_ylabel("mean score contribution")
-        ax.axhline(0, color="gray", lw=0.5)
-        ax.legend(frameon=False, fontsize=8)
-        ax.set_title(f"{self.model_name}: distance-decay neurons")
-        fig.tight_layout()
+        if ax is not None and not hasattr(ax, "plot"):  # the old signature: plot(units)
+            deprecated("DecayProfile.plot(units)", "DecayProfile.plot(units=...)")
+            ax, units = None, ax
+        if units is None:
+            units = list(self.table[["layer", "head", "unit"]].head(3).itertuples(index=False, name=None))
+        kind = "pair" if self.pairs else "dim"
+        curves = pd.concat([
+            self.curve(layer, head, unit).assign(unit=f"L{layer} H{head} {kind} {unit}") for layer, head, unit in units
+        ], ignore_index=True).rename(columns={"contribution": "mean score contribution"})
+        fig = context_window_curves(curves, y="mean score contribution", group="unit", reference=0.0, markers=False,
+                                    title=f"{self.model_name}: distance-decay neurons", ax=ax)
         return fig
 
 
@@ -242,8 +329,8 @@ def decay_neurons(
     ``pairs`` (default: the model is rotary) groups dims d and d + d_head/2. Masked
     query-key pairs (causal, sliding window) are skipped, and so is key 0 when
     ``ignore_first`` (the BOS / [CLS] sink has an atypical key and would dominate the
-    longest distances). Texts run one at a time (no
-    padding). Call ``.ranking()`` on the result for the strongest decaying units.
+    longest distances). Texts run one at a time (no padding) through the engine, with no
+    LM head. The result's ``table`` ranks the units; ``ranked(...)`` re-ranks them.
 
     >>> from attnlab.testing import tiny_model
     >>> prof = decay_neurons(tiny_model("llama"), ["the nurse said that she left the house ."], progress=False)
@@ -253,7 +340,7 @@ def decay_neurons(
     from tqdm.auto import tqdm
 
     sentences = prepare(model, corpus)
-    pairs = is_rotary(model) if pairs is None else pairs
+    pairs = model.cfg.rotary if pairs is None else pairs
     layer_list = list(range(model.cfg.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     longest = max(s.n_tokens for s in sentences)
     D = longest if max_distance is None else min(int(max_distance) + 1, longest)
@@ -262,16 +349,16 @@ def decay_neurons(
     H, d = model.cfg.n_heads, model.cfg.d_head
     sums = torch.zeros(len(layer_list), H, d, D, dtype=torch.float64)
     counts = torch.zeros(len(layer_list), H, D, dtype=torch.float64)
-    names = [f"blocks.{l}.attn.hook_{s}" for l in layer_list for s in ("q", "k", "attn_scores")]
-    floor = torch.finfo(torch.float32).min / 2
+    sites = {layer: [hook_name(layer, site) for site in ("q", "k", "attn_scores")] for layer in layer_list}
+    names = [name for layer in layer_list for name in sites[layer]]
     for s in tqdm(sentences, desc="decay neurons", disable=not progress):
-        ids = torch.tensor([s.token_ids], device=model.device)
-        cache = capture(model, ids, None, names)
+        cache = run(model, model.pad([s.token_ids]), logits=None, read=names).cache
         n = s.n_tokens
         for li, layer in enumerate(layer_list):
-            q = cache[f"blocks.{layer}.attn.hook_q"][0].double()  # [pos, head, d]
-            k = cache[f"blocks.{layer}.attn.hook_k"][0].double()
-            vis = (cache[f"blocks.{layer}.attn.hook_attn_scores"][0] > floor).double()  # [head, q, k]
+            q_name, k_name, scores_name = sites[layer]
+            q = cache[q_name][0].double().cpu()  # [pos, head, d]
+            k = cache[k_name][0].double().cpu()
+            vis = (~masked(cache[scores_name][0])).double().cpu()  # [head, q, k]: 1 where the key is visible
             if ignore_first:
                 vis[..., 0] = 0.0
             for dist in range(min(D, n)):
@@ -282,8 +369,7 @@ def decay_neurons(
                     v = torch.cat([v, torch.diagonal(vis, offset=dist, dim1=-2, dim2=-1)], 1)
                 sums[li, :, :, dist] += torch.einsum("phd,hp->hd", prod, v)
                 counts[li, :, dist] += v.sum(-1)
-    scales = torch.tensor([head_scale(model, l) for l in layer_list], dtype=torch.float64)
-    mean = sums * scales[:, None, None, None] / counts[:, :, None, :].clamp_min(1)  # [layer, head, d, dist]
+    mean = sums * model.cfg.scaling / counts[:, :, None, :].clamp_min(1)  # [layer, head, d, dist]
     mean = _to_units(mean.movedim(2, -1), pairs).movedim(-1, 2)  # [layer, head, unit, dist]
     mean = mean.masked_fill(counts[:, :, None, :] == 0, float("nan"))
     full_mean = np.full((model.cfg.n_layers, H, mean.shape[2], D), np.nan)
@@ -291,3 +377,10 @@ def decay_neurons(
     full_mean[layer_list] = mean.numpy()
     full_counts[layer_list] = counts.numpy()
     return DecayProfile(mean=full_mean, counts=full_counts, pairs=pairs, d_head=d, model_name=model.cfg.name)
+
+
+def __getattr__(name: str):
+    if name == "NeuronView":  # the old name of NeuronData
+        deprecated("attnlab.analysis.neurons.NeuronView", "attnlab.analysis.neurons.NeuronData")
+        return NeuronData
+    raise AttributeError(f"module 'attnlab.analysis.neurons' has no attribute {name!r}")

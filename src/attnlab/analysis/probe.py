@@ -15,15 +15,17 @@ everything (initialisation, shuffling) is fixed by ``seed``. Evaluation reports 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 from torch import nn
 
+from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.analysis.conllu import DependencySentence
-from attnlab.analysis.syntax import _check_sentences, word_maps
+from attnlab.analysis.syntax import check_sentences, word_maps
 from attnlab.errors import InvalidInput
+from attnlab.measure.result import Result
 
 __all__ = ["AttentionProbe", "ProbeScore"]
 
@@ -75,20 +77,42 @@ def _gold(sentences: Sequence[DependencySentence], size: int) -> torch.Tensor:
 
 
 @dataclass
-class ProbeScore:
-    """UAS of the probe and of two simple baselines on the same words."""
+class ProbeScore(Result):
+    """UAS of the probe and of two simple baselines on the same words.
+
+    ``table``: one row per parser (``parser, uas, n_words``); ``per_prompt``: one row per
+    sentence (``sentence, n_words, correct, uas``) for the probe; ``summary`` = ``table``.
+    """
 
     uas: float
     n_words: int
     n_sentences: int
     right_branching: float  # every word's head is the next word
     left_branching: float  # every word's head is the previous word
+    per_prompt: pd.DataFrame | None = field(default=None, repr=False)
 
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{
-            "parser": "attention probe", "uas": self.uas}, {"parser": "head = next word", "uas": self.right_branching},
+    def __post_init__(self) -> None:
+        if self.per_prompt is None:
+            self.per_prompt = empty_frame(["sentence", "n_words", "correct", "uas"])
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"parser": "attention probe", "uas": self.uas},
+            {"parser": "head = next word", "uas": self.right_branching},
             {"parser": "head = previous word", "uas": self.left_branching},
         ]).assign(n_words=self.n_words)
+
+    def to_frame(self) -> pd.DataFrame:
+        deprecated("ProbeScore.to_frame()", "ProbeScore.table")
+        return self.table
+
+    def plot(self, ax=None):
+        """Bars of the UAS of the probe and of the two baselines."""
+        from attnlab.viz.plots import grouped_bars
+
+        return grouped_bars(self.table, "uas", x="parser", ylim=(0, 1),
+                            title=f"attention probe: {self.n_words} words, {self.n_sentences} sentences", ax=ax)
 
 
 class AttentionProbe:
@@ -134,7 +158,7 @@ class AttentionProbe:
         """Train on ``sentences`` (their word maps are computed unless ``maps`` is given)."""
         from tqdm.auto import tqdm
 
-        sentences = _check_sentences(sentences)
+        sentences = check_sentences(sentences)
         maps = list(maps) if maps is not None else word_maps(model, sentences, progress=progress)
         if len(maps) != len(sentences):
             raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
@@ -182,14 +206,18 @@ class AttentionProbe:
     def evaluate(self, model, sentences: Sequence[DependencySentence], *, maps: Sequence[torch.Tensor] | None = None,
                  progress: bool = True) -> ProbeScore:
         """UAS on ``sentences`` (every word counted, punctuation included)."""
-        sentences = _check_sentences(sentences)
+        sentences = check_sentences(sentences)
         maps = list(maps) if maps is not None else word_maps(model, sentences, progress=progress)
         preds = self.predict(maps)
         right = left = correct = total = 0
-        for s, p in zip(sentences, preds):
-            for i, (h, ph) in enumerate(zip(s.heads, p), start=1):
-                correct += h == ph
+        rows = []
+        for index, (s, p) in enumerate(zip(sentences, preds)):
+            hits = sum(h == ph for h, ph in zip(s.heads, p))
+            rows.append((index, len(s), hits, hits / len(s)))
+            for i, h in enumerate(s.heads, start=1):
                 right += h == (i + 1 if i < len(s) else 0)
                 left += h == i - 1
-                total += 1
-        return ProbeScore(correct / total, total, len(sentences), right / total, left / total)
+            correct += hits
+            total += len(s)
+        per_sentence = pd.DataFrame(rows, columns=["sentence", "n_words", "correct", "uas"])
+        return ProbeScore(correct / total, total, len(sentences), right / total, left / total, per_prompt=per_sentence)

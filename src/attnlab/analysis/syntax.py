@@ -16,22 +16,23 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
 from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._result import CallableTable, empty_frame
 from attnlab.analysis.conllu import DependencySentence
 from attnlab.analysis.heads import word_attention
 from attnlab.errors import InvalidInput
+from attnlab.measure.result import Result
 
 __all__ = ["word_maps", "relation_accuracy", "RelationAccuracy", "DIRECTIONS"]
 
 DIRECTIONS = ("dep->head", "head->dep")
 
 
-def _check_sentences(sentences) -> list[DependencySentence]:
+def check_sentences(sentences) -> list[DependencySentence]:
     sentences = list(sentences) if not isinstance(sentences, DependencySentence) else [sentences]
     if not sentences:
         raise InvalidInput("no sentences given: pass a non-empty list of DependencySentence (see read_conllu)")
@@ -56,7 +57,7 @@ def word_maps(
     which stands for the root; indices 1..n are the CoNLL-U words, so gold heads index it
     directly. Other special tokens ([SEP]) are dropped.
     """
-    sentences = _check_sentences(sentences)
+    sentences = check_sentences(sentences)
     prepared = prepare(model, [s.words for s in sentences])
     out: list[torch.Tensor | None] = [None] * len(prepared)
     index = {id(p): i for i, p in enumerate(prepared)}
@@ -82,16 +83,43 @@ def _argmax_excluding(rows: torch.Tensor, exclude: int) -> torch.Tensor:
     return r.argmax(-1)
 
 
-@dataclass
-class RelationAccuracy:
-    """Per-relation accuracy of every head; ``per_head`` has one row per (relation, direction, layer, head)."""
+_TABLE_COLUMNS = ["relation", "count", "direction", "layer", "head", "accuracy", "baseline_offset", "baseline_accuracy"]
 
-    per_head: pd.DataFrame
-    baselines: pd.DataFrame  # relation, count, offset, accuracy
-    model_name: str
 
-    def table(self, *, min_count: int = 1, relations: Sequence[str] | None = None) -> pd.DataFrame:
-        """Clark et al. Table 1: for each relation, the best head (either direction) next to the best fixed offset."""
+class RelationAccuracy(Result):
+    """How well single heads parse each relation, next to the best fixed offset.
+
+    ``table``: Clark et al. Table 1, one row per relation (most frequent first): the best
+    head in either direction (``direction, layer, head, accuracy``) and the best fixed
+    offset (``baseline_offset, baseline_accuracy``); ``per_head``: the accuracy of every
+    head, one row per (relation, direction, layer, head); ``baselines``: the offset rule per
+    relation; ``summary``: the row of the pseudo-relation ``all`` (every non-root arc).
+    ``per_prompt`` is empty (arcs are pooled over sentences).
+    """
+
+    def __init__(self, per_head: pd.DataFrame, baselines: pd.DataFrame, model_name: str):
+        self.per_head = per_head
+        self.baselines = baselines
+        self.model_name = model_name
+        self.per_prompt = empty_frame(["sentence", "relation", "direction", "layer", "head"])
+
+    def __repr__(self) -> str:
+        return f"RelationAccuracy({self.model_name}: {self.baselines['relation'].nunique()} relations)"
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return CallableTable.wrap(
+            self._best_heads(), self._best_heads, "RelationAccuracy.table(min_count=, relations=)",
+            "RelationAccuracy.table (a DataFrame: select rows with pandas, e.g. t[t['count'] >= 5])",
+        )
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        t = self._best_heads()
+        overall = t[t["relation"] == "all"]
+        return (overall if len(overall) else t.head(1)).reset_index(drop=True)
+
+    def _best_heads(self, *, min_count: int = 1, relations: Sequence[str] | None = None) -> pd.DataFrame:
         ph = self.per_head
         best = ph.loc[ph.groupby("relation")["accuracy"].idxmax()]
         t = best.merge(self.baselines, on=["relation", "count"], suffixes=("", "_baseline"))
@@ -99,8 +127,7 @@ class RelationAccuracy:
         t = t[t["count"] >= min_count]
         if relations is not None:
             t = t[t["relation"].isin(list(relations))]
-        cols = ["relation", "count", "direction", "layer", "head", "accuracy", "baseline_offset", "baseline_accuracy"]
-        return t[cols].sort_values("count", ascending=False).reset_index(drop=True)
+        return t[_TABLE_COLUMNS].sort_values("count", ascending=False, kind="stable").reset_index(drop=True)  # ties: by name
 
     def head_matrix(self, relation: str, direction: str = "dep->head"):
         """Accuracy of every head for one relation as a ``[layer, head]`` array."""
@@ -111,26 +138,17 @@ class RelationAccuracy:
             raise InvalidInput(f"no arcs with relation {relation!r}; relations here: {', '.join(sorted(self.per_head['relation'].unique()))}")
         return sub.pivot(index="layer", columns="head", values="accuracy").to_numpy()
 
-    def plot(self, *, top: int = 10):
-        """Bar chart of the best head's accuracy vs the fixed-offset baseline for the most frequent relations."""
-        import matplotlib
+    def plot(self, ax=None, *, top: int = 10):
+        """Bars of the best head's accuracy vs the fixed-offset baseline for the ``top`` most frequent relations."""
+        from attnlab.viz.plots import grouped_bars
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        t = self.table().head(top)
-        fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(t) + 2), 3.2))
-        x = range(len(t))
-        ax.bar([i - 0.2 for i in x], t["accuracy"], width=0.4, label="best head")
-        ax.bar([i + 0.2 for i in x], t["baseline_accuracy"], width=0.4, label="best fixed offset")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([f"{r}\n{l}-{h}" for r, l, h in zip(t["relation"], t["layer"], t["head"])], fontsize=8)
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1)
-        ax.legend(frameon=False)
-        ax.set_title(f"{self.model_name}: heads as dependency parsers")
-        fig.tight_layout()
-        return fig
+        t = self._best_heads().head(top)
+        bars = pd.DataFrame({
+            "relation": [f"{r}\n{l}-{h}" for r, l, h in zip(t["relation"], t["layer"], t["head"])],
+            "best head": t["accuracy"], "best fixed offset": t["baseline_accuracy"],
+        })
+        return grouped_bars(bars, ["best head", "best fixed offset"], x="relation", ylabel="accuracy", ylim=(0, 1),
+                            title=f"{self.model_name}: heads as dependency parsers", ax=ax)
 
 
 def relation_accuracy(
@@ -153,10 +171,11 @@ def relation_accuracy(
     >>> from attnlab.testing import tiny_model
     >>> sents = parse_conllu("1\\tshe\\t_\\t_\\t_\\t_\\t2\\tnsubj\\t_\\t_\\n2\\tleft\\t_\\t_\\t_\\t_\\t0\\troot\\t_\\t_\\n")
     >>> res = relation_accuracy(tiny_model("bert"), sents, progress=False)
-    >>> float(res.table(relations=["nsubj"])["baseline_accuracy"][0])
+    >>> t = res.table
+    >>> float(t.loc[t["relation"] == "nsubj", "baseline_accuracy"].iloc[0])
     1.0
     """
-    sentences = _check_sentences(sentences)
+    sentences = check_sentences(sentences)
     if maps is None:
         maps = word_maps(model, sentences, batch_size=batch_size, progress=progress, interventions=interventions)
     if len(maps) != len(sentences):
@@ -195,4 +214,4 @@ def relation_accuracy(
         off, k = max(cnt.items(), key=lambda kv: (kv[1], -abs(kv[0])))
         base.append((r, counts[r], off, k / counts[r]))
     baselines = pd.DataFrame(base, columns=["relation", "count", "offset", "accuracy"])
-    return RelationAccuracy(per_head=per_head, baselines=baselines, model_name=model.cfg.name)
+    return RelationAccuracy(per_head, baselines, model.cfg.name)

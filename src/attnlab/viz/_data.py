@@ -1,14 +1,15 @@
 """What the views show, read from the model: tokens, sentence segments and attention tensors.
 
-Every view encodes one input (a text, a sentence pair for encoders, or one row of token
-ids), checks it against the token cap *before* running the model, and reads the sites it
-needs with ``run_with_cache`` (inside ``model.intervene`` when interventions are given).
+Every view turns its input (a text, a sentence pair for encoders, or one row of token
+ids) into engine :class:`~attnlab.engine.tokens.Tokens`, checks it against the token cap
+*before* running the model, and reads the sites it needs through the engine's one forward
+primitive (:func:`attnlab.engine.forward.run`, no LM head; interventions applied there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,10 +18,10 @@ from jaxtyping import Float
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import Tokens
-from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.errors import InvalidInput
 
 __all__ = [
-    "Encoded", "encode", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
+    "ViewInput", "view_input", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
     "interventions_tuple", "base_payload", "attention_payload", "check_threshold",
 ]
 
@@ -28,18 +29,22 @@ __all__ = [
 DEFAULT_MAX_TOKENS = 64
 
 
-@dataclass
-class Encoded:
-    """One input, ready to run: ids ``[1, pos]``, extra model kwargs, token strings, segments."""
+@dataclass(frozen=True)
+class ViewInput:
+    """One input as a view shows it: the engine's ``tokens`` (one row), their strings and sentence segments.
 
-    ids: torch.Tensor
-    kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
-    tokens: list[str] = field(default_factory=list)
+    ``token_type_ids`` ``[1, pos]`` is set for a sentence pair on a BERT-style model (segment
+    embeddings), the one model input :class:`Tokens` does not carry.
+    """
+
+    tokens: Tokens
+    strings: list[str]
     segments: list[int] | None = None  # 0 = sentence A, 1 = sentence B (pairs only)
+    token_type_ids: torch.Tensor | None = None
 
     @property
     def n_tokens(self) -> int:
-        return int(self.ids.shape[1])
+        return int(self.tokens.ids.shape[1])
 
 
 def _is_pair(text) -> bool:
@@ -47,8 +52,6 @@ def _is_pair(text) -> bool:
 
 
 def _check_cap(n: int, max_tokens: int, view: str) -> None:
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise InvalidInput(f"max_tokens must be a positive integer, got {max_tokens!r}")
     if n > max_tokens:
         raise InvalidInput(
             f"the input has {n} tokens but the {view} caps it at max_tokens={max_tokens} (the page holds "
@@ -57,40 +60,39 @@ def _check_cap(n: int, max_tokens: int, view: str) -> None:
         )
 
 
-def encode(model, text, *, max_tokens: int = DEFAULT_MAX_TOKENS, view: str = "view") -> Encoded:
-    """Tokenise ``text``: a string, a ``(sentence_a, sentence_b)`` pair, or one row of token ids."""
+def view_input(model, text, *, max_tokens: int = DEFAULT_MAX_TOKENS, view: str = "view") -> ViewInput:
+    """Tokenise ``text`` through the engine: a string, a ``(sentence_a, sentence_b)`` pair, or one row of token ids."""
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidInput(f"max_tokens must be a positive integer, got {max_tokens!r}")
     if isinstance(text, torch.Tensor):
-        ids = text.reshape(1, -1) if text.ndim == 1 else text
-        if ids.ndim != 2 or ids.shape[0] != 1:
+        if text.ndim not in (1, 2) or (text.ndim == 2 and text.shape[0] != 1):
             raise InvalidInput(f"views show one input: give 1-D token ids or shape [1, pos], got {tuple(text.shape)}")
-        if ids.shape[1] == 0:
+        if text.numel() == 0:
             raise InvalidInput("no tokens given: the token id tensor is empty")
-        _check_cap(ids.shape[1], max_tokens, view)
-        ids = ids.to(model.device)
-        tokens = model.to_str_tokens(ids[0]) if model.tokenizer is not None else [str(int(i)) for i in ids[0]]
-        return Encoded(ids=ids, tokens=tokens)
+        _check_cap(text.numel(), max_tokens, view)
+        tokens = model.tokens(text)  # checks the ids against the vocabulary and the context length
+        ids = tokens.ids[0]
+        strings = model.to_str_tokens(ids) if model.tokenizer is not None else [str(int(i)) for i in ids]
+        return ViewInput(tokens, strings)
     if isinstance(text, (list, tuple)) and len(text) == 1 and isinstance(text[0], str):
         text = text[0]
     if isinstance(text, str):
         if not text.strip():
             raise InvalidInput("no text given: the text is empty")
-        enc = model.tokenize(text) if len(text) < 20 * max_tokens else None
-        if enc is None:  # a very long text: count tokens without building tensors the model may refuse
-            n = len(model._need_tokenizer()(text)["input_ids"])
-            _check_cap(n, max_tokens, view)
-            enc = model.tokenize(text)
-        _check_cap(enc["input_ids"].shape[1], max_tokens, view)
-        ids = enc["input_ids"]
-        return Encoded(ids=ids, kwargs={"attention_mask": enc["attention_mask"]}, tokens=model.to_str_tokens(ids[0]))
+        rows = model.token_rows(text)  # checked against the context length by the engine
+        _check_cap(len(rows[0]), max_tokens, view)
+        tokens = model.pad(rows)
+        return ViewInput(tokens, model.to_str_tokens(tokens.ids[0]))
     if _is_pair(text):
-        return _encode_pair(model, text, max_tokens, view)
+        return _pair_input(model, text, max_tokens, view)
     raise InvalidInput(
         "a view takes one text (str), a sentence pair (sentence_a, sentence_b) for encoders, "
         f"or one row of token ids; got {type(text).__name__}"
     )
 
 
-def _encode_pair(model, pair: Sequence[str], max_tokens: int, view: str) -> Encoded:
+def _pair_input(model, pair: Sequence[str], max_tokens: int, view: str) -> ViewInput:
+    """Two sentences as an encoder's tokenizer joins them ([CLS] A [SEP] B [SEP]), with their segments."""
     if model.cfg.is_causal:
         raise InvalidInput(
             f"sentence pairs are for encoders (BERT-style, with segment ids); {model.cfg.name} is a decoder: "
@@ -98,12 +100,12 @@ def _encode_pair(model, pair: Sequence[str], max_tokens: int, view: str) -> Enco
         )
     if not all(t.strip() for t in pair):
         raise InvalidInput("both sentences of a pair must be non-empty")
-    tok = model._need_tokenizer()
-    enc = tok(pair[0], pair[1], return_tensors="pt")
-    n = enc["input_ids"].shape[1]
-    _check_cap(n, max_tokens, view)
-    if model.cfg.n_ctx is not None and n > model.cfg.n_ctx:
-        raise InvalidInput(f"input has {n} tokens but {model.cfg.name} handles at most {model.cfg.n_ctx}")
+    if model.tokenizer is None:
+        raise InvalidInput(f"{model.cfg.name} was loaded without a tokenizer; a sentence pair needs one")
+    # The engine tokenises single texts; a pair's joining and segment marks come from the tokenizer itself.
+    enc = model.tokenizer(pair[0], pair[1], return_tensors="pt")
+    _check_cap(enc["input_ids"].shape[1], max_tokens, view)
+    tokens = model.tokens(enc["input_ids"])  # vocabulary and context-length checks
     seq_ids = enc.sequence_ids(0)  # None for special tokens, 0 for sentence A, 1 for sentence B
     segments, current = [], 0
     for s in seq_ids:
@@ -111,17 +113,18 @@ def _encode_pair(model, pair: Sequence[str], max_tokens: int, view: str) -> Enco
         segments.append(current)
     if 1 not in segments:
         raise InvalidInput(f"the tokenizer of {model.cfg.name} did not mark a second sentence; it may not support pairs")
-    kwargs = {k: enc[k].to(model.device) for k in ("attention_mask", "token_type_ids") if k in enc}
-    hf_config = getattr(model.hf_model, "config", None)
-    if "token_type_ids" not in kwargs and getattr(hf_config, "type_vocab_size", 0) >= 2:
+    types = enc.get("token_type_ids")
+    segment_embedding = model.layout.token_type_embed
+    if types is None and segment_embedding is not None and getattr(segment_embedding, "num_embeddings", 0) >= 2:
         # a BERT-style model whose tokenizer gives no segment ids: supply them as BERT's tokenizer would
-        kwargs["token_type_ids"] = torch.tensor([segments], dtype=torch.long, device=model.device)
-    ids = enc["input_ids"].to(model.device)
-    return Encoded(ids=ids, kwargs=kwargs, tokens=model.to_str_tokens(ids[0]), segments=segments)
+        types = torch.tensor([segments], dtype=torch.long)
+    types = types.to(model.device) if types is not None else None
+    return ViewInput(tokens, model.to_str_tokens(tokens.ids[0]), segments, types)
 
 
-def select(values, size: int, noun: str, model_name: str) -> list[int]:
-    """``None`` -> all of ``range(size)``; an int or a list of ints checked against the range."""
+def select(model, values, noun: str) -> list[int]:
+    """``layers=``/``heads=`` of a view: ``None`` -> all; an int or a list of ints, each checked by the engine."""
+    size, check = (model.cfg.n_layers, model.check_layer) if noun == "layer" else (model.cfg.n_heads, model.check_head)
     if values is None:
         return list(range(size))
     items = [values] if isinstance(values, int) and not isinstance(values, bool) else values
@@ -131,29 +134,20 @@ def select(values, size: int, noun: str, model_name: str) -> list[int]:
         raise InvalidInput(f"{noun}s must be an int, a list of ints or None (all), got {values!r}") from None
     if not items:
         raise InvalidInput(f"{noun}s is empty: give at least one {noun} in 0..{size - 1}, or None for all")
-    for v in items:
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < size:
-            raise InvalidLocation(f"{noun} {v!r} out of range: {model_name} has {noun}s 0..{size - 1}")
-    return list(dict.fromkeys(items))
+    return list(dict.fromkeys(check(v) for v in items))
 
 
-@torch.no_grad()
 def read_sites(
-    model, enc: Encoded, layers: Sequence[int], sites: Sequence[str], interventions: Sequence = ()
+    model, source: ViewInput, layers: Sequence[int], sites: Sequence[str], interventions: Sequence = ()
 ) -> dict[tuple[int, str], Float[np.ndarray, "..."]]:
-    """``{(layer, site): array}`` for batch row 0, run clean or inside ``model.intervene``."""
+    """``{(layer, site): array}`` for the input's one row, run clean or with ``interventions``."""
     # Only attention is read, so no LM head runs (for Gemma's 262k-word vocabulary the
     # projection costs more than all the layers together).
-    names = [hook_name(layer, site) for layer in layers for site in sites]
-    mask = enc.kwargs.get("attention_mask", torch.ones_like(enc.ids))
-    extra = {k: v for k, v in enc.kwargs.items() if k != "attention_mask"}
-    store = run(model, Tokens(enc.ids, mask.long(), "right"), logits=None, read=names, interventions=interventions,
+    names = {(layer, site): hook_name(layer, site) for layer in layers for site in sites}
+    extra = {"token_type_ids": source.token_type_ids} if source.token_type_ids is not None else {}
+    store = run(model, source.tokens, logits=None, read=list(names.values()), interventions=interventions,
                 model_kwargs=extra).cache
-    return {
-        (layer, site): store[hook_name(layer, site)][0].float().cpu().numpy()
-        for layer in layers
-        for site in sites
-    }
+    return {key: store[name][0].float().cpu().numpy() for key, name in names.items()}
 
 
 def to_list(array: np.ndarray, decimals: int = 4) -> list:
@@ -175,15 +169,16 @@ def interventions_tuple(interventions) -> tuple:
     return tuple(interventions)
 
 
-def base_payload(model, enc: Encoded, kind: str, title: str, layers: list[int], heads: list[int], interventions) -> dict:
+def base_payload(model, source: ViewInput, kind: str, title: str, layers: list[int], heads: list[int],
+                 interventions) -> dict:
     """The fields every view's data carries."""
     return {
         "kind": kind,
         "title": title,
         "model": model.cfg.name,
         "causal": bool(model.cfg.is_causal),
-        "tokens": enc.tokens,
-        "segments": enc.segments,
+        "tokens": source.strings,
+        "segments": source.segments,
         "layers": layers,
         "heads": heads,
         "interventions": [repr(s) for s in interventions],
@@ -192,18 +187,18 @@ def base_payload(model, enc: Encoded, kind: str, title: str, layers: list[int], 
 
 def attention_payload(
     model, text, *, kind: str, title: str, layers, heads, interventions, max_tokens: int, threshold: float
-) -> tuple[dict, Encoded]:
+) -> tuple[dict, ViewInput]:
     """Tokens and patterns ``[layer][head][query][key]`` for the layers and heads asked for."""
     specs = interventions_tuple(interventions)
-    layer_list = select(layers, model.cfg.n_layers, "layer", model.cfg.name)
-    head_list = select(heads, model.cfg.n_heads, "head", model.cfg.name)
+    layer_list = select(model, layers, "layer")
+    head_list = select(model, heads, "head")
     check_threshold(threshold)
-    enc = encode(model, text, max_tokens=max_tokens, view=f"{kind} view")
-    patterns = read_sites(model, enc, layer_list, ["pattern"], specs)
-    data = base_payload(model, enc, kind, title, layer_list, head_list, specs)
+    source = view_input(model, text, max_tokens=max_tokens, view=f"{kind} view")
+    patterns = read_sites(model, source, layer_list, ["pattern"], specs)
+    data = base_payload(model, source, kind, title, layer_list, head_list, specs)
     data["threshold"] = threshold
     data["attention"] = [to_list(patterns[(layer, "pattern")][head_list]) for layer in layer_list]
-    return data, enc
+    return data, source
 
 
 def check_threshold(threshold) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.viz._data import (
-    DEFAULT_MAX_TOKENS, base_payload, check_threshold, encode, interventions_tuple, read_sites, select, to_list,
+    DEFAULT_MAX_TOKENS, base_payload, check_threshold, interventions_tuple, read_sites, select, to_list, view_input,
 )
 from attnlab.viz._html import View
 
@@ -46,15 +46,15 @@ def diff_view(
     specs = interventions_tuple(interventions)
     if not specs:
         raise InvalidInput("diff_view needs at least one intervention (e.g. AblateHead(layer, head)) to compare against")
-    layer_list = select(layers, model.cfg.n_layers, "layer", model.cfg.name)
-    head_list = select(heads, model.cfg.n_heads, "head", model.cfg.name)
+    layer_list = select(model, layers, "layer")
+    head_list = select(model, heads, "head")
     check_threshold(threshold)
     for spec in specs:  # fail before any forward pass
         spec.validate(model.cfg)
-    enc = encode(model, text, max_tokens=max_tokens, view="diff view")
-    clean = read_sites(model, enc, layer_list, ["pattern"])
-    edited = read_sites(model, enc, layer_list, ["pattern"], specs)
-    n = enc.n_tokens
+    source = view_input(model, text, max_tokens=max_tokens, view="diff view")
+    clean = read_sites(model, source, layer_list, ["pattern"])
+    edited = read_sites(model, source, layer_list, ["pattern"], specs)
+    n = source.n_tokens
     future = np.triu(np.ones((n, n), dtype=bool), 1) if model.cfg.is_causal else np.zeros((n, n), dtype=bool)
 
     def payload(arr: np.ndarray) -> list:
@@ -63,7 +63,7 @@ def diff_view(
         out[:, future] = None  # a decoder's future keys are masked, not "zero attention"
         return out.tolist()
 
-    data = base_payload(model, enc, "diff", "Diff view", layer_list, head_list, specs)
+    data = base_payload(model, source, "diff", "Diff view", layer_list, head_list, specs)
     data["threshold"] = threshold
     data["clean"], data["intervened"], data["change"] = [], [], []
     for layer in layer_list:

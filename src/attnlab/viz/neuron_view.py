@@ -2,23 +2,26 @@
 
 For a query token and each key: q, k, their elementwise product q*k (whose sum is the raw
 score), the scaled score q.k and the softmax. q and k are read at ``hook_q``/``hook_k``,
-i.e. after rotary embeddings and q/k norms, exactly what the scores are computed from.
+i.e. after rotary embeddings and q/k norms, exactly what the scores are computed from; the
+scale is the model's own (``model.cfg.scaling``). The same numbers for one head and query,
+as tables, come from :func:`attnlab.analysis.neuron_data`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from einops import einsum
 
+from attnlab.engine.attention import masked
 from attnlab.errors import InvalidLocation
-from attnlab.viz._data import (
-    base_payload, encode, interventions_tuple, read_sites, select, to_list,
-)
+from attnlab.viz._data import base_payload, interventions_tuple, read_sites, select, to_list, view_input
 from attnlab.viz._html import View
 
-__all__ = ["neuron_view", "effective_scale"]
+__all__ = ["neuron_view"]
 
 
 def neuron_view(
@@ -44,35 +47,37 @@ def neuron_view(
     word of an encoder input).
     """
     specs = interventions_tuple(interventions)
-    layer_list = select(layers, model.cfg.n_layers, "layer", model.cfg.name)
-    head_list = select(heads, model.cfg.n_heads, "head", model.cfg.name)
-    enc = encode(model, text, max_tokens=max_tokens, view="neuron view")
-    n = enc.n_tokens
+    layer_list = select(model, layers, "layer")
+    head_list = select(model, heads, "head")
+    source = view_input(model, text, max_tokens=max_tokens, view="neuron view")
+    n = source.n_tokens
     if query is None:
         query = n - 1 if model.cfg.is_causal else min(1, n - 1)
     if not isinstance(query, int) or isinstance(query, bool) or not 0 <= query < n:
         raise InvalidLocation(f"query token {query!r} out of range: this input has tokens 0..{n - 1}")
-    sites = read_sites(model, enc, layer_list, ["q", "k", "attn_scores", "pattern"], specs)
-    data = base_payload(model, enc, "neuron", "Neuron view", layer_list, head_list, specs)
+    sites = read_sites(model, source, layer_list, ["q", "k", "attn_scores", "pattern"], specs)
+    data = base_payload(model, source, "neuron", "Neuron view", layer_list, head_list, specs)
     data["query"] = query
     data["q"], data["k"], data["scores"], data["attention"], data["scales"] = [], [], [], [], []
     for layer in layer_list:
         q = sites[(layer, "q")][:, head_list]  # [pos, head, d_head]
         k = sites[(layer, "k")][:, head_list]
         scores = sites[(layer, "attn_scores")][head_list]  # [head, query, key]
-        masked = scores <= np.finfo(np.float32).min / 2
+        hidden = masked(torch.from_numpy(scores)).numpy()  # keys the query cannot see
         data["q"].append(to_list(np.moveaxis(q, 1, 0), 3))  # [head, pos, d_head]
         data["k"].append(to_list(np.moveaxis(k, 1, 0), 3))
         rounded = np.round(scores.astype(np.float64), 4).astype(object)
-        rounded[masked] = None
+        rounded[hidden] = None
         data["scores"].append(rounded.tolist())
         data["attention"].append(to_list(sites[(layer, "pattern")][head_list]))
-        data["scales"].append(effective_scale(q, k, scores, masked))
+        data["scales"].append(model.cfg.scaling)
     return View("neuron", f"Neuron view: {model.cfg.name}", data)
 
 
 def effective_scale(q: np.ndarray, k: np.ndarray, scores: np.ndarray, masked: np.ndarray) -> float:
-    """The factor s with scores = s * (q . k) (least squares over unmasked entries; 1/sqrt(d) usually)."""
+    """Deprecated: the scale is ``model.cfg.scaling``. The factor s with scores = s * (q . k), by least squares."""
+    warnings.warn("attnlab.viz.neuron_view.effective_scale is deprecated and will be removed in the next release; "
+                  "use model.cfg.scaling", DeprecationWarning, stacklevel=2)
     dots = einsum(q.astype(np.float64), k.astype(np.float64), "qp h d, kp h d -> h qp kp")
     keep = ~masked
     denom = float((dots[keep] ** 2).sum())

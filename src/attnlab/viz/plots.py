@@ -4,8 +4,10 @@ Every function takes a plain pandas DataFrame (the columns are named in its docs
 can be renamed with keyword options), so results from ``attnlab.measure``,
 ``attnlab.analysis`` and ``attnlab.bias`` or from your own code plot the same way. Each
 returns a :class:`matplotlib.figure.Figure` drawn on the Agg canvas: no pyplot, no global
-backend change, safe in scripts and servers; ``fig.savefig("x.png")`` saves it and Jupyter
-displays it. matplotlib is imported only when a figure is drawn.
+backend change, no figure left open, safe in scripts and servers; ``fig.savefig("x.png")``
+saves it and Jupyter displays it. ``ax=`` draws on the caller's Axes instead (a list of
+Axes for the multi-panel plots) and returns their figure. matplotlib is imported only when
+a figure is drawn.
 
 >>> import pandas as pd
 >>> from attnlab.viz.plots import head_heatmap
@@ -17,13 +19,21 @@ displays it. matplotlib is imported only when a figure is drawn.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from attnlab.errors import InvalidInput
 
-__all__ = ["head_heatmap", "head_statistics", "clustering_embedding", "context_window_curves", "bias_by_occupation"]
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "head_heatmap", "head_statistics", "clustering_embedding", "context_window_curves", "bias_by_occupation",
+    "grouped_bars", "panels",
+]
 
 
 def _figure(width: float, height: float):
@@ -36,6 +46,32 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def panels(ax, n: int, width: float, height: float, what: str) -> tuple[Figure, list[Axes]]:
+    """The figure and ``n`` axes to draw on: new ones in a row, or the caller's ``ax``.
+
+    ``ax`` is ``None`` (a new Agg figure), one Axes (when ``n == 1``) or a sequence of
+    ``n`` Axes, so a plot can be placed in a figure the caller laid out.
+    """
+    if ax is None:
+        fig = _figure(width, height)
+        return fig, list(fig.subplots(1, n, squeeze=False)[0])
+    if _is_axes(ax):
+        axes = [ax]
+    elif isinstance(ax, (Sequence, np.ndarray)) and not isinstance(ax, str):
+        axes = list(np.ravel(np.asarray(ax, dtype=object)))
+    else:
+        axes = None
+    if axes is None or len(axes) != n or not all(_is_axes(a) for a in axes):
+        shown = type(ax).__name__ if axes is None else f"{len(axes)} item(s)"
+        wanted = "one Axes" if n == 1 else f"a list of {n} Axes"
+        raise InvalidInput(f"{what} draws {n} panel(s): pass ax=None or {wanted}, got {shown}")
+    return axes[0].figure, axes
+
+
+def _is_axes(obj) -> bool:
+    return hasattr(obj, "figure") and hasattr(obj, "plot") and hasattr(obj, "set_xlabel")
 
 
 def _check_frame(df, columns: Sequence[str], what: str, *, numeric: Sequence[str] = ()) -> pd.DataFrame:
@@ -69,39 +105,42 @@ def head_heatmap(
     annotate: bool | None = None,
     n_layers: int | None = None,
     n_heads: int | None = None,
+    ax=None,
 ):
     """A layers x heads image of a per-head number (a sweep's effect), diverging colours centred at 0.
 
     ``df`` has one row per head with columns ``layer``, ``head`` and ``value`` (names
-    configurable). Heads missing from ``df`` stay blank. Red is positive, blue negative,
-    with the same scale both ways so zero is white. ``annotate`` writes the numbers in the
-    cells (default: when there are at most 200 cells).
+    configurable; any two integer columns make the grid, e.g. ``layer="key", head="dim"``).
+    Heads missing from ``df`` stay blank. Red is positive, blue negative, with the same
+    scale both ways so zero is white. ``annotate`` writes the numbers in the cells
+    (default: when there are at most 200 cells).
     """
     _check_frame(df, [layer, head, value], "head_heatmap", numeric=[layer, head, value])
     if df.duplicated([layer, head]).any():
         dup = df[df.duplicated([layer, head], keep=False)][[layer, head]].iloc[0].tolist()
-        raise InvalidInput(f"head_heatmap: (layer, head) {tuple(dup)} appears more than once; aggregate first")
+        raise InvalidInput(f"head_heatmap: ({layer}, {head}) {tuple(dup)} appears more than once; aggregate first")
     L = int(n_layers if n_layers is not None else df[layer].max() + 1)
     H = int(n_heads if n_heads is not None else df[head].max() + 1)
     if df[layer].min() < 0 or df[head].min() < 0 or df[layer].max() >= L or df[head].max() >= H:
-        raise InvalidInput(f"head_heatmap: layers must lie in 0..{L - 1} and heads in 0..{H - 1}")
+        raise InvalidInput(f"head_heatmap: {layer}s must lie in 0..{L - 1} and {head}s in 0..{H - 1}")
     grid = np.full((L, H), np.nan)
     grid[df[layer].to_numpy(int), df[head].to_numpy(int)] = df[value].to_numpy(float)
     vmax = _symmetric_limit(grid)
-    fig = _figure(min(2.0 + 0.55 * H, 14), min(1.4 + 0.38 * L, 12))
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(H))
-    ax.set_yticks(range(L))
-    ax.set_title(title or f"{value} per head")
-    fig.colorbar(image, ax=ax, label=value, shrink=0.9)
+    fig, (axis,) = panels(ax, 1, min(2.0 + 0.55 * H, 14), min(1.4 + 0.38 * L, 12), "head_heatmap")
+    image = axis.imshow(grid, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    axis.set_xlabel(head)
+    axis.set_ylabel(layer)
+    if H <= 64:
+        axis.set_xticks(range(H))
+    if L <= 64:
+        axis.set_yticks(range(L))
+    axis.set_title(title or f"{value} per {head}")
+    fig.colorbar(image, ax=axis, label=value, shrink=0.9)
     if annotate if annotate is not None else L * H <= 200:
         for (i, j), v in np.ndenumerate(grid):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(v) > 0.6 * vmax else "black")
+                axis.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                          color="white" if abs(v) > 0.6 * vmax else "black")
     return fig
 
 
@@ -112,12 +151,14 @@ def head_statistics(
     layer: str = "layer",
     head: str = "head",
     title: str | None = None,
+    ax=None,
 ):
     """Per-layer scatter of head statistics, as in Clark et al. 2019 (one dot per head, one panel per statistic).
 
     ``df`` has one row per head with ``layer``, ``head`` and numeric statistic columns
-    (e.g. ``entropy``, ``to_cls``, ``to_sep``, ``to_punct``); ``columns`` picks which to draw
-    (default: every other numeric column). A black line marks each layer's mean.
+    (e.g. ``entropy``, ``cls``, ``sep``, ``punct``); ``columns`` picks which to draw
+    (default: every other numeric column). A black line marks each layer's mean. ``ax``:
+    one Axes per column.
     """
     _check_frame(df, [layer, head], "head_statistics", numeric=[layer, head])
     if columns is None:
@@ -127,18 +168,17 @@ def head_statistics(
         raise InvalidInput("head_statistics: no numeric statistic columns besides layer and head")
     _check_frame(df, columns, "head_statistics", numeric=columns)
     n_heads = int(df[head].max()) + 1
-    fig = _figure(min(3.2 * len(columns), 16), 3.0)
-    axes = fig.subplots(1, len(columns), squeeze=False)[0]
+    fig, axes = panels(ax, len(columns), min(3.2 * len(columns), 16), 3.0, "head_statistics")
     x_layer = df[layer].to_numpy(float)
     jitter = (df[head].to_numpy(float) + 0.5) / max(n_heads, 1) * 0.5 - 0.25  # heads spread within a layer
-    for ax, column in zip(axes, columns):
+    for axis, column in zip(axes, columns):
         y = df[column].to_numpy(float)
-        ax.scatter(x_layer + jitter, y, s=14, c=df[layer].to_numpy(float), cmap="viridis", alpha=0.85, linewidths=0)
+        axis.scatter(x_layer + jitter, y, s=14, c=df[layer].to_numpy(float), cmap="viridis", alpha=0.85, linewidths=0)
         means = df.groupby(layer)[column].mean()
-        ax.plot(means.index.to_numpy(float), means.to_numpy(float), color="black", linewidth=1, label="layer mean")
-        ax.set_xlabel("layer")
-        ax.set_title(column)
-        ax.grid(alpha=0.3)
+        axis.plot(means.index.to_numpy(float), means.to_numpy(float), color="black", linewidth=1, label="layer mean")
+        axis.set_xlabel("layer")
+        axis.set_title(column)
+        axis.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
     if title:
         fig.suptitle(title)
@@ -153,6 +193,7 @@ def clustering_embedding(
     color: str = "layer",
     label: str | None = None,
     title: str | None = None,
+    ax=None,
 ):
     """2-D embedding of heads (e.g. MDS of Jensen-Shannon distances, Clark et al. 2019), coloured by a column.
 
@@ -162,11 +203,10 @@ def clustering_embedding(
     point (e.g. ``"name"`` holding ``"3.5"``).
     """
     _check_frame(df, [x, y, color] + ([label] if label else []), "clustering_embedding", numeric=[x, y])
-    fig = _figure(5.6, 4.6)
-    ax = fig.add_subplot()
+    fig, (axis,) = panels(ax, 1, 5.6, 4.6, "clustering_embedding")
     if pd.api.types.is_numeric_dtype(df[color]):
-        points = ax.scatter(df[x], df[y], c=df[color].to_numpy(float), cmap="viridis", s=28, linewidths=0)
-        fig.colorbar(points, ax=ax, label=color)
+        points = axis.scatter(df[x], df[y], c=df[color].to_numpy(float), cmap="viridis", s=28, linewidths=0)
+        fig.colorbar(points, ax=axis, label=color)
     else:
         from matplotlib import colormaps
 
@@ -174,14 +214,14 @@ def clustering_embedding(
         palette = colormaps["tab10" if len(cats) <= 10 else "tab20"]
         for k, cat in enumerate(cats):
             rows = df[color].astype(str) == cat
-            ax.scatter(df.loc[rows, x], df.loc[rows, y], color=palette(k % palette.N), s=28, label=cat, linewidths=0)
-        ax.legend(title=color, fontsize=8, loc="best")
+            axis.scatter(df.loc[rows, x], df.loc[rows, y], color=palette(k % palette.N), s=28, label=cat, linewidths=0)
+        axis.legend(title=color, fontsize=8, loc="best")
     if label:
         for _, row in df.iterrows():
-            ax.annotate(str(row[label]), (row[x], row[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title or f"heads coloured by {color}")
+            axis.annotate(str(row[label]), (row[x], row[y]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title(title or f"heads coloured by {color}")
     return fig
 
 
@@ -193,25 +233,31 @@ def context_window_curves(
     group: str = "label",
     logx: bool = False,
     title: str | None = None,
+    reference: float | None = None,
+    markers: bool = True,
+    ax=None,
 ):
     """Attention mass against query-key distance, one curve per ``group`` (e.g. before/after a neuron edit).
 
     ``df`` is long format: columns ``distance``, ``mass`` and ``label`` (names
     configurable); rows of each label are sorted by distance and joined by a line.
+    ``reference`` draws a dashed horizontal line at that value (e.g. the 0.9 level of a
+    window); ``markers=False`` draws plain lines (long curves).
     """
     _check_frame(df, [x, y, group], "context_window_curves", numeric=[x, y])
-    fig = _figure(6.0, 3.8)
-    ax = fig.add_subplot()
+    fig, (axis,) = panels(ax, 1, 6.0, 3.8, "context_window_curves")
     for name, rows in df.groupby(group, sort=False):
         rows = rows.sort_values(x)
-        ax.plot(rows[x], rows[y], marker="o", markersize=3, linewidth=1.5, label=str(name))
+        axis.plot(rows[x], rows[y], marker="o" if markers else None, markersize=3, linewidth=1.5, label=str(name))
+    if reference is not None:
+        axis.axhline(reference, color="grey", linewidth=0.8, linestyle="--")
     if logx:
-        ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel(f"{x} (query position - key position)" if x == "distance" else x)
-    ax.set_ylabel(y)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title=group)
-    ax.set_title(title or "attention by distance")
+        axis.set_xscale("symlog", linthresh=1)
+    axis.set_xlabel(f"{x} (query position - key position)" if x == "distance" else x)
+    axis.set_ylabel(y)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, title=group)
+    axis.set_title(title or "attention by distance")
     return fig
 
 
@@ -223,6 +269,7 @@ def bias_by_occupation(
     label: str | None = "occupation",
     group: str | None = None,
     title: str | None = None,
+    ax=None,
 ):
     """Scatter of each occupation's pronoun bias against its share of women, with a least-squares line.
 
@@ -233,26 +280,68 @@ def bias_by_occupation(
     """
     needed = [x, y] + ([label] if label else []) + ([group] if group else [])
     _check_frame(df, needed, "bias_by_occupation", numeric=[x, y])
-    fig = _figure(6.4, 4.6)
-    ax = fig.add_subplot()
+    fig, (axis,) = panels(ax, 1, 6.4, 4.6, "bias_by_occupation")
     groups = [(None, df)] if group is None else list(df.groupby(group, sort=False))
     for name, rows in groups:
         xs, ys = rows[x].to_numpy(float), rows[y].to_numpy(float)
-        points = ax.scatter(xs, ys, s=24, alpha=0.85, linewidths=0, label=None if name is None else str(name))
+        points = axis.scatter(xs, ys, s=24, alpha=0.85, linewidths=0, label=None if name is None else str(name))
         if len(rows) >= 2 and np.ptp(xs) > 0:
             slope, intercept = np.polyfit(xs, ys, 1)
             r = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) > 0 else float("nan")
             grid = np.linspace(xs.min(), xs.max(), 50)
             prefix = "" if name is None else f"{name}: "
-            ax.plot(grid, slope * grid + intercept, color=points.get_facecolor()[0], linewidth=1.5,
-                    label=f"{prefix}fit slope {slope:.2f}, r = {r:.2f}")
+            axis.plot(grid, slope * grid + intercept, color=points.get_facecolor()[0], linewidth=1.5,
+                      label=f"{prefix}fit slope {slope:.2f}, r = {r:.2f}")
         if label and len(rows) <= 80:
             for xi, yi, text in zip(xs, ys, rows[label].astype(str)):
-                ax.annotate(text, (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points", alpha=0.8)
-    ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel("log p(she) / p(he)" if y == "log_ratio" else y)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(title or "pronoun bias by occupation")
+                axis.annotate(text, (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points", alpha=0.8)
+    axis.axhline(0, color="grey", linewidth=0.8, linestyle="--")
+    axis.set_xlabel(x.replace("_", " "))
+    axis.set_ylabel("log p(she) / p(he)" if y == "log_ratio" else y)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    axis.set_title(title or "pronoun bias by occupation")
+    return fig
+
+
+def grouped_bars(
+    df: pd.DataFrame,
+    y: str | Sequence[str],
+    *,
+    x: str,
+    ylabel: str | None = None,
+    ylim: tuple[float, float] | None = None,
+    reference: float | None = None,
+    legend: bool = True,
+    title: str | None = None,
+    ax=None,
+):
+    """One group of bars per row of ``df`` (labelled by column ``x``), one bar per column in ``y``.
+
+    For a few numbers side by side: a relation's best head against the fixed-offset
+    baseline, a probe's UAS against simple parsers, each head's entropy within its layer.
+    ``reference`` draws a dashed horizontal line (e.g. the entropy of uniform attention).
+    """
+    ys = [y] if isinstance(y, str) else list(y)
+    if not ys:
+        raise InvalidInput("grouped_bars: give at least one column in y")
+    _check_frame(df, [x, *ys], "grouped_bars", numeric=ys)
+    fig, (axis,) = panels(ax, 1, max(4.0, 0.25 * len(df) * len(ys) + 2), 3.2, "grouped_bars")
+    width = 0.8 / len(ys)
+    positions = np.arange(len(df))
+    for k, column in enumerate(ys):
+        axis.bar(positions + (k - (len(ys) - 1) / 2) * width, df[column].to_numpy(float), width=width,
+                 label=column, color=f"C{k % 10}")
+    if reference is not None:
+        axis.axhline(reference, color="grey", linewidth=0.8, linestyle="--")
+    axis.set_xticks(positions)
+    axis.set_xticklabels([str(v) for v in df[x]], fontsize=8)
+    axis.set_xlabel(x)
+    axis.set_ylabel(ylabel or (ys[0] if len(ys) == 1 else "value"))
+    if ylim is not None:
+        axis.set_ylim(*ylim)
+    if legend and len(ys) > 1:
+        axis.legend(fontsize=8, frameon=False)
+    if title:
+        axis.set_title(title)
     return fig
