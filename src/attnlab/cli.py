@@ -320,13 +320,13 @@ def cmd_analyze(args) -> None:
         from attnlab.analysis.syntax import relation_accuracy
 
         acc = relation_accuracy(model, sentences, progress=not args.quiet)
-        _write_table(acc.table(), out / "relations.csv", default_name="relations.csv")
+        _write_table(acc.table, out / "relations.csv", default_name="relations.csv")
     stats = head_stats(model, corpus, progress=not args.quiet)
-    _write_table(stats.df, out / "head_stats.csv", default_name="head_stats.csv")
-    _save_figure(stats.plot_targets(), out / "head_stats.png")
-    _save_figure(stats.plot_entropy(), out / "head_entropy.png")
+    _write_table(stats.table, out / "head_stats.csv", default_name="head_stats.csv")
+    _save_figure(stats.plot(kind="targets"), out / "head_stats.png")
+    _save_figure(stats.plot(kind="entropy"), out / "head_entropy.png")
     head_map = head_distances(model, corpus, stats=stats, progress=not args.quiet)
-    _write_table(head_map.df, out / "head_clusters.csv", default_name="head_clusters.csv")
+    _write_table(head_map.table, out / "head_clusters.csv", default_name="head_clusters.csv")
     _save_figure(head_map.plot(), out / "head_clusters.png")
 
 
@@ -337,7 +337,7 @@ def cmd_neurons(args) -> None:
     layers = _ints(args.layers, "--layers")
     corpus = _read_lines(args, what="corpus texts")
     result = decay_neurons(_load(args), corpus, layers=layers, progress=not args.quiet)
-    table = result.ranking()
+    table = result.table
     _write_table(table.head(args.top) if args.top else table, args.out, default_name="decay_neurons.csv")
 
 
