@@ -16,6 +16,7 @@ from attnlab.analysis.context import (
     loss_by_position,
     window_experiment,
 )
+from attnlab.analysis.dial import DialResult, WindowNotReached, decay_units, set_context_window
 from attnlab.analysis.heads import STAT_COLUMNS, HeadStats, entropy, head_stats, word_attention
 from attnlab.analysis.neurons import (
     DecayProfile,
@@ -40,4 +41,5 @@ __all__ = [
     "neuron_view", "NeuronView", "unit_scores", "unit_dims", "is_rotary", "head_scale",
     "decay_neurons", "DecayProfile",
     "attention_by_distance", "DistanceProfile", "loss_by_position", "window_experiment", "WindowExperiment",
+    "set_context_window", "decay_units", "DialResult", "WindowNotReached",
 ]
