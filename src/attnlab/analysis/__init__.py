@@ -21,6 +21,7 @@ from attnlab.analysis.context import (
     loss_by_position,
     window_experiment,
 )
+from attnlab.analysis.dial import DialResult, WindowNotReached, decay_units, set_context_window
 from attnlab.analysis.heads import STAT_COLUMNS, HeadStats, entropy, head_stats, word_attention
 from attnlab.analysis.neurons import (
     DecayProfile,
@@ -43,6 +44,7 @@ __all__ = [
     "neuron_data", "NeuronData", "unit_scores", "unit_dims",
     "decay_neurons", "DecayProfile",
     "attention_by_distance", "DistanceProfile", "loss_by_position", "window_experiment", "WindowExperiment",
+    "set_context_window", "decay_units", "DialResult", "WindowNotReached",
 ]
 
 #: Old names that keep working for one release: the functions warn when called, naming the new spelling.

@@ -1,0 +1,284 @@
+"""The context-window dial: it reaches targets, its edits reproduce what it reports, it says when it cannot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from attnlab.analysis.context import attention_by_distance, loss_by_position
+from attnlab.analysis.dial import (
+    DialResult,
+    WindowNotReached,
+    _measure_rows,
+    _row_multipliers,
+    decay_units,
+    pooled_window,
+    set_context_window,
+)
+from attnlab.engine.forward import run
+from attnlab.engine.locations import hook_name
+from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
+from attnlab.interventions import EditNeuron
+from attnlab.testing import VOCAB, tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = " ".join(
+    ["the nurse said that she left the house because the doctor was not happy with the new car ."
+     " then the teacher asked the student about the old book and the city ."] * 3
+)  # 100 tokens with [BOS]
+DECAY_PAIR = 2  # rotary pair (dims 2 and 6 of d_head 8), frequency 0.01 rad/token: cos falls over the whole text
+
+
+def decay_llama(strength: float = 8.0):
+    """A tiny Llama whose every head has one pure distance-decay pair.
+
+    q and k get a constant bias in dimension 2 of each head and no weights into dims 2
+    and 6, so after rotary that pair contributes ``scale * strength**2 * cos(0.01 (i - j))``
+    to every score: a clean decay a scale can sharpen or flatten.
+    """
+    import transformers as tf
+
+    from attnlab.engine.model import HookedModel
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=128, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        attention_bias=True, attn_implementation="sdpa",
+    )
+    hf = tf.LlamaForCausalLM(cfg).eval()
+    d_head = 8
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                weight = proj.weight.view(-1, d_head, cfg.hidden_size)  # [head, d_head, d_model]
+                weight[:, DECAY_PAIR] = 0.0
+                weight[:, DECAY_PAIR + d_head // 2] = 0.0
+                proj.bias.zero_()
+                proj.bias.view(-1, d_head)[:, DECAY_PAIR] = strength
+    return HookedModel(hf, tiny_tokenizer(), name="tiny-llama-decay")
+
+
+def test_pooled_window_averages_normalised_head_profiles():
+    mass = np.zeros((1, 2, 11))  # [layer, head, distance]
+    mass[0, 0, 1] = 0.2  # head 0: everything one token back (its small total does not matter)
+    mass[0, 1, 1:] = 3.0  # head 1: spread evenly over distances 1..10
+    # pooled share by distance: 0.55 at d=1, then 0.05 per distance -> 0.9 is first reached at d=8
+    assert pooled_window(mass, 0.9) == 8
+    assert pooled_window(mass, 0.55) == 1
+    assert np.isnan(pooled_window(np.zeros((1, 2, 5)), 0.9))  # no non-sink mass at all
+    far = mass[..., ::-1]  # head 0 all at distance 9, head 1 spread over 0..9: 0.9 first reached at d=9
+    assert pooled_window(np.stack([mass, far]), 0.9).tolist() == [8, 9]  # leading axes are rows
+
+
+@pytest.fixture(scope="module")
+def decay_model():
+    return decay_llama()
+
+
+@pytest.fixture(scope="module")
+def units(decay_model):
+    return decay_units(decay_model, TEXT)
+
+
+def test_decay_units_find_the_planted_pair(units):
+    assert len(units) == 8  # 2 layers x 4 heads
+    assert set(units["unit"]) == {DECAY_PAIR}
+    assert (units["spearman"] <= -0.99).all() and (units["near"] > 0).all()
+
+
+def test_dial_reaches_a_target_inside_a_bracket(decay_model, units):
+    res = set_context_window(decay_model, 25, TEXT, units=units, progress=False)
+    assert isinstance(res, DialResult)
+    assert res.clean_window == 30  # the planted decay's clean window, narrower after scaling up
+    assert res.reached and abs(res.window - 25) <= 2.5
+    assert 1.0 < res.scale < 2.0 and res.steps >= 1  # found between the grid's 1.0 (30) and 2.0 (22)
+    s = res.summary.iloc[0]
+    assert s["target"] == 25 and s["window"] == res.window and bool(s["reached"])
+    assert s["loss_cost"] == pytest.approx(s["edited_loss"] - s["clean_loss"])
+    clean = res.table[res.table["scale"] == 1.0].iloc[0]
+    assert clean["loss_cost"] == 0.0 and clean["window"] == 30
+    assert res.table["chosen"].sum() == 1 and res["window"].is_monotonic_decreasing  # window falls as the scale grows
+    assert [(e.layer, e.heads, e.dim, e.scale) for e in res.interventions] == [
+        (layer, (head,), [2, 6], res.scale) for layer in range(2) for head in range(4)
+    ]
+
+
+def test_interventions_reproduce_window_and_loss(decay_model, units):
+    res = set_context_window(decay_model, 12, TEXT, units=units, progress=False)
+    assert res.reached
+    with decay_model.intervene(*res.interventions):
+        profile = attention_by_distance(decay_model, [TEXT], progress=False)
+        edited = loss_by_position(decay_model, [TEXT], progress=False)
+    assert profile.model_window(0.9) == res.window
+    late = edited[edited["position"] >= res.late_from]
+    assert late["loss"].mean() == pytest.approx(res.summary["edited_loss"].iloc[0], abs=1e-5)
+    assert np.allclose(late["loss"].to_numpy(), res.per_prompt["edited_loss"].to_numpy(), atol=1e-5)
+    clean = loss_by_position(decay_model, [TEXT], progress=False)
+    assert clean.loc[clean["position"] >= res.late_from, "loss"].mean() == pytest.approx(
+        res.summary["clean_loss"].iloc[0], abs=1e-5)
+    assert attention_by_distance(decay_model, [TEXT], progress=False).model_window(0.9) == res.clean_window
+
+
+def test_dial_goes_beyond_the_grid_while_the_window_still_moves(decay_model, units):
+    res = set_context_window(decay_model, 10, TEXT, units=units, progress=False)
+    assert res.reached and res.scale > 4.0  # the grid stops at 4.0, whose window is 16
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_batched_rows_equal_one_pass_per_scale(site):
+    """Several scales in one batch (compiled multipliers) = each scale alone through model.intervene."""
+    model = tiny_model("gemma3")
+    dial_units = pd.DataFrame({"layer": [0, 2, 2], "head": [1, 0, 3], "unit": [1, 3, 2]})
+    from attnlab.analysis.dial import _edits
+
+    scales = [1.0, 0.0, 3.0, -2.0]
+    variants = [[] if s == 1.0 else _edits(model, dial_units, s, site) for s in scales]
+    tokens = model.tokens(TEXT)
+    batched = _measure_rows(model, tokens, variants, level=0.9, late_from=49)
+    for specs, got in zip(variants, batched):
+        alone = attention_by_distance(model, [TEXT], interventions=specs, progress=False).model_window(0.9)
+        loss = loss_by_position(model, [TEXT], interventions=specs, progress=False)
+        assert got.window == alone
+        assert got.late_loss == pytest.approx(loss.loc[loss["position"] >= 49, "loss"].mean(), abs=1e-5)
+    assert len({m.late_loss for m in batched}) == len(scales)  # the edits do change the model
+
+
+def test_compiled_multipliers_equal_the_per_row_specs():
+    """One multiply per hook point gives what the engine gives for EditNeuron specs with rows=(g,)."""
+    model = tiny_model("gemma3")
+    variants = [
+        [],
+        [EditNeuron(2, 1, site="q", dim=[1, 5], scale=3.0), EditNeuron(0, [0, 2], site="k", dim=3, scale=0.0)],
+        [EditNeuron(2, 1, site="q", dim=[1, 5], scale=-1.5), EditNeuron(2, 1, site="q", dim=1, scale=2.0)],
+    ]
+    tokens = model.tokens(TEXT)
+    fast = _measure_rows(model, tokens, variants, level=0.9, late_from=49)
+    slow = _measure_rows(model, tokens, variants, level=0.9, late_from=49, compiled=False)
+    for a, b in zip(fast, slow):
+        assert a.window == b.window
+        np.testing.assert_allclose(a.loss_by_position, b.loss_by_position, atol=1e-5)
+    batch = tokens.repeat(len(variants))
+    names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
+    per_row = [EditNeuron.from_dict({**spec.to_dict(), "rows": [g]}) for g, specs in enumerate(variants) for spec in specs]
+    expected = run(model, batch, logits=None, read=names, interventions=per_row).cache
+    hooks = [(name, lambda x, hook, m=mult: x * m[:, None].to(x.dtype)) for name, mult in _row_multipliers(model, variants).items()]
+    got = run(model, batch, logits=None, read=names, hooks=hooks).cache
+    for name in names:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5)
+    with pytest.raises(InvalidSpec, match="the dial compiles only scale edits"):
+        _row_multipliers(model, [[EditNeuron(0, 0, site="q", dim=1, value=0.0)]])
+
+
+def test_unreachable_target_is_reported():
+    model = tiny_model("llama")  # random weights: no pair decays enough to move the window far
+    with pytest.warns(WindowNotReached, match=r"target window 10 tokens .* not reached .* closest"):
+        res = set_context_window(model, 10, TEXT, progress=False)
+    assert not res.reached
+    assert "not reached" in res.message and "closest" in res.message
+    gap = (res.table["window"] - 10).abs()
+    assert abs(res.window - 10) == gap.min() > 1.0  # the closest window measured, and not within 10%
+    assert bool(res.summary["reached"].iloc[0]) is False
+    assert "NOT reached" in repr(res)
+
+
+def test_unreachable_within_limits(decay_model, units):
+    with pytest.warns(WindowNotReached, match="between -1 and 4"):
+        res = set_context_window(decay_model, 5, TEXT, units=units, limits=(-1.0, 4.0), progress=False)
+    assert not res.reached and res.scale == 4.0 and res.window == 16
+
+
+def test_clean_model_already_fits(decay_model, units):
+    res = set_context_window(decay_model, 30, TEXT, units=units, progress=False)
+    assert res.reached and res.scale == 1.0 and res.interventions == [] and res.loss_cost == 0.0
+
+
+def test_start_from_reuses_measured_scales(decay_model, units):
+    first = set_context_window(decay_model, 25, TEXT, units=units, progress=False)
+    again = set_context_window(decay_model, 25, TEXT, units=units, progress=False, start_from=first)
+    assert again.forward_rows == 0 and again.scale == first.scale and again.window == first.window
+    other = set_context_window(decay_model, 40, TEXT, progress=False, start_from=first)  # units come from first
+    assert other.reached and (other.table["step"] == -1).sum() == len(first.table)
+    with pytest.raises(InvalidInput, match="start_from was measured with another text"):
+        set_context_window(decay_model, 25, TEXT + " the dog ran .", units=units, progress=False, start_from=first)
+    with pytest.raises(InvalidInput, match="start_from was measured with another site"):
+        set_context_window(decay_model, 25, TEXT, units=units, site="k", progress=False, start_from=first)
+
+
+def test_plot_and_save(decay_model, units, tmp_path):
+    from matplotlib.figure import Figure
+
+    res = set_context_window(decay_model, 25, TEXT, units=units, progress=False)
+    fig = res.plot()
+    assert isinstance(fig, Figure) and len(fig.axes) == 2  # window and its twin axis for the loss
+    ax = Figure().add_subplot()
+    assert res.plot(ax=ax) is ax.figure
+    written = res.save(tmp_path, stem="dial")
+    assert {p.name for p in written} == {"dial_table.csv", "dial_per_prompt.csv", "dial_summary.csv", "dial.png"}
+    assert pd.read_csv(tmp_path / "dial_table.csv")["scale"].tolist() == res["scale"].tolist()
+
+
+def _logits(model):
+    return run(model, model.tokens(TEXT)).logits
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(target=0), InvalidInput, r"target must be a positive number of tokens, got 0"),
+    (dict(target=-3), InvalidInput, r"target must be a positive number of tokens, got -3"),
+    (dict(target="16"), InvalidInput, r"target must be a finite number, got '16'"),
+    (dict(target=float("nan")), InvalidInput, r"target must be a finite number"),
+    (dict(target=60), InvalidInput, r"text has 100 tokens; measuring a window of 60 tokens needs at least 120"),
+    (dict(text=""), InvalidInput, r"text must be one non-empty string"),
+    (dict(text=["the nurse"]), InvalidInput, r"text must be one non-empty string \(join paragraphs yourself\)"),
+    (dict(level=1.5), InvalidInput, r"level must be in \(0, 1\], got 1.5"),
+    (dict(tolerance=0), InvalidInput, r"tolerance must be in \(0, 1\)"),
+    (dict(site="v"), InvalidSpec, r"site must be 'q' or 'k' \(the units' score contribution is scaled"),
+    (dict(per_step=0), InvalidInput, r"per_step must be a positive integer, got 0"),
+    (dict(scales=[]), InvalidInput, r"scales must be a non-empty list of numbers"),
+    (dict(scales=[0.0, 8.0], limits=(-1.0, 4.0)), InvalidInput, r"limits \(-1.0, 4.0\) must contain every scale"),
+    (dict(units=pd.DataFrame({"layer": [0]})), InvalidInput, r"units lacks column\(s\) head, unit"),
+    (dict(units=pd.DataFrame(columns=["layer", "head", "unit"])), InvalidInput, r"no distance-decay units to scale"),
+    (dict(units=pd.DataFrame({"layer": [5], "head": [0], "unit": [0]})), IndexError, r"layer 5 out of range"),
+    (dict(units=pd.DataFrame({"layer": [0], "head": [0], "unit": [4]})), IndexError, r"unit 4 out of range"),
+])
+def test_bad_input_is_a_typed_error_and_leaves_the_model_alone(decay_model, units, kwargs, error, match):
+    before = _logits(decay_model)
+    call = dict(target=16, text=TEXT, units=units) | kwargs
+    with pytest.raises(error, match=match):
+        set_context_window(decay_model, call.pop("target"), call.pop("text"), progress=False, **call)
+    torch.testing.assert_close(_logits(decay_model), before, atol=0, rtol=0)
+
+
+def test_models_without_rotary_qk_are_refused():
+    with pytest.raises(UnsupportedModel, match=r"tiny-gpt2 has no rotary q/k: the context-window dial scales rotary q/k pairs"):
+        set_context_window(tiny_model("gpt2"), 16, TEXT, progress=False)
+    with pytest.raises(UnsupportedModel, match=r"has no rotary q/k.*EditScores"):
+        decay_units(tiny_model("bert"), TEXT)
+
+
+@pytest.mark.slow
+def test_example_runs_on_gemma(tmp_path):
+    """The example on Gemma-3-270m with a small budget: one target, a two-scale grid, at most one step."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "context_window_dial.py"), "--out", str(tmp_path), "--quiet",
+         "--targets", "128", "--scales", "0.5", "2", "--per-step", "2", "--max-steps", "1", "--no-check"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "dial.csv")
+    row = table.iloc[0]
+    assert row["target"] == 128 and row["clean_window"] > 100
+    assert bool(row["reached"]) == (abs(row["window"] - 128) <= 12.8)
+    assert row["window"] != row["clean_window"]  # the dial moved the window
+    for name in ("dial.png", "target_128.png", "target_128_table.csv", "units.csv"):
+        assert (tmp_path / name).stat().st_size > 100
+    assert "target 128:" in out.stdout
