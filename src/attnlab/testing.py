@@ -89,7 +89,7 @@ def tiny_hf_model(arch: str, *, seed: int = 0, attn_implementation: str = "sdpa"
         cfg = tf.Gemma3TextConfig(
             hidden_size=32, num_hidden_layers=max(n_layers, 3), num_attention_heads=4, num_key_value_heads=1,
             head_dim=8, intermediate_size=64, max_position_embeddings=128, sliding_window=4,
-            layer_types=["sliding_attention", "sliding_attention", "full_attention"][: max(n_layers, 3)],
+            layer_types=(["sliding_attention", "sliding_attention", "full_attention"] * n_layers)[: max(n_layers, 3)],
             query_pre_attn_scalar=8, bos_token_id=2, eos_token_id=3, pad_token_id=0, **common,
         )
         model = tf.Gemma3ForCausalLM(cfg)
