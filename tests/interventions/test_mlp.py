@@ -135,6 +135,8 @@ def test_json_round_trip_and_immutability():
     with pytest.raises(InvalidSpec, match="unknown field 'neurons'; did you mean 'neuron'"):
         from_dict({"kind": "edit_mlp_neuron", "layer": 0, "neurons": 1, "scale": 0.0})
     assert spec.hook_name == "blocks.2.mlp.hook_post"
+    with pytest.raises(InvalidSpec, match="edit_mlp_neuron: neuron must be null, an integer or a list of integers"):
+        from_dict({"kind": "edit_mlp_neuron", "layer": 0, "neuron": "x", "scale": 0.0})
 
 
 def test_bert_neurons(tiny_bert):
