@@ -2,9 +2,11 @@
 
 It behaves like TransformerLens' ``ActivationCache`` where the names match:
 ``cache["pattern", 3]`` and ``cache["blocks.3.attn.hook_pattern"]`` are the same tensor,
-``remove_batch_dim()`` / ``apply_slice_to_batch_dim()`` / ``to()`` / ``stack_activation()``
-work as there. attnlab keeps its own class so that importing attnlab never imports
-TransformerLens (a 5-second import).
+``cache["scale", 3, "ln1"]`` is ``blocks.3.ln1.hook_scale``, and ``remove_batch_dim()`` /
+``apply_slice_to_batch_dim()`` / ``to()`` / ``stack_activation()`` work as there. The
+analyses (``decompose_resid``, ``stack_head_results``, ``logit_attrs`` ...) live in
+:mod:`attnlab.engine.decompose`. attnlab keeps its own class so that importing attnlab never
+imports TransformerLens (a 5-second import).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from collections.abc import Iterator
 
 import torch
 
+from attnlab.engine.decompose import ResidualAnalyses
 from attnlab.engine.locations import get_act_name
 from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean
 
 __all__ = ["ActivationCache"]
 
 
-class ActivationCache:
+class ActivationCache(ResidualAnalyses):
     """Cached activations of one forward pass, keyed by hook name (``cache_dict``)."""
 
     def __init__(self, cache_dict: dict[str, torch.Tensor], model, *, has_batch_dim: bool = True):
@@ -30,7 +33,9 @@ class ActivationCache:
     # -- mapping ----------------------------------------------------------------------------
 
     def _key(self, key) -> str:
-        if isinstance(key, tuple):
+        if isinstance(key, tuple) and key and key[0] == "scale":
+            key = _scale_name(*key[1:])
+        elif isinstance(key, tuple):
             key = get_act_name(*key)
         if not isinstance(key, str):
             raise InvalidInput(f"cache keys are hook names or (site, layer) tuples, got {key!r}")
@@ -66,6 +71,14 @@ class ActivationCache:
     def __repr__(self) -> str:
         return f"ActivationCache with keys {list(self.cache_dict)}"
 
+    @property
+    def has_embed(self) -> bool:
+        return "hook_embed" in self.cache_dict
+
+    @property
+    def has_pos_embed(self) -> bool:
+        return "hook_pos_embed" in self.cache_dict
+
     # -- reshaping --------------------------------------------------------------------------
 
     def to(self, device) -> ActivationCache:
@@ -93,3 +106,12 @@ class ActivationCache:
         """``[layer, ...]``: one site of every layer up to ``layer`` (exclusive; -1: all) stacked."""
         n = self.model.cfg.n_layers if layer == -1 else layer
         return torch.stack([self[get_act_name(activation_name, i, sublayer_type)] for i in range(n)], dim=0)
+
+
+def _scale_name(layer: int | None = None, norm: str | None = None) -> str:
+    """TransformerLens' ``get_act_name("scale", layer, "ln1")``; no layer: the final norm's scale."""
+    if layer is None:
+        return f"{norm or 'ln_final'}.hook_scale"
+    if norm not in ("ln1", "ln2", "ln1_post", "ln2_post"):
+        raise InvalidLocation(f"a block's scale needs its norm: ('scale', {layer}, 'ln1' | 'ln2' | 'ln1_post' | 'ln2_post')")
+    return f"blocks.{int(layer)}.{norm}.hook_scale"

@@ -24,6 +24,10 @@ class ModelConfig:
     d_vocab: int | None = None  # vocabulary size (rows of the token embedding)
     positional_embedding_type: str = "standard"  # "rotary" (q, k rotated per position) or "standard" (learned/none)
     attn_scale: float | None = None  # scores = q.k / attn_scale (TransformerLens' meaning; sqrt(d_head) by default)
+    d_mlp: int | None = None  # MLP hidden width (neurons per layer: mlp.hook_pre/hook_post)
+    act_fn: str | None = None  # MLP activation as the HF config names it ("gelu_new", "silu", "gelu_pytorch_tanh", ...)
+    normalization_type: str | None = None  # "LN" (LayerNorm) or "RMS" (RMSNorm); None if neither or mixed
+    norm_weight_offset: float = 0.0  # norms multiply by (norm_weight_offset + w): 1.0 on Gemma, whose weights store w - 1
 
     @property
     def rotary(self) -> bool:

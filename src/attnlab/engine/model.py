@@ -31,6 +31,7 @@ from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, parse_hook_name
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import HookTree, tree_of
+from attnlab.engine.weights import ModelWeights, structure_config
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, UnsupportedModel, did_you_mean
 
 __all__ = ["HookedModel", "Intervention", "Text", "RETURN_TYPES"]
@@ -51,7 +52,7 @@ class Intervention(Protocol):
     def prepare(self, model: HookedModel) -> Any: ...
 
 
-class HookedModel(nn.Module):
+class HookedModel(ModelWeights, nn.Module):
     """A wrapped HF model whose attention (and residual stream, and MLPs) can be read and overwritten.
 
     Build one with :func:`attnlab.load`. Calling it on text or token ids returns logits
@@ -91,6 +92,7 @@ class HookedModel(nn.Module):
             scaling=getattr(attention_modules[0], "scaling", None),
         )
         self.tree = tree_of(hf_model, lambda: HookTree(model_layout(hf_model, attention_modules), attention_modules, self.cfg.n_heads))
+        self.cfg = structure_config(self.cfg, hf_model.config, self.tree)  # d_mlp, act_fn, normalization_type
         self.blocks = self.tree.blocks
         self.hook_dict: dict[str, HookPoint] = self.tree.hook_dict
         self.mod_dict: dict[str, nn.Module] = dict(self.tree.named_modules())

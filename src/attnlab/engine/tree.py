@@ -7,8 +7,13 @@ forwards of that model in the block's context).
 Attention sites (``blocks.L.attn.hook_q`` ... ``hook_z``) are called by attnlab's attention
 function. Block edges sit on the HF model's own modules; each has a dispatcher (a PyTorch
 hook on that module) registered only while some block uses the point (see
-:class:`~attnlab.engine.hooks.OnDemand`). What each edge holds per architecture is listed in
-``docs/concepts.md``.
+:class:`~attnlab.engine.hooks.OnDemand`). Each norm has a ``hook_scale`` point
+(``blocks.L.ln1.hook_scale``, ``ln_final.hook_scale``, ...): the divisor the norm applies,
+which TransformerLens-style analyses freeze. What each point holds per architecture is
+listed in ``docs/concepts.md``.
+
+The holders double as TransformerLens' per-layer weight views: ``blocks[L].attn.W_Q``,
+``blocks[L].mlp.W_in``, ``blocks[L].ln1.w`` (see :mod:`attnlab.engine.weights`).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from torch import nn
 from attnlab.engine.attention import AttentionHooks, attach
 from attnlab.engine.hooks import Hook, HookPoint, OnDemand
 from attnlab.engine.layout import BlockLayout, ModelLayout
+from attnlab.engine.norms import Norm, describe_norm
 from attnlab.engine.state import current_state
+from attnlab.engine.weights import AttentionWeights, MlpWeights, head_out_weight
 
-__all__ = ["HookTree", "tree_of", "EDGE_SITES"]
+__all__ = ["HookTree", "tree_of", "EDGE_SITES", "NORM_POINTS", "head_out_weight"]
 
 _TREE_ATTR = "_attnlab_tree"
 
@@ -35,6 +42,9 @@ EDGE_SITES = (
     "mlp.hook_post", "hook_mlp_out", "hook_resid_post", "hook_normalized_resid_post",
 )
 MODEL_SITES = ("hook_embed", "hook_pos_embed", "hook_token_type_embed", "ln_final.hook_normalized")
+
+#: Norms with a ``hook_scale`` point: per block (after ``blocks.L.``) and model-level.
+NORM_POINTS = ("ln1", "ln2", "ln1_post", "ln2_post", "ln_final", "embed_ln")
 
 
 def _first(output):
@@ -54,19 +64,44 @@ def _call(point: HookPoint, x: torch.Tensor) -> torch.Tensor:
     return point(x, info=Hook(point, q_col=past, q_len=x.shape[1], k_col=past, k_len=x.shape[1], state=state))
 
 
-class _Mlp(nn.Module):
-    pass
+class _Attn(AttentionWeights, AttentionHooks):
+    """The attention hook points of one layer, and its weights by TransformerLens names."""
+
+    def __init__(self, layout: BlockLayout, n_heads: int):
+        super().__init__(layout.index)
+        self.block_layout = layout
+        self.n_heads = n_heads
+
+
+class _Mlp(MlpWeights, nn.Module):
+    """The MLP hook points of one layer, and its weights by TransformerLens names."""
+
+    def __init__(self, layout: BlockLayout):
+        super().__init__()
+        self.block_layout = layout
+
+
+class _Norm(nn.Module):
+    """A norm's ``hook_scale`` point, with its weight ``w`` and bias ``b`` (views; Gemma multiplies by ``1 + w``)."""
+
+    def __init__(self, norm: Norm | None):
+        super().__init__()
+        self.norm = norm  # None: a norm attnlab cannot describe (it still gets ln_final.hook_normalized)
+
+    @property
+    def w(self) -> torch.Tensor | None:
+        return self.norm.weight if self.norm is not None else None
+
+    @property
+    def b(self) -> torch.Tensor | None:
+        return self.norm.bias if self.norm is not None else None
 
 
 class _Block(nn.Module):
-    def __init__(self, layer: int):
+    def __init__(self, layout: BlockLayout, n_heads: int):
         super().__init__()
-        self.attn = AttentionHooks(layer)
-        self.mlp = _Mlp()
-
-
-class _Final(nn.Module):
-    pass
+        self.attn = _Attn(layout, n_heads)
+        self.mlp = _Mlp(layout)
 
 
 class HookTree(nn.Module):
@@ -76,7 +111,9 @@ class HookTree(nn.Module):
         super().__init__()
         self.layout = layout
         self.n_heads = n_heads
-        self.blocks = nn.ModuleList([_Block(i) for i in range(len(attention_modules))])
+        blocks = layout.blocks or [BlockLayout(i, "unknown", module, module) for i, module in enumerate(attention_modules)]
+        self.blocks = nn.ModuleList([_Block(b, n_heads) for b in blocks])
+        self.norms: dict[str, Norm] = self._describe_norms()  # before any dispatcher exists: probes run clean
         for block, module in zip(self.blocks, attention_modules):
             attach(module, block.attn)
         self._needs: dict[str, list[OnDemand]] = {}
@@ -96,14 +133,18 @@ class HookTree(nn.Module):
         point._needs = needs
         return point
 
-    def _on_output(self, module: nn.Module, fn: Callable) -> OnDemand:
-        """A dispatcher replacing ``module``'s output (its first element for tuples)."""
+    def _on_output(self, module: nn.Module, fn: Callable, *, prepend: bool = False) -> OnDemand:
+        """A dispatcher replacing ``module``'s output (its first element for tuples).
+
+        ``prepend``: run before the module's other forward hooks (a norm's scale dispatcher
+        recomputes the norm's output, which the edge dispatchers on the same module must see).
+        """
 
         def hook(mod, args, output):
             new = fn(_first(output), args)
             return None if new is None or new is _first(output) else _with_first(output, new)
 
-        return OnDemand(lambda: module.register_forward_hook(hook))
+        return OnDemand(lambda: module.register_forward_hook(hook, prepend=prepend))
 
     def _on_input(self, module: nn.Module, fn: Callable) -> OnDemand:
         """A dispatcher replacing ``module``'s first input (positional or ``hidden_states=``)."""
@@ -126,10 +167,50 @@ class HookTree(nn.Module):
             if module is not None:
                 self._edge_output(self, attr, None, module)
         if layout.final_norm is not None:
-            self.ln_final = _Final()
+            self.ln_final = _Norm(self.norms.get("ln_final"))
             self._edge_output(self.ln_final, "hook_normalized", None, layout.final_norm)
         for b in layout.blocks:
             self._build_block(self.blocks[b.index], b)
+        self._build_scales()
+
+    def _norm_modules(self) -> dict[str, nn.Module]:
+        """Every norm attnlab can name, by TransformerLens' path (``blocks.3.ln1``, ``ln_final``)."""
+        found = {"embed_ln": self.layout.embed_ln, "ln_final": self.layout.final_norm}
+        for b in self.layout.blocks:
+            for attr in ("ln1", "ln2", "ln1_post", "ln2_post"):
+                found[f"blocks.{b.index}.{attr}"] = getattr(b, attr)
+        return {k: v for k, v in found.items() if v is not None}
+
+    def _describe_norms(self) -> dict[str, Norm]:
+        described = {path: describe_norm(module) for path, module in self._norm_modules().items()}
+        return {path: norm for path, norm in described.items() if norm is not None}
+
+    def _build_scales(self) -> None:
+        for path, norm in self.norms.items():
+            parent: nn.Module = self
+            *parents, attr = path.split(".")
+            for part in parents:
+                parent = parent[int(part)] if isinstance(parent, nn.ModuleList) else getattr(parent, part)
+            holder = getattr(parent, attr, None)  # ln_final exists already (it holds hook_normalized)
+            if holder is None:
+                holder = _Norm(norm)
+                parent.add_module(attr, holder)
+            layer = int(parents[1]) if parents else None
+            self._point(holder, "hook_scale", layer, [self._on_output(norm.module, self._scale_dispatch(holder, norm), prepend=True)])
+
+    def _scale_dispatch(self, holder: nn.Module, norm: Norm) -> Callable:
+        """The norm's scale ``[batch, pos, 1]`` through ``hook_scale``; an edited scale recomputes the norm's output."""
+
+        def dispatch(output, args):
+            point = holder.hook_scale
+            if not point._forward_hooks or not args:
+                return None
+            x = args[0]
+            scale = norm.scale(x)
+            new = _call(point, scale)
+            return None if new is scale else norm.output_with_scale(x, new)
+
+        return dispatch
 
     def _edge_output(self, parent, attr, layer, module) -> HookPoint:
         holder: list[HookPoint] = []
@@ -210,14 +291,6 @@ class HookTree(nn.Module):
 
     def needs(self, name: str) -> list[OnDemand]:
         return getattr(self.hook_dict[name], "_needs", [])
-
-
-def head_out_weight(out_proj: nn.Module, n_heads: int) -> torch.Tensor:
-    """The output projection as ``[head, d_head, d_model]`` (a view of the model's weight)."""
-    weight = out_proj.weight
-    if type(out_proj).__name__ == "Conv1D":  # GPT-2 stores [in, out]
-        return rearrange(weight, "(h d) m -> h d m", h=n_heads)
-    return rearrange(weight, "m (h d) -> h d m", h=n_heads)  # nn.Linear stores [out, in]
 
 
 def tree_of(hf_model: nn.Module, build: Callable[[], HookTree]) -> HookTree:

@@ -18,6 +18,7 @@ from attnlab.errors import InvalidSpec
 from attnlab.interventions._base import Intervention, Prepared
 from attnlab.interventions.ablation import ABLATION_METHODS, AblateHead, head_means
 from attnlab.interventions.files import from_dict, load_specs, save_specs
+from attnlab.interventions.mlp import EditMLPNeuron
 from attnlab.interventions.neurons import NEURON_SITES, EditNeuron
 from attnlab.interventions.patching import Patch
 from attnlab.interventions.pattern import BlockKeys, EditScores, SetPattern
@@ -30,6 +31,7 @@ __all__ = [
     "BlockKeys",
     "EditScores",
     "EditNeuron",
+    "EditMLPNeuron",
     "Patch",
     "ABLATION_METHODS",
     "NEURON_SITES",

@@ -163,6 +163,7 @@ FIELD_FORMS = {
     "rows": _indices,
     "keys": _indices,
     "dim": _indices,
+    "neuron": _indices,
     "seed": _int,
     "method": _string,
     "site": _string,

@@ -1,0 +1,315 @@
+"""Block-edge hook points hold what docs/concepts.md says, on every architecture, read and written.
+
+Every identity is checked numerically on tiny models whose norm weights and biases are
+random (so ``w`` vs ``1 + w`` or a dropped bias would show), with TransformerLens' weight
+names as the hand computation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlab
+
+from ._tl import ARCHS, BRIDGED, TEXT, boot_bridge, maxdiff, perturbed
+
+TOL = 1e-5
+
+
+def _cache(model, text=TEXT, **kwargs):
+    with torch.no_grad():
+        return model.run_with_cache(text, **kwargs)
+
+
+def _norm(model, path):
+    """The :class:`attnlab.engine.norms.Norm` at a TransformerLens path (``blocks.0.ln1``, ``ln_final``)."""
+    return model.tree.norms[path]
+
+
+@pytest.fixture(params=ARCHS)
+def model(request):
+    return perturbed(request.param)
+
+
+def test_residual_stream_identities(model):
+    _, c = _cache(model)
+    n, kind = model.cfg.n_layers, model.layout.kind
+    for L in range(n):
+        pre, mid, post = c["resid_pre", L], c["resid_mid", L], c["resid_post", L]
+        assert maxdiff(mid, pre + c["attn_out", L]) <= TOL
+        if kind == "post_norm":  # BERT: mid and post are the sums *before* each LayerNorm
+            ln1 = _norm(model, f"blocks.{L}.ln1")
+            assert maxdiff(post, ln1.output_with_scale(mid, c[f"blocks.{L}.ln1.hook_scale"]) + c["mlp_out", L]) <= TOL
+            ln2 = _norm(model, f"blocks.{L}.ln2")
+            normalized = ln2.output_with_scale(post, c[f"blocks.{L}.ln2.hook_scale"])
+            assert maxdiff(c["normalized_resid_post", L], normalized) <= TOL
+            if L + 1 < n:
+                assert torch.equal(c["normalized_resid_post", L], c["resid_pre", L + 1])
+        else:
+            assert maxdiff(post, mid + c["mlp_out", L]) <= TOL
+            if L + 1 < n:
+                assert torch.equal(post, c["resid_pre", L + 1])
+            assert "blocks.0.hook_normalized_resid_post" not in model.hook_dict
+
+
+def test_embeddings_sum_to_the_first_residual(model):
+    _, c = _cache(model)
+    embeds = c["hook_embed"]
+    if "hook_pos_embed" in c:
+        embeds = embeds + c["hook_pos_embed"]
+    if "hook_token_type_embed" in c:
+        embeds = embeds + c["hook_token_type_embed"]
+    if model.layout.embed_ln is not None:  # BERT: LayerNorm over the summed embeddings
+        embeds = _norm(model, "embed_ln").output_with_scale(embeds, c["embed_ln.hook_scale"])
+    assert maxdiff(c["resid_pre", 0], embeds) <= TOL
+    arch = model.cfg.architecture
+    assert ("hook_pos_embed" in c) == (arch in ("gpt2", "bert"))
+    if arch == "gemma3_text":  # Gemma's embedding module multiplies by sqrt(d_model)
+        ids = model.to_tokens(TEXT)
+        assert maxdiff(c["hook_embed"], model.W_E[ids] * model.cfg.d_model**0.5) <= 1e-4
+
+
+def test_final_norm_output_and_scale(model):
+    if model.layout.final_norm is None:
+        assert "ln_final.hook_normalized" not in model.hook_dict
+        return
+    _, c = _cache(model)
+    last = c["resid_post", model.cfg.n_layers - 1]
+    norm = _norm(model, "ln_final")
+    assert maxdiff(c["ln_final.hook_scale"], norm.scale(last)) <= TOL
+    w = model.tree.ln_final.w + model.cfg.norm_weight_offset
+    centred = last - last.mean(-1, keepdim=True) if model.cfg.normalization_type == "LN" else last
+    expected = centred / c["ln_final.hook_scale"] * w
+    if model.tree.ln_final.b is not None:
+        expected = expected + model.tree.ln_final.b
+    assert maxdiff(c["ln_final.hook_normalized"], expected) <= TOL
+
+
+def test_head_results_sum_to_the_attention_output(model):
+    _, c = _cache(model)
+    for L in range(model.cfg.n_layers):
+        attn = model.blocks[L].attn
+        result = c["result", L]
+        assert result.shape[2:] == (model.cfg.n_heads, model.cfg.d_model)
+        by_hand = torch.einsum("bphd,hdm->bphm", c["z", L], attn.W_O)
+        assert maxdiff(result, by_hand) <= TOL
+        total = result.sum(dim=2) + attn.b_O  # the output projection's output
+        if model.layout.kind == "sandwich":  # Gemma: the post-attention norm comes before the residual add
+            post = _norm(model, f"blocks.{L}.ln1_post")
+            assert maxdiff(c[f"blocks.{L}.ln1_post.hook_scale"], post.scale(total)) <= TOL
+            total = post.output_with_scale(total, c[f"blocks.{L}.ln1_post.hook_scale"])
+        assert maxdiff(total, c["attn_out", L]) <= TOL
+
+
+def test_mlp_neurons_feed_the_down_projection(model):
+    _, c = _cache(model)
+    for L in range(model.cfg.n_layers):
+        mlp = model.blocks[L].mlp
+        post = c["post", L]
+        assert post.shape[-1] == model.cfg.d_mlp
+        out = post @ mlp.W_out + mlp.b_out
+        if model.layout.kind == "sandwich":
+            out = _norm(model, f"blocks.{L}.ln2_post").output_with_scale(out, c[f"blocks.{L}.ln2_post.hook_scale"])
+        assert maxdiff(out, c["mlp_out", L]) <= TOL
+
+
+def _reader_input(model, c, L, mlp: bool):
+    """What layer L's attention (mlp=False) or MLP (mlp=True) reads, from the cache and TL weights."""
+    kind = model.layout.kind
+    if kind == "post_norm":
+        if not mlp:
+            return c["resid_pre", L]
+        return _norm(model, f"blocks.{L}.ln1").output_with_scale(c["resid_mid", L], c[f"blocks.{L}.ln1.hook_scale"])
+    site, ln = ("resid_mid", "ln2") if mlp else ("resid_pre", "ln1")
+    return _norm(model, f"blocks.{L}.{ln}").output_with_scale(c[site, L], c[f"blocks.{L}.{ln}.hook_scale"])
+
+
+def test_projections_by_tl_weights_equal_the_hooks(model):
+    _, c = _cache(model)
+    for L in range(model.cfg.n_layers):
+        attn, mlp = model.blocks[L].attn, model.blocks[L].mlp
+        x = _reader_input(model, c, L, mlp=False)
+        v = torch.einsum("bpm,hmd->bphd", x, attn.W_V) + attn.b_V  # one per query head under GQA
+        assert maxdiff(v, c["v", L]) <= TOL
+        if not model.cfg.rotary and model.cfg.architecture != "gemma3_text":  # q before rotary (and Gemma's q-norm)
+            q = torch.einsum("bpm,hmd->bphd", x, attn.W_Q) + attn.b_Q
+            k = torch.einsum("bpm,hmd->bphd", x, attn.W_K) + attn.b_K
+            assert maxdiff(q, c["q", L]) <= TOL
+            assert maxdiff(k, c["k", L]) <= TOL
+        h = _reader_input(model, c, L, mlp=True)
+        if model.layout.blocks[L].gated:
+            assert maxdiff(h @ mlp.W_gate + mlp.b_gate, c["pre", L]) <= TOL
+            assert maxdiff(h @ mlp.W_in + mlp.b_in, c["pre_linear", L]) <= TOL
+        else:
+            assert maxdiff(h @ mlp.W_in + mlp.b_in, c["pre", L]) <= TOL
+
+
+# -- writes ----------------------------------------------------------------------------------
+
+
+def _run(model, hooks, text=TEXT):
+    with torch.no_grad():
+        return model.run_with_hooks(text, fwd_hooks=hooks, return_type="hidden")
+
+
+def test_zeroing_attn_out_equals_zeroing_every_head_and_the_bias(model):
+    L = model.cfg.n_layers - 1
+    clean = _run(model, [])
+    zero_out = _run(model, [(f"blocks.{L}.hook_attn_out", lambda x, hook: torch.zeros_like(x))])
+    b_O = model.blocks[L].attn.b_O
+
+    def cancel(result, hook):  # heads sum to -b_O, so the projection's output is 0
+        new = torch.zeros_like(result)
+        new[:, :, 0] = -b_O
+        return new
+
+    zero_heads = _run(model, [(f"blocks.{L}.attn.hook_result", cancel)])
+    assert maxdiff(zero_out, clean) > 1e-2  # the edit does something
+    assert maxdiff(zero_heads, zero_out) <= TOL
+
+
+def test_adding_to_resid_mid_equals_adding_to_attn_out(model):
+    L = 0
+    delta = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    shifted_mid = _run(model, [(f"blocks.{L}.hook_resid_mid", lambda x, hook: x + delta)])
+    shifted_out = _run(model, [(f"blocks.{L}.hook_attn_out", lambda x, hook: x + delta)])
+    assert maxdiff(shifted_mid, _run(model, [])) > 1e-2
+    assert maxdiff(shifted_mid, shifted_out) <= TOL
+
+
+def test_a_written_resid_mid_is_what_the_rest_of_the_block_sees(model):
+    L = 0
+    _, clean = _cache(model)
+    new_mid = torch.randn(clean["resid_mid", L].shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{L}.hook_resid_mid", lambda x, hook: new_mid)]):
+        _, c = model.run_with_cache(TEXT)
+    assert maxdiff(c["resid_mid", L], new_mid) <= TOL  # read after the write
+    assert maxdiff(c["resid_pre", L], clean["resid_pre", L]) == 0  # upstream untouched
+    if model.layout.kind == "post_norm":
+        ln1 = _norm(model, f"blocks.{L}.ln1")
+        assert maxdiff(c["resid_post", L], ln1.output_with_scale(new_mid, ln1.scale(new_mid)) + c["mlp_out", L]) <= TOL
+    else:
+        assert maxdiff(c["resid_post", L], new_mid + c["mlp_out", L]) <= TOL
+
+
+def test_writing_resid_pre_equals_writing_the_previous_output(model):
+    delta = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(5))
+    before = "normalized_resid_post" if model.layout.kind == "post_norm" else "resid_post"
+    a = _run(model, [("blocks.1.hook_resid_pre", lambda x, hook: x + delta)])
+    b = _run(model, [(f"blocks.0.hook_{before}", lambda x, hook: x + delta)])
+    assert maxdiff(a, _run(model, [])) > 1e-2
+    assert maxdiff(a, b) <= TOL
+
+
+def test_zeroing_a_neuron_removes_its_output_row(model):
+    L, neuron = 0, 5
+    W_out = model.blocks[L].mlp.W_out
+
+    def kill(x, hook):
+        x = x.clone()
+        x[..., neuron] = 0
+        return x
+
+    _, clean = _cache(model)
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{L}.mlp.hook_post", kill)]):
+        _, c = model.run_with_cache(TEXT)
+    assert c["post", L][..., neuron].abs().max() == 0
+    down = clean["post", L] @ W_out + model.blocks[L].mlp.b_out - clean["post", L][..., neuron, None] * W_out[neuron]
+    if model.layout.kind == "sandwich":
+        post_norm = _norm(model, f"blocks.{L}.ln2_post")
+        down = post_norm.output_with_scale(down, post_norm.scale(down))
+    assert maxdiff(c["mlp_out", L], down) <= TOL
+    assert maxdiff(c["mlp_out", L], clean["mlp_out", L]) > 1e-3
+
+
+def test_zeroing_a_pre_activation_zeroes_the_neuron(model):
+    L, neuron = 1, 7
+
+    def kill(x, hook):
+        x = x.clone()
+        x[..., neuron] = 0
+        return x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{L}.mlp.hook_pre", kill)]):
+        _, c = model.run_with_cache(TEXT, names_filter=f"blocks.{L}.mlp.hook_post")
+    assert c["post", L][..., neuron].abs().max() <= 1e-7  # gelu(0) = silu(0) = 0
+
+
+def test_writing_a_scale_recomputes_the_norm(model):
+    path = "ln_final" if model.layout.final_norm is not None else f"blocks.{model.cfg.n_layers - 1}.ln2"
+    norm = _norm(model, path)
+    _, clean = _cache(model)
+    doubled = _run(model, [(f"{path}.hook_scale", lambda s, hook: s * 2)])
+    assert maxdiff(doubled, _run(model, [(f"{path}.hook_scale", lambda s, hook: s.clone())])) > 1e-2
+    last = clean["resid_post", model.cfg.n_layers - 1]
+    expected = norm.output_with_scale(last, norm.scale(last) * 2)
+    if path != "ln_final":  # BERT: the block's output LayerNorm gives the final hidden state
+        assert maxdiff(doubled, expected) <= TOL
+    else:  # the reader's block opens first, so its dispatcher is registered first on the same module
+        seen = {}
+        with torch.no_grad(), model.hooks(fwd_hooks=[("ln_final.hook_normalized", lambda x, hook: seen.update(x=x))]):
+            _run(model, [(f"{path}.hook_scale", lambda s, hook: s * 2)])
+        assert maxdiff(seen["x"], expected) <= TOL  # the edge dispatcher sees the recomputed output
+
+
+def test_identity_write_on_every_edge_changes_nothing(model):
+    with torch.no_grad():
+        clean = model(TEXT, return_type="hidden")
+        same = model.run_with_hooks(TEXT, fwd_hooks=[(lambda n: ".attn.hook_" not in n, lambda x, hook: x.clone())],
+                                    return_type="hidden")
+    assert maxdiff(same, clean) <= TOL
+
+
+def test_gemma_post_norm_scale_write(tiny_gemma):
+    """Doubling the post-attention norm's scale halves what attention adds (RMSNorm, no bias)."""
+    _, clean = _cache(tiny_gemma)
+    with torch.no_grad(), tiny_gemma.hooks(fwd_hooks=[("blocks.1.ln1_post.hook_scale", lambda s, hook: s * 2)]):
+        _, c = tiny_gemma.run_with_cache(TEXT)
+    assert maxdiff(c["attn_out", 1], clean["attn_out", 1] / 2) <= TOL
+    assert maxdiff(c["blocks.1.ln1_post.hook_scale"], clean["blocks.1.ln1_post.hook_scale"] * 2) <= TOL
+
+
+# -- through a TransformerLens bridge ------------------------------------------------------------
+
+EDGE_NAMES = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out",
+              "hook_resid_post", "ln1.hook_scale", "ln2.hook_scale")
+
+
+@pytest.mark.parametrize("arch", list(BRIDGED))
+def test_edges_through_load_bridge(arch):
+    pytest.importorskip("transformer_lens.model_bridge")
+    bridge, _, tok = boot_bridge(arch)
+    model = attnlab.load(bridge)
+    plain = perturbed(arch)  # the same weights, never bridged
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+    _, ours = _cache(model, ids)
+    _, reference = _cache(plain, ids)
+    assert set(ours.keys()) == set(reference.keys())
+    for name in ours.keys():
+        assert maxdiff(ours[name], reference[name]) <= TOL, name
+    zero = [("blocks.1.hook_attn_out", lambda x, hook: torch.zeros_like(x))]
+    edited = _run(model, zero, ids)
+    assert maxdiff(edited, _run(model, [], ids)) > 1e-2
+    assert maxdiff(edited, _run(plain, zero, ids)) <= TOL
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_decoder_edges_equal_the_bridges_hooks(arch):
+    """On decoders TL 4.3's bridge and attnlab name the same tensors (BERT differs: see docs/comparison.md)."""
+    pytest.importorskip("transformer_lens.model_bridge")
+    bridge, _, tok = boot_bridge(arch)
+    plain = perturbed(arch)
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        _, theirs = bridge.run_with_cache(ids)
+    _, ours = _cache(plain, ids)
+    names = ["hook_embed", "ln_final.hook_scale"]
+    names += [f"blocks.{L}.{e}" for L in range(plain.cfg.n_layers) for e in EDGE_NAMES]
+    if arch == "gemma3":
+        names += [f"blocks.{L}.{p}.hook_scale" for L in range(plain.cfg.n_layers) for p in ("ln1_post", "ln2_post")]
+    for name in names:
+        assert maxdiff(ours[name], theirs[name]) <= 1e-5, name
+    # attnlab's ln_final.hook_normalized is the norm's output (what W_U reads); the bridge's is before the weight
+    assert maxdiff(ours["ln_final.hook_normalized"], theirs["ln_final.hook_out"]) <= 1e-5
+    assert maxdiff(ours["ln_final.hook_normalized"], theirs["ln_final.hook_normalized"]) > 1e-2
