@@ -142,3 +142,20 @@ def test_bridge_that_recomputes_attention_gets_attnlab_edits(arch):
     assert torch.allclose(edited, expected, atol=1e-5)  # and does exactly what it does on the plain model
     with torch.no_grad():
         assert torch.equal(bridge(ids), before)  # the bridge is left as it was
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_block_edge_edits_act_on_attnlab_runs_only(arch):
+    """The view shares weights with the bridge but not hook dictionaries: the bridge's own run is untouched."""
+    bridge, _, tok = boot(arch)
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        before = bridge(ids)
+    model = attnlab.load(bridge)
+    zero = lambda x, hook: torch.zeros_like(x)  # noqa: E731
+    with torch.no_grad():
+        clean = model(ids)
+        for name in ("blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_mid"):
+            with model.hooks(fwd_hooks=[(name, zero)]):
+                assert (model(ids) - clean).abs().max() > 1e-3, name  # lands in attnlab's run
+                assert torch.equal(bridge(ids), before), name  # the bridge computes what it computed

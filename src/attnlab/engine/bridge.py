@@ -28,18 +28,25 @@ def _unwrap(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     original = module.__dict__.get("_modules", {}).get("_original_component")
     if original is not None:  # a bridge component: keep only the HF module it wraps
         result = _unwrap(original, memo)
-    elif not any(_has_bridge_inside(child) for child in module.children()):
-        result = module  # untouched subtree: use as is
     else:
-        result = copy.copy(module)  # shallow: shares parameters, buffers and config
-        result.__dict__["_attnlab_source"] = module  # hooks tied to the view are tied to the source too
+        # A shallow copy shares parameters, buffers and config, but gets hook dictionaries of its
+        # own: attnlab's block-edge dispatchers then act on attnlab's runs of the view only, never
+        # half-way into the bridge's own runs through a leaf module both happen to call.
+        result = copy.copy(module)
+        for attr in _HOOK_DICTS:
+            if attr in module.__dict__:
+                result.__dict__[attr] = OrderedDict()
+        result.__dict__["_attnlab_source"] = module  # attention hooks tied to the view are tied to the source too
         result._modules = OrderedDict((name, _unwrap(child, memo)) for name, child in module._modules.items())
     memo[id(module)] = result
     return result
 
 
-def _has_bridge_inside(module: nn.Module) -> bool:
-    return any("_original_component" in m._modules for m in module.modules())
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
 
 
 def hf_model_of_bridge(bridge: nn.Module) -> nn.Module:

@@ -108,6 +108,8 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     """
     if name.startswith("blocks.") or name.startswith("hook_") or "." in name:
         return name
+    if name in ("scale", "normalized") and layer_type is not None:  # norms: get_act_name("scale", 3, "ln1")
+        return f"blocks.{int(layer)}.{layer_type}.hook_{name}" if layer is not None else f"{layer_type}.hook_{name}"
     return hook_name(layer, name)
 
 
