@@ -181,3 +181,82 @@ def test_score_is_the_clean_or_intervened_column(tiny_llama):
     assert np.allclose(score(tiny_llama, PROMPTS, metric, ABLATE, batch_size=1), res.intervened, atol=1e-5)
     with pytest.raises(InvalidInput, match="use effect"):
         score(tiny_llama, PROMPTS, KL())
+
+
+def test_log_probs_are_the_parts_of_a_logit_diff(tiny_llama):
+    from attnlab.measure import LogProbs
+
+    m = tiny_llama
+    she, he = m.to_single_token(" she"), m.to_single_token(" he")
+    parts = score(m, PROMPTS, LogProbs([" she", " he"]))
+    assert parts.shape == (3, 2)
+    for i, p in enumerate(PROMPTS):
+        lp = _last_logits(m, p).log_softmax(-1)
+        assert parts[i] == pytest.approx([float(lp[she]), float(lp[he])], abs=1e-5)
+    assert np.allclose(parts[:, 0] - parts[:, 1], score(m, PROMPTS, LogitDiff(" she", " he")), atol=1e-5)
+    multi = score(m, PROMPTS, LogProbs([" she said", " he"]), batch_size=1)
+    assert multi[1, 0] == pytest.approx(_cont_logprob(m, PROMPTS[1], " she said"), abs=1e-4)
+    with pytest.raises(InvalidInput, match="several numbers per prompt; use score"):
+        effect(m, PROMPTS, LogProbs([" she"]), ABLATE, progress=False)
+
+
+def test_pair_log_ratio_scores_from_the_first_difference(tiny_gpt2):
+    from attnlab.measure import PairLogRatio
+
+    m = tiny_gpt2
+    first = ["the nurse said that she was tired", "a man"]
+    second = ["the nurse said that he was very tired", "a man"]
+    gap = score(m, first, PairLogRatio(second), batch_size=2)
+    whole = [_cont_logprob(m, "the nurse said that", t) for t in (" she was tired", " he was very tired")]
+    assert gap[0] == pytest.approx(whole[0] - whole[1], abs=1e-4)
+    assert gap[1] == 0.0
+    first_token = score(m, first[:1], PairLogRatio(second[:1], score="pronoun"))[0]
+    lp = _last_logits(m, "the nurse said that").log_softmax(-1)
+    assert first_token == pytest.approx(float(lp[m.to_single_token(" she")] - lp[m.to_single_token(" he")]), abs=1e-5)
+    with pytest.raises(InvalidSpec, match="unknown score 'sentense'; did you mean 'sentence'"):
+        PairLogRatio(second, score="sentense")
+    with pytest.raises(InvalidInput, match="mismatched other texts: 1 other texts for 2 prompts"):
+        score(m, first, PairLogRatio(second[:1]))
+    from attnlab.testing import tiny_model
+
+    with pytest.raises(InvalidInput, match="PairLogRatio scores texts left to right, so it needs a causal LM"):
+        score(tiny_model("bert-mlm"), first, PairLogRatio(second))
+
+
+def test_perplexity_pools_tokens(tiny_gemma):
+    from attnlab.measure import perplexity
+
+    texts = ["the cat sat on the mat .", "a dog ran", "she gave him the book at night ."]
+    nll = []
+    for t in texts:
+        ids = _ids(tiny_gemma, t)
+        with torch.no_grad(), tiny_gemma.intervene(*ABLATE):
+            logp = tiny_gemma(ids)[0].float().log_softmax(-1)
+        nll += [-float(logp[i - 1, ids[0, i]]) for i in range(1, ids.shape[1])]
+    ppl, low, high = perplexity(tiny_gemma, texts, ABLATE, n_boot=200)
+    assert ppl == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
+    assert low < ppl < high
+    assert perplexity(tiny_gemma, texts, ABLATE, batch_size=1, n_boot=200) == pytest.approx((ppl, low, high), rel=1e-5)
+    assert np.isnan(perplexity(tiny_gemma, texts, n_boot=0)[1])
+    with pytest.raises(InvalidInput, match="text 1 is empty"):
+        perplexity(tiny_gemma, ["a b", " "])
+
+
+def test_per_prompt_patch_sources_follow_their_prompts(tiny_llama):
+    """A Patch with one source text per prompt gives the same numbers in chunks as in one batch, and as alone."""
+    from attnlab.interventions import Patch
+
+    prompts = ["the nurse said that", "the man said that", "a dog ran to the house"]
+    sources = ["the doctor said that", "the woman said that", "a cat sat on the mat"]
+    specs = [Patch(1, 2, site="pattern", source=sources), Patch(0, None, site="pattern", source=sources)]
+    for metric in (LogitDiff(" she", " he"), LogitDiff(" she said", " he")):  # one and two rows per prompt
+        chunked = effect(tiny_llama, prompts, metric, specs, batch_size=2, progress=False).per_prompt.intervened
+        whole = effect(tiny_llama, prompts, metric, specs, batch_size=64, progress=False).per_prompt.intervened
+        assert np.allclose(chunked, whole, atol=1e-5)
+        for i in range(3):
+            alone = [Patch(s.layer, s.heads, site="pattern", source=sources[i]) for s in specs]
+            one = effect(tiny_llama, prompts[i : i + 1], metric, alone, progress=False).per_prompt.intervened[0]
+            assert chunked[i] == pytest.approx(one, abs=1e-5)
+    with pytest.raises(InvalidInput, match="mismatched prompt pair 2: .* has 7 tokens but counterfactual .* has 4"):
+        effect(tiny_llama, prompts, KL(), [Patch(1, 2, site="pattern", source=sources[:2] + ["a cat sat"])],
+               progress=False)

@@ -56,6 +56,7 @@ class Metric:
     comparative: bool = False  # compare() needs the clean statistic (clean value is then 0)
     generation: bool = False  # scored on generated text, not on one forward pass
     vector: bool = False  # several numbers per prompt (score() only, no effect or sweep)
+    causal: str | None = None  # why the metric needs a causal LM (None: any model)
 
     def check_model(self, model) -> None:
         if self.output == "logits" and not model.cfg.has_lm_head:
@@ -63,6 +64,8 @@ class Metric:
                 f"{self.name} reads vocabulary logits but {model.cfg.name} has no LM head; "
                 "use a hidden-state metric such as HiddenShift()"
             )
+        if self.causal and not model.cfg.is_causal:
+            raise InvalidInput(f"{type(self).__name__} {self.causal}, so it needs a causal LM; {model.cfg.name} is bidirectional")
 
     def rows(self, model, prompts: Sequence[str]) -> Rows:
         raise NotImplementedError
@@ -311,16 +314,12 @@ class PairLogRatio(Metric):
     """
 
     name = "pair_log_ratio"
+    causal = "scores texts left to right"
 
     def __init__(self, others: str | Sequence[str], *, score: str = "sentence"):
         if score not in PAIR_SCORES:
             raise InvalidSpec(f"unknown score {score!r}{did_you_mean(score, PAIR_SCORES)} (valid: {', '.join(PAIR_SCORES)})")
         self.others, self.score = others, score
-
-    def check_model(self, model) -> None:
-        super().check_model(model)
-        if not model.cfg.is_causal:
-            raise InvalidInput(f"PairLogRatio scores texts left to right; {model.cfg.name} is not a causal LM")
 
     def rows(self, model, prompts) -> Rows:
         prompts = check_prompts(prompts)
@@ -368,15 +367,11 @@ class Loss(Metric):
     """Mean next-token cross-entropy of each prompt's own tokens (``perplexity=True``: its exp)."""
 
     name = "loss"
+    causal = "is a next-token loss"
 
     def __init__(self, *, perplexity: bool = False):
         self.perplexity = bool(perplexity)
         self.name = "perplexity" if self.perplexity else "loss"
-
-    def check_model(self, model) -> None:
-        super().check_model(model)
-        if not model.cfg.is_causal:
-            raise InvalidInput(f"Loss is next-token loss; {model.cfg.name} is not a causal LM")
 
     def rows(self, model, prompts) -> Rows:
         prompts = check_prompts(prompts)
@@ -470,6 +465,7 @@ class GenerationDiff(Metric):
 
     generation = True
     comparative = True
+    causal = "generates text"
 
     def __init__(self, max_new_tokens: int = 10, *, measure: str = "match"):
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -481,11 +477,6 @@ class GenerationDiff(Metric):
             )
         self.max_new_tokens, self.measure = max_new_tokens, measure
         self.name = "generation_match" if measure == "match" else "generation_equal"
-
-    def check_model(self, model) -> None:
-        super().check_model(model)
-        if not model.cfg.is_causal:
-            raise InvalidInput(f"GenerationDiff needs a causal LM; {model.cfg.name} is bidirectional")
 
     def generate(self, model, prompts: Sequence[str], interventions=()) -> list[list[int]]:
         """Greedy new token ids per prompt (left-padded batch, KV cache, interventions active)."""
