@@ -79,7 +79,7 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
-    parser.add_argument("--batch-size", type=int, default=128, help="attnlab rows per forward pass")
+    parser.add_argument("--batch-size", type=int, default=256, help="attnlab rows per forward pass")
     parser.add_argument("--all-levels", action="store_true", help="also time heads + layers + model, NIE and NDE, in one call")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -216,7 +216,7 @@ def mediation_effects(
     units: Sequence[Sequence[Head]],
     *,
     effect: str = "nie",
-    batch_size: int = 128,
+    batch_size: int = 256,
     progress: bool = False,
 ) -> np.ndarray:
     """Per-pair effect of each head set, ``[n_pairs, n_units]`` (odds ratio - 1).
@@ -237,7 +237,7 @@ def mediation_effects(
     return np.expm1(_log_ratios(model, pairs, units, effect, lo_x, lo_xp, batch_size=batch_size, progress=progress))
 
 
-def total_effect(model, pairs: Sequence[MediationPair], *, batch_size: int = 128) -> pd.DataFrame:
+def total_effect(model, pairs: Sequence[MediationPair], *, batch_size: int = 256) -> pd.DataFrame:
     """Per pair: odds under x and x', ``TE = odds(x') / odds(x) - 1`` and its log, ``log_odds_ratio``."""
     pairs = _checked_pairs(model, pairs)
     lo_x, lo_xp = _log_odds(model, pairs, batch_size=batch_size)
@@ -372,7 +372,7 @@ def causal_mediation(
     *,
     levels: str | Sequence[str] = ("head",),
     effects: Sequence[str] = ("nie", "nde"),
-    batch_size: int = 128,
+    batch_size: int = 256,
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = False,
@@ -422,7 +422,7 @@ def greedy_heads(
     *,
     k: int = 5,
     candidates: Sequence[tuple[int, int]] | None = None,
-    batch_size: int = 128,
+    batch_size: int = 256,
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = False,

@@ -10,6 +10,7 @@ Metrics live in :mod:`attnlab.measure.metrics`, the bootstrap in
 :mod:`attnlab.measure.stats`; definitions in ``docs/measure.md``.
 """
 
+from attnlab.measure._rows import Rows
 from attnlab.measure.effect import EffectResult, effect, perplexity, score
 from attnlab.measure.metrics import (
     KL,
@@ -41,6 +42,7 @@ __all__ = [
     "SweepResult",
     "HEAD_METHODS",
     "Metric",
+    "Rows",
     "LogitDiff",
     "TokenProb",
     "LogProbs",
