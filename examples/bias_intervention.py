@@ -41,11 +41,16 @@ def main() -> None:
     demo = run_bias_demo(model, args.out, k=args.k, method=args.method, progress=True)
 
     print("\n== profession pronoun bias (log p(she)/p(he) per occupation, most female-associated first) ==")
-    per_occ = demo.bias.per_occupation.sort_values("log_ratio", ascending=False)
+    per_occ = demo.bias.table.sort_values("log_ratio", ascending=False)
     print(per_occ[["occupation", "share_women", "log_ratio"]].to_string(index=False, float_format="%.2f"))
-    print("\n== top heads by natural indirect effect (mean over prompt pairs, 95% interval) ==")
-    top = demo.mediation.per_unit.sort_values("nie", ascending=False).head(8)
-    print(top[["layer", "head", "nie", "nie_low", "nie_high"]].to_string(index=False, float_format="%.3f"))
+    print("\n== top heads by natural indirect effect (over prompt pairs, 95% intervals) ==")
+    print("   nie: mean of odds ratio - 1; nie_log: mean log odds ratio; nie_median: median of odds ratio - 1")
+    top = demo.mediation.table.sort_values("nie", ascending=False).iloc[:8]
+    columns = ["layer", "head", "nie", "nie_low", "nie_high", "nie_log", "nie_log_low", "nie_log_high", "nie_median"]
+    print(top[columns].to_string(index=False, float_format="%.3f"))
+    te = demo.mediation.summary.query("effect == 'te'")
+    print("\n== total effect of occupation -> man/woman, three readouts ==")
+    print(te[["readout", "value", "low", "high"]].to_string(index=False, float_format="%.3f"))
     print("\n== bias before / after ablating the top heads, and the cost ==")
     print(demo.experiment.table.to_string(index=False, float_format="%.3f"))
     print("\n" + demo.report())

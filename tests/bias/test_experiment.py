@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from attnlab.bias import bias_experiment, pronoun_bias, run_bias_demo
-from attnlab.bias._scoring import token_logprobs
 from attnlab.bias.experiment import perplexity
+from attnlab.engine.forward import token_logprobs
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import AblateHead, EditNeuron
 from attnlab.testing import tiny_model
@@ -18,6 +18,16 @@ TEXT = ["the cat sat on the house .", "a dog ran to the city at night ."]
 PROMPTS = ["the cat sat on the", "the dog ran to"]
 
 
+def _token_logprobs(model, texts):
+    """Per text, log p(token_t | tokens_<t) for t = 1 .. n-1, one text at a time."""
+    out = []
+    for text in texts:
+        tokens = model.tokens(text)
+        with torch.no_grad():
+            out.append(token_logprobs(model(text), tokens)[0, 1:].numpy())
+    return out
+
+
 def test_before_after_match_direct_measurements():
     model = tiny_model("gpt2")
     specs = [AblateHead(1, 0), AblateHead(0, 3)]
@@ -25,7 +35,7 @@ def test_before_after_match_direct_measurements():
     before = pronoun_bias(model, occupations=OCC, n_boot=100)
     with model.intervene(*specs):
         after = pronoun_bias(model, occupations=OCC, n_boot=100)
-        nll_after = -np.concatenate(token_logprobs(model, TEXT))
+        nll_after = -np.concatenate(_token_logprobs(model, TEXT))
     t = exp.table.set_index("metric")
     assert t.loc["pearson_r", "before"] == pytest.approx(before.value("pearson_r"))
     assert t.loc["mean_abs_log_ratio", "after"] == pytest.approx(after.value("mean_abs_log_ratio"))

@@ -23,3 +23,21 @@ def test_pronoun_bias_follows_share_of_women(gemma):
 def test_total_effect_of_man_for_nurse_is_positive(gemma):
     te = total_effect(gemma, [MediationPair("The nurse said that", "The man said that", " she", " he")])
     assert te.te[0] > 1.0  # "man" multiplies the odds of "he" over "she" by more than 2
+
+
+def test_documented_mediation_numbers(gemma):
+    """docs/bias.md, the demo's 8 pairs: TE, the top three heads and head 12.2's three NIE readouts."""
+    import pandas as pd
+
+    from attnlab.bias import causal_mediation, mediation_pairs, occupations
+
+    occ = occupations().sort_values("share_women")
+    chosen = pd.concat([occ.head(4), occ.tail(4)])
+    pairs, skipped = mediation_pairs(gemma, occupations=chosen, templates=["The {occupation} said that"])
+    assert len(pairs) == 8 and skipped.empty
+    res = causal_mediation(gemma, pairs, levels=("head",), effects=("nie",))
+    assert res.top_heads(3) == [(12, 2), (7, 0), (7, 2)]
+    head = res.table.set_index(["layer", "head"]).loc[(12, 2)]
+    assert [head.nie, head.nie_low, head.nie_high] == pytest.approx([0.3076, 0.1771, 0.4704], abs=2e-4)
+    assert [head.nie_log, head.nie_median] == pytest.approx([0.2550, 0.2647], abs=2e-4)
+    assert res.te[0] == pytest.approx(99.33, abs=0.01)

@@ -135,3 +135,55 @@ def test_bad_input():
         greedy_heads(model, PAIRS, k=0)
     with pytest.raises(InvalidLocation, match="only 8 candidate"):
         greedy_heads(model, PAIRS, k=9)
+
+
+def test_all_levels_from_one_call_measure_te_once(monkeypatch):
+    """Heads, layers and the whole model in one call equal the level-by-level calls; TE is scored once."""
+    from attnlab.bias import mediation
+
+    model = tiny_model("llama")
+    calls = []
+    real_score = mediation.score
+    monkeypatch.setattr(mediation, "score", lambda *a, **k: calls.append(a[1]) or real_score(*a, **k))
+    every = causal_mediation(model, PAIRS, levels=("head", "layer", "model"), n_boot=0)
+    assert calls == [[p.base for p in PAIRS], [p.counterfactual for p in PAIRS]]  # log odds of x and x', once each
+    assert every.table.groupby("level", sort=False).size().to_dict() == {"head": 8, "layer": 2, "model": 1}
+    for level in ("head", "layer", "model"):
+        alone = causal_mediation(model, PAIRS, levels=level, n_boot=0).table
+        part = every.table[every.table["level"] == level].reset_index(drop=True)
+        for column in ("layer", "head", "nie", "nie_log", "nie_median", "nde", "nde_log", "nde_median"):
+            assert np.allclose(part[column], alone[column], atol=1e-6), (level, column)
+    te = total_effect(model, PAIRS)
+    assert every.te[0] == pytest.approx(te.te.mean(), abs=1e-9)
+    assert every.summary.query("effect == 'te'")["value"].tolist()[:2] == pytest.approx(
+        [te.te.mean(), te.log_odds_ratio.mean()], abs=1e-9)
+    with pytest.warns(DeprecationWarning, match=r"level=\.\.\.\) is deprecated.*levels="):
+        old = causal_mediation(model, PAIRS, level="layer", effects=("nie",), n_boot=0)
+    assert old.level == "layer" and np.allclose(old.table.nie, every.table[every.table["level"] == "layer"].nie, atol=1e-6)
+
+
+def test_readouts_mean_log_odds_ratio_and_median():
+    model = tiny_model("gemma3")
+    res = causal_mediation(model, PAIRS, levels=("head",), effects=("nie",), n_boot=300, seed=4)
+    per_pair = res.per_prompt.pivot(index=["layer", "head"], columns="pair", values="nie")  # [head, pair]
+    row = res.table.set_index(["layer", "head"]).loc[(1, 3)]
+    values = per_pair.loc[(1, 3)].to_numpy()
+    assert row.nie == pytest.approx(values.mean())
+    assert row.nie_log == pytest.approx(np.log1p(values).mean())
+    assert row.nie_median == pytest.approx(np.median(values))
+    assert np.allclose(res.per_prompt.nie_log, np.log1p(res.per_prompt.nie), atol=1e-9)
+    picks = np.random.default_rng(4).integers(0, 3, size=(300, 3))
+    medians = np.median(values[picks], axis=1)
+    assert (row.nie_median_low, row.nie_median_high) == pytest.approx((np.quantile(medians, 0.025), np.quantile(medians, 0.975)))
+    logs = np.log1p(values)[picks].mean(axis=1)
+    assert (row.nie_log_low, row.nie_log_high) == pytest.approx((np.quantile(logs, 0.025), np.quantile(logs, 0.975)))
+    te = total_effect(model, PAIRS)
+    summary = res.summary.set_index(["effect", "readout"])
+    assert summary.loc[("te", "median of odds ratio - 1"), "value"] == pytest.approx(np.median(te.te))
+    assert summary.loc[("te", "mean log odds ratio"), "value"] == pytest.approx(np.log1p(te.te).mean())
+    best = summary.loc[("nie", "mean of odds ratio - 1")]
+    assert (best.layer, best["head"]) == res.top_heads(1)[0]
+    greedy = greedy_heads(model, PAIRS, k=1, n_boot=300, seed=4)
+    top = res.table.set_index(["layer", "head"]).loc[res.top_heads(1)[0]]
+    assert greedy.loc[0, ["nie", "nie_log", "nie_median", "nie_median_low"]].tolist() == pytest.approx(
+        [top.nie, top.nie_log, top.nie_median, top.nie_median_low])

@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy import stats
 
-from attnlab.bias import _scoring
 from attnlab.bias.pronouns import pronoun_bias
 from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.measure import LogProbs, score
 from attnlab.testing import tiny_model
 
 OCC = ["nurse", "mechanic", "teacher", "librarian", "carpenter"]
@@ -26,7 +26,7 @@ def test_padded_batch_equals_single_runs(arch):
     model = tiny_model(arch)
     prompts = ["the nurse said that", "the doctor told the customer that", "she"]
     she, he = model.to_single_token(" she"), model.to_single_token(" he")
-    batched = _scoring.next_token_scores(model, prompts, [she, he], batch_size=3)
+    batched = score(model, prompts, LogProbs([" she", " he"]), batch_size=3)  # what pronoun_bias scores with
     for i, p in enumerate(prompts):
         lp = _logp_next(model, p)
         assert np.allclose(batched[i], [lp[she], lp[he]], atol=1e-5)

@@ -49,7 +49,7 @@ def test_logit_diff_single_token_matches_unpadded_logits(arch):
 
     model = tiny_model(arch)
     she, he = model.to_single_token(" she"), model.to_single_token(" he")
-    res = effect(model, PROMPTS, ABLATE, LogitDiff(" she", " he"), progress=False)
+    res = effect(model, PROMPTS, LogitDiff(" she", " he"), ABLATE, progress=False)
     for i, p in enumerate(PROMPTS):
         clean, inter = _last_logits(model, p), _last_logits(model, p, ABLATE)
         assert res.per_prompt.clean[i] == pytest.approx(float(clean[she] - clean[he]), abs=1e-4)
@@ -60,21 +60,21 @@ def test_logit_diff_single_token_matches_unpadded_logits(arch):
 
 def test_multi_token_and_per_prompt_targets(tiny_gpt2):
     targets, foils = [" she said", " she", " he was"], [" he", " he told", " she"]
-    res = effect(tiny_gpt2, PROMPTS, ABLATE, LogitDiff(targets, foils), progress=False)
+    res = effect(tiny_gpt2, PROMPTS, LogitDiff(targets, foils), ABLATE, progress=False)
     for i, p in enumerate(PROMPTS):
         want = _cont_logprob(tiny_gpt2, p, targets[i], ABLATE) - _cont_logprob(tiny_gpt2, p, foils[i], ABLATE)
         assert res.per_prompt.intervened[i] == pytest.approx(want, abs=1e-4)
-    prob = effect(tiny_gpt2, PROMPTS, ABLATE, TokenProb(" she said"), progress=False)
+    prob = effect(tiny_gpt2, PROMPTS, TokenProb(" she said"), ABLATE, progress=False)
     assert prob.per_prompt.clean[0] == pytest.approx(np.exp(_cont_logprob(tiny_gpt2, PROMPTS[0], " she said")), rel=1e-4)
 
 
 def test_token_prob_kl_topk_match_direct_computation(tiny_llama):
     m = tiny_llama
     she = m.to_single_token(" she")
-    prob = effect(m, PROMPTS, ABLATE, TokenProb(" she"), progress=False).per_prompt
-    kl = effect(m, PROMPTS, ABLATE, KL(), progress=False).per_prompt
-    top = effect(m, PROMPTS, ABLATE, TopKChange(5), progress=False).per_prompt
-    top1 = effect(m, PROMPTS, ABLATE, TopKChange(measure="top1"), progress=False).per_prompt
+    prob = effect(m, PROMPTS, TokenProb(" she"), ABLATE, progress=False).per_prompt
+    kl = effect(m, PROMPTS, KL(), ABLATE, progress=False).per_prompt
+    top = effect(m, PROMPTS, TopKChange(5), ABLATE, progress=False).per_prompt
+    top1 = effect(m, PROMPTS, TopKChange(measure="top1"), ABLATE, progress=False).per_prompt
     for i, p in enumerate(PROMPTS):
         c, x = _last_logits(m, p).log_softmax(-1), _last_logits(m, p, ABLATE).log_softmax(-1)
         assert prob.intervened[i] == pytest.approx(float(x[she].exp()), rel=1e-4)
@@ -86,8 +86,8 @@ def test_token_prob_kl_topk_match_direct_computation(tiny_llama):
 
 
 def test_loss_matches_hf_loss(tiny_gemma):
-    res = effect(tiny_gemma, PROMPTS, ABLATE, Loss(), progress=False).per_prompt
-    ppl = effect(tiny_gemma, PROMPTS, ABLATE, Loss(perplexity=True), progress=False).per_prompt
+    res = effect(tiny_gemma, PROMPTS, Loss(), ABLATE, progress=False).per_prompt
+    ppl = effect(tiny_gemma, PROMPTS, Loss(perplexity=True), ABLATE, progress=False).per_prompt
     for i, p in enumerate(PROMPTS):
         ids = _ids(tiny_gemma, p)
         with torch.no_grad():
@@ -97,7 +97,7 @@ def test_loss_matches_hf_loss(tiny_gemma):
 
 
 def test_hidden_shift_on_encoder(tiny_bert):
-    res = effect(tiny_bert, PROMPTS, [AblateHead(1, 0)], HiddenShift(), progress=False).per_prompt
+    res = effect(tiny_bert, PROMPTS, HiddenShift(), [AblateHead(1, 0)], progress=False).per_prompt
     p = PROMPTS[1]
     with torch.no_grad():
         clean = tiny_bert(p, return_type="hidden")[0]
@@ -106,29 +106,29 @@ def test_hidden_shift_on_encoder(tiny_bert):
     assert res.intervened[1] == pytest.approx(float((clean - inter).norm(dim=-1).mean()), rel=1e-4)
     assert (res.clean == 0).all()
     with pytest.raises(InvalidInput, match="no LM head"):
-        effect(tiny_bert, PROMPTS, [], KL(), progress=False)
+        effect(tiny_bert, PROMPTS, KL(), [], progress=False)
 
 
 def test_masked_lm_reads_the_mask_token():
     from attnlab.testing import tiny_model
 
     m = tiny_model("bert-mlm")
-    res = effect(m, ["the [MASK] said that", "he told [MASK] ."], [], LogitDiff(" she", " he", read_at="mask"), progress=False)
+    res = effect(m, ["the [MASK] said that", "he told [MASK] ."], LogitDiff(" she", " he", read_at="mask"), [], progress=False)
     ids = m.tokenizer("the [MASK] said that", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         logits = m(ids)[0, 2]
     assert res.per_prompt.clean[0] == pytest.approx(float(logits[m.to_single_token("she")] - logits[m.to_single_token("he")]), abs=1e-4)
     with pytest.raises(InvalidInput, match="exactly one"):
-        effect(m, ["the nurse said"], [], LogitDiff(" she", " he", read_at="mask"), progress=False)
+        effect(m, ["the nurse said"], LogitDiff(" she", " he", read_at="mask"), [], progress=False)
 
 
 def test_generation_diff(tiny_gpt2):
-    same = effect(tiny_gpt2, PROMPTS[:2], [], GenerationDiff(4), progress=False).per_prompt
+    same = effect(tiny_gpt2, PROMPTS[:2], GenerationDiff(4), [], progress=False).per_prompt
     assert (same.effect == 0).all() and (same.clean == 4).all()
-    res = effect(tiny_gpt2, PROMPTS[:2], ABLATE, GenerationDiff(4), progress=False).per_prompt
+    res = effect(tiny_gpt2, PROMPTS[:2], GenerationDiff(4), ABLATE, progress=False).per_prompt
     want = tiny_gpt2.generate(PROMPTS[:2], max_new_tokens=4, interventions=ABLATE)
     assert [t.strip() for t in res.intervened_text] == [w.strip() for w in want]
-    eq = effect(tiny_gpt2, PROMPTS[:2], ABLATE, GenerationDiff(4, measure="equal"), progress=False).per_prompt
+    eq = effect(tiny_gpt2, PROMPTS[:2], GenerationDiff(4, measure="equal"), ABLATE, progress=False).per_prompt
     assert list(eq.intervened) == [float(a == b) for a, b in zip(res.clean_text, res.intervened_text)]
 
 
@@ -140,7 +140,7 @@ def test_bootstrap_interval():
     assert mean[0] == 4.5
     assert low[0] == pytest.approx(np.quantile(boots, 0.025)) and high[0] == pytest.approx(np.quantile(boots, 0.975))
     assert low[0] < 4.5 < high[0]
-    res = effect(__import__("attnlab.testing", fromlist=["x"]).tiny_model("gpt2"), PROMPTS, ABLATE, KL(), progress=False)
+    res = effect(__import__("attnlab.testing", fromlist=["x"]).tiny_model("gpt2"), PROMPTS, KL(), ABLATE, progress=False)
     assert res.summary.ci_low[0] <= res.mean <= res.summary.ci_high[0]
     assert "effect" in repr(res) and "95% CI" in repr(res)
 
@@ -148,19 +148,19 @@ def test_bootstrap_interval():
 def test_bad_input(tiny_gpt2):
     m = tiny_gpt2
     with pytest.raises(InvalidInput, match="no prompts"):
-        effect(m, [], ABLATE, KL(), progress=False)
+        effect(m, [], KL(), ABLATE, progress=False)
     with pytest.raises(InvalidInput, match="prompt 1 is empty"):
-        effect(m, ["the cat", "  "], ABLATE, KL(), progress=False)
+        effect(m, ["the cat", "  "], KL(), ABLATE, progress=False)
     with pytest.raises(InvalidInput, match="handles at most 128"):
-        effect(m, ["the " * 200], ABLATE, KL(), progress=False)
+        effect(m, ["the " * 200], KL(), ABLATE, progress=False)
     with pytest.raises(InvalidInput, match="mismatched targets: 2 targets for 3 prompts"):
-        effect(m, PROMPTS, ABLATE, LogitDiff([" she", " he"], " he"), progress=False)
+        effect(m, PROMPTS, LogitDiff([" she", " he"], " he"), ABLATE, progress=False)
     with pytest.raises(InvalidInput, match=r"'she', 'said'.*single token"):
-        effect(m, PROMPTS, ABLATE, LogitDiff(" she said", " he", single_token=True), progress=False)
+        effect(m, PROMPTS, LogitDiff(" she said", " he", single_token=True), ABLATE, progress=False)
     with pytest.raises(InvalidLocation, match="layer 9 out of range"):
-        effect(m, PROMPTS, [AblateHead(9, 0)], KL(), progress=False)
+        effect(m, PROMPTS, KL(), [AblateHead(9, 0)], progress=False)
     with pytest.raises(InvalidInput, match="batch_size"):
-        effect(m, PROMPTS, ABLATE, KL(), batch_size=0, progress=False)
+        effect(m, PROMPTS, KL(), ABLATE, batch_size=0, progress=False)
     with pytest.raises(InvalidSpec, match="did you mean 'kl'"):
         metric_from_name("kll")
     with pytest.raises(InvalidSpec, match="valid: jaccard, overlap, top1"):
@@ -169,15 +169,94 @@ def test_bad_input(tiny_gpt2):
 
 
 def test_chunking_does_not_change_results(tiny_llama):
-    a = effect(tiny_llama, PROMPTS, ABLATE, LogitDiff(" she said", " he"), batch_size=64, progress=False).per_prompt
-    b = effect(tiny_llama, PROMPTS, ABLATE, LogitDiff(" she said", " he"), batch_size=1, progress=False).per_prompt
+    a = effect(tiny_llama, PROMPTS, LogitDiff(" she said", " he"), ABLATE, batch_size=64, progress=False).per_prompt
+    b = effect(tiny_llama, PROMPTS, LogitDiff(" she said", " he"), ABLATE, batch_size=1, progress=False).per_prompt
     assert np.allclose(a.intervened, b.intervened, atol=1e-5)
 
 
 def test_score_is_the_clean_or_intervened_column(tiny_llama):
     metric = LogitDiff(" she", [" he", " he was", " he"])
-    res = effect(tiny_llama, PROMPTS, ABLATE, metric, progress=False).per_prompt
+    res = effect(tiny_llama, PROMPTS, metric, ABLATE, progress=False).per_prompt
     assert np.allclose(score(tiny_llama, PROMPTS, metric), res.clean, atol=1e-6)
     assert np.allclose(score(tiny_llama, PROMPTS, metric, ABLATE, batch_size=1), res.intervened, atol=1e-5)
     with pytest.raises(InvalidInput, match="use effect"):
         score(tiny_llama, PROMPTS, KL())
+
+
+def test_log_probs_are_the_parts_of_a_logit_diff(tiny_llama):
+    from attnlab.measure import LogProbs
+
+    m = tiny_llama
+    she, he = m.to_single_token(" she"), m.to_single_token(" he")
+    parts = score(m, PROMPTS, LogProbs([" she", " he"]))
+    assert parts.shape == (3, 2)
+    for i, p in enumerate(PROMPTS):
+        lp = _last_logits(m, p).log_softmax(-1)
+        assert parts[i] == pytest.approx([float(lp[she]), float(lp[he])], abs=1e-5)
+    assert np.allclose(parts[:, 0] - parts[:, 1], score(m, PROMPTS, LogitDiff(" she", " he")), atol=1e-5)
+    multi = score(m, PROMPTS, LogProbs([" she said", " he"]), batch_size=1)
+    assert multi[1, 0] == pytest.approx(_cont_logprob(m, PROMPTS[1], " she said"), abs=1e-4)
+    with pytest.raises(InvalidInput, match="several numbers per prompt; use score"):
+        effect(m, PROMPTS, LogProbs([" she"]), ABLATE, progress=False)
+
+
+def test_pair_log_ratio_scores_from_the_first_difference(tiny_gpt2):
+    from attnlab.measure import PairLogRatio
+
+    m = tiny_gpt2
+    first = ["the nurse said that she was tired", "a man"]
+    second = ["the nurse said that he was very tired", "a man"]
+    gap = score(m, first, PairLogRatio(second), batch_size=2)
+    whole = [_cont_logprob(m, "the nurse said that", t) for t in (" she was tired", " he was very tired")]
+    assert gap[0] == pytest.approx(whole[0] - whole[1], abs=1e-4)
+    assert gap[1] == 0.0
+    first_token = score(m, first[:1], PairLogRatio(second[:1], score="pronoun"))[0]
+    lp = _last_logits(m, "the nurse said that").log_softmax(-1)
+    assert first_token == pytest.approx(float(lp[m.to_single_token(" she")] - lp[m.to_single_token(" he")]), abs=1e-5)
+    with pytest.raises(InvalidSpec, match="unknown score 'sentense'; did you mean 'sentence'"):
+        PairLogRatio(second, score="sentense")
+    with pytest.raises(InvalidInput, match="mismatched other texts: 1 other texts for 2 prompts"):
+        score(m, first, PairLogRatio(second[:1]))
+    from attnlab.testing import tiny_model
+
+    with pytest.raises(InvalidInput, match="PairLogRatio scores texts left to right, so it needs a causal LM"):
+        score(tiny_model("bert-mlm"), first, PairLogRatio(second))
+
+
+def test_perplexity_pools_tokens(tiny_gemma):
+    from attnlab.measure import perplexity
+
+    texts = ["the cat sat on the mat .", "a dog ran", "she gave him the book at night ."]
+    nll = []
+    for t in texts:
+        ids = _ids(tiny_gemma, t)
+        with torch.no_grad(), tiny_gemma.intervene(*ABLATE):
+            logp = tiny_gemma(ids)[0].float().log_softmax(-1)
+        nll += [-float(logp[i - 1, ids[0, i]]) for i in range(1, ids.shape[1])]
+    ppl, low, high = perplexity(tiny_gemma, texts, ABLATE, n_boot=200)
+    assert ppl == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
+    assert low < ppl < high
+    assert perplexity(tiny_gemma, texts, ABLATE, batch_size=1, n_boot=200) == pytest.approx((ppl, low, high), rel=1e-5)
+    assert np.isnan(perplexity(tiny_gemma, texts, n_boot=0)[1])
+    with pytest.raises(InvalidInput, match="text 1 is empty"):
+        perplexity(tiny_gemma, ["a b", " "])
+
+
+def test_per_prompt_patch_sources_follow_their_prompts(tiny_llama):
+    """A Patch with one source text per prompt gives the same numbers in chunks as in one batch, and as alone."""
+    from attnlab.interventions import Patch
+
+    prompts = ["the nurse said that", "the man said that", "a dog ran to the house"]
+    sources = ["the doctor said that", "the woman said that", "a cat sat on the mat"]
+    specs = [Patch(1, 2, site="pattern", source=sources), Patch(0, None, site="pattern", source=sources)]
+    for metric in (LogitDiff(" she", " he"), LogitDiff(" she said", " he")):  # one and two rows per prompt
+        chunked = effect(tiny_llama, prompts, metric, specs, batch_size=2, progress=False).per_prompt.intervened
+        whole = effect(tiny_llama, prompts, metric, specs, batch_size=64, progress=False).per_prompt.intervened
+        assert np.allclose(chunked, whole, atol=1e-5)
+        for i in range(3):
+            alone = [Patch(s.layer, s.heads, site="pattern", source=sources[i]) for s in specs]
+            one = effect(tiny_llama, prompts[i : i + 1], metric, alone, progress=False).per_prompt.intervened[0]
+            assert chunked[i] == pytest.approx(one, abs=1e-5)
+    with pytest.raises(InvalidInput, match="mismatched prompt pair 2: .* has 7 tokens but counterfactual .* has 4"):
+        effect(tiny_llama, prompts, KL(), [Patch(1, 2, site="pattern", source=sources[:2] + ["a cat sat"])],
+               progress=False)

@@ -16,9 +16,9 @@ PROMPTS = ["The nurse said that", "The mechanic told the customer that"]
 def test_gemma_sweep_equals_naive_and_shows_bias(gemma):
     assert len(decoder_layers(gemma)) == 18
     metric = LogitDiff(" she", " he", single_token=True)
-    res = sweep_heads(gemma, PROMPTS, "zero", metric, layers=[5, 17], batch_size=8, progress=False)
+    res = sweep_heads(gemma, PROMPTS, metric, "zero", layers=[5, 17], batch_size=8, progress=False)
     naive = np.stack([
-        effect(gemma, PROMPTS, [AblateHead(l, h)], metric, n_boot=1, progress=False).per_prompt.intervened.to_numpy()
+        effect(gemma, PROMPTS, metric, [AblateHead(l, h)], n_boot=1, progress=False).per_prompt.intervened.to_numpy()
         for l, h in zip(res.table["layer"], res.table["head"])
     ])
     assert np.abs(res.per_prompt.intervened.to_numpy().reshape(8, 2) - naive).max() <= 1e-4
@@ -27,5 +27,5 @@ def test_gemma_sweep_equals_naive_and_shows_bias(gemma):
 
 
 def test_minilm_hidden_shift_sweep(minilm):
-    res = sweep_heads(minilm, PROMPTS, "zero", HiddenShift(), layers=[0], batch_size=8, progress=False)
+    res = sweep_heads(minilm, PROMPTS, HiddenShift(), "zero", layers=[0], batch_size=8, progress=False)
     assert (res.table.effect > 0).all() and len(res.table) == minilm.cfg.n_heads

@@ -20,7 +20,7 @@ PROMPTS = ["the nurse said that", "the doctor said that he was", "a man", "the k
 def _naive(model, specs_per_variant, metric, prompts=PROMPTS):
     """One plain forward per variant over all prompts (one batch)."""
     return np.stack([
-        effect(model, prompts, specs, metric, batch_size=1000, n_boot=1, progress=False).per_prompt.intervened.to_numpy()
+        effect(model, prompts, metric, specs, batch_size=1000, n_boot=1, progress=False).per_prompt.intervened.to_numpy()
         for specs in specs_per_variant
     ])
 
@@ -36,12 +36,12 @@ def test_zero_sweep_equals_naive_loop(arch, batch_size):
     metric = LogitDiff(" she", " he")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback to full forwards would warn
-        res = sweep_heads(model, PROMPTS, "zero", metric, batch_size=batch_size, progress=False)
+        res = sweep_heads(model, PROMPTS, metric, "zero", batch_size=batch_size, progress=False)
     keys = list(zip(res.table.layer, res.table["head"]))
     assert len(keys) == model.cfg.n_layers * model.cfg.n_heads
     naive = _naive(model, [[AblateHead(l, h)] for l, h in keys], metric)
     assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
-    clean = effect(model, PROMPTS, [], metric, progress=False).per_prompt.clean.to_numpy()
+    clean = effect(model, PROMPTS, metric, [], progress=False).per_prompt.clean.to_numpy()
     assert np.allclose(res.table.effect, (naive - clean).mean(1), atol=1e-4)
     assert (res.table.ci_low <= res.table.effect + 1e-12).all() and (res.table.effect <= res.table.ci_high + 1e-12).all()
     assert model.count_hooks() == 0
@@ -63,20 +63,20 @@ def test_pattern_patching_equals_naive(tiny_llama):
     prompts = ["the nurse said that", "the man said that"]
     cfs = ["the doctor said that", "the woman said that"]
     metric = LogitDiff(" she", " he")
-    res = sweep_heads(tiny_llama, prompts, "patch", metric, counterfactuals=cfs, batch_size=5, progress=False)
+    res = sweep_heads(tiny_llama, prompts, metric, "patch", counterfactuals=cfs, batch_size=5, progress=False)
     keys = list(zip(res.table.layer, res.table["head"]))
     naive = _naive(tiny_llama, [[Patch(l, h, site="pattern", source=cfs)] for l, h in keys], metric, prompts)
     assert np.abs(_matrix(res, 2) - naive).max() <= 1e-4
     assert np.abs(res.table.effect).max() > 1e-3  # patching different words changes something
     with pytest.raises(InvalidInput, match="mismatched prompt pairs: 2 prompts but 1 counterfactuals"):
-        sweep_heads(tiny_llama, prompts, "patch", metric, counterfactuals=cfs[:1], progress=False)
+        sweep_heads(tiny_llama, prompts, metric, "patch", counterfactuals=cfs[:1], progress=False)
     with pytest.raises(InvalidInput, match="mismatched prompt pair 0: .* has 5 tokens but counterfactual .* has 6"):
-        sweep_heads(tiny_llama, prompts, "patch", metric, counterfactuals=["the old doctor said that", cfs[1]], progress=False)
+        sweep_heads(tiny_llama, prompts, metric, "patch", counterfactuals=["the old doctor said that", cfs[1]], progress=False)
 
 
 def test_multi_token_metric_sweep(tiny_gpt2):
     metric = LogitDiff([" she said", " he", " she", " he was"], " he told")
-    res = sweep_heads(tiny_gpt2, PROMPTS, "zero", metric, layers=[1], batch_size=6, progress=False)
+    res = sweep_heads(tiny_gpt2, PROMPTS, metric, "zero", layers=[1], batch_size=6, progress=False)
     naive = _naive(tiny_gpt2, [[AblateHead(1, h)] for h in res.table["head"]], metric)
     assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
 
@@ -85,7 +85,7 @@ def test_multi_token_metric_sweep(tiny_gpt2):
 def test_encoder_sweeps(arch):
     model = tiny_model(arch)
     metric = HiddenShift() if arch == "bert" else TopKChange(5)
-    res = sweep_heads(model, PROMPTS, "zero", metric, batch_size=9, progress=False)
+    res = sweep_heads(model, PROMPTS, metric, "zero", batch_size=9, progress=False)
     keys = list(zip(res.table.layer, res.table["head"]))
     naive = _naive(model, [[AblateHead(l, h)] for l, h in keys], metric)
     assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
@@ -97,7 +97,7 @@ def test_prefix_is_really_skipped(tiny_llama):
     attn0 = decoder_layers(tiny_llama)[0].self_attn
     handle = attn0.register_forward_hook(lambda *a: calls.append(1))
     try:
-        sweep_heads(tiny_llama, PROMPTS, "zero", KL(), layers=[1], batch_size=8, progress=False)
+        sweep_heads(tiny_llama, PROMPTS, KL(), "zero", layers=[1], batch_size=8, progress=False)
     finally:
         handle.remove()
     # 4 prompts in chunks of 4 rows -> 1 clean pass + 1 self-check pass; 4 heads in 2 batches skip layer 0
@@ -108,7 +108,7 @@ def test_memory_bounded_by_batch_size(tiny_gpt2):
     seen = []
     h = tiny_gpt2.hf_model.transformer.wte.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
     try:
-        sweep_heads(tiny_gpt2, PROMPTS, "zero", KL(), batch_size=9, progress=False)
+        sweep_heads(tiny_gpt2, PROMPTS, KL(), "zero", batch_size=9, progress=False)
     finally:
         h.remove()
     assert max(seen) <= 9 and max(seen) == 8  # two heads (2 x 4 rows) per batch
@@ -116,7 +116,7 @@ def test_memory_bounded_by_batch_size(tiny_gpt2):
 
 def test_neuron_sweep_equals_naive(tiny_gemma):
     metric = KL()
-    res = sweep_neurons(tiny_gemma, PROMPTS, 2, [0, 3], site="q", dims=[0, 1, 5], scale=3.0, metric=metric,
+    res = sweep_neurons(tiny_gemma, PROMPTS, metric, 2, [0, 3], site="q", dims=[0, 1, 5], scale=3.0,
                         batch_size=10, progress=False)
     assert list(res.table.dim) == [0, 1, 5, 0, 1, 5] and list(res.table["head"]) == [0, 0, 0, 3, 3, 3]
     naive = _naive(tiny_gemma, [[EditNeuron(2, h, site="q", dim=d, scale=3.0)] for h, d in zip(res.table["head"], res.table.dim)], metric)
@@ -124,17 +124,17 @@ def test_neuron_sweep_equals_naive(tiny_gemma):
     fig = res.heatmap()
     assert fig.axes[0].get_xlabel() == "dim" and fig.axes[0].get_ylabel() == "head"
     with pytest.raises(InvalidLocation, match="dim 8 out of range"):
-        sweep_neurons(tiny_gemma, PROMPTS, 2, 0, dims=[8], progress=False)
+        sweep_neurons(tiny_gemma, PROMPTS, layer=2, head=0, dims=[8], progress=False)
     with pytest.raises(InvalidSpec, match=r"site 'z'.*q, k, v"):
-        sweep_neurons(tiny_gemma, PROMPTS, 2, 0, site="z", progress=False)
+        sweep_neurons(tiny_gemma, PROMPTS, layer=2, head=0, site="z", progress=False)
 
 
 def test_sweep_interventions_and_heatmap(tiny_gpt2):
     variants = {"L0": [AblateHead(0)], "L1": [AblateHead(1)], "both": [AblateHead(0), AblateHead(1, [0, 1])]}
-    res = sweep_interventions(tiny_gpt2, PROMPTS, variants, KL(), batch_size=8, progress=False)
+    res = sweep_interventions(tiny_gpt2, PROMPTS, KL(), variants, batch_size=8, progress=False)
     naive = _naive(tiny_gpt2, list(variants.values()), KL())
     assert np.abs(_matrix(res, len(PROMPTS)) - naive).max() <= 1e-4
-    heads = sweep_heads(tiny_gpt2, PROMPTS, "zero", KL(), progress=False)
+    heads = sweep_heads(tiny_gpt2, PROMPTS, KL(), "zero", progress=False)
     fig = heads.heatmap()
     img = fig.axes[0].images[0].get_array()
     assert img.shape == (2, 4) and np.allclose(np.asarray(img), heads.matrix().to_numpy())
@@ -144,17 +144,17 @@ def test_sweep_interventions_and_heatmap(tiny_gpt2):
 def test_sweep_bad_input(tiny_gpt2):
     m = tiny_gpt2
     with pytest.raises(InvalidSpec, match="did you mean 'zero'"):
-        sweep_heads(m, PROMPTS, "zeros", KL(), progress=False)
+        sweep_heads(m, PROMPTS, KL(), "zeros", progress=False)
     with pytest.raises(InvalidInput, match="no prompts"):
-        sweep_heads(m, [], "zero", KL(), progress=False)
+        sweep_heads(m, [], KL(), "zero", progress=False)
     with pytest.raises(InvalidLocation, match="layer 5 out of range"):
-        sweep_heads(m, PROMPTS, "zero", KL(), layers=[5], progress=False)
+        sweep_heads(m, PROMPTS, KL(), "zero", layers=[5], progress=False)
     with pytest.raises(InvalidLocation, match="head 4 out of range"):
-        sweep_heads(m, PROMPTS, "zero", KL(), heads=[4], progress=False)
+        sweep_heads(m, PROMPTS, KL(), "zero", heads=[4], progress=False)
     with pytest.raises(InvalidInput, match="needs counterfactuals"):
-        sweep_heads(m, PROMPTS, "patch", KL(), progress=False)
+        sweep_heads(m, PROMPTS, KL(), "patch", progress=False)
     with pytest.raises(InvalidInput, match="cannot be swept"):
-        sweep_heads(m, PROMPTS, "zero", GenerationDiff(3), progress=False)
+        sweep_heads(m, PROMPTS, GenerationDiff(3), "zero", progress=False)
     with pytest.raises(InvalidInput, match="handles at most 128"):
-        sweep_heads(m, ["the " * 200], "zero", KL(), progress=False)
+        sweep_heads(m, ["the " * 200], KL(), "zero", progress=False)
     assert m.count_hooks() == 0

@@ -1,28 +1,18 @@
-"""Matplotlib figures of the bias floor (imported lazily, Agg backend)."""
+"""The figures of the bias results (drawn on a matplotlib Figure, never through pyplot)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["new_axes", "scatter_log_ratio", "heatmap"]
+from attnlab.measure.plots import new_figure
 
-
-def new_axes(ax=None, *, figsize=(6.0, 4.5), ncols: int = 1):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(1, ncols)
-    return fig, axes
+__all__ = ["scatter_log_ratio", "experiment_figure"]
 
 
 def scatter_log_ratio(result, ax=None, *, label=None):
-    fig, ax = new_axes(ax)
-    df = result.per_occupation
+    """Per occupation: log p(she)/p(he) against the share of women, with the least-squares line."""
+    fig, ax = new_figure(ax)
+    df = result.table
     x, y = df.share_women.to_numpy(float), df.log_ratio.to_numpy(float)
     ax.scatter(x, y, s=18, label=label or result.model_name)
     for occ, xi, yi in zip(df.occupation, x, y):
@@ -40,15 +30,28 @@ def scatter_log_ratio(result, ax=None, *, label=None):
     return fig
 
 
-def heatmap(values: np.ndarray, *, title: str, label: str, ax=None):
-    """Layer x head heatmap, layer 0 at the top."""
-    fig, ax = new_axes(ax, figsize=(1.2 + 0.6 * values.shape[1], 1.0 + 0.3 * values.shape[0]))
-    lim = float(np.nanmax(np.abs(values))) or 1.0
-    im = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(values.shape[1]))
-    ax.set_yticks(range(values.shape[0]))
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label=label)
+def experiment_figure(exp, axes=None):
+    """Left: log ratio vs share of women before and after. Right: two bias metrics with their intervals."""
+    fig, (left, right) = new_figure(None, figsize=(11.0, 4.5), ncols=2) if axes is None else (axes[0].figure, axes)
+    for res, label in ((exp.before, "before"), (exp.after, "after")):
+        d = res.table
+        left.scatter(d.share_women, d.log_ratio, s=16, label=f"{label} (r = {res.value('pearson_r'):.2f})")
+    left.axhline(0, color="grey", lw=0.5)
+    f, m = exp.before.pronouns
+    left.set_xlabel("share of women in the occupation")
+    left.set_ylabel(f"log p({f}) / p({m})")
+    left.legend(fontsize=8)
+    left.set_title("pronoun bias before / after the intervention", fontsize=9)
+    t = exp.table.set_index("metric")
+    names = ["mean_abs_log_ratio", "pearson_r"]
+    x = np.arange(len(names))
+    for when, off in (("before", -0.18), ("after", 0.18)):
+        vals = t.loc[names, when].to_numpy(float)
+        err = np.abs(np.vstack([vals - t.loc[names, f"{when}_low"], t.loc[names, f"{when}_high"] - vals]).astype(float))
+        right.bar(x + off, vals, width=0.36, yerr=np.nan_to_num(err), capsize=3, label=when)
+    right.set_xticks(x, names)
+    ppl_b, ppl_a = t.loc["perplexity", "before"], t.loc["perplexity", "after"]
+    kl = t.loc["next_token_kl", "after"]
+    right.set_title(f"perplexity {ppl_b:.1f} -> {ppl_a:.1f}, next-token KL {kl:.3f} nats", fontsize=9)
+    right.legend(fontsize=8)
     return fig

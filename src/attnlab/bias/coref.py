@@ -17,33 +17,27 @@ bootstrap interval over pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
-from attnlab.bias import _scoring
-from attnlab.bias._stats import mean_ci
+from attnlab.bias._checks import check_lm
 from attnlab.bias.datasets import fill_winogender
+from attnlab.engine.tokens import check_texts
 from attnlab.errors import InvalidInput
+from attnlab import measure
+from attnlab.measure import PairLogRatio, Result, bootstrap
+from attnlab.measure.metrics import PAIR_SCORES
+from attnlab.measure.plots import new_figure
+from attnlab.measure.result import renamed
 
 __all__ = ["CorefBias", "pair_log_ratio", "coref_bias", "winogender_bias", "SCORES"]
 
 #: how a variant is scored (see the module docstring)
-SCORES = ("sentence", "pronoun")
+SCORES = PAIR_SCORES
 
 
-def _first_diff(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-@torch.no_grad()
 def pair_log_ratio(
     model,
     first: Sequence[str],
@@ -53,53 +47,74 @@ def pair_log_ratio(
     batch_size: int = 16,
     progress: bool = False,
 ) -> np.ndarray:
-    """``log p(first[i]) - log p(second[i])`` for each pair of sentences (see module docstring)."""
-    _scoring.check_lm(model, causal=True)
+    """``log p(first[i]) - log p(second[i])`` for each pair of sentences (see module docstring).
+
+    :func:`attnlab.measure.score` with the :class:`~attnlab.measure.PairLogRatio` metric.
+    """
+    check_lm(model, causal=True)
     if score not in SCORES:
         raise InvalidInput(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
-    first, second = _scoring._texts(first, "sentences"), _scoring._texts(second, "sentences")
+    first, second = check_texts(first, "sentence", "sentences"), check_texts(second, "sentence", "sentences")
     if len(first) != len(second):
         raise InvalidInput(f"got {len(first)} first sentences but {len(second)} second ones; pairs must match")
-    rows, spans = [], []  # spans: (first scored token, number of scored tokens)
-    for a, b in zip(first, second):
-        ia, ib = _scoring.token_ids(model, a, special=True), _scoring.token_ids(model, b, special=True)
-        for ids in (ia, ib):
-            _scoring._check_length(model, len(ids), a)
-        c = max(_first_diff(ia, ib), 1)
-        for ids in (ia, ib):
-            n = 0 if c >= len(ids) else (1 if score == "pronoun" else len(ids) - c)
-            rows.append(ids)
-            spans.append((c, n))
-    logp = np.zeros(len(rows))
-    for s in _scoring._batches(len(rows), batch_size, progress, "pair scores"):
-        chunk, sp = rows[s : s + batch_size], spans[s : s + batch_size]
-        k = max(max(n for _, n in sp), 1)
-        enc = _scoring._pad(model, chunk)
-        pos = torch.tensor([[c - 1 + min(j, max(n - 1, 0)) for j in range(k)] for c, n in sp])
-        lp = _scoring._logits_at(model, enc, pos).log_softmax(-1)
-        for r, (c, n) in enumerate(sp):
-            if n:
-                tgt = enc.ids[r, c : c + n].to(lp.device)
-                logp[s + r] = float(lp[r, torch.arange(n), tgt].sum())
-    return logp[0::2] - logp[1::2]
+    return measure.score(model, first, PairLogRatio(second, score=score), batch_size=batch_size, progress=progress)
 
 
-@dataclass
-class CorefBias:
-    """Per-pair gaps and the summary table of a coreference-bias evaluation."""
+SUMMARY_METRICS = ("mean_gap", "pro_preferred")
 
-    per_pair: pd.DataFrame  # the input columns + gap, prefers_pro
-    summary: pd.DataFrame  # group, metric, value, low, high, n
-    score: str
+
+class CorefBias(Result):
+    """What :func:`coref_bias` measured.
+
+    ``per_prompt``: the input pairs with ``gap`` and ``prefers_pro``; ``summary``: long
+    format (group, metric, value, low, high, n) for ``mean_gap`` and ``pro_preferred``;
+    ``table``: one row per group (all pairs, then each value of ``by``) with both metrics
+    and their intervals side by side; ``plot()``: the gap per pair, by group.
+    """
+
+    def __init__(self, per_prompt: pd.DataFrame, summary: pd.DataFrame, score: str):
+        self.per_prompt, self._summary, self.score = per_prompt, summary, score
+        wide = summary.pivot(index="group", columns="metric", values=["value", "low", "high"])
+        table = summary[["group", "n"]].drop_duplicates("group").set_index("group")
+        for metric in SUMMARY_METRICS:
+            table[metric] = wide[("value", metric)]
+            table[f"{metric}_low"] = wide[("low", metric)]
+            table[f"{metric}_high"] = wide[("high", metric)]
+        self.table = table.reset_index()
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self._summary
+
+    per_pair = renamed("per_prompt")
 
     def value(self, metric: str = "mean_gap", group: str = "all") -> float:
-        row = self.summary[(self.summary.metric == metric) & (self.summary.group == group)]
+        row = self._summary[(self._summary.metric == metric) & (self._summary.group == group)]
         if row.empty:
             raise InvalidInput(
                 f"no summary for metric {metric!r}, group {group!r}; metrics: mean_gap, pro_preferred; "
-                f"groups: {', '.join(map(str, self.summary.group.unique()))}"
+                f"groups: {', '.join(map(str, self._summary.group.unique()))}"
             )
         return float(row.value.iloc[0])
+
+    def plot(self, ax=None):
+        """The mean gap of each group with its interval, over the gaps of the pairs."""
+        fig, ax = new_figure(ax, figsize=(5.0, 3.5))
+        groups = list(self.table.group)
+        for i, g in enumerate(groups):
+            rows = self.per_prompt if g == "all" else self.per_prompt[self._in_group(g)]
+            ax.scatter(np.full(len(rows), i) + np.linspace(-0.2, 0.2, len(rows)), rows.gap, s=4, alpha=0.3, color="grey")
+        row = self.table
+        err = np.nan_to_num(np.abs(np.vstack([row.mean_gap - row.mean_gap_low, row.mean_gap_high - row.mean_gap])))
+        ax.errorbar(range(len(groups)), row.mean_gap, yerr=err, fmt="o", color="black", capsize=4)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_ylabel(f"log p(pro) - log p(anti) ({self.score} score)")
+        return fig
+
+    def _in_group(self, group: str) -> pd.Series:
+        column, value = group.split("=", 1)
+        return self.per_prompt[column].astype(str) == value
 
 
 def _summary(df: pd.DataFrame, by: str | None, n_boot: int, seed: int) -> pd.DataFrame:
@@ -108,7 +123,7 @@ def _summary(df: pd.DataFrame, by: str | None, n_boot: int, seed: int) -> pd.Dat
     for name, g in groups:
         gap = g.gap.to_numpy(float)
         for metric, values in (("mean_gap", gap), ("pro_preferred", (gap > 0).astype(float))):
-            m, lo, hi = mean_ci(values, n_boot=n_boot, seed=seed)
+            m, lo, hi = bootstrap(values, n_boot=n_boot, seed=seed)
             rows.append({"group": name, "metric": metric, "value": m, "low": lo, "high": hi, "n": len(g)})
     return pd.DataFrame(rows)
 
@@ -130,7 +145,7 @@ def coref_bias(
     >>> from attnlab.testing import tiny_model
     >>> pairs = pd.DataFrame({"pro": ["the nurse said that she was tired ."],
     ...                       "anti": ["the nurse said that he was tired ."]})
-    >>> coref_bias(tiny_model("gpt2"), pairs, n_boot=0).per_pair.shape[0]
+    >>> coref_bias(tiny_model("gpt2"), pairs, n_boot=0).per_prompt.shape[0]
     1
 
     ``by`` adds summary rows per value of that column (WinoBias ``type``).

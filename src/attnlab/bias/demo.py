@@ -17,8 +17,8 @@ import pandas as pd
 
 from attnlab.bias.experiment import BiasExperiment, bias_experiment
 from attnlab.bias.mediation import MediationResult, causal_mediation, mediation_pairs
-from attnlab.bias.pronouns import PronounBias, occupation_frame, pronoun_bias
-from attnlab.bias.templates import neutral_prompts, templates as shipped_templates
+from attnlab.bias.pronouns import PronounBias, pronoun_bias
+from attnlab.bias.templates import neutral_prompts, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput
 from attnlab.interventions import AblateHead
 
@@ -88,7 +88,7 @@ def run_bias_demo(
     pairs, _ = mediation_pairs(
         model, occupations=_extremes(occ, n_mediation_occupations), templates=shipped_templates()[:n_mediation_templates]
     )
-    med = causal_mediation(model, pairs, level="head", effects=("nie",), n_boot=n_boot, progress=progress)
+    med = causal_mediation(model, pairs, levels=("head",), effects=("nie",), n_boot=n_boot, progress=progress)
     top = med.top_heads(k)
     ref = neutral_prompts() if method == "mean" else None
     specs = [AblateHead(layer, head, method=method, reference=ref) for layer, head in top]
@@ -105,7 +105,7 @@ def run_bias_demo(
         "te": float(med.te[0]),
         "n_pairs": float(len(pairs)),
     }
-    figures = {"bias_scatter": bias.figure(), "mediation_heatmap": med.heatmap(), "bias_experiment": exp.figure()}
+    figures = {"bias_scatter": bias.plot(), "mediation_heatmap": med.plot(), "bias_experiment": exp.plot()}
     demo = BiasDemo(bias, med, top, exp, figures, numbers)
     if out_dir is not None:
         out = Path(out_dir)
@@ -115,8 +115,8 @@ def run_bias_demo(
             fig.savefig(path, dpi=120)
             demo.files.append(path)
         tables = {
-            "bias_per_occupation": bias.per_occupation,
-            "mediation_per_head": med.per_unit,
+            "bias_per_occupation": bias.table,
+            "mediation_per_head": med.table,
             "bias_experiment": exp.table,
             "top_heads": pd.DataFrame(top, columns=["layer", "head"]),
         }

@@ -1,49 +1,55 @@
-"""Causal mediation analysis of gender bias through attention heads (Vig et al. 2020).
+"""Causal mediation analysis of gender bias through attention heads (Vig et al. 2020), as sweeps.
 
 A prompt pair differs by a gender intervention: ``x = "The nurse said that"`` and
 ``x' = "The man said that"`` (same number of tokens). With the next-token odds
 
     odds(x) = p(anti-stereotypical pronoun | x) / p(stereotypical pronoun | x)
 
-the effects of a set of heads ``U`` are, averaged over pairs:
+the effects of a set of heads ``U`` on one pair are odds ratios minus one:
 
     TE      = odds(x') / odds(x) - 1
     NIE(U)  = odds(x  with the attention PATTERN of U taken from x') / odds(x) - 1
     NDE(U)  = odds(x' with the attention pattern of U frozen at x)   / odds(x) - 1
 
-Batched: one (pair, head set) per batch row; each row carries its own
-:class:`~attnlab.interventions.Patch` on ``hook_pattern`` (``rows=[i]``), so many heads
-are measured in one forward pass.
+and each is reported over pairs three ways, each with a 95% bootstrap interval: the mean
+(Vig et al.'s number; heavy-tailed, since an odds ratio can be in the thousands), the mean
+log odds ratio and the median.
+
+How it runs: the log odds are a :class:`~attnlab.measure.LogitDiff` (anti vs stereotypical
+pronoun, one pair per prompt); the NIE of every unit (head, layer or all heads) is one
+variant of :func:`attnlab.measure.sweep_interventions` made of
+``Patch(layer, head, site="pattern", source=[x' of every pair])`` specs. The sweep runs
+the counterfactual prompts once per chunk of pairs and patches their patterns in row by
+row, reuses the layers before each unit (prefix reuse) and stacks several units per
+batch; the NDE is the same sweep run on x' with sources x. All levels come from one call,
+and TE is measured once.
 
 >>> from attnlab.testing import tiny_model
 >>> from attnlab.bias.mediation import MediationPair, causal_mediation
 >>> model = tiny_model("gpt2")
 >>> pair = MediationPair("The nurse said that", "The man said that", stereotypical=" she", anti=" he")
->>> result = causal_mediation(model, [pair], n_boot=0)
->>> result.per_head.shape[0] == model.cfg.n_layers * model.cfg.n_heads
-True
+>>> result = causal_mediation(model, [pair], levels=("head", "layer", "model"), n_boot=0)
+>>> result.table.groupby("level", sort=False).size().to_dict()
+{'head': 8, 'layer': 2, 'model': 1}
 """
 
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
-from attnlab.bias import _scoring
-from attnlab.bias._stats import mean_ci
-from attnlab.bias.pronouns import _check_pronouns, occupation_frame
-from attnlab.bias.templates import Template, _as_templates, templates as shipped_templates
-from attnlab.engine.forward import run
-from attnlab.engine.locations import hook_name
-from attnlab.engine.tokens import Tokens
+from attnlab.bias._checks import check_lm, check_pronouns, single_token
+from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import Patch
+from attnlab.measure import LogitDiff, Result, bootstrap, score, sweep_interventions
+from attnlab.measure.plots import heatmap
+from attnlab.measure.result import renamed
 
 __all__ = [
     "MediationPair",
@@ -54,10 +60,16 @@ __all__ = [
     "causal_mediation",
     "greedy_heads",
     "LEVELS",
+    "EFFECTS",
+    "READOUTS",
 ]
 
 #: granularity of :func:`causal_mediation`
 LEVELS = ("head", "layer", "model")
+#: indirect (patterns of x' in x) and direct (patterns of x frozen in x') effects
+EFFECTS = ("nie", "nde")
+#: how the per-pair odds ratios are summarised: column suffix -> what it is
+READOUTS = {"": "mean of odds ratio - 1", "_log": "mean log odds ratio", "_median": "median of odds ratio - 1"}
 
 Head = tuple[int, int | None]  # (layer, head); head None = every head of the layer
 
@@ -73,38 +85,29 @@ class MediationPair:
     label: str = ""  # free text, e.g. the occupation
 
 
-def _single(model, text: str, what: str) -> int:
-    ids = _scoring.token_ids(model, text, special=False)
-    if len(ids) != 1:
-        raise InvalidInput(
-            f"{what} {text!r} is {len(ids)} tokens for {model.cfg.name} ({ids}); the odds need single-token "
-            "pronouns (try a leading space, e.g. ' she')"
-        )
-    return ids[0]
-
-
-def _encode_pairs(model, pairs: Sequence[MediationPair]) -> list[tuple[list[int], list[int], int, int]]:
-    _scoring.check_lm(model, causal=True)
-    if isinstance(pairs, MediationPair):
-        pairs = [pairs]
-    pairs = list(pairs)
+def _checked_pairs(model, pairs) -> list[MediationPair]:
+    check_lm(model, causal=True)
+    pairs = [pairs] if isinstance(pairs, MediationPair) else list(pairs)
     if not pairs:
         raise InvalidInput("no prompt pairs given: pass a non-empty list of MediationPair")
-    out = []
     for i, p in enumerate(pairs):
         if not isinstance(p, MediationPair):
             raise InvalidInput(f"pairs[{i}] must be a MediationPair, got {type(p).__name__}")
-        x = _scoring.token_ids(model, p.base, special=True)
-        xp = _scoring.token_ids(model, p.counterfactual, special=True)
+        x, xp = model.token_rows([p.base, p.counterfactual])
         if len(x) != len(xp):
             raise InvalidInput(
                 f"pair {i}: {p.base!r} is {len(x)} tokens but {p.counterfactual!r} is {len(xp)} for "
                 f"{model.cfg.name}; x and x' must have the same number of tokens (pick a replacement word "
                 "that is as many tokens as the word it replaces)"
             )
-        _scoring._check_length(model, len(x), p.base)
-        out.append((x, xp, _single(model, p.stereotypical, "stereotypical pronoun"), _single(model, p.anti, "anti pronoun")))
-    return out
+        for word in (p.stereotypical, p.anti):
+            single_token(model, word, "the odds need single-token pronouns (try a leading space, e.g. ' she')")
+    return pairs
+
+
+def _log_odds_metric(pairs: Sequence[MediationPair]) -> LogitDiff:
+    """``log odds = log p(anti) - log p(stereotypical)`` after each pair's prompt."""
+    return LogitDiff([p.anti for p in pairs], [p.stereotypical for p in pairs], single_token=True)
 
 
 def mediation_pairs(
@@ -120,19 +123,19 @@ def mediation_pairs(
 
     An occupation with ``share_women >= threshold`` is female-stereotyped: its stereotypical
     pronoun is the female one and x' replaces the occupation by the male word (``"man"``);
-    otherwise the reverse (``"woman"``). Returns the pairs and a DataFrame of the skipped
-    (occupation, template) combinations with the reason.
+    otherwise the reverse (``"woman"``). Returns the pairs (occupation-major, templates in
+    order) and a DataFrame of the skipped (occupation, template) combinations with the reason.
     """
     occ = occupation_frame(occupations)
-    tmpl = shipped_templates() if templates is None else _as_templates(templates)
-    female, male = _check_pronouns(pronouns)
-    w_female, w_male = _check_pronouns(replacements)
+    tmpl = shipped_templates() if templates is None else as_templates(templates)
+    female, male = check_pronouns(pronouns)
+    w_female, w_male = check_pronouns(replacements)
     pairs, skipped = [], []
     for o, share in zip(occ.occupation, occ.share_women):
         fem = share >= threshold
         for t in tmpl:
             x, xp = t.causal(o), t.causal(w_male if fem else w_female)
-            nx, nxp = len(_scoring.token_ids(model, x, special=True)), len(_scoring.token_ids(model, xp, special=True))
+            nx, nxp = (len(r) for r in model.token_rows([x, xp]))
             if nx != nxp:
                 skipped.append({"occupation": o, "template": t.prefix, "reason": f"{nx} vs {nxp} tokens"})
                 continue
@@ -144,15 +147,6 @@ def mediation_pairs(
             f"skipped: {skipped[:3]}"
         )
     return pairs, pd.DataFrame(skipped, columns=["occupation", "template", "reason"])
-
-
-@torch.no_grad()
-def _log_odds(model, ids: torch.Tensor, anti: torch.Tensor, stereo: torch.Tensor) -> torch.Tensor:
-    """log p(anti) - log p(stereo) at the last position of equal-length rows ``[batch]``."""
-    logits = run(model, Tokens(ids, torch.ones_like(ids), "right"), logits="last").logits.float()
-    logp = logits.log_softmax(-1)
-    rows = torch.arange(len(ids), device=logp.device)
-    return (logp[rows, anti.to(logp.device)] - logp[rows, stereo.to(logp.device)]).cpu()
 
 
 def _as_int(v):
@@ -179,127 +173,179 @@ def _check_units(model, units: Sequence[Sequence[Head]]) -> list[list[Head]]:
     return out
 
 
-@torch.no_grad()
+def _check_batch_size(batch_size) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _log_odds(model, pairs, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log odds of every pair under x and under x' (``[pair]`` each): what TE is made of."""
+    metric = _log_odds_metric(pairs)
+    return (score(model, [p.base for p in pairs], metric, batch_size=batch_size),
+            score(model, [p.counterfactual for p in pairs], metric, batch_size=batch_size))
+
+
+def _log_ratios(model, pairs, units, effect: str, lo_x: np.ndarray, lo_xp: np.ndarray, *, batch_size, progress) -> np.ndarray:
+    """``[pair, unit]`` log odds ratios ``log odds(patched run) - log odds(x)`` of one effect, by a sweep."""
+    run_on, source = ([p.base for p in pairs], [p.counterfactual for p in pairs])
+    if effect == "nde":
+        run_on, source = source, run_on
+    variants = {j: [Patch(layer, head, site="pattern", source=source) for layer, head in unit]
+                for j, unit in enumerate(units) if unit}
+    out = np.empty((len(pairs), len(units)))
+    out[:, [j for j, unit in enumerate(units) if not unit]] = ((lo_x if effect == "nie" else lo_xp) - lo_x)[:, None]
+    if variants:
+        sweep = sweep_interventions(model, run_on, _log_odds_metric(pairs), variants, batch_size=batch_size, n_boot=0,
+                                    progress=progress)
+        patched = sweep.per_prompt["intervened"].to_numpy().reshape(len(variants), len(pairs))  # [unit, pair]
+        out[:, list(variants)] = (patched - lo_x[None, :]).T
+    return out
+
+
+def _check_effects(effects) -> list[str]:
+    effects = [effects] if isinstance(effects, str) else list(effects)
+    bad = [e for e in effects if e not in EFFECTS]
+    if bad or not effects:
+        raise InvalidInput(f"effects must be a non-empty subset of ('nie', 'nde'), got {effects!r}")
+    return effects
+
+
 def mediation_effects(
     model,
     pairs: Sequence[MediationPair],
     units: Sequence[Sequence[Head]],
     *,
     effect: str = "nie",
-    batch_size: int = 64,
+    batch_size: int = 256,
     progress: bool = False,
 ) -> np.ndarray:
-    """Per-pair effect of each head set, ``[n_pairs, n_units]``.
+    """Per-pair effect of each head set, ``[n_pairs, n_units]`` (odds ratio - 1).
 
     ``units[j]`` is a list of ``(layer, head)`` (``head=None``: all heads of the layer).
     ``effect="nie"`` runs x with the units' patterns taken from x'; ``"nde"`` runs x' with
-    them frozen at x. Each value is ``odds(run) / odds(x) - 1``.
+    them frozen at x. Each value is ``odds(run) / odds(x) - 1``. ``batch_size``: rows of
+    one forward pass (several units share one, each on its own copy of the pairs).
     """
-    if effect not in ("nie", "nde"):
+    if effect not in EFFECTS:
         raise InvalidInput(f"unknown effect {effect!r}; valid: 'nie', 'nde'")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
-    enc = _encode_pairs(model, pairs)
+    _check_batch_size(batch_size)
+    pairs = _checked_pairs(model, pairs)
     units = _check_units(model, units)
     if not units:
         raise InvalidInput("no head sets given")
-    names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
-    out = np.zeros((len(enc), len(units)))
-    groups: dict[int, list[int]] = {}
-    for i, (x, _, _, _) in enumerate(enc):
-        groups.setdefault(len(x), []).append(i)
-    total = sum(len(g) * len(units) for g in groups.values())
-    bar = tqdm(total=total, desc=f"{effect.upper()} ({len(units)} head sets)", disable=not progress, leave=False)
-    for idx in groups.values():
-        x = torch.tensor([enc[i][0] for i in idx], device=model.device)
-        xp = torch.tensor([enc[i][1] for i in idx], device=model.device)
-        stereo = torch.tensor([enc[i][2] for i in idx])
-        anti = torch.tensor([enc[i][3] for i in idx])
-        base_lo = _log_odds(model, x, anti, stereo)
-        run_in, source_in = (x, xp) if effect == "nie" else (xp, x)
-        _, cache = model.run_with_cache(source_in, names_filter=names)
-        source = [cache[n] for n in names]  # per layer [pairs, head, query, key]
-        jobs = [(p, u) for p in range(len(idx)) for u in range(len(units))]
-        for s in range(0, len(jobs), batch_size):
-            chunk = jobs[s : s + batch_size]
-            specs = [
-                Patch(layer, head, site="pattern", source=source[layer][p : p + 1], rows=[row])
-                for row, (p, u) in enumerate(chunk)
-                for layer, head in units[u]
-            ]
-            ids = run_in[[p for p, _ in chunk]]
-            rows_p = torch.tensor([p for p, _ in chunk])
-            with model.intervene(*specs):
-                lo = _log_odds(model, ids, anti[rows_p], stereo[rows_p])
-            for (p, u), value in zip(chunk, (lo - base_lo[rows_p]).tolist()):
-                out[idx[p], u] = np.expm1(value)
-            bar.update(len(chunk))
-    bar.close()
+    lo_x, lo_xp = _log_odds(model, pairs, batch_size=batch_size)
+    return np.expm1(_log_ratios(model, pairs, units, effect, lo_x, lo_xp, batch_size=batch_size, progress=progress))
+
+
+def total_effect(model, pairs: Sequence[MediationPair], *, batch_size: int = 256) -> pd.DataFrame:
+    """Per pair: odds under x and x', ``TE = odds(x') / odds(x) - 1`` and its log, ``log_odds_ratio``."""
+    pairs = _checked_pairs(model, pairs)
+    lo_x, lo_xp = _log_odds(model, pairs, batch_size=batch_size)
+    return _total_frame(pairs, lo_x, lo_xp)
+
+
+def _total_frame(pairs, lo_x: np.ndarray, lo_xp: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({
+        "label": [p.label for p in pairs],
+        "base": [p.base for p in pairs],
+        "counterfactual": [p.counterfactual for p in pairs],
+        "odds_base": np.exp(lo_x),
+        "odds_counterfactual": np.exp(lo_xp),
+        "te": np.expm1(lo_xp - lo_x),
+        "log_odds_ratio": lo_xp - lo_x,
+    })
+
+
+def readouts(log_ratios: np.ndarray, prefix: str, *, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """The three summaries of ``[..., pair]`` log odds ratios, each with its bootstrap interval.
+
+    Keys ``{prefix}``, ``{prefix}_log`` and ``{prefix}_median`` (see :data:`READOUTS`), each
+    with ``_low`` and ``_high``: the mean of ``odds ratio - 1``, the mean log odds ratio and
+    the median of ``odds ratio - 1``. Every unit is resampled with the same pair indices.
+    """
+    out = {}
+    for suffix, values, statistic in (("", np.expm1(log_ratios), "mean"), ("_log", log_ratios, "mean"),
+                                      ("_median", np.expm1(log_ratios), "median")):
+        est, low, high = bootstrap(values, statistic, n_boot=n_boot, seed=seed)
+        out.update({f"{prefix}{suffix}": est, f"{prefix}{suffix}_low": low, f"{prefix}{suffix}_high": high})
     return out
 
 
-def total_effect(model, pairs: Sequence[MediationPair]) -> pd.DataFrame:
-    """Per pair: odds under x and x' and ``TE = odds(x') / odds(x) - 1``."""
-    enc = _encode_pairs(model, pairs)
-    rows = []
-    for p, (x, xp, st, an) in zip(pairs, enc):
-        ids = torch.tensor([x, xp], device=model.device)
-        lo = _log_odds(model, ids, torch.tensor([an, an]), torch.tensor([st, st]))
-        rows.append(
-            {
-                "label": p.label,
-                "base": p.base,
-                "counterfactual": p.counterfactual,
-                "odds_base": float(torch.exp(lo[0])),
-                "odds_counterfactual": float(torch.exp(lo[1])),
-                "te": float(torch.expm1(lo[1] - lo[0])),
-            }
-        )
-    return pd.DataFrame(rows)
+class MediationResult(Result):
+    """What :func:`causal_mediation` measured.
 
+    ``table``: one row per unit (``level``, ``layer``, ``head``; -1 where a unit spans all
+    heads or layers) with, for each effect computed, its three readouts and their intervals
+    (``nie``, ``nie_log``, ``nie_median`` and ``_low`` / ``_high``; see :data:`READOUTS`);
+    ``per_prompt``: one row per unit and pair (``pair``, ``label``, ``nie``, ``nie_log``, ...);
+    ``total``: per pair odds, TE and log odds ratio; ``te``: (mean TE, low, high);
+    ``summary``: TE and the largest-NIE unit of each level in all three readouts;
+    ``plot(ax=None, effect="nie")``: the layer x head map of the mean effect.
+    """
 
-@dataclass
-class MediationResult:
-    """Per-unit NIE/NDE (mean over pairs, 95% bootstrap interval), per-pair values and the TE."""
+    def __init__(self, levels: tuple[str, ...], table: pd.DataFrame, per_prompt: pd.DataFrame, total: pd.DataFrame,
+                 model_name: str, *, n_boot: int = 1000, seed: int = 0):
+        self.levels, self.table, self.per_prompt, self.total, self.model_name = levels, table, per_prompt, total, model_name
+        self.te_readouts = readouts(total["log_odds_ratio"].to_numpy(float), "te", n_boot=n_boot, seed=seed)
+        self.te = tuple(float(self.te_readouts[k]) for k in ("te", "te_low", "te_high"))
 
-    level: str
-    per_unit: pd.DataFrame  # layer, head, nie, nie_low, nie_high[, nde, nde_low, nde_high]
-    per_pair: pd.DataFrame  # pair, label, layer, head, nie[, nde]
-    total: pd.DataFrame  # per pair TE (see total_effect)
-    te: tuple[float, float, float]  # mean TE, low, high
-    model_name: str
+    per_unit = renamed("table")
+    per_head = renamed("table")
+    per_pair = renamed("per_prompt")
 
     @property
-    def per_head(self) -> pd.DataFrame:
-        return self.per_unit
+    def level(self) -> str:
+        """The first level measured (the only one when a single level was asked for)."""
+        return self.levels[0]
+
+    @property
+    def effects(self) -> list[str]:
+        return [e for e in EFFECTS if e in self.table.columns]
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        rows = []
+
+        def add(effect, level, layer, head, values, prefix):
+            for suffix in READOUTS:
+                rows.append({"effect": effect, "level": level, "layer": layer, "head": head,
+                             "readout": READOUTS[suffix], "value": float(values[f"{prefix}{suffix}"]),
+                             "low": float(values[f"{prefix}{suffix}_low"]), "high": float(values[f"{prefix}{suffix}_high"])})
+
+        add("te", "total", -1, -1, self.te_readouts, "te")
+        for level in self.levels:
+            rows_of_level = self.table[self.table["level"] == level]
+            for effect in self.effects:
+                best = rows_of_level.loc[rows_of_level[effect].idxmax()]
+                add(effect, level, int(best["layer"]), int(best["head"]), best, effect)
+        return pd.DataFrame(rows)
 
     def top_heads(self, k: int = 5, *, effect: str = "nie") -> list[tuple[int, int]]:
-        """The k heads with the largest mean effect (head level only)."""
-        if self.level != "head":
-            raise InvalidInput(f"top_heads needs a head-level result, this one is level={self.level!r}")
+        """The k heads with the largest mean effect (needs the head level)."""
+        heads = self._heads(effect)
         if not isinstance(k, int) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
-        if effect not in self.per_unit:
-            raise InvalidInput(f"effect {effect!r} was not computed; valid: nie, nde")
-        best = self.per_unit.sort_values(effect, ascending=False).head(k)
-        return [(int(r.layer), int(r.head)) for r in best.itertuples()]
+        best = heads.sort_values(effect, ascending=False).head(k)
+        return [(int(layer), int(head)) for layer, head in zip(best["layer"], best["head"])]
+
+    def plot(self, ax=None, *, effect: str = "nie"):
+        """Layer x head heatmap of the mean effect (needs the head level)."""
+        grid = self._heads(effect).pivot(index="layer", columns="head", values=effect)
+        return heatmap(grid, title=f"{self.model_name}: {effect.upper()} per head (TE = {self.te[0]:.2f})",
+                       label=f"{effect.upper()} (odds ratio - 1)", ax=ax)
 
     def heatmap(self, effect: str = "nie", ax=None):
-        """Layer x head heatmap of the mean effect (head level)."""
-        from attnlab.bias._plots import heatmap
+        """Deprecated spelling of ``plot(ax, effect=...)``."""
+        warnings.warn("MediationResult.heatmap is deprecated and will be removed in the next release; use .plot(effect=...)",
+                      DeprecationWarning, stacklevel=2)
+        return self.plot(ax, effect=effect)
 
-        if self.level != "head":
-            raise InvalidInput("heatmap needs a head-level result")
-        if effect not in self.per_unit:
-            raise InvalidInput(f"effect {effect!r} was not computed; valid: nie, nde")
-        grid = self.per_unit.pivot(index="layer", columns="head", values=effect).to_numpy()
-        te = self.te[0]
-        return heatmap(
-            grid,
-            title=f"{self.model_name}: {effect.upper()} per head (TE = {te:.2f})",
-            label=f"{effect.upper()} (odds ratio - 1)",
-            ax=ax,
-        )
+    def _heads(self, effect: str) -> pd.DataFrame:
+        if "head" not in self.levels:
+            raise InvalidInput(f"this needs the head level; this result has levels {', '.join(self.levels)}")
+        if effect not in self.effects:
+            raise InvalidInput(f"effect {effect!r} was not computed; computed: {', '.join(self.effects)}")
+        return self.table[self.table["level"] == "head"]
 
 
 def _units_for(model, level: str) -> list[list[Head]]:
@@ -313,40 +359,61 @@ def _units_for(model, level: str) -> list[list[Head]]:
     raise InvalidInput(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
 
 
+def _unit_keys(level: str, unit: list[Head]) -> tuple[int, int]:
+    if level == "model":
+        return -1, -1
+    layer, head = unit[0]
+    return layer, -1 if head is None else head
+
+
 def causal_mediation(
     model,
     pairs: Sequence[MediationPair],
     *,
-    level: str = "head",
+    levels: str | Sequence[str] = ("head",),
     effects: Sequence[str] = ("nie", "nde"),
-    batch_size: int = 64,
+    batch_size: int = 256,
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    level: str | None = None,
 ) -> MediationResult:
-    """NIE and NDE of every head (``level="head"``), layer (``"layer"``) or of all heads (``"model"``).
+    """NIE and NDE of every head (``"head"``), layer (``"layer"``) and/or of all heads (``"model"``).
 
-    Returns a :class:`MediationResult`; ``result.heatmap()`` draws the layer x head map.
+    ``levels``: one level or several; all of them come from one sweep per effect (a unit per
+    head, per layer and the whole model side by side), with TE measured once. Returns a
+    :class:`MediationResult`; ``result.plot()`` draws the layer x head map. (``level="head"``
+    is the previous spelling of ``levels=("head",)`` and still works, with a ``DeprecationWarning``.)
     """
-    units = _units_for(model, level)
-    effects = [effects] if isinstance(effects, str) else list(effects)
-    bad = [e for e in effects if e not in ("nie", "nde")]
-    if bad or not effects:
-        raise InvalidInput(f"effects must be a non-empty subset of ('nie', 'nde'), got {effects!r}")
-    total = total_effect(model, pairs)
-    values = {e: mediation_effects(model, pairs, units, effect=e, batch_size=batch_size, progress=progress) for e in effects}
-    rows, long = [], []
-    for j, u in enumerate(units):
-        layer, head = (u[0] if level != "model" else (-1, None))
-        row = {"layer": layer, "head": head if head is not None else -1}
-        for e in effects:
-            m, lo, hi = mean_ci(values[e][:, j], n_boot=n_boot, seed=seed)
-            row.update({e: m, f"{e}_low": lo, f"{e}_high": hi})
-        rows.append(row)
-        for p in range(len(total)):
-            long.append({"pair": p, "label": total.label[p], "layer": layer, "head": row["head"], **{e: values[e][p, j] for e in effects}})
-    te = mean_ci(total.te.to_numpy(), n_boot=n_boot, seed=seed)
-    return MediationResult(level, pd.DataFrame(rows), pd.DataFrame(long), total, te, model.cfg.name)
+    if level is not None:
+        warnings.warn("causal_mediation(level=...) is deprecated and will be removed in the next release; "
+                      "use levels=(...)", DeprecationWarning, stacklevel=2)
+        levels = level
+    levels = (levels,) if isinstance(levels, str) else tuple(levels)
+    if not levels or len(set(levels)) != len(levels):
+        raise InvalidInput(f"levels must be a non-empty list of distinct levels from {', '.join(LEVELS)}, got {levels!r}")
+    units_by_level = {lv: _units_for(model, lv) for lv in levels}
+    effects = _check_effects(effects)
+    _check_batch_size(batch_size)
+    pairs = _checked_pairs(model, pairs)
+    units = [(lv, u) for lv in levels for u in units_by_level[lv]]
+    lo_x, lo_xp = _log_odds(model, pairs, batch_size=batch_size)
+    ratios = {e: _log_ratios(model, pairs, [u for _, u in units], e, lo_x, lo_xp, batch_size=batch_size, progress=progress)
+              for e in effects}  # [pair, unit]
+    keys = pd.DataFrame([{"level": lv, "layer": _unit_keys(lv, u)[0], "head": _unit_keys(lv, u)[1]} for lv, u in units])
+    table = keys.copy()
+    for e in effects:
+        for name, column in readouts(ratios[e].T, e, n_boot=n_boot, seed=seed).items():
+            table[name] = column
+    n_pairs = len(pairs)
+    long = keys.loc[np.repeat(np.arange(len(units)), n_pairs)].reset_index(drop=True)
+    long.insert(1, "pair", np.tile(np.arange(n_pairs), len(units)))
+    long.insert(2, "label", [p.label for p in pairs] * len(units))
+    for e in effects:
+        long[e] = np.expm1(ratios[e].T.reshape(-1))
+        long[f"{e}_log"] = ratios[e].T.reshape(-1)
+    total = _total_frame(pairs, lo_x, lo_xp)
+    return MediationResult(levels, table, long, total, model.cfg.name, n_boot=n_boot, seed=seed)
 
 
 def greedy_heads(
@@ -355,30 +422,35 @@ def greedy_heads(
     *,
     k: int = 5,
     candidates: Sequence[tuple[int, int]] | None = None,
-    batch_size: int = 64,
+    batch_size: int = 256,
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Greedy head-set search: at each step add the head that most increases the set's NIE.
 
-    Returns one row per step: ``step, layer, head, nie, nie_low, nie_high`` where ``nie`` is
-    the NIE of the whole set chosen so far (all its patterns taken from x' at once).
+    Returns one row per step: ``step, layer, head`` and the NIE of the whole set chosen so far
+    (all its patterns taken from x' at once) in the three readouts with intervals (``nie``,
+    ``nie_low``, ``nie_high``, ``nie_log``, ..., ``nie_median``, ...).
     """
     if not isinstance(k, int) or k < 1:
         raise InvalidInput(f"k must be a positive integer, got {k!r}")
+    _check_batch_size(batch_size)
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)
-    _check_units(model, [pool])
+    pool = _check_units(model, [pool])[0]
     if k > len(pool):
         raise InvalidLocation(f"k={k} but only {len(pool)} candidate heads")
-    chosen: list[tuple[int, int]] = []
+    pairs = _checked_pairs(model, pairs)
+    lo_x, lo_xp = _log_odds(model, pairs, batch_size=batch_size)
+    chosen: list[Head] = []
     rows = []
     for step in range(k):
         options = [h for h in pool if h not in chosen]
-        vals = mediation_effects(model, pairs, [chosen + [h] for h in options], batch_size=batch_size, progress=progress)
-        best = int(np.argmax(vals.mean(axis=0)))
+        ratios = _log_ratios(model, pairs, [chosen + [h] for h in options], "nie", lo_x, lo_xp,
+                             batch_size=batch_size, progress=progress)
+        best = int(np.argmax(np.expm1(ratios).mean(axis=0)))
         chosen.append(options[best])
-        m, lo, hi = mean_ci(vals[:, best], n_boot=n_boot, seed=seed)
-        rows.append({"step": step + 1, "layer": options[best][0], "head": options[best][1], "nie": m, "nie_low": lo, "nie_high": hi})
+        rows.append({"step": step + 1, "layer": options[best][0], "head": options[best][1],
+                     **{name: float(v) for name, v in readouts(ratios[:, best], "nie", n_boot=n_boot, seed=seed).items()}})
     return pd.DataFrame(rows)

@@ -25,8 +25,10 @@ from attnlab.errors import InvalidInput, did_you_mean
 
 __all__ = [
     "Template",
+    "as_templates",
     "templates",
     "occupations",
+    "occupation_frame",
     "occupation_table",
     "neutral_prompts",
     "neutral_text",
@@ -61,7 +63,8 @@ def _json(name: str) -> dict:
     return json.loads(_read(name))
 
 
-def _as_templates(items) -> list[Template]:
+def as_templates(items) -> list[Template]:
+    """Templates from Template objects, prefix strings or ``{"prefix": ..., "suffix": ...}`` dicts."""
     out = []
     for t in items:
         out.append(t if isinstance(t, Template) else Template(t) if isinstance(t, str) else Template(**t))
@@ -72,7 +75,7 @@ def _as_templates(items) -> list[Template]:
 
 def templates() -> list[Template]:
     """The six authored templates."""
-    return _as_templates(_json("templates.json")["templates"])
+    return as_templates(_json("templates.json")["templates"])
 
 
 def occupation_table() -> pd.DataFrame:
@@ -100,6 +103,28 @@ def occupations(names: Sequence[str] | None = None) -> pd.DataFrame:
             "with columns occupation, share_women for occupations outside the shipped list"
         )
     return df.set_index("occupation").loc[names].reset_index()
+
+
+def occupation_frame(chosen) -> pd.DataFrame:
+    """Normalise an ``occupations=`` option: None (all shipped), names from the shipped list, or a DataFrame.
+
+    A DataFrame needs the columns ``occupation`` and ``share_women`` (a fraction in 0..1).
+    """
+    if chosen is None or (isinstance(chosen, Sequence) and not isinstance(chosen, str)):
+        return occupations(chosen)
+    if isinstance(chosen, str):
+        return occupations([chosen])
+    if isinstance(chosen, pd.DataFrame):
+        missing = {"occupation", "share_women"} - set(chosen.columns)
+        if missing:
+            raise InvalidInput(f"occupations DataFrame needs columns occupation, share_women; missing {sorted(missing)}")
+        if chosen.empty:
+            raise InvalidInput("occupations DataFrame is empty")
+        share = chosen["share_women"].astype(float)
+        if ((share < 0) | (share > 1)).any():
+            raise InvalidInput("share_women must lie in 0..1 (a fraction, not a percent)")
+        return chosen[["occupation", "share_women"]].reset_index(drop=True)
+    raise InvalidInput(f"occupations must be None, a list of names or a DataFrame, got {type(chosen).__name__}")
 
 
 def neutral_prompts() -> list[str]:

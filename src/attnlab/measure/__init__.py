@@ -1,39 +1,52 @@
-"""Floor 3: what interventions do to a model's outputs, for one spec or a sweep over every head.
+"""Floor 3: the one place that scores, batches and bootstraps.
 
-``effect()`` scores one set of interventions per prompt with a bootstrap interval;
-``sweep_heads()`` / ``sweep_neurons()`` / ``sweep_interventions()`` do the same for every
-head, q/k/v dimension or labelled spec set, fast (prefix reuse and several variants per
-batch). Metrics live in :mod:`attnlab.measure.metrics`; definitions in ``docs/measure.md``.
+``score()`` gives a metric's value per prompt, ``effect()`` what a set of interventions
+changes (per prompt, with a bootstrap interval), ``perplexity()`` a corpus' pooled
+perplexity; ``sweep_heads()`` / ``sweep_neurons()`` / ``sweep_interventions()`` measure
+every head, q/k/v dimension or labelled spec set, fast (prefix reuse and several variants
+per batch). Every function takes ``(model, prompts, metric, what to intervene on)``;
+every result is a :class:`Result` (``table``, ``per_prompt``, ``summary``, ``plot()``).
+Metrics live in :mod:`attnlab.measure.metrics`, the bootstrap in
+:mod:`attnlab.measure.stats`; definitions in ``docs/measure.md``.
 """
 
-from attnlab.measure._stats import bootstrap_mean
-from attnlab.measure.effect import EffectResult, effect, score
+from attnlab.measure._rows import Rows
+from attnlab.measure.effect import EffectResult, effect, perplexity, score
 from attnlab.measure.metrics import (
     KL,
     GenerationDiff,
     HiddenShift,
     LogitDiff,
+    LogProbs,
     Loss,
     Metric,
+    PairLogRatio,
     TokenProb,
     TopKChange,
     continuation_logprob,
     metric_from_name,
 )
+from attnlab.measure.result import Result
+from attnlab.measure.stats import bootstrap, bootstrap_mean
 from attnlab.measure.sweep import HEAD_METHODS, SweepResult, sweep_heads, sweep_interventions, sweep_neurons
 
 __all__ = [
-    "effect",
     "score",
-    "EffectResult",
+    "effect",
+    "perplexity",
     "sweep_heads",
     "sweep_neurons",
     "sweep_interventions",
+    "Result",
+    "EffectResult",
     "SweepResult",
     "HEAD_METHODS",
     "Metric",
+    "Rows",
     "LogitDiff",
     "TokenProb",
+    "LogProbs",
+    "PairLogRatio",
     "KL",
     "Loss",
     "TopKChange",
@@ -41,5 +54,6 @@ __all__ = [
     "GenerationDiff",
     "continuation_logprob",
     "metric_from_name",
+    "bootstrap",
     "bootstrap_mean",
 ]

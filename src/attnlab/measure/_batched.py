@@ -1,4 +1,4 @@
-"""The engine of every sweep: many intervention variants, several per batch, prefix reused.
+"""The one batched runner: ``score``, ``effect`` and every sweep run their forwards here.
 
 A *variant* is a list of intervention specs acting at layers ``>= start``. For each chunk
 of metric rows the clean forward runs once (keeping what every decoder layer returned);
@@ -6,7 +6,8 @@ then the variants are grouped ``copies`` at a time into one batch of ``copies x 
 rows, copy ``g`` carrying variant ``g`` (one hook per hook point splits the batch and hands
 each copy to its own variant's hook function, so each copy sees exactly the rows a naive
 one-variant forward would see), and the forward resumes at layer ``start``.
-Memory is bounded by ``batch_size`` rows, whatever the number of variants.
+Memory is bounded by ``batch_size`` rows, whatever the number of variants. ``score()`` is
+the case with no variant (the baseline pass only), ``effect()`` the case with one.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def _repeat_stats(stats: torch.Tensor, times: int) -> torch.Tensor:
     return stats.repeat(times, *([1] * (stats.ndim - 1))) if times > 1 else stats
 
 
-def _prefix_works(model, part: Rows, metric, clean_out: torch.Tensor, prefix, start: int) -> bool:
+def _prefix_works(model, part: Rows, metric, clean_out: torch.Tensor, prefix, start: int, base: dict) -> bool:
     """A resumed clean run at ``start`` must reproduce the clean output (checked once per sweep)."""
-    resumed = metric_output(model, part, metric.output, resume=Resume(prefix, start))
+    resumed = metric_output(model, part, metric.output, resume=Resume(prefix, start), **base)
     tol = 1e-4 * max(1.0, float(clean_out.abs().max()))
     return resumed.shape == clean_out.shape and bool((resumed - clean_out).abs().max() <= tol)
 
@@ -69,18 +70,22 @@ def run_variants(
     rows: Rows,
     metric,
     variants: Sequence[tuple[int, Any]],
-    build: Build,
+    build: Build | None = None,
     *,
     batch_size: int,
     progress: bool,
     desc: str,
     chunk_setup: Callable[[Rows, slice], Any] | None = None,
     single_chunk: bool = False,
+    interventions: Sequence = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clean values ``[prompt]`` and intervened values ``[variant, prompt]`` of ``metric``.
+    """Baseline values ``[prompt]`` and intervened values ``[variant, prompt]`` of ``metric``.
 
     ``variants``: ``(start layer, key)`` pairs; ``build(key, ctx)`` makes the specs of one
-    variant for one chunk (``ctx`` from ``chunk_setup``, e.g. that chunk's patch sources).
+    variant for one chunk (``ctx`` from ``chunk_setup(chunk rows, slice)``, e.g. that chunk's
+    patch sources). ``interventions`` act in every pass, the baseline included (what
+    :func:`attnlab.measure.score` measures); with no variants only the baseline runs, and a
+    metric with several numbers per prompt (``vector``) gives ``[prompt, ...]``.
     """
     k = rows.per_prompt
     chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
@@ -93,10 +98,11 @@ def run_variants(
     use_prefix = layers is not None and bool(need)
     if layers is None and need:
         warnings.warn(f"{model.cfg.name}: decoder layers not found; the sweep runs full forwards (slower, same results)")
+    base = {"interventions": list(interventions)} if interventions else {}
 
     n_chunks = -(-rows.n_rows // chunk)
-    total = n_chunks * sum(-(-len(ix) // copies) for ix in by_start.values())
-    clean_rows = torch.empty(rows.n_rows)
+    total = n_chunks * (1 + sum(-(-len(ix) // copies) for ix in by_start.values()))
+    clean_rows: list[torch.Tensor] = []
     inter_rows = torch.empty(len(variants), rows.n_rows)
     checked = False
     with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
@@ -105,21 +111,22 @@ def run_variants(
             part = rows.select(sl).to(model.device)
             n = part.n_rows
             if use_prefix:
-                clean_out, prefix = metric_output(model, part, metric.output, keep_layers=need)
+                clean_out, prefix = metric_output(model, part, metric.output, keep_layers=need, **base)
             else:
-                clean_out, prefix = metric_output(model, part, metric.output), None
+                clean_out, prefix = metric_output(model, part, metric.output, **base), None
             clean = metric.reduce(clean_out, part)
-            clean_rows[c0 : c0 + n] = metric.compare(clean, clean, part).float().cpu()
+            clean_rows.append(metric.compare(clean, clean, part).float().cpu())
+            bar.update(1)
             if use_prefix and not checked:
                 checked = True
-                if not _prefix_works(model, part, metric, clean_out, prefix, max(by_start)):
+                if not _prefix_works(model, part, metric, clean_out, prefix, max(by_start), base):
                     use_prefix = False
                     warnings.warn(
                         f"{model.cfg.name}: resuming at a layer does not reproduce the clean output; "
                         "the sweep falls back to full forwards (slower, same results)"
                     )
             del clean_out
-            ctx = chunk_setup(part, sl) if chunk_setup is not None else None
+            ctx = chunk_setup(part, sl) if chunk_setup is not None and variants else None
             for start, idx in by_start.items():
                 for g0 in range(0, len(idx), copies):
                     group = idx[g0 : g0 + copies]
@@ -127,10 +134,11 @@ def run_variants(
                     hooks = _grouped_hooks(model, [build(variants[i][1], ctx) for i in group], n)
                     big = part.repeat(r)
                     resume = Resume(prefix, start, r) if use_prefix and start > 0 else None
-                    out = metric_output(model, big, metric.output, hooks=hooks, resume=resume)
+                    out = metric_output(model, big, metric.output, hooks=hooks, resume=resume, **base)
                     vals = metric.compare(metric.reduce(out, big), _repeat_stats(clean, r), big)
                     inter_rows[group, c0 : c0 + n] = vals.float().cpu().reshape(r, n)
                     bar.update(1)
-    clean_v = metric.combine(clean_rows.reshape(-1, k)).double().numpy()
+    per_row = torch.cat(clean_rows)
+    clean_v = metric.combine(per_row.reshape(-1, k, *per_row.shape[1:])).double().numpy()
     inter_v = torch.stack([metric.combine(v.reshape(-1, k)) for v in inter_rows]).double().numpy() if len(variants) else np.zeros((0, len(clean_v)))
     return clean_v, inter_v

@@ -1,47 +1,76 @@
-"""``effect()``: what a set of interventions does to a metric, per prompt and on average.
+"""``effect()``, ``score()`` and ``perplexity()``: what a model gives, and what interventions change.
 
-Runs every prompt twice (clean, then with the interventions), scores both with the metric
-and reports ``effect = intervened - clean`` per prompt, with the mean and a percentile
-bootstrap 95% interval over prompts.
+``effect`` runs every prompt twice (clean, then with the interventions), scores both with
+the metric and reports ``effect = intervened - clean`` per prompt, with the mean and a
+percentile-bootstrap 95% interval over prompts (:func:`attnlab.measure.bootstrap`).
+``score`` runs once and returns the metric's values; ``perplexity`` pools every predicted
+token of a corpus. All three run their forwards through the one batched runner
+(:mod:`attnlab.measure._batched`), in the argument order ``(model, prompts, metric,
+interventions)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from attnlab.engine.forward import token_logprobs
+from attnlab.engine.tokens import check_texts
 from attnlab.errors import AttnlabError, InvalidInput
+from attnlab.measure._batched import run_variants
 from attnlab.measure._forward import metric_output
+from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
-from attnlab.measure._stats import bootstrap_mean
-from attnlab.measure.metrics import Metric
+from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
+from attnlab.measure.metrics import Loss, Metric
+from attnlab.measure.plots import new_figure
+from attnlab.measure.result import Result
+from attnlab.measure.stats import bootstrap
 
-__all__ = ["EffectResult", "effect", "score", "check_interventions", "check_batch_size"]
+__all__ = ["EffectResult", "effect", "score", "perplexity", "check_interventions", "check_batch_size", "check_metric"]
 
 
-@dataclass
-class EffectResult:
-    """``per_prompt``: prompt, clean, intervened, effect; ``summary``: one row with mean and 95% interval."""
+class EffectResult(Result):
+    """What :func:`effect` measured.
 
-    per_prompt: pd.DataFrame
-    summary: pd.DataFrame
+    ``per_prompt``: prompt, clean, intervened, effect (and the generated texts for
+    ``GenerationDiff``); ``table`` (= ``summary``): one row with the metric, the number of
+    prompts, the mean clean and intervened values, the mean effect and its 95% interval.
+    """
+
+    def __init__(self, per_prompt: pd.DataFrame, summary: pd.DataFrame):
+        self.per_prompt = per_prompt
+        self.table = summary
 
     @property
     def mean(self) -> float:
-        return float(self.summary["effect"].iloc[0])
+        return float(self.table["effect"].iloc[0])
 
     @property
     def interval(self) -> tuple[float, float]:
-        row = self.summary.iloc[0]
+        row = self.table.iloc[0]
         return float(row["ci_low"]), float(row["ci_high"])
 
+    def plot(self, ax=None):
+        """The effect on each prompt, with the mean and its interval as a band."""
+        fig, ax = new_figure(ax, figsize=(6.0, 1.2 + 0.3 * len(self.per_prompt)))
+        y = np.arange(len(self.per_prompt))
+        ax.barh(y, self.per_prompt["effect"].to_numpy(float), color="tab:blue")
+        low, high = self.interval
+        ax.axvspan(low, high, color="grey", alpha=0.2, lw=0)
+        ax.axvline(self.mean, color="black", lw=1)
+        ax.axvline(0.0, color="grey", lw=0.5)
+        ax.set_yticks(y, [str(p)[:40] for p in self.per_prompt["prompt"]], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{self.table['metric'].iloc[0]} (intervened - clean)")
+        return fig
+
     def __repr__(self) -> str:
-        row = self.summary.iloc[0]
+        row = self.table.iloc[0]
         return (
             f"EffectResult({row['metric']}: clean {row['clean']:.4g} -> intervened {row['intervened']:.4g}, "
             f"effect {row['effect']:.4g} [95% CI {row['ci_low']:.4g}, {row['ci_high']:.4g}] over {row['n_prompts']} prompts)"
@@ -68,28 +97,28 @@ def check_interventions(model, interventions) -> list:
     return specs
 
 
-def _addresses_rows(spec) -> bool:
-    """Specs tied to batch rows (rows=, or a patch source with one row per prompt) need one batch."""
-    if getattr(spec, "rows", None) is not None:
-        return True
-    source = getattr(spec, "source", None)
-    if isinstance(source, list):
-        return len(source) > 1
-    return isinstance(source, torch.Tensor) and source.ndim == 4 and source.shape[0] > 1
-
-
-def _metric(metric) -> Metric:
+def check_metric(metric, *, scalar: bool = True) -> Metric:
+    """An attnlab metric (``scalar``: one number per prompt, as effects and sweeps need)."""
     if not isinstance(metric, Metric):
         raise InvalidInput(f"metric must be an attnlab.measure metric (LogitDiff, KL, ...), got {type(metric).__name__}")
+    if scalar and metric.vector:
+        raise InvalidInput(f"{metric.name} gives several numbers per prompt; use score() for it")
     return metric
 
 
+def _effect_is_old(args, kwargs) -> bool:
+    """effect(model, prompts, interventions, metric): a metric where the interventions go."""
+    after = args[1] if len(args) > 1 else kwargs.get("metric")
+    return not isinstance(args[0], Metric) and isinstance(after, Metric)
+
+
+@metric_third(("interventions", "metric"), _effect_is_old, "effect(model, prompts, metric, interventions)")
 @torch.no_grad()
 def effect(
     model,
     prompts: Sequence[str],
-    interventions,
     metric: Metric,
+    interventions=(),
     *,
     batch_size: int = 32,
     n_boot: int = 1000,
@@ -102,16 +131,18 @@ def effect(
     >>> from attnlab.interventions import AblateHead
     >>> from attnlab.measure import effect, LogitDiff
     >>> model = tiny_model("gpt2")
-    >>> res = effect(model, ["the nurse said that", "the doctor said that"], [AblateHead(1, 0)],
-    ...              LogitDiff(" she", " he"), progress=False)
+    >>> res = effect(model, ["the nurse said that", "the doctor said that"], LogitDiff(" she", " he"),
+    ...              [AblateHead(1, 0)], progress=False)
     >>> list(res.per_prompt.columns)
     ['prompt', 'clean', 'intervened', 'effect']
 
-    Interventions tied to batch rows (``rows=``, a patch source with one prompt per row)
-    are applied to the whole prompt list in one batch; everything else runs in chunks of
-    ``batch_size`` rows.
+    A ``Patch`` whose source is one text per prompt is run chunk by chunk with its prompts;
+    other interventions tied to batch rows (``rows=``, a source tensor with one row per
+    prompt) are applied to the whole prompt list in one batch; everything else runs in
+    chunks of ``batch_size`` rows. (The previous order ``effect(model, prompts,
+    interventions, metric)`` still works, with a ``DeprecationWarning``.)
     """
-    metric = _metric(metric)
+    metric = check_metric(metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
     specs = check_interventions(model, interventions)
@@ -126,10 +157,10 @@ def effect(
         raise type(err)(f"while measuring {metric.name} on {model.cfg.name}: {err}") from None
     eff = inter - clean
     per_prompt = pd.DataFrame({"prompt": prompts, "clean": clean, "intervened": inter, "effect": eff, **extra})
-    mean, low, high = bootstrap_mean(eff[None, :], n_boot=n_boot, seed=seed)
+    mean, low, high = bootstrap(eff, n_boot=n_boot, seed=seed)
     summary = pd.DataFrame([{
         "metric": metric.name, "n_prompts": len(prompts), "clean": float(np.nanmean(clean)),
-        "intervened": float(np.nanmean(inter)), "effect": float(mean[0]), "ci_low": float(low[0]), "ci_high": float(high[0]),
+        "intervened": float(np.nanmean(inter)), "effect": mean, "ci_low": low, "ci_high": high,
     }])
     return EffectResult(per_prompt, summary)
 
@@ -146,55 +177,89 @@ def score(
 ) -> np.ndarray:
     """The metric's value for each prompt in one run (clean, or with ``interventions``).
 
-    For non-comparative metrics only (LogitDiff, TokenProb, Loss): one forward per chunk
-    instead of effect()'s two, e.g. ``log p(she) - log p(he)`` for every occupation prompt.
+    For non-comparative metrics (LogitDiff, TokenProb, LogProbs, Loss, PairLogRatio): one
+    forward per chunk instead of effect()'s two, e.g. ``log p(she) - log p(he)`` for every
+    occupation prompt. Returns ``[prompt]`` (``[prompt, candidate]`` for :class:`LogProbs`).
 
     >>> from attnlab.testing import tiny_model
     >>> from attnlab.measure import score, LogitDiff
     >>> score(tiny_model("gpt2"), ["the nurse said that", "the man said that"], LogitDiff(" she", " he")).shape
     (2,)
     """
-    metric = _metric(metric)
+    metric = check_metric(metric, scalar=False)
     if metric.comparative or metric.generation:
         raise InvalidInput(f"{metric.name} compares with a clean run; use effect() for it")
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
     specs = check_interventions(model, interventions)
     metric.check_model(model)
-    rows = metric.rows(model, prompts)
-    k = rows.per_prompt
-    chunk = rows.n_rows if any(_addresses_rows(s) for s in specs) else max(k, batch_size // k * k)
-    values = []
     try:
-        for start in tqdm(range(0, rows.n_rows, chunk), desc=f"score ({metric.name})", disable=not progress, leave=False):
-            part = rows.select(slice(start, start + chunk)).to(model.device)
-            stats = metric.reduce(metric_output(model, part, metric.output, interventions=specs), part)
-            values.append(metric.compare(stats, stats, part).cpu())
+        rows = metric.rows(model, prompts)
+        values, _ = run_variants(model, rows, metric, [], batch_size=batch_size, progress=progress,
+                                 desc=f"score ({metric.name})", single_chunk=any(addresses_rows(s) for s in specs),
+                                 interventions=specs)
     except AttnlabError as err:
         raise type(err)(f"while scoring {metric.name} on {model.cfg.name}: {err}") from None
-    return metric.combine(torch.cat(values).reshape(-1, k)).double().numpy()
+    return values
+
+
+@torch.no_grad()
+def perplexity(
+    model,
+    texts: Sequence[str],
+    interventions=(),
+    *,
+    batch_size: int = 4,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``exp(mean NLL)`` over every predicted token of ``texts``, with a bootstrap interval over tokens.
+
+    Tokens are pooled, so a long text weighs by its length (``Loss(perplexity=True)`` gives
+    one number per text instead). The NLL of each token is ``-token_logprobs`` (the first
+    token of a text is given, not predicted); the interval resamples tokens and is
+    exponentiated. Returns ``(perplexity, low, high)``.
+
+    >>> from attnlab.testing import tiny_model
+    >>> ppl, low, high = perplexity(tiny_model("gpt2"), ["the cat sat on the mat ."], n_boot=0)
+    >>> ppl > 1
+    True
+    """
+    metric = Loss()
+    metric.check_model(model)
+    texts = check_texts(texts, "text", "texts")
+    check_batch_size(batch_size)
+    specs = check_interventions(model, interventions)
+    rows = metric.rows(model, texts)
+    chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else batch_size
+    nll = []
+    for c0 in range(0, rows.n_rows, chunk):
+        part = rows.select(slice(c0, c0 + chunk)).to(model.device)
+        logp = token_logprobs(metric_output(model, part, metric.output, interventions=specs), part.tokens)
+        mask = part.tokens.mask.bool()
+        predicted = torch.zeros_like(mask)
+        predicted[:, 1:] = mask[:, 1:] & mask[:, :-1]  # right padding: every real token after the first
+        nll.append(-logp[predicted.to(logp.device)].double().cpu())  # row-major: text by text, in order
+    mean, low, high = bootstrap(torch.cat(nll).numpy(), n_boot=n_boot, seed=seed)
+    return float(np.exp(mean)), float(np.exp(low)), float(np.exp(high))
 
 
 def _forward_effect(model, prompts, specs, metric, batch_size, progress) -> tuple[np.ndarray, np.ndarray]:
     rows = metric.rows(model, prompts)
-    k = rows.per_prompt
-    chunk = rows.n_rows if any(_addresses_rows(s) for s in specs) else max(k, batch_size // k * k)
-    clean_vals, inter_vals = [], []
-    for start in tqdm(range(0, rows.n_rows, chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
-        part = rows.select(slice(start, start + chunk)).to(model.device)
-        clean = metric.reduce(metric_output(model, part, metric.output), part)
-        stats = metric.reduce(metric_output(model, part, metric.output, interventions=specs), part)
-        clean_vals.append(metric.compare(clean, clean, part).cpu())
-        inter_vals.append(metric.compare(stats, clean, part).cpu())
-    clean_v = metric.combine(torch.cat(clean_vals).reshape(-1, k))
-    inter_v = metric.combine(torch.cat(inter_vals).reshape(-1, k))
-    return clean_v.double().numpy(), inter_v.double().numpy()
+    sources = RowSources(model, metric, prompts, rows, specs)
+    single = any(addresses_rows(s) and not follows_prompts(s, len(prompts)) for s in specs)
+    clean, inter = run_variants(
+        model, rows, metric, [(0, "interventions")], lambda key, ctx: [sources.rebuild(s, ctx) for s in specs],
+        batch_size=batch_size, progress=progress, desc=f"effect ({metric.name})",
+        chunk_setup=sources.setup if sources else None, single_chunk=single,
+    )
+    return clean, inter[0]
 
 
 def _generation(model, prompts, specs, metric, batch_size, progress):
     tok = model.tokenizer
     clean_v, inter_v, clean_t, inter_t = [], [], [], []
-    chunk = len(prompts) if any(_addresses_rows(s) for s in specs) else batch_size
+    chunk = len(prompts) if any(addresses_rows(s) for s in specs) else batch_size
     for start in tqdm(range(0, len(prompts), chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
         part = prompts[start : start + chunk]
         clean = metric.generate(model, part)

@@ -10,6 +10,11 @@ intervention) and the sweeps (thousands of interventions, batched):
    comparative metrics such as KL) into one number per row, and ``combine`` folds the rows
    of a prompt into one number per prompt.
 
+Scoring text is here too: continuation log-probabilities (:class:`LogitDiff`,
+:class:`TokenProb`, :class:`LogProbs`), per-token loss (:class:`Loss`) and the difference
+of two texts' log-probabilities (:class:`PairLogRatio`) all rest on one per-token
+log-probability, :func:`attnlab.engine.forward.token_logprobs`.
+
 The next-token position of a prompt is its last real token, whatever the padding.
 Exact formulas: ``docs/measure.md``.
 """
@@ -29,6 +34,8 @@ __all__ = [
     "Metric",
     "LogitDiff",
     "TokenProb",
+    "LogProbs",
+    "PairLogRatio",
     "KL",
     "Loss",
     "TopKChange",
@@ -48,6 +55,8 @@ class Metric:
     output: str = "logits"  # "logits" (needs an LM head) or "hidden" (final hidden states)
     comparative: bool = False  # compare() needs the clean statistic (clean value is then 0)
     generation: bool = False  # scored on generated text, not on one forward pass
+    vector: bool = False  # several numbers per prompt (score() only, no effect or sweep)
+    causal: str | None = None  # why the metric needs a causal LM (None: any model)
 
     def check_model(self, model) -> None:
         if self.output == "logits" and not model.cfg.has_lm_head:
@@ -55,6 +64,8 @@ class Metric:
                 f"{self.name} reads vocabulary logits but {model.cfg.name} has no LM head; "
                 "use a hidden-state metric such as HiddenShift()"
             )
+        if self.causal and not model.cfg.is_causal:
+            raise InvalidInput(f"{type(self).__name__} {self.causal}, so it needs a causal LM; {model.cfg.name} is bidirectional")
 
     def rows(self, model, prompts: Sequence[str]) -> Rows:
         raise NotImplementedError
@@ -111,23 +122,16 @@ def _continuation_rows(model, prompts, continuations: list[list[list[int]]]) -> 
             token_rows.append(prompt_ids + cont)
             start.append(len(prompt_ids))
             length.append(len(cont))
-    tokens = _pad_checked(model, token_rows, "a prompt with its continuation")
     k = len(continuations[0])
-    return Rows(tokens, k, "all", {"start": torch.tensor(start), "length": torch.tensor(length)})
-
-
-def _pad_checked(model, token_rows, what: str):
-    n_ctx, width = model.cfg.n_ctx, max(len(r) for r in token_rows)
-    if n_ctx is not None and width > n_ctx:
-        raise InvalidInput(f"{what} has {width} tokens but {model.cfg.name} handles at most {n_ctx}")
-    return model.pad(token_rows, padding_side="right")
+    return Rows(model.pad(token_rows, padding_side="right"), k, "all", {"start": torch.tensor(start), "length": torch.tensor(length)})
 
 
 def continuation_logprob(logits: Float[torch.Tensor, "row pos vocab"], rows: Rows) -> Float[torch.Tensor, " row"]:
     """Teacher-forced ``sum_j log p(c_j | prompt, c_<j)`` of each row's continuation.
 
     The continuation occupies token positions ``start .. start + length - 1``; token ``t`` is
-    predicted by the logits at position ``t - 1``.
+    predicted by the logits at position ``t - 1`` (:func:`attnlab.engine.forward.token_logprobs`,
+    the one per-token log-probability).
     """
     logp = token_logprobs(logits, rows.tokens)  # [row, column]: log p of the token in that column
     cols = torch.arange(logp.shape[1], device=logp.device)[None, :]
@@ -141,10 +145,47 @@ def _ids_per_prompt(model, value, n, what, single) -> list[list[int]]:
     return [continuation_ids(model, s, what, single=single) for s in per_prompt_list(value, n, what)]
 
 
+class _Continuations(Metric):
+    """Candidate continuations scored after each prompt (shared by LogitDiff, TokenProb, LogProbs).
+
+    If every candidate is one token, each prompt is one row read at one position (the LM
+    head runs only there); otherwise every (prompt, candidate) is a row ``prompt +
+    candidate``, scored teacher-forced by :func:`continuation_logprob`.
+    """
+
+    read_at: str = "last"
+    single_token: bool = False
+    plural: str = "candidates"  # what the candidates are called in errors
+
+    def candidates(self) -> list[tuple[str | Sequence[str], str]]:
+        """``(strings, what)`` per candidate: one string for all prompts or one per prompt."""
+        raise NotImplementedError
+
+    def rows(self, model, prompts) -> Rows:
+        prompts = check_prompts(prompts)
+        n = len(prompts)
+        single = self.single_token or self.read_at == "mask"
+        ids = [_ids_per_prompt(model, value, n, what, single) for value, what in self.candidates()]  # [candidate][prompt]
+        if all(len(x) == 1 for per_prompt in ids for x in per_prompt):
+            rows = _read_rows(model, prompts, self.read_at)
+            rows.data["candidates"] = torch.tensor([[c[i][0] for c in ids] for i in range(n)])  # [row, candidate]
+            return rows
+        if not model.cfg.is_causal:
+            raise InvalidInput(f"multi-token {self.plural} need a causal LM; {model.cfg.name} is bidirectional")
+        return _continuation_rows(model, prompts, [[c[i] for c in ids] for i in range(n)])
+
+    def logprobs(self, out: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """``[row, candidate]`` log-probabilities at the read position, or ``[row]`` for continuation rows."""
+        if rows.positions == "read":
+            out = out.float()
+            return out.gather(1, rows.data["candidates"].to(out.device)) - out.logsumexp(dim=-1, keepdim=True)
+        return continuation_logprob(out, rows)
+
+
 # -- metrics --------------------------------------------------------------------------------
 
 
-class LogitDiff(Metric):
+class LogitDiff(_Continuations):
     """``log p(target) - log p(foil)`` after each prompt (the logit difference for single tokens).
 
     ``target``/``foil``: one string for all prompts or a list with one per prompt. Strings
@@ -154,11 +195,12 @@ class LogitDiff(Metric):
 
     >>> from attnlab.testing import tiny_model
     >>> model = tiny_model("gpt2")
-    >>> LogitDiff(" she", " he").rows(model, ["the nurse said that"]).data["target"].tolist()
-    [18]
+    >>> LogitDiff(" she", " he").rows(model, ["the nurse said that"]).data["candidates"].tolist()
+    [[18, 17]]
     """
 
     name = "logit_diff"
+    plural = "targets"
 
     def __init__(self, target: str | Sequence[str], foil: str | Sequence[str], *, single_token: bool = False,
                  read_at: str = "last"):
@@ -166,25 +208,13 @@ class LogitDiff(Metric):
         self.single_token = bool(single_token)
         self.read_at = read_at
 
-    def rows(self, model, prompts) -> Rows:
-        prompts = check_prompts(prompts)
-        n = len(prompts)
-        single = self.single_token or self.read_at == "mask"
-        t = _ids_per_prompt(model, self.target, n, "target", single)
-        f = _ids_per_prompt(model, self.foil, n, "foil", single)
-        if all(len(x) == 1 for x in t + f):
-            rows = _read_rows(model, prompts, self.read_at)
-            rows.data["target"] = torch.tensor([x[0] for x in t])
-            rows.data["foil"] = torch.tensor([x[0] for x in f])
-            return rows
-        if not model.cfg.is_causal:
-            raise InvalidInput(f"multi-token targets need a causal LM; {model.cfg.name} is bidirectional")
-        return _continuation_rows(model, prompts, [[a, b] for a, b in zip(t, f)])
+    def candidates(self):
+        return [(self.target, "target"), (self.foil, "foil")]
 
     def reduce(self, out, rows):
-        if rows.positions == "read":  # out: [row, vocab]
-            out = out.float()
-            return out.gather(1, rows.data["target"][:, None])[:, 0] - out.gather(1, rows.data["foil"][:, None])[:, 0]
+        if rows.positions == "read":  # out: [row, vocab]; the softmax normaliser cancels
+            picked = out.float().gather(1, rows.data["candidates"].to(out.device))
+            return picked[:, 0] - picked[:, 1]
         return continuation_logprob(out, rows)
 
     def combine(self, values):
@@ -194,13 +224,14 @@ class LogitDiff(Metric):
         return f"LogitDiff(target={self.target!r}, foil={self.foil!r})"
 
 
-class TokenProb(Metric):
+class TokenProb(_Continuations):
     """Probability (or ``log=True`` log-probability) of a continuation after each prompt.
 
     Multi-token continuations are scored teacher-forced: ``p = prod_j p(c_j | prompt, c_<j)``.
     """
 
     name = "prob"
+    plural = "continuations"
 
     def __init__(self, token: str | Sequence[str], *, log: bool = False, single_token: bool = False,
                  read_at: str = "last"):
@@ -210,27 +241,107 @@ class TokenProb(Metric):
         self.read_at = read_at
         self.name = "logprob" if self.log else "prob"
 
-    def rows(self, model, prompts) -> Rows:
-        prompts = check_prompts(prompts)
-        ids = _ids_per_prompt(model, self.token, len(prompts), "token", self.single_token or self.read_at == "mask")
-        if all(len(x) == 1 for x in ids):
-            rows = _read_rows(model, prompts, self.read_at)
-            rows.data["target"] = torch.tensor([x[0] for x in ids])
-            return rows
-        if not model.cfg.is_causal:
-            raise InvalidInput(f"multi-token continuations need a causal LM; {model.cfg.name} is bidirectional")
-        return _continuation_rows(model, prompts, [[x] for x in ids])
+    def candidates(self):
+        return [(self.token, "token")]
 
     def reduce(self, out, rows):
-        if rows.positions == "read":
-            out = out.float()
-            logp = out.gather(1, rows.data["target"][:, None])[:, 0] - out.logsumexp(dim=-1)
-        else:
-            logp = continuation_logprob(out, rows)
+        logp = self.logprobs(out, rows)
+        logp = logp[:, 0] if logp.ndim == 2 else logp
         return logp if self.log else logp.exp()
 
     def __repr__(self) -> str:
         return f"TokenProb({self.token!r}{', log=True' if self.log else ''})"
+
+
+class LogProbs(_Continuations):
+    """``log p(c | prompt)`` of several candidate continuations: ``[prompt, candidate]``, for :func:`score`.
+
+    The parts of a :class:`LogitDiff` side by side (``log p(she)``, ``log p(he)``) from one
+    forward pass. Several numbers per prompt, so it is scored, not compared: ``effect()``
+    and the sweeps refuse it.
+
+    >>> from attnlab.testing import tiny_model
+    >>> from attnlab.measure import score
+    >>> score(tiny_model("gpt2"), ["the nurse said that"], LogProbs([" she", " he"])).shape
+    (1, 2)
+    """
+
+    name = "logprobs"
+    vector = True
+
+    def __init__(self, candidates: Sequence[str | Sequence[str]], *, single_token: bool = False, read_at: str = "last"):
+        if isinstance(candidates, str) or not list(candidates):
+            raise InvalidSpec(f"candidates must be a non-empty list of continuations, got {candidates!r}")
+        self.candidate_list = list(candidates)
+        self.single_token = bool(single_token)
+        self.read_at = read_at
+
+    def candidates(self):
+        return [(c, "candidate") for c in self.candidate_list]
+
+    def reduce(self, out, rows):
+        return self.logprobs(out, rows)
+
+    def combine(self, values):
+        return values[:, 0] if values.ndim == 3 else values  # [prompt, 1, candidate] (read) or [prompt, candidate]
+
+    def __repr__(self) -> str:
+        return f"LogProbs({self.candidate_list!r})"
+
+
+PAIR_SCORES = ("sentence", "pronoun")
+
+
+def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    """Index of the first token where ``a`` and ``b`` differ (the shorter length if one starts the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+class PairLogRatio(Metric):
+    """``log p(prompt) - log p(other)`` for two texts that differ after a shared start (> 0: the prompt is likelier).
+
+    The tokens before the first token where the two differ are the same in both texts and
+    cancel, so only what follows is scored: ``score="sentence"`` scores every token from the
+    first difference on (exactly the difference of the two texts' log-probabilities);
+    ``score="pronoun"`` only the first differing token, ``log p(token | shared prefix)``.
+    ``others``: one text per prompt (WinoBias anti-stereotyped twins, he-variants, ...).
+
+    >>> from attnlab.testing import tiny_model
+    >>> from attnlab.measure import score
+    >>> gap = score(tiny_model("gpt2"), ["the nurse said that she left"], PairLogRatio(["the nurse said that he left"]))
+    >>> gap.shape
+    (1,)
+    """
+
+    name = "pair_log_ratio"
+    causal = "scores texts left to right"
+
+    def __init__(self, others: str | Sequence[str], *, score: str = "sentence"):
+        if score not in PAIR_SCORES:
+            raise InvalidSpec(f"unknown score {score!r}{did_you_mean(score, PAIR_SCORES)} (valid: {', '.join(PAIR_SCORES)})")
+        self.others, self.score = others, score
+
+    def rows(self, model, prompts) -> Rows:
+        prompts = check_prompts(prompts)
+        others = per_prompt_list(self.others, len(prompts), "other text")
+        token_rows, start, length = [], [], []
+        for a, b in zip(encode_prompts(model, prompts), encode_prompts(model, others)):
+            first = max(_first_difference(a, b), 1)  # the first token is never predicted
+            for ids in (a, b):
+                token_rows.append(ids)
+                start.append(first)
+                length.append(0 if first >= len(ids) else 1 if self.score == "pronoun" else len(ids) - first)
+        data = {"start": torch.tensor(start), "length": torch.tensor(length)}
+        return Rows(model.pad(token_rows, padding_side="right"), 2, "all", data)
+
+    def reduce(self, out, rows):
+        return continuation_logprob(out, rows)
+
+    def combine(self, values):
+        return values[:, 0] - values[:, 1]
+
+    def __repr__(self) -> str:
+        return f"PairLogRatio(score={self.score!r})"
 
 
 class KL(Metric):
@@ -256,15 +367,11 @@ class Loss(Metric):
     """Mean next-token cross-entropy of each prompt's own tokens (``perplexity=True``: its exp)."""
 
     name = "loss"
+    causal = "is a next-token loss"
 
     def __init__(self, *, perplexity: bool = False):
         self.perplexity = bool(perplexity)
         self.name = "perplexity" if self.perplexity else "loss"
-
-    def check_model(self, model) -> None:
-        super().check_model(model)
-        if not model.cfg.is_causal:
-            raise InvalidInput(f"Loss is next-token loss; {model.cfg.name} is not a causal LM")
 
     def rows(self, model, prompts) -> Rows:
         prompts = check_prompts(prompts)
@@ -358,6 +465,7 @@ class GenerationDiff(Metric):
 
     generation = True
     comparative = True
+    causal = "generates text"
 
     def __init__(self, max_new_tokens: int = 10, *, measure: str = "match"):
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -369,11 +477,6 @@ class GenerationDiff(Metric):
             )
         self.max_new_tokens, self.measure = max_new_tokens, measure
         self.name = "generation_match" if measure == "match" else "generation_equal"
-
-    def check_model(self, model) -> None:
-        super().check_model(model)
-        if not model.cfg.is_causal:
-            raise InvalidInput(f"GenerationDiff needs a causal LM; {model.cfg.name} is bidirectional")
 
     def generate(self, model, prompts: Sequence[str], interventions=()) -> list[list[int]]:
         """Greedy new token ids per prompt (left-padded batch, KV cache, interventions active)."""

@@ -2,10 +2,11 @@
 
 ``sweep_heads`` ablates (zero / mean / resample) or pattern-patches each head in turn;
 ``sweep_neurons`` scales each q/k/v dimension of chosen heads; ``sweep_interventions``
-runs any labelled list of intervention sets. All three share one engine
-(:mod:`attnlab.measure._batched`): layers before the intervened one run once per prompt
-chunk and are reused, and several variants share one batch, one per copy of the prompts.
-Results equal a naive loop of one ``effect()`` per variant (tests check <= 1e-4).
+runs any labelled list of intervention sets (head sets, layers, per-prompt patches). All
+three share one engine (:mod:`attnlab.measure._batched`): layers before the intervened one
+run once per prompt chunk and are reused, and several variants share one batch, one per
+copy of the prompts. Results equal a naive loop of one ``effect()`` per variant (tests
+check <= 1e-4). Every sweep takes ``(model, prompts, metric, what to vary)``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attnlab.engine.forward import run
-from attnlab.engine.locations import hook_name
 from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean
 from attnlab.interventions import AblateHead, EditNeuron, Patch, head_means
 from attnlab.measure._batched import run_variants
+from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
-from attnlab.measure._stats import bootstrap_mean
-from attnlab.measure.effect import _addresses_rows, _metric, check_batch_size, check_interventions
+from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
+from attnlab.measure.effect import check_batch_size, check_interventions, check_metric
 from attnlab.measure.metrics import KL, HiddenShift, Metric
+from attnlab.measure.plots import heatmap
+from attnlab.measure.result import Result, renamed
+from attnlab.measure.stats import bootstrap
 
 __all__ = ["SweepResult", "sweep_heads", "sweep_neurons", "sweep_interventions", "HEAD_METHODS"]
 
@@ -33,9 +36,10 @@ HEAD_METHODS = ("zero", "mean", "resample", "patch")
 
 
 @dataclass
-class SweepResult:
+class SweepResult(Result):
     """``table``: one row per variant (its location, mean effect, 95% interval, mean clean/intervened values);
-    ``per_prompt``: the effect of every variant on every prompt (long format)."""
+    ``per_prompt``: the effect of every variant on every prompt (long format); ``summary``: the
+    five variants with the largest absolute effect; ``plot()``: the ``index x columns`` heatmap."""
 
     table: pd.DataFrame
     per_prompt: pd.DataFrame
@@ -43,6 +47,10 @@ class SweepResult:
     index: str = "layer"  # heatmap rows
     columns: str = "head"  # heatmap columns
     meta: dict = field(default_factory=dict)
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        return self.top(5)
 
     def matrix(self) -> pd.DataFrame:
         """Mean effects as an ``index x columns`` table (layer x head for head sweeps)."""
@@ -53,28 +61,12 @@ class SweepResult:
         order = self.table["effect"].abs().sort_values(ascending=False).index
         return self.table.loc[order[:k]].reset_index(drop=True)
 
-    def heatmap(self, *, title: str | None = None, cmap: str = "RdBu_r"):
+    def plot(self, ax=None, *, title: str | None = None, cmap: str = "RdBu_r"):
         """A matplotlib Figure of the mean effect, ``index x columns``, colour centred on 0."""
-        import matplotlib
+        return heatmap(self.matrix(), title=title or f"{self.meta.get('what', 'sweep')}: effect on {self.metric}",
+                       label=f"{self.metric} (intervened - clean)", ax=ax, cmap=cmap)
 
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
-
-        mat = self.matrix()
-        values = mat.to_numpy(dtype=float)
-        lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
-        lim = lim or 1.0
-        fig = Figure(figsize=(1.2 + 0.45 * max(4, values.shape[1]), 1.0 + 0.32 * max(4, values.shape[0])))
-        ax = fig.add_subplot()
-        im = ax.imshow(values, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_xticks(range(values.shape[1]), [str(c) for c in mat.columns])
-        ax.set_yticks(range(values.shape[0]), [str(i) for i in mat.index])
-        ax.set_xlabel(self.columns)
-        ax.set_ylabel(self.index)
-        ax.set_title(title or f"{self.meta.get('what', 'sweep')}: effect on {self.metric}")
-        fig.colorbar(im, ax=ax, label=f"{self.metric} (intervened - clean)")
-        fig.tight_layout()
-        return fig
+    heatmap = renamed("plot")
 
     def __repr__(self) -> str:
         best = self.top(1)
@@ -97,7 +89,7 @@ def _index_list(values, valid: int, what: str, check) -> list[int]:
 def _default_metric(model, metric) -> Metric:
     if metric is None:
         return KL() if model.cfg.has_lm_head else HiddenShift()
-    metric = _metric(metric)
+    metric = check_metric(metric)
     if metric.generation:
         raise InvalidInput(f"{metric.name} generates text per variant and cannot be swept; use effect() for it")
     return metric
@@ -105,7 +97,7 @@ def _default_metric(model, metric) -> Metric:
 
 def _result(keys: pd.DataFrame, prompts, clean, inter, metric, n_boot, seed, *, index, columns, meta) -> SweepResult:
     eff = inter - clean[None, :]  # [variant, prompt]
-    mean, low, high = bootstrap_mean(eff, n_boot=n_boot, seed=seed)
+    mean, low, high = bootstrap(eff, n_boot=n_boot, seed=seed)
     table = keys.copy()
     table["effect"], table["ci_low"], table["ci_high"] = mean, low, high
     table["clean"] = float(np.nanmean(clean))
@@ -120,12 +112,30 @@ def _result(keys: pd.DataFrame, prompts, clean, inter, metric, n_boot, seed, *, 
     return SweepResult(table, long, metric.name, index=index, columns=columns, meta=meta)
 
 
+def _run_specs(model, prompts, rows, metric, variants: dict, *, batch_size, progress, desc, single=False):
+    """Clean ``[prompt]`` and intervened ``[variant, prompt]`` values of labelled spec lists.
+
+    Patches whose source is one text per prompt follow their prompts chunk by chunk
+    (:class:`RowSources`); each variant resumes at its lowest layer.
+    """
+    sources = RowSources(model, metric, prompts, rows, [sp for specs in variants.values() for sp in specs])
+    keyed = [(min(sp.layer for sp in specs), label) for label, specs in variants.items()]
+    clean, inter = run_variants(
+        model, rows, metric, keyed, lambda label, ctx: [sources.rebuild(sp, ctx) for sp in variants[label]],
+        batch_size=batch_size, progress=progress, desc=desc, chunk_setup=sources.setup if sources else None,
+        single_chunk=single,
+    )
+    return keyed, clean, inter
+
+
+@metric_third(("method", "metric"), lambda args, kwargs: isinstance(args[0], str),
+              "sweep_heads(model, prompts, metric, method)")
 @torch.no_grad()
 def sweep_heads(
     model,
     prompts: Sequence[str],
-    method: str = "zero",
     metric: Metric | None = None,
+    method: str = "zero",
     *,
     counterfactuals: Sequence[str] | None = None,
     reference: Sequence[str] | None = None,
@@ -140,7 +150,7 @@ def sweep_heads(
 
     >>> from attnlab.testing import tiny_model
     >>> from attnlab.measure import LogitDiff, sweep_heads
-    >>> res = sweep_heads(tiny_model("llama"), ["the nurse said that"], "zero", LogitDiff(" she", " he"), progress=False)
+    >>> res = sweep_heads(tiny_model("llama"), ["the nurse said that"], LogitDiff(" she", " he"), "zero", progress=False)
     >>> res.table[["layer", "head"]].shape
     (8, 2)
 
@@ -149,7 +159,8 @@ def sweep_heads(
     ``seed`` per chunk of rows) or ``"patch"`` (its attention pattern on the matching
     ``counterfactuals`` prompt, which must have the same number of tokens). ``metric``
     defaults to :class:`KL` (:class:`HiddenShift` for encoders). ``batch_size`` bounds the
-    rows of one forward pass.
+    rows of one forward pass. (The previous order ``sweep_heads(model, prompts, method,
+    metric)`` still works, with a ``DeprecationWarning``.)
     """
     metric = _default_metric(model, metric)
     prompts = check_prompts(prompts)
@@ -165,76 +176,70 @@ def sweep_heads(
         raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
     try:
         rows = metric.rows(model, prompts)
-        chunk_setup, build = _head_builders(model, prompts, rows, method, metric, counterfactuals, reference, seed, layer_list)
-        variants = [(layer, (layer, head)) for layer in layer_list for head in head_list]
-        clean, inter = run_variants(model, rows, metric, variants, build, batch_size=batch_size, progress=progress,
-                                    desc=f"sweep heads ({method})", chunk_setup=chunk_setup)
+        make = _head_spec(model, prompts, method, counterfactuals, reference, seed, layer_list)
+        variants = {(layer, head): [make(layer, head)] for layer in layer_list for head in head_list}
+        _, clean, inter = _run_specs(model, prompts, rows, metric, variants, batch_size=batch_size, progress=progress,
+                                     desc=f"sweep heads ({method})")
     except AttnlabError as err:
         raise type(err)(f"while sweeping heads ({method}) of {model.cfg.name}: {err}") from None
-    keys = pd.DataFrame([{"layer": l, "head": h} for _, (l, h) in variants])
+    keys = pd.DataFrame([{"layer": layer, "head": head} for layer, head in variants])
     return _result(keys, prompts, clean, inter, metric, n_boot, seed, index="layer", columns="head",
                    meta={"what": f"{method} ablation" if method != "patch" else "pattern patching", "method": method})
 
 
-def _head_builders(model, prompts, rows, method, metric, counterfactuals, reference, seed, layer_list):
-    """``(chunk_setup, build)`` making the one spec of variant (layer, head) for a chunk."""
+def _head_spec(model, prompts, method, counterfactuals, reference, seed, layer_list):
+    """``make(layer, head)``: the one spec of the variant that intervenes on that head."""
     if method == "zero":
-        return None, lambda key, ctx: [AblateHead(key[0], key[1])]
+        return lambda layer, head: AblateHead(layer, head)
     if method == "mean":
         ref = check_prompts(reference) if reference is not None else prompts
         means = {layer: head_means(model, layer, ref) for layer in layer_list}
-        return None, lambda key, ctx: [AblateHead(key[0], key[1], method="mean", mean=means[key[0]])]
+        return lambda layer, head: AblateHead(layer, head, method="mean", mean=means[layer])
     if method == "resample":  # the model caches each layer's reference run, so it runs once per layer
         ref = check_prompts(reference) if reference is not None else prompts
-        return None, lambda key, ctx: [AblateHead(key[0], key[1], method="resample", reference=ref, seed=seed)]
-    # pattern patching from counterfactual prompts
-    cf = check_prompts(counterfactuals)
+        return lambda layer, head: AblateHead(layer, head, method="resample", reference=ref, seed=seed)
+    cf = check_prompts(counterfactuals)  # pattern patching: one counterfactual per prompt, run chunk by chunk
     if len(cf) != len(prompts):
         raise InvalidInput(f"mismatched prompt pairs: {len(prompts)} prompts but {len(cf)} counterfactuals")
-    cf_rows = metric.rows(model, cf)
-    bad = (cf_rows.lengths != rows.lengths).nonzero()
-    if len(bad):
-        i = int(bad[0, 0]) // rows.per_prompt
-        raise InvalidInput(
-            f"mismatched prompt pair {i}: {prompts[i]!r} has {int(rows.lengths[bad[0, 0]])} tokens but counterfactual "
-            f"{cf[i]!r} has {int(cf_rows.lengths[bad[0, 0]])}; patterns can only be patched between equal lengths"
-        )
-    names = [hook_name(layer, "pattern") for layer in layer_list]
-
-    def setup(part, sl):
-        src = cf_rows.select(sl)
-        with model.clean():
-            cache = run(model, src.tokens, logits=None, read=names).cache
-        return {layer: cache[name] for layer, name in zip(layer_list, names)}
-
-    return setup, lambda key, ctx: [Patch(key[0], key[1], site="pattern", source=ctx[key[0]])]
+    return lambda layer, head: Patch(layer, head, site="pattern", source=cf)
 
 
+def _neurons_is_old(args, kwargs) -> bool:
+    """sweep_neurons(model, prompts, layer, head): a layer number where the metric goes."""
+    return isinstance(args[0], int) and not isinstance(args[0], bool)
+
+
+@metric_third(("layer", "head"), _neurons_is_old, "sweep_neurons(model, prompts, metric, layer, head)")
 @torch.no_grad()
 def sweep_neurons(
     model,
     prompts: Sequence[str],
-    layer: int,
+    metric: Metric | None = None,
+    layer: int | None = None,
     head: int | Sequence[int] | None = None,
     *,
     site: str = "q",
     dims: Sequence[int] | None = None,
     scale: float | None = 0.0,
     value: float | None = None,
-    metric: Metric | None = None,
     batch_size: int = 64,
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
 ) -> SweepResult:
-    """Effect on ``metric`` of scaling (default: zeroing) each q/k/v dimension of chosen heads.
+    """Effect on ``metric`` of scaling (default: zeroing) each q/k/v dimension of chosen heads of ``layer``.
 
     >>> from attnlab.testing import tiny_model
     >>> from attnlab.measure import KL, sweep_neurons
-    >>> res = sweep_neurons(tiny_model("gemma3"), ["the nurse said that"], 2, 0, site="k", metric=KL(), progress=False)
+    >>> res = sweep_neurons(tiny_model("gemma3"), ["the nurse said that"], KL(), 2, 0, site="k", progress=False)
     >>> len(res.table)  # one row per dimension of head 2.0's key
     8
+
+    (The previous order ``sweep_neurons(model, prompts, layer, head, metric=...)`` still
+    works, with a ``DeprecationWarning``.)
     """
+    if layer is None:
+        raise InvalidInput("sweep_neurons needs the layer whose heads' dimensions are swept: sweep_neurons(model, prompts, metric, layer)")
     metric = _default_metric(model, metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
@@ -249,26 +254,29 @@ def sweep_neurons(
     metric.check_model(model)
     try:
         rows = metric.rows(model, prompts)
-        variants = [(layer, (h, d)) for h in head_list for d in dim_list]
-        clean, inter = run_variants(
-            model, rows, metric, variants,
-            lambda key, ctx: [EditNeuron(layer, key[0], site=site, dim=key[1], scale=scale, value=value)],
-            batch_size=batch_size, progress=progress, desc=f"sweep {site} dims of layer {layer}",
-        )
+        variants = {(h, d): [EditNeuron(layer, h, site=site, dim=d, scale=scale, value=value)] for h in head_list for d in dim_list}
+        _, clean, inter = _run_specs(model, prompts, rows, metric, variants, batch_size=batch_size, progress=progress,
+                                     desc=f"sweep {site} dims of layer {layer}")
     except AttnlabError as err:
         raise type(err)(f"while sweeping {site} dimensions of layer {layer} of {model.cfg.name}: {err}") from None
-    keys = pd.DataFrame([{"layer": layer, "head": h, "site": site, "dim": d} for _, (h, d) in variants])
+    keys = pd.DataFrame([{"layer": layer, "head": h, "site": site, "dim": d} for h, d in variants])
     edit = f"scale {scale}" if value is None else f"set to {value}"
     return _result(keys, prompts, clean, inter, metric, n_boot, seed, index="head", columns="dim",
                    meta={"what": f"{site} dims ({edit})", "layer": layer, "site": site})
 
 
+def _interventions_is_old(args, kwargs) -> bool:
+    """sweep_interventions(model, prompts, variants, metric): the variants where the metric goes."""
+    return isinstance(args[0], (Mapping, list, tuple))
+
+
+@metric_third(("variants", "metric"), _interventions_is_old, "sweep_interventions(model, prompts, metric, variants)")
 @torch.no_grad()
 def sweep_interventions(
     model,
     prompts: Sequence[str],
-    variants: Mapping[str, Sequence] | Sequence[Sequence],
     metric: Metric | None = None,
+    variants: Mapping[str, Sequence] | Sequence[Sequence] | None = None,
     *,
     batch_size: int = 64,
     n_boot: int = 1000,
@@ -278,21 +286,28 @@ def sweep_interventions(
     """Effect of each labelled set of interventions (e.g. head sets, layers), batched like the sweeps.
 
     ``variants``: ``{label: [spec, ...]}`` (or a list of spec lists, labelled 0, 1, ...).
-    Specs tied to batch rows (``rows=``, patch sources with one row per prompt) make the
-    whole prompt list one chunk, so ``batch_size`` must then be at least the number of rows.
+    A ``Patch`` whose source is one text per prompt (a counterfactual per prompt) follows
+    its prompts chunk by chunk, like ``sweep_heads(..., "patch")``. Other specs tied to
+    batch rows (``rows=``, source tensors with one row per prompt) make the whole prompt
+    list one chunk, so ``batch_size`` must then be at least the number of rows.
 
     >>> from attnlab.testing import tiny_model
     >>> from attnlab.interventions import AblateHead
     >>> from attnlab.measure import KL, sweep_interventions
     >>> model = tiny_model("gpt2")
-    >>> res = sweep_interventions(model, ["the nurse said that"], {"layer 0": [AblateHead(0)], "layer 1": [AblateHead(1)]},
-    ...                           KL(), progress=False)
+    >>> res = sweep_interventions(model, ["the nurse said that"], KL(), {"layer 0": [AblateHead(0)], "layer 1": [AblateHead(1)]},
+    ...                           progress=False)
     >>> list(res.table["variant"])
     ['layer 0', 'layer 1']
+
+    (The previous order ``sweep_interventions(model, prompts, variants, metric)`` still
+    works, with a ``DeprecationWarning``.)
     """
     metric = _default_metric(model, metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
+    if variants is None:
+        raise InvalidInput("no variants given: pass {label: [spec, ...]} with at least one entry")
     items = list(variants.items()) if isinstance(variants, Mapping) else list(enumerate(variants))
     if not items:
         raise InvalidInput("no variants given: pass {label: [spec, ...]} with at least one entry")
@@ -300,16 +315,15 @@ def sweep_interventions(
     if any(not s for s in specs.values()):
         raise InvalidInput("every variant needs at least one intervention spec")
     metric.check_model(model)
-    single = any(_addresses_rows(sp) for s in specs.values() for sp in s)
     try:
         rows = metric.rows(model, prompts)
+        single = any(addresses_rows(sp) and not follows_prompts(sp, len(prompts)) for s in specs.values() for sp in s)
         if single and rows.n_rows > batch_size:
             raise InvalidInput(
                 f"interventions tied to batch rows need all {rows.n_rows} rows in one batch; pass batch_size >= {rows.n_rows}"
             )
-        keyed = [(min(sp.layer for sp in s), label) for label, s in specs.items()]
-        clean, inter = run_variants(model, rows, metric, keyed, lambda label, ctx: list(specs[label]),
-                                    batch_size=batch_size, progress=progress, desc="sweep interventions", single_chunk=single)
+        keyed, clean, inter = _run_specs(model, prompts, rows, metric, specs, batch_size=batch_size, progress=progress,
+                                         desc="sweep interventions", single=single)
     except AttnlabError as err:
         raise type(err)(f"while sweeping interventions on {model.cfg.name}: {err}") from None
     keys = pd.DataFrame({"variant": [label for label, _ in items], "layer": [k[0] for k in keyed]})

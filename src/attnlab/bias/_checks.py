@@ -1,0 +1,35 @@
+"""The checks every bias measurement starts with: a model that gives word probabilities, word pairs."""
+
+from __future__ import annotations
+
+from attnlab.errors import InvalidInput, UnsupportedModel
+
+__all__ = ["check_lm", "check_pronouns", "single_token"]
+
+
+def check_lm(model, *, causal: bool | None = None) -> None:
+    """Raise :class:`UnsupportedModel` unless ``model`` returns vocabulary logits (of the kind asked for)."""
+    if not model.cfg.has_lm_head:
+        raise UnsupportedModel(
+            f"{model.cfg.name} has no language-model head (it returns hidden states), so it gives no "
+            "word probabilities; bias metrics need a causal LM or a masked LM with its MLM head "
+            "(e.g. attnlab.load('gemma-3-270m'), or tiny_model('bert-mlm') for tests)"
+        )
+    if causal is True and not model.cfg.is_causal:
+        raise UnsupportedModel(f"{model.cfg.name} is a masked (bidirectional) model; this needs a causal LM")
+    if causal is False and model.cfg.is_causal:
+        raise UnsupportedModel(f"{model.cfg.name} is a causal LM; this needs a masked LM")
+
+
+def check_pronouns(pronouns) -> tuple[str, str]:
+    """A (female, male) pair of words, stripped."""
+    if isinstance(pronouns, str) or len(pronouns) != 2 or not all(isinstance(p, str) and p.strip() for p in pronouns):
+        raise InvalidInput(f"pronouns must be a (female, male) pair of words, got {pronouns!r}")
+    return pronouns[0].strip(), pronouns[1].strip()
+
+
+def single_token(model, word: str, why: str) -> None:
+    """Raise :class:`InvalidInput` (saying ``why``) unless ``word`` is one token for ``model``."""
+    pieces = model.to_str_tokens(word, prepend_bos=False)
+    if len(pieces) != 1:
+        raise InvalidInput(f"{word!r} is {len(pieces)} tokens for {model.cfg.name} ({pieces!r}); {why}")

@@ -1,0 +1,89 @@
+"""Patch sources that follow the prompts: one source text per prompt, run once per chunk.
+
+``Patch(layer, head, site=..., source=[text 0, text 1, ...])`` with one source text per
+prompt pairs source ``i`` with prompt ``i`` (a counterfactual prompt, Vig et al.'s x').
+The batched runner cuts the prompts into chunks and stacks copies of a chunk, so the
+source is cut the same way: the source texts are tokenised exactly like the prompts
+(``metric.rows``, so metrics with several rows per prompt get matching rows), checked for
+equal token counts, and run once per chunk from the unedited model, reading every hook
+point the specs patch. Each spec is rebuilt for that chunk with the chunk's tensor as its
+source, so memory and batching do not depend on the number of prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from attnlab.engine.forward import run
+from attnlab.errors import InvalidInput
+from attnlab.interventions import Patch
+from attnlab.measure._rows import Rows
+
+__all__ = ["RowSources", "addresses_rows", "follows_prompts"]
+
+
+def addresses_rows(spec) -> bool:
+    """Specs tied to batch rows (``rows=``, a source with one row per prompt) fix which rows share a batch."""
+    if getattr(spec, "rows", None) is not None:
+        return True
+    source = getattr(spec, "source", None)
+    if isinstance(source, list):
+        return len(source) > 1
+    shape = getattr(source, "shape", None)
+    return shape is not None and len(shape) == 4 and shape[0] > 1
+
+
+def follows_prompts(spec, n_prompts: int) -> bool:
+    """A Patch whose source is one text per prompt."""
+    return isinstance(spec, Patch) and isinstance(spec.source, list) and len(spec.source) == n_prompts
+
+
+class RowSources:
+    """The per-prompt text sources among ``specs``, ready to be run and patched chunk by chunk."""
+
+    def __init__(self, model, metric, prompts: Sequence[str], rows: Rows, specs: Iterable):
+        self.model, self.n_prompts = model, len(prompts)
+        self.rows: dict[tuple[str, ...], Rows] = {}  # source texts -> their rows, aligned with the prompts' rows
+        self.names: dict[tuple[str, ...], set[str]] = {}  # source texts -> hook points read from them
+        for spec in specs:
+            if not self.follows(spec):
+                continue
+            texts = tuple(spec.source)
+            if texts not in self.rows:
+                self.rows[texts] = _aligned_rows(model, metric, prompts, rows, texts)
+            self.names.setdefault(texts, set()).add(spec.hook_name)
+
+    def follows(self, spec) -> bool:
+        return follows_prompts(spec, self.n_prompts)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def setup(self, part: Rows, index: slice) -> dict[tuple[str, ...], dict]:
+        """Run the source rows of one chunk (unedited model) and keep the hook points patched from them."""
+        out = {}
+        with self.model.clean():
+            for texts, rows in self.rows.items():
+                out[texts] = run(self.model, rows.select(index).tokens, logits=None, read=sorted(self.names[texts])).cache
+        return out
+
+    def rebuild(self, spec, caches: dict | None):
+        """``spec`` with its per-prompt text source replaced by this chunk's tensor (other specs unchanged)."""
+        if caches is None or not self.follows(spec):
+            return spec
+        return Patch(spec.layer, spec.heads, site=spec.site, source=caches[tuple(spec.source)],
+                     positions=spec.positions, rows=spec.rows)
+
+
+def _aligned_rows(model, metric, prompts: Sequence[str], rows: Rows, texts: tuple[str, ...]) -> Rows:
+    """The source texts as metric rows, each exactly as long as the prompt row it is patched into."""
+    source = metric.rows(model, list(texts))
+    bad = (source.lengths != rows.lengths).nonzero()
+    if len(bad):
+        row = int(bad[0, 0])
+        i = row // rows.per_prompt
+        raise InvalidInput(
+            f"mismatched prompt pair {i}: {prompts[i]!r} has {int(rows.lengths[row])} tokens but counterfactual "
+            f"{texts[i]!r} has {int(source.lengths[row])}; sources can only be patched between equal lengths"
+        )
+    return source
