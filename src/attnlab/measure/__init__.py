@@ -4,9 +4,12 @@
 ``sweep_heads()`` / ``sweep_neurons()`` / ``sweep_interventions()`` do the same for every
 head, q/k/v dimension or labelled spec set, fast (prefix reuse and several variants per
 batch). Metrics live in :mod:`attnlab.measure.metrics`; definitions in ``docs/measure.md``.
+``run_parallel()`` / ``process_group()`` split that work over processes (``docs/parallel.md``).
 """
 
 from attnlab.measure._stats import bootstrap_mean
+from attnlab.measure.distributed import process_group
+from attnlab.measure.launch import run_parallel
 from attnlab.measure.effect import EffectResult, effect, score
 from attnlab.measure.metrics import (
     KL,
@@ -42,4 +45,6 @@ __all__ = [
     "continuation_logprob",
     "metric_from_name",
     "bootstrap_mean",
+    "run_parallel",
+    "process_group",
 ]

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from attnlab.engine.forward import Resume
 from attnlab.measure._forward import metric_output
 from attnlab.measure._rows import Rows
+from attnlab.measure.distributed import current, split_variants
 
 __all__ = ["run_variants"]
 
@@ -85,6 +86,10 @@ def run_variants(
     k = rows.per_prompt
     chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
     copies = max(1, batch_size // chunk)
+    if current().size > 1:  # a process group: each process runs whole batches (docs/parallel.md)
+        share = lambda mine, bar: run_variants(model, rows, metric, mine, build, batch_size=batch_size, progress=bar,  # noqa: E731
+                                               desc=desc, chunk_setup=chunk_setup, single_chunk=single_chunk)
+        return split_variants(share, variants, copies=copies, n_layers=model.cfg.n_layers, progress=progress)
     layers = model.decoder_layers()
     by_start: dict[int, list[int]] = {}
     for i, (start, _) in enumerate(variants):

@@ -19,6 +19,7 @@ from attnlab.errors import AttnlabError, InvalidInput
 from attnlab.measure._forward import metric_output
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._stats import bootstrap_mean
+from attnlab.measure.distributed import map_units
 from attnlab.measure.metrics import Metric
 
 __all__ = ["EffectResult", "effect", "score", "check_interventions", "check_batch_size"]
@@ -164,12 +165,14 @@ def score(
     rows = metric.rows(model, prompts)
     k = rows.per_prompt
     chunk = rows.n_rows if any(_addresses_rows(s) for s in specs) else max(k, batch_size // k * k)
-    values = []
+
+    def one_chunk(start: int) -> torch.Tensor:  # in a process group, chunks are dealt to the processes
+        part = rows.select(slice(start, start + chunk)).to(model.device)
+        stats = metric.reduce(metric_output(model, part, metric.output, interventions=specs), part)
+        return metric.compare(stats, stats, part).cpu()
+
     try:
-        for start in tqdm(range(0, rows.n_rows, chunk), desc=f"score ({metric.name})", disable=not progress, leave=False):
-            part = rows.select(slice(start, start + chunk)).to(model.device)
-            stats = metric.reduce(metric_output(model, part, metric.output, interventions=specs), part)
-            values.append(metric.compare(stats, stats, part).cpu())
+        values = list(map_units(one_chunk, range(0, rows.n_rows, chunk), progress=progress, desc=f"score ({metric.name})"))
     except AttnlabError as err:
         raise type(err)(f"while scoring {metric.name} on {model.cfg.name}: {err}") from None
     return metric.combine(torch.cat(values).reshape(-1, k)).double().numpy()
@@ -179,13 +182,15 @@ def _forward_effect(model, prompts, specs, metric, batch_size, progress) -> tupl
     rows = metric.rows(model, prompts)
     k = rows.per_prompt
     chunk = rows.n_rows if any(_addresses_rows(s) for s in specs) else max(k, batch_size // k * k)
-    clean_vals, inter_vals = [], []
-    for start in tqdm(range(0, rows.n_rows, chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
+
+    def one_chunk(start: int) -> tuple[torch.Tensor, torch.Tensor]:  # in a process group, chunks are dealt to the processes
         part = rows.select(slice(start, start + chunk)).to(model.device)
         clean = metric.reduce(metric_output(model, part, metric.output), part)
         stats = metric.reduce(metric_output(model, part, metric.output, interventions=specs), part)
-        clean_vals.append(metric.compare(clean, clean, part).cpu())
-        inter_vals.append(metric.compare(stats, clean, part).cpu())
+        return metric.compare(clean, clean, part).cpu(), metric.compare(stats, clean, part).cpu()
+
+    pairs = list(map_units(one_chunk, range(0, rows.n_rows, chunk), progress=progress, desc=f"effect ({metric.name})"))
+    clean_vals, inter_vals = [c for c, _ in pairs], [i for _, i in pairs]
     clean_v = metric.combine(torch.cat(clean_vals).reshape(-1, k))
     inter_v = metric.combine(torch.cat(inter_vals).reshape(-1, k))
     return clean_v.double().numpy(), inter_v.double().numpy()

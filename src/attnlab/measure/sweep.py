@@ -24,7 +24,8 @@ from attnlab.interventions import AblateHead, EditNeuron, Patch, head_means
 from attnlab.measure._batched import run_variants
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._stats import bootstrap_mean
-from attnlab.measure.effect import _addresses_rows, _metric, check_batch_size, check_interventions
+from attnlab.measure.batch_size import check_batch_size, resolve_batch_size
+from attnlab.measure.effect import _addresses_rows, _metric, check_interventions
 from attnlab.measure.metrics import KL, HiddenShift, Metric
 
 __all__ = ["SweepResult", "sweep_heads", "sweep_neurons", "sweep_interventions", "HEAD_METHODS"]
@@ -132,7 +133,7 @@ def sweep_heads(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     n_boot: int = 1000,
     progress: bool = True,
 ) -> SweepResult:
@@ -149,7 +150,8 @@ def sweep_heads(
     ``seed`` per chunk of rows) or ``"patch"`` (its attention pattern on the matching
     ``counterfactuals`` prompt, which must have the same number of tokens). ``metric``
     defaults to :class:`KL` (:class:`HiddenShift` for encoders). ``batch_size`` bounds the
-    rows of one forward pass.
+    rows of one forward pass; ``"auto"`` picks it from the device (64 on CPUs, from free
+    memory on GPUs: :mod:`attnlab.measure.batch_size`).
     """
     metric = _default_metric(model, metric)
     prompts = check_prompts(prompts)
@@ -165,6 +167,7 @@ def sweep_heads(
         raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
     try:
         rows = metric.rows(model, prompts)
+        batch_size = resolve_batch_size(model, rows, batch_size, metric.output)
         chunk_setup, build = _head_builders(model, prompts, rows, method, metric, counterfactuals, reference, seed, layer_list)
         variants = [(layer, (layer, head)) for layer in layer_list for head in head_list]
         clean, inter = run_variants(model, rows, metric, variants, build, batch_size=batch_size, progress=progress,
@@ -222,7 +225,7 @@ def sweep_neurons(
     scale: float | None = 0.0,
     value: float | None = None,
     metric: Metric | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
@@ -249,6 +252,7 @@ def sweep_neurons(
     metric.check_model(model)
     try:
         rows = metric.rows(model, prompts)
+        batch_size = resolve_batch_size(model, rows, batch_size, metric.output)
         variants = [(layer, (h, d)) for h in head_list for d in dim_list]
         clean, inter = run_variants(
             model, rows, metric, variants,
@@ -270,7 +274,7 @@ def sweep_interventions(
     variants: Mapping[str, Sequence] | Sequence[Sequence],
     metric: Metric | None = None,
     *,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
@@ -303,6 +307,9 @@ def sweep_interventions(
     single = any(_addresses_rows(sp) for s in specs.values() for sp in s)
     try:
         rows = metric.rows(model, prompts)
+        if single and batch_size == "auto":  # rows tied to the batch: all of them in one batch
+            batch_size = max(resolve_batch_size(model, rows, batch_size, metric.output), rows.n_rows)
+        batch_size = resolve_batch_size(model, rows, batch_size, metric.output)
         if single and rows.n_rows > batch_size:
             raise InvalidInput(
                 f"interventions tied to batch rows need all {rows.n_rows} rows in one batch; pass batch_size >= {rows.n_rows}"
