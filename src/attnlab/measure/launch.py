@@ -128,11 +128,10 @@ def _worker(fn, args, kwargs, model, backend, threads, error_dir):
     """One process: join the group, load the model, run ``fn``; an error is written down for the parent."""
     rank = int(os.environ["RANK"])
     try:
-        with process_group(backend, threads=threads) as group:
-            if not group.is_main:  # one set of progress bars: the main process's
-                from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # N loading bars say nothing; attnlab's own bar shows on rank 0
+        with process_group(backend, threads=threads) as group:
             result = fn(*_with_model(model, group), *args, **kwargs)
         return result if group.is_main else None
     except BaseException as err:
