@@ -92,7 +92,7 @@ def test_gpu_rule_on_a_fake_device_follows_the_arithmetic():
     per_row = row_bytes(n_positions=T, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
                         d_head=cfg.d_head, d_mlp=_d_mlp(model), output_width=cfg.d_vocab, output_positions=1,
                         dtype_bytes=4)
-    for wanted in (1, 3, 200, 1000):
+    for wanted in (1, 3, 200, MAX_ROWS):
         free = int(np.ceil(wanted * per_row / MEMORY_SHARE)) + 8  # + a few bytes: float rounding of the share
         assert auto_batch_size(model, rows, device=CUDA, free_bytes=free) == wanted
     assert auto_batch_size(model, rows, device=CUDA, free_bytes=141 * 2**30) == MAX_ROWS
