@@ -125,18 +125,32 @@ def _with_model(model, group) -> tuple:
 
 
 def _worker(fn, args, kwargs, model, backend, threads, error_dir):
-    """One process: join the group, load the model, run ``fn``; an error is written down for the parent."""
-    rank = int(os.environ["RANK"])
+    """One process: join the group, load the model, run ``fn``; an error is written down for the parent.
+
+    The error is written before the process leaves the group: leaving closes its
+    connections, which makes the others fail too, and the first record must be the cause.
+    """
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+    def write(err: BaseException) -> None:
+        path = Path(error_dir) / f"rank-{rank}.json"
+        if not path.exists():
+            record = {**error_record(err, current()), "rank": rank, "size": size, "time": time.time()}
+            path.write_text(json.dumps(record))
+
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # N loading bars say nothing; attnlab's own bar shows on rank 0
         with process_group(backend, threads=threads) as group:
-            result = fn(*_with_model(model, group), *args, **kwargs)
+            try:
+                result = fn(*_with_model(model, group), *args, **kwargs)
+            except BaseException as err:
+                write(err)
+                raise
         return result if group.is_main else None
     except BaseException as err:
-        record = {**error_record(err, current()), "rank": rank, "size": int(os.environ["WORLD_SIZE"]), "time": time.time()}
-        (Path(error_dir) / f"rank-{rank}.json").write_text(json.dumps(record))
+        write(err)
         raise
 
 
