@@ -71,15 +71,17 @@ def run_parallel(
         with process_group(backend, threads=threads) as group:
             return fn(*_with_model(model, group), *args, **kwargs)
     _check_sendable(fn, args, kwargs, model)
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=f"attnlab-{uuid.uuid4().hex}",
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free local port
-        max_restarts=0, monitor_interval=0.05, start_method="spawn",
-    )
     with tempfile.TemporaryDirectory(prefix="attnlab-parallel-") as error_dir, _quiet(_NOISY_LOGGERS):
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=f"attnlab-{uuid.uuid4().hex}",
+            rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free local port
+            max_restarts=0, monitor_interval=0.05, start_method="spawn",
+            logs_specs=DefaultLogsSpecs(log_dir=os.path.join(error_dir, "launcher")),  # removed with the folder
+        )
         try:
             results = elastic_launch(config, _worker)(fn, args, kwargs, model, backend, threads, error_dir)
         except ChildFailedError as failed:
