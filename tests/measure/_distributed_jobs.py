@@ -31,9 +31,15 @@ def one_run(model_llama, model_gemma) -> dict:
     zero = sweep_heads(model_llama, PROMPTS, "zero", metric, batch_size=10, n_boot=50, progress=False)
     out["sweep_zero"] = zero.per_prompt[["layer", "head", "intervened", "effect"]].to_numpy()
     out["sweep_zero_table"] = zero.table[["effect", "ci_low", "ci_high"]].to_numpy()
-    patch = sweep_heads(model_gemma, PROMPTS, "patch", KL(), counterfactuals=COUNTERFACTUALS, batch_size=7, n_boot=50,
+    # several chunks of rows (2 prompts each, the last one short), with per-chunk patch sources
+    chunks = sweep_heads(model_llama, PROMPTS, "zero", metric, batch_size=2, n_boot=50, progress=False)
+    out["sweep_chunks"] = chunks.per_prompt["intervened"].to_numpy()
+    patch = sweep_heads(model_gemma, PROMPTS, "patch", KL(), counterfactuals=COUNTERFACTUALS, batch_size=2, n_boot=50,
                         progress=False)
     out["sweep_patch"] = patch.per_prompt[["layer", "head", "intervened"]].to_numpy()
+    tied = {"rows 0 and 2": [AblateHead(1, 0, rows=[0, 2])], "head 0.1": [AblateHead(0, 1)]}  # one chunk of all rows
+    out["sweep_rows_tied"] = sweep_interventions(model_llama, PROMPTS, tied, metric, batch_size=10, n_boot=50,
+                                                 progress=False).per_prompt["intervened"].to_numpy()
     variants = {"layer 0": [AblateHead(0)], "heads 1.0+1.3": [AblateHead(1, 0), AblateHead(1, 3)], "head 0.2": [AblateHead(0, 2)]}
     out["sweep_interventions"] = sweep_interventions(model_llama, PROMPTS, variants, metric, batch_size=5, n_boot=50,
                                                      progress=False).per_prompt["intervened"].to_numpy()
@@ -47,6 +53,28 @@ def one_run(model_llama, model_gemma) -> dict:
     prof = attention_by_distance(model_gemma, CORPUS, batch_size=2, progress=False)
     out["distance_mass"], out["distance_sink"] = prof.mass, prof.sink
     return out
+
+
+def _forwards(model, call) -> int:
+    """How many forward passes ``call()`` makes in this process (the embedding runs once per pass)."""
+    calls = []
+    handle = model.hf_model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        call()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def forward_counts(model_llama, model_gemma) -> dict[str, int]:
+    """Forward passes of a sweep, a score and a corpus analysis, each with several work units."""
+    metric = LogitDiff(" she", " he")
+    return {
+        "sweep": _forwards(model_llama, lambda: sweep_heads(model_llama, PROMPTS, "zero", metric, batch_size=4, n_boot=10,
+                                                             progress=False)),
+        "score": _forwards(model_llama, lambda: score(model_llama, PROMPTS, metric, batch_size=1)),
+        "corpus": _forwards(model_gemma, lambda: attention_by_distance(model_gemma, CORPUS, batch_size=1, progress=False)),
+    }
 
 
 def _error_of(compute) -> tuple[str, str]:
@@ -69,6 +97,7 @@ def _fail_on_rank_1(error: Exception):
 def everything() -> list[dict]:
     """On each of the processes: the measured quantities, what the progress bars printed, the errors seen."""
     out = one_run(tiny_model("llama"), tiny_model("gemma3", n_layers=3))
+    out["forwards"] = forward_counts(tiny_model("llama"), tiny_model("gemma3", n_layers=3))
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         sweep_heads(tiny_model("llama"), PROMPTS[:2], "zero", LogitDiff(" she", " he"), n_boot=10, progress=True)

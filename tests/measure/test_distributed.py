@@ -16,11 +16,11 @@ from attnlab.errors import DistributedError, InvalidInput
 from attnlab.measure import run_parallel
 from attnlab.measure.distributed import (
     Group,
-    balance,
     current,
     error_record,
     local,
     map_units,
+    partition,
     process_group,
     rebuild_error,
     variant_blocks,
@@ -49,7 +49,7 @@ def one_process() -> dict:
         torch.set_num_threads(before)
 
 
-KEYS = ["sweep_zero", "sweep_zero_table", "sweep_patch", "sweep_interventions", "one_variant", "score",
+KEYS = ["sweep_zero", "sweep_zero_table", "sweep_chunks", "sweep_patch", "sweep_rows_tied", "sweep_interventions", "one_variant", "score",
         "score_one_chunk", "effect", "distance_mass", "distance_sink"]
 
 
@@ -60,6 +60,13 @@ def test_two_processes_equal_one(two_processes, one_process, key):
         value = np.asarray(got[key], dtype=float)
         assert value.shape == expected.shape
         assert np.abs(value - expected).max() <= 1e-6, f"{key} on rank {got['rank']}"
+
+
+@pytest.mark.parametrize("call", ["sweep", "score", "corpus"])
+def test_the_work_is_divided(two_processes, call):
+    alone = jobs.forward_counts(tiny_model("llama"), tiny_model("gemma3", n_layers=3))[call]
+    counts = [got["forwards"][call] for got in two_processes]
+    assert max(counts) < alone <= sum(counts), (alone, counts)  # each process ran part of it, all of it was run
 
 
 def test_the_processes_formed_a_group(two_processes):
@@ -101,12 +108,16 @@ def test_blocks_are_the_runner_batches():
     assert variant_blocks(starts, 10) == [(0, [0, 1, 2, 5]), (1, [3, 4]), (2, [6])]
 
 
-def test_balance_puts_the_longest_jobs_first_on_the_least_loaded_process():
-    owner = balance([5, 4, 3, 3, 2, 1], 2)
-    loads = [sum(c for c, o in zip([5, 4, 3, 3, 2, 1], owner) if o == p) for p in range(2)]
-    assert loads == [9, 9]
-    assert balance([1.0], 3) == [0]  # more processes than jobs: the others get nothing
-    assert balance([2, 2, 2], 3) == [0, 1, 2]
+def test_partition_cuts_the_work_in_consecutive_runs_of_about_equal_cost():
+    assert partition([1, 1, 1, 1], 2) == [0, 0, 1, 1]
+    assert partition([2, 5, 5, 2, 5, 5], 2) == [0, 0, 0, 1, 1, 1]  # two chunks: one each, no clean forward repeated
+    costs = [19, 18, 18, 17, 17, 16, 3, 2, 1]
+    owner = partition(costs, 2)
+    assert owner == sorted(owner)  # consecutive
+    loads = [sum(c for c, o in zip(costs, owner) if o == p) for p in range(2)]
+    assert abs(loads[0] - loads[1]) <= max(costs)
+    assert partition([0, 0, 0], 2) == [0, 0, 1]  # no cost known: split by count
+    assert partition([5], 3) == [1]  # more processes than jobs: the others get nothing
 
 
 def test_outside_a_group_everything_runs_here():

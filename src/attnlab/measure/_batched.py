@@ -86,10 +86,13 @@ def run_variants(
     k = rows.per_prompt
     chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
     copies = max(1, batch_size // chunk)
-    if current().size > 1:  # a process group: each process runs whole batches (docs/parallel.md)
-        share = lambda mine, bar: run_variants(model, rows, metric, mine, build, batch_size=batch_size, progress=bar,  # noqa: E731
-                                               desc=desc, chunk_setup=chunk_setup, single_chunk=single_chunk)
-        return split_variants(share, variants, copies=copies, n_layers=model.cfg.n_layers, progress=progress)
+    if current().size > 1:  # a process group: the processes share (chunk, batch) units (docs/parallel.md)
+        def share(part, mine, size, setup, bar):
+            return run_variants(model, part, metric, mine, build, batch_size=size, progress=bar, desc=desc,
+                                chunk_setup=setup, single_chunk=single_chunk)
+
+        return split_variants(share, rows, variants, chunk=chunk, copies=copies, n_layers=model.cfg.n_layers,
+                              chunk_setup=chunk_setup, progress=progress)
     layers = model.decoder_layers()
     by_start: dict[int, list[int]] = {}
     for i, (start, _) in enumerate(variants):

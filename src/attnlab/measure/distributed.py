@@ -249,43 +249,89 @@ def variant_blocks(starts: Sequence[int], copies: int) -> list[tuple[int, list[i
     return [(start, idx[g : g + copies]) for start, idx in by_start.items() for g in range(0, len(idx), copies)]
 
 
-def balance(costs: Sequence[float], n_procs: int) -> list[int]:
-    """The process of each job: longest first onto the least loaded process (ties: lowest rank)."""
-    loads = [0.0] * n_procs
-    owner = [0] * len(costs)
-    for job in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
-        proc = min(range(n_procs), key=lambda p: (loads[p], p))
-        owner[job] = proc
-        loads[proc] += costs[job]
+def partition(costs: Sequence[float], n_procs: int) -> list[int]:
+    """The process of each job of a sequence, cut into ``n_procs`` consecutive runs of about equal cost.
+
+    Job ``j`` goes to process ``floor(n_procs * (cost before j + half its cost) / total)``:
+    consecutive jobs stay together (a process touches few chunks of rows, so few clean
+    forwards are repeated), and each process's share is within one job of ``total / n_procs``.
+    """
+    total = float(sum(costs))
+    if total <= 0:
+        return [min(n_procs - 1, j * n_procs // max(1, len(costs))) for j in range(len(costs))]
+    owner, before = [], 0.0
+    for cost in costs:
+        owner.append(min(n_procs - 1, int(n_procs * (before + cost / 2) / total)))
+        before += cost
     return owner
 
 
+def _offset(chunk_setup, first_row: int):
+    """``chunk_setup`` for rows cut from row ``first_row`` on: its slices count from the full rows."""
+    if chunk_setup is None:
+        return None
+    return lambda part, sl: chunk_setup(part, slice(sl.start + first_row, sl.stop + first_row))
+
+
+RunShare = Callable[[Any, list, int, Any, bool], tuple[np.ndarray, np.ndarray]]
+
+
 def split_variants(
-    run_share: Callable[[list, bool], tuple[np.ndarray, np.ndarray]],
+    run_share: RunShare,
+    rows,
     variants: Sequence[tuple[int, Any]],
     *,
+    chunk: int,
     copies: int,
     n_layers: int,
+    chunk_setup=None,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A sweep over the process group: each process runs whole batches of variants, results gathered.
+    """The batched runner over the process group: processes share ``(chunk of rows, batch of variants)`` units.
 
-    ``run_share(variants, progress)`` is the one-process runner (clean ``[prompt]``,
-    intervened ``[variant, prompt]``). A batch resuming at layer ``s`` costs about
-    ``rows x (n_layers - s + 1)`` (the +1: the LM head), so batches are balanced by that.
-    Every process also runs the clean forward of each chunk (the prefix its batches resume
-    from): that part is not divided.
+    ``run_share(rows, variants, batch_size, chunk_setup, progress)`` is the one-process
+    runner (baseline ``[prompt, ...]``, intervened ``[variant, prompt, ...]``); each process
+    calls it once per chunk it holds, on that chunk's rows and its batches of variants, with
+    a batch size that makes the runner form the very batches of a one-process run (same
+    rows, same variants together), so the numbers are the same. With no variants (scores)
+    the units are the chunks. The work is cut by :func:`partition` in chunk order, a batch
+    resuming at layer ``s`` costing about ``rows x variants x (n_layers - s + 1)`` (the +1:
+    the LM head) and a chunk's clean forward ``rows x (n_layers + 1)``; a process holding
+    batches of a chunk also runs that chunk's clean forward (its prefix).
     """
     group = current()
+    k = rows.per_prompt
+    firsts = list(range(0, rows.n_rows, chunk))
+    sizes = [min(chunk, rows.n_rows - f) for f in firsts]
     blocks = variant_blocks([start for start, _ in variants], copies)
-    owner = balance([len(idx) * (n_layers - start + 1) for start, idx in blocks], group.size)
-    mine = sorted(i for b, (_, idx) in enumerate(blocks) if owner[b] == group.rank for i in idx)
-    with local():
-        outcome = _attempt(lambda: (mine, run_share([variants[i] for i in mine], progress and group.is_main)), group)
-    outcomes = gather(outcome, group)
-    clean = outcomes[0].value[1][0]
-    inter = np.zeros((len(variants), len(clean)))
-    for found in outcomes:
-        idx, (_, values) = found.value
-        inter[idx] = values
+    # the work in order, chunk by chunk: its clean forward, then its batches of variants
+    jobs = []
+    for c, n in enumerate(sizes):
+        jobs.append((c, None, n * (n_layers + 1)))
+        jobs.extend((c, b, n * len(idx) * (n_layers - start + 1)) for b, (start, idx) in enumerate(blocks))
+    held: dict[int, list[int]] = {}
+    for (c, b, _), proc in zip(jobs, partition([cost for _, _, cost in jobs], group.size)):
+        if proc == group.rank and (b is not None or not blocks):  # a clean forward alone: only for scores
+            held.setdefault(c, []).extend(blocks[b][1] if b is not None else [])
+
+    def mine():
+        done = []
+        with local():
+            for c, idx in sorted(held.items()):
+                idx = sorted(idx)
+                part = rows.select(slice(firsts[c], firsts[c] + sizes[c]))
+                clean, inter = run_share(part, [variants[i] for i in idx], copies * sizes[c],
+                                         _offset(chunk_setup, firsts[c]), progress and group.is_main)
+                done.append((c, idx, clean, inter))
+        return done
+
+    outcomes = gather(_attempt(mine, group), group)
+    pieces = [piece for found in outcomes for piece in found.value]
+    _, _, first_clean, first_inter = pieces[0]
+    clean = np.zeros((rows.n_rows // k, *first_clean.shape[1:]))
+    inter = np.zeros((len(variants), rows.n_rows // k, *first_inter.shape[2:]))
+    for c, idx, clean_c, inter_c in pieces:
+        prompts = slice(firsts[c] // k, (firsts[c] + sizes[c]) // k)
+        clean[prompts] = clean_c
+        inter[idx, prompts] = inter_c
     return clean, inter
