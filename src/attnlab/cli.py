@@ -40,6 +40,11 @@ def _count(minimum: int, meaning: str = "") -> Callable[[str], int]:
     return parse
 
 
+def _batch_size(text: str) -> int | str:
+    """An argparse type for ``--batch-size``: ``auto`` or an integer >= 1."""
+    return text if text == "auto" else _count(1, " or auto")(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is the same single line as every other error."""
 
@@ -259,11 +264,17 @@ def cmd_sweep(args) -> None:
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
     prompts = _read_lines(args, what="prompts")
-    result = sweep_heads(
-        _load(args), prompts, method=args.method, metric=metric, counterfactuals=counterfactuals,
+    sweep_options = dict(
+        method=args.method, metric=metric, counterfactuals=counterfactuals,
         reference=reference, layers=layers, heads=heads,
         batch_size=args.batch_size, n_boot=args.n_boot, progress=not args.quiet,
     )
+    if args.procs > 1:  # --procs N: N processes split the sweep, each loading its own model (docs/parallel.md)
+        from attnlab.measure import run_parallel
+
+        result = run_parallel(sweep_heads, args.procs, prompts, model=args.model, **sweep_options)
+    else:
+        result = sweep_heads(_load(args), prompts, **sweep_options)
     _write_table(result.table, args.out, default_name="sweep.csv")
     _save_figure(result.heatmap(), args.figure)
 
@@ -415,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counterfactuals", help="file of counterfactual prompts (one per prompt) for --method patch")
     p.add_argument("--layers", help="comma-separated layers (default: all)")
     p.add_argument("--heads", help="comma-separated heads (default: all)")
-    p.add_argument("--batch-size", type=_count(1), default=64, help="rows per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="rows per forward pass, or auto: 64 on CPUs, from free memory on GPUs (default: auto)")
+    p.add_argument("--procs", type=_count(1), default=1, help="split the sweep over this many processes (default: 1)")
     p.add_argument("--n-boot", **n_boot)
     p.add_argument("--figure", help="PNG file for the layer x head heatmap")
 

@@ -18,6 +18,7 @@ __all__ = [
     "UnsupportedModel",
     "InvalidInput",
     "DataFormatError",
+    "DistributedError",
     "did_you_mean",
 ]
 
@@ -48,6 +49,10 @@ class InvalidInput(AttnlabError, ValueError):
 
 class DataFormatError(AttnlabError, ValueError):
     """A data file (CoNLL-U, WinoBias, Winogender, JSON spec) with a malformed line."""
+
+
+class DistributedError(AttnlabError, RuntimeError):
+    """A process of a parallel run failed with an error that is not attnlab's own (rank and traceback inside)."""
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput
+from attnlab.measure.distributed import map_units
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus"]
 
@@ -185,18 +186,18 @@ def attention_batches(
     is read and no LM head runs. ``interventions`` are applied during the run (e.g. to
     measure attention under an edit).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
     names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
-    with tqdm(total=len(sentences), desc=desc, disable=not progress) as bar:
-        for batch in _batches(sentences, batch_size):
-            tokens = model.pad([s.token_ids for s in batch], padding_side="right")
-            cache = run(model, tokens, logits=None, read=names, interventions=interventions).cache
-            stacked = torch.stack([cache[name] for name in names], 1)  # [batch, layer, head, query, key]
-            for row, s in enumerate(batch):
-                n = s.n_tokens
-                s.pattern = stacked[row, :, :, :n, :n].float().cpu().clone()
-                yield s
-            bar.update(len(batch))
+
+    def patterns(batch: list[Sentence]) -> list[torch.Tensor]:
+        tokens = model.pad([s.token_ids for s in batch], padding_side="right")
+        cache = run(model, tokens, logits=None, read=names, interventions=interventions).cache
+        stacked = torch.stack([cache[name] for name in names], 1)  # [batch, layer, head, query, key]
+        return [stacked[row, :, :, : s.n_tokens, : s.n_tokens].float().cpu().clone() for row, s in enumerate(batch)]
+
+    batches = list(_batches(sentences, batch_size))  # in a process group, batches are dealt to the processes
+    for batch, maps in zip(batches, map_units(patterns, batches, progress=progress, desc=desc, size=len, leave=True)):
+        for s, pattern in zip(batch, maps):
+            s.pattern = pattern
+            yield s

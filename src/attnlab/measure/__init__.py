@@ -11,6 +11,8 @@ Metrics live in :mod:`attnlab.measure.metrics`, the bootstrap in
 """
 
 from attnlab.measure._rows import Rows
+from attnlab.measure.distributed import process_group
+from attnlab.measure.launch import run_parallel
 from attnlab.measure.effect import EffectResult, effect, perplexity, score
 from attnlab.measure.metrics import (
     KL,
@@ -56,4 +58,6 @@ __all__ = [
     "metric_from_name",
     "bootstrap",
     "bootstrap_mean",
+    "run_parallel",
+    "process_group",
 ]

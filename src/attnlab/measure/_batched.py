@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from attnlab.engine.forward import Resume
 from attnlab.measure._forward import metric_output
 from attnlab.measure._rows import Rows
+from attnlab.measure.distributed import current, split_variants
 
 __all__ = ["run_variants"]
 
@@ -90,6 +91,13 @@ def run_variants(
     k = rows.per_prompt
     chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
     copies = max(1, batch_size // chunk)
+    if current().size > 1:  # a process group: the processes share (chunk, batch) units (docs/parallel.md)
+        def share(part, mine, size, setup, bar):
+            return run_variants(model, part, metric, mine, build, batch_size=size, progress=bar, desc=desc,
+                                chunk_setup=setup, single_chunk=single_chunk, interventions=interventions)
+
+        return split_variants(share, rows, variants, chunk=chunk, copies=copies, n_layers=model.cfg.n_layers,
+                              chunk_setup=chunk_setup, progress=progress)
     layers = model.decoder_layers()
     by_start: dict[int, list[int]] = {}
     for i, (start, _) in enumerate(variants):

@@ -1,0 +1,337 @@
+"""Parallel runs: attnlab's work split over processes by ``torch.distributed``.
+
+When a process group is up (started by ``torchrun`` or ``accelerate launch`` and joined
+with :func:`process_group`, or started from Python by :func:`run_parallel`), the sweeps,
+``score()``, ``effect()`` and the corpus analyses split their work units between the
+processes and gather the results with ``all_gather_object``:
+
+* sweeps deal out whole batches of variants, the very batches a one-process run makes, so
+  every number is the one a single process computes;
+* ``score()`` / ``effect()`` deal out chunks of prompts, corpus analyses batches of sentences.
+
+Every process receives every result, so the code after a call is the same everywhere;
+print and write only where ``current().is_main``. All processes must make the same calls
+in the same order (they meet at each gather). An error on one process is raised on all of
+them, naming the rank it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from attnlab import errors
+from attnlab.errors import AttnlabError, DistributedError, InvalidInput
+
+__all__ = ["Group", "current", "local", "process_group", "map_units", "split_variants", "BACKENDS"]
+
+BACKENDS = ("gloo", "nccl")
+
+Unit = TypeVar("Unit")
+Value = TypeVar("Value")
+
+_LOCAL: ContextVar[bool] = ContextVar("attnlab_local", default=False)
+_OBJECT_GROUPS: dict[int, Any] = {}  # default group -> the gloo group objects travel on
+
+
+@dataclass(frozen=True)
+class Group:
+    """Where this process stands: its ``rank`` among ``size`` processes and the device it should use."""
+
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that prints and writes."""
+        return self.rank == 0
+
+
+def _device(rank: int) -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def current() -> Group:
+    """The process group attnlab splits work over (rank 0 of 1 outside one, or inside :func:`local`)."""
+    if _LOCAL.get() or not (dist.is_available() and dist.is_initialized()):
+        return Group(0, 1, _device(0))
+    rank = dist.get_rank()
+    return Group(rank, dist.get_world_size(), _device(rank))
+
+
+@contextmanager
+def local() -> Iterator[None]:
+    """Run attnlab's work in this process alone, even inside a process group (e.g. on rank 0 only)."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
+
+
+def _check_threads(threads) -> None:
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise InvalidInput(f"threads must be a positive integer or None (leave torch's setting), got {threads!r}")
+
+
+def _check_backend(backend) -> str:
+    if backend is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in BACKENDS:
+        raise InvalidInput(f"unknown backend {backend!r}{errors.did_you_mean(backend, BACKENDS)} (valid: {', '.join(BACKENDS)})")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise InvalidInput("backend 'nccl' needs CUDA GPUs and none is visible; use 'gloo' on CPUs")
+    return backend
+
+
+@contextmanager
+def process_group(backend: str | None = None, *, threads: int | None = 1, timeout_s: float = 1800.0) -> Iterator[Group]:
+    """Join the processes that ``torchrun`` / ``accelerate launch`` started; one process without them.
+
+    >>> from attnlab.measure.distributed import process_group
+    >>> with process_group() as group:  # run as `torchrun --nproc-per-node 2 script.py`
+    ...     group.rank, group.size      # started plainly: one process, nothing to join
+    (0, 1)
+
+    ``backend``: ``"gloo"`` (CPUs) or ``"nccl"`` (GPUs; the default when CUDA is visible,
+    each process then uses GPU ``LOCAL_RANK``). ``threads``: torch threads per process (1:
+    several processes share the cores; None keeps torch's setting). A group already set up
+    (e.g. by ``accelerate.Accelerator()``) is used as it is and left open.
+    """
+    _check_threads(threads)
+    backend = _check_backend(backend)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    owns = launched and dist.is_available() and not dist.is_initialized()
+    try:
+        if owns:
+            if backend == "nccl":
+                torch.cuda.set_device(_device(int(os.environ["RANK"])))
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        yield current()
+    finally:
+        if owns and dist.is_initialized():
+            _OBJECT_GROUPS.clear()
+            dist.destroy_process_group()
+        torch.set_num_threads(before)
+
+
+# -- gathering, with errors travelling to every process -----------------------------------
+
+
+@dataclass
+class _Outcome:
+    """What one process computed for its share: a value, or the error it hit (as plain data)."""
+
+    value: Any = None
+    error: dict | None = None
+
+
+def error_record(err: BaseException, group: Group) -> dict:
+    """An exception as plain data (type, message, traceback, rank), to send or write as JSON."""
+    return {
+        "rank": group.rank, "size": group.size, "module": type(err).__module__, "name": type(err).__name__,
+        "message": str(err), "traceback": "".join(traceback.format_exception(err)),
+    }
+
+
+def rebuild_error(record: dict) -> Exception:
+    """The exception a record stands for, named by the rank it came from.
+
+    attnlab's own errors keep their type (an ``InvalidInput`` on rank 1 is an ``InvalidInput``
+    everywhere); anything else becomes a :class:`DistributedError` carrying the traceback.
+    """
+    where = f"rank {record['rank']} of {record['size']}"
+    cls = getattr(errors, record["name"], None) if record["module"] == errors.__name__ else None
+    if isinstance(cls, type) and issubclass(cls, AttnlabError):
+        message = record["message"]
+        return cls(message if _names_a_rank(message) else f"{where}: {message}")
+    return DistributedError(f"{where} raised {record['name']}: {record['message']}\n{record['traceback']}".rstrip())
+
+
+def _names_a_rank(message: str) -> bool:
+    import re
+
+    return re.search(r"\brank \d+ of \d+\b", message) is not None
+
+
+def _attempt(compute: Callable[[], Any], group: Group) -> _Outcome:
+    try:
+        return _Outcome(value=compute())
+    except Exception as err:  # sent to every process and raised there, naming this rank
+        return _Outcome(error=error_record(err, group))
+
+
+def _object_group():
+    """Objects travel over gloo (CPU memory) even when the model's group is NCCL."""
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _OBJECT_GROUPS:
+        _OBJECT_GROUPS[key] = dist.new_group(backend="gloo")
+    return _OBJECT_GROUPS[key]
+
+
+def gather(outcome: _Outcome, group: Group) -> list[_Outcome]:
+    """Every process's outcome, in rank order, on every process; raises the first error found."""
+    outcomes: list = [None] * group.size
+    dist.all_gather_object(outcomes, outcome, group=_object_group())
+    for found in outcomes:
+        if found.error is not None:
+            raise rebuild_error(found.error)
+    return outcomes
+
+
+# -- splitting work units ------------------------------------------------------------------
+
+
+def map_units(
+    compute: Callable[[Unit], Value],
+    units: Iterable[Unit],
+    *,
+    progress: bool = False,
+    desc: str = "",
+    size: Callable[[Unit], int] | None = None,
+    leave: bool = False,
+) -> Iterator[Value]:
+    """``compute(unit)`` for every unit, yielded in order; in a process group, unit ``i`` runs on rank ``i % size``.
+
+    Units are dealt in rounds of one per process; each round ends with one gather, so memory
+    holds at most one round of results. One progress bar, on the main process, advancing by
+    ``size(unit)`` (default 1) per unit. ``compute`` must return CPU values.
+    """
+    units = list(units)
+    group = current()
+    weigh = size or (lambda unit: 1)
+    total = sum(weigh(u) for u in units)
+    with tqdm(total=total, desc=desc, disable=not progress or not group.is_main, leave=leave) as bar:
+        if group.size == 1:
+            for unit in units:
+                value = compute(unit)
+                bar.update(weigh(unit))
+                yield value
+            return
+        for first in range(0, len(units), group.size):
+            mine = first + group.rank
+            outcome = _attempt(lambda: compute(units[mine]), group) if mine < len(units) else _Outcome()
+            outcomes = gather(outcome, group)
+            for unit, found in zip(units[first : first + group.size], outcomes):
+                bar.update(weigh(unit))
+                yield found.value
+
+
+def variant_blocks(starts: Sequence[int], copies: int) -> list[tuple[int, list[int]]]:
+    """The batches of a sweep: ``(start layer, variant indices)``, ``copies`` variants of one start each.
+
+    The same grouping as the runner's (by start layer in order of appearance, then
+    consecutive runs of ``copies``), so any union of blocks re-forms the same batches.
+    """
+    by_start: dict[int, list[int]] = {}
+    for i, start in enumerate(starts):
+        by_start.setdefault(int(start), []).append(i)
+    return [(start, idx[g : g + copies]) for start, idx in by_start.items() for g in range(0, len(idx), copies)]
+
+
+def partition(costs: Sequence[float], n_procs: int) -> list[int]:
+    """The process of each job of a sequence, cut into ``n_procs`` consecutive runs of about equal cost.
+
+    Job ``j`` goes to process ``floor(n_procs * (cost before j + half its cost) / total)``:
+    consecutive jobs stay together (a process touches few chunks of rows, so few clean
+    forwards are repeated), and each process's share is within one job of ``total / n_procs``.
+    """
+    total = float(sum(costs))
+    if total <= 0:
+        return [min(n_procs - 1, j * n_procs // max(1, len(costs))) for j in range(len(costs))]
+    owner, before = [], 0.0
+    for cost in costs:
+        owner.append(min(n_procs - 1, int(n_procs * (before + cost / 2) / total)))
+        before += cost
+    return owner
+
+
+def _offset(chunk_setup, first_row: int):
+    """``chunk_setup`` for rows cut from row ``first_row`` on: its slices count from the full rows."""
+    if chunk_setup is None:
+        return None
+    return lambda part, sl: chunk_setup(part, slice(sl.start + first_row, sl.stop + first_row))
+
+
+RunShare = Callable[[Any, list, int, Any, bool], tuple[np.ndarray, np.ndarray]]
+
+
+def split_variants(
+    run_share: RunShare,
+    rows,
+    variants: Sequence[tuple[int, Any]],
+    *,
+    chunk: int,
+    copies: int,
+    n_layers: int,
+    chunk_setup=None,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The batched runner over the process group: processes share ``(chunk of rows, batch of variants)`` units.
+
+    ``run_share(rows, variants, batch_size, chunk_setup, progress)`` is the one-process
+    runner (baseline ``[prompt, ...]``, intervened ``[variant, prompt, ...]``); each process
+    calls it once per chunk it holds, on that chunk's rows and its batches of variants, with
+    a batch size that makes the runner form the very batches of a one-process run (same
+    rows, same variants together), so the numbers are the same. With no variants (scores)
+    the units are the chunks. The work is cut by :func:`partition` in chunk order, a batch
+    resuming at layer ``s`` costing about ``rows x variants x (n_layers - s + 1)`` (the +1:
+    the LM head) and a chunk's clean forward ``rows x (n_layers + 1)``; a process holding
+    batches of a chunk also runs that chunk's clean forward (its prefix).
+    """
+    group = current()
+    k = rows.per_prompt
+    firsts = list(range(0, rows.n_rows, chunk))
+    sizes = [min(chunk, rows.n_rows - f) for f in firsts]
+    blocks = variant_blocks([start for start, _ in variants], copies)
+    # the work in order, chunk by chunk: its clean forward, then its batches of variants
+    jobs = []
+    for c, n in enumerate(sizes):
+        jobs.append((c, None, n * (n_layers + 1)))
+        jobs.extend((c, b, n * len(idx) * (n_layers - start + 1)) for b, (start, idx) in enumerate(blocks))
+    held: dict[int, list[int]] = {}
+    for (c, b, _), proc in zip(jobs, partition([cost for _, _, cost in jobs], group.size)):
+        if proc == group.rank and (b is not None or not blocks):  # a clean forward alone: only for scores
+            held.setdefault(c, []).extend(blocks[b][1] if b is not None else [])
+
+    def mine():
+        done = []
+        with local():
+            for c, idx in sorted(held.items()):
+                idx = sorted(idx)
+                part = rows.select(slice(firsts[c], firsts[c] + sizes[c]))
+                clean, inter = run_share(part, [variants[i] for i in idx], copies * sizes[c],
+                                         _offset(chunk_setup, firsts[c]), progress and group.is_main)
+                done.append((c, idx, clean, inter))
+        return done
+
+    outcomes = gather(_attempt(mine, group), group)
+    pieces = [piece for found in outcomes for piece in found.value]
+    _, _, first_clean, first_inter = pieces[0]
+    clean = np.zeros((rows.n_rows // k, *first_clean.shape[1:]))
+    inter = np.zeros((len(variants), rows.n_rows // k, *first_inter.shape[2:]))
+    for c, idx, clean_c, inter_c in pieces:
+        prompts = slice(firsts[c] // k, (firsts[c] + sizes[c]) // k)
+        clean[prompts] = clean_c
+        inter[idx, prompts] = inter_c
+    return clean, inter

@@ -1,0 +1,179 @@
+"""``run_parallel``: start N processes from Python (or the CLI) with torchrun's own engine.
+
+The processes are started by :func:`torch.distributed.launcher.api.elastic_launch`, the
+launcher behind ``torchrun``: the same environment (``RANK``, ``WORLD_SIZE``, ...), the
+same rendezvous, fresh ``spawn`` processes (safe with CUDA and threads), and a failed
+process stops the others instead of leaving them waiting. Each process joins the group
+with :func:`attnlab.measure.distributed.process_group`, loads its own model (a model does
+not travel cheaply between processes; its name does) and runs the function; attnlab's
+sweeps, ``score()``, ``effect()`` and corpus analyses inside it split their work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnlab.errors import DistributedError, InvalidInput
+from attnlab.measure.distributed import _check_backend, _check_threads, current, error_record, process_group, rebuild_error
+
+__all__ = ["run_parallel"]
+
+_NOISY_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing")
+
+
+def run_parallel(
+    fn: Callable[..., Any],
+    n_procs: int,
+    *args: Any,
+    model: Any = None,
+    backend: str | None = None,
+    threads: int | None = 1,
+    **kwargs: Any,
+) -> Any:
+    """``fn(*args, **kwargs)`` on ``n_procs`` processes; returns what it returns on the main process (rank 0).
+
+    With ``model=`` (what :func:`attnlab.load` takes, a name or path, or a picklable
+    function returning a model), each process loads its own model and runs
+    ``fn(model, *args, **kwargs)``:
+
+    >>> from functools import partial
+    >>> from attnlab.testing import tiny_model
+    >>> from attnlab.measure import LogitDiff, run_parallel, sweep_heads
+    >>> res = run_parallel(sweep_heads, 2, ["the nurse said that"], "zero", LogitDiff(" she", " he"),
+    ...                    model=partial(tiny_model, "llama"), progress=False)  # doctest: +SKIP
+    >>> len(res.table)                                                         # doctest: +SKIP
+    8
+
+    ``fn`` and the arguments are sent to new processes, so ``fn`` must be importable (defined
+    at module level) and the arguments picklable. ``threads``: torch threads per process
+    (default 1, so N processes use N cores). ``backend``: ``"gloo"`` or ``"nccl"`` (default:
+    NCCL when CUDA is visible, process ``i`` on GPU ``i``). ``n_procs=1`` runs in this process.
+    An error in any process is raised here, naming its rank; attnlab's own error types are kept.
+    """
+    if not isinstance(n_procs, int) or isinstance(n_procs, bool) or n_procs < 1:
+        raise InvalidInput(f"n_procs must be a positive integer, got {n_procs!r}")
+    _check_threads(threads)
+    _check_backend(backend)
+    _check_model_spec(model)
+    if n_procs == 1:
+        with process_group(backend, threads=threads) as group:
+            return fn(*_with_model(model, group), *args, **kwargs)
+    _check_sendable(fn, args, kwargs, model)
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    with tempfile.TemporaryDirectory(prefix="attnlab-parallel-") as error_dir, _quiet(_NOISY_LOGGERS):
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=f"attnlab-{uuid.uuid4().hex}",
+            rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free local port
+            max_restarts=0, monitor_interval=0.05, start_method="spawn",
+            logs_specs=DefaultLogsSpecs(log_dir=os.path.join(error_dir, "launcher")),  # removed with the folder
+        )
+        try:
+            results = elastic_launch(config, _worker)(fn, args, kwargs, model, backend, threads, error_dir)
+        except ChildFailedError as failed:
+            raise _failure(failed, Path(error_dir), n_procs) from None
+    return results[0]
+
+
+def _check_model_spec(model) -> None:
+    if model is None or isinstance(model, (str, os.PathLike)) or (callable(model) and not isinstance(model, torch.nn.Module)):
+        return
+    raise InvalidInput(
+        f"model= takes what attnlab.load() takes (a name or path) or a function returning a model, "
+        f"not a {type(model).__name__}: each process loads its own copy"
+    )
+
+
+def _check_sendable(fn, args, kwargs, model) -> None:
+    """Refuse early what spawned processes could not receive (instead of a failure deep in the launcher)."""
+    if getattr(fn, "__module__", None) == "__main__" and not hasattr(__import__("__main__"), "__file__"):
+        raise InvalidInput(
+            f"{getattr(fn, '__qualname__', fn)!r} is defined in an interactive session; new processes cannot import it. "
+            "Define it in a module (a .py file) and import it"
+        )
+    for what, value in (("function", fn), ("arguments", (args, kwargs)), ("model=", model)):
+        try:
+            pickle.dumps(value)
+        except Exception as err:
+            raise InvalidInput(
+                f"run_parallel sends the {what} to new processes but they cannot be pickled ({err}); "
+                "use a function defined at module level and plain arguments (names, lists, specs, metrics)"
+            ) from None
+
+
+def _with_model(model, group) -> tuple:
+    """``(model,)`` loaded in this process (on its device), or ``()`` without ``model=``."""
+    if model is None:
+        return ()
+    if callable(model):
+        return (model(),)
+    from attnlab.engine.loading import load
+
+    return (load(model, device=group.device if group.device.type == "cuda" else None),)
+
+
+def _worker(fn, args, kwargs, model, backend, threads, error_dir):
+    """One process: join the group, load the model, run ``fn``; an error is written down for the parent.
+
+    The error is written before the process leaves the group: leaving closes its
+    connections, which makes the others fail too, and the first record must be the cause.
+    """
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+    def write(err: BaseException) -> None:
+        path = Path(error_dir) / f"rank-{rank}.json"
+        if not path.exists():
+            record = {**error_record(err, current()), "rank": rank, "size": size, "time": time.time()}
+            path.write_text(json.dumps(record))
+
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # N loading bars say nothing; attnlab's own bar shows on rank 0
+        with process_group(backend, threads=threads) as group:
+            try:
+                result = fn(*_with_model(model, group), *args, **kwargs)
+            except BaseException as err:
+                write(err)
+                raise
+        return result if group.is_main else None
+    except BaseException as err:
+        write(err)
+        raise
+
+
+def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
+    """The error to raise for a failed launch: the first one written by a process, else the exit codes."""
+    records = [json.loads(p.read_text()) for p in sorted(error_dir.glob("rank-*.json"))]
+    if records:
+        return rebuild_error(min(records, key=lambda r: (r["time"], r["rank"])))
+    codes = ", ".join(f"rank {rank} exit code {f.exitcode}" for rank, f in sorted(failed.failures.items()))
+    return DistributedError(f"a process of {n_procs} died without a Python error ({codes}): killed or out of memory?")
+
+
+@contextmanager
+def _quiet(names):
+    """Silence the launcher's own logging of a failure: the failure is raised here, with its rank."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

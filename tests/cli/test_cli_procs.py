@@ -1,0 +1,45 @@
+"""``attnlab sweep --procs N``: the same table as one process (bad counts: tests/cli/test_cli.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnlab.testing import tiny_hf_model, tiny_tokenizer
+
+PROMPTS = "the nurse said that\nthe doctor said that he was\na man\nthe king told the queen that\n"
+
+
+def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    return subprocess.run([sys.executable, "-m", "attnlab.cli", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "llama"
+    tiny_hf_model("llama").save_pretrained(folder)
+    tiny_tokenizer("decoder").save_pretrained(folder)
+    return folder
+
+
+def test_two_processes_write_the_one_process_table(llama_dir, tmp_path):
+    import attnlab
+    from attnlab.measure import LogitDiff, sweep_heads
+
+    table = tmp_path / "sweep.csv"
+    out = run("sweep", "--model", llama_dir, "--procs", 2, "--batch-size", 4, "--n-boot", 50, "--quiet",
+              "--out", table, stdin=PROMPTS)
+    assert out.returncode == 0, out.stderr
+    two = pd.read_csv(table)
+    one = sweep_heads(attnlab.load(str(llama_dir)), PROMPTS.splitlines(), "zero", LogitDiff(" she", " he"),
+                      batch_size=4, n_boot=50, progress=False).table
+    assert list(one.columns) == list(two.columns) and len(two) == 2 * 4
+    numbers = one.select_dtypes("number").columns
+    assert np.abs(one[numbers].to_numpy() - two[numbers].to_numpy()).max() <= 1e-6

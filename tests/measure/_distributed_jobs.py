@@ -1,0 +1,119 @@
+"""Jobs the distributed tests run on 2 gloo processes (importable: spawned processes import them).
+
+``everything`` runs every split entry point once per launch (the launcher's start-up is
+the cost), and returns what each process got, so the tests compare both processes with a
+one-process run made in the test itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch.distributed as dist
+
+from attnlab.analysis.context import attention_by_distance
+from attnlab.errors import InvalidInput
+from attnlab.interventions import AblateHead
+from attnlab.measure import KL, LogitDiff, effect, score, sweep_heads, sweep_interventions
+from attnlab.measure.distributed import current, map_units
+from attnlab.testing import tiny_model
+
+PROMPTS = ["the nurse said that", "the doctor said that he was", "a man", "the king told the queen that", "she left"]
+COUNTERFACTUALS = ["the man said that", "the nurse said that she was", "a woman", "the queen told the king that", "he left"]
+CORPUS = ["the nurse said that she left .", "a dog ran", "the king told the queen that he was happy .", "she sat", "the car"]
+
+
+def one_run(model_llama, model_gemma) -> dict:
+    """Every measured quantity; the same function makes the one-process reference."""
+    metric = LogitDiff(" she", " he")
+    out = {}
+    zero = sweep_heads(model_llama, PROMPTS, "zero", metric, batch_size=10, n_boot=50, progress=False)
+    out["sweep_zero"] = zero.per_prompt[["layer", "head", "intervened", "effect"]].to_numpy()
+    out["sweep_zero_table"] = zero.table[["effect", "ci_low", "ci_high"]].to_numpy()
+    # several chunks of rows (2 prompts each, the last one short), with per-chunk patch sources
+    chunks = sweep_heads(model_llama, PROMPTS, "zero", metric, batch_size=2, n_boot=50, progress=False)
+    out["sweep_chunks"] = chunks.per_prompt["intervened"].to_numpy()
+    patch = sweep_heads(model_gemma, PROMPTS, "patch", KL(), counterfactuals=COUNTERFACTUALS, batch_size=2, n_boot=50,
+                        progress=False)
+    out["sweep_patch"] = patch.per_prompt[["layer", "head", "intervened"]].to_numpy()
+    tied = {"rows 0 and 2": [AblateHead(1, 0, rows=[0, 2])], "head 0.1": [AblateHead(0, 1)]}  # one chunk of all rows
+    out["sweep_rows_tied"] = sweep_interventions(model_llama, PROMPTS, tied, metric, batch_size=10, n_boot=50,
+                                                 progress=False).per_prompt["intervened"].to_numpy()
+    variants = {"layer 0": [AblateHead(0)], "heads 1.0+1.3": [AblateHead(1, 0), AblateHead(1, 3)], "head 0.2": [AblateHead(0, 2)]}
+    out["sweep_interventions"] = sweep_interventions(model_llama, PROMPTS, variants, metric, batch_size=5, n_boot=50,
+                                                     progress=False).per_prompt["intervened"].to_numpy()
+    # fewer work units than processes: one variant, one chunk of prompts
+    out["one_variant"] = sweep_interventions(model_llama, PROMPTS, {"only": [AblateHead(1, 1)]}, metric, n_boot=50,
+                                             progress=False).per_prompt["intervened"].to_numpy()
+    out["score"] = score(model_llama, PROMPTS, metric, batch_size=2)
+    out["score_one_chunk"] = score(model_llama, PROMPTS, metric, batch_size=64)
+    eff = effect(model_llama, PROMPTS, [AblateHead(1, 2)], metric, batch_size=2, n_boot=50, progress=False)
+    out["effect"] = eff.per_prompt[["clean", "intervened"]].to_numpy()
+    prof = attention_by_distance(model_gemma, CORPUS, batch_size=2, progress=False)
+    out["distance_mass"], out["distance_sink"] = prof.mass, prof.sink
+    return out
+
+
+def _forwards(model, call) -> int:
+    """How many forward passes ``call()`` makes in this process (the embedding runs once per pass)."""
+    calls = []
+    handle = model.hf_model.get_input_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        call()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def forward_counts(model_llama, model_gemma) -> dict[str, int]:
+    """Forward passes of a sweep, a score and a corpus analysis, each with several work units."""
+    metric = LogitDiff(" she", " he")
+    return {
+        "sweep": _forwards(model_llama, lambda: sweep_heads(model_llama, PROMPTS, "zero", metric, batch_size=4, n_boot=10,
+                                                             progress=False)),
+        "score": _forwards(model_llama, lambda: score(model_llama, PROMPTS, metric, batch_size=1)),
+        "corpus": _forwards(model_gemma, lambda: attention_by_distance(model_gemma, CORPUS, batch_size=1, progress=False)),
+    }
+
+
+def _error_of(compute) -> tuple[str, str]:
+    try:
+        compute()
+    except Exception as err:
+        return type(err).__name__, str(err)
+    return "none", ""
+
+
+def _fail_on_rank_1(error: Exception):
+    def compute(unit):
+        if current().rank == 1:
+            raise error
+        return unit
+
+    return lambda: list(map_units(compute, range(4)))
+
+
+def everything() -> list[dict]:
+    """On each of the processes: the measured quantities, what the progress bars printed, the errors seen."""
+    out = one_run(tiny_model("llama"), tiny_model("gemma3", n_layers=3))
+    out["forwards"] = forward_counts(tiny_model("llama"), tiny_model("gemma3", n_layers=3))
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        sweep_heads(tiny_model("llama"), PROMPTS[:2], "zero", LogitDiff(" she", " he"), n_boot=10, progress=True)
+        score(tiny_model("llama"), PROMPTS, LogitDiff(" she", " he"), batch_size=2, progress=True)
+    out["stderr"] = stderr.getvalue()
+    out["typed_error"] = _error_of(_fail_on_rank_1(InvalidInput("no such occupation 'nurze'")))
+    out["other_error"] = _error_of(_fail_on_rank_1(ValueError("a bug")))
+    out["rank"], out["size"] = current().rank, current().size
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, out)
+    return everyone
+
+
+def fail_on_rank_1(model) -> str:
+    """Rank 1 fails outside any gather, while rank 0 waits in the next one."""
+    if current().rank == 1:
+        raise InvalidInput("cannot read the prompts file")
+    score(model, ["the nurse said that"], LogitDiff(" she", " he"))
+    return "not reached"

@@ -1,0 +1,187 @@
+"""Parallel runs: 2 gloo processes give the one-process numbers; errors travel typed, with their rank.
+
+The launches start real processes with torch's launcher (several seconds each on a busy
+machine), so one launch serves every equality test (``_distributed_jobs.everything``).
+"""
+
+from __future__ import annotations
+
+import pickle
+from functools import partial
+
+import numpy as np
+import pytest
+
+from attnlab.errors import DistributedError, InvalidInput
+from attnlab.measure import run_parallel
+from attnlab.measure.distributed import (
+    Group,
+    current,
+    error_record,
+    local,
+    map_units,
+    partition,
+    process_group,
+    rebuild_error,
+    variant_blocks,
+)
+from attnlab.testing import tiny_model
+from tests.measure import _distributed_jobs as jobs
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def two_processes() -> list[dict]:
+    """What each of 2 gloo processes returned from one launch."""
+    return run_parallel(jobs.everything, 2, backend="gloo")
+
+
+@pytest.fixture(scope="module")
+def one_process() -> dict:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return jobs.one_run(tiny_model("llama"), tiny_model("gemma3", n_layers=3))
+    finally:
+        torch.set_num_threads(before)
+
+
+KEYS = ["sweep_zero", "sweep_zero_table", "sweep_chunks", "sweep_patch", "sweep_rows_tied", "sweep_interventions", "one_variant", "score",
+        "score_one_chunk", "effect", "distance_mass", "distance_sink"]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_two_processes_equal_one(two_processes, one_process, key):
+    expected = np.asarray(one_process[key], dtype=float)
+    for got in two_processes:  # every process receives every result
+        value = np.asarray(got[key], dtype=float)
+        assert value.shape == expected.shape
+        assert np.abs(value - expected).max() <= 1e-6, f"{key} on rank {got['rank']}"
+
+
+@pytest.mark.parametrize("call", ["sweep", "score", "corpus"])
+def test_the_work_is_divided(two_processes, call):
+    alone = jobs.forward_counts(tiny_model("llama"), tiny_model("gemma3", n_layers=3))[call]
+    counts = [got["forwards"][call] for got in two_processes]
+    assert max(counts) < alone <= sum(counts), (alone, counts)  # each process ran part of it, all of it was run
+
+
+def test_the_processes_formed_a_group(two_processes):
+    assert [(g["rank"], g["size"]) for g in two_processes] == [(0, 2), (1, 2)]
+
+
+def test_one_progress_bar_on_the_main_process(two_processes):
+    main, other = two_processes
+    assert "sweep heads (zero)" in main["stderr"] and "score (logit_diff" in main["stderr"]
+    assert other["stderr"] == ""
+
+
+def test_an_attnlab_error_on_one_rank_is_raised_on_all_with_its_type_and_rank(two_processes):
+    for got in two_processes:
+        name, message = got["typed_error"]
+        assert name == "InvalidInput"
+        assert message == "rank 1 of 2: no such occupation 'nurze'"
+
+
+def test_another_error_on_one_rank_becomes_a_distributed_error_with_its_traceback(two_processes):
+    for got in two_processes:
+        name, message = got["other_error"]
+        assert name == "DistributedError"
+        assert message.startswith("rank 1 of 2 raised ValueError: a bug")
+        assert "Traceback" in message and "_distributed_jobs.py" in message
+
+
+def test_a_rank_failing_outside_a_gather_surfaces_in_the_caller():
+    with pytest.raises(InvalidInput, match=r"^rank 1 of 2: cannot read the prompts file$"):
+        run_parallel(jobs.fail_on_rank_1, 2, model=partial(tiny_model, "gpt2"), backend="gloo")
+
+
+# -- without launching ----------------------------------------------------------------------
+
+
+def test_blocks_are_the_runner_batches():
+    starts = [0, 0, 0, 1, 1, 0, 2]
+    assert variant_blocks(starts, 2) == [(0, [0, 1]), (0, [2, 5]), (1, [3, 4]), (2, [6])]
+    assert variant_blocks(starts, 10) == [(0, [0, 1, 2, 5]), (1, [3, 4]), (2, [6])]
+
+
+def test_partition_cuts_the_work_in_consecutive_runs_of_about_equal_cost():
+    assert partition([1, 1, 1, 1], 2) == [0, 0, 1, 1]
+    assert partition([2, 5, 5, 2, 5, 5], 2) == [0, 0, 0, 1, 1, 1]  # two chunks: one each, no clean forward repeated
+    costs = [19, 18, 18, 17, 17, 16, 3, 2, 1]
+    owner = partition(costs, 2)
+    assert owner == sorted(owner)  # consecutive
+    loads = [sum(c for c, o in zip(costs, owner) if o == p) for p in range(2)]
+    assert abs(loads[0] - loads[1]) <= max(costs)
+    assert partition([0, 0, 0], 2) == [0, 0, 1]  # no cost known: split by count
+    assert partition([5], 3) == [1]  # more processes than jobs: the others get nothing
+
+
+def test_outside_a_group_everything_runs_here():
+    assert current().size == 1 and current().rank == 0 and current().is_main
+    calls = []
+    assert list(map_units(lambda u: calls.append(u) or u * 2, [3, 1, 2])) == [6, 2, 4]
+    assert calls == [3, 1, 2]
+    with pytest.raises(ZeroDivisionError):  # one process: errors pass unchanged
+        list(map_units(lambda u: 1 / u, [1, 0]))
+
+
+def test_process_group_without_a_launcher_is_one_process(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("RANK", raising=False)
+    before = torch.get_num_threads()
+    with process_group(threads=1) as group:
+        assert group == Group(0, 1, group.device) and torch.get_num_threads() == 1
+        with local():
+            assert current().size == 1
+    assert torch.get_num_threads() == before
+
+
+def test_rebuilt_errors_keep_attnlab_types_and_name_the_rank():
+    group = Group(1, 4, None)
+    err = rebuild_error(error_record(InvalidInput("bad prompt 3"), group))
+    assert type(err) is InvalidInput and str(err) == "rank 1 of 4: bad prompt 3"
+    again = rebuild_error({**error_record(err, Group(0, 4, None))})  # already names its rank: not named twice
+    assert str(again) == "rank 1 of 4: bad prompt 3"
+    other = rebuild_error(error_record(KeyError("x"), group))
+    assert isinstance(other, DistributedError) and isinstance(other, RuntimeError)
+    assert str(other).startswith("rank 1 of 4 raised KeyError: 'x'")
+    assert pickle.loads(pickle.dumps(error_record(KeyError("x"), group)))["name"] == "KeyError"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: run_parallel(print, 0), r"n_procs must be a positive integer, got 0"),
+        (lambda: run_parallel(print, 2, threads=0), r"threads must be a positive integer or None"),
+        (lambda: run_parallel(print, 2, backend="glo"), r"unknown backend 'glo'; did you mean 'gloo'\? \(valid: gloo, nccl\)"),
+        (lambda: run_parallel(print, 2, model=tiny_model("gpt2")), r"model= takes what attnlab.load\(\) takes .* not a HookedModel"),
+        (lambda: run_parallel(lambda: 1, 2), r"cannot be pickled"),
+        (lambda: run_parallel(print, 2, lambda: 1), r"sends the arguments to new processes but they cannot be pickled"),
+    ],
+)
+def test_bad_calls_are_refused_before_any_process_starts(call, message):
+    with pytest.raises(InvalidInput, match=message):
+        call()
+
+
+def test_nccl_needs_gpus():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has GPUs")
+    with pytest.raises(InvalidInput, match=r"backend 'nccl' needs CUDA GPUs"):
+        run_parallel(print, 2, backend="nccl")
+
+
+def test_one_process_runs_here_with_the_model_loaded_from_its_spec():
+    from attnlab.measure import LogitDiff, sweep_heads
+
+    res = run_parallel(sweep_heads, 1, ["the nurse said that"], "zero", LogitDiff(" she", " he"),
+                       model=partial(tiny_model, "llama"), progress=False)
+    direct = sweep_heads(tiny_model("llama"), ["the nurse said that"], "zero", LogitDiff(" she", " he"), progress=False)
+    assert np.array_equal(res.table["effect"].to_numpy(), direct.table["effect"].to_numpy())
