@@ -276,7 +276,7 @@ def cmd_sweep(args) -> None:
     else:
         result = sweep_heads(_load(args), prompts, **sweep_options)
     _write_table(result.table, args.out, default_name="sweep.csv")
-    _save_figure(result.heatmap(), args.figure)
+    _save_figure(result.plot(), args.figure)
 
 
 def cmd_bias(args) -> None:
@@ -298,13 +298,13 @@ def cmd_bias(args) -> None:
     if specs:
         exp = bias_experiment(model, specs, **options)
         _write_table(exp.table, out / "bias_experiment.csv", default_name="bias_experiment.csv")
-        _save_figure(exp.figure(), out / "bias_experiment.png")
+        _save_figure(exp.plot(), out / "bias_experiment.png")
         print(exp.table.to_string(index=False))
     else:
         bias = pronoun_bias(model, **options)
-        _write_table(bias.per_occupation, out / "bias_per_occupation.csv", default_name="x.csv")
+        _write_table(bias.table, out / "bias_per_occupation.csv", default_name="x.csv")
         _write_table(bias.summary, out / "bias_summary.csv", default_name="x.csv")
-        _save_figure(bias.figure(), out / "bias_per_occupation.png")
+        _save_figure(bias.plot(), out / "bias_per_occupation.png")
         print(bias.summary.to_string(index=False))
     if pairs is not None:
         result = coref_bias(model, pairs, n_boot=args.n_boot, progress=not args.quiet)

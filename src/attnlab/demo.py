@@ -80,7 +80,7 @@ def run_demo(model, out_dir: str | Path = "attnlab-out", *, k: int = 2, method: 
     report.views(head_view(model, example, layers=layers))
     report.heading("Bias per occupation")
     report.figure(demo.figures["bias_scatter"], alt="bias per occupation")
-    report.table(demo.bias.per_occupation.sort_values("share_women"), max_rows=50)
+    report.table(demo.bias.table.sort_values("share_women"), max_rows=50)
     report.text(f"Computed in {time.time() - started:.0f} s. CSV and PNG files sit beside this report.", note=True)
     path = report.save(out / "report.html")
     return demo, path
