@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from attnlab.engine.decompose import ResidualAnalyses
-from attnlab.engine.locations import get_act_name
+from attnlab.engine.locations import BLOCK_NORMS, get_act_name, norm_path, scale_name
 from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean
 
 __all__ = ["ActivationCache"]
@@ -111,7 +111,7 @@ class ActivationCache(ResidualAnalyses):
 def _scale_name(layer: int | None = None, norm: str | None = None) -> str:
     """TransformerLens' ``get_act_name("scale", layer, "ln1")``; no layer: the final norm's scale."""
     if layer is None:
-        return f"{norm or 'ln_final'}.hook_scale"
-    if norm not in ("ln1", "ln2", "ln1_post", "ln2_post"):
+        return scale_name(norm_path(None, norm or "ln_final"))
+    if norm not in BLOCK_NORMS:
         raise InvalidLocation(f"a block's scale needs its norm: ('scale', {layer}, 'ln1' | 'ln2' | 'ln1_post' | 'ln2_post')")
-    return f"blocks.{int(layer)}.{norm}.hook_scale"
+    return scale_name(norm_path(layer, norm))

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 
+from attnlab.engine.locations import hook_name, norm_path, scale_name
 from attnlab.engine.norms import Norm
 from attnlab.errors import InvalidInput, InvalidLocation, UnsupportedModel
 
@@ -142,23 +143,23 @@ class ResidualAnalyses:
         """The tensor the norm at ``path`` normalised, rebuilt from the cache (when its scale is not cached)."""
         kind, n = self.model.layout.kind, self._n
         if path == "ln_final":
-            return self._need(f"blocks.{n - 1}.hook_resid_post", what)
+            return self._need(hook_name(n - 1, "resid_post"), what)
         if path == "embed_ln":
             return sum(self._need(hook, what) for _, hook in _EMBEDS if hook in self.model.hook_dict)
         _, layer, ln = path.split(".")
         layer = int(layer)
         post_norm = kind == "post_norm"
-        sources = {"ln1": "hook_resid_mid" if post_norm else "hook_resid_pre", "ln2": "hook_resid_post" if post_norm else "hook_resid_mid"}
+        sources = {"ln1": "resid_mid" if post_norm else "resid_pre", "ln2": "resid_post" if post_norm else "resid_mid"}
         if ln in sources:
-            return self._need(f"blocks.{layer}.{sources[ln]}", what)
+            return self._need(hook_name(layer, sources[ln]), what)
         if ln == "ln1_post":  # the output projection's output
             return self._head_results(layer, None, what).sum(dim=-2) + self.model.blocks[layer].attn.b_O
         mlp = self.model.blocks[layer].mlp  # ln2_post: the down projection's output
-        return self._need(f"blocks.{layer}.mlp.hook_post", what) @ mlp.W_out + mlp.b_out
+        return self._need(hook_name(layer, "post"), what) @ mlp.W_out + mlp.b_out
 
     def _scale(self, path: str, pos_slice: SliceLike, what: str) -> Float[torch.Tensor, "... 1"]:
         """The scale of the norm at ``path`` from this forward pass: cached, else recomputed from its cached input."""
-        cached = self.cache_dict.get(f"{path}.hook_scale")
+        cached = self.cache_dict.get(scale_name(path))
         if cached is None:
             cached = self._norm_at(path, what).scale(self._scale_input(path, what))
         return apply_slice(cached, pos_slice, -2)
@@ -168,23 +169,23 @@ class ResidualAnalyses:
         kind, n = self.model.layout.kind, self._n
         if kind == "post_norm":
             if layer == n:
-                return f"blocks.{n - 1}.ln2"
-            return f"blocks.{layer}.ln1" if mlp_input else None
+                return norm_path(n - 1, "ln2")
+            return norm_path(layer, "ln1") if mlp_input else None
         if layer == n:
             return "ln_final" if self.model.layout.final_norm is not None else None
-        return f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
+        return norm_path(layer, "ln2" if mlp_input else "ln1")
 
     def _head_results(self, layer: int, pos_slice: SliceLike, what: str) -> Float[torch.Tensor, "... pos head d_model"]:
-        name = f"blocks.{layer}.attn.hook_result"
+        name = hook_name(layer, "result")
         result = self.cache_dict.get(name)
         if result is None:  # z through each head's slice of W_O
-            z = self._need(f"blocks.{layer}.attn.hook_z", what)
+            z = self._need(hook_name(layer, "z"), what)
             W_O = self.model.blocks[layer].attn.W_O
             result = torch.einsum("...hd,hdm->...hm", z, W_O.to(z.dtype))
         return apply_slice(result, pos_slice, -3)
 
     def _neuron_results(self, layer: int, pos_slice: SliceLike, neuron_slice: SliceLike, what: str):
-        post = apply_slice(self._need(f"blocks.{layer}.mlp.hook_post", what), pos_slice, -2)  # [..., d_mlp]
+        post = apply_slice(self._need(hook_name(layer, "post"), what), pos_slice, -2)  # [..., d_mlp]
         W_out = self.model.blocks[layer].mlp.W_out  # [d_mlp, d_model]
         neurons = torch.arange(W_out.shape[0])
         if neuron_slice is not None:
@@ -194,8 +195,8 @@ class ResidualAnalyses:
 
     def _target(self, layer: int, mlp_input: bool, pos_slice: SliceLike, what: str) -> torch.Tensor:
         if layer == self._n:
-            return self._stream(f"blocks.{layer - 1}.hook_resid_post", pos_slice, what)
-        return self._stream(f"blocks.{layer}.hook_{'resid_mid' if mlp_input else 'resid_pre'}", pos_slice, what)
+            return self._stream(hook_name(layer - 1, "resid_post"), pos_slice, what)
+        return self._stream(hook_name(layer, "resid_mid" if mlp_input else "resid_pre"), pos_slice, what)
 
     def _walk(self, layer: int, mlp_input: bool, *, attn: str | None, mlp: str | None, embeds: bool,
               pos_slice: SliceLike, what: str, neuron_slice: SliceLike = None) -> _Groups:
@@ -219,12 +220,12 @@ class ResidualAnalyses:
         for L in range(min(layer + (1 if mlp_input else 0), n)):
             block = self.model.blocks[L]
             if attn == "layer":
-                groups.add("attn", [f"{L}_attn_out"], self._stream(f"blocks.{L}.hook_attn_out", pos_slice, what)[None])
+                groups.add("attn", [f"{L}_attn_out"], self._stream(hook_name(L, "attn_out"), pos_slice, what)[None])
             elif attn == "heads":
                 heads = self._head_results(L, pos_slice, what).movedim(-2, 0)  # [head, ..., d_model]
                 bias = block.attn.b_O.to(heads.dtype)
                 if kind == "sandwich":  # Gemma: each head through the post-attention norm, scale frozen
-                    path = f"blocks.{L}.ln1_post"
+                    path = norm_path(L, "ln1_post")
                     norm, scale = self._norm_at(path, what), self._scale(path, pos_slice, what)
                     heads, bias = _frozen(norm, heads, scale), _frozen(norm, bias, scale)
                 groups.add("attn", [f"L{L}H{h}" for h in range(heads.shape[0])], heads)
@@ -232,20 +233,20 @@ class ResidualAnalyses:
             if L == layer:  # mlp_input: the target is resid_mid of this layer
                 break
             if post_norm:
-                freeze(f"blocks.{L}.ln1")
+                freeze(norm_path(L, "ln1"))
             if mlp == "layer":
-                groups.add("mlp", [f"{L}_mlp_out"], self._stream(f"blocks.{L}.hook_mlp_out", pos_slice, what)[None])
+                groups.add("mlp", [f"{L}_mlp_out"], self._stream(hook_name(L, "mlp_out"), pos_slice, what)[None])
             elif mlp == "neurons":
                 results, neurons = self._neuron_results(L, pos_slice, neuron_slice, what)
                 results, bias = results.movedim(-2, 0), block.mlp.b_out.to(results.dtype)
                 if kind == "sandwich":
-                    path = f"blocks.{L}.ln2_post"
+                    path = norm_path(L, "ln2_post")
                     norm, scale = self._norm_at(path, what), self._scale(path, pos_slice, what)
                     results, bias = _frozen(norm, results, scale), _frozen(norm, bias, scale)
                 groups.add("mlp", [f"L{L}N{i}" for i in neurons], results)
                 groups.add_bias(bias)
             if post_norm and L < n - 1:
-                freeze(f"blocks.{L}.ln2")
+                freeze(norm_path(L, "ln2"))
         return groups
 
     def _finish(self, labels: list[str], stacks: list[torch.Tensor], template: torch.Tensor, *, apply_ln: bool,
@@ -305,13 +306,13 @@ class ResidualAnalyses:
         labels, stacks = [], []
         for L in range(layer + 1):
             if L == self._n:
-                stacks.append(self._stream(f"blocks.{L - 1}.hook_resid_post", pos_slice, what))
+                stacks.append(self._stream(hook_name(L - 1, "resid_post"), pos_slice, what))
                 labels.append("final_post")
                 continue
-            stacks.append(self._stream(f"blocks.{L}.hook_resid_pre", pos_slice, what))
+            stacks.append(self._stream(hook_name(L, "resid_pre"), pos_slice, what))
             labels.append(f"{L}_pre")
             if (incl_mid and L < layer) or (mlp_input and L == layer):
-                stacks.append(self._stream(f"blocks.{L}.hook_resid_mid", pos_slice, what))
+                stacks.append(self._stream(hook_name(L, "resid_mid"), pos_slice, what))
                 labels.append(f"{L}_mid")
         stack = torch.stack(stacks, dim=0)
         if apply_ln:
@@ -347,7 +348,7 @@ class ResidualAnalyses:
     def compute_head_results(self) -> None:
         """Fill ``blocks.L.attn.hook_result`` from the cached ``hook_z`` and ``W_O`` where it is missing."""
         for L in range(self._n):
-            name = f"blocks.{L}.attn.hook_result"
+            name = hook_name(L, "result")
             if name not in self.cache_dict:
                 self.cache_dict[name] = self._head_results(L, None, "compute_head_results")
 

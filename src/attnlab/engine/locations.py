@@ -15,7 +15,7 @@ from attnlab.errors import InvalidLocation, did_you_mean
 
 __all__ = [
     "SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "BLOCK_SITES", "MODEL_SITES", "ALL_SITES",
-    "Location", "hook_name", "parse_hook_name", "get_act_name", "check_site",
+    "Location", "hook_name", "parse_hook_name", "get_act_name", "check_site", "BLOCK_NORMS", "norm_path", "scale_name",
 ]
 
 #: The attention sites, in the order the attention computation visits them.
@@ -100,6 +100,28 @@ def hook_name(layer: int | None, site: str) -> str:
     return f"blocks.{layer}.{BLOCK_SITES[site]}"
 
 
+#: The norms inside a block, by TransformerLens' names (``ln1_post``/``ln2_post``: Gemma's extra norms).
+BLOCK_NORMS = ("ln1", "ln2", "ln1_post", "ln2_post")
+#: Norms outside the blocks.
+MODEL_NORMS = ("ln_final", "embed_ln")
+
+
+def norm_path(layer: int | None, norm: str) -> str:
+    """Where a norm sits: ``norm_path(3, "ln1") == "blocks.3.ln1"``, ``norm_path(None, "ln_final") == "ln_final"``."""
+    if layer is None:
+        if norm not in MODEL_NORMS:
+            raise InvalidLocation(f"unknown norm {norm!r} outside the blocks (valid: {', '.join(MODEL_NORMS)})")
+        return norm
+    if norm not in BLOCK_NORMS:
+        raise InvalidLocation(f"unknown norm {norm!r}{did_you_mean(str(norm), BLOCK_NORMS)} (valid: {', '.join(BLOCK_NORMS)})")
+    return f"blocks.{int(layer)}.{norm}"
+
+
+def scale_name(path: str) -> str:
+    """The hook name of a norm's scale: ``scale_name("blocks.3.ln1") == "blocks.3.ln1.hook_scale"``."""
+    return f"{path}.hook_scale"
+
+
 def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
     """TransformerLens' ``utils.get_act_name``: ``get_act_name("pattern", 3)``, ``get_act_name("resid_pre", 0)``.
 
@@ -109,7 +131,7 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     if name.startswith("blocks.") or name.startswith("hook_") or "." in name:
         return name
     if name in ("scale", "normalized") and layer_type is not None:  # norms: get_act_name("scale", 3, "ln1")
-        return f"blocks.{int(layer)}.{layer_type}.hook_{name}" if layer is not None else f"{layer_type}.hook_{name}"
+        return f"{norm_path(layer, layer_type)}.hook_{name}"
     return hook_name(layer, name)
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from attnlab.engine.attention import AttentionHooks, attach
 from attnlab.engine.hooks import Hook, HookPoint, OnDemand
 from attnlab.engine.layout import BlockLayout, ModelLayout
+from attnlab.engine.locations import norm_path
 from attnlab.engine.norms import Norm, describe_norm
 from attnlab.engine.state import current_state
 from attnlab.engine.weights import AttentionWeights, MlpWeights, head_out_weight
@@ -178,7 +179,7 @@ class HookTree(nn.Module):
         found = {"embed_ln": self.layout.embed_ln, "ln_final": self.layout.final_norm}
         for b in self.layout.blocks:
             for attr in ("ln1", "ln2", "ln1_post", "ln2_post"):
-                found[f"blocks.{b.index}.{attr}"] = getattr(b, attr)
+                found[norm_path(b.index, attr)] = getattr(b, attr)
         return {k: v for k, v in found.items() if v is not None}
 
     def _describe_norms(self) -> dict[str, Norm]:
