@@ -360,16 +360,8 @@ class ResidualAnalyses:
         Llama); on Gemma it is passed through the post-attention norm, and on BERT through
         every LayerNorm after it, scales frozen. ``incl_remainder`` adds the rest of the stream.
         """
-        what = "stack_head_results"
-        layer = self._layer(layer, what)
-        groups = self._walk(layer, False, attn="heads", mlp=None, embeds=False, pos_slice=pos_slice, what=what)
-        labels, stacks = groups.select("attn")
-        target = self._target(layer, False, pos_slice, what)
-        if incl_remainder:
-            total = sum(s.sum(dim=0) for s in stacks) if stacks else torch.zeros_like(target)
-            labels, stacks = labels + ["remainder"], stacks + [(target - total)[None]]
-        return self._finish(labels, stacks, target, apply_ln=apply_ln, layer=layer, mlp_input=False,
-                            pos_slice=pos_slice, return_labels=return_labels)
+        return self._stack_units("stack_head_results", "attn", layer, dict(attn="heads", mlp=None), pos_slice=pos_slice,
+                                 return_labels=return_labels, incl_remainder=incl_remainder, apply_ln=apply_ln)
 
     def get_neuron_results(self, layer: int, neuron_slice: SliceLike = None,
                            pos_slice: SliceLike = None) -> Float[torch.Tensor, "*batch_pos neuron d_model"]:
@@ -381,11 +373,15 @@ class ResidualAnalyses:
     def stack_neuron_results(self, layer: int, pos_slice: SliceLike = None, neuron_slice: SliceLike = None,
                              return_labels: bool = False, incl_remainder: bool = False, apply_ln: bool = False):
         """Each MLP neuron's contribution to the stream at ``layer`` (neurons of the layers before it)."""
-        what = "stack_neuron_results"
+        return self._stack_units("stack_neuron_results", "mlp", layer, dict(attn=None, mlp="neurons", neuron_slice=neuron_slice),
+                                 pos_slice=pos_slice, return_labels=return_labels, incl_remainder=incl_remainder,
+                                 apply_ln=apply_ln)
+
+    def _stack_units(self, what: str, group: str, layer, walk: dict, *, pos_slice, return_labels, incl_remainder, apply_ln):
+        """One group of units (heads or neurons) of the layers before ``layer``, plus the remainder if asked."""
         layer = self._layer(layer, what)
-        groups = self._walk(layer, False, attn=None, mlp="neurons", embeds=False, pos_slice=pos_slice, what=what,
-                            neuron_slice=neuron_slice)
-        labels, stacks = groups.select("mlp")
+        groups = self._walk(layer, False, embeds=False, pos_slice=pos_slice, what=what, **walk)
+        labels, stacks = groups.select(group)
         target = self._target(layer, False, pos_slice, what)
         if incl_remainder:
             total = sum(s.sum(dim=0) for s in stacks) if stacks else torch.zeros_like(target)

@@ -22,7 +22,7 @@ from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch, did_you_
 
 __all__ = [
     "Intervention", "Prepared", "REGISTRY", "register", "as_index_tuple", "tensor_or_none", "finite_number",
-    "check_seed", "FLOAT32_MAX",
+    "check_seed", "FLOAT32_MAX", "scale_or_value", "required_indices",
 ]
 
 REGISTRY: dict[str, type[Intervention]] = {}
@@ -67,6 +67,22 @@ def finite_number(value: Any, what: str) -> float:
     if abs(number) > FLOAT32_MAX:
         raise InvalidSpec(f"{what} must be a finite number within float32's range (|x| <= {FLOAT32_MAX:.3g}), got {value!r}")
     return number
+
+
+def scale_or_value(kind: str, scale: Any, value: Any) -> tuple[float | None, float | None]:
+    """Exactly one of ``scale=`` (multiply) or ``value=`` (overwrite), as a float32-finite number."""
+    if (scale is None) == (value is None):
+        raise InvalidSpec(f"{kind} needs exactly one of scale= or value=")
+    return (finite_number(scale, "scale") if scale is not None else None,
+            finite_number(value, "value") if value is not None else None)
+
+
+def required_indices(value: Any, what: str, kind: str) -> tuple[int, ...]:
+    """A non-optional index field (``dim=``, ``neuron=``): an int or a list of ints."""
+    items = as_index_tuple(value, what)
+    if items is None:
+        raise InvalidSpec(f"{kind} needs {what}= (an int or a list of ints)")
+    return items
 
 
 def check_seed(value: Any) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.errors import InvalidLocation, InvalidSpec, UnsupportedModel
-from attnlab.interventions._base import Intervention, _axis_mask, as_index_tuple, finite_number, register
+from attnlab.errors import InvalidLocation, UnsupportedModel
+from attnlab.interventions._base import Intervention, _axis_mask, register, required_indices, scale_or_value
 
 __all__ = ["EditMLPNeuron"]
 
@@ -30,15 +30,10 @@ class EditMLPNeuron(Intervention):
 
     def __init__(self, layer: int, neuron=None, *, scale=None, value=None, positions=None, rows=None):
         super().__init__(layer, None, positions=positions, rows=rows)
-        neurons = as_index_tuple(neuron, "neuron")
-        if neurons is None:
-            raise InvalidSpec("EditMLPNeuron needs neuron= (an int or a list of ints)")
+        neurons = required_indices(neuron, "neuron", "EditMLPNeuron")
         self.neuron = neurons[0] if len(neurons) == 1 else list(neurons)
         self._neurons = neurons
-        if (scale is None) == (value is None):
-            raise InvalidSpec("EditMLPNeuron needs exactly one of scale= or value=")
-        self.scale = finite_number(scale, "scale") if scale is not None else None
-        self.value = finite_number(value, "value") if value is not None else None
+        self.scale, self.value = scale_or_value("EditMLPNeuron", scale, value)
 
     def validate(self, cfg) -> None:
         super().validate(cfg)

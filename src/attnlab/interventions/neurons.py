@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.errors import InvalidLocation, InvalidSpec
-from attnlab.interventions._base import Intervention, as_index_tuple, check_site, finite_number, register
+from attnlab.errors import InvalidLocation
+from attnlab.interventions._base import Intervention, check_site, register, required_indices, scale_or_value
 
 __all__ = ["EditNeuron", "NEURON_SITES"]
 
@@ -31,15 +31,10 @@ class EditNeuron(Intervention):
     def __init__(self, layer: int, head=None, *, site: str, dim, scale=None, value=None, positions=None, rows=None):
         super().__init__(layer, head, positions=positions, rows=rows)
         self.site = check_site(site, NEURON_SITES, "EditNeuron")
-        dims = as_index_tuple(dim, "dim")
-        if dims is None:
-            raise InvalidSpec("EditNeuron needs dim= (an int or a list of ints)")
+        dims = required_indices(dim, "dim", "EditNeuron")
         self.dim = dims[0] if len(dims) == 1 else list(dims)
         self._dims = dims
-        if (scale is None) == (value is None):
-            raise InvalidSpec("EditNeuron needs exactly one of scale= or value=")
-        self.scale = finite_number(scale, "scale") if scale is not None else None
-        self.value = finite_number(value, "value") if value is not None else None
+        self.scale, self.value = scale_or_value("EditNeuron", scale, value)
 
     def validate(self, cfg) -> None:
         super().validate(cfg)
