@@ -30,7 +30,7 @@ def _check_shape(result, *, axes=1) -> None:
 
 
 def _deprecated(result, old: str, new: str):
-    with pytest.warns(DeprecationWarning, match=rf"{type(result).__name__}\.{old} is deprecated.*use \.{new}"):
+    with pytest.warns(DeprecationWarning, match=rf"{type(result).__name__}\.{old} is deprecated.*use {type(result).__name__}\.{new}"):
         return getattr(result, old)
 
 

@@ -44,7 +44,7 @@ def test_sweep_result_and_deprecated_heatmap(tiny_llama):
     assert (res["head"] == res.table["head"]).all()  # the safe spelling of table["head"]
     with pytest.raises(InvalidInput, match="no column 'haed'; did you mean 'head'"):
         res["haed"]
-    with pytest.warns(DeprecationWarning, match=r"SweepResult.heatmap is deprecated.*use .plot"):
+    with pytest.warns(DeprecationWarning, match=r"SweepResult.heatmap is deprecated.*use SweepResult.plot"):
         fig = res.heatmap(title="heads")
     assert fig.axes[0].get_title() == "heads"
 

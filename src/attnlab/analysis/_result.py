@@ -7,42 +7,13 @@ with a ``DeprecationWarning`` that names the new spelling, so users' scripts do 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from attnlab._deprecation import Renamed, deprecated
+
 __all__ = ["deprecated", "Renamed", "CallableTable", "empty_frame"]
-
-
-def deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
-    """Warn that ``old`` is deprecated in favour of ``new`` (both as users spell them)."""
-    warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}",
-                  DeprecationWarning, stacklevel=stacklevel)
-
-
-class Renamed:
-    """A deprecated attribute that reads and writes another one: ``df = Renamed("table")``."""
-
-    def __init__(self, new: str):
-        self.new = new
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.old = name
-
-    def _warn(self, obj) -> None:
-        owner = type(obj).__name__
-        deprecated(f"{owner}.{self.old}", f"{owner}.{self.new}", stacklevel=4)
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        self._warn(obj)
-        return getattr(obj, self.new)
-
-    def __set__(self, obj, value) -> None:
-        self._warn(obj)
-        setattr(obj, self.new, value)
 
 
 class CallableTable(pd.DataFrame):

@@ -17,38 +17,18 @@ compares a method): read columns with ``result["head"]`` or ``result.column("hea
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from attnlab._deprecation import Renamed
 from attnlab.errors import InvalidInput, did_you_mean
 
 __all__ = ["Result", "renamed"]
 
 
-class renamed:  # noqa: N801 (used like a decorator-free property)
-    """A deprecated name for an attribute or method of a result: ``per_unit = renamed("table")``.
-
-    Reading it warns (``DeprecationWarning`` naming the new spelling) and returns the new
-    attribute, so ``result.figure()`` keeps working as ``result.plot()`` for one release.
-    """
-
-    def __init__(self, new: str):
-        self.new = new
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.old = name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        warnings.warn(
-            f"{type(obj).__name__}.{self.old} is deprecated and will be removed in the next release; use .{self.new}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(obj, self.new)
+#: A deprecated name for an attribute or method of a result: ``per_unit = renamed("table")``.
+renamed = Renamed
 
 
 class Result:
