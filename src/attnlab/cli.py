@@ -281,7 +281,8 @@ def cmd_sweep(args) -> None:
 
 def cmd_bias(args) -> None:
     """Occupation pronoun bias (and the WinoBias pro/anti gap), optionally before/after interventions."""
-    from attnlab.bias import bias_experiment, coref_bias, load_winobias_dir, pronoun_bias, winobias_pairs
+    from attnlab.bias import bias_experiment, coref_bias, pronoun_bias, winobias_pairs
+    from attnlab.bias.datasets import load_winobias_dir
 
     occupations = _occupations(args.occupations)
     templates = _templates(args.templates)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from attnlab.bias import run_bias_demo
+from attnlab.bias.demo import run_bias_demo
 from attnlab.viz import diff_view, head_view
 from attnlab.viz.report import Report
 

@@ -17,7 +17,7 @@ import torch
 
 from attnlab.engine.model import HookedModel
 
-__all__ = ["TINY_ARCHITECTURES", "VOCAB", "tiny_tokenizer", "tiny_hf_model", "tiny_model"]
+__all__ = ["tiny_model", "tiny_hf_model", "tiny_tokenizer", "TINY_ARCHITECTURES"]
 
 TINY_ARCHITECTURES = ("gpt2", "bert", "bert-mlm", "llama", "gemma3")
 

@@ -10,53 +10,45 @@ engine's one forward primitive (:func:`attnlab.engine.forward.run`), with no LM 
 Arguments naming one location are ``layer=``/``head=``; several are ``layers=``/``heads=``.
 """
 
-from attnlab.analysis._corpus import Sentence, prepare, split_words
-from attnlab.analysis._result import deprecated as _deprecated
-from attnlab.analysis.clustering import BEHAVIOURS, HeadMap, behaviour, head_distances, js_divergence_matrix
-from attnlab.analysis.conllu import DependencySentence, parse_conllu, read_conllu
-from attnlab.analysis.context import (
-    DistanceProfile,
-    WindowExperiment,
-    attention_by_distance,
-    loss_by_position,
-    window_experiment,
-)
-from attnlab.analysis.dial import DialResult, WindowNotReached, decay_units, set_context_window
-from attnlab.analysis.heads import STAT_COLUMNS, HeadStats, entropy, head_stats, word_attention
-from attnlab.analysis.neurons import (
-    DecayProfile,
-    NeuronData,
-    decay_neurons,
-    neuron_data,
-    unit_dims,
-    unit_scores,
-)
-from attnlab.analysis.probe import AttentionProbe, ProbeScore
-from attnlab.analysis.syntax import DIRECTIONS, RelationAccuracy, relation_accuracy, word_maps
+from attnlab._deprecation import moved_names
+from attnlab.analysis.clustering import head_distances
+from attnlab.analysis.conllu import read_conllu
+from attnlab.analysis.context import attention_by_distance, loss_by_position, window_experiment
+from attnlab.analysis.dial import WindowNotReached, set_context_window
+from attnlab.analysis.heads import head_stats, word_attention
+from attnlab.analysis.neurons import decay_neurons, neuron_data, unit_scores
+from attnlab.analysis.probe import AttentionProbe
+from attnlab.analysis.syntax import relation_accuracy
 
 __all__ = [
-    "Sentence", "prepare", "split_words",
-    "head_stats", "HeadStats", "STAT_COLUMNS", "entropy", "word_attention",
-    "head_distances", "HeadMap", "behaviour", "BEHAVIOURS", "js_divergence_matrix",
-    "read_conllu", "parse_conllu", "DependencySentence",
-    "word_maps", "relation_accuracy", "RelationAccuracy", "DIRECTIONS",
-    "AttentionProbe", "ProbeScore",
-    "neuron_data", "NeuronData", "unit_scores", "unit_dims",
-    "decay_neurons", "DecayProfile",
-    "attention_by_distance", "DistanceProfile", "loss_by_position", "window_experiment", "WindowExperiment",
-    "set_context_window", "decay_units", "DialResult", "WindowNotReached",
+    "head_stats", "word_attention", "head_distances",
+    "read_conllu", "relation_accuracy", "AttentionProbe",
+    "neuron_data", "unit_scores", "decay_neurons",
+    "attention_by_distance", "loss_by_position", "window_experiment",
+    "set_context_window", "WindowNotReached",
 ]
 
-#: Old names that keep working for one release: the functions warn when called, naming the new spelling.
+_MOVED = {
+    "Sentence": "attnlab.analysis._corpus", "prepare": "attnlab.analysis._corpus", "split_words": "attnlab.analysis._corpus",
+    "HeadStats": "attnlab.analysis.heads", "STAT_COLUMNS": "attnlab.analysis.heads", "entropy": "attnlab.analysis.heads",
+    "HeadMap": "attnlab.analysis.clustering", "behaviour": "attnlab.analysis.clustering",
+    "BEHAVIOURS": "attnlab.analysis.clustering", "js_divergence_matrix": "attnlab.analysis.clustering",
+    "parse_conllu": "attnlab.analysis.conllu", "DependencySentence": "attnlab.analysis.conllu",
+    "word_maps": "attnlab.analysis.syntax", "RelationAccuracy": "attnlab.analysis.syntax", "DIRECTIONS": "attnlab.analysis.syntax",
+    "ProbeScore": "attnlab.analysis.probe", "NeuronData": "attnlab.analysis.neurons", "unit_dims": "attnlab.analysis.neurons",
+    "DecayProfile": "attnlab.analysis.neurons", "DistanceProfile": "attnlab.analysis.context",
+    "WindowExperiment": "attnlab.analysis.context", "decay_units": "attnlab.analysis.dial", "DialResult": "attnlab.analysis.dial",
+    "NeuronView": "attnlab.analysis.neurons:NeuronData",
+}
+_moved = moved_names("attnlab.analysis", _MOVED)
+
+#: Old functions that keep working for one release: they warn when called, naming the new spelling.
 _DEPRECATED_FUNCTIONS = ("neuron_view", "is_rotary", "head_scale")
 
 
 def __getattr__(name: str):
-    from attnlab.analysis import neurons
-
     if name in _DEPRECATED_FUNCTIONS:
+        from attnlab.analysis import neurons
+
         return getattr(neurons, name)
-    if name == "NeuronView":
-        _deprecated("attnlab.analysis.NeuronView", "attnlab.analysis.NeuronData")
-        return neurons.NeuronData
-    raise AttributeError(f"module 'attnlab.analysis' has no attribute {name!r}")
+    return _moved(name)

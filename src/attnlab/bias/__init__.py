@@ -6,59 +6,41 @@
 (4, 5)
 """
 
-from attnlab.bias.coref import CorefBias, coref_bias, pair_log_ratio, winogender_bias
-from attnlab.bias.datasets import (
-    fill_winogender,
-    load_winobias,
-    load_winobias_dir,
-    load_winogender_stats,
-    load_winogender_templates,
-    winobias_pairs,
-)
-from attnlab.bias.demo import BiasDemo, run_bias_demo
-from attnlab.bias.experiment import BiasExperiment, bias_experiment, perplexity
-from attnlab.bias.mediation import (
-    MediationPair,
-    MediationResult,
-    causal_mediation,
-    greedy_heads,
-    mediation_effects,
-    mediation_pairs,
-    total_effect,
-)
-from attnlab.bias.pronouns import BIAS_METRICS, PronounBias, pronoun_bias
-from attnlab.bias.templates import Template, neutral_prompts, neutral_text, occupation_table, occupations, templates
+from attnlab._deprecation import moved_names
+from attnlab.bias.coref import coref_bias, winogender_bias
+from attnlab.bias.datasets import load_winobias, load_winogender_stats, load_winogender_templates, winobias_pairs
+from attnlab.bias.experiment import bias_experiment
+from attnlab.bias.mediation import MediationPair, causal_mediation, greedy_heads, mediation_pairs
+from attnlab.bias.pronouns import pronoun_bias
+from attnlab.bias.templates import Template, neutral_prompts, neutral_text, occupations, templates
 
 __all__ = [
     "pronoun_bias",
-    "PronounBias",
-    "BIAS_METRICS",
+    "coref_bias",
+    "winogender_bias",
+    "bias_experiment",
+    "causal_mediation",
+    "greedy_heads",
+    "mediation_pairs",
+    "MediationPair",
     "Template",
     "templates",
     "occupations",
-    "occupation_table",
     "neutral_prompts",
     "neutral_text",
     "load_winobias",
-    "load_winobias_dir",
     "winobias_pairs",
     "load_winogender_templates",
     "load_winogender_stats",
-    "fill_winogender",
-    "coref_bias",
-    "CorefBias",
-    "pair_log_ratio",
-    "winogender_bias",
-    "MediationPair",
-    "MediationResult",
-    "mediation_pairs",
-    "total_effect",
-    "mediation_effects",
-    "causal_mediation",
-    "greedy_heads",
-    "bias_experiment",
-    "BiasExperiment",
-    "perplexity",
-    "run_bias_demo",
-    "BiasDemo",
 ]
+
+#: Names that left the package surface: still importable for one release, with a warning naming their home.
+__getattr__ = moved_names("attnlab.bias", {
+    "PronounBias": "attnlab.bias.pronouns", "BIAS_METRICS": "attnlab.bias.pronouns",
+    "occupation_table": "attnlab.bias.templates", "load_winobias_dir": "attnlab.bias.datasets",
+    "fill_winogender": "attnlab.bias.datasets", "CorefBias": "attnlab.bias.coref",
+    "pair_log_ratio": "attnlab.bias.coref", "MediationResult": "attnlab.bias.mediation",
+    "total_effect": "attnlab.bias.mediation", "mediation_effects": "attnlab.bias.mediation",
+    "BiasExperiment": "attnlab.bias.experiment", "perplexity": "attnlab.measure:perplexity",
+    "run_bias_demo": "attnlab.bias.demo", "BiasDemo": "attnlab.bias.demo",
+})

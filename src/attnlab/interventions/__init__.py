@@ -14,18 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from attnlab._deprecation import moved_names
 from attnlab.errors import InvalidSpec
-from attnlab.interventions._base import Intervention, Prepared
-from attnlab.interventions.ablation import ABLATION_METHODS, AblateHead, head_means
+from attnlab.interventions._base import Intervention
+from attnlab.interventions.ablation import AblateHead
 from attnlab.interventions.files import from_dict, load_specs, save_specs
 from attnlab.interventions.mlp import EditMLPNeuron
-from attnlab.interventions.neurons import NEURON_SITES, EditNeuron
+from attnlab.interventions.neurons import EditNeuron
 from attnlab.interventions.patching import Patch
 from attnlab.interventions.pattern import BlockKeys, EditScores, SetPattern
 
 __all__ = [
     "Intervention",
-    "Prepared",
     "AblateHead",
     "SetPattern",
     "BlockKeys",
@@ -33,15 +33,18 @@ __all__ = [
     "EditNeuron",
     "EditMLPNeuron",
     "Patch",
-    "ABLATION_METHODS",
-    "NEURON_SITES",
-    "head_means",
     "per_row",
     "hooks_for",
     "from_dict",
     "save_specs",
     "load_specs",
 ]
+
+#: Names that left the package surface: still importable for one release, with a warning naming their home.
+__getattr__ = moved_names("attnlab.interventions", {
+    "Prepared": "attnlab.interventions._base", "ABLATION_METHODS": "attnlab.interventions.ablation",
+    "head_means": "attnlab.interventions.ablation", "NEURON_SITES": "attnlab.interventions.neurons",
+})
 
 
 def per_row(specs: Sequence[Intervention | Sequence[Intervention] | None]) -> list[Intervention]:

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 
 from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean
-from attnlab.interventions import AblateHead, EditNeuron, Patch, head_means
+from attnlab.interventions import AblateHead, EditNeuron, Patch
+from attnlab.interventions.ablation import head_means
 from attnlab.measure._batched import run_variants
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
