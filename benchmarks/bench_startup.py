@@ -1,0 +1,152 @@
+"""Start-up times, each in a fresh Python process (median of several runs).
+
+    python benchmarks/bench_startup.py [--repeats 5] [--threads 1] [--src path/to/other/checkout/src]
+
+Conditions (targets from the issue "One forward path", item 7):
+
+* ``import attnlab``                                               target <= 1 s
+* ``attnlab --help`` (``python -m attnlab.cli --help``)           target <= 0.5 s
+* ``attnlab.load("gemma-3-270m")`` + a first forward on a short prompt, from the cache  target <= 6 s
+* ``attnlab.load("minilm")`` + a first forward
+* ``import transformer_lens`` after everything else that loading needs is imported: what
+  TransformerLens adds to a load while the engine still imports it at start-up (the
+  "without TL" rows subtract it).
+
+Every run is a new interpreter, so nothing is shared between runs except the operating
+system's file cache (warmed by one untimed run of each condition first). Conditions are
+interleaved within each round so that a busy machine slows them alike. Times are wall
+clock, measured by the parent around the whole process (interpreter start included) and,
+for the model loads, also inside the child (``in process``: from the first line of the
+script to the end of the first forward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["CONDITIONS", "run", "main"]
+
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+_LOAD_AND_FORWARD = """
+import time
+started = time.perf_counter()
+import sys, json
+import attnlab
+imported = time.perf_counter()
+model = attnlab.load({name!r})
+loaded = time.perf_counter()
+import torch
+with torch.no_grad():
+    model({prompt!r})
+done = time.perf_counter()
+print(json.dumps({{"import": imported - started, "load": loaded - imported, "forward": done - loaded,
+                  "total": done - started, "tl_imported": "transformer_lens" in sys.modules}}))
+"""
+
+# everything a Gemma or MiniLM load imports besides TransformerLens, then TransformerLens alone
+_TL_MARGINAL = """
+import time, json
+import torch, transformers, jaxtyping, einops, safetensors, tokenizers
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+import transformers.masking_utils, transformers.integrations.sdpa_attention
+import transformers.models.gemma3.modeling_gemma3, transformers.models.bert.modeling_bert
+started = time.perf_counter()
+import transformer_lens
+print(json.dumps({"total": time.perf_counter() - started}))
+"""
+
+_TL = "transformer_lens import (marginal)"
+CONDITIONS: dict[str, list[str]] = {
+    "import attnlab": ["-c", "import time; s = time.perf_counter(); import attnlab; "
+                             "import json; print(json.dumps({'total': time.perf_counter() - s}))"],
+    "attnlab --help": ["-m", "attnlab.cli", "--help"],
+    "gemma-3-270m load + first forward": ["-c", _LOAD_AND_FORWARD.format(name="gemma-3-270m", prompt="The nurse said that")],
+    "minilm load + first forward": ["-c", _LOAD_AND_FORWARD.format(name="minilm", prompt="The nurse said that [MASK].")],
+    _TL: ["-c", _TL_MARGINAL],
+}
+TARGETS = {"import attnlab": 1.0, "attnlab --help": 0.5, "gemma-3-270m load + first forward": 6.0}
+
+
+def _run_once(args: list[str], threads: int, src: str = _SRC) -> dict:
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TRANSFORMERS_VERBOSITY="error")
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)[:80]} failed:\n{done.stderr[-2000:]}")
+    inner = {}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            inner = json.loads(line)
+            break
+    return {"wall": wall, "cpu": cpu, **inner}
+
+
+def run(repeats: int = 5, threads: int = 1, src: str = _SRC) -> list[dict]:
+    """Median, min and max of each condition over ``repeats`` fresh processes (after one warm-up)."""
+    for args in CONDITIONS.values():  # warm the file cache; not timed
+        _run_once(args, threads, src)
+    samples: dict[str, list[dict]] = {name: [] for name in CONDITIONS}
+    for _ in range(repeats):
+        for name, args in CONDITIONS.items():
+            samples[name].append(_run_once(args, threads, src))
+    tl = statistics.median(s["total"] for s in samples[_TL])
+    rows = []
+    for name, runs in samples.items():
+        walls = [r["total"] if name == _TL else r["wall"] for r in runs]  # TL: the import alone, in process
+        row = {"condition": name, "median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
+               "cpu_median_s": statistics.median(r["cpu"] for r in runs) if name != _TL else None}
+        if "load" in runs[0]:
+            for part in ("import", "load", "forward", "total"):
+                row[f"in_process_{part}_s"] = statistics.median(r[part] for r in runs)
+            if all(r["tl_imported"] for r in runs):
+                row["median_without_tl_s"] = row["median_s"] - tl
+        row["target_s"] = TARGETS.get(name)
+        rows.append(row)
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    print(f"{'condition':36} {'median':>7} {'min':>6} {'max':>6} {'CPU':>6} {'w/o TL':>7} {'target':>7}"
+          "   in process: import/load/forward")
+    for r in rows:
+        cpu = f"{r['cpu_median_s']:6.2f}" if r["cpu_median_s"] is not None else " " * 6
+        without = f"{r['median_without_tl_s']:7.2f}" if "median_without_tl_s" in r else " " * 7
+        target = f"{r['target_s']:7.1f}" if r["target_s"] else " " * 7
+        parts = ""
+        if "in_process_total_s" in r:
+            parts = "/".join(f"{r[f'in_process_{p}_s']:.2f}" for p in ("import", "load", "forward"))
+        print(f"{r['condition']:36} {r['median_s']:7.2f} {r['min_s']:6.2f} {r['max_s']:6.2f} {cpu} {without} {target}"
+              f"   {parts}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="fresh processes per condition (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads in each child (default 1)")
+    parser.add_argument("--src", default=_SRC, help="the attnlab source folder to time (default: this checkout's src/)")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = run(args.repeats, args.threads, args.src)
+    _print(rows)
+    if load_before:
+        print(f"load average before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f} "
+              f"({os.cpu_count()} CPUs); times in seconds, wall clock of the whole process")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
