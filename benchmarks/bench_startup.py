@@ -69,8 +69,8 @@ CONDITIONS: dict[str, list[str]] = {
     "import attnlab": ["-c", "import time; s = time.perf_counter(); import attnlab; "
                              "import json; print(json.dumps({'total': time.perf_counter() - s}))"],
     "attnlab --help": ["-m", "attnlab.cli", "--help"],
-    "gemma-3-270m load + first forward": ["-c", _LOAD_AND_FORWARD.format(name="gemma-3-270m", prompt="The nurse said that")],
-    "minilm load + first forward": ["-c", _LOAD_AND_FORWARD.format(name="minilm", prompt="The nurse said that [MASK].")],
+    "gemma-3-270m load + first forward": ["-c", _LOAD_AND_FORWARD.format(name="gemma-3-270m", prompt="The nurse said")],
+    "minilm load + first forward": ["-c", _LOAD_AND_FORWARD.format(name="minilm", prompt="The nurse said [MASK].")],
     _TL: ["-c", _TL_MARGINAL],
 }
 TARGETS = {"import attnlab": 1.0, "attnlab --help": 0.5, "gemma-3-270m load + first forward": 6.0}

@@ -28,10 +28,12 @@ def _texts(special: list[str]) -> list[str]:
     prose = _DATA.joinpath("neutral_text.txt").read_text(encoding="utf-8")
     sentences = [s.strip() for s in prose.replace("\n", " ").split(". ") if s.strip()]
     templates = json.loads(_DATA.joinpath("templates.json").read_text(encoding="utf-8"))["templates"]
-    jobs = [o["occupation"] for o in json.loads(_DATA.joinpath("occupations.json").read_text(encoding="utf-8"))["occupations"]]
+    occupations = json.loads(_DATA.joinpath("occupations.json").read_text(encoding="utf-8"))["occupations"]
+    jobs = [o["occupation"] for o in occupations]
     filled = [f"{t['prefix']} she {t['suffix']}".replace("{occupation}", job) for t in templates for job in jobs]
     awkward = [
-        "", " ", "  two  spaces  ", "\t\ttabs\tand\nnew\n\nlines", "émoji 🤖 テスト ünïcödé", "12345.678 + 9 = ?",
+        "", " ", "  two  spaces  ", "\t\ttabs\tand\nnew\n\nlines", "émoji 🤖 テスト ünïcödé",
+        "12345.678 + 9 = ?",
         "def f(x):\n    return x  # code", "a" * 300, "The nurse said that", "THE NURSE SAID THAT",
         *(f"{tok} after {tok}{tok}" for tok in special), "<unused5> <start_of_turn>user\nhi<end_of_turn>",
     ]

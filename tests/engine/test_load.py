@@ -244,7 +244,8 @@ def test_hf_id_with_an_unreachable_hub_fails_after_one_probe(hub_calls, monkeypa
 
     probes = []
     monkeypatch.setattr(_pretrained, "hub_reachable", lambda: probes.append(1) or False)
-    with pytest.raises(InvalidInput, match=r"cannot load 'openai/gpt2'.*the hub \(huggingface\.co\) cannot be reached.*'minilm'.*connect to the network"):
+    unreachable = r"cannot load 'openai/gpt2'.*the hub \(huggingface\.co\) cannot be reached.*'minilm'.*connect to the network"
+    with pytest.raises(InvalidInput, match=unreachable):
         attnlab.load("openai/gpt2", cache_dir=str(tmp_path))
     assert probes == [1] and hub_calls == [("openai/gpt2", True)]
 
@@ -272,6 +273,11 @@ def test_hf_id_in_the_local_hf_cache_loads_without_the_hub(hub_calls, monkeypatc
     assert model.cfg.name == "attnlab-test/tiny-gpt2" and hub_calls == [("attnlab-test/tiny-gpt2", True)]
     with torch.no_grad():
         assert torch.equal(model(TEXT), tiny_hf_model("gpt2")(input_ids=model.to_tokens(TEXT)).logits)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # local_files_only=True alone keeps it off the hub too
+    assert attnlab.load("attnlab-test/tiny-gpt2", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+    with pytest.raises(InvalidInput, match=r"'attnlab-test/other'.*local_files_only=True\) forbids the hub"):
+        attnlab.load("attnlab-test/other", cache_dir=str(tmp_path / "hub"), local_files_only=True)
 
 
 def test_hub_probe_opens_a_connection_or_gives_up_quickly(monkeypatch):

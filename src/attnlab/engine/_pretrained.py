@@ -23,14 +23,11 @@ from urllib.parse import urlparse
 
 from attnlab.errors import InvalidInput, UnsupportedModel
 
-__all__ = ["load_pretrained", "fast_tokenizer", "hub_reachable", "EMBEDDED_HINT"]
+__all__ = ["load_pretrained", "fast_tokenizer", "check_local_folder", "hub_reachable", "hub_offline_by_setting"]
 
-EMBEDDED_HINT = "the embedded models 'minilm' and 'gemma-3-270m' need no hub"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _PROBE_SECONDS = 1.0
 _TRUE = {"1", "on", "yes", "true"}
-
-
 _CONVERT = (
     "attnlab reads safetensors only, because unpickling a file can run code. Convert it once, where you "
     "trust the file: load it with transformers (which reads it with torch.load(weights_only=True)), e.g. "
@@ -95,7 +92,7 @@ def hub_reachable(timeout: float = _PROBE_SECONDS) -> bool:
 
 def _looks_like_path(source: str) -> bool:
     """A hub id is ``name`` or ``owner/name``; anything else that does not exist is a missing path."""
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source or os.sep in source.replace("/", "")
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def _from_pretrained(source: str, dtype, device, device_map, **kwargs):
@@ -142,9 +139,9 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
         return _load_or_explain(str(path), dtype, device, device_map, **kwargs)
     if _looks_like_path(source):
         raise InvalidInput(f"no such model folder: {source}")
-    if not kwargs.get("force_download") and not kwargs.get("local_files_only"):
+    if not kwargs.get("force_download"):
         try:  # the HF cache needs no network
-            return _from_pretrained(source, dtype, device, device_map, local_files_only=True, **kwargs)
+            return _from_pretrained(source, dtype, device, device_map, **{**kwargs, "local_files_only": True})
         except (OSError, ValueError):
             pass  # not (completely) cached: go on to the hub if it can be reached
     if kwargs.get("local_files_only") or hub_offline_by_setting():
@@ -188,7 +185,8 @@ def fast_tokenizer(folder: Path):
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    kwargs = {k: v for k, v in config.items() if k not in ("tokenizer_class", "auto_map", "is_local", "local_files_only")}
+    loader_only = ("tokenizer_class", "auto_map", "is_local", "local_files_only")
+    kwargs = {k: v for k, v in config.items() if k not in loader_only}
     named = tokenizer_class_from_name(config.get("tokenizer_class") or "PreTrainedTokenizerFast")
     if named is not None:
         kwargs.setdefault("padding_side", named.padding_side)
