@@ -1,6 +1,6 @@
 """Start-up times, each in a fresh Python process (median of several runs).
 
-    python benchmarks/bench_startup.py [--repeats 5] [--threads 1] [--src path/to/other/checkout/src]
+    python benchmarks/bench_startup.py [--repeats 5] [--threads 1] [--baseline path/to/other/checkout/src]
 
 Conditions (targets from the issue "One forward path", item 7):
 
@@ -76,7 +76,7 @@ CONDITIONS: dict[str, list[str]] = {
 TARGETS = {"import attnlab": 1.0, "attnlab --help": 0.5, "gemma-3-270m load + first forward": 6.0}
 
 
-def _run_once(args: list[str], threads: int, src: str = _SRC) -> dict:
+def _run_once(args: list[str], threads: int, src: str) -> dict:
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TRANSFORMERS_VERBOSITY="error")
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -95,31 +95,43 @@ def _run_once(args: list[str], threads: int, src: str = _SRC) -> dict:
     return {"wall": wall, "cpu": cpu, **inner}
 
 
-def run(repeats: int = 5, threads: int = 1, src: str = _SRC) -> list[dict]:
-    """Median, min and max of each condition over ``repeats`` fresh processes (after one warm-up)."""
-    for args in CONDITIONS.values():  # warm the file cache; not timed
-        _run_once(args, threads, src)
-    samples: dict[str, list[dict]] = {name: [] for name in CONDITIONS}
+def _summary(name: str, runs: list[dict], tl: float) -> dict:
+    walls = [r["total"] if name == _TL else r["wall"] for r in runs]  # TL: the import alone, in process
+    row = {"condition": name, "median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
+           "cpu_median_s": None if name == _TL else statistics.median(r["cpu"] for r in runs)}
+    if "load" in runs[0]:
+        for part in ("import", "load", "forward", "total"):
+            row[f"in_process_{part}_s"] = statistics.median(r[part] for r in runs)
+        if all(r["tl_imported"] for r in runs):
+            row["median_without_tl_s"] = row["median_s"] - tl
+    row["target_s"] = TARGETS.get(name)
+    return row
+
+
+def run(repeats: int = 5, threads: int = 1, sources: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    """Median, min and max of each condition over ``repeats`` fresh processes (after one warm-up).
+
+    ``sources`` maps a label to an attnlab ``src`` folder (default: this checkout); with two,
+    each condition runs for both in turn within every round, so machine noise hits both alike.
+    """
+    sources = sources or {"this checkout": _SRC}
+    for src in sources.values():  # warm the file cache; not timed
+        for args in CONDITIONS.values():
+            _run_once(args, threads, src)
+    samples = {label: {name: [] for name in CONDITIONS} for label in sources}
     for _ in range(repeats):
         for name, args in CONDITIONS.items():
-            samples[name].append(_run_once(args, threads, src))
-    tl = statistics.median(s["total"] for s in samples[_TL])
-    rows = []
-    for name, runs in samples.items():
-        walls = [r["total"] if name == _TL else r["wall"] for r in runs]  # TL: the import alone, in process
-        row = {"condition": name, "median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
-               "cpu_median_s": statistics.median(r["cpu"] for r in runs) if name != _TL else None}
-        if "load" in runs[0]:
-            for part in ("import", "load", "forward", "total"):
-                row[f"in_process_{part}_s"] = statistics.median(r[part] for r in runs)
-            if all(r["tl_imported"] for r in runs):
-                row["median_without_tl_s"] = row["median_s"] - tl
-        row["target_s"] = TARGETS.get(name)
-        rows.append(row)
-    return rows
+            for label, src in sources.items():
+                samples[label][name].append(_run_once(args, threads, src))
+    results = {}
+    for label, by_condition in samples.items():
+        tl = statistics.median(s["total"] for s in by_condition[_TL])
+        results[label] = [_summary(name, runs, tl) for name, runs in by_condition.items()]
+    return results
 
 
-def _print(rows: list[dict]) -> None:
+def _print(label: str, rows: list[dict]) -> None:
+    print(f"\n{label}")
     print(f"{'condition':36} {'median':>7} {'min':>6} {'max':>6} {'CPU':>6} {'w/o TL':>7} {'target':>7}"
           "   in process: import/load/forward")
     for r in rows:
@@ -133,19 +145,23 @@ def _print(rows: list[dict]) -> None:
               f"   {parts}")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per condition (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads in each child (default 1)")
-    parser.add_argument("--src", default=_SRC, help="the attnlab source folder to time (default: this checkout's src/)")
+    parser.add_argument("--baseline", metavar="SRC", help="another attnlab src/ folder to time in the same rounds")
     args = parser.parse_args(argv)
+    sources = {"this checkout": _SRC}
+    if args.baseline:
+        sources["baseline " + args.baseline] = args.baseline
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    rows = run(args.repeats, args.threads, args.src)
-    _print(rows)
+    results = run(args.repeats, args.threads, sources)
+    for label, rows in results.items():
+        _print(label, rows)
     if load_before:
-        print(f"load average before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f} "
+        print(f"\nload average before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f} "
               f"({os.cpu_count()} CPUs); times in seconds, wall clock of the whole process")
-    return rows
+    return results
 
 
 if __name__ == "__main__":
