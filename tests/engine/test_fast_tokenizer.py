@@ -88,7 +88,7 @@ def test_fast_tokenizer_matches_auto_tokenizer_on_gemma(tmp_path):
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from attnlab.engine._cache import ensure_gemma_cache
+    from attnlab.engine._gemma_cache import ensure_gemma_cache
 
     folder = ensure_gemma_cache()
     original = tmp_path / "original"  # tokenizers writes merges as pairs, as the GGUF conversion did

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.engine import _cache
+from attnlab.engine import _gemma_cache as gemma_cache
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.testing import tiny_hf_model, tiny_tokenizer
 
@@ -51,8 +51,8 @@ class FakeBuild:
 def fake_build(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
     build = FakeBuild()
-    monkeypatch.setattr(_cache, "_gguf_package", lambda: build.package)
-    monkeypatch.setattr(_cache, "_dequantise", build.dequantise)
+    monkeypatch.setattr(gemma_cache, "_gguf_package", lambda: build.package)
+    monkeypatch.setattr(gemma_cache, "_dequantise", build.dequantise)
     return build
 
 
@@ -60,13 +60,13 @@ def fake_build(tmp_path, monkeypatch):
 def hashes(monkeypatch):
     """Counts sha256 computations (the per-load check must not hash the weights)."""
     hashed = []
-    original = _cache._sha256
+    original = gemma_cache._sha256
 
     def counting(path):
         hashed.append(Path(path).name)
         return original(path)
 
-    monkeypatch.setattr(_cache, "_sha256", counting)
+    monkeypatch.setattr(gemma_cache, "_sha256", counting)
     return hashed
 
 
@@ -79,11 +79,11 @@ def _assert_is_the_tiny_gemma(model):
 
 
 def _folder() -> Path:
-    return _cache.gemma_cache_path()
+    return gemma_cache.gemma_cache_path()
 
 
 def _manifest() -> dict:
-    return json.loads((_folder() / _cache.MANIFEST).read_text())
+    return json.loads((_folder() / gemma_cache.MANIFEST).read_text())
 
 
 def _leftover_folders() -> list[str]:
@@ -97,7 +97,7 @@ def test_first_load_builds_the_cache_and_later_loads_only_stat_it(fake_build, ha
     _assert_is_the_tiny_gemma(attnlab.load("gemma-3-270m"))
     assert fake_build.dequantised == 1 and fake_build.assembled == 1
     manifest = _manifest()
-    assert set(_cache.REQUIRED_FILES) <= set(manifest["files"]) == set(manifest["stat"])
+    assert set(gemma_cache.REQUIRED_FILES) <= set(manifest["files"]) == set(manifest["stat"])
     assert manifest["stat"]["model.safetensors"]["size"] == (_folder() / "model.safetensors").stat().st_size
     assert _leftover_folders() == []
 
@@ -115,7 +115,7 @@ def test_verify_cache_hashes_and_repairs_what_a_stat_cannot_see(fake_build, hash
     data[-1] ^= 0xFF  # bit rot: same size, and we put the old time back
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert _cache.ensure_gemma_cache() == _folder() and fake_build.dequantised == 1  # a load trusts the stat
+    assert gemma_cache.ensure_gemma_cache() == _folder() and fake_build.dequantised == 1  # a load trusts the stat
 
     hashes.clear()
     with pytest.warns(UserWarning, match=r"model\.safetensors does not match its sha256\); rebuilding it"):
@@ -176,19 +176,19 @@ BAD_MANIFESTS = {
 def test_a_malformed_manifest_means_rebuild_never_a_crash(fake_build, case):
     attnlab.load("gemma-3-270m")
     text, reason = BAD_MANIFESTS[case]
-    manifest = _folder() / _cache.MANIFEST
+    manifest = _folder() / gemma_cache.MANIFEST
     if text is None:  # a valid manifest that forgot the weights
         data = _manifest()
         del data["files"]["model.safetensors"]
         text = json.dumps(data)
     manifest.write_bytes(text if isinstance(text, bytes) else text.encode())
 
-    with pytest.raises(_cache._Unusable, match=reason):
-        _cache._read_manifest(_folder())
+    with pytest.raises(gemma_cache._Unusable, match=reason):
+        gemma_cache._read_manifest(_folder())
     with pytest.warns(UserWarning, match="corrupt or partial"):
         _assert_is_the_tiny_gemma(attnlab.load("gemma-3-270m"))
     assert fake_build.dequantised == 2
-    assert _cache._read_manifest(_folder())  # the rebuilt manifest is valid
+    assert gemma_cache._read_manifest(_folder())  # the rebuilt manifest is valid
 
 
 def test_missing_manifest_or_file_means_rebuild(fake_build):
@@ -196,7 +196,7 @@ def test_missing_manifest_or_file_means_rebuild(fake_build):
     (_folder() / "tokenizer.json").unlink()
     with pytest.warns(UserWarning, match=r"tokenizer\.json is missing"):
         attnlab.load("gemma-3-270m")
-    (_folder() / _cache.MANIFEST).unlink()
+    (_folder() / gemma_cache.MANIFEST).unlink()
     with pytest.warns(UserWarning, match="no manifest"):
         attnlab.load("gemma-3-270m")
     assert fake_build.dequantised == 3
@@ -207,10 +207,10 @@ def test_a_manifest_without_stats_is_hashed_once_and_upgraded(fake_build, hashes
     attnlab.load("gemma-3-270m")
     data = _manifest()
     del data["stat"]
-    (_folder() / _cache.MANIFEST).write_text(json.dumps(data))
+    (_folder() / gemma_cache.MANIFEST).write_text(json.dumps(data))
     hashes.clear()
     _assert_is_the_tiny_gemma(attnlab.load("gemma-3-270m"))
-    assert set(_cache.REQUIRED_FILES) <= set(hashes) and fake_build.dequantised == 1
+    assert set(gemma_cache.REQUIRED_FILES) <= set(hashes) and fake_build.dequantised == 1
     upgraded = _manifest()
     assert upgraded["files"] == data["files"] and set(upgraded["stat"]) == set(data["files"])
     hashes.clear()
@@ -226,7 +226,7 @@ def test_a_killed_build_leaves_no_cache_and_its_leftovers_are_removed(fake_build
         (_folder().parent / f".{_folder().name}.building-{os.getpid()}" / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_cache, "_dequantise", killed)
+    monkeypatch.setattr(gemma_cache, "_dequantise", killed)
     with pytest.raises(KeyboardInterrupt):
         attnlab.load("gemma-3-270m")
     assert not _folder().exists() and _leftover_folders() == []
@@ -234,7 +234,7 @@ def test_a_killed_build_leaves_no_cache_and_its_leftovers_are_removed(fake_build
     stale = _folder().parent / f".{_folder().name}.building-123456"  # what SIGKILL would leave
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
-    monkeypatch.setattr(_cache, "_dequantise", fake_build.dequantise)
+    monkeypatch.setattr(gemma_cache, "_dequantise", fake_build.dequantise)
     _assert_is_the_tiny_gemma(attnlab.load("gemma-3-270m"))
     assert _leftover_folders() == []
 
@@ -260,11 +260,11 @@ def test_leftovers_stay_while_another_process_builds(fake_build):
 def test_a_failed_rebuild_keeps_the_old_folder_until_a_new_one_is_complete(fake_build, monkeypatch):
     attnlab.load("gemma-3-270m")
     (_folder() / "config.json").write_text("{}")  # corrupt
-    monkeypatch.setattr(_cache, "_dequantise", lambda gguf: (_ for _ in ()).throw(RuntimeError("disk full")))
+    monkeypatch.setattr(gemma_cache, "_dequantise", lambda gguf: (_ for _ in ()).throw(RuntimeError("disk full")))
     with pytest.warns(UserWarning, match="corrupt or partial"), pytest.raises(RuntimeError, match="disk full"):
         attnlab.load("gemma-3-270m")
     assert (_folder() / "config.json").read_text() == "{}" and _leftover_folders() == []
-    monkeypatch.setattr(_cache, "_dequantise", fake_build.dequantise)
+    monkeypatch.setattr(gemma_cache, "_dequantise", fake_build.dequantise)
     with pytest.warns(UserWarning, match="corrupt or partial"):
         _assert_is_the_tiny_gemma(attnlab.load("gemma-3-270m"))
 
@@ -274,7 +274,7 @@ def test_a_failed_rebuild_keeps_the_old_folder_until_a_new_one_is_complete(fake_
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
 def test_a_corrupt_assembled_gguf_is_assembled_again(fake_build, damage):
-    gguf = _cache.cache_dir() / "gguf" / "fake.gguf"
+    gguf = gemma_cache.cache_dir() / "gguf" / "fake.gguf"
     gguf.parent.mkdir(parents=True)
     if damage != "missing":
         gguf.write_bytes(GGUF_BYTES[:100] if damage == "truncated" else b"x" * len(GGUF_BYTES))
@@ -322,8 +322,8 @@ def _read_only_cache(tmp_path, kind) -> Path:
         if sys.platform == "win32" or os.geteuid() == 0:
             pytest.skip("root (or Windows) can write into a chmod 0555 folder")
         folder = tmp_path / "ro"
-        (folder / _cache.GEMMA_DIR).mkdir(parents=True)
-        (folder / _cache.GEMMA_DIR / _cache.MANIFEST).write_text("null")  # a corrupt cache
+        (folder / gemma_cache.GEMMA_DIR).mkdir(parents=True)
+        (folder / gemma_cache.GEMMA_DIR / gemma_cache.MANIFEST).write_text("null")  # a corrupt cache
         folder.chmod(0o555)
         return folder
     folder = Path("/sys/attnlab-test-cache")  # read-only for everyone, root included
@@ -347,7 +347,7 @@ def test_a_read_only_cache_is_reported_before_dequantising(fake_build, tmp_path,
 
 def test_too_little_disk_space_is_reported_before_dequantising(fake_build, monkeypatch):
     usage = types.SimpleNamespace(total=10**12, used=10**12 - 10**8, free=10**8)
-    monkeypatch.setattr(_cache.shutil, "disk_usage", lambda path: usage)
+    monkeypatch.setattr(gemma_cache.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(InvalidInput, match=r"has 0\.10 GB free; building the embedded Gemma model needs 1\.5 GB"):
         attnlab.load("gemma-3-270m")
     assert fake_build.dequantised == 0
@@ -364,16 +364,16 @@ def test_compacting_the_tokenizer_keeps_it_identical(tmp_path):
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
     assert isinstance(json.loads(path.read_text())["model"]["merges"][0], list)
-    assert _cache._compact_tokenizer_json(path)
+    assert gemma_cache._compact_tokenizer_json(path)
     assert json.loads(path.read_text())["model"]["merges"] == ["a b", "ab b", "\n \n"]
     assert Tokenizer.from_file(str(path)).to_str() == tok.to_str()
     assert Tokenizer.from_file(str(path)).encode("abbab\n\n").ids == tok.encode("abbab\n\n").ids
-    assert not _cache._compact_tokenizer_json(path)  # already compact
+    assert not gemma_cache._compact_tokenizer_json(path)  # already compact
 
     spaced = Tokenizer(models.BPE(vocab={"a": 0, " ": 1, "a ": 2}, merges=[("a", " ")]))
     spaced.save(str(path))
     before = path.read_text()
-    assert not _cache._compact_tokenizer_json(path) and path.read_text() == before  # "a  " would be ambiguous
+    assert not gemma_cache._compact_tokenizer_json(path) and path.read_text() == before  # "a  " would be ambiguous
 
 
 # -- the real thing -------------------------------------------------------------------------------
@@ -383,17 +383,17 @@ def test_compacting_the_tokenizer_keeps_it_identical(tmp_path):
 def test_real_gemma_rebuilds_from_a_corrupt_gguf_and_cache(tmp_path, monkeypatch):
     """End to end with the real package: a truncated GGUF and garbage weights give the real model back."""
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
-    package = _cache._gguf_package()
+    package = gemma_cache._gguf_package()
     gguf = tmp_path / "gguf" / package.MODEL_NAME
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF" + b"\0" * 1000)  # what an interrupted assembly leaves
-    folder = _cache.gemma_cache_path()
+    folder = gemma_cache.gemma_cache_path()
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"\0" * 4096)
-    (folder / _cache.MANIFEST).write_text('{"files": []}')
+    (folder / gemma_cache.MANIFEST).write_text('{"files": []}')
     with pytest.warns(UserWarning, match="corrupt or partial"):
         model = attnlab.load("gemma-3-270m")
-    assert _cache._sha256(gguf) == package.EXPECTED_SHA256
+    assert gemma_cache._sha256(gguf) == package.EXPECTED_SHA256
     assert (model.cfg.n_layers, model.cfg.n_heads) == (18, 4)
     prose = (Path(attnlab.__file__).parent / "bias" / "data" / "neutral_text.txt").read_text().split("\n\n")[0]
     ids = model.to_tokens(prose)

