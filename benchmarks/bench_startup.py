@@ -15,9 +15,11 @@ Conditions (targets from the issue "One forward path", item 7):
 Every run is a new interpreter, so nothing is shared between runs except the operating
 system's file cache (warmed by one untimed run of each condition first). Conditions are
 interleaved within each round so that a busy machine slows them alike. Times are wall
-clock, measured by the parent around the whole process (interpreter start included) and,
-for the model loads, also inside the child (``in process``: from the first line of the
-script to the end of the first forward).
+clock: for the model loads from spawning the process to the end of the first forward
+(interpreter start included, its exit not: freeing a loaded model at exit takes about a
+second more), for the others the whole process. ``in process`` splits a load: the script's
+``import attnlab``, ``attnlab.load``, the first forward. ``CPU`` is the whole process's CPU
+time, the steadier number on a shared machine.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ with torch.no_grad():
     model({prompt!r})
 done = time.perf_counter()
 print(json.dumps({{"import": imported - started, "load": loaded - imported, "forward": done - loaded,
-                  "total": done - started, "tl_imported": "transformer_lens" in sys.modules}}))
+                  "total": done - started, "done_at": time.time(), "tl_imported": "transformer_lens" in sys.modules}}))
 """
 
 # everything a Gemma or MiniLM load imports besides TransformerLens, then TransformerLens alone
@@ -76,10 +78,13 @@ CONDITIONS: dict[str, list[str]] = {
 TARGETS = {"import attnlab": 1.0, "attnlab --help": 0.5, "gemma-3-270m load + first forward": 6.0}
 
 
-def _run_once(args: list[str], threads: int, src: str) -> dict:
+def _run_once(args: list[str], threads: int, src: str, cache: str | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if cache:
+        env["ATTNLAB_CACHE"] = cache
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TRANSFORMERS_VERBOSITY="error")
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spawned_at = time.time()
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -92,11 +97,14 @@ def _run_once(args: list[str], threads: int, src: str) -> dict:
         if line.startswith("{"):
             inner = json.loads(line)
             break
+    if "done_at" in inner:  # from spawning the process to the end of the first forward (exit not included)
+        inner["ready"] = inner["done_at"] - spawned_at
     return {"wall": wall, "cpu": cpu, **inner}
 
 
 def _summary(name: str, runs: list[dict], tl: float) -> dict:
-    walls = [r["total"] if name == _TL else r["wall"] for r in runs]  # TL: the import alone, in process
+    # the TL import alone (in process); a model load up to its first forward; else the whole process
+    walls = [r["total"] if name == _TL else r.get("ready", r["wall"]) for r in runs]
     row = {"condition": name, "median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
            "cpu_median_s": None if name == _TL else statistics.median(r["cpu"] for r in runs)}
     if "load" in runs[0]:
@@ -108,21 +116,22 @@ def _summary(name: str, runs: list[dict], tl: float) -> dict:
     return row
 
 
-def run(repeats: int = 5, threads: int = 1, sources: dict[str, str] | None = None) -> dict[str, list[dict]]:
+def run(repeats: int = 5, threads: int = 1, sources: dict[str, tuple[str, str | None]] | None = None):
     """Median, min and max of each condition over ``repeats`` fresh processes (after one warm-up).
 
-    ``sources`` maps a label to an attnlab ``src`` folder (default: this checkout); with two,
-    each condition runs for both in turn within every round, so machine noise hits both alike.
+    ``sources`` maps a label to ``(attnlab src folder, ATTNLAB_CACHE or None)`` (default: this
+    checkout, the current cache); with two, each condition runs for both in turn within every
+    round, so machine noise hits both alike. Returns ``{label: rows}``.
     """
-    sources = sources or {"this checkout": _SRC}
-    for src in sources.values():  # warm the file cache; not timed
+    sources = sources or {"this checkout": (_SRC, None)}
+    for src, cache in sources.values():  # warm the file cache; not timed
         for args in CONDITIONS.values():
-            _run_once(args, threads, src)
+            _run_once(args, threads, src, cache)
     samples = {label: {name: [] for name in CONDITIONS} for label in sources}
     for _ in range(repeats):
         for name, args in CONDITIONS.items():
-            for label, src in sources.items():
-                samples[label][name].append(_run_once(args, threads, src))
+            for label, (src, cache) in sources.items():
+                samples[label][name].append(_run_once(args, threads, src, cache))
     results = {}
     for label, by_condition in samples.items():
         tl = statistics.median(s["total"] for s in by_condition[_TL])
@@ -150,17 +159,19 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per condition (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads in each child (default 1)")
     parser.add_argument("--baseline", metavar="SRC", help="another attnlab src/ folder to time in the same rounds")
+    parser.add_argument("--baseline-cache", metavar="DIR", help="ATTNLAB_CACHE for the baseline (default: the same)")
     args = parser.parse_args(argv)
-    sources = {"this checkout": _SRC}
+    sources = {"this checkout": (_SRC, None)}
     if args.baseline:
-        sources["baseline " + args.baseline] = args.baseline
+        sources["baseline " + args.baseline] = (args.baseline, args.baseline_cache)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     results = run(args.repeats, args.threads, sources)
     for label, rows in results.items():
         _print(label, rows)
     if load_before:
-        print(f"\nload average before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f} "
-              f"({os.cpu_count()} CPUs); times in seconds, wall clock of the whole process")
+        print(f"\nload average before: {load_before[0]:.1f}, after: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs). "
+              "Seconds of wall clock: model loads from spawning the process to the end of the first forward, "
+              "the others the whole process; CPU: the whole process")
     return results
 
 
