@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
 import torch
 
 import attnlab
-from attnlab.engine.loading import _MANIFEST, _cache_is_valid, _sha256
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.interventions import AblateHead
 from attnlab.testing import tiny_hf_model, tiny_model, tiny_tokenizer
@@ -132,61 +131,6 @@ def test_device_map_dispatched_model_behaves_the_same():
             assert torch.equal(model(TEXT), reference(TEXT))
 
 
-# -- the Gemma cache checksum (building the real cache takes ~50 s, so test the validator) --------
-
-
-def _fake_cache(folder):
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(b"\x00" * 4096 + b"weights")
-    (folder / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}))
-    files = {p.name: _sha256(p) for p in sorted(folder.iterdir())}
-    (folder / _MANIFEST).write_text(json.dumps({"files": files}))
-    return folder
-
-
-def test_cache_validator_accepts_an_intact_cache(tmp_path):
-    assert _cache_is_valid(_fake_cache(tmp_path / "c"))
-
-
-def test_cache_validator_detects_truncation_corruption_and_missing_parts(tmp_path):
-    folder = _fake_cache(tmp_path / "c")
-    weights = folder / "model.safetensors"
-    data = weights.read_bytes()
-    weights.write_bytes(data[:100])  # truncated (an interrupted copy)
-    assert not _cache_is_valid(folder)
-    weights.write_bytes(data[:-1] + b"X")  # same size, one byte flipped
-    assert not _cache_is_valid(folder)
-    weights.write_bytes(data)
-    assert _cache_is_valid(folder)
-    (folder / "config.json").unlink()  # a missing file
-    assert not _cache_is_valid(folder)
-    (folder / _MANIFEST).write_text("{not json")  # a broken manifest
-    assert not _cache_is_valid(folder)
-    (folder / _MANIFEST).unlink()  # no manifest: a partial build
-    assert not _cache_is_valid(folder)
-    assert not _cache_is_valid(tmp_path / "nowhere")
-
-
-def test_corrupt_gemma_cache_is_rebuilt_not_used(tmp_path, monkeypatch):
-    """``load`` rebuilds a cache that fails its checksum (the rebuild itself is stubbed out)."""
-    from attnlab.engine import loading
-
-    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
-    folder = loading.gemma_cache_path()
-    _fake_cache(folder)
-    (folder / "model.safetensors").write_bytes(b"garbage")
-    rebuilt = []
-
-    def fake_build(target):
-        rebuilt.append(target)
-        raise RuntimeError("stop after deciding to rebuild")
-
-    monkeypatch.setattr(loading, "_build_gemma_cache", fake_build)
-    with pytest.warns(UserWarning, match="corrupt or partial; rebuilding"), pytest.raises(RuntimeError, match="stop after"):
-        attnlab.load("gemma-3-270m")
-    assert rebuilt == [folder]
-
-
 def test_tokenize_pads_on_the_right_even_if_the_tokenizer_pads_left():
     tok = tiny_tokenizer()
     tok.padding_side = "left"  # like Gemma's tokenizer
@@ -194,3 +138,160 @@ def test_tokenize_pads_on_the_right_even_if_the_tokenizer_pads_left():
     enc = model.tokenize(["the nurse said that she was happy", "he ran"])
     assert enc["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
     assert model.to_str_tokens(enc["input_ids"][1])[:3] == ["[BOS]", "he", "ran"]
+
+
+# -- safetensors only ------------------------------------------------------------------------------
+
+
+class _Trap:
+    """Unpickling this creates a folder: proof that a pickle was read."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def _saved_tiny_gpt2(folder):
+    hf = tiny_hf_model("gpt2")
+    hf.config.architectures = ["GPT2LMHeadModel"]
+    hf.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_a_pickle_only_folder_is_refused_unread_with_the_way_to_convert_it(tmp_path):
+    import pickle
+
+    folder = _saved_tiny_gpt2(tmp_path / "model")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    with pytest.raises(
+        UnsupportedModel,
+        match=r"model holds its weights only as a pickle \(pytorch_model\.bin\); attnlab reads safetensors only.*"
+        r"torch\.load\(weights_only=True\).*save_pretrained\(path, safe_serialization=True\)",
+    ):
+        attnlab.load(str(folder))
+    assert not marker.exists()
+
+
+def test_folders_that_are_not_models_get_typed_errors(tmp_path):
+    folder = _saved_tiny_gpt2(tmp_path / "model")
+    with pytest.raises(InvalidInput, match="use_safetensors=False is not supported"):
+        attnlab.load(str(folder), use_safetensors=False)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(InvalidInput, match=r"model has no model\.safetensors \(files: config\.json"):
+        attnlab.load(str(folder))
+    (folder / "config.json").unlink()
+    with pytest.raises(InvalidInput, match=r"model has no config\.json, so it is not a transformers model folder"):
+        attnlab.load(str(folder))
+    with pytest.raises(InvalidInput, match=r"tokenizer\.json is a file; load\(\) takes a model folder"):
+        attnlab.load(str(folder / "tokenizer.json"))
+    with pytest.raises(InvalidInput, match=r"no such model folder: \./no/such/folder"):
+        attnlab.load("./no/such/folder")
+
+
+# -- HF ids without the hub ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """Records every transformers load; any that would go online fails instead of touching the network."""
+    from attnlab.engine import _pretrained
+
+    calls = []
+    real = _pretrained._from_pretrained
+
+    def guarded(source, *args, **kwargs):
+        calls.append((source, bool(kwargs.get("local_files_only"))))
+        if not kwargs.get("local_files_only") and not Path(source).exists():
+            raise OSError(f"{source} is not a valid model identifier listed on 'https://huggingface.co/models'")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(_pretrained, "_from_pretrained", guarded)
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return calls
+
+
+def _never_probe():
+    raise AssertionError("the hub must not be probed here")
+
+
+def test_hf_id_with_hub_offline_fails_at_once_naming_the_embedded_models(hub_calls, monkeypatch, tmp_path):
+    from attnlab.engine import _pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(_pretrained, "hub_reachable", _never_probe)
+    with pytest.raises(
+        InvalidInput,
+        match=r"cannot load 'gpt2': it is not a local folder, it is not in the Hugging Face cache, and HF_HUB_OFFLINE.*"
+        r"forbids the hub\. Use an embedded model \('minilm' or 'gemma-3-270m'\).*unset HF_HUB_OFFLINE",
+    ):
+        attnlab.load("gpt2", cache_dir=str(tmp_path))
+    assert hub_calls == [("gpt2", True)]  # only the local cache was asked
+
+
+def test_hf_id_with_an_unreachable_hub_fails_after_one_probe(hub_calls, monkeypatch, tmp_path):
+    from attnlab.engine import _pretrained
+
+    probes = []
+    monkeypatch.setattr(_pretrained, "hub_reachable", lambda: probes.append(1) or False)
+    unreachable = r"cannot load 'openai/gpt2'.*the hub \(huggingface\.co\) cannot be reached.*'minilm'.*connect to the network"
+    with pytest.raises(InvalidInput, match=unreachable):
+        attnlab.load("openai/gpt2", cache_dir=str(tmp_path))
+    assert probes == [1] and hub_calls == [("openai/gpt2", True)]
+
+
+def test_hf_id_with_a_reachable_hub_is_loaded_from_the_hub(hub_calls, monkeypatch, tmp_path):
+    from attnlab.engine import _pretrained
+
+    monkeypatch.setattr(_pretrained, "hub_reachable", lambda: True)
+    with pytest.raises(InvalidInput, match=r"cannot load 'someone/no-such-model': .*not a valid model identifier"):
+        attnlab.load("someone/no-such-model", cache_dir=str(tmp_path))
+    assert hub_calls == [("someone/no-such-model", True), ("someone/no-such-model", False)]
+
+
+def test_hf_id_in_the_local_hf_cache_loads_without_the_hub(hub_calls, monkeypatch, tmp_path):
+    from attnlab.engine import _pretrained
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--attnlab-test--tiny-gpt2"
+    _saved_tiny_gpt2(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(_pretrained, "hub_reachable", _never_probe)
+    model = attnlab.load("attnlab-test/tiny-gpt2", cache_dir=str(tmp_path / "hub"))
+    assert model.cfg.name == "attnlab-test/tiny-gpt2" and hub_calls == [("attnlab-test/tiny-gpt2", True)]
+    with torch.no_grad():
+        assert torch.equal(model(TEXT), tiny_hf_model("gpt2")(input_ids=model.to_tokens(TEXT)).logits)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # local_files_only=True alone keeps it off the hub too
+    assert attnlab.load("attnlab-test/tiny-gpt2", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+    with pytest.raises(InvalidInput, match=r"'attnlab-test/other'.*local_files_only=True\) forbids the hub"):
+        attnlab.load("attnlab-test/other", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+
+
+def test_hub_probe_opens_a_connection_or_gives_up_quickly(monkeypatch):
+    import socket
+
+    from attnlab.engine._pretrained import hub_reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_reachable(timeout=2.0)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # closed now: refused
+    assert not hub_reachable(timeout=2.0)
+    monkeypatch.setenv("HF_ENDPOINT", "https://host.invalid")
+    assert not hub_reachable(timeout=2.0)

@@ -1,0 +1,195 @@
+"""From a local folder or a Hugging Face id to ``(hf_model, tokenizer)``: safetensors only, no network surprises.
+
+* Weights are read from safetensors only (``use_safetensors=True``): a folder that holds
+  only a pickle checkpoint (``pytorch_model.bin``) is refused with the way to convert it,
+  because unpickling a file can run code.
+* An HF id is looked up in the local HF cache first. The hub is contacted only when the id
+  is not cached, ``HF_HUB_OFFLINE`` is not set and a one-second connection probe reaches it,
+  so on a machine without network a missing id fails at once with a typed error instead of
+  spending half a minute in retries.
+* :func:`fast_tokenizer` builds a ``tokenizer.json`` tokenizer without the per-class
+  conversion that ``AutoTokenizer`` runs on every load (seconds for Gemma's 262k vocabulary).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from attnlab.errors import InvalidInput, UnsupportedModel
+
+__all__ = ["load_pretrained", "fast_tokenizer", "check_local_folder", "hub_reachable", "hub_offline_by_setting"]
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_PROBE_SECONDS = 1.0
+_TRUE = {"1", "on", "yes", "true"}
+_CONVERT = (
+    "attnlab reads safetensors only, because unpickling a file can run code. Convert it once, where you "
+    "trust the file: load it with transformers (which reads it with torch.load(weights_only=True)), e.g. "
+    "`m = AutoModel.from_pretrained(path, use_safetensors=False)`, then "
+    "`m.save_pretrained(path, safe_serialization=True)` writes model.safetensors"
+)
+
+
+def check_local_folder(folder: Path) -> None:
+    """Refuse, with a typed error, a path that is not a safetensors model folder."""
+    if not folder.is_dir():
+        raise InvalidInput(f"{folder} is a file; load() takes a model folder (config.json + model.safetensors)")
+    names = sorted(p.name for p in folder.iterdir())
+    if "config.json" not in names:
+        raise InvalidInput(
+            f"{folder} has no config.json, so it is not a transformers model folder "
+            "(save_pretrained writes config.json and model.safetensors)"
+        )
+    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
+        return
+    pickles = [name for name in names if name.endswith(_PICKLE_SUFFIXES) or name.endswith(".bin.index.json")]
+    if pickles:
+        raise UnsupportedModel(f"{folder} holds its weights only as a pickle ({', '.join(pickles)}); {_CONVERT}")
+    raise InvalidInput(f"{folder} has no model.safetensors (files: {', '.join(names)})")
+
+
+def _is_truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in _TRUE
+
+
+def hub_offline_by_setting() -> bool:
+    """``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` as set now (huggingface_hub reads them only at import)."""
+    if _is_truthy(os.environ.get("HF_HUB_OFFLINE")) or _is_truthy(os.environ.get("TRANSFORMERS_OFFLINE")):
+        return True
+    import huggingface_hub.constants as hub_constants
+
+    return bool(hub_constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = _PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds.
+
+    Runs in a daemon thread so that a hanging DNS lookup cannot hold the caller longer.
+    """
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, name="attnlab-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def _looks_like_path(source: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else that does not exist is a missing path."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _from_pretrained(source: str, dtype, device, device_map, **kwargs):
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+    model = _auto_class(config).from_pretrained(
+        source, dtype=dtype or torch.float32, device_map=device_map, attn_implementation="sdpa",
+        use_safetensors=True, **kwargs,
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+    if device is not None and device_map is None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def _auto_class(config):
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
+            return transformers.AutoModelForCausalLM
+        if arch.endswith("ForMaskedLM"):
+            return transformers.AutoModelForMaskedLM
+    return transformers.AutoModel
+
+
+def _offline_error(source: str, why: str, fix: str) -> InvalidInput:
+    return InvalidInput(
+        f"cannot load {source!r}: it is not a local folder, it is not in the Hugging Face cache, and {why}. "
+        f"Use an embedded model ('minilm' or 'gemma-3-270m'), a local folder with config.json and "
+        f"model.safetensors, or {fix}"
+    )
+
+
+def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **kwargs: Any):
+    """``(hf_model, tokenizer)`` from a local folder or an HF id (cache first, hub only when reachable)."""
+    if kwargs.pop("use_safetensors", True) is not True:
+        raise InvalidInput("attnlab reads safetensors only: use_safetensors=False is not supported")
+    path = Path(source).expanduser()
+    if path.exists():
+        check_local_folder(path)
+        return _load_or_explain(str(path), dtype, device, device_map, **kwargs)
+    if _looks_like_path(source):
+        raise InvalidInput(f"no such model folder: {source}")
+    if not kwargs.get("force_download"):
+        try:  # the HF cache needs no network
+            return _from_pretrained(source, dtype, device, device_map, **{**kwargs, "local_files_only": True})
+        except (OSError, ValueError):
+            pass  # not (completely) cached: go on to the hub if it can be reached
+    if kwargs.get("local_files_only") or hub_offline_by_setting():
+        raise _offline_error(
+            source, "HF_HUB_OFFLINE (or local_files_only=True) forbids the hub",
+            "allow the hub: unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) on a machine with network",
+        )
+    if not hub_reachable():
+        endpoint = os.environ.get("HF_ENDPOINT") or "huggingface.co"
+        raise _offline_error(
+            source, f"the hub ({endpoint}) cannot be reached",
+            "reach the hub: connect to the network (or point HF_ENDPOINT at a reachable mirror)",
+        )
+    return _load_or_explain(source, dtype, device, device_map, **kwargs)
+
+
+def _load_or_explain(source: str, dtype, device, device_map, **kwargs):
+    """Load through transformers; its errors become typed ones that say what to do."""
+    try:
+        return _from_pretrained(source, dtype, device, device_map, **kwargs)
+    except OSError as err:
+        text = str(err)
+        if "safetensors" in text or "pytorch_model.bin" in text:
+            raise UnsupportedModel(f"{source!r} has no safetensors weights ({text}); {_CONVERT}") from None
+        raise InvalidInput(f"cannot load {source!r}: {text}") from None
+
+
+# -- tokenizer --------------------------------------------------------------------------------
+
+
+def fast_tokenizer(folder: Path):
+    """The tokenizer saved in ``folder`` (``tokenizer.json`` + ``tokenizer_config.json``), built directly.
+
+    ``AutoTokenizer`` turns ``tokenizer.json`` back into Python vocab and merges for classes
+    with their own ``__init__`` (Gemma's among them) and rebuilds it: 3-4 s for Gemma. Here the
+    Rust tokenizer reads the file once; the class-level defaults that ``AutoTokenizer`` would
+    have taken from the named class (padding side, model inputs) are copied from that class.
+    The embedded Gemma tests check that both tokenize, pad and decode identically.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    loader_only = ("tokenizer_class", "auto_map", "is_local", "local_files_only")
+    kwargs = {k: v for k, v in config.items() if k not in loader_only}
+    named = tokenizer_class_from_name(config.get("tokenizer_class") or "PreTrainedTokenizerFast")
+    if named is not None:
+        kwargs.setdefault("padding_side", named.padding_side)
+        kwargs.setdefault("truncation_side", named.truncation_side)
+        kwargs.setdefault("model_input_names", list(named.model_input_names))
+    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), name_or_path=str(folder), **kwargs)
