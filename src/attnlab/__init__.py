@@ -22,20 +22,28 @@ from attnlab.errors import (
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it; imported by ``__getattr__`` on first access
-_ENGINE_NAMES = ("load", "HookedModel", "ModelConfig", "SITES", "EMBEDDED_MODELS", "hook_name", "parse_hook_name")
-_SUBPACKAGES = ("interventions", "measure", "bias", "analysis", "viz", "testing")
+# imported by ``__getattr__`` on first access
+_ENGINE_NAMES = ("load", "HookedModel", "ModelConfig")
+_SUBPACKAGES = ("engine", "interventions", "measure", "bias", "analysis", "viz", "testing", "utils", "errors")
+#: names that left the top level: still reachable for one release, with a warning naming their home
+_MOVED = {"SITES": "attnlab.utils", "EMBEDDED_MODELS": "attnlab.engine.loading", "hook_name": "attnlab.utils",
+          "parse_hook_name": "attnlab.utils"}
 
 if TYPE_CHECKING:  # static tools see the real objects; the interpreter never runs this
-    from attnlab.engine import EMBEDDED_MODELS, SITES, HookedModel, ModelConfig, hook_name, load, parse_hook_name
+    from attnlab.engine import HookedModel, ModelConfig, load
 
 
 def __getattr__(name: str) -> Any:
     """Import the engine names and the upper floors on first use (PEP 562)."""
     if name in _ENGINE_NAMES:
         value = getattr(importlib.import_module("attnlab.engine"), name)
-    elif name in _SUBPACKAGES or name == "engine":
+    elif name in _SUBPACKAGES:
         value = importlib.import_module(f"attnlab.{name}")
+    elif name in _MOVED:
+        from attnlab._deprecation import deprecated
+
+        deprecated(f"attnlab.{name}", f"{_MOVED[name]}.{name}")
+        return getattr(importlib.import_module(_MOVED[name]), name)
     else:
         raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
     globals()[name] = value  # later look-ups skip this function
@@ -50,10 +58,6 @@ __all__ = [
     "load",
     "HookedModel",
     "ModelConfig",
-    "SITES",
-    "EMBEDDED_MODELS",
-    "hook_name",
-    "parse_hook_name",
     "AttnlabError",
     "InvalidLocation",
     "InvalidSpec",
@@ -61,5 +65,4 @@ __all__ = [
     "UnsupportedModel",
     "InvalidInput",
     "DataFormatError",
-    *_SUBPACKAGES,
 ]

@@ -181,6 +181,7 @@ def test_a_model_folder_transformers_cannot_read_is_one_line(capsys, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    (folder / "model.safetensors").write_bytes(b"")  # weights present, so transformers is asked (and fails)
     code, _, err = main(capsys, "view", "head", "--model", folder, "hello")
     assert code == 2 and re.search(r"--model .*broken: cannot load it \(", one_error_line(err))
 
