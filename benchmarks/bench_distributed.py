@@ -43,12 +43,12 @@ def timed_sweep(model, prompts, layers, batch_size, repeats):
     from attnlab.measure import LogitDiff, sweep_heads
 
     metric = LogitDiff(" she", " he")
-    sweep_heads(model, prompts[:2], "zero", metric, layers=layers[-1:], heads=[0], n_boot=10, progress=False)
+    sweep_heads(model, prompts[:2], metric, "zero", layers=layers[-1:], heads=[0], n_boot=10, progress=False)
     times, cpu, result = [], [], None
     for _ in range(repeats):
         dist.barrier()
         w0, c0 = time.perf_counter(), time.process_time()
-        result = sweep_heads(model, prompts, "zero", metric, layers=layers, batch_size=batch_size, n_boot=200,
+        result = sweep_heads(model, prompts, metric, "zero", layers=layers, batch_size=batch_size, n_boot=200,
                              progress=False)
         times.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
@@ -73,12 +73,12 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else list(range(cfg.n_layers))
     prompts = bias_prompts(args.prompts)
     metric = LogitDiff(" she", " he")
-    sweep_heads(model, prompts[:2], "zero", metric, layers=layers[-1:], heads=[0], n_boot=10, progress=False)  # warm-up
+    sweep_heads(model, prompts[:2], metric, "zero", layers=layers[-1:], heads=[0], n_boot=10, progress=False)  # warm-up
 
     one_wall, one_cpu, many_wall, launch_wall = [], [], [], []
     for _ in range(args.repeats):
         w0, c0 = time.perf_counter(), time.process_time()
-        one = sweep_heads(model, prompts, "zero", metric, layers=layers, batch_size=args.batch_size, n_boot=200,
+        one = sweep_heads(model, prompts, metric, "zero", layers=layers, batch_size=args.batch_size, n_boot=200,
                           progress=False)
         one_wall.append(time.perf_counter() - w0)
         one_cpu.append(time.process_time() - c0)

@@ -2,7 +2,7 @@
 
 Both sweeps run in this process on the same prompts and weights:
 
-* attnlab: ``sweep_heads(model, prompts, "zero", LogitDiff(" she", " he"))`` (prefix reuse,
+* attnlab: ``sweep_heads(model, prompts, LogitDiff(" she", " he"), "zero")`` (prefix reuse,
   several heads per batch, LM head only at the read positions);
 * TransformerLens: a ``TransformerBridge`` booted on a fresh copy of the same HF model, then
   one ``run_with_hooks`` per head zeroing ``blocks.L.attn.hook_z[:, :, h]`` (18 x 4 = 72
@@ -94,13 +94,13 @@ def main() -> None:
     bridge = boot_bridge(str(gemma_cache_path()))
 
     # warm up both paths once (allocator, kernels)
-    sweep_heads(model, texts[:4], "zero", metric, layers=[cfg.n_layers - 1], heads=[0], progress=False, n_boot=10)
+    sweep_heads(model, texts[:4], metric, "zero", layers=[cfg.n_layers - 1], heads=[0], progress=False, n_boot=10)
     with torch.no_grad():
         bridge(rows.input_ids[:4])
 
     # wall time and this process's CPU time: on a shared machine the CPU time is the steadier number
     w0, c0 = time.perf_counter(), time.process_time()
-    ours = sweep_heads(model, texts, "zero", metric, batch_size=args.batch_size, progress=False)
+    ours = sweep_heads(model, texts, metric, "zero", batch_size=args.batch_size, progress=False)
     t_ours, cpu_ours = time.perf_counter() - w0, time.process_time() - c0
 
     w0, c0 = time.perf_counter(), time.process_time()
