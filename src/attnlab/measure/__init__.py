@@ -4,13 +4,15 @@
 changes (per prompt, with a bootstrap interval), ``perplexity()`` a corpus' pooled
 perplexity; ``sweep_heads()`` / ``sweep_neurons()`` / ``sweep_interventions()`` measure
 every head, q/k/v dimension or labelled spec set, fast (prefix reuse and several variants
-per batch). Every function takes ``(model, prompts, metric, what to intervene on)``;
+per batch); ``attribute()`` estimates them all from one backward pass (attribution
+patching, AtP*). Every function takes ``(model, prompts, metric, what to intervene on)``;
 every result is a :class:`Result` (``table``, ``per_prompt``, ``summary``, ``plot()``).
 Metrics live in :mod:`attnlab.measure.metrics`, the bootstrap in
 :mod:`attnlab.measure.stats`; definitions in ``docs/measure.md``.
 """
 
 from attnlab.measure._rows import Rows
+from attnlab.measure.attribution import AttributionResult, attribute
 from attnlab.measure.distributed import process_group
 from attnlab.measure.launch import run_parallel
 from attnlab.measure.effect import EffectResult, effect, perplexity, score
@@ -39,6 +41,8 @@ __all__ = [
     "sweep_heads",
     "sweep_neurons",
     "sweep_interventions",
+    "attribute",
+    "AttributionResult",
     "Result",
     "EffectResult",
     "SweepResult",

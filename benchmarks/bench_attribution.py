@@ -1,0 +1,150 @@
+"""Benchmark: attribution patching vs the exact sweeps on Gemma-3-270m (speed and fidelity).
+
+Every stage runs both methods in this process, on the same model, prompts and metric:
+
+* heads: all 18 x 4 = 72 heads x 32 prompts (the bias templates x occupations), logit
+  difference " she" - " he": zero ablation and mean ablation at ``z`` (``attribute`` vs
+  ``sweep_heads``), and pattern patching on 32 mediation pairs x -> x' (stereotypical minus
+  anti-stereotypical pronoun);
+* q/k dimensions of one layer (4 heads x 256 dims each, zeroed): ``attribute(site="q"/"k")``,
+  plain and with the QK fix, vs ``sweep_neurons``;
+* MLP neurons of one layer (2048, zeroed): ``attribute(site="post")`` vs the exact sweep
+  (``sweep_interventions`` with one ``EditMLPNeuron`` per variant).
+
+After a short warm-up of both code paths, each method runs once per stage. For each: wall
+and CPU seconds of both, the time ratio, Spearman's correlation of the
+estimated and exact mean effects over all units, the overlap of the two top-10 sets (by
+|effect|; by the GradDrop score for AtP*) and the largest absolute error.
+
+Run: ``python benchmarks/bench_attribution.py [--threads N] [--stages heads,dims,mlp]
+[--dims-layer L] [--mlp-layer L] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def fidelity(estimate: np.ndarray, exact: np.ndarray, rank_by: np.ndarray | None = None, k: int = 10) -> dict:
+    rank_by = np.abs(estimate) if rank_by is None else rank_by
+    top_est = set(np.argsort(-rank_by)[:k])
+    top_exact = set(np.argsort(-np.abs(exact))[:k])
+    return {
+        "spearman": float(spearmanr(estimate, exact).correlation),
+        "top10_overlap": len(top_est & top_exact),
+        "max_abs_error": float(np.abs(estimate - exact).max()),
+        "largest_exact": float(np.abs(exact).max()),
+    }
+
+
+def compare(name, rows, exact_fn, estimate_fns):
+    """Time the exact sweep once and every estimate; record fidelity of each estimate against it."""
+    exact, ew, ec = timed(exact_fn)
+    exact_eff = exact.table.effect.to_numpy()
+    print(f"[{name}] exact: {ew:.1f} s wall / {ec:.1f} s CPU, {len(exact_eff)} units", flush=True)
+    for label, fn in estimate_fns:
+        est, w, c = timed(fn)
+        eff = est.table.effect.to_numpy()
+        rank = est.table.graddrop.to_numpy() if "graddrop" in est.table.columns else None
+        row = {"stage": name, "estimate": label, "units": len(eff), "exact_wall_s": ew, "exact_cpu_s": ec,
+               "estimate_wall_s": w, "estimate_cpu_s": c, "ratio_wall": ew / w, "ratio_cpu": ec / c,
+               **fidelity(eff, exact_eff, rank)}
+        rows.append(row)
+        print(f"[{name}] {label}: {w:.2f} s wall / {c:.2f} s CPU -> {ew / w:.1f}x wall, {ec / c:.1f}x CPU; "
+              f"Spearman {row['spearman']:.3f}, top-10 overlap {row['top10_overlap']}/10, "
+              f"max |error| {row['max_abs_error']:.3g} (largest |exact| {row['largest_exact']:.3g})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--stages", default="heads,dims,mlp")
+    parser.add_argument("--dims-layer", type=int, default=15, help="layer whose q/k dims are swept")
+    parser.add_argument("--mlp-layer", type=int, default=15, help="layer whose MLP neurons are swept")
+    parser.add_argument("--batch-size", type=int, default=128, help="rows per forward of the exact sweeps")
+    parser.add_argument("--json", default=None, help="write the result rows to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import attnlab
+    from attnlab.bias.mediation import mediation_pairs
+    from attnlab.bias.templates import occupations, templates
+    from attnlab.interventions import EditMLPNeuron
+    from attnlab.measure import LogitDiff, attribute, sweep_heads, sweep_interventions, sweep_neurons
+
+    model = attnlab.load("gemma-3-270m")
+    occ = list(occupations().occupation)
+    frames = templates()
+    prompts = [t.causal(o) for t in frames for o in occ][: args.prompts]
+    metric = LogitDiff(" she", " he")
+    pairs, _ = mediation_pairs(model)
+    pairs = pairs[: args.prompts]
+    base, counter = [p.base for p in pairs], [p.counterfactual for p in pairs]
+    pair_metric = LogitDiff([p.stereotypical for p in pairs], [p.anti for p in pairs])
+    opts = {"progress": False, "n_boot": 100}
+    stages = set(args.stages.split(","))
+    rows: list[dict] = []
+    print(f"gemma-3-270m, {len(prompts)} prompts, {torch.get_num_threads()} thread(s); "
+          f"first prompt {prompts[0]!r}, first pair {base[0]!r} -> {counter[0]!r}", flush=True)
+
+    # warm-up: first calls pay one-off costs (allocator, lazily built hook dispatchers)
+    sweep_heads(model, prompts[:4], metric, "zero", layers=[17], heads=[0], progress=False, n_boot=10)
+    attribute(model, prompts[:4], metric, layers=[17], heads=[0], progress=False, n_boot=10)
+
+    if "heads" in stages:
+        for method in ("zero", "mean"):
+            compare(f"72 heads, {method} ablation", rows,
+                    lambda method=method: sweep_heads(model, prompts, metric, method, batch_size=args.batch_size, **opts),
+                    [("AtP", lambda method=method: attribute(model, prompts, metric, site="z", method=method, **opts)),
+                     ("AtP* (GradDrop)", lambda method=method: attribute(model, prompts, metric, site="z", method=method,
+                                                                         correction="atp*", **opts))])
+        compare("72 heads, pattern patching x -> x'", rows,
+                lambda: sweep_heads(model, base, pair_metric, "patch", counterfactuals=counter, batch_size=args.batch_size,
+                                    **opts),
+                [("AtP", lambda: attribute(model, base, pair_metric, site="pattern", method="patch",
+                                           counterfactuals=counter, **opts)),
+                 ("AtP* (GradDrop)", lambda: attribute(model, base, pair_metric, site="pattern", method="patch",
+                                                       counterfactuals=counter, correction="atp*", **opts))])
+    if "dims" in stages:
+        layer = args.dims_layer
+        for site in ("q", "k"):
+            compare(f"{site} dims of layer {layer} (4 x 256), zeroed", rows,
+                    lambda site=site: sweep_neurons(model, prompts, metric, layer, site=site, batch_size=args.batch_size,
+                                                    **opts),
+                    [("AtP", lambda site=site: attribute(model, prompts, metric, site=site, layers=[layer], **opts)),
+                     ("AtP + QK fix", lambda site=site: attribute(model, prompts, metric, site=site, layers=[layer],
+                                                                  correction="qk", **opts))])
+    if "mlp" in stages:
+        layer = args.mlp_layer
+        width = model.cfg.d_mlp
+        variants = {f"L{layer}N{n}": [EditMLPNeuron(layer, n, scale=0.0)] for n in range(width)}
+        compare(f"MLP neurons of layer {layer} ({width}), zeroed", rows,
+                lambda: sweep_interventions(model, prompts, metric, variants, batch_size=args.batch_size, **opts),
+                [("AtP", lambda: attribute(model, prompts, metric, site="post", layers=[layer], **opts))])
+
+    print("\n| stage | estimate | units | exact (s wall / CPU) | estimate (s wall / CPU) | ratio wall / CPU | Spearman | top-10 overlap | max abs error (largest exact) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stage']} | {r['estimate']} | {r['units']} | {r['exact_wall_s']:.1f} / {r['exact_cpu_s']:.1f} | "
+              f"{r['estimate_wall_s']:.2f} / {r['estimate_cpu_s']:.2f} | {r['ratio_wall']:.1f}x / {r['ratio_cpu']:.1f}x | "
+              f"{r['spearman']:.3f} | {r['top10_overlap']}/10 | {r['max_abs_error']:.3g} ({r['largest_exact']:.3g}) |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

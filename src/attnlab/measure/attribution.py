@@ -1,0 +1,318 @@
+"""Attribution patching (AtP, and AtP* of Kramar et al. 2024): every unit's effect from one backward.
+
+An exact sweep runs one intervened forward per unit. Attribution patching estimates all of
+them at once from one clean forward (plus one forward of the counterfactual or reference
+prompts) and one backward pass: ``effect ~= (a' - a) . dM/da``, summed over the unit's
+elements (and positions, unless ``per_position``). It is exact where the metric is linear in
+the unit and a first-order estimate elsewhere; ``result.verify(k)`` measures the top ``k``
+units exactly with the sweep machinery. What the estimate costs and when to trust it:
+``docs/attribution.md``.
+
+Corrections (AtP*):
+
+* ``"qk"``: for q/k dimension units, the head's softmax is recomputed exactly with the
+  patched query or key and the estimate linearised from the attention probabilities on;
+* ``"graddrop"``: one more backward pass per layer with that layer's residual-stream writes
+  cut out of the gradient; the unit's score is the mean absolute estimate over those passes
+  (a magnitude for ranking, in the ``graddrop`` column);
+* ``"atp*"``: both (the QK fix where it applies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import pandas as pd
+import torch
+
+from attnlab.engine.locations import hook_name
+from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean
+from attnlab.measure._attribution_exact import exact_spec, unit_label
+from attnlab.measure._attribution_estimate import estimate
+from attnlab.measure._attribution_units import (
+    DIM_SITES,
+    UNIT_SITES,
+    Units,
+    counterfactual_rows,
+    site_means,
+    site_values,
+)
+from attnlab.measure._rows import Rows, check_prompts
+from attnlab.measure.effect import check_batch_size, check_metric
+from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
+from attnlab.measure.sweep import SweepResult, _result, sweep_interventions
+
+__all__ = ["attribute", "AttributionResult", "ATTRIBUTION_METHODS", "CORRECTIONS", "UNIT_SITES"]
+
+ATTRIBUTION_METHODS = ("zero", "mean", "patch")
+CORRECTIONS = ("qk", "graddrop", "atp*")
+
+_DIFFERENTIABLE = (LogitDiff, TokenProb, PairLogRatio, Loss, KL)
+
+
+@dataclass(repr=False)
+class AttributionResult(SweepResult):
+    """A :class:`SweepResult` whose effects are estimates (``estimate`` is True).
+
+    ``table``: one row per unit (``layer, head`` / ``dim`` / ``neuron``, ``site``, ``unit``
+    label, ``position`` when per position), the estimated mean ``effect`` with its 95%
+    interval over prompts, and ``graddrop`` (AtP*'s magnitude score) when GradDrop ran.
+    ``verify(k)`` measures the top ``k`` exactly.
+    """
+
+    estimate: bool = True
+    method: str = "zero"
+    correction: str | None = None
+    _context: dict = field(default_factory=dict, compare=False)
+
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` units ranked first: by ``graddrop`` when present, else by ``|effect|``."""
+        return self._ranked(k).reset_index(drop=True)
+
+    def _ranked(self, k: int) -> pd.DataFrame:
+        score = self.table["graddrop"] if "graddrop" in self.table.columns else self.table["effect"].abs()
+        order = score.sort_values(ascending=False, na_position="last").index
+        return self.table.loc[order[:k]]
+
+    def verify(self, k: int = 10, *, batch_size: int = 64, progress: bool = False) -> SweepResult:
+        """Measure the top ``k`` units exactly (``sweep_interventions``), next to their estimates.
+
+        Returns the exact sweep's result; its table also has ``estimate`` (this result's
+        ``effect``), ``graddrop`` (if computed) and ``error = estimate - effect``, and its
+        ``per_prompt`` an ``estimate`` column.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        check_batch_size(batch_size)
+        ctx = self._context
+        if not ctx:
+            raise InvalidInput("this AttributionResult was not made by attribute() in this session; nothing to verify")
+        model, prompts, metric = ctx["model"], ctx["prompts"], ctx["metric"]
+        ranked = self._ranked(k)  # keeps the table's index: row i's prompts are per_prompt rows i*n .. i*n+n-1
+        picked = ranked.reset_index(drop=True)
+        labels = [unit_label(row) for _, row in picked.iterrows()]
+        one_unit_patch = self.method == "patch" and self.meta["site"] in (*DIM_SITES, "post")
+        sources = _verify_sources(model, ctx, picked) if one_unit_patch else {}
+        n_rows = ctx["n_rows"]
+        specs = {label: [exact_spec(row, self.method, ctx["means"], ctx["counterfactuals"], sources, n_rows)]
+                 for label, (_, row) in zip(labels, picked.iterrows())}
+        size = max(batch_size, n_rows) if sources else batch_size  # one-unit patches pair with all rows at once
+        exact = sweep_interventions(model, prompts, metric, specs, batch_size=size, n_boot=ctx["n_boot"], seed=ctx["seed"],
+                                    progress=progress)
+        key_cols = [c for c in ("layer", "head", "dim", "neuron", "site", "position", "unit") if c in picked.columns]
+        table = picked[key_cols].copy()
+        table.insert(0, "variant", labels)
+        for col in ("effect", "ci_low", "ci_high", "clean", "intervened"):
+            table[col] = exact.table[col].to_numpy()
+        table["estimate"] = picked["effect"].to_numpy()
+        if "graddrop" in picked.columns:
+            table["graddrop"] = picked["graddrop"].to_numpy()
+        table["error"] = table["estimate"] - table["effect"]
+        n_prompts = len(prompts)
+        estimates = self.per_prompt["effect"].to_numpy().reshape(len(self.table), n_prompts)
+        per_prompt = exact.per_prompt.copy()
+        per_prompt["estimate"] = estimates[ranked.index.to_numpy()].reshape(-1)
+        meta = {**exact.meta, "what": f"exact check of the top {k} attributed units", "estimated_by": self.meta.get("what")}
+        return SweepResult(table, per_prompt, exact.metric, index="site", columns="variant", meta=meta)
+
+    def __repr__(self) -> str:
+        best = self.top(1)
+        where = ", ".join(f"{c}={best[c].iloc[0]}" for c in ("layer", "head", "dim", "neuron", "position") if c in best.columns)
+        return (
+            f"AttributionResult({self.meta.get('what', 'attribution')} on {self.metric}: "
+            f"{len(self.table)} units x {self.meta.get('n_prompts', '?')} prompts; first {where})"
+        )
+
+
+def attribute(
+    model,
+    prompts: Sequence[str],
+    metric: Metric,
+    *,
+    site: str = "z",
+    method: str = "zero",
+    layers: Sequence[int] | int | None = None,
+    heads: Sequence[int] | int | None = None,
+    dims: Sequence[int] | int | None = None,
+    neurons: Sequence[int] | int | None = None,
+    per_position: bool = False,
+    counterfactuals: Sequence[str] | None = None,
+    reference: Sequence[str] | None = None,
+    correction: str | None = None,
+    probes: int = 16,
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> AttributionResult:
+    """Estimate the effect on ``metric`` of intervening on every unit, from one backward pass.
+
+    >>> from attnlab.testing import tiny_model
+    >>> from attnlab.measure import LogitDiff, attribute
+    >>> res = attribute(tiny_model("llama"), ["the nurse said that"], LogitDiff(" she", " he"), progress=False)
+    >>> res.table[["layer", "head", "effect"]].shape, res.estimate
+    ((8, 3), True)
+
+    ``site``: ``"z"``, ``"result"`` or ``"pattern"`` (one unit per head), ``"q"``, ``"k"`` or
+    ``"v"`` (one unit per head and dimension; ``dims`` picks them) or ``"post"`` (MLP neurons,
+    ``blocks.L.mlp.hook_post``; ``neurons`` picks them). ``method``: ``"zero"``, ``"mean"``
+    (the site's mean over ``reference``, default the prompts) or ``"patch"`` (its value on the
+    matching ``counterfactuals`` prompt, of equal token length; the only method for
+    ``"pattern"``). ``per_position``: one unit per token position as well (query positions;
+    key positions for ``k``/``v``). ``correction``: ``None``, ``"qk"``, ``"graddrop"`` or
+    ``"atp*"``. ``metric``: :class:`LogitDiff`, :class:`TokenProb`, :class:`Loss` (first
+    order) or :class:`KL` (second order: its gradient at the clean run is 0; estimated with
+    ``probes`` random backward directions, see the docs).
+    """
+    metric = _attributable(model, metric)
+    prompts = check_prompts(prompts)
+    check_batch_size(batch_size)
+    method, correction = _check_method(site, method, correction)
+    units = _units(model, site, layers, heads, dims, neurons, per_position)
+    if method == "patch" and counterfactuals is None:
+        raise InvalidInput("method='patch' needs counterfactuals=[...], one prompt per prompt, whose activations are patched in")
+    if method != "patch" and counterfactuals is not None:
+        raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
+    if method != "mean" and reference is not None:
+        raise InvalidInput(f"reference= is only used by method='mean', not {method!r}")
+    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+        raise InvalidSpec(f"probes must be a positive integer, got {probes!r}")
+    graddrop = correction in ("graddrop", "atp*")
+    if graddrop and model.cfg.n_layers < 2:
+        raise InvalidSpec(f"GradDrop drops one layer's gradient at a time and needs >= 2 layers; {model.cfg.name} has 1")
+    try:
+        rows = metric.rows(model, prompts)
+        cf_rows = counterfactual_rows(model, metric, prompts, check_prompts(counterfactuals), rows) if method == "patch" else None
+        ref = check_prompts(reference) if reference is not None else prompts
+        means = {}
+        if method == "mean":
+            means = {(site, l): m for l, m in site_means(model, units, ref, batch_size).items()}
+            if site == "result":  # verify() ablates z with z's mean: the same intervention
+                means.update({("z", l): m for l, m in site_means(model, Units("z", units.layers), ref, batch_size).items()})
+        clean, est, drop = estimate(model, rows, cf_rows, metric, units, method, means, correction, probes, batch_size,
+                                    seed, progress)
+    except AttnlabError as err:
+        raise type(err)(f"while attributing {site} units of {model.cfg.name}: {err}") from None
+    return _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
+                  counterfactuals, n_boot, seed)
+
+
+# -- checking -------------------------------------------------------------------------------
+
+
+def _attributable(model, metric) -> Metric:
+    metric = check_metric(metric)
+    if metric.generation or not isinstance(metric, _DIFFERENTIABLE):
+        raise InvalidInput(
+            f"{metric.name} is not a differentiable metric attribution can use; use LogitDiff, TokenProb, "
+            "PairLogRatio, Loss or KL, or measure it exactly with sweep_heads / sweep_interventions"
+        )
+    metric.check_model(model)
+    return metric
+
+
+def _check_method(site: str, method: str, correction) -> tuple[str, str | None]:
+    if not isinstance(site, str) or site not in UNIT_SITES:
+        raise InvalidSpec(f"unknown site {site!r}{did_you_mean(str(site), UNIT_SITES)} (valid: {', '.join(UNIT_SITES)})")
+    if not isinstance(method, str) or method not in ATTRIBUTION_METHODS:
+        raise InvalidSpec(
+            f"unknown method {method!r}{did_you_mean(str(method), ATTRIBUTION_METHODS)} (valid: {', '.join(ATTRIBUTION_METHODS)})"
+        )
+    if site == "pattern" and method != "patch":
+        raise InvalidSpec(f"pattern units support method='patch' only (got {method!r}); to remove a head use site='z'")
+    if correction is not None and correction not in CORRECTIONS:
+        raise InvalidSpec(
+            f"unknown correction {correction!r}{did_you_mean(str(correction), CORRECTIONS)} "
+            f"(valid: None, {', '.join(CORRECTIONS)})"
+        )
+    if correction == "qk" and site not in ("q", "k"):
+        raise InvalidSpec(
+            f"the QK fix applies to q and k units (their softmax); {site!r} units reach the metric without passing "
+            "through their own head's softmax. Use correction='graddrop' or None"
+        )
+    return method, correction
+
+
+def _indices(values, size: int, what: str) -> tuple[int, ...]:
+    if values is None:
+        return tuple(range(size))
+    items = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, range)) or not len(items):
+        raise InvalidInput(f"{what} must be None (all), an int or a non-empty list of ints, got {values!r}")
+    for v in items:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < size:
+            raise InvalidLocation(f"{what[:-1]} {v!r} out of range: valid {what} are 0..{size - 1}")
+    return tuple(sorted(set(items)))
+
+
+def _units(model, site, layers, heads, dims, neurons, per_position) -> Units:
+    cfg = model.cfg
+    if not isinstance(per_position, bool):
+        raise InvalidSpec(f"per_position must be True or False, got {per_position!r}")
+    if site not in DIM_SITES and dims is not None:
+        raise InvalidInput(f"dims= picks q/k/v dimensions; site {site!r} has none")
+    if site != "post" and neurons is not None:
+        raise InvalidInput(f"neurons= picks MLP neurons (site='post'); site {site!r} has none")
+    if site == "post" and heads is not None:
+        raise InvalidInput("heads= does not apply to MLP neurons (site='post'); pick them with neurons=")
+    layer_ids = _indices(layers, cfg.n_layers, "layers")
+    names = [hook_name(l, site) for l in layer_ids]
+    missing = [n for n in names if n not in model.hook_dict]
+    if missing:
+        raise InvalidLocation(f"{cfg.name} has no hook point {missing[0]!r}, so its {site!r} units cannot be attributed")
+    if site == "post":
+        if cfg.d_mlp is None:
+            raise UnsupportedModel(f"{cfg.name}: attnlab does not know this model's MLP, so it has no neurons to attribute")
+        d_mlp = cfg.d_mlp
+        return Units(site, layer_ids, neurons=_indices(neurons, d_mlp, "neurons"), per_position=per_position)
+    head_ids = _indices(heads, cfg.n_heads, "heads")
+    dim_ids = _indices(dims, cfg.d_head, "dims") if site in DIM_SITES else ()
+    return Units(site, layer_ids, heads=head_ids, dims=dim_ids, per_position=per_position)
+
+
+# -- the result -----------------------------------------------------------------------------
+
+
+def _build(model, prompts, metric, units: Units, method, correction, clean, est, drop, means, rows, cf_rows,
+           counterfactuals, n_boot, seed) -> AttributionResult:
+    keys = units.keys()
+    n_units, width, n_prompts = est.shape
+    if units.per_position:
+        keys = keys.loc[np.repeat(np.arange(n_units), width)].reset_index(drop=True)
+        keys["position"] = np.tile(np.arange(width), n_units)
+        index, columns = "unit", "position"
+    elif units.site in DIM_SITES:
+        index, columns = ["layer", "head"], "dim"
+    elif units.site == "post":
+        index, columns = "layer", "neuron"
+    else:
+        index, columns = "layer", "head"
+    flat = est.reshape(n_units * width, n_prompts)
+    what = {"pattern": "pattern patching", "post": "MLP neurons"}.get(units.site, f"{units.site} units")
+    fix = f" + {correction}" if correction else ""
+    meta = {"what": f"{what} ({method}{fix}, estimated)", "method": method, "site": units.site,
+            "correction": correction, "estimate": True}
+    if isinstance(metric, KL):
+        meta["order"] = "second (KL)"
+    base = _result(keys, prompts, clean, clean[None, :] + flat, metric, n_boot, seed, index=index, columns=columns, meta=meta)
+    result = AttributionResult(**{f.name: getattr(base, f.name) for f in fields(SweepResult)}, method=method,
+                               correction=correction)
+    if drop is not None:
+        flat_drop = drop.reshape(n_units * width, n_prompts)
+        with np.errstate(all="ignore"):
+            result.table["graddrop"] = np.nanmean(flat_drop, axis=1)
+        result.per_prompt["graddrop"] = flat_drop.reshape(-1)
+    result._context = {"model": model, "prompts": prompts, "metric": metric, "means": means, "n_rows": rows.n_rows,
+                       "cf_rows": cf_rows, "counterfactuals": list(counterfactuals) if counterfactuals is not None else None,
+                       "n_boot": n_boot, "seed": seed}
+    return result
+
+
+def _verify_sources(model, ctx, picked: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """Counterfactual values of the sites the picked one-dimension / one-neuron patches need, for all rows at once."""
+    cf_rows: Rows = ctx["cf_rows"]
+    names = sorted({hook_name(int(row["layer"]), row["site"]) for _, row in picked.iterrows()})
+    values = site_values(model, None, cf_rows.to(model.device), names=names)
+    return {n: v.float().cpu() for n, v in values.items()}

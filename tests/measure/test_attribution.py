@@ -1,0 +1,426 @@
+"""Attribution patching equals the exact sweeps where the metric is linear in the unit, and its
+corrections (QK fix, GradDrop) compute what the AtP* paper defines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attnlab.engine.locations import hook_name
+from attnlab.engine.model import HookedModel
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec
+from attnlab.interventions.ablation import head_means
+from attnlab.measure import (
+    KL,
+    AttributionResult,
+    HiddenShift,
+    LogitDiff,
+    Loss,
+    TokenProb,
+    TopKChange,
+    attribute,
+    score,
+    sweep_heads,
+    sweep_neurons,
+)
+from attnlab.testing import tiny_hf_model, tiny_model, tiny_tokenizer
+
+PROMPTS = ["the nurse said that", "the doctor told the man that he", "a cat sat"]
+COUNTER = ["the doctor said that", "the nurse told the man that she", "a dog ran"]
+METRIC = LogitDiff(" she", " he")
+
+
+def linear_tail(arch: str = "llama", *, keep_last_mlp: bool = False, n_layers: int = 2) -> HookedModel:
+    """A tiny model whose logits are linear in everything the last attention layer writes.
+
+    The final norm is an identity and (unless ``keep_last_mlp``) the last MLP writes 0, so
+    the last layer's z, result, v and pattern reach the logit difference through linear maps
+    only; with ``keep_last_mlp`` the last MLP's neurons do.
+    """
+    hf = tiny_hf_model(arch, n_layers=n_layers)
+    body = hf.transformer if arch == "gpt2" else hf.model
+    if arch == "gpt2":
+        body.ln_f = nn.Identity()
+    else:
+        body.norm = nn.Identity()
+    if not keep_last_mlp:
+        with torch.no_grad():
+            if arch == "gpt2":
+                body.h[-1].mlp.c_proj.weight.zero_()
+                body.h[-1].mlp.c_proj.bias.zero_()
+            else:
+                body.layers[-1].mlp.down_proj.weight.zero_()
+    return HookedModel(hf, tiny_tokenizer(), name=f"linear-tail-{arch}")
+
+
+def _run(model, **options):
+    return attribute(model, PROMPTS, options.pop("metric", METRIC), progress=False, n_boot=10, **options)
+
+
+# -- exact where linear ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["zero", "mean"])
+def test_heads_of_the_last_layer_equal_the_exact_sweep(arch, method):
+    """z patching (which sweep_heads does not do) is checked against its exact spec with verify() below."""
+    model = linear_tail(arch)
+    exact = sweep_heads(model, PROMPTS, METRIC, method, layers=[1], progress=False, n_boot=10)
+    for site in ("z", "result"):
+        est = _run(model, site=site, method=method, layers=[1])
+        assert list(est.table["head"]) == list(exact.table["head"])
+        assert np.abs(est.table.effect.to_numpy() - exact.table.effect.to_numpy()).max() < 1e-5
+        per_prompt = est.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()
+        assert np.abs(per_prompt).max() < 1e-5
+    assert np.abs(exact.table.effect).max() > 0.01  # the heads do something
+
+
+def test_pattern_patching_of_the_last_layer_equals_the_exact_sweep():
+    model = linear_tail("llama")
+    exact = sweep_heads(model, PROMPTS, METRIC, "patch", counterfactuals=COUNTER, layers=[1], progress=False, n_boot=10)
+    est = _run(model, site="pattern", method="patch", counterfactuals=COUNTER, layers=[1])
+    assert np.abs(est.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() < 1e-5
+    assert np.abs(exact.table.effect).max() > 1e-3
+
+
+@pytest.mark.parametrize("site,method", [("z", "patch"), ("pattern", "patch"), ("v", "zero"), ("v", "mean"), ("v", "patch"), ("result", "mean")])
+def test_verify_matches_estimates_on_linear_tail(site, method):
+    model = linear_tail("llama")
+    extra = {"counterfactuals": COUNTER} if method == "patch" else {}
+    est = _run(model, site=site, method=method, layers=[1], **extra)
+    checked = est.verify(k=6)
+    assert np.abs(checked.table.error).max() < 1e-5
+    assert np.abs(checked.per_prompt.estimate - checked.per_prompt.effect).max() < 1e-5
+    assert np.abs(checked.table.effect).max() > 1e-3
+
+
+def test_per_position_units_equal_the_exact_interventions():
+    model = linear_tail("gpt2")
+    est = _run(model, site="z", layers=[1], per_position=True)
+    width = max(len(r) for r in model.token_rows(PROMPTS))
+    assert len(est.table) == model.cfg.n_heads * width
+    assert set(est.table.position) == set(range(width))
+    checked = est.verify(k=8)
+    assert np.abs(checked.table.error).max() < 1e-5
+    # the per-position estimates of a head add up to the head's estimate (linear in every position)
+    whole = _run(model, site="z", layers=[1]).table.set_index("head").effect
+    summed = est.table.groupby("head").effect.sum()
+    assert np.allclose(summed.loc[whole.index], whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "patch"])
+def test_mlp_neurons_of_the_last_layer_equal_a_hook_loop(method):
+    model = linear_tail("llama", keep_last_mlp=True)
+    extra = {"counterfactuals": COUNTER} if method == "patch" else {}
+    est = _run(model, site="post", method=method, layers=[1], neurons=[0, 5, 17, 40], **extra)
+    name = hook_name(1, "post")
+    clean = score(model, PROMPTS, METRIC)
+    rows = METRIC.rows(model, PROMPTS)
+    if method == "mean":
+        ref = model.run(PROMPTS, logits=None, read=[name], padding_side="right")
+        value = ref.cache[name][ref.tokens.mask.bool()].mean(dim=0)
+    elif method == "patch":
+        value = model.run(model.pad(model.token_rows(COUNTER), padding_side="right"), logits=None, read=[name]).cache[name]
+    for i, neuron in enumerate([0, 5, 17, 40]):
+        def edit(x, hook, neuron=neuron):  # the exact intervention, written by hand
+            x = x.clone()
+            x[..., neuron] = 0.0 if method == "zero" else value[..., neuron] if method == "mean" else value[:, : x.shape[1], neuron]
+            return x
+
+        with model.hooks(fwd_hooks=[(name, edit)]):
+            edited = score(model, PROMPTS, METRIC, batch_size=rows.n_rows)
+        assert np.allclose(est.table.effect.iloc[i], (edited - clean).mean(), atol=1e-5)
+    assert np.abs(est.verify(k=4).table.error).max() < 1e-5
+
+
+# -- the QK fix -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_qk_fix_is_exact_where_only_the_softmax_is_nonlinear(site, arch):
+    """Zeroing one q/k dimension of the last layer: only that head's softmax lies between the unit and the metric."""
+    model = linear_tail(arch)
+    exact = sweep_neurons(model, PROMPTS, METRIC, 1, site=site, progress=False, n_boot=10)
+    fixed = _run(model, site=site, layers=[1], correction="qk")
+    plain = _run(model, site=site, layers=[1])
+    assert list(zip(fixed.table["head"], fixed.table.dim)) == list(zip(exact.table["head"], exact.table.dim))
+    assert np.abs(fixed.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() < 1e-5
+    # linearising through the softmax is visibly off on the same units
+    assert np.abs(plain.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() > 1e-4
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_qk_fix_per_position_and_mean_are_exact(site):
+    model = linear_tail("llama")
+    for options in ({"per_position": True}, {"method": "mean"}, {"method": "patch", "counterfactuals": COUNTER}):
+        est = _run(model, site=site, layers=[1], heads=[0, 3], dims=[0, 1, 4, 7], correction="qk", **options)
+        assert np.abs(est.verify(k=6).table.error).max() < 1e-5, options
+
+
+def test_qk_fix_recovers_a_saturated_softmax():
+    """A head that attends almost only to one key: the gradient through its softmax is ~0, the real effect is not."""
+    model = linear_tail("llama")
+    # sharpen layer 1's scores so its softmax saturates
+    with torch.no_grad():
+        model.layout.blocks[1].attention.q_proj.weight.mul_(8.0)
+    exact = sweep_neurons(model, PROMPTS, METRIC, 1, site="k", progress=False, n_boot=10).table.effect.to_numpy()
+    fixed = _run(model, site="k", layers=[1], correction="qk").table.effect.to_numpy()
+    plain = _run(model, site="k", layers=[1]).table.effect.to_numpy()
+    assert np.abs(fixed - exact).max() < 1e-5
+    assert np.abs(plain - exact).max() > 10 * np.abs(fixed - exact).max() + 1e-3
+
+
+# -- GradDrop -------------------------------------------------------------------------------
+
+
+def _detach(x, hook):
+    return x.detach()
+
+
+@pytest.mark.parametrize("arch,kl", [("llama", False), ("gemma3", False), ("bert-mlm", False), ("llama", True)])
+def test_graddrop_is_the_mean_absolute_estimate_over_dropped_layers(arch, kl):
+    """Recomputed independently: one attribution per layer l with l's residual writes detached (forward unchanged).
+
+    Pre-norm (llama) and sandwich (gemma3) blocks take the residual-shortcut route, post-norm
+    (BERT) blocks the gradient-hook route; both must give the definition's numbers.
+    """
+    model = tiny_model(arch, n_layers=3)
+    prompts, metric = PROMPTS, METRIC
+    if arch == "bert-mlm":
+        prompts = ["the nurse said [MASK] was late", "the doctor told the man that [MASK] left", "[MASK] sat"]
+        metric = LogitDiff(" she", " he", read_at="mask")
+    if kl:  # second order: the same probes (same seed) in every run
+        metric = KL()
+
+    def run(**options):
+        return attribute(model, prompts, metric, site="z", progress=False, n_boot=10, **options)
+
+    got = run(correction="graddrop")
+    n_layers, n = model.cfg.n_layers, len(prompts)
+    total = np.zeros((len(got.table), n))
+    for layer in range(n_layers):
+        cut = [(hook_name(layer, "attn_out"), _detach), (hook_name(layer, "mlp_out"), _detach)]
+        with model.hooks(fwd_hooks=cut):
+            dropped = run()
+        total += np.abs(dropped.per_prompt.effect.to_numpy().reshape(-1, n))
+    expected = total / (n_layers - 1)
+    assert np.allclose(got.per_prompt.graddrop.to_numpy().reshape(-1, n), expected, atol=1e-6)
+    assert np.allclose(got.table.graddrop, expected.mean(1), atol=1e-6)
+    assert not np.allclose(got.table.graddrop, got.table.effect.abs(), atol=1e-3)  # the passes changed something
+    # the signed estimate is plain AtP; the own-layer pass contributes nothing
+    plain = run()
+    assert np.allclose(got.table.effect, plain.table.effect, atol=1e-7)
+    # a unit of the last layer: every pass but its own leaves its gradient alone, so its score is |AtP| per prompt
+    last = (got.table.layer == n_layers - 1).to_numpy()
+    per_prompt_abs = np.abs(plain.per_prompt.effect.to_numpy().reshape(-1, n)).mean(1)
+    assert np.allclose(got.table.graddrop[last], per_prompt_abs[last], atol=1e-6)
+
+
+def test_graddrop_exposes_a_direct_effect_cancelled_by_a_later_layer():
+    """Layer 1 writes minus layer 0's attention output: heads of layer 0 then change nothing, and AtP says 0.
+
+    GradDrop's pass with layer 1 dropped sees the direct path alone, so it ranks those heads
+    by their (cancelled) direct effect: a false positive here, the price of catching
+    cancellations that are only partial in real models.
+    """
+    model = linear_tail("llama")
+    with torch.no_grad():  # layer 0 writes only through attention, layer 1 only through the hook below
+        model.layout.blocks[0].mlp_down.weight.zero_()
+        model.layout.blocks[1].out_proj.weight.zero_()
+    seen = {}
+
+    def keep(x, hook):
+        seen["attn0"] = x
+
+    def cancel(x, hook):
+        return x - seen["attn0"]
+
+    hooks = [(hook_name(0, "attn_out"), keep), (hook_name(1, "mlp_out"), cancel)]
+    with model.hooks(fwd_hooks=hooks):
+        got = _run(model, site="z", layers=[0], correction="graddrop")
+        exact = sweep_heads(model, PROMPTS, METRIC, "zero", layers=[0], progress=False, n_boot=10)
+    direct = _run(model, site="z", layers=[0])  # without the cancelling hook: the direct path only
+    assert np.abs(exact.table.effect).max() < 1e-5
+    assert np.abs(got.table.effect).max() < 1e-5
+    assert np.allclose(got.per_prompt.graddrop, np.abs(direct.per_prompt.effect), atol=1e-6)
+    assert got.table.graddrop.max() > 0.01
+
+
+# -- other metrics --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", [Loss(), TokenProb(" she", log=True), LogitDiff(" she was", " he is")],
+                         ids=["loss", "logprob", "multi-token"])
+def test_nonlinear_metrics_match_a_finite_difference(metric):
+    """Scaling a head by (1 -+ eps) moves the metric by -+ eps times its zero-ablation estimate, to first order."""
+    model = tiny_model("gemma3")
+    est = attribute(model, PROMPTS, metric, site="z", layers=[1], progress=False, n_boot=10)
+    eps = 1e-2
+
+    def scored(head, factor):
+        def scale(z, hook):
+            z = z.clone()
+            z[:, :, head] *= factor
+            return z
+
+        with model.hooks(fwd_hooks=[(hook_name(1, "z"), scale)]):
+            return score(model, PROMPTS, metric)
+
+    for head in range(model.cfg.n_heads):
+        slope = (scored(head, 1 - eps) - scored(head, 1 + eps)) / (2 * eps)  # central difference: error O(eps^2)
+        assert np.allclose(slope, est.per_prompt.effect.to_numpy()[head * 3 : head * 3 + 3], rtol=1e-3, atol=1e-4)
+
+
+def test_kl_is_estimated_to_second_order():
+    """KL(clean || edited) ~= 1/2 Var_p(dlogits); on a linear tail dlogits is exact, so only the probes' noise remains."""
+    model = linear_tail("llama")
+    est = attribute(model, PROMPTS, KL(), site="z", layers=[1], probes=400, progress=False, n_boot=10)
+    assert np.allclose(est.table.clean, 0.0)
+    rows = KL().rows(model, PROMPTS)
+    clean = model.run(rows.tokens, logits="last").logits.float()
+    p = clean.softmax(-1)
+    for head in range(model.cfg.n_heads):
+        def zero(z, hook, head=head):
+            z = z.clone()
+            z[:, :, head] = 0.0
+            return z
+
+        with model.hooks(fwd_hooks=[(hook_name(1, "z"), zero)]):
+            moved = model.run(rows.tokens, logits="last").logits.float() - clean
+        centred = moved - (p * moved).sum(-1, keepdim=True)
+        second = 0.5 * (p * centred**2).sum(-1).numpy()
+        got = est.per_prompt.effect.to_numpy()[head * 3 : head * 3 + 3]
+        assert np.allclose(got, second, rtol=0.25), (head, got, second)
+
+
+# -- shapes, labels, bookkeeping ------------------------------------------------------------
+
+
+def test_result_shape_labels_and_ranking(tiny_gemma):
+    res = attribute(tiny_gemma, PROMPTS, METRIC, site="k", layers=[2], heads=[1, 3], dims=[0, 5], correction="atp*",
+                    progress=False, n_boot=10)
+    assert isinstance(res, AttributionResult) and res.estimate and res.method == "zero" and res.correction == "atp*"
+    assert list(res.table.columns[:5]) == ["layer", "head", "site", "dim", "unit"]
+    assert list(res.table.unit) == ["L2H1 k0", "L2H1 k5", "L2H3 k0", "L2H3 k5"]
+    assert {"effect", "ci_low", "ci_high", "clean", "intervened", "graddrop"} <= set(res.table.columns)
+    assert len(res.per_prompt) == 4 * len(PROMPTS)
+    assert list(res.top(4).unit) == list(res.table.sort_values("graddrop", ascending=False).unit)
+    assert res.matrix().shape == (2, 2)
+    assert "AttributionResult(" in repr(res) and "atp*" in repr(res)
+    checked = res.verify(k=2)
+    assert list(checked.table.variant) == list(res.top(2).unit)
+    assert {"effect", "estimate", "graddrop", "error"} <= set(checked.table.columns)
+    assert checked.matrix().shape == (1, 2)
+    neurons = attribute(tiny_gemma, PROMPTS, METRIC, site="post", layers=[0, 2], neurons=[3, 1], progress=False, n_boot=10)
+    assert list(neurons.table.unit) == ["L0N1", "L0N3", "L2N1", "L2N3"]
+
+
+def test_mean_is_the_mean_ablation_mean(tiny_llama):
+    ref = ["the cat sat on the mat", "a dog ran"]
+    res = attribute(tiny_llama, PROMPTS, METRIC, method="mean", reference=ref, progress=False, n_boot=10)
+    for layer in range(tiny_llama.cfg.n_layers):
+        assert torch.allclose(res._context["means"][("z", layer)], head_means(tiny_llama, layer, ref), atol=1e-6)
+
+
+def test_result_site_gives_the_same_estimates_as_z(tiny_gpt2):
+    z = attribute(tiny_gpt2, PROMPTS, METRIC, site="z", progress=False, n_boot=10)
+    result = attribute(tiny_gpt2, PROMPTS, METRIC, site="result", progress=False, n_boot=10)
+    assert np.allclose(z.per_prompt.effect, result.per_prompt.effect, atol=1e-5)
+
+
+def test_model_is_left_as_it_was(tiny_llama):
+    before = tiny_llama.next_token_logits(PROMPTS)
+    attribute(tiny_llama, PROMPTS, METRIC, site="q", correction="atp*", progress=False, n_boot=10)
+    assert tiny_llama.count_hooks() == 0
+    assert all(p.grad is None for p in tiny_llama.hf_model.parameters())
+    assert torch.equal(tiny_llama.next_token_logits(PROMPTS), before)
+
+
+def test_frozen_weights_and_batches_give_the_same_estimates(tiny_llama):
+    whole = attribute(tiny_llama, PROMPTS, METRIC, batch_size=32, progress=False, n_boot=10)
+    tiny_llama.hf_model.requires_grad_(False)
+    try:
+        chunked = attribute(tiny_llama, PROMPTS, METRIC, batch_size=2, progress=False, n_boot=10)
+    finally:
+        tiny_llama.hf_model.requires_grad_(True)
+    assert np.allclose(whole.per_prompt.effect, chunked.per_prompt.effect, atol=1e-5)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options,error,match",
+    [
+        ({"site": "patern"}, InvalidSpec, "unknown site 'patern'; did you mean 'pattern'"),
+        ({"method": "zeros"}, InvalidSpec, "unknown method 'zeros'; did you mean 'zero'"),
+        ({"correction": "atp"}, InvalidSpec, "unknown correction 'atp'"),
+        ({"site": "pattern"}, InvalidSpec, "pattern units support method='patch' only"),
+        ({"correction": "qk"}, InvalidSpec, "the QK fix applies to q and k units"),
+        ({"method": "patch"}, InvalidInput, "method='patch' needs counterfactuals"),
+        ({"counterfactuals": COUNTER}, InvalidInput, "counterfactuals= is only used by method='patch'"),
+        ({"reference": PROMPTS}, InvalidInput, "reference= is only used by method='mean'"),
+        ({"method": "patch", "counterfactuals": ["a b", "c", "d"]}, InvalidInput, "mismatched prompt pair 0"),
+        ({"method": "patch", "counterfactuals": COUNTER[:2]}, InvalidInput, "3 prompts but 2 counterfactuals"),
+        ({"layers": [5]}, InvalidLocation, r"layer 5 out of range: valid layers are 0..1"),
+        ({"heads": [-1]}, InvalidLocation, r"head -1 out of range: valid heads are 0..3"),
+        ({"site": "q", "dims": [8]}, InvalidLocation, r"dim 8 out of range: valid dims are 0..7"),
+        ({"site": "post", "neurons": [64]}, InvalidLocation, r"neuron 64 out of range: valid neurons are 0..63"),
+        ({"dims": [0]}, InvalidInput, "dims= picks q/k/v dimensions; site 'z' has none"),
+        ({"site": "post", "heads": [0]}, InvalidInput, "heads= does not apply to MLP neurons"),
+        ({"layers": []}, InvalidInput, "layers must be None"),
+        ({"per_position": 1}, InvalidSpec, "per_position must be True or False"),
+        ({"probes": 0}, InvalidSpec, "probes must be a positive integer"),
+        ({"batch_size": 0}, InvalidInput, "batch_size must be a positive integer"),
+    ],
+)
+def test_bad_options_raise_typed_errors(tiny_llama, options, error, match):
+    with pytest.raises(error, match=match):
+        attribute(tiny_llama, PROMPTS, METRIC, progress=False, **options)
+    assert tiny_llama.count_hooks() == 0
+
+
+@pytest.mark.parametrize("metric", [TopKChange(), HiddenShift()])
+def test_non_differentiable_metrics_are_refused(tiny_llama, metric):
+    with pytest.raises(InvalidInput, match="not a differentiable metric attribution can use"):
+        attribute(tiny_llama, PROMPTS, metric, progress=False)
+
+
+def test_graddrop_needs_two_layers():
+    model = tiny_model("llama", n_layers=1)
+    with pytest.raises(InvalidSpec, match="GradDrop drops one layer's gradient at a time and needs >= 2 layers"):
+        attribute(model, PROMPTS, METRIC, correction="graddrop", progress=False)
+
+
+def test_verify_checks_k(tiny_llama):
+    res = attribute(tiny_llama, PROMPTS, METRIC, progress=False, n_boot=10)
+    with pytest.raises(InvalidInput, match="k must be a positive integer, got 0"):
+        res.verify(k=0)
+
+
+# -- the real model -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gemma_estimates_track_the_exact_sweeps(gemma):
+    """Gemma-3-270m: pattern patching ranks like the exact sweep; the QK fix beats plain AtP on the last layer's keys."""
+    from scipy.stats import spearmanr
+
+    prompts = ["The nurse said that", "The mechanic told the customer that", "The secretary said that", "The carpenter said that"]
+    counter = ["The man said that", "The woman told the customer that", "The man said that", "The woman said that"]
+    metric = LogitDiff(" she", " he")
+    exact = sweep_heads(gemma, prompts, metric, "patch", counterfactuals=counter, progress=False, n_boot=10).table.effect
+    est = attribute(gemma, prompts, metric, site="pattern", method="patch", counterfactuals=counter, progress=False,
+                    n_boot=10).table.effect
+    assert spearmanr(exact, est).correlation > 0.9
+    assert np.abs(exact - est).max() < 0.3 * np.abs(exact).max()
+    dims = list(range(0, 256, 8))
+    exact_k = sweep_neurons(gemma, prompts, metric, 17, site="k", dims=dims, progress=False, n_boot=10).table.effect.to_numpy()
+    fixed = attribute(gemma, prompts, metric, site="k", layers=[17], dims=dims, correction="qk", progress=False, n_boot=10)
+    plain = attribute(gemma, prompts, metric, site="k", layers=[17], dims=dims, progress=False, n_boot=10)
+    fixed_error = np.abs(fixed.table.effect.to_numpy() - exact_k).max()
+    assert fixed_error < np.abs(plain.table.effect.to_numpy() - exact_k).max()
+    assert fixed_error < 0.05 * np.abs(exact_k).max()
