@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from attnlab.engine.forward import Resume
 from attnlab.measure._forward import metric_output
 from attnlab.measure._rows import Rows
-from attnlab.measure.distributed import current, split_variants
+from attnlab.measure.distributed import current, head_cost_in_layers, split_variants
 
 __all__ = ["run_variants"]
 
@@ -65,6 +65,17 @@ def _prefix_works(model, part: Rows, metric, clean_out: torch.Tensor, prefix, st
     return resumed.shape == clean_out.shape and bool((resumed - clean_out).abs().max() <= tol)
 
 
+def _head_layers(model, rows: Rows, metric) -> float:
+    """The LM head's cost per row in layers, for balancing work between processes."""
+    layers = model.decoder_layers()
+    if not layers or metric.output != "logits" or not model.cfg.d_vocab:
+        return 0.0 if metric.output != "logits" else 1.0
+    layer_params = sum(p.numel() for p in layers[0].parameters())
+    tokens = float(rows.lengths.float().mean())
+    positions = 1.0 if rows.positions == "read" else tokens
+    return head_cost_in_layers(layer_params, model.cfg.d_vocab * model.cfg.d_model, tokens, positions)
+
+
 @torch.no_grad()
 def run_variants(
     model,
@@ -97,7 +108,7 @@ def run_variants(
                                 chunk_setup=setup, single_chunk=single_chunk, interventions=interventions)
 
         return split_variants(share, rows, variants, chunk=chunk, copies=copies, n_layers=model.cfg.n_layers,
-                              chunk_setup=chunk_setup, progress=progress)
+                              head_layers=_head_layers(model, rows, metric), chunk_setup=chunk_setup, progress=progress)
     layers = model.decoder_layers()
     by_start: dict[int, list[int]] = {}
     for i, (start, _) in enumerate(variants):

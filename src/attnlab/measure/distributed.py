@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from attnlab import errors
 from attnlab.errors import AttnlabError, DistributedError, InvalidInput
 
-__all__ = ["Group", "current", "local", "process_group", "map_units", "split_variants", "BACKENDS"]
+__all__ = ["Group", "current", "local", "process_group", "map_units", "split_variants", "head_cost_in_layers", "BACKENDS"]
 
 BACKENDS = ("gloo", "nccl")
 
@@ -276,6 +276,19 @@ def _offset(chunk_setup, first_row: int):
 RunShare = Callable[[Any, list, int, Any, bool], tuple[np.ndarray, np.ndarray]]
 
 
+def head_cost_in_layers(layer_params: int, head_params: int, tokens_per_row: float, head_positions_per_row: float) -> float:
+    """What the LM head costs per row, in layers: it decides how the work is balanced between processes.
+
+    A layer multiplies each token by its parameters; the head multiplies only the positions
+    it reads. On Gemma-3-270m (a 262k-word head, one position read per prompt of ~7 tokens)
+    the head costs about four layers: counting it as one sent the late-layer batches, whose
+    cost is mostly the head, to one process and left the other idle at the end.
+    """
+    if layer_params <= 0 or tokens_per_row <= 0:
+        return 1.0
+    return max(head_params * head_positions_per_row / (layer_params * tokens_per_row), 0.0)
+
+
 def split_variants(
     run_share: RunShare,
     rows,
@@ -284,6 +297,7 @@ def split_variants(
     chunk: int,
     copies: int,
     n_layers: int,
+    head_layers: float = 1.0,
     chunk_setup=None,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -307,8 +321,8 @@ def split_variants(
     # the work in order, chunk by chunk: its clean forward, then its batches of variants
     jobs = []
     for c, n in enumerate(sizes):
-        jobs.append((c, None, n * (n_layers + 1)))
-        jobs.extend((c, b, n * len(idx) * (n_layers - start + 1)) for b, (start, idx) in enumerate(blocks))
+        jobs.append((c, None, n * (n_layers + head_layers)))
+        jobs.extend((c, b, n * len(idx) * (n_layers - start + head_layers)) for b, (start, idx) in enumerate(blocks))
     held: dict[int, list[int]] = {}
     for (c, b, _), proc in zip(jobs, partition([cost for _, _, cost in jobs], group.size)):
         if proc == group.rank and (b is not None or not blocks):  # a clean forward alone: only for scores
