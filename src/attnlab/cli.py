@@ -248,7 +248,8 @@ def cmd_view(args) -> None:
 def cmd_sweep(args) -> None:
     """Effect of intervening on every head (or chosen heads) on a metric, as a table and heatmap."""
     from attnlab.errors import InvalidInput
-    from attnlab.measure import metric_from_name, sweep_heads
+    from attnlab.measure import sweep_heads
+    from attnlab.measure.metrics import metric_from_name
 
     layers, heads = _ints(args.layers, "--layers"), _ints(args.heads, "--heads")
     if args.reference and args.method not in ("mean", "resample"):

@@ -11,11 +11,12 @@ Metrics live in :mod:`attnlab.measure.metrics`, the bootstrap in
 :mod:`attnlab.measure.stats`; definitions in ``docs/measure.md``.
 """
 
+from attnlab._deprecation import moved_names
 from attnlab.measure._rows import Rows
-from attnlab.measure.attribution import AttributionResult, attribute
+from attnlab.measure.attribution import attribute
 from attnlab.measure.distributed import process_group
+from attnlab.measure.effect import effect, perplexity, score
 from attnlab.measure.launch import run_parallel
-from attnlab.measure.effect import EffectResult, effect, perplexity, score
 from attnlab.measure.metrics import (
     KL,
     GenerationDiff,
@@ -27,12 +28,10 @@ from attnlab.measure.metrics import (
     PairLogRatio,
     TokenProb,
     TopKChange,
-    continuation_logprob,
-    metric_from_name,
 )
 from attnlab.measure.result import Result
-from attnlab.measure.stats import bootstrap, bootstrap_mean
-from attnlab.measure.sweep import HEAD_METHODS, SweepResult, sweep_heads, sweep_interventions, sweep_neurons
+from attnlab.measure.stats import bootstrap
+from attnlab.measure.sweep import sweep_heads, sweep_interventions, sweep_neurons
 
 __all__ = [
     "score",
@@ -42,11 +41,7 @@ __all__ = [
     "sweep_neurons",
     "sweep_interventions",
     "attribute",
-    "AttributionResult",
     "Result",
-    "EffectResult",
-    "SweepResult",
-    "HEAD_METHODS",
     "Metric",
     "Rows",
     "LogitDiff",
@@ -58,10 +53,15 @@ __all__ = [
     "TopKChange",
     "HiddenShift",
     "GenerationDiff",
-    "continuation_logprob",
-    "metric_from_name",
     "bootstrap",
-    "bootstrap_mean",
     "run_parallel",
     "process_group",
 ]
+
+#: Names that left the package surface: still importable for one release, with a warning naming their home.
+__getattr__ = moved_names("attnlab.measure", {
+    "AttributionResult": "attnlab.measure.attribution", "EffectResult": "attnlab.measure.effect",
+    "SweepResult": "attnlab.measure.sweep", "HEAD_METHODS": "attnlab.measure.sweep",
+    "continuation_logprob": "attnlab.measure.metrics", "metric_from_name": "attnlab.measure.metrics",
+    "bootstrap_mean": "attnlab.measure.stats",
+})
