@@ -19,7 +19,6 @@ __all__ = [
     "InvalidInput",
     "DataFormatError",
     "DistributedError",
-    "did_you_mean",
 ]
 
 

@@ -17,7 +17,7 @@ import torch
 
 from attnlab.engine.model import HookedModel
 
-__all__ = ["tiny_model", "tiny_hf_model", "tiny_tokenizer", "TINY_ARCHITECTURES"]
+__all__ = ["tiny_model", "tiny_hf_model", "tiny_tokenizer"]
 
 TINY_ARCHITECTURES = ("gpt2", "bert", "bert-mlm", "llama", "gemma3")
 
