@@ -23,7 +23,7 @@ from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput
 from attnlab.measure._rows import Rows
 
-__all__ = ["UNIT_SITES", "HEAD_SITES", "DIM_SITES", "Units", "site_means", "counterfactual_rows", "site_values"]
+__all__ = ["UNIT_SITES", "HEAD_SITES", "DIM_SITES", "Units", "site_means", "site_values"]
 
 HEAD_SITES = ("z", "result", "pattern")
 DIM_SITES = ("q", "k", "v")
@@ -116,20 +116,6 @@ def site_means(model, units: Units, reference: Sequence[str], batch_size: int) -
     return {layer: means[name] for layer, name in zip(units.layers, names)}
 
 
-def counterfactual_rows(model, metric, prompts: list[str], counterfactuals: Sequence[str], rows: Rows) -> Rows:
-    """The metric rows of the counterfactual prompts, checked to pair token for token with ``rows``."""
-    if len(counterfactuals) != len(prompts):
-        raise InvalidInput(f"mismatched prompt pairs: {len(prompts)} prompts but {len(counterfactuals)} counterfactuals")
-    cf_rows = metric.rows(model, list(counterfactuals))
-    bad = (cf_rows.lengths != rows.lengths).nonzero()
-    if len(bad):
-        r = int(bad[0, 0])
-        i = r // rows.per_prompt
-        raise InvalidInput(
-            f"mismatched prompt pair {i}: {prompts[i]!r} has {int(rows.lengths[r])} tokens but counterfactual "
-            f"{counterfactuals[i]!r} has {int(cf_rows.lengths[r])}; activations can only be patched between equal lengths"
-        )
-    return cf_rows
 
 
 def site_values(model, units: Units, part: Rows, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from attnlab.errors import InvalidInput
 from attnlab.interventions import Patch
 from attnlab.measure._rows import Rows
 
-__all__ = ["RowSources", "addresses_rows", "follows_prompts"]
+__all__ = ["RowSources", "addresses_rows", "follows_prompts", "paired_rows"]
 
 
 def addresses_rows(spec) -> bool:
@@ -50,7 +50,7 @@ class RowSources:
                 continue
             texts = tuple(spec.source)
             if texts not in self.rows:
-                self.rows[texts] = _aligned_rows(model, metric, prompts, rows, texts)
+                self.rows[texts] = paired_rows(model, metric, prompts, rows, texts)
             self.names.setdefault(texts, set()).add(spec.hook_name)
 
     def follows(self, spec) -> bool:
@@ -75,15 +75,17 @@ class RowSources:
                      positions=spec.positions, rows=spec.rows)
 
 
-def _aligned_rows(model, metric, prompts: Sequence[str], rows: Rows, texts: tuple[str, ...]) -> Rows:
-    """The source texts as metric rows, each exactly as long as the prompt row it is patched into."""
-    source = metric.rows(model, list(texts))
+def paired_rows(model, metric, prompts: Sequence[str], rows: Rows, counterfactuals: Sequence[str]) -> Rows:
+    """The counterfactual texts as metric rows: one per prompt, each exactly as long as the prompt row it pairs with."""
+    if len(counterfactuals) != len(prompts):
+        raise InvalidInput(f"mismatched prompt pairs: {len(prompts)} prompts but {len(counterfactuals)} counterfactuals")
+    source = metric.rows(model, list(counterfactuals))
     bad = (source.lengths != rows.lengths).nonzero()
     if len(bad):
         row = int(bad[0, 0])
         i = row // rows.per_prompt
         raise InvalidInput(
             f"mismatched prompt pair {i}: {prompts[i]!r} has {int(rows.lengths[row])} tokens but counterfactual "
-            f"{texts[i]!r} has {int(source.lengths[row])}; sources can only be patched between equal lengths"
+            f"{counterfactuals[i]!r} has {int(source.lengths[row])}; activations can only be patched between equal lengths"
         )
     return source

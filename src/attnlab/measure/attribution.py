@@ -35,14 +35,14 @@ from attnlab.measure._attribution_units import (
     DIM_SITES,
     UNIT_SITES,
     Units,
-    counterfactual_rows,
     site_means,
     site_values,
 )
 from attnlab.measure._rows import Rows, check_prompts
+from attnlab.measure._sources import paired_rows
 from attnlab.measure.effect import check_batch_size, check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
-from attnlab.measure.sweep import SweepResult, _result, sweep_interventions
+from attnlab.measure.sweep import SweepResult, sweep_interventions, sweep_result
 
 __all__ = ["attribute", "AttributionResult", "ATTRIBUTION_METHODS", "CORRECTIONS", "UNIT_SITES"]
 
@@ -184,7 +184,7 @@ def attribute(
         raise InvalidSpec(f"GradDrop drops one layer's gradient at a time and needs >= 2 layers; {model.cfg.name} has 1")
     try:
         rows = metric.rows(model, prompts)
-        cf_rows = counterfactual_rows(model, metric, prompts, check_prompts(counterfactuals), rows) if method == "patch" else None
+        cf_rows = paired_rows(model, metric, prompts, rows, check_prompts(counterfactuals)) if method == "patch" else None
         ref = check_prompts(reference) if reference is not None else prompts
         means = {}
         if method == "mean":
@@ -296,7 +296,7 @@ def _build(model, prompts, metric, units: Units, method, correction, clean, est,
             "correction": correction, "estimate": True}
     if isinstance(metric, KL):
         meta["order"] = "second (KL)"
-    base = _result(keys, prompts, clean, clean[None, :] + flat, metric, n_boot, seed, index=index, columns=columns, meta=meta)
+    base = sweep_result(keys, prompts, clean, clean[None, :] + flat, metric, n_boot, seed, index=index, columns=columns, meta=meta)
     result = AttributionResult(**{f.name: getattr(base, f.name) for f in fields(SweepResult)}, method=method,
                                correction=correction)
     if drop is not None:

@@ -32,7 +32,7 @@ from attnlab.measure.plots import heatmap
 from attnlab.measure.result import Result, renamed
 from attnlab.measure.stats import bootstrap
 
-__all__ = ["SweepResult", "sweep_heads", "sweep_neurons", "sweep_interventions", "HEAD_METHODS"]
+__all__ = ["SweepResult", "sweep_heads", "sweep_neurons", "sweep_interventions", "sweep_result", "HEAD_METHODS"]
 
 HEAD_METHODS = ("zero", "mean", "resample", "patch")
 
@@ -97,7 +97,8 @@ def _default_metric(model, metric) -> Metric:
     return metric
 
 
-def _result(keys: pd.DataFrame, prompts, clean, inter, metric, n_boot, seed, *, index, columns, meta) -> SweepResult:
+def sweep_result(keys: pd.DataFrame, prompts, clean, inter, metric, n_boot, seed, *, index, columns, meta) -> SweepResult:
+    """A :class:`SweepResult` from clean values ``[prompt]`` and intervened values ``[unit, prompt]`` (exact or estimated)."""
     eff = inter - clean[None, :]  # [variant, prompt]
     mean, low, high = bootstrap(eff, n_boot=n_boot, seed=seed)
     table = keys.copy()
@@ -186,7 +187,7 @@ def sweep_heads(
     except AttnlabError as err:
         raise type(err)(f"while sweeping heads ({method}) of {model.cfg.name}: {err}") from None
     keys = pd.DataFrame([{"layer": layer, "head": head} for layer, head in variants])
-    return _result(keys, prompts, clean, inter, metric, n_boot, seed, index="layer", columns="head",
+    return sweep_result(keys, prompts, clean, inter, metric, n_boot, seed, index="layer", columns="head",
                    meta={"what": f"{method} ablation" if method != "patch" else "pattern patching", "method": method})
 
 
@@ -264,7 +265,7 @@ def sweep_neurons(
         raise type(err)(f"while sweeping {site} dimensions of layer {layer} of {model.cfg.name}: {err}") from None
     keys = pd.DataFrame([{"layer": layer, "head": h, "site": site, "dim": d} for h, d in variants])
     edit = f"scale {scale}" if value is None else f"set to {value}"
-    return _result(keys, prompts, clean, inter, metric, n_boot, seed, index="head", columns="dim",
+    return sweep_result(keys, prompts, clean, inter, metric, n_boot, seed, index="head", columns="dim",
                    meta={"what": f"{site} dims ({edit})", "layer": layer, "site": site})
 
 
@@ -333,5 +334,5 @@ def sweep_interventions(
         raise type(err)(f"while sweeping interventions on {model.cfg.name}: {err}") from None
     keys = pd.DataFrame({"variant": [label for label, _ in items], "layer": [k[0] for k in keyed]})
     keys["index"] = "all"
-    return _result(keys, prompts, clean, inter, metric, n_boot, seed, index="index", columns="variant",
+    return sweep_result(keys, prompts, clean, inter, metric, n_boot, seed, index="index", columns="variant",
                    meta={"what": "interventions"})
