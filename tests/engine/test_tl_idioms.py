@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.errors import InvalidLocation
+from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.utils import get_act_name
 
 TEXT = "the nurse said that she was happy"
@@ -85,3 +85,57 @@ def test_cache_to_accepts_move_model(tiny_gpt2):
     _, cache = _cache(tiny_gpt2)
     moved = cache.to("cpu", move_model=False)
     assert torch.equal(moved["pattern", 1], cache["pattern", 1])
+
+
+# -- QK and OV circuits ----------------------------------------------------------------------
+
+
+def test_ov_circuit_reproduces_each_heads_result(tiny_gpt2):
+    """hook_result of head h = pattern @ (ln1(resid_pre) @ OV[L, h] + b_V[h] @ W_O[h]), by hand on GPT-2."""
+    model = tiny_gpt2
+    _, cache = _cache(model, remove_batch_dim=True)
+    L = 1
+    x = model.hf_model.transformer.h[L].ln_1(cache["resid_pre", L])  # [pos, d_model]
+    for h in range(model.cfg.n_heads):
+        ov = model.OV[L, h]
+        assert tuple(ov.shape) == (model.cfg.d_model, model.cfg.d_model)
+        assert torch.allclose(ov.AB, model.W_V[L, h] @ model.W_O[L, h])
+        written = x @ ov.AB + model.b_V[L, h] @ model.W_O[L, h]  # [pos, d_model]
+        expected = cache["pattern", L][h] @ written
+        assert (expected - cache["result", L][:, h]).abs().max() <= 1e-4
+    assert tuple(model.OV.shape) == (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model, model.cfg.d_model)
+    assert torch.allclose(model.blocks[L].attn.OV.AB, model.OV[L].AB)
+
+
+def test_qk_circuit_reproduces_the_scores(tiny_gpt2):
+    """hook_attn_scores = ((x W_Q + b_Q)(x W_K + b_K)^T) / attn_scale, expanded through QK = W_Q W_K^T."""
+    model = tiny_gpt2
+    _, cache = _cache(model, remove_batch_dim=True)
+    L, h = 0, 2
+    x = model.hf_model.transformer.h[L].ln_1(cache["resid_pre", L])
+    W_Q, W_K, b_Q, b_K = model.W_Q[L, h], model.W_K[L, h], model.b_Q[L, h], model.b_K[L, h]
+    bilinear = x @ model.QK[L, h].AB @ x.T
+    scores = (bilinear + (x @ W_Q @ b_K)[:, None] + (b_Q @ (x @ W_K).T)[None, :] + b_Q @ b_K) / model.cfg.attn_scale
+    causal = torch.tril(torch.ones_like(scores, dtype=torch.bool))
+    assert (scores[causal] - cache["attn_scores", L][h][causal]).abs().max() <= 1e-4
+
+
+def test_factored_matrix_algebra_matches_the_dense_product(tiny_gemma):
+    qk = tiny_gemma.QK[2, 1]  # GQA: W_K repeated per query head
+    dense = qk.AB
+    assert torch.allclose(qk.norm(), torch.linalg.norm(dense), rtol=1e-4)
+    u, s, vh = qk.svd()
+    assert torch.allclose(u @ torch.diag(s) @ vh, dense, atol=1e-4)
+    top = torch.linalg.svdvals(dense)[: s.shape[0]]
+    assert torch.allclose(s, top, rtol=1e-3, atol=1e-4)
+    eig = qk.eigenvalues  # the d_head eigenvalues that can be non-zero
+    dense_eig = torch.linalg.eigvals(dense)
+    biggest = dense_eig[dense_eig.abs().argsort(descending=True)[: eig.shape[0]]]
+    assert torch.allclose(eig.abs().sort().values, biggest.abs().sort().values, rtol=1e-3, atol=1e-3)
+    assert torch.allclose(qk.T.AB, dense.T)
+    x = torch.randn(3, tiny_gemma.cfg.d_model)
+    assert torch.allclose((x @ qk).AB, x @ dense, atol=1e-4)
+    assert torch.allclose(qk @ x[0], dense @ x[0], atol=1e-4)
+    assert torch.allclose((qk @ tiny_gemma.OV[2, 1]).AB, dense @ tiny_gemma.OV[2, 1].AB, atol=1e-3)
+    with pytest.raises(InvalidInput, match="index only the leading axes"):
+        tiny_gemma.QK[0, 0, 3]
