@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 
 from attnlab.engine.decompose import ResidualAnalyses
-from attnlab.engine.locations import BLOCK_NORMS, get_act_name, norm_path, scale_name
+from attnlab.engine.locations import BLOCK_NORMS, get_act_name, missing_name_hint, norm_path, scale_name
 from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean
 
 __all__ = ["ActivationCache"]
@@ -66,7 +66,7 @@ class ActivationCache(ResidualAnalyses):
         name = self._key(key)
         if name not in self.cache_dict:
             raise InvalidLocation(
-                f"{name!r} is not in this cache{did_you_mean(name, self.cache_dict)}; it holds "
+                f"{name!r} is not in this cache{missing_name_hint(name) or did_you_mean(name, self.cache_dict)}; it holds "
                 f"{len(self.cache_dict)} names (pass names_filter= to run_with_cache to choose what is cached)"
             )
         return self.cache_dict[name]

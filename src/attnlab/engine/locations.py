@@ -16,6 +16,7 @@ from attnlab.errors import InvalidLocation, did_you_mean
 __all__ = [
     "SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "BLOCK_SITES", "MODEL_SITES", "ALL_SITES",
     "Location", "hook_name", "parse_hook_name", "get_act_name", "check_site", "BLOCK_NORMS", "norm_path", "scale_name",
+    "missing_name_hint",
 ]
 
 #: The attention sites, in the order the attention computation visits them.
@@ -169,3 +170,26 @@ def parse_hook_name(name: str) -> Location:
             f"'blocks.<layer>.hook_resid_pre', 'blocks.<layer>.mlp.hook_post' or 'hook_embed'"
         )
     return Location(int(match.group(1)), _BY_SUFFIX[match.group(2)])
+
+
+#: TransformerLens hook names attnlab does not have (by their ending), and what to use instead
+_TL_ONLY = {
+    "ln1.hook_normalized": "attnlab has no hook on a block norm's output; model.blocks[L].ln1(cache['resid_pre', L]) computes it",
+    "ln2.hook_normalized": "attnlab has no hook on a block norm's output; model.blocks[L].ln2(cache['resid_mid', L]) computes it",
+    "attn.hook_rot_q": "attnlab's hook_q is already after the rotary embedding (TransformerLens' hook_rot_q)",
+    "attn.hook_rot_k": "attnlab's hook_k is already after the rotary embedding (TransformerLens' hook_rot_k)",
+    "hook_q_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
+    "hook_k_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
+    "hook_v_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
+    "hook_attn_in": "attnlab has no hook_attn_in; hook blocks.L.hook_resid_pre",
+    "hook_mlp_in": "attnlab has no hook_mlp_in; hook blocks.L.hook_resid_mid",
+    "mlp.hook_mid": "attnlab has no SoLU hook_mid; mlp.hook_post is the neurons",
+}
+
+
+def missing_name_hint(name: str) -> str:
+    """``"; <what to use instead>"`` for a TransformerLens hook name attnlab lacks, else ``""``."""
+    for ending, hint in _TL_ONLY.items():
+        if str(name).endswith(ending):
+            return f" ({hint})"
+    return ""
