@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.errors import InvalidInput, InvalidLocation, NotSupported
 from attnlab.utils import get_act_name
 
 TEXT = "the nurse said that she was happy"
@@ -139,3 +139,79 @@ def test_factored_matrix_algebra_matches_the_dense_product(tiny_gemma):
     assert torch.allclose((qk @ tiny_gemma.OV[2, 1]).AB, dense @ tiny_gemma.OV[2, 1].AB, atol=1e-3)
     with pytest.raises(InvalidInput, match="index only the leading axes"):
         tiny_gemma.QK[0, 0, 3]
+
+
+# -- the model's TransformerLens methods ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_logit_lens_with_ln_final_and_unembed(arch, request):
+    """unembed(ln_final(resid_post[-1])) is the logits; ln_final(x) of an earlier layer equals the HF norm on it."""
+    model = request.getfixturevalue({"gpt2": "tiny_gpt2", "gemma3": "tiny_gemma"}[arch])
+    logits, cache = _cache(model)
+    with torch.no_grad():
+        assert (model.unembed(model.ln_final(cache["resid_post", -1])) - logits).abs().max() <= 1e-5
+        hf_norm = model.hf_model.transformer.ln_f if arch == "gpt2" else model.hf_model.model.norm
+        assert (model.ln_final(cache["resid_pre", 1]) - hf_norm(cache["resid_pre", 1])).abs().max() <= 1e-5
+        ln1 = model.hf_model.transformer.h[1].ln_1 if arch == "gpt2" else model.hf_model.model.layers[1].input_layernorm
+        assert (model.blocks[1].ln1(cache["resid_pre", 1]) - ln1(cache["resid_pre", 1])).abs().max() <= 1e-5
+        lens = cache.accumulated_resid(layer=-1, apply_ln=True, pos_slice=-1)
+        assert (model.unembed(lens[-1]) - logits[:, -1]).abs().max() <= 1e-5
+
+
+def test_token_helpers(tiny_gpt2):
+    model = tiny_gpt2
+    she = model.to_single_token(" she")
+    assert model.to_single_str_token(she) == "she"
+    assert model.to_single_str_token(torch.tensor(she)) == "she"
+    assert model.get_token_position(" she", TEXT) == 5  # [BOS] the nurse said that she
+    assert model.get_token_position(she, model.to_tokens(TEXT)) == 5
+    assert model.get_token_position("the", "the cat saw the dog", mode="last") == 4
+    assert model.get_token_position("the", "the cat saw the dog", prepend_bos=False) == 0
+    with pytest.raises(InvalidInput, match="does not occur"):
+        model.get_token_position(" he", TEXT)
+    assert model.all_head_labels()[:5] == ["L0H0", "L0H1", "L0H2", "L0H3", "L1H0"]
+    assert len(model.all_head_labels()) == model.cfg.n_layers * model.cfg.n_heads
+
+
+def test_tl_switches_and_missing_names_say_what_to_use(tiny_gpt2):
+    model = tiny_gpt2
+    model.set_use_attn_result(True)  # hook_result needs no switch
+    _, cache = _cache(model, names_filter=lambda n: n.endswith("hook_result"))
+    assert len(cache) == model.cfg.n_layers
+    model.set_use_split_qkv_input(False)
+    with pytest.raises(NotSupported, match="hook blocks.L.hook_resid_pre"):
+        model.set_use_split_qkv_input(True)
+    with pytest.raises(NotSupported, match="model.W_E"):
+        model.embed
+    with pytest.raises(NotSupported, match="nothing folded"):
+        model.fold_layer_norm()
+    with pytest.raises(AttributeError):  # NotSupported is an AttributeError: hasattr() keeps working
+        model.cfg.device
+    assert not hasattr(model, "embed") and not hasattr(model, "no_such_thing")
+    with pytest.raises(NotSupported, match="model.device"):
+        model.cfg.device
+    assert model.cfg.model_name == model.cfg.name and model.cfg.d_vocab_out == model.cfg.d_vocab
+    assert model.cfg.n_key_value_heads == model.cfg.n_kv_heads
+    with pytest.raises(NotSupported, match="no final norm"):
+        __import__("attnlab.testing").testing.tiny_model("bert").ln_final
+
+
+def test_missing_tl_hook_names_point_to_attnlabs(tiny_llama):
+    model = tiny_llama
+    with pytest.raises(InvalidLocation, match=r"blocks\[L\]\.ln1\(cache\['resid_pre', L\]\)"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.ln1.hook_normalized", lambda x, hook: None)])
+    with pytest.raises(InvalidLocation, match="already after the rotary embedding"):
+        model.run_with_cache(TEXT, names_filter=["blocks.0.attn.hook_rot_q"])
+    _, cache = _cache(model)
+    with pytest.raises(InvalidLocation, match="no hook on a block norm's output"):
+        cache["normalized", 0, "ln1"]
+
+
+def test_hook_layer_outside_a_block_is_a_typed_error(tiny_gpt2):
+    layers = []
+    with torch.no_grad():
+        tiny_gpt2.run_with_hooks(TEXT, fwd_hooks=[(lambda n: n.endswith("resid_pre"), lambda x, hook: layers.append(hook.layer()))])
+        assert layers == [0, 1]
+        with pytest.raises(InvalidLocation, match="hook_embed is not inside a block"):
+            tiny_gpt2.run_with_hooks(TEXT, fwd_hooks=[("hook_embed", lambda x, hook: hook.layer())])
