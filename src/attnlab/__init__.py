@@ -16,6 +16,7 @@ from attnlab.errors import (
     InvalidInput,
     InvalidLocation,
     InvalidSpec,
+    NotSupported,
     ShapeMismatch,
     UnsupportedModel,
 )
@@ -65,4 +66,5 @@ __all__ = [
     "UnsupportedModel",
     "InvalidInput",
     "DataFormatError",
+    "NotSupported",
 ]

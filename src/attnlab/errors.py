@@ -19,6 +19,7 @@ __all__ = [
     "InvalidInput",
     "DataFormatError",
     "DistributedError",
+    "NotSupported",
 ]
 
 
@@ -48,6 +49,10 @@ class InvalidInput(AttnlabError, ValueError):
 
 class DataFormatError(AttnlabError, ValueError):
     """A data file (CoNLL-U, WinoBias, Winogender, JSON spec) with a malformed line."""
+
+
+class NotSupported(AttnlabError, AttributeError):
+    """A TransformerLens name (method, module or config field) attnlab does not provide; the message says what to use."""
 
 
 class DistributedError(AttnlabError, RuntimeError):

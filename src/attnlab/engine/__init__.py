@@ -3,13 +3,15 @@
 from attnlab._deprecation import moved_names
 from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig
+from attnlab.engine.factored import FactoredMatrix
 from attnlab.engine.forward import Output, Resume, run
 from attnlab.engine.hooks import Hook, HookPoint
 from attnlab.engine.loading import load
 from attnlab.engine.model import HookedModel
 from attnlab.engine.tokens import Tokens
 
-__all__ = ["HookedModel", "ModelConfig", "load", "run", "Tokens", "Output", "Resume", "ActivationCache", "HookPoint", "Hook"]
+__all__ = ["HookedModel", "ModelConfig", "load", "run", "Tokens", "Output", "Resume", "ActivationCache", "HookPoint", "Hook",
+           "FactoredMatrix"]
 
 #: Names that left the package surface: still importable for one release, with a warning naming their home.
 __getattr__ = moved_names("attnlab.engine", {

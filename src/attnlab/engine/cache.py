@@ -1,7 +1,8 @@
 """``ActivationCache``: the tensors a ``run_with_cache`` call read, by hook name.
 
 It behaves like TransformerLens' ``ActivationCache`` where the names match:
-``cache["pattern", 3]`` and ``cache["blocks.3.attn.hook_pattern"]`` are the same tensor,
+``cache["pattern", 3]``, ``cache["pattern3"]`` and ``cache["blocks.3.attn.hook_pattern"]`` are the same
+tensor, ``cache["z", -1]`` is the last layer's, ``cache["embed"]`` is ``hook_embed``,
 ``cache["scale", 3, "ln1"]`` is ``blocks.3.ln1.hook_scale``, and ``remove_batch_dim()`` /
 ``apply_slice_to_batch_dim()`` / ``to()`` / ``stack_activation()`` work as there. The
 analyses (``decompose_resid``, ``stack_head_results``, ``logit_attrs`` ...) live in
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 import torch
 
 from attnlab.engine.decompose import ResidualAnalyses
-from attnlab.engine.locations import BLOCK_NORMS, get_act_name, norm_path, scale_name
+from attnlab.engine.locations import BLOCK_NORMS, get_act_name, missing_name_hint, norm_path, scale_name
 from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean
 
 __all__ = ["ActivationCache"]
@@ -33,6 +34,19 @@ class ActivationCache(ResidualAnalyses):
     # -- mapping ----------------------------------------------------------------------------
 
     def _key(self, key) -> str:
+        """A hook name, a shorthand (``"embed"``, ``"k6"``) or a ``(site, layer[, type])`` tuple -> the hook name.
+
+        As in TransformerLens, a negative layer counts from the end (``cache["z", -1]``).
+        """
+        if isinstance(key, str):
+            if key in self.cache_dict or "." in key or key.startswith("hook_"):
+                return key
+            try:
+                return get_act_name(key)
+            except InvalidLocation:
+                return key  # not a shorthand either: reported as missing by the caller
+        if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) and not isinstance(key[1], bool):
+            key = (key[0], self._layer_index(key[1]), *key[2:])
         if isinstance(key, tuple) and key and key[0] == "scale":
             key = _scale_name(*key[1:])
         elif isinstance(key, tuple):
@@ -41,11 +55,18 @@ class ActivationCache(ResidualAnalyses):
             raise InvalidInput(f"cache keys are hook names or (site, layer) tuples, got {key!r}")
         return key
 
+    def _layer_index(self, layer: int) -> int:
+        n = self.model.cfg.n_layers
+        if not -n <= layer < n:
+            raise InvalidLocation(f"layer {layer} out of range: {self.model.cfg.name} has {self.model.cfg.layer_range()} "
+                                  f"(or -{n}..-1 from the end)")
+        return layer + n if layer < 0 else layer
+
     def __getitem__(self, key) -> torch.Tensor:
         name = self._key(key)
         if name not in self.cache_dict:
             raise InvalidLocation(
-                f"{name!r} is not in this cache{did_you_mean(name, self.cache_dict)}; it holds "
+                f"{name!r} is not in this cache{missing_name_hint(name) or did_you_mean(name, self.cache_dict)}; it holds "
                 f"{len(self.cache_dict)} names (pass names_filter= to run_with_cache to choose what is cached)"
             )
         return self.cache_dict[name]
@@ -81,7 +102,10 @@ class ActivationCache(ResidualAnalyses):
 
     # -- reshaping --------------------------------------------------------------------------
 
-    def to(self, device) -> ActivationCache:
+    def to(self, device, move_model: bool = False) -> ActivationCache:
+        """The cache on ``device`` (``move_model=True`` moves the model there too, as in TransformerLens)."""
+        if move_model:
+            self.model.to(device)
         return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model,
                                has_batch_dim=self.has_batch_dim)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from attnlab.errors import NotSupported
+
 __all__ = ["ModelConfig", "config_from_hf"]
 
 
@@ -39,6 +41,18 @@ class ModelConfig:
         """The factor q.k is multiplied by (``1 / attn_scale``)."""
         return 1.0 / (self.attn_scale if self.attn_scale is not None else self.d_head**0.5)
 
+    # TransformerLens' spellings of fields attnlab names otherwise
+    model_name = property(lambda self: self.name, doc="TransformerLens' name for ``name``")
+    original_architecture = property(lambda self: self.architecture, doc="TransformerLens' name for ``architecture``")
+    n_key_value_heads = property(lambda self: self.n_kv_heads, doc="TransformerLens' name for ``n_kv_heads``")
+    d_vocab_out = property(lambda self: self.d_vocab if self.has_lm_head else None, doc="logits' width (None: no LM head)")
+
+    def __getattr__(self, name: str):
+        hint = _TL_CONFIG_HINTS.get(name)
+        if hint is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise NotSupported(f"attnlab's ModelConfig has no {name!r} (a TransformerLens field): {hint}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -47,6 +61,23 @@ class ModelConfig:
 
     def head_range(self) -> str:
         return f"heads 0..{self.n_heads - 1}"
+
+
+#: TransformerLens config fields attnlab does not keep, and what to use instead
+_TL_CONFIG_HINTS = {
+    "device": "use model.device (the config does not follow the model between devices)",
+    "dtype": "use model.hf_model.dtype",
+    "tokenizer_name": "use model.tokenizer.name_or_path",
+    "default_prepend_bos": "attnlab adds the tokenizer's special tokens; pass prepend_bos= to to_tokens/run",
+    "use_attn_result": "blocks.L.attn.hook_result is always available (computed only when hooked or cached)",
+    "use_split_qkv_input": "attnlab has no per-head q/k/v input hook points; hook blocks.L.hook_resid_pre",
+    "use_hook_mlp_in": "attnlab has no hook_mlp_in; hook blocks.L.hook_resid_mid",
+    "use_attn_in": "attnlab has no hook_attn_in; hook blocks.L.hook_resid_pre",
+    "attn_only": "attnlab wraps models with MLPs; cfg.d_mlp is their width",
+    "parallel_attn_mlp": "model.layout.kind says how the blocks are arranged",
+    "final_rms": "cfg.normalization_type is the norms' kind",
+    "n_params": "use sum(p.numel() for p in model.hf_model.parameters())",
+}
 
 
 def _first(cfg, *names, default=None):

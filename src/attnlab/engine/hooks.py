@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.errors import ShapeMismatch
+from attnlab.errors import InvalidLocation, ShapeMismatch
 
 __all__ = ["HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "clean_context", "OnDemand"]
 
@@ -159,7 +159,7 @@ class HookPoint(nn.Module):
     def layer(self) -> int:
         """TransformerLens' spelling of ``layer_index``."""
         if self.layer_index is None:
-            raise ValueError(f"{self.name} is not inside a block")
+            raise InvalidLocation(f"{self.name} is not inside a block, so it has no layer (hook.layer_index is None)")
         return self.layer_index
 
     # -- attaching --------------------------------------------------------------------------

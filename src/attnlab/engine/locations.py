@@ -16,6 +16,7 @@ from attnlab.errors import InvalidLocation, did_you_mean
 __all__ = [
     "SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "BLOCK_SITES", "MODEL_SITES", "ALL_SITES",
     "Location", "hook_name", "parse_hook_name", "get_act_name", "check_site", "BLOCK_NORMS", "norm_path", "scale_name",
+    "missing_name_hint",
 ]
 
 #: The attention sites, in the order the attention computation visits them.
@@ -64,7 +65,12 @@ SITE_SHAPES: dict[str, str] = {
 #: Sites whose head axis comes right after batch (``[batch, head, query, key]``).
 HEAD_MAJOR_SITES = frozenset({"attn_scores", "pattern"})
 
-_ALIASES = {"scores": "attn_scores", "attn": "pattern", "mlp_pre": "pre", "mlp_post": "post", "normalized": "ln_final"}
+_ALIASES = {
+    "scores": "attn_scores", "attn_logits": "attn_scores", "attn": "pattern", "query": "q", "key": "k", "value": "v",
+    "mlp_pre": "pre", "mlp_post": "post", "normalized": "ln_final",
+    # attnlab's hook_q / hook_k are taken after the rotary embedding: TransformerLens' rot_q / rot_k
+    "rot_q": "q", "rot_k": "k",
+}
 
 
 def check_site(site: str) -> str:
@@ -126,13 +132,26 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     """TransformerLens' ``utils.get_act_name``: ``get_act_name("pattern", 3)``, ``get_act_name("resid_pre", 0)``.
 
     A full hook name is returned unchanged; ``layer_type`` (``"attn"``, ``"mlp"``) is accepted for
-    compatibility and checked against the site.
+    compatibility. TransformerLens' shorthand works too: ``get_act_name("k6")``,
+    ``get_act_name("scale4ln1")``, and its aliases (``"attn"``, ``"attn_logits"``, ``"query"``,
+    ``"key"``, ``"value"``; ``"rot_q"``/``"rot_k"`` are attnlab's ``q``/``k``, which are taken
+    after the rotary embedding).
     """
     if name.startswith("blocks.") or name.startswith("hook_") or "." in name:
         return name
+    short = _SHORTHAND.match(name)
+    if short is not None and layer is None:  # TransformerLens' shorthand: "k6", "pre5", "scale4ln1"
+        name, layer, rest = short.group(1), int(short.group(2)), short.group(3)
+        layer_type = rest or layer_type
     if name in ("scale", "normalized") and layer_type is not None:  # norms: get_act_name("scale", 3, "ln1")
         return f"{norm_path(layer, layer_type)}.hook_{name}"
+    if name == "scale" and layer is None:  # the final norm's
+        return scale_name("ln_final")
     return hook_name(layer, name)
+
+
+#: ``<site><layer><layer type>``, TransformerLens' shorthand ("k6", "resid_pre5", "scale4ln1", "z0a")
+_SHORTHAND = re.compile(r"^([a-z_]+?)(\d+)([a-z][a-z0-9_]*)?$")
 
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -151,3 +170,26 @@ def parse_hook_name(name: str) -> Location:
             f"'blocks.<layer>.hook_resid_pre', 'blocks.<layer>.mlp.hook_post' or 'hook_embed'"
         )
     return Location(int(match.group(1)), _BY_SUFFIX[match.group(2)])
+
+
+#: TransformerLens hook names attnlab does not have (by their ending), and what to use instead
+_TL_ONLY = {
+    "ln1.hook_normalized": "attnlab has no hook on a block norm's output; model.blocks[L].ln1(cache['resid_pre', L]) computes it",
+    "ln2.hook_normalized": "attnlab has no hook on a block norm's output; model.blocks[L].ln2(cache['resid_mid', L]) computes it",
+    "attn.hook_rot_q": "attnlab's hook_q is already after the rotary embedding (TransformerLens' hook_rot_q)",
+    "attn.hook_rot_k": "attnlab's hook_k is already after the rotary embedding (TransformerLens' hook_rot_k)",
+    "hook_q_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
+    "hook_k_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
+    "hook_v_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
+    "hook_attn_in": "attnlab has no hook_attn_in; hook blocks.L.hook_resid_pre",
+    "hook_mlp_in": "attnlab has no hook_mlp_in; hook blocks.L.hook_resid_mid",
+    "mlp.hook_mid": "attnlab has no SoLU hook_mid; mlp.hook_post is the neurons",
+}
+
+
+def missing_name_hint(name: str) -> str:
+    """``"; <what to use instead>"`` for a TransformerLens hook name attnlab lacks, else ``""``."""
+    for ending, hint in _TL_ONLY.items():
+        if str(name).endswith(ending):
+            return f" ({hint})"
+    return ""

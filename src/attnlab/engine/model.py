@@ -28,11 +28,11 @@ from attnlab.engine.forward import Output, run, token_logprobs
 from attnlab.engine.generate import decode
 from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, active_frames, clean_context, hook_frame
 from attnlab.engine.layout import ModelLayout, model_layout
-from attnlab.engine.locations import ALL_SITES, parse_hook_name
+from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
-from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, UnsupportedModel, did_you_mean
+from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, NotSupported, UnsupportedModel, did_you_mean
 
 __all__ = ["HookedModel", "Intervention", "Text", "RETURN_TYPES"]
 
@@ -42,6 +42,30 @@ Text = str | Sequence[str]
 RETURN_TYPES = ("logits", "loss", "both", None, "hidden", "outputs")
 
 _PREPARED_CACHE_SIZE = 32
+
+_FOLDING = ("attnlab keeps the model's own weights (nothing folded or centred); apply_ln_to_stack and "
+            "tokens_to_residual_directions account for the norms' weights instead")
+#: TransformerLens attributes attnlab does not provide, and what to use instead
+_TL_MODEL_HINTS = {
+    "embed": "the token embedding matrix is model.W_E; cache['hook_embed'] holds what the model adds (times sqrt(d_model) on Gemma)",
+    "pos_embed": "learned positions are model.W_pos; cache['hook_pos_embed'] holds what the model adds",
+    "hook_embed": "the hook point is model.hook_dict['hook_embed'] (hook it by name)",
+    "input_to_embed": "run the model with names_filter='blocks.0.hook_resid_pre' to read the first block's input",
+    "fold_layer_norm": _FOLDING,
+    "fold_value_biases": _FOLDING,
+    "center_writing_weights": _FOLDING,
+    "center_unembed": _FOLDING,
+    "process_weights_": _FOLDING,
+    "refactor_factored_attn_matrices": _FOLDING,
+    "from_pretrained": "use attnlab.load(name) (or attnlab.load(hf_model, tokenizer=...))",
+    "from_pretrained_no_processing": "use attnlab.load(name)",
+    "load_and_process_state_dict": "load the weights into the HF model (model.hf_model) instead",
+    "accumulated_bias": "cache.get_full_resid_decomposition(...) has the biases as its 'bias' component",
+    "loss_fn": "use model(tokens, return_type='loss') or model.loss(logits, model.tokens(tokens))",
+    "W_pos_embed": "use model.W_pos",
+    # a property that raises an AttributeError lands here: its message is this one
+    "ln_final": "this model has no final norm before its unembedding (BERT's LayerNorms close each block)",
+}
 
 
 class Intervention(Protocol):
@@ -160,7 +184,7 @@ class HookedModel(ModelWeights, nn.Module):
     def _check_name(self, name: str) -> None:
         if name in self.hook_dict:
             return
-        hint = did_you_mean(name, self.hook_dict)
+        hint = missing_name_hint(name) or did_you_mean(name, self.hook_dict)
         raise InvalidLocation(f"no hook point {name!r} in {self.cfg.name}{hint}; {self._kinds_message()}")
 
     def _resolve_names(self, names) -> list[str]:
@@ -444,6 +468,33 @@ class HookedModel(ModelWeights, nn.Module):
             return [tok.decode(row.tolist()) for row in ids]
         return tok.decode(ids.reshape(-1).tolist())
 
+    def to_single_str_token(self, token: int) -> str:
+        """The string of one token id (TransformerLens' ``to_single_str_token``)."""
+        if isinstance(token, torch.Tensor) and token.numel() == 1:
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise InvalidInput(f"to_single_str_token takes one token id, got {token!r}")
+        return self._need_tokenizer().decode([token])
+
+    def get_token_position(self, single_token: str | int, input: str | torch.Tensor, mode: str = "first",
+                           prepend_bos: bool | None = None, padding_side: str | None = None) -> int:
+        """Position of ``single_token`` in one text or one row of ids (``mode``: "first" or "last")."""
+        if mode not in ("first", "last"):
+            raise InvalidInput(f"mode must be 'first' or 'last', got {mode!r}")
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else single_token
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise InvalidInput(f"single_token must be a one-token string or a token id, got {single_token!r}")
+        ids = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side) if isinstance(input, str) \
+            else torch.as_tensor(input)
+        if ids.ndim == 2 and ids.shape[0] == 1:
+            ids = ids[0]
+        if ids.ndim != 1:
+            raise InvalidInput(f"get_token_position takes one text or one row of ids, got shape {tuple(ids.shape)}")
+        hits = (ids == token).nonzero().reshape(-1).tolist()
+        if not hits:
+            raise InvalidInput(f"token {token} ({self.to_single_str_token(token)!r}) does not occur in the input")
+        return hits[0] if mode == "first" else hits[-1]
+
     def to_single_token(self, word: str) -> int:
         ids = self._need_tokenizer()(word, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
@@ -579,6 +630,53 @@ class HookedModel(ModelWeights, nn.Module):
             return new
         decoded = [tok.decode(row.tolist(), skip_special_tokens=True) for row in new]
         return decoded[0] if isinstance(input, str) else decoded
+
+    # -- TransformerLens' modules and switches ---------------------------------------------
+
+    @property
+    def ln_final(self) -> nn.Module:
+        """The final norm as TransformerLens exposes it: ``model.ln_final(resid)``, weight and bias applied.
+
+        ``model.unembed(model.ln_final(resid))`` gives the logits of a final residual stream.
+        """
+        holder = getattr(self.tree, "ln_final", None)
+        if holder is None:
+            raise NotSupported(f"{self.cfg.name} has no final norm before its unembedding (ln_final)")
+        return holder  # (an AttributeError raised here is re-raised by __getattr__ with _TL_MODEL_HINTS' message)
+
+    def unembed(self, residual: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
+        """``residual @ W_U + b_U`` (TransformerLens' ``model.unembed``); apply ``model.ln_final`` first."""
+        return residual @ self.W_U.to(residual.dtype) + self.b_U.to(residual.dtype)
+
+    def all_head_labels(self) -> list[str]:
+        """``["L0H0", "L0H1", ...]``, the labels ``stack_head_results`` uses."""
+        return [f"L{L}H{h}" for L in range(self.cfg.n_layers) for h in range(self.cfg.n_heads)]
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Accepted for TransformerLens scripts: ``blocks.L.attn.hook_result`` is always available."""
+
+    def _no_switch(self, name: str, value: bool, hint: str) -> None:
+        if value:
+            raise NotSupported(f"{name}(True): {hint}")
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        self._no_switch("set_use_split_qkv_input", use_split_qkv_input,
+                        "attnlab has no per-head q/k/v input hook points; hook blocks.L.hook_resid_pre, or edit hook_q/hook_k/hook_v")
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        self._no_switch("set_use_attn_in", use_attn_in, "attnlab has no hook_attn_in; hook blocks.L.hook_resid_pre")
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        self._no_switch("set_use_hook_mlp_in", use_hook_mlp_in, "attnlab has no hook_mlp_in; hook blocks.L.hook_resid_mid")
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            hint = _TL_MODEL_HINTS.get(name)
+            if hint is None:
+                raise
+            raise NotSupported(f"HookedModel has no {name!r} (a TransformerLens name): {hint}") from None
 
     def __repr__(self) -> str:
         c = self.cfg

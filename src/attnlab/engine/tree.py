@@ -32,6 +32,7 @@ from attnlab.engine.locations import norm_path
 from attnlab.engine.norms import Norm, describe_norm
 from attnlab.engine.state import current_state
 from attnlab.engine.weights import AttentionWeights, MlpWeights, head_out_weight
+from attnlab.errors import UnsupportedModel
 
 __all__ = ["HookTree", "tree_of", "EDGE_SITES", "NORM_POINTS", "head_out_weight"]
 
@@ -96,6 +97,12 @@ class _Norm(nn.Module):
     @property
     def b(self) -> torch.Tensor | None:
         return self.norm.bias if self.norm is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm applied to ``x`` (weight and bias included), computed aside: no hook fires."""
+        if self.norm is None:
+            raise UnsupportedModel("this norm is neither a LayerNorm nor an RMSNorm, so attnlab cannot apply it")
+        return self.norm.output_with_scale(x, self.norm.scale(x))
 
 
 class _Block(nn.Module):

@@ -13,7 +13,8 @@ parameter, so a write through either is seen by the other. Two things cannot be 
   heads sharing it. ``_W_K``/``_W_V`` are the views, one per kv head.
 
 A bias the model does not have is a zero tensor, as in TransformerLens' HookedTransformer
-(so ``x @ W_Q + b_Q`` works on every model); it is tied to nothing. A matrix the model does
+(so ``x @ W_Q + b_Q`` works on every model); it is tied to nothing. ``QK`` and ``OV`` are
+:class:`~attnlab.engine.factored.FactoredMatrix` objects (``.AB``, ``.eigenvalues``, ``[layer, head]``). A matrix the model does
 not have (``W_pos`` on a rotary model, ``W_gate`` on an ungated MLP) raises UnsupportedModel.
 """
 
@@ -26,6 +27,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import nn
 
+from attnlab.engine.factored import FactoredMatrix
 from attnlab.engine.layout import BlockLayout
 from attnlab.errors import InvalidInput, UnsupportedModel
 
@@ -132,6 +134,16 @@ class AttentionWeights:
         return head_out_weight(out, self.n_heads)
 
     @property
+    def QK(self) -> FactoredMatrix:
+        """``W_Q @ W_K.T`` per head, ``[head, d_model, d_model]`` (biases, q/k norms and rotary left out)."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """``W_V @ W_O`` per head, ``[head, d_model, d_model]`` (biases and Gemma's post-attention norm left out)."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
     def b_O(self) -> Float[torch.Tensor, "d_model"]:
         out = self.block_layout.out_proj
         bias = getattr(out, "bias", None)
@@ -214,6 +226,25 @@ class ModelWeights:
     W_out = property(lambda self: self._stack("W_out", "mlp"), doc="[n_layers, d_mlp, d_model]")
     b_in = property(lambda self: self._stack("b_in", "mlp"), doc="[n_layers, d_mlp]")
     b_out = property(lambda self: self._stack("b_out", "mlp"), doc="[n_layers, d_model]")
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """The QK circuits ``W_Q @ W_K.T``, ``[n_layers, head, d_model, d_model]``, kept factored.
+
+        ``x_q @ QK[L, h] @ x_k`` is the bilinear part of head h's score between two normalised
+        streams, before the scale; the q/k biases, q/k norms (Gemma) and the rotary embedding
+        are not in it.
+        """
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """The OV circuits ``W_V @ W_O``, ``[n_layers, head, d_model, d_model]``, kept factored.
+
+        ``x @ OV[L, h]`` is what head h writes for a normalised stream ``x`` it attends to fully,
+        less the value bias (``b_V @ W_O``) and, on Gemma, before the post-attention norm.
+        """
+        return FactoredMatrix(self.W_V, self.W_O)
 
     @property
     def W_E(self) -> Float[torch.Tensor, "d_vocab d_model"]:
