@@ -11,6 +11,7 @@ from torch import nn
 from attnlab.engine.locations import hook_name
 from attnlab.engine.model import HookedModel
 from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec
+from attnlab.interventions import AblateHead
 from attnlab.interventions.ablation import head_means
 from attnlab.measure import (
     KL,
@@ -375,6 +376,7 @@ def test_frozen_weights_and_batches_give_the_same_estimates(tiny_llama):
         ({"per_position": 1}, InvalidSpec, "per_position must be True or False"),
         ({"probes": 0}, InvalidSpec, "probes must be a positive integer"),
         ({"batch_size": 0}, InvalidInput, "batch_size must be a positive integer"),
+        ({"seed": "a"}, InvalidInput, r"seed must be an integer in 0..2\*\*63-1, got 'a'"),
     ],
 )
 def test_bad_options_raise_typed_errors(tiny_llama, options, error, match):
@@ -397,8 +399,46 @@ def test_graddrop_needs_two_layers():
 
 def test_verify_checks_k(tiny_llama):
     res = attribute(tiny_llama, PROMPTS, METRIC, progress=False, n_boot=10)
-    with pytest.raises(InvalidInput, match="k must be a positive integer, got 0"):
-        res.verify(k=0)
+    for k in (0, -1, True, 2.0):
+        with pytest.raises(InvalidInput, match=f"k must be a positive integer, got {k!r}"):
+            res.verify(k=k)
+    assert tiny_llama.count_hooks() == 0
+
+
+def test_grad_mode_of_the_caller_does_not_matter(tiny_llama):
+    """Called under torch.no_grad() or torch.inference_mode() (as in many notebooks), the same numbers."""
+    options = {"site": "k", "layers": [1], "correction": "atp*", "progress": False, "n_boot": 10}
+    plain = attribute(tiny_llama, PROMPTS, METRIC, **options)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got = attribute(tiny_llama, PROMPTS, METRIC, **options)
+            checked = got.verify(k=3)
+        assert torch.is_grad_enabled()
+        assert np.allclose(got.per_prompt.effect, plain.per_prompt.effect, atol=0)
+        assert np.allclose(got.per_prompt.graddrop, plain.per_prompt.graddrop, atol=0)
+        assert np.allclose(checked.table.estimate, plain.top(3).effect, atol=0)
+    assert tiny_llama.count_hooks() == 0
+
+
+def test_inside_intervene_the_edited_model_is_estimated_and_verified():
+    """In a model.intervene(...) block the estimate is of the edited model; verify() must run in that same block."""
+    model = linear_tail("llama")
+    outside = _run(model, site="z", layers=[1])
+    with model.intervene(AblateHead(0, None)):  # every head of layer 0 removed: layer 1 sees other inputs
+        inside = _run(model, site="z", layers=[1])
+        exact = sweep_heads(model, PROMPTS, METRIC, "zero", layers=[1], progress=False, n_boot=10)
+        checked = inside.verify(k=4)
+        with pytest.raises(InvalidInput, match=r"verify\(\) runs where attribute\(\) ran"):
+            outside.verify(k=4)  # estimated on the unedited model
+        with model.intervene(AblateHead(0, 1)), pytest.raises(InvalidInput, match="a different set of blocks"):
+            inside.verify(k=4)
+    assert np.abs(inside.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() < 1e-5
+    assert np.abs(inside.per_prompt.effect.to_numpy() - outside.per_prompt.effect.to_numpy()).max() > 1e-3
+    assert np.abs(checked.table.error).max() < 1e-5
+    with pytest.raises(InvalidInput, match="estimate was made with 1 hook"):
+        inside.verify(k=4)  # outside the block: the exact sweep would measure the unedited model
+    assert model.count_hooks() == 0
+    assert np.abs(outside.verify(k=4).table.error).max() < 1e-5
 
 
 # -- the real model -------------------------------------------------------------------------

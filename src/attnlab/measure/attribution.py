@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from attnlab.engine.hooks import active_frames
 from attnlab.engine.locations import hook_name
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean
 from attnlab.measure._attribution_exact import exact_spec, unit_label
@@ -90,6 +91,7 @@ class AttributionResult(SweepResult):
         if not ctx:
             raise InvalidInput("this AttributionResult was not made by attribute() in this session; nothing to verify")
         model, prompts, metric = ctx["model"], ctx["prompts"], ctx["metric"]
+        _check_same_blocks(model, ctx["where"])
         ranked = self._ranked(k)  # keeps the table's index: row i's prompts are per_prompt rows i*n .. i*n+n-1
         picked = ranked.reset_index(drop=True)
         labels = [unit_label(row) for _, row in picked.iterrows()]
@@ -182,6 +184,18 @@ def attribute(
     graddrop = correction in ("graddrop", "atp*")
     if graddrop and model.cfg.n_layers < 2:
         raise InvalidSpec(f"GradDrop drops one layer's gradient at a time and needs >= 2 layers; {model.cfg.name} has 1")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise InvalidInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    where = _where(model)
+    # the estimate needs autograd even when called under torch.no_grad() or torch.inference_mode()
+    with torch.inference_mode(False), torch.enable_grad():
+        return _attribute(model, prompts, metric, units, method, correction, counterfactuals, reference, probes,
+                          batch_size, n_boot, seed, progress, where)
+
+
+def _attribute(model, prompts, metric, units: Units, method, correction, counterfactuals, reference, probes, batch_size,
+               n_boot, seed, progress, where) -> AttributionResult:
+    site = units.site
     try:
         rows = metric.rows(model, prompts)
         cf_rows = paired_rows(model, metric, prompts, rows, check_prompts(counterfactuals)) if method == "patch" else None
@@ -195,8 +209,32 @@ def attribute(
                                     seed, progress)
     except AttnlabError as err:
         raise type(err)(f"while attributing {site} units of {model.cfg.name}: {err}") from None
-    return _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
-                  counterfactuals, n_boot, seed)
+    result = _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
+                    counterfactuals, n_boot, seed)
+    result._context["where"] = where
+    return result
+
+
+def _where(model) -> tuple:
+    """Which hook blocks act on ``model`` here: the open blocks of this context and the hooks acting in them."""
+    return active_frames(), model.count_hooks()
+
+
+def _check_same_blocks(model, where: tuple) -> None:
+    """``verify()`` must measure the model ``attribute()`` estimated: the same open ``with`` blocks (interventions)."""
+    now = _where(model)
+    if now == where:
+        return
+    def say(w):
+        frames, n_hooks = w
+        if frames is None:
+            return "inside model.clean()"
+        return f"with {n_hooks} hook(s) acting in {len(frames)} open model.intervene()/hooks() block(s)"
+    raise InvalidInput(
+        f"verify() runs where attribute() ran, so that the exact sweep measures the model that was estimated: the "
+        f"estimate was made {say(where)}, verify() is called {say(now)} (a different set of blocks). Call verify() "
+        f"inside the same with-block as attribute(), or attribute again here"
+    )
 
 
 # -- checking -------------------------------------------------------------------------------
