@@ -10,7 +10,7 @@ from torch import nn
 
 from attnlab.engine.locations import hook_name
 from attnlab.engine.model import HookedModel
-from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel
 from attnlab.interventions import AblateHead
 from attnlab.interventions.ablation import head_means
 from attnlab.measure import (
@@ -376,6 +376,8 @@ def test_frozen_weights_and_batches_give_the_same_estimates(tiny_llama):
         ({"per_position": 1}, InvalidSpec, "per_position must be True or False"),
         ({"probes": 0}, InvalidSpec, "probes must be a positive integer"),
         ({"batch_size": 0}, InvalidInput, "batch_size must be a positive integer"),
+        ({"heads": [1.0]}, InvalidInput, r"heads must be integers, got 1.0 \(float\): valid heads are 0..3"),
+        ({"layers": ["1"]}, InvalidInput, r"layers must be integers, got '1' \(str\): valid layers are 0..1"),
         ({"seed": "a"}, InvalidInput, r"seed must be an integer in 0..2\*\*63-1, got 'a'"),
     ],
 )
@@ -403,6 +405,24 @@ def test_verify_checks_k(tiny_llama):
         with pytest.raises(InvalidInput, match=f"k must be a positive integer, got {k!r}"):
             res.verify(k=k)
     assert tiny_llama.count_hooks() == 0
+
+
+def test_verify_with_k_beyond_the_units_checks_them_all_and_says_so(tiny_llama):
+    res = attribute(tiny_llama, PROMPTS, METRIC, layers=[1], heads=[0, 2], progress=False, n_boot=10)
+    every = res.verify(k=100)
+    both = res.verify(k=2)
+    assert len(every.table) == 2 and np.allclose(every.table.effect, both.table.effect, atol=1e-7)
+    assert every.meta["what"] == "exact check of the top 2 attributed units (all there are; k=100 asked)"
+    assert both.meta["what"] == "exact check of the top 2 attributed units"
+
+
+def test_numpy_integers_pick_the_same_units_as_ints(tiny_llama):
+    plain = attribute(tiny_llama, PROMPTS, METRIC, site="q", layers=1, heads=[0, 2], dims=[3], progress=False, n_boot=10)
+    numpy = attribute(tiny_llama, PROMPTS, METRIC, site="q", layers=np.int64(1), heads=list(np.array([0, 2])),
+                      dims=[np.int32(3)], progress=False, n_boot=10)
+    assert list(numpy.table.unit) == list(plain.table.unit) == ["L1H0 q3", "L1H2 q3"]
+    assert np.allclose(numpy.per_prompt.effect, plain.per_prompt.effect, atol=0)
+    assert numpy.table["head"].tolist() == [0, 2] and numpy.table["layer"].tolist() == [1, 1]
 
 
 def test_grad_mode_of_the_caller_does_not_matter(tiny_llama):
@@ -439,6 +459,12 @@ def test_inside_intervene_the_edited_model_is_estimated_and_verified():
         inside.verify(k=4)  # outside the block: the exact sweep would measure the unedited model
     assert model.count_hooks() == 0
     assert np.abs(outside.verify(k=4).table.error).max() < 1e-5
+
+
+def test_a_bare_encoder_is_refused_with_what_to_do_instead(tiny_bert):
+    with pytest.raises(UnsupportedModel, match=r"tiny-bert has no LM head .*BertForMaskedLM.*HiddenShift"):
+        attribute(tiny_bert, ["the nurse said [MASK] was late"], LogitDiff(" she", " he", read_at="mask"), progress=False)
+    assert tiny_bert.count_hooks() == 0
 
 
 # -- the real model -------------------------------------------------------------------------

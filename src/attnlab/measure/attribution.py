@@ -20,6 +20,7 @@ Corrections (AtP*):
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -116,7 +117,10 @@ class AttributionResult(SweepResult):
         estimates = self.per_prompt["effect"].to_numpy().reshape(len(self.table), n_prompts)
         per_prompt = exact.per_prompt.copy()
         per_prompt["estimate"] = estimates[ranked.index.to_numpy()].reshape(-1)
-        meta = {**exact.meta, "what": f"exact check of the top {k} attributed units", "estimated_by": self.meta.get("what")}
+        what = f"exact check of the top {len(picked)} attributed units"
+        if len(picked) < k:  # k larger than the number of units: all of them
+            what += f" (all there are; k={k} asked)"
+        meta = {**exact.meta, "what": what, "estimated_by": self.meta.get("what")}
         return SweepResult(table, per_prompt, exact.metric, index="site", columns="variant", meta=meta)
 
     def __repr__(self) -> str:
@@ -242,6 +246,12 @@ def _check_same_blocks(model, where: tuple) -> None:
 
 def _attributable(model, metric) -> Metric:
     metric = check_metric(metric)
+    if not model.cfg.has_lm_head:  # every attributable metric reads vocabulary logits
+        raise UnsupportedModel(
+            f"{model.cfg.name} has no LM head (a bare encoder), and attribution differentiates a logit metric "
+            "(LogitDiff, TokenProb, PairLogRatio, Loss or KL); load the model with its LM head (e.g. BertForMaskedLM), "
+            "or measure hidden-state effects exactly with sweep_heads(..., metric=HiddenShift())"
+        )
     if metric.generation or not isinstance(metric, _DIFFERENTIABLE):
         raise InvalidInput(
             f"{metric.name} is not a differentiable metric attribution can use; use LogitDiff, TokenProb, "
@@ -276,13 +286,17 @@ def _check_method(site: str, method: str, correction) -> tuple[str, str | None]:
 def _indices(values, size: int, what: str) -> tuple[int, ...]:
     if values is None:
         return tuple(range(size))
-    items = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+    items = [values] if isinstance(values, numbers.Integral) and not isinstance(values, bool) else values
     if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, range)) or not len(items):
         raise InvalidInput(f"{what} must be None (all), an int or a non-empty list of ints, got {values!r}")
+    picked = []
     for v in items:
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < size:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise InvalidInput(f"{what} must be integers, got {v!r} ({type(v).__name__}): valid {what} are 0..{size - 1}")
+        if not 0 <= v < size:
             raise InvalidLocation(f"{what[:-1]} {v!r} out of range: valid {what} are 0..{size - 1}")
-    return tuple(sorted(set(items)))
+        picked.append(int(v))
+    return tuple(sorted(set(picked)))
 
 
 def _units(model, site, layers, heads, dims, neurons, per_position) -> Units:
