@@ -168,8 +168,8 @@ def attribute(
     matching ``counterfactuals`` prompt, of equal token length; the only method for
     ``"pattern"``). ``per_position``: one unit per token position as well (query positions;
     key positions for ``k``/``v``). ``correction``: ``None``, ``"qk"``, ``"graddrop"`` or
-    ``"atp*"``. ``metric``: :class:`LogitDiff`, :class:`TokenProb`, :class:`Loss` (first
-    order) or :class:`KL` (second order: its gradient at the clean run is 0; estimated with
+    ``"atp*"``. ``metric``: :class:`LogitDiff`, :class:`TokenProb`, :class:`PairLogRatio`,
+    :class:`Loss` (first order) or :class:`KL` (second order: its gradient at the clean run is 0; estimated with
     ``probes`` random backward directions, see the docs).
     """
     metric = _attributable(model, metric)
