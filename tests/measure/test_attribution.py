@@ -105,6 +105,11 @@ def test_per_position_units_equal_the_exact_interventions():
     assert set(est.table.position) == set(range(width))
     checked = est.verify(k=8)
     assert np.abs(checked.table.error).max() < 1e-5
+    # positions only the longest prompt has: a batch of shorter prompts alone must not make verify() fail
+    small = est.verify(k=len(est.table), batch_size=1)
+    assert (small.table.position >= min(len(r) for r in model.token_rows(PROMPTS))).any()
+    assert np.abs(small.per_prompt.estimate - small.per_prompt.effect).max() < 1e-5
+    assert np.abs(small.table.effect).max() > 1e-3
     # the per-position estimates of a head add up to the head's estimate (linear in every position)
     whole = _run(model, site="z", layers=[1]).table.set_index("head").effect
     summed = est.table.groupby("head").effect.sum()

@@ -81,9 +81,10 @@ class AttributionResult(SweepResult):
     def verify(self, k: int = 10, *, batch_size: int = 64, progress: bool = False) -> SweepResult:
         """Measure the top ``k`` units exactly (``sweep_interventions``), next to their estimates.
 
-        Returns the exact sweep's result; its table also has ``estimate`` (this result's
-        ``effect``), ``graddrop`` (if computed) and ``error = estimate - effect``, and its
-        ``per_prompt`` an ``estimate`` column.
+        Per-position units and one-dimension / one-neuron patches run all prompt rows in one
+        batch (``batch_size`` is raised to their number). Returns the exact sweep's result;
+        its table also has ``estimate`` (this result's ``effect``), ``graddrop`` (if computed)
+        and ``error = estimate - effect``, and its ``per_prompt`` an ``estimate`` column.
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
@@ -101,7 +102,10 @@ class AttributionResult(SweepResult):
         n_rows = ctx["n_rows"]
         specs = {label: [exact_spec(row, self.method, ctx["means"], ctx["counterfactuals"], sources, n_rows)]
                  for label, (_, row) in zip(labels, picked.iterrows())}
-        size = max(batch_size, n_rows) if sources else batch_size  # one-unit patches pair with all rows at once
+        # one-unit patches pair with all rows at once; per-position units address positions of the longest prompt,
+        # which a batch of shorter prompts alone does not have (with every row in the batch, they are padding there:
+        # no effect, as in the estimate)
+        size = max(batch_size, n_rows) if sources or "position" in picked.columns else batch_size
         exact = sweep_interventions(model, prompts, metric, specs, batch_size=size, n_boot=ctx["n_boot"], seed=ctx["seed"],
                                     progress=progress)
         key_cols = [c for c in ("layer", "head", "dim", "neuron", "site", "position", "unit") if c in picked.columns]
