@@ -10,7 +10,8 @@ from torch import nn
 
 from attnlab.engine.locations import hook_name
 from attnlab.engine.model import HookedModel
-from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel
+from attnlab.interventions import AblateHead
 from attnlab.interventions.ablation import head_means
 from attnlab.measure import (
     KL,
@@ -104,6 +105,11 @@ def test_per_position_units_equal_the_exact_interventions():
     assert set(est.table.position) == set(range(width))
     checked = est.verify(k=8)
     assert np.abs(checked.table.error).max() < 1e-5
+    # positions only the longest prompt has: a batch of shorter prompts alone must not make verify() fail
+    small = est.verify(k=len(est.table), batch_size=1)
+    assert (small.table.position >= min(len(r) for r in model.token_rows(PROMPTS))).any()
+    assert np.abs(small.per_prompt.estimate - small.per_prompt.effect).max() < 1e-5
+    assert np.abs(small.table.effect).max() > 1e-3
     # the per-position estimates of a head add up to the head's estimate (linear in every position)
     whole = _run(model, site="z", layers=[1]).table.set_index("head").effect
     summed = est.table.groupby("head").effect.sum()
@@ -375,6 +381,9 @@ def test_frozen_weights_and_batches_give_the_same_estimates(tiny_llama):
         ({"per_position": 1}, InvalidSpec, "per_position must be True or False"),
         ({"probes": 0}, InvalidSpec, "probes must be a positive integer"),
         ({"batch_size": 0}, InvalidInput, "batch_size must be a positive integer"),
+        ({"heads": [1.0]}, InvalidInput, r"heads must be integers, got 1.0 \(float\): valid heads are 0..3"),
+        ({"layers": ["1"]}, InvalidInput, r"layers must be integers, got '1' \(str\): valid layers are 0..1"),
+        ({"seed": "a"}, InvalidInput, r"seed must be an integer in 0..2\*\*63-1, got 'a'"),
     ],
 )
 def test_bad_options_raise_typed_errors(tiny_llama, options, error, match):
@@ -397,8 +406,70 @@ def test_graddrop_needs_two_layers():
 
 def test_verify_checks_k(tiny_llama):
     res = attribute(tiny_llama, PROMPTS, METRIC, progress=False, n_boot=10)
-    with pytest.raises(InvalidInput, match="k must be a positive integer, got 0"):
-        res.verify(k=0)
+    for k in (0, -1, True, 2.0):
+        with pytest.raises(InvalidInput, match=f"k must be a positive integer, got {k!r}"):
+            res.verify(k=k)
+    assert tiny_llama.count_hooks() == 0
+
+
+def test_verify_with_k_beyond_the_units_checks_them_all_and_says_so(tiny_llama):
+    res = attribute(tiny_llama, PROMPTS, METRIC, layers=[1], heads=[0, 2], progress=False, n_boot=10)
+    every = res.verify(k=100)
+    both = res.verify(k=2)
+    assert len(every.table) == 2 and np.allclose(every.table.effect, both.table.effect, atol=1e-7)
+    assert every.meta["what"] == "exact check of the top 2 attributed units (all there are; k=100 asked)"
+    assert both.meta["what"] == "exact check of the top 2 attributed units"
+
+
+def test_numpy_integers_pick_the_same_units_as_ints(tiny_llama):
+    plain = attribute(tiny_llama, PROMPTS, METRIC, site="q", layers=1, heads=[0, 2], dims=[3], progress=False, n_boot=10)
+    numpy = attribute(tiny_llama, PROMPTS, METRIC, site="q", layers=np.int64(1), heads=list(np.array([0, 2])),
+                      dims=[np.int32(3)], progress=False, n_boot=10)
+    assert list(numpy.table.unit) == list(plain.table.unit) == ["L1H0 q3", "L1H2 q3"]
+    assert np.allclose(numpy.per_prompt.effect, plain.per_prompt.effect, atol=0)
+    assert numpy.table["head"].tolist() == [0, 2] and numpy.table["layer"].tolist() == [1, 1]
+
+
+def test_grad_mode_of_the_caller_does_not_matter(tiny_llama):
+    """Called under torch.no_grad() or torch.inference_mode() (as in many notebooks), the same numbers."""
+    options = {"site": "k", "layers": [1], "correction": "atp*", "progress": False, "n_boot": 10}
+    plain = attribute(tiny_llama, PROMPTS, METRIC, **options)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got = attribute(tiny_llama, PROMPTS, METRIC, **options)
+            checked = got.verify(k=3)
+        assert torch.is_grad_enabled()
+        assert np.allclose(got.per_prompt.effect, plain.per_prompt.effect, atol=0)
+        assert np.allclose(got.per_prompt.graddrop, plain.per_prompt.graddrop, atol=0)
+        assert np.allclose(checked.table.estimate, plain.top(3).effect, atol=0)
+    assert tiny_llama.count_hooks() == 0
+
+
+def test_inside_intervene_the_edited_model_is_estimated_and_verified():
+    """In a model.intervene(...) block the estimate is of the edited model; verify() must run in that same block."""
+    model = linear_tail("llama")
+    outside = _run(model, site="z", layers=[1])
+    with model.intervene(AblateHead(0, None)):  # every head of layer 0 removed: layer 1 sees other inputs
+        inside = _run(model, site="z", layers=[1])
+        exact = sweep_heads(model, PROMPTS, METRIC, "zero", layers=[1], progress=False, n_boot=10)
+        checked = inside.verify(k=4)
+        with pytest.raises(InvalidInput, match=r"verify\(\) runs where attribute\(\) ran"):
+            outside.verify(k=4)  # estimated on the unedited model
+        with model.intervene(AblateHead(0, 1)), pytest.raises(InvalidInput, match="a different set of blocks"):
+            inside.verify(k=4)
+    assert np.abs(inside.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() < 1e-5
+    assert np.abs(inside.per_prompt.effect.to_numpy() - outside.per_prompt.effect.to_numpy()).max() > 1e-3
+    assert np.abs(checked.table.error).max() < 1e-5
+    with pytest.raises(InvalidInput, match="estimate was made with 1 hook"):
+        inside.verify(k=4)  # outside the block: the exact sweep would measure the unedited model
+    assert model.count_hooks() == 0
+    assert np.abs(outside.verify(k=4).table.error).max() < 1e-5
+
+
+def test_a_bare_encoder_is_refused_with_what_to_do_instead(tiny_bert):
+    with pytest.raises(UnsupportedModel, match=r"tiny-bert has no LM head .*BertForMaskedLM.*HiddenShift"):
+        attribute(tiny_bert, ["the nurse said [MASK] was late"], LogitDiff(" she", " he", read_at="mask"), progress=False)
+    assert tiny_bert.count_hooks() == 0
 
 
 # -- the real model -------------------------------------------------------------------------

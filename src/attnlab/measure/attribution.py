@@ -20,6 +20,7 @@ Corrections (AtP*):
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from attnlab.engine.hooks import active_frames
 from attnlab.engine.locations import hook_name
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean
 from attnlab.measure._attribution_exact import exact_spec, unit_label
@@ -79,9 +81,10 @@ class AttributionResult(SweepResult):
     def verify(self, k: int = 10, *, batch_size: int = 64, progress: bool = False) -> SweepResult:
         """Measure the top ``k`` units exactly (``sweep_interventions``), next to their estimates.
 
-        Returns the exact sweep's result; its table also has ``estimate`` (this result's
-        ``effect``), ``graddrop`` (if computed) and ``error = estimate - effect``, and its
-        ``per_prompt`` an ``estimate`` column.
+        Per-position units and one-dimension / one-neuron patches run all prompt rows in one
+        batch (``batch_size`` is raised to their number). Returns the exact sweep's result;
+        its table also has ``estimate`` (this result's ``effect``), ``graddrop`` (if computed)
+        and ``error = estimate - effect``, and its ``per_prompt`` an ``estimate`` column.
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
@@ -90,6 +93,7 @@ class AttributionResult(SweepResult):
         if not ctx:
             raise InvalidInput("this AttributionResult was not made by attribute() in this session; nothing to verify")
         model, prompts, metric = ctx["model"], ctx["prompts"], ctx["metric"]
+        _check_same_blocks(model, ctx["where"])
         ranked = self._ranked(k)  # keeps the table's index: row i's prompts are per_prompt rows i*n .. i*n+n-1
         picked = ranked.reset_index(drop=True)
         labels = [unit_label(row) for _, row in picked.iterrows()]
@@ -98,7 +102,10 @@ class AttributionResult(SweepResult):
         n_rows = ctx["n_rows"]
         specs = {label: [exact_spec(row, self.method, ctx["means"], ctx["counterfactuals"], sources, n_rows)]
                  for label, (_, row) in zip(labels, picked.iterrows())}
-        size = max(batch_size, n_rows) if sources else batch_size  # one-unit patches pair with all rows at once
+        # one-unit patches pair with all rows at once; per-position units address positions of the longest prompt,
+        # which a batch of shorter prompts alone does not have (with every row in the batch, they are padding there:
+        # no effect, as in the estimate)
+        size = max(batch_size, n_rows) if sources or "position" in picked.columns else batch_size
         exact = sweep_interventions(model, prompts, metric, specs, batch_size=size, n_boot=ctx["n_boot"], seed=ctx["seed"],
                                     progress=progress)
         key_cols = [c for c in ("layer", "head", "dim", "neuron", "site", "position", "unit") if c in picked.columns]
@@ -114,7 +121,10 @@ class AttributionResult(SweepResult):
         estimates = self.per_prompt["effect"].to_numpy().reshape(len(self.table), n_prompts)
         per_prompt = exact.per_prompt.copy()
         per_prompt["estimate"] = estimates[ranked.index.to_numpy()].reshape(-1)
-        meta = {**exact.meta, "what": f"exact check of the top {k} attributed units", "estimated_by": self.meta.get("what")}
+        what = f"exact check of the top {len(picked)} attributed units"
+        if len(picked) < k:  # k larger than the number of units: all of them
+            what += f" (all there are; k={k} asked)"
+        meta = {**exact.meta, "what": what, "estimated_by": self.meta.get("what")}
         return SweepResult(table, per_prompt, exact.metric, index="site", columns="variant", meta=meta)
 
     def __repr__(self) -> str:
@@ -162,8 +172,8 @@ def attribute(
     matching ``counterfactuals`` prompt, of equal token length; the only method for
     ``"pattern"``). ``per_position``: one unit per token position as well (query positions;
     key positions for ``k``/``v``). ``correction``: ``None``, ``"qk"``, ``"graddrop"`` or
-    ``"atp*"``. ``metric``: :class:`LogitDiff`, :class:`TokenProb`, :class:`Loss` (first
-    order) or :class:`KL` (second order: its gradient at the clean run is 0; estimated with
+    ``"atp*"``. ``metric``: :class:`LogitDiff`, :class:`TokenProb`, :class:`PairLogRatio`,
+    :class:`Loss` (first order) or :class:`KL` (second order: its gradient at the clean run is 0; estimated with
     ``probes`` random backward directions, see the docs).
     """
     metric = _attributable(model, metric)
@@ -182,6 +192,18 @@ def attribute(
     graddrop = correction in ("graddrop", "atp*")
     if graddrop and model.cfg.n_layers < 2:
         raise InvalidSpec(f"GradDrop drops one layer's gradient at a time and needs >= 2 layers; {model.cfg.name} has 1")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise InvalidInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    where = _where(model)
+    # the estimate needs autograd even when called under torch.no_grad() or torch.inference_mode()
+    with torch.inference_mode(False), torch.enable_grad():
+        return _attribute(model, prompts, metric, units, method, correction, counterfactuals, reference, probes,
+                          batch_size, n_boot, seed, progress, where)
+
+
+def _attribute(model, prompts, metric, units: Units, method, correction, counterfactuals, reference, probes, batch_size,
+               n_boot, seed, progress, where) -> AttributionResult:
+    site = units.site
     try:
         rows = metric.rows(model, prompts)
         cf_rows = paired_rows(model, metric, prompts, rows, check_prompts(counterfactuals)) if method == "patch" else None
@@ -195,8 +217,32 @@ def attribute(
                                     seed, progress)
     except AttnlabError as err:
         raise type(err)(f"while attributing {site} units of {model.cfg.name}: {err}") from None
-    return _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
-                  counterfactuals, n_boot, seed)
+    result = _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
+                    counterfactuals, n_boot, seed)
+    result._context["where"] = where
+    return result
+
+
+def _where(model) -> tuple:
+    """Which hook blocks act on ``model`` here: the open blocks of this context and the hooks acting in them."""
+    return active_frames(), model.count_hooks()
+
+
+def _check_same_blocks(model, where: tuple) -> None:
+    """``verify()`` must measure the model ``attribute()`` estimated: the same open ``with`` blocks (interventions)."""
+    now = _where(model)
+    if now == where:
+        return
+    def say(w):
+        frames, n_hooks = w
+        if frames is None:
+            return "inside model.clean()"
+        return f"with {n_hooks} hook(s) acting in {len(frames)} open model.intervene()/hooks() block(s)"
+    raise InvalidInput(
+        f"verify() runs where attribute() ran, so that the exact sweep measures the model that was estimated: the "
+        f"estimate was made {say(where)}, verify() is called {say(now)} (a different set of blocks). Call verify() "
+        f"inside the same with-block as attribute(), or attribute again here"
+    )
 
 
 # -- checking -------------------------------------------------------------------------------
@@ -204,6 +250,12 @@ def attribute(
 
 def _attributable(model, metric) -> Metric:
     metric = check_metric(metric)
+    if not model.cfg.has_lm_head:  # every attributable metric reads vocabulary logits
+        raise UnsupportedModel(
+            f"{model.cfg.name} has no LM head (a bare encoder), and attribution differentiates a logit metric "
+            "(LogitDiff, TokenProb, PairLogRatio, Loss or KL); load the model with its LM head (e.g. BertForMaskedLM), "
+            "or measure hidden-state effects exactly with sweep_heads(..., metric=HiddenShift())"
+        )
     if metric.generation or not isinstance(metric, _DIFFERENTIABLE):
         raise InvalidInput(
             f"{metric.name} is not a differentiable metric attribution can use; use LogitDiff, TokenProb, "
@@ -238,13 +290,17 @@ def _check_method(site: str, method: str, correction) -> tuple[str, str | None]:
 def _indices(values, size: int, what: str) -> tuple[int, ...]:
     if values is None:
         return tuple(range(size))
-    items = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+    items = [values] if isinstance(values, numbers.Integral) and not isinstance(values, bool) else values
     if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, range)) or not len(items):
         raise InvalidInput(f"{what} must be None (all), an int or a non-empty list of ints, got {values!r}")
+    picked = []
     for v in items:
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < size:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise InvalidInput(f"{what} must be integers, got {v!r} ({type(v).__name__}): valid {what} are 0..{size - 1}")
+        if not 0 <= v < size:
             raise InvalidLocation(f"{what[:-1]} {v!r} out of range: valid {what} are 0..{size - 1}")
-    return tuple(sorted(set(items)))
+        picked.append(int(v))
+    return tuple(sorted(set(picked)))
 
 
 def _units(model, site, layers, heads, dims, neurons, per_position) -> Units:
