@@ -173,3 +173,11 @@ def test_a_model_without_an_lm_head_is_one_line(capsys, tmp_path):
     tiny_tokenizer("encoder").save_pretrained(folder)
     code, _, err = main(capsys, "attribute", "--model", folder, "--quiet", "the nurse said that")
     assert code == 2 and "has no LM head" in one_error_line(err)
+
+
+def test_a_real_process_exits_2_with_one_line():
+    from .test_cli import run
+
+    out = run("attribute", "--verify", "0", "the nurse said that")
+    assert out.returncode == 2
+    assert "argument --verify: must be >= 1, got 0" in one_error_line(out.stderr)

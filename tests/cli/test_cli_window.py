@@ -197,3 +197,16 @@ def test_bad_options_exit_2_with_one_line_before_loading(capsys, files, no_model
     assert code == 2
     assert re.search(message, one_error_line(err)), err
     assert out == ""
+
+
+def test_a_real_process_says_not_reached_on_stdout_only(model_dirs, text_files, tmp_path):
+    """In a shell: exit 0, the 'reached: no' line on stdout, no Python warning text on stderr."""
+    from .test_cli import run
+
+    out = run("window", "--model", model_dirs["llama"], "--target", 20, "--file", text_files["short"], "--quiet",
+              "-o", tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^reached:   no: target 20 not reached, closest window \d+ tokens", out.stdout, re.M)
+    assert "Warning" not in out.stderr and "not reached" not in out.stderr
+    bad = run("window", "--target", "0")
+    assert bad.returncode == 2 and "argument --target: must be > 0 (tokens), got 0" in one_error_line(bad.stderr)
