@@ -10,6 +10,7 @@ Options and files are checked before the model is loaded, so mistakes fail in a 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,22 @@ def _count(minimum: int, meaning: str = "") -> Callable[[str], int]:
 def _batch_size(text: str) -> int | str:
     """An argparse type for ``--batch-size``: ``auto`` or an integer >= 1."""
     return text if text == "auto" else _count(1, " or auto")(text)
+
+
+def _real(valid: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type for a finite number for which ``ok`` holds (``valid`` says which, e.g. ``in (0, 1)``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {valid}, got {text!r}") from None
+        if not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {valid}, got {text}")
+        return value
+
+    parse.__name__ = f"number {valid}"
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -354,6 +371,268 @@ def cmd_neurons(args) -> None:
     _write_table(table.head(args.top) if args.top else table, args.out, default_name="decay_neurons.csv")
 
 
+# -- attribute: attribution patching (attnlab.measure.attribute) -----------------------------
+
+#: the metrics attribution can differentiate (``attribute`` refuses the others)
+ATTRIBUTION_METRICS = ("logit_diff", "prob", "kl", "loss")
+
+
+def _indices(text: str | None, option: str) -> list[int] | None:
+    """``--layers``/``--heads``/``--dims``/``--neurons``: comma-separated integers >= 0, at least one."""
+    from attnlab.errors import InvalidInput
+
+    values = _ints(text, option)
+    if values is None:
+        return None
+    if not values:
+        raise InvalidInput(f"{option} {text!r}: no numbers given (e.g. {option} 0,2; leave it out for all)")
+    negative = [v for v in values if v < 0]
+    if negative:
+        raise InvalidInput(f"{option} must be integers >= 0 (counted from 0), got {negative[0]}")
+    return values
+
+
+def _attribution_metric(args):
+    from attnlab.errors import InvalidInput
+    from attnlab.measure.metrics import metric_from_name
+
+    options = {}
+    if args.metric == "logit_diff":
+        options = {"target": args.target, "foil": args.foil}
+    elif args.metric == "prob":
+        options = {"tokens": [args.target]}
+    metric = metric_from_name(args.metric, **options)  # an unknown name: did-you-mean and the valid names
+    if args.metric not in ATTRIBUTION_METRICS:
+        raise InvalidInput(
+            f"--metric {args.metric}: attribution differentiates the metric, so it takes {', '.join(ATTRIBUTION_METRICS)}; "
+            f"measure {args.metric} exactly with 'attnlab sweep --metric {args.metric}'"
+        )
+    if args.probes is not None and args.metric != "kl":
+        raise InvalidInput(f"--probes is used by --metric kl (its second-order estimate), not {args.metric}")
+    return metric
+
+
+def _check_attribution(args, heads, dims, neurons) -> str | None:
+    """The option combinations ``attribute`` refuses, refused before the model is loaded. Returns the correction."""
+    from attnlab.errors import InvalidInput
+
+    site, method = args.site, args.method
+    if site == "pattern" and method != "patch":
+        raise InvalidInput(f"--site pattern supports --method patch only (got {method}); to remove a head use --site z")
+    if dims is not None and site not in ("q", "k", "v"):
+        raise InvalidInput(f"--dims picks q/k/v dimensions; --site {site} has none")
+    if neurons is not None and site != "post":
+        raise InvalidInput(f"--neurons picks MLP neurons (--site post); --site {site} has none")
+    if heads is not None and site == "post":
+        raise InvalidInput("--heads does not apply to MLP neurons (--site post); pick them with --neurons")
+    if args.counterfactuals and method != "patch":
+        raise InvalidInput(f"--counterfactuals is used by --method patch, not {method}")
+    if method == "patch" and not args.counterfactuals:
+        raise InvalidInput("--method patch needs --counterfactuals FILE: one prompt per prompt, of equal token length")
+    if args.reference and method != "mean":
+        raise InvalidInput(f"--reference is used by --method mean, not {method}")
+    correction = None if args.correction == "none" else args.correction
+    if correction == "qk" and site not in ("q", "k"):
+        raise InvalidInput(
+            f"--correction qk applies to --site q or k (their softmax), not {site}; use --correction graddrop or none"
+        )
+    return correction
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    """``attr.csv`` -> ``attr_verify.csv``."""
+    return path.with_name(f"{path.stem}{suffix}{path.suffix}")
+
+
+def _attribution_figure(result, top: int):
+    """The sweep-style heatmap (index x columns) when it fits on a page; else the top units as bars with intervals."""
+    matrix = result.matrix()
+    if matrix.shape[0] <= 48 and matrix.shape[1] <= 64:
+        return result.plot()
+    from matplotlib.figure import Figure
+
+    ranked = result.top(max(top, 1) if top else 30)
+    per_position = "position" in ranked.columns
+    labels = [f"{row.unit}@{int(row.position)}" if per_position else str(row.unit) for row in ranked.itertuples()]
+    fig = Figure(figsize=(6.4, 1.0 + 0.28 * len(ranked)))
+    ax = fig.add_subplot()
+    y = list(range(len(ranked)))[::-1]
+    err = [ranked["effect"] - ranked["ci_low"], ranked["ci_high"] - ranked["effect"]]
+    ax.barh(y, ranked["effect"], xerr=err, color=["C3" if e > 0 else "C0" for e in ranked["effect"]], capsize=2)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel(f"estimated {result.metric} (intervened - clean), 95% interval over prompts")
+    ax.set_title(f"{result.meta.get('what', 'attribution')}: top {len(ranked)} of {len(result.table)} units", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _print_top(result, top: int) -> None:
+    ranked = result.top(top if top else len(result.table))
+    by = "GradDrop score" if "graddrop" in ranked.columns else "|estimated effect|"
+    print(f"{result.meta.get('what', 'attribution')} on {result.metric}: {len(result.table)} units x "
+          f"{result.meta.get('n_prompts', '?')} prompts")
+    print(f"top {len(ranked)} by {by}. 'estimate' is the attribution-patching ESTIMATE of each unit's effect "
+          "(intervened - clean), not a measurement; --verify K measures the top K exactly")
+    show = ranked.rename(columns={"effect": "estimate"})
+    cols = [c for c in ("unit", "position", "estimate", "ci_low", "ci_high", "graddrop") if c in show.columns]
+    show.insert(0, "rank", range(1, len(show) + 1))
+    print(show[["rank", *cols]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+
+def cmd_attribute(args) -> None:
+    """Estimate every head's (or q/k/v dimension's, or MLP neuron's) effect on a metric from one backward pass (AtP, AtP*)."""
+    from attnlab.errors import InvalidInput
+    from attnlab.measure import attribute
+
+    layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
+    dims, neurons = _indices(args.dims, "--dims"), _indices(args.neurons, "--neurons")
+    metric = _attribution_metric(args)
+    correction = _check_attribution(args, heads, dims, neurons)
+    reference = _file_lines(args.reference, "--reference")
+    counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
+    prompts = _read_lines(args, what="prompts")
+    if counterfactuals is not None and len(counterfactuals) != len(prompts):
+        raise InvalidInput(f"--counterfactuals {args.counterfactuals}: {len(counterfactuals)} lines for {len(prompts)} "
+                           "prompts; give one counterfactual per prompt, in the same order")
+    model = _load(args)
+    result = attribute(
+        model, prompts, metric, site=args.site, method=args.method, layers=layers, heads=heads, dims=dims,
+        neurons=neurons, per_position=args.per_position, counterfactuals=counterfactuals, reference=reference,
+        correction=correction, probes=args.probes or 16, batch_size=args.batch_size, n_boot=args.n_boot,
+        seed=args.seed, progress=not args.quiet,
+    )
+    checked = result.verify(args.verify, batch_size=args.batch_size, progress=not args.quiet) if args.verify else None
+    if args.out is not None:
+        path = _write_table(result.table, args.out, default_name="attribution.csv")
+        if checked is not None:
+            _write_table(checked.table, str(_sibling(path, "_verify")), default_name="attribution_verify.csv")
+    _save_figure(_attribution_figure(result, args.top), args.figure)
+    _print_top(result, args.top)
+    if checked is not None:
+        print(f"\n{checked.meta['what']}: 'effect' measured by an exact sweep, 'estimate' from attribution, "
+              "error = estimate - effect")
+        cols = [c for c in ("variant", "effect", "ci_low", "ci_high", "estimate", "graddrop", "error")
+                if c in checked.table.columns]
+        print(checked.table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+
+# -- window: the context-window dial (attnlab.analysis.dial.set_context_window) -----------------
+
+
+def _numbers(text: str | None, option: str) -> list[float] | None:
+    from attnlab.errors import InvalidInput
+
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InvalidInput(f"{option} must be comma-separated finite numbers like {option}=-1,0,0.5,2; got {text!r}")
+    return values
+
+
+def _window_text(args) -> tuple[str, str]:
+    """The text to measure on, and where it came from: arguments, --file (read whole), or the packaged neutral text."""
+    from attnlab._textfile import read_text
+    from attnlab.errors import InvalidInput
+
+    given = [t for t in (args.text or []) if t.strip()]
+    if given and args.file:
+        raise InvalidInput("give the text as arguments or with --file, not both")
+    if given:
+        return " ".join(given), "the text given"
+    if args.file:
+        text = read_text(args.file, what="--file").strip()
+        if not text:
+            raise InvalidInput(f"--file {args.file}: the file has no text")
+        return text, args.file
+    from attnlab.bias.templates import neutral_text
+
+    return "\n\n".join(neutral_text()), "attnlab's packaged neutral text"
+
+
+def _window_units(path: str | None):
+    """``--units FILE``: a CSV with integer columns layer, head, unit (e.g. the units.csv of an earlier run)."""
+    if path is None:
+        return None
+    import io
+
+    import pandas as pd
+
+    from attnlab._textfile import read_text
+    from attnlab.errors import InvalidInput
+
+    text = read_text(path, what="--units")
+    try:
+        units = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidInput(f"--units {path}: not a CSV table ({first})") from None
+    missing = [c for c in ("layer", "head", "unit") if c not in units.columns]
+    if missing:
+        raise InvalidInput(f"--units {path}: no column(s) {', '.join(missing)}; it needs layer, head, unit "
+                           "(the units.csv an earlier 'attnlab window' run wrote)")
+    if units.empty:
+        raise InvalidInput(f"--units {path}: the table has no rows")
+    for col in ("layer", "head", "unit"):
+        values = pd.to_numeric(units[col], errors="coerce")
+        bad = units[col][values.isna() | (values < 0) | (values != values.round())]
+        if len(bad):
+            raise InvalidInput(f"--units {path}: column {col} must hold integers >= 0, got {bad.iloc[0]!r} "
+                               f"(row {int(bad.index[0]) + 2} of the file)")
+        units[col] = values.astype(int)
+    return units
+
+
+def cmd_window(args) -> None:
+    """Ask for a context window in tokens: find the one scale of the distance-decay q/k units that gives it."""
+    import warnings
+
+    from attnlab.analysis.dial import DEFAULT_SCALES, WindowNotReached, set_context_window
+    from attnlab.errors import InvalidInput
+
+    scales = _numbers(args.scales, "--scales") or list(DEFAULT_SCALES)
+    limits = _numbers(args.limits, "--limits") or [-4.0, 16.0]
+    if len(limits) != 2 or limits[0] > limits[1]:
+        raise InvalidInput(f"--limits must be two numbers LOW,HIGH with LOW <= HIGH, got {args.limits!r}")
+    grid = sorted({*scales, 1.0})
+    if not limits[0] <= grid[0] <= grid[-1] <= limits[1]:
+        raise InvalidInput(f"--limits {limits[0]:g},{limits[1]:g} must contain every scale of --scales and 1.0 "
+                           f"({grid[0]:g}..{grid[-1]:g})")
+    units = _window_units(args.units)
+    text, source = _window_text(args)
+    model = _load(args)
+    with warnings.catch_warnings():  # not reaching the target is reported below, not as a Python warning
+        warnings.simplefilter("ignore", WindowNotReached)
+        res = set_context_window(
+            model, args.target, text, units=units, site=args.site, level=args.level, tolerance=args.tolerance,
+            scales=scales, limits=tuple(limits), per_step=args.per_step, max_steps=args.max_steps,
+            batch_size=args.batch_size, progress=not args.quiet,
+        )
+    out = Path(args.out)
+    for path in res.save(out, stem="window"):
+        print(f"wrote {path}")
+    res.units.to_csv(out / "units.csv", index=False)
+    print(f"wrote {out / 'units.csv'}")
+    s = res.summary.iloc[0]
+    t = res.table
+    print(f"{res.model_name}: {res.n_tokens} tokens of {source}; {len(res.units)} distance-decay unit(s) in "
+          f"{int(s['heads'])} head(s) scaled in {res.site}; {len(t)} scales measured ({res.steps} search steps)")
+    print(f"target:    {res.target:g} tokens (± {res.tolerance:.0%}: {s['low']:g}..{s['high']:g}; "
+          f"window at {res.level:.0%} attention mass)")
+    print(f"window:    {res.window:g} tokens at scale {res.scale:.4g} (clean {res.clean_window:g})")
+    if res.reached:
+        print("reached:   yes")
+    else:
+        print(f"reached:   no: target {res.target:g} not reached, closest window {res.window:g} tokens; windows measured "
+              f"{t['window'].min():g}..{t['window'].max():g} over scales {t['scale'].min():g}..{t['scale'].max():g}")
+    print(f"loss cost: {res.loss_cost:+.4f} nats (mean next-token loss on the 2nd half of the text: "
+          f"{s['edited_loss']:.4f} edited, {s['clean_loss']:.4f} clean)")
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 EXAMPLES = {
@@ -363,6 +642,9 @@ EXAMPLES = {
     "bias": "attnlab bias --occupations nurse,mechanic,secretary --templates 'The {occupation} said that' -o bias/",
     "analyze": "attnlab analyze --model minilm --conllu en_ewt-ud-dev.conllu --limit 200 -o analysis/",
     "neurons": "attnlab neurons --file long_text.txt --top 20 -o decay.csv",
+    "attribute": "attnlab attribute --file prompts.txt --site z --method zero --verify 5 -o attribution.csv "
+                 "--figure attribution.png",
+    "window": "attnlab window --target 128 -o window/",
 }
 
 
@@ -451,7 +733,89 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "neurons", cmd_neurons, out_default=None, out_help="CSV or JSON file (default: print the table)")
     p.add_argument("--layers", help="comma-separated layers (default: all)")
     p.add_argument("--top", type=_count(0, " (0 keeps all)"), default=50, help="keep the strongest N (default: 50; 0 keeps all)")
+
+    _attribute_parser(sub, n_boot)
+    _window_parser(sub)
     return parser
+
+
+def _attribute_parser(sub, n_boot: dict) -> None:
+    p = _command(sub, "attribute", cmd_attribute, out_default=None,
+                 out_help="CSV or JSON file (or folder) for the table of estimates; with --verify K the exact table "
+                 "goes next to it as NAME_verify.csv (default: print only the top units)")
+    p.description += (
+        "\n\nAttribution patching (attnlab.measure.attribute): one clean forward, one of the counterfactual or "
+        "reference prompts, and one backward pass give a first-order ESTIMATE of every unit's effect "
+        "(intervened - clean); it is exact only where the metric is linear in the unit. --verify K measures "
+        "the top K exactly (an intervened forward each) and writes both side by side. See docs/attribution.md."
+    )
+    p.add_argument("--site", default="z", choices=["z", "result", "pattern", "q", "k", "v", "post"],
+                   help="z, result, pattern: one unit per head; q, k, v: per head and dimension; post: MLP neurons "
+                   "(default: z)")
+    p.add_argument("--method", default="zero", choices=["zero", "mean", "patch"],
+                   help="what replaces the unit: zero, its mean over --reference, or its value on --counterfactuals "
+                   "(default: zero; --site pattern: patch only)")
+    p.add_argument("--metric", default="logit_diff", help="logit_diff, prob, kl, loss (default: logit_diff)")
+    p.add_argument("--target", default=" she", help="target continuation for logit_diff/prob (default: ' she')")
+    p.add_argument("--foil", default=" he", help="foil continuation for logit_diff (default: ' he')")
+    p.add_argument("--reference", help="file of reference texts (one per line) for --method mean "
+                   "(default: the prompts themselves)")
+    p.add_argument("--counterfactuals", help="file of counterfactual prompts (one per prompt, same token length) "
+                   "for --method patch")
+    p.add_argument("--layers", help="comma-separated layers (default: all)")
+    p.add_argument("--heads", help="comma-separated heads (default: all; not with --site post)")
+    p.add_argument("--dims", help="comma-separated dimensions of each head, for --site q/k/v (default: all)")
+    p.add_argument("--neurons", help="comma-separated MLP neurons, for --site post (default: all)")
+    p.add_argument("--per-position", action="store_true", help="one unit per token position as well "
+                   "(query positions; key positions for k/v)")
+    p.add_argument("--correction", default="none", choices=["none", "qk", "graddrop", "atp*"],
+                   help="AtP* corrections: qk (q/k sites), graddrop (ranks by its score), atp* (both; quote it "
+                   "in a shell) (default: none)")
+    p.add_argument("--verify", type=_count(1), metavar="K",
+                   help="measure the top K units exactly and write that table too")
+    p.add_argument("--top", type=_count(0, " (0 prints all)"), default=10,
+                   help="print the top N units (default: 10; 0 prints all)")
+    p.add_argument("--probes", type=_count(1), help="random backward directions for --metric kl (default: 16)")
+    p.add_argument("--batch-size", type=_count(1), default=32, help="rows per forward/backward pass (default: 32)")
+    p.add_argument("--n-boot", **n_boot)
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of the bootstrap and the KL probes (default: 0)")
+    p.add_argument("--figure", help="PNG file: the heatmap of estimates (layer x head, ...), or the top units as bars "
+                   "when there are too many for a heatmap")
+
+
+def _window_parser(sub) -> None:
+    p = _command(sub, "window", cmd_window, text=False, out_default="attnlab-window",
+                 out_help="output folder (default: attnlab-window): window_table.csv (every scale measured), "
+                 "window_summary.csv, window_per_prompt.csv (loss by late position), window.png, units.csv")
+    p.description += (
+        "\n\nThe context-window dial (attnlab.analysis.dial.set_context_window), named 'window' for what you ask "
+        "it for, like the other commands' nouns. The window is the smallest distance holding --level (90%%) of "
+        "the attention mass, pooled over heads (first-token sink left out); the loss cost is the mean next-token loss on the second half of "
+        "the text, edited minus clean. Rotary causal LMs only (Gemma, Llama, ...). A target the scales cannot reach "
+        "is not an error: the command prints 'reached: no' with the closest window, writes the same files and exits "
+        "with status 0 (reached is False in window_summary.csv). See docs/recipes/context_window_dial.md."
+    ).replace("%%", "%")
+    p.add_argument("text", nargs="*", help="the text to measure the window on, as one string (default: attnlab's "
+                   "packaged neutral text, as in the dial recipe: 332 tokens on gemma-3-270m)")
+    p.add_argument("--file", help="read the text from this UTF-8 file, whole (paragraphs and all)")
+    p.add_argument("--target", type=_real("> 0 (tokens)", lambda v: v > 0), required=True,
+                   help="the window to reach, in tokens (the text needs at least twice as many tokens)")
+    p.add_argument("--units", help="CSV with columns layer, head, unit: the rotary pairs to scale (e.g. the units.csv "
+                   "of an earlier run, or a subset of it) (default: the text's distance-decay units)")
+    p.add_argument("--site", default="q", choices=["q", "k"], help="scale the units in the query or the key "
+                   "(the same effect on the scores) (default: q)")
+    p.add_argument("--level", type=_real("in (0, 1]", lambda v: 0 < v <= 1), default=0.9,
+                   help="attention-mass level that defines the window (default: 0.9)")
+    p.add_argument("--tolerance", type=_real("in (0, 1)", lambda v: 0 < v < 1), default=0.1,
+                   help="reached means |window - target| <= tolerance x target (default: 0.1)")
+    p.add_argument("--scales", help="first grid of scales, comma-separated; write --scales=-1,0,2 when it starts "
+                   "with a minus (default: -1,0,0.5,2,3,4; 1.0, the clean model, is always added)")
+    p.add_argument("--limits", help="lowest and highest scale the search may try, as --limits=LOW,HIGH "
+                   "(default: -4,16)")
+    p.add_argument("--per-step", type=_count(1), default=4, help="scales measured per search step (default: 4)")
+    p.add_argument("--max-steps", type=_count(0, " (0: the grid only)"), default=6,
+                   help="search steps after the grid (default: 6; 0: the grid only)")
+    p.add_argument("--batch-size", type=_count(1), default=8, help="text copies per forward pass (default: 8)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -464,7 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             args.text = [*args.text, *extra]
         if not getattr(args, "command", None):
-            parser.error("choose a command: demo, view, sweep, bias, analyze or neurons")
+            parser.error("choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window")
     except SystemExit as done:  # --help, --version and usage errors end here, already printed
         return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     from attnlab.errors import AttnlabError

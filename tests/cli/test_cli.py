@@ -23,7 +23,7 @@ from attnlab import cli
 from attnlab.testing import tiny_hf_model, tiny_tokenizer
 
 CONLLU = Path(__file__).parents[1] / "analysis" / "fixtures"
-COMMANDS = ("demo", "view", "sweep", "bias", "analyze", "neurons")
+COMMANDS = ("demo", "view", "sweep", "bias", "analyze", "neurons", "attribute", "window")
 
 
 def run(*args, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -154,7 +154,7 @@ ERROR_CASES = [
     (["view", "diff", "x"], r"diff view needs --interventions"),
     (["sweep", "--layers", "0,x", "hello"], r"--layers must be comma-separated integers"),
     (["view", "head", "--bogus", "x"], r"unrecognized arguments: --bogus"),
-    ([], r"choose a command: demo, view, sweep, bias, analyze or neurons"),
+    ([], r"choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window"),
 ]
 
 
@@ -208,7 +208,7 @@ def test_every_help_names_the_default_model_out_and_an_example(capsys, command):
 
 def test_one_default_model_for_every_command():
     parser = cli.build_parser()
-    argv = {"view": ["view", "head"]}
+    argv = {"view": ["view", "head"], "window": ["window", "--target", "64"]}
     for command in COMMANDS:
         args, _ = parser.parse_known_args(argv.get(command, [command]))
         assert args.model == cli.DEFAULT_MODEL == "gemma-3-270m"
