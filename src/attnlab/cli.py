@@ -373,10 +373,6 @@ def cmd_neurons(args) -> None:
 
 # -- attribute: attribution patching (attnlab.measure.attribute) -----------------------------
 
-#: the metrics attribution can differentiate (``attribute`` refuses the others)
-ATTRIBUTION_METRICS = ("logit_diff", "prob", "kl", "loss")
-
-
 def _indices(text: str | None, option: str) -> list[int] | None:
     """``--layers``/``--heads``/``--dims``/``--neurons``: comma-separated integers >= 0, at least one."""
     from attnlab.errors import InvalidInput
@@ -402,40 +398,18 @@ def _attribution_metric(args):
     elif args.metric == "prob":
         options = {"tokens": [args.target]}
     metric = metric_from_name(args.metric, **options)  # an unknown name: did-you-mean and the valid names
-    if args.metric not in ATTRIBUTION_METRICS:
-        raise InvalidInput(
-            f"--metric {args.metric}: attribution differentiates the metric, so it takes {', '.join(ATTRIBUTION_METRICS)}; "
-            f"measure {args.metric} exactly with 'attnlab sweep --metric {args.metric}'"
-        )
     if args.probes is not None and args.metric != "kl":
         raise InvalidInput(f"--probes is used by --metric kl (its second-order estimate), not {args.metric}")
     return metric
 
 
-def _check_attribution(args, heads, dims, neurons) -> str | None:
-    """The option combinations ``attribute`` refuses, refused before the model is loaded. Returns the correction."""
-    from attnlab.errors import InvalidInput
+def _check_attribution(args, metric, heads, dims, neurons) -> str | None:
+    """``attribute()``'s own model-free checks, run before the model is loaded. Returns the correction."""
+    from attnlab.measure.attribution import check_attribution_options
 
-    site, method = args.site, args.method
-    if site == "pattern" and method != "patch":
-        raise InvalidInput(f"--site pattern supports --method patch only (got {method}); to remove a head use --site z")
-    if dims is not None and site not in ("q", "k", "v"):
-        raise InvalidInput(f"--dims picks q/k/v dimensions; --site {site} has none")
-    if neurons is not None and site != "post":
-        raise InvalidInput(f"--neurons picks MLP neurons (--site post); --site {site} has none")
-    if heads is not None and site == "post":
-        raise InvalidInput("--heads does not apply to MLP neurons (--site post); pick them with --neurons")
-    if args.counterfactuals and method != "patch":
-        raise InvalidInput(f"--counterfactuals is used by --method patch, not {method}")
-    if method == "patch" and not args.counterfactuals:
-        raise InvalidInput("--method patch needs --counterfactuals FILE: one prompt per prompt, of equal token length")
-    if args.reference and method != "mean":
-        raise InvalidInput(f"--reference is used by --method mean, not {method}")
-    correction = None if args.correction == "none" else args.correction
-    if correction == "qk" and site not in ("q", "k"):
-        raise InvalidInput(
-            f"--correction qk applies to --site q or k (their softmax), not {site}; use --correction graddrop or none"
-        )
+    _, correction = check_attribution_options(
+        args.site, args.method, None if args.correction == "none" else args.correction, metric=metric,
+        heads=heads, dims=dims, neurons=neurons, counterfactuals=args.counterfactuals, reference=args.reference)
     return correction
 
 
@@ -488,7 +462,7 @@ def cmd_attribute(args) -> None:
     layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
     dims, neurons = _indices(args.dims, "--dims"), _indices(args.neurons, "--neurons")
     metric = _attribution_metric(args)
-    correction = _check_attribution(args, heads, dims, neurons)
+    correction = _check_attribution(args, metric, heads, dims, neurons)
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
     prompts = _read_lines(args, what="prompts")

@@ -46,7 +46,7 @@ from attnlab.measure.effect import check_batch_size, check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
 from attnlab.measure.sweep import SweepResult, sweep_interventions, sweep_result
 
-__all__ = ["attribute", "AttributionResult", "ATTRIBUTION_METHODS", "CORRECTIONS", "UNIT_SITES"]
+__all__ = ["attribute", "check_attribution_options", "AttributionResult", "ATTRIBUTION_METHODS", "CORRECTIONS", "UNIT_SITES"]
 
 ATTRIBUTION_METHODS = ("zero", "mean", "patch")
 CORRECTIONS = ("qk", "graddrop", "atp*")
@@ -176,19 +176,13 @@ def attribute(
     :class:`Loss` (first order) or :class:`KL` (second order: its gradient at the clean run is 0; estimated with
     ``probes`` random backward directions, see the docs).
     """
+    method, correction = check_attribution_options(
+        site, method, correction, metric=metric, heads=heads, dims=dims, neurons=neurons,
+        counterfactuals=counterfactuals, reference=reference, probes=probes)
     metric = _attributable(model, metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
-    method, correction = _check_method(site, method, correction)
     units = _units(model, site, layers, heads, dims, neurons, per_position)
-    if method == "patch" and counterfactuals is None:
-        raise InvalidInput("method='patch' needs counterfactuals=[...], one prompt per prompt, whose activations are patched in")
-    if method != "patch" and counterfactuals is not None:
-        raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
-    if method != "mean" and reference is not None:
-        raise InvalidInput(f"reference= is only used by method='mean', not {method!r}")
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
-        raise InvalidSpec(f"probes must be a positive integer, got {probes!r}")
     graddrop = correction in ("graddrop", "atp*")
     if graddrop and model.cfg.n_layers < 2:
         raise InvalidSpec(f"GradDrop drops one layer's gradient at a time and needs >= 2 layers; {model.cfg.name} has 1")
@@ -256,13 +250,51 @@ def _attributable(model, metric) -> Metric:
             "(LogitDiff, TokenProb, PairLogRatio, Loss or KL); load the model with its LM head (e.g. BertForMaskedLM), "
             "or measure hidden-state effects exactly with sweep_heads(..., metric=HiddenShift())"
         )
-    if metric.generation or not isinstance(metric, _DIFFERENTIABLE):
-        raise InvalidInput(
-            f"{metric.name} is not a differentiable metric attribution can use; use LogitDiff, TokenProb, "
-            "PairLogRatio, Loss or KL, or measure it exactly with sweep_heads / sweep_interventions"
-        )
     metric.check_model(model)
     return metric
+
+
+def check_attribution_options(
+    site: str,
+    method: str,
+    correction: str | None = None,
+    *,
+    metric: Metric | None = None,
+    heads=None,
+    dims=None,
+    neurons=None,
+    counterfactuals=None,
+    reference=None,
+    probes: int = 16,
+) -> tuple[str, str | None]:
+    """The checks of ``attribute()``'s options that need no model, so a caller (the CLI) can fail before loading one.
+
+    Only the presence of ``heads``/``dims``/``neurons``/``counterfactuals``/``reference`` is checked
+    here (their values need the model's sizes). Returns ``(method, correction)``.
+    """
+    method, correction = _check_method(site, method, correction)
+    if metric is not None:
+        metric = check_metric(metric)
+        if metric.generation or not isinstance(metric, _DIFFERENTIABLE):
+            raise InvalidInput(
+                f"{metric.name} is not a differentiable metric attribution can use; use LogitDiff, TokenProb, "
+                "PairLogRatio, Loss or KL, or measure it exactly with sweep_heads / sweep_interventions"
+            )
+    if site not in DIM_SITES and dims is not None:
+        raise InvalidInput(f"dims= picks q/k/v dimensions; site {site!r} has none")
+    if site != "post" and neurons is not None:
+        raise InvalidInput(f"neurons= picks MLP neurons (site='post'); site {site!r} has none")
+    if site == "post" and heads is not None:
+        raise InvalidInput("heads= does not apply to MLP neurons (site='post'); pick them with neurons=")
+    if method == "patch" and counterfactuals is None:
+        raise InvalidInput("method='patch' needs counterfactuals=[...], one prompt per prompt, whose activations are patched in")
+    if method != "patch" and counterfactuals is not None:
+        raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
+    if method != "mean" and reference is not None:
+        raise InvalidInput(f"reference= is only used by method='mean', not {method!r}")
+    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+        raise InvalidSpec(f"probes must be a positive integer, got {probes!r}")
+    return method, correction
 
 
 def _check_method(site: str, method: str, correction) -> tuple[str, str | None]:
@@ -307,12 +339,6 @@ def _units(model, site, layers, heads, dims, neurons, per_position) -> Units:
     cfg = model.cfg
     if not isinstance(per_position, bool):
         raise InvalidSpec(f"per_position must be True or False, got {per_position!r}")
-    if site not in DIM_SITES and dims is not None:
-        raise InvalidInput(f"dims= picks q/k/v dimensions; site {site!r} has none")
-    if site != "post" and neurons is not None:
-        raise InvalidInput(f"neurons= picks MLP neurons (site='post'); site {site!r} has none")
-    if site == "post" and heads is not None:
-        raise InvalidInput("heads= does not apply to MLP neurons (site='post'); pick them with neurons=")
     layer_ids = _indices(layers, cfg.n_layers, "layers")
     names = [hook_name(l, site) for l in layer_ids]
     missing = [n for n in names if n not in model.hook_dict]
