@@ -42,7 +42,8 @@ from attnlab.measure._attribution_units import (
 )
 from attnlab.measure._rows import Rows, check_prompts
 from attnlab.measure._sources import paired_rows
-from attnlab.measure.effect import check_batch_size, check_metric
+from attnlab.measure.batch_size import backward_batch_size, check_batch_size, resolve_batch_size
+from attnlab.measure.effect import check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
 from attnlab.measure.sweep import SweepResult, sweep_interventions, sweep_result
 
@@ -78,7 +79,7 @@ class AttributionResult(SweepResult):
         order = score.sort_values(ascending=False, na_position="last").index
         return self.table.loc[order[:k]]
 
-    def verify(self, k: int = 10, *, batch_size: int = 64, progress: bool = False) -> SweepResult:
+    def verify(self, k: int = 10, *, batch_size: int | str = "auto", progress: bool = False) -> SweepResult:
         """Measure the top ``k`` units exactly (``sweep_interventions``), next to their estimates.
 
         Per-position units and one-dimension / one-neuron patches run all prompt rows in one
@@ -105,7 +106,9 @@ class AttributionResult(SweepResult):
         # one-unit patches pair with all rows at once; per-position units address positions of the longest prompt,
         # which a batch of shorter prompts alone does not have (with every row in the batch, they are padding there:
         # no effect, as in the estimate)
-        size = max(batch_size, n_rows) if sources or "position" in picked.columns else batch_size
+        size = batch_size
+        if sources or "position" in picked.columns:
+            size = max(resolve_batch_size(model, metric.rows(model, prompts), batch_size, metric.output), n_rows)
         exact = sweep_interventions(model, prompts, metric, specs, batch_size=size, n_boot=ctx["n_boot"], seed=ctx["seed"],
                                     progress=progress)
         key_cols = [c for c in ("layer", "head", "dim", "neuron", "site", "position", "unit") if c in picked.columns]
@@ -152,7 +155,7 @@ def attribute(
     reference: Sequence[str] | None = None,
     correction: str | None = None,
     probes: int = 16,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
@@ -200,6 +203,7 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
     site = units.site
     try:
         rows = metric.rows(model, prompts)
+        batch_size = backward_batch_size(model, rows, batch_size)
         cf_rows = paired_rows(model, metric, prompts, rows, check_prompts(counterfactuals)) if method == "patch" else None
         ref = check_prompts(reference) if reference is not None else prompts
         means = {}

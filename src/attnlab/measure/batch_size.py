@@ -23,11 +23,12 @@ import torch
 from attnlab.errors import InvalidInput
 
 __all__ = ["AUTO", "CPU_ROWS", "MAX_ROWS", "MEMORY_SHARE", "check_batch_size", "row_bytes", "rows_that_fit",
-           "auto_batch_size", "resolve_batch_size"]
+           "auto_batch_size", "resolve_batch_size", "BACKWARD_CPU_ROWS", "backward_batch_size"]
 
 AUTO = "auto"
 CPU_ROWS = 64  # CPUs: arithmetic-bound; more rows per call buy nothing
 MAX_ROWS = 512  # GPUs: the largest batch measured (H200: 4.5x over a per-head loop); larger is untested
+BACKWARD_CPU_ROWS = 32  # attribution on CPUs: a forward and a backward of 32 rows already keep the cores busy
 MEMORY_SHARE = 0.7  # of the free GPU memory; the rest is headroom for the allocator and the model's own buffers
 
 
@@ -125,3 +126,27 @@ def auto_batch_size(model, rows, output: str = "logits", *, device: torch.device
 def resolve_batch_size(model, rows, batch_size: int | str, output: str = "logits") -> int:
     """An explicit integer as given; ``"auto"`` by :func:`auto_batch_size`."""
     return auto_batch_size(model, rows, output) if check_batch_size(batch_size) == AUTO else batch_size
+
+
+def backward_batch_size(model, rows, batch_size: int | str, *, device: torch.device | None = None,
+                        free_bytes: int | None = None) -> int:
+    """``batch_size`` for a grad-enabled pass (attribution): an integer as given, ``"auto"`` from the device.
+
+    A backward pass keeps every layer's working set (not one block's, as a resumed sweep
+    does), so one row costs about ``n_layers`` times a one-layer row of :func:`row_bytes`.
+    CPUs: ``BACKWARD_CPU_ROWS``.
+    """
+    if check_batch_size(batch_size) != AUTO:
+        return batch_size
+    device = torch.device(device) if device is not None else model.device
+    if device.type != "cuda":
+        return BACKWARD_CPU_ROWS
+    cfg = model.cfg
+    T = int(rows.tokens.ids.shape[1])
+    one_layer = row_bytes(
+        n_positions=T, n_layers=1, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=_d_mlp(model),
+        output_width=0, output_positions=0, dtype_bytes=_dtype_bytes(model),
+    )
+    logits = 4 * 3 * (1 if rows.positions == "read" else T) * (cfg.d_vocab or cfg.d_model)
+    free = free_bytes if free_bytes is not None else _free_cuda_bytes(model)
+    return rows_that_fit(free, cfg.n_layers * one_layer + logits)
