@@ -750,7 +750,8 @@ def _attribute_parser(sub, n_boot: dict) -> None:
     p.add_argument("--top", type=_count(0, " (0 prints all)"), default=10,
                    help="print the top N units (default: 10; 0 prints all)")
     p.add_argument("--probes", type=_count(1), help="random backward directions for --metric kl (default: 16)")
-    p.add_argument("--batch-size", type=_count(1), default=32, help="rows per forward/backward pass (default: 32)")
+    p.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="rows per forward/backward pass, or auto: 32 on a CPU, from free memory on a GPU (default: auto)")
     p.add_argument("--n-boot", **n_boot)
     p.add_argument("--seed", type=_count(0), default=0, help="seed of the bootstrap and the KL probes (default: 0)")
     p.add_argument("--figure", help="PNG file: the heatmap of estimates (layer x head, ...), or the top units as bars "
