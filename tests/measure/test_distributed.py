@@ -147,6 +147,17 @@ def test_process_group_without_a_launcher_is_one_process(monkeypatch):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("timeout_s", [0, -5, float("nan"), float("inf"), "30", True])
+def test_process_group_refuses_a_bad_timeout_even_without_a_launcher(timeout_s):
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.raises(InvalidInput, match=r"timeout_s must be a positive number of seconds \(default 1800\), got"):
+        with process_group(timeout_s=timeout_s):
+            pass
+    assert torch.get_num_threads() == before
+
+
 def test_rebuilt_errors_keep_attnlab_types_and_name_the_rank():
     group = Group(1, 4, None)
     err = rebuild_error(error_record(InvalidInput("bad prompt 3"), group))
