@@ -62,6 +62,21 @@ def _real(valid: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
     return parse
 
 
+def _procs(text: str) -> int:
+    """An argparse type for ``--procs``: 1 up to the machine's CPU cores (one process per core, as run_parallel)."""
+    import os
+
+    most = max(1, os.cpu_count() or 1)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {most} (the CPU cores of this machine), "
+                                         f"got {text!r}") from None
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {most} (the CPU cores of this machine), got {value}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is the same single line as every other error."""
 
@@ -686,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", help="comma-separated heads (default: all)")
     p.add_argument("--batch-size", type=_batch_size, default="auto",
                    help="rows per forward pass, or auto: 64 on CPUs, from free memory on GPUs (default: auto)")
-    p.add_argument("--procs", type=_count(1), default=1, help="split the sweep over this many processes (default: 1)")
+    p.add_argument("--procs", type=_procs, default=1,
+                   help="split the sweep over this many processes, at most one per CPU core (default: 1)")
     p.add_argument("--n-boot", **n_boot)
     p.add_argument("--figure", help="PNG file for the layer x head heatmap")
 

@@ -28,6 +28,7 @@ from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 from attnlab.interventions import EditNeuron
 from attnlab.testing import VOCAB, tiny_model, tiny_tokenizer
+from tests.engine.test_cleanup_everywhere import _untouched, _weights
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = " ".join(
@@ -213,6 +214,22 @@ def test_start_from_reuses_measured_scales(decay_model, units):
         set_context_window(decay_model, 25, TEXT, units=units, site="k", progress=False, start_from=first)
 
 
+def test_start_from_another_model_is_refused(decay_model, units):
+    first = set_context_window(decay_model, 25, TEXT, units=units, progress=False)
+    other = tiny_model("llama")  # same text, same units: its windows are not decay_model's
+    with pytest.raises(InvalidInput, match=r"start_from was measured with another model "
+                                           r"\(tiny-llama-decay, now tiny-llama\)"):
+        set_context_window(other, 25, TEXT, units=units, progress=False, start_from=first)
+
+
+def test_numpy_numbers_are_accepted_and_give_the_same_search(decay_model, units):
+    plain = set_context_window(decay_model, 25, TEXT, units=units, scales=[0.5, 2.0, 3.0], per_step=2, progress=False)
+    numpy = set_context_window(decay_model, np.int64(25), TEXT, units=units, scales=np.array([0.5, 2.0, 3.0]),
+                               per_step=np.int64(2), tolerance=np.float32(0.1), progress=False)
+    pd.testing.assert_frame_equal(plain.table, numpy.table)
+    assert numpy.scale == plain.scale and numpy.window == plain.window
+
+
 def test_plot_and_save(decay_model, units, tmp_path):
     from matplotlib.figure import Figure
 
@@ -231,11 +248,14 @@ def _logits(model):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(target=0), InvalidInput, r"target must be a positive number of tokens, got 0"),
-    (dict(target=-3), InvalidInput, r"target must be a positive number of tokens, got -3"),
+    (dict(target=0), InvalidInput, r"target must be a window of at least 1 token .*valid for this 100-token text: 1 to 50\), got 0$"),
+    (dict(target=-3), InvalidInput, r"target must be a window of at least 1 token .*got -3$"),
+    (dict(target=0.5), InvalidInput, r"target must be a window of at least 1 token .*1 to 50\), got 0.5$"),
+    (dict(target=float("inf")), InvalidInput, r"target must be a finite number, got inf"),
     (dict(target="16"), InvalidInput, r"target must be a finite number, got '16'"),
     (dict(target=float("nan")), InvalidInput, r"target must be a finite number"),
     (dict(target=60), InvalidInput, r"text has 100 tokens; measuring a window of 60 tokens needs at least 120"),
+    (dict(target=60), InvalidInput, r"valid targets: 1 to 50"),
     (dict(text=""), InvalidInput, r"text must be one non-empty string"),
     (dict(text=["the nurse"]), InvalidInput, r"text must be one non-empty string \(join paragraphs yourself\)"),
     (dict(level=1.5), InvalidInput, r"level must be in \(0, 1\], got 1.5"),
@@ -246,15 +266,30 @@ def _logits(model):
     (dict(scales=[0.0, 8.0], limits=(-1.0, 4.0)), InvalidInput, r"limits \(-1.0, 4.0\) must contain every scale"),
     (dict(units=pd.DataFrame({"layer": [0]})), InvalidInput, r"units lacks column\(s\) head, unit"),
     (dict(units=pd.DataFrame(columns=["layer", "head", "unit"])), InvalidInput, r"no distance-decay units to scale"),
+    (dict(units=pd.DataFrame({"layer": [0.7], "head": [0], "unit": [2]})), InvalidInput,
+     r"units\['layer'\] must hold whole numbers \(a layer index\), got 0.7 in row 0"),
+    (dict(units=pd.DataFrame({"layer": [0], "head": [0], "unit": [2.5]})), InvalidInput, r"units\['unit'\] .*got 2.5"),
+    (dict(units=pd.DataFrame({"layer": [float("nan")], "head": [0], "unit": [2]})), InvalidInput, r"units\['layer'\] .*got nan"),
+    (dict(units=pd.DataFrame({"layer": [None], "head": [0], "unit": [2]})), InvalidInput, r"units\['layer'\] .*got None"),
+    (dict(units=pd.DataFrame({"layer": [0], "head": ["x"], "unit": [2]})), InvalidInput, r"units\['head'\] .*got 'x'"),
     (dict(units=pd.DataFrame({"layer": [5], "head": [0], "unit": [0]})), IndexError, r"layer 5 out of range"),
     (dict(units=pd.DataFrame({"layer": [0], "head": [0], "unit": [4]})), IndexError, r"unit 4 out of range"),
 ])
 def test_bad_input_is_a_typed_error_and_leaves_the_model_alone(decay_model, units, kwargs, error, match):
-    before = _logits(decay_model)
+    before, weights = _logits(decay_model), _weights(decay_model)
     call = dict(target=16, text=TEXT, units=units) | kwargs
     with pytest.raises(error, match=match):
         set_context_window(decay_model, call.pop("target"), call.pop("text"), progress=False, **call)
+    assert _untouched(decay_model, weights)  # no hook, patched forward or edited weight left
     torch.testing.assert_close(_logits(decay_model), before, atol=0, rtol=0)
+
+
+def test_a_search_leaves_the_model_as_it_was(decay_model, units):
+    weights = _weights(decay_model)
+    set_context_window(decay_model, 12, TEXT, units=units, progress=False)
+    with pytest.warns(WindowNotReached):
+        set_context_window(decay_model, 5, TEXT, units=units, limits=(-1.0, 4.0), progress=False)
+    assert _untouched(decay_model, weights)
 
 
 def test_models_without_rotary_qk_are_refused():

@@ -117,3 +117,17 @@ def fail_on_rank_1(model) -> str:
         raise InvalidInput("cannot read the prompts file")
     score(model, ["the nurse said that"], LogitDiff(" she", " he"))
     return "not reached"
+
+
+def interrupt_on_rank_1() -> str:
+    """Rank 1 is interrupted (KeyboardInterrupt), rank 0 finishes."""
+    if current().rank == 1:
+        raise KeyboardInterrupt
+    return "rank 0 done"
+
+
+def unpicklable_result():
+    """Returns what cannot travel back to the caller (a lock)."""
+    import threading
+
+    return threading.Lock()

@@ -31,7 +31,18 @@ def test_accepted_batch_sizes(good):
     assert check_batch_size(good) == good
 
 
-@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "big", None, "AUTO"])
+def test_numpy_integers_are_batch_sizes():
+    import numpy as np
+
+    got = check_batch_size(np.int64(4))
+    assert got == 4 and type(got) is int
+    model = tiny_model("llama")
+    one = sweep_heads(model, PROMPTS, LogitDiff(" she", " he"), "zero", batch_size=4, n_boot=0, progress=False)
+    two = sweep_heads(model, PROMPTS, LogitDiff(" she", " he"), "zero", batch_size=np.int64(4), n_boot=0, progress=False)
+    assert np.array_equal(one.table["effect"].to_numpy(), two.table["effect"].to_numpy())
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "big", None, "AUTO", -1, 1.5, 4.0, float("nan"), np.int64(0)])
 def test_refused_batch_sizes(bad):
     with pytest.raises(InvalidInput, match=r"batch_size must be a positive integer or 'auto', got"):
         check_batch_size(bad)

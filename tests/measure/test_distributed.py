@@ -6,8 +6,12 @@ machine), so one launch serves every equality test (``_distributed_jobs.everythi
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +31,8 @@ from attnlab.measure.distributed import (
 )
 from attnlab.testing import tiny_model
 from tests.measure import _distributed_jobs as jobs
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -141,6 +147,17 @@ def test_process_group_without_a_launcher_is_one_process(monkeypatch):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("timeout_s", [0, -5, float("nan"), float("inf"), "30", True])
+def test_process_group_refuses_a_bad_timeout_even_without_a_launcher(timeout_s):
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.raises(InvalidInput, match=r"timeout_s must be a positive number of seconds \(default 1800\), got"):
+        with process_group(timeout_s=timeout_s):
+            pass
+    assert torch.get_num_threads() == before
+
+
 def test_rebuilt_errors_keep_attnlab_types_and_name_the_rank():
     group = Group(1, 4, None)
     err = rebuild_error(error_record(InvalidInput("bad prompt 3"), group))
@@ -156,7 +173,9 @@ def test_rebuilt_errors_keep_attnlab_types_and_name_the_rank():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: run_parallel(print, 0), r"n_procs must be a positive integer, got 0"),
+        (lambda: run_parallel(print, 0), r"n_procs must be an integer from 1 to \d+ \(one process per CPU core of this machine\), got 0"),
+        (lambda: run_parallel(print, -2), r"n_procs must be an integer from 1 to \d+ .*got -2"),
+        (lambda: run_parallel(print, 2.0), r"n_procs must be an integer from 1 to \d+ .*got 2.0"),
         (lambda: run_parallel(print, 2, threads=0), r"threads must be a positive integer or None"),
         (lambda: run_parallel(print, 2, backend="glo"), r"unknown backend 'glo'; did you mean 'gloo'\? \(valid: gloo, nccl\)"),
         (lambda: run_parallel(print, 2, model=tiny_model("gpt2")), r"model= takes what attnlab.load\(\) takes .* not a HookedModel"),
@@ -167,6 +186,50 @@ def test_rebuilt_errors_keep_attnlab_types_and_name_the_rank():
 def test_bad_calls_are_refused_before_any_process_starts(call, message):
     with pytest.raises(InvalidInput, match=message):
         call()
+
+
+def test_more_processes_than_cores_are_refused_before_any_starts():
+    import os
+
+    cores = os.cpu_count()
+    with pytest.raises(InvalidInput, match=rf"n_procs must be an integer from 1 to {cores} .*, got {cores + 1}$"):
+        run_parallel(print, cores + 1)
+    with pytest.raises(InvalidInput, match=r"got 100000$"):  # was: tried to start them and hung
+        run_parallel(print, 100_000)
+
+
+def test_an_unpicklable_result_is_named_not_taken_for_a_crash():
+    with pytest.raises(InvalidInput, match=r"^rank 0 of 2: run_parallel returns what the function returns on the main "
+                                           r"process, but its lock cannot be pickled to be sent back"):
+        run_parallel(jobs.unpicklable_result, 2, backend="gloo")
+
+
+def _python(code_or_script, cwd, *args) -> subprocess.CompletedProcess:
+    """Run Python in a new process (a hang fails the test instead of blocking it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *code_or_script, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env=env)
+
+
+def test_a_keyboard_interrupt_on_one_rank_fails_the_run_instead_of_hanging(tmp_path):
+    out = _python(["-c", "from attnlab.measure import run_parallel\n"
+                         "from tests.measure import _distributed_jobs as jobs\n"
+                         "run_parallel(jobs.interrupt_on_rank_1, 2, backend='gloo')"], tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "attnlab.errors.DistributedError: rank 1 of 2 raised KeyboardInterrupt" in out.stderr
+
+
+def test_a_script_without_a_main_guard_is_told_so(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text("from attnlab.measure import run_parallel\nfrom tests.measure import _distributed_jobs as jobs\n"
+                      "print(run_parallel(jobs.interrupt_on_rank_1, 2, backend='gloo'))\n")
+    out = _python([str(script)], tmp_path)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("attnlab.errors.DistributedError: a process of 2 exited without reporting"), last
+    assert 'a script must call run_parallel under `if __name__ == "__main__":`' in last
+    # and each new process says why it stopped, in attnlab's words rather than multiprocessing's
+    assert "InvalidInput: run_parallel was called while a new process was importing the main script" in out.stderr
 
 
 def test_nccl_needs_gpus():

@@ -30,6 +30,7 @@ only on the second half of the text, where the loss cost is read.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Sequence
@@ -118,9 +119,9 @@ def _check_text(text) -> str:
 
 
 def _positive_int(value, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise InvalidInput(f"{what} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _check_units(model, units) -> pd.DataFrame:
@@ -135,6 +136,13 @@ def _check_units(model, units) -> pd.DataFrame:
             "no distance-decay units to scale: the table is empty (on this text no rotary pair's score falls with distance "
             "while favouring near keys); pass a longer text, a looser max_spearman to decay_units, or your own units"
         )
+    for column in UNIT_COLUMNS:
+        for index, value in units[column].items():
+            whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not (whole and float(value).is_integer()):
+                raise InvalidInput(f"units[{column!r}] must hold whole numbers (a {column} index), got {value!r} "
+                                   f"in row {index!r}")
+    units = units.astype({column: int for column in UNIT_COLUMNS})
     for row in units[list(UNIT_COLUMNS)].itertuples(index=False):
         model.check_layer(int(row.layer))
         model.check_head(int(row.head))
@@ -331,7 +339,8 @@ class DialResult(Result):
 
 
 def _check_number(value, what: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    """A finite real number (Python or numpy), as a float."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise InvalidInput(f"{what} must be a finite number, got {value!r}")
     return float(value)
 
@@ -421,7 +430,8 @@ def set_context_window(
     Among the scales within tolerance the one with the smallest loss cost is chosen.
     When none is, ``reached`` is False, the closest window is returned and a
     :class:`WindowNotReached` warning says so. ``start_from``: an earlier result on the
-    same text, units and site, whose measured scales are reused.
+    same model, text, units, site and level, whose measured scales are reused. ``target``
+    runs from 1 token to half the text's tokens (an ``InvalidInput`` names the range).
     """
     try:
         return _search(model, target, text, units=units, site=site, level=level, tolerance=tolerance, scales=scales,
@@ -433,9 +443,7 @@ def set_context_window(
 
 def _check_options(target, level, tolerance, per_step, batch_size, max_steps, scales, limits, site):
     """Typed errors for bad options; returns ``(target, level, tolerance, grid, limits)`` as floats."""
-    target = _check_number(target, "target")
-    if target <= 0:
-        raise InvalidInput(f"target must be a positive number of tokens, got {target:g}")
+    target = _check_number(target, "target")  # its range depends on the text: _check_target
     level = _check_number(level, "level")
     if not 0 < level <= 1:
         raise InvalidInput(f"level must be in (0, 1], got {level:g}")
@@ -446,6 +454,8 @@ def _check_options(target, level, tolerance, per_step, batch_size, max_steps, sc
     _positive_int(batch_size, "batch_size")
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
         raise InvalidInput(f"max_steps must be a non-negative integer, got {max_steps!r}")
+    if isinstance(scales, np.ndarray) and scales.ndim == 1:
+        scales = scales.tolist()
     if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
         raise InvalidInput(f"scales must be a non-empty list of numbers, got {scales!r}")
     grid = sorted({_check_number(s, "every scale") for s in scales} | {1.0})
@@ -460,6 +470,21 @@ def _check_options(target, level, tolerance, per_step, batch_size, max_steps, sc
     return target, level, tolerance, grid, limits
 
 
+def _check_target(target: float, n: int) -> None:
+    """A window of 1 token up to half the text (windows are whole distances; half the queries must reach back)."""
+    if target < 1:
+        raise InvalidInput(
+            f"target must be a window of at least 1 token (windows are whole numbers of tokens; valid for this "
+            f"{n}-token text: 1 to {n / 2:g}), got {target:g}"
+        )
+    if n < 2 * target:
+        raise InvalidInput(
+            f"text has {n} tokens; measuring a window of {target:g} tokens needs at least {math.ceil(2 * target)} "
+            f"(half of the queries must be able to look that far back; valid targets: 1 to {n / 2:g}): pass a longer "
+            "text or a smaller target"
+        )
+
+
 def _search(model, target, text, *, units, site, level, tolerance, scales, limits, per_step, max_steps, batch_size,
             start_from, progress) -> DialResult:
     from tqdm.auto import tqdm
@@ -470,17 +495,13 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
         target, level, tolerance, per_step, batch_size, max_steps, scales, limits, site)
     tokens = model.tokens(_check_text(text))
     n = int(tokens.ids.shape[1])
-    if n < 2 * target:
-        raise InvalidInput(
-            f"text has {n} tokens; measuring a window of {target:g} tokens needs at least {math.ceil(2 * target)} "
-            "(half of the queries must be able to look that far back): pass a longer text or a smaller target"
-        )
+    _check_target(target, n)
     if units is None:
         units = start_from.units if isinstance(start_from, DialResult) else decay_units(model, text)
     units = _check_units(model, units)
     points: dict[float, _Measured] = {}
     if start_from is not None:
-        _check_start(start_from, text, units, site, level)
+        _check_start(start_from, model, text, units, site, level)
         points.update(start_from._measured)
     step_of: dict[float, int] = {s: -1 for s in points}  # -1: reused from start_from
     late_from = max(1, (n - 1) // 2)
@@ -557,7 +578,7 @@ def _choose(table: pd.DataFrame, target: float) -> int:
     return int(table.assign(off=off).sort_values(["off", "loss_cost"]).index[0])
 
 
-def _check_start(previous, text: str, units: pd.DataFrame, site: str, level: float) -> None:
+def _check_start(previous, model, text: str, units: pd.DataFrame, site: str, level: float) -> None:
     if not isinstance(previous, DialResult):
         raise InvalidInput(
             f"start_from must be a DialResult from an earlier set_context_window call, got {type(previous).__name__}")
@@ -566,8 +587,10 @@ def _check_start(previous, text: str, units: pd.DataFrame, site: str, level: flo
     def ordered(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[key].astype(int).sort_values(key).reset_index(drop=True)
 
-    checks = {"text": previous.text == text, "units": ordered(previous.units).equals(ordered(units)),
+    checks = {"model": previous.model_name == model.cfg.name,
+              "text": previous.text == text, "units": ordered(previous.units).equals(ordered(units)),
               "site": previous.site == site, "level": previous.level == level}
     differs = [what for what, same in checks.items() if not same]
     if differs:
-        raise InvalidInput(f"start_from was measured with another {', '.join(differs)}; its scales cannot be reused")
+        where = f" ({previous.model_name}, now {model.cfg.name})" if "model" in differs else ""
+        raise InvalidInput(f"start_from was measured with another {', '.join(differs)}{where}; its scales cannot be reused")

@@ -18,6 +18,8 @@ on purpose; ``free_bytes`` is the least free memory over the GPUs holding the mo
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from attnlab.errors import InvalidInput
@@ -36,9 +38,9 @@ def check_batch_size(batch_size) -> int | str:
     """A positive integer, or ``"auto"``."""
     if batch_size == AUTO and isinstance(batch_size, str):
         return batch_size
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidInput(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-    return batch_size
+    return int(batch_size)  # numpy integers too (a batch size read from a table or a grid)
 
 
 def row_bytes(
@@ -125,7 +127,8 @@ def auto_batch_size(model, rows, output: str = "logits", *, device: torch.device
 
 def resolve_batch_size(model, rows, batch_size: int | str, output: str = "logits") -> int:
     """An explicit integer as given; ``"auto"`` by :func:`auto_batch_size`."""
-    return auto_batch_size(model, rows, output) if check_batch_size(batch_size) == AUTO else batch_size
+    checked = check_batch_size(batch_size)
+    return auto_batch_size(model, rows, output) if checked == AUTO else checked
 
 
 def backward_batch_size(model, rows, batch_size: int | str, *, device: torch.device | None = None,
@@ -136,8 +139,9 @@ def backward_batch_size(model, rows, batch_size: int | str, *, device: torch.dev
     does), so one row costs about ``n_layers`` times a one-layer row of :func:`row_bytes`.
     CPUs: ``BACKWARD_CPU_ROWS``.
     """
-    if check_batch_size(batch_size) != AUTO:
-        return batch_size
+    checked = check_batch_size(batch_size)
+    if checked != AUTO:
+        return checked
     device = torch.device(device) if device is not None else model.device
     if device.type != "cuda":
         return BACKWARD_CPU_ROWS

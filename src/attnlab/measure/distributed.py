@@ -115,6 +115,8 @@ def process_group(backend: str | None = None, *, threads: int | None = 1, timeou
     """
     _check_threads(threads)
     backend = _check_backend(backend)
+    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or not 0 < timeout_s < float("inf"):
+        raise InvalidInput(f"timeout_s must be a positive number of seconds (default 1800), got {timeout_s!r}")
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

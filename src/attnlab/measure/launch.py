@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import numbers
 import os
 import pickle
 import tempfile
@@ -51,7 +53,7 @@ def run_parallel(
     >>> from functools import partial
     >>> from attnlab.testing import tiny_model
     >>> from attnlab.measure import LogitDiff, run_parallel, sweep_heads
-    >>> res = run_parallel(sweep_heads, 2, ["the nurse said that"], "zero", LogitDiff(" she", " he"),
+    >>> res = run_parallel(sweep_heads, 2, ["the nurse said that"], LogitDiff(" she", " he"), "zero",
     ...                    model=partial(tiny_model, "llama"), progress=False)  # doctest: +SKIP
     >>> len(res.table)                                                         # doctest: +SKIP
     8
@@ -59,11 +61,13 @@ def run_parallel(
     ``fn`` and the arguments are sent to new processes, so ``fn`` must be importable (defined
     at module level) and the arguments picklable. ``threads``: torch threads per process
     (default 1, so N processes use N cores). ``backend``: ``"gloo"`` or ``"nccl"`` (default:
-    NCCL when CUDA is visible, process ``i`` on GPU ``i``). ``n_procs=1`` runs in this process.
+    NCCL when CUDA is visible, process ``i`` on GPU ``i``). ``n_procs``: 1 (runs in this process) up to
+    the number of CPU cores. In a script, call it under ``if __name__ == "__main__":`` (the new
+    processes import the script again).
     An error in any process is raised here, naming its rank; attnlab's own error types are kept.
     """
-    if not isinstance(n_procs, int) or isinstance(n_procs, bool) or n_procs < 1:
-        raise InvalidInput(f"n_procs must be a positive integer, got {n_procs!r}")
+    n_procs = _check_n_procs(n_procs)
+    _check_not_bootstrapping()
     _check_threads(threads)
     _check_backend(backend)
     _check_model_spec(model)
@@ -87,6 +91,33 @@ def run_parallel(
         except ChildFailedError as failed:
             raise _failure(failed, Path(error_dir), n_procs) from None
     return results[0]
+
+
+def max_procs() -> int:
+    """The most processes :func:`run_parallel` starts: one per CPU core (each runs at least one thread)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def _check_n_procs(n_procs) -> int:
+    most = max_procs()
+    if not isinstance(n_procs, numbers.Integral) or isinstance(n_procs, bool) or not 1 <= n_procs <= most:
+        raise InvalidInput(
+            f"n_procs must be an integer from 1 to {most} (one process per CPU core of this machine), got {n_procs!r}")
+    return int(n_procs)
+
+
+def _check_not_bootstrapping() -> None:
+    """Refuse a call made while a new (spawned) process imports the calling script again.
+
+    Without ``if __name__ == "__main__":`` the script's top-level ``run_parallel`` runs again
+    in every new process; multiprocessing then fails there with a message about
+    ``freeze_support`` and the launcher only sees a process that exited.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise InvalidInput(
+            "run_parallel was called while a new process was importing the main script: new processes import it "
+            "again (spawn), so call run_parallel under `if __name__ == \"__main__\":`"
+        )
 
 
 def _check_model_spec(model) -> None:
@@ -150,10 +181,28 @@ def _worker(fn, args, kwargs, model, backend, threads, error_dir):
             except BaseException as err:
                 write(err)
                 raise
+        if group.is_main:
+            _check_result(result)
         return result if group.is_main else None
+    except KeyboardInterrupt as err:
+        # torch's process wrapper swallows KeyboardInterrupt and exits with status 0 without a
+        # result, and the launcher then waits forever for it: exit with a failure instead
+        write(err)
+        raise SystemExit(130) from None
     except BaseException as err:
         write(err)
         raise
+
+
+def _check_result(result) -> None:
+    """The launcher sends rank 0's result back pickled; say so here rather than dying while sending it."""
+    try:
+        pickle.dumps(result)
+    except Exception as err:
+        raise InvalidInput(
+            f"run_parallel returns what the function returns on the main process, but its {type(result).__name__} "
+            f"cannot be pickled to be sent back ({err}); return plain data (tables, arrays, numbers, result objects)"
+        ) from None
 
 
 def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
@@ -162,7 +211,11 @@ def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
     if records:
         return rebuild_error(min(records, key=lambda r: (r["time"], r["rank"])))
     codes = ", ".join(f"rank {rank} exit code {f.exitcode}" for rank, f in sorted(failed.failures.items()))
-    return DistributedError(f"a process of {n_procs} died without a Python error ({codes}): killed or out of memory?")
+    return DistributedError(
+        f"a process of {n_procs} exited without reporting a Python error from the function ({codes}): killed, out of "
+        "memory, or failed while starting (its own error, if any, is printed above; a script must call run_parallel "
+        "under `if __name__ == \"__main__\":`, since new processes import it again)"
+    )
 
 
 @contextmanager
