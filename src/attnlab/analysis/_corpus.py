@@ -27,6 +27,7 @@ from jaxtyping import Float
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput
+from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.distributed import map_units
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus"]
@@ -186,8 +187,7 @@ def attention_batches(
     is read and no LM head runs. ``interventions`` are applied during the run (e.g. to
     measure attention under an edit).
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_batch_size(batch_size, auto=False)
     names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
 
     def patterns(batch: list[Sentence]) -> list[torch.Tensor]:

@@ -28,6 +28,7 @@ from attnlab.analysis._corpus import attention_batches, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.result import Result
 
 __all__ = ["DistanceProfile", "attention_by_distance", "loss_by_position", "window_experiment", "WindowExperiment"]
@@ -190,8 +191,7 @@ def loss_by_position(model, texts, *, interventions: Sequence = (), progress: bo
 
     if not model.cfg.is_causal or not model.cfg.has_lm_head:
         raise UnsupportedModel(f"{model.cfg.name} is not a causal language model; loss by position needs one")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_batch_size(batch_size, auto=False)
     sentences = prepare(model, texts)
     longest = max(s.n_tokens for s in sentences)
     total = torch.zeros(longest, dtype=torch.float64)

@@ -570,12 +570,16 @@ def _within(window: float, target: float, tolerance: float) -> bool:
 
 
 def _choose(table: pd.DataFrame, target: float) -> int:
-    """Row of the answer: the smallest loss cost within tolerance, else the closest window (then the cheapest)."""
-    off = (table["window"] - target).abs()
-    ok = table[table["within"]]
+    """Row of the answer: the smallest loss cost within tolerance, else the closest window.
+
+    Among equally close windows the smallest edit wins (scale nearest 1.0, the clean model),
+    so a target the units cannot move towards returns no edit rather than an arbitrary one.
+    """
+    ranked = table.assign(off=(table["window"] - target).abs(), edit=(table["scale"] - 1.0).abs())
+    ok = ranked[ranked["within"]]
     if len(ok):
-        return int(ok.assign(off=off).sort_values(["loss_cost", "off"]).index[0])
-    return int(table.assign(off=off).sort_values(["off", "loss_cost"]).index[0])
+        return int(ok.sort_values(["loss_cost", "off", "edit"], kind="stable").index[0])
+    return int(ranked.sort_values(["off", "edit", "loss_cost"], kind="stable").index[0])
 
 
 def _check_start(previous, model, text: str, units: pd.DataFrame, site: str, level: float) -> None:

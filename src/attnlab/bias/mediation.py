@@ -48,6 +48,7 @@ from attnlab.bias.templates import Template, as_templates, occupation_frame, tem
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import Patch
 from attnlab.measure import LogitDiff, Result, bootstrap, score, sweep_interventions
+from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.plots import heatmap
 from attnlab.measure.result import renamed
 
@@ -173,11 +174,6 @@ def _check_units(model, units: Sequence[Sequence[Head]]) -> list[list[Head]]:
     return out
 
 
-def _check_batch_size(batch_size) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
 def _log_odds(model, pairs, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Log odds of every pair under x and under x' (``[pair]`` each): what TE is made of."""
     metric = _log_odds_metric(pairs)
@@ -228,7 +224,7 @@ def mediation_effects(
     """
     if effect not in EFFECTS:
         raise InvalidInput(f"unknown effect {effect!r}; valid: 'nie', 'nde'")
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     pairs = _checked_pairs(model, pairs)
     units = _check_units(model, units)
     if not units:
@@ -394,7 +390,7 @@ def causal_mediation(
         raise InvalidInput(f"levels must be a non-empty list of distinct levels from {', '.join(LEVELS)}, got {levels!r}")
     units_by_level = {lv: _units_for(model, lv) for lv in levels}
     effects = _check_effects(effects)
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     pairs = _checked_pairs(model, pairs)
     units = [(lv, u) for lv in levels for u in units_by_level[lv]]
     lo_x, lo_xp = _log_odds(model, pairs, batch_size=batch_size)
@@ -435,7 +431,7 @@ def greedy_heads(
     """
     if not isinstance(k, int) or k < 1:
         raise InvalidInput(f"k must be a positive integer, got {k!r}")
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)
     pool = _check_units(model, [pool])[0]

@@ -34,12 +34,13 @@ BACKWARD_CPU_ROWS = 32  # attribution on CPUs: a forward and a backward of 32 ro
 MEMORY_SHARE = 0.7  # of the free GPU memory; the rest is headroom for the allocator and the model's own buffers
 
 
-def check_batch_size(batch_size) -> int | str:
-    """A positive integer, or ``"auto"``."""
-    if batch_size == AUTO and isinstance(batch_size, str):
+def check_batch_size(batch_size, *, auto: bool = True) -> int | str:
+    """A positive integer, or ``"auto"`` where the caller can pick one (``auto=True``)."""
+    if auto and batch_size == AUTO and isinstance(batch_size, str):
         return batch_size
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        valid = "a positive integer or 'auto'" if auto else "a positive integer"
+        raise InvalidInput(f"batch_size must be {valid}, got {batch_size!r}")
     return int(batch_size)  # numpy integers too (a batch size read from a table or a grid)
 
 

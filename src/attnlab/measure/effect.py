@@ -26,6 +26,7 @@ from attnlab.measure._forward import metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
+from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, resolve_batch_size
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import new_figure
 from attnlab.measure.result import Result
@@ -77,12 +78,6 @@ class EffectResult(Result):
         )
 
 
-def check_batch_size(batch_size) -> int:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
-
-
 def check_interventions(model, interventions) -> list:
     """A list of specs, each validated against ``model`` before anything runs."""
     if interventions is None:
@@ -120,7 +115,7 @@ def effect(
     metric: Metric,
     interventions=(),
     *,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
@@ -172,7 +167,7 @@ def score(
     metric: Metric,
     interventions=(),
     *,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     progress: bool = False,
 ) -> np.ndarray:
     """The metric's value for each prompt in one run (clean, or with ``interventions``).
@@ -209,7 +204,7 @@ def perplexity(
     texts: Sequence[str],
     interventions=(),
     *,
-    batch_size: int = 4,
+    batch_size: int | str = 4,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float, float]:
@@ -231,7 +226,7 @@ def perplexity(
     check_batch_size(batch_size)
     specs = check_interventions(model, interventions)
     rows = metric.rows(model, texts)
-    chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else batch_size
+    chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else resolve_batch_size(model, rows, batch_size, "logits")
     nll = []
     for c0 in range(0, rows.n_rows, chunk):
         part = rows.select(slice(c0, c0 + chunk)).to(model.device)
@@ -259,6 +254,8 @@ def _forward_effect(model, prompts, specs, metric, batch_size, progress) -> tupl
 def _generation(model, prompts, specs, metric, batch_size, progress):
     tok = model.tokenizer
     clean_v, inter_v, clean_t, inter_t = [], [], [], []
+    if batch_size == AUTO:  # a generation keeps a KV cache, not a sweep's prefix: the CPU rule everywhere
+        batch_size = CPU_ROWS
     chunk = len(prompts) if any(addresses_rows(s) for s in specs) else batch_size
     for start in tqdm(range(0, len(prompts), chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
         part = prompts[start : start + chunk]
