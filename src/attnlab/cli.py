@@ -580,17 +580,16 @@ def cmd_window(args) -> None:
     """Ask for a context window in tokens: find the one scale of the distance-decay q/k units that gives it."""
     import warnings
 
-    from attnlab.analysis.dial import DEFAULT_SCALES, WindowNotReached, set_context_window
+    from attnlab.analysis.dial import DEFAULT_SCALES, WindowNotReached, check_window_options, set_context_window
     from attnlab.errors import InvalidInput
 
     scales = _numbers(args.scales, "--scales") or list(DEFAULT_SCALES)
     limits = _numbers(args.limits, "--limits") or [-4.0, 16.0]
-    if len(limits) != 2 or limits[0] > limits[1]:
-        raise InvalidInput(f"--limits must be two numbers LOW,HIGH with LOW <= HIGH, got {args.limits!r}")
-    grid = sorted({*scales, 1.0})
-    if not limits[0] <= grid[0] <= grid[-1] <= limits[1]:
-        raise InvalidInput(f"--limits {limits[0]:g},{limits[1]:g} must contain every scale of --scales and 1.0 "
-                           f"({grid[0]:g}..{grid[-1]:g})")
+    if len(limits) != 2:
+        raise InvalidInput(f"--limits must be two numbers LOW,HIGH, got {args.limits!r}")
+    check_window_options(args.target, level=args.level, tolerance=args.tolerance, per_step=args.per_step,
+                         batch_size=args.batch_size, max_steps=args.max_steps, scales=scales, limits=tuple(limits),
+                         site=args.site)
     units = _window_units(args.units)
     text, source = _window_text(args)
     model = _load(args)

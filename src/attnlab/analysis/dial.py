@@ -51,7 +51,7 @@ from attnlab.interventions import EditNeuron
 from attnlab.measure.result import Result
 
 __all__ = [
-    "set_context_window", "decay_units", "DialResult", "WindowNotReached", "DEFAULT_SCALES", "pooled_window",
+    "set_context_window", "check_window_options", "decay_units", "DialResult", "WindowNotReached", "DEFAULT_SCALES", "pooled_window",
 ]
 
 #: The first grid of scales every search measures (1.0, the clean model, is always added).
@@ -441,8 +441,22 @@ def set_context_window(
         raise type(err)(f"while setting the context window of {model.cfg.name}: {err}") from None
 
 
-def _check_options(target, level, tolerance, per_step, batch_size, max_steps, scales, limits, site):
-    """Typed errors for bad options; returns ``(target, level, tolerance, grid, limits)`` as floats."""
+def check_window_options(
+    target: float,
+    *,
+    level: float = 0.9,
+    tolerance: float = 0.1,
+    per_step: int = 4,
+    batch_size: int = 8,
+    max_steps: int = 6,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    limits: tuple[float, float] = (-4.0, 16.0),
+    site: str = "q",
+):
+    """``set_context_window``'s checks that need no model or text, so a caller (the CLI) can fail before loading.
+
+    Returns ``(target, level, tolerance, grid, limits)`` as floats (``grid``: the sorted scales with 1.0).
+    """
     target = _check_number(target, "target")  # its range depends on the text: _check_target
     level = _check_number(level, "level")
     if not 0 < level <= 1:
@@ -491,8 +505,9 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
 
     began, began_cpu = time.perf_counter(), time.process_time()
     _check_rotary_lm(model)
-    target, level, tolerance, grid, limits = _check_options(
-        target, level, tolerance, per_step, batch_size, max_steps, scales, limits, site)
+    target, level, tolerance, grid, limits = check_window_options(
+        target, level=level, tolerance=tolerance, per_step=per_step, batch_size=batch_size, max_steps=max_steps,
+        scales=scales, limits=limits, site=site)
     tokens = model.tokens(_check_text(text))
     n = int(tokens.ids.shape[1])
     _check_target(target, n)
