@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["new_figure", "heatmap"]
+__all__ = ["new_figure", "heatmap", "MAX_FIGSIZE", "MAX_TICKS"]
+
+MAX_FIGSIZE = (16.0, 12.0)  # inches: a heatmap of 72 x 256 q dimensions still fits a screen
+MAX_TICKS = 32  # labels per axis; more would overlap
 
 
 def new_figure(ax=None, *, figsize: tuple[float, float] = (6.0, 4.5), ncols: int = 1):
@@ -27,14 +30,24 @@ def new_figure(ax=None, *, figsize: tuple[float, float] = (6.0, 4.5), ncols: int
 def heatmap(matrix: pd.DataFrame, *, title: str, label: str, ax=None, cmap: str = "RdBu_r"):
     """``matrix`` (rows x columns, e.g. layer x head) as a heatmap centred on 0, row 0 at the top."""
     values = matrix.to_numpy(dtype=float)
-    fig, ax = new_figure(ax, figsize=(1.2 + 0.45 * max(4, values.shape[1]), 1.0 + 0.32 * max(4, values.shape[0])))
+    rows, cols = values.shape
+    # a cell per head reads well up to a few dozen; beyond that (q/k dimensions, neurons) the page stays a page
+    size = (min(MAX_FIGSIZE[0], 1.2 + 0.45 * max(4, cols)), min(MAX_FIGSIZE[1], 1.0 + 0.32 * max(4, rows)))
+    fig, ax = new_figure(ax, figsize=size)
     finite = np.isfinite(values)
     lim = float(np.abs(values[finite]).max()) if finite.any() else 1.0
     im = ax.imshow(values, cmap=cmap, vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto")
-    ax.set_xticks(range(values.shape[1]), [str(c) for c in matrix.columns])
-    ax.set_yticks(range(values.shape[0]), [str(i) for i in matrix.index])
+    xs, ys = _every(cols), _every(rows)
+    ax.set_xticks(xs, [str(matrix.columns[i]) for i in xs])
+    ax.set_yticks(ys, [str(matrix.index[i]) for i in ys])
     ax.set_xlabel(str(matrix.columns.name or ""))
     ax.set_ylabel(str(matrix.index.name or ""))
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label=label)
     return fig
+
+
+def _every(n: int) -> list[int]:
+    """Tick positions: every cell up to ``MAX_TICKS``, else every k-th (the first one kept)."""
+    step = max(1, -(-n // MAX_TICKS))
+    return list(range(0, n, step))
