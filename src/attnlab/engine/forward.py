@@ -10,6 +10,12 @@ functions, resuming from a cached prefix, and the LM head only where it is read:
 * ``logits=<[batch, k] token positions>``: those positions of each row (``[batch, k, vocab]``);
 * ``logits=None``: no LM head at all (attention and hidden-state readers).
 
+``vocab=<[k] token ids>`` keeps only those vocabulary entries (last dimension ``k``). A
+logit difference needs two of Gemma-3's 262k rows of the unembedding, so where the head is
+a plain ``nn.Linear`` of a causal LM (whose forward only rescales the head's output entry by
+entry, e.g. Gemma's soft-capping) only those rows are computed; elsewhere (BERT's MLM head,
+other heads) the full logits are computed at the positions and indexed: same numbers.
+
 On a 262k-word vocabulary (Gemma-3) the LM head costs as much as all the layers together,
 so reading logits at one position instead of all of them roughly halves a forward pass.
 The head runs at the chosen positions by gathering its input rows just before it, so
@@ -24,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
+from torch import nn
 
 from attnlab.engine.hooks import scoped_module_hook
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
@@ -35,6 +43,10 @@ from attnlab.errors import InvalidInput
 __all__ = ["Output", "Resume", "run", "token_logprobs"]
 
 LogitsAt = str | torch.Tensor | None
+
+#: ``run(vocab=...)`` computes only the asked rows of a plain linear LM head. False: the full
+#: logits are computed and indexed instead (the same numbers, slower): for tests and benchmarks.
+SUBSET_HEAD = True
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class Output:
     """What :func:`run` returns: logits where asked, the final hidden states if asked, read hook points."""
 
     tokens: Tokens
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # last dimension: the vocabulary, or the k ids of ``vocab``
     hidden: Float[torch.Tensor, "batch pos d_model"] | None = None
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
     prefix: Prefix | None = None  # layer outputs kept for resuming (when keep_layers was given)
@@ -73,20 +85,70 @@ def _validate_logits_at(logits: LogitsAt, tokens: Tokens) -> LogitsAt:
     raise InvalidInput(f"logits must be 'all', 'last', None or a [batch, k] tensor of positions, got {logits!r}")
 
 
-@contextmanager
-def _lm_head_at(model, columns: Int[torch.Tensor, "batch k"], n_cols: int) -> Iterator[None]:
-    """Inside the block, the LM head sees only ``columns`` of each row (``[batch, k, d_model]``)."""
+def _validate_vocab(model, vocab: Int[torch.Tensor, " k"] | None, logits: LogitsAt) -> Int[torch.Tensor, " k"] | None:
+    if vocab is None:
+        return None
+    if logits is None:
+        raise InvalidInput("vocab= selects entries of the logits, so it needs logits='all', 'last' or positions, not None")
+    if not isinstance(vocab, torch.Tensor) or vocab.ndim != 1 or vocab.dtype not in (torch.long, torch.int, torch.int32) or not vocab.numel():
+        raise InvalidInput(f"vocab must be a non-empty 1-d integer tensor of token ids, got {vocab!r}")
+    n_vocab = model.cfg.d_vocab
+    if n_vocab and bool(((vocab < 0) | (vocab >= n_vocab)).any()):
+        raise InvalidInput(f"vocab ids must be in 0..{n_vocab - 1}, got {vocab.tolist()}")
+    return vocab.long()
+
+
+def _subset_head(model) -> bool:
+    """Whether the LM head can compute only some vocabulary rows and give exactly the full logits' entries.
+
+    A plain ``nn.Linear`` computes each output entry from its own weight row, and a causal
+    LM's forward only rescales the head's output entry by entry (Gemma's soft-capping);
+    BERT's MLM head and any other module compute the full logits instead.
+    """
     head = model.layout.unembed
-    rows = torch.arange(columns.shape[0], device=columns.device)[:, None]
+    return SUBSET_HEAD and type(head) is nn.Linear and model.cfg.is_causal and model.layout.head_transform is None
+
+
+@contextmanager
+def _lm_head_at(
+    model, columns: Int[torch.Tensor, "batch k"] | None, n_cols: int, vocab: Int[torch.Tensor, " v"] | None = None
+) -> Iterator[list[bool]]:
+    """Inside the block, the LM head sees only ``columns`` of each row (all if None) and, with ``vocab``, computes only those rows.
+
+    With ``vocab`` the head's own call runs on zero positions and a hook returns
+    ``F.linear(x, W[vocab], b[vocab])`` in its place, so what the model does after the head
+    still applies. Scoped hooks: another thread using the model sees the full head. Yields
+    a list that holds True once the subset was computed.
+    """
+    head = model.layout.unembed
+    rows = None if columns is None else torch.arange(columns.shape[0], device=columns.device)[:, None]
+    kept: list[torch.Tensor] = []
+    done: list[bool] = []
 
     def gather(module, args, kwargs):
         hidden = args[0] if args else None
-        if isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and hidden.shape[1] == n_cols:
-            return (hidden[rows, columns.to(hidden.device)], *args[1:]), kwargs
-        return None
+        if not (isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and hidden.shape[1] == n_cols):
+            return None
+        if columns is not None:
+            hidden = hidden[rows, columns.to(hidden.device)]
+        if vocab is not None:
+            kept.append(hidden)
+            hidden = hidden[:, :0]  # the Linear itself computes nothing
+        return (hidden, *args[1:]), kwargs
 
-    with scoped_module_hook(head, gather, kind="pre"):
-        yield
+    def subset(module, args, output):
+        if not kept:
+            return None
+        ids = vocab.to(module.weight.device)
+        bias = module.bias[ids] if module.bias is not None else None
+        done.append(True)
+        return F.linear(kept.pop(), module.weight[ids], bias)
+
+    with ExitStack() as stack:
+        stack.enter_context(scoped_module_hook(head, gather, kind="pre"))
+        if vocab is not None:
+            stack.enter_context(scoped_module_hook(head, subset))
+        yield done
 
 
 def _model_kwargs(model, tokens: Tokens, extra: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +165,7 @@ def run(
     tokens: Tokens,
     *,
     logits: LogitsAt = "all",
+    vocab: Int[torch.Tensor, " k"] | None = None,
     hidden: bool = False,
     read: Sequence[str] | Callable[[str], bool] = (),
     hooks: Sequence[tuple[Any, Callable]] = (),
@@ -112,7 +175,7 @@ def run(
     grad: bool = False,
     model_kwargs: dict[str, Any] | None = None,
 ) -> Output:
-    """Run ``model`` on ``tokens`` once. See the module docstring for ``logits``.
+    """Run ``model`` on ``tokens`` once. See the module docstring for ``logits`` and ``vocab``.
 
     ``read``: hook names (or a predicate on names) whose values to return in ``Output.cache``.
     ``hooks``: ``(name, fn)`` pairs active for this call; ``interventions``: specs.
@@ -121,6 +184,7 @@ def run(
     graph (attribution patching); otherwise the pass runs under ``torch.no_grad()``.
     """
     logits = _validate_logits_at(logits, tokens)
+    vocab = _validate_vocab(model, vocab, logits)
     tokens = tokens.to(model.device)
     cache: dict[str, torch.Tensor] = {}
     names = model._resolve_names(read) if read else []
@@ -150,13 +214,20 @@ def run(
             out = model.layout.body(**kwargs)
             result.hidden = out.last_hidden_state if hidden else None
         else:
-            if isinstance(logits, torch.Tensor) or logits == "last":
-                columns = tokens.last[:, None] if isinstance(logits, str) else tokens.columns(logits.to(tokens.ids.device))
-                stack.enter_context(_lm_head_at(model, columns, tokens.ids.shape[1]))
+            last = isinstance(logits, str) and logits == "last"
+            columns = None if isinstance(logits, str) and logits == "all" else (
+                tokens.last[:, None] if last else tokens.columns(logits.to(tokens.ids.device))
+            )
+            subset = vocab is not None and _subset_head(model)
+            done: list[bool] = []
+            if columns is not None or subset:
+                done = stack.enter_context(_lm_head_at(model, columns, tokens.ids.shape[1], vocab if subset else None))
             if hidden:
                 kwargs["output_hidden_states"] = True
             out = model.hf_model(**kwargs)
-            result.logits = out.logits[:, 0] if isinstance(logits, str) and logits == "last" else out.logits
+            result.logits = out.logits[:, 0] if last else out.logits
+            if vocab is not None and not done:  # full logits: index them
+                result.logits = result.logits[..., vocab.to(result.logits.device)]
             if hidden:
                 result.hidden = out.hidden_states[-1]
         if keep_layers:

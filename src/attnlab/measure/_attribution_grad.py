@@ -108,7 +108,7 @@ def grad_forward(model, part: Rows, metric, names: Sequence[str], *, graddrop: b
                 name = hook_name(layer, site)
                 if name in model.hook_dict:
                     hooks.append((name, drop_gradient))
-    out = metric_output(model, part, metric.output, hooks=hooks, grad=True)
+    out = metric_output(model, part, metric, hooks=hooks, grad=True)
     k = part.per_prompt
     if isinstance(metric, KL):
         scalars = _kl_probes(out, probes, generator)

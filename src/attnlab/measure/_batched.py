@@ -61,7 +61,7 @@ def _repeat_stats(stats: torch.Tensor, times: int) -> torch.Tensor:
 
 def _prefix_works(model, part: Rows, metric, clean_out: torch.Tensor, prefix, start: int, base: dict) -> bool:
     """A resumed clean run at ``start`` must reproduce the clean output (checked once per sweep)."""
-    resumed = metric_output(model, part, metric.output, resume=Resume(prefix, start), **base)
+    resumed = metric_output(model, part, metric, resume=Resume(prefix, start), **base)
     tol = 1e-4 * max(1.0, float(clean_out.abs().max()))
     return resumed.shape == clean_out.shape and bool((resumed - clean_out).abs().max() <= tol)
 
@@ -132,9 +132,9 @@ def run_variants(
             part = rows.select(sl).to(model.device)
             n = part.n_rows
             if use_prefix:
-                clean_out, prefix = metric_output(model, part, metric.output, keep_layers=need, **base)
+                clean_out, prefix = metric_output(model, part, metric, keep_layers=need, **base)
             else:
-                clean_out, prefix = metric_output(model, part, metric.output, **base), None
+                clean_out, prefix = metric_output(model, part, metric, **base), None
             clean = metric.reduce(clean_out, part)
             clean_rows.append(metric.compare(clean, clean, part).float().cpu())
             bar.update(1)
@@ -155,7 +155,7 @@ def run_variants(
                     hooks = _grouped_hooks(model, [build(variants[i][1], ctx) for i in group], n)
                     big = part.repeat(r)
                     resume = Resume(prefix, start, r) if use_prefix and start > 0 else None
-                    out = metric_output(model, big, metric.output, hooks=hooks, resume=resume, **base)
+                    out = metric_output(model, big, metric, hooks=hooks, resume=resume, **base)
                     vals = metric.compare(metric.reduce(out, big), _repeat_stats(clean, r), big)
                     inter_rows[group, c0 : c0 + n] = vals.float().cpu().reshape(r, n)
                     bar.update(1)

@@ -10,19 +10,22 @@ from attnlab.measure._rows import Rows
 __all__ = ["metric_output"]
 
 
-def metric_output(model, rows: Rows, output: str, **options) -> torch.Tensor:
+def metric_output(model, rows: Rows, metric, **options) -> torch.Tensor:
     """``[row, vocab]`` logits at ``rows.data["read"]``, else ``[row, pos, vocab]`` logits or ``[row, pos, d_model]`` hidden.
 
-    ``options`` go to :func:`attnlab.engine.forward.run` (``resume=``, ``keep_layers=``,
-    ``hooks=``, ...); with ``keep_layers`` the kept prefix is returned as a second value.
+    ``vocab`` is only the ids ``metric.vocab(rows)`` names when it names some (the engine then
+    computes only those rows of the LM head: every score, effect, sweep and attribution gets
+    that here). ``options`` go to :func:`attnlab.engine.forward.run` (``resume=``,
+    ``keep_layers=``, ``hooks=``, ...); with ``keep_layers`` the kept prefix is returned as a
+    second value.
     """
-    if output == "hidden":
+    if metric.output == "hidden":
         out = run(model, rows.tokens, logits=None, hidden=True, **options)
         value = out.hidden
     elif rows.positions == "read":
-        out = run(model, rows.tokens, logits=rows.data["read"][:, None], **options)
+        out = run(model, rows.tokens, logits=rows.data["read"][:, None], vocab=metric.vocab(rows), **options)
         value = out.logits[:, 0]
     else:
-        out = run(model, rows.tokens, logits="all", **options)
+        out = run(model, rows.tokens, logits="all", vocab=metric.vocab(rows), **options)
         value = out.logits
     return (value, out.prefix) if options.get("keep_layers") else value

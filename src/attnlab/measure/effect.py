@@ -230,7 +230,7 @@ def perplexity(
     nll = []
     for c0 in range(0, rows.n_rows, chunk):
         part = rows.select(slice(c0, c0 + chunk)).to(model.device)
-        logp = token_logprobs(metric_output(model, part, metric.output, interventions=specs), part.tokens)
+        logp = token_logprobs(metric_output(model, part, metric, interventions=specs), part.tokens)
         mask = part.tokens.mask.bool()
         predicted = torch.zeros_like(mask)
         predicted[:, 1:] = mask[:, 1:] & mask[:, :-1]  # right padding: every real token after the first

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from attnlab.engine.forward import token_logprobs
 from attnlab.errors import InvalidInput, InvalidSpec, did_you_mean
@@ -69,6 +69,15 @@ class Metric:
 
     def rows(self, model, prompts: Sequence[str]) -> Rows:
         raise NotImplementedError
+
+    def vocab(self, rows: Rows) -> Int[torch.Tensor, " k"] | None:
+        """The vocabulary ids ``reduce`` reads, or None for all of them.
+
+        With ids, ``out`` holds only their logits (in this order), so the LM head computes
+        ``k`` rows instead of the whole vocabulary: a normaliser such as ``logsumexp`` needs
+        every id, hence the default.
+        """
+        return None
 
     def reduce(self, out: torch.Tensor, rows: Rows) -> torch.Tensor:
         """The per-row statistic kept from ``out`` ([row, vocab] at the read position, or [row, pos, ...])."""
@@ -211,9 +220,17 @@ class LogitDiff(_Continuations):
     def candidates(self):
         return [(self.target, "target"), (self.foil, "foil")]
 
+    def vocab(self, rows):
+        """Single tokens: only the targets' and foils' logits (the softmax normaliser cancels)."""
+        return rows.data["candidates"].unique() if rows.positions == "read" else None
+
     def reduce(self, out, rows):
-        if rows.positions == "read":  # out: [row, vocab]; the softmax normaliser cancels
-            picked = out.float().gather(1, rows.data["candidates"].to(out.device))
+        if rows.positions == "read":  # out: [row, vocab] or [row, k] (the ids of self.vocab(rows))
+            ids = rows.data["candidates"].to(out.device)
+            vocab = self.vocab(rows)
+            if out.shape[-1] == vocab.numel():  # sorted unique ids: if k == vocab size they are 0..vocab-1
+                ids = torch.searchsorted(vocab.to(out.device), ids)
+            picked = out.float().gather(1, ids)
             return picked[:, 0] - picked[:, 1]
         return continuation_logprob(out, rows)
 
