@@ -149,3 +149,16 @@ def test_attribution_equals_the_full_head(arch, site, options, monkeypatch):
     assert 0 in head.positions
     assert_frames_equal(fast.per_prompt, slow.per_prompt)
     assert_frames_equal(fast.table, slow.table)
+
+
+def test_work_balancing_counts_only_the_head_rows_computed():
+    """Processes share work by its cost: a logit difference's head is two rows, not the vocabulary."""
+    from attnlab.measure import TokenProb
+    from attnlab.measure._batched import _head_layers
+
+    model = tiny_model("gemma3")
+    prompts = ["the nurse said that", "the mechanic said that"]
+    diff, prob = LogitDiff(" she", " he"), TokenProb(" she")
+    full = _head_layers(model, prob.rows(model, prompts), prob)
+    two = _head_layers(model, diff.rows(model, prompts), diff)
+    assert full > 0 and two == pytest.approx(full * 2 / model.cfg.d_vocab)

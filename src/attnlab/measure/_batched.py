@@ -74,7 +74,9 @@ def _head_layers(model, rows: Rows, metric) -> float:
     layer_params = sum(p.numel() for p in layers[0].parameters())
     tokens = float(rows.lengths.float().mean())
     positions = 1.0 if rows.positions == "read" else tokens
-    return head_cost_in_layers(layer_params, model.cfg.d_vocab * model.cfg.d_model, tokens, positions)
+    vocab = metric.vocab(rows)  # the rows of the unembedding the engine computes (a logit difference: two)
+    width = model.cfg.d_vocab if vocab is None else int(vocab.numel())
+    return head_cost_in_layers(layer_params, width * model.cfg.d_model, tokens, positions)
 
 
 @torch.no_grad()
