@@ -23,16 +23,7 @@ import time
 import numpy as np
 import torch
 
-OCCUPATIONS = [
-    "nurse", "engineer", "secretary", "mechanic", "librarian", "carpenter", "receptionist", "lawyer",
-    "dancer", "surgeon", "cashier", "pilot", "teacher", "farmer", "hairdresser", "plumber",
-]
-TEMPLATES = ["The {} said that", "The {} told the customer that"]
-
-
-def prompts(n: int) -> list[str]:
-    out = [t.format(o) for t in TEMPLATES for o in OCCUPATIONS]
-    return (out * (n // len(out) + 1))[:n]
+from bench_sweep import prompts  # the same 32 prompts as the sweep benchmark
 
 
 def timed(fn):
