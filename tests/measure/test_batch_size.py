@@ -116,3 +116,25 @@ def test_gpu_rule_on_a_fake_device_follows_the_arithmetic():
                            d_head=cfg.d_head, d_mlp=_d_mlp(model), output_width=cfg.d_model, output_positions=T,
                            dtype_bytes=4)
     assert auto_batch_size(model, rows, "hidden", device=CUDA, free_bytes=free) == int(MEMORY_SHARE * free // hidden_row)
+
+
+def test_gpu_rule_counts_only_the_vocabulary_entries_a_metric_reads():
+    """A single-token logit difference keeps two logits per row, not the vocabulary: more rows fit."""
+    from attnlab.measure import TokenProb
+    from attnlab.measure.batch_size import backward_batch_size, metric_batch_size
+
+    model = tiny_model("llama")
+    cfg = model.cfg
+    diff, prob = LogitDiff(" she", " he"), TokenProb(" she")
+    rows = diff.rows(model, PROMPTS)
+    T = rows.tokens.ids.shape[1]
+    two = row_bytes(n_positions=T, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
+                    d_mlp=_d_mlp(model), output_width=2, output_positions=1, dtype_bytes=4)
+    free = int(40 * two / MEMORY_SHARE) + 8
+    assert auto_batch_size(model, rows, vocab_width=2, device=CUDA, free_bytes=free) == 40
+    assert auto_batch_size(model, rows, device=CUDA, free_bytes=free) < 40  # the whole vocabulary
+    assert backward_batch_size(model, rows, "auto", vocab_width=2, device=CUDA, free_bytes=free) > \
+        backward_batch_size(model, rows, "auto", device=CUDA, free_bytes=free)
+    # on this CPU-only machine the metric-aware rule is the CPU rule, for every metric
+    assert metric_batch_size(model, rows, "auto", diff) == metric_batch_size(model, prob.rows(model, PROMPTS), "auto", prob) == CPU_ROWS
+    assert metric_batch_size(model, rows, 5, diff) == 5

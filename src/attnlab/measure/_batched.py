@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from attnlab.engine.forward import Resume
 from attnlab.measure._forward import metric_output
 from attnlab.measure._rows import Rows
-from attnlab.measure.batch_size import resolve_batch_size
+from attnlab.measure.batch_size import metric_batch_size
 from attnlab.measure.distributed import current, head_cost_in_layers, split_variants
 
 __all__ = ["run_variants"]
@@ -102,7 +102,7 @@ def run_variants(
     :func:`attnlab.measure.score` measures); with no variants only the baseline runs, and a
     metric with several numbers per prompt (``vector``) gives ``[prompt, ...]``.
     """
-    batch_size = resolve_batch_size(model, rows, batch_size, metric.output)  # "auto": from the device
+    batch_size = metric_batch_size(model, rows, batch_size, metric)  # "auto": from the device
     k = rows.per_prompt
     chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
     copies = max(1, batch_size // chunk)

@@ -42,7 +42,7 @@ from attnlab.measure._attribution_units import (
 )
 from attnlab.measure._rows import Rows, check_prompts
 from attnlab.measure._sources import paired_rows
-from attnlab.measure.batch_size import backward_batch_size, check_batch_size, resolve_batch_size
+from attnlab.measure.batch_size import backward_batch_size, check_batch_size, metric_batch_size
 from attnlab.measure.effect import check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
 from attnlab.measure.sweep import SweepResult, sweep_interventions, sweep_result
@@ -108,7 +108,7 @@ class AttributionResult(SweepResult):
         # no effect, as in the estimate)
         size = batch_size
         if sources or "position" in picked.columns:
-            size = max(resolve_batch_size(model, metric.rows(model, prompts), batch_size, metric.output), n_rows)
+            size = max(metric_batch_size(model, metric.rows(model, prompts), batch_size, metric), n_rows)
         exact = sweep_interventions(model, prompts, metric, specs, batch_size=size, n_boot=ctx["n_boot"], seed=ctx["seed"],
                                     progress=progress)
         key_cols = [c for c in ("layer", "head", "dim", "neuron", "site", "position", "unit") if c in picked.columns]
@@ -203,7 +203,8 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
     site = units.site
     try:
         rows = metric.rows(model, prompts)
-        batch_size = backward_batch_size(model, rows, batch_size)
+        vocab = metric.vocab(rows)
+        batch_size = backward_batch_size(model, rows, batch_size, vocab_width=None if vocab is None else int(vocab.numel()))
         cf_rows = paired_rows(model, metric, prompts, rows, check_prompts(counterfactuals)) if method == "patch" else None
         ref = check_prompts(reference) if reference is not None else prompts
         means = {}

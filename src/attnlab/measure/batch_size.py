@@ -12,7 +12,8 @@ memory, at most ``MAX_ROWS``::
 ``row_bytes`` (see :func:`row_bytes`) adds up, for one row of ``T`` positions, the hidden
 states a resumed sweep keeps (one per layer), one block's working set (residual, norms,
 q/k/v, MLP), the attention scores and pattern (float32) and the logits the metric reads
-(float32, with their log-softmax and the clean copy compared against). It overestimates
+(float32, with their log-softmax and the clean copy compared against; only the
+vocabulary entries the metric reads, e.g. two for a logit difference). It overestimates
 on purpose; ``free_bytes`` is the least free memory over the GPUs holding the model.
 """
 
@@ -25,7 +26,7 @@ import torch
 from attnlab.errors import InvalidInput
 
 __all__ = ["AUTO", "CPU_ROWS", "MAX_ROWS", "MEMORY_SHARE", "check_batch_size", "row_bytes", "rows_that_fit",
-           "auto_batch_size", "resolve_batch_size", "BACKWARD_CPU_ROWS", "backward_batch_size"]
+           "auto_batch_size", "resolve_batch_size", "metric_batch_size", "BACKWARD_CPU_ROWS", "backward_batch_size"]
 
 AUTO = "auto"
 CPU_ROWS = 64  # CPUs: arithmetic-bound; more rows per call buy nothing
@@ -100,11 +101,13 @@ def _free_cuda_bytes(model) -> int:
     return min(torch.cuda.mem_get_info(i)[0] for i in cuda)
 
 
-def auto_batch_size(model, rows, output: str = "logits", *, device: torch.device | None = None,
-                    free_bytes: int | None = None) -> int:
+def auto_batch_size(model, rows, output: str = "logits", *, vocab_width: int | None = None,
+                    device: torch.device | None = None, free_bytes: int | None = None) -> int:
     """The "auto" rule for a sweep of ``rows`` (an ``attnlab.measure._rows.Rows``) on ``model``.
 
-    ``output``: what the metric reads, ``"logits"`` or ``"hidden"`` (``Metric.output``).
+    ``output``: what the metric reads, ``"logits"`` or ``"hidden"`` (``Metric.output``);
+    ``vocab_width``: how many vocabulary entries the LM head computes (``Metric.vocab``),
+    None for all of them.
 
     ``device`` / ``free_bytes`` default to the model's device and its free memory (given,
     they let the rule be checked without a GPU).
@@ -117,7 +120,8 @@ def auto_batch_size(model, rows, output: str = "logits", *, device: torch.device
     if output == "hidden":
         width, positions = cfg.d_model, T
     else:
-        width, positions = cfg.d_vocab or cfg.d_model, 1 if rows.positions == "read" else T
+        width = vocab_width if vocab_width is not None else cfg.d_vocab or cfg.d_model
+        positions = 1 if rows.positions == "read" else T
     per_row = row_bytes(
         n_positions=T, n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
         d_mlp=_d_mlp(model), output_width=width, output_positions=positions, dtype_bytes=_dtype_bytes(model),
@@ -126,14 +130,21 @@ def auto_batch_size(model, rows, output: str = "logits", *, device: torch.device
     return rows_that_fit(free, per_row)
 
 
-def resolve_batch_size(model, rows, batch_size: int | str, output: str = "logits") -> int:
+def resolve_batch_size(model, rows, batch_size: int | str, output: str = "logits", *, vocab_width: int | None = None) -> int:
     """An explicit integer as given; ``"auto"`` by :func:`auto_batch_size`."""
     checked = check_batch_size(batch_size)
-    return auto_batch_size(model, rows, output) if checked == AUTO else checked
+    return auto_batch_size(model, rows, output, vocab_width=vocab_width) if checked == AUTO else checked
 
 
-def backward_batch_size(model, rows, batch_size: int | str, *, device: torch.device | None = None,
-                        free_bytes: int | None = None) -> int:
+def metric_batch_size(model, rows, batch_size: int | str, metric) -> int:
+    """:func:`resolve_batch_size` for ``metric``: what it reads and how many vocabulary entries it needs."""
+    vocab = metric.vocab(rows) if metric.output == "logits" else None
+    return resolve_batch_size(model, rows, batch_size, metric.output,
+                              vocab_width=None if vocab is None else int(vocab.numel()))
+
+
+def backward_batch_size(model, rows, batch_size: int | str, *, vocab_width: int | None = None,
+                        device: torch.device | None = None, free_bytes: int | None = None) -> int:
     """``batch_size`` for a grad-enabled pass (attribution): an integer as given, ``"auto"`` from the device.
 
     A backward pass keeps every layer's working set (not one block's, as a resumed sweep
@@ -152,6 +163,7 @@ def backward_batch_size(model, rows, batch_size: int | str, *, device: torch.dev
         n_positions=T, n_layers=1, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=_d_mlp(model),
         output_width=0, output_positions=0, dtype_bytes=_dtype_bytes(model),
     )
-    logits = 4 * 3 * (1 if rows.positions == "read" else T) * (cfg.d_vocab or cfg.d_model)
+    width = vocab_width if vocab_width is not None else cfg.d_vocab or cfg.d_model
+    logits = 4 * 3 * (1 if rows.positions == "read" else T) * width
     free = free_bytes if free_bytes is not None else _free_cuda_bytes(model)
     return rows_that_fit(free, cfg.n_layers * one_layer + logits)

@@ -26,7 +26,7 @@ from attnlab.measure._forward import metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
-from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, resolve_batch_size
+from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, metric_batch_size
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import new_figure
 from attnlab.measure.result import Result
@@ -226,7 +226,7 @@ def perplexity(
     check_batch_size(batch_size)
     specs = check_interventions(model, interventions)
     rows = metric.rows(model, texts)
-    chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else resolve_batch_size(model, rows, batch_size, "logits")
+    chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else metric_batch_size(model, rows, batch_size, metric)
     nll = []
     for c0 in range(0, rows.n_rows, chunk):
         part = rows.select(slice(c0, c0 + chunk)).to(model.device)

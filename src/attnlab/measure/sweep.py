@@ -25,7 +25,7 @@ from attnlab.measure._batched import run_variants
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
-from attnlab.measure.batch_size import check_batch_size, resolve_batch_size
+from attnlab.measure.batch_size import check_batch_size, metric_batch_size
 from attnlab.measure.effect import check_interventions, check_metric
 from attnlab.measure.metrics import KL, HiddenShift, Metric
 from attnlab.measure.plots import heatmap
@@ -121,7 +121,7 @@ def _run_specs(model, prompts, rows, metric, variants: dict, *, batch_size, prog
     Patches whose source is one text per prompt follow their prompts chunk by chunk
     (:class:`RowSources`); each variant resumes at its lowest layer.
     """
-    batch_size = resolve_batch_size(model, rows, batch_size, metric.output)  # "auto": from the device
+    batch_size = metric_batch_size(model, rows, batch_size, metric)  # "auto": from the device
     sources = RowSources(model, metric, prompts, rows, [sp for specs in variants.values() for sp in specs])
     keyed = [(min(sp.layer for sp in specs), label) for label, specs in variants.items()]
     clean, inter = run_variants(
@@ -323,7 +323,7 @@ def sweep_interventions(
         rows = metric.rows(model, prompts)
         single = any(addresses_rows(sp) and not follows_prompts(sp, len(prompts)) for s in specs.values() for sp in s)
         if single and batch_size == "auto":  # rows tied to the batch: all of them in one batch
-            batch_size = max(resolve_batch_size(model, rows, batch_size, metric.output), rows.n_rows)
+            batch_size = max(metric_batch_size(model, rows, batch_size, metric), rows.n_rows)
         if single and rows.n_rows > batch_size:
             raise InvalidInput(
                 f"interventions tied to batch rows need all {rows.n_rows} rows in one batch; pass batch_size >= {rows.n_rows}"
