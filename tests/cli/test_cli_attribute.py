@@ -12,19 +12,11 @@ import attnlab
 from attnlab.measure import KL, LogitDiff, Loss, attribute
 from attnlab.testing import tiny_hf_model, tiny_tokenizer
 
-from .test_cli import files, main, no_model_loading, one_error_line  # noqa: F401 (fixtures)
+from .conftest import main, one_error_line
 
 PROMPTS = ["the nurse said that", "the doctor said that he was", "the king told the queen that"]
 COUNTERFACTUALS = ["the doctor said that", "the nurse said that she was", "the queen told the king that"]
 REFERENCE = ["the cat sat on the mat", "a dog ran to the car"]
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "llama"
-    tiny_hf_model("llama").save_pretrained(folder)
-    tiny_tokenizer("decoder").save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +144,7 @@ ERROR_CASES = [
 
 
 @pytest.mark.parametrize("args, message", ERROR_CASES, ids=[" ".join(a)[:50] for a, _ in ERROR_CASES])
-def test_bad_options_exit_2_with_one_line_before_loading(capsys, files, no_model_loading, args, message):  # noqa: F811
+def test_bad_options_exit_2_with_one_line_before_loading(capsys, files, no_model_loading, args, message):
     code, out, err = main(capsys, "attribute", *[a.format(**files) for a in args])
     assert code == 2
     assert re.search(message, one_error_line(err)), err

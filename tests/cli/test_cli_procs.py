@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnlab.testing import tiny_hf_model, tiny_tokenizer
 
 PROMPTS = "the nurse said that\nthe doctor said that he was\na man\nthe king told the queen that\n"
 
@@ -19,14 +18,6 @@ def run(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     return subprocess.run([sys.executable, "-m", "attnlab.cli", *map(str, args)], input=stdin, capture_output=True,
                           text=True, env=env, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "llama"
-    tiny_hf_model("llama").save_pretrained(folder)
-    tiny_tokenizer("decoder").save_pretrained(folder)
-    return folder
 
 
 def test_two_processes_write_the_one_process_table(llama_dir, tmp_path):

@@ -13,9 +13,9 @@ import torch
 import attnlab
 from attnlab.analysis.dial import WindowNotReached, set_context_window
 from attnlab.bias.templates import neutral_text
-from attnlab.testing import VOCAB, tiny_hf_model, tiny_tokenizer
+from attnlab.testing import VOCAB, tiny_tokenizer
 
-from .test_cli import files, main, no_model_loading, one_error_line  # noqa: F401 (fixtures)
+from .conftest import main, one_error_line
 
 TEXT = " ".join(
     ["the nurse said that she left the house because the doctor was not happy with the new car ."
@@ -52,15 +52,11 @@ def decay_llama_hf(strength: float = 8.0):
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    dirs = {"decay": root / "decay", "llama": root / "llama", "gpt2": root / "gpt2"}
-    decay_llama_hf().save_pretrained(dirs["decay"])
-    tiny_hf_model("llama").save_pretrained(dirs["llama"])
-    tiny_hf_model("gpt2").save_pretrained(dirs["gpt2"])
-    for folder in dirs.values():
-        tiny_tokenizer("decoder").save_pretrained(folder)
-    return dirs
+def model_dirs(tmp_path_factory, tiny_dirs):
+    decay = tmp_path_factory.mktemp("models") / "decay"
+    decay_llama_hf().save_pretrained(decay)
+    tiny_tokenizer("decoder").save_pretrained(decay)
+    return {"decay": decay, "llama": tiny_dirs["llama"], "gpt2": tiny_dirs["gpt2"]}
 
 
 @pytest.fixture
@@ -189,7 +185,7 @@ ERROR_CASES = [
 
 
 @pytest.mark.parametrize("args, message", ERROR_CASES, ids=[" ".join(a)[:50] or "no target" for a, _ in ERROR_CASES])
-def test_bad_options_exit_2_with_one_line_before_loading(capsys, files, no_model_loading, tmp_path, args, message):  # noqa: F811
+def test_bad_options_exit_2_with_one_line_before_loading(capsys, files, no_model_loading, tmp_path, args, message):
     files = {**files, "units_bad": tmp_path / "units_bad.csv", "units_empty": tmp_path / "units_empty.csv"}
     files["units_bad"].write_text("layer,head,unit\n0,1,2\n1,0,x\n")
     files["units_empty"].write_text("layer,head,unit\n")
