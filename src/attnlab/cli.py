@@ -63,10 +63,10 @@ def _real(valid: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
 
 
 def _procs(text: str) -> int:
-    """An argparse type for ``--procs``: 1 up to the machine's CPU cores (one process per core, as run_parallel)."""
-    import os
+    """An argparse type for ``--procs``: 1 up to the machine's CPU cores (run_parallel's own bound)."""
+    from attnlab.measure.launch import max_procs
 
-    most = max(1, os.cpu_count() or 1)
+    most = max_procs()
     try:
         value = int(text)
     except ValueError:
