@@ -37,29 +37,43 @@ __all__ = ["HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "clean_
 
 HookFn = Callable[..., Any]
 
-#: Ids of the ``hooks()`` blocks open in this context, innermost last. ``None``: a clean block.
+#: Ids of the ``hooks()`` blocks open in this context, innermost last. ``None``: a clean block;
+#: a tuple starting with ``_CLEAN``: blocks opened inside a clean one (only they act there).
 _FRAMES: ContextVar[tuple[int, ...] | None] = ContextVar("attnlab_hook_frames", default=())
 _frame_ids = itertools.count(1)
 _GLOBAL = 0  # owner id of persistent hooks added with add_hook() outside a block
+_CLEAN = -1  # first element of the frames of blocks opened inside clean()
 
 
 def active_frames() -> tuple[int, ...] | None:
     return _FRAMES.get()
 
 
-def _is_active(owner: int) -> bool:
+def acting_owners() -> tuple[int, ...]:
+    """The owners whose hooks act in this context (persistent hooks' ``_GLOBAL`` unless in a clean block)."""
     frames = _FRAMES.get()
     if frames is None:  # inside clean(): nothing acts
+        return ()
+    if frames[:1] == (_CLEAN,):  # blocks opened inside clean() (e.g. the engine's own plumbing): only they act
+        return frames[1:]
+    return (_GLOBAL, *frames)
+
+
+def _is_active(owner: int) -> bool:  # acting_owners() without building a tuple: it runs on every hook call
+    frames = _FRAMES.get()
+    if frames is None:
         return False
+    if frames and frames[0] == _CLEAN:
+        return owner != _GLOBAL and owner in frames
     return owner == _GLOBAL or owner in frames
 
 
 @contextmanager
 def hook_frame() -> Iterator[int]:
-    """Open a new hook block in this context; yields its owner id."""
+    """Open a new hook block in this context; yields its owner id (a block opened inside clean() stays clean around it)."""
     frame = next(_frame_ids)
     parent = _FRAMES.get()
-    token = _FRAMES.set((parent or ()) + (frame,))
+    token = _FRAMES.set(((_CLEAN,) if parent is None else parent) + (frame,))
     try:
         yield frame
     finally:

@@ -26,7 +26,7 @@ from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.forward import Output, run, token_logprobs
 from attnlab.engine.generate import decode
-from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, active_frames, clean_context, hook_frame
+from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, active_frames, clean_context, hook_frame
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
@@ -265,8 +265,7 @@ class HookedModel(ModelWeights, nn.Module):
 
     def count_hooks(self) -> int:
         """Hooks on attnlab's hook points that act in this context (0 outside ``with`` blocks)."""
-        frames = active_frames() or ()
-        return sum(p.n_hooks(owners=(_GLOBAL, *frames)) for p in self.hook_dict.values())
+        return sum(p.n_hooks(owners=acting_owners()) for p in self.hook_dict.values())
 
     @contextmanager
     def clean(self) -> Iterator[HookedModel]:
