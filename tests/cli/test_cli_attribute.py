@@ -63,6 +63,7 @@ CASES = {
                        dict(site="k", dims=[1, 2], heads=[0], correction="qk"), Loss()),
     "v-kl": (["--site", "v", "--layers", "0", "--metric", "kl", "--probes", "4", "--seed", "3"],
              dict(site="v", layers=[0], probes=4, seed=3), KL()),
+    "z-bfloat16": (["--precision", "bfloat16"], dict(precision="bfloat16"), LogitDiff(" she", " he")),
 }
 
 
@@ -140,6 +141,7 @@ ERROR_CASES = [
     (["--layers", "-1", "x"], r"--layers must be integers >= 0 \(counted from 0\), got -1"),
     (["--heads", "0,x", "x"], r"--heads must be comma-separated integers like 0,3,5; got '0,x'"),
     (["--layers", ",", "x"], r"--layers ',': no numbers given"),
+    (["--precision", "int8", "x"], r"argument --precision: invalid choice: 'int8'"),
 ]
 
 

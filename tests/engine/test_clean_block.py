@@ -28,6 +28,7 @@ CALLS = {
     "all": dict(logits="all"),
     "last": dict(logits="last"),
     "vocab": dict(logits="last", vocab=torch.tensor([3, 5])),
+    "bfloat16": dict(logits="last", precision="bfloat16"),
 }
 
 

@@ -380,6 +380,7 @@ def test_frozen_weights_and_batches_give_the_same_estimates(tiny_llama):
         ({"layers": []}, InvalidInput, "layers must be None"),
         ({"per_position": 1}, InvalidSpec, "per_position must be True or False"),
         ({"probes": 0}, InvalidSpec, "probes must be a positive integer"),
+        ({"probes": 8}, InvalidInput, r"probes= sets the random directions of KL's .*logit_diff is first order"),
         ({"batch_size": 0}, InvalidInput, "batch_size must be a positive integer"),
         ({"heads": [1.0]}, InvalidInput, r"heads must be integers, got 1.0 \(float\): valid heads are 0..3"),
         ({"layers": ["1"]}, InvalidInput, r"layers must be integers, got '1' \(str\): valid layers are 0..1"),
@@ -495,3 +496,41 @@ def test_gemma_estimates_track_the_exact_sweeps(gemma):
     fixed_error = np.abs(fixed.table.effect.to_numpy() - exact_k).max()
     assert fixed_error < np.abs(plain.table.effect.to_numpy() - exact_k).max()
     assert fixed_error < 0.05 * np.abs(exact_k).max()
+
+
+# -- reduced precision ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("site", "options"), [
+    ("z", {}),
+    ("pattern", {"method": "patch", "counterfactuals": COUNTER}),
+    ("q", {"correction": "qk"}),
+    ("post", {"method": "mean"}),
+    ("z", {"correction": "graddrop"}),
+])
+def test_bfloat16_estimates_stay_close_to_full_precision(tiny_llama, site, options):
+    """precision='bfloat16' moves the estimates by rounding only, far less than the estimates themselves."""
+    full = _run(tiny_llama, site=site, **options)
+    low = _run(tiny_llama, site=site, precision="bfloat16", **options)
+    a, b = full.table.effect.to_numpy(), low.table.effect.to_numpy()
+    assert np.abs(a - b).max() > 0  # the products were rounded
+    assert np.abs(a - b).max() < 0.03 * np.abs(a).max()
+    assert low.meta["precision"] == "bfloat16" and full.meta["precision"] is None
+    assert "estimated in bfloat16" in low.meta["what"]
+    if "graddrop" in full.table.columns:
+        assert np.abs(full.table.graddrop - low.table.graddrop).max() < 0.03 * full.table.graddrop.abs().max()
+    assert tiny_llama.count_hooks() == 0
+
+
+def test_verify_of_a_bfloat16_estimate_is_exact(tiny_llama):
+    low = _run(tiny_llama, precision="bf16")
+    checked = low.verify(4)
+    exact = sweep_heads(tiny_llama, PROMPTS, METRIC, "zero", progress=False, n_boot=10).table.set_index(["layer", "head"])
+    for _, row in checked.table.iterrows():
+        assert row["effect"] == pytest.approx(exact.loc[(row["layer"], row["head"]), "effect"], abs=1e-6)
+
+
+def test_bad_precision_is_refused_before_any_pass(tiny_llama):
+    with pytest.raises(InvalidInput, match=r"precision must be None, torch.bfloat16.*'int8'"):
+        _run(tiny_llama, precision="int8")
+    assert tiny_llama.count_hooks() == 0

@@ -16,6 +16,8 @@ for identity edits); the fast path is exactly the model's own sdpa call.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from einops import rearrange, repeat
 from torch import nn
@@ -25,6 +27,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask,
 
 from attnlab.engine.hooks import Hook, HookPoint
 from attnlab.engine.locations import SITES
+from attnlab.engine.precision import full_precision
 from attnlab.engine.state import current_state
 from attnlab.errors import InvalidSpec
 
@@ -153,10 +156,13 @@ def explicit_attention(
 
     # Edited scores are computed in float32 in a half-precision model: adding a constant of
     # 1e4 to fp16 scores loses the scores themselves (and 7e4 overflows to inf).
-    upcast = hooks is not None and bool(hooks.hook_attn_scores._forward_hooks) and query.dtype in (torch.float16, torch.bfloat16)
-    if upcast:
-        query, key = query.float(), key.float()
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, head, q_pos, k_pos]
+    # A caller's torch.autocast would compute them in its reduced dtype whatever the inputs: switched off here.
+    upcast = hooks is not None and bool(hooks.hook_attn_scores._forward_hooks) and (
+        query.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(query.device.type))
+    with full_precision(query.device) if upcast else nullcontext():
+        if upcast:
+            query, key = query.float(), key.float()
+        scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [batch, head, q_pos, k_pos]
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:

@@ -35,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import nn
 
 from attnlab.engine.hooks import scoped_module_hook
+from attnlab.engine.precision import check_precision, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
 from attnlab.engine.state import ForwardState, forward_state
 from attnlab.engine.tokens import Tokens
@@ -142,7 +143,8 @@ def _lm_head_at(
         ids = vocab.to(module.weight.device)
         bias = module.bias[ids] if module.bias is not None else None
         done.append(True)
-        return F.linear(kept.pop(), module.weight[ids], bias)
+        with full_precision(module.weight.device):  # a few rows: no reason to round them under autocast
+            return F.linear(kept.pop().to(module.weight.dtype), module.weight[ids], bias)
 
     with ExitStack() as stack:
         stack.enter_context(scoped_module_hook(head, gather, kind="pre"))
@@ -173,6 +175,7 @@ def run(
     resume: Resume | None = None,
     keep_layers: set[int] | None = None,
     grad: bool = False,
+    precision: str | torch.dtype | None = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> Output:
     """Run ``model`` on ``tokens`` once. See the module docstring for ``logits`` and ``vocab``.
@@ -182,8 +185,11 @@ def run(
     ``resume``: start at a later layer from a kept prefix; ``keep_layers``: keep the outputs of
     these decoder layers (``Output.prefix``) for later resumes. ``grad``: build the autograd
     graph (attribution patching); otherwise the pass runs under ``torch.no_grad()``.
+    ``precision``: ``torch.bfloat16`` / ``torch.float16`` (or their names): the blocks' linear
+    layers multiply in that precision (:mod:`attnlab.engine.precision`: for estimates, not exact effects).
     """
     logits = _validate_logits_at(logits, tokens)
+    precision = check_precision(precision)
     vocab = _validate_vocab(model, vocab, logits)
     tokens = tokens.to(model.device)
     cache: dict[str, torch.Tensor] = {}
@@ -210,6 +216,7 @@ def run(
             stack.enter_context(resumed(model.decoder_layers(), resume.prefix, resume.start, resume.times))
         if keep_layers:
             kept = stack.enter_context(capture_layer_outputs(model.decoder_layers(), keep_layers))
+        stack.enter_context(reduced_linears(model, precision))  # last: it must see every other edit of a linear's input
         if logits is None:
             out = model.layout.body(**kwargs)
             result.hidden = out.last_hidden_state if hidden else None

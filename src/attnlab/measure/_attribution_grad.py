@@ -79,7 +79,7 @@ class GradForward:
 
 
 def grad_forward(model, part: Rows, metric, names: Sequence[str], *, graddrop: bool, probes: int,
-                 generator: torch.Generator | None) -> GradForward:
+                 generator: torch.Generator | None, precision: torch.dtype | None = None) -> GradForward:
     """One clean forward of ``part`` building the graph from the captured ``names`` to the metric."""
     acts: dict[str, torch.Tensor] = {}
     dropped: dict = {"layer": None}
@@ -108,7 +108,7 @@ def grad_forward(model, part: Rows, metric, names: Sequence[str], *, graddrop: b
                 name = hook_name(layer, site)
                 if name in model.hook_dict:
                     hooks.append((name, drop_gradient))
-    out = metric_output(model, part, metric, hooks=hooks, grad=True)
+    out = metric_output(model, part, metric, hooks=hooks, grad=True, precision=precision)
     k = part.per_prompt
     if isinstance(metric, KL):
         scalars = _kl_probes(out, probes, generator)

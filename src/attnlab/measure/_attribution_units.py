@@ -118,8 +118,9 @@ def site_means(model, units: Units, reference: Sequence[str], batch_size: int) -
 
 
 
-def site_values(model, units: Units, part: Rows, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+def site_values(model, units: Units, part: Rows, names: Sequence[str] | None = None, *,
+                precision: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The sites' values on ``part`` (counterfactual rows), from the unedited model."""
     names = list(names) if names is not None else [units.name(layer) for layer in units.layers]
     with model.clean():
-        return run(model, part.tokens, logits=None, read=names).cache
+        return run(model, part.tokens, logits=None, read=names, precision=precision).cache

@@ -93,6 +93,7 @@ def run_variants(
     chunk_setup: Callable[[Rows, slice], Any] | None = None,
     single_chunk: bool = False,
     interventions: Sequence = (),
+    precision: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Baseline values ``[prompt]`` and intervened values ``[variant, prompt]`` of ``metric``.
 
@@ -100,7 +101,8 @@ def run_variants(
     variant for one chunk (``ctx`` from ``chunk_setup(chunk rows, slice)``, e.g. that chunk's
     patch sources). ``interventions`` act in every pass, the baseline included (what
     :func:`attnlab.measure.score` measures); with no variants only the baseline runs, and a
-    metric with several numbers per prompt (``vector``) gives ``[prompt, ...]``.
+    metric with several numbers per prompt (``vector``) gives ``[prompt, ...]``. ``precision``:
+    every pass's linear layers multiply in that dtype (:mod:`attnlab.engine.precision`).
     """
     batch_size = metric_batch_size(model, rows, batch_size, metric)  # "auto": from the device
     k = rows.per_prompt
@@ -109,7 +111,8 @@ def run_variants(
     if current().size > 1:  # a process group: the processes share (chunk, batch) units (docs/parallel.md)
         def share(part, mine, size, setup, bar):
             return run_variants(model, part, metric, mine, build, batch_size=size, progress=bar, desc=desc,
-                                chunk_setup=setup, single_chunk=single_chunk, interventions=interventions)
+                                chunk_setup=setup, single_chunk=single_chunk, interventions=interventions,
+                                precision=precision)
 
         return split_variants(share, rows, variants, chunk=chunk, copies=copies, n_layers=model.cfg.n_layers,
                               head_layers=_head_layers(model, rows, metric), chunk_setup=chunk_setup, progress=progress)
@@ -122,6 +125,8 @@ def run_variants(
     if layers is None and need:
         warnings.warn(f"{model.cfg.name}: decoder layers not found; the sweep runs full forwards (slower, same results)")
     base = {"interventions": list(interventions)} if interventions else {}
+    if precision is not None:
+        base["precision"] = precision
 
     n_chunks = -(-rows.n_rows // chunk)
     total = n_chunks * (1 + sum(-(-len(ix) // copies) for ix in by_start.values()))

@@ -30,6 +30,7 @@ import torch
 
 from attnlab.engine.hooks import active_frames
 from attnlab.engine.locations import hook_name
+from attnlab.engine.precision import check_precision
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean
 from attnlab.measure._attribution_exact import exact_spec, unit_label
 from attnlab.measure._attribution_estimate import estimate
@@ -154,7 +155,8 @@ def attribute(
     counterfactuals: Sequence[str] | None = None,
     reference: Sequence[str] | None = None,
     correction: str | None = None,
-    probes: int = 16,
+    probes: int | None = None,
+    precision: str | torch.dtype | None = None,
     batch_size: int | str = "auto",
     n_boot: int = 1000,
     seed: int = 0,
@@ -177,11 +179,16 @@ def attribute(
     key positions for ``k``/``v``). ``correction``: ``None``, ``"qk"``, ``"graddrop"`` or
     ``"atp*"``. ``metric``: :class:`LogitDiff`, :class:`TokenProb`, :class:`PairLogRatio`,
     :class:`Loss` (first order) or :class:`KL` (second order: its gradient at the clean run is 0; estimated with
-    ``probes`` random backward directions, see the docs).
+    ``probes`` random backward directions, default 16, see the docs; other metrics take no probes). ``precision``: ``"bfloat16"`` (or
+    ``torch.bfloat16``, ``"float16"``): the blocks' linear layers multiply in that precision
+    in the estimate's passes, faster on CPUs with bfloat16 units and on GPUs; the estimate
+    moves far less than its own error (``docs/attribution.md``). ``verify()`` stays exact.
     """
     method, correction = check_attribution_options(
         site, method, correction, metric=metric, heads=heads, dims=dims, neurons=neurons,
         counterfactuals=counterfactuals, reference=reference, probes=probes)
+    probes = 16 if probes is None else probes
+    precision = check_precision(precision)
     metric = _attributable(model, metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
@@ -195,11 +202,11 @@ def attribute(
     # the estimate needs autograd even when called under torch.no_grad() or torch.inference_mode()
     with torch.inference_mode(False), torch.enable_grad():
         return _attribute(model, prompts, metric, units, method, correction, counterfactuals, reference, probes,
-                          batch_size, n_boot, seed, progress, where)
+                          batch_size, n_boot, seed, progress, where, precision)
 
 
 def _attribute(model, prompts, metric, units: Units, method, correction, counterfactuals, reference, probes, batch_size,
-               n_boot, seed, progress, where) -> AttributionResult:
+               n_boot, seed, progress, where, precision) -> AttributionResult:
     site = units.site
     try:
         rows = metric.rows(model, prompts)
@@ -213,11 +220,11 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
             if site == "result":  # verify() ablates z with z's mean: the same intervention
                 means.update({("z", l): m for l, m in site_means(model, Units("z", units.layers), ref, batch_size).items()})
         clean, est, drop = estimate(model, rows, cf_rows, metric, units, method, means, correction, probes, batch_size,
-                                    seed, progress)
+                                    seed, progress, precision=precision)
     except AttnlabError as err:
         raise type(err)(f"while attributing {site} units of {model.cfg.name}: {err}") from None
     result = _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
-                    counterfactuals, n_boot, seed)
+                    counterfactuals, n_boot, seed, precision)
     result._context["where"] = where
     return result
 
@@ -270,7 +277,7 @@ def check_attribution_options(
     neurons=None,
     counterfactuals=None,
     reference=None,
-    probes: int = 16,
+    probes: int | None = None,
 ) -> tuple[str, str | None]:
     """The checks of ``attribute()``'s options that need no model, so a caller (the CLI) can fail before loading one.
 
@@ -297,8 +304,13 @@ def check_attribution_options(
         raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
     if method != "mean" and reference is not None:
         raise InvalidInput(f"reference= is only used by method='mean', not {method!r}")
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
-        raise InvalidSpec(f"probes must be a positive integer, got {probes!r}")
+    if probes is not None:
+        if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+            raise InvalidSpec(f"probes must be a positive integer, got {probes!r}")
+        if metric is not None and not isinstance(metric, KL):
+            raise InvalidInput(
+                f"probes= sets the random directions of KL's second-order estimate; {metric.name} is first order "
+                "and takes none (leave probes unset)")
     return method, correction
 
 
@@ -363,7 +375,7 @@ def _units(model, site, layers, heads, dims, neurons, per_position) -> Units:
 
 
 def _build(model, prompts, metric, units: Units, method, correction, clean, est, drop, means, rows, cf_rows,
-           counterfactuals, n_boot, seed) -> AttributionResult:
+           counterfactuals, n_boot, seed, precision=None) -> AttributionResult:
     keys = units.keys()
     n_units, width, n_prompts = est.shape
     if units.per_position:
@@ -379,8 +391,9 @@ def _build(model, prompts, metric, units: Units, method, correction, clean, est,
     flat = est.reshape(n_units * width, n_prompts)
     what = {"pattern": "pattern patching", "post": "MLP neurons"}.get(units.site, f"{units.site} units")
     fix = f" + {correction}" if correction else ""
-    meta = {"what": f"{what} ({method}{fix}, estimated)", "method": method, "site": units.site,
-            "correction": correction, "estimate": True}
+    reduced = None if precision is None else str(precision).removeprefix("torch.")
+    meta = {"what": f"{what} ({method}{fix}, estimated{f' in {reduced}' if reduced else ''})", "method": method,
+            "site": units.site, "correction": correction, "estimate": True, "precision": reduced}
     if isinstance(metric, KL):
         meta["order"] = "second (KL)"
     base = sweep_result(keys, prompts, clean, clean[None, :] + flat, metric, n_boot, seed, index=index, columns=columns, meta=meta)

@@ -1,0 +1,174 @@
+"""``run(precision=...)``: the blocks' linear layers multiply in bfloat16 from kept rounded weights.
+
+Checked against a reference that does the same thing by hand (each linear's forward replaced
+by ``linear(x.bf16, W.bf16).float() + b`` on a second copy of the model), so the hooks' plumbing
+(zero positions, hook order, edits of a linear's input, weight versions) is what is tested.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from attnlab.engine.forward import run
+from attnlab.engine.locations import hook_name
+from attnlab.engine.precision import check_precision, reduced_linears
+from attnlab.errors import InvalidInput
+from attnlab.interventions import AblateHead, EditMLPNeuron
+from attnlab.testing import tiny_model
+
+TEXTS = ["the nurse said that she", "a cat sat on the mat today"]
+ARCHS = ["llama", "gpt2", "gemma3"]
+
+
+def hand_rounded(arch: str):
+    """The same tiny model with every block linear computing in bfloat16 by hand (the reference)."""
+    model = tiny_model(arch)
+    for layer in model.decoder_layers():
+        for m in layer.modules():
+            if type(m) is nn.Linear:
+                m.forward = lambda x, m=m: F.linear(x.bfloat16(), m.weight.bfloat16()).to(x.dtype) + (
+                    m.bias if m.bias is not None else 0)
+            elif type(m) is Conv1D:
+                m.forward = lambda x, m=m: F.linear(x.bfloat16(), m.weight.t().bfloat16()).to(x.dtype) + m.bias
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_equal_the_hand_rounded_model_and_differ_from_full_precision(arch):
+    model, ref = tiny_model(arch), hand_rounded(arch)
+    tokens = model.tokens(TEXTS)
+    full = run(model, tokens, logits="all").logits
+    low = run(model, tokens, logits="all", precision="bfloat16").logits
+    expected = run(ref, tokens, logits="all").logits
+    torch.testing.assert_close(low, expected, rtol=0, atol=1e-6)
+    assert low.dtype == full.dtype == torch.float32
+    assert (low - full).abs().max() > 1e-5  # something was rounded
+    torch.testing.assert_close(low, full, rtol=0, atol=5e-2 * full.abs().max().item())
+    assert model.count_hooks() == 0 and all(p.dtype == torch.float32 for p in model.hf_model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_edits_and_reads_of_linear_inputs_and_outputs_still_apply(arch):
+    """Hook points on a linear's input (MLP post) or reached through it (z, attn_out) act before the product."""
+    model, ref = tiny_model(arch), hand_rounded(arch)
+    tokens = model.tokens(TEXTS)
+    edits = [EditMLPNeuron(1, 3, scale=0.0), AblateHead(0, 1)]
+    names = [hook_name(1, "post"), hook_name(0, "attn_out"), hook_name(1, "mlp_out"), hook_name(0, "z")]
+    low = run(model, tokens, logits="all", interventions=edits, read=names, precision="bf16")
+    expected = run(ref, tokens, logits="all", interventions=edits, read=names)
+    torch.testing.assert_close(low.logits, expected.logits, rtol=0, atol=1e-6)
+    for name in names:
+        torch.testing.assert_close(low.cache[name], expected.cache[name], rtol=0, atol=1e-6)
+    assert float(low.cache[hook_name(1, "post")][..., 3].abs().max()) == 0.0
+
+
+def test_gradients_flow_through_the_rounded_linears():
+    model, ref = tiny_model("llama"), hand_rounded("llama")
+    tokens = model.tokens(TEXTS)
+    grads = []
+    for m, precision in ((model, "bf16"), (ref, None)):
+        kept = {}
+
+        def keep(x, hook, kept=kept):
+            x = x.detach().requires_grad_(True)
+            kept["z"] = x
+            return x
+
+        out = run(m, tokens, logits="last", hooks=[(hook_name(0, "z"), keep)], grad=True, precision=precision)
+        (g,) = torch.autograd.grad(out.logits[:, 5].sum(), [kept["z"]])
+        grads.append(g)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
+
+
+def test_an_in_place_weight_edit_is_seen_by_the_kept_rounded_weights():
+    model, ref = tiny_model("llama"), hand_rounded("llama")
+    tokens = model.tokens(TEXTS)
+    before = run(model, tokens, logits="last", precision="bf16").logits
+    for m in (model, ref):
+        with torch.no_grad():
+            m.hf_model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
+    after = run(model, tokens, logits="last", precision="bf16").logits
+    torch.testing.assert_close(after, run(ref, tokens, logits="last").logits, rtol=0, atol=1e-6)
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_another_thread_computes_in_full_precision_meanwhile():
+    model = tiny_model("llama")
+    tokens = model.tokens(TEXTS)
+    full = run(model, tokens, logits="last").logits
+    seen = {}
+    with reduced_linears(model, torch.bfloat16):
+        inside = model.hf_model(input_ids=tokens.ids, attention_mask=tokens.mask).logits[:, -1]
+        worker = threading.Thread(target=lambda: seen.setdefault("logits", run(model, tokens, logits="last").logits))
+        worker.start()
+        worker.join()
+    torch.testing.assert_close(seen["logits"], full, rtol=0, atol=0)
+    assert (inside - model.hf_model(input_ids=tokens.ids, attention_mask=tokens.mask).logits[:, -1]).abs().max() > 1e-5
+    assert model.count_hooks() == 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.hf_model.modules() if type(m) is nn.Linear)
+
+
+@pytest.mark.parametrize("bad", ["int8", "float64", torch.float32, 16, ""])
+def test_bad_precision_is_refused_before_anything_runs(bad):
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.hf_model.state_dict().items()}
+    with pytest.raises(InvalidInput, match="precision must be None, torch.bfloat16, torch.float16"):
+        run(model, model.tokens(TEXTS), logits="last", precision=bad)
+    assert model.count_hooks() == 0
+    assert all(torch.equal(before[k], v) for k, v in model.hf_model.state_dict().items())
+
+
+def test_precision_names():
+    assert check_precision(None) is None
+    assert check_precision("BF16") is check_precision("bfloat16") is check_precision(torch.bfloat16) is torch.bfloat16
+    assert check_precision("fp16") is torch.float16
+
+
+def test_score_edits_stay_in_float32_under_a_callers_autocast():
+    """A caller's torch.autocast would round the upcast scores back to bfloat16; the engine switches it off there."""
+    model = tiny_model("llama")
+    dtypes = []
+
+    def look(scores, hook):
+        dtypes.append(scores.dtype)
+        return scores
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run(model, model.tokens(TEXTS), logits="last", hooks=[(hook_name(0, "attn_scores"), look)])
+    assert dtypes == [torch.float32]
+
+
+def test_bfloat16_sweeps_equal_sweeps_of_the_hand_rounded_model():
+    """Prefix reuse, grouped heads and edits run through the same rounded linears as a plain forward."""
+    from attnlab.interventions import EditMLPNeuron as Edit
+    from attnlab.measure import LogitDiff, sweep_heads, sweep_interventions, sweep_neurons
+
+    model, ref = tiny_model("llama"), hand_rounded("llama")
+    metric, prompts = LogitDiff(" she", " he"), ["the nurse said that", "a cat sat on the mat and", "he told her"]
+    counter = ["the doctor said that", "a dog ran to the car and", "she told him"]
+    opts = dict(progress=False, n_boot=0, batch_size=4)
+    pairs = [
+        (sweep_heads(model, prompts, metric, "zero", precision="bfloat16", **opts), sweep_heads(ref, prompts, metric, "zero", **opts)),
+        (sweep_neurons(model, prompts, metric, 1, site="k", precision=torch.bfloat16, **opts),
+         sweep_neurons(ref, prompts, metric, 1, site="k", **opts)),
+        (sweep_interventions(model, prompts, metric, {"n3": [Edit(1, 3, scale=0.0)]}, precision="bfloat16", **opts),
+         sweep_interventions(ref, prompts, metric, {"n3": [Edit(1, 3, scale=0.0)]}, **opts)),
+    ]
+    for low, expected in pairs:
+        assert low.meta["precision"] == "bfloat16" and "precision" not in expected.meta
+        assert np.abs(low.per_prompt.effect.to_numpy() - expected.per_prompt.effect.to_numpy()).max() < 1e-5
+    # patch sources (the counterfactual patterns) are computed once, in full precision, like means
+    patched = sweep_heads(model, prompts, metric, "patch", counterfactuals=counter, precision="bf16", **opts)
+    exact = sweep_heads(model, prompts, metric, "patch", counterfactuals=counter, **opts).per_prompt.effect.to_numpy()
+    assert np.abs(patched.per_prompt.effect.to_numpy() - exact).max() < 0.05 * np.abs(exact).max()
+    full = sweep_heads(model, prompts, metric, "zero", **opts)
+    assert np.abs(full.table.effect.to_numpy() - pairs[0][0].table.effect.to_numpy()).max() > 1e-6
+    assert model.count_hooks() == 0
