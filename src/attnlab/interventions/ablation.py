@@ -15,34 +15,30 @@ import torch
 from jaxtyping import Float
 
 from attnlab.engine.locations import hook_name
-from attnlab.errors import InvalidInput, InvalidSpec, ShapeMismatch, did_you_mean
+from attnlab.errors import InvalidSpec, ShapeMismatch, did_you_mean
 from attnlab.interventions._base import Intervention, check_seed, register, tensor_or_none
+from attnlab.interventions.reference_means import check_reference, reference_means
 
 __all__ = ["AblateHead", "ABLATION_METHODS", "head_means"]
 
 ABLATION_METHODS = ("zero", "mean", "resample")
 
 
-def _check_reference(prompts) -> list[str]:
-    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise InvalidInput("reference prompts must be a non-empty list of non-empty strings")
-    return list(prompts)
-
-
 def _reference_z(model, layer: int, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """z at ``layer`` for the reference prompts (right-padded) and their attention mask."""
     name = hook_name(layer, "z")
-    out = model.run(_check_reference(prompts), logits=None, read=[name], padding_side="right")
+    out = model.run(check_reference(prompts), logits=None, read=[name], padding_side="right")
     return out.cache[name], out.tokens.mask.bool()
 
 
 def head_means(model, layer: int, prompts: Sequence[str]) -> Float[torch.Tensor, "head d_head"]:
-    """Mean of every head's ``z`` over all non-padding tokens of ``prompts`` (from the unedited model)."""
-    def compute():
-        z, mask = _reference_z(model, layer, prompts)
-        return z[mask].mean(dim=0).float().cpu()
+    """Mean of every head's ``z`` over all non-padding tokens of ``prompts`` (from the unedited model).
 
-    return model.prepared_source(("head_means", layer, tuple(prompts)), compute)
+    The first call computes every layer's means in the same pass (a mean sweep asks for all
+    of them); later calls read the model's cache.
+    """
+    names = [hook_name(l, "z") for l in range(model.cfg.n_layers)]
+    return reference_means(model, names, prompts)[hook_name(layer, "z")]
 
 
 @register

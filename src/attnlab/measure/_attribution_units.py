@@ -21,6 +21,7 @@ from jaxtyping import Bool, Float
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput
+from attnlab.interventions.reference_means import reference_means
 from attnlab.measure._rows import Rows
 
 __all__ = ["UNIT_SITES", "HEAD_SITES", "DIM_SITES", "Units", "site_means", "site_values"]
@@ -90,29 +91,14 @@ class Units:
         return per if self.per_position else per.sum(-1, keepdim=True)
 
 
-def site_means(model, units: Units, reference: Sequence[str], batch_size: int) -> dict[int, torch.Tensor]:
+def site_means(model, units: Units, reference: Sequence[str]) -> dict[int, torch.Tensor]:
     """Mean of the site over every real token of ``reference``, per layer (from the unedited model).
 
     ``[head, d]`` for head and dim sites, ``[d_mlp]`` for neurons: what mean ablation writes
-    at every position (:func:`attnlab.interventions.head_means` computes the same for ``z``).
+    at every position (the one computation of :func:`attnlab.interventions.reference_means`).
     """
     names = [units.name(layer) for layer in units.layers]
-
-    def compute():
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        rows = model.token_rows(list(reference))
-        for start in range(0, len(rows), batch_size):
-            tokens = model.pad(rows[start : start + batch_size], padding_side="right")
-            cache = run(model, tokens, logits=None, read=names).cache
-            mask = tokens.mask.bool().to(model.device)
-            count += int(mask.sum())
-            for name in names:
-                part = cache[name][mask].double().sum(dim=0)  # over real tokens
-                sums[name] = sums[name] + part if name in sums else part
-        return {name: (total / count).float().cpu() for name, total in sums.items()}
-
-    means = model.prepared_source(("attribution_means", tuple(names), tuple(reference)), compute)
+    means = reference_means(model, names, reference)
     return {layer: means[name] for layer, name in zip(units.layers, names)}
 
 
