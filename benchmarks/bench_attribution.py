@@ -11,13 +11,21 @@ Every stage runs both methods in this process, on the same model, prompts and me
 * MLP neurons of one layer (2048, zeroed): ``attribute(site="post")`` vs the exact sweep
   (``sweep_interventions`` with one ``EditMLPNeuron`` per variant).
 
-After a short warm-up of both code paths, each method runs once per stage. For each: wall
+Every estimate also runs with ``precision="bfloat16"`` (the blocks' linear layers multiply in
+bfloat16 from kept rounded weights; label "(bf16)"), scored against the same float32 exact
+sweep. For context, the zero and mean ablation stages also run the sweep itself with
+``precision="bfloat16"``, scored like an estimate (its speed-up and its rounding error).
+
+After a short warm-up of both code paths, each exact sweep runs once per stage and each
+estimate ``--repeats`` times (default 5; a sub-second time varies by 20-40% from run to
+run on a shared machine), its median time reported. Means and patch sources cached on the
+model are dropped before every timed run, so each run pays for its own. For each: wall
 and CPU seconds of both, the time ratio, Spearman's correlation of the
 estimated and exact mean effects over all units, the overlap of the two top-10 sets (by
 |effect|; by the GradDrop score for AtP*) and the largest absolute error.
 
 Run: ``python benchmarks/bench_attribution.py [--threads N] [--stages heads,dims,mlp]
-[--dims-layer L] [--mlp-layer L] [--json out.json]``.
+[--dims-layer L] [--mlp-layer L] [--repeats N] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ import torch
 from scipy.stats import spearmanr
 
 
-def timed(fn):
+def timed(fn, fresh=None):
+    """``fn()`` with its wall and CPU seconds; ``fresh()`` first (untimed), e.g. to drop cached means."""
+    if fresh is not None:
+        fresh()
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     return out, time.perf_counter() - wall, time.process_time() - cpu
@@ -49,13 +60,24 @@ def fidelity(estimate: np.ndarray, exact: np.ndarray, rank_by: np.ndarray | None
     }
 
 
-def compare(name, rows, exact_fn, estimate_fns):
-    """Time the exact sweep once and every estimate; record fidelity of each estimate against it."""
-    exact, ew, ec = timed(exact_fn)
+def with_bf16(estimate_fns):
+    """Each ``(label, fn(**options))`` as given and again with ``precision="bfloat16"``."""
+    return [(label, lambda fn=fn: fn()) for label, fn in estimate_fns] + [
+        (f"{label} (bf16)", lambda fn=fn: fn(precision="bfloat16")) for label, fn in estimate_fns]
+
+
+def compare(name, rows, exact_fn, estimate_fns, repeats: int = 1, fresh=None):
+    """Time the exact sweep once and every estimate (median of ``repeats`` runs); record each one's fidelity.
+
+    ``fresh()`` runs before every timed call: each pays for the means it needs (none reuses another's).
+    """
+    exact, ew, ec = timed(exact_fn, fresh)
     exact_eff = exact.table.effect.to_numpy()
     print(f"[{name}] exact: {ew:.1f} s wall / {ec:.1f} s CPU, {len(exact_eff)} units", flush=True)
     for label, fn in estimate_fns:
-        est, w, c = timed(fn)
+        runs = [timed(fn, fresh) for _ in range(repeats if "exact" not in label else 1)]
+        est = runs[-1][0]
+        w, c = float(np.median([r[1] for r in runs])), float(np.median([r[2] for r in runs]))
         eff = est.table.effect.to_numpy()
         rank = est.table.graddrop.to_numpy() if "graddrop" in est.table.columns else None
         row = {"stage": name, "estimate": label, "units": len(eff), "exact_wall_s": ew, "exact_cpu_s": ec,
@@ -75,6 +97,7 @@ def main() -> None:
     parser.add_argument("--dims-layer", type=int, default=15, help="layer whose q/k dims are swept")
     parser.add_argument("--mlp-layer", type=int, default=15, help="layer whose MLP neurons are swept")
     parser.add_argument("--batch-size", type=int, default=128, help="rows per forward of the exact sweeps")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each estimate; the median time is reported")
     parser.add_argument("--json", default=None, help="write the result rows to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,6 +109,7 @@ def main() -> None:
     from attnlab.measure import LogitDiff, attribute, sweep_heads, sweep_interventions, sweep_neurons
 
     model = attnlab.load("gemma-3-270m")
+
     occ = list(occupations().occupation)
     frames = templates()
     prompts = [t.causal(o) for t in frames for o in occ][: args.prompts]
@@ -95,6 +119,10 @@ def main() -> None:
     base, counter = [p.base for p in pairs], [p.counterfactual for p in pairs]
     pair_metric = LogitDiff([p.stereotypical for p in pairs], [p.anti for p in pairs])
     opts = {"progress": False, "n_boot": 100}
+
+    def compare_here(*a):
+        compare(*a, repeats=args.repeats, fresh=model._prepared.clear)  # means and sources: computed in every run
+
     stages = set(args.stages.split(","))
     rows: list[dict] = []
     print(f"gemma-3-270m, {len(prompts)} prompts, {torch.get_num_threads()} thread(s); "
@@ -103,37 +131,42 @@ def main() -> None:
     # warm-up: first calls pay one-off costs (allocator, lazily built hook dispatchers)
     sweep_heads(model, prompts[:4], metric, "zero", layers=[17], heads=[0], progress=False, n_boot=10)
     attribute(model, prompts[:4], metric, layers=[17], heads=[0], progress=False, n_boot=10)
+    attribute(model, prompts[:4], metric, layers=[17], heads=[0], progress=False, n_boot=10, precision="bfloat16")
 
     if "heads" in stages:
         for method in ("zero", "mean"):
-            compare(f"72 heads, {method} ablation", rows,
+            compare_here(f"72 heads, {method} ablation", rows,
                     lambda method=method: sweep_heads(model, prompts, metric, method, batch_size=args.batch_size, **opts),
-                    [("AtP", lambda method=method: attribute(model, prompts, metric, site="z", method=method, **opts)),
-                     ("AtP* (GradDrop)", lambda method=method: attribute(model, prompts, metric, site="z", method=method,
-                                                                         correction="atp*", **opts))])
-        compare("72 heads, pattern patching x -> x'", rows,
+                    with_bf16([("AtP", lambda method=method, **o: attribute(model, prompts, metric, site="z", method=method,
+                                                                            **opts, **o)),
+                               ("AtP* (GradDrop)", lambda method=method, **o: attribute(
+                                   model, prompts, metric, site="z", method=method, correction="atp*", **opts, **o))])
+                    + [("exact sweep, precision='bfloat16'", lambda method=method: sweep_heads(
+                        model, prompts, metric, method, batch_size=args.batch_size, precision="bfloat16", **opts))])
+        compare_here("72 heads, pattern patching x -> x'", rows,
                 lambda: sweep_heads(model, base, pair_metric, "patch", counterfactuals=counter, batch_size=args.batch_size,
                                     **opts),
-                [("AtP", lambda: attribute(model, base, pair_metric, site="pattern", method="patch",
-                                           counterfactuals=counter, **opts)),
-                 ("AtP* (GradDrop)", lambda: attribute(model, base, pair_metric, site="pattern", method="patch",
-                                                       counterfactuals=counter, correction="atp*", **opts))])
+                with_bf16([("AtP", lambda **o: attribute(model, base, pair_metric, site="pattern", method="patch",
+                                                         counterfactuals=counter, **opts, **o)),
+                           ("AtP* (GradDrop)", lambda **o: attribute(model, base, pair_metric, site="pattern", method="patch",
+                                                                     counterfactuals=counter, correction="atp*", **opts, **o))]))
     if "dims" in stages:
         layer = args.dims_layer
         for site in ("q", "k"):
-            compare(f"{site} dims of layer {layer} (4 x 256), zeroed", rows,
+            compare_here(f"{site} dims of layer {layer} (4 x 256), zeroed", rows,
                     lambda site=site: sweep_neurons(model, prompts, metric, layer, site=site, batch_size=args.batch_size,
                                                     **opts),
-                    [("AtP", lambda site=site: attribute(model, prompts, metric, site=site, layers=[layer], **opts)),
-                     ("AtP + QK fix", lambda site=site: attribute(model, prompts, metric, site=site, layers=[layer],
-                                                                  correction="qk", **opts))])
+                    with_bf16([("AtP", lambda site=site, **o: attribute(model, prompts, metric, site=site, layers=[layer],
+                                                                        **opts, **o)),
+                               ("AtP + QK fix", lambda site=site, **o: attribute(model, prompts, metric, site=site, layers=[layer],
+                                                                                 correction="qk", **opts, **o))]))
     if "mlp" in stages:
         layer = args.mlp_layer
         width = model.cfg.d_mlp
         variants = {f"L{layer}N{n}": [EditMLPNeuron(layer, n, scale=0.0)] for n in range(width)}
-        compare(f"MLP neurons of layer {layer} ({width}), zeroed", rows,
+        compare_here(f"MLP neurons of layer {layer} ({width}), zeroed", rows,
                 lambda: sweep_interventions(model, prompts, metric, variants, batch_size=args.batch_size, **opts),
-                [("AtP", lambda: attribute(model, prompts, metric, site="post", layers=[layer], **opts))])
+                with_bf16([("AtP", lambda **o: attribute(model, prompts, metric, site="post", layers=[layer], **opts, **o))]))
 
     print("\n| stage | estimate | units | exact (s wall / CPU) | estimate (s wall / CPU) | ratio wall / CPU | Spearman | top-10 overlap | max abs error (largest exact) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -766,7 +766,7 @@ def _attribute_parser(sub, n_boot: dict) -> None:
                    help="print the top N units (default: 10; 0 prints all)")
     p.add_argument("--probes", type=_count(1), help="random backward directions for --metric kl (default: 16)")
     p.add_argument("--precision", default="full", choices=["full", "bfloat16", "float16"],
-                   help="bfloat16: the estimate's linear layers multiply in bfloat16 (about 2x faster on CPUs with "
+                   help="bfloat16: the estimate's linear layers multiply in bfloat16 (1.2-2x faster on CPUs with "
                    "bfloat16 units; the estimate moves by about 1%% of the largest, see docs/attribution.md); "
                    "--verify stays exact (default: full, the model's own precision)")
     p.add_argument("--batch-size", type=_batch_size, default="auto",

@@ -171,8 +171,8 @@ def sweep_heads(
     ``counterfactuals`` prompt, which must have the same number of tokens). ``metric``
     defaults to :class:`KL` (:class:`HiddenShift` for encoders). ``batch_size`` bounds the
     rows of one forward pass. ``precision="bfloat16"``: the blocks' linear layers multiply in
-    bfloat16 (about 2x faster on CPUs with bfloat16 units; effects move by about 2% of the
-    largest, measured in ``docs/performance.md``), for a first pass before an exact one.
+    bfloat16 (1.6-2.6x faster on CPUs with bfloat16 units; effects move by 1-4% of the
+    largest, measured in ``docs/sweeps.md``), for a first pass before an exact one.
     (The previous order ``sweep_heads(model, prompts, method, metric)`` still works, with a
     ``DeprecationWarning``.)
     """
