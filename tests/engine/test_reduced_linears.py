@@ -19,7 +19,7 @@ from transformers.pytorch_utils import Conv1D
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.engine.precision import check_precision, reduced_linears
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.interventions import AblateHead, EditMLPNeuron
 from attnlab.testing import tiny_model
 
@@ -172,3 +172,17 @@ def test_bfloat16_sweeps_equal_sweeps_of_the_hand_rounded_model():
     full = sweep_heads(model, prompts, metric, "zero", **opts)
     assert np.abs(full.table.effect.to_numpy() - pairs[0][0].table.effect.to_numpy()).max() > 1e-6
     assert model.count_hooks() == 0
+
+
+def test_offloaded_weights_are_refused_with_what_to_do():
+    model = tiny_model("llama")
+    linear = model.hf_model.model.layers[0].mlp.down_proj
+    real = linear.weight
+    linear.weight = nn.Parameter(torch.empty_like(real, device="meta"), requires_grad=False)  # what offloading leaves
+    try:
+        with pytest.raises(UnsupportedModel, match="weights are offloaded .*precision=None"):
+            run(model, model.tokens(TEXTS), logits="last", precision="bf16")
+    finally:
+        linear.weight = real
+    assert model.count_hooks() == 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.hf_model.modules() if type(m) is nn.Linear)

@@ -28,7 +28,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from attnlab.engine.hooks import scoped_module_hook
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, UnsupportedModel
 
 __all__ = ["PRECISIONS", "check_precision", "reduced_linears", "full_precision"]
 
@@ -56,6 +56,10 @@ def _block_linears(model) -> list[nn.Module]:
 def _rounded_weight(model, module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """``module``'s weight as ``[out, in]`` in ``dtype``, made once per weight version and kept on the model."""
     weight = module.weight
+    if weight.device.type == "meta":  # offloaded by accelerate: the weight exists only inside the module's call
+        raise UnsupportedModel(
+            f"{model.cfg.name}: precision= keeps rounded copies of the weights, but this model's weights are offloaded "
+            "(device_map with disk/CPU offload); load it fully on its devices, or use precision=None")
     store: dict = model.__dict__.setdefault("_rounded_weights", {})
     key = (weight.data_ptr(), weight._version, dtype)
     kept = store.get(id(module))
