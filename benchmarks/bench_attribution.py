@@ -32,20 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-
-def timed(fn, fresh=None):
-    """``fn()`` with its wall and CPU seconds; ``fresh()`` first (untimed), e.g. to drop cached means."""
-    if fresh is not None:
-        fresh()
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+from timing import timed
 
 
 def fidelity(estimate: np.ndarray, exact: np.ndarray, rank_by: np.ndarray | None = None, k: int = 10) -> dict:

@@ -24,11 +24,7 @@ import time
 import numpy as np
 import torch
 
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+from timing import timed
 
 
 def main() -> None:

@@ -22,11 +22,12 @@ and NDE). Run: ``python benchmarks/bench_mediation.py [--threads N] [--batch-siz
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
 import torch
+
+from timing import timed
 
 
 def mediation_prompt_pairs(model):
@@ -68,12 +69,6 @@ def naive_nie(model, pairs) -> np.ndarray:
             logits = model.run_with_hooks(bases, padding_side="right", fwd_hooks=[(names[layer], patch)])
             out.append(torch.expm1(log_odds(logits) - base))
     return torch.stack(out, dim=1).numpy()
-
-
-def timed(fn):
-    w0, c0 = time.perf_counter(), time.process_time()
-    value = fn()
-    return value, time.perf_counter() - w0, time.process_time() - c0
 
 
 def main() -> None:

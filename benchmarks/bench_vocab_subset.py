@@ -18,18 +18,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
 
 from bench_sweep import prompts  # the same 32 prompts as the sweep benchmark
-
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+from timing import timed
 
 
 def main() -> None:
