@@ -18,8 +18,8 @@ from transformers.pytorch_utils import Conv1D
 
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
-from attnlab.engine.precision import check_precision, reduced_linears
-from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.engine.precision import check_precision, forget_rounded_weights, reduced_linears
+from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 from attnlab.interventions import AblateHead, EditMLPNeuron
 from attnlab.testing import tiny_model
 
@@ -60,7 +60,7 @@ def test_edits_and_reads_of_linear_inputs_and_outputs_still_apply(arch):
     model, ref = tiny_model(arch), hand_rounded(arch)
     tokens = model.tokens(TEXTS)
     edits = [EditMLPNeuron(1, 3, scale=0.0), AblateHead(0, 1)]
-    names = [hook_name(1, "post"), hook_name(0, "attn_out"), hook_name(1, "mlp_out"), hook_name(0, "z")]
+    names = [hook_name(1, "post"), hook_name(0, "attn_out"), hook_name(1, "mlp_out"), hook_name(0, "z"), hook_name(1, "result")]
     low = run(model, tokens, logits="all", interventions=edits, read=names, precision="bf16")
     expected = run(ref, tokens, logits="all", interventions=edits, read=names)
     torch.testing.assert_close(low.logits, expected.logits, rtol=0, atol=1e-6)
@@ -186,3 +186,88 @@ def test_offloaded_weights_are_refused_with_what_to_do():
         linear.weight = real
     assert model.count_hooks() == 0
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.hf_model.modules() if type(m) is nn.Linear)
+
+
+def test_hooks_on_a_linear_see_its_real_input_and_output():
+    """Tools that record a linear's input (SAE data, adapters) see what they see in full precision."""
+    model = tiny_model("llama")
+    seen = []
+    proj = model.hf_model.model.layers[0].mlp.down_proj
+    handle = proj.register_forward_hook(lambda mod, args, out: seen.append((tuple(args[0].shape), tuple(out.shape))))
+    try:
+        run(model, model.tokens(TEXTS), logits="last")
+        run(model, model.tokens(TEXTS), logits="last", precision="bf16")
+    finally:
+        handle.remove()
+    assert seen[0] == seen[1] and seen[0][0][1] > 0
+
+
+def test_a_nested_full_precision_run_in_a_hook_is_full_precision():
+    model = tiny_model("llama")
+    tokens = model.tokens(TEXTS)
+    full = run(model, tokens, logits="last").logits
+    inner = {}
+
+    def nested(z, hook):
+        if not inner:  # the outer block's hook acts in the nested run too: run once
+            inner["busy"] = True
+            inner["logits"] = run(model, tokens, logits="last").logits
+        return z
+
+    low = run(model, tokens, logits="last", hooks=[(hook_name(0, "z"), nested)], precision="bf16").logits
+    torch.testing.assert_close(inner["logits"], full, rtol=0, atol=1e-5)  # explicit vs fused attention: ~1e-7
+    assert (low - full).abs().max() > 1e-3
+
+
+def test_a_new_parameter_is_seen_and_forget_drops_the_kept_weights():
+    model, ref = tiny_model("llama"), hand_rounded("llama")
+    tokens = model.tokens(TEXTS)
+    run(model, tokens, logits="last", precision="bf16")
+    assert model.__dict__["_rounded_weights"]
+    for m in (model, ref):
+        proj = m.hf_model.model.layers[1].mlp.down_proj
+        proj.weight = nn.Parameter(proj.weight.detach() * 2)
+    for layer in ref.decoder_layers():  # the hand-rounded copy reads the new weight too
+        mlp = layer.mlp.down_proj
+        mlp.forward = lambda x, m=mlp: F.linear(x.bfloat16(), m.weight.bfloat16()).to(x.dtype)
+    got = run(model, tokens, logits="last", precision="bf16").logits
+    torch.testing.assert_close(got, run(ref, tokens, logits="last").logits, rtol=0, atol=1e-6)
+    # a write the version counter misses (.data) needs forget_rounded_weights
+    with torch.no_grad():
+        model.hf_model.model.layers[1].mlp.down_proj.weight.data.mul_(0.5)
+    stale = run(model, tokens, logits="last", precision="bf16").logits
+    forget_rounded_weights(model)
+    fresh = run(model, tokens, logits="last", precision="bf16").logits
+    assert "_rounded_weights" in model.__dict__ and (fresh - stale).abs().max() > 1e-3
+
+
+def test_float16_overflow_is_an_error_not_nan():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.hf_model.model.layers[0].mlp.up_proj.weight.mul_(1e5)  # activations ~2e5, as outlier neurons reach
+    run(model, model.tokens(TEXTS), logits="last", precision="bf16")  # float32's range: fine
+    with pytest.raises(InvalidSpec, match="overflowed float16 .*use precision='bfloat16'"):
+        run(model, model.tokens(TEXTS), logits="last", precision="fp16")
+    assert model.count_hooks() == 0
+
+
+def test_another_threads_hook_block_does_not_change_this_threads_numbers():
+    model = tiny_model("llama")
+    tokens = model.tokens(TEXTS)
+    expected = run(model, tokens, logits="last", precision="bf16").logits
+    opened, done = threading.Event(), threading.Event()
+
+    def other():
+        with model.hooks(fwd_hooks=[(hook_name(0, "result"), lambda x, hook: x * 0)]):
+            opened.set()
+            done.wait(30)
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    opened.wait(30)
+    try:
+        got = run(model, tokens, logits="last", precision="bf16").logits
+    finally:
+        done.set()
+        worker.join()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

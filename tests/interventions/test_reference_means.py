@@ -8,7 +8,6 @@ import torch
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput
 from attnlab.interventions import head_means
-import attnlab.interventions.reference_means as module
 from attnlab.interventions.reference_means import reference_means
 from attnlab.testing import tiny_model
 
@@ -28,15 +27,14 @@ def count_forwards(model):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_every_layer_from_one_pass_in_batches_equals_a_pass_per_site(arch, monkeypatch):
+def test_every_layer_from_one_pass_in_batches_equals_a_pass_per_site(arch):
     model = tiny_model(arch)
-    monkeypatch.setattr(module, "REFERENCE_BATCH", 3)  # 4 prompts: two batches, the second one shorter
     names = [hook_name(l, "z") for l in range(model.cfg.n_layers)] + [hook_name(1, "post"), hook_name(0, "resid_mid")]
     calls, handle = count_forwards(model)
     try:
-        means = reference_means(model, names, REFERENCE)
+        means = reference_means(model, names, REFERENCE, batch_size=3)  # 4 prompts: two batches, the second shorter
         assert len(calls) == 2
-        again = reference_means(model, names, REFERENCE)  # cached on the model
+        again = reference_means(model, names, REFERENCE, batch_size=3)  # cached on the model
         assert len(calls) == 2 and again is means
     finally:
         handle.remove()
@@ -72,3 +70,25 @@ def test_means_come_from_the_unedited_model():
 def test_bad_reference_is_refused(bad):
     with pytest.raises(InvalidInput, match="reference prompts must be a non-empty list of non-empty strings"):
         reference_means(tiny_model("llama"), [hook_name(0, "z")], bad)
+
+
+def test_sites_without_a_position_axis_second_are_refused():
+    model = tiny_model("llama")
+    for site in ("pattern", "attn_scores"):
+        with pytest.raises(InvalidInput, match=rf"hook_{site} is laid out \[batch, head, query, key\]"):
+            reference_means(model, [hook_name(0, "z"), hook_name(0, site)], REFERENCE)
+
+
+def test_repeated_names_count_once_and_batch_size_bounds_the_rows_of_a_pass():
+    model = tiny_model("llama")
+    name = hook_name(1, "z")
+    rows = []
+    handle = model.decoder_layers()[0].register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    try:
+        twice = reference_means(model, [name, name], REFERENCE, batch_size=3)[name]
+    finally:
+        handle.remove()
+    assert rows == [3, 1]
+    torch.testing.assert_close(twice, by_hand(model, name), rtol=0, atol=1e-6)
+    with pytest.raises(InvalidInput, match="batch_size must be a positive integer, got 0"):
+        reference_means(model, [name], REFERENCE, batch_size=0)

@@ -216,7 +216,7 @@ def run(
             stack.enter_context(resumed(model.decoder_layers(), resume.prefix, resume.start, resume.times))
         if keep_layers:
             kept = stack.enter_context(capture_layer_outputs(model.decoder_layers(), keep_layers))
-        stack.enter_context(reduced_linears(model, precision))  # last: it must see every other edit of a linear's input
+        stack.enter_context(reduced_linears(model, precision))  # None too: a nested run in a hook asks for itself
         if logits is None:
             out = model.layout.body(**kwargs)
             result.hidden = out.last_hidden_state if hidden else None

@@ -7,33 +7,46 @@ already a first-order estimate, and bfloat16 products change it far less than it
 GPUs they run several times faster.
 
 Inside :func:`reduced_linears` every linear layer of the model's blocks (``nn.Linear``, and
-GPT-2's ``Conv1D``, which stores its weight transposed) multiplies its
-input, rounded to ``dtype``, by a rounded copy of its weight (the products accumulate in
-float32) and returns the model's dtype, so norms, softmax and the residual stream stay in
-full precision and the LM head is left alone. The rounded weights are made once and kept on
-the model (2 bytes a weight in bfloat16), keyed by each weight's storage and version, so an
-in-place weight edit is seen. ``torch.autocast`` would round every weight again on every
-call, which on a CPU costs about as much as the products save. Scoped hooks: another
-thread using the model meanwhile computes in full precision.
+GPT-2's ``Conv1D``, which stores its weight transposed) multiplies its input, rounded to
+``dtype``, by a rounded copy of its weight (the products accumulate in float32) and returns
+the model's dtype, so norms, softmax and the residual stream stay in full precision and the
+LM head is left alone. The substitution happens where the layer calls ``F.linear`` (or
+``torch.addmm``), through a :class:`~torch.overrides.TorchFunctionMode`: the module is
+called as usual, so every hook on it sees its real input and output, and the mode is
+thread-local, so another thread using the model meanwhile computes in full precision. A
+nested :func:`~attnlab.engine.forward.run` with ``precision=None`` (in a hook) computes in
+full precision too.
+
+The rounded weights are made once and kept on the model (2 bytes a weight in bfloat16;
+:func:`forget_rounded_weights` frees them), for each weight tensor and its version, so an
+in-place edit or a new ``Parameter`` is seen. ``torch.autocast`` would round every weight
+again on every call, which on a CPU costs about as much as the products save. Writes that
+bypass PyTorch's version counter (``weight.data[...] = ...``, through numpy) are not seen:
+call :func:`forget_rounded_weights` after them.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from transformers.pytorch_utils import Conv1D
 
-from attnlab.engine.hooks import scoped_module_hook
-from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 
-__all__ = ["PRECISIONS", "check_precision", "reduced_linears", "full_precision"]
+__all__ = ["PRECISIONS", "check_precision", "reduced_linears", "forget_rounded_weights", "full_precision"]
 
 #: What ``precision=`` accepts, by name; the dtype itself is accepted too.
 PRECISIONS = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+#: The precision the innermost ``run`` asked for, in this context (None: full).
+_ASKED: ContextVar[torch.dtype | None] = ContextVar("attnlab_precision", default=None)
 
 
 def check_precision(value: str | torch.dtype | None) -> torch.dtype | None:
@@ -53,57 +66,77 @@ def _block_linears(model) -> list[nn.Module]:
     return [m for layer in layers for m in layer.modules() if type(m) in (nn.Linear, Conv1D)]
 
 
-def _rounded_weight(model, module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """``module``'s weight as ``[out, in]`` in ``dtype``, made once per weight version and kept on the model."""
-    weight = module.weight
-    if weight.device.type == "meta":  # offloaded by accelerate: the weight exists only inside the module's call
-        raise UnsupportedModel(
-            f"{model.cfg.name}: precision= keeps rounded copies of the weights, but this model's weights are offloaded "
-            "(device_map with disk/CPU offload); load it fully on its devices, or use precision=None")
+def forget_rounded_weights(model) -> None:
+    """Drop the rounded weight copies kept on ``model`` (memory; or after a write the version counter misses)."""
+    model.__dict__.pop("_rounded_weights", None)
+
+
+def _rounded_weight(model, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype`` (same layout), made once per weight tensor and version and kept on the model."""
     store: dict = model.__dict__.setdefault("_rounded_weights", {})
-    key = (weight.data_ptr(), weight._version, dtype)
-    kept = store.get(id(module))
-    if kept is None or kept[0] != key:
-        w = weight.detach().t() if isinstance(module, Conv1D) else weight.detach()
-        kept = (key, w.to(dtype).contiguous())
-        store[id(module)] = kept
-    return kept[1]
+    kept = store.get((id(weight), dtype))
+    if kept is not None and kept[0]() is weight and kept[1] == weight._version:
+        return kept[2]
+    rounded = weight.detach().to(dtype)
+    store[(id(weight), dtype)] = (weakref.ref(weight), weight._version, rounded)
+    return rounded
+
+
+class _RoundedProducts(TorchFunctionMode):
+    """Replaces the products of the given linear weights by rounded ones (see the module docstring)."""
+
+    def __init__(self, model, dtype: torch.dtype, linear: set[int], conv: set[int]):
+        super().__init__()
+        self.model, self.dtype, self.linear, self.conv = model, dtype, linear, conv
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _ASKED.get() is self.dtype:
+            if func is F.linear and len(args) >= 2 and id(args[1]) in self.linear:
+                return self._linear(args[0], args[1], args[2] if len(args) > 2 else kwargs.get("bias"))
+            if func is torch.addmm and len(args) == 3 and id(args[2]) in self.conv:  # Conv1D: addmm(bias, x, W[in, out])
+                return self._product(args[1], args[2], args[0])
+        return func(*args, **kwargs)
+
+    def _linear(self, x, weight, bias):
+        rounded = _rounded_weight(self.model, weight, self.dtype)
+        return self._checked(F.linear(x.to(self.dtype), rounded).to(x.dtype), bias)
+
+    def _product(self, x, weight, bias):
+        rounded = _rounded_weight(self.model, weight, self.dtype)
+        return self._checked(torch.mm(x.to(self.dtype), rounded).to(x.dtype), bias)
+
+    def _checked(self, out, bias):
+        if self.dtype is torch.float16 and not bool(torch.isfinite(out).all()):
+            raise InvalidSpec(
+                f"{self.model.cfg.name}: a linear layer's product overflowed float16 (its largest value is 65504); "
+                "use precision='bfloat16' (float32's range) or None")
+        return out + bias if bias is not None else out
 
 
 @contextmanager
 def reduced_linears(model, dtype: torch.dtype | None) -> Iterator[None]:
-    """Inside, the block linears of ``model`` multiply in ``dtype`` (a no-op for ``None`` or a model already in it).
+    """Inside, in this thread, the block linears of ``model`` multiply in ``dtype`` (``None``: full precision).
 
-    Enter it after every other hook of the forward: its pre-hook hands the module zero
-    positions (the module itself then computes nothing) and its forward hook, run first,
-    returns the product from the input every earlier pre-hook has seen.
+    A model already in ``dtype`` is left as it is.
     """
-    linears = [] if dtype is None else [m for m in _block_linears(model) if m.weight.dtype != dtype]
-    if not linears:
-        yield
-        return
-    pending: dict[int, list[torch.Tensor]] = {}
-
-    def take(module, args, kwargs):
-        x = args[0] if args else None
-        if not (isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[-2] > 0):
-            return None
-        pending.setdefault(id(module), []).append(x)
-        return (x.narrow(-2, 0, 0), *args[1:]), kwargs
-
-    def multiply(module, args, output):
-        stack = pending.get(id(module))
-        if not stack:
-            return None
-        x = stack.pop()
-        out = F.linear(x.to(dtype), _rounded_weight(model, module, dtype)).to(x.dtype)
-        return out + module.bias if module.bias is not None else out
-
-    with ExitStack() as hooks:
-        for module in linears:
-            hooks.enter_context(scoped_module_hook(module, take, kind="pre"))
-            hooks.enter_context(scoped_module_hook(module, multiply, prepend=True))
-        yield
+    token = _ASKED.set(dtype)
+    try:
+        linears = [] if dtype is None else [m for m in _block_linears(model) if m.weight.dtype != dtype]
+        if not linears:
+            yield
+            return
+        offloaded = [m for m in linears if m.weight.device.type == "meta"]
+        if offloaded:  # accelerate's offload: the weight exists only inside the module's call
+            raise UnsupportedModel(
+                f"{model.cfg.name}: precision= keeps rounded copies of the weights, but this model's weights are "
+                "offloaded (device_map with disk/CPU offload); load it fully on its devices, or use precision=None")
+        linear = {id(m.weight) for m in linears if type(m) is nn.Linear}
+        conv = {id(m.weight) for m in linears if type(m) is Conv1D}
+        with _RoundedProducts(model, dtype, linear, conv):
+            yield
+    finally:
+        _ASKED.reset(token)
 
 
 def full_precision(device: torch.device):

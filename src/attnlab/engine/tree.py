@@ -284,7 +284,7 @@ class HookTree(nn.Module):
 
         def dispatch(output, args):
             point = block.attn.hook_result
-            if not point._forward_hooks:
+            if not point.is_hooked():  # hooks of other threads' blocks: this context keeps the model's own output
                 return None
             heads = rearrange(args[0], "b p (h d) -> b p h d", h=self.n_heads)
             weight = head_out_weight(b.out_proj, self.n_heads).to(heads.dtype)  # [head, d_head, d_model]

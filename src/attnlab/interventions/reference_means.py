@@ -28,27 +28,39 @@ def check_reference(prompts) -> list[str]:
     return list(prompts)
 
 
-def reference_means(model, names: Sequence[str], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+def reference_means(model, names: Sequence[str], prompts: Sequence[str], *,
+                    batch_size: int = REFERENCE_BATCH) -> dict[str, torch.Tensor]:
     """``{name: mean over every real token of prompts}`` (float32, CPU; the site's shape without batch and position).
 
-    Accumulated in float64 over batches of :data:`REFERENCE_BATCH` right-padded prompts, from
-    the unedited model (inside ``model.clean()``), and cached on the model by names and prompts.
+    Accumulated in float64 inside the forward (no batch's activations are kept) over batches
+    of ``batch_size`` right-padded prompts, from the unedited model (inside ``model.clean()``),
+    and cached on the model by names and prompts. Sites laid out ``[batch, head, query, key]``
+    (patterns, scores) have no mean over tokens and are refused.
     """
     prompts = check_reference(prompts)
-    names = tuple(names)
+    names = tuple(dict.fromkeys(names))
+    by_head = [n for n in names if n.endswith(("hook_pattern", "hook_attn_scores"))]
+    if by_head:
+        raise InvalidInput(
+            f"{by_head[0]} is laid out [batch, head, query, key]: it has no mean over token positions "
+            "(mean ablation applies to sites laid out [batch, position, ...], e.g. z, q, k, v, resid, post)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
 
     def compute() -> dict[str, torch.Tensor]:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         rows = model.token_rows(prompts)
-        for start in range(0, len(rows), REFERENCE_BATCH):
-            tokens = model.pad(rows[start : start + REFERENCE_BATCH], padding_side="right")
-            cache = model.run(tokens, logits=None, read=list(names)).cache
+        for start in range(0, len(rows), batch_size):
+            tokens = model.pad(rows[start : start + batch_size], padding_side="right")
             real = tokens.mask.bool().to(model.device)
+
+            def add(x, hook, real=real):
+                part = x[real].double().sum(dim=0)  # [batch, pos, ...] -> the real tokens' sum
+                sums[hook.name] = sums[hook.name] + part if hook.name in sums else part
+
+            model.run(tokens, logits=None, hooks=[(name, add) for name in names])
             count += int(real.sum())
-            for name in names:
-                part = cache[name][real].double().sum(dim=0)  # [batch, pos, ...] -> the real tokens' sum
-                sums[name] = sums[name] + part if name in sums else part
-        return {name: (total / count).float().cpu() for name, total in sums.items()}
+        return {name: (sums[name] / count).float().cpu() for name in names}
 
     return model.prepared_source(("reference_means", names, tuple(prompts)), compute)

@@ -216,9 +216,9 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
         ref = check_prompts(reference) if reference is not None else prompts
         means = {}
         if method == "mean":
-            means = {(site, l): m for l, m in site_means(model, units, ref).items()}
+            means = {(site, l): m for l, m in site_means(model, units, ref, batch_size).items()}
             if site == "result":  # verify() ablates z with z's mean: the same intervention
-                means.update({("z", l): m for l, m in site_means(model, Units("z", units.layers), ref).items()})
+                means.update({("z", l): m for l, m in site_means(model, Units("z", units.layers), ref, batch_size).items()})
         clean, est, drop = estimate(model, rows, cf_rows, metric, units, method, means, correction, probes, batch_size,
                                     seed, progress, precision=precision)
     except AttnlabError as err:
