@@ -301,6 +301,7 @@ def cmd_sweep(args) -> None:
         method=args.method, metric=metric, counterfactuals=counterfactuals,
         reference=reference, layers=layers, heads=heads,
         batch_size=args.batch_size, n_boot=args.n_boot, progress=not args.quiet,
+        precision=None if args.precision == "full" else args.precision,
     )
     if args.procs > 1:  # --procs N: N processes split the sweep, each loading its own model (docs/parallel.md)
         from attnlab.measure import run_parallel
@@ -702,6 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per forward pass, or auto: 64 on CPUs, from free memory on GPUs (default: auto)")
     p.add_argument("--procs", type=_procs, default=1,
                    help="split the sweep over this many processes, at most one per CPU core (default: 1)")
+    p.add_argument("--precision", default="full", choices=["full", "bfloat16", "float16"],
+                   help="bfloat16: the linear layers multiply in bfloat16, a faster first pass whose effects are no "
+                   "longer exact (1-4%% of the largest on Gemma, see docs/sweeps.md) (default: full)")
     p.add_argument("--n-boot", **n_boot)
     p.add_argument("--figure", help="PNG file for the layer x head heatmap")
 

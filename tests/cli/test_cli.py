@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -285,3 +286,21 @@ def test_analyze_a_conllu_file_with_an_encoder(capsys, tiny_dirs, tmp_path):
     relations = pd.read_csv(folder / "relations.csv")
     assert len(relations) > 0
     assert len(pd.read_csv(folder / "head_stats.csv")) == 2 * 4
+
+
+def test_sweep_precision_writes_the_bfloat16_sweep(capsys, tiny_dirs, tmp_path):
+    import attnlab
+    from attnlab.measure import LogitDiff, sweep_heads
+
+    prompts = ["the nurse said that", "the doctor said that"]
+    table = tmp_path / "bf16.csv"
+    code, _, err = main(capsys, "sweep", "--model", tiny_dirs["gpt2"], "--precision", "bfloat16", "--n-boot", 0,
+                        "--quiet", "-o", table, *prompts)
+    assert code == 0, err
+    model = attnlab.load(str(tiny_dirs["gpt2"]))
+    metric = LogitDiff(" she", " he")
+    low = sweep_heads(model, prompts, metric, "zero", precision="bfloat16", n_boot=0, progress=False).table
+    full = sweep_heads(model, prompts, metric, "zero", n_boot=0, progress=False).table
+    written = pd.read_csv(table)
+    assert np.abs(written.effect.to_numpy() - low.effect.to_numpy()).max() < 1e-6
+    assert np.abs(written.effect.to_numpy() - full.effect.to_numpy()).max() > 1e-6
