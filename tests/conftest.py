@@ -51,3 +51,12 @@ def minilm():
     import attnlab
 
     return attnlab.load("minilm")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny models: on a busy 2-core machine two threads spin and stall)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,12 +24,7 @@ IDS = torch.tensor([18, 17, 40, 3, 18])  # duplicates and any order are allowed
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _softcapped(arch: str, cap: float) -> HookedModel:
