@@ -25,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
+from attnlab.engine.finite import all_finite
 from attnlab.engine.hooks import Hook, HookPoint
 from attnlab.engine.locations import SITES
 from attnlab.engine.precision import full_precision
@@ -190,7 +191,7 @@ def explicit_attention(
     z = torch.matmul(pattern, value).transpose(1, 2)  # [batch, q_pos, head, d_head]
     if hooks is not None:
         z = _run(hooks.hook_z, z, infos["z"])
-        if not bool(torch.isfinite(z).all()):  # an edit of q, k, v, scores, pattern or z overflowed
+        if not all_finite(z):  # an edit of q, k, v, scores, pattern or z overflowed
             raise InvalidSpec(
                 f"the edits at layer {hooks.layer_index} gave non-finite attention output (inf or NaN) in "
                 f"{z.dtype}: an edit's values are too large for this model's precision"

@@ -38,6 +38,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from transformers.pytorch_utils import Conv1D
 
+from attnlab.engine.finite import all_finite
 from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 
 __all__ = ["PRECISIONS", "check_precision", "reduced_linears", "forget_rounded_weights", "full_precision"]
@@ -107,7 +108,7 @@ class _RoundedProducts(TorchFunctionMode):
         return self._checked(torch.mm(x.to(self.dtype), rounded).to(x.dtype), bias)
 
     def _checked(self, out, bias):
-        if self.dtype is torch.float16 and not bool(torch.isfinite(out).all()):
+        if self.dtype is torch.float16 and not all_finite(out):
             raise InvalidSpec(
                 f"{self.model.cfg.name}: a linear layer's product overflowed float16 (its largest value is 65504); "
                 "use precision='bfloat16' (float32's range) or None")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from attnlab.engine.attention import masked
+from attnlab.engine.finite import all_finite
 from attnlab.errors import InvalidSpec, ShapeMismatch
 from attnlab.interventions._base import Intervention, as_index_tuple, finite_number, fit, register, tensor_or_none
 
@@ -85,7 +86,7 @@ class SetPattern(Intervention):
                         f"SetPattern fn must return a tensor of shape {tuple(x.shape)}, got "
                         f"{tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__}"
                     )
-                if not torch.isfinite(new).all():
+                if not all_finite(new):
                     raise InvalidSpec("SetPattern fn returned NaN or inf values")
             if self.renormalize:
                 new = new / new.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(new.dtype).tiny)
@@ -168,7 +169,7 @@ class EditScores(Intervention):
                 value = self.replace if self.replace.ndim > 0 else self.replace.expand(x.shape[-2:])
                 new = fit(value, x, "replace")
             new = new.masked_fill(hidden, torch.finfo(x.dtype).min)
-            if not torch.isfinite(new).all():
+            if not all_finite(new):
                 raise InvalidSpec(
                     f"{self!r} gives scores beyond the range of {x.dtype} at {hook.name}; use smaller values"
                 )
