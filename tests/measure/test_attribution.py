@@ -331,6 +331,44 @@ def test_mean_is_the_mean_ablation_mean(tiny_llama):
         assert torch.allclose(res._context["means"][("z", layer)], head_means(tiny_llama, layer, ref), atol=1e-6)
 
 
+def _reference_passes(model) -> int:
+    return sum(1 for key in model._prepared if key[0] == "reference_means")
+
+
+@pytest.mark.parametrize("site", ["z", "q", "post"])
+def test_mean_over_the_prompts_takes_its_means_from_its_own_forward(tiny_llama, site):
+    """With the prompts as reference, the grad-enabled forward is a reference pass: no second pass, same estimates."""
+    tiny_llama._prepared.clear()
+    own = attribute(tiny_llama, PROMPTS, METRIC, site=site, method="mean", progress=False, n_boot=10)
+    assert _reference_passes(tiny_llama) == 0
+    passed = attribute(tiny_llama, PROMPTS, METRIC, site=site, method="mean", reference=list(PROMPTS), progress=False,
+                       n_boot=10)
+    assert _reference_passes(tiny_llama) == 1
+    assert np.abs(own.per_prompt.effect.to_numpy() - passed.per_prompt.effect.to_numpy()).max() < 1e-6
+    assert np.abs(passed.table.effect).max() > 1e-3
+
+
+def test_mean_under_an_edit_or_in_chunks_averages_the_unedited_model(tiny_llama):
+    """Inside an intervene() block the forward is edited and with several chunks it sees only a part: a reference pass."""
+    with tiny_llama.intervene(AblateHead(0, None)):  # changes every later layer's z
+        edited = attribute(tiny_llama, PROMPTS, METRIC, method="mean", progress=False, n_boot=10)
+        explicit = attribute(tiny_llama, PROMPTS, METRIC, method="mean", reference=list(PROMPTS), progress=False, n_boot=10)
+        assert np.abs(edited.per_prompt.effect.to_numpy() - explicit.per_prompt.effect.to_numpy()).max() < 1e-6
+    whole = attribute(tiny_llama, PROMPTS, METRIC, method="mean", progress=False, n_boot=10)
+    tiny_llama._prepared.clear()
+    chunked = attribute(tiny_llama, PROMPTS, METRIC, method="mean", batch_size=1, progress=False, n_boot=10)
+    assert _reference_passes(tiny_llama) == 1
+    assert np.abs(whole.per_prompt.effect.to_numpy() - chunked.per_prompt.effect.to_numpy()).max() < 1e-5
+
+
+def test_verify_after_own_forward_means_ablates_with_the_reference_means(tiny_llama):
+    est = attribute(tiny_llama, PROMPTS, METRIC, method="mean", progress=False, n_boot=10)
+    checked = est.verify(3)
+    exact = sweep_heads(tiny_llama, PROMPTS, METRIC, "mean", progress=False, n_boot=10).table.set_index(["layer", "head"])
+    picked = list(zip(checked.table["layer"], checked.table["head"]))
+    assert np.allclose(checked.table.effect.to_numpy(), exact.loc[picked, "effect"].to_numpy(), atol=1e-6)
+
+
 def test_result_site_gives_the_same_estimates_as_z(tiny_gpt2):
     z = attribute(tiny_gpt2, PROMPTS, METRIC, site="z", progress=False, n_boot=10)
     result = attribute(tiny_gpt2, PROMPTS, METRIC, site="result", progress=False, n_boot=10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from jaxtyping import Bool
 from tqdm.auto import tqdm
 
 from attnlab.engine.locations import hook_name
@@ -19,7 +20,7 @@ from attnlab.measure._attribution_qk import check_scores_are_dot_products, qk_fi
 from attnlab.measure._attribution_units import Units, site_values
 from attnlab.measure._rows import Rows
 
-__all__ = ["estimate"]
+__all__ = ["estimate", "forward_means"]
 
 
 def estimate(model, rows: Rows, cf_rows, metric, units: Units, method, means, correction, probes, batch_size, seed,
@@ -27,11 +28,16 @@ def estimate(model, rows: Rows, cf_rows, metric, units: Units, method, means, co
     """Clean values ``[prompt]``, estimates ``[unit, position, prompt]`` and GradDrop scores (same shape).
 
     ``precision``: the precision of the blocks' linear layers in every pass (None: the model's own).
+    ``means`` None with ``method="mean"``: the rows are the reference prompts themselves, run
+    unedited, all in one chunk, so the grad-enabled forward's own activations give the means
+    (see :func:`forward_means`) and no separate pass over the references is needed.
     """
     qk = correction in ("qk", "atp*") and units.site in ("q", "k")
     graddrop = correction in ("graddrop", "atp*")
     k = rows.per_prompt
     chunk = max(k, batch_size // k * k)
+    if method == "mean" and means is None and rows.n_rows > chunk:
+        raise ValueError(f"means from the forward need every row in one chunk ({rows.n_rows} rows > {chunk})")
     width = rows.tokens.ids.shape[1] if units.per_position else 1
     n_units = units.per_layer * len(units.layers)
     est = np.zeros((n_units, width, rows.n_prompts))  # a position a prompt does not have: no effect, as in the exact sweeps
@@ -51,13 +57,15 @@ def estimate(model, rows: Rows, cf_rows, metric, units: Units, method, means, co
         for c0 in range(0, rows.n_rows, chunk):
             part = rows.select(slice(c0, c0 + chunk)).to(model.device)
             cf_part = cf_rows.select(slice(c0, c0 + chunk)) if cf_rows is not None else None
-            targets = _targets(model, units, part, method, means, cf_part, precision)
             fwd = grad_forward(model, part, metric, capture, graddrop=graddrop, probes=probes, generator=generator,
                                precision=precision)
             if qk and not checked:
                 _check_qk(model, fwd, extra, precision)
                 checked = True
             valid = part.tokens.mask.bool()
+            if method == "mean" and means is None:  # the rows are the reference prompts, unedited, in this one chunk
+                means = forward_means(units, fwd.acts, valid)
+            targets = _targets(model, units, part, method, means, cf_part, precision)
             layer_est = _layer_estimator(model, units, fwd, targets, valid, own, extra, qk)
             grads = fwd.gradients([grad_name[l] for l in units.layers])
             plain = _one_pass(fwd, grads, units.layers, layer_est, k)  # [prompt, unit, pos]
@@ -77,6 +85,20 @@ def estimate(model, rows: Rows, cf_rows, metric, units: Units, method, means, co
                 _store(drop, score / (n_layers - 1), p0)
             del fwd
     return clean, est, drop
+
+
+def forward_means(units: Units, acts: dict[str, torch.Tensor], valid: Bool[torch.Tensor, "row pos"]) -> dict:
+    """``{(site, layer): mean over the real tokens}`` of the captured activations (float64 sums, float32 result).
+
+    The same average as :func:`attnlab.interventions.reference_means` when the rows are the
+    reference prompts and the forward is unedited; in a reduced ``precision`` it is the
+    average of that precision's activations.
+    """
+    out = {}
+    for layer in units.layers:
+        act = acts[units.name(layer)].detach()
+        out[(units.site, layer)] = (act[valid.to(act.device)].double().sum(dim=0) / int(valid.sum())).float().cpu()
+    return out
 
 
 def _store(out: np.ndarray, values: torch.Tensor, p0: int) -> None:

@@ -102,7 +102,10 @@ class AttributionResult(SweepResult):
         one_unit_patch = self.method == "patch" and self.meta["site"] in (*DIM_SITES, "post")
         sources = _verify_sources(model, ctx, picked) if one_unit_patch else {}
         n_rows = ctx["n_rows"]
-        specs = {label: [exact_spec(row, self.method, ctx["means"], ctx["counterfactuals"], sources, n_rows)]
+        means = ctx["means"]
+        if self.method == "mean" and not means:  # the estimate took its means from its own forward
+            means = exact_means(model, ctx["units"], ctx["reference"], ctx["batch_size"])
+        specs = {label: [exact_spec(row, self.method, means, ctx["counterfactuals"], sources, n_rows)]
                  for label, (_, row) in zip(labels, picked.iterrows())}
         # one-unit patches pair with all rows at once; per-position units address positions of the longest prompt,
         # which a batch of shorter prompts alone does not have (with every row in the batch, they are padding there:
@@ -215,18 +218,42 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
         cf_rows = paired_rows(model, metric, prompts, rows, check_prompts(counterfactuals)) if method == "patch" else None
         ref = check_prompts(reference) if reference is not None else prompts
         means = {}
-        if method == "mean":
-            means = {(site, l): m for l, m in site_means(model, units, ref, batch_size).items()}
-            if site == "result":  # verify() ablates z with z's mean: the same intervention
-                means.update({("z", l): m for l, m in site_means(model, Units("z", units.layers), ref, batch_size).items()})
-        clean, est, drop = estimate(model, rows, cf_rows, metric, units, method, means, correction, probes, batch_size,
-                                    seed, progress, precision=precision)
+        own = method == "mean" and reference is None and _rows_are_the_prompts(model, rows, prompts, batch_size)
+        if method == "mean" and not own:
+            means = exact_means(model, units, ref, batch_size)
+        clean, est, drop = estimate(model, rows, cf_rows, metric, units, method, None if own else means, correction, probes,
+                                    batch_size, seed, progress, precision=precision)
     except AttnlabError as err:
         raise type(err)(f"while attributing {site} units of {model.cfg.name}: {err}") from None
     result = _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
                     counterfactuals, n_boot, seed, precision)
-    result._context["where"] = where
+    result._context.update(where=where, reference=ref, batch_size=batch_size, units=units)
     return result
+
+
+def exact_means(model, units: Units, reference, batch_size: int) -> dict:
+    """``{(site, layer): mean}`` over ``reference`` from the unedited model, in full precision (cached on the model).
+
+    For ``result`` units also z's means: ``verify()`` ablates z with z's mean, the same intervention.
+    """
+    means = {(units.site, l): m for l, m in site_means(model, units, reference, batch_size).items()}
+    if units.site == "result":
+        means.update({("z", l): m for l, m in site_means(model, Units("z", units.layers), reference, batch_size).items()})
+    return means
+
+
+def _rows_are_the_prompts(model, rows: Rows, prompts, batch_size: int) -> bool:
+    """The estimate's one forward can give the mean-ablation means itself.
+
+    True when that forward is exactly a reference pass: one row per prompt holding just the
+    prompt's tokens, all rows in one chunk, and no hook acting (mean ablation averages the
+    unedited model). Then a separate pass over the references is saved.
+    """
+    if rows.per_prompt != 1 or rows.n_rows > batch_size or model.count_hooks():
+        return False
+    mask = rows.tokens.mask.bool()
+    expected = model.token_rows(prompts)
+    return all(rows.tokens.ids[i][mask[i]].tolist() == expected[i] for i in range(rows.n_rows))
 
 
 def _where(model) -> tuple:
