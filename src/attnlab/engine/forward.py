@@ -8,7 +8,11 @@ functions, resuming from a cached prefix, and the LM head only where it is read:
 * ``logits="all"``: every position (``[batch, pos, vocab]``);
 * ``logits="last"``: each row's last real token (``[batch, vocab]``), whatever the padding;
 * ``logits=<[batch, k] token positions>``: those positions of each row (``[batch, k, vocab]``);
-* ``logits=None``: no LM head at all (attention and hidden-state readers).
+* ``logits=None``: no LM head at all (attention and hidden-state readers). Such a pass
+  without ``hidden=True`` stops after the last layer where a hook acts or whose output is
+  kept (:mod:`attnlab.engine.stop`): the later layers' results would be thrown away.
+  ``stop_at_layer=k`` stops after block ``k - 1`` and returns the residual stream there in
+  ``Output.hidden`` (TransformerLens' ``stop_at_layer``).
 
 ``vocab=<[k] token ids>`` keeps only those vocabulary entries (last dimension ``k``). A
 logit difference needs two of Gemma-3's 262k rows of the unembedding, so where the head is
@@ -38,6 +42,7 @@ from attnlab.engine.hooks import scoped_module_hook
 from attnlab.engine.precision import check_precision, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
 from attnlab.engine.state import ForwardState, forward_state
+from attnlab.engine.stop import StopForward, check_stop_at_layer, last_layer_in_use, stop_at
 from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput
 
@@ -176,6 +181,8 @@ def run(
     keep_layers: set[int] | None = None,
     grad: bool = False,
     precision: str | torch.dtype | None = None,
+    stop_at_layer: int | None = None,
+    stop_early: bool = True,
     model_kwargs: dict[str, Any] | None = None,
 ) -> Output:
     """Run ``model`` on ``tokens`` once. See the module docstring for ``logits`` and ``vocab``.
@@ -187,7 +194,13 @@ def run(
     graph (attribution patching); otherwise the pass runs under ``torch.no_grad()``.
     ``precision``: ``torch.bfloat16`` / ``torch.float16`` (or their names): the blocks' linear
     layers multiply in that precision (:mod:`attnlab.engine.precision`: for estimates, not exact effects).
+    ``stop_at_layer``: run blocks ``0 .. k-1`` only, ``Output.hidden`` the residual stream entering block ``k``
+    (needs ``logits=None``). ``stop_early=False``: a ``logits=None`` pass runs every layer even when
+    no attnlab hook acts after some layer (for plain PyTorch hooks on the HF modules).
     """
+    stop = check_stop_at_layer(stop_at_layer, model.cfg.n_layers)
+    if stop is not None and logits is not None:
+        raise InvalidInput(f"stop_at_layer={stop_at_layer} returns the residual stream, not logits: pass logits=None")
     logits = _validate_logits_at(logits, tokens)
     precision = check_precision(precision)
     vocab = _validate_vocab(model, vocab, logits)
@@ -218,8 +231,17 @@ def run(
             kept = stack.enter_context(capture_layer_outputs(model.decoder_layers(), keep_layers))
         stack.enter_context(reduced_linears(model, precision))  # None too: a nested run in a hook asks for itself
         if logits is None:
-            out = model.layout.body(**kwargs)
-            result.hidden = out.last_hidden_state if hidden else None
+            blocks = model.decoder_layers()
+            if stop is None and stop_early and not hidden and blocks:  # nothing is read after the last hooked or kept layer
+                last = last_layer_in_use(model, keep_layers)
+                stop = last + 1 if last is not None and last + 1 < len(blocks) else None
+            if stop is not None:
+                stack.enter_context(stop_at(blocks, stop))
+            try:
+                out = model.layout.body(**kwargs)
+                result.hidden = out.last_hidden_state if hidden else None
+            except StopForward as stopped:
+                result.hidden = stopped.resid if stop_at_layer is not None else None
         else:
             last = isinstance(logits, str) and logits == "last"
             columns = None if isinstance(logits, str) and logits == "all" else (

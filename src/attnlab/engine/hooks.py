@@ -278,11 +278,12 @@ class OnDemand:
 
 
 @contextmanager
-def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward") -> Iterator[None]:
+def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward", prepend: bool = False) -> Iterator[None]:
     """A PyTorch hook on ``module`` that acts only in this context, only inside the block.
 
     ``kind``: ``"forward"`` (``fn(module, args, output)``) or ``"pre"``
-    (``fn(module, args, kwargs)``, with keyword arguments). The engine uses these for its own
+    (``fn(module, args, kwargs)``, with keyword arguments); ``prepend``: before the module's
+    other hooks of that kind. The engine uses these for its own
     plumbing (reading the LM head's input, resuming from a cached prefix), so a forward pass
     running in another thread at the same time is not affected.
     """
@@ -292,9 +293,9 @@ def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward"
             return fn(*args) if _is_active(owner) else None
 
         if kind == "forward":
-            handle = module.register_forward_hook(acting)
+            handle = module.register_forward_hook(acting, prepend=prepend)
         elif kind == "pre":
-            handle = module.register_forward_pre_hook(acting, with_kwargs=True)
+            handle = module.register_forward_pre_hook(acting, with_kwargs=True, prepend=prepend)
         else:
             raise ValueError(f"kind must be 'forward' or 'pre', got {kind!r}")
         try:

@@ -517,24 +517,31 @@ class HookedModel(ModelWeights, nn.Module):
         padding_side: str | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        stop_at_layer: int | None = None,
         **unknown: Any,
     ):
         """Logits for text or token ids; ``return_type``: "logits", "loss", "both", None, "hidden", "outputs".
 
         ``padding_side`` ("right"/"left", default ``model.padding_side``) decides where a
         batch of different lengths is padded: read ``[:, -1]`` only from a left-padded batch,
-        or use :meth:`next_token_logits`.
+        or use :meth:`next_token_logits`. ``stop_at_layer=k`` (as in TransformerLens): run
+        blocks ``0 .. k-1`` only and return the residual stream entering block ``k``
+        (``[batch, pos, d_model]``; negative ``k`` counts from the end).
         """
         if unknown:
             raise InvalidInput(
                 f"unknown keyword argument(s) {sorted(unknown)} for {self.cfg.name}(...); valid: return_type, "
-                "loss_per_token, prepend_bos, padding_side, attention_mask, token_type_ids"
+                "loss_per_token, prepend_bos, padding_side, attention_mask, token_type_ids, stop_at_layer"
             )
         if return_type not in RETURN_TYPES:
             raise InvalidInput(f"unknown return_type {return_type!r}; valid: {', '.join(map(repr, RETURN_TYPES))}")
+        if stop_at_layer is not None and return_type in ("loss", "both", "outputs"):
+            raise InvalidInput(f"stop_at_layer returns the residual stream; return_type={return_type!r} needs the whole model")
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side=padding_side, prepend_bos=prepend_bos)
         extra = {"token_type_ids": token_type_ids.to(self.device)} if token_type_ids is not None else {}
         grad = torch.is_grad_enabled()
+        if stop_at_layer is not None:
+            return run(self, tokens, logits=None, stop_at_layer=stop_at_layer, grad=grad, model_kwargs=extra).hidden
         if return_type == "outputs":
             from attnlab.engine.forward import _model_kwargs
             from attnlab.engine.state import ForwardState, forward_state
@@ -548,8 +555,8 @@ class HookedModel(ModelWeights, nn.Module):
             out = run(self, tokens, logits=None, hidden=True, grad=grad, model_kwargs=extra) if not self.cfg.has_lm_head \
                 else run(self, tokens, logits="all", hidden=True, grad=grad, model_kwargs=extra)
             return None if return_type is None else out.hidden
-        if return_type is None:
-            run(self, tokens, logits=None, grad=grad, model_kwargs=extra)
+        if return_type is None:  # run for the hooks' sake: every layer, as plain PyTorch hooks may be anywhere
+            run(self, tokens, logits=None, grad=grad, stop_early=False, model_kwargs=extra)
             return None
         out = run(self, tokens, logits="all", grad=grad, model_kwargs=extra)
         if return_type == "logits":

@@ -1,0 +1,82 @@
+"""Stopping a forward pass early: after layer ``k - 1`` (TransformerLens' ``stop_at_layer``), or
+after the last layer anything in this context reads or edits.
+
+A pass that returns no logits and no final hidden state (reading a site, computing means or
+patch sources) has no use for the layers after the last hooked one: a mean of layer 2's
+heads on an 18-layer model ran all 18. The engine stops such a pass there by raising
+:class:`StopForward` from a hook on that layer and catching it around the model call; every
+``with`` block and ``finally`` on the way out runs as for any exception.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from attnlab.engine.hooks import acting_owners, scoped_module_hook
+from attnlab.errors import InvalidInput
+
+__all__ = ["StopForward", "check_stop_at_layer", "last_layer_in_use", "stop_at"]
+
+#: Hook points after the blocks (a pass that reads them needs every layer).
+_AFTER_BLOCKS = ("ln_final", "unembed")
+
+
+class StopForward(Exception):
+    """Raised by the stopping hook; carries the residual stream where the pass stopped."""
+
+    def __init__(self, resid: torch.Tensor):
+        super().__init__("forward pass stopped early (caught by the engine)")
+        self.resid = resid
+
+
+def check_stop_at_layer(value, n_layers: int) -> int | None:
+    """``None`` or a layer in ``0 .. n_layers`` (negative counts from the end, as in TransformerLens)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not -n_layers <= value <= n_layers:
+        raise InvalidInput(
+            f"stop_at_layer must be None or an integer in {-n_layers}..{n_layers} (the number of blocks to run; "
+            f"negative counts from the end), got {value!r}")
+    return int(value) % n_layers if value < 0 else int(value)
+
+
+def last_layer_in_use(model, keep_layers=None) -> int | None:
+    """The last block at which some hook acts in this context or whose output is kept; ``None``: every block is needed.
+
+    -1 when nothing acts at any block (nor after them).
+    """
+    owners = acting_owners()
+    last = max(keep_layers or (), default=-1)
+    for point in model.hook_dict.values():
+        if not point._forward_hooks or not point.n_hooks(owners=owners):
+            continue
+        if point.layer_index is not None:
+            last = max(last, point.layer_index)
+        elif point.name.startswith(_AFTER_BLOCKS):
+            return None
+    return last
+
+
+@contextmanager
+def stop_at(blocks, k: int) -> Iterator[None]:
+    """Inside, this context's forward passes raise :class:`StopForward` with the stream entering block ``k``.
+
+    ``k = 0``: the embeddings, before block 0's own hooks; ``k = len(blocks)``: the last block's output.
+    """
+    if k == 0:
+        def before(module, args, kwargs):
+            raise StopForward(args[0] if args else kwargs["hidden_states"])
+
+        with scoped_module_hook(blocks[0], before, kind="pre", prepend=True):
+            yield
+        return
+
+    def after(module, args, output):
+        raise StopForward(output[0] if isinstance(output, tuple) else output)
+
+    with scoped_module_hook(blocks[k - 1], after):
+        yield

@@ -1,0 +1,140 @@
+"""Stopping a forward pass early: stop_at_layer (TransformerLens) and the stop after the last hooked layer."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from attnlab.engine.forward import run
+from attnlab.errors import InvalidInput
+from attnlab.interventions import AblateHead
+
+TEXTS = ["the cat sat on the mat", "a dog"]
+
+
+@contextmanager
+def block_calls(model):
+    """Which blocks ran (plain PyTorch hooks: they do not count as attnlab hooks, so they do not stop the stop)."""
+    seen: list[int] = []
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: seen.append(i)) for i, b in enumerate(model.decoder_layers())]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _module_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma", "bert"])
+def test_stop_at_layer_returns_the_stream_entering_that_block(arch, request):
+    model = request.getfixturevalue(f"tiny_{arch}")
+    n = model.cfg.n_layers
+    tokens = model.tokens(TEXTS)
+    last = f"blocks.{n - 1}.hook_normalized_resid_post"  # a post-norm block (BERT) ends with its norm
+    last = last if last in model.hook_dict else f"blocks.{n - 1}.hook_resid_post"
+    names = [f"blocks.{k}.hook_resid_pre" for k in range(n)] + [last]
+    full = run(model, tokens, logits=None, read=names, stop_early=False).cache
+    for k in range(-n, n + 1):
+        with block_calls(model) as seen:
+            out = run(model, tokens, logits=None, stop_at_layer=k)
+        kk = k % n if k < 0 else k
+        assert seen == list(range(kk))
+        assert torch.equal(out.hidden, full[names[kk]])
+    assert _module_hooks(model) == 0 and model.count_hooks() == 0
+
+
+def test_a_pass_that_reads_an_early_layer_stops_after_it(tiny_llama):
+    tokens = tiny_llama.tokens(TEXTS)
+    name = "blocks.0.attn.hook_z"
+    with block_calls(tiny_llama) as seen:
+        early = run(tiny_llama, tokens, logits=None, read=[name]).cache[name]
+    assert seen == [0]
+    with block_calls(tiny_llama) as seen:
+        whole = run(tiny_llama, tokens, logits=None, read=[name], stop_early=False).cache[name]
+    assert seen == [0, 1]
+    assert torch.equal(early, whole)
+    assert _module_hooks(tiny_llama) == 0
+
+
+def test_edits_and_outer_blocks_keep_their_layers_running(tiny_llama):
+    tokens = tiny_llama.tokens(TEXTS)
+    with block_calls(tiny_llama) as seen:  # an intervention at layer 1 is a hook acting there
+        run(tiny_llama, tokens, logits=None, read=["blocks.0.attn.hook_z"], interventions=[AblateHead(1, 0)])
+    assert seen == [0, 1]
+    fired = []
+    with tiny_llama.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", lambda x, hook: fired.append(hook.name))]):
+        with block_calls(tiny_llama) as seen:  # a block opened by the caller around the engine's pass
+            run(tiny_llama, tokens, logits=None, read=["blocks.0.attn.hook_z"])
+    assert seen == [0, 1] and fired == ["blocks.1.hook_mlp_out"]
+    with tiny_llama.hooks(fwd_hooks=[("ln_final.hook_normalized", lambda x, hook: None)]):
+        with block_calls(tiny_llama) as seen:  # a hook after the blocks needs them all
+            run(tiny_llama, tokens, logits=None, read=["blocks.0.attn.hook_z"])
+    assert seen == [0, 1]
+    with tiny_llama.clean(), block_calls(tiny_llama) as seen:  # with no hook at all: nothing needs any block
+        run(tiny_llama, tokens, logits=None)
+    assert seen == []
+
+
+def test_head_means_of_an_early_layer_equal_the_whole_pass(tiny_gemma):
+    from attnlab.interventions.reference_means import reference_means
+
+    name = "blocks.0.attn.hook_z"
+    with block_calls(tiny_gemma) as seen:
+        early = reference_means(tiny_gemma, [name], TEXTS)[name]
+    assert seen == [0]
+    total = torch.zeros_like(early, dtype=torch.float64)
+    count = 0
+    for text in TEXTS:
+        z = run(tiny_gemma, tiny_gemma.tokens([text]), logits=None, read=[name], stop_early=False).cache[name][0]
+        total += z.double().sum(dim=0)
+        count += z.shape[0]
+    assert torch.allclose(early, (total / count).float(), atol=1e-6)
+
+
+def test_tl_forward_and_run_with_cache(tiny_gpt2):
+    resid = tiny_gpt2(TEXTS, stop_at_layer=1)
+    _, cache = tiny_gpt2.run_with_cache(TEXTS)  # every hook point: the explicit attention path, equal to rounding
+    assert torch.allclose(resid, cache["blocks.1.hook_resid_pre"], atol=1e-6)
+    resid2, stopped = tiny_gpt2.run_with_cache(TEXTS, stop_at_layer=-1)
+    assert torch.allclose(resid2, cache["blocks.1.hook_resid_pre"], atol=1e-6)
+    assert "blocks.0.hook_resid_post" in stopped.keys() and not any(k.startswith("blocks.1.") for k in stopped.keys())
+    assert "ln_final.hook_normalized" not in stopped.keys()
+    fired = []  # block k's own hooks do not run when stopping before it (as in TransformerLens)
+    tiny_gpt2.run_with_hooks(TEXTS, stop_at_layer=1, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: fired.append(1))])
+    assert fired == []
+    with block_calls(tiny_gpt2) as seen:  # return_type=None runs for the hooks' sake: all blocks, plain hooks too
+        tiny_gpt2(TEXTS, return_type=None)
+    assert seen == [0, 1]
+    assert tiny_gpt2.count_hooks() == 0 and _module_hooks(tiny_gpt2) == 0
+
+
+def test_gradients_flow_to_the_stopped_stream(tiny_llama):
+    tokens = tiny_llama.tokens(TEXTS)
+    out = run(tiny_llama, tokens, logits=None, stop_at_layer=1, grad=True)
+    out.hidden.sum().backward()
+    grads = [p.grad for p in tiny_llama.decoder_layers()[0].parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in tiny_llama.decoder_layers()[1].parameters())
+    tiny_llama.hf_model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, "1", 3, -3])
+def test_bad_stop_at_layer_is_refused_and_leaves_no_hook(tiny_llama, bad):
+    tokens = tiny_llama.tokens(TEXTS)
+    with pytest.raises(InvalidInput, match=r"stop_at_layer must be None or an integer in -2\.\.2"):
+        run(tiny_llama, tokens, logits=None, stop_at_layer=bad)
+    with pytest.raises(InvalidInput, match="stop_at_layer"):
+        tiny_llama(TEXTS, stop_at_layer=bad)
+    assert tiny_llama.count_hooks() == 0 and _module_hooks(tiny_llama) == 0
+
+
+def test_stop_at_layer_with_logits_or_loss_is_refused(tiny_llama):
+    with pytest.raises(InvalidInput, match="pass logits=None"):
+        run(tiny_llama, tiny_llama.tokens(TEXTS), logits="last", stop_at_layer=1)
+    with pytest.raises(InvalidInput, match="needs the whole model"):
+        tiny_llama(TEXTS, return_type="loss", stop_at_layer=1)
