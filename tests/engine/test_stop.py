@@ -138,3 +138,22 @@ def test_stop_at_layer_with_logits_or_loss_is_refused(tiny_llama):
         run(tiny_llama, tiny_llama.tokens(TEXTS), logits="last", stop_at_layer=1)
     with pytest.raises(InvalidInput, match="needs the whole model"):
         tiny_llama(TEXTS, return_type="loss", stop_at_layer=1)
+
+
+def test_a_pass_started_inside_a_hook_runs_on(tiny_llama):
+    """The stop belongs to the pass that set it: a nested run in a hook (here at layer 0) still reaches the logits."""
+    text = "the nurse said that"
+    alone = tiny_llama.run(text, logits="last").logits
+    nested = {}
+
+    def peek(x, hook):
+        if nested:  # the hook acts in the nested passes too (same context): once is enough
+            return
+        nested["started"] = True
+        nested["logits"] = tiny_llama.run(text, logits="last").logits
+        nested["z1"] = tiny_llama.run(text, logits=None, read=["blocks.1.attn.hook_z"]).cache["blocks.1.attn.hook_z"]
+
+    with block_calls(tiny_llama) as seen:
+        run(tiny_llama, tiny_llama.tokens([text]), logits=None, hooks=[("blocks.0.attn.hook_z", peek)])
+    assert torch.allclose(nested["logits"], alone, atol=1e-6) and nested["z1"].shape[2] == tiny_llama.cfg.n_heads
+    assert seen == [0, 1, 0, 1, 0]  # the nested passes (0, 1) twice inside outer block 0, which then ends the outer pass

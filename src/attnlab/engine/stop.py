@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from attnlab.engine.hooks import acting_owners, scoped_module_hook
+from attnlab.engine.state import current_state
 from attnlab.errors import InvalidInput
 
 __all__ = ["StopForward", "check_stop_at_layer", "last_layer_in_use", "stop_at"]
@@ -63,20 +64,25 @@ def last_layer_in_use(model, keep_layers=None) -> int | None:
 
 @contextmanager
 def stop_at(blocks, k: int) -> Iterator[None]:
-    """Inside, this context's forward passes raise :class:`StopForward` with the stream entering block ``k``.
+    """Inside, this pass raises :class:`StopForward` with the stream entering block ``k``.
 
-    ``k = 0``: the embeddings, before block 0's own hooks; ``k = len(blocks)``: the last block's output.
+    ``k = 0``: the embeddings, before block 0's own hooks; ``k = len(blocks)``: the last block's
+    output. Only the pass running when the block opens stops: a pass a hook starts inside it
+    (a nested ``run``) has its own forward state and runs on.
     """
+    state = current_state()
     if k == 0:
         def before(module, args, kwargs):
-            raise StopForward(args[0] if args else kwargs["hidden_states"])
+            if current_state() is state:
+                raise StopForward(args[0] if args else kwargs["hidden_states"])
 
         with scoped_module_hook(blocks[0], before, kind="pre", prepend=True):
             yield
         return
 
     def after(module, args, output):
-        raise StopForward(output[0] if isinstance(output, tuple) else output)
+        if current_state() is state:
+            raise StopForward(output[0] if isinstance(output, tuple) else output)
 
     with scoped_module_hook(blocks[k - 1], after):
         yield
