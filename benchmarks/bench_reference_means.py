@@ -12,21 +12,16 @@ Run: ``python benchmarks/bench_reference_means.py [--threads N] [--repeats N]``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 
 from bench_sweep import prompts  # the same 32 prompts as the sweep benchmark
-from timing import timed
+from timing import parse_args, timed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, repeats=5)
 
     import attnlab
     from attnlab.engine.locations import hook_name
