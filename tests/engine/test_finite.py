@@ -33,3 +33,19 @@ def test_integer_and_complex_tensors():
     z = torch.tensor([1 + 1j, complex(float("nan"), 0)])
     assert not all_finite(z)
     assert all_finite(z[:1])
+
+
+@pytest.mark.parametrize("bad", [None, float("inf"), float("nan")])
+def test_masked_scores_that_overflow_the_sum(bad):
+    """Scores hold float32's minimum where masked: the sum overflows, the min/max decide."""
+    scores = torch.randn(2, 3, 8, 8)
+    scores.masked_fill_(torch.ones(8, 8, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
+    if bad is not None:
+        scores[1, 2, 5, 3] = bad
+    assert not bool(torch.isfinite(scores.sum()))
+    assert all_finite(scores) == (bad is None)
+
+
+def test_empty_and_zero_dim():
+    assert all_finite(torch.empty(0, 3))
+    assert all_finite(torch.tensor(1.0)) and not all_finite(torch.tensor(float("nan")))

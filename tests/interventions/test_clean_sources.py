@@ -59,3 +59,28 @@ def test_specs_are_immutable_data():
         spec.mean = torch.zeros(4, 8)
     long = AblateHead(0, method="mean", reference=[f"prompt {i}" for i in range(40)])
     assert repr(long) == "AblateHead(layer=0, method='mean', reference=[40 prompts])"
+
+
+def test_means_and_sources_follow_weight_edits():
+    """A cached mean or patch source is of the weights it was computed from: an in-place edit or a new Parameter redoes it."""
+    model, twin = tiny_model("llama"), tiny_model("llama")
+    before = head_means(model, 1, REFERENCE)
+    source = Patch(1, 0, site="z", source=[OTHER])
+    first = source.prepare_values(model)["source"]
+    for m in (model, twin):
+        with torch.no_grad():
+            m.hf_model.model.layers[0].self_attn.v_proj.weight.mul_(3.0)  # in place: the version counter moves
+    edited = head_means(model, 1, REFERENCE)
+    assert torch.allclose(edited, head_means(twin, 1, REFERENCE), atol=1e-6)
+    assert (edited - before).abs().max() > 1e-3
+    again = source.prepare_values(model)["source"]
+    assert torch.allclose(again, source.prepare_values(twin)["source"], atol=1e-6)
+    assert (again - first).abs().max() > 1e-3
+    v_proj = model.hf_model.model.layers[0].self_attn.v_proj
+    v_proj.weight = torch.nn.Parameter(v_proj.weight.detach() / 3.0)  # a new Parameter: back to the start
+    assert torch.allclose(head_means(model, 1, REFERENCE), before, atol=1e-6)
+    with torch.no_grad():
+        v_proj.weight.data.mul_(2.0)  # through .data: the counter does not see it ...
+    assert torch.allclose(head_means(model, 1, REFERENCE), before, atol=1e-6)
+    model.forget_prepared()  # ... so the caller drops the cache
+    assert (head_means(model, 1, REFERENCE) - before).abs().max() > 1e-3

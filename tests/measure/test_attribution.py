@@ -335,14 +335,16 @@ def _reference_passes(model) -> int:
     return sum(1 for key in model._prepared if key[0] == "reference_means")
 
 
+@pytest.mark.parametrize("precision", [None, "bfloat16"])
 @pytest.mark.parametrize("site", ["z", "q", "post"])
-def test_mean_over_the_prompts_takes_its_means_from_its_own_forward(tiny_llama, site):
-    """With the prompts as reference, the grad-enabled forward is a reference pass: no second pass, same estimates."""
+def test_mean_over_the_prompts_takes_its_means_from_its_own_forward(tiny_llama, site, precision):
+    """With the prompts as reference, the grad-enabled forward is a reference pass: no second pass, same estimates
+    (in bfloat16 too: a reduced-precision estimate takes its means in its precision, whichever way)."""
     tiny_llama._prepared.clear()
-    own = attribute(tiny_llama, PROMPTS, METRIC, site=site, method="mean", progress=False, n_boot=10)
+    own = attribute(tiny_llama, PROMPTS, METRIC, site=site, method="mean", progress=False, n_boot=10, precision=precision)
     assert _reference_passes(tiny_llama) == 0
     passed = attribute(tiny_llama, PROMPTS, METRIC, site=site, method="mean", reference=list(PROMPTS), progress=False,
-                       n_boot=10)
+                       n_boot=10, precision=precision)
     assert _reference_passes(tiny_llama) == 1
     assert np.abs(own.per_prompt.effect.to_numpy() - passed.per_prompt.effect.to_numpy()).max() < 1e-6
     assert np.abs(passed.table.effect).max() > 1e-3
@@ -361,10 +363,15 @@ def test_mean_under_an_edit_or_in_chunks_averages_the_unedited_model(tiny_llama)
     assert np.abs(whole.per_prompt.effect.to_numpy() - chunked.per_prompt.effect.to_numpy()).max() < 1e-5
 
 
-def test_verify_after_own_forward_means_ablates_with_the_reference_means(tiny_llama):
-    est = attribute(tiny_llama, PROMPTS, METRIC, method="mean", progress=False, n_boot=10)
+@pytest.mark.parametrize("precision", [None, "bfloat16"])
+@pytest.mark.parametrize("reference", [None, PROMPTS[::-1]])
+def test_verify_after_own_forward_means_ablates_with_the_reference_means(tiny_llama, precision, reference):
+    """verify() measures mean ablation as sweep_heads does: full-precision means, whatever the estimate used."""
+    est = attribute(tiny_llama, PROMPTS, METRIC, method="mean", progress=False, n_boot=10, precision=precision,
+                    reference=reference)
     checked = est.verify(3)
-    exact = sweep_heads(tiny_llama, PROMPTS, METRIC, "mean", progress=False, n_boot=10).table.set_index(["layer", "head"])
+    exact = sweep_heads(tiny_llama, PROMPTS, METRIC, "mean", progress=False, n_boot=10,
+                        reference=reference).table.set_index(["layer", "head"])
     picked = list(zip(checked.table["layer"], checked.table["head"]))
     assert np.allclose(checked.table.effect.to_numpy(), exact.loc[picked, "effect"].to_numpy(), atol=1e-6)
 

@@ -29,13 +29,15 @@ def check_reference(prompts) -> list[str]:
 
 
 def reference_means(model, names: Sequence[str], prompts: Sequence[str], *,
-                    batch_size: int = REFERENCE_BATCH) -> dict[str, torch.Tensor]:
+                    batch_size: int = REFERENCE_BATCH, precision: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """``{name: mean over every real token of prompts}`` (float32, CPU; the site's shape without batch and position).
 
     Accumulated in float64 inside the forward (no batch's activations are kept) over batches
     of ``batch_size`` right-padded prompts, from the unedited model (inside ``model.clean()``),
     and cached on the model by names and prompts. Sites laid out ``[batch, head, query, key]``
-    (patterns, scores) have no mean over tokens and are refused.
+    (patterns, scores) have no mean over tokens and are refused. ``precision``: the pass's
+    linear layers multiply in that dtype (an estimate in reduced precision averages its own
+    precision's activations; mean ablation itself uses full precision).
     """
     prompts = check_reference(prompts)
     names = tuple(dict.fromkeys(names))
@@ -59,8 +61,8 @@ def reference_means(model, names: Sequence[str], prompts: Sequence[str], *,
                 part = x[real].double().sum(dim=0)  # [batch, pos, ...] -> the real tokens' sum
                 sums[hook.name] = sums[hook.name] + part if hook.name in sums else part
 
-            model.run(tokens, logits=None, hooks=[(name, add) for name in names])
+            model.run(tokens, logits=None, hooks=[(name, add) for name in names], precision=precision)
             count += int(real.sum())
         return {name: (sums[name] / count).float().cpu() for name in names}
 
-    return model.prepared_source(("reference_means", names, tuple(prompts)), compute)
+    return model.prepared_source(("reference_means", names, tuple(prompts), precision), compute)

@@ -91,14 +91,15 @@ class Units:
         return per if self.per_position else per.sum(-1, keepdim=True)
 
 
-def site_means(model, units: Units, reference: Sequence[str], batch_size: int) -> dict[int, torch.Tensor]:
+def site_means(model, units: Units, reference: Sequence[str], batch_size: int, *,
+               precision: torch.dtype | None = None) -> dict[int, torch.Tensor]:
     """Mean of the site over every real token of ``reference``, per layer (from the unedited model).
 
     ``[head, d]`` for head and dim sites, ``[d_mlp]`` for neurons: what mean ablation writes
     at every position (the one computation of :func:`attnlab.interventions.reference_means`).
     """
     names = [units.name(layer) for layer in units.layers]
-    means = reference_means(model, names, reference, batch_size=batch_size)
+    means = reference_means(model, names, reference, batch_size=batch_size, precision=precision)
     return {layer: means[name] for layer, name in zip(units.layers, names)}
 
 

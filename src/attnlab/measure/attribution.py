@@ -220,9 +220,11 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
         means = {}
         own = method == "mean" and reference is None and _rows_are_the_prompts(model, rows, prompts, batch_size)
         if method == "mean" and not own:
-            means = exact_means(model, units, ref, batch_size)
+            means = exact_means(model, units, ref, batch_size, precision=precision)
         clean, est, drop = estimate(model, rows, cf_rows, metric, units, method, None if own else means, correction, probes,
                                     batch_size, seed, progress, precision=precision)
+        if precision is not None:  # verify() ablates with full-precision means
+            means = {}
     except AttnlabError as err:
         raise type(err)(f"while attributing {site} units of {model.cfg.name}: {err}") from None
     result = _build(model, prompts, metric, units, method, correction, clean, est, drop, means, rows, cf_rows,
@@ -231,14 +233,18 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
     return result
 
 
-def exact_means(model, units: Units, reference, batch_size: int) -> dict:
-    """``{(site, layer): mean}`` over ``reference`` from the unedited model, in full precision (cached on the model).
+def exact_means(model, units: Units, reference, batch_size: int, *, precision: torch.dtype | None = None) -> dict:
+    """``{(site, layer): mean}`` over ``reference`` from the unedited model (cached on the model).
 
-    For ``result`` units also z's means: ``verify()`` ablates z with z's mean, the same intervention.
+    ``precision``: that of the estimate (every pass of a reduced-precision estimate runs in
+    it, so its means do not depend on whether they came from its own forward); ``verify()``
+    uses full precision. For ``result`` units also z's means: ``verify()`` ablates z with z's
+    mean, the same intervention.
     """
-    means = {(units.site, l): m for l, m in site_means(model, units, reference, batch_size).items()}
+    means = {(units.site, l): m for l, m in site_means(model, units, reference, batch_size, precision=precision).items()}
     if units.site == "result":
-        means.update({("z", l): m for l, m in site_means(model, Units("z", units.layers), reference, batch_size).items()})
+        z = Units("z", units.layers)
+        means.update({("z", l): m for l, m in site_means(model, z, reference, batch_size, precision=precision).items()})
     return means
 
 
