@@ -376,6 +376,15 @@ def test_verify_after_own_forward_means_ablates_with_the_reference_means(tiny_ll
     assert np.allclose(checked.table.effect.to_numpy(), exact.loc[picked, "effect"].to_numpy(), atol=1e-6)
 
 
+def test_verify_refuses_a_model_whose_weights_changed(tiny_llama):
+    est = attribute(tiny_llama, PROMPTS, METRIC, progress=False, n_boot=10)
+    with torch.no_grad():
+        tiny_llama.hf_model.model.layers[0].self_attn.v_proj.weight.mul_(2.0)
+    with pytest.raises(InvalidInput, match="its weights changed since"):
+        est.verify(2)
+    assert tiny_llama.count_hooks() == 0
+
+
 def test_result_site_gives_the_same_estimates_as_z(tiny_gpt2):
     z = attribute(tiny_gpt2, PROMPTS, METRIC, site="z", progress=False, n_boot=10)
     result = attribute(tiny_gpt2, PROMPTS, METRIC, site="result", progress=False, n_boot=10)

@@ -263,17 +263,22 @@ def _rows_are_the_prompts(model, rows: Rows, prompts, batch_size: int) -> bool:
 
 
 def _where(model) -> tuple:
-    """Which hook blocks act on ``model`` here: the open blocks of this context and the hooks acting in them."""
-    return active_frames(), model.count_hooks()
+    """Which model acts here: the open hook blocks of this context, the hooks acting in them, the weights' versions."""
+    return active_frames(), model.count_hooks(), model._weights_stamp()
 
 
 def _check_same_blocks(model, where: tuple) -> None:
-    """``verify()`` must measure the model ``attribute()`` estimated: the same open ``with`` blocks (interventions)."""
+    """``verify()`` must measure the model ``attribute()`` estimated: the same open ``with`` blocks (interventions)
+    and the same weights."""
     now = _where(model)
     if now == where:
         return
+    if now[:2] == where[:2]:
+        raise InvalidInput(
+            "verify() measures the model attribute() estimated, but its weights changed since (an in-place edit or a "
+            "new Parameter): call attribute() again")
     def say(w):
-        frames, n_hooks = w
+        frames, n_hooks, _ = w
         if frames is None:
             return "inside model.clean()"
         return f"with {n_hooks} hook(s) acting in {len(frames)} open model.intervene()/hooks() block(s)"
