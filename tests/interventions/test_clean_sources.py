@@ -84,3 +84,12 @@ def test_means_and_sources_follow_weight_edits():
     assert torch.allclose(head_means(model, 1, REFERENCE), before, atol=1e-6)
     model.forget_prepared()  # ... so the caller drops the cache
     assert (head_means(model, 1, REFERENCE) - before).abs().max() > 1e-3
+
+
+def test_forget_prepared_also_drops_rounded_weights():
+    model = tiny_model("llama")
+    model.run("a cat sat", logits="last", precision="bfloat16")
+    head_means(model, 1, REFERENCE)
+    assert model.__dict__.get("_rounded_weights") and len(model._prepared)
+    model.forget_prepared()
+    assert not model.__dict__.get("_rounded_weights") and not len(model._prepared)

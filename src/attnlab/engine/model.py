@@ -29,6 +29,7 @@ from attnlab.engine.generate import decode
 from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, active_frames, clean_context, hook_frame
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
+from attnlab.engine.precision import forget_rounded_weights
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
@@ -328,8 +329,10 @@ class HookedModel(ModelWeights, nn.Module):
         return value
 
     def forget_prepared(self) -> None:
-        """Drop every cached mean and patch source (they are recomputed when next needed)."""
+        """Drop what is kept on the model computed from its weights: cached means and patch sources, rounded
+        weight copies of ``precision=`` runs (recomputed when next needed; for writes through ``.data``)."""
         self._prepared.clear()
+        forget_rounded_weights(self)
 
     def _weights_stamp(self) -> tuple:
         """Identity and version of every parameter and buffer (~0.1 ms on Gemma-3-270m; walking
