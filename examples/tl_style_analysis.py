@@ -9,6 +9,10 @@ Written the way a TransformerLens user writes it (``run_with_cache``, ``cache["r
 1. Direct logit attribution per layer (``decompose_resid``) and per head
    (``stack_head_results``): which components write the she-he direction into the final
    residual stream. They sum to the logit difference (Gemma has no biases).
+   Then the logit lens: ``model(prompt, stop_at_layer=k)`` runs blocks 0..k-1 only and
+   returns the residual stream; ``model.unembed(model.ln_final(resid))`` reads it as logits
+   (after all 18 blocks: the model's own answer; after fewer, a rough view of what the stream
+   already says — on Gemma it swings, +7.6 after the embeddings, +1.6 after 9 blocks).
 2. Activation patching of ``hook_resid_pre`` by (layer, position): run the counterfactual
    "The man said that", patch in the residual stream of "The nurse said that" at one layer
    and one position, and see how much of the logit difference comes back
@@ -60,6 +64,17 @@ def direct_logit_attribution(model, cache):
     heads = cache.stack_head_results(pos_slice=-1)  # [layer * head, batch, d_model]
     head_attrs = cache.logit_attrs(heads, ANSWER, WRONG, pos_slice=-1)[:, 0]
     return dict(zip(labels, layer_attrs.tolist())), head_attrs.reshape(model.cfg.n_layers, model.cfg.n_heads)
+
+
+def logit_lens(model) -> list[float]:
+    """The she-he difference read from the residual stream after each number of blocks (0 .. n_layers)."""
+    she, he = model.to_single_token(ANSWER), model.to_single_token(WRONG)
+    out = []
+    for k in range(model.cfg.n_layers + 1):
+        resid = model(CLEAN, stop_at_layer=k)  # [batch, pos, d_model]: blocks 0..k-1 ran, the rest did not
+        logits = model.unembed(model.ln_final(resid[:, -1]))
+        out.append(float(logits[0, she] - logits[0, he]))
+    return out
 
 
 def patch_position(resid, hook, clean_cache, position):
@@ -133,6 +148,10 @@ def main() -> None:
     print("   largest heads: " + ", ".join(
         f"L{int(i) // model.cfg.n_heads}H{int(i) % model.cfg.n_heads} {float(head_attrs.flatten()[i]):+.2f}" for i in order))
 
+    lens = logit_lens(model)
+    print(f"   logit lens (stop_at_layer=k, then ln_final and unembed): " + ", ".join(
+        f"k={k} {v:+.2f}" for k, v in enumerate(lens) if k % 3 == 0 or k == len(lens) - 1))
+
     patching = patch_resid_pre(model, clean_cache, clean_diff, corrupt_diff)
     tokens = model.to_str_tokens(CLEAN)
     print(f"\n2. Patching hook_resid_pre from {CLEAN!r} into {CORRUPT!r} (fraction of the difference restored):")
@@ -146,7 +165,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"clean_diff": clean_diff, "corrupt_diff": corrupt_diff, "padding_trap": trap,
-                       "layer_attrs": layer_attrs, "head_attrs": head_attrs.tolist(), "patching": patching.tolist(),
+                       "layer_attrs": layer_attrs, "head_attrs": head_attrs.tolist(), "logit_lens": lens,
+                       "patching": patching.tolist(),
                        "tokens": tokens}, f, indent=1)
 
 

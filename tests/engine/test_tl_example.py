@@ -27,6 +27,9 @@ def test_tl_style_analysis_example(tmp_path):
     # the per-layer attributions account for the whole logit difference (Gemma-3 has no biases)
     assert abs(sum(data["layer_attrs"].values()) - clean) <= 1e-3
     assert len(data["head_attrs"]) == 18 and len(data["head_attrs"][0]) == 4
+    # the logit lens after all 18 blocks (stop_at_layer=18, then ln_final and unembed) is the model's own answer
+    lens = data["logit_lens"]
+    assert len(lens) == 19 and abs(lens[-1] - clean) <= 1e-3 and abs(lens[0] - clean) > 0.1
     # the padding trap: [:, -1] of a right-padded batch is wrong, the two fixes are right
     trap = data["padding_trap"]
     assert abs(trap["next_token_logits"] - clean) <= 1e-3
