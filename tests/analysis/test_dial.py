@@ -26,7 +26,7 @@ from attnlab.analysis.dial import (
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
-from attnlab.interventions import EditNeuron
+from attnlab.interventions import AblateHead, EditNeuron
 from attnlab.testing import VOCAB, tiny_model, tiny_tokenizer
 from tests.engine.test_cleanup_everywhere import _untouched, _weights
 
@@ -228,6 +228,22 @@ def test_start_from_another_model_is_refused(decay_model, units):
     with pytest.raises(InvalidInput, match=r"start_from was measured with another model "
                                            r"\(tiny-llama-decay, now tiny-llama\)"):
         set_context_window(other, 25, TEXT, units=units, progress=False, start_from=first)
+
+
+def test_start_from_the_same_name_but_other_weights_or_hooks_is_refused(units):
+    """The windows measured depend on the model object, its weights and the edits acting, not only its name."""
+    model = decay_llama()  # its own copy: its weights are edited below
+    first = set_context_window(model, 25, TEXT, units=units, progress=False)
+    with model.intervene(AblateHead(0, 0)), pytest.raises(InvalidInput, match="another set of acting hooks"):
+        set_context_window(model, 25, TEXT, units=units, progress=False, start_from=first)
+    twin = decay_llama()  # same name, same weights, another object
+    with pytest.raises(InvalidInput, match="another model .*another object"):
+        set_context_window(twin, 25, TEXT, units=units, progress=False, start_from=first)
+    with torch.no_grad():
+        model.hf_model.model.layers[1].self_attn.q_proj.weight.mul_(1.5)
+    with pytest.raises(InvalidInput, match=r"another weights \(edited since\)"):
+        set_context_window(model, 25, TEXT, units=units, progress=False, start_from=first)
+    assert model.count_hooks() == 0
 
 
 def test_numpy_numbers_are_accepted_and_give_the_same_search(decay_model, units):

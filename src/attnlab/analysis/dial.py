@@ -270,6 +270,7 @@ class DialResult(Result):
     forward_rows: int
     steps: int
     _measured: dict[float, _Measured] = field(default_factory=dict, repr=False)
+    _model_state: tuple = field(default=(), repr=False, compare=False)  # (model id, weights stamp, acting hooks)
 
     @property
     def chosen(self) -> pd.Series:
@@ -576,8 +577,13 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
         per_prompt=per_prompt, interventions=[] if scale == 1.0 else _edits(model, units, scale, site),
         reached=bool(best["within"]), message=message, model_name=model.cfg.name, n_tokens=n, late_from=late_from,
         seconds=time.perf_counter() - began, cpu_seconds=time.process_time() - began_cpu, forward_rows=rows_run,
-        steps=steps, _measured=dict(points),
+        steps=steps, _measured=dict(points), _model_state=_model_state(model),
     )
+
+
+def _model_state(model) -> tuple:
+    """What the measured windows depend on besides text and units: this model object, its weights, the hooks acting."""
+    return id(model), model._weights_stamp(), model.count_hooks()
 
 
 def _within(window: float, target: float, tolerance: float) -> bool:
@@ -606,10 +612,15 @@ def _check_start(previous, model, text: str, units: pd.DataFrame, site: str, lev
     def ordered(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[key].astype(int).sort_values(key).reset_index(drop=True)
 
-    checks = {"model": previous.model_name == model.cfg.name,
+    then = previous._model_state or _model_state(model)
+    now = _model_state(model)
+    same_name = previous.model_name == model.cfg.name
+    model_label = f"model ({previous.model_name}, now {model.cfg.name}{'' if not same_name else ': another object'})"
+    checks = {model_label: same_name and then[0] == now[0],
+              "weights (edited since)": then[0] != now[0] or then[1] == now[1],
+              "set of acting hooks (measured inside another intervene() block)": then[2] == now[2],
               "text": previous.text == text, "units": ordered(previous.units).equals(ordered(units)),
               "site": previous.site == site, "level": previous.level == level}
     differs = [what for what, same in checks.items() if not same]
     if differs:
-        where = f" ({previous.model_name}, now {model.cfg.name})" if "model" in differs else ""
-        raise InvalidInput(f"start_from was measured with another {', '.join(differs)}{where}; its scales cannot be reused")
+        raise InvalidInput(f"start_from was measured with another {', '.join(differs)}; its scales cannot be reused")
