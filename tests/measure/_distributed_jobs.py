@@ -126,6 +126,15 @@ def interrupt_on_rank_1() -> str:
     return "rank 0 done"
 
 
+def exit_on_rank_1(code) -> str:
+    """Rank 1 ends its process with sys.exit(code), rank 0 finishes."""
+    import sys
+
+    if current().rank == 1:
+        sys.exit(code)
+    return "rank 0 done"
+
+
 def unpicklable_result():
     """Returns what cannot travel back to the caller (a lock)."""
     import threading

@@ -204,6 +204,14 @@ def test_an_unpicklable_result_is_named_not_taken_for_a_crash():
         run_parallel(jobs.unpicklable_result, 2, backend="gloo")
 
 
+@pytest.mark.parametrize("code", [0, 3])
+def test_sys_exit_in_the_function_is_an_error_not_a_missing_result(code):
+    """sys.exit(0) used to end the rank "successfully" and run_parallel returned None."""
+    with pytest.raises(DistributedError, match=rf"^rank 1 of 2: the function called sys.exit\({code}\); run_parallel "
+                                               r"returns what the function returns"):
+        run_parallel(jobs.exit_on_rank_1, 2, code, backend="gloo")
+
+
 def _python(code_or_script, cwd, *args) -> subprocess.CompletedProcess:
     """Run Python in a new process (a hang fails the test instead of blocking it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}

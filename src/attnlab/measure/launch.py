@@ -178,6 +178,11 @@ def _worker(fn, args, kwargs, model, backend, threads, error_dir):
         with process_group(backend, threads=threads) as group:
             try:
                 result = fn(*_with_model(model, group), *args, **kwargs)
+            except SystemExit as err:  # even sys.exit(0): the process would end "successfully" with no result
+                write(DistributedError(
+                    f"the function called sys.exit({err.code!r}); run_parallel returns what the function returns on "
+                    "the main process, so it must return (or raise an exception) instead"))
+                raise SystemExit(1) from None
             except BaseException as err:
                 write(err)
                 raise
