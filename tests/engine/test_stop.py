@@ -102,7 +102,8 @@ def test_tl_forward_and_run_with_cache(tiny_gpt2):
     assert torch.allclose(resid, cache["blocks.1.hook_resid_pre"], atol=1e-6)
     resid2, stopped = tiny_gpt2.run_with_cache(TEXTS, stop_at_layer=-1)
     assert torch.allclose(resid2, cache["blocks.1.hook_resid_pre"], atol=1e-6)
-    assert "blocks.0.hook_resid_post" in stopped.keys() and not any(k.startswith("blocks.1.") for k in stopped.keys())
+    later = [k for k in stopped.keys() if k.startswith("blocks.1.")]
+    assert "blocks.0.hook_resid_post" in stopped.keys() and later == ["blocks.1.hook_resid_pre"]  # the stream returned
     assert "ln_final.hook_normalized" not in stopped.keys()
     fired = []  # block k's own hooks do not run when stopping before it (as in TransformerLens)
     tiny_gpt2.run_with_hooks(TEXTS, stop_at_layer=1, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: fired.append(1))])
@@ -157,3 +158,52 @@ def test_a_pass_started_inside_a_hook_runs_on(tiny_llama):
         run(tiny_llama, tiny_llama.tokens([text]), logits=None, hooks=[("blocks.0.attn.hook_z", peek)])
     assert torch.allclose(nested["logits"], alone, atol=1e-6) and nested["z1"].shape[2] == tiny_llama.cfg.n_heads
     assert seen == [0, 1, 0, 1, 0]  # the nested passes (0, 1) twice inside outer block 0, which then ends the outer pass
+
+
+def test_a_direct_call_of_the_hf_model_in_a_hook_runs_on(tiny_llama):
+    """A hook that calls model.hf_model(...) itself gets its logits; the outer pass still stops after it."""
+    ids = tiny_llama.to_tokens("the nurse said that she")
+    expected = tiny_llama.hf_model(input_ids=ids).logits
+    got, busy = [], []
+
+    def reference_run(z, hook):
+        if not busy:  # the hook acts in the inner call too (same context): once is enough
+            busy.append(True)
+            got.append(tiny_llama.hf_model(input_ids=ids).logits)
+
+    with block_calls(tiny_llama) as seen:
+        tiny_llama.run(ids, logits=None, hooks=[("blocks.0.attn.hook_z", reference_run)])
+    assert torch.allclose(got[0], expected, atol=1e-6)
+    assert seen == [0, 1, 0]  # the inner call ran both blocks inside the outer block 0, after which the outer stopped
+    assert _module_hooks(tiny_llama) == 0
+
+
+def test_stop_at_layer_before_a_resume_or_under_kept_layers_is_refused(tiny_llama):
+    from attnlab.engine.forward import Resume
+
+    tokens = tiny_llama.tokens(TEXTS)
+    kept = run(tiny_llama, tokens, logits=None, keep_layers={0}, stop_early=False)
+    with pytest.raises(InvalidInput, match="stops before layer 1, where the resumed pass starts"):
+        run(tiny_llama, tokens, logits=None, stop_at_layer=0, resume=Resume(kept.prefix, 1))
+    resumed = run(tiny_llama, tokens, logits=None, stop_at_layer=1, resume=Resume(kept.prefix, 1)).hidden
+    assert torch.equal(resumed, run(tiny_llama, tokens, logits=None, stop_at_layer=1).hidden)
+    with pytest.raises(InvalidInput, match=r"keep_layers=\[1\] asks for layers that stop_at_layer=1 does not run"):
+        run(tiny_llama, tokens, logits=None, stop_at_layer=1, keep_layers={1})
+    assert _module_hooks(tiny_llama) == 0 and tiny_llama.count_hooks() == 0
+
+
+def test_a_stopped_cache_says_why_a_later_site_is_missing(tiny_gpt2):
+    from attnlab.errors import InvalidLocation
+
+    resid, cache = tiny_gpt2.run_with_cache(TEXTS, stop_at_layer=1)
+    assert cache.stopped_at == 1 and cache.apply_slice_to_batch_dim(0).stopped_at == 1
+    with pytest.raises(InvalidLocation, match=r"stop_at_layer=1\), so blocks 1\.\. and what follows them did not run"):
+        cache.decompose_resid(layer=2)
+    assert torch.equal(cache["blocks.1.hook_resid_pre"], resid)  # the stream entering block 1 is cached (as in TL's bridge)
+    assert torch.allclose(cache.accumulated_resid(layer=1), tiny_gpt2.run_with_cache(TEXTS)[1].accumulated_resid(layer=1),
+                          atol=1e-6)
+
+
+def test_logits_of_a_model_without_lm_head_are_refused(tiny_bert):
+    with pytest.raises(InvalidInput, match="has no LM head, so it has no logits to read: pass logits=None"):
+        run(tiny_bert, tiny_bert.tokens(TEXTS), logits="last")

@@ -26,10 +26,12 @@ __all__ = ["ActivationCache"]
 class ActivationCache(ResidualAnalyses):
     """Cached activations of one forward pass, keyed by hook name (``cache_dict``)."""
 
-    def __init__(self, cache_dict: dict[str, torch.Tensor], model, *, has_batch_dim: bool = True):
+    def __init__(self, cache_dict: dict[str, torch.Tensor], model, *, has_batch_dim: bool = True,
+                 stopped_at: int | None = None):
         self.cache_dict = dict(cache_dict)
         self.model = model
         self.has_batch_dim = has_batch_dim
+        self.stopped_at = stopped_at  # run_with_cache(stop_at_layer=k): blocks k.. did not run
 
     # -- mapping ----------------------------------------------------------------------------
 
@@ -107,7 +109,7 @@ class ActivationCache(ResidualAnalyses):
         if move_model:
             self.model.to(device)
         return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model,
-                               has_batch_dim=self.has_batch_dim)
+                               has_batch_dim=self.has_batch_dim, stopped_at=self.stopped_at)
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop the batch axis of a one-row cache."""
@@ -116,7 +118,8 @@ class ActivationCache(ResidualAnalyses):
         sizes = {v.shape[0] for v in self.cache_dict.values()}
         if sizes - {1}:
             raise InvalidInput(f"remove_batch_dim needs a batch of 1, this cache has batch size {sorted(sizes)}")
-        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, has_batch_dim=False)
+        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, has_batch_dim=False,
+                               stopped_at=self.stopped_at)
 
     def apply_slice_to_batch_dim(self, batch_slice) -> ActivationCache:
         """Keep some rows (an int keeps one row and drops the batch axis)."""
@@ -124,7 +127,7 @@ class ActivationCache(ResidualAnalyses):
             raise InvalidInput("this cache has no batch axis")
         index = slice(*batch_slice) if isinstance(batch_slice, tuple) else batch_slice
         sliced = {k: v[index] for k, v in self.cache_dict.items()}
-        return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(index, int))
+        return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(index, int), stopped_at=self.stopped_at)
 
     def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> torch.Tensor:
         """``[layer, ...]``: one site of every layer up to ``layer`` (exclusive; -1: all) stacked."""

@@ -124,6 +124,12 @@ class ResidualAnalyses:
 
     def _need(self, name: str, what: str) -> torch.Tensor:
         if name not in self.cache_dict:
+            stopped = getattr(self, "stopped_at", None)
+            if stopped is not None:
+                raise InvalidLocation(
+                    f"{what} needs {name!r}, which this cache does not hold: it comes from run_with_cache(..., "
+                    f"stop_at_layer={stopped}), so blocks {stopped}.. and what follows them did not run; ask for a layer "
+                    f"below {stopped} or run without stop_at_layer")
             raise InvalidLocation(
                 f"{what} needs {name!r}, which this cache does not hold; run run_with_cache without names_filter "
                 "(or include that name)"

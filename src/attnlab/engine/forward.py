@@ -201,6 +201,15 @@ def run(
     stop = check_stop_at_layer(stop_at_layer, model.cfg.n_layers)
     if stop is not None and logits is not None:
         raise InvalidInput(f"stop_at_layer={stop_at_layer} returns the residual stream, not logits: pass logits=None")
+    if stop is not None and resume is not None and stop < resume.start:
+        raise InvalidInput(f"stop_at_layer={stop_at_layer} stops before layer {resume.start}, where the resumed pass starts: "
+                           f"the stream there is the prefix's (read it from the prefix) or resume earlier")
+    if stop is not None and keep_layers and max(keep_layers) >= stop:
+        raise InvalidInput(f"keep_layers={sorted(keep_layers)} asks for layers that stop_at_layer={stop_at_layer} does not run "
+                           f"(valid: below {stop})")
+    if logits is not None and not model.cfg.has_lm_head:
+        raise InvalidInput(f"{model.cfg.name} has no LM head, so it has no logits to read: pass logits=None "
+                           "(hidden=True for the final hidden state)")
     logits = _validate_logits_at(logits, tokens)
     precision = check_precision(precision)
     vocab = _validate_vocab(model, vocab, logits)
@@ -236,7 +245,7 @@ def run(
                 last = last_layer_in_use(model, keep_layers)
                 stop = last + 1 if last is not None and last + 1 < len(blocks) else None
             if stop is not None:
-                stack.enter_context(stop_at(blocks, stop))
+                stack.enter_context(stop_at(blocks, stop, model.layout.body))
             try:
                 out = model.layout.body(**kwargs)
                 result.hidden = out.last_hidden_state if hidden else None

@@ -30,6 +30,7 @@ from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, acti
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
+from attnlab.engine.stop import check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
@@ -299,9 +300,14 @@ class HookedModel(ModelWeights, nn.Module):
             if incl_bwd:
                 out.backward()
         cache.update(grad_cache)
+        stopped = model_kwargs.get("stop_at_layer")
+        stopped = None if stopped is None else check_stop_at_layer(stopped, self.cfg.n_layers)
+        entering = f"blocks.{stopped}.hook_resid_pre"
+        if stopped is not None and entering in names:  # block k did not run, but the stream entering it is the answer
+            cache[entering] = out.detach() if device is None else out.detach().to(device)
         if not return_cache_object:
             return out, cache
-        result = ActivationCache(cache, self)
+        result = ActivationCache(cache, self, stopped_at=stopped)
         return out, (result.remove_batch_dim() if remove_batch_dim else result)
 
     # -- interventions --------------------------------------------------------------------
