@@ -207,3 +207,22 @@ def test_a_stopped_cache_says_why_a_later_site_is_missing(tiny_gpt2):
 def test_logits_of_a_model_without_lm_head_are_refused(tiny_bert):
     with pytest.raises(InvalidInput, match="has no LM head, so it has no logits to read: pass logits=None"):
         run(tiny_bert, tiny_bert.tokens(TEXTS), logits="last")
+
+
+@pytest.mark.parametrize("logits", ["last", "all"])
+def test_a_direct_hf_call_in_a_hook_of_a_logits_pass_gets_all_its_logits(tiny_llama, logits):
+    """The engine's LM head plumbing (one position, a few vocabulary rows) is for its own pass, not for a hook's HF call."""
+    ids = tiny_llama.to_tokens("the nurse said that she")
+    expected = tiny_llama.hf_model(input_ids=ids).logits
+    got, busy = [], []
+
+    def reference_run(z, hook):
+        if not busy:
+            busy.append(True)
+            got.append(tiny_llama.hf_model(input_ids=ids).logits)
+
+    out = tiny_llama.run(ids, logits=logits, vocab=torch.tensor([3, 5]), hooks=[("blocks.1.attn.hook_z", reference_run)])
+    assert got[0].shape == expected.shape and torch.allclose(got[0], expected, atol=1e-6)
+    own = expected[:, -1] if logits == "last" else expected
+    assert torch.allclose(out.logits, own[..., [3, 5]], atol=1e-5)
+    assert _module_hooks(tiny_llama) == 0

@@ -15,8 +15,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
-__all__ = ["ForwardState", "forward_state", "current_state"]
+from attnlab.engine.hooks import scoped_module_hook
+
+__all__ = ["ForwardState", "forward_state", "current_state", "BodyCalls", "body_calls"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,31 @@ def forward_state(state: ForwardState) -> Iterator[ForwardState]:
         yield state
     finally:
         _STATE.reset(token)
+
+
+class BodyCalls:
+    """How deep this pass is inside the model body: 0 before and after it, 1 in its own call, 2+ in a call
+    of the HF model that a hook makes during it (which must not be treated as this pass)."""
+
+    depth: int = 0
+
+
+@contextmanager
+def body_calls(body) -> Iterator[BodyCalls]:
+    """Count, for the pass running here (its :class:`ForwardState`), entries into ``body`` (an ``nn.Module``)."""
+    calls = BodyCalls()
+    if not isinstance(body, nn.Module):
+        yield calls
+        return
+    state = current_state()
+
+    def enter(module, args, kwargs):
+        if current_state() is state:
+            calls.depth += 1
+
+    def leave(module, args, output):
+        if current_state() is state:
+            calls.depth -= 1
+
+    with scoped_module_hook(body, enter, kind="pre", prepend=True), scoped_module_hook(body, leave):
+        yield calls

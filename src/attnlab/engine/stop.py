@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
-from torch import nn
 
 from attnlab.engine.hooks import acting_owners, scoped_module_hook
-from attnlab.engine.state import current_state
+from attnlab.engine.state import BodyCalls, current_state
 from attnlab.errors import InvalidInput
 
 __all__ = ["StopForward", "check_stop_at_layer", "last_layer_in_use", "stop_at"]
@@ -64,40 +63,31 @@ def last_layer_in_use(model, keep_layers=None) -> int | None:
 
 
 @contextmanager
-def stop_at(blocks, k: int, body=None) -> Iterator[None]:
+def stop_at(blocks, k: int, calls: BodyCalls) -> Iterator[None]:
     """Inside, this pass raises :class:`StopForward` with the stream entering block ``k``.
 
     ``k = 0``: the embeddings, before block 0's own hooks; ``k = len(blocks)``: the last block's
-    output. Only the pass running when the block opens stops: a pass a hook starts inside it
-    runs on — a nested ``run`` has its own forward state, and a direct call of the HF model
-    (``body``, counted on entry and exit) is a second, inner call of the body.
+    output. Only the pass running when the block opens stops, in its own call of the model
+    body: a nested ``run`` (its own forward state) and a direct call of the HF model from a hook
+    (a second entry into the body, ``calls``) run on.
     """
     state = current_state()
-    depth = [0]
 
     def ours() -> bool:
-        return current_state() is state and depth[0] <= 1
+        return current_state() is state and calls.depth <= 1
 
-    def enter(module, args, kwargs):
-        depth[0] += 1
+    if k == 0:
+        def before(module, args, kwargs):
+            if ours():
+                raise StopForward(args[0] if args else kwargs["hidden_states"])
 
-    def leave(module, args, output):
-        depth[0] -= 1
+        with scoped_module_hook(blocks[0], before, kind="pre", prepend=True):
+            yield
+        return
 
-    with ExitStack() as stack:
-        if isinstance(body, nn.Module):
-            stack.enter_context(scoped_module_hook(body, enter, kind="pre", prepend=True))
-            stack.enter_context(scoped_module_hook(body, leave))
-        if k == 0:
-            def before(module, args, kwargs):
-                if ours():
-                    raise StopForward(args[0] if args else kwargs["hidden_states"])
+    def after(module, args, output):
+        if ours():
+            raise StopForward(output[0] if isinstance(output, tuple) else output)
 
-            stack.enter_context(scoped_module_hook(blocks[0], before, kind="pre", prepend=True))
-        else:
-            def after(module, args, output):
-                if ours():
-                    raise StopForward(output[0] if isinstance(output, tuple) else output)
-
-            stack.enter_context(scoped_module_hook(blocks[k - 1], after))
+    with scoped_module_hook(blocks[k - 1], after):
         yield
