@@ -97,3 +97,20 @@ def test_another_threads_generation_does_not_loosen_position_checks():
         stop.set()
         worker.join()
     assert model.count_hooks() == 0
+
+
+def test_a_hook_seen_before_pytorch_marks_it_as_taking_keywords_does_not_act():
+    """register_forward_hook(with_kwargs=True) inserts the hook, then marks it: a call in another thread in between
+    passes (module, args, output). That used to raise TypeError (a missing argument) in the other thread."""
+    model = tiny_model("llama")
+    point = model.hook_dict["blocks.0.attn.hook_z"]
+    seen = []
+    model.add_hook("blocks.0.attn.hook_z", lambda x, hook: seen.append(hook.name))
+    try:
+        (hook,) = point._forward_hooks.values()
+        x = torch.zeros(1, 2, 4, 8)
+        assert hook(point, (x,), x) is None and seen == []  # the early three-argument call: no error, no action
+        assert hook(point, (x,), {}, x) is None and seen == ["blocks.0.attn.hook_z"]  # the normal call acts
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert model.count_hooks() == 0

@@ -226,3 +226,43 @@ def test_a_direct_hf_call_in_a_hook_of_a_logits_pass_gets_all_its_logits(tiny_ll
     own = expected[:, -1] if logits == "last" else expected
     assert torch.allclose(out.logits, own[..., [3, 5]], atol=1e-5)
     assert _module_hooks(tiny_llama) == 0
+
+
+def test_a_hook_that_catches_its_own_hf_calls_error_leaves_the_pass_intact(tiny_llama):
+    """The inner call raised inside the model: its exit is still counted, so the pass keeps reading its own logits."""
+    texts = ["the nurse said that she", "a cat"]
+    tokens = tiny_llama.tokens(texts, padding_side="right")
+    expected = tiny_llama.run(tokens, logits="last").logits
+    bad = torch.full((1, 3), 10_000)  # no such token: the embedding raises
+
+    def probe(x, hook):
+        try:
+            tiny_llama.hf_model(input_ids=bad)
+        except (IndexError, RuntimeError):
+            pass
+
+    out = tiny_llama.run(tokens, logits="last", hooks=[("blocks.0.hook_resid_post", probe)])
+    assert torch.allclose(out.logits, expected, atol=1e-6)
+    stopped = tiny_llama.run(tokens, logits=None, stop_at_layer=1, hooks=[("blocks.0.hook_resid_post", probe)])
+    assert stopped.hidden is not None and stopped.hidden.shape[:2] == tokens.ids.shape
+    assert _module_hooks(tiny_llama) == 0
+
+
+def test_a_plain_torch_hook_outside_the_body_gets_full_logits_from_its_hf_call(tiny_gpt2):
+    """A hook on the LM head itself (outside the body) that calls the HF model: a second entry, left alone."""
+    ids = tiny_gpt2.to_tokens("the nurse said that she")
+    expected = tiny_gpt2.hf_model(input_ids=ids).logits
+    got = []
+
+    def pre(module, args):
+        if not got:
+            got.append(None)
+            got[0] = tiny_gpt2.hf_model(input_ids=ids).logits
+
+    handle = tiny_gpt2.layout.unembed.register_forward_pre_hook(pre)
+    try:
+        out = tiny_gpt2.run(ids, logits="last", vocab=torch.tensor([3, 5]))
+    finally:
+        handle.remove()
+    assert got[0].shape == expected.shape and torch.allclose(got[0], expected, atol=1e-6)
+    assert torch.allclose(out.logits, expected[:, -1, [3, 5]], atol=1e-5)

@@ -41,7 +41,7 @@ from torch import nn
 from attnlab.engine.hooks import scoped_module_hook
 from attnlab.engine.precision import check_precision, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
-from attnlab.engine.state import BodyCalls, ForwardState, body_calls, current_state, forward_state
+from attnlab.engine.state import ForwardState, RootCalls, current_state, forward_state, root_calls
 from attnlab.engine.stop import StopForward, check_stop_at_layer, last_layer_in_use, stop_at
 from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput
@@ -118,25 +118,24 @@ def _subset_head(model) -> bool:
 @contextmanager
 def _lm_head_at(
     model, columns: Int[torch.Tensor, "batch k"] | None, n_cols: int, vocab: Int[torch.Tensor, " v"] | None = None,
-    calls: BodyCalls | None = None,
+    calls: RootCalls | None = None,
 ) -> Iterator[list[bool]]:
     """Inside the block, the LM head sees only ``columns`` of each row (all if None) and, with ``vocab``, computes only those rows.
 
     With ``vocab`` the head's own call runs on zero positions and a hook returns
     ``F.linear(x, W[vocab], b[vocab])`` in its place, so what the model does after the head
     still applies. Scoped hooks: another thread using the model sees the full head, and so
-    does a call of the HF model that a hook makes inside the body (``calls``) or a nested run
-    (its own state). Yields a list that holds True once the subset was computed.
+    does a call of the HF model that a hook makes during the pass (``calls``: a second entry)
+    or a nested run (its own state). Yields a list that holds True once the subset was computed.
     """
     head = model.layout.unembed
     state = current_state()
-    own_depth = _head_depth(model)  # the body depth at which this pass's own head call happens
     rows = None if columns is None else torch.arange(columns.shape[0], device=columns.device)[:, None]
     kept: list[torch.Tensor] = []
     done: list[bool] = []
 
     def gather(module, args, kwargs):
-        if current_state() is not state or (calls is not None and calls.depth > own_depth):
+        if current_state() is not state or (calls is not None and calls.depth > 1):
             return None
         hidden = args[0] if args else None
         if not (isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and hidden.shape[1] == n_cols):
@@ -162,16 +161,6 @@ def _lm_head_at(
         if vocab is not None:
             stack.enter_context(scoped_module_hook(head, subset))
         yield done
-
-
-def _head_depth(model) -> int:
-    """1 when the LM head is called inside the module run() counts as the body (a model without ``base_model``), else 0."""
-    known = model.__dict__.get("_head_depth")
-    if known is None:
-        body, head = model.layout.body, model.layout.unembed
-        known = int(isinstance(body, nn.Module) and any(m is head for m in body.modules()))
-        model.__dict__["_head_depth"] = known
-    return known
 
 
 def _model_kwargs(model, tokens: Tokens, extra: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +244,8 @@ def run(
         if keep_layers:
             kept = stack.enter_context(capture_layer_outputs(model.decoder_layers(), keep_layers))
         stack.enter_context(reduced_linears(model, precision))  # None too: a nested run in a hook asks for itself
-        calls = stack.enter_context(body_calls(model.layout.body))  # this pass's own call of the body vs a hook's
+        root = model.layout.body if logits is None else model.hf_model
+        calls = stack.enter_context(root_calls(root))  # this pass's own call of the model vs a hook's
         if logits is None:
             blocks = model.decoder_layers()
             if stop is None and stop_early and not hidden and blocks:  # nothing is read after the last hooked or kept layer

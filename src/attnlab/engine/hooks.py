@@ -187,9 +187,13 @@ class HookPoint(nn.Module):
             owner = frames[-1] if frames else _GLOBAL
         point = self
 
-        def forward_hook(module, args, kwargs, output):
-            if not _is_active(owner):
+        def forward_hook(module, args, *rest):
+            # PyTorch adds the hook before it marks it as taking keyword arguments: a call running in
+            # another thread at that moment passes (module, args, output). That call began before the
+            # hook existed; it does not act there.
+            if len(rest) != 2 or not _is_active(owner):
                 return None
+            kwargs, output = rest
             info = kwargs.get("info") or Hook(point)
             if dir == "bwd":
                 if output.requires_grad:
@@ -278,12 +282,14 @@ class OnDemand:
 
 
 @contextmanager
-def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward", prepend: bool = False) -> Iterator[None]:
+def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward", prepend: bool = False,
+                       always_call: bool = False) -> Iterator[None]:
     """A PyTorch hook on ``module`` that acts only in this context, only inside the block.
 
     ``kind``: ``"forward"`` (``fn(module, args, output)``) or ``"pre"``
     (``fn(module, args, kwargs)``, with keyword arguments); ``prepend``: before the module's
-    other hooks of that kind. The engine uses these for its own
+    other hooks of that kind; ``always_call``: a forward hook that runs even when the module
+    raises. The engine uses these for its own
     plumbing (reading the LM head's input, resuming from a cached prefix), so a forward pass
     running in another thread at the same time is not affected.
     """
@@ -293,7 +299,7 @@ def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward"
             return fn(*args) if _is_active(owner) else None
 
         if kind == "forward":
-            handle = module.register_forward_hook(acting, prepend=prepend)
+            handle = module.register_forward_hook(acting, prepend=prepend, always_call=always_call)
         elif kind == "pre":
             handle = module.register_forward_pre_hook(acting, with_kwargs=True, prepend=prepend)
         else:

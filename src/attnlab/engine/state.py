@@ -19,7 +19,7 @@ from torch import nn
 
 from attnlab.engine.hooks import scoped_module_hook
 
-__all__ = ["ForwardState", "forward_state", "current_state", "BodyCalls", "body_calls"]
+__all__ = ["ForwardState", "forward_state", "current_state", "RootCalls", "root_calls"]
 
 
 @dataclass(frozen=True)
@@ -52,18 +52,22 @@ def forward_state(state: ForwardState) -> Iterator[ForwardState]:
         _STATE.reset(token)
 
 
-class BodyCalls:
-    """How deep this pass is inside the model body: 0 before and after it, 1 in its own call, 2+ in a call
-    of the HF model that a hook makes during it (which must not be treated as this pass)."""
+class RootCalls:
+    """How deep this pass is inside the module it calls (the HF model, or its body when no logits are read):
+    1 inside its own call, 2+ inside a call of the HF model that a hook makes during it, which the
+    engine's plumbing for this pass (LM head at chosen positions, the early stop) must leave alone."""
 
     depth: int = 0
 
 
 @contextmanager
-def body_calls(body) -> Iterator[BodyCalls]:
-    """Count, for the pass running here (its :class:`ForwardState`), entries into ``body`` (an ``nn.Module``)."""
-    calls = BodyCalls()
-    if not isinstance(body, nn.Module):
+def root_calls(root) -> Iterator[RootCalls]:
+    """Count, for the pass running here (its :class:`ForwardState`), entries into ``root`` (an ``nn.Module``).
+
+    The exit is counted even when the call raises (a hook that catches an error of its own HF call).
+    """
+    calls = RootCalls()
+    if not isinstance(root, nn.Module):
         yield calls
         return
     state = current_state()
@@ -76,5 +80,5 @@ def body_calls(body) -> Iterator[BodyCalls]:
         if current_state() is state:
             calls.depth -= 1
 
-    with scoped_module_hook(body, enter, kind="pre", prepend=True), scoped_module_hook(body, leave):
+    with scoped_module_hook(root, enter, kind="pre", prepend=True), scoped_module_hook(root, leave, always_call=True):
         yield calls

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from attnlab.engine.hooks import acting_owners, scoped_module_hook
-from attnlab.engine.state import BodyCalls, current_state
+from attnlab.engine.state import RootCalls, current_state
 from attnlab.errors import InvalidInput
 
 __all__ = ["StopForward", "check_stop_at_layer", "last_layer_in_use", "stop_at"]
@@ -63,13 +63,13 @@ def last_layer_in_use(model, keep_layers=None) -> int | None:
 
 
 @contextmanager
-def stop_at(blocks, k: int, calls: BodyCalls) -> Iterator[None]:
+def stop_at(blocks, k: int, calls: RootCalls) -> Iterator[None]:
     """Inside, this pass raises :class:`StopForward` with the stream entering block ``k``.
 
     ``k = 0``: the embeddings, before block 0's own hooks; ``k = len(blocks)``: the last block's
-    output. Only the pass running when the block opens stops, in its own call of the model
-    body: a nested ``run`` (its own forward state) and a direct call of the HF model from a hook
-    (a second entry into the body, ``calls``) run on.
+    output. Only the pass running when the block opens stops, in its own call of the model:
+    a nested ``run`` (its own forward state) and a direct call of the HF model from a hook (a
+    second entry, ``calls``) run on.
     """
     state = current_state()
 
