@@ -76,8 +76,17 @@ def test_pooled_window_averages_normalised_head_profiles():
     assert pooled_window(mass, 0.9) == 8
     assert pooled_window(mass, 0.55) == 1
     assert np.isnan(pooled_window(np.zeros((1, 2, 5)), 0.9))  # no non-sink mass at all
+    sunk = np.concatenate([mass, np.zeros((1, 3, 11))], axis=1)  # 3 more heads attend only to the sink
+    assert pooled_window(sunk, 0.9) == 8  # they have no profile: the window of the others (was NaN)
     far = mass[..., ::-1]  # head 0 all at distance 9, head 1 spread over 0..9: 0.9 first reached at d=9
     assert pooled_window(np.stack([mass, far]), 0.9).tolist() == [8, 9]  # leading axes are rows
+
+
+def test_the_dial_and_the_distance_profile_share_one_window(decay_model):
+    prof = attention_by_distance(decay_model, [TEXT])
+    assert prof.model_window(0.9) == pooled_window(prof.mass, 0.9)
+    sunk = np.concatenate([prof.mass, np.zeros_like(prof.mass[:, :1])], axis=1)  # one head per layer only on the sink
+    assert pooled_window(sunk, 0.9) == prof.model_window(0.9)
 
 
 @pytest.fixture(scope="module")

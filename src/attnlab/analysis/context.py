@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from einops import rearrange
+from jaxtyping import Float
 
 from attnlab.analysis._corpus import attention_batches, prepare
 from attnlab.analysis._result import Renamed, empty_frame
@@ -31,7 +33,8 @@ from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.result import Result
 
-__all__ = ["DistanceProfile", "attention_by_distance", "loss_by_position", "window_experiment", "WindowExperiment"]
+__all__ = ["DistanceProfile", "attention_by_distance", "loss_by_position", "pooled_window", "window_experiment",
+           "WindowExperiment"]
 
 _WINDOW_COLUMNS = ["layer", "head", "window", "sink", "mean_distance"]
 
@@ -40,6 +43,23 @@ def _window(profile: np.ndarray, level: float) -> np.ndarray:
     """Smallest distance whose cumulative share of the (normalised) profile reaches ``level``; last axis = distance."""
     total = profile.sum(-1, keepdims=True)
     cum = np.cumsum(profile, -1) / np.where(total > 0, total, 1)
+    reached = cum >= level - 1e-9
+    return np.where(reached.any(-1), reached.argmax(-1), np.nan)
+
+
+def pooled_window(mass: Float[np.ndarray, "*rows layer head distance"], level: float = 0.9) -> np.ndarray:
+    """The model's effective window (``DistanceProfile.model_window``; the dial's target) from non-sink mass by distance.
+
+    Each head's profile is normalised to sum 1, the heads that have non-sink mass are averaged
+    (a head attending only to the sink has no profile; counting it as zeros kept the pooled
+    share below ``level`` once a tenth of the heads did, and the window was NaN), and the
+    smallest distance whose cumulative share reaches ``level`` is returned (NaN if no head has mass).
+    """
+    total = mass.sum(-1, keepdims=True)
+    norm = rearrange(mass / np.where(total > 0, total, 1), "... layer head d -> ... (layer head) d")
+    has_mass = rearrange(total > 0, "... layer head one -> ... (layer head) one")
+    pooled = norm.sum(-2) / np.maximum(has_mass.sum(-2), 1)  # [*rows, distance]
+    cum = np.cumsum(pooled, -1)
     reached = cum >= level - 1e-9
     return np.where(reached.any(-1), reached.argmax(-1), np.nan)
 
@@ -108,9 +128,7 @@ class DistanceProfile(Result):
     def model_window(self, level: float = 0.9) -> float:
         """Effective window of the whole model (mean of all heads' normalised profiles)."""
         _check_level(level)
-        total = self.mass.sum(-1, keepdims=True)
-        norm = self.mass / np.where(total > 0, total, 1)
-        return float(_window(norm.reshape(-1, norm.shape[-1]).mean(0), level))
+        return float(pooled_window(self.mass, level))
 
     def plot(self, ax=None, *, level: float = 0.9):
         """Cumulative attention mass vs distance, one line per layer (mean over its heads)."""

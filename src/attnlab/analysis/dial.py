@@ -42,6 +42,7 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
+from attnlab.analysis.context import pooled_window
 from attnlab.analysis.neurons import decay_neurons, unit_dims
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.engine.locations import hook_name
@@ -64,20 +65,6 @@ class WindowNotReached(UserWarning):
 
 
 # -- what the dial measures ---------------------------------------------------------------
-
-
-def pooled_window(mass: Float[np.ndarray, "*rows layer head distance"], level: float = 0.9) -> np.ndarray:
-    """The model's effective window from non-sink attention mass by distance (module docstring).
-
-    Each head's profile is normalised to sum 1, all heads are averaged, and the smallest
-    distance whose cumulative share reaches ``level`` is returned (NaN if no head has mass).
-    """
-    total = mass.sum(-1, keepdims=True)
-    norm = mass / np.where(total > 0, total, 1)
-    pooled = rearrange(norm, "... layer head d -> ... (layer head) d").mean(-2)  # [*rows, distance]
-    cum = np.cumsum(pooled, -1)
-    reached = cum >= level - 1e-9
-    return np.where(reached.any(-1), reached.argmax(-1), np.nan)
 
 
 def decay_units(model, text: str, *, max_spearman: float = -0.8, progress: bool = False) -> pd.DataFrame:
