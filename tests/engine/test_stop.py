@@ -266,3 +266,26 @@ def test_a_plain_torch_hook_outside_the_body_gets_full_logits_from_its_hf_call(t
         handle.remove()
     assert got[0].shape == expected.shape and torch.allclose(got[0], expected, atol=1e-6)
     assert torch.allclose(out.logits, expected[:, -1, [3, 5]], atol=1e-5)
+
+
+def test_a_direct_hf_call_in_a_hook_is_a_plain_call_for_position_edits(tiny_llama):
+    """Position-addressed edits in a hook's own HF call read its columns, not the outer batch's left padding."""
+    texts = ["the nurse said that she was", "a cat"]  # left-padded: row 1 is shifted
+    ids = tiny_llama.to_tokens("the doctor said")
+    edit = AblateHead(0, 1, positions=[1])
+    with tiny_llama.intervene(edit):
+        expected = tiny_llama.hf_model(input_ids=ids).logits  # a plain HF call under the edit
+        got, busy = [], []
+
+        def reference_run(x, hook):
+            if not busy:
+                busy.append(True)
+                got.append(tiny_llama.hf_model(input_ids=ids).logits)
+
+        outer = tiny_llama.run(texts, logits="last", padding_side="left", hooks=[("blocks.1.hook_resid_pre", reference_run)])
+        alone = tiny_llama.run(texts, logits="last", padding_side="left")
+    assert torch.allclose(got[0], expected, atol=1e-6)
+    assert torch.allclose(outer.logits, alone.logits, atol=1e-6)
+    with tiny_llama.clean():
+        unedited = tiny_llama.hf_model(input_ids=ids).logits
+    assert (unedited - expected).abs().max() > 1e-4  # the edit does act in the plain call

@@ -54,8 +54,9 @@ def forward_state(state: ForwardState) -> Iterator[ForwardState]:
 
 class RootCalls:
     """How deep this pass is inside the module it calls (the HF model, or its body when no logits are read):
-    1 inside its own call, 2+ inside a call of the HF model that a hook makes during it, which the
-    engine's plumbing for this pass (LM head at chosen positions, the early stop) must leave alone."""
+    1 inside its own call, 2 inside a call of the HF model that a hook makes during it. Such an
+    inner call is a plain HF call: it runs with no forward state (its rows are not this pass's
+    rows: no padding offsets, no early stop, no LM-head plumbing of this pass)."""
 
     depth: int = 0
 
@@ -71,13 +72,27 @@ def root_calls(root) -> Iterator[RootCalls]:
         yield calls
         return
     state = current_state()
+    cleared: list = []  # tokens of the inner calls' cleared state, innermost last
+    inside_cleared = [0]  # calls of root made while the state is cleared (deeper still): left alone
 
     def enter(module, args, kwargs):
-        if current_state() is state:
+        now = current_state()
+        if now is state:
             calls.depth += 1
+            if calls.depth > 1:
+                cleared.append(_STATE.set(None))
+        elif now is None and cleared:
+            inside_cleared[0] += 1
 
     def leave(module, args, output):
-        if current_state() is state:
+        now = current_state()
+        if now is None and cleared:
+            if inside_cleared[0]:
+                inside_cleared[0] -= 1
+                return
+            _STATE.reset(cleared.pop())
+            calls.depth -= 1
+        elif now is state:
             calls.depth -= 1
 
     with scoped_module_hook(root, enter, kind="pre", prepend=True), scoped_module_hook(root, leave, always_call=True):
