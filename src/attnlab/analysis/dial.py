@@ -570,7 +570,7 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
 
 def _model_state(model) -> tuple:
     """What the measured windows depend on besides text and units: this model object, its weights, the hooks acting."""
-    return id(model), model._weights_stamp(), model.count_hooks()
+    return id(model), model.weights_stamp(), model.count_hooks()
 
 
 def _within(window: float, target: float, tolerance: float) -> bool:

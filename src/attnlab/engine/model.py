@@ -321,7 +321,7 @@ class HookedModel(ModelWeights, nn.Module):
         identity and version counter are part of the entry; a write through ``.data``
         bypasses the counter: call :meth:`forget_prepared` after one).
         """
-        stamp = self._weights_stamp()
+        stamp = self.weights_stamp()
         kept = self._prepared.get(key)
         if kept is not None and kept[0] == stamp:
             self._prepared.move_to_end(key)
@@ -340,9 +340,12 @@ class HookedModel(ModelWeights, nn.Module):
         self._prepared.clear()
         forget_rounded_weights(self)
 
-    def _weights_stamp(self) -> tuple:
-        """Identity and version of every parameter and buffer (~0.1 ms on Gemma-3-270m; walking
-        ``parameters()`` costs 0.8 ms, so the modules that hold tensors are listed once)."""
+    def weights_stamp(self) -> tuple:
+        """Identity and version of every parameter and buffer: equal stamps, same weights (unless written
+        through ``.data``). Results computed from the model keep one to tell when they are stale.
+
+        ~0.1 ms on Gemma-3-270m (walking ``parameters()`` costs 0.8 ms, so the modules that hold
+        tensors are listed once)."""
         holders = self.__dict__.get("_tensor_holders")
         if holders is None:
             holders = self.__dict__["_tensor_holders"] = [m for m in self.hf_model.modules() if m._parameters or m._buffers]

@@ -16,7 +16,7 @@ import torch
 
 from attnlab.errors import InvalidInput
 
-__all__ = ["reference_means", "check_reference"]
+__all__ = ["reference_means", "check_reference", "real_token_sum"]
 
 #: Reference prompts per forward pass.
 REFERENCE_BATCH = 32
@@ -26,6 +26,11 @@ def check_reference(prompts) -> list[str]:
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise InvalidInput("reference prompts must be a non-empty list of non-empty strings")
     return list(prompts)
+
+
+def real_token_sum(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Sum over the real tokens of a ``[batch, pos, ...]`` site (``real``: ``[batch, pos]`` bool), in float64."""
+    return x[real.to(x.device)].double().sum(dim=0)
 
 
 def reference_means(model, names: Sequence[str], prompts: Sequence[str], *,
@@ -58,7 +63,7 @@ def reference_means(model, names: Sequence[str], prompts: Sequence[str], *,
             real = tokens.mask.bool().to(model.device)
 
             def add(x, hook, real=real):
-                part = x[real].double().sum(dim=0)  # [batch, pos, ...] -> the real tokens' sum
+                part = real_token_sum(x, real)
                 sums[hook.name] = sums[hook.name] + part if hook.name in sums else part
 
             model.run(tokens, logits=None, hooks=[(name, add) for name in names], precision=precision)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from attnlab.engine.locations import hook_name
 from attnlab.errors import UnsupportedModel
+from attnlab.interventions.reference_means import real_token_sum
 from attnlab.measure._attribution_grad import GradForward, grad_forward
 from attnlab.measure._attribution_qk import check_scores_are_dot_products, qk_fixed
 from attnlab.measure._attribution_units import Units, site_values
@@ -97,7 +98,7 @@ def forward_means(units: Units, acts: dict[str, torch.Tensor], valid: Bool[torch
     out = {}
     for layer in units.layers:
         act = acts[units.name(layer)].detach()
-        out[(units.site, layer)] = (act[valid.to(act.device)].double().sum(dim=0) / int(valid.sum())).float().cpu()
+        out[(units.site, layer)] = (real_token_sum(act, valid) / int(valid.sum())).float().cpu()
     return out
 
 

@@ -264,7 +264,7 @@ def _rows_are_the_prompts(model, rows: Rows, prompts, batch_size: int) -> bool:
 
 def _where(model) -> tuple:
     """Which model acts here: the open hook blocks of this context, the hooks acting in them, the weights' versions."""
-    return active_frames(), model.count_hooks(), model._weights_stamp()
+    return active_frames(), model.count_hooks(), model.weights_stamp()
 
 
 def _check_same_blocks(model, where: tuple) -> None:
