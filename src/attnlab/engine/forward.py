@@ -41,7 +41,7 @@ from torch import nn
 from attnlab.engine.hooks import scoped_module_hook
 from attnlab.engine.precision import check_precision, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
-from attnlab.engine.state import ForwardState, RootCalls, current_state, forward_state, root_calls
+from attnlab.engine.state import ForwardState, current_state, forward_state, root_calls
 from attnlab.engine.stop import StopForward, check_stop_at_layer, last_layer_in_use, stop_at
 from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput
@@ -117,16 +117,15 @@ def _subset_head(model) -> bool:
 
 @contextmanager
 def _lm_head_at(
-    model, columns: Int[torch.Tensor, "batch k"] | None, n_cols: int, vocab: Int[torch.Tensor, " v"] | None = None,
-    calls: RootCalls | None = None,
+    model, columns: Int[torch.Tensor, "batch k"] | None, n_cols: int, vocab: Int[torch.Tensor, " v"] | None = None
 ) -> Iterator[list[bool]]:
     """Inside the block, the LM head sees only ``columns`` of each row (all if None) and, with ``vocab``, computes only those rows.
 
     With ``vocab`` the head's own call runs on zero positions and a hook returns
     ``F.linear(x, W[vocab], b[vocab])`` in its place, so what the model does after the head
     still applies. Scoped hooks: another thread using the model sees the full head, and so
-    does a call of the HF model that a hook makes during the pass (``calls``: a second entry)
-    or a nested run (its own state). Yields a list that holds True once the subset was computed.
+    does a nested run (its own forward state) or a call of the HF model a hook makes during
+    the pass (no state: :func:`root_calls`). Yields a list that holds True once the subset was computed.
     """
     head = model.layout.unembed
     state = current_state()
@@ -135,7 +134,7 @@ def _lm_head_at(
     done: list[bool] = []
 
     def gather(module, args, kwargs):
-        if current_state() is not state or (calls is not None and calls.depth > 1):
+        if current_state() is not state:
             return None
         hidden = args[0] if args else None
         if not (isinstance(hidden, torch.Tensor) and hidden.ndim == 3 and hidden.shape[1] == n_cols):
@@ -245,14 +244,14 @@ def run(
             kept = stack.enter_context(capture_layer_outputs(model.decoder_layers(), keep_layers))
         stack.enter_context(reduced_linears(model, precision))  # None too: a nested run in a hook asks for itself
         root = model.layout.body if logits is None else model.hf_model
-        calls = stack.enter_context(root_calls(root))  # this pass's own call of the model vs a hook's
+        stack.enter_context(root_calls(root))  # a hook's own call of the HF model: a plain call, not this pass
         if logits is None:
             blocks = model.decoder_layers()
             if stop is None and stop_early and not hidden and blocks:  # nothing is read after the last hooked or kept layer
                 last = last_layer_in_use(model, keep_layers)
                 stop = last + 1 if last is not None and last + 1 < len(blocks) else None
             if stop is not None:
-                stack.enter_context(stop_at(blocks, stop, calls))
+                stack.enter_context(stop_at(blocks, stop))
             try:
                 out = model.layout.body(**kwargs)
                 result.hidden = out.last_hidden_state if hidden else None
@@ -266,8 +265,7 @@ def run(
             subset = vocab is not None and _subset_head(model)
             done: list[bool] = []
             if columns is not None or subset:
-                done = stack.enter_context(_lm_head_at(model, columns, tokens.ids.shape[1], vocab if subset else None,
-                                                       calls))
+                done = stack.enter_context(_lm_head_at(model, columns, tokens.ids.shape[1], vocab if subset else None))
             if hidden:
                 kwargs["output_hidden_states"] = True
             out = model.hf_model(**kwargs)

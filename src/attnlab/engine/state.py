@@ -19,7 +19,7 @@ from torch import nn
 
 from attnlab.engine.hooks import scoped_module_hook
 
-__all__ = ["ForwardState", "forward_state", "current_state", "RootCalls", "root_calls"]
+__all__ = ["ForwardState", "forward_state", "current_state", "root_calls"]
 
 
 @dataclass(frozen=True)
@@ -52,34 +52,28 @@ def forward_state(state: ForwardState) -> Iterator[ForwardState]:
         _STATE.reset(token)
 
 
-class RootCalls:
-    """How deep this pass is inside the module it calls (the HF model, or its body when no logits are read):
-    1 inside its own call, 2 inside a call of the HF model that a hook makes during it. Such an
-    inner call is a plain HF call: it runs with no forward state (its rows are not this pass's
-    rows: no padding offsets, no early stop, no LM-head plumbing of this pass)."""
-
-    depth: int = 0
-
-
 @contextmanager
-def root_calls(root) -> Iterator[RootCalls]:
-    """Count, for the pass running here (its :class:`ForwardState`), entries into ``root`` (an ``nn.Module``).
+def root_calls(root) -> Iterator[None]:
+    """Inside, a call of ``root`` (an ``nn.Module``) made during this pass's own call of it — a hook
+    calling the HF model — runs with no forward state: it is a plain HF call, whose rows are not
+    this pass's rows (no padding offsets, early stop or LM-head plumbing of this pass apply).
 
-    The exit is counted even when the call raises (a hook that catches an error of its own HF call).
+    Entries are counted for this pass's state; the exit is counted even when the call raises
+    (a hook that catches an error of its own HF call).
     """
-    calls = RootCalls()
     if not isinstance(root, nn.Module):
-        yield calls
+        yield
         return
     state = current_state()
+    depth = [0]
     cleared: list = []  # tokens of the inner calls' cleared state, innermost last
     inside_cleared = [0]  # calls of root made while the state is cleared (deeper still): left alone
 
     def enter(module, args, kwargs):
         now = current_state()
         if now is state:
-            calls.depth += 1
-            if calls.depth > 1:
+            depth[0] += 1
+            if depth[0] > 1:
                 cleared.append(_STATE.set(None))
         elif now is None and cleared:
             inside_cleared[0] += 1
@@ -91,9 +85,9 @@ def root_calls(root) -> Iterator[RootCalls]:
                 inside_cleared[0] -= 1
                 return
             _STATE.reset(cleared.pop())
-            calls.depth -= 1
+            depth[0] -= 1
         elif now is state:
-            calls.depth -= 1
+            depth[0] -= 1
 
     with scoped_module_hook(root, enter, kind="pre", prepend=True), scoped_module_hook(root, leave, always_call=True):
-        yield calls
+        yield

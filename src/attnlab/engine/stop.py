@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from attnlab.engine.hooks import acting_owners, scoped_module_hook
-from attnlab.engine.state import RootCalls, current_state
+from attnlab.engine.state import current_state
 from attnlab.errors import InvalidInput
 
 __all__ = ["StopForward", "check_stop_at_layer", "last_layer_in_use", "stop_at"]
@@ -63,22 +63,17 @@ def last_layer_in_use(model, keep_layers=None) -> int | None:
 
 
 @contextmanager
-def stop_at(blocks, k: int, calls: RootCalls) -> Iterator[None]:
+def stop_at(blocks, k: int) -> Iterator[None]:
     """Inside, this pass raises :class:`StopForward` with the stream entering block ``k``.
 
     ``k = 0``: the embeddings, before block 0's own hooks; ``k = len(blocks)``: the last block's
-    output. Only the pass running when the block opens stops, in its own call of the model:
-    a nested ``run`` (its own forward state) and a direct call of the HF model from a hook (a
-    second entry, ``calls``) run on.
+    output. Only the pass running when the block opens stops: a nested ``run`` has its own forward
+    state, and a direct call of the HF model from a hook runs with none (:func:`root_calls`).
     """
     state = current_state()
-
-    def ours() -> bool:
-        return current_state() is state and calls.depth <= 1
-
     if k == 0:
         def before(module, args, kwargs):
-            if ours():
+            if current_state() is state:
                 raise StopForward(args[0] if args else kwargs["hidden_states"])
 
         with scoped_module_hook(blocks[0], before, kind="pre", prepend=True):
@@ -86,7 +81,7 @@ def stop_at(blocks, k: int, calls: RootCalls) -> Iterator[None]:
         return
 
     def after(module, args, output):
-        if ours():
+        if current_state() is state:
             raise StopForward(output[0] if isinstance(output, tuple) else output)
 
     with scoped_module_hook(blocks[k - 1], after):
