@@ -86,3 +86,28 @@ def test_bad_options():
         bootstrap(VALUES, n_boot=-1)
     with pytest.raises(InvalidInput, match="equal length"):
         bootstrap((VALUES, VALUES[:3]), lambda a, b: 0.0)
+
+
+def test_interval_rows_with_undefined_resamples_match_numpys_nan_skipping_quantiles():
+    """The fast path (all resamples defined) and the NaN-skipping path give numpy's nanquantile exactly."""
+    import warnings
+
+    from attnlab.measure.stats import _quantiles
+
+    rng = np.random.default_rng(0)
+    boots = rng.normal(size=(6, 4, 50))
+    boots[1, 2, 3] = np.nan  # one undefined resample
+    boots[2, 0, :] = np.inf  # none defined
+    boots[3, 1, 5] = -np.inf
+    for level in (0.95, 0.5):
+        alpha = (1 - level) / 2
+        for x in (boots, boots[1], boots[1, 2], boots[2, 0], boots[0, 0]):
+            expected_in = np.where(np.isfinite(x), x, np.nan)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                expected = np.nanquantile(expected_in, alpha, axis=-1), np.nanquantile(expected_in, 1 - alpha, axis=-1)
+            got = _quantiles(x, level)
+            for g, e in zip(got, expected):
+                assert np.shape(g) == np.shape(e)
+                np.testing.assert_array_equal(g, e)
+    assert np.isnan(_quantiles(boots, 0.95)[0][2, 0]) and np.isfinite(_quantiles(boots, 0.95)[0][1, 2])

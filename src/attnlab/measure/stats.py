@@ -40,11 +40,19 @@ def _picks(n: int, n_boot: int, seed: int) -> np.ndarray:
 
 def _quantiles(boots: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Interval of bootstrap statistics ``[..., n_boot]``, ignoring undefined resamples."""
-    boots = np.where(np.isfinite(boots), boots, np.nan)
     alpha = (1.0 - level) / 2.0
+    finite = np.isfinite(boots)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a row with no defined resample gives NaN
-        return np.nanquantile(boots, alpha, axis=-1), np.nanquantile(boots, 1.0 - alpha, axis=-1)
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows with undefined resamples are redone below
+        low, high = np.quantile(boots, [alpha, 1.0 - alpha], axis=-1)  # ~30x faster than nanquantile
+        ragged = ~finite.all(axis=-1)
+        if ragged.any():  # only rows with undefined resamples take numpy's slow NaN-skipping path
+            rows = np.where(finite, boots, np.nan)[ragged]  # a row with no defined resample gives NaN
+            low, high = np.atleast_1d(low), np.atleast_1d(high)
+            low[np.atleast_1d(ragged)] = np.nanquantile(rows, alpha, axis=-1)
+            high[np.atleast_1d(ragged)] = np.nanquantile(rows, 1.0 - alpha, axis=-1)
+            low, high = low.reshape(ragged.shape), high.reshape(ragged.shape)
+    return low, high
 
 
 def bootstrap(
