@@ -151,7 +151,9 @@ def continuation_logprob(logits: Float[torch.Tensor, "row pos vocab"], rows: Row
 
 
 def _ids_per_prompt(model, value, n, what, single) -> list[list[int]]:
-    return [continuation_ids(model, s, what, single=single) for s in per_prompt_list(value, n, what)]
+    texts = per_prompt_list(value, n, what)
+    ids = {s: continuation_ids(model, s, what, single=single) for s in dict.fromkeys(texts)}  # one call per distinct text
+    return [list(ids[s]) for s in texts]
 
 
 class _Continuations(Metric):
