@@ -313,3 +313,72 @@ def test_decoder_edges_equal_the_bridges_hooks(arch):
     # attnlab's ln_final.hook_normalized is the norm's output (what W_U reads); the bridge's is before the weight
     assert maxdiff(ours["ln_final.hook_normalized"], theirs["ln_final.hook_out"]) <= 1e-5
     assert maxdiff(ours["ln_final.hook_normalized"], theirs["ln_final.hook_normalized"]) > 1e-2
+    for name in [f"blocks.{L}.{ln}" for L in range(plain.cfg.n_layers) for ln in ("ln1", "ln2")]:  # the same for block norms
+        assert maxdiff(ours[f"{name}.hook_normalized"], theirs[f"{name}.hook_out"]) <= 1e-5, name
+
+
+def _norm_input(model, c, path):
+    """What the norm at ``path`` normalises, from the cache (BERT's block norms: the sums before them)."""
+    if path == "embed_ln":
+        return None
+    L, ln = int(path.split(".")[1]), path.split(".")[2]
+    post_norm = model.layout.kind == "post_norm"
+    return {"ln1": c["resid_mid", L] if post_norm else c["resid_pre", L],
+            "ln2": c["resid_post", L] if post_norm else c["resid_mid", L]}[ln]
+
+
+def test_block_norm_outputs_are_what_the_next_layer_reads(model):
+    """``blocks.L.ln1/ln2.hook_normalized``: the norm's output (weight and bias applied), read by attention / MLP."""
+    _, c = _cache(model)
+    paths = [p for p in model.tree.norms if f"{p}.hook_normalized" in model.hook_dict and p != "ln_final"]
+    assert {f"blocks.0.{ln}" for ln in ("ln1", "ln2")} <= set(paths)
+    for path in paths:
+        out = c[f"{path}.hook_normalized"]
+        x = _norm_input(model, c, path)
+        if x is None:  # BERT's embedding LayerNorm gives the first block's input
+            assert torch.equal(out, c["resid_pre", 0])
+            continue
+        assert maxdiff(out, _norm(model, path).output_with_scale(x, c[f"{path}.hook_scale"])) <= TOL, path
+    for L in range(model.cfg.n_layers):
+        reads_mlp = "ln1" if model.layout.kind == "post_norm" else "ln2"
+        assert maxdiff(c[f"blocks.{L}.{reads_mlp}.hook_normalized"], _reader_input(model, c, L, mlp=True)) <= TOL
+        if model.layout.kind != "post_norm":
+            assert maxdiff(c["normalized", L, "ln1"], _reader_input(model, c, L, mlp=False)) <= TOL
+        else:  # BERT: the output LayerNorm gives the block's output
+            assert torch.equal(c["normalized", L, "ln2"], c["normalized_resid_post", L])
+    assert "blocks.0.ln1_post.hook_normalized" not in model.hook_dict  # Gemma: that output is hook_attn_out
+
+
+def test_writing_a_block_norm_output_feeds_the_next_layer(model):
+    """The MLP input is affine in the norm's output: pre(2x) - 2 pre(x) + pre(0) = 0 once the write lands."""
+    L = model.cfg.n_layers - 1
+    name = f"blocks.{L}.{'ln1' if model.layout.kind == 'post_norm' else 'ln2'}.hook_normalized"
+    pres = []
+    for factor in (1.0, 2.0, 0.0):
+        with torch.no_grad(), model.hooks(fwd_hooks=[(name, lambda x, hook, f=factor: x * f)]):
+            _, c = model.run_with_cache(TEXT, names_filter=[hook_name_of("pre", L)])
+        pres.append(c["pre", L])
+    assert maxdiff(pres[1] - 2 * pres[0] + pres[2], torch.zeros_like(pres[0])) <= 1e-4
+    assert maxdiff(pres[1], pres[0]) > 1e-2  # the write reached the MLP
+    assert not any(p._forward_hooks for p in model.hook_dict.values())
+
+
+@pytest.mark.parametrize("point_first", [True, False])
+def test_block_norm_output_sees_a_scale_edit(model, point_first):
+    """A scale write recomputes the norm's output, and hook_normalized sees it whichever hook was added first."""
+    path = f"blocks.0.{'ln1' if model.layout.kind != 'post_norm' else 'ln2'}"
+    _, clean = _cache(model)
+    seen = {}
+    hooks = [(f"{path}.hook_normalized", lambda x, hook: seen.update(x=x)), (f"{path}.hook_scale", lambda s, hook: s * 2)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks if point_first else hooks[::-1]):
+        model(TEXT, return_type=None)
+    x = _norm_input(model, clean, path)
+    expected = _norm(model, path).output_with_scale(x, clean[f"{path}.hook_scale"] * 2)
+    assert maxdiff(seen["x"], expected) <= TOL
+    assert maxdiff(seen["x"], clean[f"{path}.hook_normalized"]) > 1e-2
+
+
+def hook_name_of(site, layer):
+    from attnlab.engine.locations import hook_name
+
+    return hook_name(layer, site)

@@ -199,13 +199,15 @@ def test_tl_switches_and_missing_names_say_what_to_use(tiny_gpt2):
 
 def test_missing_tl_hook_names_point_to_attnlabs(tiny_llama):
     model = tiny_llama
-    with pytest.raises(InvalidLocation, match=r"blocks\[L\]\.ln1\(cache\['resid_pre', L\]\)"):
-        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.ln1.hook_normalized", lambda x, hook: None)])
+    with pytest.raises(InvalidLocation, match="no hook_mlp_in; hook blocks.L.hook_resid_mid"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_mlp_in", lambda x, hook: None)])
     with pytest.raises(InvalidLocation, match="already after the rotary embedding"):
         model.run_with_cache(TEXT, names_filter=["blocks.0.attn.hook_rot_q"])
-    _, cache = _cache(model)
-    with pytest.raises(InvalidLocation, match="no hook on a block norm's output"):
-        cache["normalized", 0, "ln1"]
+    with pytest.raises(InvalidLocation, match=r"is blocks.L.ln2.hook_normalized in attnlab"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.ln2.hook_out", lambda x, hook: None)])
+    with pytest.raises(InvalidLocation, match="post-attention norm's output is blocks.L.hook_attn_out"):
+        __import__("attnlab.testing").testing.tiny_model("gemma3").run_with_cache(
+            TEXT, names_filter=["blocks.0.ln1_post.hook_normalized"])
 
 
 def test_hook_layer_outside_a_block_is_a_typed_error(tiny_gpt2):

@@ -174,8 +174,13 @@ def parse_hook_name(name: str) -> Location:
 
 #: TransformerLens hook names attnlab does not have (by their ending), and what to use instead
 _TL_ONLY = {
-    "ln1.hook_normalized": "attnlab has no hook on a block norm's output; model.blocks[L].ln1(cache['resid_pre', L]) computes it",
-    "ln2.hook_normalized": "attnlab has no hook on a block norm's output; model.blocks[L].ln2(cache['resid_mid', L]) computes it",
+    "ln1.hook_out": "a norm's output is blocks.L.ln1.hook_normalized in attnlab (weight and bias applied)",
+    "ln2.hook_out": "a norm's output is blocks.L.ln2.hook_normalized in attnlab (weight and bias applied)",
+    "ln_final.hook_out": "the final norm's output is ln_final.hook_normalized in attnlab (weight and bias applied)",
+    "ln1.hook_in": "ln1's input is blocks.L.hook_resid_pre (BERT: hook_resid_mid)",
+    "ln2.hook_in": "ln2's input is blocks.L.hook_resid_mid (BERT: hook_resid_post)",
+    "ln1_post.hook_normalized": "the post-attention norm's output is blocks.L.hook_attn_out",
+    "ln2_post.hook_normalized": "the post-MLP norm's output is blocks.L.hook_mlp_out",
     "attn.hook_rot_q": "attnlab's hook_q is already after the rotary embedding (TransformerLens' hook_rot_q)",
     "attn.hook_rot_k": "attnlab's hook_k is already after the rotary embedding (TransformerLens' hook_rot_k)",
     "hook_q_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",

@@ -84,7 +84,7 @@ class _Mlp(MlpWeights, nn.Module):
 
 
 class _Norm(nn.Module):
-    """A norm's ``hook_scale`` point, with its weight ``w`` and bias ``b`` (views; Gemma multiplies by ``1 + w``)."""
+    """A norm's ``hook_scale`` and ``hook_normalized`` points, with its weight ``w`` and bias ``b`` (views; Gemma multiplies by ``1 + w``)."""
 
     def __init__(self, norm: Norm | None):
         super().__init__()
@@ -194,6 +194,9 @@ class HookTree(nn.Module):
         return {path: norm for path, norm in described.items() if norm is not None}
 
     def _build_scales(self) -> None:
+        # ln_final's output point is built with the edges (a norm attnlab cannot describe has it too); Gemma's
+        # post-norms give hook_attn_out / hook_mlp_out, which a second point on the same output would race with
+        edge_modules = [m for b in self.layout.blocks for m in (b.attn_out, b.mlp_out) if m is not None]
         for path, norm in self.norms.items():
             parent: nn.Module = self
             *parents, attr = path.split(".")
@@ -205,6 +208,8 @@ class HookTree(nn.Module):
                 parent.add_module(attr, holder)
             layer = int(parents[1]) if parents else None
             self._point(holder, "hook_scale", layer, [self._on_output(norm.module, self._scale_dispatch(holder, norm), prepend=True)])
+            if path != "ln_final" and not any(norm.module is m for m in edge_modules):
+                self._edge_output(holder, "hook_normalized", layer, norm.module)  # after the scale dispatcher: sees its edit
 
     def _scale_dispatch(self, holder: nn.Module, norm: Norm) -> Callable:
         """The norm's scale ``[batch, pos, 1]`` through ``hook_scale``; an edited scale recomputes the norm's output."""
