@@ -245,6 +245,11 @@ def test_start_from_the_same_name_but_other_weights_or_hooks_is_refused(units):
     first = set_context_window(model, 25, TEXT, units=units, progress=False)
     with model.intervene(AblateHead(0, 0)), pytest.raises(InvalidInput, match="another set of acting hooks"):
         set_context_window(model, 25, TEXT, units=units, progress=False, start_from=first)
+    with model.intervene(AblateHead(0, 0)):  # a result made inside one block is not reused in another of as many hooks
+        inside = set_context_window(model, 25, TEXT, units=units, progress=False)
+        assert set_context_window(model, 25, TEXT, units=units, progress=False, start_from=inside).forward_rows == 0
+    with model.intervene(AblateHead(0, None)), pytest.raises(InvalidInput, match="another set of acting hooks"):
+        set_context_window(model, 25, TEXT, units=units, progress=False, start_from=inside)
     twin = decay_llama()  # same name, same weights, another object
     with pytest.raises(InvalidInput, match="another model .*another object"):
         set_context_window(twin, 25, TEXT, units=units, progress=False, start_from=first)

@@ -44,6 +44,7 @@ from jaxtyping import Float
 
 from attnlab.analysis.context import pooled_window
 from attnlab.analysis.neurons import decay_neurons, unit_dims
+from attnlab.engine.hooks import active_frames
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import Tokens
@@ -569,8 +570,9 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
 
 
 def _model_state(model) -> tuple:
-    """What the measured windows depend on besides text and units: this model object, its weights, the hooks acting."""
-    return id(model), model.weights_stamp(), model.count_hooks()
+    """What the measured windows depend on besides text and units: this model object, its weights, the hooks acting
+    (the open ``with`` blocks of this context and the hooks in them: two blocks can hold as many hooks)."""
+    return id(model), model.weights_stamp(), (active_frames(), model.count_hooks())
 
 
 def _within(window: float, target: float, tolerance: float) -> bool:
