@@ -63,3 +63,10 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest option, or ``""`` if none is close."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def is_integer(value) -> bool:
+    """An integer of any kind (Python, numpy, a 0-d integer tensor's ``.item()``), but not a bool."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -27,7 +27,7 @@ from attnlab.bias.datasets import fill_winogender
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import InvalidInput
 from attnlab import measure
-from attnlab.measure import PairLogRatio, Result, bootstrap
+from attnlab.measure import PairLogRatio, Result, bootstrap, check_resampling
 from attnlab.measure.metrics import PAIR_SCORES
 from attnlab.measure.plots import new_figure
 from attnlab.measure.result import renamed
@@ -150,6 +150,7 @@ def coref_bias(
 
     ``by`` adds summary rows per value of that column (WinoBias ``type``).
     """
+    n_boot, seed = check_resampling(n_boot, seed)
     if not isinstance(pairs, pd.DataFrame) or not {"pro", "anti"} <= set(pairs.columns):
         raise InvalidInput("pairs must be a DataFrame with 'pro' and 'anti' columns (see winobias_pairs)")
     if pairs.empty:

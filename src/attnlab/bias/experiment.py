@@ -33,7 +33,7 @@ from attnlab.bias.pronouns import BIAS_METRICS, PronounBias, pronoun_bias
 from attnlab.bias.templates import Template, neutral_prompts as shipped_prompts, neutral_text as shipped_text
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import InvalidInput
-from attnlab.measure import KL, Result, effect, perplexity
+from attnlab.measure import KL, Result, check_resampling, effect, perplexity
 from attnlab.measure.result import renamed
 
 __all__ = ["BiasExperiment", "bias_experiment", "perplexity", "next_token_kl"]
@@ -112,6 +112,7 @@ def bias_experiment(
         :class:`BiasExperiment`; ``.table`` has one row per metric with columns
         ``before, before_low, before_high, after, after_low, after_high, change``.
     """
+    n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model, causal=True)
     interventions = list(interventions)
     if not interventions:

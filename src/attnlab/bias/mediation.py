@@ -45,9 +45,9 @@ import pandas as pd
 
 from attnlab.bias._checks import check_lm, check_pronouns, single_token
 from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
-from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.interventions import Patch
-from attnlab.measure import LogitDiff, Result, bootstrap, score, sweep_interventions
+from attnlab.measure import LogitDiff, Result, bootstrap, check_resampling, score, sweep_interventions
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.plots import heatmap
 from attnlab.measure.result import renamed
@@ -381,6 +381,7 @@ def causal_mediation(
     :class:`MediationResult`; ``result.plot()`` draws the layer x head map. (``level="head"``
     is the previous spelling of ``levels=("head",)`` and still works, with a ``DeprecationWarning``.)
     """
+    n_boot, seed = check_resampling(n_boot, seed)
     if level is not None:
         warnings.warn("causal_mediation(level=...) is deprecated and will be removed in the next release; "
                       "use levels=(...)", DeprecationWarning, stacklevel=2)
@@ -429,8 +430,10 @@ def greedy_heads(
     (all its patterns taken from x' at once) in the three readouts with intervals (``nie``,
     ``nie_low``, ``nie_high``, ``nie_log``, ..., ``nie_median``, ...).
     """
-    if not isinstance(k, int) or k < 1:
+    n_boot, seed = check_resampling(n_boot, seed)
+    if not is_integer(k) or k < 1:
         raise InvalidInput(f"k must be a positive integer, got {k!r}")
+    k = int(k)
     check_batch_size(batch_size)
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)

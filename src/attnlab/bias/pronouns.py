@@ -29,7 +29,7 @@ from scipy import stats
 from attnlab.bias._checks import check_lm, check_pronouns, single_token
 from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput, UnsupportedModel
-from attnlab.measure import LogProbs, Result, bootstrap, score
+from attnlab.measure import LogProbs, Result, bootstrap, check_resampling, score
 from attnlab.measure.result import renamed
 
 __all__ = ["PronounBias", "pronoun_bias", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
@@ -139,6 +139,7 @@ def pronoun_bias(
     Returns:
         :class:`PronounBias` with per-occupation, per-prompt and summary DataFrames.
     """
+    n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model)
     occ = occupation_frame(occupations)
     tmpl = shipped_templates() if templates is None else as_templates(templates)

@@ -34,7 +34,7 @@ from attnlab.engine.stop import check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
-from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, NotSupported, UnsupportedModel, did_you_mean
+from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, NotSupported, UnsupportedModel, did_you_mean, is_integer
 
 __all__ = ["HookedModel", "Intervention", "Text", "RETURN_TYPES"]
 
@@ -157,14 +157,14 @@ class HookedModel(ModelWeights, nn.Module):
         return self.hook_dict[name]
 
     def check_layer(self, layer: int) -> int:
-        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.cfg.n_layers:
+        if not is_integer(layer) or not 0 <= layer < self.cfg.n_layers:
             raise InvalidLocation(f"layer {layer!r} out of range: {self.cfg.name} has {self.cfg.layer_range()}")
-        return layer
+        return int(layer)
 
     def check_head(self, head: int) -> int:
-        if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < self.cfg.n_heads:
+        if not is_integer(head) or not 0 <= head < self.cfg.n_heads:
             raise InvalidLocation(f"head {head!r} out of range: {self.cfg.name} has {self.cfg.head_range()}")
-        return head
+        return int(head)
 
     # -- hook names -----------------------------------------------------------------------
 

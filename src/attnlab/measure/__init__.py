@@ -30,7 +30,7 @@ from attnlab.measure.metrics import (
     TopKChange,
 )
 from attnlab.measure.result import Result
-from attnlab.measure.stats import bootstrap
+from attnlab.measure.stats import bootstrap, check_resampling
 from attnlab.measure.sweep import sweep_heads, sweep_interventions, sweep_neurons
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "HiddenShift",
     "GenerationDiff",
     "bootstrap",
+    "check_resampling",
     "run_parallel",
     "process_group",
 ]

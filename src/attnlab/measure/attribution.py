@@ -31,7 +31,7 @@ import torch
 from attnlab.engine.hooks import active_frames
 from attnlab.engine.locations import hook_name
 from attnlab.engine.precision import check_precision
-from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean
+from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean, is_integer
 from attnlab.measure._attribution_exact import exact_spec, unit_label
 from attnlab.measure._attribution_estimate import estimate
 from attnlab.measure._attribution_units import (
@@ -46,6 +46,7 @@ from attnlab.measure._sources import paired_rows
 from attnlab.measure.batch_size import backward_batch_size, check_batch_size, metric_batch_size
 from attnlab.measure.effect import check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
+from attnlab.measure.stats import check_resampling
 from attnlab.measure.sweep import SweepResult, sweep_interventions, sweep_result
 
 __all__ = ["attribute", "check_attribution_options", "AttributionResult", "ATTRIBUTION_METHODS", "CORRECTIONS", "UNIT_SITES"]
@@ -88,7 +89,7 @@ class AttributionResult(SweepResult):
         its table also has ``estimate`` (this result's ``effect``), ``graddrop`` (if computed)
         and ``error = estimate - effect``, and its ``per_prompt`` an ``estimate`` column.
         """
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if not is_integer(k) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
         check_batch_size(batch_size)
         ctx = self._context
@@ -199,8 +200,7 @@ def attribute(
     graddrop = correction in ("graddrop", "atp*")
     if graddrop and model.cfg.n_layers < 2:
         raise InvalidSpec(f"GradDrop drops one layer's gradient at a time and needs >= 2 layers; {model.cfg.name} has 1")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise InvalidInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    n_boot, seed = check_resampling(n_boot, seed)
     where = _where(model)
     # the estimate needs autograd even when called under torch.no_grad() or torch.inference_mode()
     with torch.inference_mode(False), torch.enable_grad():

@@ -30,7 +30,7 @@ from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, metric_
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import new_figure
 from attnlab.measure.result import Result
-from attnlab.measure.stats import bootstrap
+from attnlab.measure.stats import bootstrap, check_resampling
 
 __all__ = ["EffectResult", "effect", "score", "perplexity", "check_interventions", "check_batch_size", "check_metric"]
 
@@ -140,6 +140,7 @@ def effect(
     metric = check_metric(metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
+    n_boot, seed = check_resampling(n_boot, seed)
     specs = check_interventions(model, interventions)
     metric.check_model(model)
     try:
@@ -224,6 +225,7 @@ def perplexity(
     metric.check_model(model)
     texts = check_texts(texts, "text", "texts")
     check_batch_size(batch_size)
+    n_boot, seed = check_resampling(n_boot, seed)
     specs = check_interventions(model, interventions)
     rows = metric.rows(model, texts)
     chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else metric_batch_size(model, rows, batch_size, metric)

@@ -25,12 +25,21 @@ from collections.abc import Callable
 
 import numpy as np
 
-from attnlab.errors import InvalidInput, did_you_mean
+from attnlab.errors import InvalidInput, did_you_mean, is_integer
 
-__all__ = ["bootstrap", "bootstrap_mean", "STATISTICS"]
+__all__ = ["bootstrap", "bootstrap_mean", "check_resampling", "STATISTICS"]
 
 #: statistics :func:`bootstrap` computes vectorised over the last axis
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.nanmean, "median": np.nanmedian}
+
+
+def check_resampling(n_boot, seed) -> tuple[int, int]:
+    """``(n_boot, seed)`` as plain ints, checked before any work (numpy integers are accepted)."""
+    if not is_integer(n_boot) or n_boot < 0:
+        raise InvalidInput(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    if not is_integer(seed) or not 0 <= seed < 2**63:
+        raise InvalidInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    return int(n_boot), int(seed)
 
 
 def _picks(n: int, n_boot: int, seed: int) -> np.ndarray:
@@ -80,8 +89,7 @@ def bootstrap(
     """
     if not 0 < level < 1:
         raise InvalidInput(f"level must lie in (0, 1), got {level}")
-    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 0:
-        raise InvalidInput(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    n_boot, seed = check_resampling(n_boot, seed)
     if callable(statistic):
         return _bootstrap_function(values, statistic, n_boot, seed, level)
     if statistic not in STATISTICS:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from attnlab.engine.precision import check_precision
-from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean
+from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean, is_integer
 from attnlab.interventions import AblateHead, EditNeuron, Patch
 from attnlab.interventions.ablation import head_means
 from attnlab.measure._batched import run_variants
@@ -31,7 +31,7 @@ from attnlab.measure.effect import check_interventions, check_metric
 from attnlab.measure.metrics import KL, HiddenShift, Metric
 from attnlab.measure.plots import heatmap
 from attnlab.measure.result import Result, renamed
-from attnlab.measure.stats import bootstrap
+from attnlab.measure.stats import bootstrap, check_resampling
 
 __all__ = ["SweepResult", "sweep_heads", "sweep_neurons", "sweep_interventions", "sweep_result", "HEAD_METHODS"]
 
@@ -83,7 +83,13 @@ class SweepResult(Result):
 def _index_list(values, valid: int, what: str, check) -> list[int]:
     if values is None:
         return list(range(valid))
-    items = [values] if isinstance(values, int) else list(values)
+    if is_integer(values):
+        items = [values]
+    else:
+        try:
+            items = list(values)
+        except TypeError:
+            raise InvalidInput(f"{what} must be None (all), an int or a list of ints, got {values!r}") from None
     if not items:
         raise InvalidInput(f"{what} must be None (all) or a non-empty list")
     return [check(v) for v in items]
@@ -177,6 +183,7 @@ def sweep_heads(
     ``DeprecationWarning``.)
     """
     precision = check_precision(precision)
+    n_boot, seed = check_resampling(n_boot, seed)
     metric = _default_metric(model, metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
@@ -256,16 +263,17 @@ def sweep_neurons(
     prompts, layer, head, metric=...)`` still works, with a ``DeprecationWarning``.)
     """
     precision = check_precision(precision)
+    n_boot, seed = check_resampling(n_boot, seed)
     if layer is None:
         raise InvalidInput("sweep_neurons needs the layer whose heads' dimensions are swept: sweep_neurons(model, prompts, metric, layer)")
     metric = _default_metric(model, metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
-    model.check_layer(layer)
+    layer = model.check_layer(layer)
     head_list = _index_list(head, model.cfg.n_heads, "head", model.check_head)
     # validate site / scale / dims once, with the spec's own messages
     probe = EditNeuron(layer, head_list[0], site=site, dim=0, scale=scale, value=value)
-    dim_list = _index_list(dims, model.cfg.d_head, "dims", lambda d: d)
+    dim_list = _index_list(dims, model.cfg.d_head, "dims", lambda d: int(d) if is_integer(d) else d)
     for d in dim_list:
         EditNeuron(layer, head_list[0], site=site, dim=d, scale=scale, value=value).validate(model.cfg)
     probe.validate(model.cfg)
@@ -323,6 +331,7 @@ def sweep_interventions(
     ``sweep_interventions(model, prompts, variants, metric)`` still works, with a ``DeprecationWarning``.)
     """
     precision = check_precision(precision)
+    n_boot, seed = check_resampling(n_boot, seed)
     metric = _default_metric(model, metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
