@@ -7,9 +7,11 @@ the HF model run as usual except that layers ``0 .. L-1`` hand back the kept out
 itself still builds embeddings, attention masks and rotary position embeddings, and
 applies its final norm and LM head, so nothing architecture-specific is re-implemented.
 
-Skipping is per context: the layers' ``forward`` is routed through a dispatcher that only
-skips for the block that asked, so another thread running the same model computes every
-layer as usual.
+Skipping and keeping are per pass: the layers' ``forward`` is routed through a dispatcher
+that only skips for the block that asked, so another thread running the same model computes
+every layer as usual, and both act only while the forward state of the pass that asked is
+current, so a pass a hook starts (a nested run, or a direct HF call) computes and keeps
+nothing of the outer pass's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from attnlab.engine.hooks import scoped_module_hook
+from attnlab.engine.state import current_state
 
 __all__ = ["Prefix", "capture_layer_outputs", "resumed", "map_tensors"]
 
@@ -67,13 +70,15 @@ class Prefix:
 def capture_layer_outputs(layers: list[nn.Module], which: set[int]) -> Iterator[dict[int, Any]]:
     """Record (detached) the output of layers ``which`` during forwards run inside the block."""
     kept: dict[int, Any] = {}
-    with _stacked([(layers[i], _keeper(kept, i)) for i in sorted(which)]):
+    state = current_state()
+    with _stacked([(layers[i], _keeper(kept, i, state)) for i in sorted(which)]):
         yield kept
 
 
-def _keeper(kept: dict, i: int):
+def _keeper(kept: dict, i: int, state):
     def hook(module, args, output):
-        kept[i] = map_tensors(output, lambda t: t.detach())
+        if current_state() is state:  # not a pass a hook started inside this one
+            kept[i] = map_tensors(output, lambda t: t.detach())
 
     return hook
 
@@ -88,7 +93,8 @@ def _stacked(pairs) -> Iterator[None]:
         yield
 
 
-_SKIP: ContextVar[dict[int, dict[int, Any]] | None] = ContextVar("attnlab_skip_layers", default=None)
+#: ``{id(layer): (forward state of the pass that skips it, kept output)}`` in this context
+_SKIP: ContextVar[dict[int, tuple[Any, Any]] | None] = ContextVar("attnlab_skip_layers", default=None)
 
 
 class _Dispatch:
@@ -106,9 +112,9 @@ class _Dispatch:
 
                 def forward(*args, **kwargs):
                     skip = _SKIP.get()
-                    table = skip.get(id(layer)) if skip else None
-                    if table is not None:
-                        return table
+                    kept = skip.get(id(layer)) if skip else None
+                    if kept is not None and current_state() is kept[0]:
+                        return kept[1]
                     return real(*args, **kwargs)
 
                 forward._attnlab_original = original  # type: ignore[attr-defined]
@@ -135,7 +141,8 @@ def resumed(layers: list[nn.Module], prefix: Prefix, start: int, times: int) -> 
         yield
         return
     outputs = prefix.resume_at(start, times)
-    table = {id(layers[i]): out for i, out in outputs.items()}
+    state = current_state()
+    table = {id(layers[i]): (state, out) for i, out in outputs.items()}
     installed = []
     token = _SKIP.set({**(_SKIP.get() or {}), **table})
     try:

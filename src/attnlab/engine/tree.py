@@ -37,6 +37,7 @@ from attnlab.errors import UnsupportedModel
 __all__ = ["HookTree", "tree_of", "EDGE_SITES", "NORM_POINTS", "head_out_weight"]
 
 _TREE_ATTR = "_attnlab_tree"
+_MAX_NESTING = 32  # passes started by hooks inside a block, one inside another
 
 #: Block-edge hook names (after ``blocks.L.``) and model-level ones, in forward order.
 EDGE_SITES = (
@@ -125,7 +126,9 @@ class HookTree(nn.Module):
         for block, module in zip(self.blocks, attention_modules):
             attach(module, block.attn)
         self._needs: dict[str, list[OnDemand]] = {}
-        self._scratch = threading.local()  # resid_pre of the block running now (for resid_mid edits)
+        # per thread and layer, a stack of the resid_pre of the block calls running now (for resid_mid edits):
+        # a pass a hook starts inside a block pushes and pops its own on top of the outer pass's
+        self._scratch = threading.local()
         self._build_edges()
         self.hook_dict: dict[str, HookPoint] = {}
         for name, module in self.named_modules():
@@ -242,7 +245,10 @@ class HookTree(nn.Module):
 
         def keep_resid_pre(x):
             x = _call(block.hook_resid_pre, x)
-            scratch.__dict__.setdefault("resid_pre", {})[i] = x
+            if block.hook_resid_mid._forward_hooks:
+                stack = scratch.__dict__.setdefault("resid_pre", {}).setdefault(i, [])
+                del stack[:-_MAX_NESTING]  # left by block calls that raised before their attention returned
+                stack.append(x)
             return x
 
         resid_pre_input = self._on_input(b.layer, keep_resid_pre)
@@ -261,8 +267,9 @@ class HookTree(nn.Module):
         else:
             def attn_out(x, args):
                 x = _call(block.hook_attn_out, x)
-                if block.hook_resid_mid._forward_hooks:
-                    mid = scratch.__dict__["resid_pre"][i] + x  # what the block computes next
+                stack = scratch.__dict__.get("resid_pre", {}).get(i)
+                if block.hook_resid_mid._forward_hooks and stack:
+                    mid = stack.pop() + x  # what the block computes next
                     new_mid = _call(block.hook_resid_mid, mid)
                     if new_mid is not mid:  # the block adds x to resid_pre: shift x by the edit
                         x = x + (new_mid - mid)

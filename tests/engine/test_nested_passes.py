@@ -1,0 +1,99 @@
+"""A pass a hook starts in the middle of another is its own pass: the outer pass's plumbing is not disturbed.
+
+Block-edge dispatchers keep per-block values (``resid_pre`` for ``resid_mid`` edits), and the
+prefix plumbing (``resume=``, ``keep_layers=``) acts on the pass that asked for it; a nested pass
+(``model(...)``, ``model.clean()``, or a direct HF call from a hook) must not read or overwrite them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.testing import tiny_model
+
+P, Q, LONG = "the nurse said that", "a dog ran home", "a much longer prompt than the outer one, with many more tokens"
+
+
+@pytest.fixture(params=["gpt2", "llama", "gemma3"])
+def decoder(request):
+    return tiny_model(request.param)
+
+
+def _side(model, text, *, clean: bool):
+    inside = []
+
+    def hook(x, hook):
+        if inside:  # the nested pass (not clean) runs this hook too: no third pass
+            return None
+        inside.append(1)
+        try:
+            with torch.no_grad():
+                if clean:
+                    with model.clean():
+                        model(text)
+                else:
+                    model(text)
+        finally:
+            inside.pop()
+        return None
+
+    return hook
+
+
+@pytest.mark.parametrize("text", [Q, LONG])
+@pytest.mark.parametrize("clean", [True, False])
+def test_resid_mid_of_the_outer_pass_survives_a_nested_pass(decoder, text, clean):
+    """The nested pass runs between layer 0's resid_pre and its attention output (from a pattern hook)."""
+    mid = "blocks.0.hook_resid_mid"
+    noop = ("blocks.0.attn.hook_pattern", lambda x, hook: None)  # the same attention path, no nested pass
+    side = ("blocks.0.attn.hook_pattern", _side(decoder, text, clean=clean))
+    with torch.no_grad():
+        with decoder.hooks([noop]):
+            _, expected = decoder.run_with_cache(P, names_filter=[mid])
+        with decoder.hooks([side]):
+            _, got = decoder.run_with_cache(P, names_filter=[mid])
+        assert torch.equal(got[mid], expected[mid])
+        double = (mid, lambda x, hook: 2 * x)
+        reference = decoder.run_with_hooks(P, fwd_hooks=[double, noop])
+        edited = decoder.run_with_hooks(P, fwd_hooks=[double, side])
+    assert torch.equal(edited, reference)
+    assert (reference - decoder(P)).abs().max() > 1e-3  # the edit acts
+    assert not decoder.tree._scratch.__dict__.get("resid_pre", {}).get(0)  # nothing left on the stack
+
+
+def _once(model, text, got):
+    def hook(x, hook):
+        if "out" not in got:
+            got["out"] = None  # the nested pass runs this hook too
+            got["out"] = model(text)
+        return None
+
+    return hook
+
+
+def test_a_nested_pass_inside_a_resumed_pass_computes_its_own_layers(decoder):
+    from attnlab.engine import Resume, run
+
+    tp = decoder.tokens(P)
+    prefix = run(decoder, tp, logits=None, keep_layers={0}).prefix
+    got: dict = {}
+    with torch.no_grad():
+        outer = run(decoder, tp, logits="all", resume=Resume(prefix, 1), hooks=[("blocks.1.attn.hook_pattern", _once(decoder, Q, got))])
+        with decoder.hooks([("blocks.1.attn.hook_pattern", lambda x, hook: None)]):
+            alone = decoder(Q)
+            plain = run(decoder, tp, logits="all").logits
+    assert torch.equal(got["out"], alone)  # layer 0 computed on Q, not handed P's kept output
+    assert (outer.logits - plain).abs().max() <= 1e-5
+
+
+def test_a_nested_pass_does_not_overwrite_the_kept_layer_outputs(decoder):
+    from attnlab.engine import run
+
+    tp, noop = decoder.tokens(P), [("blocks.1.attn.hook_pattern", lambda x, hook: None)]
+    with torch.no_grad():
+        expected = run(decoder, tp, logits=None, keep_layers={0}, hooks=noop).prefix.outputs[0]
+        got: dict = {}
+        kept = run(decoder, tp, logits=None, keep_layers={0}, hooks=[("blocks.1.attn.hook_pattern", _once(decoder, Q, got))])
+    first = lambda o: o[0] if isinstance(o, (tuple, list)) else o  # noqa: E731
+    assert got["out"] is not None and torch.equal(first(kept.prefix.outputs[0]), first(expected))
