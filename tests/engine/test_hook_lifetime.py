@@ -107,3 +107,51 @@ def test_bad_spec_in_intervene_attaches_nothing(tiny_gemma):
             pytest.fail("the body must not run")
     assert _all_torch_hooks(model) == 0
     assert torch.equal(_run(model), clean)
+
+
+def _torch_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules()) + sum(
+        len(p._forward_hooks) for p in model.hook_dict.values())
+
+
+def test_add_hook_inside_a_block_acts_there_and_leaves_with_it(tiny_gpt2):
+    """TransformerLens' add_hook inside a hooks() block: acts until the block ends, then nothing is left."""
+    model, zero = tiny_gpt2, (lambda x, hook: torch.zeros_like(x))
+    names = ["blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"]  # an attention point and a block edge
+    with torch.no_grad():
+        reference = model.run_with_hooks(TEXT, fwd_hooks=[(n, zero) for n in names])
+        before = _torch_hooks(model)
+        with model.hooks([("blocks.0.attn.hook_pattern", lambda x, hook: None)]):
+            for n in names:
+                model.add_hook(n, zero)
+            model.blocks[1].hook_resid_pre.add_hook(lambda x, hook: None)  # a point's own add_hook too
+            assert model.count_hooks() == 4
+            inside = model(TEXT)
+        assert torch.equal(inside, reference)  # the block edge's dispatcher was acquired: the zeroing acted
+        assert model.count_hooks() == 0 and _torch_hooks(model) == before
+        model.reset_hooks()
+        assert _torch_hooks(model) == before
+
+
+def test_add_hook_from_a_hook_during_a_plain_pass_is_persistent(tiny_gpt2):
+    """The engine's own frames (LM-head plumbing) are not blocks: the hook persists until reset_hooks()."""
+    model, zero = tiny_gpt2, (lambda x, hook: torch.zeros_like(x))
+    added = []
+
+    def adder(x, hook):
+        if not added:
+            added.append(1)
+            model.add_hook("blocks.1.attn.hook_pattern", zero)
+
+    with torch.no_grad():
+        expected = model.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.attn.hook_pattern", zero)])
+        before = _torch_hooks(model)
+        model.add_hook("blocks.0.attn.hook_pattern", adder)
+        model(TEXT)  # adds the zeroing hook from layer 0's hook, during the pass
+        assert model.count_hooks() == 2
+        with model.clean():
+            clean_out = model(TEXT)
+        now = model(TEXT)
+        assert (now - expected).abs().max() <= 1e-5 < (now - clean_out).abs().max()  # it acts in later passes
+        model.reset_hooks()
+    assert model.count_hooks() == 0 and _torch_hooks(model) == before

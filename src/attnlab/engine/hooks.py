@@ -33,7 +33,8 @@ from torch import nn
 
 from attnlab.errors import InvalidLocation, ShapeMismatch
 
-__all__ = ["HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "clean_context", "OnDemand"]
+__all__ = ["HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "user_frame", "at_frame_exit", "clean_context",
+           "OnDemand"]
 
 HookFn = Callable[..., Any]
 
@@ -43,6 +44,11 @@ _FRAMES: ContextVar[tuple[int, ...] | None] = ContextVar("attnlab_hook_frames", 
 _frame_ids = itertools.count(1)
 _GLOBAL = 0  # owner id of persistent hooks added with add_hook() outside a block
 _CLEAN = -1  # first element of the frames of blocks opened inside clean()
+#: The ``hooks()`` blocks (not the engine's own plumbing frames) open in this context, innermost last.
+_USER: ContextVar[tuple[int, ...]] = ContextVar("attnlab_user_frames", default=())
+#: What to undo when a frame closes: hooks ``add_hook`` attached inside it (whichever model's block it is).
+_AT_EXIT: dict[int, list[Callable[[], None]]] = {}
+_AT_EXIT_LOCK = threading.Lock()
 
 
 def active_frames() -> tuple[int, ...] | None:
@@ -69,15 +75,37 @@ def _is_active(owner: int) -> bool:  # acting_owners() without building a tuple:
 
 
 @contextmanager
-def hook_frame() -> Iterator[int]:
-    """Open a new hook block in this context; yields its owner id (a block opened inside clean() stays clean around it)."""
+def hook_frame(*, user: bool = False) -> Iterator[int]:
+    """Open a new hook block in this context; yields its owner id (a block opened inside clean() stays clean around it).
+
+    ``user``: a ``hooks()`` block, which ``add_hook`` attaches to (the engine's own frames are not).
+    """
     frame = next(_frame_ids)
     parent = _FRAMES.get()
     token = _FRAMES.set(((_CLEAN,) if parent is None else parent) + (frame,))
+    user_token = _USER.set(_USER.get() + (frame,)) if user else None
     try:
         yield frame
     finally:
+        if user_token is not None:
+            _USER.reset(user_token)
         _FRAMES.reset(token)
+        with _AT_EXIT_LOCK:
+            undo = _AT_EXIT.pop(frame, [])
+        for fn in reversed(undo):
+            fn()
+
+
+def user_frame() -> int:
+    """The innermost ``hooks()`` block open in this context, else ``_GLOBAL`` (where ``add_hook`` attaches)."""
+    users = _USER.get()
+    return users[-1] if users else _GLOBAL
+
+
+def at_frame_exit(frame: int, fn: Callable[[], None]) -> None:
+    """Run ``fn`` when ``frame`` closes (in ``finally``: also when the block raises)."""
+    with _AT_EXIT_LOCK:
+        _AT_EXIT.setdefault(frame, []).append(fn)
 
 
 @contextmanager
@@ -182,9 +210,10 @@ class HookPoint(nn.Module):
         """Attach ``fn(tensor, hook)``; it acts only in the block ``owner`` (default: the innermost open one)."""
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        if owner is None:
-            frames = _FRAMES.get()
-            owner = frames[-1] if frames else _GLOBAL
+        if owner is None:  # TransformerLens' point.add_hook: the innermost hooks() block's until it ends, else persistent
+            owner = user_frame()
+            if owner != _GLOBAL:
+                at_frame_exit(owner, lambda: self.remove_hooks(owner))
         point = self
 
         def forward_hook(module, args, *rest):

@@ -26,7 +26,9 @@ from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.forward import Output, run, token_logprobs
 from attnlab.engine.generate import decode
-from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, active_frames, clean_context, hook_frame
+from attnlab.engine.hooks import (
+    _GLOBAL, HookFn, HookPoint, acting_owners, at_frame_exit, clean_context, hook_frame, user_frame,
+)
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
@@ -227,7 +229,7 @@ class HookedModel(ModelWeights, nn.Module):
         if not reset_hooks_end:
             raise InvalidInput("attnlab removes a block's hooks when it ends; for hooks that persist use model.add_hook()")
         wanted = self._expand(list(fwd_hooks), "fwd") + self._expand(list(bwd_hooks), "bwd")
-        with hook_frame() as owner:
+        with hook_frame(user=True) as owner:
             points, needs = [], []
             try:
                 for point, fn, direction in wanted:
@@ -249,14 +251,16 @@ class HookedModel(ModelWeights, nn.Module):
         A persistent hook added outside any block acts in every thread (TransformerLens'
         semantics); prefer ``with model.hooks(...)``, whose hooks belong to one context.
         """
-        frames = active_frames()
-        owner = frames[-1] if frames else _GLOBAL
+        owner = user_frame()  # not the engine's own frames: a hook adding a hook during a plain pass adds a persistent one
         for point, f, direction in self._expand([(name, fn)], dir):
             point.add_hook(f, direction, owner=owner, prepend=prepend)
+            needs = list(getattr(point, "_needs", ()))  # a block edge's dispatcher on the HF module
+            for need in needs:
+                need.acquire()
             if owner == _GLOBAL:
-                for need in getattr(point, "_needs", ()):
-                    need.acquire()
-                    self._global_needs.append(need)
+                self._global_needs.extend(needs)
+            else:  # removed with the block that is open now (whichever model's block it is)
+                at_frame_exit(owner, lambda point=point, needs=needs: _undo(point, owner, needs))
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False) -> None:
         """Remove the persistent hooks added with ``add_hook`` outside a block."""
@@ -721,3 +725,10 @@ class HookedModel(ModelWeights, nn.Module):
             f"HookedModel({c.name!r}: {c.architecture}, {c.n_layers} layers x {c.n_heads} heads "
             f"({c.n_kv_heads} kv), d_head={c.d_head}, {'causal' if c.is_causal else 'bidirectional'})"
         )
+
+
+def _undo(point: HookPoint, owner: int, needs: list) -> None:
+    """Remove what ``add_hook`` attached inside a block that is closing."""
+    point.remove_hooks(owner)
+    for need in needs:
+        need.release()
