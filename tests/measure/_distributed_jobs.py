@@ -15,7 +15,7 @@ import torch.distributed as dist
 from attnlab.analysis.context import attention_by_distance
 from attnlab.errors import InvalidInput
 from attnlab.interventions import AblateHead
-from attnlab.measure import KL, LogitDiff, effect, score, sweep_heads, sweep_interventions
+from attnlab.measure import KL, LogitDiff, attribute, effect, score, sweep_heads, sweep_interventions
 from attnlab.measure.distributed import current, map_units
 from attnlab.testing import tiny_model
 
@@ -50,6 +50,8 @@ def one_run(model_llama, model_gemma) -> dict:
     out["score_one_chunk"] = score(model_llama, PROMPTS, metric, batch_size=64)
     eff = effect(model_llama, PROMPTS, [AblateHead(1, 2)], metric, batch_size=2, n_boot=50, progress=False)
     out["effect"] = eff.per_prompt[["clean", "intervened"]].to_numpy()
+    # a result object crosses the process boundary whole (an AttributionResult holds the model: not pickled)
+    out["attribution"] = attribute(model_llama, PROMPTS, metric, method="mean", batch_size=2, n_boot=50, progress=False)
     prof = attention_by_distance(model_gemma, CORPUS, batch_size=2, progress=False)
     out["distance_mass"], out["distance_sink"] = prof.mass, prof.sink
     return out

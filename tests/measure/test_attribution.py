@@ -588,3 +588,20 @@ def test_bad_precision_is_refused_before_any_pass(tiny_llama):
     with pytest.raises(InvalidInput, match=r"precision must be None, torch.bfloat16.*'int8'"):
         _run(tiny_llama, precision="int8")
     assert tiny_llama.count_hooks() == 0
+
+
+def test_a_pickled_result_keeps_its_tables_and_a_deep_copy_still_verifies(tiny_llama):
+    import copy
+    import pickle
+
+    import pandas as pd
+
+    result = attribute(tiny_llama, ["the nurse said that", "a cat sat"], LogitDiff(" she", " he"), progress=False, n_boot=10)
+    back = pickle.loads(pickle.dumps(result))
+    pd.testing.assert_frame_equal(back.table, result.table)
+    pd.testing.assert_frame_equal(back.per_prompt, result.per_prompt)
+    with pytest.raises(InvalidInput, match="keeps its tables, not the model"):
+        back.verify(2)
+    twin = copy.deepcopy(result)
+    assert twin.table is not result.table and twin.table.equals(result.table)
+    pd.testing.assert_frame_equal(twin.verify(2).table, result.verify(2).table)

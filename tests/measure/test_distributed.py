@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from attnlab.errors import DistributedError, InvalidInput
@@ -57,6 +58,15 @@ def one_process() -> dict:
 
 KEYS = ["sweep_zero", "sweep_zero_table", "sweep_chunks", "sweep_patch", "sweep_rows_tied", "sweep_interventions", "one_variant", "score",
         "score_one_chunk", "effect", "distance_mass", "distance_sink"]
+
+
+def test_an_attribution_result_comes_back_whole(two_processes, one_process):
+    expected = one_process["attribution"]
+    for got in two_processes:
+        pd.testing.assert_frame_equal(got["attribution"].table, expected.table, atol=1e-6, rtol=0)
+        assert got["attribution"].meta == expected.meta
+        with pytest.raises(InvalidInput, match="a pickled or loaded result keeps its tables, not the model"):
+            got["attribution"].verify(2)
 
 
 @pytest.mark.parametrize("key", KEYS)

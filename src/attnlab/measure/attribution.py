@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+import copy
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -72,6 +73,19 @@ class AttributionResult(SweepResult):
     correction: str | None = None
     _context: dict = field(default_factory=dict, compare=False)
 
+    def __getstate__(self) -> dict:
+        """Pickled (``run_parallel``, ``multiprocessing``) without what ``verify()`` needs: the model object."""
+        return {**self.__dict__, "_context": {}}
+
+    def __deepcopy__(self, memo) -> AttributionResult:
+        """A copy whose tables are copies and whose ``verify()`` still measures the same model."""
+        twin = copy.copy(self)
+        for name, value in self.__dict__.items():
+            if name != "_context":
+                setattr(twin, name, copy.deepcopy(value, memo))
+        twin._context = dict(self._context)
+        return twin
+
     def top(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` units ranked first: by ``graddrop`` when present, else by ``|effect|``."""
         return self._ranked(k).reset_index(drop=True)
@@ -94,7 +108,8 @@ class AttributionResult(SweepResult):
         check_batch_size(batch_size)
         ctx = self._context
         if not ctx:
-            raise InvalidInput("this AttributionResult was not made by attribute() in this session; nothing to verify")
+            raise InvalidInput("this AttributionResult was not made by attribute() in this session (a pickled or loaded "
+                               "result keeps its tables, not the model); nothing to verify")
         model, prompts, metric = ctx["model"], ctx["prompts"], ctx["metric"]
         _check_same_blocks(model, ctx["where"])
         ranked = self._ranked(k)  # keeps the table's index: row i's prompts are per_prompt rows i*n .. i*n+n-1
