@@ -605,3 +605,16 @@ def test_a_pickled_result_keeps_its_tables_and_a_deep_copy_still_verifies(tiny_l
     twin = copy.deepcopy(result)
     assert twin.table is not result.table and twin.table.equals(result.table)
     pd.testing.assert_frame_equal(twin.verify(2).table, result.verify(2).table)
+
+
+def test_kl_probes_depend_on_the_prompt_not_on_the_batch(tiny_llama):
+    """Each prompt's random directions come from (seed, probe, its tokens): batch size and company do not matter."""
+    prompts = ["the nurse said that", "the doctor told the man that he", "a cat sat", "he said"]
+    run = lambda p, **o: attribute(tiny_llama, p, KL(), site="z", layers=[1], progress=False, n_boot=0, **o)  # noqa: E731
+    together, one_by_one = run(prompts, batch_size=4), run(prompts, batch_size=1)
+    np.testing.assert_allclose(together.per_prompt.effect, one_by_one.per_prompt.effect, rtol=1e-5, atol=1e-9)
+    alone = run(prompts[2:3])
+    np.testing.assert_allclose(alone.per_prompt.effect, together.per_prompt[together.per_prompt.prompt == prompts[2]].effect,
+                               rtol=1e-5, atol=1e-9)
+    other_seed = run(prompts[2:3], seed=1)
+    assert np.abs(other_seed.per_prompt.effect.to_numpy() - alone.per_prompt.effect.to_numpy()).max() > 1e-4

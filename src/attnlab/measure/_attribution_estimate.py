@@ -48,7 +48,6 @@ def estimate(model, rows: Rows, cf_rows, metric, units: Units, method, means, co
     extra = {l: {s: hook_name(l, s) for s in ("q", "k", "attn_scores", "pattern")} for l in units.layers} if qk else {}
     capture = list(own.values()) + [n for l in extra for n in extra[l].values() if n not in own.values()]
     grad_name = {l: (extra[l]["pattern"] if qk else own[l]) for l in units.layers}
-    generator = torch.Generator().manual_seed(seed)
     checked = False
     n_layers = model.cfg.n_layers
     unit_layer = torch.tensor(np.repeat(units.layers, units.per_layer), dtype=torch.float32)
@@ -58,7 +57,7 @@ def estimate(model, rows: Rows, cf_rows, metric, units: Units, method, means, co
         for c0 in range(0, rows.n_rows, chunk):
             part = rows.select(slice(c0, c0 + chunk)).to(model.device)
             cf_part = cf_rows.select(slice(c0, c0 + chunk)) if cf_rows is not None else None
-            fwd = grad_forward(model, part, metric, capture, graddrop=graddrop, probes=probes, generator=generator,
+            fwd = grad_forward(model, part, metric, capture, graddrop=graddrop, probes=probes, seed=seed,
                                precision=precision)
             if qk and not checked:
                 _check_qk(model, fwd, extra, precision)

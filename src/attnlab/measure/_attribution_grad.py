@@ -22,6 +22,7 @@ the writes zeroes their gradient in a full backward; the forward values are unto
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -79,7 +80,7 @@ class GradForward:
 
 
 def grad_forward(model, part: Rows, metric, names: Sequence[str], *, graddrop: bool, probes: int,
-                 generator: torch.Generator | None, precision: torch.dtype | None = None) -> GradForward:
+                 seed: int, precision: torch.dtype | None = None) -> GradForward:
     """One clean forward of ``part`` building the graph from the captured ``names`` to the metric."""
     acts: dict[str, torch.Tensor] = {}
     dropped: dict = {"layer": None}
@@ -111,7 +112,7 @@ def grad_forward(model, part: Rows, metric, names: Sequence[str], *, graddrop: b
     out = metric_output(model, part, metric, hooks=hooks, grad=True, precision=precision)
     k = part.per_prompt
     if isinstance(metric, KL):
-        scalars = _kl_probes(out, probes, generator)
+        scalars = _kl_probes(out, probes, seed, part)
         values = torch.zeros(part.n_rows // k)
         second = True
     else:
@@ -130,19 +131,29 @@ def has_residual_shortcut(model) -> bool:
     return bool(blocks) and all(b.kind in ("pre_norm", "sandwich") for b in blocks) and all(n in model.hook_dict for n in names)
 
 
-def _kl_probes(logits: torch.Tensor, probes: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+def _kl_probes(logits: torch.Tensor, probes: int, seed: int, part: Rows) -> list[torch.Tensor]:
     """Random directions whose squared projections average to the second-order KL.
 
     To first order the logits move by ``dl``, and ``KL(p || softmax(l + dl)) ~= 1/2 Var_p(dl)``
     (the gradient of KL at the clean run is 0). With ``w = sqrt(p) * z - p * (sqrt(p) . z)``
     and ``z ~ N(0, I)``, ``E[(w . dl)^2] = Var_p(dl)``; ``w . dl ~= (a' - a) . d(w . l)/da``.
+    Each row's ``z`` is drawn from ``(seed, probe, the row's tokens)``: a prompt gets the same
+    probes whatever the batch size, the device's batch or the other prompts in the call.
     """
     logits = logits.float()  # [row, vocab]
-    root = logits.detach().softmax(dim=-1).sqrt()
-    p = root * root
+    root = logits.detach().softmax(dim=-1)
+    p = root
+    root = root.sqrt()
+    keys = [tuple(part.tokens.ids[r][part.tokens.mask[r].bool()].tolist()) for r in range(logits.shape[0])]
     out = []
-    for _ in range(probes):
-        z = torch.randn(logits.shape, generator=generator).to(logits.device)
+    for probe in range(probes):
+        z = torch.stack([torch.randn(logits.shape[-1], generator=torch.Generator().manual_seed(_probe_seed(seed, probe, key)))
+                         for key in keys]).to(logits.device)
         w = root * z - p * (root * z).sum(dim=-1, keepdim=True)
         out.append((w * logits).sum())
     return out
+
+
+def _probe_seed(seed: int, probe: int, key: tuple) -> int:
+    digest = hashlib.blake2b(repr((seed, probe, key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
