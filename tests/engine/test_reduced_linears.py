@@ -271,3 +271,18 @@ def test_another_threads_hook_block_does_not_change_this_threads_numbers():
         done.set()
         worker.join()
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_a_conversion_that_swaps_the_storage_is_seen():
+    """``model.half()`` / ``.to(device)`` give the same Parameter a new storage without a version bump."""
+    model = tiny_model("llama")
+    tokens = model.tokens(TEXTS)
+    before_stamp = model.weights_stamp()
+    run(model, tokens, logits="last", precision="bf16")
+    with torch.no_grad():
+        for p in model.hf_model.parameters():  # what Module._apply does: p.data = fn(p.data)
+            p.data = p.data * 3
+    assert model.weights_stamp() != before_stamp
+    got = run(model, tokens, logits="last", precision="bf16").logits
+    forget_rounded_weights(model)
+    assert torch.equal(got, run(model, tokens, logits="last", precision="bf16").logits)

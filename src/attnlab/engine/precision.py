@@ -76,10 +76,10 @@ def _rounded_weight(model, weight: torch.Tensor, dtype: torch.dtype) -> torch.Te
     """``weight`` in ``dtype`` (same layout), made once per weight tensor and version and kept on the model."""
     store: dict = model.__dict__.setdefault("_rounded_weights", {})
     kept = store.get((id(weight), dtype))
-    if kept is not None and kept[0]() is weight and kept[1] == weight._version:
+    if kept is not None and kept[0]() is weight and kept[1] == (weight._version, weight.data_ptr()):
         return kept[2]
-    rounded = weight.detach().to(dtype)
-    store[(id(weight), dtype)] = (weakref.ref(weight), weight._version, rounded)
+    rounded = weight.detach().to(dtype)  # a new storage (model.half(), .to(device)) keeps the version: compare both
+    store[(id(weight), dtype)] = (weakref.ref(weight), (weight._version, weight.data_ptr()), rounded)
     return rounded
 
 
