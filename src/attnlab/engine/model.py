@@ -456,12 +456,47 @@ class HookedModel(ModelWeights, nn.Module):
         ids = ids.long().to(self.device)
         if attention_mask is None:
             return Tokens(ids, torch.ones_like(ids), "right")
+        if not isinstance(attention_mask, torch.Tensor):
+            raise InvalidInput(f"attention_mask must be a tensor of 0s and 1s shaped like the ids {tuple(ids.shape)}, "
+                               f"got {type(attention_mask).__name__}")
+        if attention_mask.ndim == 1 and ids.shape[0] == 1:
+            attention_mask = attention_mask.reshape(1, -1)  # goes with 1-D ids
         if attention_mask.shape != ids.shape:
             raise InvalidInput(f"attention_mask shape {tuple(attention_mask.shape)} != ids shape {tuple(ids.shape)}")
+        # .long() would truncate 0.5 to 0 (a padded first token) and keep 2 or -1 (wrong lengths): only 0/1 mean something
+        if attention_mask.is_complex():
+            raise InvalidInput(f"attention_mask must hold only 0 and 1 as bool, integers or floats, got {attention_mask.dtype}")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)].unique()
+            shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.numel() > 5 else "")
+            raise InvalidInput(f"attention_mask must hold only 0 (padding) and 1 (a token), as bool, integers or floats; "
+                               f"got {shown}")
         mask = attention_mask.to(self.device).long()
         if bool((mask.sum(dim=1) == 0).any()):
             raise InvalidInput("attention_mask has a row with no tokens (all zeros)")
         return Tokens.from_mask(ids, mask)
+
+    def _token_type_kwargs(self, token_type_ids, tokens: Tokens) -> dict[str, torch.Tensor]:
+        """``{"token_type_ids": ...}`` for the HF call, checked: shaped like the ids, integers within the model's types."""
+        if token_type_ids is None:
+            return {}
+        embed = self.layout.token_type_embed
+        if embed is None:  # the HF model would ignore them (Llama) or fail deep inside
+            raise InvalidInput(f"{self.cfg.name} has no token types (segments); token_type_ids are for BERT-style models")
+        if not isinstance(token_type_ids, torch.Tensor):
+            raise InvalidInput(f"token_type_ids must be an integer tensor shaped like the ids {tuple(tokens.ids.shape)}, "
+                               f"got {type(token_type_ids).__name__}")
+        if token_type_ids.dtype == torch.bool or token_type_ids.is_floating_point() or token_type_ids.is_complex():
+            raise InvalidInput(f"token_type_ids must be an integer tensor, got {token_type_ids.dtype}")
+        if token_type_ids.ndim == 1 and tokens.n_rows == 1:
+            token_type_ids = token_type_ids.reshape(1, -1)  # goes with one row of ids
+        if token_type_ids.shape != tokens.ids.shape:
+            raise InvalidInput(f"token_type_ids shape {tuple(token_type_ids.shape)} != ids shape {tuple(tokens.ids.shape)}")
+        n_types = embed.num_embeddings
+        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= n_types:
+            bad = token_type_ids[(token_type_ids < 0) | (token_type_ids >= n_types)].unique()
+            raise InvalidInput(f"token_type_ids must lie in 0..{n_types - 1} for {self.cfg.name}, got {bad[:5].tolist()}")
+        return {"token_type_ids": token_type_ids.long().to(self.device)}
 
     def tokenize(self, text: Text, *, padding_side: str | None = None, prepend_bos: bool | None = None) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` of one text or a batch (``model.padding_side`` by default)."""
@@ -569,7 +604,7 @@ class HookedModel(ModelWeights, nn.Module):
         if stop_at_layer is not None and return_type in ("loss", "both", "outputs"):
             raise InvalidInput(f"stop_at_layer returns the residual stream; return_type={return_type!r} needs the whole model")
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side=padding_side, prepend_bos=prepend_bos)
-        extra = {"token_type_ids": token_type_ids.to(self.device)} if token_type_ids is not None else {}
+        extra = self._token_type_kwargs(token_type_ids, tokens)
         grad = torch.is_grad_enabled()
         if stop_at_layer is not None:
             return run(self, tokens, logits=None, stop_at_layer=stop_at_layer, grad=grad, model_kwargs=extra).hidden
