@@ -25,7 +25,7 @@ from attnlab.engine.attention import detach
 from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.forward import Output, run, token_logprobs
-from attnlab.engine.generate import decode
+from attnlab.engine.generate import decode, eos_ids
 from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, active_frames, clean_context, hook_frame
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
@@ -76,6 +76,13 @@ class Intervention(Protocol):
     def validate(self, cfg: ModelConfig) -> None: ...
 
     def prepare(self, model: HookedModel) -> Any: ...
+
+
+def _is_real(value) -> bool:
+    """A real number of any kind (Python, numpy), but not a bool."""
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class HookedModel(ModelWeights, nn.Module):
@@ -655,7 +662,7 @@ class HookedModel(ModelWeights, nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        input: Text,
+        input: Text | torch.Tensor | Tokens,
         max_new_tokens: int = 20,
         *,
         interventions: Sequence[Intervention] = (),
@@ -666,38 +673,52 @@ class HookedModel(ModelWeights, nn.Module):
         top_p: float | None = None,
         seed: int | None = None,
         stop_at_eos: bool = True,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | torch.Tensor | None = None,
         return_type: str = "str",
+        attention_mask: torch.Tensor | None = None,
         **unknown: Any,
     ):
         """Continuation(s) of ``input`` with the KV cache, interventions and ``fwd_hooks`` active at every step.
 
-        Greedy unless ``do_sample=True``. Returns a string per prompt (one string for one
-        prompt), or the new token ids with ``return_type="tokens"``.
+        ``input``: text(s), token ids ``[batch, pos]`` (every column a token, as ``model(ids)``
+        reads them, unless ``attention_mask`` marks padding) or :class:`Tokens`; padded rows are
+        re-padded on the left, so the new tokens follow each prompt. Greedy unless ``do_sample=True``.
+        ``eos_token_id``: one id or several (a row stops at any of them; default: the
+        tokenizer's). Returns a string per prompt (one string for one prompt), or the new
+        token ids with ``return_type="tokens"``.
         """
         if unknown:
             raise InvalidInput(
                 f"unknown keyword argument(s) {sorted(unknown)} for generate(); valid: max_new_tokens, interventions, "
-                "fwd_hooks, do_sample, temperature, top_k, top_p, seed, stop_at_eos, eos_token_id, return_type"
+                "fwd_hooks, do_sample, temperature, top_k, top_p, seed, stop_at_eos, eos_token_id, return_type, "
+                "attention_mask"
             )
         if not self.cfg.is_causal or not self.cfg.has_lm_head:
             raise UnsupportedModel(f"{self.cfg.name} is not a causal language model; generate() needs one")
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        # numpy integers count as integers (is_integer); bools do not
+        if not is_integer(max_new_tokens) or max_new_tokens < 1:
             raise InvalidInput(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if return_type not in ("str", "tokens"):
             raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature == temperature):
+        if not (_is_real(temperature) and temperature > 0 and temperature == temperature):
             raise InvalidInput(f"temperature must be a positive number, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and (not is_integer(top_k) or top_k < 1):
             raise InvalidInput(f"top_k must be a positive integer or None, got {top_k!r}")
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
             raise InvalidInput(f"top_p must lie in (0, 1], got {top_p!r}")
-        tokens = self.tokens(input, padding_side="left")
+        if seed is not None and not (is_integer(seed) and -(2**63) <= seed < 2**64):  # what torch's manual_seed takes
+            raise InvalidInput(f"seed must be an integer in -2**63..2**64-1 or None, got {seed!r}")
+        tokens = self.tokens(input, attention_mask=attention_mask, padding_side="left")
+        if tokens.side != "left" and not bool(tokens.mask.all()):  # right-padded Tokens: the new tokens follow each prompt
+            tokens = self.pad([row[m.bool()].tolist() for row, m in zip(tokens.ids, tokens.mask)], padding_side="left")
         tok = self.tokenizer
-        eos = eos_token_id if eos_token_id is not None else getattr(tok, "eos_token_id", None)
+        # the caller's ids are checked against the vocabulary; the tokenizer's default is taken as it is
+        eos = eos_ids(eos_token_id, self.cfg.d_vocab_out) if eos_token_id is not None \
+            else eos_ids(getattr(tok, "eos_token_id", None), None)
         with self.intervene(*interventions), self.hooks(fwd_hooks=fwd_hooks):
-            new = decode(self, tokens, max_new_tokens, do_sample=do_sample, temperature=float(temperature), top_k=top_k,
-                         top_p=top_p, seed=seed, stop_at_eos=stop_at_eos, eos_token_id=eos, pad_token_id=self.pad_token_id)
+            new = decode(self, tokens, int(max_new_tokens), do_sample=do_sample, temperature=float(temperature),
+                         top_k=None if top_k is None else int(top_k), top_p=top_p, seed=None if seed is None else int(seed),
+                         stop_at_eos=stop_at_eos, eos_token_id=eos, pad_token_id=self.pad_token_id)
         if return_type == "tokens":
             return new
         decoded = [tok.decode(row.tolist(), skip_special_tokens=True) for row in new]
