@@ -18,7 +18,7 @@ import torch
 
 from attnlab.engine.decompose import ResidualAnalyses
 from attnlab.engine.locations import BLOCK_NORMS, get_act_name, missing_name_hint, norm_path, scale_name
-from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean
+from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean, is_integer
 
 __all__ = ["ActivationCache"]
 
@@ -47,8 +47,13 @@ class ActivationCache(ResidualAnalyses):
                 return get_act_name(key)
             except InvalidLocation:
                 return key  # not a shorthand either: reported as missing by the caller
-        if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) and not isinstance(key[1], bool):
-            key = (key[0], self._layer_index(key[1]), *key[2:])
+        if isinstance(key, tuple) and len(key) > 1 and key[1] is not None:
+            # numpy integers are layers too (np.int64(-1) was looked up as 'blocks.-1...'); True is not layer 1
+            if not is_integer(key[1]):
+                raise InvalidLocation(f"the layer in cache key {key!r} must be an integer in "
+                                      f"{self.model.cfg.layer_range()} (or -{self.model.cfg.n_layers}..-1 from the end), "
+                                      f"got {key[1]!r}")
+            key = (key[0], self._layer_index(int(key[1])), *key[2:])
         if isinstance(key, tuple) and key and key[0] == "scale":
             key = _scale_name(*key[1:])
         elif isinstance(key, tuple):

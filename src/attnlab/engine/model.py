@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -196,7 +196,7 @@ class HookedModel(ModelWeights, nn.Module):
         hint = missing_name_hint(name) or did_you_mean(name, self.hook_dict)
         raise InvalidLocation(f"no hook point {name!r} in {self.cfg.name}{hint}; {self._kinds_message()}")
 
-    def _resolve_names(self, names) -> list[str]:
+    def _resolve_names(self, names, *, what: str = "hook names") -> list[str]:
         """A name, a list of names or a predicate on names -> the hook names it selects."""
         if names is None:
             return list(self.hook_dict)
@@ -204,6 +204,9 @@ class HookedModel(ModelWeights, nn.Module):
             names = [names]
         if callable(names):
             return [n for n in self.hook_dict if names(n)]
+        if not isinstance(names, Iterable):
+            raise InvalidInput(f"{what} must be a hook name, a list of hook names, a predicate on names (name -> bool) "
+                               f"or None (every hook point), got {names!r}")
         names = list(names)
         for n in names:
             if not isinstance(n, str):
@@ -291,7 +294,7 @@ class HookedModel(ModelWeights, nn.Module):
     def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim: bool = False,
                        incl_bwd: bool = False, return_cache_object: bool = True, **model_kwargs):
         """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
-        names = self._resolve_names(names_filter)
+        names = self._resolve_names(names_filter, what="names_filter")
         cache: dict[str, torch.Tensor] = {}
         grad_cache: dict[str, torch.Tensor] = {}
 
