@@ -18,6 +18,7 @@ import torch
 
 from attnlab.engine.decompose import ResidualAnalyses
 from attnlab.engine.locations import BLOCK_NORMS, get_act_name, missing_name_hint, norm_path, scale_name
+from attnlab.engine.stop import blocks_run, not_reached
 from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean, is_integer
 
 __all__ = ["ActivationCache"]
@@ -72,6 +73,14 @@ class ActivationCache(ResidualAnalyses):
     def __getitem__(self, key) -> torch.Tensor:
         name = self._key(key)
         if name not in self.cache_dict:
+            point = self.model.hook_dict.get(name)
+            k = self.stopped_at
+            if k is not None and point is not None and not_reached(point, k):
+                raise InvalidLocation(
+                    f"{name!r} is not in this cache: the pass stopped at layer {k} (stop_at_layer={k}: it ran "
+                    f"{blocks_run(k)}, not the later blocks nor the final norm; the last stream is "
+                    f"blocks.{k}.hook_resid_pre). Run without stop_at_layer (or with a later one) to read it"
+                )
             raise InvalidLocation(
                 f"{name!r} is not in this cache{missing_name_hint(name) or did_you_mean(name, self.cache_dict)}; it holds "
                 f"{len(self.cache_dict)} names (pass names_filter= to run_with_cache to choose what is cached)"

@@ -30,7 +30,7 @@ from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, acti
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
-from attnlab.engine.stop import check_stop_at_layer
+from attnlab.engine.stop import check_reached, check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
@@ -295,6 +295,9 @@ class HookedModel(ModelWeights, nn.Module):
                        incl_bwd: bool = False, return_cache_object: bool = True, **model_kwargs):
         """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
         names = self._resolve_names(names_filter, what="names_filter")
+        stopped = check_stop_at_layer(model_kwargs.get("stop_at_layer"), self.cfg.n_layers)
+        if names_filter is not None and not callable(names_filter):  # named one by one: each must come back
+            check_reached(self, names, stopped, "names_filter", model_kwargs.get("stop_at_layer"))
         cache: dict[str, torch.Tensor] = {}
         grad_cache: dict[str, torch.Tensor] = {}
 
@@ -310,8 +313,6 @@ class HookedModel(ModelWeights, nn.Module):
             if incl_bwd:
                 out.backward()
         cache.update(grad_cache)
-        stopped = model_kwargs.get("stop_at_layer")
-        stopped = None if stopped is None else check_stop_at_layer(stopped, self.cfg.n_layers)
         entering = f"blocks.{stopped}.hook_resid_pre"
         if stopped is not None and entering in names:  # block k did not run, but the stream entering it is the answer
             cache[entering] = out.detach() if device is None else out.detach().to(device)
