@@ -53,3 +53,28 @@ def test_unknown_hook_name_in_run_with_hooks_suggests_the_right_one(tiny_llama):
 def test_hook_pair_must_be_name_and_function(tiny_llama):
     with pytest.raises(InvalidLocation, match="hooks must be \\(name or name filter, function\\) pairs"):
         tiny_llama.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_q", "not a function")])
+
+
+def test_cache_layers_may_be_numpy_integers_but_not_bools(tiny_gpt2):
+    import numpy as np
+
+    _, cache = tiny_gpt2.run_with_cache(TEXT)
+    last = cache["blocks.1.attn.hook_z"]
+    assert cache["z", np.int64(-1)] is last and cache["z", np.int32(1)] is last  # np.int64(-1) was 'blocks.-1...'
+    assert cache["scale", np.int64(0), "ln1"] is cache["blocks.0.ln1.hook_scale"]
+    for bad in (True, 1.0, "1"):
+        with pytest.raises(InvalidLocation, match=rf"the layer in cache key \('z', {bad!r}\) must be an integer in layers "
+                                                  r"0\.\.1 \(or -2\.\.-1 from the end\)"):
+            cache["z", bad]  # True silently read layer 1
+    with pytest.raises(InvalidLocation, match="layer 2 out of range"):
+        cache["z", np.int64(2)]
+
+
+@pytest.mark.parametrize("bad", [3, True, 2.5])
+def test_a_names_filter_of_another_kind_is_named(tiny_gpt2, bad):
+    from attnlab.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=rf"names_filter must be a hook name, a list of hook names, a predicate on names "
+                                           rf"\(name -> bool\) or None \(every hook point\), got {bad!r}"):
+        tiny_gpt2.run_with_cache(TEXT, names_filter=bad)
+    assert tiny_gpt2.count_hooks() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,73 @@ def test_offsets_on_sliding_window_layers_during_generation(tiny_gemma):
     assert sliding[-1][1] < n_prompt + 2 and sliding[-1][3] > 0
     full = steps[2]
     assert all(k_off == 0 for *_, k_off in full)
+
+
+PROMPTS = ["the nurse said that she", "a dog"]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_generate_takes_token_ids_as_model_does(arch):
+    """An unpadded id tensor (what ``model(ids)`` reads) was refused as 'not left-padded'."""
+    import attnlab.testing
+
+    model = attnlab.testing.tiny_model(arch)
+    want = model.generate(PROMPT, max_new_tokens=3, return_type="tokens")
+    assert torch.equal(model.generate(model.to_tokens(PROMPT), max_new_tokens=3, return_type="tokens"), want)
+    assert torch.equal(model.generate(model.to_tokens(PROMPT)[0], max_new_tokens=3, return_type="tokens"), want)
+    # padded ids with their mask, and right-padded Tokens, are re-padded on the left: each row as alone
+    alone = torch.cat([model.generate(p, max_new_tokens=3, return_type="tokens") for p in PROMPTS])
+    right = model.tokens(PROMPTS)
+    assert right.side == "right"
+    assert torch.equal(model.generate(right.ids, attention_mask=right.mask, max_new_tokens=3, return_type="tokens"), alone)
+    assert torch.equal(model.generate(right, max_new_tokens=3, return_type="tokens"), alone)
+    left = model.tokens(PROMPTS, padding_side="left")
+    assert torch.equal(model.generate(left.ids, attention_mask=left.mask, max_new_tokens=3, return_type="tokens"), alone)
+
+
+def test_generate_stops_at_any_of_several_eos_ids(tiny_llama):
+    model = tiny_llama
+    greedy = model.generate(PROMPTS, max_new_tokens=4, stop_at_eos=False, return_type="tokens")
+    row0, row1 = greedy[0].tolist(), greedy[1].tolist()
+    stop0, stop1 = row0[1], row1[2]  # stop row 0 after its 2nd new token, row 1 after its 3rd
+    unused = next(i for i in range(model.cfg.d_vocab) if i not in row0 + row1)
+    k0, k1 = row0.index(stop0), row1.index(stop1)
+    for eos in ([unused, stop0, stop1], (stop0, stop1), torch.tensor([stop1, stop0])):
+        got = model.generate(PROMPTS, max_new_tokens=4, eos_token_id=eos, return_type="tokens")
+        assert got.shape[1] == max(k0, k1) + 1
+        assert got[0, : k0 + 1].tolist() == row0[: k0 + 1] and got[1, : k1 + 1].tolist() == row1[: k1 + 1]
+        assert set(got[0, k0 + 1:].tolist()) <= {model.pad_token_id} and set(got[1, k1 + 1:].tolist()) <= {model.pad_token_id}
+    alone = model.generate(PROMPTS[0], max_new_tokens=4, eos_token_id=np.int64(stop0), return_type="tokens")
+    assert alone[0].tolist() == row0[: k0 + 1]
+
+
+@pytest.mark.parametrize("eos, message", [
+    (999, r"eos_token_id \[999\] out of range: token ids lie in 0\.\.139"),
+    ([3, -1], r"eos_token_id \[-1\] out of range"),
+    ([], "eos_token_id is empty; give at least one token id, or stop_at_eos=False"),
+    (1.0, "eos_token_id must be a token id or a list, tuple or 1-D tensor of token ids, got 1.0"),
+    (torch.tensor([[1]]), "eos_token_id must be a token id or a list"),
+])
+def test_bad_eos_ids_are_named(tiny_llama, eos, message):
+    with pytest.raises(InvalidInput, match=message):
+        tiny_llama.generate(PROMPT, max_new_tokens=2, eos_token_id=eos)
+    assert tiny_llama.count_hooks() == 0
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(do_sample=True, top_k=True), "top_k must be a positive integer or None, got True"),
+    (dict(do_sample=True, seed=1.5), r"seed must be an integer in -2\*\*63\.\.2\*\*64-1 or None, got 1.5"),
+    (dict(do_sample=True, seed="a"), "seed must be an integer .* got 'a'"),
+    (dict(temperature=True), "temperature must be a positive number, got True"),
+])
+def test_generate_options_are_checked(tiny_llama, options, message):
+    with pytest.raises(InvalidInput, match=message):
+        tiny_llama.generate(PROMPT, max_new_tokens=2, **options)
+    assert tiny_llama.count_hooks() == 0
+
+
+def test_generate_takes_numpy_integers(tiny_llama):
+    model = tiny_llama
+    assert model.generate(PROMPT, max_new_tokens=np.int64(2)) == model.generate(PROMPT, max_new_tokens=2)
+    sampled = model.generate(PROMPT, max_new_tokens=3, do_sample=True, top_k=np.int32(5), seed=np.int64(7), return_type="tokens")
+    assert torch.equal(sampled, model.generate(PROMPT, max_new_tokens=3, do_sample=True, top_k=5, seed=7, return_type="tokens"))

@@ -73,3 +73,54 @@ def test_unknown_hook_names_list_the_kinds_that_exist(tiny_gemma):
     with pytest.raises(InvalidLocation, match=r"no hook point 'blocks.1.hook_normalized_resid_post' in tiny-gemma3;.*kinds"):
         tiny_gemma.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.hook_normalized_resid_post", lambda x, hook: x)])
     assert tiny_gemma.count_hooks() == 0
+
+
+@pytest.mark.parametrize("mask, shown", [([[0.5, 1.0, 1.0]], "0.5"), ([[2, 2, 2]], "2"), ([[-1, 1, 1]], "-1"),
+                                         ([[float("nan"), 1.0, 1.0]], "nan")])
+def test_an_attention_mask_must_hold_only_zeros_and_ones(tiny_gpt2, mask, shown):
+    """A float 0.5 was truncated to padding, 2s doubled the lengths (then a raw IndexError), -1 was kept."""
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(InvalidInput, match=rf"attention_mask must hold only 0 \(padding\) and 1 \(a token\).*got {shown}$"):
+        tiny_gpt2(ids, attention_mask=torch.tensor(mask))
+    with pytest.raises(InvalidInput, match="attention_mask must be a tensor"):
+        tiny_gpt2(ids, attention_mask=[[1, 1, 1]])
+    assert tiny_gpt2.count_hooks() == 0
+
+
+def test_bool_integer_and_float_masks_of_zeros_and_ones_mean_the_same(tiny_gpt2):
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    ref = tiny_gpt2(ids, attention_mask=mask)
+    for same in (mask.bool(), mask.float(), mask.to(torch.int32)):
+        assert torch.equal(tiny_gpt2(ids, attention_mask=same), ref)
+    assert tiny_gpt2.tokens(ids[0], attention_mask=mask[1]).mask.tolist() == [[1, 1, 1]]  # 1-D ids, 1-D mask
+
+
+def test_token_type_ids_are_checked_on_bert(tiny_bert):
+    ids = tiny_bert.to_tokens(TEXT)
+    n = ids.shape[1]
+    with pytest.raises(InvalidInput, match=rf"token_type_ids shape \(1, 2\) != ids shape \(1, {n}\)"):
+        tiny_bert(TEXT, token_type_ids=torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(InvalidInput, match=r"token_type_ids must lie in 0\.\.1 for tiny-bert, got \[7\]"):
+        tiny_bert(TEXT, token_type_ids=torch.full((1, n), 7))
+    with pytest.raises(InvalidInput, match=r"token_type_ids must lie in 0\.\.1 for tiny-bert, got \[-1\]"):
+        tiny_bert(TEXT, token_type_ids=torch.full((1, n), -1))
+    with pytest.raises(InvalidInput, match="token_type_ids must be an integer tensor shaped like the ids"):
+        tiny_bert(TEXT, token_type_ids=[[0] * n])
+    with pytest.raises(InvalidInput, match="token_type_ids must be an integer tensor, got torch.float32"):
+        tiny_bert(TEXT, token_type_ids=torch.zeros(1, n))
+    with pytest.raises(InvalidInput, match="token_type_ids shape"):
+        tiny_bert.run_with_cache(TEXT, token_type_ids=torch.zeros(1, n + 1, dtype=torch.long))
+    assert tiny_bert.count_hooks() == 0
+    # valid ones still reach the model: segment 1 changes the output, and 1-D types go with one row
+    types = torch.tensor([[0] * (n - 2) + [1, 1]])
+    assert not torch.equal(tiny_bert(TEXT, token_type_ids=types), tiny_bert(TEXT))
+    assert torch.equal(tiny_bert(TEXT, token_type_ids=types[0]), tiny_bert(TEXT, token_type_ids=types))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_token_type_ids_are_refused_where_there_are_no_token_types(arch):
+    model = tiny_model(arch)
+    with pytest.raises(InvalidInput, match=rf"tiny-{arch} has no token types"):
+        model(TEXT, token_type_ids=torch.zeros(1, 9, dtype=torch.long))
+    assert model.count_hooks() == 0

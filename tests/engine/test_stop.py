@@ -289,3 +289,95 @@ def test_a_direct_hf_call_in_a_hook_is_a_plain_call_for_position_edits(tiny_llam
     with tiny_llama.clean():
         unedited = tiny_llama.hf_model(input_ids=ids).logits
     assert (unedited - expected).abs().max() > 1e-4  # the edit does act in the plain call
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama", "gemma3"])
+def test_reads_past_the_stop_are_refused_and_the_rest_come_back(arch):
+    """read=[...] of a site a stop_at_layer pass never reaches came back as an empty cache, without a word."""
+    from attnlab.engine.stop import not_reached
+    from attnlab.testing import tiny_model
+
+    model = tiny_model(arch)
+    tokens = model.tokens(TEXTS)
+    n = model.cfg.n_layers
+    every = set(model.run_with_cache(TEXTS)[1].keys())
+    for k in range(n + 1):
+        reached = [name for name in every if not not_reached(model.hook_dict[name], k)]
+        _, stopped = model.run_with_cache(TEXTS, stop_at_layer=k)  # every point: what the stopped pass reached
+        assert set(stopped.keys()) == set(reached), k
+        out = run(model, tokens, logits=None, stop_at_layer=k, read=reached)
+        assert set(out.cache) == set(reached), k
+        if k < n:  # block k's input is the stream returned, as in run_with_cache
+            assert torch.equal(out.cache[f"blocks.{k}.hook_resid_pre"], out.hidden)
+        later = sorted(set(every) - set(reached))
+        if not later:  # BERT at k = n_layers: no final norm, every point ran
+            continue
+        for read in ([later[0]], [reached[0], later[-1]]):
+            with pytest.raises(InvalidInput, match=rf"read asks for '{later[-1] if len(read) > 1 else later[0]}', which a "
+                                                   rf"pass with stop_at_layer={k} never reaches"):
+                run(model, tokens, logits=None, stop_at_layer=k, read=read)
+            with pytest.raises(InvalidInput, match=rf"names_filter asks for .* stop_at_layer={k} never reaches"):
+                model.run_with_cache(TEXTS, stop_at_layer=k, names_filter=read)
+    assert model.count_hooks() == 0 and _module_hooks(model) == 0
+
+
+def test_a_stopped_read_names_the_blocks_that_ran(tiny_gemma):
+    tokens = tiny_gemma.tokens(TEXTS)
+    read = ["blocks.2.attn.hook_pattern", "ln_final.hook_normalized"]
+    with pytest.raises(InvalidInput, match=r"read asks for 'blocks.2.attn.hook_pattern', 'ln_final.hook_normalized', which a "
+                                           r"pass with stop_at_layer=1 never reaches: it runs block 0 only"):
+        run(tiny_gemma, tokens, logits=None, stop_at_layer=1, read=read)
+    with pytest.raises(InvalidInput, match=r"stop_at_layer=-1 never reaches: it runs blocks 0\.\.1 only"):
+        run(tiny_gemma, tokens, logits=None, stop_at_layer=-1, read=read)
+    with pytest.raises(InvalidInput, match=r"stop_at_layer=0 never reaches: it runs no block"):
+        run(tiny_gemma, tokens, logits=None, stop_at_layer=0, read=["blocks.0.attn.hook_z"])
+    # a predicate picks among what runs
+    assert list(run(tiny_gemma, tokens, logits=None, stop_at_layer=1, read=lambda n: "pattern" in n).cache) == \
+        ["blocks.0.attn.hook_pattern"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({99}, r"keep_layers holds 99; layers lie in 0\.\.2 \(or -3\.\.-1 from the end\)"),
+    ({3}, r"keep_layers holds 3; layers lie in 0\.\.2"),
+    ({-4}, r"keep_layers holds -4; layers lie in 0\.\.2"),
+    ({True}, r"keep_layers holds True"),
+    ({1.0}, r"keep_layers holds 1\.0"),
+    (2, r"keep_layers must be a set of layer indices in 0\.\.2 \(or -3\.\.-1 from the end\), got 2"),
+])
+def test_keep_layers_out_of_range_are_named(tiny_gemma, bad, message):
+    from attnlab.errors import InvalidLocation
+
+    with pytest.raises(InvalidLocation, match=message):  # was a raw IndexError (99, 3)
+        run(tiny_gemma, tiny_gemma.tokens(TEXTS), logits=None, keep_layers=bad)
+    assert tiny_gemma.count_hooks() == 0 and _module_hooks(tiny_gemma) == 0
+
+
+def test_negative_keep_layers_count_from_the_end(tiny_gemma):
+    """{-1} was silently ignored; it is the last block, as in cache["z", -1] and stop_at_layer."""
+    import numpy as np
+
+    def stream(output):  # a layer returns a tensor or a tuple starting with one
+        return output[0] if isinstance(output, tuple) else output
+
+    tokens = tiny_gemma.tokens(TEXTS)
+    last = run(tiny_gemma, tokens, logits=None, keep_layers={2}).prefix.outputs
+    for same in ({-1}, {np.int64(-1)}, [2]):
+        kept = run(tiny_gemma, tokens, logits=None, keep_layers=same).prefix.outputs
+        assert list(kept) == [2]
+        assert torch.equal(stream(kept[2]), stream(last[2]))
+    with pytest.raises(InvalidInput, match=r"keep_layers=\[2\] asks for layers that stop_at_layer=2 does not run"):
+        run(tiny_gemma, tokens, logits=None, stop_at_layer=2, keep_layers={-1})
+
+
+def test_a_stopped_cache_says_the_pass_stopped_for_any_later_site(tiny_gemma):
+    from attnlab.errors import InvalidLocation
+
+    _, cache = tiny_gemma.run_with_cache(TEXTS, stop_at_layer=1)
+    for key in (("pattern", 2), ("pattern", 1), "ln_final.hook_normalized", ("resid_pre", 2), ("scale", 1, "ln1")):
+        with pytest.raises(InvalidLocation, match=r"is not in this cache: the pass stopped at layer 1 \(stop_at_layer=1: it "
+                                                  r"ran block 0 only.*Run without stop_at_layer"):
+            cache[key]
+    assert cache["resid_pre", 1].shape[0] == 2 and cache["pattern", 0].shape[0] == 2
+    _, some = tiny_gemma.run_with_cache(TEXTS, stop_at_layer=1, names_filter=["blocks.0.attn.hook_z"])
+    with pytest.raises(InvalidLocation, match="pass names_filter= to run_with_cache"):
+        some["pattern", 0]  # reached, just not asked for

@@ -18,7 +18,8 @@ import torch
 
 from attnlab.engine.decompose import ResidualAnalyses
 from attnlab.engine.locations import BLOCK_NORMS, get_act_name, missing_name_hint, norm_path, scale_name
-from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean
+from attnlab.engine.stop import blocks_run, not_reached
+from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean, is_integer
 
 __all__ = ["ActivationCache"]
 
@@ -47,8 +48,13 @@ class ActivationCache(ResidualAnalyses):
                 return get_act_name(key)
             except InvalidLocation:
                 return key  # not a shorthand either: reported as missing by the caller
-        if isinstance(key, tuple) and len(key) > 1 and isinstance(key[1], int) and not isinstance(key[1], bool):
-            key = (key[0], self._layer_index(key[1]), *key[2:])
+        if isinstance(key, tuple) and len(key) > 1 and key[1] is not None:
+            # numpy integers are layers too (np.int64(-1) was looked up as 'blocks.-1...'); True is not layer 1
+            if not is_integer(key[1]):
+                raise InvalidLocation(f"the layer in cache key {key!r} must be an integer in "
+                                      f"{self.model.cfg.layer_range()} (or -{self.model.cfg.n_layers}..-1 from the end), "
+                                      f"got {key[1]!r}")
+            key = (key[0], self._layer_index(int(key[1])), *key[2:])
         if isinstance(key, tuple) and key and key[0] == "scale":
             key = _scale_name(*key[1:])
         elif isinstance(key, tuple):
@@ -67,6 +73,14 @@ class ActivationCache(ResidualAnalyses):
     def __getitem__(self, key) -> torch.Tensor:
         name = self._key(key)
         if name not in self.cache_dict:
+            point = self.model.hook_dict.get(name)
+            k = self.stopped_at
+            if k is not None and point is not None and not_reached(point, k):
+                raise InvalidLocation(
+                    f"{name!r} is not in this cache: the pass stopped at layer {k} (stop_at_layer={k}: it ran "
+                    f"{blocks_run(k)}, not the later blocks nor the final norm; the last stream is "
+                    f"blocks.{k}.hook_resid_pre). Run without stop_at_layer (or with a later one) to read it"
+                )
             raise InvalidLocation(
                 f"{name!r} is not in this cache{missing_name_hint(name) or did_you_mean(name, self.cache_dict)}; it holds "
                 f"{len(self.cache_dict)} names (pass names_filter= to run_with_cache to choose what is cached)"

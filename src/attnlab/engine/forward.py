@@ -42,7 +42,7 @@ from attnlab.engine.hooks import scoped_module_hook
 from attnlab.engine.precision import check_precision, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
 from attnlab.engine.state import ForwardState, current_state, forward_state, root_calls
-from attnlab.engine.stop import StopForward, check_stop_at_layer, last_layer_in_use, stop_at
+from attnlab.engine.stop import StopForward, check_keep_layers, check_reached, check_stop_at_layer, last_layer_in_use, stop_at
 from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput
 
@@ -194,7 +194,8 @@ def run(
     ``read``: hook names (or a predicate on names) whose values to return in ``Output.cache``.
     ``hooks``: ``(name, fn)`` pairs active for this call; ``interventions``: specs.
     ``resume``: start at a later layer from a kept prefix; ``keep_layers``: keep the outputs of
-    these decoder layers (``Output.prefix``) for later resumes. ``grad``: build the autograd
+    these decoder layers (``Output.prefix``, keyed by layer from 0; negative layers count from the end)
+    for later resumes. ``grad``: build the autograd
     graph (attribution patching); otherwise the pass runs under ``torch.no_grad()``.
     ``precision``: ``torch.bfloat16`` / ``torch.float16`` (or their names): the blocks' linear
     layers multiply in that precision (:mod:`attnlab.engine.precision`: for estimates, not exact effects).
@@ -203,6 +204,7 @@ def run(
     no attnlab hook acts after some layer (for plain PyTorch hooks on the HF modules).
     """
     stop = check_stop_at_layer(stop_at_layer, model.cfg.n_layers)
+    keep_layers = check_keep_layers(keep_layers, model.cfg.n_layers)
     if stop is not None and logits is not None:
         raise InvalidInput(f"stop_at_layer={stop_at_layer} returns the residual stream, not logits: pass logits=None")
     if stop is not None and resume is not None and stop < resume.start:
@@ -219,7 +221,10 @@ def run(
     vocab = _validate_vocab(model, vocab, logits)
     tokens = tokens.to(model.device)
     cache: dict[str, torch.Tensor] = {}
-    names = model._resolve_names(read) if read else []
+    names = model._resolve_names(read, what="read") if read else []
+    entering = None if stop is None else f"blocks.{stop}.hook_resid_pre"  # block k's input: the stream returned
+    if not callable(read):  # names asked one by one must all come back (a predicate picks among what runs)
+        check_reached(model, names, stop, "read", stop_at_layer)
 
     def store(x, hook):
         cache[hook.name] = x if grad else x.detach()
@@ -257,6 +262,8 @@ def run(
                 result.hidden = out.last_hidden_state if hidden else None
             except StopForward as stopped:
                 result.hidden = stopped.resid if stop_at_layer is not None else None
+                if stop_at_layer is not None and entering in names:  # block k's hooks did not run; its input is this
+                    cache[entering] = stopped.resid if grad else stopped.resid.detach()
         else:
             last = isinstance(logits, str) and logits == "last"
             columns = None if isinstance(logits, str) and logits == "all" else (

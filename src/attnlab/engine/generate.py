@@ -16,9 +16,9 @@ from jaxtyping import Int
 
 from attnlab.engine.state import ForwardState, forward_state
 from attnlab.engine.tokens import Tokens
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 
-__all__ = ["decode"]
+__all__ = ["decode", "eos_ids"]
 
 
 def _cache_kwarg(hf_model) -> str:
@@ -49,6 +49,27 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_
     return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
+def eos_ids(eos, vocab: int | None) -> torch.Tensor | None:
+    """The stop tokens as a 1-D long tensor (None: no stop): one id, or a list, tuple or 1-D tensor of ids (as HF)."""
+    if eos is None:
+        return None
+    if is_integer(eos):
+        ids = [eos]
+    elif isinstance(eos, torch.Tensor) and eos.ndim <= 1 and not eos.is_floating_point() and not eos.is_complex() \
+            and eos.dtype != torch.bool:
+        ids = eos.reshape(-1).tolist()
+    elif isinstance(eos, (list, tuple)) and all(is_integer(i) for i in eos):
+        ids = list(eos)
+    else:
+        raise InvalidInput(f"eos_token_id must be a token id or a list, tuple or 1-D tensor of token ids, got {eos!r}")
+    if not ids:
+        raise InvalidInput("eos_token_id is empty; give at least one token id, or stop_at_eos=False to never stop early")
+    bad = [int(i) for i in ids if int(i) < 0 or (vocab is not None and int(i) >= vocab)]
+    if bad:
+        raise InvalidInput(f"eos_token_id {bad} out of range: token ids lie in 0..{vocab - 1 if vocab else 'vocab - 1'}")
+    return torch.tensor([int(i) for i in ids], dtype=torch.long)
+
+
 @torch.no_grad()
 def decode(
     model,
@@ -61,16 +82,19 @@ def decode(
     top_p: float | None = None,
     seed: int | None = None,
     stop_at_eos: bool = True,
-    eos_token_id: int | None = None,
+    eos_token_id: int | torch.Tensor | None = None,
     pad_token_id: int = 0,
 ) -> Int[torch.Tensor, "batch new"]:
     """New token ids per row (``pad_token_id`` after a row has stopped at EOS).
 
-    ``tokens`` must be left-padded (every prompt's last token in the last column). Hooks and
+    ``tokens`` must be left-padded or unpadded (every prompt's last token in the last column).
+    ``eos_token_id``: one id or a 1-D tensor of ids; a row stops at any of them. Hooks and
     interventions the caller has opened act at every step.
     """
-    if tokens.side != "left":
-        raise InvalidInput("decode() needs left-padded tokens: new tokens must follow every prompt directly")
+    # an unpadded batch (every mask entry 1) is left- and right-padded alike
+    if tokens.side != "left" and not bool(tokens.mask.all()):
+        raise InvalidInput("decode() needs left-padded tokens: new tokens must follow every prompt directly; "
+                           "pad with padding_side='left' (model.tokens(texts, padding_side='left'))")
     n_ctx = model.cfg.n_ctx
     if n_ctx is not None and int(tokens.lengths.max()) + max_new_tokens > n_ctx:
         raise InvalidInput(
@@ -85,6 +109,7 @@ def decode(
     ids, mask = tokens.ids, tokens.mask
     step_ids, step_pos = ids, tokens.position_ids
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    stops = None if eos_token_id is None else torch.as_tensor(eos_token_id, dtype=torch.long, device=ids.device).reshape(-1)
     new = []
     for _ in range(max_new_tokens):
         state = ForwardState(pad_left=pad_left, n_positions=int(mask.sum(dim=1).max()), past=ids.shape[1] - step_ids.shape[1],
@@ -99,8 +124,8 @@ def decode(
         nxt = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         new.append(nxt)
-        if stop_at_eos and eos_token_id is not None:
-            done = done | (nxt == eos_token_id)
+        if stop_at_eos and stops is not None:
+            done = done | torch.isin(nxt, stops)
             if bool(done.all()):
                 break
         ids = torch.cat([ids, nxt[:, None]], dim=1)

@@ -13,7 +13,9 @@ through it and may return a replacement. Three rules make hooks safe to use from
   it acts in every thread until ``reset_hooks()``.
 * **A replacement must fit**: a hook returning a tensor of another shape raises
   :class:`~attnlab.errors.ShapeMismatch` naming the hook point and both shapes (a wrong
-  shape would otherwise broadcast silently over heads or positions).
+  shape would otherwise broadcast silently over heads or positions). A replacement laid out
+  differently in memory (an ``expand``, a transpose) is made contiguous before the model
+  reads it.
 
 ``model.clean()`` opens a block in which no hook acts at all, for computing what an
 intervention needs (means, patch sources) from the unedited model.
@@ -274,6 +276,10 @@ def _checked(fn: HookFn, x: torch.Tensor, info: Hook, what: str):
         )
     if out.dtype != x.dtype or out.device != x.device:
         out = out.to(device=x.device, dtype=x.dtype)
+    # A same-shape view with other strides (``x.mean(0, keepdim=True).expand_as(x)``, a transpose) breaks
+    # the model's own ``.view`` calls after the site (GPT-2's Conv1D); copy it only then.
+    if not out.is_contiguous() and out.stride() != x.stride():
+        out = out.contiguous()
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -25,14 +25,14 @@ from attnlab.engine.attention import detach
 from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.forward import Output, run, token_logprobs
-from attnlab.engine.generate import decode
+from attnlab.engine.generate import decode, eos_ids
 from attnlab.engine.hooks import (
     _GLOBAL, HookFn, HookPoint, acting_owners, at_frame_exit, clean_context, hook_frame, user_frame,
 )
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
-from attnlab.engine.stop import check_stop_at_layer
+from attnlab.engine.stop import check_reached, check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
@@ -78,6 +78,13 @@ class Intervention(Protocol):
     def validate(self, cfg: ModelConfig) -> None: ...
 
     def prepare(self, model: HookedModel) -> Any: ...
+
+
+def _is_real(value) -> bool:
+    """A real number of any kind (Python, numpy), but not a bool."""
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class HookedModel(ModelWeights, nn.Module):
@@ -191,7 +198,7 @@ class HookedModel(ModelWeights, nn.Module):
         hint = missing_name_hint(name) or did_you_mean(name, self.hook_dict)
         raise InvalidLocation(f"no hook point {name!r} in {self.cfg.name}{hint}; {self._kinds_message()}")
 
-    def _resolve_names(self, names) -> list[str]:
+    def _resolve_names(self, names, *, what: str = "hook names") -> list[str]:
         """A name, a list of names or a predicate on names -> the hook names it selects."""
         if names is None:
             return list(self.hook_dict)
@@ -199,6 +206,9 @@ class HookedModel(ModelWeights, nn.Module):
             names = [names]
         if callable(names):
             return [n for n in self.hook_dict if names(n)]
+        if not isinstance(names, Iterable):
+            raise InvalidInput(f"{what} must be a hook name, a list of hook names, a predicate on names (name -> bool) "
+                               f"or None (every hook point), got {names!r}")
         names = list(names)
         for n in names:
             if not isinstance(n, str):
@@ -288,7 +298,10 @@ class HookedModel(ModelWeights, nn.Module):
     def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim: bool = False,
                        incl_bwd: bool = False, return_cache_object: bool = True, **model_kwargs):
         """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
-        names = self._resolve_names(names_filter)
+        names = self._resolve_names(names_filter, what="names_filter")
+        stopped = check_stop_at_layer(model_kwargs.get("stop_at_layer"), self.cfg.n_layers)
+        if names_filter is not None and not callable(names_filter):  # named one by one: each must come back
+            check_reached(self, names, stopped, "names_filter", model_kwargs.get("stop_at_layer"))
         cache: dict[str, torch.Tensor] = {}
         grad_cache: dict[str, torch.Tensor] = {}
 
@@ -304,8 +317,6 @@ class HookedModel(ModelWeights, nn.Module):
             if incl_bwd:
                 out.backward()
         cache.update(grad_cache)
-        stopped = model_kwargs.get("stop_at_layer")
-        stopped = None if stopped is None else check_stop_at_layer(stopped, self.cfg.n_layers)
         entering = f"blocks.{stopped}.hook_resid_pre"
         if stopped is not None and entering in names:  # block k did not run, but the stream entering it is the answer
             cache[entering] = out.detach() if device is None else out.detach().to(device)
@@ -461,12 +472,47 @@ class HookedModel(ModelWeights, nn.Module):
         ids = ids.long().to(self.device)
         if attention_mask is None:
             return Tokens(ids, torch.ones_like(ids), "right")
+        if not isinstance(attention_mask, torch.Tensor):
+            raise InvalidInput(f"attention_mask must be a tensor of 0s and 1s shaped like the ids {tuple(ids.shape)}, "
+                               f"got {type(attention_mask).__name__}")
+        if attention_mask.ndim == 1 and ids.shape[0] == 1:
+            attention_mask = attention_mask.reshape(1, -1)  # goes with 1-D ids
         if attention_mask.shape != ids.shape:
             raise InvalidInput(f"attention_mask shape {tuple(attention_mask.shape)} != ids shape {tuple(ids.shape)}")
+        # .long() would truncate 0.5 to 0 (a padded first token) and keep 2 or -1 (wrong lengths): only 0/1 mean something
+        if attention_mask.is_complex():
+            raise InvalidInput(f"attention_mask must hold only 0 and 1 as bool, integers or floats, got {attention_mask.dtype}")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)].unique()
+            shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.numel() > 5 else "")
+            raise InvalidInput(f"attention_mask must hold only 0 (padding) and 1 (a token), as bool, integers or floats; "
+                               f"got {shown}")
         mask = attention_mask.to(self.device).long()
         if bool((mask.sum(dim=1) == 0).any()):
             raise InvalidInput("attention_mask has a row with no tokens (all zeros)")
         return Tokens.from_mask(ids, mask)
+
+    def _token_type_kwargs(self, token_type_ids, tokens: Tokens) -> dict[str, torch.Tensor]:
+        """``{"token_type_ids": ...}`` for the HF call, checked: shaped like the ids, integers within the model's types."""
+        if token_type_ids is None:
+            return {}
+        embed = self.layout.token_type_embed
+        if embed is None:  # the HF model would ignore them (Llama) or fail deep inside
+            raise InvalidInput(f"{self.cfg.name} has no token types (segments); token_type_ids are for BERT-style models")
+        if not isinstance(token_type_ids, torch.Tensor):
+            raise InvalidInput(f"token_type_ids must be an integer tensor shaped like the ids {tuple(tokens.ids.shape)}, "
+                               f"got {type(token_type_ids).__name__}")
+        if token_type_ids.dtype == torch.bool or token_type_ids.is_floating_point() or token_type_ids.is_complex():
+            raise InvalidInput(f"token_type_ids must be an integer tensor, got {token_type_ids.dtype}")
+        if token_type_ids.ndim == 1 and tokens.n_rows == 1:
+            token_type_ids = token_type_ids.reshape(1, -1)  # goes with one row of ids
+        if token_type_ids.shape != tokens.ids.shape:
+            raise InvalidInput(f"token_type_ids shape {tuple(token_type_ids.shape)} != ids shape {tuple(tokens.ids.shape)}")
+        n_types = embed.num_embeddings
+        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= n_types:
+            bad = token_type_ids[(token_type_ids < 0) | (token_type_ids >= n_types)].unique()
+            raise InvalidInput(f"token_type_ids must lie in 0..{n_types - 1} for {self.cfg.name}, got {bad[:5].tolist()}")
+        return {"token_type_ids": token_type_ids.long().to(self.device)}
 
     def tokenize(self, text: Text, *, padding_side: str | None = None, prepend_bos: bool | None = None) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` of one text or a batch (``model.padding_side`` by default)."""
@@ -574,7 +620,7 @@ class HookedModel(ModelWeights, nn.Module):
         if stop_at_layer is not None and return_type in ("loss", "both", "outputs"):
             raise InvalidInput(f"stop_at_layer returns the residual stream; return_type={return_type!r} needs the whole model")
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side=padding_side, prepend_bos=prepend_bos)
-        extra = {"token_type_ids": token_type_ids.to(self.device)} if token_type_ids is not None else {}
+        extra = self._token_type_kwargs(token_type_ids, tokens)
         grad = torch.is_grad_enabled()
         if stop_at_layer is not None:
             return run(self, tokens, logits=None, stop_at_layer=stop_at_layer, grad=grad, model_kwargs=extra).hidden
@@ -625,7 +671,7 @@ class HookedModel(ModelWeights, nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        input: Text,
+        input: Text | torch.Tensor | Tokens,
         max_new_tokens: int = 20,
         *,
         interventions: Sequence[Intervention] = (),
@@ -636,38 +682,52 @@ class HookedModel(ModelWeights, nn.Module):
         top_p: float | None = None,
         seed: int | None = None,
         stop_at_eos: bool = True,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | torch.Tensor | None = None,
         return_type: str = "str",
+        attention_mask: torch.Tensor | None = None,
         **unknown: Any,
     ):
         """Continuation(s) of ``input`` with the KV cache, interventions and ``fwd_hooks`` active at every step.
 
-        Greedy unless ``do_sample=True``. Returns a string per prompt (one string for one
-        prompt), or the new token ids with ``return_type="tokens"``.
+        ``input``: text(s), token ids ``[batch, pos]`` (every column a token, as ``model(ids)``
+        reads them, unless ``attention_mask`` marks padding) or :class:`Tokens`; padded rows are
+        re-padded on the left, so the new tokens follow each prompt. Greedy unless ``do_sample=True``.
+        ``eos_token_id``: one id or several (a row stops at any of them; default: the
+        tokenizer's). Returns a string per prompt (one string for one prompt), or the new
+        token ids with ``return_type="tokens"``.
         """
         if unknown:
             raise InvalidInput(
                 f"unknown keyword argument(s) {sorted(unknown)} for generate(); valid: max_new_tokens, interventions, "
-                "fwd_hooks, do_sample, temperature, top_k, top_p, seed, stop_at_eos, eos_token_id, return_type"
+                "fwd_hooks, do_sample, temperature, top_k, top_p, seed, stop_at_eos, eos_token_id, return_type, "
+                "attention_mask"
             )
         if not self.cfg.is_causal or not self.cfg.has_lm_head:
             raise UnsupportedModel(f"{self.cfg.name} is not a causal language model; generate() needs one")
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        # numpy integers count as integers (is_integer); bools do not
+        if not is_integer(max_new_tokens) or max_new_tokens < 1:
             raise InvalidInput(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if return_type not in ("str", "tokens"):
             raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature == temperature):
+        if not (_is_real(temperature) and temperature > 0 and temperature == temperature):
             raise InvalidInput(f"temperature must be a positive number, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and (not is_integer(top_k) or top_k < 1):
             raise InvalidInput(f"top_k must be a positive integer or None, got {top_k!r}")
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
             raise InvalidInput(f"top_p must lie in (0, 1], got {top_p!r}")
-        tokens = self.tokens(input, padding_side="left")
+        if seed is not None and not (is_integer(seed) and -(2**63) <= seed < 2**64):  # what torch's manual_seed takes
+            raise InvalidInput(f"seed must be an integer in -2**63..2**64-1 or None, got {seed!r}")
+        tokens = self.tokens(input, attention_mask=attention_mask, padding_side="left")
+        if tokens.side != "left" and not bool(tokens.mask.all()):  # right-padded Tokens: the new tokens follow each prompt
+            tokens = self.pad([row[m.bool()].tolist() for row, m in zip(tokens.ids, tokens.mask)], padding_side="left")
         tok = self.tokenizer
-        eos = eos_token_id if eos_token_id is not None else getattr(tok, "eos_token_id", None)
+        # the caller's ids are checked against the vocabulary; the tokenizer's default is taken as it is
+        eos = eos_ids(eos_token_id, self.cfg.d_vocab_out) if eos_token_id is not None \
+            else eos_ids(getattr(tok, "eos_token_id", None), None)
         with self.intervene(*interventions), self.hooks(fwd_hooks=fwd_hooks):
-            new = decode(self, tokens, max_new_tokens, do_sample=do_sample, temperature=float(temperature), top_k=top_k,
-                         top_p=top_p, seed=seed, stop_at_eos=stop_at_eos, eos_token_id=eos, pad_token_id=self.pad_token_id)
+            new = decode(self, tokens, int(max_new_tokens), do_sample=do_sample, temperature=float(temperature),
+                         top_k=None if top_k is None else int(top_k), top_p=top_p, seed=None if seed is None else int(seed),
+                         stop_at_eos=stop_at_eos, eos_token_id=eos, pad_token_id=self.pad_token_id)
         if return_type == "tokens":
             return new
         decoded = [tok.decode(row.tolist(), skip_special_tokens=True) for row in new]
