@@ -87,6 +87,16 @@ def test_an_attention_mask_must_hold_only_zeros_and_ones(tiny_gpt2, mask, shown)
     assert tiny_gpt2.count_hooks() == 0
 
 
+@pytest.mark.parametrize("mask, message", [([[1, 0, 1], [1, 1, 1]], r"row 0 is \[1, 0, 1\]: each row must be one run"),
+                                           ([[0, 1, 1], [1, 1, 0]], r"row 1 is \[1, 1, 0\].*every row on the same side \(left")])
+def test_a_mask_with_a_gap_or_both_sides_padded_is_refused(tiny_gpt2, mask, message):
+    """Positions and the last token are counted from each row's run of tokens: a gap would read the wrong columns."""
+    with pytest.raises(InvalidInput, match=message):
+        tiny_gpt2(torch.tensor([[5, 6, 7], [8, 9, 10]]), attention_mask=torch.tensor(mask))
+    right = tiny_gpt2(torch.tensor([[5, 6, 7], [8, 9, 10]]), attention_mask=torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    assert torch.allclose(right[1, 0], tiny_gpt2(torch.tensor([[8]]))[0, 0], atol=1e-5)  # one-sided padding is fine
+
+
 def test_bool_integer_and_float_masks_of_zeros_and_ones_mean_the_same(tiny_gpt2):
     ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]])

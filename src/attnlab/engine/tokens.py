@@ -77,9 +77,23 @@ class Tokens:
 
     @classmethod
     def from_mask(cls, ids: torch.Tensor, mask: torch.Tensor) -> Tokens:
-        """Rows given as ids and a 0/1 mask; the side is read off the mask (left if a row starts with padding)."""
+        """Rows given as ids and a 0/1 mask; the side is read off the mask (left if a row starts with padding).
+
+        Every row must be one run of tokens padded on that one side: positions, the last token and
+        the prefix reuse all count tokens from the run's start, so a gap or a row padded on the other
+        side would be read at the wrong columns.
+        """
+        mask = mask.long()
         side = "left" if bool((mask[:, 0] == 0).any()) else "right"
-        return cls(ids, mask.long(), side)
+        steps = mask[:, 1:] - mask[:, :-1]  # left padding: 0s then 1s (never 1 -> 0); right: 1s then 0s
+        broken = (steps < 0).any(dim=1) if side == "left" else (steps > 0).any(dim=1)
+        if bool(broken.any()):
+            row = int(broken.nonzero()[0, 0])
+            raise InvalidInput(
+                f"attention_mask row {row} is {mask[row].tolist()}: each row must be one run of 1s padded on one side, "
+                f"and every row on the same side ({side}, as another row starts with padding)" if side == "left" else
+                f"attention_mask row {row} is {mask[row].tolist()}: each row must be one run of 1s followed by its padding")
+        return cls(ids, mask, side)
 
     def columns(self, positions: Int[torch.Tensor, "batch k"]) -> Int[torch.Tensor, "batch k"]:
         """Columns holding token ``positions`` of each row."""
