@@ -292,7 +292,7 @@ def cmd_sweep(args) -> None:
     if args.metric == "logit_diff":
         options = {"target": args.target, "foil": args.foil}
     elif args.metric == "prob":
-        options = {"tokens": [args.target]}
+        options = {"token": args.target}
     metric = metric_from_name(args.metric, **options)
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
@@ -412,7 +412,7 @@ def _attribution_metric(args):
     if args.metric == "logit_diff":
         options = {"target": args.target, "foil": args.foil}
     elif args.metric == "prob":
-        options = {"tokens": [args.target]}
+        options = {"token": args.target}
     metric = metric_from_name(args.metric, **options)  # an unknown name: did-you-mean and the valid names
     if args.probes is not None and args.metric != "kl":  # the library says it too; this names the flag
         raise InvalidInput(f"--probes is used by --metric kl (its second-order estimate), not {args.metric}")

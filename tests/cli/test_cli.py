@@ -304,3 +304,19 @@ def test_sweep_precision_writes_the_bfloat16_sweep(capsys, tiny_dirs, tmp_path):
     written = pd.read_csv(table)
     assert np.abs(written.effect.to_numpy() - low.effect.to_numpy()).max() < 1e-6
     assert np.abs(written.effect.to_numpy() - full.effect.to_numpy()).max() > 1e-6
+
+
+def test_sweep_metric_prob_is_the_target_probability(capsys, tiny_dirs, tmp_path):
+    """--metric prob builds TokenProb(--target): the table equals sweep_heads with that metric."""
+    import attnlab
+    from attnlab.measure import TokenProb, sweep_heads
+
+    table = tmp_path / "prob.csv"
+    code, _, err = main(capsys, "sweep", "--model", tiny_dirs["gpt2"], "--metric", "prob", "--target", " her",
+                        "--n-boot", 0, "--quiet", "-o", table, "the nurse said that")
+    assert code == 0, err
+    expected = sweep_heads(attnlab.load(str(tiny_dirs["gpt2"])), ["the nurse said that"], metric=TokenProb(" her"),
+                           n_boot=0, progress=False).table
+    written = pd.read_csv(table)
+    assert len(written) == len(expected) == 2 * 4
+    assert np.allclose(written["effect"], expected["effect"], rtol=0, atol=1e-9)
