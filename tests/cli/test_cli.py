@@ -120,9 +120,22 @@ def test_a_model_folder_transformers_cannot_read_is_one_line(capsys, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    (folder / "model.safetensors").write_bytes(b"")  # weights present, so transformers is asked (and fails)
+    from safetensors.torch import save_file
+
+    save_file({}, str(folder / "model.safetensors"))  # readable weights, so transformers is asked (and fails)
     code, _, err = main(capsys, "view", "head", "--model", folder, "hello")
     assert code == 2 and re.search(r"--model .*broken: cannot load it \(", one_error_line(err))
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(capsys, tiny_dirs, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_dirs["gpt2"], tmp_path / "cut")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    code, _, err = main(capsys, "view", "head", "--model", folder, "-o", tmp_path / "v.html", "hello")
+    assert code == 2 and re.search(r"cut/model\.safetensors: not a readable safetensors file .*truncated or corrupted",
+                                   one_error_line(err))
 
 
 def test_debug_shows_the_traceback_instead(capsys, files, no_model_loading):
