@@ -88,6 +88,8 @@ ERROR_CASES = [
     (["bias", "--occupations", "nurse,mechnic"], r"--occupations: unknown occupation 'mechnic'; did you mean 'mechanic'\?"),
     (["bias", "--templates", "The nurse said that"], r"--templates 'The nurse said that': not a file and not a template"),
     (["bias", "--templates", "{good}"], r"template prefix 'the nurse said that' has no '\{occupation\}' slot"),
+    (["bias", "--templates", "The {{occupation}} said {{x}}"], r"template prefix .*: unknown field \{x\}"),
+    (["bias", "--templates", "The {{occupation}} said {{"], r"template prefix .*: Single '\{' encountered"),
     (["bias", "--split", "train"], r"argument --split: invalid choice: 'train'"),
     (["sweep", "--metric", "klx", "x"], r"unknown metric 'klx'; did you mean 'kl'\?"),
     (["view", "diff", "x"], r"diff view needs --interventions"),

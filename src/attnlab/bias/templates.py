@@ -14,6 +14,7 @@ for attnlab. Everything is read with ``importlib.resources`` from ``attnlab/bias
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,8 +45,25 @@ class Template:
     suffix: str = ""
 
     def __post_init__(self):
-        if "{occupation}" not in self.prefix:
-            raise InvalidInput(f"template prefix {self.prefix!r} has no '{{occupation}}' slot")
+        for part in ("prefix", "suffix"):
+            if not isinstance(getattr(self, part), str):
+                raise InvalidInput(f"template {part} must be a string, got {type(getattr(self, part)).__name__}")
+        # parsed as str.format parses it, so that every template that passes here also formats: a stray
+        # brace or another field failed only later, and '{{occupation}}' (a literal) never took the occupation
+        try:
+            fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(self.prefix)
+                      if name is not None]
+        except ValueError as err:
+            raise InvalidInput(f"template prefix {self.prefix!r}: {err}; the only field is '{{occupation}}'; "
+                               "write a literal brace as {{ or }}") from None
+        for name, conv, spec in fields:
+            if name != "occupation" or conv or spec:
+                field = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                raise InvalidInput(f"template prefix {self.prefix!r}: unknown field {field}; the only field is "
+                                   "'{occupation}'; write a literal brace as {{ or }}")
+        if not fields:
+            raise InvalidInput(f"template prefix {self.prefix!r} has no '{{occupation}}' slot "
+                               "(a doubled {{occupation}} is a literal, not a slot)")
 
     def causal(self, occupation: str) -> str:
         return self.prefix.format(occupation=occupation)
