@@ -234,9 +234,36 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
     return path
 
 
+def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
+    """The file ``--figure`` will write, checked before the model loads: a suffix matplotlib can write.
+
+    Without a suffix matplotlib writes PNG and adds ``.png``; the path returned says so, so that
+    the 'wrote' line names the file that exists.
+    """
+    if not value:
+        return None
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from attnlab.errors import InvalidInput, did_you_mean
+
+    path = Path(value)
+    if path.is_dir():
+        raise InvalidInput(f"{option} {value}: is a folder; give a file name such as {path / 'figure.png'}")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    kind = path.suffix[1:].lower()
+    if kind not in formats:
+        raise InvalidInput(f"{option} {value}: cannot write a .{path.suffix[1:]} figure{did_you_mean(kind, formats)} "
+                           f"(suffixes: {', '.join('.' + f for f in formats)})")
+    return path
+
+
 def _save_figure(fig, path: str | Path | None) -> None:
+    """Write ``fig`` to ``path`` (already checked by :func:`_figure_path` when the user named it)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         print(f"wrote {path}")
 
@@ -284,6 +311,7 @@ def cmd_sweep(args) -> None:
     from attnlab.measure.metrics import metric_from_name
 
     layers, heads = _ints(args.layers, "--layers"), _ints(args.heads, "--heads")
+    figure = _figure_path(args.figure)
     if args.reference and args.method not in ("mean", "resample"):
         raise InvalidInput(f"--reference is used by --method mean or resample, not {args.method}")
     if args.counterfactuals and args.method != "patch":
@@ -310,7 +338,7 @@ def cmd_sweep(args) -> None:
     else:
         result = sweep_heads(_load(args), prompts, **sweep_options)
     _write_table(result.table, args.out, default_name="sweep.csv")
-    _save_figure(result.plot(), args.figure)
+    _save_figure(result.plot(), figure)
 
 
 def cmd_bias(args) -> None:
@@ -479,6 +507,7 @@ def cmd_attribute(args) -> None:
     dims, neurons = _indices(args.dims, "--dims"), _indices(args.neurons, "--neurons")
     metric = _attribution_metric(args)
     correction = _check_attribution(args, metric, heads, dims, neurons)
+    figure = _figure_path(args.figure)
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
     prompts = _read_lines(args, what="prompts")
@@ -497,7 +526,7 @@ def cmd_attribute(args) -> None:
         path = _write_table(result.table, args.out, default_name="attribution.csv")
         if checked is not None:
             _write_table(checked.table, str(_sibling(path, "_verify")), default_name="attribution_verify.csv")
-    _save_figure(_attribution_figure(result, args.top), args.figure)
+    _save_figure(_attribution_figure(result, args.top), figure)
     _print_top(result, args.top)
     if checked is not None:
         print(f"\n{checked.meta['what']}: 'effect' measured by an exact sweep, 'estimate' from attribution, "

@@ -89,6 +89,10 @@ ERROR_CASES = [
     (["bias", "--templates", "The nurse said that"], r"--templates 'The nurse said that': not a file and not a template"),
     (["bias", "--templates", "{good}"], r"template prefix 'the nurse said that' has no '\{occupation\}' slot"),
     (["bias", "--templates", "The {{occupation}} said {{x}}"], r"template prefix .*: unknown field \{x\}"),
+    (["sweep", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure \(suffixes: .*\.png, .*\.svg"),
+    (["sweep", "--figure", "heat.pnf", "x"], r"cannot write a .pnf figure; did you mean 'png'\?"),
+    (["attribute", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure"),
+    (["sweep", "--figure", "{folder}", "x"], r"--figure .*: is a folder; give a file name"),
     (["bias", "--templates", "The {{occupation}} said {{"], r"template prefix .*: Single '\{' encountered"),
     (["bias", "--split", "train"], r"argument --split: invalid choice: 'train'"),
     (["sweep", "--metric", "klx", "x"], r"unknown metric 'klx'; did you mean 'kl'\?"),
@@ -335,3 +339,12 @@ def test_sweep_metric_prob_is_the_target_probability(capsys, tiny_dirs, tmp_path
     written = pd.read_csv(table)
     assert len(written) == len(expected) == 2 * 4
     assert np.allclose(written["effect"], expected["effect"], rtol=0, atol=1e-9)
+
+
+def test_figure_without_a_suffix_is_written_as_png_and_named_so(capsys, tiny_dirs, tmp_path):
+    code, out, err = main(capsys, "sweep", "--model", tiny_dirs["gpt2"], "--n-boot", 0, "--quiet",
+                          "--figure", tmp_path / "heat", "the nurse said that")
+    assert code == 0, err
+    written = tmp_path / "heat.png"
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "heat").exists()
+    assert f"wrote {written}\n" in out
