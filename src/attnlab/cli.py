@@ -227,7 +227,7 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
         path = path / default_name
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        path.write_text(df.to_json(orient="records", indent=1))
+        path.write_text(_json_records(df))
     else:
         df.to_csv(path, index=False)
     print(f"wrote {path}")
@@ -257,6 +257,33 @@ def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
         raise InvalidInput(f"{option} {value}: cannot write a .{path.suffix[1:]} figure{did_you_mean(kind, formats)} "
                            f"(suffixes: {', '.join('.' + f for f in formats)})")
     return path
+
+
+def _json_value(value):
+    """One cell as JSON data: Python's float repr round-trips every float; NaN, inf and missing are null."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def _json_records(df) -> str:
+    """The table as a JSON list of row objects, floats written exactly.
+
+    ``DataFrame.to_json`` rounds to 10 significant digits (``double_precision=10``), so a
+    ``-o X.json`` table differed from the ``-o X.csv`` one; ``json.dumps`` writes each float's
+    shortest repr, which reads back as the same float.
+    """
+    import json
+
+    rows = [{str(k): _json_value(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+    return json.dumps(rows, indent=1, allow_nan=False, default=str)
 
 
 def _save_figure(fig, path: str | Path | None) -> None:

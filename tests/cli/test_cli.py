@@ -348,3 +348,21 @@ def test_figure_without_a_suffix_is_written_as_png_and_named_so(capsys, tiny_dir
     written = tmp_path / "heat.png"
     assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "heat").exists()
     assert f"wrote {written}\n" in out
+
+
+def test_json_tables_keep_every_float_exactly(capsys, tmp_path):
+    """-o X.json was rounded to 10 significant digits by pandas; the numbers now read back bit for bit."""
+    table = pd.DataFrame({
+        "unit": ["L0H0", "L0H1", "L1H0", "L1H1"],
+        "layer": np.array([0, 0, 1, 1], dtype=np.int64),
+        "effect": [0.1 + 0.2, -0.19693058729171753, 1e-300 / 3, np.float32(0.1)],
+        "ci_low": [np.nan, np.inf, -np.inf, 2.0 / 3.0],
+        "reached": [True, False, True, np.bool_(False)],
+    })
+    path = cli._write_table(table, str(tmp_path / "t.json"), default_name="x.json")
+    rows = json.loads(path.read_text())
+    assert [r["effect"] for r in rows] == [float(x) for x in table["effect"]]  # == on floats: exact
+    assert [r["ci_low"] for r in rows] == [None, None, None, 2.0 / 3.0]  # not finite: null, as pandas wrote it
+    assert [r["layer"] for r in rows] == [0, 0, 1, 1] and [r["reached"] for r in rows] == [True, False, True, False]
+    assert list(rows[0]) == list(table.columns)
+    assert pd.read_json(path, orient="records", precise_float=True)["effect"].tolist() == table["effect"].tolist()
