@@ -18,6 +18,8 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "DEFAULT_MODEL"]
 
 EXIT_BAD_INPUT = 2
+#: the largest layer, head or unit index a file may give (no model has more; far below float's exact integers)
+_MAX_INDEX = 2**31 - 1
 #: the model every command uses unless --model says otherwise
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -606,6 +608,7 @@ def _window_units(path: str | None):
         return None
     import io
 
+    import numpy as np
     import pandas as pd
 
     from attnlab._textfile import read_text
@@ -624,12 +627,16 @@ def _window_units(path: str | None):
     if units.empty:
         raise InvalidInput(f"--units {path}: the table has no rows")
     for col in ("layer", "head", "unit"):
-        values = pd.to_numeric(units[col], errors="coerce")
-        bad = units[col][values.isna() | (values < 0) | (values != values.round())]
+        values = pd.to_numeric(units[col], errors="coerce").astype(float)
+        # finite and below _MAX_INDEX too: 1e30 or inf passed the whole-number test and astype(int)
+        # overflowed, so the dial later named a different, negative number
+        ok = values.notna() & np.isfinite(values) & (values >= 0) & (values <= _MAX_INDEX) & (values == values.round())
+        bad = units[col][~ok]
         if len(bad):
-            raise InvalidInput(f"--units {path}: column {col} must hold integers >= 0, got {bad.iloc[0]!r} "
-                               f"(row {int(bad.index[0]) + 2} of the file)")
-        units[col] = values.astype(int)
+            value = bad.iloc[0].item() if isinstance(bad.iloc[0], np.generic) else bad.iloc[0]
+            raise InvalidInput(f"--units {path}: column {col} must hold integers from 0 to {_MAX_INDEX}, got "
+                               f"{value!r} (row {int(bad.index[0]) + 2} of the file)")
+        units[col] = values.astype(np.int64)
     return units
 
 
