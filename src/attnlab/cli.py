@@ -315,6 +315,9 @@ def cmd_view(args) -> None:
     from attnlab.viz import VIEWS
 
     options = dict(layers=_ints(args.layers, "--layers"), heads=_ints(args.heads, "--heads"))
+    if Path(args.out).is_dir():
+        raise InvalidInput(f"-o {args.out}: is a folder; give the HTML file to write, e.g. -o "
+                           f"{Path(args.out) / 'view.html'}")
     if args.max_tokens is not None:
         options["max_tokens"] = args.max_tokens
     specs = _specs(args.interventions)

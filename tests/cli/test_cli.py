@@ -93,6 +93,7 @@ ERROR_CASES = [
     (["sweep", "--figure", "heat.pnf", "x"], r"cannot write a .pnf figure; did you mean 'png'\?"),
     (["attribute", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure"),
     (["sweep", "--figure", "{folder}", "x"], r"--figure .*: is a folder; give a file name"),
+    (["view", "head", "-o", "{folder}", "x"], r"-o .*: is a folder; give the HTML file to write, e.g. -o .*view.html"),
     (["bias", "--templates", "The {{occupation}} said {{"], r"template prefix .*: Single '\{' encountered"),
     (["bias", "--split", "train"], r"argument --split: invalid choice: 'train'"),
     (["sweep", "--metric", "klx", "x"], r"unknown metric 'klx'; did you mean 'kl'\?"),
@@ -366,3 +367,22 @@ def test_json_tables_keep_every_float_exactly(capsys, tmp_path):
     assert [r["layer"] for r in rows] == [0, 0, 1, 1] and [r["reached"] for r in rows] == [True, False, True, False]
     assert list(rows[0]) == list(table.columns)
     assert pd.read_json(path, orient="records", precise_float=True)["effect"].tolist() == table["effect"].tolist()
+
+
+def test_python_dash_m_attnlab_is_the_same_command_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "attnlab", "--version"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "attnlab 0.1.0"), done.stderr
+    done = subprocess.run([sys.executable, "-m", "attnlab", "sweep", "--n-boot", "-5", "x"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2 and one_error_line(done.stderr).endswith("got -5 (see 'attnlab sweep --help')")
+
+
+def test_a_view_saved_onto_a_folder_is_a_worded_error(tmp_path):
+    from attnlab.errors import InvalidInput
+    from attnlab.testing import tiny_model
+    from attnlab.viz import head_view
+
+    with pytest.raises(InvalidInput, match=r"cannot write the view to .*: it is a folder; give a file name such as "):
+        head_view(tiny_model("gpt2"), "the nurse").save(tmp_path)
