@@ -14,6 +14,7 @@ for attnlab. Everything is read with ``importlib.resources`` from ``attnlab/bias
 from __future__ import annotations
 
 import json
+import math
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,6 +114,9 @@ def occupations(names: Sequence[str] | None = None) -> pd.DataFrame:
     names = list(names)
     if not names:
         raise InvalidInput("no occupations given: pass a non-empty list (or None for all)")
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise InvalidInput(f"occupation {twice[0]!r} is given twice; give each occupation once")
     known = set(df.occupation)
     missing = [n for n in names if n not in known]
     if missing:
@@ -121,6 +125,30 @@ def occupations(names: Sequence[str] | None = None) -> pd.DataFrame:
             "with columns occupation, share_women for occupations outside the shipped list"
         )
     return df.set_index("occupation").loc[names].reset_index()
+
+
+def _check_occupation_rows(df: pd.DataFrame) -> None:
+    """Each row a named occupation, once, with a share of women in 0..1; the first bad row is named.
+
+    A NaN share, an empty name or a name given twice was accepted and skewed or emptied the
+    per-occupation tables and the correlation with the share of women without a word.
+    """
+    seen: dict[str, object] = {}
+    for label, name, share in zip(df.index, df["occupation"], df["share_women"]):
+        where = f"occupations DataFrame row {label!r}"
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput(f"{where}: occupation must be a non-empty name, got {name!r}")
+        if name.strip() in seen:
+            raise InvalidInput(f"{where}: occupation {name.strip()!r} is also in row {seen[name.strip()]!r}; "
+                               "give each occupation once")
+        seen[name.strip()] = label
+        try:
+            value = float(share)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0 <= value <= 1:  # NaN fails this too
+            raise InvalidInput(f"{where} ({name.strip()!r}): share_women must be a number in 0..1 (a fraction, not "
+                               f"a percent), got {share!r}")
 
 
 def occupation_frame(chosen) -> pd.DataFrame:
@@ -138,10 +166,9 @@ def occupation_frame(chosen) -> pd.DataFrame:
             raise InvalidInput(f"occupations DataFrame needs columns occupation, share_women; missing {sorted(missing)}")
         if chosen.empty:
             raise InvalidInput("occupations DataFrame is empty")
-        share = chosen["share_women"].astype(float)
-        if ((share < 0) | (share > 1)).any():
-            raise InvalidInput("share_women must lie in 0..1 (a fraction, not a percent)")
-        return chosen[["occupation", "share_women"]].reset_index(drop=True)
+        _check_occupation_rows(chosen)
+        out = chosen[["occupation", "share_women"]].reset_index(drop=True)
+        return out.assign(share_women=out["share_women"].astype(float))
     raise InvalidInput(f"occupations must be None, a list of names or a DataFrame, got {type(chosen).__name__}")
 
 
