@@ -155,12 +155,14 @@ def _occupations(value: str | None) -> list[str] | None:
     known = list(occupation_table().occupation)
     if not names:
         raise InvalidInput(f"--occupations {value!r}: no names given (e.g. --occupations nurse,mechanic)")
-    for name in names:
+    for i, name in enumerate(names):
         if name not in known:
             raise InvalidInput(
                 f"--occupations: unknown occupation {name!r}{did_you_mean(name, known)} "
                 f"(the shipped list: {', '.join(known[:8])}, ... {len(known)} in all)"
             )
+        if name in names[:i]:  # the library refuses it too, but only once the model is loaded
+            raise InvalidInput(f"--occupations: {name!r} is given twice; give each occupation once")
     return names
 
 

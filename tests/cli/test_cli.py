@@ -93,6 +93,7 @@ ERROR_CASES = [
     (["sweep", "--figure", "heat.pnf", "x"], r"cannot write a .pnf figure; did you mean 'png'\?"),
     (["attribute", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure"),
     (["sweep", "--figure", "{folder}", "x"], r"--figure .*: is a folder; give a file name"),
+    (["bias", "--occupations", "nurse,mechanic,nurse"], r"--occupations: 'nurse' is given twice; give each occupation once"),
     (["view", "head", "-o", "{folder}", "x"], r"-o .*: is a folder; give the HTML file to write, e.g. -o .*view.html"),
     (["bias", "--templates", "The {{occupation}} said {{"], r"template prefix .*: Single '\{' encountered"),
     (["bias", "--split", "train"], r"argument --split: invalid choice: 'train'"),
