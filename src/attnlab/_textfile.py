@@ -5,7 +5,7 @@ Every reader of a user's data file (CoNLL-U, WinoBias, Winogender, spec JSON, th
 :class:`InvalidInput`; bytes that are not UTF-8 text (latin-1, UTF-16, a binary file) are a
 :class:`DataFormatError` naming the file and the line, never a raw ``UnicodeDecodeError``
 with a byte offset. A UTF-8 byte-order mark at the start is accepted and dropped, since
-common Windows editors write one.
+common Windows editors write one. Lines end at ``\\r\\n``, ``\\n`` or a lone ``\\r``, in every reader.
 """
 
 from __future__ import annotations
@@ -53,11 +53,25 @@ def _decode(raw: bytes, path: Path | str, lineno: int) -> str:
         ) from None
 
 
+def _split(raw: bytes) -> list[bytes]:
+    """One ``\\n``-ended piece of a file as lines, a lone ``\\r`` ending a line too (old Mac files)."""
+    return raw.splitlines(keepends=True) if b"\r" in raw else [raw]
+
+
+def _strip_end(line: str) -> str:
+    """The line without its one end-of-line: ``\\r\\n``, ``\\n`` or ``\\r``."""
+    if line.endswith("\r\n"):
+        return line[:-2]
+    return line[:-1] if line.endswith(("\n", "\r")) else line
+
+
 def iter_lines(path: str | Path, *, what: str = "file") -> Iterator[tuple[int, str]]:
     """``(line number, line without its end-of-line)`` for each line of a UTF-8 text file.
 
-    Lines are split at ``\\n`` only (``\\r\\n`` is accepted), so the numbers are the ones an
-    editor shows. ``what`` names the file in errors ("CoNLL-U file", "--file").
+    ``\\r\\n``, ``\\n`` and a lone ``\\r`` each end a line, as in editors and in
+    :func:`decode_lines`, so that every reader sees the same lines and numbers whatever system
+    wrote the file (split at ``\\n`` only, a CR-only file was one long line).
+    ``what`` names the file in errors ("CoNLL-U file", "--file").
     """
     path = Path(path)
     try:
@@ -66,8 +80,11 @@ def iter_lines(path: str | Path, *, what: str = "file") -> Iterator[tuple[int, s
         raise open_error(path, err, what) from None
     with handle:
         try:
-            for lineno, raw in enumerate(handle, start=1):
-                yield lineno, _decode(raw, path, lineno).rstrip("\n").rstrip("\r")
+            lineno = 0
+            for piece in handle:  # streamed: pieces end at \n, so a \r\n is never cut in two
+                for raw in _split(piece):
+                    lineno += 1
+                    yield lineno, _strip_end(_decode(raw, path, lineno))
         except IsADirectoryError as err:  # some systems open a folder and fail on the first read
             raise open_error(path, err, what) from None
 
@@ -84,4 +101,5 @@ def read_text(path: str | Path, *, what: str = "file") -> str:
 
 def decode_lines(data: bytes, *, source: str) -> list[str]:
     """The lines of UTF-8 ``data`` read from elsewhere (standard input), checked like a file's."""
-    return [_decode(raw, source, lineno).rstrip("\n").rstrip("\r") for lineno, raw in enumerate(data.splitlines(keepends=True), start=1)]
+    # bytes.splitlines ends lines at \r\n, \n and a lone \r, like iter_lines
+    return [_strip_end(_decode(raw, source, lineno)) for lineno, raw in enumerate(data.splitlines(keepends=True), start=1)]

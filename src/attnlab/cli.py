@@ -18,6 +18,8 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "DEFAULT_MODEL"]
 
 EXIT_BAD_INPUT = 2
+#: the largest layer, head or unit index a file may give (no model has more; far below float's exact integers)
+_MAX_INDEX = 2**31 - 1
 #: the model every command uses unless --model says otherwise
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -153,12 +155,14 @@ def _occupations(value: str | None) -> list[str] | None:
     known = list(occupation_table().occupation)
     if not names:
         raise InvalidInput(f"--occupations {value!r}: no names given (e.g. --occupations nurse,mechanic)")
-    for name in names:
+    for i, name in enumerate(names):
         if name not in known:
             raise InvalidInput(
                 f"--occupations: unknown occupation {name!r}{did_you_mean(name, known)} "
                 f"(the shipped list: {', '.join(known[:8])}, ... {len(known)} in all)"
             )
+        if name in names[:i]:  # the library refuses it too, but only once the model is loaded
+            raise InvalidInput(f"--occupations: {name!r} is given twice; give each occupation once")
     return names
 
 
@@ -227,16 +231,70 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
         path = path / default_name
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        path.write_text(df.to_json(orient="records", indent=1))
+        path.write_text(_json_records(df))
     else:
         df.to_csv(path, index=False)
     print(f"wrote {path}")
     return path
 
 
+def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
+    """The file ``--figure`` will write, checked before the model loads: a suffix matplotlib can write.
+
+    Without a suffix matplotlib writes PNG and adds ``.png``; the path returned says so, so that
+    the 'wrote' line names the file that exists.
+    """
+    if not value:
+        return None
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from attnlab.errors import InvalidInput, did_you_mean
+
+    path = Path(value)
+    if path.is_dir():
+        raise InvalidInput(f"{option} {value}: is a folder; give a file name such as {path / 'figure.png'}")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    kind = path.suffix[1:].lower()
+    if kind not in formats:
+        raise InvalidInput(f"{option} {value}: cannot write a .{path.suffix[1:]} figure{did_you_mean(kind, formats)} "
+                           f"(suffixes: {', '.join('.' + f for f in formats)})")
+    return path
+
+
+def _json_value(value):
+    """One cell as JSON data: Python's float repr round-trips every float; NaN, inf and missing are null."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def _json_records(df) -> str:
+    """The table as a JSON list of row objects, floats written exactly.
+
+    ``DataFrame.to_json`` rounds to 10 significant digits (``double_precision=10``), so a
+    ``-o X.json`` table differed from the ``-o X.csv`` one; ``json.dumps`` writes each float's
+    shortest repr, which reads back as the same float.
+    """
+    import json
+
+    rows = [{str(k): _json_value(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+    return json.dumps(rows, indent=1, allow_nan=False, default=str)
+
+
 def _save_figure(fig, path: str | Path | None) -> None:
+    """Write ``fig`` to ``path`` (already checked by :func:`_figure_path` when the user named it)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         print(f"wrote {path}")
 
@@ -259,6 +317,9 @@ def cmd_view(args) -> None:
     from attnlab.viz import VIEWS
 
     options = dict(layers=_ints(args.layers, "--layers"), heads=_ints(args.heads, "--heads"))
+    if Path(args.out).is_dir():
+        raise InvalidInput(f"-o {args.out}: is a folder; give the HTML file to write, e.g. -o "
+                           f"{Path(args.out) / 'view.html'}")
     if args.max_tokens is not None:
         options["max_tokens"] = args.max_tokens
     specs = _specs(args.interventions)
@@ -284,6 +345,7 @@ def cmd_sweep(args) -> None:
     from attnlab.measure.metrics import metric_from_name
 
     layers, heads = _ints(args.layers, "--layers"), _ints(args.heads, "--heads")
+    figure = _figure_path(args.figure)
     if args.reference and args.method not in ("mean", "resample"):
         raise InvalidInput(f"--reference is used by --method mean or resample, not {args.method}")
     if args.counterfactuals and args.method != "patch":
@@ -292,7 +354,7 @@ def cmd_sweep(args) -> None:
     if args.metric == "logit_diff":
         options = {"target": args.target, "foil": args.foil}
     elif args.metric == "prob":
-        options = {"tokens": [args.target]}
+        options = {"token": args.target}
     metric = metric_from_name(args.metric, **options)
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
@@ -310,7 +372,7 @@ def cmd_sweep(args) -> None:
     else:
         result = sweep_heads(_load(args), prompts, **sweep_options)
     _write_table(result.table, args.out, default_name="sweep.csv")
-    _save_figure(result.plot(), args.figure)
+    _save_figure(result.plot(), figure)
 
 
 def cmd_bias(args) -> None:
@@ -412,7 +474,7 @@ def _attribution_metric(args):
     if args.metric == "logit_diff":
         options = {"target": args.target, "foil": args.foil}
     elif args.metric == "prob":
-        options = {"tokens": [args.target]}
+        options = {"token": args.target}
     metric = metric_from_name(args.metric, **options)  # an unknown name: did-you-mean and the valid names
     if args.probes is not None and args.metric != "kl":  # the library says it too; this names the flag
         raise InvalidInput(f"--probes is used by --metric kl (its second-order estimate), not {args.metric}")
@@ -479,6 +541,7 @@ def cmd_attribute(args) -> None:
     dims, neurons = _indices(args.dims, "--dims"), _indices(args.neurons, "--neurons")
     metric = _attribution_metric(args)
     correction = _check_attribution(args, metric, heads, dims, neurons)
+    figure = _figure_path(args.figure)
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
     prompts = _read_lines(args, what="prompts")
@@ -497,7 +560,7 @@ def cmd_attribute(args) -> None:
         path = _write_table(result.table, args.out, default_name="attribution.csv")
         if checked is not None:
             _write_table(checked.table, str(_sibling(path, "_verify")), default_name="attribution_verify.csv")
-    _save_figure(_attribution_figure(result, args.top), args.figure)
+    _save_figure(_attribution_figure(result, args.top), figure)
     _print_top(result, args.top)
     if checked is not None:
         print(f"\n{checked.meta['what']}: 'effect' measured by an exact sweep, 'estimate' from attribution, "
@@ -550,6 +613,7 @@ def _window_units(path: str | None):
         return None
     import io
 
+    import numpy as np
     import pandas as pd
 
     from attnlab._textfile import read_text
@@ -568,12 +632,16 @@ def _window_units(path: str | None):
     if units.empty:
         raise InvalidInput(f"--units {path}: the table has no rows")
     for col in ("layer", "head", "unit"):
-        values = pd.to_numeric(units[col], errors="coerce")
-        bad = units[col][values.isna() | (values < 0) | (values != values.round())]
+        values = pd.to_numeric(units[col], errors="coerce").astype(float)
+        # finite and below _MAX_INDEX too: 1e30 or inf passed the whole-number test and astype(int)
+        # overflowed, so the dial later named a different, negative number
+        ok = values.notna() & np.isfinite(values) & (values >= 0) & (values <= _MAX_INDEX) & (values == values.round())
+        bad = units[col][~ok]
         if len(bad):
-            raise InvalidInput(f"--units {path}: column {col} must hold integers >= 0, got {bad.iloc[0]!r} "
-                               f"(row {int(bad.index[0]) + 2} of the file)")
-        units[col] = values.astype(int)
+            value = bad.iloc[0].item() if isinstance(bad.iloc[0], np.generic) else bad.iloc[0]
+            raise InvalidInput(f"--units {path}: column {col} must hold integers from 0 to {_MAX_INDEX}, got "
+                               f"{value!r} (row {int(bad.index[0]) + 2} of the file)")
+        units[col] = values.astype(np.int64)
     return units
 
 

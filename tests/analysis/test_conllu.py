@@ -125,3 +125,25 @@ def test_long_chain_sentence_is_checked_and_cycles_found_anywhere():
     lines.append(_word(n + 1, "r", 0))
     with pytest.raises(DataFormatError, match=r"<string>:1: heads form a cycle 1 -> 2 -> 3 .* -> 3000 -> 1$"):
         parse_conllu("\n".join(lines))
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\r"], ids=["CRLF", "CR only"])
+def test_conllu_line_ends_do_not_change_sentences_or_line_numbers(tmp_path, end):
+    """\\r\\n, \\n and a lone \\r each end a line, in every reader (CR only was one long line)."""
+    for name in ("good.conllu", "cycle.conllu"):
+        (tmp_path / name).write_bytes(end.join((FIX / name).read_bytes().splitlines()) + end)
+    expected = read_conllu(FIX / "good.conllu")
+    assert len(expected) > 1 and read_conllu(tmp_path / "good.conllu") == expected  # words, heads, line numbers
+    with pytest.raises(DataFormatError, match=r"cycle.conllu:3 \(sent_id c1\): heads form a cycle 2 -> 3 -> 2"):
+        read_conllu(tmp_path / "cycle.conllu")
+
+
+def test_every_whitespace_character_in_a_form_becomes_an_underscore():
+    """A no-break space (or a tab-like space) in FORM: the analyses refuse words with any whitespace."""
+    from attnlab.analysis._corpus import _words_of
+
+    forms = ["10\u00a0000", "a b", "x\u2009y\u3000z", "\u00a0"]
+    text = "\n".join(_word(i + 1, form, 0 if i == 0 else 1, "root" if i == 0 else "dep") for i, form in enumerate(forms))
+    (sentence,) = parse_conllu(text + "\n")
+    assert sentence.words == ["10_000", "a_b", "x_y_z", "_"]
+    assert _words_of(sentence, 0)[0] == "10_000 a_b x_y_z _"  # accepted as the analyses' input

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from attnlab.analysis.context import attention_by_distance, loss_by_position, window_experiment
-from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 from attnlab.interventions import EditNeuron, EditScores, SetPattern
 
 TEXT = "the nurse said that she left the house because the doctor was not happy with the new car ."
@@ -88,3 +88,33 @@ def test_bad_input(tiny_bert, tiny_gpt2):
     with pytest.raises(InvalidLocation, match="dim 9 out of range"):
         window_experiment(tiny_gpt2, [TEXT], {"bad": [EditNeuron(0, 0, site="q", dim=9, scale=0.0)]}, progress=False)
     assert tiny_gpt2.count_hooks() == 0
+
+
+@pytest.mark.parametrize("conditions, error, message", [
+    ({"clean": [EditScores(0, 0, replace=0.0)]}, InvalidInput, r"condition name 'clean' is reserved for the run "
+     r"without interventions"),
+    ({1: [EditScores(0, 0, replace=0.0)], "1": []}, InvalidInput, r"conditions 1 and '1' are both named '1' in the "
+     r"tables; give each condition a distinct name"),
+    ({"a": EditScores(0, 0, replace=0.0)}, InvalidInput, r"condition 'a': expected a list of interventions, got "
+     r"EditScores .*\(a single spec goes in a list: \[EditScores"),
+    ({"a": "EditScores(0, 0)"}, InvalidInput, r"condition 'a': expected a list of interventions, got str"),
+    ({"a": ["EditScores(0, 0)"]}, InvalidSpec, r"condition 'a', item 0: expected an intervention spec .*got str"),
+])
+def test_window_experiment_refuses_conditions_it_would_mix_up(tiny_gpt2, monkeypatch, conditions, error, message):
+    """A user's 'clean' replaced the clean baseline and 1/'1' became one row, silently; checked before any pass."""
+    from attnlab.analysis import context
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the conditions were checked")
+
+    monkeypatch.setattr(context, "attention_by_distance", no_pass)
+    with pytest.raises(error, match=message):
+        window_experiment(tiny_gpt2, [TEXT], conditions, progress=False)
+
+
+def test_window_experiment_condition_names_are_kept_apart_from_the_baseline(tiny_gpt2):
+    edit = [EditScores(0, None, distance_penalty=2.0)]
+    res = window_experiment(tiny_gpt2, [TEXT], {"edit": edit, 2: []}, progress=False)
+    assert res.summary["condition"].tolist() == ["clean", "edit", "2"]
+    clean, edited, empty = res.summary["model_window"].tolist()
+    assert empty == clean and edited != clean  # the unedited condition equals the baseline; the edit moves it

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 import pytest
 
 from attnlab.bias.datasets import (
@@ -203,3 +205,45 @@ def test_winogender_header_and_messages_say_what_was_expected(tmp_path):
     t.write_text("occupation\tparticipant\tanswer\tsentence\nnurse\tpatient\t0\tThe $OCCUPATION saw $NOM_PRONOUN and $HIM.\n")
     with pytest.raises(DataFormatError, match=r"templates.tsv:2: unknown placeholder \$HIM \(expected \$OCCUPATION"):
         load_winogender_templates(t)
+
+
+# -- line ends and headers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\r", b"\n"], ids=["CRLF", "CR only", "LF"])
+def test_every_line_end_gives_the_same_rows_and_line_numbers(tmp_path, end):
+    """A CR-only (old Mac) file merged every line into one sentence; \\r\\n, \\n and \\r now all end a line."""
+    lines = (FIX / "pro_stereotyped_type1.txt.dev").read_bytes().splitlines()
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_bytes(end.join(lines) + end)
+    expected = load_winobias(FIX / "pro_stereotyped_type1.txt.dev")
+    pd.testing.assert_frame_equal(load_winobias(f), expected)
+    stats = (FIX / "occupations-stats.tsv").read_bytes().splitlines()
+    g = tmp_path / "occupations-stats.tsv"
+    g.write_bytes(end.join(stats))
+    pd.testing.assert_frame_equal(load_winogender_stats(g), load_winogender_stats(FIX / "occupations-stats.tsv"))
+
+
+def test_winobias_line_with_two_sentences_is_refused(tmp_path):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_text("1 [The baker] smiled because [she] was happy.\n"
+                 "2 [The cook] left because [he] was tired. 3 [The nurse] sang because [she] won.\n")
+    with pytest.raises(DataFormatError, match=r"type1.txt.dev:2: expected one entity and its pronoun\(s\), 2 or 3 "
+                       r"\[bracketed\] mentions, got 4 in '\[The cook\].*several sentences on one line\?"):
+        load_winobias(f)
+
+
+@pytest.mark.parametrize("name, loader", [("templates.tsv", load_winogender_templates),
+                                          ("occupations-stats.tsv", load_winogender_stats)])
+def test_winogender_file_without_its_header_is_refused_not_shortened(tmp_path, name, loader):
+    """Line 1 of a file without a header has the right number of columns: its names are what tells."""
+    lines = (FIX / name).read_text().splitlines()
+    f = tmp_path / name
+    f.write_text("\n".join(lines[1:]) + "\n")
+    first = lines[1].split("\t")[0]
+    with pytest.raises(DataFormatError, match=rf"{name}:1: expected a header line with the tab-separated columns "
+                       rf"occupation.*got '{first}\\t.*is the header line missing\?"):
+        loader(f)
+    # the header is compared by name: case, spaces and the published (0) suffixes do not matter
+    f.write_text(lines[0].upper().replace("\t", " \t") + "\n" + "\n".join(lines[1:]) + "\n")
+    assert len(loader(f)) == len(loader(FIX / name)) == len(lines) - 1

@@ -109,3 +109,33 @@ def test_custom_occupations_frame():
     occ = pd.DataFrame({"occupation": ["king", "queen", "doctor"], "share_women": [0.0, 1.0, 0.4]})
     res = pronoun_bias(model, occupations=occ, templates=["The {occupation} said that"])
     assert res.per_occupation.occupation.tolist() == ["king", "queen", "doctor"]
+
+
+def test_identical_pronouns_are_refused_before_any_pass(monkeypatch):
+    """("she", "she") gave log ratios of exactly 0 everywhere: a result that read as 'no bias'."""
+    from attnlab.bias import pronouns
+
+    monkeypatch.setattr(pronouns, "score", lambda *a, **k: pytest.fail("scored before checking the pronouns"))
+    for pair in (("she", "she"), ("she", " she ")):
+        with pytest.raises(InvalidInput, match=r"pronouns must be two different words \(female, male\), got"):
+            pronoun_bias(tiny_model("gpt2"), occupations=OCC, pronouns=pair)
+
+
+@pytest.mark.parametrize("frame, message", [
+    ({"occupation": ["king", "queen", "king"], "share_women": [0.0, 1.0, 0.1]},
+     r"occupations DataFrame row 2: occupation 'king' is also in row 0; give each occupation once"),
+    ({"occupation": ["king", "queen"], "share_women": [0.0, np.nan]},
+     r"occupations DataFrame row 1 \('queen'\): share_women must be a number in 0..1 .*got nan"),
+    ({"occupation": ["king", "queen"], "share_women": [0.0, "x"]}, r"row 1 \('queen'\): share_women must be a number"),
+    ({"occupation": ["king", ""], "share_women": [0.0, 1.0]}, r"row 1: occupation must be a non-empty name, got ''"),
+    ({"occupation": ["king", 7], "share_women": [0.0, 1.0]}, r"row 1: occupation must be a non-empty name, got 7"),
+])
+def test_occupations_frame_rows_are_checked_and_named(frame, message):
+    from attnlab.bias.templates import occupation_frame
+
+    with pytest.raises(InvalidInput, match=message):
+        occupation_frame(pd.DataFrame(frame))
+    with pytest.raises(InvalidInput, match="given twice"):
+        occupation_frame(["nurse", "mechanic", "nurse"])
+    ok = occupation_frame(pd.DataFrame({"occupation": ["king", "queen"], "share_women": [0, 1]}, index=[5, 9]))
+    assert ok.share_women.tolist() == [0.0, 1.0] and ok.occupation.tolist() == ["king", "queen"]

@@ -35,6 +35,25 @@ def test_templates():
         Template("The person said that")
 
 
+@pytest.mark.parametrize("prefix, message", [
+    ("The {occupation} said {x}", r"unknown field \{x\}; the only field is '\{occupation\}'"),
+    ("The {occupation} said {}", r"unknown field \{\}; the only field is"),
+    ("The {occupation} said {0}", r"unknown field \{0\}"),
+    ("The {occupation!r} said", r"unknown field \{occupation!r\}"),
+    ("The {occupation:>9} said", r"unknown field \{occupation:>9\}"),
+    ("The {occupation} said {", r"Single '\{' encountered in format string; the only field is '\{occupation\}'"),
+    ("The {occupation} said }", r"Single '\}' encountered"),
+    ("The {{occupation}} said that", r"has no '\{occupation\}' slot \(a doubled \{\{occupation\}\} is a literal"),
+])
+def test_a_template_that_would_not_format_is_refused_when_made(prefix, message):
+    with pytest.raises(InvalidInput, match=rf"template prefix {re.escape(repr(prefix))}.*{message}"):
+        Template(prefix)
+
+
+def test_literal_braces_and_repeated_slots_format():
+    assert Template("{{a}} {occupation} and {occupation}").causal("nurse") == "{a} nurse and nurse"
+
+
 def test_neutral_text_has_no_gendered_words():
     words = set(re.findall(r"[a-z]+", " ".join(neutral_text() + neutral_prompts()).lower()))
     assert len(neutral_text()) >= 3 and len(neutral_prompts()) >= 8

@@ -88,6 +88,14 @@ ERROR_CASES = [
     (["bias", "--occupations", "nurse,mechnic"], r"--occupations: unknown occupation 'mechnic'; did you mean 'mechanic'\?"),
     (["bias", "--templates", "The nurse said that"], r"--templates 'The nurse said that': not a file and not a template"),
     (["bias", "--templates", "{good}"], r"template prefix 'the nurse said that' has no '\{occupation\}' slot"),
+    (["bias", "--templates", "The {{occupation}} said {{x}}"], r"template prefix .*: unknown field \{x\}"),
+    (["sweep", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure \(suffixes: .*\.png, .*\.svg"),
+    (["sweep", "--figure", "heat.pnf", "x"], r"cannot write a .pnf figure; did you mean 'png'\?"),
+    (["attribute", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure"),
+    (["sweep", "--figure", "{folder}", "x"], r"--figure .*: is a folder; give a file name"),
+    (["bias", "--occupations", "nurse,mechanic,nurse"], r"--occupations: 'nurse' is given twice; give each occupation once"),
+    (["view", "head", "-o", "{folder}", "x"], r"-o .*: is a folder; give the HTML file to write, e.g. -o .*view.html"),
+    (["bias", "--templates", "The {{occupation}} said {{"], r"template prefix .*: Single '\{' encountered"),
     (["bias", "--split", "train"], r"argument --split: invalid choice: 'train'"),
     (["sweep", "--metric", "klx", "x"], r"unknown metric 'klx'; did you mean 'kl'\?"),
     (["view", "diff", "x"], r"diff view needs --interventions"),
@@ -120,9 +128,22 @@ def test_a_model_folder_transformers_cannot_read_is_one_line(capsys, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    (folder / "model.safetensors").write_bytes(b"")  # weights present, so transformers is asked (and fails)
+    from safetensors.torch import save_file
+
+    save_file({}, str(folder / "model.safetensors"))  # readable weights, so transformers is asked (and fails)
     code, _, err = main(capsys, "view", "head", "--model", folder, "hello")
     assert code == 2 and re.search(r"--model .*broken: cannot load it \(", one_error_line(err))
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(capsys, tiny_dirs, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(tiny_dirs["gpt2"], tmp_path / "cut")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    code, _, err = main(capsys, "view", "head", "--model", folder, "-o", tmp_path / "v.html", "hello")
+    assert code == 2 and re.search(r"cut/model\.safetensors: not a readable safetensors file .*truncated or corrupted",
+                                   one_error_line(err))
 
 
 def test_debug_shows_the_traceback_instead(capsys, files, no_model_loading):
@@ -304,3 +325,65 @@ def test_sweep_precision_writes_the_bfloat16_sweep(capsys, tiny_dirs, tmp_path):
     written = pd.read_csv(table)
     assert np.abs(written.effect.to_numpy() - low.effect.to_numpy()).max() < 1e-6
     assert np.abs(written.effect.to_numpy() - full.effect.to_numpy()).max() > 1e-6
+
+
+def test_sweep_metric_prob_is_the_target_probability(capsys, tiny_dirs, tmp_path):
+    """--metric prob builds TokenProb(--target): the table equals sweep_heads with that metric."""
+    import attnlab
+    from attnlab.measure import TokenProb, sweep_heads
+
+    table = tmp_path / "prob.csv"
+    code, _, err = main(capsys, "sweep", "--model", tiny_dirs["gpt2"], "--metric", "prob", "--target", " her",
+                        "--n-boot", 0, "--quiet", "-o", table, "the nurse said that")
+    assert code == 0, err
+    expected = sweep_heads(attnlab.load(str(tiny_dirs["gpt2"])), ["the nurse said that"], metric=TokenProb(" her"),
+                           n_boot=0, progress=False).table
+    written = pd.read_csv(table)
+    assert len(written) == len(expected) == 2 * 4
+    assert np.allclose(written["effect"], expected["effect"], rtol=0, atol=1e-9)
+
+
+def test_figure_without_a_suffix_is_written_as_png_and_named_so(capsys, tiny_dirs, tmp_path):
+    code, out, err = main(capsys, "sweep", "--model", tiny_dirs["gpt2"], "--n-boot", 0, "--quiet",
+                          "--figure", tmp_path / "heat", "the nurse said that")
+    assert code == 0, err
+    written = tmp_path / "heat.png"
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "heat").exists()
+    assert f"wrote {written}\n" in out
+
+
+def test_json_tables_keep_every_float_exactly(capsys, tmp_path):
+    """-o X.json was rounded to 10 significant digits by pandas; the numbers now read back bit for bit."""
+    table = pd.DataFrame({
+        "unit": ["L0H0", "L0H1", "L1H0", "L1H1"],
+        "layer": np.array([0, 0, 1, 1], dtype=np.int64),
+        "effect": [0.1 + 0.2, -0.19693058729171753, 1e-300 / 3, np.float32(0.1)],
+        "ci_low": [np.nan, np.inf, -np.inf, 2.0 / 3.0],
+        "reached": [True, False, True, np.bool_(False)],
+    })
+    path = cli._write_table(table, str(tmp_path / "t.json"), default_name="x.json")
+    rows = json.loads(path.read_text())
+    assert [r["effect"] for r in rows] == [float(x) for x in table["effect"]]  # == on floats: exact
+    assert [r["ci_low"] for r in rows] == [None, None, None, 2.0 / 3.0]  # not finite: null, as pandas wrote it
+    assert [r["layer"] for r in rows] == [0, 0, 1, 1] and [r["reached"] for r in rows] == [True, False, True, False]
+    assert list(rows[0]) == list(table.columns)
+    assert pd.read_json(path, orient="records", precise_float=True)["effect"].tolist() == table["effect"].tolist()
+
+
+def test_python_dash_m_attnlab_is_the_same_command_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "attnlab", "--version"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "attnlab 0.1.0"), done.stderr
+    done = subprocess.run([sys.executable, "-m", "attnlab", "sweep", "--n-boot", "-5", "x"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2 and one_error_line(done.stderr).endswith("got -5 (see 'attnlab sweep --help')")
+
+
+def test_a_view_saved_onto_a_folder_is_a_worded_error(tmp_path):
+    from attnlab.errors import InvalidInput
+    from attnlab.testing import tiny_model
+    from attnlab.viz import head_view
+
+    with pytest.raises(InvalidInput, match=r"cannot write the view to .*: it is a folder; give a file name such as "):
+        head_view(tiny_model("gpt2"), "the nurse").save(tmp_path)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import attnlab
-from attnlab.measure import KL, LogitDiff, Loss, attribute
+from attnlab.measure import KL, LogitDiff, Loss, TokenProb, attribute
 from attnlab.testing import tiny_hf_model, tiny_tokenizer
 
 from .conftest import main, one_error_line
@@ -64,6 +64,7 @@ CASES = {
     "v-kl": (["--site", "v", "--layers", "0", "--metric", "kl", "--probes", "4", "--seed", "3"],
              dict(site="v", layers=[0], probes=4, seed=3), KL()),
     "z-bfloat16": (["--precision", "bfloat16"], dict(precision="bfloat16"), LogitDiff(" she", " he")),
+    "z-prob": (["--metric", "prob", "--target", " her"], dict(), TokenProb(" her")),  # --target is TokenProb's token
 }
 
 

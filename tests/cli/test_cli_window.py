@@ -179,7 +179,15 @@ ERROR_CASES = [
     (["--target", "8", "--file", "{good}", "x"], r"give the text as arguments or with --file, not both"),
     (["--target", "8", "--units", "{missing}"], r"--units .*missing.txt: no such file"),
     (["--target", "8", "--units", "{good}"], r"--units .*good.txt: no column\(s\) layer, head, unit"),
-    (["--target", "8", "--units", "{units_bad}"], r"--units .*units_bad.csv: column unit must hold integers >= 0, got 'x' \(row 3"),
+    (["--target", "8", "--units", "{units_bad}"],
+     r"--units .*units_bad.csv: column unit must hold integers from 0 to 2147483647, got 'x' \(row 3"),
+    # huge or infinite values passed as whole numbers and overflowed in astype(int), naming a negative number later
+    (["--target", "8", "--units", "{units_huge}"], r"units_huge.csv: column unit must hold integers from 0 to 2147483647, "
+     r"got 1e\+30 \(row 2"),
+    (["--target", "8", "--units", "{units_inf}"], r"units_inf.csv: column head must hold integers .*got inf \(row 3"),
+    (["--target", "8", "--units", "{units_digits}"], r"units_digits.csv: column layer must hold integers .*got 99999999999999999999 \(row 2"),
+    (["--target", "8", "--units", "{units_frac}"], r"units_frac.csv: column unit must hold integers .*got 1.5 \(row 2"),
+    (["--target", "8", "--units", "{units_negative}"], r"units_negative.csv: column unit must hold integers .*got -1 \(row 2"),
     (["--target", "8", "--units", "{units_empty}"], r"--units .*units_empty.csv: the table has no rows"),
 ]
 
@@ -189,6 +197,10 @@ def test_bad_options_exit_2_with_one_line_before_loading(capsys, files, no_model
     files = {**files, "units_bad": tmp_path / "units_bad.csv", "units_empty": tmp_path / "units_empty.csv"}
     files["units_bad"].write_text("layer,head,unit\n0,1,2\n1,0,x\n")
     files["units_empty"].write_text("layer,head,unit\n")
+    for name, rows in (("huge", "0,0,1e30\n"), ("inf", "0,0,1\n0,inf,1\n"), ("digits", "99999999999999999999,0,1\n"),
+                       ("frac", "0,0,1.5\n"), ("negative", "0,0,-1\n")):
+        files[f"units_{name}"] = tmp_path / f"units_{name}.csv"
+        files[f"units_{name}"].write_text("layer,head,unit\n" + rows)
     code, out, err = main(capsys, "window", *[a.format(**files) for a in args])
     assert code == 2
     assert re.search(message, one_error_line(err)), err

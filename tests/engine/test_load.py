@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.errors import DataFormatError, InvalidInput, UnsupportedModel
 from attnlab.interventions import AblateHead
 from attnlab.testing import tiny_hf_model, tiny_model, tiny_tokenizer
 
@@ -193,6 +193,36 @@ def test_folders_that_are_not_models_get_typed_errors(tmp_path):
         attnlab.load(str(folder / "tokenizer.json"))
     with pytest.raises(InvalidInput, match=r"no such model folder: \./no/such/folder"):
         attnlab.load("./no/such/folder")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle renamed"])
+def test_a_damaged_safetensors_file_is_refused_by_name_before_transformers_reads_it(tmp_path, monkeypatch, damage):
+    import pickle
+
+    from attnlab.engine import _pretrained
+
+    folder = _saved_tiny_gpt2(tmp_path / "model")
+    weights = folder / "model.safetensors"
+    marker = tmp_path / "unpickled"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:5000])
+    else:
+        weights.write_bytes(pickle.dumps(_Trap(marker)))
+    real = _pretrained._from_pretrained
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("transformers was asked to read a damaged folder")
+
+    monkeypatch.setattr(_pretrained, "_from_pretrained", refuse)
+    message = r"model/model\.safetensors: not a readable safetensors file \(Error while deserializing header: .*\); " \
+              r"the file is truncated or corrupted"
+    with pytest.raises(DataFormatError, match=message):
+        attnlab.load(str(folder))
+    # a file found in the HF cache is checked by transformers' own read: the same typed error, naming the source
+    monkeypatch.setattr(_pretrained, "_from_pretrained", real)
+    with pytest.raises(DataFormatError, match=r"cannot load '.*model': a model\.safetensors file is not readable"):
+        _pretrained._load_or_explain(str(folder), None, None, None)
+    assert not marker.exists()
 
 
 # -- HF ids without the hub ----------------------------------------------------------------------

@@ -121,6 +121,20 @@ def test_position_and_row_out_of_range(untouched):
         _apply(untouched, AblateHead(0, 0, rows=[3]))
 
 
+def test_block_keys_past_the_input_are_refused_like_positions(untouched):
+    """A key no token has would block nothing: refused, as positions= past the input is."""
+    with pytest.raises(InvalidLocation, match=r"^key position 8 out of range: this input has positions 0\.\.7$"):
+        _apply(untouched, BlockKeys(1, 0, keys=[0, 8]))
+    with pytest.raises(InvalidLocation, match=r"^key position 999 out of range: this input has positions 0\.\.7$"):
+        _apply(untouched, BlockKeys(1, None, keys=999))
+    # the last key is in range, and blocking it zeroes its column wherever a query may see it
+    with untouched.intervene(BlockKeys(1, 0, keys=[N - 1])):
+        out = untouched.run_with_cache(TEXT, names_filter="blocks.1.attn.hook_pattern")[1]
+    pattern = out["blocks.1.attn.hook_pattern"][0, 0]
+    assert torch.count_nonzero(pattern[:, N - 1]) == 0
+    assert torch.allclose(pattern.sum(-1), torch.ones(N))
+
+
 def test_patch_source_of_another_length(untouched):
     with pytest.raises(ShapeMismatch, match="source and input must tokenize to the same length"):
         _apply(untouched, Patch(1, 0, site="z", source=["the cat"]))

@@ -153,15 +153,34 @@ def test_per_row_round_trips_too():
         (b'[[{"kind": "ablate_head", "layer": 0}]]', r"hostile.json: intervention #0: an intervention must be a JSON object"),
         (b'[{"kind": "ablate_head", "layer": 0, "seed": "x"}]', r"#0: ablate_head: seed must be an integer, got 'x'"),
         (b'[{"kind": "ablate_head", "layer": -1}]', r"#0: layer must be >= 0, got -1"),
+        (b'[{"kind": "ablate_head", "layer": 0, "head": 2, "layer": 1}]',
+         r"hostile.json: key 'layer' appears twice in one object; give each field once"),
+        (b'[{"kind": "ablate_head", "layer": 0}, {"kind": "patch", "layer": 0, "site": "z", "source": "\\ud800 nurse"}]',
+         r"hostile.json: intervention #1: patch: source must be a string or a list of strings of text without lone "
+         r"surrogates .*got '\\ud800 nurse'"),
+        (b'[{"kind": "patch", "layer": 0, "site": "z", "source": ["ok", "a\\udfff"]}]',
+         r"#0: patch: source must be .* without lone surrogates"),
+        (b'[{"kind": "ablate_head", "layer": 0, "method": "mean", "reference": ["\\ud83d"]}]',
+         r"#0: ablate_head: reference must be a list of strings of text without lone surrogates"),
+        (b'[{"kind": "patch", "layer": 0, "site": "\\udc00", "source": "a"}]',
+         r"#0: patch: site must be a string of text without lone surrogates"),
     ],
     ids=["deep", "latin-1", "utf-16", "5000-digit", "Infinity", "NaN", "-Infinity", "number", "null", "empty",
-         "nested list", "bad seed", "negative layer"],
+         "nested list", "bad seed", "negative layer", "duplicate key", "lone surrogate", "surrogate in a list",
+         "surrogate in reference", "surrogate in site"],
 )
 def test_load_specs_turns_every_bad_file_into_a_data_format_error(tmp_path, content, pattern):
     path = tmp_path / "hostile.json"
     path.write_bytes(content)
     with pytest.raises(DataFormatError, match=pattern):
         load_specs(path)
+
+
+def test_a_surrogate_pair_is_one_character_and_loads(tmp_path):
+    path = tmp_path / "emoji.json"
+    path.write_text('[{"kind": "patch", "layer": 0, "head": 0, "site": "z", "source": "the \\ud83d\\ude00 nurse"}]')
+    (spec,) = load_specs(path)
+    assert spec.source == ["the \U0001f600 nurse"]  # the pair is one character, not refused
 
 
 def test_load_specs_paths_that_cannot_be_read_are_invalid_input(tmp_path, monkeypatch):

@@ -150,7 +150,9 @@ def _iter_sentences(lines: Iterable[tuple[int, str]], source: str, subtypes: boo
                 f"{source}:{lineno}: HEAD {head!r} of word {idx} is not a number (missing head; expected 0 for the "
                 f"root or a word ID)"
             )
-        words.append(cols[1].replace(" ", "_") or "_")
+        # every whitespace character (a no-break space too), not only " ": the analyses split nothing,
+        # but refuse a word holding any (str.isspace), so one kind missed here failed far from the file
+        words.append("".join("_" if ch.isspace() else ch for ch in cols[1]) or "_")
         heads.append(int(head))
         rels.append(cols[7] if subtypes else cols[7].split(":")[0])
         upos.append(cols[3])

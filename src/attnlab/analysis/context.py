@@ -29,7 +29,7 @@ from jaxtyping import Float
 from attnlab.analysis._corpus import attention_batches, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.forward import run, token_logprobs
-from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.result import Result
 
@@ -285,6 +285,38 @@ class WindowExperiment(Result):
         return fig
 
 
+def _window_conditions(conditions) -> dict[str, list]:
+    """``{"clean": [], name: [specs], ...}``, checked before any pass.
+
+    Names are compared as the strings the tables show: a user's "clean" would replace the
+    clean baseline, and 1 and "1" would silently become one condition.
+    """
+    example = "e.g. {'no_head_0': [AblateHead(0, 0)]}"
+    if not isinstance(conditions, Mapping):
+        raise InvalidInput(f"conditions must be a dict of name -> list of interventions ({example}), "
+                           f"got {type(conditions).__name__}")
+    runs: dict[str, list] = {"clean": []}
+    keys: dict[str, object] = {}
+    for key, specs in conditions.items():
+        name = str(key)
+        if name == "clean":
+            raise InvalidInput(f"condition name 'clean' is reserved for the run without interventions, which "
+                               f"window_experiment adds itself; name this condition otherwise ({example})")
+        if name in runs:
+            raise InvalidInput(f"conditions {keys[name]!r} and {key!r} are both named {name!r} in the tables; "
+                               "give each condition a distinct name")
+        if isinstance(specs, (str, bytes)) or not isinstance(specs, Sequence):
+            hint = f" (a single spec goes in a list: [{specs!r:.60}])" if hasattr(specs, "validate") else ""
+            raise InvalidInput(f"condition {name!r}: expected a list of interventions, got {type(specs).__name__} "
+                               f"{specs!r:.80}{hint}")
+        for i, spec in enumerate(specs):
+            if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):  # what intervene() accepts
+                raise InvalidSpec(f"condition {name!r}, item {i}: expected an intervention spec (AblateHead, ...), "
+                                  f"got {type(spec).__name__} {spec!r:.80}")
+        runs[name], keys[name] = list(specs), key
+    return runs
+
+
 def window_experiment(
     model,
     texts,
@@ -298,12 +330,10 @@ def window_experiment(
     """Attention windows (and, for language models, loss by position) with and without interventions.
 
     ``conditions`` maps a name to a list of intervention specs; a ``"clean"`` run is added
-    first. ``late_loss`` in the summary averages the loss over positions >= ``late_from``
+    first, so "clean" is not a condition name, and names must differ as strings (1 and "1" do not). ``late_loss`` in the summary averages the loss over positions >= ``late_from``
     (default: the second half of the longest text).
     """
-    if not isinstance(conditions, Mapping):
-        raise InvalidInput("conditions must be a dict of name -> list of interventions")
-    runs = {"clean": []} | {str(k): list(v) for k, v in conditions.items()}
+    runs = _window_conditions(conditions)
     for name, specs in runs.items():
         for spec in specs:
             spec.validate(model.cfg)

@@ -25,7 +25,10 @@ def check_pronouns(pronouns) -> tuple[str, str]:
     """A (female, male) pair of words, stripped."""
     if isinstance(pronouns, str) or len(pronouns) != 2 or not all(isinstance(p, str) and p.strip() for p in pronouns):
         raise InvalidInput(f"pronouns must be a (female, male) pair of words, got {pronouns!r}")
-    return pronouns[0].strip(), pronouns[1].strip()
+    female, male = pronouns[0].strip(), pronouns[1].strip()
+    if female == male:  # every log ratio would be exactly 0: a result that looks like "no bias"
+        raise InvalidInput(f"pronouns must be two different words (female, male), got {pronouns!r}")
+    return female, male
 
 
 def single_token(model, word: str, why: str) -> None:

@@ -52,6 +52,8 @@ WINOGENDER_PRONOUNS = {
 _WINOBIAS_NAME = re.compile(r"(pro|anti)_stereotyped_type([12])\.txt(?:\.(dev|test))?$")
 _WINOBIAS_LINE = re.compile(r"^([0-9]+)\s+(\S.*)$")
 _BRACKET = re.compile(r"\[([^\[\]]+)\]")
+#: an entity, its pronoun and at most one more pronoun of it (87 of the 3,168 published lines)
+_MOST_MENTIONS = 3
 
 
 def _path(path) -> Path:
@@ -98,6 +100,11 @@ def load_winobias(path, *, stereotype: str | None = None, type: int | None = Non
             raise DataFormatError(
                 f"{p}:{lineno}: expected at least two balanced [bracketed] mentions (entity, then pronoun), "
                 f"got {text[:80]!r}"
+            )
+        if n_found > _MOST_MENTIONS:  # e.g. lines merged by line ends this reader did not see as such
+            raise DataFormatError(
+                f"{p}:{lineno}: expected one entity and its pronoun(s), 2 or {_MOST_MENTIONS} [bracketed] mentions, "
+                f"got {n_found} in {text[:80]!r}: several sentences on one line?"
             )
         spans, clean, last = [], [], 0
         for bm in _BRACKET.finditer(text):
@@ -175,14 +182,31 @@ def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _tsv(p: Path, header_cols: int, what: str) -> list[tuple[int, list[str]]]:
+def _column_name(name: str) -> str:
+    """A header cell as compared: case, spaces, '-'/'_' and the published ``(0)`` index suffix ignored."""
+    return re.sub(r"\(\d+\)$", "", name.strip().lower()).strip().replace("-", "_")
+
+
+def _tsv(p: Path, header: tuple[str, ...], what: str) -> list[tuple[int, list[str]]]:
+    """The data rows of a TSV file whose first line is ``header`` (checked by name, not only by count).
+
+    Each entry of ``header`` is a column name, or several accepted spellings joined by ``|``.
+    """
+    header_cols = len(header)
     lines = _lines(p)
     if not lines or not lines[0].strip():
         raise DataFormatError(f"{p}: empty file; expected a header line and {what}")
-    n_header = len(lines[0].split("\t"))
-    if n_header != header_cols:
+    names = lines[0].split("\t")
+    if len(names) != header_cols:
         raise DataFormatError(
-            f"{p}:1: expected a header of {header_cols} tab-separated columns ({what}), got {n_header}: {lines[0][:60]!r}"
+            f"{p}:1: expected a header of {header_cols} tab-separated columns ({what}), got {len(names)}: {lines[0][:60]!r}"
+        )
+    # a file without its header has as many columns on line 1: without this its first row was eaten as the header
+    if any(_column_name(n) not in {_column_name(a) for a in h.split("|")} for n, h in zip(names, header)):
+        raise DataFormatError(
+            f"{p}:1: expected a header line with the tab-separated columns "
+            f"{', '.join(h.split('|')[0] for h in header)}, got "
+            f"{lines[0][:80]!r}; is the header line missing?"
         )
     rows = []
     for lineno, raw in enumerate(lines[1:], start=2):
@@ -206,7 +230,8 @@ def load_winogender_templates(path) -> pd.DataFrame:
     p = _path(path)
     what = "occupation, other-participant, answer (0/1), sentence"
     out = []
-    for lineno, (occ, part, answer, sentence) in _tsv(p, 4, what):
+    header = ("occupation(0)", "other-participant(1)|participant", "answer", "sentence")
+    for lineno, (occ, part, answer, sentence) in _tsv(p, header, what):
         if answer not in ("0", "1"):
             raise DataFormatError(f"{p}:{lineno}: expected answer 0 (occupation) or 1 (participant), got {answer!r}")
         if "$OCCUPATION" not in sentence or not re.search(r"\$(NOM|POSS|ACC)_PRONOUN", sentence):
@@ -233,7 +258,8 @@ def load_winogender_stats(path) -> pd.DataFrame:
     p = _path(path)
     what = "occupation, bergsma_pct_female, bls_pct_female, bls_year"
     out = []
-    for lineno, (occ, bergsma, bls, year) in _tsv(p, 4, what):
+    header = ("occupation", "bergsma_pct_female", "bls_pct_female", "bls_year")
+    for lineno, (occ, bergsma, bls, year) in _tsv(p, header, what):
         try:
             row = {"occupation": occ, "bergsma_pct_female": float(bergsma), "bls_pct_female": float(bls), "bls_year": int(year)}
         except ValueError:

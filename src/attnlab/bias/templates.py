@@ -14,6 +14,8 @@ for attnlab. Everything is read with ``importlib.resources`` from ``attnlab/bias
 from __future__ import annotations
 
 import json
+import math
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,8 +46,25 @@ class Template:
     suffix: str = ""
 
     def __post_init__(self):
-        if "{occupation}" not in self.prefix:
-            raise InvalidInput(f"template prefix {self.prefix!r} has no '{{occupation}}' slot")
+        for part in ("prefix", "suffix"):
+            if not isinstance(getattr(self, part), str):
+                raise InvalidInput(f"template {part} must be a string, got {type(getattr(self, part)).__name__}")
+        # parsed as str.format parses it, so that every template that passes here also formats: a stray
+        # brace or another field failed only later, and '{{occupation}}' (a literal) never took the occupation
+        try:
+            fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(self.prefix)
+                      if name is not None]
+        except ValueError as err:
+            raise InvalidInput(f"template prefix {self.prefix!r}: {err}; the only field is '{{occupation}}'; "
+                               "write a literal brace as {{ or }}") from None
+        for name, conv, spec in fields:
+            if name != "occupation" or conv or spec:
+                field = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                raise InvalidInput(f"template prefix {self.prefix!r}: unknown field {field}; the only field is "
+                                   "'{occupation}'; write a literal brace as {{ or }}")
+        if not fields:
+            raise InvalidInput(f"template prefix {self.prefix!r} has no '{{occupation}}' slot "
+                               "(a doubled {{occupation}} is a literal, not a slot)")
 
     def causal(self, occupation: str) -> str:
         return self.prefix.format(occupation=occupation)
@@ -95,6 +114,9 @@ def occupations(names: Sequence[str] | None = None) -> pd.DataFrame:
     names = list(names)
     if not names:
         raise InvalidInput("no occupations given: pass a non-empty list (or None for all)")
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise InvalidInput(f"occupation {twice[0]!r} is given twice; give each occupation once")
     known = set(df.occupation)
     missing = [n for n in names if n not in known]
     if missing:
@@ -103,6 +125,30 @@ def occupations(names: Sequence[str] | None = None) -> pd.DataFrame:
             "with columns occupation, share_women for occupations outside the shipped list"
         )
     return df.set_index("occupation").loc[names].reset_index()
+
+
+def _check_occupation_rows(df: pd.DataFrame) -> None:
+    """Each row a named occupation, once, with a share of women in 0..1; the first bad row is named.
+
+    A NaN share, an empty name or a name given twice was accepted and skewed or emptied the
+    per-occupation tables and the correlation with the share of women without a word.
+    """
+    seen: dict[str, object] = {}
+    for label, name, share in zip(df.index, df["occupation"], df["share_women"]):
+        where = f"occupations DataFrame row {label!r}"
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput(f"{where}: occupation must be a non-empty name, got {name!r}")
+        if name.strip() in seen:
+            raise InvalidInput(f"{where}: occupation {name.strip()!r} is also in row {seen[name.strip()]!r}; "
+                               "give each occupation once")
+        seen[name.strip()] = label
+        try:
+            value = float(share)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0 <= value <= 1:  # NaN fails this too
+            raise InvalidInput(f"{where} ({name.strip()!r}): share_women must be a number in 0..1 (a fraction, not "
+                               f"a percent), got {share!r}")
 
 
 def occupation_frame(chosen) -> pd.DataFrame:
@@ -120,10 +166,9 @@ def occupation_frame(chosen) -> pd.DataFrame:
             raise InvalidInput(f"occupations DataFrame needs columns occupation, share_women; missing {sorted(missing)}")
         if chosen.empty:
             raise InvalidInput("occupations DataFrame is empty")
-        share = chosen["share_women"].astype(float)
-        if ((share < 0) | (share > 1)).any():
-            raise InvalidInput("share_women must lie in 0..1 (a fraction, not a percent)")
-        return chosen[["occupation", "share_women"]].reset_index(drop=True)
+        _check_occupation_rows(chosen)
+        out = chosen[["occupation", "share_women"]].reset_index(drop=True)
+        return out.assign(share_women=out["share_women"].astype(float))
     raise InvalidInput(f"occupations must be None, a list of names or a DataFrame, got {type(chosen).__name__}")
 
 

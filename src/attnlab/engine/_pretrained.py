@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.errors import DataFormatError, InvalidInput, UnsupportedModel
 
-__all__ = ["load_pretrained", "fast_tokenizer", "check_local_folder", "hub_reachable", "hub_offline_by_setting"]
+__all__ = [
+    "load_pretrained", "fast_tokenizer", "check_local_folder", "check_safetensors_file", "hub_reachable",
+    "hub_offline_by_setting",
+]
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _PROBE_SECONDS = 1.0
@@ -47,11 +50,30 @@ def check_local_folder(folder: Path) -> None:
             "(save_pretrained writes config.json and model.safetensors)"
         )
     if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
+        for name in names:
+            if name.endswith(".safetensors"):
+                check_safetensors_file(folder / name)
         return
     pickles = [name for name in names if name.endswith(_PICKLE_SUFFIXES) or name.endswith(".bin.index.json")]
     if pickles:
         raise UnsupportedModel(f"{folder} holds its weights only as a pickle ({', '.join(pickles)}); {_CONVERT}")
     raise InvalidInput(f"{folder} has no model.safetensors (files: {', '.join(names)})")
+
+
+def check_safetensors_file(path: Path) -> None:
+    """Refuse a truncated or tampered safetensors file (or a pickle renamed to one) by its header, naming it.
+
+    ``safe_open`` reads only the header (the file is memory-mapped), so this costs microseconds;
+    without it the raw ``SafetensorError`` surfaces from inside transformers, naming no file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except SafetensorError as err:
+        raise DataFormatError(f"{path}: not a readable safetensors file ({err}); the file is truncated or "
+                              "corrupted: save or download the model again") from None
 
 
 def _is_truthy(value: str | None) -> bool:
@@ -121,6 +143,11 @@ def _auto_class(config):
     return transformers.AutoModel
 
 
+def _damaged(source: str, err: Exception) -> DataFormatError:
+    return DataFormatError(f"cannot load {source!r}: a model.safetensors file is not readable ({err}); the "
+                           "file is truncated or corrupted: download the model again")
+
+
 def _offline_error(source: str, why: str, fix: str) -> InvalidInput:
     return InvalidInput(
         f"cannot load {source!r}: it is not a local folder, it is not in the Hugging Face cache, and {why}. "
@@ -140,8 +167,12 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
     if _looks_like_path(source):
         raise InvalidInput(f"no such model folder: {source}")
     if not kwargs.get("force_download"):
+        from safetensors import SafetensorError
+
         try:  # the HF cache needs no network
             return _from_pretrained(source, dtype, device, device_map, **{**kwargs, "local_files_only": True})
+        except SafetensorError as err:  # cached, but damaged: downloading again is the fix, not a silent retry
+            raise _damaged(source, err) from None
         except (OSError, ValueError):
             pass  # not (completely) cached: go on to the hub if it can be reached
     if kwargs.get("local_files_only") or hub_offline_by_setting():
@@ -160,8 +191,12 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
 
 def _load_or_explain(source: str, dtype, device, device_map, **kwargs):
     """Load through transformers; its errors become typed ones that say what to do."""
+    from safetensors import SafetensorError
+
     try:
         return _from_pretrained(source, dtype, device, device_map, **kwargs)
+    except SafetensorError as err:  # a hub file that check_local_folder never saw
+        raise _damaged(source, err) from None
     except OSError as err:
         text = str(err)
         if "safetensors" in text or "pytorch_model.bin" in text:

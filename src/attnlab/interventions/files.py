@@ -74,8 +74,22 @@ def _indices(v: Any) -> str | None:
     return None
 
 
+def _unencodable(v: str) -> bool:
+    """A string with a lone surrogate (JSON's "\\ud800" is valid JSON): no tokenizer can read it."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_SURROGATE = "text without lone surrogates (a \\ud800-\\udfff escape that is not half of a pair)"
+
+
 def _string(v: Any) -> str | None:
-    return None if isinstance(v, str) else "a string"
+    if not isinstance(v, str):
+        return "a string"
+    return f"a string of {_SURROGATE}" if _unencodable(v) else None
 
 
 def _boolean(v: Any) -> str | None:
@@ -136,14 +150,15 @@ def _strings(v: Any) -> str | None:
     if v is None:
         return None
     if isinstance(v, (list, tuple)) and all(isinstance(s, str) for s in v):
-        return None
+        return f"a list of strings of {_SURROGATE}" if any(_unencodable(s) for s in v) else None
     return "null or a list of strings"
 
 
 def _source(v: Any) -> str | None:
     """Patch source: prompt text, a list of prompts, or a tensor as nested lists."""
     if isinstance(v, str) or isinstance(v, (list, tuple)) and v and all(isinstance(s, str) for s in v):
-        return None
+        texts = [v] if isinstance(v, str) else v
+        return f"a string or a list of strings of {_SURROGATE}" if any(_unencodable(t) for t in texts) else None
     if isinstance(v, (list, tuple, torch.Tensor)):
         # masked attention scores may legitimately hold -inf, so only NaN is refused here
         problem = _number_array(v, limit=None, allow_inf=True)
@@ -256,6 +271,20 @@ class _NonFiniteToken(ValueError):
     pass
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """json's object hook: a key given twice is refused (plain json.loads keeps the last one silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _refuse_constant(token: str):
     raise _NonFiniteToken(token)
 
@@ -288,7 +317,11 @@ def load_specs(path: str | Path) -> list[Intervention]:
         raise InvalidInput(f"spec file {path}: not a regular file")
     text = read_text(path, what="spec file")
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as err:
+        raise DataFormatError(
+            f"{path}: key {str(err)!r} appears twice in one object; give each field once"
+        ) from None
     except _NonFiniteToken as err:
         m = _NON_FINITE_TOKEN.search(text)
         where = f"{path}:{text.count(chr(10), 0, m.start(1)) + 1}" if m else str(path)

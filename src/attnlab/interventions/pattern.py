@@ -13,7 +13,7 @@ import torch
 
 from attnlab.engine.attention import masked
 from attnlab.engine.finite import all_finite
-from attnlab.errors import InvalidSpec, ShapeMismatch
+from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch
 from attnlab.interventions._base import Intervention, as_index_tuple, finite_number, fit, register, tensor_or_none
 
 __all__ = ["SetPattern", "BlockKeys", "EditScores"]
@@ -117,8 +117,15 @@ class BlockKeys(Intervention):
 
         def edit(x, hook):
             key_pos = hook.key_pos  # [batch or 1, key] token positions of this call's key columns
-            if key_pos.shape[-1] != x.shape[-1]:
+            if key_pos is None or key_pos.shape[-1] != x.shape[-1]:
                 key_pos = torch.arange(x.shape[-1])[None, :]
+            if not getattr(hook, "generating", False):  # as for positions=: a key past the input would block nothing
+                longest = getattr(hook, "n_positions", None) or int(key_pos.max()) + 1
+                bad = [k for k in self.keys if k >= longest]
+                if bad:
+                    raise InvalidLocation(
+                        f"key position {bad[0]} out of range: this input has positions 0..{longest - 1}"
+                    )
             block = torch.isin(key_pos, blocked).to(x.device)  # same tokens in every row, whatever the padding
             new = x.masked_fill(block[:, None, None, :], 0.0)
             if self.renormalize:

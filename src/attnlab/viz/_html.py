@@ -70,6 +70,11 @@ class View:
     def save(self, path: str | Path) -> Path:
         """Write the page to ``path`` (UTF-8) and return the path."""
         path = Path(path)
+        if path.is_dir():  # else a bare "[Errno 21] Is a directory"
+            from attnlab.errors import InvalidInput
+
+            raise InvalidInput(f"cannot write the view to {path}: it is a folder; give a file name such as "
+                               f"{path / 'view.html'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.html, encoding="utf-8")
         return path
