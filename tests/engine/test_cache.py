@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import re
+
 import torch
 
 from attnlab.errors import InvalidLocation
@@ -62,8 +64,9 @@ def test_cache_layers_may_be_numpy_integers_but_not_bools(tiny_gpt2):
     last = cache["blocks.1.attn.hook_z"]
     assert cache["z", np.int64(-1)] is last and cache["z", np.int32(1)] is last  # np.int64(-1) was 'blocks.-1...'
     assert cache["scale", np.int64(0), "ln1"] is cache["blocks.0.ln1.hook_scale"]
-    for bad in (True, 1.0, "1"):
-        with pytest.raises(InvalidLocation, match=rf"the layer in cache key \('z', {bad!r}\) must be an integer in layers "
+    assert [cache["z", layer] is cache["z", i] for i, layer in enumerate(torch.arange(2))] == [True, True]  # 0-d tensors
+    for bad in (True, 1.0, "1", torch.tensor(1.0), torch.tensor(True)):
+        with pytest.raises(InvalidLocation, match=rf"the layer in cache key \('z', {re.escape(repr(bad))}\) must be an integer in layers "
                                                   r"0\.\.1 \(or -2\.\.-1 from the end\)"):
             cache["z", bad]  # True silently read layer 1
     with pytest.raises(InvalidLocation, match="layer 2 out of range"):

@@ -155,3 +155,20 @@ def test_add_hook_from_a_hook_during_a_plain_pass_is_persistent(tiny_gpt2):
         assert (now - expected).abs().max() <= 1e-5 < (now - clean_out).abs().max()  # it acts in later passes
         model.reset_hooks()
     assert model.count_hooks() == 0 and _torch_hooks(model) == before
+
+
+def test_a_hook_points_own_add_hook_acts_on_block_edges(tiny_gpt2):
+    """TransformerLens' ``model.blocks[L].hook_X.add_hook(fn)`` on a block edge acquires its dispatcher."""
+    model, zero = tiny_gpt2, (lambda x, hook: torch.zeros_like(x))
+    name = "blocks.0.hook_resid_mid"
+    with torch.no_grad():
+        expected = model.run_with_hooks(TEXT, fwd_hooks=[(name, zero)])
+        before = _torch_hooks(model)
+        with model.hooks([("blocks.1.attn.hook_pattern", lambda x, hook: None)]):
+            model.hook_dict[name].add_hook(zero)
+            assert (model(TEXT) - expected).abs().max() <= 1e-5
+        assert _torch_hooks(model) == before
+        model.blocks[0].hook_resid_mid.add_hook(zero)  # outside a block: persistent
+        assert torch.equal(model(TEXT), expected)
+        model.reset_hooks()
+        assert _torch_hooks(model) == before and not torch.equal(model(TEXT), expected)

@@ -97,3 +97,65 @@ def test_a_nested_pass_does_not_overwrite_the_kept_layer_outputs(decoder):
         kept = run(decoder, tp, logits=None, keep_layers={0}, hooks=[("blocks.1.attn.hook_pattern", _once(decoder, Q, got))])
     first = lambda o: o[0] if isinstance(o, (tuple, list)) else o  # noqa: E731
     assert got["out"] is not None and torch.equal(first(kept.prefix.outputs[0]), first(expected))
+
+
+def test_a_nested_pass_that_raises_leaves_the_outer_resid_mid_alone(decoder):
+    """The inner pass fails inside block 0 and the outer hook catches it: its entry is popped all the same."""
+    mid, busy, seen = "blocks.0.hook_resid_mid", [], {}
+
+    def boom(x, hook):
+        raise ValueError("inner")
+
+    def runner(x, hook):
+        if not busy:
+            busy.append(1)
+            try:
+                with decoder.hooks([("blocks.0.attn.hook_z", boom)]), pytest.raises(ValueError):
+                    decoder(Q)
+            finally:
+                busy.clear()
+
+    with torch.no_grad():
+        _, clean = decoder.run_with_cache(P, names_filter=[mid])
+        with decoder.hooks([(mid, lambda x, hook: seen.update(mid=x)), ("blocks.0.attn.hook_pattern", runner)]):
+            decoder(P)
+        for _ in range(3):  # passes that raise inside the block keep nothing
+            with decoder.hooks([(mid, lambda x, hook: None), ("blocks.0.attn.hook_z", boom)]), pytest.raises(ValueError):
+                decoder(P)
+    assert (seen["mid"] - clean[mid]).abs().max() <= 1e-5
+    assert not any(decoder.tree._scratch.__dict__.get("resid_pre", {}).values())
+
+
+def test_another_threads_resid_mid_hook_is_not_read_here(decoder):
+    """A thread without a resid_mid hook of its own neither reads nor depends on another thread's entries."""
+    import threading
+
+    opened, closed, inside = threading.Event(), threading.Event(), threading.Event()
+    errors = []
+
+    def other():
+        with decoder.hooks([("blocks.0.hook_resid_mid", lambda x, hook: 2 * x)]):
+            opened.set()
+            inside.wait(timeout=30)
+        closed.set()
+
+    def pause(x, hook):  # inside this thread's block 0, after its resid_pre
+        inside.set()
+        closed.wait(timeout=30)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    opened.wait(timeout=30)
+    try:
+        with torch.no_grad(), decoder.hooks([("blocks.0.attn.hook_pattern", pause)]):
+            got = decoder(LONG)
+        with torch.no_grad(), decoder.hooks([("blocks.0.hook_attn_out", lambda x, hook: None)]):
+            again = decoder(P)  # a later pass of another shape
+    except Exception as err:  # noqa: BLE001
+        errors.append(err)
+    thread.join()
+    assert not errors
+    with torch.no_grad(), decoder.hooks([("blocks.0.attn.hook_pattern", lambda x, hook: None)]):
+        expected = decoder(LONG)
+    assert (got - expected).abs().max() <= 1e-5  # the other thread's doubling did not act here
+    assert (again - decoder(P)).abs().max() <= 1e-5

@@ -49,7 +49,11 @@ class ActivationCache(ResidualAnalyses):
             except InvalidLocation:
                 return key  # not a shorthand either: reported as missing by the caller
         if isinstance(key, tuple) and len(key) > 1 and key[1] is not None:
-            # numpy integers are layers too (np.int64(-1) was looked up as 'blocks.-1...'); True is not layer 1
+            # numpy integers and 0-d integer tensors (for layer in torch.arange(n)) are layers too; True is not layer 1
+            layer = key[1]
+            if isinstance(layer, torch.Tensor) and layer.ndim == 0 and not layer.is_floating_point() \
+                    and not layer.is_complex() and layer.dtype != torch.bool:
+                key = (key[0], int(layer), *key[2:])
             if not is_integer(key[1]):
                 raise InvalidLocation(f"the layer in cache key {key!r} must be an integer in "
                                       f"{self.model.cfg.layer_range()} (or -{self.model.cfg.n_layers}..-1 from the end), "

@@ -195,6 +195,7 @@ class HookPoint(nn.Module):
         self.site = site
         self.ctx: dict = {}
         self._owned: dict[int, list[Any]] = {}  # owner -> PyTorch hook handles
+        self._held: list[OnDemand] = []  # dispatchers this point's own persistent add_hook acquired
         self._lock = threading.Lock()
 
     def forward(self, x: torch.Tensor, info: Hook | None = None) -> torch.Tensor:
@@ -214,8 +215,14 @@ class HookPoint(nn.Module):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         if owner is None:  # TransformerLens' point.add_hook: the innermost hooks() block's until it ends, else persistent
             owner = user_frame()
-            if owner != _GLOBAL:
-                at_frame_exit(owner, lambda: self.remove_hooks(owner))
+            needs = list(getattr(self, "_needs", ()))  # a block edge's dispatcher on the HF module
+            for need in needs:
+                need.acquire()
+            if owner == _GLOBAL:
+                with self._lock:
+                    self._held.extend(needs)  # released by remove_hooks() (model.reset_hooks())
+            else:
+                at_frame_exit(owner, lambda: self._release(owner, needs))
         point = self
 
         def forward_hook(module, args, *rest):
@@ -243,6 +250,14 @@ class HookPoint(nn.Module):
             for o in owners:
                 for handle in self._owned.pop(o, []):
                     handle.remove()
+            held, self._held = (self._held, []) if owner in (None, _GLOBAL) else ([], self._held)
+        for need in held:
+            need.release()
+
+    def _release(self, owner: int, needs: list[OnDemand]) -> None:
+        self.remove_hooks(owner)
+        for need in needs:
+            need.release()
 
     def n_hooks(self, *, owners: Sequence[int] | None = None) -> int:
         with self._lock:
@@ -301,6 +316,11 @@ class OnDemand:
         self._handle = None
         self._users = 0
         self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        """The hook is on its module now."""
+        return self._handle is not None
 
     def acquire(self) -> None:
         with self._lock:

@@ -127,7 +127,8 @@ class HookTree(nn.Module):
             attach(module, block.attn)
         self._needs: dict[str, list[OnDemand]] = {}
         # per thread and layer, a stack of the resid_pre of the block calls running now (for resid_mid edits):
-        # a pass a hook starts inside a block pushes and pops its own on top of the outer pass's
+        # each call pushes on entry and pops on exit (also when it raises), so a pass a hook starts inside
+        # a block reads and leaves only its own entry
         self._scratch = threading.local()
         self._build_edges()
         self.hook_dict: dict[str, HookPoint] = {}
@@ -245,12 +246,18 @@ class HookTree(nn.Module):
 
         def keep_resid_pre(x):
             x = _call(block.hook_resid_pre, x)
-            if block.hook_resid_mid._forward_hooks:
+            if popping.active:  # resid_mid's exit hook is on the layer: this call's entry is popped when it ends
                 stack = scratch.__dict__.setdefault("resid_pre", {}).setdefault(i, [])
-                del stack[:-_MAX_NESTING]  # left by block calls that raised before their attention returned
+                del stack[:-_MAX_NESTING]  # only a block closed by another thread during this call leaves one
                 stack.append(x)
             return x
 
+        def pop_resid_pre(module, args, kwargs, output):
+            stack = scratch.__dict__.get("resid_pre", {}).get(i)
+            if stack:
+                stack.pop()
+
+        popping = OnDemand(lambda: b.layer.register_forward_hook(pop_resid_pre, with_kwargs=True, always_call=True))
         resid_pre_input = self._on_input(b.layer, keep_resid_pre)
         self._point(block, "hook_resid_pre", i, [resid_pre_input])
         if b.kind == "unknown":
@@ -268,8 +275,8 @@ class HookTree(nn.Module):
             def attn_out(x, args):
                 x = _call(block.hook_attn_out, x)
                 stack = scratch.__dict__.get("resid_pre", {}).get(i)
-                if block.hook_resid_mid._forward_hooks and stack:
-                    mid = stack.pop() + x  # what the block computes next
+                if stack and block.hook_resid_mid.is_hooked():  # in this context (another thread's hook: not ours)
+                    mid = stack[-1] + x  # what the block computes next
                     new_mid = _call(block.hook_resid_mid, mid)
                     if new_mid is not mid:  # the block adds x to resid_pre: shift x by the edit
                         x = x + (new_mid - mid)
@@ -277,7 +284,7 @@ class HookTree(nn.Module):
 
             attn_dispatch = self._on_output(b.attn_out, attn_out)
             self._point(block, "hook_attn_out", i, [attn_dispatch])
-            self._point(block, "hook_resid_mid", i, [resid_pre_input, attn_dispatch])
+            self._point(block, "hook_resid_mid", i, [popping, resid_pre_input, attn_dispatch])
             self._edge_output(block, "hook_mlp_out", i, b.mlp_out)
             self._edge_output(block, "hook_resid_post", i, b.layer)
         if b.mlp_in is not None:
