@@ -5,7 +5,9 @@ Every reader of a user's data file (CoNLL-U, WinoBias, Winogender, spec JSON, th
 :class:`InvalidInput`; bytes that are not UTF-8 text (latin-1, UTF-16, a binary file) are a
 :class:`DataFormatError` naming the file and the line, never a raw ``UnicodeDecodeError``
 with a byte offset. A UTF-8 byte-order mark at the start is accepted and dropped, since
-common Windows editors write one. Lines end at ``\\r\\n``, ``\\n`` or a lone ``\\r``, in every reader.
+common Windows editors write one. Lines end at ``\\n`` (any ``\\r`` right before it belongs to the
+end: ``\\r\\n``, and ``\\r\\r\\n`` from a CRLF file converted twice); a file with no ``\\n`` at all
+but ``\\r`` in it is an old Mac file, whose lines end at ``\\r``. Every reader does the same.
 """
 
 from __future__ import annotations
@@ -53,24 +55,29 @@ def _decode(raw: bytes, path: Path | str, lineno: int) -> str:
         ) from None
 
 
-def _split(raw: bytes) -> list[bytes]:
-    """One ``\\n``-ended piece of a file as lines, a lone ``\\r`` ending a line too (old Mac files)."""
-    return raw.splitlines(keepends=True) if b"\r" in raw else [raw]
+def _old_mac(first: bytes) -> bool:
+    """The first ``\\n``-ended piece of a file tells: no ``\\n`` in it but a ``\\r``, lines end at ``\\r``."""
+    return not first.endswith(b"\n") and b"\r" in first
+
+
+def _split(raw: bytes, old_mac: bool) -> list[bytes]:
+    if not old_mac:
+        return [raw]
+    lines = raw.split(b"\r")
+    return lines[:-1] if lines[-1] == b"" else lines  # a final \r ends the last line
 
 
 def _strip_end(line: str) -> str:
-    """The line without its one end-of-line: ``\\r\\n``, ``\\n`` or ``\\r``."""
-    if line.endswith("\r\n"):
-        return line[:-2]
-    return line[:-1] if line.endswith(("\n", "\r")) else line
+    """The line without its end: ``\\n`` and every ``\\r`` right before it (a stray ``\\r`` inside stays)."""
+    return line[:-1].rstrip("\r") if line.endswith("\n") else line.rstrip("\r")
 
 
 def iter_lines(path: str | Path, *, what: str = "file") -> Iterator[tuple[int, str]]:
     """``(line number, line without its end-of-line)`` for each line of a UTF-8 text file.
 
-    ``\\r\\n``, ``\\n`` and a lone ``\\r`` each end a line, as in editors and in
-    :func:`decode_lines`, so that every reader sees the same lines and numbers whatever system
-    wrote the file (split at ``\\n`` only, a CR-only file was one long line).
+    Lines end as the module docstring says, as in :func:`decode_lines`, so that every reader
+    sees the same lines and numbers whatever system wrote the file (a CR-only file was one long
+    line before).
     ``what`` names the file in errors ("CoNLL-U file", "--file").
     """
     path = Path(path)
@@ -80,9 +87,10 @@ def iter_lines(path: str | Path, *, what: str = "file") -> Iterator[tuple[int, s
         raise open_error(path, err, what) from None
     with handle:
         try:
-            lineno = 0
+            lineno, old_mac = 0, None
             for piece in handle:  # streamed: pieces end at \n, so a \r\n is never cut in two
-                for raw in _split(piece):
+                old_mac = _old_mac(piece) if old_mac is None else old_mac
+                for raw in _split(piece, old_mac):
                     lineno += 1
                     yield lineno, _strip_end(_decode(raw, path, lineno))
         except IsADirectoryError as err:  # some systems open a folder and fail on the first read
@@ -101,5 +109,7 @@ def read_text(path: str | Path, *, what: str = "file") -> str:
 
 def decode_lines(data: bytes, *, source: str) -> list[str]:
     """The lines of UTF-8 ``data`` read from elsewhere (standard input), checked like a file's."""
-    # bytes.splitlines ends lines at \r\n, \n and a lone \r, like iter_lines
-    return [_strip_end(_decode(raw, source, lineno)) for lineno, raw in enumerate(data.splitlines(keepends=True), start=1)]
+    pieces = data.split(b"\r" if _old_mac(data) else b"\n")
+    if pieces[-1] == b"":  # the last line's end, not an empty line after it
+        pieces.pop()
+    return [_strip_end(_decode(raw, source, lineno)) for lineno, raw in enumerate(pieces, start=1)]

@@ -246,6 +246,9 @@ def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
     """
     if not value:
         return None
+    import shutil
+
+    import matplotlib
     from matplotlib.backend_bases import FigureCanvasBase
 
     from attnlab.errors import InvalidInput, did_you_mean
@@ -253,7 +256,15 @@ def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
     path = Path(value)
     if path.is_dir():
         raise InvalidInput(f"{option} {value}: is a folder; give a file name such as {path / 'figure.png'}")
+    folder = next((p for p in path.parents if p.exists()), None)  # the figure's folder is made if missing
+    if folder is not None and not folder.is_dir():
+        raise InvalidInput(f"{option} {value}: {folder} is a file, so no folder can be made there")
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    tex = matplotlib.rcParams["pgf.texsystem"]
+    if shutil.which(tex) is None:  # .pgf needs a TeX system to measure text: it failed after the whole run
+        formats.remove("pgf")
+        if path.suffix.lower() == ".pgf":
+            raise InvalidInput(f"{option} {value}: a .pgf figure needs {tex}, which is not installed; use .pdf or .svg")
     if not path.suffix:
         return path.with_name(path.name + ".png")
     kind = path.suffix[1:].lower()
@@ -621,7 +632,7 @@ def _window_units(path: str | None):
 
     text = read_text(path, what="--units")
     try:
-        units = pd.read_csv(io.StringIO(text))
+        units = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)  # the cells as written, for errors
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InvalidInput(f"--units {path}: not a CSV table ({first})") from None
@@ -638,9 +649,10 @@ def _window_units(path: str | None):
         ok = values.notna() & np.isfinite(values) & (values >= 0) & (values <= _MAX_INDEX) & (values == values.round())
         bad = units[col][~ok]
         if len(bad):
-            value = bad.iloc[0].item() if isinstance(bad.iloc[0], np.generic) else bad.iloc[0]
+            # pandas skips blank lines: the data rows are the non-blank lines after the header
+            lines = [n for n, line in enumerate(text.split("\n"), start=1) if line.strip()][1:]
             raise InvalidInput(f"--units {path}: column {col} must hold integers from 0 to {_MAX_INDEX}, got "
-                               f"{value!r} (row {int(bad.index[0]) + 2} of the file)")
+                               f"{bad.iloc[0]!r} (line {lines[int(bad.index[0])]} of the file)")
         units[col] = values.astype(np.int64)
     return units
 
@@ -888,6 +900,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 for any user error, 130 on Ctrl-C)."""
     parser = build_parser()
     try:
+        for arg in sys.argv[1:] if argv is None else argv:
+            try:
+                str(arg).encode("utf-8")
+            except UnicodeEncodeError:  # bytes the shell passed in another encoding arrive as lone surrogates
+                parser.error(f"argument {str(arg).encode('utf-8', 'backslashreplace').decode()!r} is not valid UTF-8 text "
+                             "(the terminal or file sent another encoding?)")
         args, extra = parser.parse_known_args(argv)
         if extra:  # texts given after options land here (argparse stops a nargs="*" at the first option)
             if any(e.startswith("-") for e in extra) or not hasattr(args, "text"):

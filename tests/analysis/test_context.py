@@ -118,3 +118,5 @@ def test_window_experiment_condition_names_are_kept_apart_from_the_baseline(tiny
     assert res.summary["condition"].tolist() == ["clean", "edit", "2"]
     clean, edited, empty = res.summary["model_window"].tolist()
     assert empty == clean and edited != clean  # the unedited condition equals the baseline; the edit moves it
+    lazy = window_experiment(tiny_gpt2, [TEXT], {"edit": (spec for spec in edit), 2: {}.values()}, progress=False)
+    __import__("pandas").testing.assert_frame_equal(lazy.summary, res.summary)  # any iterable of specs, as bias_experiment takes

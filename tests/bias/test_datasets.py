@@ -210,9 +210,10 @@ def test_winogender_header_and_messages_say_what_was_expected(tmp_path):
 # -- line ends and headers ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("end", [b"\r\n", b"\r", b"\n"], ids=["CRLF", "CR only", "LF"])
+@pytest.mark.parametrize("end", [b"\r\n", b"\r", b"\n", b"\r\r\n"], ids=["CRLF", "CR only", "LF", "CRLF twice"])
 def test_every_line_end_gives_the_same_rows_and_line_numbers(tmp_path, end):
-    """A CR-only (old Mac) file merged every line into one sentence; \\r\\n, \\n and \\r now all end a line."""
+    """A CR-only (old Mac) file merged every line into one sentence; \\r\\n, \\n and \\r now all end a line,
+    and \\r\\r\\n (a CRLF file converted twice) ends one line, not two."""
     lines = (FIX / "pro_stereotyped_type1.txt.dev").read_bytes().splitlines()
     f = tmp_path / "pro_stereotyped_type1.txt.dev"
     f.write_bytes(end.join(lines) + end)
@@ -247,3 +248,14 @@ def test_winogender_file_without_its_header_is_refused_not_shortened(tmp_path, n
     # the header is compared by name: case, spaces and the published (0) suffixes do not matter
     f.write_text(lines[0].upper().replace("\t", " \t") + "\n" + "\n".join(lines[1:]) + "\n")
     assert len(loader(f)) == len(loader(FIX / name)) == len(lines) - 1
+
+
+def test_a_stray_carriage_return_inside_a_line_stays_in_it(tmp_path):
+    """Only a file without any \\n ends its lines at \\r; elsewhere a \\r inside a line is part of it."""
+    from attnlab._textfile import decode_lines, read_lines
+
+    data = b"# text = The cat\rsat\nsecond\r\n"
+    f = tmp_path / "stray.txt"
+    f.write_bytes(data)
+    assert read_lines(f) == decode_lines(data, source="stdin") == ["# text = The cat\rsat", "second"]
+    assert decode_lines(b"a\rb\r", source="stdin") == ["a", "b"] and decode_lines(b"", source="stdin") == []

@@ -93,6 +93,9 @@ ERROR_CASES = [
     (["sweep", "--figure", "heat.pnf", "x"], r"cannot write a .pnf figure; did you mean 'png'\?"),
     (["attribute", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure"),
     (["sweep", "--figure", "{folder}", "x"], r"--figure .*: is a folder; give a file name"),
+    (["sweep", "--figure", "{good}/fig.png", "x"], r"--figure .*good.txt/fig.png: .*good.txt is a file, so no folder can be made"),
+    (["sweep", "caf\udce9 is", "x"], r"argument 'caf\\\\udce9 is' is not valid UTF-8 text"),
+    (["bias", "--templates", "The {{occupation}} \udce9"], r"argument .* is not valid UTF-8 text"),
     (["bias", "--occupations", "nurse,mechanic,nurse"], r"--occupations: 'nurse' is given twice; give each occupation once"),
     (["view", "head", "-o", "{folder}", "x"], r"-o .*: is a folder; give the HTML file to write, e.g. -o .*view.html"),
     (["bias", "--templates", "The {{occupation}} said {{"], r"template prefix .*: Single '\{' encountered"),
@@ -387,3 +390,21 @@ def test_a_view_saved_onto_a_folder_is_a_worded_error(tmp_path):
 
     with pytest.raises(InvalidInput, match=r"cannot write the view to .*: it is a folder; give a file name such as "):
         head_view(tiny_model("gpt2"), "the nurse").save(tmp_path)
+
+
+def test_a_pgf_figure_without_a_tex_system_is_refused_before_loading(capsys, monkeypatch, no_model_loading):
+    """matplotlib lists .pgf, but writing one needs xelatex: it failed with a traceback after the whole run."""
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    code, _, err = main(capsys, "sweep", "--figure", "heat.pgf", "x")
+    assert code == 2 and re.search(r"a \.pgf figure needs xelatex, which is not installed; use \.pdf or \.svg",
+                                   one_error_line(err))
+
+
+def test_units_errors_name_the_file_line_and_the_cell_as_written(capsys, tmp_path, no_model_loading):
+    units = tmp_path / "units.csv"
+    units.write_text("layer,head,unit\n0,0,3\n\n1,0,1e30\n")  # pandas skips the blank line 3: 1e30 is on line 4
+    code, _, err = main(capsys, "window", "--units", str(units), "--target", "16")
+    assert code == 2 and re.search(r"column unit must hold integers from 0 to \d+, got '1e30' \(line 4 of the file\)",
+                                   one_error_line(err)), err

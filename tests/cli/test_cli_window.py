@@ -180,14 +180,14 @@ ERROR_CASES = [
     (["--target", "8", "--units", "{missing}"], r"--units .*missing.txt: no such file"),
     (["--target", "8", "--units", "{good}"], r"--units .*good.txt: no column\(s\) layer, head, unit"),
     (["--target", "8", "--units", "{units_bad}"],
-     r"--units .*units_bad.csv: column unit must hold integers from 0 to 2147483647, got 'x' \(row 3"),
+     r"--units .*units_bad.csv: column unit must hold integers from 0 to 2147483647, got 'x' \(line 3"),
     # huge or infinite values passed as whole numbers and overflowed in astype(int), naming a negative number later
     (["--target", "8", "--units", "{units_huge}"], r"units_huge.csv: column unit must hold integers from 0 to 2147483647, "
-     r"got 1e\+30 \(row 2"),
-    (["--target", "8", "--units", "{units_inf}"], r"units_inf.csv: column head must hold integers .*got inf \(row 3"),
-    (["--target", "8", "--units", "{units_digits}"], r"units_digits.csv: column layer must hold integers .*got 99999999999999999999 \(row 2"),
-    (["--target", "8", "--units", "{units_frac}"], r"units_frac.csv: column unit must hold integers .*got 1.5 \(row 2"),
-    (["--target", "8", "--units", "{units_negative}"], r"units_negative.csv: column unit must hold integers .*got -1 \(row 2"),
+     r"got '1e30' \(line 2"),
+    (["--target", "8", "--units", "{units_inf}"], r"units_inf.csv: column head must hold integers .*got 'inf' \(line 3"),
+    (["--target", "8", "--units", "{units_digits}"], r"units_digits.csv: column layer must hold integers .*got '99999999999999999999' \(line 2"),
+    (["--target", "8", "--units", "{units_frac}"], r"units_frac.csv: column unit must hold integers .*got '1.5' \(line 2"),
+    (["--target", "8", "--units", "{units_negative}"], r"units_negative.csv: column unit must hold integers .*got '-1' \(line 2"),
     (["--target", "8", "--units", "{units_empty}"], r"--units .*units_empty.csv: the table has no rows"),
 ]
 

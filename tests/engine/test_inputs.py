@@ -41,6 +41,19 @@ def test_empty_text_is_refused_everywhere(arch):
     assert model.count_hooks() == 0
 
 
+def test_a_text_with_a_lone_surrogate_is_named_before_the_tokenizer(tiny_llama):
+    """Bytes decoded with surrogateescape (argv, some files) crashed the tokenizer with a TypeError."""
+    from attnlab.bias.templates import Template
+    from attnlab.measure import LogitDiff, score
+
+    with pytest.raises(InvalidInput, match=r"text 1 holds '\\udce9' at character 3, which is not a Unicode character"):
+        tiny_llama(["the nurse", "caf\udce9"])
+    with pytest.raises(InvalidInput, match=r"target ' \\udce9' holds"):
+        score(tiny_llama, ["the nurse said"], LogitDiff(" \udce9", " he"))
+    with pytest.raises(InvalidInput, match=r"template prefix .* holds '\\udce9'"):
+        Template("The {occupation} \udce9")
+
+
 def test_unknown_keyword_arguments_are_refused(tiny_llama):
     with pytest.raises(InvalidInput, match=r"unknown keyword argument\(s\) \['logits_to_keep'\] .*valid: return_type"):
         tiny_llama(TEXT, logits_to_keep=1)

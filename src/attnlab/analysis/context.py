@@ -17,7 +17,7 @@ distance-decay neurons with ``EditNeuron``) so their effect can be compared side
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -305,15 +305,16 @@ def _window_conditions(conditions) -> dict[str, list]:
         if name in runs:
             raise InvalidInput(f"conditions {keys[name]!r} and {key!r} are both named {name!r} in the tables; "
                                "give each condition a distinct name")
-        if isinstance(specs, (str, bytes)) or not isinstance(specs, Sequence):
+        if isinstance(specs, (str, bytes)) or hasattr(specs, "validate") or not isinstance(specs, Iterable):
             hint = f" (a single spec goes in a list: [{specs!r:.60}])" if hasattr(specs, "validate") else ""
             raise InvalidInput(f"condition {name!r}: expected a list of interventions, got {type(specs).__name__} "
                                f"{specs!r:.80}{hint}")
+        specs = list(specs)  # any iterable, as bias_experiment takes (a generator, dict.values())
         for i, spec in enumerate(specs):
             if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):  # what intervene() accepts
                 raise InvalidSpec(f"condition {name!r}, item {i}: expected an intervention spec (AblateHead, ...), "
                                   f"got {type(spec).__name__} {spec!r:.80}")
-        runs[name], keys[name] = list(specs), key
+        runs[name], keys[name] = specs, key
     return runs
 
 

@@ -23,6 +23,7 @@ from importlib import resources
 
 import pandas as pd
 
+from attnlab.engine.tokens import check_unicode
 from attnlab.errors import InvalidInput, did_you_mean
 
 __all__ = [
@@ -49,6 +50,7 @@ class Template:
         for part in ("prefix", "suffix"):
             if not isinstance(getattr(self, part), str):
                 raise InvalidInput(f"template {part} must be a string, got {type(getattr(self, part)).__name__}")
+            check_unicode(getattr(self, part), f"template {part} {getattr(self, part)!r}")
         # parsed as str.format parses it, so that every template that passes here also formats: a stray
         # brace or another field failed only later, and '{{occupation}}' (a literal) never took the occupation
         try:

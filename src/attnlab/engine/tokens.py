@@ -20,7 +20,7 @@ from jaxtyping import Int
 
 from attnlab.errors import InvalidInput
 
-__all__ = ["Tokens", "PADDING_SIDES", "check_padding_side", "check_texts", "pad_rows"]
+__all__ = ["Tokens", "PADDING_SIDES", "check_padding_side", "check_texts", "check_unicode", "pad_rows"]
 
 PADDING_SIDES = ("right", "left")
 
@@ -45,7 +45,19 @@ def check_texts(text, what: str = "text", plural: str | None = None) -> list[str
             raise InvalidInput(f"{what} {i} is {type(t).__name__}, not a string")
         if not t.strip():
             raise InvalidInput(f"{what} {i} is empty; every {what} needs at least one word")
+        check_unicode(t, f"{what} {i}")
     return texts
+
+
+def check_unicode(text: str, what: str) -> str:
+    """``text`` if every character is one a tokenizer can take (a lone surrogate fails deep inside it with a TypeError)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InvalidInput(f"{what} holds {text[err.start]!r} at character {err.start}, which is not a Unicode "
+                               "character (bytes decoded with errors='surrogateescape'?)") from None
+    return text
 
 
 @dataclass(frozen=True)

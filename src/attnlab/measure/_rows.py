@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Int
 
-from attnlab.engine.tokens import Tokens, check_texts
+from attnlab.engine.tokens import Tokens, check_texts, check_unicode
 from attnlab.errors import InvalidInput
 
 __all__ = ["Rows", "check_prompts", "encode_prompts", "continuation_ids", "per_prompt_list"]
@@ -101,7 +101,7 @@ def encode_prompts(model, prompts: Sequence[str]) -> list[list[int]]:
 def continuation_ids(model, text: str, what: str = "continuation", *, single: bool = False) -> list[int]:
     """Token ids of a continuation (no special tokens); ``single`` demands exactly one token."""
     tok = _tokenizer(model)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(check_unicode(text, f"{what} {text!r}"), add_special_tokens=False)["input_ids"]
     if not ids:
         raise InvalidInput(f"{what} {text!r} tokenizes to no tokens for {model.cfg.name}")
     if single and len(ids) != 1:
