@@ -109,7 +109,7 @@ def read_text(path: str | Path, *, what: str = "file") -> str:
 
 def decode_lines(data: bytes, *, source: str) -> list[str]:
     """The lines of UTF-8 ``data`` read from elsewhere (standard input), checked like a file's."""
-    pieces = data.split(b"\r" if _old_mac(data) else b"\n")
+    pieces = data.split(b"\r" if b"\n" not in data and b"\r" in data else b"\n")  # as iter_lines decides
     if pieces[-1] == b"":  # the last line's end, not an empty line after it
         pieces.pop()
     return [_strip_end(_decode(raw, source, lineno)) for lineno, raw in enumerate(pieces, start=1)]

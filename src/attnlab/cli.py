@@ -627,6 +627,7 @@ def _window_units(path: str | None):
     """``--units FILE``: a CSV with integer columns layer, head, unit (e.g. the units.csv of an earlier run)."""
     if path is None:
         return None
+    import csv
     import io
 
     import numpy as np
@@ -636,17 +637,31 @@ def _window_units(path: str | None):
     from attnlab.errors import InvalidInput
 
     text = read_text(path, what="--units")
+    # read with the csv module, which counts the file's lines (a quoted cell may span several): errors name them
+    reader = csv.reader(io.StringIO(text))
+    header, rows, lines = None, [], []
     try:
-        units = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)  # the cells as written, for errors
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InvalidInput(f"--units {path}: not a CSV table ({first})") from None
-    missing = [c for c in ("layer", "head", "unit") if c not in units.columns]
+        for row in reader:
+            if not any(cell.strip() for cell in row):  # a blank line (spaces, a no-break space) holds no unit
+                continue
+            if header is None:
+                header = [cell.strip() for cell in row]
+                continue
+            if len(row) != len(header):
+                raise InvalidInput(f"--units {path}: line {reader.line_num} has {len(row)} cells, the header {len(header)}")
+            rows.append([cell.strip() for cell in row])
+            lines.append(reader.line_num)
+    except csv.Error as err:
+        raise InvalidInput(f"--units {path}: not a CSV table (line {reader.line_num}: {err})") from None
+    if header is None:
+        raise InvalidInput(f"--units {path}: not a CSV table (the file is empty)")
+    missing = [c for c in ("layer", "head", "unit") if c not in header]
     if missing:
         raise InvalidInput(f"--units {path}: no column(s) {', '.join(missing)}; it needs layer, head, unit "
                            "(the units.csv an earlier 'attnlab window' run wrote)")
-    if units.empty:
+    if not rows:
         raise InvalidInput(f"--units {path}: the table has no rows")
+    units = pd.DataFrame(rows, columns=header)
     for col in ("layer", "head", "unit"):
         values = pd.to_numeric(units[col], errors="coerce").astype(float)
         # finite and below _MAX_INDEX too: 1e30 or inf passed the whole-number test and astype(int)
@@ -654,8 +669,6 @@ def _window_units(path: str | None):
         ok = values.notna() & np.isfinite(values) & (values >= 0) & (values <= _MAX_INDEX) & (values == values.round())
         bad = units[col][~ok]
         if len(bad):
-            # pandas skips blank lines: the data rows are the non-blank lines after the header
-            lines = [n for n, line in enumerate(text.split("\n"), start=1) if line.strip()][1:]
             raise InvalidInput(f"--units {path}: column {col} must hold integers from 0 to {_MAX_INDEX}, got "
                                f"{bad.iloc[0]!r} (line {lines[int(bad.index[0])]} of the file)")
         units[col] = values.astype(np.int64)
@@ -901,16 +914,31 @@ def _window_parser(sub) -> None:
     p.add_argument("--batch-size", type=_count(1), default=8, help="text copies per forward pass (default: 8)")
 
 
+#: options whose value is text the model reads (file names are not: any bytes are a valid Linux file name)
+_TEXT_OPTIONS = ("text", "target", "foil", "templates", "occupations")
+
+
+def _check_text_arguments(parser, args) -> None:
+    """Bytes the shell passed in another encoding arrive as lone surrogates; the tokenizer would fail after loading."""
+    for option in _TEXT_OPTIONS:
+        values = getattr(args, option, None)
+        for value in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
+            if not isinstance(value, str):  # window's --target is a number of tokens
+                continue
+            if option == "templates" and Path(str(value)).exists():  # a file of templates: its name may be any bytes
+                continue
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError:
+                shown = str(value).encode("utf-8", "backslashreplace").decode()
+                name = "text" if option == "text" else "--" + option
+                parser.error(f"{name} {shown!r} is not valid UTF-8 text (the terminal sent another encoding?)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 for any user error, 130 on Ctrl-C)."""
     parser = build_parser()
     try:
-        for arg in sys.argv[1:] if argv is None else argv:
-            try:
-                str(arg).encode("utf-8")
-            except UnicodeEncodeError:  # bytes the shell passed in another encoding arrive as lone surrogates
-                parser.error(f"argument {str(arg).encode('utf-8', 'backslashreplace').decode()!r} is not valid UTF-8 text "
-                             "(the terminal or file sent another encoding?)")
         args, extra = parser.parse_known_args(argv)
         if extra:  # texts given after options land here (argparse stops a nargs="*" at the first option)
             if any(e.startswith("-") for e in extra) or not hasattr(args, "text"):
@@ -918,6 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.text = [*args.text, *extra]
         if not getattr(args, "command", None):
             parser.error("choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window")
+        _check_text_arguments(parser, args)
     except SystemExit as done:  # --help, --version and usage errors end here, already printed
         return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     from attnlab.errors import AttnlabError

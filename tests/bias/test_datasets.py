@@ -259,3 +259,4 @@ def test_a_stray_carriage_return_inside_a_line_stays_in_it(tmp_path):
     f.write_bytes(data)
     assert read_lines(f) == decode_lines(data, source="stdin") == ["# text = The cat\rsat", "second"]
     assert decode_lines(b"a\rb\r", source="stdin") == ["a", "b"] and decode_lines(b"", source="stdin") == []
+    assert decode_lines(b"the nurse\nthe doctor\r", source="stdin") == ["the nurse", "the doctor"]  # was one text

@@ -94,8 +94,9 @@ ERROR_CASES = [
     (["attribute", "--figure", "heat.xyz", "x"], r"--figure heat.xyz: cannot write a .xyz figure"),
     (["sweep", "--figure", "{folder}", "x"], r"--figure .*: is a folder; give a file name"),
     (["sweep", "--figure", "{good}/fig.png", "x"], r"--figure .*good.txt/fig.png: .*good.txt is a file, so no folder can be made"),
-    (["sweep", "caf\udce9 is", "x"], r"argument 'caf\\\\udce9 is' is not valid UTF-8 text"),
-    (["bias", "--templates", "The {{occupation}} \udce9"], r"argument .* is not valid UTF-8 text"),
+    (["sweep", "caf\udce9 is", "x"], r"text 'caf\\\\udce9 is' is not valid UTF-8 text"),
+    (["bias", "--templates", "The {{occupation}} \udce9"], r"--templates .* is not valid UTF-8 text"),
+    (["sweep", "--target", " \udce9", "x"], r"--target ' \\\\udce9' is not valid UTF-8 text"),
     (["bias", "--occupations", "nurse,mechanic,nurse"], r"--occupations: 'nurse' is given twice; give each occupation once"),
     (["view", "head", "-o", "{folder}", "x"], r"-o .*: is a folder; give the HTML file to write, e.g. -o .*view.html"),
     (["bias", "--templates", "The {{occupation}} said {{"], r"template prefix .*: Single '\{' encountered"),
@@ -295,6 +296,10 @@ def test_neurons_and_analyze(capsys, tiny_dirs, tmp_path):
     code, _, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--file", corpus, "--quiet", "--out", neurons)
     assert code == 0, err
     assert len(pd.read_csv(neurons)) > 0
+    odd = tmp_path / os.fsdecode(b"caf\xe9.txt")  # a file name that is not UTF-8: legal on Linux, and not text
+    odd.write_bytes(corpus.read_bytes())
+    code, _, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--file", str(odd), "--quiet", "--out", neurons)
+    assert code == 0, err
     code, out, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--quiet", "hello")  # nothing to rank
     assert code == 2 and "no query-key pairs at distance >= 1" in one_error_line(err) and "hello" not in out
     folder = tmp_path / "analysis"
@@ -404,9 +409,14 @@ def test_a_pgf_figure_without_a_tex_system_is_refused_before_loading(capsys, mon
                                    one_error_line(err))
 
 
-def test_units_errors_name_the_file_line_and_the_cell_as_written(capsys, tmp_path, no_model_loading):
+@pytest.mark.parametrize("content, line", [
+    ("layer,head,unit\n0,0,3\n\n1,0,1e30\n", 4),  # pandas skipped the blank line 3 and named row 3
+    ("layer,head,unit\n0,0,3\n\u00a0\n1,0,1e30\n", 4),  # a no-break-space line: an IndexError before
+    ('layer,head,unit,note\n0,0,3,"two\nlines"\n1,0,1e30,x\n', 4),  # a quoted cell spans lines 2-3
+])
+def test_units_errors_name_the_file_line_and_the_cell_as_written(capsys, tmp_path, no_model_loading, content, line):
     units = tmp_path / "units.csv"
-    units.write_text("layer,head,unit\n0,0,3\n\n1,0,1e30\n")  # pandas skips the blank line 3: 1e30 is on line 4
+    units.write_text(content)
     code, _, err = main(capsys, "window", "--units", str(units), "--target", "16")
-    assert code == 2 and re.search(r"column unit must hold integers from 0 to \d+, got '1e30' \(line 4 of the file\)",
+    assert code == 2 and re.search(rf"column unit must hold integers from 0 to \d+, got '1e30' \(line {line} of the file\)",
                                    one_error_line(err)), err

@@ -59,7 +59,7 @@ def test_resid_mid_of_the_outer_pass_survives_a_nested_pass(decoder, text, clean
         edited = decoder.run_with_hooks(P, fwd_hooks=[double, side])
     assert torch.equal(edited, reference)
     assert (reference - decoder(P)).abs().max() > 1e-3  # the edit acts
-    assert not decoder.tree._scratch.__dict__.get("resid_pre", {}).get(0)  # nothing left on the stack
+    assert not any(decoder.tree._resid_pre.values())  # nothing left on the stacks
 
 
 def _once(model, text, got):
@@ -123,7 +123,7 @@ def test_a_nested_pass_that_raises_leaves_the_outer_resid_mid_alone(decoder):
             with decoder.hooks([(mid, lambda x, hook: None), ("blocks.0.attn.hook_z", boom)]), pytest.raises(ValueError):
                 decoder(P)
     assert (seen["mid"] - clean[mid]).abs().max() <= 1e-5
-    assert not any(decoder.tree._scratch.__dict__.get("resid_pre", {}).values())
+    assert not any(decoder.tree._resid_pre.values())
 
 
 def test_another_threads_resid_mid_hook_is_not_read_here(decoder):
@@ -159,3 +159,71 @@ def test_another_threads_resid_mid_hook_is_not_read_here(decoder):
         expected = decoder(LONG)
     assert (got - expected).abs().max() <= 1e-5  # the other thread's doubling did not act here
     assert (again - decoder(P)).abs().max() <= 1e-5
+
+
+def test_a_gradient_hook_on_resid_mid_fires_and_leaves_every_other_gradient_alone(decoder):
+    """resid_mid is computed aside from the block's own sum: its gradient hook needs the gradient to pass through it."""
+    mid, attn_out = "blocks.1.hook_resid_mid", "blocks.1.hook_attn_out"
+    weight = decoder.hf_model.get_input_embeddings().weight
+
+    def grads(bwd):
+        decoder.hf_model.zero_grad()
+        _, cache = decoder.run_with_cache(P, names_filter=bwd, incl_bwd=True, return_type="loss")
+        return cache, weight.grad.clone()
+
+    cache, with_hook = grads([mid, attn_out])
+    _, without = grads([attn_out])
+    assert torch.allclose(cache[mid + "_grad"], cache[attn_out + "_grad"], atol=1e-6)  # the same sum's gradient
+    assert cache[mid + "_grad"].abs().max() > 0
+    assert torch.allclose(with_hook, without, atol=1e-7)  # nothing counted twice
+    decoder.hf_model.zero_grad()
+
+
+@pytest.mark.parametrize("inner", ["stopped", "raising"])
+def test_a_nested_pass_that_fails_before_its_block_runs_pops_nothing(decoder, inner):
+    """An inner pass stopped (or failing) at block 0's entry had its exit hook pop the outer pass's resid_pre."""
+    mid, shift = "blocks.0.hook_resid_mid", torch.full((decoder.cfg.d_model,), 0.5)
+
+    def boom(x, hook):
+        raise ValueError("inner")
+
+    def side(x, hook):
+        if inner == "stopped":
+            decoder(Q, stop_at_layer=0)
+        else:
+            with decoder.hooks([("blocks.0.hook_resid_pre", boom)]), pytest.raises(ValueError):
+                decoder(Q)
+
+    with torch.no_grad():
+        expected = decoder.run_with_hooks(P, fwd_hooks=[("blocks.0.hook_attn_out", lambda x, hook: x + shift)])
+        got = decoder.run_with_hooks(P, fwd_hooks=[(mid, lambda x, hook: x + shift), ("blocks.0.attn.hook_z", side)])
+    assert (got - expected).abs().max() <= 1e-5
+    assert not any(decoder.tree._resid_pre.values())
+
+
+def test_a_thread_without_resid_mid_hooks_keeps_nothing_when_another_closes_its_block(decoder):
+    """Entries a call pushed while another thread's block held the exit hook go when the last block closes."""
+    import threading
+    import time
+
+    stop, errors = threading.Event(), []
+
+    def toggle():
+        try:
+            while not stop.is_set():
+                with decoder.hooks([("blocks.0.hook_resid_mid", lambda x, hook: None)]):
+                    time.sleep(0.0005)
+                time.sleep(0.0005)  # a busy loop would starve the passes of the GIL
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    thread = threading.Thread(target=toggle)
+    thread.start()
+    try:
+        with torch.no_grad():
+            for _ in range(20):
+                decoder(P)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and not any(decoder.tree._resid_pre.values())

@@ -311,8 +311,9 @@ class OnDemand:
     with no open block carries no attnlab hook at all.
     """
 
-    def __init__(self, register: Callable[[], Any]):
+    def __init__(self, register: Callable[[], Any], on_remove: Callable[[], None] | None = None):
         self._register = register
+        self._on_remove = on_remove  # runs once the hook is off its module
         self._handle = None
         self._users = 0
         self._lock = threading.Lock()
@@ -334,6 +335,8 @@ class OnDemand:
             if self._users == 0 and self._handle is not None:
                 self._handle.remove()
                 self._handle = None
+                if self._on_remove is not None:
+                    self._on_remove()
 
 
 @contextmanager

@@ -126,10 +126,9 @@ class HookTree(nn.Module):
         for block, module in zip(self.blocks, attention_modules):
             attach(module, block.attn)
         self._needs: dict[str, list[OnDemand]] = {}
-        # per thread and layer, a stack of the resid_pre of the block calls running now (for resid_mid edits):
-        # each call pushes on entry and pops on exit (also when it raises), so a pass a hook starts inside
-        # a block reads and leaves only its own entry
-        self._scratch = threading.local()
+        # {(thread, layer): [(the call's kwargs, resid_pre), ...]}: the block calls running now that resid_mid
+        # edits need (see _build_block)
+        self._resid_pre: dict[tuple[int, int], list] = {}
         self._build_edges()
         self.hook_dict: dict[str, HookPoint] = {}
         for name, module in self.named_modules():
@@ -242,23 +241,38 @@ class HookTree(nn.Module):
         return holder[0]
 
     def _build_block(self, block: _Block, b: BlockLayout) -> None:
-        i, scratch = b.index, self._scratch
+        i, stacks = b.index, self._resid_pre
 
-        def keep_resid_pre(x):
-            x = _call(block.hook_resid_pre, x)
-            if popping.active:  # resid_mid's exit hook is on the layer: this call's entry is popped when it ends
-                stack = scratch.__dict__.setdefault("resid_pre", {}).setdefault(i, [])
-                del stack[:-_MAX_NESTING]  # only a block closed by another thread during this call leaves one
-                stack.append(x)
-            return x
+        # resid_mid edits need the resid_pre of their own block call. Each call (per thread) pushes it,
+        # tagged with the call's kwargs dict, on entry and pops its own entry on exit, also when it raises
+        # (a pass a hook starts inside the block pushes and pops above the outer one; a call that raised
+        # before pushing pops nothing). When the last resid_mid block closes, every thread's entries of
+        # this layer go: a call another thread's block was running in meanwhile left its entry behind.
+        def keep_resid_pre(mod, args, kwargs):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if x is None:
+                return None
+            new = _call(block.hook_resid_pre, x)
+            if popping.active:  # the exit hook is on the layer: this call's entry is popped when it ends
+                stack = stacks.setdefault((threading.get_ident(), i), [])
+                del stack[:-_MAX_NESTING]
+                stack.append((kwargs, new))
+            if new is x:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
 
         def pop_resid_pre(module, args, kwargs, output):
-            stack = scratch.__dict__.get("resid_pre", {}).get(i)
-            if stack:
+            stack = stacks.get((threading.get_ident(), i))
+            if stack and stack[-1][0] is kwargs:
                 stack.pop()
 
-        popping = OnDemand(lambda: b.layer.register_forward_hook(pop_resid_pre, with_kwargs=True, always_call=True))
-        resid_pre_input = self._on_input(b.layer, keep_resid_pre)
+        def forget_layer():
+            for key in [k for k in list(stacks) if k[1] == i]:
+                stacks.pop(key, None)
+
+        popping = OnDemand(lambda: b.layer.register_forward_hook(pop_resid_pre, with_kwargs=True, always_call=True),
+                           on_remove=forget_layer)
+        resid_pre_input = OnDemand(lambda: b.layer.register_forward_pre_hook(keep_resid_pre, with_kwargs=True))
         self._point(block, "hook_resid_pre", i, [resid_pre_input])
         if b.kind == "unknown":
             self._edge_output(block, "hook_resid_post", i, b.layer)
@@ -274,12 +288,16 @@ class HookTree(nn.Module):
         else:
             def attn_out(x, args):
                 x = _call(block.hook_attn_out, x)
-                stack = scratch.__dict__.get("resid_pre", {}).get(i)
+                stack = stacks.get((threading.get_ident(), i))
                 if stack and block.hook_resid_mid.is_hooked():  # in this context (another thread's hook: not ours)
-                    mid = stack[-1] + x  # what the block computes next
+                    resid_pre = stack[-1][1]
+                    mid = resid_pre + x  # what the block computes next
                     new_mid = _call(block.hook_resid_mid, mid)
                     if new_mid is not mid:  # the block adds x to resid_pre: shift x by the edit
                         x = x + (new_mid - mid)
+                    elif mid._backward_hooks:  # a gradient hook on resid_mid: let the gradient pass through mid
+                        again = resid_pre + x  # same value and graph: the two cancel, so every other gradient stays
+                        x = x + ((mid - mid.detach()) - (again - again.detach()))
                 return x
 
             attn_dispatch = self._on_output(b.attn_out, attn_out)
