@@ -26,9 +26,7 @@ from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.forward import Output, run, token_logprobs
 from attnlab.engine.generate import decode, eos_ids
-from attnlab.engine.hooks import (
-    _GLOBAL, HookFn, HookPoint, acting_owners, at_frame_exit, clean_context, hook_frame, user_frame,
-)
+from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
@@ -132,7 +130,6 @@ class HookedModel(ModelWeights, nn.Module):
         self.hook_dict: dict[str, HookPoint] = self.tree.hook_dict
         self.mod_dict: dict[str, nn.Module] = dict(self.tree.named_modules())
         self.padding_side = "right"
-        self._global_needs: list = []
         self._prepared: OrderedDict[Any, Any] = OrderedDict()
         self._forward_params = set(inspect.signature(hf_model.forward).parameters)
         if tokenizer is not None and tokenizer.pad_token is None:
@@ -261,23 +258,13 @@ class HookedModel(ModelWeights, nn.Module):
         A persistent hook added outside any block acts in every thread (TransformerLens'
         semantics); prefer ``with model.hooks(...)``, whose hooks belong to one context.
         """
-        owner = user_frame()  # not the engine's own frames: a hook adding a hook during a plain pass adds a persistent one
         for point, f, direction in self._expand([(name, fn)], dir):
-            point.add_hook(f, direction, owner=owner, prepend=prepend)
-            needs = list(getattr(point, "_needs", ()))  # a block edge's dispatcher on the HF module
-            for need in needs:
-                need.acquire()
-            if owner == _GLOBAL:
-                self._global_needs.extend(needs)
-            else:  # removed with the block that is open now (whichever model's block it is)
-                at_frame_exit(owner, lambda point=point, needs=needs: _undo(point, owner, needs))
+            point.add_hook(f, direction, prepend=prepend)  # the point picks the block (or persistence) and its dispatcher
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False) -> None:
         """Remove the persistent hooks added with ``add_hook`` outside a block."""
         for point in self.hook_dict.values():
-            point.remove_hooks(_GLOBAL)
-        while self._global_needs:
-            self._global_needs.pop().release()
+            point.remove_hooks(_GLOBAL)  # also releases the dispatchers its persistent hooks acquired
 
     def count_hooks(self) -> int:
         """Hooks on attnlab's hook points that act in this context (0 outside ``with`` blocks)."""
@@ -790,10 +777,3 @@ class HookedModel(ModelWeights, nn.Module):
             f"HookedModel({c.name!r}: {c.architecture}, {c.n_layers} layers x {c.n_heads} heads "
             f"({c.n_kv_heads} kv), d_head={c.d_head}, {'causal' if c.is_causal else 'bidirectional'})"
         )
-
-
-def _undo(point: HookPoint, owner: int, needs: list) -> None:
-    """Remove what ``add_hook`` attached inside a block that is closing."""
-    point.remove_hooks(owner)
-    for need in needs:
-        need.release()
