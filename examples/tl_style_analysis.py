@@ -17,6 +17,12 @@ Written the way a TransformerLens user writes it (``run_with_cache``, ``cache["r
    "The man said that", patch in the residual stream of "The nurse said that" at one layer
    and one position, and see how much of the logit difference comes back
    (0 = the counterfactual's, 1 = the stereotyped prompt's).
+   Then path patching into one head's inputs (``hook_q_input`` / ``hook_k_input`` /
+   ``hook_v_input``, TransformerLens' split inputs): for the head with the largest direct
+   attribution, patch the clean residual stream into its query only, its keys only or its
+   values only, and see which one carries the difference. Gemma-3-270m has one kv head per
+   layer, so the key and value copies feed all four heads of the layer. As a check, patching
+   every copy of the layer equals patching what they all read, ``ln1.hook_normalized``.
 3. One figure: per-layer attribution, per-head attribution, and the patching map.
 
     python examples/tl_style_analysis.py --out tl_style.png [--json numbers.json]
@@ -96,6 +102,33 @@ def patch_resid_pre(model, clean_cache, clean_diff: float, corrupt_diff: float) 
     return result
 
 
+def patch_copies(copies, hook, clean_cache, heads):
+    """Give the chosen heads' copies of the residual stream (``[batch, pos, head, d_model]``) the clean run's value."""
+    layer = hook.layer()
+    for h in heads:
+        copies[:, :, h] = clean_cache["resid_pre", layer]
+    return copies
+
+
+def patch_head_inputs(model, layer: int, head: int, clean_cache, clean_diff: float, corrupt_diff: float) -> dict:
+    """Fraction of the clean difference restored by patching only the query, keys or values one head reads."""
+    def restored(fwd_hooks) -> float:
+        logits = model.run_with_hooks(CORRUPT, fwd_hooks=fwd_hooks)
+        return float((logit_diff(logits, model) - corrupt_diff) / (clean_diff - corrupt_diff))
+
+    group = model.cfg.n_heads // model.cfg.n_kv_heads
+    kv_head = head // group
+    out = {}
+    for site, h in (("q_input", head), ("k_input", kv_head), ("v_input", kv_head)):
+        out[site] = restored([(utils.get_act_name(site, layer), partial(patch_copies, clean_cache=clean_cache, heads=[h]))])
+    every = [(utils.get_act_name(site, layer), partial(patch_copies, clean_cache=clean_cache, heads=range(n)))
+             for site, n in (("q_input", model.cfg.n_heads), ("k_input", model.cfg.n_kv_heads), ("v_input", model.cfg.n_kv_heads))]
+    out["all copies of the layer"] = restored(every)
+    normalized = f"blocks.{layer}.ln1.hook_normalized"
+    out["ln1.hook_normalized"] = restored([(normalized, lambda x, hook: clean_cache[normalized])])
+    return out
+
+
 def plot(model, layer_attrs: dict, head_attrs: torch.Tensor, patching: torch.Tensor) -> Figure:
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     bars, heads, patch = fig.subplots(1, 3, width_ratios=[2.2, 1, 1])
@@ -159,6 +192,13 @@ def main() -> None:
     for layer in range(0, model.cfg.n_layers, 3):
         print(f"   {layer:5d} " + "".join(f"{float(v):10.2f}" for v in patching[layer]))
 
+    top = int(head_attrs.flatten().abs().argmax())
+    layer, head = divmod(top, model.cfg.n_heads)
+    inputs = patch_head_inputs(model, layer, head, clean_cache, clean_diff, corrupt_diff)
+    print(f"\n   Path patching into L{layer}H{head}'s inputs only (the clean stream into {CORRUPT!r}; fraction restored):")
+    for name, value in inputs.items():
+        print(f"   {name:26s} {value:+.3f}")
+
     fig = plot(model, layer_attrs, head_attrs, patching)
     fig.savefig(args.out, dpi=120)
     print(f"\n3. Figure saved to {args.out}")
@@ -166,7 +206,7 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"clean_diff": clean_diff, "corrupt_diff": corrupt_diff, "padding_trap": trap,
                        "layer_attrs": layer_attrs, "head_attrs": head_attrs.tolist(), "logit_lens": lens,
-                       "patching": patching.tolist(),
+                       "patching": patching.tolist(), "head_inputs": {"layer": layer, "head": head, **inputs},
                        "tokens": tokens}, f, indent=1)
 
 

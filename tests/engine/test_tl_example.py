@@ -41,3 +41,9 @@ def test_tl_style_analysis_example(tmp_path):
     assert abs(first[nurse] - 1.0) <= 1e-3
     assert all(abs(v) <= 1e-3 for i, v in enumerate(first) if i != nurse)
     assert "1. Direct logit attribution: the 37 components sum to" in out.stdout
+    # path patching into the top head's inputs: all copies of the layer = what they read (ln1's output)
+    inputs = data["head_inputs"]
+    assert abs(inputs["all copies of the layer"] - inputs["ln1.hook_normalized"]) <= 1e-3
+    assert abs(inputs["ln1.hook_normalized"]) > 1e-3  # the patch does something at that layer
+    assert all(isinstance(inputs[s], float) and abs(inputs[s]) < 10 for s in ("q_input", "k_input", "v_input"))
+    assert "Path patching into L" in out.stdout

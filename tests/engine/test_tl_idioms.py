@@ -179,9 +179,10 @@ def test_tl_switches_and_missing_names_say_what_to_use(tiny_gpt2):
     model.set_use_attn_result(True)  # hook_result needs no switch
     _, cache = _cache(model, names_filter=lambda n: n.endswith("hook_result"))
     assert len(cache) == model.cfg.n_layers
-    model.set_use_split_qkv_input(False)
-    with pytest.raises(NotSupported, match="hook blocks.L.hook_resid_pre"):
-        model.set_use_split_qkv_input(True)
+    with pytest.raises(NotSupported, match="hook_q_input, hook_k_input and hook_v_input"):
+        model.set_use_attn_in(True)
+    with pytest.raises(InvalidInput, match="True or False"):
+        model.set_use_split_qkv_input("yes")
     with pytest.raises(NotSupported, match="model.W_E"):
         model.embed
     with pytest.raises(NotSupported, match="nothing folded"):
@@ -199,8 +200,10 @@ def test_tl_switches_and_missing_names_say_what_to_use(tiny_gpt2):
 
 def test_missing_tl_hook_names_point_to_attnlabs(tiny_llama):
     model = tiny_llama
-    with pytest.raises(InvalidLocation, match="no hook_mlp_in; hook blocks.L.hook_resid_mid"):
-        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_mlp_in", lambda x, hook: None)])
+    with pytest.raises(InvalidLocation, match="no hook_attn_in; hook blocks.L.hook_q_input"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_attn_in", lambda x, hook: None)])
+    with pytest.raises(InvalidLocation, match=r"blocks.L.hook_k_input \(TransformerLens' name, on the block\)"):
+        model.run_with_cache(TEXT, names_filter=["blocks.0.attn.hook_k_input"])
     with pytest.raises(InvalidLocation, match="already after the rotary embedding"):
         model.run_with_cache(TEXT, names_filter=["blocks.0.attn.hook_rot_q"])
     with pytest.raises(InvalidLocation, match=r"is blocks.L.ln2.hook_normalized in attnlab"):

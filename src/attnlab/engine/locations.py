@@ -25,9 +25,13 @@ SITES: tuple[str, ...] = ("q", "k", "v", "attn_scores", "pattern", "z")
 #: Block-edge sites of layer L and the name each gets (after ``blocks.L.``), in forward order.
 BLOCK_SITES: dict[str, str] = {
     "resid_pre": "hook_resid_pre",
+    "q_input": "hook_q_input",
+    "k_input": "hook_k_input",
+    "v_input": "hook_v_input",
     "result": "attn.hook_result",
     "attn_out": "hook_attn_out",
     "resid_mid": "hook_resid_mid",
+    "mlp_in": "hook_mlp_in",
     "pre": "mlp.hook_pre",
     "pre_linear": "mlp.hook_pre_linear",
     "post": "mlp.hook_post",
@@ -55,10 +59,13 @@ SITE_SHAPES: dict[str, str] = {
     "pattern": "batch head query key",
     "z": "batch pos head d_head",
     "result": "batch pos head d_model",
+    "q_input": "batch pos head d_model",
+    "k_input": "batch pos kv_head d_model",
+    "v_input": "batch pos kv_head d_model",
     "pre": "batch pos d_mlp",
     "pre_linear": "batch pos d_mlp",
     "post": "batch pos d_mlp",
-    **{s: "batch pos d_model" for s in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post",
+    **{s: "batch pos d_model" for s in ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post",
                                         "normalized_resid_post", "embed", "pos_embed", "token_type_embed", "ln_final")},
 }
 
@@ -183,11 +190,10 @@ _TL_ONLY = {
     "ln2_post.hook_normalized": "the post-MLP norm's output is blocks.L.hook_mlp_out",
     "attn.hook_rot_q": "attnlab's hook_q is already after the rotary embedding (TransformerLens' hook_rot_q)",
     "attn.hook_rot_k": "attnlab's hook_k is already after the rotary embedding (TransformerLens' hook_rot_k)",
-    "hook_q_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
-    "hook_k_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
-    "hook_v_input": "attnlab has no per-head attention inputs; hook blocks.L.hook_resid_pre",
-    "hook_attn_in": "attnlab has no hook_attn_in; hook blocks.L.hook_resid_pre",
-    "hook_mlp_in": "attnlab has no hook_mlp_in; hook blocks.L.hook_resid_mid",
+    "attn.hook_q_input": "the query inputs are blocks.L.hook_q_input (TransformerLens' name, on the block)",
+    "attn.hook_k_input": "the key inputs are blocks.L.hook_k_input (TransformerLens' name, on the block)",
+    "attn.hook_v_input": "the value inputs are blocks.L.hook_v_input (TransformerLens' name, on the block)",
+    "hook_attn_in": "attnlab has no hook_attn_in; hook blocks.L.hook_q_input, hook_k_input and hook_v_input",
     "mlp.hook_mid": "attnlab has no SoLU hook_mid; mlp.hook_post is the neurons",
 }
 

@@ -32,7 +32,7 @@ from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_na
 from attnlab.engine.precision import forget_rounded_weights
 from attnlab.engine.stop import check_reached, check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
-from attnlab.engine.tree import HookTree, tree_of
+from attnlab.engine.tree import SPLIT_INPUTS, HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, NotSupported, UnsupportedModel, did_you_mean, is_integer
 
@@ -128,6 +128,7 @@ class HookedModel(ModelWeights, nn.Module):
         self.cfg = structure_config(self.cfg, hf_model.config, self.tree)  # d_mlp, act_fn, normalization_type
         self.blocks = self.tree.blocks
         self.hook_dict: dict[str, HookPoint] = self.tree.hook_dict
+        self._cache_split_inputs = False  # run_with_cache() without names_filter leaves the per-head input copies out
         self.mod_dict: dict[str, nn.Module] = dict(self.tree.named_modules())
         self.padding_side = "right"
         self._prepared: OrderedDict[Any, Any] = OrderedDict()
@@ -197,8 +198,8 @@ class HookedModel(ModelWeights, nn.Module):
 
     def _resolve_names(self, names, *, what: str = "hook names") -> list[str]:
         """A name, a list of names or a predicate on names -> the hook names it selects."""
-        if names is None:
-            return list(self.hook_dict)
+        if names is None:  # every point, the per-head input copies only when asked for (set_use_split_qkv_input)
+            return [n for n in self.hook_dict if self._cache_split_inputs or not n.endswith(SPLIT_INPUTS)]
         if isinstance(names, str):
             names = [names]
         if callable(names):
@@ -753,14 +754,21 @@ class HookedModel(ModelWeights, nn.Module):
             raise NotSupported(f"{name}(True): {hint}")
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
-        self._no_switch("set_use_split_qkv_input", use_split_qkv_input,
-                        "attnlab has no per-head q/k/v input hook points; hook blocks.L.hook_resid_pre, or edit hook_q/hook_k/hook_v")
+        """``blocks.L.hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` always work when named; this switch (as in
+        TransformerLens) only adds them to what ``run_with_cache()`` caches without ``names_filter``.
+
+        They are left out by default because each is a copy of the stream per head (per kv head for k and v).
+        """
+        if not isinstance(use_split_qkv_input, bool):
+            raise InvalidInput(f"set_use_split_qkv_input takes True or False, got {use_split_qkv_input!r}")
+        self._cache_split_inputs = use_split_qkv_input
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
-        self._no_switch("set_use_attn_in", use_attn_in, "attnlab has no hook_attn_in; hook blocks.L.hook_resid_pre")
+        self._no_switch("set_use_attn_in", use_attn_in,
+                        "attnlab has no hook_attn_in; hook blocks.L.hook_q_input, hook_k_input and hook_v_input")
 
     def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
-        self._no_switch("set_use_hook_mlp_in", use_hook_mlp_in, "attnlab has no hook_mlp_in; hook blocks.L.hook_resid_mid")
+        """Accepted for TransformerLens scripts: ``blocks.L.hook_mlp_in`` is always available."""
 
     def __getattr__(self, name: str):
         try:

@@ -34,16 +34,18 @@ from attnlab.engine.state import current_state
 from attnlab.engine.weights import AttentionWeights, MlpWeights, head_out_weight
 from attnlab.errors import UnsupportedModel
 
-__all__ = ["HookTree", "tree_of", "EDGE_SITES", "NORM_POINTS", "head_out_weight"]
+__all__ = ["HookTree", "tree_of", "EDGE_SITES", "SPLIT_INPUTS", "NORM_POINTS", "head_out_weight"]
 
 _TREE_ATTR = "_attnlab_tree"
 _MAX_NESTING = 32  # passes started by hooks inside a block, one inside another
 
 #: Block-edge hook names (after ``blocks.L.``) and model-level ones, in forward order.
 EDGE_SITES = (
-    "hook_resid_pre", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_pre_linear",
-    "mlp.hook_post", "hook_mlp_out", "hook_resid_post", "hook_normalized_resid_post",
+    "hook_resid_pre", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_pre_linear",
+    "hook_mlp_in", "mlp.hook_post", "hook_mlp_out", "hook_resid_post", "hook_normalized_resid_post",
 )
+#: Per-head copies of the stream that only one head's q, k or v reads (TransformerLens' split inputs).
+SPLIT_INPUTS = ("hook_q_input", "hook_k_input", "hook_v_input")
 MODEL_SITES = ("hook_embed", "hook_pos_embed", "hook_token_type_embed", "ln_final.hook_normalized")
 
 #: Norms with a ``hook_scale`` point: per block (after ``blocks.L.``) and model-level.
@@ -305,12 +307,70 @@ class HookTree(nn.Module):
             self._point(block, "hook_resid_mid", i, [popping, resid_pre_input, attn_dispatch])
             self._edge_output(block, "hook_mlp_out", i, b.mlp_out)
             self._edge_output(block, "hook_resid_post", i, b.layer)
+        mlp_reads = b.mlp_in if b.kind == "post_norm" else b.ln2  # BERT's MLP reads the normalised stream
+        if mlp_reads is not None:
+            self._edge_input(block, "hook_mlp_in", i, mlp_reads)
+        self._build_split_inputs(block, b, [popping, resid_pre_input])
         if b.mlp_in is not None:
             self._edge_output(block.mlp, "hook_pre", i, b.mlp_in)
         if b.mlp_in_linear is not None:
             self._edge_output(block.mlp, "hook_pre_linear", i, b.mlp_in_linear)
         if b.mlp_down is not None:
             self._edge_input(block.mlp, "hook_post", i, b.mlp_down)
+
+    def _build_split_inputs(self, block: _Block, b: BlockLayout, keep_resid_pre: list[OnDemand]) -> None:
+        """``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``: ``resid_pre`` copied once per head (kv head for k, v).
+
+        TransformerLens' split inputs, for path patching into one head's query, key or value
+        only. The copies are made only while a point is hooked; a head whose copy comes back
+        edited gets its q (k, v) projected from it (through ``ln1``'s own computation, so
+        edits at ``ln1.hook_scale`` / ``hook_normalized`` do not reach it), and every other
+        head keeps the model's own value. With gradients on, every head's gradient goes
+        through its copy (so ``resid_pre``'s gradient is ``resid_mid``'s plus the copies'),
+        not through ``ln1.hook_normalized``.
+        """
+        i, stacks, attn = b.index, self._resid_pre, block.attn
+        norm = b.ln1 if b.kind in ("pre_norm", "sandwich") else None  # BERT's attention reads resid_pre itself
+        try:
+            for which in "qkv":
+                attn._per_head(which)
+        except UnsupportedModel:
+            return  # a projection attnlab cannot slice per head: no split inputs
+
+        def project(which: str, part: torch.Tensor) -> torch.Tensor:
+            point = getattr(block, f"hook_{which}_input")
+            stack = stacks.get((threading.get_ident(), i))
+            if not stack or not point.is_hooked():
+                return part
+            resid_pre = stack[-1][1]
+            weight, bias = attn._per_head(which)  # [group, d_model, d_head], [group, d_head]
+            copies = resid_pre.unsqueeze(2).repeat(1, 1, weight.shape[0], 1)  # a copy even for one kv head
+            new = _call(point, copies)
+            edited = (new != resid_pre.unsqueeze(2)).any(dim=-1).flatten(0, 1).any(dim=0)  # [group]; in-place edits too
+            grad = torch.is_grad_enabled() and new.requires_grad
+            if not grad and not bool(edited.any()):
+                return part
+            x = new if norm is None else norm.forward(new)  # the norm's own computation, per head
+            split = einsum(x, weight.to(x.dtype), "b p g m, g m d -> b p g d") + bias.to(x.dtype)
+            own = rearrange(part, "b p (g d) -> b p g d", g=weight.shape[0])
+            if grad:  # same value, but the gradient goes through the copy only (as in TransformerLens), not twice
+                own = own.detach() + (split - split.detach())
+            return rearrange(torch.where(edited[:, None], split.to(own.dtype), own), "b p g d -> b p (g d)")
+
+        if b.qkv_proj is not None and b.q_proj is None:  # GPT-2's fused c_attn: [q | k | v]
+            def fused(output, args):
+                parts = output.chunk(3, dim=-1)
+                new = [project(which, part) for which, part in zip("qkv", parts)]
+                return None if all(n is p for n, p in zip(new, parts)) else torch.cat(new, dim=-1)
+
+            dispatch = self._on_output(b.qkv_proj, fused)
+            for which in "qkv":
+                self._point(block, f"hook_{which}_input", i, [*keep_resid_pre, dispatch])
+            return
+        for which in "qkv":
+            module = getattr(b, f"{which}_proj")
+            dispatch = self._on_output(module, lambda output, args, which=which: project(which, output))
+            self._point(block, f"hook_{which}_input", i, [*keep_resid_pre, dispatch])
 
     def _result_dispatch(self, block: _Block, b: BlockLayout) -> Callable:
         """Per-head outputs of the output projection, ``[batch, pos, head, d_model]``, only when hooked.

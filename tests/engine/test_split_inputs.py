@@ -1,0 +1,179 @@
+"""TransformerLens' split inputs: ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` and ``hook_mlp_in``.
+
+Each head's query, key and value can be fed its own copy of ``resid_pre`` (path patching into
+one head's q, k or v), and the MLP its own copy of ``resid_mid``. Checked numerically: a
+patched copy gives exactly the source's q (k, v) for that head and nothing else, the edits
+give TransformerLens' bridge's logits, and the gradients of the copies add up to the stream's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput
+from attnlab.utils import get_act_name
+
+from ._tl import ARCHS, TEXT, boot_bridge, maxdiff, perturbed
+
+OTHER = "the doctor said that he was sad"  # same length as TEXT in every tiny tokenizer
+SPLIT = ("q_input", "k_input", "v_input")
+
+
+@pytest.fixture(params=[a for a in ARCHS if a != "bert-mlm"])
+def model(request):
+    return perturbed(request.param)
+
+
+def _leftover_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules())
+
+
+def test_copies_hold_the_stream_per_head_and_kv_head(model):
+    c = model.run_with_cache(TEXT, names_filter=lambda n: n.endswith(("_input", "mlp_in", "resid_pre", "resid_mid",
+                                                                       "ln1.hook_normalized")))[1]
+    cfg = model.cfg
+    for L in range(cfg.n_layers):
+        pre = c["resid_pre", L]
+        assert c["q_input", L].shape == (*pre.shape[:2], cfg.n_heads, cfg.d_model)
+        for site in ("k_input", "v_input"):
+            assert c[site, L].shape == (*pre.shape[:2], cfg.n_kv_heads, cfg.d_model)
+        for site in SPLIT:
+            assert torch.equal(c[site, L], pre.unsqueeze(2).expand_as(c[site, L]))
+        # what the MLP reads before its norm: resid_mid (pre-norm); BERT's MLP reads the LayerNorm's output
+        mlp_reads = c[f"blocks.{L}.ln1.hook_normalized"] if model.layout.kind == "post_norm" else c["resid_mid", L]
+        assert torch.equal(c["mlp_in", L], mlp_reads)
+    assert get_act_name("q_input", 1) == "blocks.1.hook_q_input" and get_act_name("mlp_in", 0) == "blocks.0.hook_mlp_in"
+
+
+def test_unedited_copies_change_nothing_and_leave_no_hook(model):
+    with torch.no_grad():
+        clean = model(TEXT)
+        touched = model.run_with_hooks(TEXT, fwd_hooks=[(lambda n: n.endswith(("_input", "mlp_in")), lambda x, hook: x.clone())])
+    assert torch.equal(touched, clean)
+    assert model.count_hooks() == 0 and _leftover_hooks(model) == 0
+
+
+@pytest.mark.parametrize("site", SPLIT)
+def test_a_patched_copy_moves_only_its_heads(model, site):
+    """Head 1's copy from OTHER: its q (k, v) become OTHER's, every other head and the other two stay clean."""
+    L, which = 1, site[0]
+    watched = [f"blocks.{L}.attn.hook_{s}" for s in "qkv"]
+    with torch.no_grad():
+        _, source = model.run_with_cache(OTHER, names_filter=[f"blocks.{L}.hook_resid_pre", *watched])
+        _, clean = model.run_with_cache(TEXT, names_filter=watched)
+    group = model.cfg.n_heads // model.cfg.n_kv_heads if which in "kv" else 1
+    copy = min(1, model.cfg.n_heads // group - 1)  # kv head 1, or 0 where there is only one
+    moved = [h for h in range(model.cfg.n_heads) if h // group == copy]
+
+    def patch(x, hook):
+        x[:, :, copy] = source["resid_pre", L]  # in place: the copy is the hook's to edit
+        return x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{L}.hook_{site}", patch)]):
+        _, edited = model.run_with_cache(TEXT, names_filter=watched)
+    for s in "qkv":
+        got, was, src = edited[s, L], clean[s, L], source[s, L]
+        if s == which:
+            assert maxdiff(got[:, :, moved], src[:, :, moved]) <= 1e-5
+            still = [h for h in range(model.cfg.n_heads) if h not in moved]
+            assert torch.equal(got[:, :, still], was[:, :, still])
+            assert maxdiff(was[:, :, moved], src[:, :, moved]) > 1e-3  # the two texts differ there
+        else:
+            assert torch.equal(got, was)
+    assert model.count_hooks() == 0 and _leftover_hooks(model) == 0
+
+
+def test_mlp_in_feeds_only_the_mlp(model):
+    """An edit of hook_mlp_in changes what the MLP adds, not the stream it is added to."""
+    L = 0
+    delta = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    names = [f"blocks.{L}.hook_{s}" for s in ("resid_mid", "mlp_out", "resid_post")]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(TEXT, names_filter=names)
+        with model.hooks(fwd_hooks=[(f"blocks.{L}.hook_mlp_in", lambda x, hook: x + delta)]):
+            _, edited = model.run_with_cache(TEXT, names_filter=names)
+    assert maxdiff(edited["mlp_out", L], clean["mlp_out", L]) > 1e-3
+    if model.layout.kind == "post_norm":  # BERT: resid_post = LN1(resid_mid) + mlp_out
+        assert maxdiff(edited["resid_post", L] - edited["mlp_out", L], clean["resid_post", L] - clean["mlp_out", L]) <= 1e-5
+    else:
+        assert torch.equal(edited["resid_mid", L], clean["resid_mid", L])
+        assert maxdiff(edited["resid_post", L], clean["resid_mid", L] + edited["mlp_out", L]) <= 1e-5
+
+
+def test_gradients_of_the_copies_add_up_to_the_stream(model):
+    """resid_pre feeds the residual sum and every copy: its gradient is resid_mid's plus all the copies'."""
+    L = 1
+    grads = {}
+
+    def keep(g, hook):
+        grads[hook.name.split(".")[-1].removeprefix("hook_")] = g.detach().clone()
+
+    names = [f"blocks.{L}.hook_{s}" for s in ("resid_pre", "resid_mid", *SPLIT)]
+    with model.hooks(bwd_hooks=[(n, keep) for n in names]):
+        out = model(TEXT)
+        (out.float() ** 2).mean().backward()
+    model.hf_model.zero_grad(set_to_none=True)
+    split_sum = sum(grads[s].sum(dim=2) for s in SPLIT)
+    assert float(split_sum.abs().max()) > 1e-6  # the copies do carry gradient
+    assert maxdiff(grads["resid_pre"], grads["resid_mid"] + split_sum) <= 1e-6 * max(1.0, float(grads["resid_pre"].abs().max()))
+
+
+def test_run_with_cache_adds_the_copies_only_when_switched_on(model):
+    with torch.no_grad():
+        _, default = model.run_with_cache(TEXT)
+    assert not any(k.endswith(("q_input", "k_input", "v_input")) for k in default.keys())
+    assert "blocks.0.hook_mlp_in" in default.keys()
+    model.set_use_split_qkv_input(True)
+    with torch.no_grad():
+        _, every = model.run_with_cache(TEXT)
+    assert sum(k.endswith(("q_input", "k_input", "v_input")) for k in every.keys()) == 3 * model.cfg.n_layers
+    with pytest.raises(InvalidInput, match="True or False"):
+        model.set_use_split_qkv_input(1)
+    model.set_use_hook_mlp_in(True)  # accepted: hook_mlp_in needs no switch
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+@pytest.mark.parametrize("name, head", [("blocks.1.hook_q_input", 2), ("blocks.0.hook_k_input", 1),
+                                        ("blocks.1.hook_v_input", 0), ("blocks.0.hook_mlp_in", None)])
+def test_edits_match_transformerlens_bridge(arch, name, head):
+    pytest.importorskip("transformer_lens.model_bridge")
+    model = perturbed(arch)
+    bridge, _, _ = boot_bridge(arch)
+    bridge.set_use_split_qkv_input(True)
+    bridge.set_use_hook_mlp_in(True)
+    noise = torch.randn(model.to_tokens(TEXT).shape[1], model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+
+    def edit(x, hook):
+        x = x.clone()
+        if head is None:
+            x[0] += noise
+        else:
+            x[0, :, min(head, x.shape[2] - 1)] += noise
+        return x
+
+    with torch.no_grad():
+        ours = model.run_with_hooks(TEXT, fwd_hooks=[(name, edit)])
+        theirs = bridge.run_with_hooks(TEXT, fwd_hooks=[(name, edit)])
+        clean = model(TEXT)
+    assert maxdiff(ours, clean) > 1e-3
+    assert maxdiff(ours, theirs) <= 2e-6
+
+
+def test_an_in_place_edit_of_a_single_kv_head_stays_in_its_copy():
+    """Gemma-3 has one kv head: the copy must still be a copy (TL 4.3's bridge writes such an edit into the stream)."""
+    model = perturbed("gemma3")
+    assert model.cfg.n_kv_heads == 1
+    names = [f"blocks.1.hook_{s}" for s in ("resid_pre", "attn_out", "resid_mid")]
+
+    def shift(x, hook):
+        x += 1.0
+        return x
+
+    with torch.no_grad():
+        _, clean = model.run_with_cache(TEXT, names_filter=names)
+        with model.hooks(fwd_hooks=[("blocks.1.hook_k_input", shift), ("blocks.1.hook_v_input", shift)]):
+            _, edited = model.run_with_cache(TEXT, names_filter=names)
+    assert maxdiff(edited["attn_out", 1], clean["attn_out", 1]) > 1e-3  # the edit reached k and v
+    assert torch.equal(edited["resid_pre", 1], clean["resid_pre", 1])
+    assert maxdiff(edited["resid_mid", 1] - edited["attn_out", 1], clean["resid_pre", 1]) <= 1e-5
