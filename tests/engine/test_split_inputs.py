@@ -177,3 +177,42 @@ def test_an_in_place_edit_of_a_single_kv_head_stays_in_its_copy():
     assert maxdiff(edited["attn_out", 1], clean["attn_out", 1]) > 1e-3  # the edit reached k and v
     assert torch.equal(edited["resid_pre", 1], clean["resid_pre", 1])
     assert maxdiff(edited["resid_mid", 1] - edited["attn_out", 1], clean["resid_pre", 1]) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_watching_a_copy_keeps_gradients_through_edited_norms(arch):
+    """With ln1 edited (a doubled output, a frozen scale), a gradient hook on the copies changes no gradient."""
+    model = perturbed(arch)
+
+    def resid_pre_grad(fwd_hooks, watch: bool):
+        grads = {}
+
+        def keep(g, hook):
+            grads[hook.name] = g.detach().clone()
+
+        bwd = [("blocks.1.hook_resid_pre", keep)] + ([("blocks.1.hook_q_input", lambda g, hook: None)] if watch else [])
+        with model.hooks(fwd_hooks=fwd_hooks, bwd_hooks=bwd):
+            out = model(TEXT)
+            (out.float() ** 2).mean().backward()
+        model.hf_model.zero_grad(set_to_none=True)
+        return grads["blocks.1.hook_resid_pre"]
+
+    for edit in ([("blocks.1.ln1.hook_normalized", lambda x, hook: 2 * x)],
+                 [("blocks.1.ln1.hook_scale", lambda x, hook: 1.5 * x.detach())]):
+        plain = resid_pre_grad(edit, watch=False)
+        assert maxdiff(resid_pre_grad(edit, watch=True), plain) <= 1e-7 * max(1.0, float(plain.abs().max()))
+
+
+def test_cached_gradients_keep_the_norms_when_the_copies_are_cached_too():
+    model = perturbed("llama")
+    _, off = model.run_with_cache(TEXT, return_type="loss", incl_bwd=True)
+    model.set_use_split_qkv_input(True)
+    _, on = model.run_with_cache(TEXT, return_type="loss", incl_bwd=True)
+    model.hf_model.zero_grad(set_to_none=True)
+    for name in ("blocks.1.ln1.hook_normalized_grad", "blocks.1.hook_resid_pre_grad", "blocks.0.hook_resid_pre_grad"):
+        assert maxdiff(on[name], off[name]) <= 1e-6
+    # the copies' gradients (through the unedited norm) and the residual path still add up to the stream's
+    L = 1
+    split = sum(on[f"blocks.{L}.hook_{s}_input_grad"].sum(dim=2) for s in "qkv")
+    assert maxdiff(on[f"blocks.{L}.hook_resid_pre_grad"],
+                   on[f"blocks.{L}.hook_resid_mid_grad"] + split) <= 1e-6

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 
 import torch
 from einops import rearrange, repeat
+from jaxtyping import Float
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -113,6 +114,11 @@ def _run(point: HookPoint, x: torch.Tensor, info: Hook) -> torch.Tensor:
     return point(x, info=info) if point._forward_hooks else x
 
 
+def _copy_per_position(x: Float[torch.Tensor, "batch head pos d_head"]) -> Float[torch.Tensor, "batch pos head d_head"]:
+    """A writable copy, laid out ``[batch, pos, head, d_head]``."""
+    return rearrange(x, "b h p d -> b p h d").clone(memory_format=torch.contiguous_format)
+
+
 def explicit_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -150,10 +156,12 @@ def explicit_attention(
         infos = {site: Hook(point, **geometry) for site, point in zip(SITES, hooks.points())}
         if hooks.hook_q._forward_hooks:
             query = rearrange(_run(hooks.hook_q, rearrange(query, "b h p d -> b p h d"), infos["q"]), "b p h d -> b h p d")
+        # k and v go to the hook as copies: the model's own may be the KV cache's stored tensor (an in-place edit
+        # would be applied again at every later step) or one kv head expanded to several (not writable in place)
         if hooks.hook_k._forward_hooks:
-            key = rearrange(_run(hooks.hook_k, rearrange(key, "b h p d -> b p h d"), infos["k"]), "b p h d -> b h p d")
+            key = rearrange(_run(hooks.hook_k, _copy_per_position(key), infos["k"]), "b p h d -> b h p d")
         if hooks.hook_v._forward_hooks:
-            value = rearrange(_run(hooks.hook_v, rearrange(value, "b h p d -> b p h d"), infos["v"]), "b p h d -> b h p d")
+            value = rearrange(_run(hooks.hook_v, _copy_per_position(value), infos["v"]), "b p h d -> b h p d")
 
     # Edited scores are computed in float32 in a half-precision model: adding a constant of
     # 1e4 to fp16 scores loses the scores themselves (and 7e4 overflows to inf).

@@ -225,8 +225,9 @@ class HookTree(nn.Module):
                 return None
             x = args[0]
             scale = norm.scale(x)
+            kept = scale.clone()  # a hook may edit the scale in place and return it
             new = _call(point, scale)
-            return None if new is scale else norm.output_with_scale(x, new)
+            return None if new is scale and torch.equal(new, kept) else norm.output_with_scale(x, new)
 
         return dispatch
 
@@ -236,9 +237,10 @@ class HookTree(nn.Module):
         holder.append(self._point(parent, attr, layer, needs))
         return holder[0]
 
-    def _edge_input(self, parent, attr, layer, module) -> HookPoint:
+    def _edge_input(self, parent, attr, layer, module, *, copy: bool = False) -> HookPoint:
+        """``copy``: the hook gets a copy (the module's input is also the residual the block adds to)."""
         holder: list[HookPoint] = []
-        needs = [self._on_input(module, lambda x: _call(holder[0], x))]
+        needs = [self._on_input(module, lambda x: _call(holder[0], x.clone() if copy and holder[0]._forward_hooks else x))]
         holder.append(self._point(parent, attr, layer, needs))
         return holder[0]
 
@@ -295,11 +297,11 @@ class HookTree(nn.Module):
                     resid_pre = stack[-1][1]
                     mid = resid_pre + x  # what the block computes next
                     new_mid = _call(block.hook_resid_mid, mid)
-                    if new_mid is not mid:  # the block adds x to resid_pre: shift x by the edit
-                        x = x + (new_mid - mid)
+                    again = resid_pre + x  # the block's sum, whatever the hook did to mid in place
+                    if new_mid is not mid or not torch.equal(new_mid, again):  # the block adds x to resid_pre: shift x
+                        x = x + (new_mid - again)
                     elif mid._backward_hooks:  # a gradient hook on resid_mid: let the gradient pass through mid
-                        again = resid_pre + x  # same value and graph: the two cancel, so every other gradient stays
-                        x = x + ((mid - mid.detach()) - (again - again.detach()))
+                        x = x + ((mid - mid.detach()) - (again - again.detach()))  # same value and graph: they cancel
                 return x
 
             attn_dispatch = self._on_output(b.attn_out, attn_out)
@@ -309,7 +311,7 @@ class HookTree(nn.Module):
             self._edge_output(block, "hook_resid_post", i, b.layer)
         mlp_reads = b.mlp_in if b.kind == "post_norm" else b.ln2  # BERT's MLP reads the normalised stream
         if mlp_reads is not None:
-            self._edge_input(block, "hook_mlp_in", i, mlp_reads)
+            self._edge_input(block, "hook_mlp_in", i, mlp_reads, copy=True)  # an in-place edit must not reach the stream
         self._build_split_inputs(block, b, [popping, resid_pre_input])
         if b.mlp_in is not None:
             self._edge_output(block.mlp, "hook_pre", i, b.mlp_in)
@@ -327,10 +329,16 @@ class HookTree(nn.Module):
         edits at ``ln1.hook_scale`` / ``hook_normalized`` do not reach it), and every other
         head keeps the model's own value. With gradients on, every head's gradient goes
         through its copy (so ``resid_pre``'s gradient is ``resid_mid``'s plus the copies'),
-        not through ``ln1.hook_normalized``.
+        except while ``ln1``'s own points are hooked: then ``resid_pre`` keeps the model's
+        gradient (through ``ln1`` and its edits) and the copies' gradients branch off it.
         """
         i, stacks, attn = b.index, self._resid_pre, block.attn
         norm = b.ln1 if b.kind in ("pre_norm", "sandwich") else None  # BERT's attention reads resid_pre itself
+
+        def ln1_hooked() -> bool:  # (ln1's points are built after the blocks)
+            ln1 = getattr(block, "ln1", None) if norm is not None else None
+            return any(p.is_hooked() for p in (getattr(ln1, "hook_scale", None), getattr(ln1, "hook_normalized", None))
+                       if p is not None)
         try:
             for which in "qkv":
                 attn._per_head(which)
@@ -344,8 +352,12 @@ class HookTree(nn.Module):
                 return part
             resid_pre = stack[-1][1]
             weight, bias = attn._per_head(which)  # [group, d_model, d_head], [group, d_head]
-            copies = resid_pre.unsqueeze(2).repeat(1, 1, weight.shape[0], 1)  # a copy even for one kv head
-            new = _call(point, copies)
+            # ln1's own points hooked with gradients on: their edits (a frozen scale) are in the model's path but
+            # not in the copies' per-head norm, so resid_pre keeps the model's gradient and the copies branch off it
+            branch = torch.is_grad_enabled() and resid_pre.requires_grad and ln1_hooked()
+            source = resid_pre.detach() if branch else resid_pre
+            copies = source.unsqueeze(2).repeat(1, 1, weight.shape[0], 1)  # a copy even for one kv head
+            new = _call(point, copies.requires_grad_() if branch else copies)
             edited = (new != resid_pre.unsqueeze(2)).any(dim=-1).flatten(0, 1).any(dim=0)  # [group]; in-place edits too
             grad = torch.is_grad_enabled() and new.requires_grad
             if not grad and not bool(edited.any()):
@@ -353,8 +365,8 @@ class HookTree(nn.Module):
             x = new if norm is None else norm.forward(new)  # the norm's own computation, per head
             split = einsum(x, weight.to(x.dtype), "b p g m, g m d -> b p g d") + bias.to(x.dtype)
             own = rearrange(part, "b p (g d) -> b p g d", g=weight.shape[0])
-            if grad:  # same value, but the gradient goes through the copy only (as in TransformerLens), not twice
-                own = own.detach() + (split - split.detach())
+            if grad:  # same value; the gradient reaches the copy, and resid_pre through it or the model's path, not both
+                own = (own if branch else own.detach()) + (split - split.detach())
             return rearrange(torch.where(edited[:, None], split.to(own.dtype), own), "b p g d -> b p (g d)")
 
         if b.qkv_proj is not None and b.q_proj is None:  # GPT-2's fused c_attn: [q | k | v]
