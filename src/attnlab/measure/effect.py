@@ -25,7 +25,7 @@ from attnlab.measure._batched import run_variants
 from attnlab.measure._forward import metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
-from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
+from attnlab.measure._sources import RowSources, addresses_rows, one_batch
 from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, metric_batch_size
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import new_figure
@@ -131,8 +131,8 @@ def effect(
     >>> list(res.per_prompt.columns)
     ['prompt', 'clean', 'intervened', 'effect']
 
-    A ``Patch`` whose source is one text per prompt is run chunk by chunk with its prompts;
-    other interventions tied to batch rows (``rows=``, a source tensor with one row per
+    A ``Patch`` whose source is text (one per prompt, or one for all) is run chunk by chunk
+    with its prompts; other interventions tied to batch rows (``rows=``, a source tensor with one row per
     prompt) are applied to the whole prompt list in one batch; everything else runs in
     chunks of ``batch_size`` rows. (The previous order ``effect(model, prompts,
     interventions, metric)`` still works, with a ``DeprecationWarning``.)
@@ -244,11 +244,10 @@ def perplexity(
 def _forward_effect(model, prompts, specs, metric, batch_size, progress) -> tuple[np.ndarray, np.ndarray]:
     rows = metric.rows(model, prompts)
     sources = RowSources(model, metric, prompts, rows, specs)
-    single = any(addresses_rows(s) and not follows_prompts(s, len(prompts)) for s in specs)
     clean, inter = run_variants(
-        model, rows, metric, [(0, "interventions")], lambda key, ctx: [sources.rebuild(s, ctx) for s in specs],
+        model, rows, metric, [(0, "interventions")], lambda key, ctx: sources.build(specs, ctx),
         batch_size=batch_size, progress=progress, desc=f"effect ({metric.name})",
-        chunk_setup=sources.setup if sources else None, single_chunk=single,
+        chunk_setup=sources.setup if sources else None, single_chunk=one_batch(specs, len(prompts)),
     )
     return clean, inter[0]
 
