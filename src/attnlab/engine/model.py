@@ -14,6 +14,7 @@ import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import torch
@@ -26,7 +27,7 @@ from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.forward import Output, run, token_logprobs
 from attnlab.engine.generate import decode, eos_ids
-from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame
+from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame, user_frame
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
@@ -44,6 +45,8 @@ Text = str | Sequence[str]
 RETURN_TYPES = ("logits", "loss", "both", None, "hidden", "outputs")
 
 _PREPARED_CACHE_SIZE = 32
+#: The ``intervene()`` blocks open in this context, outermost first: (model id, block owner, specs).
+_INTERVENING: ContextVar[tuple[tuple[int, int, tuple], ...]] = ContextVar("attnlab_intervening", default=())
 
 _FOLDING = ("attnlab keeps the model's own weights (nothing folded or centred); apply_ln_to_stack and "
             "tokens_to_residual_directions account for the norms' weights instead")
@@ -377,7 +380,20 @@ class HookedModel(ModelWeights, nn.Module):
             except AttnlabError as err:
                 raise type(err)(f"while preparing {spec!r} on {self.cfg.name}: {err}") from None
         with self.hooks(fwd_hooks=fwd):
-            yield self
+            token = _INTERVENING.set(_INTERVENING.get() + ((id(self), user_frame(), interventions),))
+            try:
+                yield self
+            finally:
+                _INTERVENING.reset(token)
+
+    def acting_interventions(self) -> list[Intervention]:
+        """The specs of the ``intervene()`` blocks acting here (none inside ``clean()``), outermost first.
+
+        Batched measurements read them: an outer spec's ``rows=`` are rows of the batch it sees,
+        so they decide how the prompts may be cut into batches.
+        """
+        owners = acting_owners()
+        return [s for model, owner, specs in _INTERVENING.get() if model == id(self) and owner in owners for s in specs]
 
     def _check_every_layer_is_reached(self) -> None:
         """One tiny forward pass proving that every layer calls attnlab's attention function."""

@@ -22,7 +22,7 @@ from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import Patch
 from attnlab.measure._rows import Rows
 
-__all__ = ["RowSources", "addresses_rows", "follows_prompts", "one_batch", "paired_rows"]
+__all__ = ["RowSources", "addresses_rows", "follows_prompts", "one_batch", "outer_rows", "paired_rows"]
 
 
 def addresses_rows(spec) -> bool:
@@ -44,6 +44,12 @@ def follows_prompts(spec, n_prompts: int) -> bool:
 def one_batch(specs: Iterable, n_prompts: int) -> bool:
     """Whether ``specs`` need every row in one batch: tied to batch rows in a way chunks cannot follow."""
     return any(addresses_rows(s) and not follows_prompts(s, n_prompts) for s in specs)
+
+
+def outer_rows(model) -> bool:
+    """An outer ``model.intervene(...)`` spec acting here is tied to batch rows: its rows are rows of the whole
+    prompt list only when every row runs in one batch, one variant at a time."""
+    return any(addresses_rows(s) for s in model.acting_interventions())
 
 
 def _source_texts(spec, n_prompts: int) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from attnlab.measure._batched import run_variants
 from attnlab.measure._forward import metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
-from attnlab.measure._sources import RowSources, addresses_rows, one_batch
+from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
 from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, metric_batch_size
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import new_figure
@@ -228,7 +228,8 @@ def perplexity(
     n_boot, seed = check_resampling(n_boot, seed)
     specs = check_interventions(model, interventions)
     rows = metric.rows(model, texts)
-    chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else metric_batch_size(model, rows, batch_size, metric)
+    one = any(addresses_rows(s) for s in specs) or outer_rows(model)
+    chunk = rows.n_rows if one else metric_batch_size(model, rows, batch_size, metric)
     nll = []
     for c0 in range(0, rows.n_rows, chunk):
         part = rows.select(slice(c0, c0 + chunk)).to(model.device)
@@ -257,7 +258,7 @@ def _generation(model, prompts, specs, metric, batch_size, progress):
     clean_v, inter_v, clean_t, inter_t = [], [], [], []
     if batch_size == AUTO:  # a generation keeps a KV cache, not a sweep's prefix: the CPU rule everywhere
         batch_size = CPU_ROWS
-    chunk = len(prompts) if any(addresses_rows(s) for s in specs) else batch_size
+    chunk = len(prompts) if any(addresses_rows(s) for s in specs) or outer_rows(model) else batch_size
     for start in tqdm(range(0, len(prompts), chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
         part = prompts[start : start + chunk]
         clean = metric.generate(model, part)
