@@ -306,7 +306,12 @@ class HookedModel(ModelWeights, nn.Module):
         with self.hooks(fwd_hooks=[(n, store) for n in names], bwd_hooks=bwd):
             out = self(*model_args, **model_kwargs)
             if incl_bwd:
-                if not isinstance(out, torch.Tensor) or out.numel() != 1 or not out.requires_grad:
+                if isinstance(out, torch.Tensor) and out.numel() == 1 and not out.requires_grad:
+                    raise InvalidInput("run_with_cache(incl_bwd=True) differentiates the model's output, so it needs "
+                                       "autograd: it ran with gradients off (inside torch.no_grad() or "
+                                       "torch.inference_mode(), or with the weights' requires_grad off); "
+                                       "call it outside those blocks")
+                if not isinstance(out, torch.Tensor) or out.numel() != 1:
                     raise InvalidInput("run_with_cache(incl_bwd=True) differentiates the model's output, which must be "
                                        "one number with a gradient: pass return_type='loss' (as in TransformerLens), "
                                        f"got {'a tensor of shape ' + str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__}")
