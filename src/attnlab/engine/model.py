@@ -73,6 +73,11 @@ _TL_MODEL_HINTS = {
 }
 
 
+def _check_direction(value, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise InvalidInput(f"{what} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
 class Intervention(Protocol):
     """Anything ``model.intervene`` accepts: it checks itself, then prepares its hooks."""
 
@@ -255,20 +260,36 @@ class HookedModel(ModelWeights, nn.Module):
                     point.remove_hooks(owner)
                 for need in needs:
                     need.release()
+                if clear_contexts:
+                    self._clear_contexts()
 
     def add_hook(self, name, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, prepend: bool = False) -> None:
         """Attach a hook that persists: inside a ``hooks()`` block until it ends, outside until ``reset_hooks()``.
 
         A persistent hook added outside any block acts in every thread (TransformerLens'
         semantics); prefer ``with model.hooks(...)``, whose hooks belong to one context.
+        ``is_permanent=True``: persistent even inside a block, and kept by ``reset_hooks()``
+        unless ``including_permanent=True`` (TransformerLens').
         """
+        _check_direction(dir, ("fwd", "bwd"), "dir")
         for point, f, direction in self._expand([(name, fn)], dir):
-            point.add_hook(f, direction, prepend=prepend)  # the point picks the block (or persistence) and its dispatcher
+            point.add_hook(f, direction, prepend=prepend, is_permanent=is_permanent)  # the point picks the block
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False) -> None:
-        """Remove the persistent hooks added with ``add_hook`` outside a block."""
+        """Remove the persistent hooks added with ``add_hook`` (TransformerLens' arguments).
+
+        ``direction``: only "fwd" or "bwd" hooks ("both": all); permanent hooks stay unless
+        ``including_permanent``; ``clear_contexts`` empties every hook point's ``ctx``.
+        """
+        _check_direction(direction, ("fwd", "bwd", "both"), "direction")
+        for point in self.hook_dict.values():  # also releases the dispatchers the removed hooks acquired
+            point.remove_hooks(_GLOBAL, including_permanent=including_permanent, direction=direction)
+        if clear_contexts:
+            self._clear_contexts()
+
+    def _clear_contexts(self) -> None:
         for point in self.hook_dict.values():
-            point.remove_hooks(_GLOBAL)  # also releases the dispatchers its persistent hooks acquired
+            point.ctx.clear()
 
     def count_hooks(self) -> int:
         """Hooks on attnlab's hook points that act in this context (0 outside ``with`` blocks)."""
