@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.errors import InvalidLocation
+from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import AblateHead, EditNeuron, SetPattern
 
 TEXT = "the nurse said that she was happy"
@@ -172,3 +172,48 @@ def test_a_hook_points_own_add_hook_acts_on_block_edges(tiny_gpt2):
         assert torch.equal(model(TEXT), expected)
         model.reset_hooks()
         assert _torch_hooks(model) == before and not torch.equal(model(TEXT), expected)
+
+
+def test_reset_hooks_keeps_permanent_hooks_and_filters_by_direction_as_transformer_lens(tiny_gpt2):
+    """reset_hooks(including_permanent=False, direction=..., clear_contexts=...) did what reset_hooks() does:
+    removed every persistent hook, of both directions, and left every hook point's ctx as it was."""
+    model, calls = tiny_gpt2, []
+    edge = "blocks.0.hook_resid_mid"  # a block edge: its dispatcher must stay while the permanent hook does
+    zero = lambda x, hook: torch.zeros_like(x)  # noqa: E731
+    with torch.no_grad():
+        expected = model.run_with_hooks(TEXT, fwd_hooks=[(edge, zero)])
+        before = _torch_hooks(model)
+        model.add_hook(edge, zero, is_permanent=True)
+        model.add_hook("blocks.0.attn.hook_z", lambda x, hook: calls.append("temp"))
+        model.reset_hooks()  # the non-permanent one only
+        assert torch.equal(model(TEXT), expected) and calls == []
+        with model.hooks([("blocks.1.attn.hook_z", lambda x, hook: None)]):
+            model.add_hook("blocks.1.attn.hook_pattern", lambda x, hook: calls.append("perm in block"), is_permanent=True)
+        model(TEXT)  # a permanent hook added inside a block outlives it
+        assert calls == ["perm in block"]
+    model.add_hook("blocks.0.attn.hook_z", lambda x, hook: calls.append("fwd"))
+    model.add_hook("blocks.0.attn.hook_z", lambda g, hook: calls.append("bwd"), dir="bwd")
+    model.reset_hooks(direction="bwd")
+    calls.clear()
+    model(TEXT, return_type="loss").backward()
+    assert calls == ["fwd", "perm in block"]  # the bwd hook is gone; layer 0 fires first
+    model.reset_hooks(direction="fwd", including_permanent=True)
+    assert model.count_hooks() == 0 and _torch_hooks(model) == before  # every dispatcher released
+
+    def remember(x, hook):
+        hook.ctx["seen"] = hook.ctx.get("seen", 0) + 1
+
+    z = model.hook_dict["blocks.0.attn.hook_z"]
+    model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_z", remember)])
+    assert z.ctx == {"seen": 1}  # clear_contexts=False (run_with_hooks' default) keeps it
+    model.reset_hooks(clear_contexts=False)
+    assert z.ctx == {"seen": 1}
+    model.reset_hooks()
+    assert z.ctx == {}
+    model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.attn.hook_z", remember)], clear_contexts=True)
+    assert z.ctx == {}
+    with pytest.raises(InvalidInput, match="direction must be one of 'fwd', 'bwd', 'both', got 'forward'"):
+        model.reset_hooks(direction="forward")
+    with pytest.raises(InvalidInput, match="dir must be one of 'fwd', 'bwd', got 'both'"):
+        model.add_hook("blocks.0.attn.hook_z", remember, dir="both")
+    assert model.count_hooks() == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnlab.errors import InvalidInput
 from attnlab.testing import tiny_model
 
 P, Q, LONG = "the nurse said that", "a dog ran home", "a much longer prompt than the outer one, with many more tokens"
@@ -177,6 +178,16 @@ def test_a_gradient_hook_on_resid_mid_fires_and_leaves_every_other_gradient_alon
     assert cache[mid + "_grad"].abs().max() > 0
     assert torch.allclose(with_hook, without, atol=1e-7)  # nothing counted twice
     decoder.hf_model.zero_grad()
+
+
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_incl_bwd_with_gradients_off_names_the_real_cause(decoder, no_grad):
+    """return_type='loss' under torch.no_grad() was told to pass return_type='loss'; the error names grad mode."""
+    with no_grad(), pytest.raises(InvalidInput, match=r"needs autograd: it ran with gradients off \(inside torch.no_grad"):
+        decoder.run_with_cache(P, names_filter="blocks.0.attn.hook_z", incl_bwd=True, return_type="loss")
+    with pytest.raises(InvalidInput, match=r"pass return_type='loss'"):  # logits: still the shape's message
+        decoder.run_with_cache(P, names_filter="blocks.0.attn.hook_z", incl_bwd=True)
+    assert decoder.count_hooks() == 0
 
 
 @pytest.mark.parametrize("inner", ["stopped", "raising"])

@@ -272,3 +272,21 @@ def test_per_row_gives_each_row_its_own_intervention(arch):
     for row in range(3):
         assert (batch[row] - singles[row]).abs().max() <= 1e-5
     assert (batch[0] - batch[1]).abs().max() > 1e-4  # same text, different intervention
+
+
+def test_text_patch_sources_are_read_at_token_positions_under_left_padding():
+    """Source texts of different lengths land on the same tokens whatever model.padding_side (they were
+    run left-padded under padding_side='left', so a shorter row's source was read from the padding)."""
+    model = tiny_model("gpt2")
+    source, target = ["the nurse said that she was", "the dog ran"], ["the doctor said that he was", "a cat sat"]
+    with torch.no_grad():
+        with model.intervene(Patch(1, 0, site="z", source=[source[1]])):
+            alone = model(target[1])[0]
+        model.padding_side = "left"
+        try:
+            with model.intervene(Patch(1, 0, site="z", source=source)):
+                left = model(target)
+        finally:
+            model.padding_side = "right"
+    n = alone.shape[0]
+    assert torch.allclose(left[1, -n:], alone, atol=1e-5)

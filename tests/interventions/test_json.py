@@ -85,6 +85,36 @@ def test_to_dict_is_plain_json_data():
     }
 
 
+def test_numpy_numbers_build_the_same_specs(tiny_gpt2):
+    """numpy integers and reals (a layer read back from a result table is numpy.int64) give the spec that Python
+    numbers give, with the same JSON and the same effect; they were refused as 'must be an int'."""
+    import numpy as np
+
+    from attnlab.interventions import EditMLPNeuron
+
+    pairs = [
+        (AblateHead(np.int64(1), np.int32(2), positions=np.array([1, 2]), rows=[np.int64(0)]),
+         AblateHead(1, 2, positions=[1, 2], rows=[0])),
+        (AblateHead(np.int64(0), [np.int64(0), 3], method="resample", reference=[OTHER], seed=np.uint8(3)),
+         AblateHead(0, [0, 3], method="resample", reference=[OTHER], seed=3)),
+        (EditMLPNeuron(np.int64(0), np.int64(1), scale=np.float32(0.5)), EditMLPNeuron(0, 1, scale=0.5)),
+        (EditNeuron(1, 0, site="q", dim=np.int16(2), value=np.float64(-2.0)), EditNeuron(1, 0, site="q", dim=2, value=-2.0)),
+    ]
+    for built, plain in pairs:
+        assert json.dumps(built.to_dict()) == json.dumps(plain.to_dict())
+        assert type(built.layer) is int and all(type(h) is int for h in built.heads or ())
+        with torch.no_grad():
+            with tiny_gpt2.intervene(built):
+                a = tiny_gpt2(TEXT)
+            with tiny_gpt2.intervene(plain):
+                b = tiny_gpt2(TEXT)
+        assert torch.equal(a, b)
+    with pytest.raises(InvalidSpec, match="layer must be an int, got np.True_|layer must be an int, got True"):
+        AblateHead(np.bool_(True))
+    with pytest.raises(InvalidSpec, match="scale must be a finite number"):
+        EditMLPNeuron(0, 1, scale=np.float32("nan"))
+
+
 def test_save_and_load_specs(tmp_path, tiny_gpt2):
     path = tmp_path / "specs.json"
     save_specs(path, SPECS)

@@ -260,3 +260,46 @@ def test_per_prompt_patch_sources_follow_their_prompts(tiny_llama):
     with pytest.raises(InvalidInput, match="mismatched prompt pair 2: .* has 7 tokens but counterfactual .* has 4"):
         effect(tiny_llama, prompts, KL(), [Patch(1, 2, site="pattern", source=sources[:2] + ["a cat sat"])],
                progress=False)
+
+
+def test_a_single_patch_source_text_is_shared_by_every_prompt(tiny_llama):
+    """One source text for several prompts equals that text repeated once per prompt; with a multi-token metric
+    (rows prompt + continuation, longer than the source alone) it failed with a ShapeMismatch."""
+    from attnlab.interventions import Patch
+
+    prompts, source = ["the nurse said that", "the doctor said that", "the man said that"], "the woman said that"
+    for metric in (LogitDiff(" she", " he"), LogitDiff(" she said", " he")):
+        for batch_size in (1, 64):
+            shared = effect(tiny_llama, prompts, metric, [Patch(1, None, site="z", source=source)],
+                            batch_size=batch_size, progress=False, n_boot=0).per_prompt.effect
+            repeated = effect(tiny_llama, prompts, metric, [Patch(1, None, site="z", source=[source] * 3)],
+                              batch_size=batch_size, progress=False, n_boot=0).per_prompt.effect
+            assert np.allclose(shared, repeated, atol=1e-6) and np.abs(shared).max() > 1e-4
+
+
+def test_rows_of_a_per_prompt_patch_are_rows_of_the_prompt_list(tiny_llama):
+    """``rows=[0]`` on a Patch with one source per prompt edits prompt 0 only, whatever batch_size (it edited
+    row 0 of every chunk: prompt 2 too at batch_size=2)."""
+    from attnlab.interventions import Patch
+    from attnlab.measure import sweep_interventions
+
+    prompts = ["the nurse said that", "a man", "the doctor said that", "a dog"]
+    cf = ["the man said that", "a cat", "the woman said that", "a boy"]
+    metric = LogitDiff(" she", " he")
+    alone = effect(tiny_llama, prompts[:1], metric, [Patch(1, None, site="z", source=cf[:1])], progress=False,
+                   n_boot=0).per_prompt.effect[0]
+    assert abs(alone) > 1e-4
+    for rows, prompt in (([0], 0), ([3], 3)):
+        want = np.zeros(4)
+        want[prompt] = effect(tiny_llama, prompts[prompt : prompt + 1], metric,
+                              [Patch(1, None, site="z", source=cf[prompt : prompt + 1])], progress=False,
+                              n_boot=0).per_prompt.effect[0]
+        spec = Patch(1, None, site="z", source=cf, rows=rows)
+        for batch_size in (1, 2, 3, 4):
+            got = effect(tiny_llama, prompts, metric, [spec], batch_size=batch_size, progress=False, n_boot=0)
+            assert np.allclose(got.per_prompt.effect, want, atol=1e-6)
+            swept = sweep_interventions(tiny_llama, prompts, metric, {"p": [spec]}, batch_size=batch_size,
+                                        progress=False, n_boot=0)
+            assert np.allclose(swept.per_prompt.effect, want, atol=1e-6)
+    with pytest.raises(InvalidLocation, match="row 4 out of range: these prompts have batch rows 0..3"):
+        effect(tiny_llama, prompts, metric, [Patch(1, None, site="z", source=cf, rows=[4])], progress=False)

@@ -158,3 +158,27 @@ def test_sweep_bad_input(tiny_gpt2):
     with pytest.raises(InvalidInput, match="handles at most 128"):
         sweep_heads(m, ["the " * 200], KL(), "zero", progress=False)
     assert m.count_hooks() == 0
+
+
+def test_an_outer_spec_with_rows_edits_those_prompts_whatever_batch_size(tiny_gpt2):
+    """Inside ``model.intervene(spec with rows=[0])`` the outer spec edits prompt 0 only: sweeps stacked copies of
+    the prompts (only copy 0 got it; variants resuming from the clean prefix did) and cut chunks (row 0 of each
+    chunk got it), so effects changed with batch_size."""
+    from attnlab.measure import score
+
+    prompts, metric = ["the nurse said that", "the doctor said that he was", "a man"], LogitDiff(" she", " he")
+    outer = [AblateHead(1, [0, 1])]
+    want = np.zeros((8, 3))  # [layer x head, prompt]: each prompt alone, with the outer edit only on prompt 0
+    for i, p in enumerate(prompts):
+        with tiny_gpt2.intervene(*(outer if i == 0 else [])):
+            want[:, i] = [effect(tiny_gpt2, [p], metric, [AblateHead(l, h)], progress=False, n_boot=0).per_prompt.effect[0]
+                          for l in range(2) for h in range(4)]
+    assert np.abs(want[:, 0] - want[:, 1:].mean(1)).max() > 1e-3  # the outer edit matters
+    with tiny_gpt2.intervene(AblateHead(1, [0, 1], rows=[0])):
+        alone = score(tiny_gpt2, prompts, metric, batch_size=64)
+        for batch_size in (1, 2, 3, 9, 64):
+            res = sweep_heads(tiny_gpt2, prompts, metric, "zero", batch_size=batch_size, progress=False, n_boot=0)
+            assert np.allclose(res.per_prompt.effect.to_numpy().reshape(8, 3), want, atol=1e-5)
+            one = effect(tiny_gpt2, prompts, metric, [AblateHead(0, 2)], batch_size=batch_size, progress=False, n_boot=0)
+            assert np.allclose(one.per_prompt.effect, want[2], atol=1e-5)
+            assert np.allclose(score(tiny_gpt2, prompts, metric, batch_size=batch_size), alone, atol=1e-5)

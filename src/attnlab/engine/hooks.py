@@ -195,7 +195,8 @@ class HookPoint(nn.Module):
         self.site = site
         self.ctx: dict = {}
         self._owned: dict[int, list[Any]] = {}  # owner -> PyTorch hook handles
-        self._held: list[OnDemand] = []  # dispatchers this point's own persistent add_hook acquired
+        self._kind: dict[int, tuple[str, bool]] = {}  # handle id -> (direction, permanent), for reset_hooks' filters
+        self._held: dict[int, list[OnDemand]] = {}  # handle id -> dispatchers its persistent add_hook acquired
         self._lock = threading.Lock()
 
     def forward(self, x: torch.Tensor, info: Hook | None = None) -> torch.Tensor:
@@ -209,19 +210,22 @@ class HookPoint(nn.Module):
 
     # -- attaching --------------------------------------------------------------------------
 
-    def add_hook(self, fn: HookFn, dir: str = "fwd", *, owner: int | None = None, prepend: bool = False) -> None:
-        """Attach ``fn(tensor, hook)``; it acts only in the block ``owner`` (default: the innermost open one)."""
+    def add_hook(self, fn: HookFn, dir: str = "fwd", *, owner: int | None = None, prepend: bool = False,
+                 is_permanent: bool = False) -> None:
+        """Attach ``fn(tensor, hook)``; it acts only in the block ``owner`` (default: the innermost open one).
+
+        ``is_permanent`` (TransformerLens'): persistent whatever block is open, and kept by
+        ``reset_hooks()`` unless ``including_permanent=True``.
+        """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        needs: list[OnDemand] = []
         if owner is None:  # TransformerLens' point.add_hook: the innermost hooks() block's until it ends, else persistent
-            owner = user_frame()
+            owner = _GLOBAL if is_permanent else user_frame()
             needs = list(getattr(self, "_needs", ()))  # a block edge's dispatcher on the HF module
             for need in needs:
                 need.acquire()
-            if owner == _GLOBAL:
-                with self._lock:
-                    self._held.extend(needs)  # released by remove_hooks() (model.reset_hooks())
-            else:
+            if owner != _GLOBAL:
                 at_frame_exit(owner, lambda: self._release(owner, needs))
         point = self
 
@@ -242,15 +246,28 @@ class HookPoint(nn.Module):
         handle = self.register_forward_hook(forward_hook, with_kwargs=True, prepend=prepend)
         with self._lock:
             self._owned.setdefault(owner, []).append(handle)
+            self._kind[handle.id] = (dir, is_permanent)
+            if owner == _GLOBAL and needs:
+                self._held[handle.id] = needs  # released by remove_hooks() (model.reset_hooks())
 
-    def remove_hooks(self, owner: int | None = None, *, including_permanent: bool = True) -> None:
-        """Remove the hooks of one owner, or all of them."""
+    def remove_hooks(self, owner: int | None = None, *, including_permanent: bool = True, direction: str = "both") -> None:
+        """Remove the hooks of one owner, or all of them (``direction``: only "fwd" or "bwd" hooks; permanent ones
+        only if ``including_permanent``)."""
+        held: list[OnDemand] = []
         with self._lock:
             owners = list(self._owned) if owner is None else [owner]
             for o in owners:
+                kept = []
                 for handle in self._owned.pop(o, []):
+                    hook_dir, permanent = self._kind.get(handle.id, ("fwd", False))
+                    if (permanent and not including_permanent) or direction not in ("both", hook_dir):
+                        kept.append(handle)
+                        continue
                     handle.remove()
-            held, self._held = (self._held, []) if owner in (None, _GLOBAL) else ([], self._held)
+                    self._kind.pop(handle.id, None)
+                    held += self._held.pop(handle.id, [])
+                if kept:
+                    self._owned[o] = kept
         for need in held:
             need.release()
 

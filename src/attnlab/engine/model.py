@@ -14,6 +14,7 @@ import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import torch
@@ -26,7 +27,7 @@ from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.forward import Output, run, token_logprobs
 from attnlab.engine.generate import decode, eos_ids
-from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame
+from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame, user_frame
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
@@ -44,6 +45,8 @@ Text = str | Sequence[str]
 RETURN_TYPES = ("logits", "loss", "both", None, "hidden", "outputs")
 
 _PREPARED_CACHE_SIZE = 32
+#: The ``intervene()`` blocks open in this context, outermost first: (model id, block owner, specs).
+_INTERVENING: ContextVar[tuple[tuple[int, int, tuple], ...]] = ContextVar("attnlab_intervening", default=())
 
 _FOLDING = ("attnlab keeps the model's own weights (nothing folded or centred); apply_ln_to_stack and "
             "tokens_to_residual_directions account for the norms' weights instead")
@@ -68,6 +71,11 @@ _TL_MODEL_HINTS = {
     # a property that raises an AttributeError lands here: its message is this one
     "ln_final": "this model has no final norm before its unembedding (BERT's LayerNorms close each block)",
 }
+
+
+def _check_direction(value, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise InvalidInput(f"{what} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 class Intervention(Protocol):
@@ -252,20 +260,36 @@ class HookedModel(ModelWeights, nn.Module):
                     point.remove_hooks(owner)
                 for need in needs:
                     need.release()
+                if clear_contexts:
+                    self._clear_contexts()
 
     def add_hook(self, name, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, prepend: bool = False) -> None:
         """Attach a hook that persists: inside a ``hooks()`` block until it ends, outside until ``reset_hooks()``.
 
         A persistent hook added outside any block acts in every thread (TransformerLens'
         semantics); prefer ``with model.hooks(...)``, whose hooks belong to one context.
+        ``is_permanent=True``: persistent even inside a block, and kept by ``reset_hooks()``
+        unless ``including_permanent=True`` (TransformerLens').
         """
+        _check_direction(dir, ("fwd", "bwd"), "dir")
         for point, f, direction in self._expand([(name, fn)], dir):
-            point.add_hook(f, direction, prepend=prepend)  # the point picks the block (or persistence) and its dispatcher
+            point.add_hook(f, direction, prepend=prepend, is_permanent=is_permanent)  # the point picks the block
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False) -> None:
-        """Remove the persistent hooks added with ``add_hook`` outside a block."""
+        """Remove the persistent hooks added with ``add_hook`` (TransformerLens' arguments).
+
+        ``direction``: only "fwd" or "bwd" hooks ("both": all); permanent hooks stay unless
+        ``including_permanent``; ``clear_contexts`` empties every hook point's ``ctx``.
+        """
+        _check_direction(direction, ("fwd", "bwd", "both"), "direction")
+        for point in self.hook_dict.values():  # also releases the dispatchers the removed hooks acquired
+            point.remove_hooks(_GLOBAL, including_permanent=including_permanent, direction=direction)
+        if clear_contexts:
+            self._clear_contexts()
+
+    def _clear_contexts(self) -> None:
         for point in self.hook_dict.values():
-            point.remove_hooks(_GLOBAL)  # also releases the dispatchers its persistent hooks acquired
+            point.ctx.clear()
 
     def count_hooks(self) -> int:
         """Hooks on attnlab's hook points that act in this context (0 outside ``with`` blocks)."""
@@ -303,7 +327,12 @@ class HookedModel(ModelWeights, nn.Module):
         with self.hooks(fwd_hooks=[(n, store) for n in names], bwd_hooks=bwd):
             out = self(*model_args, **model_kwargs)
             if incl_bwd:
-                if not isinstance(out, torch.Tensor) or out.numel() != 1 or not out.requires_grad:
+                if isinstance(out, torch.Tensor) and out.numel() == 1 and not out.requires_grad:
+                    raise InvalidInput("run_with_cache(incl_bwd=True) differentiates the model's output, so it needs "
+                                       "autograd: it ran with gradients off (inside torch.no_grad() or "
+                                       "torch.inference_mode(), or with the weights' requires_grad off); "
+                                       "call it outside those blocks")
+                if not isinstance(out, torch.Tensor) or out.numel() != 1:
                     raise InvalidInput("run_with_cache(incl_bwd=True) differentiates the model's output, which must be "
                                        "one number with a gradient: pass return_type='loss' (as in TransformerLens), "
                                        f"got {'a tensor of shape ' + str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__}")
@@ -377,7 +406,20 @@ class HookedModel(ModelWeights, nn.Module):
             except AttnlabError as err:
                 raise type(err)(f"while preparing {spec!r} on {self.cfg.name}: {err}") from None
         with self.hooks(fwd_hooks=fwd):
-            yield self
+            token = _INTERVENING.set(_INTERVENING.get() + ((id(self), user_frame(), interventions),))
+            try:
+                yield self
+            finally:
+                _INTERVENING.reset(token)
+
+    def acting_interventions(self) -> list[Intervention]:
+        """The specs of the ``intervene()`` blocks acting here (none inside ``clean()``), outermost first.
+
+        Batched measurements read them: an outer spec's ``rows=`` are rows of the batch it sees,
+        so they decide how the prompts may be cut into batches.
+        """
+        owners = acting_owners()
+        return [s for model, owner, specs in _INTERVENING.get() if model == id(self) and owner in owners for s in specs]
 
     def _check_every_layer_is_reached(self) -> None:
         """One tiny forward pass proving that every layer calls attnlab's attention function."""

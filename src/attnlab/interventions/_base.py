@@ -10,15 +10,17 @@ compared and replayed, and ``spec == copy.deepcopy(spec)`` always holds.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from attnlab.engine.config import ModelConfig
 from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES, hook_name
-from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch, did_you_mean
+from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch, did_you_mean, is_integer
 
 __all__ = [
     "Intervention", "Prepared", "REGISTRY", "register", "as_index_tuple", "tensor_or_none", "finite_number",
@@ -39,14 +41,18 @@ def register(cls: type[Intervention]) -> type[Intervention]:
 
 
 def as_index_tuple(value: Any, what: str) -> tuple[int, ...] | None:
-    """``None`` -> None (everywhere); an int or a sequence of ints -> a tuple of ints."""
+    """``None`` -> None (everywhere); an int or a sequence of ints -> a tuple of Python ints.
+
+    numpy integers and arrays count (a layer read back from a result table is ``numpy.int64``).
+    """
     if value is None:
         return None
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (torch.Tensor, np.ndarray)):
         value = value.tolist()
-    items = [value] if isinstance(value, int) else list(value) if isinstance(value, (Sequence, range)) and not isinstance(value, str) else None
-    if items is None or not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+    items = [value] if is_integer(value) else list(value) if isinstance(value, (Sequence, range)) and not isinstance(value, str) else None
+    if items is None or not items or not all(is_integer(i) for i in items):
         raise InvalidSpec(f"{what} must be an int, a non-empty list of ints or None (all), got {value!r}")
+    items = [int(i) for i in items]
     if any(i < 0 for i in items):
         raise InvalidLocation(f"{what} must be >= 0, got {value!r}")
     if any(i >= 2**31 for i in items):
@@ -55,8 +61,8 @@ def as_index_tuple(value: Any, what: str) -> tuple[int, ...] | None:
 
 
 def finite_number(value: Any, what: str) -> float:
-    """A real number that is finite in float32 (what every edit computes in, at least)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    """A real number (numpy's too) that is finite in float32 (what every edit computes in, at least), as a float."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise InvalidSpec(f"{what} must be a finite number, got {value!r}")
     try:
         number = float(value)
@@ -86,9 +92,9 @@ def required_indices(value: Any, what: str, kind: str) -> tuple[int, ...]:
 
 
 def check_seed(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+    if not is_integer(value) or not 0 <= value < 2**63:
         raise InvalidSpec(f"seed must be an integer in 0..2**63-1, got {value!r}")
-    return value
+    return int(value)
 
 
 def tensor_or_none(value: Any, what: str) -> torch.Tensor | None:
@@ -166,11 +172,11 @@ class Intervention:
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, layer: int, head: int | Sequence[int] | None = None, *, positions=None, rows=None):
-        if not isinstance(layer, int) or isinstance(layer, bool):
+        if not is_integer(layer):
             raise InvalidSpec(f"layer must be an int, got {layer!r}")
         if layer < 0:
             raise InvalidLocation(f"layer must be >= 0, got {layer}")
-        self.layer = layer
+        self.layer = int(layer)
         self.heads = as_index_tuple(head, "head")
         self.positions = as_index_tuple(positions, "positions")
         self.rows = as_index_tuple(rows, "rows")

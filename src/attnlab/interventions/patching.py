@@ -67,9 +67,11 @@ class Patch(Intervention):
     def prepare_values(self, model) -> dict:
         if isinstance(self.source, torch.Tensor):
             return {"source": self.source}
+        # right-padded whatever model.padding_side: the edit reads the source at token positions
         name, texts = self.hook_name, tuple(self.source)
         return {"source": model.prepared_source(
-            ("patch_source", name, texts), lambda: model.run(list(texts), logits=None, read=[name]).cache[name]
+            ("patch_source", name, texts),
+            lambda: model.run(list(texts), logits=None, read=[name], padding_side="right").cache[name],
         )}
 
     def make_edit(self, values):

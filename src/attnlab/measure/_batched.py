@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from attnlab.engine.forward import Resume
 from attnlab.measure._forward import metric_output
 from attnlab.measure._rows import Rows
+from attnlab.measure._sources import outer_rows
 from attnlab.measure.batch_size import metric_batch_size
 from attnlab.measure.distributed import current, head_cost_in_layers, split_variants
 
@@ -105,9 +106,10 @@ def run_variants(
     every pass's linear layers multiply in that dtype (:mod:`attnlab.engine.precision`).
     """
     batch_size = metric_batch_size(model, rows, batch_size, metric)  # "auto": from the device
+    outer = outer_rows(model)  # an outer spec's rows=: every row in one batch, no copies stacked under it
     k = rows.per_prompt
-    chunk = rows.n_rows if single_chunk else max(k, min(rows.n_rows, batch_size) // k * k)
-    copies = max(1, batch_size // chunk)
+    chunk = rows.n_rows if single_chunk or outer else max(k, min(rows.n_rows, batch_size) // k * k)
+    copies = 1 if outer else max(1, batch_size // chunk)
     if current().size > 1:  # a process group: the processes share (chunk, batch) units (docs/parallel.md)
         def share(part, mine, size, setup, bar):
             return run_variants(model, part, metric, mine, build, batch_size=size, progress=bar, desc=desc,

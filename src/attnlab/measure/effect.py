@@ -25,7 +25,7 @@ from attnlab.measure._batched import run_variants
 from attnlab.measure._forward import metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
-from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
+from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
 from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, metric_batch_size
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import new_figure
@@ -131,8 +131,8 @@ def effect(
     >>> list(res.per_prompt.columns)
     ['prompt', 'clean', 'intervened', 'effect']
 
-    A ``Patch`` whose source is one text per prompt is run chunk by chunk with its prompts;
-    other interventions tied to batch rows (``rows=``, a source tensor with one row per
+    A ``Patch`` whose source is text (one per prompt, or one for all) is run chunk by chunk
+    with its prompts; other interventions tied to batch rows (``rows=``, a source tensor with one row per
     prompt) are applied to the whole prompt list in one batch; everything else runs in
     chunks of ``batch_size`` rows. (The previous order ``effect(model, prompts,
     interventions, metric)`` still works, with a ``DeprecationWarning``.)
@@ -228,7 +228,8 @@ def perplexity(
     n_boot, seed = check_resampling(n_boot, seed)
     specs = check_interventions(model, interventions)
     rows = metric.rows(model, texts)
-    chunk = rows.n_rows if any(addresses_rows(s) for s in specs) else metric_batch_size(model, rows, batch_size, metric)
+    one = any(addresses_rows(s) for s in specs) or outer_rows(model)
+    chunk = rows.n_rows if one else metric_batch_size(model, rows, batch_size, metric)
     nll = []
     for c0 in range(0, rows.n_rows, chunk):
         part = rows.select(slice(c0, c0 + chunk)).to(model.device)
@@ -244,11 +245,10 @@ def perplexity(
 def _forward_effect(model, prompts, specs, metric, batch_size, progress) -> tuple[np.ndarray, np.ndarray]:
     rows = metric.rows(model, prompts)
     sources = RowSources(model, metric, prompts, rows, specs)
-    single = any(addresses_rows(s) and not follows_prompts(s, len(prompts)) for s in specs)
     clean, inter = run_variants(
-        model, rows, metric, [(0, "interventions")], lambda key, ctx: [sources.rebuild(s, ctx) for s in specs],
+        model, rows, metric, [(0, "interventions")], lambda key, ctx: sources.build(specs, ctx),
         batch_size=batch_size, progress=progress, desc=f"effect ({metric.name})",
-        chunk_setup=sources.setup if sources else None, single_chunk=single,
+        chunk_setup=sources.setup if sources else None, single_chunk=one_batch(specs, len(prompts)),
     )
     return clean, inter[0]
 
@@ -258,7 +258,7 @@ def _generation(model, prompts, specs, metric, batch_size, progress):
     clean_v, inter_v, clean_t, inter_t = [], [], [], []
     if batch_size == AUTO:  # a generation keeps a KV cache, not a sweep's prefix: the CPU rule everywhere
         batch_size = CPU_ROWS
-    chunk = len(prompts) if any(addresses_rows(s) for s in specs) else batch_size
+    chunk = len(prompts) if any(addresses_rows(s) for s in specs) or outer_rows(model) else batch_size
     for start in tqdm(range(0, len(prompts), chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
         part = prompts[start : start + chunk]
         clean = metric.generate(model, part)

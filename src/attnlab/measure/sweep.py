@@ -25,7 +25,7 @@ from attnlab.interventions.ablation import head_means
 from attnlab.measure._batched import run_variants
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
-from attnlab.measure._sources import RowSources, addresses_rows, follows_prompts
+from attnlab.measure._sources import RowSources, one_batch
 from attnlab.measure.batch_size import check_batch_size, metric_batch_size
 from attnlab.measure.effect import check_interventions, check_metric
 from attnlab.measure.metrics import KL, HiddenShift, Metric
@@ -137,7 +137,7 @@ def _run_specs(model, prompts, rows, metric, variants: dict, *, batch_size, prog
     sources = RowSources(model, metric, prompts, rows, [sp for specs in variants.values() for sp in specs])
     keyed = [(min(sp.layer for sp in specs), label) for label, specs in variants.items()]
     clean, inter = run_variants(
-        model, rows, metric, keyed, lambda label, ctx: [sources.rebuild(sp, ctx) for sp in variants[label]],
+        model, rows, metric, keyed, lambda label, ctx: sources.build(variants[label], ctx),
         batch_size=batch_size, progress=progress, desc=desc, chunk_setup=sources.setup if sources else None,
         single_chunk=single, precision=precision,
     )
@@ -346,7 +346,7 @@ def sweep_interventions(
     metric.check_model(model)
     try:
         rows = metric.rows(model, prompts)
-        single = any(addresses_rows(sp) and not follows_prompts(sp, len(prompts)) for s in specs.values() for sp in s)
+        single = one_batch([sp for s in specs.values() for sp in s], len(prompts))
         if single and batch_size == "auto":  # rows tied to the batch: all of them in one batch
             batch_size = max(metric_batch_size(model, rows, batch_size, metric), rows.n_rows)
         if single and rows.n_rows > batch_size:
