@@ -188,10 +188,11 @@ def test_tl_switches_and_missing_names_say_what_to_use(tiny_gpt2):
     with pytest.raises(NotSupported, match="nothing folded"):
         model.fold_layer_norm()
     with pytest.raises(AttributeError):  # NotSupported is an AttributeError: hasattr() keeps working
-        model.cfg.device
+        model.cfg.use_attn_in
     assert not hasattr(model, "embed") and not hasattr(model, "no_such_thing")
+    assert model.cfg.device == model.device  # TransformerLens' tools read cfg.device; a bare config has none
     with pytest.raises(NotSupported, match="model.device"):
-        model.cfg.device
+        __import__("dataclasses").replace(model.cfg).device
     assert model.cfg.model_name == model.cfg.name and model.cfg.d_vocab_out == model.cfg.d_vocab
     assert model.cfg.n_key_value_heads == model.cfg.n_kv_heads
     with pytest.raises(NotSupported, match="no final norm"):

@@ -48,10 +48,21 @@ class ModelConfig:
     d_vocab_out = property(lambda self: self.d_vocab if self.has_lm_head else None, doc="logits' width (None: no LM head)")
 
     def __getattr__(self, name: str):
+        if name == "device":  # TransformerLens' cfg.device, read from the wrapped model (it follows .to())
+            model_of = self.__dict__.get("_model_of")
+            model = model_of() if model_of is not None else None
+            if model is not None:
+                return model.device
         hint = _TL_CONFIG_HINTS.get(name)
         if hint is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         raise NotSupported(f"attnlab's ModelConfig has no {name!r} (a TransformerLens field): {hint}")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_model_of"}  # a config travels without its model
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +76,7 @@ class ModelConfig:
 
 #: TransformerLens config fields attnlab does not keep, and what to use instead
 _TL_CONFIG_HINTS = {
-    "device": "use model.device (the config does not follow the model between devices)",
+    "device": "use model.device (this config belongs to no wrapped model)",
     "dtype": "use model.hf_model.dtype",
     "tokenizer_name": "use model.tokenizer.name_or_path",
     "default_prepend_bos": "attnlab adds the tokenizer's special tokens; pass prepend_bos= to to_tokens/run",

@@ -11,6 +11,7 @@ global state, and a forgotten or shared one silently changes every later result.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -134,6 +135,7 @@ class HookedModel(ModelWeights, nn.Module):
         )
         self.tree = tree_of(hf_model, lambda: HookTree(model_layout(hf_model, attention_modules), attention_modules, self.cfg.n_heads))
         self.cfg = structure_config(self.cfg, hf_model.config, self.tree)  # d_mlp, act_fn, normalization_type
+        object.__setattr__(self.cfg, "_model_of", weakref.ref(self))  # cfg.device (TransformerLens reads it)
         self.blocks = self.tree.blocks
         self.hook_dict: dict[str, HookPoint] = self.tree.hook_dict
         self._cache_split_inputs = False  # run_with_cache() without names_filter leaves the per-head input copies out
@@ -143,6 +145,7 @@ class HookedModel(ModelWeights, nn.Module):
         self._forward_params = set(inspect.signature(hf_model.forward).parameters)
         if tokenizer is not None and tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.eval()  # the wrapper and its hook points too (TransformerLens' tools check every submodule)
 
     # -- structure ------------------------------------------------------------------------
 
