@@ -277,6 +277,22 @@ def test_a_single_patch_source_text_is_shared_by_every_prompt(tiny_llama):
             assert np.allclose(shared, repeated, atol=1e-6) and np.abs(shared).max() > 1e-4
 
 
+def test_score_pairs_text_patch_sources_with_the_prompts_as_effect_does(tiny_llama):
+    """score() with a text-sourced Patch equals effect()'s intervened values; with a multi-token metric it failed
+    with a ShapeMismatch even for one source per prompt (the sources were run alone, not as metric rows)."""
+    from attnlab.interventions import Patch
+    from attnlab.measure import score
+
+    prompts, source = ["the nurse said that", "the doctor said that", "the man said that"], "the woman said that"
+    for metric in (LogitDiff(" she", " he"), LogitDiff(" she said", " he")):
+        for spec in (Patch(1, None, site="z", source=source), Patch(1, None, site="z", source=[source] * 3)):
+            want = effect(tiny_llama, prompts, metric, [spec], progress=False, n_boot=0).per_prompt.intervened
+            clean = score(tiny_llama, prompts, metric)
+            for batch_size in (1, 64):
+                got = score(tiny_llama, prompts, metric, [spec], batch_size=batch_size)
+                assert np.allclose(got, want, atol=1e-6) and np.abs(got - clean).max() > 1e-4
+
+
 def test_rows_of_a_per_prompt_patch_are_rows_of_the_prompt_list(tiny_llama):
     """``rows=[0]`` on a Patch with one source per prompt edits prompt 0 only, whatever batch_size (it edited
     row 0 of every chunk: prompt 2 too at batch_size=2)."""
