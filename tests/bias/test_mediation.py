@@ -119,6 +119,17 @@ def test_mediation_pairs_keep_equal_lengths():
     assert skipped.empty
 
 
+@pytest.mark.parametrize("anti", [" she", "she", " SHE"])
+def test_pronouns_of_one_token_are_refused(anti):
+    """A pair scoring one token against itself gave TE, NIE and NDE of exactly 0: 'no bias, no mediator'."""
+    model = tiny_model("gpt2")
+    pair = MediationPair("The nurse said that", "The man said that", " she", anti)
+    with pytest.raises(InvalidInput, match=rf"pair 0 \(stereotypical, anti\): ' she' and '{anti}' are the same token"):
+        total_effect(model, [pair])
+    with pytest.raises(InvalidInput, match=r"pair 1 \(stereotypical, anti\)"):
+        causal_mediation(model, [PAIRS[0], pair], n_boot=0)
+
+
 def test_bad_input():
     model = tiny_model("gpt2")
     with pytest.raises(InvalidInput, match="same number of tokens"):

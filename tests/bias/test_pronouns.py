@@ -121,6 +121,17 @@ def test_identical_pronouns_are_refused_before_any_pass(monkeypatch):
             pronoun_bias(tiny_model("gpt2"), occupations=OCC, pronouns=pair)
 
 
+def test_pronouns_of_one_token_are_refused(monkeypatch):
+    """("she", "SHE") on a lower-casing tokenizer scored one token twice: log ratios 0 and r NaN, read as 'no bias'."""
+    from attnlab.bias import pronouns
+
+    model = tiny_model("gpt2")
+    assert model.token_rows([" she", " SHE"], prepend_bos=False)[0] == model.token_rows([" SHE"], prepend_bos=False)[0]
+    monkeypatch.setattr(pronouns, "score", lambda *a, **k: pytest.fail("scored before checking the pronouns"))
+    with pytest.raises(InvalidInput, match=r"pronouns: ' she' and ' SHE' are the same token for .* every log ratio"):
+        pronoun_bias(model, occupations=OCC, pronouns=("she", "SHE"))
+
+
 @pytest.mark.parametrize("frame, message", [
     ({"occupation": ["king", "queen", "king"], "share_women": [0.0, 1.0, 0.1]},
      r"occupations DataFrame row 2: occupation 'king' is also in row 0; give each occupation once"),

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from attnlab.bias._checks import check_lm, check_pronouns, single_token
+from attnlab.bias._checks import check_lm, check_pronouns, distinct_tokens, single_token
 from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.interventions import Patch
@@ -103,6 +103,7 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
             )
         for word in (p.stereotypical, p.anti):
             single_token(model, word, "the odds need single-token pronouns (try a leading space, e.g. ' she')")
+        distinct_tokens(model, p.stereotypical, p.anti, f"pair {i} (stereotypical, anti)")
     return pairs
 
 

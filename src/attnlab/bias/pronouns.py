@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attnlab.bias._checks import check_lm, check_pronouns, single_token
+from attnlab.bias._checks import check_lm, check_pronouns, distinct_tokens, single_token
 from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure import LogProbs, Result, bootstrap, check_resampling, score
 from attnlab.measure.result import renamed
 
-__all__ = ["PronounBias", "pronoun_bias", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
+__all__ = ["PronounBias", "pronoun_bias", "design", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
 
 #: summary numbers reported for a table of per-occupation log ratios
 BIAS_METRICS = ("mean_abs_log_ratio", "mean_log_ratio", "pearson_r", "spearman_rho")
@@ -77,6 +77,13 @@ def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, se
     return pd.DataFrame(rows)
 
 
+def design(occupations=None, templates: Sequence[Template | str] | None = None) -> list[tuple[str, float, Template]]:
+    """Every (occupation, share of women, template) that :func:`pronoun_bias` scores, in its order."""
+    occ = occupation_frame(occupations)
+    tmpl = shipped_templates() if templates is None else as_templates(templates)
+    return [(o, float(s), t) for o, s in zip(occ.occupation, occ.share_women) for t in tmpl]
+
+
 class PronounBias(Result):
     """What :func:`pronoun_bias` measured.
 
@@ -87,9 +94,10 @@ class PronounBias(Result):
     """
 
     def __init__(self, per_prompt: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, model_name: str,
-                 pronouns: tuple[str, str]):
+                 pronouns: tuple[str, str], *, n_boot: int | None = None, seed: int | None = None):
         self.per_prompt, self.table, self._summary = per_prompt, table, summary
         self.model_name, self.pronouns = model_name, pronouns
+        self.n_boot, self.seed = n_boot, seed  # what the intervals came from (a baseline must match them)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -141,13 +149,11 @@ def pronoun_bias(
     """
     n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model)
-    occ = occupation_frame(occupations)
-    tmpl = shipped_templates() if templates is None else as_templates(templates)
+    rows = design(occupations, templates)
     female, male = check_pronouns(pronouns)
-    rows = [(o, s, t) for o, s in zip(occ.occupation, occ.share_women) for t in tmpl]
     if model.cfg.is_causal:
         prompts = [t.causal(o) for o, _, t in rows]
-        metric = LogProbs([" " + female, " " + male])
+        words, read_at = [" " + female, " " + male], "last"
     else:
         mask = getattr(model.tokenizer, "mask_token", None)
         if mask is None:
@@ -155,12 +161,14 @@ def pronoun_bias(
         for word in (female, male):
             single_token(model, word, "a masked LM fills one [MASK] with one token, so choose single-token pronouns")
         prompts = [t.masked(o, mask) for o, _, t in rows]
-        metric = LogProbs([female, male], read_at="mask")
+        words, read_at = [female, male], "mask"
+    distinct_tokens(model, *words, "pronouns")
+    metric = LogProbs(words, read_at=read_at)
     logp = score(model, prompts, metric, interventions, batch_size=batch_size, progress=progress)  # [prompt, 2]
     per_prompt = pd.DataFrame(
         {
             "occupation": [o for o, _, _ in rows],
-            "share_women": [float(s) for _, s, _ in rows],
+            "share_women": [s for _, s, _ in rows],
             "template": [t.prefix for _, _, t in rows],
             "prompt": prompts,
             "logp_female": logp[:, 0],
@@ -179,4 +187,4 @@ def pronoun_bias(
         .reset_index()
     )
     summary = summarize_log_ratios(per_occupation, n_boot=n_boot, seed=seed)
-    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male))
+    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male), n_boot=n_boot, seed=seed)
