@@ -20,6 +20,7 @@ both pronouns' log-probabilities; the log ratio is their difference (a logit dif
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,14 +39,42 @@ __all__ = ["PronounBias", "pronoun_bias", "design", "occupation_frame", "summari
 BIAS_METRICS = ("mean_abs_log_ratio", "mean_log_ratio", "pearson_r", "spearman_rho")
 
 
+#: up to this many occupations the correlation p-values are exact (all n! orderings)
+EXACT_P_MAX = 8
+
+
+def _n_points(x, y) -> int:
+    """How many distinct (x, y) points (a resample repeats some)."""
+    return len(np.unique(np.column_stack([x, y]), axis=0))
+
+
 def _pearson(x, y) -> float:
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+    """NaN unless there are 3 distinct (x, y) points: any 2 points give r = +-1, which says nothing."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if _n_points(x, y) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
 
 
 def _spearman(x, y) -> float:
     return _pearson(stats.rankdata(x), stats.rankdata(y))
+
+
+def _p_value(x, y, rank: bool) -> float:
+    """Two-sided p-value of the correlation: exact over all orderings of ``y`` up to
+    :data:`EXACT_P_MAX` points (scipy's t approximation said p = 0 for 3 points with
+    rho = -1; the exact p is 2/6), scipy's test above. NaN where the correlation is undefined."""
+    r = (_spearman if rank else _pearson)(x, y)
+    if np.isnan(r):
+        return float("nan")
+    if len(x) > EXACT_P_MAX:
+        return float((stats.spearmanr if rank else stats.pearsonr)(x, y).pvalue)
+    if rank:
+        x, y = stats.rankdata(x), stats.rankdata(y)
+    xc, yc = np.asarray(x, float) - np.mean(x), np.asarray(y, float) - np.mean(y)
+    orders = yc[np.array(list(itertools.permutations(range(len(yc)))))]  # [n!, n]
+    rs = orders @ xc / (np.linalg.norm(xc) * np.linalg.norm(yc))
+    return float(np.mean(np.abs(rs) >= abs(r) - 1e-12))
 
 
 def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -55,11 +84,15 @@ def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, se
     ``mean_log_ratio`` = the overall lean (> 0 towards "she"); ``pearson_r`` and
     ``spearman_rho`` = correlation of the log ratio with the share of women. Intervals are
     95% percentile bootstraps over occupations (:func:`attnlab.measure.bootstrap`; NaN with
-    fewer than 2 occupations).
+    fewer than 2 occupations). A correlation needs 3 distinct (share, log ratio) points: with
+    fewer it is NaN, and resamples with fewer are left out of its interval, which is NaN
+    below 4 points (every resample of 3 points that defines r is a reordering of them, so
+    the interval would be the estimate itself). ``p_value``: the two-sided test of no
+    correlation, exact (all orderings) up to :data:`EXACT_P_MAX` occupations, scipy's
+    ``pearsonr`` / ``spearmanr`` above.
     """
     lr = per_occupation["log_ratio"].to_numpy(float)
     share = per_occupation["share_women"].to_numpy(float)
-    varied = len(lr) > 2 and np.std(lr) > 0 and np.std(share) > 0
     rows = []
     for name, values, statistic in (
         ("mean_abs_log_ratio", np.abs(lr), "mean"),
@@ -69,10 +102,10 @@ def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, se
     ):
         value, low, high = bootstrap(values, statistic, n_boot=n_boot, seed=seed)
         p = np.nan
-        if name == "pearson_r" and varied:
-            p = float(stats.pearsonr(share, lr).pvalue)
-        if name == "spearman_rho" and varied:
-            p = float(stats.spearmanr(share, lr).pvalue)
+        if name in ("pearson_r", "spearman_rho"):
+            p = _p_value(share, lr, rank=name == "spearman_rho")
+            if _n_points(share, lr) < 4:
+                low = high = np.nan
         rows.append({"metric": name, "value": value, "low": low, "high": high, "p_value": p})
     return pd.DataFrame(rows)
 
