@@ -109,6 +109,23 @@ def test_top_heads_greedy_and_heatmap():
         res.heatmap("nde")
 
 
+def test_save_and_plot_follow_what_was_computed(tmp_path):
+    """save() raised after writing the CSVs for a result without the head level, and plot() assumed NIE
+    (raising for a result of NDE only)."""
+    model = tiny_model("gpt2")
+    layers = causal_mediation(model, PAIRS, levels=("layer", "model"), n_boot=0)
+    assert not layers.can_plot
+    assert sorted(p.name for p in layers.save(tmp_path / "layers")) == [
+        "mediationresult_per_prompt.csv", "mediationresult_summary.csv", "mediationresult_table.csv"]
+    with pytest.raises(InvalidInput, match="this needs the head level; this result has levels layer, model"):
+        layers.plot()
+    nde = causal_mediation(model, PAIRS, effects=("nde",), n_boot=0)
+    drawn = np.asarray(nde.plot().axes[0].images[0].get_array())
+    np.testing.assert_allclose(drawn, nde.table.pivot(index="layer", columns="head", values="nde").to_numpy())
+    assert nde.top_heads(1) == [tuple(int(v) for v in nde.table.loc[nde.table.nde.idxmax(), ["layer", "head"]])]
+    assert (tmp_path / "nde" / "mediationresult.png") in nde.save(tmp_path / "nde")
+
+
 def test_mediation_pairs_keep_equal_lengths():
     model = tiny_model("gpt2")
     pairs, skipped = mediation_pairs(model, occupations=["nurse", "mechanic"], templates=["The {occupation} said that"])
