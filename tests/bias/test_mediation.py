@@ -161,6 +161,8 @@ def test_bad_input():
         mediation_effects(model, PAIRS, [[(7, 0)]])
     with pytest.raises(InvalidInput, match="positive integer"):
         greedy_heads(model, PAIRS, k=0)
+    with pytest.raises(InvalidInput, match=r"candidates must be distinct heads; given more than once: \(0, 1\)$"):
+        greedy_heads(model, PAIRS, k=2, candidates=[(0, 1), (1, 0), (0, 1)])  # was numpy's argmax of an empty array
     with pytest.raises(InvalidLocation, match="only 8 candidate"):
         greedy_heads(model, PAIRS, k=9)
 

@@ -448,6 +448,9 @@ def greedy_heads(
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)
     pool = _check_units(model, [pool])[0]
+    twice = sorted({h for h in pool if pool.count(h) > 1}, key=str)
+    if twice:  # a chosen head leaves the options with its copies, and a later step had none to pick from
+        raise InvalidInput(f"candidates must be distinct heads; given more than once: {', '.join(map(str, twice))}")
     if k > len(pool):
         raise InvalidLocation(f"k={k} but only {len(pool)} candidate heads")
     pairs = _checked_pairs(model, pairs)
