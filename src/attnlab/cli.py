@@ -468,13 +468,7 @@ def cmd_neurons(args) -> None:
 
     layers = _indices(args.layers, "--layers")
     corpus = _read_lines(args, what="corpus texts")
-    result = decay_neurons(_load(args), corpus, layers=layers, progress=not args.quiet)
-    table = result.table
-    if table.empty:  # an empty table and exit 0 read as "no unit decays"
-        from attnlab.errors import InvalidInput
-
-        raise InvalidInput("no query-key pairs at distance >= 1 to rank the units by: give texts of several tokens "
-                           f"(the longest here is {max(len(t.split()) for t in corpus)} word(s))")
+    table = decay_neurons(_load(args), corpus, layers=layers, progress=not args.quiet).table  # refuses short texts
     _write_table(table.head(args.top) if args.top else table, args.out, default_name="decay_neurons.csv")
 
 

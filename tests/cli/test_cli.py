@@ -302,7 +302,7 @@ def test_neurons_and_analyze(capsys, tiny_dirs, tmp_path):
     code, _, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--file", str(odd), "--quiet", "--out", neurons)
     assert code == 0, err
     code, out, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--quiet", "hello")  # nothing to rank
-    assert code == 2 and "no query-key pairs at distance >= 1" in one_error_line(err) and "hello" not in out
+    assert code == 2 and "need at least 3 ranked distances" in one_error_line(err) and "hello" not in out
     folder = tmp_path / "analysis"
     code, _, err = main(capsys, "analyze", "--model", tiny_dirs["bert"], "--file", corpus, "--quiet", "--out", folder)
     assert code == 0, err
