@@ -230,7 +230,7 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
         path.mkdir(parents=True, exist_ok=True)
         path = path / default_name
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":  # X.JSON too: it wrote CSV text into a .JSON file
         path.write_text(_json_records(df))
     else:
         df.to_csv(path, index=False)
@@ -386,6 +386,19 @@ def cmd_sweep(args) -> None:
     _save_figure(result.plot(), figure)
 
 
+def _types_in_turn(pairs, limit: int):
+    """The first ``limit`` WinoBias pairs taking the types in turn (1, 2, 1, 2, ...), in file order.
+
+    The pairs come sorted by type, so their first ``limit`` held only type 1 (the docs'
+    ``--limit 200`` of the dev split's 396 + 396 scored no type-2 pair).
+    """
+    import numpy as np
+
+    turn = pairs.groupby("type").cumcount().to_numpy()  # position within its type
+    keep = np.sort(np.lexsort((pairs["type"].to_numpy(), turn))[:limit])
+    return pairs.iloc[keep].reset_index(drop=True)
+
+
 def cmd_bias(args) -> None:
     """Occupation pronoun bias (and the WinoBias pro/anti gap), optionally before/after interventions."""
     from attnlab.bias import bias_experiment, coref_bias, pronoun_bias, winobias_pairs
@@ -398,7 +411,7 @@ def cmd_bias(args) -> None:
     if args.winobias:
         pairs = winobias_pairs(load_winobias_dir(args.winobias, split=args.split))
         if args.limit:
-            pairs = pairs.head(args.limit)
+            pairs = _types_in_turn(pairs, args.limit)
     model = _load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -453,15 +466,9 @@ def cmd_neurons(args) -> None:
     """Rank q/k dimensions (rotary pairs on rotary models) by how strongly they make attention decay with distance."""
     from attnlab.analysis.neurons import decay_neurons
 
-    layers = _ints(args.layers, "--layers")
+    layers = _indices(args.layers, "--layers")
     corpus = _read_lines(args, what="corpus texts")
-    result = decay_neurons(_load(args), corpus, layers=layers, progress=not args.quiet)
-    table = result.table
-    if table.empty:  # an empty table and exit 0 read as "no unit decays"
-        from attnlab.errors import InvalidInput
-
-        raise InvalidInput("no query-key pairs at distance >= 1 to rank the units by: give texts of several tokens "
-                           f"(the longest here is {max(len(t.split()) for t in corpus)} word(s))")
+    table = decay_neurons(_load(args), corpus, layers=layers, progress=not args.quiet).table  # refuses short texts
     _write_table(table.head(args.top) if args.top else table, args.out, default_name="decay_neurons.csv")
 
 

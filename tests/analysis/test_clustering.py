@@ -49,6 +49,17 @@ def test_planted_twins_have_distance_zero_and_labels(tiny_gpt2):
     assert len(hm.plot().axes) >= 2
 
 
+def test_distances_pool_every_query_token(tiny_bert):
+    """Clark et al. sum JS over every token of the data; averaging per sentence first let a 3-token
+    sentence weigh as much as a 25-token one (40% off on this corpus)."""
+    corpus = ["he", "the king and the queen went to the city because it was a new day and the dog ran to the house ."]
+    n = np.array([len(tiny_bert.to_tokens(t)[0]) for t in corpus])
+    alone = np.stack([head_distances(tiny_bert, [t], progress=False).distances for t in corpus])
+    pooled = head_distances(tiny_bert, corpus, progress=False).distances
+    np.testing.assert_allclose(pooled, (alone * n[:, None, None]).sum(0) / n.sum(), rtol=0, atol=1e-7)  # float32 attention
+    assert np.abs(pooled - alone.mean(0)).max() > 0.1 * pooled.max()  # the per-sentence mean is another number
+
+
 def test_mds_is_deterministic(tiny_bert):
     a = head_distances(tiny_bert, [TEXT, "a dog ran ."], progress=False, seed=3)
     b = head_distances(tiny_bert, [TEXT, "a dog ran ."], progress=False, seed=3)

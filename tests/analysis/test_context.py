@@ -120,3 +120,21 @@ def test_window_experiment_condition_names_are_kept_apart_from_the_baseline(tiny
     assert empty == clean and edited != clean  # the unedited condition equals the baseline; the edit moves it
     lazy = window_experiment(tiny_gpt2, [TEXT], {"edit": (spec for spec in edit), 2: {}.values()}, progress=False)
     __import__("pandas").testing.assert_frame_equal(lazy.summary, res.summary)  # any iterable of specs, as bias_experiment takes
+
+
+def test_late_from_must_be_a_position_of_the_texts(tiny_gpt2, monkeypatch):
+    """late_from=1000 gave late_loss NaN, -5 averaged every position and 2.5 was taken: none said a word."""
+    from attnlab.analysis import context
+
+    n = len(tiny_gpt2.to_tokens(TEXT)[0])
+    edit = {"edit": [EditScores(0, 0, replace=0.0)]}
+    with monkeypatch.context() as m:
+        m.setattr(context, "attention_by_distance", lambda *a, **k: pytest.fail("ran before checking late_from"))
+        for bad in (1000, n, 0, -5, 2.5, True, "3"):
+            with pytest.raises(InvalidInput, match=rf"late_from must be an integer position in 1\.\.{n - 1} "
+                                                   rf"\(the longest text has {n} tokens.*got {bad!r}"):
+                window_experiment(tiny_gpt2, [TEXT], edit, late_from=bad, progress=False)
+    res = window_experiment(tiny_gpt2, [TEXT], edit, late_from=np.int64(n - 3), progress=False)
+    clean = res.loss[res.loss.condition == "clean"]
+    assert res.summary.late_loss[0] == pytest.approx(clean.loss[clean.position >= n - 3].mean())
+    assert len(clean[clean.position >= n - 3]) == 3

@@ -104,6 +104,17 @@ def test_ranking_finds_a_planted_decay_neuron(tiny_gpt2):
     assert len(prof.plot(units=[(0, 1, 3)]).axes) == 1
 
 
+def test_texts_too_short_to_rank_are_refused(tiny_llama):
+    """["the nurse"] gave an empty table, and plot() / save() a raw pandas 'No objects to concatenate'."""
+    message = r"need at least 3 ranked distances \(1\.\.\d+, each with >= 1 query-key pairs\) .* give longer texts"
+    with pytest.raises(InvalidInput, match=message):
+        decay_neurons(tiny_llama, ["the nurse"], progress=False)
+    prof = decay_neurons(tiny_llama, [TEXT], progress=False).ranked(min_count=10 ** 6)  # no distance has that many
+    assert prof.table.empty
+    with pytest.raises(InvalidInput, match=r"need at least 3 ranked distances \(1\.\.\d+, each with >= 1000000 "):
+        prof.plot()
+
+
 def test_bad_locations(tiny_llama):
     with pytest.raises(InvalidLocation, match=r"head 4 out of range: tiny-llama has heads 0\.\.3"):
         neuron_data(tiny_llama, TEXT, layer=0, head=4, query=0)

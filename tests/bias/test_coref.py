@@ -73,3 +73,20 @@ def test_bad_input():
         pair_log_ratio(model, ["a b"], ["a b", "c d"])
     with pytest.raises(InvalidInput, match="unknown score"):
         pair_log_ratio(model, ["a b"], ["a c"], score="token")
+
+
+def test_by_must_name_a_column(monkeypatch):
+    """by='Type' (a typo) was ignored: the summary had only the 'all' group, with no word said."""
+    from attnlab.bias import coref
+
+    model = tiny_model("gpt2")
+    pairs = pd.DataFrame({"pro": ["the nurse said that she was tired .", "the doctor told the nurse that he was late ."],
+                          "anti": ["the nurse said that he was tired .", "the doctor told the nurse that she was late ."],
+                          "kind": [1, 2]})
+    with monkeypatch.context() as m:
+        m.setattr(coref, "pair_log_ratio", lambda *a, **k: pytest.fail("scored before checking by"))
+        for by in ("Type", "type", ["kind"]):
+            with pytest.raises(InvalidInput, match=r"by=.* is not a column of pairs \(columns: pro, anti, kind\)"):
+                coref_bias(model, pairs, by=by, n_boot=0)
+    assert list(coref_bias(model, pairs, n_boot=0).summary.group.unique()) == ["all"]  # the default: type when present
+    assert list(coref_bias(model, pairs, by="kind", n_boot=0).summary.group.unique()) == ["all", "kind=1", "kind=2"]

@@ -8,6 +8,7 @@ import torch
 
 from attnlab.bias import bias_experiment, pronoun_bias, run_bias_demo
 from attnlab.bias.experiment import perplexity
+from attnlab.bias.pronouns import PronounBias
 from attnlab.engine.forward import token_logprobs
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import AblateHead, EditNeuron
@@ -75,6 +76,39 @@ def test_bad_input_leaves_model_clean():
     with pytest.raises(InvalidInput, match="neutral_text"):
         bias_experiment(model, [AblateHead(0, 0)], occupations=OCC, neutral_text=[])
     assert model.count_hooks() == 0
+
+
+def test_baseline_must_match_the_experiment(monkeypatch):
+    """A baseline on other occupations or pronouns was accepted: per_prompt paired its log ratios with other prompts."""
+    model = tiny_model("gpt2")
+    base = pronoun_bias(model, occupations=OCC[:2], n_boot=0)
+    from attnlab.bias import experiment
+
+    monkeypatch.setattr(experiment, "pronoun_bias", lambda *a, **k: pytest.fail("measured before checking the baseline"))
+    cases = [
+        (dict(occupations=OCC[2:4], n_boot=0),
+         r"occupations \['nurse', 'mechanic'\] \(this experiment: \['teacher', 'librarian'\]\)"),
+        (dict(occupations=OCC[:2], templates=["The {occupation} said that"], n_boot=0), r"templates \['The \{occupation\} said that', "),
+        (dict(occupations=OCC[:2], pronouns=("her", "him"), n_boot=0), r"pronouns \('she', 'he'\) \(this experiment: \('her', 'him'\)\)"),
+        (dict(occupations=OCC[:2], n_boot=10), r"n_boot=0, seed=0 \(this experiment: n_boot=10, seed=0\)"),
+        (dict(occupations=OCC[:2], n_boot=0, seed=1), r"n_boot=0, seed=0 \(this experiment: n_boot=0, seed=1\)"),
+        (dict(occupations=OCC[1::-1], n_boot=0), r"occupations \['nurse', 'mechanic'\] \(this experiment: \['mechanic', 'nurse'\]\)"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(InvalidInput, match="baseline does not match this experiment; it was measured with " + message):
+            bias_experiment(model, [AblateHead(1, 0)], baseline=base, **kw)
+    other = PronounBias(base.per_prompt, base.table, base.summary, "other", base.pronouns, n_boot=0, seed=0)
+    with pytest.raises(InvalidInput, match=rf"measured with model 'other' \(this experiment: '{model.cfg.name}'\)"):
+        bias_experiment(model, [AblateHead(1, 0)], occupations=OCC[:2], baseline=other, n_boot=0)
+
+
+def test_matching_baseline_gives_the_measured_numbers():
+    model = tiny_model("gpt2")
+    base = pronoun_bias(model, occupations=OCC[:3], n_boot=0)
+    exp = bias_experiment(model, [AblateHead(1, 0)], occupations=OCC[:3], baseline=base, n_boot=0)
+    after = pronoun_bias(model, occupations=OCC[:3], interventions=[AblateHead(1, 0)], n_boot=0)
+    np.testing.assert_array_equal(exp.per_prompt.log_ratio_before, base.per_prompt.log_ratio)
+    np.testing.assert_allclose(exp.per_prompt.log_ratio_after, after.per_prompt.log_ratio, rtol=1e-6)
 
 
 def test_demo_pipeline_writes_files(tmp_path):

@@ -109,6 +109,23 @@ def test_top_heads_greedy_and_heatmap():
         res.heatmap("nde")
 
 
+def test_save_and_plot_follow_what_was_computed(tmp_path):
+    """save() raised after writing the CSVs for a result without the head level, and plot() assumed NIE
+    (raising for a result of NDE only)."""
+    model = tiny_model("gpt2")
+    layers = causal_mediation(model, PAIRS, levels=("layer", "model"), n_boot=0)
+    assert not layers.can_plot
+    assert sorted(p.name for p in layers.save(tmp_path / "layers")) == [
+        "mediationresult_per_prompt.csv", "mediationresult_summary.csv", "mediationresult_table.csv"]
+    with pytest.raises(InvalidInput, match="this needs the head level; this result has levels layer, model"):
+        layers.plot()
+    nde = causal_mediation(model, PAIRS, effects=("nde",), n_boot=0)
+    drawn = np.asarray(nde.plot().axes[0].images[0].get_array())
+    np.testing.assert_allclose(drawn, nde.table.pivot(index="layer", columns="head", values="nde").to_numpy())
+    assert nde.top_heads(1) == [tuple(int(v) for v in nde.table.loc[nde.table.nde.idxmax(), ["layer", "head"]])]
+    assert (tmp_path / "nde" / "mediationresult.png") in nde.save(tmp_path / "nde")
+
+
 def test_mediation_pairs_keep_equal_lengths():
     model = tiny_model("gpt2")
     pairs, skipped = mediation_pairs(model, occupations=["nurse", "mechanic"], templates=["The {occupation} said that"])
@@ -117,6 +134,17 @@ def test_mediation_pairs_keep_equal_lengths():
         ("The mechanic said that", "The woman said that", " he"),
     ]
     assert skipped.empty
+
+
+@pytest.mark.parametrize("anti", [" she", "she", " SHE"])
+def test_pronouns_of_one_token_are_refused(anti):
+    """A pair scoring one token against itself gave TE, NIE and NDE of exactly 0: 'no bias, no mediator'."""
+    model = tiny_model("gpt2")
+    pair = MediationPair("The nurse said that", "The man said that", " she", anti)
+    with pytest.raises(InvalidInput, match=rf"pair 0 \(stereotypical, anti\): ' she' and '{anti}' are the same token"):
+        total_effect(model, [pair])
+    with pytest.raises(InvalidInput, match=r"pair 1 \(stereotypical, anti\)"):
+        causal_mediation(model, [PAIRS[0], pair], n_boot=0)
 
 
 def test_bad_input():
@@ -133,6 +161,8 @@ def test_bad_input():
         mediation_effects(model, PAIRS, [[(7, 0)]])
     with pytest.raises(InvalidInput, match="positive integer"):
         greedy_heads(model, PAIRS, k=0)
+    with pytest.raises(InvalidInput, match=r"candidates must be distinct heads; given more than once: \(0, 1\)$"):
+        greedy_heads(model, PAIRS, k=2, candidates=[(0, 1), (1, 0), (0, 1)])  # was numpy's argmax of an empty array
     with pytest.raises(InvalidLocation, match="only 8 candidate"):
         greedy_heads(model, PAIRS, k=9)
 

@@ -121,6 +121,17 @@ def test_identical_pronouns_are_refused_before_any_pass(monkeypatch):
             pronoun_bias(tiny_model("gpt2"), occupations=OCC, pronouns=pair)
 
 
+def test_pronouns_of_one_token_are_refused(monkeypatch):
+    """("she", "SHE") on a lower-casing tokenizer scored one token twice: log ratios 0 and r NaN, read as 'no bias'."""
+    from attnlab.bias import pronouns
+
+    model = tiny_model("gpt2")
+    assert model.token_rows([" she", " SHE"], prepend_bos=False)[0] == model.token_rows([" SHE"], prepend_bos=False)[0]
+    monkeypatch.setattr(pronouns, "score", lambda *a, **k: pytest.fail("scored before checking the pronouns"))
+    with pytest.raises(InvalidInput, match=r"pronouns: ' she' and ' SHE' are the same token for .* every log ratio"):
+        pronoun_bias(model, occupations=OCC, pronouns=("she", "SHE"))
+
+
 @pytest.mark.parametrize("frame, message", [
     ({"occupation": ["king", "queen", "king"], "share_women": [0.0, 1.0, 0.1]},
      r"occupations DataFrame row 2: occupation 'king' is also in row 0; give each occupation once"),
@@ -139,3 +150,59 @@ def test_occupations_frame_rows_are_checked_and_named(frame, message):
         occupation_frame(["nurse", "mechanic", "nurse"])
     ok = occupation_frame(pd.DataFrame({"occupation": ["king", "queen"], "share_women": [0, 1]}, index=[5, 9]))
     assert ok.share_women.tolist() == [0.0, 1.0] and ok.occupation.tolist() == ["king", "queen"]
+
+
+def _summary(share, log_ratio, **kw):
+    from attnlab.bias.pronouns import summarize_log_ratios
+
+    frame = pd.DataFrame({"occupation": [f"o{i}" for i in range(len(share))], "share_women": share, "log_ratio": log_ratio})
+    return summarize_log_ratios(frame, **kw).set_index("metric")
+
+
+def _permutation_p(x, y, rank=False):
+    """Two-sided p-value by brute force: the share of all orderings of y with |r| at least the observed."""
+    import itertools
+
+    x, y = (stats.rankdata(x), stats.rankdata(y)) if rank else (np.asarray(x), np.asarray(y))
+    r = np.corrcoef(x, y)[0, 1]
+    rs = [np.corrcoef(x, y[list(o)])[0, 1] for o in itertools.permutations(range(len(y)))]
+    return np.mean(np.abs(rs) >= abs(r) - 1e-12)
+
+
+def test_correlations_of_two_occupations_are_undefined():
+    """Any 2 points have r = +-1: the summary said r = -1 with interval [-1, -1]."""
+    s = _summary([0.2, 0.9], [0.5, -0.3], n_boot=200)
+    assert s.loc[["pearson_r", "spearman_rho"], ["value", "low", "high", "p_value"]].isna().all().all()
+    assert not np.isnan(s.loc["mean_log_ratio", "low"])
+
+
+def test_small_n_p_values_are_exact():
+    """3 occupations with rho = -1: scipy's t approximation said p = 0.0; 2 of the 6 orderings reach |rho| = 1."""
+    s = _summary([0.1, 0.5, 0.9], [0.4, 0.2, -0.7], n_boot=0)
+    assert s.loc["spearman_rho", "value"] == -1 and s.loc["spearman_rho", "p_value"] == pytest.approx(2 / 6)
+    assert s.loc["pearson_r", "p_value"] == pytest.approx(_permutation_p([0.1, 0.5, 0.9], [0.4, 0.2, -0.7]))
+    rng = np.random.default_rng(1)
+    for n in (5, 8):
+        share, lr = rng.uniform(size=n), rng.normal(size=n)
+        s = _summary(share, lr, n_boot=0)
+        assert s.loc["pearson_r", "p_value"] == pytest.approx(_permutation_p(share, lr))
+        assert s.loc["spearman_rho", "p_value"] == pytest.approx(_permutation_p(share, lr, rank=True))
+    share, lr = rng.uniform(size=9), rng.normal(size=9)  # above EXACT_P_MAX: scipy's tests
+    s = _summary(share, lr, n_boot=0)
+    assert s.loc["pearson_r", "p_value"] == pytest.approx(stats.pearsonr(share, lr).pvalue)
+    assert s.loc["spearman_rho", "p_value"] == pytest.approx(stats.spearmanr(share, lr).pvalue)
+
+
+def test_correlation_interval_skips_resamples_of_fewer_than_three_points():
+    """Resamples drawing only 2 distinct occupations have r = +-1 and widened the interval to the ends."""
+    from attnlab.measure.stats import _picks
+
+    share, lr = np.array([0.1, 0.3, 0.6, 0.9]), np.array([0.2, -0.1, 0.4, -0.5])
+    s = _summary(share, lr, n_boot=500, seed=2)
+    rs = []
+    for i in _picks(4, 500, 2):
+        defined = len(set(i)) >= 3 and np.ptp(share[i]) > 0 and np.ptp(lr[i]) > 0
+        rs.append(np.corrcoef(share[i], lr[i])[0, 1] if defined else np.nan)
+    assert np.isnan(rs).sum() > 50  # the case is exercised
+    assert s.loc["pearson_r", ["low", "high"]].tolist() == pytest.approx(list(np.nanquantile(rs, [0.025, 0.975])))
+    assert _summary(share[:3], lr[:3], n_boot=500).loc["pearson_r", ["low", "high"]].isna().all()  # 3 points: NaN

@@ -104,6 +104,7 @@ ERROR_CASES = [
     (["sweep", "--metric", "klx", "x"], r"unknown metric 'klx'; did you mean 'kl'\?"),
     (["view", "diff", "x"], r"diff view needs --interventions"),
     (["sweep", "--layers", "0,x", "hello"], r"--layers must be comma-separated integers"),
+    (["neurons", "--layers", ",", "hello"], r"--layers ',': no numbers given \(e.g. --layers 0,2; leave it out for all\)"),
     (["view", "head", "--bogus", "x"], r"unrecognized arguments: --bogus"),
     ([], r"choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window"),
 ]
@@ -301,7 +302,7 @@ def test_neurons_and_analyze(capsys, tiny_dirs, tmp_path):
     code, _, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--file", str(odd), "--quiet", "--out", neurons)
     assert code == 0, err
     code, out, err = main(capsys, "neurons", "--model", tiny_dirs["llama"], "--quiet", "hello")  # nothing to rank
-    assert code == 2 and "no query-key pairs at distance >= 1" in one_error_line(err) and "hello" not in out
+    assert code == 2 and "need at least 3 ranked distances" in one_error_line(err) and "hello" not in out
     folder = tmp_path / "analysis"
     code, _, err = main(capsys, "analyze", "--model", tiny_dirs["bert"], "--file", corpus, "--quiet", "--out", folder)
     assert code == 0, err
@@ -378,6 +379,37 @@ def test_json_tables_keep_every_float_exactly(capsys, tmp_path):
     assert [r["layer"] for r in rows] == [0, 0, 1, 1] and [r["reached"] for r in rows] == [True, False, True, False]
     assert list(rows[0]) == list(table.columns)
     assert pd.read_json(path, orient="records", precise_float=True)["effect"].tolist() == table["effect"].tolist()
+
+
+def test_upper_case_json_suffix_writes_json(tmp_path):
+    """-o X.JSON wrote CSV text into the .JSON file."""
+    table = pd.DataFrame({"layer": [0, 1], "effect": [0.25, -1.5]})
+    path = cli._write_table(table, str(tmp_path / "T.JSON"), default_name="x.json")
+    assert json.loads(path.read_text()) == [{"layer": 0, "effect": 0.25}, {"layer": 1, "effect": -1.5}]
+
+
+def test_winobias_limit_scores_both_types(capsys, tiny_dirs, tmp_path):
+    """--limit 4 kept the first 4 pairs, sorted by type: 5 type-1 pairs on disk meant no type-2 pair was scored."""
+    folder = tmp_path / "wb"
+    folder.mkdir()
+    for t in (1, 2):
+        for stereotype, pronoun in (("pro", "she"), ("anti", "he")):
+            lines = [f"{i} [The nurse] said that [{pronoun}] was tired ." if t == 1 else
+                     f"{i} The doctor told [the nurse] that [{pronoun}] was late ." for i in range(1, 6)]
+            (folder / f"{stereotype}_stereotyped_type{t}.txt.dev").write_text("\n".join(lines) + "\n")
+    from attnlab.bias import winobias_pairs
+    from attnlab.bias.datasets import load_winobias_dir
+
+    pairs = winobias_pairs(load_winobias_dir(folder, split="dev"))
+    kept = cli._types_in_turn(pairs, 5)
+    assert list(zip(kept["type"], kept["id"])) == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+    assert cli._types_in_turn(pairs.iloc[:6], 5)["type"].tolist() == [1, 1, 1, 1, 2]  # one type-2 pair: the rest type 1
+    out = tmp_path / "out"
+    code, _, err = main(capsys, "bias", "--model", tiny_dirs["gpt2"], "--occupations", "nurse,mechanic,teacher",
+                        "--winobias", folder, "--limit", 4, "--n-boot", 0, "--quiet", "-o", out)
+    assert code == 0, err
+    summary = pd.read_csv(out / "winobias.csv")
+    assert {"type=1", "type=2"} <= set(summary.iloc[:, 0]), summary
 
 
 def test_python_dash_m_attnlab_is_the_same_command_line(tmp_path):

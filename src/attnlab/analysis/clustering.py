@@ -3,10 +3,12 @@
 Clark et al. (2019, section 6): two heads are close when, for the same query token, they
 spread attention over the keys in the same way. The distance between heads a and b is
 
-    D(a, b) = mean over sentences and query tokens i of JS(a_i || b_i),
+    D(a, b) = mean over every query token i of the corpus of JS(a_i || b_i),
     JS(p || q) = 1/2 KL(p || m) + 1/2 KL(q || m),  m = (p + q) / 2   (nats, at most log 2),
 
-and multidimensional scaling (scikit-learn, fixed random state) places the heads in 2-D.
+pooled over all sentences (Clark et al.'s sum over the tokens of the data, divided by the
+number of tokens, so a long sentence weighs by its length; the MDS map is the same up to
+scale), and multidimensional scaling (scikit-learn, fixed random state) places the heads in 2-D.
 Each head also gets a behaviour label from its statistics (see :func:`behaviour`).
 """
 
@@ -124,12 +126,12 @@ def head_distances(
 
     sentences = prepare(model, corpus)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    total = torch.zeros(L * H, L * H, dtype=torch.float64)
-    n = 0
+    total = torch.zeros(L * H, L * H, dtype=torch.float64)  # JS summed over query tokens
+    n = 0  # query tokens
     for s in attention_batches(model, sentences, batch_size=batch_size, progress=progress, desc="head distances"):
         flat = s.pattern.reshape(L * H, s.n_tokens, s.n_tokens)  # [(layer head), query, key]
-        total += js_divergence_matrix(flat)
-        n += 1
+        total += js_divergence_matrix(flat) * s.n_tokens
+        n += s.n_tokens
     dist = (total / n).numpy()
     dist = (dist + dist.T) / 2
     np.fill_diagonal(dist, 0.0)

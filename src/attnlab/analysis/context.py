@@ -29,7 +29,7 @@ from jaxtyping import Float
 from attnlab.analysis._corpus import attention_batches, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.forward import run, token_logprobs
-from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
+from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel, is_integer
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.result import Result
 
@@ -332,12 +332,18 @@ def window_experiment(
 
     ``conditions`` maps a name to a list of intervention specs; a ``"clean"`` run is added
     first, so "clean" is not a condition name, and names must differ as strings (1 and "1" do not). ``late_loss`` in the summary averages the loss over positions >= ``late_from``
-    (default: the second half of the longest text).
+    (an integer in 1..longest length - 1; default: the second half of the longest text).
     """
     runs = _window_conditions(conditions)
     for name, specs in runs.items():
         for spec in specs:
             spec.validate(model.cfg)
+    longest = max(s.n_tokens for s in prepare(model, texts))
+    if late_from is not None and not (is_integer(late_from) and 1 <= late_from <= longest - 1):
+        # 1000 gave late_loss NaN, -5 averaged every position, 2.5 passed: all without a word
+        raise InvalidInput(f"late_from must be an integer position in 1..{longest - 1} (the longest text has "
+                           f"{longest} tokens; position t is the loss of predicting token t), got {late_from!r}")
+    start = (longest - 1) // 2 if late_from is None else int(late_from)
     lm = model.cfg.is_causal and model.cfg.has_lm_head
     win_rows, summary, losses, profiles = [], [], [], {}
     for name, specs in runs.items():
@@ -347,7 +353,6 @@ def window_experiment(
         row = {"condition": name, "model_window": prof.model_window(level)}
         if lm:
             lp = loss_by_position(model, texts, interventions=specs, progress=progress).assign(condition=name)
-            start = late_from if late_from is not None else int(lp["position"].max()) // 2
             row["mean_loss"] = float((lp["loss"] * lp["n"]).sum() / lp["n"].sum())
             row["late_loss"] = float(lp.loc[lp["position"] >= start, "loss"].mean())
             losses.append(lp)

@@ -268,18 +268,34 @@ class DecayProfile(Result):
         deprecated("DecayProfile.ranking(...)", "DecayProfile.table, or DecayProfile.ranked(...).table with options")
         return self.ranked(min_distance=min_distance, max_distance=max_distance, by=by, min_count=min_count).table
 
+    def _hi(self) -> int:
+        D = self.mean.shape[-1]
+        return D - 1 if self.max_distance is None else min(self.max_distance, D - 1)
+
+    def _window(self) -> np.ndarray:
+        """``[layer, head, distance]``: the distances each head is ranked over."""
+        d = np.arange(self.mean.shape[-1])
+        return (d >= self.min_distance) & (d <= self._hi()) & (self.counts >= self.min_count)
+
+    def _check_rankable(self) -> None:
+        """Raise :class:`InvalidInput` unless some head has the 3 distances a ranking needs
+        (texts too short left an empty table, and ``plot`` a raw pandas error)."""
+        if self._window().sum(-1).max(initial=0) < 3:
+            raise InvalidInput(
+                f"need at least 3 ranked distances ({self.min_distance}..{self._hi()}, each with >= {self.min_count} "
+                f"query-key pairs) to rank the units, but the texts give distances up to {self.mean.shape[-1] - 1}; "
+                "give longer texts")
+
     def _rank(self) -> pd.DataFrame:
         from scipy.stats import spearmanr
 
         L, H, U, D = self.mean.shape
-        lo = self.min_distance
-        hi = D - 1 if self.max_distance is None else min(self.max_distance, D - 1)
+        lo, hi = self.min_distance, self._hi()
+        window = self._window()
         rows = []
         for layer in range(L):
             for head in range(H):
-                ok = np.arange(D) >= lo
-                ok &= np.arange(D) <= hi
-                ok &= self.counts[layer, head] >= self.min_count
+                ok = window[layer, head]
                 d = np.arange(D)[ok]
                 if len(d) < 3:
                     continue
@@ -303,6 +319,7 @@ class DecayProfile(Result):
             deprecated("DecayProfile.plot(units)", "DecayProfile.plot(units=...)")
             ax, units = None, ax
         if units is None:
+            self._check_rankable()
             units = list(self.table[["layer", "head", "unit"]].head(3).itertuples(index=False, name=None))
         kind = "pair" if self.pairs else "dim"
         curves = pd.concat([
@@ -331,6 +348,7 @@ def decay_neurons(
     ``ignore_first`` (the BOS / [CLS] sink has an atypical key and would dominate the
     longest distances). Texts run one at a time (no padding) through the engine, with no
     LM head. The result's ``table`` ranks the units; ``ranked(...)`` re-ranks them.
+    Texts too short for 3 ranked distances are refused (:class:`InvalidInput`).
 
     >>> from attnlab.testing import tiny_model
     >>> prof = decay_neurons(tiny_model("llama"), ["the nurse said that she left the house ."], progress=False)
@@ -376,7 +394,9 @@ def decay_neurons(
     full_counts = np.zeros((model.cfg.n_layers, H, D))
     full_mean[layer_list] = mean.numpy()
     full_counts[layer_list] = counts.numpy()
-    return DecayProfile(mean=full_mean, counts=full_counts, pairs=pairs, d_head=d, model_name=model.cfg.name)
+    profile = DecayProfile(mean=full_mean, counts=full_counts, pairs=pairs, d_head=d, model_name=model.cfg.name)
+    profile._check_rankable()
+    return profile
 
 
 def __getattr__(name: str):

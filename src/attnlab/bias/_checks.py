@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from attnlab.errors import InvalidInput, UnsupportedModel
 
-__all__ = ["check_lm", "check_pronouns", "single_token"]
+__all__ = ["check_lm", "check_pronouns", "distinct_tokens", "single_token"]
 
 
 def check_lm(model, *, causal: bool | None = None) -> None:
@@ -26,7 +26,7 @@ def check_pronouns(pronouns) -> tuple[str, str]:
     if isinstance(pronouns, str) or len(pronouns) != 2 or not all(isinstance(p, str) and p.strip() for p in pronouns):
         raise InvalidInput(f"pronouns must be a (female, male) pair of words, got {pronouns!r}")
     female, male = pronouns[0].strip(), pronouns[1].strip()
-    if female == male:  # every log ratio would be exactly 0: a result that looks like "no bias"
+    if female == male:  # every log ratio would be exactly 0: a result that looks like "no bias" (see distinct_tokens)
         raise InvalidInput(f"pronouns must be two different words (female, male), got {pronouns!r}")
     return female, male
 
@@ -36,3 +36,16 @@ def single_token(model, word: str, why: str) -> None:
     pieces = model.to_str_tokens(word, prepend_bos=False)
     if len(pieces) != 1:
         raise InvalidInput(f"{word!r} is {len(pieces)} tokens for {model.cfg.name} ({pieces!r}); {why}")
+
+
+def distinct_tokens(model, first: str, second: str, what: str) -> None:
+    """Raise :class:`InvalidInput` if the two words are the same token ids for ``model``.
+
+    Different strings can be one token (" she" and " SHE" for a lower-casing tokenizer):
+    every log ratio or odds ratio between them is exactly 0, which reads as "no bias".
+    """
+    a, b = model.token_rows([first, second], prepend_bos=False)
+    if a == b:
+        raise InvalidInput(f"{what}: {first!r} and {second!r} are the same token{'s' if len(a) > 1 else ''} for "
+                           f"{model.cfg.name} ({a}), so every log ratio between them would be exactly 0; "
+                           "choose two words that tokenize differently")

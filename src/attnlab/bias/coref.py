@@ -117,8 +117,28 @@ class CorefBias(Result):
         return self.per_prompt[column].astype(str) == value
 
 
+class _TypeIfPresent(str):
+    """The default ``by``: WinoBias ``type`` when the pairs have that column, else no groups."""
+
+    def __repr__(self) -> str:
+        return "'type' (when a column)"
+
+
+TYPE_IF_PRESENT = _TypeIfPresent("type")
+
+
+def _check_by(by, pairs: pd.DataFrame) -> str | None:
+    """The grouping column, or None; a ``by`` given by name must be a column (a typo gave only 'all')."""
+    if by is TYPE_IF_PRESENT:
+        return by if by in pairs.columns else None
+    if by is not None and (not isinstance(by, str) or by not in pairs.columns):
+        raise InvalidInput(f"by={by!r} is not a column of pairs (columns: {', '.join(map(str, pairs.columns))}); "
+                           "pass one of them or by=None")
+    return by
+
+
 def _summary(df: pd.DataFrame, by: str | None, n_boot: int, seed: int) -> pd.DataFrame:
-    groups = [("all", df)] + ([(f"{by}={k}", g) for k, g in df.groupby(by)] if by and by in df else [])
+    groups = [("all", df)] + ([(f"{by}={k}", g) for k, g in df.groupby(by)] if by else [])
     rows = []
     for name, g in groups:
         gap = g.gap.to_numpy(float)
@@ -133,7 +153,7 @@ def coref_bias(
     pairs: pd.DataFrame,
     *,
     score: str = "sentence",
-    by: str | None = "type",
+    by: str | None = TYPE_IF_PRESENT,
     batch_size: int = 16,
     n_boot: int = 1000,
     seed: int = 0,
@@ -148,13 +168,15 @@ def coref_bias(
     >>> coref_bias(tiny_model("gpt2"), pairs, n_boot=0).per_prompt.shape[0]
     1
 
-    ``by`` adds summary rows per value of that column (WinoBias ``type``).
+    ``by`` adds summary rows per value of that column (default: WinoBias ``type`` when the
+    pairs have it; a column named here must exist, else :class:`InvalidInput`).
     """
     n_boot, seed = check_resampling(n_boot, seed)
     if not isinstance(pairs, pd.DataFrame) or not {"pro", "anti"} <= set(pairs.columns):
         raise InvalidInput("pairs must be a DataFrame with 'pro' and 'anti' columns (see winobias_pairs)")
     if pairs.empty:
         raise InvalidInput("no sentence pairs given")
+    by = _check_by(by, pairs)
     gap = pair_log_ratio(model, list(pairs.pro), list(pairs.anti), score=score, batch_size=batch_size, progress=progress)
     per_pair = pairs.reset_index(drop=True).assign(gap=gap, prefers_pro=gap > 0)
     return CorefBias(per_pair, _summary(per_pair, by, n_boot, seed), score)

@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.bias._checks import check_lm
-from attnlab.bias.pronouns import BIAS_METRICS, PronounBias, pronoun_bias
+from attnlab.bias._checks import check_lm, check_pronouns
+from attnlab.bias.pronouns import BIAS_METRICS, PronounBias, design, pronoun_bias
 from attnlab.bias.templates import Template, neutral_prompts as shipped_prompts, neutral_text as shipped_text
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import InvalidInput
@@ -84,6 +84,35 @@ class BiasExperiment(Result):
         return experiment_figure(self, ax)
 
 
+def _head(values: list) -> str:
+    return repr(values[:5])[:-1] + (", ...]" if len(values) > 5 else "]")
+
+
+def _check_baseline(baseline, model, occupations, templates, pronouns, n_boot: int, seed: int) -> None:
+    """Refuse a baseline measured on anything else: its numbers would be paired with the wrong prompts."""
+    if not isinstance(baseline, PronounBias):
+        raise InvalidInput(f"baseline must be a PronounBias from pronoun_bias(), got {type(baseline).__name__}")
+    differs = []
+    if baseline.model_name != model.cfg.name:
+        differs.append(f"model {baseline.model_name!r} (this experiment: {model.cfg.name!r})")
+    if tuple(baseline.pronouns) != check_pronouns(pronouns):
+        differs.append(f"pronouns {tuple(baseline.pronouns)!r} (this experiment: {check_pronouns(pronouns)!r})")
+    got = list(baseline.per_prompt[["occupation", "share_women", "template"]].itertuples(index=False, name=None))
+    want = [(o, s, t.prefix) for o, s, t in design(occupations, templates)]
+    if got != want:
+        columns = []
+        for i, name in ((0, "occupations"), (1, "shares of women"), (2, "templates")):
+            had, has = list(dict.fromkeys(r[i] for r in got)), list(dict.fromkeys(r[i] for r in want))
+            if had != has:
+                columns.append(f"{name} {_head(had)} (this experiment: {_head(has)})")
+        differs += columns or ["the same occupations and templates in a different pairing"]
+    if (baseline.n_boot, baseline.seed) != (n_boot, seed):
+        differs.append(f"n_boot={baseline.n_boot}, seed={baseline.seed} (this experiment: n_boot={n_boot}, seed={seed})")
+    if differs:
+        raise InvalidInput("baseline does not match this experiment; it was measured with " + "; ".join(differs)
+                           + ". Pass the same occupations, templates, pronouns, n_boot and seed, or no baseline")
+
+
 def bias_experiment(
     model,
     interventions: Sequence,
@@ -123,8 +152,8 @@ def bias_experiment(
         spec.validate(model.cfg)
     text = shipped_text() if neutral_text is None else check_texts(neutral_text, "neutral_text")
     prompts = shipped_prompts() if neutral_prompts is None else check_texts(neutral_prompts, "neutral_prompts")
-    if baseline is not None and not isinstance(baseline, PronounBias):
-        raise InvalidInput(f"baseline must be a PronounBias from pronoun_bias(), got {type(baseline).__name__}")
+    if baseline is not None:
+        _check_baseline(baseline, model, occupations, templates, pronouns, n_boot, seed)
     kw = dict(occupations=occupations, templates=templates, pronouns=pronouns, batch_size=batch_size, n_boot=n_boot,
               seed=seed, progress=progress)
     before = pronoun_bias(model, **kw) if baseline is None else baseline

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from attnlab.bias._checks import check_lm, check_pronouns, single_token
+from attnlab.bias._checks import check_lm, check_pronouns, distinct_tokens, single_token
 from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.interventions import Patch
@@ -103,6 +103,7 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
             )
         for word in (p.stereotypical, p.anti):
             single_token(model, word, "the odds need single-token pronouns (try a leading space, e.g. ' she')")
+        distinct_tokens(model, p.stereotypical, p.anti, f"pair {i} (stereotypical, anti)")
     return pairs
 
 
@@ -276,7 +277,8 @@ class MediationResult(Result):
     ``per_prompt``: one row per unit and pair (``pair``, ``label``, ``nie``, ``nie_log``, ...);
     ``total``: per pair odds, TE and log odds ratio; ``te``: (mean TE, low, high);
     ``summary``: TE and the largest-NIE unit of each level in all three readouts;
-    ``plot(ax=None, effect="nie")``: the layer x head map of the mean effect.
+    ``plot(ax=None, effect=None)``: the layer x head map of the mean effect (default: the
+    first effect computed; needs the head level, see ``can_plot``).
     """
 
     def __init__(self, levels: tuple[str, ...], table: pd.DataFrame, per_prompt: pd.DataFrame, total: pd.DataFrame,
@@ -316,32 +318,40 @@ class MediationResult(Result):
                 add(effect, level, int(best["layer"]), int(best["head"]), best, effect)
         return pd.DataFrame(rows)
 
-    def top_heads(self, k: int = 5, *, effect: str = "nie") -> list[tuple[int, int]]:
-        """The k heads with the largest mean effect (needs the head level)."""
-        heads = self._heads(effect)
+    @property
+    def can_plot(self) -> bool:
+        """The map is of heads: a result of layers or the whole model has none (``save`` writes only CSV)."""
+        return "head" in self.levels
+
+    def top_heads(self, k: int = 5, *, effect: str | None = None) -> list[tuple[int, int]]:
+        """The k heads with the largest mean effect (default: the first computed; needs the head level)."""
+        effect, heads = self._heads(effect)
         if not isinstance(k, int) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
         best = heads.sort_values(effect, ascending=False).head(k)
         return [(int(layer), int(head)) for layer, head in zip(best["layer"], best["head"])]
 
-    def plot(self, ax=None, *, effect: str = "nie"):
-        """Layer x head heatmap of the mean effect (needs the head level)."""
-        grid = self._heads(effect).pivot(index="layer", columns="head", values=effect)
+    def plot(self, ax=None, *, effect: str | None = None):
+        """Layer x head heatmap of the mean effect (default: the first computed; needs the head level)."""
+        effect, heads = self._heads(effect)
+        grid = heads.pivot(index="layer", columns="head", values=effect)
         return heatmap(grid, title=f"{self.model_name}: {effect.upper()} per head (TE = {self.te[0]:.2f})",
                        label=f"{effect.upper()} (odds ratio - 1)", ax=ax)
 
-    def heatmap(self, effect: str = "nie", ax=None):
+    def heatmap(self, effect: str | None = None, ax=None):
         """Deprecated spelling of ``plot(ax, effect=...)``."""
         warnings.warn("MediationResult.heatmap is deprecated and will be removed in the next release; use .plot(effect=...)",
                       DeprecationWarning, stacklevel=2)
         return self.plot(ax, effect=effect)
 
-    def _heads(self, effect: str) -> pd.DataFrame:
-        if "head" not in self.levels:
+    def _heads(self, effect: str | None) -> tuple[str, pd.DataFrame]:
+        """The effect asked for (None: the first computed; "nie" was assumed even when only NDE was) and the head rows."""
+        if not self.can_plot:
             raise InvalidInput(f"this needs the head level; this result has levels {', '.join(self.levels)}")
+        effect = self.effects[0] if effect is None else effect
         if effect not in self.effects:
             raise InvalidInput(f"effect {effect!r} was not computed; computed: {', '.join(self.effects)}")
-        return self.table[self.table["level"] == "head"]
+        return effect, self.table[self.table["level"] == "head"]
 
 
 def _units_for(model, level: str) -> list[list[Head]]:
@@ -438,6 +448,9 @@ def greedy_heads(
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)
     pool = _check_units(model, [pool])[0]
+    twice = sorted({h for h in pool if pool.count(h) > 1}, key=str)
+    if twice:  # a chosen head leaves the options with its copies, and a later step had none to pick from
+        raise InvalidInput(f"candidates must be distinct heads; given more than once: {', '.join(map(str, twice))}")
     if k > len(pool):
         raise InvalidLocation(f"k={k} but only {len(pool)} candidate heads")
     pairs = _checked_pairs(model, pairs)

@@ -20,32 +20,61 @@ both pronouns' log-probabilities; the log ratio is their difference (a logit dif
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attnlab.bias._checks import check_lm, check_pronouns, single_token
+from attnlab.bias._checks import check_lm, check_pronouns, distinct_tokens, single_token
 from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure import LogProbs, Result, bootstrap, check_resampling, score
 from attnlab.measure.result import renamed
 
-__all__ = ["PronounBias", "pronoun_bias", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
+__all__ = ["PronounBias", "pronoun_bias", "design", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
 
 #: summary numbers reported for a table of per-occupation log ratios
 BIAS_METRICS = ("mean_abs_log_ratio", "mean_log_ratio", "pearson_r", "spearman_rho")
 
 
+#: up to this many occupations the correlation p-values are exact (all n! orderings)
+EXACT_P_MAX = 8
+
+
+def _n_points(x, y) -> int:
+    """How many distinct (x, y) points (a resample repeats some)."""
+    return len(np.unique(np.column_stack([x, y]), axis=0))
+
+
 def _pearson(x, y) -> float:
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+    """NaN unless there are 3 distinct (x, y) points: any 2 points give r = +-1, which says nothing."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if _n_points(x, y) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
 
 
 def _spearman(x, y) -> float:
     return _pearson(stats.rankdata(x), stats.rankdata(y))
+
+
+def _p_value(x, y, rank: bool) -> float:
+    """Two-sided p-value of the correlation: exact over all orderings of ``y`` up to
+    :data:`EXACT_P_MAX` points (scipy's t approximation said p = 0 for 3 points with
+    rho = -1; the exact p is 2/6), scipy's test above. NaN where the correlation is undefined."""
+    r = (_spearman if rank else _pearson)(x, y)
+    if np.isnan(r):
+        return float("nan")
+    if len(x) > EXACT_P_MAX:
+        return float((stats.spearmanr if rank else stats.pearsonr)(x, y).pvalue)
+    if rank:
+        x, y = stats.rankdata(x), stats.rankdata(y)
+    xc, yc = np.asarray(x, float) - np.mean(x), np.asarray(y, float) - np.mean(y)
+    orders = yc[np.array(list(itertools.permutations(range(len(yc)))))]  # [n!, n]
+    rs = orders @ xc / (np.linalg.norm(xc) * np.linalg.norm(yc))
+    return float(np.mean(np.abs(rs) >= abs(r) - 1e-12))
 
 
 def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -55,11 +84,15 @@ def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, se
     ``mean_log_ratio`` = the overall lean (> 0 towards "she"); ``pearson_r`` and
     ``spearman_rho`` = correlation of the log ratio with the share of women. Intervals are
     95% percentile bootstraps over occupations (:func:`attnlab.measure.bootstrap`; NaN with
-    fewer than 2 occupations).
+    fewer than 2 occupations). A correlation needs 3 distinct (share, log ratio) points: with
+    fewer it is NaN, and resamples with fewer are left out of its interval, which is NaN
+    below 4 points (every resample of 3 points that defines r is a reordering of them, so
+    the interval would be the estimate itself). ``p_value``: the two-sided test of no
+    correlation, exact (all orderings) up to :data:`EXACT_P_MAX` occupations, scipy's
+    ``pearsonr`` / ``spearmanr`` above.
     """
     lr = per_occupation["log_ratio"].to_numpy(float)
     share = per_occupation["share_women"].to_numpy(float)
-    varied = len(lr) > 2 and np.std(lr) > 0 and np.std(share) > 0
     rows = []
     for name, values, statistic in (
         ("mean_abs_log_ratio", np.abs(lr), "mean"),
@@ -69,12 +102,19 @@ def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, se
     ):
         value, low, high = bootstrap(values, statistic, n_boot=n_boot, seed=seed)
         p = np.nan
-        if name == "pearson_r" and varied:
-            p = float(stats.pearsonr(share, lr).pvalue)
-        if name == "spearman_rho" and varied:
-            p = float(stats.spearmanr(share, lr).pvalue)
+        if name in ("pearson_r", "spearman_rho"):
+            p = _p_value(share, lr, rank=name == "spearman_rho")
+            if _n_points(share, lr) < 4:
+                low = high = np.nan
         rows.append({"metric": name, "value": value, "low": low, "high": high, "p_value": p})
     return pd.DataFrame(rows)
+
+
+def design(occupations=None, templates: Sequence[Template | str] | None = None) -> list[tuple[str, float, Template]]:
+    """Every (occupation, share of women, template) that :func:`pronoun_bias` scores, in its order."""
+    occ = occupation_frame(occupations)
+    tmpl = shipped_templates() if templates is None else as_templates(templates)
+    return [(o, float(s), t) for o, s in zip(occ.occupation, occ.share_women) for t in tmpl]
 
 
 class PronounBias(Result):
@@ -87,9 +127,10 @@ class PronounBias(Result):
     """
 
     def __init__(self, per_prompt: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, model_name: str,
-                 pronouns: tuple[str, str]):
+                 pronouns: tuple[str, str], *, n_boot: int | None = None, seed: int | None = None):
         self.per_prompt, self.table, self._summary = per_prompt, table, summary
         self.model_name, self.pronouns = model_name, pronouns
+        self.n_boot, self.seed = n_boot, seed  # what the intervals came from (a baseline must match them)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -141,13 +182,11 @@ def pronoun_bias(
     """
     n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model)
-    occ = occupation_frame(occupations)
-    tmpl = shipped_templates() if templates is None else as_templates(templates)
+    rows = design(occupations, templates)
     female, male = check_pronouns(pronouns)
-    rows = [(o, s, t) for o, s in zip(occ.occupation, occ.share_women) for t in tmpl]
     if model.cfg.is_causal:
         prompts = [t.causal(o) for o, _, t in rows]
-        metric = LogProbs([" " + female, " " + male])
+        words, read_at = [" " + female, " " + male], "last"
     else:
         mask = getattr(model.tokenizer, "mask_token", None)
         if mask is None:
@@ -155,12 +194,14 @@ def pronoun_bias(
         for word in (female, male):
             single_token(model, word, "a masked LM fills one [MASK] with one token, so choose single-token pronouns")
         prompts = [t.masked(o, mask) for o, _, t in rows]
-        metric = LogProbs([female, male], read_at="mask")
+        words, read_at = [female, male], "mask"
+    distinct_tokens(model, *words, "pronouns")
+    metric = LogProbs(words, read_at=read_at)
     logp = score(model, prompts, metric, interventions, batch_size=batch_size, progress=progress)  # [prompt, 2]
     per_prompt = pd.DataFrame(
         {
             "occupation": [o for o, _, _ in rows],
-            "share_women": [float(s) for _, s, _ in rows],
+            "share_women": [s for _, s, _ in rows],
             "template": [t.prefix for _, _, t in rows],
             "prompt": prompts,
             "logp_female": logp[:, 0],
@@ -179,4 +220,4 @@ def pronoun_bias(
         .reset_index()
     )
     summary = summarize_log_ratios(per_occupation, n_boot=n_boot, seed=seed)
-    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male))
+    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male), n_boot=n_boot, seed=seed)

@@ -44,6 +44,15 @@ class Result:
     def plot(self, ax=None, **options):
         raise NotImplementedError(f"{type(self).__name__} has no plot")
 
+    @property
+    def can_plot(self) -> bool:
+        """Whether ``plot()`` draws this result with its defaults; ``save`` writes the PNG only then.
+
+        False for a class without a plot; a subclass whose figure needs what a result may
+        lack (a mediation map needs the head level) says so here.
+        """
+        return type(self).plot is not Result.plot
+
     def column(self, name: str) -> pd.Series:
         """One column of ``table`` (the safe spelling of ``table["head"]``)."""
         if name not in self.table.columns:
@@ -57,7 +66,8 @@ class Result:
         return self.column(name)
 
     def save(self, folder: str | Path, *, stem: str | None = None) -> list[Path]:
-        """Write ``table``, ``per_prompt`` and ``summary`` as CSV (and the plot as PNG) into ``folder``."""
+        """Write ``table``, ``per_prompt`` and ``summary`` as CSV (and the plot as PNG, when
+        :attr:`can_plot`) into ``folder``."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or type(self).__name__.lower()
@@ -68,10 +78,9 @@ class Result:
                 path = out / f"{stem}_{part}.csv"
                 frame.to_csv(path, index=False)
                 written.append(path)
-        try:
-            fig = self.plot()
-        except NotImplementedError:
+        if not self.can_plot:
             return written
+        fig = self.plot()
         path = out / f"{stem}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
