@@ -59,6 +59,7 @@ def test_winogender_bias_fixture():
     t = load_winogender_templates(FIX / "templates.tsv")
     out = winogender_bias(model, t, load_winogender_stats(FIX / "occupations-stats.tsv"))
     assert len(out) == 4 and out.bls_pct_female.tolist() == [90.0, 90.0, 1.5, 1.5]
+    assert "pearson_r" not in out.attrs  # two occupations: any r would be +-1 (pronoun_bias's rule, bias/_correlation.py)
     s = "The nurse reassured the patient that {} would stay all night."
     assert out.log_ratio[0] == pytest.approx(_sentence_logprob(model, s.format("she")) - _sentence_logprob(model, s.format("he")), abs=1e-4)
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from attnlab.bias._checks import check_lm
+from attnlab.bias._correlation import pearson
 from attnlab.bias.datasets import fill_winogender
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import InvalidInput
@@ -205,6 +205,7 @@ def winogender_bias(
     if stats_table is not None:
         out = out.merge(stats_table[["occupation", "bls_pct_female"]], on="occupation", how="left")
         occ = out.dropna(subset=["bls_pct_female"]).groupby("occupation")[["log_ratio", "bls_pct_female"]].mean()
-        if len(occ) > 2 and occ.log_ratio.std() > 0:
-            out.attrs["pearson_r"] = float(stats.pearsonr(occ.bls_pct_female, occ.log_ratio).statistic)
+        r = pearson(occ.bls_pct_female, occ.log_ratio)  # pronoun_bias's rule: NaN below 3 distinct points
+        if not np.isnan(r):
+            out.attrs["pearson_r"] = r
     return out

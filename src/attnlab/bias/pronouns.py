@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from attnlab.bias._checks import check_lm, check_pronouns, distinct_tokens, single_token
+from attnlab.bias._correlation import n_points as _n_points, pearson as _pearson
 from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure import LogProbs, Result, bootstrap, check_resampling, score
@@ -41,19 +42,6 @@ BIAS_METRICS = ("mean_abs_log_ratio", "mean_log_ratio", "pearson_r", "spearman_r
 
 #: up to this many occupations the correlation p-values are exact (all n! orderings)
 EXACT_P_MAX = 8
-
-
-def _n_points(x, y) -> int:
-    """How many distinct (x, y) points (a resample repeats some)."""
-    return len(np.unique(np.column_stack([x, y]), axis=0))
-
-
-def _pearson(x, y) -> float:
-    """NaN unless there are 3 distinct (x, y) points: any 2 points give r = +-1, which says nothing."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if _n_points(x, y) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def _spearman(x, y) -> float:
