@@ -217,3 +217,21 @@ def test_reset_hooks_keeps_permanent_hooks_and_filters_by_direction_as_transform
     with pytest.raises(InvalidInput, match="dir must be one of 'fwd', 'bwd', got 'both'"):
         model.add_hook("blocks.0.attn.hook_z", remember, dir="both")
     assert model.count_hooks() == 0
+
+
+def test_a_hook_points_add_hook_takes_transformer_lens_signature(tiny_gpt2):
+    """``point.add_hook(fn, "fwd", True)`` (dir, is_permanent positionally) and ``level=`` as in TransformerLens."""
+    point = tiny_gpt2.hook_dict["blocks.0.attn.hook_z"]
+    seen = []
+    point.add_hook(lambda x, hook: seen.append("permanent"), "fwd", True)
+    point.add_hook(lambda x, hook: seen.append("plain"), dir="fwd", is_permanent=False, level=None)
+    with torch.no_grad():
+        tiny_gpt2("the nurse said that")
+    assert seen == ["permanent", "plain"]
+    tiny_gpt2.reset_hooks()
+    seen.clear()
+    with torch.no_grad():
+        tiny_gpt2("the nurse said that")
+    assert seen == ["permanent"]  # kept by reset_hooks() unless including_permanent=True
+    tiny_gpt2.reset_hooks(including_permanent=True)
+    assert tiny_gpt2.count_hooks() == 0

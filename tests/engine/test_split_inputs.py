@@ -216,3 +216,25 @@ def test_cached_gradients_keep_the_norms_when_the_copies_are_cached_too():
     split = sum(on[f"blocks.{L}.hook_{s}_input_grad"].sum(dim=2) for s in "qkv")
     assert maxdiff(on[f"blocks.{L}.hook_resid_pre_grad"],
                    on[f"blocks.{L}.hook_resid_mid_grad"] + split) <= 1e-6
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+@pytest.mark.parametrize("ln1_hooked", [False, True])
+def test_watching_a_copy_leaves_every_weight_gradient(arch, ln1_hooked):
+    """A no-op hook on hook_q_input changes no parameter's gradient (with ln1's points hooked, q_proj's gradient
+    used to come twice: through the model's path and the copies')."""
+    model = perturbed(arch)
+
+    def grads(watch: bool) -> dict:
+        fwd = [("blocks.1.ln1.hook_normalized", lambda x, hook: None)] if ln1_hooked else []
+        fwd += [("blocks.1.hook_q_input", lambda x, hook: None)] if watch else []
+        with model.hooks(fwd_hooks=fwd):
+            (model(TEXT).float() ** 2).mean().backward()
+        out = {n: p.grad.clone() for n, p in model.hf_model.named_parameters() if p.grad is not None}
+        model.hf_model.zero_grad(set_to_none=True)
+        return out
+
+    plain, watched = grads(False), grads(True)
+    assert plain.keys() == watched.keys()
+    for name, g in plain.items():
+        assert maxdiff(watched[name], g) <= 1e-5 * max(1.0, float(g.abs().max())), name

@@ -293,6 +293,29 @@ def test_score_pairs_text_patch_sources_with_the_prompts_as_effect_does(tiny_lla
                 assert np.allclose(got, want, atol=1e-6) and np.abs(got - clean).max() > 1e-4
 
 
+def test_score_with_text_sources_runs_one_edited_pass_and_takes_vector_metrics(tiny_llama):
+    """score() with a text-sourced Patch: the source pass and the edited pass per chunk, no unused clean pass; a
+    metric with several numbers per prompt (LogProbs) gives what the same spec gives as an outer edit."""
+    from attnlab.interventions import Patch
+    from attnlab.measure import LogProbs, score
+
+    prompts, source = ["the nurse said that", "the doctor said that"], "the woman said that"
+    spec = Patch(1, None, site="z", source=source)
+    calls = []
+    handle = tiny_llama.layout.blocks[0].layer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        score(tiny_llama, prompts, LogitDiff(" she", " he"), [spec], batch_size=64)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the source rows, then the prompts with the patch
+    metric = LogProbs([" she", " he"])
+    got = score(tiny_llama, prompts, metric, [spec])
+    with tiny_llama.intervene(Patch(1, None, site="z", source=[source] * 2)):
+        want = score(tiny_llama, prompts, metric, batch_size=64)
+    assert got.shape == (2, 2) and np.allclose(got, want, atol=1e-6)
+    assert np.abs(got - score(tiny_llama, prompts, metric)).max() > 1e-4
+
+
 def test_rows_of_a_per_prompt_patch_are_rows_of_the_prompt_list(tiny_llama):
     """``rows=[0]`` on a Patch with one source per prompt edits prompt 0 only, whatever batch_size (it edited
     row 0 of every chunk: prompt 2 too at batch_size=2)."""

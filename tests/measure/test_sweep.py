@@ -160,6 +160,25 @@ def test_sweep_bad_input(tiny_gpt2):
     assert m.count_hooks() == 0
 
 
+def test_an_outer_spec_with_rows_is_seen_through_a_second_wrapper_of_the_same_model():
+    """Two wrappers of one HF model share its hook points, so an outer ``rows=`` spec opened on one decides how the
+    other may batch (it was looked up by wrapper: the second cut the prompts and hit row 0 of every chunk)."""
+    from attnlab.engine.model import HookedModel
+    from attnlab.measure import score
+    from attnlab.testing import tiny_hf_model, tiny_tokenizer
+
+    hf = tiny_hf_model("gpt2")
+    a, b = HookedModel(hf, tiny_tokenizer(), name="a"), HookedModel(hf, tiny_tokenizer(), name="b")
+    prompts, metric = ["the nurse said that", "the doctor said that", "the man went to", "a girl saw the"], LogitDiff(" she", " he")
+    clean = score(a, prompts, metric)
+    with a.intervene(AblateHead(1, [0, 1, 2, 3], rows=[0])):
+        want = score(a, prompts, metric, batch_size=32)
+        assert b.acting_interventions() == a.acting_interventions() != []
+        got = score(b, prompts, metric, batch_size=1)
+    assert np.allclose(got, want, atol=1e-6)
+    assert abs(want[0] - clean[0]) > 1e-3 and np.allclose(want[1:], clean[1:], atol=1e-6)
+
+
 def test_an_outer_spec_with_rows_edits_those_prompts_whatever_batch_size(tiny_gpt2):
     """Inside ``model.intervene(spec with rows=[0])`` the outer spec edits prompt 0 only: sweeps stacked copies of
     the prompts (only copy 0 got it; variants resuming from the clean prefix did) and cut chunks (row 0 of each

@@ -210,12 +210,13 @@ class HookPoint(nn.Module):
 
     # -- attaching --------------------------------------------------------------------------
 
-    def add_hook(self, fn: HookFn, dir: str = "fwd", *, owner: int | None = None, prepend: bool = False,
-                 is_permanent: bool = False) -> None:
+    def add_hook(self, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, level: int | None = None,
+                 prepend: bool = False, *, owner: int | None = None) -> None:
         """Attach ``fn(tensor, hook)``; it acts only in the block ``owner`` (default: the innermost open one).
 
-        ``is_permanent`` (TransformerLens'): persistent whatever block is open, and kept by
-        ``reset_hooks()`` unless ``including_permanent=True``.
+        TransformerLens' signature: ``is_permanent`` makes it persistent whatever block is open,
+        kept by ``reset_hooks()`` unless ``including_permanent=True``; ``level`` (TransformerLens'
+        context level) is accepted and not used: a block's hooks end with the block.
         """
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")

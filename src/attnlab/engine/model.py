@@ -409,7 +409,8 @@ class HookedModel(ModelWeights, nn.Module):
             except AttnlabError as err:
                 raise type(err)(f"while preparing {spec!r} on {self.cfg.name}: {err}") from None
         with self.hooks(fwd_hooks=fwd):
-            token = _INTERVENING.set(_INTERVENING.get() + ((id(self), user_frame(), interventions),))
+            # keyed by the hook tree: every wrapper of this HF model runs through these hooks
+            token = _INTERVENING.set(_INTERVENING.get() + ((id(self.tree), user_frame(), interventions),))
             try:
                 yield self
             finally:
@@ -422,7 +423,7 @@ class HookedModel(ModelWeights, nn.Module):
         so they decide how the prompts may be cut into batches.
         """
         owners = acting_owners()
-        return [s for model, owner, specs in _INTERVENING.get() if model == id(self) and owner in owners for s in specs]
+        return [s for tree, owner, specs in _INTERVENING.get() if tree == id(self.tree) and owner in owners for s in specs]
 
     def _check_every_layer_is_reached(self) -> None:
         """One tiny forward pass proving that every layer calls attnlab's attention function."""

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from einops import einsum, rearrange
 from torch import nn
+from torch.func import functional_call
 
 from attnlab.engine.attention import AttentionHooks, attach
 from attnlab.engine.hooks import Hook, HookPoint, OnDemand
@@ -362,12 +363,22 @@ class HookTree(nn.Module):
             grad = torch.is_grad_enabled() and new.requires_grad
             if not grad and not bool(edited.any()):
                 return part
-            x = new if norm is None else norm.forward(new)  # the norm's own computation, per head
-            split = einsum(x, weight.to(x.dtype), "b p g m, g m d -> b p g d") + bias.to(x.dtype)
             own = rearrange(part, "b p (g d) -> b p g d", g=weight.shape[0])
-            if grad:  # same value; the gradient reaches the copy, and resid_pre through it or the model's path, not both
-                own = (own if branch else own.detach()) + (split - split.detach())
+            split = per_head(new, weight, bias)
+            if grad:  # same value; the gradient reaches the copy, and resid_pre (and the weights) by one path only
+                if branch:  # the model's own path stays; the copies' gradients branch off, through frozen weights
+                    side = per_head(new, weight.detach(), bias.detach(), frozen=True)
+                    own = own + (side - side.detach())
+                else:
+                    own = own.detach() + (split - split.detach())
             return rearrange(torch.where(edited[:, None], split.to(own.dtype), own), "b p g d -> b p (g d)")
+
+        def per_head(x, weight, bias, *, frozen: bool = False):
+            """Each head's q (k, v) from its own copy, through the norm's own computation (frozen: no weight gradient)."""
+            if norm is not None:
+                x = (functional_call(norm, {n: p.detach() for n, p in norm.named_parameters()}, (x,)) if frozen
+                     else norm.forward(x))
+            return einsum(x, weight.to(x.dtype), "b p g m, g m d -> b p g d") + bias.to(x.dtype)
 
         if b.qkv_proj is not None and b.q_proj is None:  # GPT-2's fused c_attn: [q | k | v]
             def fused(output, args):

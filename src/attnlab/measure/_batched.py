@@ -101,7 +101,8 @@ def run_variants(
     ``variants``: ``(start layer, key)`` pairs; ``build(key, ctx)`` makes the specs of one
     variant for one chunk (``ctx`` from ``chunk_setup(chunk rows, slice)``, e.g. that chunk's
     patch sources). ``interventions`` act in every pass, the baseline included (what
-    :func:`attnlab.measure.score` measures); with no variants only the baseline runs, and a
+    :func:`attnlab.measure.score` measures; a function of ``ctx`` for specs that differ per chunk, such as
+    text patch sources); with no variants only the baseline runs, and a
     metric with several numbers per prompt (``vector``) gives ``[prompt, ...]``. ``precision``:
     every pass's linear layers multiply in that dtype (:mod:`attnlab.engine.precision`).
     """
@@ -126,9 +127,12 @@ def run_variants(
     use_prefix = layers is not None and bool(need)
     if layers is None and need:
         warnings.warn(f"{model.cfg.name}: decoder layers not found; the sweep runs full forwards (slower, same results)")
-    base = {"interventions": list(interventions)} if interventions else {}
-    if precision is not None:
-        base["precision"] = precision
+    def chunk_base(ctx) -> dict:
+        specs = interventions(ctx) if callable(interventions) else interventions  # chunk-dependent: text sources
+        base = {"interventions": list(specs)} if specs else {}
+        if precision is not None:
+            base["precision"] = precision
+        return base
 
     n_chunks = -(-rows.n_rows // chunk)
     total = n_chunks * (1 + sum(-(-len(ix) // copies) for ix in by_start.values()))
@@ -140,6 +144,8 @@ def run_variants(
             sl = slice(c0, c0 + chunk)
             part = rows.select(sl).to(model.device)
             n = part.n_rows
+            ctx = chunk_setup(part, sl) if chunk_setup is not None and (variants or callable(interventions)) else None
+            base = chunk_base(ctx)
             if use_prefix:
                 clean_out, prefix = metric_output(model, part, metric, keep_layers=need, **base)
             else:
@@ -156,7 +162,6 @@ def run_variants(
                         "the sweep falls back to full forwards (slower, same results)"
                     )
             del clean_out
-            ctx = chunk_setup(part, sl) if chunk_setup is not None and variants else None
             for start, idx in by_start.items():
                 for g0 in range(0, len(idx), copies):
                     group = idx[g0 : g0 + copies]

@@ -192,20 +192,13 @@ def score(
     try:
         rows = metric.rows(model, prompts)
         sources = RowSources(model, metric, prompts, rows, specs)
-        if not sources:
-            values, _ = run_variants(model, rows, metric, [], batch_size=batch_size, progress=progress,
-                                     desc=f"score ({metric.name})", single_chunk=any(addresses_rows(s) for s in specs),
-                                     interventions=specs)
-        elif metric.vector:
-            raise InvalidInput(f"score() with {metric.name} cannot pair text patch sources with the prompts' rows; "
-                               "pass the source activations as a tensor (from model.run_with_cache)")
-        else:  # text sources follow the prompts chunk by chunk: the edited pass of effect(), without its baseline
-            _, edited = run_variants(
-                model, rows, metric, [(0, "interventions")], lambda key, ctx: sources.build(specs, ctx),
-                batch_size=batch_size, progress=progress, desc=f"score ({metric.name})",
-                chunk_setup=sources.setup, single_chunk=one_batch(specs, len(prompts)),
-            )
-            values = edited[0]
+        # text patch sources follow the prompts chunk by chunk (as in effect()); other specs act on every pass as given
+        values, _ = run_variants(
+            model, rows, metric, [], batch_size=batch_size, progress=progress, desc=f"score ({metric.name})",
+            single_chunk=one_batch(specs, len(prompts)) if sources else any(addresses_rows(s) for s in specs),
+            interventions=(lambda ctx: sources.build(specs, ctx)) if sources else specs,
+            chunk_setup=sources.setup if sources else None,
+        )
     except AttnlabError as err:
         raise type(err)(f"while scoring {metric.name} on {model.cfg.name}: {err}") from None
     return values
