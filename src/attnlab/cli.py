@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -812,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bfloat16: the linear layers multiply in bfloat16, a faster first pass whose effects are no "
                    "longer exact (1-4%% of the largest on Gemma, see docs/sweeps.md) (default: full)")
     p.add_argument("--n-boot", **n_boot)
-    p.add_argument("--figure", help="PNG file for the layer x head heatmap")
+    p.add_argument("--figure", help="image file for the layer x head heatmap (.png, .svg, .pdf, ...; no suffix: .png)")
 
     p = _command(sub, "bias", cmd_bias, text=False, out_default="attnlab-bias", out_help="output folder (default: attnlab-bias)")
     p.add_argument("--occupations", help="comma-separated occupations from the shipped list (default: all of them)")
@@ -882,8 +883,8 @@ def _attribute_parser(sub, n_boot: dict) -> None:
                    help="rows per forward/backward pass, or auto: 32 on a CPU, from free memory on a GPU (default: auto)")
     p.add_argument("--n-boot", **n_boot)
     p.add_argument("--seed", type=_count(0), default=0, help="seed of the bootstrap and the KL probes (default: 0)")
-    p.add_argument("--figure", help="PNG file: the heatmap of estimates (layer x head, ...), or the top units as bars "
-                   "when there are too many for a heatmap")
+    p.add_argument("--figure", help="image file (.png, .svg, .pdf, ...; no suffix: .png): the heatmap of estimates "
+                   "(layer x head, ...), or the top units as bars when there are too many for a heatmap")
 
 
 def _window_parser(sub) -> None:
@@ -962,6 +963,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "model", None):
             _check_model(args.model)
         args.func(args)
+    except BrokenPipeError:  # the reader went away (| head): not an error, as for any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush must not fail again
+        return 0
     except (AttnlabError, OSError) as err:
         if args.debug:
             raise

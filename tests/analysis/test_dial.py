@@ -263,7 +263,8 @@ def test_start_from_the_same_name_but_other_weights_or_hooks_is_refused(units):
 def test_numpy_numbers_are_accepted_and_give_the_same_search(decay_model, units):
     plain = set_context_window(decay_model, 25, TEXT, units=units, scales=[0.5, 2.0, 3.0], per_step=2, progress=False)
     numpy = set_context_window(decay_model, np.int64(25), TEXT, units=units, scales=np.array([0.5, 2.0, 3.0]),
-                               per_step=np.int64(2), tolerance=np.float32(0.1), progress=False)
+                               per_step=np.int64(2), tolerance=np.float32(0.1), max_steps=np.int64(6),
+                               limits=np.array([1 / 64, 64.0]), progress=False)
     pd.testing.assert_frame_equal(plain.table, numpy.table)
     assert numpy.scale == plain.scale and numpy.window == plain.window
 

@@ -452,3 +452,15 @@ def test_units_errors_name_the_file_line_and_the_cell_as_written(capsys, tmp_pat
     code, _, err = main(capsys, "window", "--units", str(units), "--target", "16")
     assert code == 2 and re.search(rf"column unit must hold integers from 0 to \d+, got '1e30' \(line {line} of the file\)",
                                    one_error_line(err)), err
+
+
+def test_output_piped_into_head_is_not_an_error(tiny_dirs, tmp_path):
+    """``attnlab ... | head -1``: the reader leaving early is how pipes end, not a user error (it said so, exit 2)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the nurse said that\nthe doctor told the man that he\na cat sat\n")
+    script = (f"{sys.executable} -m attnlab.cli attribute --model {tiny_dirs['llama']} --file {prompts} --quiet --top 0 "
+              "| head -1; exit ${PIPESTATUS[0]}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "error" not in out.stderr and len(out.stdout.splitlines()) == 1

@@ -21,6 +21,10 @@ def test_numpy_integers_select_the_same_units(tiny_llama):
     dims = sweep_neurons(tiny_llama, PROMPTS, METRIC, np.int64(1), dims=np.arange(2), progress=False, n_boot=10)
     assert dims.table.dim.tolist() == [0, 1] * tiny_llama.cfg.n_heads and (dims.table.layer == 1).all()
     estimate = attribute(tiny_llama, PROMPTS, METRIC, layers=[1], progress=False, n_boot=np.int64(10), seed=np.int32(2))
+    arrays = attribute(tiny_llama, PROMPTS, METRIC, layers=np.array([1]), heads=np.array([0, 2]), progress=False,
+                       n_boot=10, seed=2)
+    picked = estimate.table[estimate.table["head"].isin([0, 2])].set_index(["layer", "head"]).effect
+    assert np.allclose(arrays.table.set_index(["layer", "head"]).effect.loc[picked.index], picked)
     assert len(estimate.verify(np.int64(2), progress=False).table) == 2
     assert bootstrap(np.arange(5.0), n_boot=np.int64(20), seed=np.uint8(1)) == bootstrap(np.arange(5.0), n_boot=20, seed=1)
 

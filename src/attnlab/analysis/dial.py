@@ -455,13 +455,15 @@ def check_window_options(
         raise InvalidInput(f"tolerance must be in (0, 1) (a fraction of the target), got {tolerance:g}")
     _positive_int(per_step, "per_step")
     _positive_int(batch_size, "batch_size")
-    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
+    if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 0:
         raise InvalidInput(f"max_steps must be a non-negative integer, got {max_steps!r}")
     if isinstance(scales, np.ndarray) and scales.ndim == 1:
         scales = scales.tolist()
     if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
         raise InvalidInput(f"scales must be a non-empty list of numbers, got {scales!r}")
     grid = sorted({_check_number(s, "every scale") for s in scales} | {1.0})
+    if isinstance(limits, np.ndarray) and limits.ndim == 1:
+        limits = limits.tolist()
     if not (isinstance(limits, Sequence) and len(limits) == 2):
         raise InvalidInput(f"limits must be (lowest, highest) scale, got {limits!r}")
     limits = (_check_number(limits[0], "limits[0]"), _check_number(limits[1], "limits[1]"))

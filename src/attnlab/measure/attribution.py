@@ -393,6 +393,8 @@ def _indices(values, size: int, what: str) -> tuple[int, ...]:
     if values is None:
         return tuple(range(size))
     items = [values] if isinstance(values, numbers.Integral) and not isinstance(values, bool) else values
+    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 1:
+        items = items.tolist()
     if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple, range)) or not len(items):
         raise InvalidInput(f"{what} must be None (all), an int or a non-empty list of ints, got {values!r}")
     picked = []
