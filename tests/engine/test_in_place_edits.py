@@ -96,3 +96,32 @@ def test_an_in_place_key_edit_is_applied_once_per_step_of_generate(arch):
     for site in ("k", "v"):
         assert torch.equal(runs["in_place", site], runs["replaced", site])
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3", "bert"])
+def test_in_place_equals_replaced_with_gradients_on(arch):
+    """With autograd on, an in-place edit also backpropagates like the replacement (GPT-2's q was a view of the fused
+    projection and every hook_scale the norm's own sqrt output: both raised)."""
+    model = perturbed(arch)
+    weight = model.hf_model.get_input_embeddings().weight
+
+    def run(name, fn):
+        with model.hooks(fwd_hooks=[(name, fn)]):
+            out = model(TEXT)
+            (out.float() ** 2).mean().backward()
+        grad = weight.grad.clone()
+        model.hf_model.zero_grad(set_to_none=True)
+        return out.detach(), grad
+
+    for i, name in enumerate(_points(model)):
+        def replaced(x, hook, i=i):
+            return x + _delta(x.shape, i).to(x.dtype)
+
+        def in_place(x, hook, i=i):
+            x += _delta(x.shape, i).to(x.dtype)
+            return x
+
+        want_out, want_grad = run(name, replaced)
+        got_out, got_grad = run(name, in_place)
+        assert maxdiff(got_out, want_out) <= 1e-6, name
+        assert maxdiff(got_grad, want_grad) <= 1e-6 * max(1.0, float(want_grad.abs().max())), name

@@ -238,3 +238,32 @@ def test_watching_a_copy_leaves_every_weight_gradient(arch, ln1_hooked):
     assert plain.keys() == watched.keys()
     for name, g in plain.items():
         assert maxdiff(watched[name], g) <= 1e-5 * max(1.0, float(g.abs().max())), name
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_a_scale_gradient_hook_fires_and_changes_no_other_gradient(arch):
+    """A gradient hook on an unedited hook_scale sees d(loss)/d(scale) (it never fired) and moves nothing else."""
+    model = perturbed(arch)
+    name = "blocks.1.ln1.hook_scale"
+    seen = {}
+
+    def backward(fwd, bwd):
+        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+            (model(TEXT).float() ** 2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.hf_model.named_parameters() if p.grad is not None}
+        model.hf_model.zero_grad(set_to_none=True)
+        return grads
+
+    plain = backward([], [])
+    watched = backward([], [(name, lambda g, hook: seen.setdefault("grad", g.detach().clone()))])
+    assert "grad" in seen and float(seen["grad"].abs().max()) > 0
+    for n, g in plain.items():
+        assert maxdiff(watched[n], g) <= 1e-6 * max(1.0, float(g.abs().max())), n
+    leaf = {}
+
+    def as_leaf(scale, hook):  # the same value as a leaf: autograd's own d(loss)/d(scale)
+        leaf["s"] = scale.detach().clone().requires_grad_()
+        return leaf["s"]
+
+    backward([(name, as_leaf)], [])
+    assert maxdiff(seen["grad"], leaf["s"].grad) <= 1e-6 * max(1.0, float(leaf["s"].grad.abs().max()))

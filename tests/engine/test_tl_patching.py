@@ -72,3 +72,5 @@ def test_the_wrapper_is_in_eval_mode_and_its_config_knows_the_device():
     assert model.cfg.device == model.device
     copy = pickle.loads(pickle.dumps(model.cfg))  # the link to the model does not travel
     assert copy == model.cfg and copy.n_heads == model.cfg.n_heads
+    for same_process in (__import__("copy").copy(model.cfg), __import__("copy").deepcopy(model.cfg)):
+        assert same_process == model.cfg and same_process.device == model.device  # a copy here keeps it

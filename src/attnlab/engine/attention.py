@@ -154,10 +154,11 @@ def explicit_attention(
         q_col = state.past if state is not None else _first_query_column(q_len, k_len, position_ids, sliding_window)
         geometry = dict(q_col=q_col, q_len=q_len, k_col=q_col + q_len - k_len, k_len=k_len, state=state)
         infos = {site: Hook(point, **geometry) for site, point in zip(SITES, hooks.points())}
+        # q, k and v go to the hook as copies: the model's own may be a view of a fused projection (GPT-2: not
+        # writable in place with gradients on), the KV cache's stored tensor (an in-place edit would be applied
+        # again at every later step) or one kv head expanded to several (not writable in place at all)
         if hooks.hook_q._forward_hooks:
-            query = rearrange(_run(hooks.hook_q, rearrange(query, "b h p d -> b p h d"), infos["q"]), "b p h d -> b h p d")
-        # k and v go to the hook as copies: the model's own may be the KV cache's stored tensor (an in-place edit
-        # would be applied again at every later step) or one kv head expanded to several (not writable in place)
+            query = rearrange(_run(hooks.hook_q, _copy_per_position(query), infos["q"]), "b p h d -> b h p d")
         if hooks.hook_k._forward_hooks:
             key = rearrange(_run(hooks.hook_k, _copy_per_position(key), infos["k"]), "b p h d -> b h p d")
         if hooks.hook_v._forward_hooks:
@@ -192,7 +193,8 @@ def explicit_attention(
 
     pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     if hooks is not None:
-        pattern = _run(hooks.hook_pattern, pattern, infos["pattern"])
+        # with gradients on, the softmax backward needs its output as it was: an in-place edit gets a copy
+        pattern = _run(hooks.hook_pattern, pattern.clone() if pattern.requires_grad else pattern, infos["pattern"])
     if dropout and module.training:
         pattern = nn.functional.dropout(pattern, p=dropout, training=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 from attnlab.errors import NotSupported
@@ -59,7 +60,17 @@ class ModelConfig:
         raise NotSupported(f"attnlab's ModelConfig has no {name!r} (a TransformerLens field): {hint}")
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_model_of"}  # a config travels without its model
+        return {k: v for k, v in self.__dict__.items() if k != "_model_of"}  # a pickled config travels without its model
+
+    def __copy__(self) -> ModelConfig:  # a copy in this process still knows its model (cfg.device)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo: dict) -> ModelConfig:
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v if k == "_model_of" else copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

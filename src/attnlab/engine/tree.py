@@ -24,7 +24,6 @@ from collections.abc import Callable
 import torch
 from einops import einsum, rearrange
 from torch import nn
-from torch.func import functional_call
 
 from attnlab.engine.attention import AttentionHooks, attach
 from attnlab.engine.hooks import Hook, HookPoint, OnDemand
@@ -226,9 +225,17 @@ class HookTree(nn.Module):
                 return None
             x = args[0]
             scale = norm.scale(x)
-            kept = scale.clone()  # a hook may edit the scale in place and return it
-            new = _call(point, scale)
-            return None if new is scale and torch.equal(new, kept) else norm.output_with_scale(x, new)
+            given = scale.clone()  # the hook's to edit, in place too; scale stays as the norm computed it
+            new = _call(point, given)
+            if new is not given or not torch.equal(new, scale):
+                return norm.output_with_scale(x, new)
+            if new.requires_grad and (new._backward_hooks or given._backward_hooks):
+                # a gradient hook on an unedited scale: a term of value 0 through the scale only, so the hook
+                # sees d(output)/d(scale) while x's gradient keeps the norm's own path alone
+                scale.register_hook(torch.zeros_like)
+                steady = x.detach()
+                return output + (norm.output_with_scale(steady, new) - norm.output_with_scale(steady, new.detach()))
+            return None
 
         return dispatch
 
@@ -328,18 +335,15 @@ class HookTree(nn.Module):
         only. The copies are made only while a point is hooked; a head whose copy comes back
         edited gets its q (k, v) projected from it (through ``ln1``'s own computation, so
         edits at ``ln1.hook_scale`` / ``hook_normalized`` do not reach it), and every other
-        head keeps the model's own value. With gradients on, every head's gradient goes
-        through its copy (so ``resid_pre``'s gradient is ``resid_mid``'s plus the copies'),
-        except while ``ln1``'s own points are hooked: then ``resid_pre`` keeps the model's
-        gradient (through ``ln1`` and its edits) and the copies' gradients branch off it.
+        head keeps the model's own value. With gradients on, an unedited head's gradient
+        reaches ``resid_pre`` and the weights by the model's own path (through ``ln1`` and any
+        edit of it), so watching changes no gradient; its copy gets its gradient from a side
+        branch of value zero, as seen through the unedited ``ln1`` with frozen weights. An
+        edited head's gradient goes through its copy.
         """
         i, stacks, attn = b.index, self._resid_pre, block.attn
         norm = b.ln1 if b.kind in ("pre_norm", "sandwich") else None  # BERT's attention reads resid_pre itself
-
-        def ln1_hooked() -> bool:  # (ln1's points are built after the blocks)
-            ln1 = getattr(block, "ln1", None) if norm is not None else None
-            return any(p.is_hooked() for p in (getattr(ln1, "hook_scale", None), getattr(ln1, "hook_normalized", None))
-                       if p is not None)
+        described = self.norms.get(norm_path(i, "ln1")) if norm is not None else None
         try:
             for which in "qkv":
                 attn._per_head(which)
@@ -353,31 +357,35 @@ class HookTree(nn.Module):
                 return part
             resid_pre = stack[-1][1]
             weight, bias = attn._per_head(which)  # [group, d_model, d_head], [group, d_head]
-            # ln1's own points hooked with gradients on: their edits (a frozen scale) are in the model's path but
-            # not in the copies' per-head norm, so resid_pre keeps the model's gradient and the copies branch off it
-            branch = torch.is_grad_enabled() and resid_pre.requires_grad and ln1_hooked()
-            source = resid_pre.detach() if branch else resid_pre
-            copies = source.unsqueeze(2).repeat(1, 1, weight.shape[0], 1)  # a copy even for one kv head
-            new = _call(point, copies.requires_grad_() if branch else copies)
-            edited = (new != resid_pre.unsqueeze(2)).any(dim=-1).flatten(0, 1).any(dim=0)  # [group]; in-place edits too
+            spread = resid_pre.unsqueeze(2).expand(-1, -1, weight.shape[0], -1)
+            edited = torch.zeros(weight.shape[0], dtype=torch.bool, device=resid_pre.device)
+            if spread.requires_grad:  # an unedited head's gradient reaches resid_pre by the model's own path only
+                spread.register_hook(lambda g: g * edited[:, None].to(g.dtype))
+            new = _call(point, spread.clone(memory_format=torch.contiguous_format))  # a copy even for one kv head
+            edited.copy_((new != resid_pre.unsqueeze(2)).any(dim=-1).flatten(0, 1).any(dim=0))  # in-place edits too
             grad = torch.is_grad_enabled() and new.requires_grad
             if not grad and not bool(edited.any()):
                 return part
             own = rearrange(part, "b p (g d) -> b p g d", g=weight.shape[0])
-            split = per_head(new, weight, bias)
-            if grad:  # same value; the gradient reaches the copy, and resid_pre (and the weights) by one path only
-                if branch:  # the model's own path stays; the copies' gradients branch off, through frozen weights
-                    side = per_head(new, weight.detach(), bias.detach(), frozen=True)
-                    own = own + (side - side.detach())
-                else:
-                    own = own.detach() + (split - split.detach())
+            split = per_head(new, weight, bias, norm.forward if norm is not None else None)
+            if grad:  # the copies' own gradients: a side branch of value 0 that no weight or resid_pre sees
+                side = per_head(new, weight.detach(), bias.detach(), frozen_norm if norm is not None else None)
+                own = own + (side - side.detach())
             return rearrange(torch.where(edited[:, None], split.to(own.dtype), own), "b p g d -> b p (g d)")
 
-        def per_head(x, weight, bias, *, frozen: bool = False):
-            """Each head's q (k, v) from its own copy, through the norm's own computation (frozen: no weight gradient)."""
-            if norm is not None:
-                x = (functional_call(norm, {n: p.detach() for n, p in norm.named_parameters()}, (x,)) if frozen
-                     else norm.forward(x))
+        def frozen_norm(x: torch.Tensor) -> torch.Tensor:
+            """ln1 as the model computes it, unedited, with its weights out of the graph (no module call: no hooks)."""
+            if described is None:  # a norm attnlab cannot describe: its weights see the side branch too
+                return norm.forward(x)
+            normalized = described.normalize(x, described.scale(x))
+            w, b = described.effective_weight(), described.bias
+            out = normalized * w.detach().float() if w is not None else normalized
+            return (out + b.detach().float() if b is not None else out).to(x.dtype)
+
+        def per_head(x, weight, bias, normalize):
+            """Each head's q (k, v) from its own copy of the stream."""
+            if normalize is not None:
+                x = normalize(x)
             return einsum(x, weight.to(x.dtype), "b p g m, g m d -> b p g d") + bias.to(x.dtype)
 
         if b.qkv_proj is not None and b.q_proj is None:  # GPT-2's fused c_attn: [q | k | v]
