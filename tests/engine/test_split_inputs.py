@@ -267,3 +267,74 @@ def test_a_scale_gradient_hook_fires_and_changes_no_other_gradient(arch):
 
     backward([(name, as_leaf)], [])
     assert maxdiff(seen["grad"], leaf["s"].grad) <= 1e-6 * max(1.0, float(leaf["s"].grad.abs().max()))
+
+
+def _embeddings_grad(model, fwd, loss_of=None):
+    """d(loss)/d(input embeddings) with ``fwd`` hooks; ``loss_of(logits, kept)`` defaults to the mean square."""
+    x = model.hf_model.get_input_embeddings()(model.to_tokens(TEXT)).detach().requires_grad_()
+    kept = {}
+    with model.hooks(fwd_hooks=[(n, (lambda f: lambda t, hook: f(t, hook, kept))(f)) for n, f in fwd]):
+        out = model.hf_model(inputs_embeds=x).logits
+        loss = loss_of(out, kept) if loss_of else out.float().pow(2).mean()
+    return torch.autograd.grad(loss, x)[0]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_copies_pass_on_gradients_from_other_consumers_and_detaching_cuts_them(arch):
+    """A loss on an unedited copy reaches the stream (it was cut); a copy returned detached cuts its head's path."""
+    model = perturbed(arch)
+
+    def keep(t, hook, kept):
+        kept[hook.name] = t
+
+    probe_copy = _embeddings_grad(model, [("blocks.1.hook_q_input", keep)],
+                                  lambda out, kept: kept["blocks.1.hook_q_input"][:, :, 0].pow(2).sum())
+    probe_stream = _embeddings_grad(model, [("blocks.1.hook_resid_pre", keep)],
+                                    lambda out, kept: kept["blocks.1.hook_resid_pre"].pow(2).sum())
+    assert float(probe_stream.abs().max()) > 1e-3 and maxdiff(probe_copy, probe_stream) <= 1e-5 * float(probe_stream.abs().max())
+    cut = _embeddings_grad(model, [("blocks.1.hook_q_input", lambda t, hook, kept: t.detach())])
+    want = _embeddings_grad(model, [("blocks.1.attn.hook_q", lambda t, hook, kept: t.detach())])
+    plain = _embeddings_grad(model, [])
+    assert maxdiff(want, plain) > 1e-6 and maxdiff(cut, want) <= 1e-6 * max(1.0, float(want.abs().max()))
+
+
+def test_the_scale_gradient_reads_leave_other_consumers_alone():
+    """retain_grad() at hook_scale works, and a gradient hook there does not cut a loss that uses the scale."""
+    model = perturbed("gpt2")
+    name = "blocks.1.ln1.hook_scale"
+
+    def keep(t, hook, kept):
+        t.retain_grad()
+        kept["scale"] = t
+
+    def on_scale(out, kept):
+        return out.float().pow(2).mean() + kept["scale"].sum()
+
+    plain = _embeddings_grad(model, [(name, keep)], on_scale)
+    with model.hooks(bwd_hooks=[(name, lambda g, hook: None)]):
+        watched = _embeddings_grad(model, [(name, keep)], on_scale)
+    assert maxdiff(watched, plain) <= 1e-6 * max(1.0, float(plain.abs().max()))
+    seen = {}
+    x = model.hf_model.get_input_embeddings()(model.to_tokens(TEXT)).detach()
+    with model.hooks(fwd_hooks=[(name, lambda t, hook: keep(t, hook, seen))],
+                     bwd_hooks=[(name, lambda g, hook: seen.setdefault("hooked", g.detach().clone()))]):
+        model.hf_model(inputs_embeds=x).logits.float().pow(2).mean().backward()
+    model.hf_model.zero_grad(set_to_none=True)
+    assert seen["scale"].grad is not None and maxdiff(seen["scale"].grad, seen["hooked"]) <= 1e-9
+
+
+def test_float64_copy_gradients_are_float64_exact():
+    model = perturbed("gpt2")
+    model.hf_model.double()
+    grads = {}
+
+    def keep(g, hook):
+        grads[hook.name.split(".")[-1]] = g.detach().clone()
+
+    names = [f"blocks.1.hook_{s}" for s in ("resid_pre", "resid_mid", *SPLIT)]
+    with model.hooks(bwd_hooks=[(n, keep) for n in names]):
+        model(TEXT).pow(2).mean().backward()
+    model.hf_model.zero_grad(set_to_none=True)
+    split = sum(grads[f"hook_{s}"].sum(dim=2) for s in SPLIT)
+    assert grads["hook_resid_pre"].dtype == torch.float64
+    assert maxdiff(grads["hook_resid_pre"], grads["hook_resid_mid"] + split) <= 1e-12 * float(grads["hook_resid_pre"].abs().max())

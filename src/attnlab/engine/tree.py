@@ -60,6 +60,24 @@ def _with_first(output, value):
     return (value, *output[1:]) if isinstance(output, tuple) else value
 
 
+class _Tap(torch.autograd.Function):
+    """The identity, keeping the gradient that flows back through it in ``box``.
+
+    A zero-valued term that lets a hook see a gradient must not send it on upstream as well:
+    the tensor upstream takes exactly that part out again (and nothing else that reaches it).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, box: list) -> torch.Tensor:
+        ctx.box = box
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.box[:] = [grad]
+        return grad, None
+
+
 def _call(point: HookPoint, x: torch.Tensor) -> torch.Tensor:
     """Run ``point`` on a ``[batch, pos, ...]`` tensor at the block edges."""
     if not point._forward_hooks:
@@ -229,12 +247,13 @@ class HookTree(nn.Module):
             new = _call(point, given)
             if new is not given or not torch.equal(new, scale):
                 return norm.output_with_scale(x, new)
-            if new.requires_grad and (new._backward_hooks or given._backward_hooks):
-                # a gradient hook on an unedited scale: a term of value 0 through the scale only, so the hook
-                # sees d(output)/d(scale) while x's gradient keeps the norm's own path alone
-                scale.register_hook(torch.zeros_like)
-                steady = x.detach()
-                return output + (norm.output_with_scale(steady, new) - norm.output_with_scale(steady, new.detach()))
+            if new.requires_grad and any(t._backward_hooks or t.retains_grad for t in (new, given)):
+                # someone reads the gradient of an unedited scale: a term of value 0 through the scale only, so
+                # they see d(output)/d(scale), taken out again where it would reach x (the norm's own path has it)
+                box: list = []
+                scale.register_hook(lambda g: g - box[0] if box else g)
+                tapped, steady = _Tap.apply(new, box), x.detach()
+                return output + (norm.output_with_scale(steady, tapped) - norm.output_with_scale(steady, tapped.detach()))
             return None
 
         return dispatch
@@ -358,18 +377,23 @@ class HookTree(nn.Module):
             resid_pre = stack[-1][1]
             weight, bias = attn._per_head(which)  # [group, d_model, d_head], [group, d_head]
             spread = resid_pre.unsqueeze(2).expand(-1, -1, weight.shape[0], -1)
-            edited = torch.zeros(weight.shape[0], dtype=torch.bool, device=resid_pre.device)
-            if spread.requires_grad:  # an unedited head's gradient reaches resid_pre by the model's own path only
-                spread.register_hook(lambda g: g * edited[:, None].to(g.dtype))
-            new = _call(point, spread.clone(memory_format=torch.contiguous_format))  # a copy even for one kv head
-            edited.copy_((new != resid_pre.unsqueeze(2)).any(dim=-1).flatten(0, 1).any(dim=0))  # in-place edits too
+            given = spread.clone(memory_format=torch.contiguous_format)  # a copy even for one kv head
+            new = _call(point, given)
+            edited = (new != resid_pre.unsqueeze(2)).any(dim=-1).flatten(0, 1).any(dim=0)  # [group]; in-place edits too
+            if given.requires_grad and not new.requires_grad:  # a detached copy cuts every head's gradient
+                edited = torch.ones_like(edited)
             grad = torch.is_grad_enabled() and new.requires_grad
             if not grad and not bool(edited.any()):
                 return part
             own = rearrange(part, "b p (g d) -> b p g d", g=weight.shape[0])
             split = per_head(new, weight, bias, norm.forward if norm is not None else None)
-            if grad:  # the copies' own gradients: a side branch of value 0 that no weight or resid_pre sees
-                side = per_head(new, weight.detach(), bias.detach(), frozen_norm if norm is not None else None)
+            if grad:  # the copies' own gradients: a side branch of value 0 that no weight sees, taken out of
+                # resid_pre's gradient again for unedited heads (they reach it by the model's own path)
+                box: list = []
+                unedited = (~edited)[:, None]
+                spread.register_hook(lambda g: g - box[0] * unedited.to(g.dtype) if box else g)
+                side = per_head(_Tap.apply(new, box), weight.detach(), bias.detach(),
+                                frozen_norm if norm is not None else None)
                 own = own + (side - side.detach())
             return rearrange(torch.where(edited[:, None], split.to(own.dtype), own), "b p g d -> b p (g d)")
 
@@ -377,10 +401,14 @@ class HookTree(nn.Module):
             """ln1 as the model computes it, unedited, with its weights out of the graph (no module call: no hooks)."""
             if described is None:  # a norm attnlab cannot describe: its weights see the side branch too
                 return norm.forward(x)
-            normalized = described.normalize(x, described.scale(x))
+            dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least, float64 stays float64
+            y = x.to(dtype)
+            if described.kind == "LN":
+                y = y - y.mean(dim=-1, keepdim=True)
+            y = y / (y.pow(2).mean(dim=-1, keepdim=True) + described.eps).sqrt()
             w, b = described.effective_weight(), described.bias
-            out = normalized * w.detach().float() if w is not None else normalized
-            return (out + b.detach().float() if b is not None else out).to(x.dtype)
+            y = y * w.detach().to(dtype) if w is not None else y
+            return (y + b.detach().to(dtype) if b is not None else y).to(x.dtype)
 
         def per_head(x, weight, bias, normalize):
             """Each head's q (k, v) from its own copy of the stream."""
