@@ -18,6 +18,21 @@ def _delta(shape, seed):
     return 0.3 * torch.randn(shape[-1], generator=torch.Generator().manual_seed(seed))
 
 
+def _edits(i: int):
+    """The same edit three ways: returning an edited copy, editing in place and returning it, or returning nothing."""
+    def replaced(x, hook):
+        return x + _delta(x.shape, i).to(x.dtype)
+
+    def in_place(x, hook):
+        x += _delta(x.shape, i).to(x.dtype)
+        return x
+
+    def in_place_no_return(x, hook):
+        x += _delta(x.shape, i).to(x.dtype)
+
+    return replaced, in_place, in_place_no_return
+
+
 def _points(model):
     """Every hook point of layer 1 and outside the blocks, attention sites included."""
     return [n for n in model.hook_dict if n.startswith("blocks.1.") or not n.startswith("blocks.")]
@@ -30,16 +45,7 @@ def test_in_place_equals_replaced_at_every_point(arch):
         clean = model(TEXT)
     moved = []
     for i, name in enumerate(_points(model)):
-        def replaced(x, hook, i=i):
-            return x + _delta(x.shape, i).to(x.dtype)
-
-        def in_place(x, hook, i=i):
-            x += _delta(x.shape, i).to(x.dtype)
-            return x
-
-        def in_place_no_return(x, hook, i=i):
-            x += _delta(x.shape, i).to(x.dtype)
-
+        replaced, in_place, in_place_no_return = _edits(i)
         with torch.no_grad():
             want = model.run_with_hooks(TEXT, fwd_hooks=[(name, replaced)])
             for fn in (in_place, in_place_no_return):
@@ -114,13 +120,7 @@ def test_in_place_equals_replaced_with_gradients_on(arch):
         return out.detach(), grad
 
     for i, name in enumerate(_points(model)):
-        def replaced(x, hook, i=i):
-            return x + _delta(x.shape, i).to(x.dtype)
-
-        def in_place(x, hook, i=i):
-            x += _delta(x.shape, i).to(x.dtype)
-            return x
-
+        replaced, in_place, _ = _edits(i)
         want_out, want_grad = run(name, replaced)
         got_out, got_grad = run(name, in_place)
         assert maxdiff(got_out, want_out) <= 1e-6, name
