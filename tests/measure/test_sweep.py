@@ -201,3 +201,21 @@ def test_an_outer_spec_with_rows_edits_those_prompts_whatever_batch_size(tiny_gp
             one = effect(tiny_gpt2, prompts, metric, [AblateHead(0, 2)], batch_size=batch_size, progress=False, n_boot=0)
             assert np.allclose(one.per_prompt.effect, want[2], atol=1e-5)
             assert np.allclose(score(tiny_gpt2, prompts, metric, batch_size=batch_size), alone, atol=1e-5)
+
+
+def test_attribution_inside_an_outer_spec_with_rows_does_not_depend_on_batch_size(tiny_llama):
+    """attribute() under ``intervene(spec with rows=[0])`` cut the prompts into chunks, so row 0 of each chunk got the
+    outer edit and the estimates moved with batch_size; it now sees every prompt in one batch, like each prompt alone."""
+    from attnlab.measure import attribute
+
+    prompts, metric = ["the nurse said that", "the doctor said that", "the man went to", "a girl saw the"], LogitDiff(" she", " he")
+    outer = AblateHead(1, [0, 1, 2, 3])
+    alone = []
+    for i, p in enumerate(prompts):
+        with tiny_llama.intervene(*([outer] if i == 0 else [])):
+            alone.append(attribute(tiny_llama, [p], metric, layers=[0], progress=False, n_boot=0).table.effect.to_numpy())
+    with tiny_llama.intervene(AblateHead(1, [0, 1, 2, 3], rows=[0])):
+        for batch_size in (1, 2, 4):
+            got = attribute(tiny_llama, prompts, metric, layers=[0], batch_size=batch_size, progress=False, n_boot=0)
+            per_prompt = got.per_prompt.pivot(index="prompt", columns="head", values="effect").loc[prompts].to_numpy()
+            assert np.allclose(per_prompt, np.stack(alone), atol=1e-5)

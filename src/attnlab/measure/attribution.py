@@ -43,7 +43,7 @@ from attnlab.measure._attribution_units import (
     site_values,
 )
 from attnlab.measure._rows import Rows, check_prompts
-from attnlab.measure._sources import paired_rows
+from attnlab.measure._sources import outer_rows, paired_rows
 from attnlab.measure.batch_size import backward_batch_size, check_batch_size, metric_batch_size
 from attnlab.measure.effect import check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
@@ -230,6 +230,8 @@ def _attribute(model, prompts, metric, units: Units, method, correction, counter
         rows = metric.rows(model, prompts)
         vocab = metric.vocab(rows)
         batch_size = backward_batch_size(model, rows, batch_size, vocab_width=None if vocab is None else int(vocab.numel()))
+        if outer_rows(model):  # an outer spec's rows= are rows of the whole prompt list: one batch
+            batch_size = max(batch_size, rows.n_rows)
         cf_rows = paired_rows(model, metric, prompts, rows, check_prompts(counterfactuals)) if method == "patch" else None
         ref = check_prompts(reference) if reference is not None else prompts
         means = {}
