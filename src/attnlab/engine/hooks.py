@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.errors import InvalidLocation, ShapeMismatch
+from attnlab.errors import InvalidInput, InvalidLocation, ShapeMismatch
 
 __all__ = ["HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "user_frame", "at_frame_exit", "clean_context",
            "OnDemand"]
@@ -219,7 +219,7 @@ class HookPoint(nn.Module):
         context level) is accepted and not used: a block's hooks end with the block.
         """
         if dir not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+            raise InvalidInput(f"dir must be 'fwd' or 'bwd', got {dir!r}")
         needs: list[OnDemand] = []
         if owner is None:  # TransformerLens' point.add_hook: the innermost hooks() block's until it ends, else persistent
             owner = _GLOBAL if is_permanent else user_frame()

@@ -46,7 +46,7 @@ Text = str | Sequence[str]
 RETURN_TYPES = ("logits", "loss", "both", None, "hidden", "outputs")
 
 _PREPARED_CACHE_SIZE = 32
-#: The ``intervene()`` blocks open in this context, outermost first: (model id, block owner, specs).
+#: The ``intervene()`` blocks open in this context, outermost first: (hook tree id, block owner, specs).
 _INTERVENING: ContextVar[tuple[tuple[int, int, tuple], ...]] = ContextVar("attnlab_intervening", default=())
 
 _FOLDING = ("attnlab keeps the model's own weights (nothing folded or centred); apply_ln_to_stack and "

@@ -50,26 +50,29 @@ class Norm:
             return None
         return w + self.weight_offset if self.weight_offset else w
 
-    def scale(self, x: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... 1"]:
-        """The divisor the module applies to ``x`` (float32): ``sqrt(var + eps)`` or ``sqrt(mean(x^2) + eps)``."""
-        x = x.float()
+    def scale(self, x: Float[torch.Tensor, "... d_model"], dtype: torch.dtype = torch.float32) -> Float[torch.Tensor, "... 1"]:
+        """The divisor the module applies to ``x`` (in ``dtype``): ``sqrt(var + eps)`` or ``sqrt(mean(x^2) + eps)``."""
+        x = x.to(dtype)
         if self.kind == "LN":
             x = x - x.mean(dim=-1, keepdim=True)
         return (x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt()
 
-    def normalize(self, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor) -> Float[torch.Tensor, "... d_model"]:
-        """``x`` centred (LayerNorm) and divided by a given (frozen) ``scale``, before the weight."""
-        x = x.float()
+    def normalize(self, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor,
+                  dtype: torch.dtype = torch.float32) -> Float[torch.Tensor, "... d_model"]:
+        """``x`` centred (LayerNorm) and divided by a given (frozen) ``scale``, before the weight (in ``dtype``)."""
+        x = x.to(dtype)
         if self.kind == "LN":
             x = x - x.mean(dim=-1, keepdim=True)
-        return x / scale.float()
+        return x / scale.to(dtype)
 
-    def weigh(self, normalized: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
-        """The module's affine part applied to a normalised vector (its bias only if ``bias``)."""
-        w = self.effective_weight()
-        out = normalized * w.float() if w is not None else normalized
-        b = self.bias
-        return out + b.float() if bias and b is not None else out
+    def weigh(self, normalized: torch.Tensor, *, bias: bool = True, frozen: bool = False) -> torch.Tensor:
+        """The module's affine part applied to a normalised vector (its bias only if ``bias``; ``frozen``: the
+        weights out of the graph, for terms that must send no gradient to them)."""
+        w, b = self.effective_weight(), self.bias
+        if frozen:
+            w, b = (t.detach() if t is not None else None for t in (w, b))
+        out = normalized * w.to(normalized.dtype) if w is not None else normalized
+        return out + b.to(normalized.dtype) if bias and b is not None else out
 
     def output_with_scale(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """What the module outputs for ``x`` if its scale were ``scale`` (in ``x``'s dtype)."""

@@ -402,13 +402,8 @@ class HookTree(nn.Module):
             if described is None:  # a norm attnlab cannot describe: its weights see the side branch too
                 return norm.forward(x)
             dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least, float64 stays float64
-            y = x.to(dtype)
-            if described.kind == "LN":
-                y = y - y.mean(dim=-1, keepdim=True)
-            y = y / (y.pow(2).mean(dim=-1, keepdim=True) + described.eps).sqrt()
-            w, b = described.effective_weight(), described.bias
-            y = y * w.detach().to(dtype) if w is not None else y
-            return (y + b.detach().to(dtype) if b is not None else y).to(x.dtype)
+            normalized = described.normalize(x, described.scale(x, dtype), dtype)
+            return described.weigh(normalized, frozen=True).to(x.dtype)
 
         def per_head(x, weight, bias, normalize):
             """Each head's q (k, v) from its own copy of the stream."""
