@@ -28,15 +28,35 @@ ARCHS = ["llama", "gpt2", "gemma3"]
 
 
 def hand_rounded(arch: str):
-    """The same tiny model with every block linear computing in bfloat16 by hand (the reference)."""
+    """The same tiny model with every block linear computing in bfloat16 by hand (the reference).
+
+    As the engine does: an input is rounded once for consecutive products (q, k, v; gate, up),
+    and an MLP's hidden activations stay in bfloat16 until its last linear returns float32.
+    """
     model = tiny_model(arch)
+    kept = {}
+
+    def rounded(x):
+        if x.dtype == torch.bfloat16:
+            return x
+        if "x" not in kept or kept["x"][0] is not x or kept["x"][1] != x._version:
+            kept["x"] = (x, x._version, x.bfloat16())
+        return kept["x"][2]
+
+    blocks = model.layout.blocks
+    hidden = {id(m) for b in blocks for m in (b.mlp_in, b.mlp_in_linear) if m is not None}
+    last = {id(b.mlp_down) for b in blocks}
     for layer in model.decoder_layers():
         for m in layer.modules():
-            if type(m) is nn.Linear:
-                m.forward = lambda x, m=m: F.linear(x.bfloat16(), m.weight.bfloat16()).to(x.dtype) + (
-                    m.bias if m.bias is not None else 0)
-            elif type(m) is Conv1D:
-                m.forward = lambda x, m=m: F.linear(x.bfloat16(), m.weight.t().bfloat16()).to(x.dtype) + m.bias
+            if type(m) not in (nn.Linear, Conv1D):
+                continue
+            weight = (lambda m=m: m.weight.t()) if type(m) is Conv1D else (lambda m=m: m.weight)
+            if id(m) in hidden:
+                m.forward = lambda x, m=m, w=weight: F.linear(
+                    rounded(x), w().bfloat16(), None if m.bias is None else m.bias.bfloat16())
+            else:
+                m.forward = lambda x, m=m, w=weight: F.linear(rounded(x), w().bfloat16()).to(
+                    torch.float32 if id(m) in last else x.dtype) + (m.bias if m.bias is not None else 0)
     return model
 
 
@@ -229,7 +249,7 @@ def test_a_new_parameter_is_seen_and_forget_drops_the_kept_weights():
         proj.weight = nn.Parameter(proj.weight.detach() * 2)
     for layer in ref.decoder_layers():  # the hand-rounded copy reads the new weight too
         mlp = layer.mlp.down_proj
-        mlp.forward = lambda x, m=mlp: F.linear(x.bfloat16(), m.weight.bfloat16()).to(x.dtype)
+        mlp.forward = lambda x, m=mlp: F.linear(x.bfloat16(), m.weight.bfloat16()).float()
     got = run(model, tokens, logits="last", precision="bf16").logits
     torch.testing.assert_close(got, run(ref, tokens, logits="last").logits, rtol=0, atol=1e-6)
     # a write the version counter misses (.data) needs forget_rounded_weights
@@ -286,3 +306,16 @@ def test_a_conversion_that_swaps_the_storage_is_seen():
     got = run(model, tokens, logits="last", precision="bf16").logits
     forget_rounded_weights(model)
     assert torch.equal(got, run(model, tokens, logits="last", precision="bf16").logits)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mlp_hidden_activations_stay_bfloat16_and_the_block_returns_float32(arch):
+    """Rounded before the last product anyway: kept in bfloat16 between the MLP's linears (float16 would overflow)."""
+    model = tiny_model(arch)
+    names = [hook_name(0, "pre"), hook_name(0, "post"), hook_name(0, "mlp_out"), hook_name(0, "resid_post")]
+    seen = {}
+    for precision in ("bf16", "fp16", None):
+        out = run(model, model.tokens(TEXTS), logits="last", read=names, precision=precision)
+        seen[precision] = [out.cache[n].dtype for n in names]
+    assert seen["bf16"] == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
+    assert seen["fp16"] == seen[None] == [torch.float32] * 4
