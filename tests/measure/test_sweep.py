@@ -59,6 +59,27 @@ def test_mean_and_resample_equal_naive(tiny_gemma, method):
     assert (res.table.effect > 0).any()  # KL of a real change is positive
 
 
+def test_resample_draws_per_prompt_whatever_the_batch_size(tiny_gpt2):
+    """Each prompt draws its reference from (seed, its index), so chunking or stacking copies changes nothing."""
+    metric, ref = LogitDiff(" she", " he"), ["the cat sat on the mat", "a dog ran", "she gave him the book", "it rained"]
+    prompts = PROMPTS * 2
+    swept = [sweep_heads(tiny_gpt2, prompts, metric, "resample", reference=ref, seed=5, layers=[1], batch_size=b,
+                         progress=False, n_boot=0).per_prompt.intervened.to_numpy() for b in (1, 3, 64)]
+    spec = [AblateHead(1, 2, method="resample", reference=ref, seed=5)]
+    single = [effect(tiny_gpt2, prompts, metric, spec, batch_size=b, n_boot=0, progress=False).per_prompt.intervened.to_numpy()
+              for b in (1, 2, 100)]
+    for got in swept[1:]:
+        np.testing.assert_allclose(got, swept[0], rtol=0, atol=1e-5)
+    for got in single[1:]:
+        np.testing.assert_allclose(got, single[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(swept[0].reshape(-1, len(prompts))[2], single[0], rtol=0, atol=1e-5)
+    # a repeated prompt is a different prompt: its own draw (not all prompts resampled from the same reference)
+    with torch.no_grad(), tiny_gpt2.intervene(*spec):
+        _, cache = tiny_gpt2.run_with_cache(["a man"] * 8, names_filter="blocks.1.attn.hook_z")
+    z = cache["blocks.1.attn.hook_z"][:, -1, 2]
+    assert len({tuple(row.tolist()) for row in z}) > 1
+
+
 def test_pattern_patching_equals_naive(tiny_llama):
     prompts = ["the nurse said that", "the man said that"]
     cfs = ["the doctor said that", "the woman said that"]

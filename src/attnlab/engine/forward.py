@@ -188,6 +188,7 @@ def run(
     stop_at_layer: int | None = None,
     stop_early: bool = True,
     model_kwargs: dict[str, Any] | None = None,
+    row_keys: Int[torch.Tensor, " row"] | None = None,
 ) -> Output:
     """Run ``model`` on ``tokens`` once. See the module docstring for ``logits`` and ``vocab``.
 
@@ -202,6 +203,8 @@ def run(
     ``stop_at_layer``: run blocks ``0 .. k-1`` only, ``Output.hidden`` the residual stream entering block ``k``
     (needs ``logits=None``). ``stop_early=False``: a ``logits=None`` pass runs every layer even when
     no attnlab hook acts after some layer (for plain PyTorch hooks on the HF modules).
+    ``row_keys``: which prompt each row is (``[row]``), when the rows are a chunk or stacked
+    copies of a larger set (what the hooks' ``row_keys`` give; default: the row index).
     """
     stop = check_stop_at_layer(stop_at_layer, model.cfg.n_layers)
     keep_layers = check_keep_layers(keep_layers, model.cfg.n_layers)
@@ -232,6 +235,7 @@ def run(
     state = ForwardState(
         pad_left=tokens.pad_left if tokens.side == "left" else None,
         n_positions=int(tokens.lengths.max()),
+        row_keys=row_keys,
     )
     kwargs = _model_kwargs(model, tokens, model_kwargs or {})
     result = Output(tokens=tokens)

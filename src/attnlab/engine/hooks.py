@@ -128,7 +128,7 @@ class Hook:
     positions of this call's columns, per batch row (``[batch, pos]``): with left padding or
     a KV cache they differ from the column index, and edits address tokens, not columns.
     ``generating`` is True inside ``generate()``, where positions not reached yet are not an
-    error.
+    error. ``row_keys(n)`` says which prompt each row is when a measurement chunks or stacks them.
     """
 
     __slots__ = ("point", "q_col", "q_len", "k_col", "k_len", "state")
@@ -157,6 +157,13 @@ class Hook:
     @property
     def generating(self) -> bool:
         return bool(getattr(self.state, "generating", False))
+
+    def row_keys(self, n_rows: int) -> torch.Tensor:
+        """Which prompt each of this call's ``n_rows`` rows is (``[batch]``; its row index unless a measurement says)."""
+        keys = getattr(self.state, "row_keys", None)
+        if keys is None or keys.shape[0] != n_rows:
+            return torch.arange(n_rows)
+        return keys.cpu()
 
     @property
     def n_positions(self) -> int | None:

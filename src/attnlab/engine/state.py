@@ -24,16 +24,23 @@ __all__ = ["ForwardState", "forward_state", "current_state", "root_calls"]
 
 @dataclass(frozen=True)
 class ForwardState:
-    """One forward call: left padding per row, columns already cached, and the generation flag."""
+    """One forward call: left padding per row, columns already cached, the generation flag, which prompt each row is.
+
+    ``row_keys``: a measurement split into chunks (or stacked copies of its rows) names the
+    prompt behind every row, so a random per-prompt choice (resample ablation) is the same
+    whatever the batch size.
+    """
 
     pad_left: torch.Tensor | None = None  # [batch] left-padding columns of each row (None: no padding)
     n_positions: int | None = None  # longest row in tokens (range checks of position edits)
     past: int = 0  # columns already held in the KV cache before this call
     generating: bool = False  # inside generate(): positions not reached yet are not errors
+    row_keys: torch.Tensor | None = None  # [batch] which prompt each row is (None: its row index)
 
     def rows(self, index: slice) -> ForwardState:
         pad = self.pad_left[index] if self.pad_left is not None and self.pad_left.shape[0] > 1 else self.pad_left
-        return replace(self, pad_left=pad)
+        keys = self.row_keys[index] if self.row_keys is not None else None
+        return replace(self, pad_left=pad, row_keys=keys)
 
 
 _STATE: ContextVar[ForwardState | None] = ContextVar("attnlab_forward_state", default=None)

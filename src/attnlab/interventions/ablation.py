@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float
 
@@ -124,8 +125,10 @@ class AblateHead(Intervention):
         seed = self.seed
 
         def resample(x, hook):
-            gen = torch.Generator().manual_seed(seed)
-            picks = torch.randint(len(ref_z), (x.shape[0],), generator=gen)
+            # prompt k of a measurement draws from its own stream (seed, k): the same pick however it is batched
+            keys = hook.row_keys(x.shape[0]).tolist()
+            drawn = {k: int(np.random.default_rng([seed, k]).integers(len(ref_z))) for k in set(keys)}
+            picks = torch.tensor([drawn[k] for k in keys])
             positions = hook.query_pos.expand(x.shape[0], -1)  # [batch, pos] token positions
             out = []
             for row, pick in enumerate(picks.tolist()):

@@ -17,8 +17,10 @@ def metric_output(model, rows: Rows, metric, **options) -> torch.Tensor:
     computes only those rows of the LM head: every score, effect, sweep and attribution gets
     that here). ``options`` go to :func:`attnlab.engine.forward.run` (``resume=``,
     ``keep_layers=``, ``hooks=``, ...); with ``keep_layers`` the kept prefix is returned as a
-    second value.
+    second value. Every row names its prompt to the hooks (``row_keys``), so per-prompt random
+    draws do not depend on how the rows were chunked.
     """
+    options.setdefault("row_keys", rows.prompt_index)
     if metric.output == "hidden":
         out = run(model, rows.tokens, logits=None, hidden=True, **options)
         value = out.hidden

@@ -31,6 +31,15 @@ class Rows:
     positions: str  # "read": the metric reads one position per row (data["read"]); "all": every position
     data: dict[str, torch.Tensor] = field(default_factory=dict)  # per-row payloads, first axis = row
 
+    def __post_init__(self):
+        # which prompt each row is, carried through select/repeat: chunks draw per prompt, not per batch row
+        if "prompt" not in self.data:
+            self.data["prompt"] = torch.arange(self.tokens.n_rows) // self.per_prompt
+
+    @property
+    def prompt_index(self) -> Int[torch.Tensor, " row"]:
+        return self.data["prompt"]
+
     @property
     def input_ids(self) -> Int[torch.Tensor, "row pos"]:
         return self.tokens.ids
