@@ -32,7 +32,7 @@ def main() -> None:
     import torch
 
     import attnlab
-    from attnlab.bias import run_bias_demo
+    from attnlab.bias.demo import run_bias_demo
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     start = time.time()

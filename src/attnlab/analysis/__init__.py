@@ -11,6 +11,7 @@ Arguments naming one location are ``layer=``/``head=``; several are ``layers=``/
 """
 
 from attnlab._deprecation import moved_names
+from attnlab.analysis._corpus import Sentence, prepare, split_words
 from attnlab.analysis.clustering import head_distances
 from attnlab.analysis.conllu import read_conllu
 from attnlab.analysis.context import attention_by_distance, loss_by_position, window_experiment
@@ -26,10 +27,10 @@ __all__ = [
     "neuron_data", "unit_scores", "decay_neurons",
     "attention_by_distance", "loss_by_position", "window_experiment",
     "set_context_window", "WindowNotReached",
+    "prepare", "Sentence", "split_words",
 ]
 
 _MOVED = {
-    "Sentence": "attnlab.analysis._corpus", "prepare": "attnlab.analysis._corpus", "split_words": "attnlab.analysis._corpus",
     "HeadStats": "attnlab.analysis.heads", "STAT_COLUMNS": "attnlab.analysis.heads", "entropy": "attnlab.analysis.heads",
     "HeadMap": "attnlab.analysis.clustering", "behaviour": "attnlab.analysis.clustering",
     "BEHAVIOURS": "attnlab.analysis.clustering", "js_divergence_matrix": "attnlab.analysis.clustering",
