@@ -29,7 +29,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask,
 from attnlab.engine.finite import all_finite
 from attnlab.engine.hooks import Hook, HookPoint
 from attnlab.engine.locations import SITES
-from attnlab.engine.precision import full_precision
+from attnlab.engine.precision import computing_dtype, full_precision
 from attnlab.engine.state import current_state
 from attnlab.errors import InvalidSpec
 
@@ -191,7 +191,9 @@ def explicit_attention(
     if hooks is not None:
         scores = _run(hooks.hook_attn_scores, scores, infos["attn_scores"])
 
-    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    # float32 at least, never below the scores: a float64 model's masked scores hold float64's minimum (-inf in
+    # float32, and a fully masked row, padding or a sliding window, would give NaN); its precision is kept too
+    pattern = nn.functional.softmax(scores, dim=-1, dtype=computing_dtype(scores.dtype)).to(value.dtype)
     if hooks is not None:
         # with gradients on, the softmax backward needs its output as it was: an in-place edit gets a copy
         pattern = _run(hooks.hook_pattern, pattern.clone() if pattern.requires_grad else pattern, infos["pattern"])

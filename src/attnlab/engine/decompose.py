@@ -34,6 +34,7 @@ from jaxtyping import Float
 
 from attnlab.engine.locations import hook_name, norm_path, scale_name
 from attnlab.engine.norms import Norm
+from attnlab.engine.precision import computing_dtype
 from attnlab.errors import InvalidInput, InvalidLocation, UnsupportedModel
 
 __all__ = ["ResidualAnalyses", "apply_slice"]
@@ -79,7 +80,7 @@ class _Groups:
         if self.bias is not None:
             self.bias = _frozen(norm, self.bias, scale)
         if norm.bias is not None:
-            self.add_bias(norm.bias.float())
+            self.add_bias(norm.bias.to(computing_dtype(norm.bias.dtype)))
 
     def select(self, *categories: str) -> tuple[list[str], list[torch.Tensor]]:
         labels, stacks = [], []

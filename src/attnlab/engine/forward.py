@@ -39,7 +39,7 @@ from jaxtyping import Float, Int
 from torch import nn
 
 from attnlab.engine.hooks import scoped_module_hook
-from attnlab.engine.precision import check_precision, full_precision, reduced_linears
+from attnlab.engine.precision import check_precision, computing_dtype, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
 from attnlab.engine.state import ForwardState, current_state, forward_state, root_calls
 from attnlab.engine.stop import StopForward, check_keep_layers, check_reached, check_stop_at_layer, last_layer_in_use, stop_at
@@ -296,7 +296,7 @@ def token_logprobs(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Token
 
     The one per-token log-probability every loss, perplexity and continuation score uses.
     """
-    logp = logits[:, :-1].float().log_softmax(dim=-1)
+    logp = logits[:, :-1].to(computing_dtype(logits.dtype)).log_softmax(dim=-1)
     target = tokens.ids[:, 1:].to(logp.device)
     picked = logp.gather(-1, target[..., None])[..., 0]  # [batch, pos-1]: predicts column 1..
     valid = (tokens.mask[:, 1:] * tokens.mask[:, :-1]).to(picked.device).bool()

@@ -14,6 +14,7 @@ import inspect
 import torch
 from jaxtyping import Int
 
+from attnlab.engine.precision import computing_dtype
 from attnlab.engine.state import ForwardState, forward_state
 from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput, is_integer
@@ -36,7 +37,7 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_
     """Next token per row from ``[batch, vocab]`` logits."""
     if not do_sample:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.to(computing_dtype(logits.dtype)) / temperature  # float32 at least; float64 stays float64
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

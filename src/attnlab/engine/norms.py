@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import nn
 
+from attnlab.engine.precision import computing_dtype
+
 __all__ = ["Norm", "describe_norm", "NORM_KINDS"]
 
 #: TransformerLens' names for the two normalisations attnlab can freeze.
@@ -50,16 +52,21 @@ class Norm:
             return None
         return w + self.weight_offset if self.weight_offset else w
 
-    def scale(self, x: Float[torch.Tensor, "... d_model"], dtype: torch.dtype = torch.float32) -> Float[torch.Tensor, "... 1"]:
-        """The divisor the module applies to ``x`` (in ``dtype``): ``sqrt(var + eps)`` or ``sqrt(mean(x^2) + eps)``."""
-        x = x.to(dtype)
+    def scale(self, x: Float[torch.Tensor, "... d_model"], dtype: torch.dtype | None = None) -> Float[torch.Tensor, "... 1"]:
+        """The divisor the module applies to ``x`` (in ``dtype``): ``sqrt(var + eps)`` or ``sqrt(mean(x^2) + eps)``.
+
+        ``dtype`` defaults to float32 at least: a half-precision ``x`` is computed in float32, a float64 one in float64.
+        """
+        x = x.to(dtype or computing_dtype(x.dtype))
         if self.kind == "LN":
             x = x - x.mean(dim=-1, keepdim=True)
         return (x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt()
 
     def normalize(self, x: Float[torch.Tensor, "... d_model"], scale: torch.Tensor,
-                  dtype: torch.dtype = torch.float32) -> Float[torch.Tensor, "... d_model"]:
-        """``x`` centred (LayerNorm) and divided by a given (frozen) ``scale``, before the weight (in ``dtype``)."""
+                  dtype: torch.dtype | None = None) -> Float[torch.Tensor, "... d_model"]:
+        """``x`` centred (LayerNorm) and divided by a given (frozen) ``scale``, before the weight (in ``dtype``,
+        by default float32 at least, as :meth:`scale`)."""
+        dtype = dtype or computing_dtype(x.dtype)
         x = x.to(dtype)
         if self.kind == "LN":
             x = x - x.mean(dim=-1, keepdim=True)

@@ -47,7 +47,7 @@ from transformers.pytorch_utils import Conv1D
 from attnlab.engine.finite import all_finite
 from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 
-__all__ = ["PRECISIONS", "check_precision", "reduced_linears", "forget_rounded_weights", "full_precision"]
+__all__ = ["PRECISIONS", "check_precision", "computing_dtype", "reduced_linears", "forget_rounded_weights", "full_precision"]
 
 #: What ``precision=`` accepts, by name; the dtype itself is accepted too.
 PRECISIONS = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -186,6 +186,12 @@ def reduced_linears(model, dtype: torch.dtype | None) -> Iterator[None]:
             yield
     finally:
         _ASKED.reset(token)
+
+
+def computing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype for a step computed in "full precision" (softmax, a norm's scale, log-probabilities): float32 at
+    least, never below ``dtype``, so half precision computes in float32 and a float64 model stays float64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def full_precision(device: torch.device):

@@ -401,8 +401,7 @@ class HookTree(nn.Module):
             """ln1 as the model computes it, unedited, with its weights out of the graph (no module call: no hooks)."""
             if described is None:  # a norm attnlab cannot describe: its weights see the side branch too
                 return norm.forward(x)
-            dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least, float64 stays float64
-            normalized = described.normalize(x, described.scale(x, dtype), dtype)
+            normalized = described.normalize(x, described.scale(x))  # float32 at least, float64 stays float64
             return described.weigh(normalized, frozen=True).to(x.dtype)
 
         def per_head(x, weight, bias, normalize):

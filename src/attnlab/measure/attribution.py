@@ -42,6 +42,7 @@ from attnlab.measure._attribution_units import (
     site_means,
     site_values,
 )
+from attnlab.measure._forward import check_deterministic, check_measurable
 from attnlab.measure._rows import Rows, check_prompts
 from attnlab.measure._sources import outer_rows, paired_rows
 from attnlab.measure.batch_size import backward_batch_size, check_batch_size, metric_batch_size
@@ -111,6 +112,7 @@ class AttributionResult(SweepResult):
             raise InvalidInput("this AttributionResult was not made by attribute() in this session (a pickled or loaded "
                                "result keeps its tables, not the model); nothing to verify")
         model, prompts, metric = ctx["model"], ctx["prompts"], ctx["metric"]
+        check_deterministic(model)  # the model may have been put in training mode since attribute()
         _check_same_blocks(model, ctx["where"])
         ranked = self._ranked(k)  # keeps the table's index: row i's prompts are per_prompt rows i*n .. i*n+n-1
         picked = ranked.reset_index(drop=True)
@@ -317,7 +319,7 @@ def _attributable(model, metric) -> Metric:
             "(LogitDiff, TokenProb, PairLogRatio, Loss or KL); load the model with its LM head (e.g. BertForMaskedLM), "
             "or measure hidden-state effects exactly with sweep_heads(..., metric=HiddenShift())"
         )
-    metric.check_model(model)
+    check_measurable(model, metric)
     return metric
 
 

@@ -22,7 +22,7 @@ from attnlab.engine.forward import token_logprobs
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import AttnlabError, InvalidInput
 from attnlab.measure._batched import run_variants
-from attnlab.measure._forward import metric_output
+from attnlab.measure._forward import check_measurable, metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
@@ -142,7 +142,7 @@ def effect(
     check_batch_size(batch_size)
     n_boot, seed = check_resampling(n_boot, seed)
     specs = check_interventions(model, interventions)
-    metric.check_model(model)
+    check_measurable(model, metric)
     try:
         if metric.generation:
             clean, inter, extra = _generation(model, prompts, specs, metric, batch_size, progress)
@@ -188,7 +188,7 @@ def score(
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
     specs = check_interventions(model, interventions)
-    metric.check_model(model)
+    check_measurable(model, metric)
     try:
         rows = metric.rows(model, prompts)
         sources = RowSources(model, metric, prompts, rows, specs)
@@ -227,7 +227,7 @@ def perplexity(
     True
     """
     metric = Loss()
-    metric.check_model(model)
+    check_measurable(model, metric)
     texts = check_texts(texts, "text", "texts")
     check_batch_size(batch_size)
     n_boot, seed = check_resampling(n_boot, seed)

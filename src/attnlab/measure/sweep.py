@@ -23,6 +23,7 @@ from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean
 from attnlab.interventions import AblateHead, EditNeuron, Patch
 from attnlab.interventions.ablation import head_means
 from attnlab.measure._batched import run_variants
+from attnlab.measure._forward import check_measurable
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, one_batch
@@ -191,7 +192,7 @@ def sweep_heads(
         raise InvalidSpec(f"unknown method {method!r}{did_you_mean(method, HEAD_METHODS)} (valid: {', '.join(HEAD_METHODS)})")
     layer_list = _index_list(layers, model.cfg.n_layers, "layers", model.check_layer)
     head_list = _index_list(heads, model.cfg.n_heads, "heads", model.check_head)
-    metric.check_model(model)
+    check_measurable(model, metric)
     if method == "patch" and counterfactuals is None:
         raise InvalidInput("method='patch' needs counterfactuals=[...], one prompt per prompt, whose patterns are patched in")
     if method != "patch" and counterfactuals is not None:
@@ -277,7 +278,7 @@ def sweep_neurons(
     for d in dim_list:
         EditNeuron(layer, head_list[0], site=site, dim=d, scale=scale, value=value).validate(model.cfg)
     probe.validate(model.cfg)
-    metric.check_model(model)
+    check_measurable(model, metric)
     try:
         rows = metric.rows(model, prompts)
         variants = {(h, d): [EditNeuron(layer, h, site=site, dim=d, scale=scale, value=value)] for h in head_list for d in dim_list}
@@ -343,7 +344,7 @@ def sweep_interventions(
     specs = {label: check_interventions(model, s) for label, s in items}
     if any(not s for s in specs.values()):
         raise InvalidInput("every variant needs at least one intervention spec")
-    metric.check_model(model)
+    check_measurable(model, metric)
     try:
         rows = metric.rows(model, prompts)
         single = one_batch([sp for s in specs.values() for sp in s], len(prompts))
