@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float
 
+from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput
@@ -192,6 +193,7 @@ def attention_batches(
 
     def patterns(batch: list[Sentence]) -> list[torch.Tensor]:
         tokens = model.pad([s.token_ids for s in batch], padding_side="right")
+        check_deterministic(model)
         cache = run(model, tokens, logits=None, read=names, interventions=interventions).cache
         stacked = torch.stack([cache[name] for name in names], 1)  # [batch, layer, head, query, key]
         return [stacked[row, :, :, : s.n_tokens, : s.n_tokens].float().cpu().clone() for row, s in enumerate(batch)]

@@ -28,6 +28,7 @@ from jaxtyping import Float
 
 from attnlab.analysis._corpus import attention_batches, prepare
 from attnlab.analysis._result import Renamed, empty_frame
+from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel, is_integer
 from attnlab.measure.batch_size import check_batch_size
@@ -217,6 +218,7 @@ def loss_by_position(model, texts, *, interventions: Sequence = (), progress: bo
     with tqdm(total=len(sentences), desc="loss by position", disable=not progress) as bar:
         for start in range(0, len(sentences), batch_size):
             tokens = model.pad([s.token_ids for s in sentences[start : start + batch_size]], padding_side="right")
+            check_deterministic(model)
             out = run(model, tokens, logits="all", interventions=interventions)
             # column t: log p(token t | tokens before it); 0 at padding and in column 0, which nothing predicts
             logp = token_logprobs(out.logits, out.tokens).double().cpu()

@@ -44,6 +44,7 @@ from jaxtyping import Float
 
 from attnlab.analysis.context import pooled_window
 from attnlab.analysis.neurons import decay_neurons, unit_dims
+from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.hooks import active_frames
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.engine.locations import hook_name
@@ -215,6 +216,7 @@ def _measure_rows(model, tokens: Tokens, variants: Sequence[Sequence[EditNeuron]
     else:
         per_row = [EditNeuron.from_dict({**spec.to_dict(), "rows": [g]}) for g, specs in enumerate(variants) for spec in specs]
     columns = torch.arange(late_from - 1, n)  # logits here predict tokens late_from..n-1
+    check_deterministic(model)
     out = run(model, batch, logits=columns.repeat(rows, 1), hooks=hooks, interventions=per_row)
     window = pooled_window(mass.numpy(), level)
     tail = Tokens(batch.ids[:, late_from - 1 :], batch.mask[:, late_from - 1 :], "right")

@@ -25,6 +25,7 @@ from jaxtyping import Float
 
 from attnlab.analysis._corpus import prepare
 from attnlab.analysis._result import deprecated, empty_frame
+from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.attention import masked
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
@@ -73,6 +74,7 @@ def _text_tokens(model, text):
 def _qk_scores(model, tokens, layer: int) -> list[torch.Tensor]:
     """q, k ``[pos, head, d_head]`` and scores ``[head, query, key]`` of ``layer`` for the one row of ``tokens``."""
     names = [hook_name(layer, site) for site in ("q", "k", "attn_scores")]
+    check_deterministic(model)
     cache = run(model, tokens, logits=None, read=names).cache
     return [cache[name][0].float() for name in names]
 
@@ -370,6 +372,7 @@ def decay_neurons(
     sites = {layer: [hook_name(layer, site) for site in ("q", "k", "attn_scores")] for layer in layer_list}
     names = [name for layer in layer_list for name in sites[layer]]
     for s in tqdm(sentences, desc="decay neurons", disable=not progress):
+        check_deterministic(model)
         cache = run(model, model.pad([s.token_ids]), logits=None, read=names).cache
         n = s.n_tokens
         for li, layer in enumerate(layer_list):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["active_dropout"]
+from attnlab.errors import InvalidInput
+
+__all__ = ["active_dropout", "check_deterministic"]
 
 # float attributes or config fields that hold a dropout probability: "attention_dropout", "attn_pdrop",
 # "hidden_dropout_prob", "dropout", "dropout_rate", ...
@@ -67,3 +69,22 @@ def active_dropout(model: nn.Module) -> list[str]:
             if "att" in key.lower() and _is_probability_name(key) and _positive(value):
                 parts.append(f"config.{key}={value:g}")
     return parts
+
+
+def check_deterministic(model) -> None:
+    """Refuse a model whose forward passes are random: in training mode with dropout that acts.
+
+    What the measure floor, the analyses and the views call before their passes. Every
+    measurement compares forward passes (clean and intervened, a sweep's resumed prefix, a
+    gradient's estimate with its exact check), and an analysis averages them, so dropout would
+    make each number random. Runs before anything else, so the model is left as it was (its mode, no hooks, no
+    cached reference). A model in training mode whose dropout probabilities are all 0 (the
+    Llama and Gemma configs) passes: its forward is the eval-mode one.
+    """
+    parts = active_dropout(getattr(model, "hf_model", model))
+    if parts:
+        shown = ", ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
+        raise InvalidInput(
+            f"{model.cfg.name} is in training mode and its dropout acts ({shown}), so every forward pass drops at "
+            "random and measurements would not repeat; call model.eval() first (or set those probabilities to 0)"
+        )

@@ -5,30 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.engine.dropout import active_dropout
+from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
-from attnlab.errors import InvalidInput
 from attnlab.measure._rows import Rows
 
 __all__ = ["metric_output", "check_measurable", "check_deterministic"]
-
-
-def check_deterministic(model) -> None:
-    """Refuse a model whose forward passes are random: in training mode with dropout that acts.
-
-    Every measurement compares forward passes (clean and intervened, a sweep's resumed
-    prefix, a gradient's estimate with its exact check), so dropout would make each number
-    random. Runs before anything else, so the model is left as it was (its mode, no hooks, no
-    cached reference). A model in training mode whose dropout probabilities are all 0 (the
-    Llama and Gemma configs) passes: its forward is the eval-mode one.
-    """
-    parts = active_dropout(getattr(model, "hf_model", model))
-    if parts:
-        shown = ", ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
-        raise InvalidInput(
-            f"{model.cfg.name} is in training mode and its dropout acts ({shown}), so every forward pass drops at "
-            "random and measurements would not repeat; call model.eval() first (or set those probabilities to 0)"
-        )
 
 
 def check_measurable(model, metric) -> None:

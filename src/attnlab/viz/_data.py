@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import Tokens
@@ -145,6 +146,7 @@ def read_sites(
     # projection costs more than all the layers together).
     names = {(layer, site): hook_name(layer, site) for layer in layers for site in sites}
     extra = {"token_type_ids": source.token_type_ids} if source.token_type_ids is not None else {}
+    check_deterministic(model)
     store = run(model, source.tokens, logits=None, read=list(names.values()), interventions=interventions,
                 model_kwargs=extra).cache
     return {key: store[name][0].float().cpu().numpy() for key, name in names.items()}
