@@ -144,6 +144,22 @@ def test_patch_source_of_another_length(untouched):
         Patch(1, 0, site="z", source=torch.full((1, N, 4, 8), float("nan")))
 
 
+def test_generate_checks_the_prompt_against_a_patch_source(untouched):
+    """generate()'s first step runs the whole prompt: a source of another length is refused there, as in a forward."""
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 3, 4, 8\) but the input gives \(1, 8, 4, 8\)"):
+        untouched.generate(TEXT, max_new_tokens=1, interventions=[Patch(1, None, site="z", source="the doctor")])
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 4, 3, 3\) but the input gives \(1, 4, 8, 8\)"):
+        untouched.generate(TEXT, max_new_tokens=2, interventions=[Patch(0, 1, site="pattern", source="the doctor")])
+    # in a left-padded batch the source must have the longest prompt's length, as model(batch) requires
+    batch = [TEXT, "he ran to the house"]
+    short = Patch(1, 0, site="z", source="he ran to the house")
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 6, 4, 8\) but the input gives \(2, 8, 4, 8\)"):
+        with torch.no_grad(), untouched.intervene(short):
+            untouched(batch)
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 6, 4, 8\) but the input gives \(2, 8, 4, 8\)"):
+        untouched.generate(batch, max_new_tokens=1, interventions=[short])
+
+
 def test_bad_dicts():
     with pytest.raises(InvalidSpec, match=r"an intervention dict needs a 'kind' key"):
         from_dict({"layer": 1})

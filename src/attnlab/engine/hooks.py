@@ -128,7 +128,8 @@ class Hook:
     positions of this call's columns, per batch row (``[batch, pos]``): with left padding or
     a KV cache they differ from the column index, and edits address tokens, not columns.
     ``generating`` is True inside ``generate()``, where positions not reached yet are not an
-    error.
+    error; ``decoding`` only in its steps after the first (the prompt's own step is checked
+    as a forward pass over the prompt is).
     """
 
     __slots__ = ("point", "q_col", "q_len", "k_col", "k_len", "state")
@@ -157,6 +158,11 @@ class Hook:
     @property
     def generating(self) -> bool:
         return bool(getattr(self.state, "generating", False))
+
+    @property
+    def decoding(self) -> bool:
+        """A KV-cached step of ``generate()`` after the prompt's: this call sees only the newest columns."""
+        return self.generating and getattr(self.state, "past", 0) > 0
 
     @property
     def n_positions(self) -> int | None:
