@@ -51,6 +51,8 @@ _USER: ContextVar[tuple[int, ...]] = ContextVar("attnlab_user_frames", default=(
 #: What to undo when a frame closes: hooks ``add_hook`` attached inside it (whichever model's block it is).
 _AT_EXIT: dict[int, list[Callable[[], None]]] = {}
 _AT_EXIT_LOCK = threading.Lock()
+#: Ids of every block open now, in any context (a set's add/discard are atomic).
+_OPEN: set[int] = set()
 
 
 def active_frames() -> tuple[int, ...] | None:
@@ -81,27 +83,54 @@ def hook_frame(*, user: bool = False) -> Iterator[int]:
     """Open a new hook block in this context; yields its owner id (a block opened inside clean() stays clean around it).
 
     ``user``: a ``hooks()`` block, which ``add_hook`` attaches to (the engine's own frames are not).
+    Blocks may close in any order (two ``with`` blocks entered by hand, interleaved generators):
+    closing one never brings back another that has closed.
     """
     frame = next(_frame_ids)
     parent = _FRAMES.get()
-    token = _FRAMES.set(((_CLEAN,) if parent is None else parent) + (frame,))
-    user_token = _USER.set(_USER.get() + (frame,)) if user else None
+    _OPEN.add(frame)
+    frames = ((_CLEAN,) if parent is None else parent) + (frame,)
+    token = _FRAMES.set(frames)
+    users = _USER.get() + (frame,) if user else None
+    user_token = _USER.set(users) if user else None
     try:
         yield frame
     finally:
+        _OPEN.discard(frame)
         if user_token is not None:
-            _USER.reset(user_token)
-        _FRAMES.reset(token)
+            _leave(_USER, user_token, users)
+        _leave(_FRAMES, token, frames)
         with _AT_EXIT_LOCK:
             undo = _AT_EXIT.pop(frame, [])
         for fn in reversed(undo):
             fn()
 
 
+def _leave(var: ContextVar, token, pushed) -> None:
+    """Undo ``var.set(pushed)`` without bringing back a block that closed since.
+
+    In order (``var`` still holds ``pushed``) the value before comes back; otherwise a block
+    opened later is still open and the current stack is kept. Either way, frames that have
+    closed meanwhile (an outer block left before an inner one) are dropped: ``reset(token)``
+    alone restores the value saved on entry, closed blocks and all.
+    """
+    if var.get() is pushed:
+        var.reset(token)
+    _drop_closed(var)
+
+
+def _drop_closed(var: ContextVar) -> None:
+    frames = var.get()
+    if frames and any(f != _CLEAN and f not in _OPEN for f in frames):
+        var.set(tuple(f for f in frames if f == _CLEAN or f in _OPEN))
+
+
 def user_frame() -> int:
     """The innermost ``hooks()`` block open in this context, else ``_GLOBAL`` (where ``add_hook`` attaches)."""
-    users = _USER.get()
-    return users[-1] if users else _GLOBAL
+    for frame in reversed(_USER.get()):
+        if frame in _OPEN:  # (a context copied while a block was open may outlive the block)
+            return frame
+    return _GLOBAL
 
 
 def at_frame_exit(frame: int, fn: Callable[[], None]) -> None:
@@ -117,7 +146,8 @@ def clean_context() -> Iterator[None]:
     try:
         yield
     finally:
-        _FRAMES.reset(token)
+        _FRAMES.reset(token)  # also out of order: a block opened inside no longer acts once this one ends
+        _drop_closed(_FRAMES)
 
 
 class Hook:

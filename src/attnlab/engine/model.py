@@ -410,11 +410,16 @@ class HookedModel(ModelWeights, nn.Module):
                 raise type(err)(f"while preparing {spec!r} on {self.cfg.name}: {err}") from None
         with self.hooks(fwd_hooks=fwd):
             # keyed by the hook tree: every wrapper of this HF model runs through these hooks
-            token = _INTERVENING.set(_INTERVENING.get() + ((id(self.tree), user_frame(), interventions),))
+            entry = (id(self.tree), user_frame(), interventions)
+            pushed = _INTERVENING.get() + (entry,)
+            token = _INTERVENING.set(pushed)
             try:
                 yield self
             finally:
-                _INTERVENING.reset(token)
+                if _INTERVENING.get() is pushed:
+                    _INTERVENING.reset(token)
+                else:  # closed out of order: reset(token) would bring back the blocks closed since
+                    _INTERVENING.set(tuple(e for e in _INTERVENING.get() if e is not entry))
 
     def acting_interventions(self) -> list[Intervention]:
         """The specs of the ``intervene()`` blocks acting here (none inside ``clean()``), outermost first.
