@@ -13,7 +13,9 @@ through it and may return a replacement. Three rules make hooks safe to use from
   it acts in every thread until ``reset_hooks()``.
 * **A replacement must fit**: a hook returning a tensor of another shape raises
   :class:`~attnlab.errors.ShapeMismatch` naming the hook point and both shapes (a wrong
-  shape would otherwise broadcast silently over heads or positions). A replacement laid out
+  shape would otherwise broadcast silently over heads or positions). A replacement in another
+  dtype or on another device is cast back to the site's (one that cannot be copied there, a
+  ``meta`` tensor, is a ``ShapeMismatch`` naming the device). A replacement laid out
   differently in memory (an ``expand``, a transpose) is made contiguous before the model
   reads it.
 
@@ -343,8 +345,17 @@ def _checked(fn: HookFn, x: torch.Tensor, info: Hook, what: str):
             f"hook function {_fn_name(fn)} on {info.point.name} returned shape {tuple(out.shape)}, "
             f"but the {what} there has shape {tuple(x.shape)}; a hook must return a tensor of the same shape"
         )
-    if out.dtype != x.dtype or out.device != x.device:
-        out = out.to(device=x.device, dtype=x.dtype)
+    if out.device != x.device:
+        try:
+            out = out.to(device=x.device)
+        except NotImplementedError as err:  # a meta tensor holds no values to copy
+            raise ShapeMismatch(
+                f"hook function {_fn_name(fn)} on {info.point.name} returned a tensor on {out.device}, which cannot be "
+                f"copied to {x.device} ({err}); it must return a tensor of shape {tuple(x.shape)} on {x.device}, "
+                f"the {what}'s device"
+            ) from None
+    if out.dtype != x.dtype:
+        out = out.to(dtype=x.dtype)
     # A same-shape view with other strides (``x.mean(0, keepdim=True).expand_as(x)``, a transpose) breaks
     # the model's own ``.view`` calls after the site (GPT-2's Conv1D); copy it only then.
     if not out.is_contiguous() and out.stride() != x.stride():
