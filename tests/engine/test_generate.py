@@ -216,3 +216,19 @@ def test_patch_source_of_the_prompts_length_patches_the_prompt_and_leaves_new_to
     assert torch.equal(got, want)
     assert not torch.equal(got, model.generate(PROMPT, max_new_tokens=4, return_type="tokens"))
     assert model.count_hooks() == 0
+
+
+def test_one_spec_is_taken_where_a_list_is(tiny_llama):
+    """interventions= takes one spec, as effect() does (it was unpacked with * and raised a bare TypeError)."""
+    model, spec = tiny_llama, AblateHead(1, 0)
+    listed = model.generate(PROMPT, max_new_tokens=3, interventions=[spec], return_type="tokens")
+    assert not torch.equal(listed, model.generate(PROMPT, max_new_tokens=3, return_type="tokens"))
+    assert torch.equal(model.generate(PROMPT, max_new_tokens=3, interventions=spec, return_type="tokens"), listed)
+    assert torch.equal(model.next_token_logits(PROMPT, interventions=spec), model.next_token_logits(PROMPT, interventions=[spec]))
+    assert torch.equal(model.run(PROMPT, interventions=spec).logits, model.run(PROMPT, interventions=[spec]).logits)
+    for bad, shown in ((3, "int: 3"), ("ablate", "str: 'ablate'")):
+        with pytest.raises(InvalidInput, match=f"^interventions must be an intervention spec or a list of them, got {shown}$"):
+            model.generate(PROMPT, max_new_tokens=1, interventions=bad)
+    with pytest.raises(InvalidInput, match=r"intervene\(\) takes intervention specs, got str: 'x'"):
+        model.generate(PROMPT, max_new_tokens=1, interventions=[spec, "x"])
+    assert model.count_hooks() == 0
