@@ -194,3 +194,41 @@ def test_generate_takes_numpy_integers(tiny_llama):
     assert model.generate(PROMPT, max_new_tokens=np.int64(2)) == model.generate(PROMPT, max_new_tokens=2)
     sampled = model.generate(PROMPT, max_new_tokens=3, do_sample=True, top_k=np.int32(5), seed=np.int64(7), return_type="tokens")
     assert torch.equal(sampled, model.generate(PROMPT, max_new_tokens=3, do_sample=True, top_k=5, seed=7, return_type="tokens"))
+
+
+def test_patch_source_of_the_prompts_length_patches_the_prompt_and_leaves_new_tokens(tiny_llama):
+    """The prompt's step patches every prompt position; the later steps, past the source, keep their own values."""
+    from attnlab.interventions import Patch
+
+    model, other = tiny_llama, "the doctor said that"
+    name = "blocks.1.attn.hook_z"
+    n = model.to_tokens(PROMPT).shape[1]
+    assert model.to_tokens(other).shape[1] == n
+    _, cache = model.run_with_cache(other, names_filter=name)
+    source = cache[name]
+
+    def by_hand(z, hook):  # the prompt's step sees n columns, a decoding step one
+        return source.clone() if z.shape[1] == n else None
+
+    want = model.generate(PROMPT, max_new_tokens=4, fwd_hooks=[(name, by_hand)], return_type="tokens")
+    got = model.generate(PROMPT, max_new_tokens=4, interventions=[Patch(1, None, site="z", source=other)],
+                         return_type="tokens")
+    assert torch.equal(got, want)
+    assert not torch.equal(got, model.generate(PROMPT, max_new_tokens=4, return_type="tokens"))
+    assert model.count_hooks() == 0
+
+
+def test_one_spec_is_taken_where_a_list_is(tiny_llama):
+    """interventions= takes one spec, as effect() does (it was unpacked with * and raised a bare TypeError)."""
+    model, spec = tiny_llama, AblateHead(1, 0)
+    listed = model.generate(PROMPT, max_new_tokens=3, interventions=[spec], return_type="tokens")
+    assert not torch.equal(listed, model.generate(PROMPT, max_new_tokens=3, return_type="tokens"))
+    assert torch.equal(model.generate(PROMPT, max_new_tokens=3, interventions=spec, return_type="tokens"), listed)
+    assert torch.equal(model.next_token_logits(PROMPT, interventions=spec), model.next_token_logits(PROMPT, interventions=[spec]))
+    assert torch.equal(model.run(PROMPT, interventions=spec).logits, model.run(PROMPT, interventions=[spec]).logits)
+    for bad, shown in ((3, "int: 3"), ("ablate", "str: 'ablate'")):
+        with pytest.raises(InvalidInput, match=f"^interventions must be an intervention spec or a list of them, got {shown}$"):
+            model.generate(PROMPT, max_new_tokens=1, interventions=bad)
+    with pytest.raises(InvalidInput, match=r"intervene\(\) takes intervention specs, got str: 'x'"):
+        model.generate(PROMPT, max_new_tokens=1, interventions=[spec, "x"])
+    assert model.count_hooks() == 0

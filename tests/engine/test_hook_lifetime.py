@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
+import functools
+
 import pytest
 import torch
 
@@ -84,6 +87,101 @@ def test_nested_intervene_composes_and_inner_exit_keeps_outer(tiny_llama):
     assert torch.equal(both_nested, both_flat)
     assert torch.equal(after_inner, only_outer)
     assert torch.equal(final, clean)
+
+
+def _own_context(test):
+    """Run ``test`` in a copy of this thread's context: were blocks left open, later tests would not inherit them."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        return contextvars.copy_context().run(test, *args, **kwargs)
+
+    return run
+
+
+def _add_and_reset(model, clean):
+    """A persistent add_hook then reset_hooks(): nothing may be left (it must not attach to a closed block)."""
+    model.add_hook("blocks.0.attn.hook_z", lambda x, hook: x * 0)
+    with torch.no_grad():
+        assert not torch.allclose(model(TEXT), clean)  # it acts
+    model.reset_hooks()
+    assert model.count_hooks() == 0 and _all_torch_hooks(model) == 0
+    assert torch.equal(_run(model), clean)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@_own_context
+def test_blocks_closed_out_of_order_leave_nothing_open(arch):
+    """The outer block closing first: the inner one acts alone until it closes; then nothing acts."""
+    from attnlab.testing import tiny_model
+
+    model = tiny_model(arch)
+    first, second = AblateHead(1, 0), AblateHead(1, 1)
+    clean = _run(model)
+    with model.intervene(second):
+        only_second = _run(model)
+    c1, c2 = model.intervene(first), model.intervene(second)
+    c1.__enter__()
+    c2.__enter__()
+    c1.__exit__(None, None, None)
+    assert model.count_hooks() == 1 and torch.equal(_run(model), only_second)
+    assert model.acting_interventions() == [second]
+    model.add_hook("blocks.0.attn.hook_z", lambda x, hook: x * 0)  # belongs to the open block: leaves with it
+    c2.__exit__(None, None, None)
+    assert model.count_hooks() == 0 and _all_torch_hooks(model) == 0
+    assert model.acting_interventions() == []
+    assert torch.equal(_run(model), clean)
+    _add_and_reset(model, clean)
+    # hooks() blocks too, three deep, closed outermost first
+    blocks = [model.hooks([(f"blocks.{i}.attn.hook_z", lambda x, hook: x * 0)]) for i in range(2)] + [model.intervene(first)]
+    for block in blocks:
+        block.__enter__()
+    for block in blocks:
+        block.__exit__(None, None, None)
+    assert model.count_hooks() == 0 and torch.equal(_run(model), clean)
+    _add_and_reset(model, clean)
+
+
+@_own_context
+def test_interleaved_generators_each_with_a_block(tiny_llama):
+    """Generators holding a ``with model.intervene(...)``, closed in creation order (not LIFO)."""
+    model, specs = tiny_llama, [AblateHead(1, 0), AblateHead(1, 1)]
+    clean = _run(model)
+    with model.intervene(specs[1]):
+        only_second = _run(model)
+    with model.intervene(*specs):
+        both = _run(model)
+
+    def under(spec):
+        with model.intervene(spec):
+            while True:
+                yield _run(model)
+
+    gens = [under(spec) for spec in specs]
+    next(gens[0])
+    assert torch.equal(next(gens[1]), both)
+    gens[0].close()
+    assert torch.equal(next(gens[1]), only_second)
+    gens[1].close()
+    assert model.count_hooks() == 0 and torch.equal(_run(model), clean)
+    _add_and_reset(model, clean)
+
+
+@_own_context
+def test_a_clean_block_closed_before_a_block_opened_inside_it(tiny_gpt2):
+    """clean() left first: afterwards the model is neither stuck clean nor holding the inner block."""
+    model = tiny_gpt2
+    clean = _run(model)
+    model.add_hook("blocks.0.attn.hook_z", lambda x, hook: x * 0)
+    persistent = _run(model)
+    outer, inner = model.clean(), model.intervene(AblateHead(1, 0))
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    inner.__exit__(None, None, None)
+    assert torch.equal(_run(model), persistent)  # the persistent hook acts again, the ablation is gone
+    model.reset_hooks()
+    assert model.count_hooks() == 0 and torch.equal(_run(model), clean)
 
 
 def test_nested_edits_on_the_same_site_apply_in_order(tiny_gpt2):

@@ -76,6 +76,12 @@ def test_a_hook_returning_the_wrong_shape_is_named(arch):
         model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x[:, :-1])])
     with pytest.raises(ShapeMismatch, match="returned str"):
         model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: "oops")])
+    # a tensor with no values (PyTorch's own error was a bare NotImplementedError)
+    with pytest.raises(ShapeMismatch, match=rf"on blocks\.1\.attn\.hook_z returned a tensor on meta, which cannot be "
+                                            rf"copied to cpu .*; it must return a tensor of shape \(1, {n}, 4, 8\) on cpu"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.1.attn.hook_z", lambda x, hook: x.to("meta"))])
+    with pytest.raises(ShapeMismatch, match=r"on blocks\.0\.hook_resid_post returned a tensor on meta"):
+        model.run_with_hooks(TEXT, fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x.to("meta"))])
     assert model.count_hooks() == 0
     assert torch.equal(model(TEXT), clean)
 

@@ -6,7 +6,19 @@ import pytest
 import torch
 
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, ShapeMismatch
-from attnlab.interventions import AblateHead, BlockKeys, EditNeuron, EditScores, Patch, SetPattern, from_dict
+from attnlab.interventions import (
+    AblateHead,
+    BlockKeys,
+    EditNeuron,
+    EditScores,
+    Patch,
+    SetPattern,
+    from_dict,
+    hooks_for,
+    load_specs,
+    per_row,
+    save_specs,
+)
 
 from .conftest import TEXT
 
@@ -144,6 +156,22 @@ def test_patch_source_of_another_length(untouched):
         Patch(1, 0, site="z", source=torch.full((1, N, 4, 8), float("nan")))
 
 
+def test_generate_checks_the_prompt_against_a_patch_source(untouched):
+    """generate()'s first step runs the whole prompt: a source of another length is refused there, as in a forward."""
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 3, 4, 8\) but the input gives \(1, 8, 4, 8\)"):
+        untouched.generate(TEXT, max_new_tokens=1, interventions=[Patch(1, None, site="z", source="the doctor")])
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 4, 3, 3\) but the input gives \(1, 4, 8, 8\)"):
+        untouched.generate(TEXT, max_new_tokens=2, interventions=[Patch(0, 1, site="pattern", source="the doctor")])
+    # in a left-padded batch the source must have the longest prompt's length, as model(batch) requires
+    batch = [TEXT, "he ran to the house"]
+    short = Patch(1, 0, site="z", source="he ran to the house")
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 6, 4, 8\) but the input gives \(2, 8, 4, 8\)"):
+        with torch.no_grad(), untouched.intervene(short):
+            untouched(batch)
+    with pytest.raises(ShapeMismatch, match=r"has shape \(1, 6, 4, 8\) but the input gives \(2, 8, 4, 8\)"):
+        untouched.generate(batch, max_new_tokens=1, interventions=[short])
+
+
 def test_bad_dicts():
     with pytest.raises(InvalidSpec, match=r"an intervention dict needs a 'kind' key"):
         from_dict({"layer": 1})
@@ -167,3 +195,29 @@ def test_intervene_only_takes_specs(untouched):
 def test_every_error_is_an_attnlab_error():
     for cls in (InvalidLocation, InvalidSpec, ShapeMismatch, InvalidInput):
         assert issubclass(cls, AttnlabError)
+
+
+def test_spec_lists_that_hold_something_else_are_named(untouched, tmp_path):
+    """per_row, hooks_for and save_specs name the bad entry (they raised AttributeError / TypeError)."""
+    for bad, shown in ((["abc"], r"str 'abc'"), ([3], r"int 3"), ([[AblateHead(0, 0), "x"]], r"list \[AblateHead")):
+        with pytest.raises(InvalidInput, match=rf"^per_row: specs\[0\] \(row 0\) must be an intervention spec, a list of "
+                                               rf"specs or None \(clean\), got {shown}"):
+            per_row(bad)
+    with pytest.raises(InvalidInput, match=r"^per_row: specs must be a list with one entry per batch row .*got AblateHead"):
+        per_row(AblateHead(0, 0))
+    assert per_row([[], None, AblateHead(0, 1)]) == [AblateHead(0, 1, rows=[2])]
+    with pytest.raises(InvalidInput, match=r"^hooks_for: specs\[1\] must be an intervention spec \(AblateHead, Patch, \.\.\.\), got str 'abc'$"):
+        hooks_for(untouched, [AblateHead(0, 0), "abc"])
+    with pytest.raises(InvalidInput, match=r"^hooks_for: specs must be an intervention spec or a list of them, got int 5$"):
+        hooks_for(untouched, 5)
+    path = tmp_path / "specs.json"
+    with pytest.raises(InvalidInput, match=r"^save_specs: specs\[0\] must be an intervention spec .*got str 'x'$"):
+        save_specs(path, ["x"])
+    assert not path.exists()
+    # one spec is a list of one, as for effect() and generate()
+    save_specs(path, AblateHead(0, 1))
+    assert load_specs(path) == [AblateHead(0, 1)]
+    with torch.no_grad():
+        one = untouched.run_with_hooks(TEXT, fwd_hooks=hooks_for(untouched, AblateHead(0, 1)))
+        listed = untouched.run_with_hooks(TEXT, fwd_hooks=hooks_for(untouched, [AblateHead(0, 1)]))
+    assert torch.equal(one, listed) and not torch.equal(one, untouched(TEXT))

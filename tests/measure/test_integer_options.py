@@ -57,3 +57,30 @@ def test_bad_resampling_options_fail_before_any_pass(tiny_llama, bad, message):
 def test_a_selection_that_is_not_a_list_is_named(tiny_llama):
     with pytest.raises(InvalidInput, match=r"layers must be None \(all\), an int or a list of ints, got 1.5"):
         sweep_heads(tiny_llama, PROMPTS, METRIC, "zero", layers=1.5, progress=False)
+
+
+def test_numpy_integers_as_metric_and_attribution_counts(tiny_llama):
+    """TopKChange(k=), GenerationDiff(max_new_tokens=) and attribute(probes=) took only Python ints."""
+    from attnlab.errors import InvalidSpec
+    from attnlab.measure import KL, GenerationDiff, TopKChange
+
+    ablate = [AblateHead(1, 0)]
+    top = TopKChange(k=np.int64(3))
+    assert type(top.k) is int and top.name == TopKChange(k=3).name == "top3_jaccard_change"
+    ours = effect(tiny_llama, PROMPTS, top, ablate, progress=False, n_boot=0).per_prompt
+    plain = effect(tiny_llama, PROMPTS, TopKChange(k=3), ablate, progress=False, n_boot=0).per_prompt
+    assert ours.equals(plain)
+    generation = GenerationDiff(max_new_tokens=np.int64(2))
+    assert type(generation.max_new_tokens) is int
+    ours = effect(tiny_llama, PROMPTS, generation, ablate, progress=False, n_boot=0).per_prompt
+    assert ours.equals(effect(tiny_llama, PROMPTS, GenerationDiff(max_new_tokens=2), ablate, progress=False, n_boot=0).per_prompt)
+    ours = attribute(tiny_llama, PROMPTS, KL(), layers=[1], probes=np.int64(2), progress=False, n_boot=0, seed=1)
+    plain = attribute(tiny_llama, PROMPTS, KL(), layers=[1], probes=2, progress=False, n_boot=0, seed=1)
+    assert ours.table.equals(plain.table)
+    for bad in (np.float64(2.0), True, np.int64(0)):
+        with pytest.raises(InvalidSpec, match=rf"^k must be a positive integer, got {bad!r}$".replace("(", r"\(").replace(")", r"\)")):
+            TopKChange(k=bad)
+        with pytest.raises(InvalidSpec, match=r"^max_new_tokens must be a positive integer, got "):
+            GenerationDiff(max_new_tokens=bad)
+        with pytest.raises(InvalidSpec, match=r"^probes must be a positive integer, got "):
+            attribute(tiny_llama, PROMPTS, KL(), probes=bad, progress=False)

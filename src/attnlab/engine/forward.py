@@ -28,7 +28,7 @@ whatever the model does after the head (Gemma's logit soft-capping) still applie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +46,7 @@ from attnlab.engine.stop import StopForward, check_keep_layers, check_reached, c
 from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput
 
-__all__ = ["Output", "Resume", "run", "token_logprobs"]
+__all__ = ["Output", "Resume", "run", "token_logprobs", "as_specs"]
 
 LogitsAt = str | torch.Tensor | None
 
@@ -171,6 +171,21 @@ def _model_kwargs(model, tokens: Tokens, extra: dict[str, Any]) -> dict[str, Any
     return kwargs
 
 
+def as_specs(interventions) -> tuple:
+    """``interventions`` as a tuple of specs: one spec (as ``effect()`` takes), a list of them, or None (none).
+
+    Each item is checked by ``model.intervene``; anything that is not a spec or a list is an ``InvalidInput``.
+    """
+    if interventions is None:
+        return ()
+    if hasattr(interventions, "validate") and hasattr(interventions, "prepare"):
+        return (interventions,)
+    if isinstance(interventions, (str, bytes, Mapping)) or not isinstance(interventions, Iterable):
+        raise InvalidInput(f"interventions must be an intervention spec or a list of them, got "
+                           f"{type(interventions).__name__}: {interventions!r}")
+    return tuple(interventions)
+
+
 def run(
     model,
     tokens: Tokens,
@@ -206,6 +221,7 @@ def run(
     ``row_keys``: which prompt each row is (``[row]``), when the rows are a chunk or stacked
     copies of a larger set (what the hooks' ``row_keys`` give; default: the row index).
     """
+    interventions = as_specs(interventions)
     stop = check_stop_at_layer(stop_at_layer, model.cfg.n_layers)
     keep_layers = check_keep_layers(keep_layers, model.cfg.n_layers)
     if stop is not None and logits is not None:

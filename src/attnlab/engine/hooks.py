@@ -13,7 +13,9 @@ through it and may return a replacement. Three rules make hooks safe to use from
   it acts in every thread until ``reset_hooks()``.
 * **A replacement must fit**: a hook returning a tensor of another shape raises
   :class:`~attnlab.errors.ShapeMismatch` naming the hook point and both shapes (a wrong
-  shape would otherwise broadcast silently over heads or positions). A replacement laid out
+  shape would otherwise broadcast silently over heads or positions). A replacement in another
+  dtype or on another device is cast back to the site's (one that cannot be copied there, a
+  ``meta`` tensor, is a ``ShapeMismatch`` naming the device). A replacement laid out
   differently in memory (an ``expand``, a transpose) is made contiguous before the model
   reads it.
 
@@ -51,6 +53,8 @@ _USER: ContextVar[tuple[int, ...]] = ContextVar("attnlab_user_frames", default=(
 #: What to undo when a frame closes: hooks ``add_hook`` attached inside it (whichever model's block it is).
 _AT_EXIT: dict[int, list[Callable[[], None]]] = {}
 _AT_EXIT_LOCK = threading.Lock()
+#: Ids of every block open now, in any context (a set's add/discard are atomic).
+_OPEN: set[int] = set()
 
 
 def active_frames() -> tuple[int, ...] | None:
@@ -81,27 +85,54 @@ def hook_frame(*, user: bool = False) -> Iterator[int]:
     """Open a new hook block in this context; yields its owner id (a block opened inside clean() stays clean around it).
 
     ``user``: a ``hooks()`` block, which ``add_hook`` attaches to (the engine's own frames are not).
+    Blocks may close in any order (two ``with`` blocks entered by hand, interleaved generators):
+    closing one never brings back another that has closed.
     """
     frame = next(_frame_ids)
     parent = _FRAMES.get()
-    token = _FRAMES.set(((_CLEAN,) if parent is None else parent) + (frame,))
-    user_token = _USER.set(_USER.get() + (frame,)) if user else None
+    _OPEN.add(frame)
+    frames = ((_CLEAN,) if parent is None else parent) + (frame,)
+    token = _FRAMES.set(frames)
+    users = _USER.get() + (frame,) if user else None
+    user_token = _USER.set(users) if user else None
     try:
         yield frame
     finally:
+        _OPEN.discard(frame)
         if user_token is not None:
-            _USER.reset(user_token)
-        _FRAMES.reset(token)
+            _leave(_USER, user_token, users)
+        _leave(_FRAMES, token, frames)
         with _AT_EXIT_LOCK:
             undo = _AT_EXIT.pop(frame, [])
         for fn in reversed(undo):
             fn()
 
 
+def _leave(var: ContextVar, token, pushed) -> None:
+    """Undo ``var.set(pushed)`` without bringing back a block that closed since.
+
+    In order (``var`` still holds ``pushed``) the value before comes back; otherwise a block
+    opened later is still open and the current stack is kept. Either way, frames that have
+    closed meanwhile (an outer block left before an inner one) are dropped: ``reset(token)``
+    alone restores the value saved on entry, closed blocks and all.
+    """
+    if var.get() is pushed:
+        var.reset(token)
+    _drop_closed(var)
+
+
+def _drop_closed(var: ContextVar) -> None:
+    frames = var.get()
+    if frames and any(f != _CLEAN and f not in _OPEN for f in frames):
+        var.set(tuple(f for f in frames if f == _CLEAN or f in _OPEN))
+
+
 def user_frame() -> int:
     """The innermost ``hooks()`` block open in this context, else ``_GLOBAL`` (where ``add_hook`` attaches)."""
-    users = _USER.get()
-    return users[-1] if users else _GLOBAL
+    for frame in reversed(_USER.get()):
+        if frame in _OPEN:  # (a context copied while a block was open may outlive the block)
+            return frame
+    return _GLOBAL
 
 
 def at_frame_exit(frame: int, fn: Callable[[], None]) -> None:
@@ -117,7 +148,8 @@ def clean_context() -> Iterator[None]:
     try:
         yield
     finally:
-        _FRAMES.reset(token)
+        _FRAMES.reset(token)  # also out of order: a block opened inside no longer acts once this one ends
+        _drop_closed(_FRAMES)
 
 
 class Hook:
@@ -128,7 +160,9 @@ class Hook:
     positions of this call's columns, per batch row (``[batch, pos]``): with left padding or
     a KV cache they differ from the column index, and edits address tokens, not columns.
     ``generating`` is True inside ``generate()``, where positions not reached yet are not an
-    error. ``row_keys(n)`` says which prompt each row is when a measurement chunks or stacks them.
+    error; ``decoding`` only in its steps after the first (the prompt's own step is checked
+    as a forward pass over the prompt is). ``row_keys(n)`` says which prompt each row is when a
+    measurement chunks or stacks them.
     """
 
     __slots__ = ("point", "q_col", "q_len", "k_col", "k_len", "state")
@@ -164,6 +198,11 @@ class Hook:
         if keys is None or keys.shape[0] != n_rows:
             return torch.arange(n_rows)
         return keys.cpu()
+
+    @property
+    def decoding(self) -> bool:
+        """A KV-cached step of ``generate()`` after the prompt's: this call sees only the newest columns."""
+        return self.generating and getattr(self.state, "past", 0) > 0
 
     @property
     def n_positions(self) -> int | None:
@@ -314,8 +353,17 @@ def _checked(fn: HookFn, x: torch.Tensor, info: Hook, what: str):
             f"hook function {_fn_name(fn)} on {info.point.name} returned shape {tuple(out.shape)}, "
             f"but the {what} there has shape {tuple(x.shape)}; a hook must return a tensor of the same shape"
         )
-    if out.dtype != x.dtype or out.device != x.device:
-        out = out.to(device=x.device, dtype=x.dtype)
+    if out.device != x.device:
+        try:
+            out = out.to(device=x.device)
+        except NotImplementedError as err:  # a meta tensor holds no values to copy
+            raise ShapeMismatch(
+                f"hook function {_fn_name(fn)} on {info.point.name} returned a tensor on {out.device}, which cannot be "
+                f"copied to {x.device} ({err}); it must return a tensor of shape {tuple(x.shape)} on {x.device}, "
+                f"the {what}'s device"
+            ) from None
+    if out.dtype != x.dtype:
+        out = out.to(dtype=x.dtype)
     # A same-shape view with other strides (``x.mean(0, keepdim=True).expand_as(x)``, a transpose) breaks
     # the model's own ``.view`` calls after the site (GPT-2's Conv1D); copy it only then.
     if not out.is_contiguous() and out.stride() != x.stride():

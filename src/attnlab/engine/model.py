@@ -26,7 +26,7 @@ from attnlab.engine.adapters import find_attention_modules, is_causal_model, res
 from attnlab.engine.attention import detach
 from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
-from attnlab.engine.forward import Output, run, token_logprobs
+from attnlab.engine.forward import Output, as_specs, run, token_logprobs
 from attnlab.engine.generate import decode, eos_ids
 from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame, user_frame
 from attnlab.engine.layout import ModelLayout, model_layout
@@ -410,11 +410,16 @@ class HookedModel(ModelWeights, nn.Module):
                 raise type(err)(f"while preparing {spec!r} on {self.cfg.name}: {err}") from None
         with self.hooks(fwd_hooks=fwd):
             # keyed by the hook tree: every wrapper of this HF model runs through these hooks
-            token = _INTERVENING.set(_INTERVENING.get() + ((id(self.tree), user_frame(), interventions),))
+            entry = (id(self.tree), user_frame(), interventions)
+            pushed = _INTERVENING.get() + (entry,)
+            token = _INTERVENING.set(pushed)
             try:
                 yield self
             finally:
-                _INTERVENING.reset(token)
+                if _INTERVENING.get() is pushed:
+                    _INTERVENING.reset(token)
+                else:  # closed out of order: reset(token) would bring back the blocks closed since
+                    _INTERVENING.set(tuple(e for e in _INTERVENING.get() if e is not entry))
 
     def acting_interventions(self) -> list[Intervention]:
         """The specs of the ``intervene()`` blocks acting here (none inside ``clean()``), outermost first.
@@ -697,7 +702,7 @@ class HookedModel(ModelWeights, nn.Module):
         return (nll * counted).sum() / counted.sum()
 
     def next_token_logits(self, input: Text | torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                          interventions: Sequence[Intervention] = ()) -> Float[torch.Tensor, "batch vocab"]:
+                          interventions: Intervention | Sequence[Intervention] = ()) -> Float[torch.Tensor, "batch vocab"]:
         """Logits after each prompt's last real token, ``[batch, vocab]``, whatever the padding.
 
         The safe way to read "the next token" from a batch of different lengths (reading
@@ -712,7 +717,7 @@ class HookedModel(ModelWeights, nn.Module):
         input: Text | torch.Tensor | Tokens,
         max_new_tokens: int = 20,
         *,
-        interventions: Sequence[Intervention] = (),
+        interventions: Intervention | Sequence[Intervention] = (),
         fwd_hooks: Sequence = (),
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -732,7 +737,7 @@ class HookedModel(ModelWeights, nn.Module):
         re-padded on the left, so the new tokens follow each prompt. Greedy unless ``do_sample=True``.
         ``eos_token_id``: one id or several (a row stops at any of them; default: the
         tokenizer's). Returns a string per prompt (one string for one prompt), or the new
-        token ids with ``return_type="tokens"``.
+        token ids with ``return_type="tokens"``. ``interventions``: one spec or a list of them.
         """
         if unknown:
             raise InvalidInput(
@@ -755,6 +760,7 @@ class HookedModel(ModelWeights, nn.Module):
             raise InvalidInput(f"top_p must lie in (0, 1], got {top_p!r}")
         if seed is not None and not (is_integer(seed) and -(2**63) <= seed < 2**64):  # what torch's manual_seed takes
             raise InvalidInput(f"seed must be an integer in -2**63..2**64-1 or None, got {seed!r}")
+        interventions = as_specs(interventions)
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side="left")
         if tokens.side != "left" and not bool(tokens.mask.all()):  # right-padded Tokens: the new tokens follow each prompt
             tokens = self.pad([row[m.bool()].tolist() for row, m in zip(tokens.ids, tokens.mask)], padding_side="left")

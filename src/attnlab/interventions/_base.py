@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,11 +20,11 @@ import torch
 
 from attnlab.engine.config import ModelConfig
 from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES, hook_name
-from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch, did_you_mean, is_integer
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, ShapeMismatch, did_you_mean, is_integer
 
 __all__ = [
     "Intervention", "Prepared", "REGISTRY", "register", "as_index_tuple", "tensor_or_none", "finite_number",
-    "check_seed", "FLOAT32_MAX", "scale_or_value", "required_indices",
+    "check_seed", "FLOAT32_MAX", "scale_or_value", "required_indices", "spec_list", "short_repr",
 ]
 
 REGISTRY: dict[str, type[Intervention]] = {}
@@ -362,6 +362,27 @@ def _axis_mask(index: tuple[int, ...] | None, size: int, device, noun: str, plur
     mask = torch.zeros(size, dtype=torch.bool, device=device)
     mask[list(index)] = True
     return mask
+
+
+def spec_list(specs: Any, what: str) -> list[Intervention]:
+    """``specs`` (one spec, or an iterable of specs) as a list; anything else is an ``InvalidInput`` from ``what``."""
+    if isinstance(specs, Intervention):
+        return [specs]
+    if isinstance(specs, (str, bytes, Mapping)) or not isinstance(specs, Iterable):
+        raise InvalidInput(f"{what}: specs must be an intervention spec or a list of them, "
+                           f"got {type(specs).__name__} {short_repr(specs)}")
+    out = list(specs)
+    for i, spec in enumerate(out):
+        if not isinstance(spec, Intervention):
+            raise InvalidInput(f"{what}: specs[{i}] must be an intervention spec (AblateHead, Patch, ...), "
+                               f"got {type(spec).__name__} {short_repr(spec)}")
+    return out
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for error messages)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_site(site: str, allowed: Sequence[str], kind: str) -> str:

@@ -29,7 +29,7 @@ import torch
 
 from attnlab._textfile import open_error, read_text
 from attnlab.errors import AttnlabError, DataFormatError, InvalidInput, InvalidSpec, did_you_mean
-from attnlab.interventions._base import REGISTRY, Intervention
+from attnlab.interventions._base import REGISTRY, Intervention, short_repr, spec_list
 
 __all__ = ["from_dict", "save_specs", "load_specs"]
 
@@ -41,11 +41,6 @@ _RAW_ERRORS = (ValueError, TypeError, OverflowError, AttributeError, RuntimeErro
 
 
 # -- the JSON form of each field ---------------------------------------------------------------
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(v: Any) -> bool:
@@ -126,7 +121,7 @@ def _number_array(v: Any, *, limit: float | None, allow_inf: bool = False) -> st
                     return "finite numbers (this integer is beyond the float range)"
                 depth_of[depth] = True
             else:
-                return f"a number or nested lists of numbers, not one holding {_short(item, 30)}"
+                return f"a number or nested lists of numbers, not one holding {short_repr(item, 30)}"
         if len(depth_of) > 1:
             return "a rectangular nested list of numbers (rows of equal length)"
         try:
@@ -208,17 +203,17 @@ def from_dict(data: dict[str, Any]) -> Intervention:
     error the spec's constructor raises.
     """
     if not isinstance(data, dict):
-        raise InvalidSpec(f"an intervention must be a JSON object with a 'kind' key, got {type(data).__name__} {_short(data)}")
+        raise InvalidSpec(f"an intervention must be a JSON object with a 'kind' key, got {type(data).__name__} {short_repr(data)}")
     if "kind" not in data:
-        raise InvalidSpec(f"an intervention dict needs a 'kind' key (one of {', '.join(REGISTRY)}), got {_short(data)}")
+        raise InvalidSpec(f"an intervention dict needs a 'kind' key (one of {', '.join(REGISTRY)}), got {short_repr(data)}")
     kind = data["kind"]
     if not isinstance(kind, str) or kind not in REGISTRY:
         hint = did_you_mean(kind, REGISTRY) if isinstance(kind, str) else ""
-        raise InvalidSpec(f"unknown intervention kind {_short(kind)}{hint} (valid: {', '.join(REGISTRY)})")
+        raise InvalidSpec(f"unknown intervention kind {short_repr(kind)}{hint} (valid: {', '.join(REGISTRY)})")
     cls = REGISTRY[kind]
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
-        raise InvalidSpec(f"{kind}: field names must be strings, got {_short(bad_keys[0])}")
+        raise InvalidSpec(f"{kind}: field names must be strings, got {short_repr(bad_keys[0])}")
     known = getattr(cls, "fields", None)
     if isinstance(known, tuple):
         allowed = {"kind", *_LOCATION_FIELDS, *known}
@@ -235,7 +230,7 @@ def from_dict(data: dict[str, Any]) -> Intervention:
         form = FIELD_FORMS.get(name)
         problem = form(value) if form is not None else None
         if problem:
-            raise InvalidSpec(f"{kind}: {name} must be {problem}, got {_short(value)}")
+            raise InvalidSpec(f"{kind}: {name} must be {problem}, got {short_repr(value)}")
     try:
         return cls.from_dict(data)
     except AttnlabError:
@@ -256,10 +251,10 @@ def _describe_raw_error(cls: type[Intervention], data: dict[str, Any], err: Exce
             if not (type(other) is type(err) and str(other) == str(err)):
                 changed.append(name)
             continue
-        return f"{cls.kind}: field {name!r} = {_short(data[name])} is not valid ({reason})"
+        return f"{cls.kind}: field {name!r} = {short_repr(data[name])} is not valid ({reason})"
     if changed:
-        return f"{cls.kind}: field {changed[0]!r} = {_short(data[changed[0]])} is not valid ({reason})"
-    return f"{cls.kind}: these fields do not make a valid spec: {_short(data, 120)} ({reason})"
+        return f"{cls.kind}: field {changed[0]!r} = {short_repr(data[changed[0]])} is not valid ({reason})"
+    return f"{cls.kind}: these fields do not make a valid spec: {short_repr(data, 120)} ({reason})"
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -289,8 +284,9 @@ def _refuse_constant(token: str):
     raise _NonFiniteToken(token)
 
 
-def save_specs(path: str | Path, specs: Iterable[Intervention]) -> None:
-    """Write interventions to a UTF-8 JSON file (a list of their ``to_dict()``)."""
+def save_specs(path: str | Path, specs: Intervention | Iterable[Intervention]) -> None:
+    """Write interventions (one spec or a list of them) to a UTF-8 JSON file: a list of their ``to_dict()``."""
+    specs = spec_list(specs, "save_specs")
     path = Path(path)
     data = [s.to_dict() for s in specs]
     try:

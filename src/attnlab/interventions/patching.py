@@ -106,7 +106,9 @@ def _check_fits(src: torch.Tensor, x: torch.Tensor, hook, head_major: bool, name
     fits = src.shape[0] in (1, x.shape[0])
     fits &= (src.shape[1] == x.shape[1] and src.shape[3] == n_src) if head_major else src.shape[2:] == x.shape[2:]
     known = getattr(hook, "n_positions", None)
-    if not getattr(hook, "generating", False):
+    # generate()'s first step runs the prompt itself, so it is checked like a forward pass; only the
+    # later steps (positions past the prompt) may run past the source, keeping their own values
+    if not getattr(hook, "decoding", False):
         fits &= (known if known is not None else (x.shape[2] if head_major else x.shape[1])) == n_src
     if not fits:
         raise ShapeMismatch(

@@ -208,7 +208,7 @@ def attribute(
     method, correction = check_attribution_options(
         site, method, correction, metric=metric, heads=heads, dims=dims, neurons=neurons,
         counterfactuals=counterfactuals, reference=reference, probes=probes)
-    probes = 16 if probes is None else probes
+    probes = 16 if probes is None else int(probes)
     precision = check_precision(precision)
     metric = _attributable(model, metric)
     prompts = check_prompts(prompts)
@@ -362,7 +362,7 @@ def check_attribution_options(
     if method != "mean" and reference is not None:
         raise InvalidInput(f"reference= is only used by method='mean', not {method!r}")
     if probes is not None:
-        if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+        if not is_integer(probes) or probes < 1:
             raise InvalidSpec(f"probes must be a positive integer, got {probes!r}")
         if metric is not None and not isinstance(metric, KL):
             raise InvalidInput(

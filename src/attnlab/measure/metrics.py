@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float, Int
 
 from attnlab.engine.forward import token_logprobs
-from attnlab.errors import InvalidInput, InvalidSpec, did_you_mean
+from attnlab.errors import InvalidInput, InvalidSpec, did_you_mean, is_integer
 from attnlab.measure._rows import Rows, check_prompts, continuation_ids, encode_prompts, per_prompt_list
 
 __all__ = [
@@ -420,8 +420,9 @@ class TopKChange(Metric):
     comparative = True
 
     def __init__(self, k: int = 10, *, measure: str = "jaccard", read_at: str = "last"):
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if not is_integer(k) or k < 1:
             raise InvalidSpec(f"k must be a positive integer, got {k!r}")
+        k = int(k)
         if measure not in TOPK_MEASURES:
             raise InvalidSpec(f"unknown measure {measure!r}{did_you_mean(measure, TOPK_MEASURES)} (valid: {', '.join(TOPK_MEASURES)})")
         self.k, self.measure, self.read_at = k, measure, read_at
@@ -487,8 +488,9 @@ class GenerationDiff(Metric):
     causal = "generates text"
 
     def __init__(self, max_new_tokens: int = 10, *, measure: str = "match"):
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        if not is_integer(max_new_tokens) or max_new_tokens < 1:
             raise InvalidSpec(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        max_new_tokens = int(max_new_tokens)
         if measure not in GENERATION_MEASURES:
             raise InvalidSpec(
                 f"unknown measure {measure!r}{did_you_mean(measure, GENERATION_MEASURES)} "
