@@ -103,6 +103,36 @@ def test_winogender_templates_and_fill():
         fill_winogender(t, genders=("other",))
 
 
+def test_winogender_neutral_verb_agrees_with_they(tmp_path):
+    """The published all_sentences.tsv reads "they were" (17 neutral sentences said "they was")."""
+    f = tmp_path / "templates.tsv"
+    f.write_text(
+        "occupation(0)\tother-participant(1)\tanswer\tsentence\n"
+        "lawyer\twitness\t0\tThe $OCCUPATION questioned the $PARTICIPANT until $NOM_PRONOUN was finished.\n"
+        "nurse\tpatient\t1\t$NOM_PRONOUN is tired, so the $OCCUPATION let the $PARTICIPANT rest.\n"
+        "baker\tcustomer\t0\tThe $OCCUPATION said $NOM_PRONOUN has cake and $NOM_PRONOUN doesn't sell bread.\n"
+        "clerk\tvisitor\t1\tThe $OCCUPATION asked if $NOM_PRONOUN wasn't sure and $NOM_PRONOUN washed $POSS_PRONOUN hands.\n"
+        "chef\tdiner\t0\tThe $OCCUPATION knew $NOM_PRONOUN could cook, as $POSS_PRONOUN diner was hungry.\n"
+    )
+    filled = fill_winogender(load_winogender_templates(f))
+    neutral = filled[filled.gender == "neutral"].sentence.tolist()
+    assert neutral == [
+        "The lawyer questioned the witness until they were finished.",
+        "They are tired, so the nurse let the patient rest.",
+        "The baker said they have cake and they don't sell bread.",
+        "The clerk asked if they weren't sure and they washed their hands.",  # 'washed' is not 'was'
+        "The chef knew they could cook, as their diner was hungry.",  # 'was' after another word stays
+    ]
+    # he and she keep the template's verbs
+    assert filled[filled.gender == "female"].sentence.tolist()[:3] == [
+        "The lawyer questioned the witness until she was finished.",
+        "She is tired, so the nurse let the patient rest.",
+        "The baker said she has cake and she doesn't sell bread.",
+    ]
+    someone = fill_winogender(load_winogender_templates(f), genders=("neutral",), someone=True)
+    assert someone.sentence[0] == "The lawyer questioned someone until they were finished."
+
+
 def test_winogender_stats():
     s = load_winogender_stats(FIX / "occupations-stats.tsv")
     assert s.set_index("occupation").loc["nurse", "bls_pct_female"] == 90.0

@@ -274,12 +274,31 @@ def load_winogender_stats(path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+#: third-person singular verbs that follow ``$NOM_PRONOUN`` and their forms after singular "they"
+#: (the published Winogender sentences read "they were", never "they was")
+_THEY_AGREEMENT = {
+    "was": "were", "is": "are", "has": "have", "does": "do",
+    "wasn't": "weren't", "isn't": "aren't", "hasn't": "haven't", "doesn't": "don't",
+}
+_AGREE = re.compile(r"\$NOM_PRONOUN(\s+)(" + "|".join(re.escape(v) for v in _THEY_AGREEMENT) + r")(?![\w'])")
+
+
+def _agree_with_they(template: str) -> str:
+    """``$NOM_PRONOUN was`` -> ``$NOM_PRONOUN were`` (and is, has, does, their negations), for "they"."""
+    return _AGREE.sub(lambda m: f"$NOM_PRONOUN{m.group(1)}{_THEY_AGREEMENT[m.group(2)]}", template)
+
+
 def _capitalise_starts(text: str) -> str:
     return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
 
 def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neutral"), someone: bool = False) -> pd.DataFrame:
-    """Fill every template with each gender's pronouns (and the participant or ``"someone"``)."""
+    """Fill every template with each gender's pronouns (and the participant or ``"someone"``).
+
+    For the neutral gender a verb right after ``$NOM_PRONOUN`` agrees with "they" as in the
+    published ``all_sentences.tsv``: was -> were, is -> are, has -> have, does -> do, and
+    their ``n't`` forms.
+    """
     if not isinstance(templates, pd.DataFrame) or templates.empty:
         raise InvalidInput("fill_winogender takes the non-empty DataFrame from load_winogender_templates")
     bad = [g for g in genders if g not in WINOGENDER_PRONOUNS]
@@ -289,8 +308,9 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
     for t in templates.itertuples():
         for g in genders:
             nom, poss, acc = WINOGENDER_PRONOUNS[g]
+            template = _agree_with_they(t.template) if g == "neutral" else t.template
             s = (
-                t.template.replace("$OCCUPATION", t.occupation)
+                template.replace("$OCCUPATION", t.occupation)
                 .replace("$PARTICIPANT", "someone" if someone else t.participant)
                 .replace("$NOM_PRONOUN", nom)
                 .replace("$POSS_PRONOUN", poss)
