@@ -133,6 +133,23 @@ def test_winogender_neutral_verb_agrees_with_they(tmp_path):
     assert someone.sentence[0] == "The lawyer questioned someone until they were finished."
 
 
+def test_winogender_someone_drops_the_article(tmp_path):
+    """'a $PARTICIPANT' became 'a someone' (the published sentences read 'with someone')."""
+    f = tmp_path / "templates.tsv"
+    f.write_text(
+        "occupation(0)\tother-participant(1)\tanswer\tsentence\n"
+        "educator\tstudent\t1\tThe $OCCUPATION was meeting with a $PARTICIPANT about $POSS_PRONOUN essay.\n"
+        "doctor\tintern\t0\tAn $PARTICIPANT told the $OCCUPATION that $NOM_PRONOUN was late.\n"
+        "chef\tdiner\t0\tThe $PARTICIPANT thanked the $OCCUPATION because $NOM_PRONOUN cooked.\n"
+    )
+    someone = fill_winogender(load_winogender_templates(f), genders=("male",), someone=True).sentence.tolist()
+    assert someone == [
+        "The educator was meeting with someone about his essay.",
+        "Someone told the doctor that he was late.",
+        "Someone thanked the chef because he cooked.",
+    ]
+
+
 def test_winogender_stats():
     s = load_winogender_stats(FIX / "occupations-stats.tsv")
     assert s.set_index("occupation").loc["nurse", "bls_pct_female"] == 90.0

@@ -288,6 +288,9 @@ def _agree_with_they(template: str) -> str:
     return _AGREE.sub(lambda m: f"$NOM_PRONOUN{m.group(1)}{_THEY_AGREEMENT[m.group(2)]}", template)
 
 
+_ARTICLE_SOMEONE = re.compile(r"\b(the|an?) someone\b", re.IGNORECASE)
+
+
 def _capitalise_starts(text: str) -> str:
     return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
@@ -316,7 +319,7 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
                 .replace("$POSS_PRONOUN", poss)
                 .replace("$ACC_PRONOUN", acc)
             )
-            if someone:
-                s = s.replace("the someone", "someone").replace("The someone", "Someone")
+            if someone:  # "the/a $PARTICIPANT" -> "someone", as in the published sentences
+                s = _ARTICLE_SOMEONE.sub(lambda m: "Someone" if m.group(1)[0].isupper() else "someone", s)
             rows.append({"occupation": t.occupation, "participant": t.participant, "answer": t.answer, "gender": g, "sentence": _capitalise_starts(s)})
     return pd.DataFrame(rows)
