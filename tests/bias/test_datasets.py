@@ -69,6 +69,40 @@ def test_winobias_malformed_line_names_file_and_line(tmp_path, line, expected):
         load_winobias(f)
 
 
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("2 [The nurse] said [ ] left.", r"empty mention '\[ \]'"),
+        ("2 [] said [she] left.", r"empty mention '\[\]'"),
+        ("2 [He] said [the doctor] left.", r"the first \[bracketed\] mention is the pronoun 'He'; expected the entity first"),
+        ("2 Before [her] shift, [the nurse] slept.", r"the first \[bracketed\] mention is the pronoun 'her'"),
+    ],
+)
+def test_winobias_refuses_empty_or_pronoun_first_mention(tmp_path, line, expected):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_text("1 [The doctor] said [he] left.\n" + line + "\n")
+    with pytest.raises(DataFormatError, match=rf"pro_stereotyped_type1.txt.dev:2: {expected}"):
+        load_winobias(f)
+
+
+def test_winobias_refuses_a_repeated_id(tmp_path):
+    """Two lines of id 1 paired 'The doctor said he left.' with the anti twin of the other line."""
+    pro, anti = tmp_path / "pro_stereotyped_type1.txt.dev", tmp_path / "anti_stereotyped_type1.txt.dev"
+    pro.write_text("1 [The doctor] said [he] left.\n2 [The nurse] said [she] left.\n1 [The nurse] said [she] stayed.\n")
+    anti.write_text("1 [The nurse] said [he] left.\n")
+    with pytest.raises(DataFormatError, match=r"pro_stereotyped_type1.txt.dev:3: sentence id 1 again \(first on line 1\)"):
+        load_winobias_dir(tmp_path, types=(1,))
+
+
+def test_winobias_pairs_refuses_a_repeated_key():
+    """A file loaded twice: .loc on the repeated (type, split, id) paired each copy silently."""
+    df = load_winobias_dir(FIX, split="dev")
+    twice = pd.concat([df, df[(df.stereotype == "pro") & (df.type == 1) & (df.id == 1)]], ignore_index=True)
+    with pytest.raises(InvalidInput, match=r"2 pro sentences share type 1, split 'dev', id 1 \(lines 1, 1\); "
+                                           r"each \(stereotype, type, split, id\) must be unique"):
+        winobias_pairs(twice)
+
+
 def test_winobias_empty_and_missing(tmp_path):
     f = tmp_path / "pro_stereotyped_type1.txt.dev"
     f.write_text("\n\n")
@@ -182,6 +216,18 @@ def test_winogender_malformed_stats(tmp_path):
         load_winogender_stats(f)
     f.write_text("")
     with pytest.raises(DataFormatError, match="empty file"):
+        load_winogender_stats(f)
+
+
+def test_winogender_stats_refuse_a_repeated_occupation(tmp_path):
+    """An occupation listed twice doubled its templates' rows in winogender_bias's merge (6 rows for 4)."""
+    f = tmp_path / "stats.tsv"
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\n"
+                 "nurse\t80\t90\t2015\nmechanic\t3\t1.5\t2015\nnurse\t10\t10\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:4: occupation 'nurse' again \(first on line 2\)"):
+        load_winogender_stats(f)
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\n\t80\t90\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:2: expected an occupation in column 1"):
         load_winogender_stats(f)
 
 
