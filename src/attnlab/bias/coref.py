@@ -29,7 +29,6 @@ from attnlab.errors import InvalidInput
 from attnlab import measure
 from attnlab.measure import PairLogRatio, Result, bootstrap, check_resampling
 from attnlab.measure.metrics import PAIR_SCORES
-from attnlab.measure.plots import new_figure
 from attnlab.measure.result import renamed
 
 __all__ = ["CorefBias", "pair_log_ratio", "coref_bias", "winogender_bias", "SCORES"]
@@ -99,7 +98,9 @@ class CorefBias(Result):
 
     def plot(self, ax=None):
         """The mean gap of each group with its interval, over the gaps of the pairs."""
-        fig, ax = new_figure(ax, figsize=(5.0, 3.5))
+        from attnlab.viz.plots import panels
+
+        fig, (ax,) = panels(ax, 1, 5.0, 3.5, "CorefBias.plot")
         groups = list(self.table.group)
         for i, g in enumerate(groups):
             rows = self.per_prompt if g == "all" else self.per_prompt[self._in_group(g)]
