@@ -902,8 +902,9 @@ def _window_parser(sub) -> None:
     p.add_argument("text", nargs="*", help="the text to measure the window on, as one string (default: attnlab's "
                    "packaged neutral text, as in the dial recipe: 332 tokens on gemma-3-270m)")
     p.add_argument("--file", help="read the text from this UTF-8 file, whole (paragraphs and all)")
-    p.add_argument("--target", type=_real("> 0 (tokens)", lambda v: v > 0), required=True,
-                   help="the window to reach, in tokens (the text needs at least twice as many tokens)")
+    # >= 1 as set_context_window requires (a window is a whole number of tokens); 0.5 passed here and failed after loading
+    p.add_argument("--target", type=_real(">= 1 (tokens)", lambda v: v >= 1), required=True,
+                   help="the window to reach, in tokens, at least 1 (the text needs at least twice as many tokens)")
     p.add_argument("--units", help="CSV with columns layer, head, unit: the rotary pairs to scale (e.g. the units.csv "
                    "of an earlier run, or a subset of it) (default: the text's distance-decay units)")
     p.add_argument("--site", default="q", choices=["q", "k"], help="scale the units in the query or the key "

@@ -157,10 +157,13 @@ def test_model_and_text_errors_are_one_line(capsys, model_dirs, text_files):
 
 ERROR_CASES = [
     ([], r"the following arguments are required: --target"),
-    (["--target", "0"], r"argument --target: must be > 0 \(tokens\), got 0"),
-    (["--target", "-5"], r"argument --target: must be > 0 \(tokens\), got -5"),
-    (["--target", "nan"], r"argument --target: must be > 0 \(tokens\), got nan"),
-    (["--target", "many"], r"argument --target: expected a number > 0 \(tokens\), got 'many'"),
+    (["--target", "0"], r"argument --target: must be >= 1 \(tokens\), got 0"),
+    (["--target", "-5"], r"argument --target: must be >= 1 \(tokens\), got -5"),
+    # the library's own bound (a window of at least 1 token): 0.5 passed '> 0' and failed after the model loaded
+    (["--target", "0.5"], r"argument --target: must be >= 1 \(tokens\), got 0.5"),
+    (["--target", "0.999"], r"argument --target: must be >= 1 \(tokens\), got 0.999"),
+    (["--target", "nan"], r"argument --target: must be >= 1 \(tokens\), got nan"),
+    (["--target", "many"], r"argument --target: expected a number >= 1 \(tokens\), got 'many'"),
     (["--target", "8", "--level", "1.5"], r"argument --level: must be in \(0, 1\], got 1.5"),
     (["--target", "8", "--level", "0"], r"argument --level: must be in \(0, 1\], got 0"),
     (["--target", "8", "--tolerance", "1"], r"argument --tolerance: must be in \(0, 1\), got 1"),
@@ -217,4 +220,4 @@ def test_a_real_process_says_not_reached_on_stdout_only(model_dirs, text_files, 
     assert re.search(r"^reached:   no: target 20 not reached, closest window \d+ tokens", out.stdout, re.M)
     assert "Warning" not in out.stderr and "not reached" not in out.stderr
     bad = run("window", "--target", "0")
-    assert bad.returncode == 2 and "argument --target: must be > 0 (tokens), got 0" in one_error_line(bad.stderr)
+    assert bad.returncode == 2 and "argument --target: must be >= 1 (tokens), got 0" in one_error_line(bad.stderr)
