@@ -663,6 +663,11 @@ def _window_units(path: str | None):
         raise InvalidInput(f"--units {path}: not a CSV table (line {reader.line_num}: {err})") from None
     if header is None:
         raise InvalidInput(f"--units {path}: not a CSV table (the file is empty)")
+    twice = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
+    if twice is not None:  # units[col] would be a table of both columns, not one column
+        where = [str(i + 1) for i, name in enumerate(header) if name == twice]
+        raise InvalidInput(f"--units {path}: column {twice!r} appears {len(where)} times in the header (columns "
+                           f"{', '.join(where)}); give each column once")
     missing = [c for c in ("layer", "head", "unit") if c not in header]
     if missing:
         raise InvalidInput(f"--units {path}: no column(s) {', '.join(missing)}; it needs layer, head, unit "
