@@ -239,6 +239,64 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
     return path
 
 
+def _check_place(path: Path, value: str, option: str) -> None:
+    """``path`` (a file to write, or a folder to make) can be: an existing file is writable, else
+    its nearest existing folder is a folder one may write in.
+
+    Folders on the way that are missing are made when writing; a file where one of them
+    should be, or a folder the user may not write in, failed only after the model had loaded
+    and the work had run (a raw ``[Errno 17] File exists``).
+    """
+    from attnlab.errors import InvalidInput
+
+    if os.path.lexists(path):  # a file overwritten in place: its own permission is what counts
+        if path.is_dir():
+            raise InvalidInput(f"{option} {value}: {path} is a folder; give a file name")
+        if not os.access(path, os.W_OK):
+            raise InvalidInput(f"{option} {value}: cannot overwrite this file (permission denied)")
+        return
+    existing = next((p for p in path.parents if os.path.lexists(p)), Path("."))
+    if not existing.is_dir():
+        what = "a file" if existing.is_file() else "not a folder"
+        raise InvalidInput(f"{option} {value}: {existing} is {what}, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{option} {value}: cannot write in the folder {existing} (permission denied)")
+
+
+def _check_out(args) -> None:
+    """``-o``: the file or folder the command writes can be written, checked before the model loads.
+
+    ``args.out_kind`` says what ``-o`` names: ``folder`` (the command writes several files
+    into it), ``file`` (one file), or ``table`` (one CSV/JSON file; a name without a suffix,
+    or an existing folder, is a folder that gets ``args.out_name``; see :func:`_write_table`).
+    """
+    from attnlab.errors import InvalidInput
+
+    value, kind = getattr(args, "out", None), getattr(args, "out_kind", None)
+    if value is None or kind is None:  # the table is printed
+        return
+    path = Path(value)
+    if str(value).strip() == "":
+        raise InvalidInput("-o '': give a file or folder name")
+    folder = kind == "folder" or (kind == "table" and (path.suffix == "" or path.is_dir()))
+    if folder:
+        if os.path.lexists(path) and not path.is_dir():
+            hint = (f"a name without a suffix is a folder here (the table would go in it as {args.out_name}); give a "
+                    "name ending in .csv or .json, or a folder" if kind == "table"
+                    else "this command writes several files into a folder; give a folder name")
+            raise InvalidInput(f"-o {value}: is a file, not a folder; {hint}")
+        if path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise InvalidInput(f"-o {value}: cannot write in this folder (permission denied)")
+            return
+        _check_place(path, value, "-o")
+        return
+    if path.is_dir():
+        kind = args.out_name.rsplit(".", 1)[-1].upper()
+        raise InvalidInput(f"-o {value}: is a folder; give the {kind} file to write, e.g. -o {path / args.out_name}")
+    _check_place(path, value, "-o")
+
+
 def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
     """The file ``--figure`` will write, checked before the model loads: a suffix matplotlib can write.
 
@@ -257,9 +315,7 @@ def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
     path = Path(value)
     if path.is_dir():
         raise InvalidInput(f"{option} {value}: is a folder; give a file name such as {path / 'figure.png'}")
-    folder = next((p for p in path.parents if p.exists()), None)  # the figure's folder is made if missing
-    if folder is not None and not folder.is_dir():
-        raise InvalidInput(f"{option} {value}: {folder} is a file, so no folder can be made there")
+    _check_place(path if path.suffix else path.with_name(path.name + ".png"), value, option)  # folders: made if missing
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
     tex = matplotlib.rcParams["pgf.texsystem"]
     if shutil.which(tex) is None:  # .pgf needs a TeX system to measure text: it failed after the whole run
@@ -329,9 +385,6 @@ def cmd_view(args) -> None:
     from attnlab.viz import VIEWS
 
     options = dict(layers=_ints(args.layers, "--layers"), heads=_ints(args.heads, "--heads"))
-    if Path(args.out).is_dir():
-        raise InvalidInput(f"-o {args.out}: is a folder; give the HTML file to write, e.g. -o "
-                           f"{Path(args.out) / 'view.html'}")
     if args.max_tokens is not None:
         options["max_tokens"] = args.max_tokens
     specs = _specs(args.interventions)
@@ -383,7 +436,7 @@ def cmd_sweep(args) -> None:
         result = run_parallel(sweep_heads, args.procs, prompts, model=args.model, **sweep_options)
     else:
         result = sweep_heads(_load(args), prompts, **sweep_options)
-    _write_table(result.table, args.out, default_name="sweep.csv")
+    _write_table(result.table, args.out, default_name=args.out_name)
     _save_figure(result.plot(), figure)
 
 
@@ -470,7 +523,7 @@ def cmd_neurons(args) -> None:
     layers = _indices(args.layers, "--layers")
     corpus = _read_lines(args, what="corpus texts")
     table = decay_neurons(_load(args), corpus, layers=layers, progress=not args.quiet).table  # refuses short texts
-    _write_table(table.head(args.top) if args.top else table, args.out, default_name="decay_neurons.csv")
+    _write_table(table.head(args.top) if args.top else table, args.out, default_name=args.out_name)
 
 
 # -- attribute: attribution patching (attnlab.measure.attribute) -----------------------------
@@ -581,7 +634,7 @@ def cmd_attribute(args) -> None:
     )
     checked = result.verify(args.verify, batch_size=args.batch_size, progress=not args.quiet) if args.verify else None
     if args.out is not None:
-        path = _write_table(result.table, args.out, default_name="attribution.csv")
+        path = _write_table(result.table, args.out, default_name=args.out_name)
         if checked is not None:
             _write_table(checked.table, str(_sibling(path, "_verify")), default_name="attribution_verify.csv")
     _save_figure(_attribution_figure(result, args.top), figure)
@@ -663,6 +716,11 @@ def _window_units(path: str | None):
         raise InvalidInput(f"--units {path}: not a CSV table (line {reader.line_num}: {err})") from None
     if header is None:
         raise InvalidInput(f"--units {path}: not a CSV table (the file is empty)")
+    twice = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
+    if twice is not None:  # units[col] would be a table of both columns, not one column
+        where = [str(i + 1) for i, name in enumerate(header) if name == twice]
+        raise InvalidInput(f"--units {path}: column {twice!r} appears {len(where)} times in the header (columns "
+                           f"{', '.join(where)}); give each column once")
     missing = [c for c in ("layer", "head", "unit") if c not in header]
     if missing:
         raise InvalidInput(f"--units {path}: no column(s) {', '.join(missing)}; it needs layer, head, unit "
@@ -744,10 +802,13 @@ EXAMPLES = {
 
 
 def _command(
-    sub, name: str, func, *, text: bool = True, out_default: str | None, out_help: str, first: Callable | None = None
+    sub, name: str, func, *, text: bool = True, out_default: str | None, out_help: str, out_kind: str,
+    out_name: str | None = None, first: Callable | None = None,
 ) -> argparse.ArgumentParser:
     """A subcommand with the options every command shares: --model, -o/--out, --quiet, --debug.
 
+    ``out_kind`` says what ``-o`` names, checked by :func:`_check_out` before the model loads:
+    ``folder``, ``file`` or ``table`` (a CSV/JSON file, or a folder that gets ``out_name``).
     ``first`` adds positionals that come before the input texts (``view``'s kind).
     """
     p = sub.add_parser(
@@ -764,7 +825,7 @@ def _command(
     p.add_argument("-o", "--out", default=out_default, help=out_help)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, out_kind=out_kind, out_name=out_name)
     return p
 
 
@@ -780,13 +841,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     n_boot = dict(type=_count(0, " (0: no intervals)"), default=1000, help="bootstrap resamples for intervals (default: 1000)")
 
-    p = _command(sub, "demo", cmd_demo, text=False, out_default="attnlab-out", out_help="output folder (default: attnlab-out)")
+    p = _command(sub, "demo", cmd_demo, text=False, out_default="attnlab-out", out_kind="folder",
+                 out_help="output folder (default: attnlab-out)")
     p.add_argument("--k", type=_count(1), default=2, help="how many top mediating heads to ablate (default: 2)")
     p.add_argument("--method", default="mean", choices=["mean", "zero"], help="ablation method (default: mean)")
     p.add_argument("--n-boot", **n_boot)
 
     p = _command(
         sub, "view", cmd_view, out_default="view.html", out_help="HTML file to write (default: view.html)",
+        out_kind="file", out_name="view.html",
         first=lambda p: p.add_argument("kind", choices=["head", "model", "neuron", "diff"], help="which view"),
     )
     p.add_argument("--layers", help="comma-separated layers to include (default: all)")
@@ -795,7 +858,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_count(1), help="refuse inputs longer than this many tokens")
     p.add_argument("--interventions", help="JSON file of intervention specs (required for diff)")
 
-    p = _command(sub, "sweep", cmd_sweep, out_default=None, out_help="CSV or JSON file for the table (default: print it)")
+    p = _command(sub, "sweep", cmd_sweep, out_default=None, out_kind="table", out_name="sweep.csv",
+                 out_help="CSV or JSON file (or folder) for the table (default: print it)")
     p.add_argument("--method", default="zero", choices=["zero", "mean", "resample", "patch"], help="(default: zero)")
     p.add_argument("--metric", default="logit_diff", help="logit_diff, prob, kl, loss, topk (default: logit_diff)")
     p.add_argument("--target", default=" she", help="target continuation for logit_diff/prob (default: ' she')")
@@ -815,7 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", **n_boot)
     p.add_argument("--figure", help="image file for the layer x head heatmap (.png, .svg, .pdf, ...; no suffix: .png)")
 
-    p = _command(sub, "bias", cmd_bias, text=False, out_default="attnlab-bias", out_help="output folder (default: attnlab-bias)")
+    p = _command(sub, "bias", cmd_bias, text=False, out_default="attnlab-bias", out_kind="folder",
+                 out_help="output folder (default: attnlab-bias)")
     p.add_argument("--occupations", help="comma-separated occupations from the shipped list (default: all of them)")
     p.add_argument("--templates", help="a template with an {occupation} slot, or a file of them, one per line "
                    "(default: the six shipped templates)")
@@ -825,11 +890,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_count(1), help="use at most this many WinoBias pairs")
     p.add_argument("--n-boot", **n_boot)
 
-    p = _command(sub, "analyze", cmd_analyze, out_default="attnlab-analysis", out_help="output folder (default: attnlab-analysis)")
+    p = _command(sub, "analyze", cmd_analyze, out_default="attnlab-analysis", out_kind="folder",
+                 out_help="output folder (default: attnlab-analysis)")
     p.add_argument("--conllu", help="CoNLL-U file: analyse its sentences and write per-relation head accuracy")
     p.add_argument("--limit", type=_count(1), help="use at most this many sentences")
 
-    p = _command(sub, "neurons", cmd_neurons, out_default=None, out_help="CSV or JSON file (default: print the table)")
+    p = _command(sub, "neurons", cmd_neurons, out_default=None, out_kind="table", out_name="decay_neurons.csv",
+                 out_help="CSV or JSON file (or folder) for the table (default: print the table)")
     p.add_argument("--layers", help="comma-separated layers (default: all)")
     p.add_argument("--top", type=_count(0, " (0 keeps all)"), default=50, help="keep the strongest N (default: 50; 0 keeps all)")
 
@@ -839,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _attribute_parser(sub, n_boot: dict) -> None:
-    p = _command(sub, "attribute", cmd_attribute, out_default=None,
+    p = _command(sub, "attribute", cmd_attribute, out_default=None, out_kind="table", out_name="attribution.csv",
                  out_help="CSV or JSON file (or folder) for the table of estimates; with --verify K the exact table "
                  "goes next to it as NAME_verify.csv (default: print only the top units)")
     p.description += (
@@ -888,7 +955,7 @@ def _attribute_parser(sub, n_boot: dict) -> None:
 
 
 def _window_parser(sub) -> None:
-    p = _command(sub, "window", cmd_window, text=False, out_default="attnlab-window",
+    p = _command(sub, "window", cmd_window, text=False, out_default="attnlab-window", out_kind="folder",
                  out_help="output folder (default: attnlab-window): window_table.csv (every scale measured), "
                  "window_summary.csv, window_per_prompt.csv (loss by late position), window.png, units.csv")
     p.description += (
@@ -902,8 +969,9 @@ def _window_parser(sub) -> None:
     p.add_argument("text", nargs="*", help="the text to measure the window on, as one string (default: attnlab's "
                    "packaged neutral text, as in the dial recipe: 332 tokens on gemma-3-270m)")
     p.add_argument("--file", help="read the text from this UTF-8 file, whole (paragraphs and all)")
-    p.add_argument("--target", type=_real("> 0 (tokens)", lambda v: v > 0), required=True,
-                   help="the window to reach, in tokens (the text needs at least twice as many tokens)")
+    # >= 1 as set_context_window requires (a window is a whole number of tokens); 0.5 passed here and failed after loading
+    p.add_argument("--target", type=_real(">= 1 (tokens)", lambda v: v >= 1), required=True,
+                   help="the window to reach, in tokens, at least 1 (the text needs at least twice as many tokens)")
     p.add_argument("--units", help="CSV with columns layer, head, unit: the rotary pairs to scale (e.g. the units.csv "
                    "of an earlier run, or a subset of it) (default: the text's distance-decay units)")
     p.add_argument("--site", default="q", choices=["q", "k"], help="scale the units in the query or the key "
@@ -962,6 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "model", None):
             _check_model(args.model)
+        _check_out(args)
         args.func(args)
     except BrokenPipeError:  # the reader went away (| head): not an error, as for any Unix tool
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush must not fail again

@@ -64,6 +64,21 @@ def test_winogender_bias_fixture():
     assert out.log_ratio[0] == pytest.approx(_sentence_logprob(model, s.format("she")) - _sentence_logprob(model, s.format("he")), abs=1e-4)
 
 
+def test_winogender_bias_refuses_a_repeated_occupation(monkeypatch):
+    """A stats table listing nurse twice gave 6 rows for 4 templates; refused before any scoring."""
+    from attnlab.bias import coref
+
+    t = load_winogender_templates(FIX / "templates.tsv")
+    stats = load_winogender_stats(FIX / "occupations-stats.tsv")
+    twice = pd.concat([stats, stats.head(1)], ignore_index=True)
+    with monkeypatch.context() as m:
+        m.setattr(coref, "pair_log_ratio", lambda *a, **k: pytest.fail("scored before checking stats_table"))
+        with pytest.raises(InvalidInput, match=r"stats_table lists occupation 'nurse' 2 times \(rows 0, 2\)"):
+            winogender_bias(tiny_model("gpt2"), t, twice)
+        with pytest.raises(InvalidInput, match="stats_table must be a DataFrame with columns occupation, bls_pct_female"):
+            winogender_bias(tiny_model("gpt2"), t, stats.drop(columns="bls_pct_female"))
+
+
 def test_bad_input():
     model = tiny_model("gpt2")
     with pytest.raises(InvalidInput, match="'pro' and 'anti' columns"):

@@ -69,6 +69,40 @@ def test_winobias_malformed_line_names_file_and_line(tmp_path, line, expected):
         load_winobias(f)
 
 
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("2 [The nurse] said [ ] left.", r"empty mention '\[ \]'"),
+        ("2 [] said [she] left.", r"empty mention '\[\]'"),
+        ("2 [He] said [the doctor] left.", r"the first \[bracketed\] mention is the pronoun 'He'; expected the entity first"),
+        ("2 Before [her] shift, [the nurse] slept.", r"the first \[bracketed\] mention is the pronoun 'her'"),
+    ],
+)
+def test_winobias_refuses_empty_or_pronoun_first_mention(tmp_path, line, expected):
+    f = tmp_path / "pro_stereotyped_type1.txt.dev"
+    f.write_text("1 [The doctor] said [he] left.\n" + line + "\n")
+    with pytest.raises(DataFormatError, match=rf"pro_stereotyped_type1.txt.dev:2: {expected}"):
+        load_winobias(f)
+
+
+def test_winobias_refuses_a_repeated_id(tmp_path):
+    """Two lines of id 1 paired 'The doctor said he left.' with the anti twin of the other line."""
+    pro, anti = tmp_path / "pro_stereotyped_type1.txt.dev", tmp_path / "anti_stereotyped_type1.txt.dev"
+    pro.write_text("1 [The doctor] said [he] left.\n2 [The nurse] said [she] left.\n1 [The nurse] said [she] stayed.\n")
+    anti.write_text("1 [The nurse] said [he] left.\n")
+    with pytest.raises(DataFormatError, match=r"pro_stereotyped_type1.txt.dev:3: sentence id 1 again \(first on line 1\)"):
+        load_winobias_dir(tmp_path, types=(1,))
+
+
+def test_winobias_pairs_refuses_a_repeated_key():
+    """A file loaded twice: .loc on the repeated (type, split, id) paired each copy silently."""
+    df = load_winobias_dir(FIX, split="dev")
+    twice = pd.concat([df, df[(df.stereotype == "pro") & (df.type == 1) & (df.id == 1)]], ignore_index=True)
+    with pytest.raises(InvalidInput, match=r"2 pro sentences share type 1, split 'dev', id 1 \(lines 1, 1\); "
+                                           r"each \(stereotype, type, split, id\) must be unique"):
+        winobias_pairs(twice)
+
+
 def test_winobias_empty_and_missing(tmp_path):
     f = tmp_path / "pro_stereotyped_type1.txt.dev"
     f.write_text("\n\n")
@@ -103,6 +137,53 @@ def test_winogender_templates_and_fill():
         fill_winogender(t, genders=("other",))
 
 
+def test_winogender_neutral_verb_agrees_with_they(tmp_path):
+    """The published all_sentences.tsv reads "they were" (17 neutral sentences said "they was")."""
+    f = tmp_path / "templates.tsv"
+    f.write_text(
+        "occupation(0)\tother-participant(1)\tanswer\tsentence\n"
+        "lawyer\twitness\t0\tThe $OCCUPATION questioned the $PARTICIPANT until $NOM_PRONOUN was finished.\n"
+        "nurse\tpatient\t1\t$NOM_PRONOUN is tired, so the $OCCUPATION let the $PARTICIPANT rest.\n"
+        "baker\tcustomer\t0\tThe $OCCUPATION said $NOM_PRONOUN has cake and $NOM_PRONOUN doesn't sell bread.\n"
+        "clerk\tvisitor\t1\tThe $OCCUPATION asked if $NOM_PRONOUN wasn't sure and $NOM_PRONOUN washed $POSS_PRONOUN hands.\n"
+        "chef\tdiner\t0\tThe $OCCUPATION knew $NOM_PRONOUN could cook, as $POSS_PRONOUN diner was hungry.\n"
+    )
+    filled = fill_winogender(load_winogender_templates(f))
+    neutral = filled[filled.gender == "neutral"].sentence.tolist()
+    assert neutral == [
+        "The lawyer questioned the witness until they were finished.",
+        "They are tired, so the nurse let the patient rest.",
+        "The baker said they have cake and they don't sell bread.",
+        "The clerk asked if they weren't sure and they washed their hands.",  # 'washed' is not 'was'
+        "The chef knew they could cook, as their diner was hungry.",  # 'was' after another word stays
+    ]
+    # he and she keep the template's verbs
+    assert filled[filled.gender == "female"].sentence.tolist()[:3] == [
+        "The lawyer questioned the witness until she was finished.",
+        "She is tired, so the nurse let the patient rest.",
+        "The baker said she has cake and she doesn't sell bread.",
+    ]
+    someone = fill_winogender(load_winogender_templates(f), genders=("neutral",), someone=True)
+    assert someone.sentence[0] == "The lawyer questioned someone until they were finished."
+
+
+def test_winogender_someone_drops_the_article(tmp_path):
+    """'a $PARTICIPANT' became 'a someone' (the published sentences read 'with someone')."""
+    f = tmp_path / "templates.tsv"
+    f.write_text(
+        "occupation(0)\tother-participant(1)\tanswer\tsentence\n"
+        "educator\tstudent\t1\tThe $OCCUPATION was meeting with a $PARTICIPANT about $POSS_PRONOUN essay.\n"
+        "doctor\tintern\t0\tAn $PARTICIPANT told the $OCCUPATION that $NOM_PRONOUN was late.\n"
+        "chef\tdiner\t0\tThe $PARTICIPANT thanked the $OCCUPATION because $NOM_PRONOUN cooked.\n"
+    )
+    someone = fill_winogender(load_winogender_templates(f), genders=("male",), someone=True).sentence.tolist()
+    assert someone == [
+        "The educator was meeting with someone about his essay.",
+        "Someone told the doctor that he was late.",
+        "Someone thanked the chef because he cooked.",
+    ]
+
+
 def test_winogender_stats():
     s = load_winogender_stats(FIX / "occupations-stats.tsv")
     assert s.set_index("occupation").loc["nurse", "bls_pct_female"] == 90.0
@@ -135,6 +216,18 @@ def test_winogender_malformed_stats(tmp_path):
         load_winogender_stats(f)
     f.write_text("")
     with pytest.raises(DataFormatError, match="empty file"):
+        load_winogender_stats(f)
+
+
+def test_winogender_stats_refuse_a_repeated_occupation(tmp_path):
+    """An occupation listed twice doubled its templates' rows in winogender_bias's merge (6 rows for 4)."""
+    f = tmp_path / "stats.tsv"
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\n"
+                 "nurse\t80\t90\t2015\nmechanic\t3\t1.5\t2015\nnurse\t10\t10\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:4: occupation 'nurse' again \(first on line 2\)"):
+        load_winogender_stats(f)
+    f.write_text("occupation\tbergsma_pct_female\tbls_pct_female\tbls_year\n\t80\t90\t2015\n")
+    with pytest.raises(DataFormatError, match=r"stats.tsv:2: expected an occupation in column 1"):
         load_winogender_stats(f)
 
 

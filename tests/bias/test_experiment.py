@@ -49,6 +49,21 @@ def test_before_after_match_direct_measurements():
     assert isinstance(exp.figure(), Figure)
 
 
+def test_plot_on_given_axes():
+    """plot(ax=<one Axes>) raised TypeError ('Axes' object is not subscriptable); it takes None or 2 Axes."""
+    from matplotlib.figure import Figure
+
+    exp = bias_experiment(tiny_model("gpt2"), [AblateHead(1, 0)], occupations=OCC, neutral_text=TEXT,
+                          neutral_prompts=PROMPTS, n_boot=0)
+    fig = Figure()
+    left, right = fig.subplots(1, 2)
+    assert exp.plot(ax=[left, right]) is fig and len(right.patches) == 4  # 2 metrics x before/after
+    assert len(exp.plot().axes) == 2
+    for ax in (left, [left], [left, right, left], "ab"):
+        with pytest.raises(InvalidInput, match=r"BiasExperiment\.plot draws 2 panel\(s\): pass ax=None or a list of 2 Axes"):
+            exp.plot(ax=ax)
+
+
 def test_identity_intervention_costs_nothing():
     model = tiny_model("llama")
     exp = bias_experiment(model, [EditNeuron(0, 1, site="q", dim=0, scale=1.0)], occupations=OCC,

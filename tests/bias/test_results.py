@@ -8,6 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from attnlab.bias import MediationPair, bias_experiment, causal_mediation, coref_bias, pronoun_bias
+from attnlab.errors import InvalidInput
 from attnlab.interventions import AblateHead
 from attnlab.measure import Result
 from attnlab.testing import tiny_model
@@ -27,6 +28,12 @@ def _check_shape(result, *, axes=1) -> None:
     ax = own.subplots(1, axes)
     assert result.plot(ax=ax) is own  # a pair of axes for two-panel figures
     assert matplotlib.get_backend() == backend and plt.get_fignums() == open_figures
+    # the wrong number of axes (or not axes) is an InvalidInput naming what to pass, not a TypeError/AttributeError
+    wanted = "one Axes" if axes == 1 else f"a list of {axes} Axes"
+    for wrong in (own.subplots(1, axes + 1), own.subplots(1, 1) if axes > 1 else "ax"):
+        with pytest.raises(InvalidInput, match=rf"{type(result).__name__}\.plot draws {axes} panel\(s\): pass ax=None "
+                                               rf"or {wanted}, got "):
+            result.plot(ax=wrong)
 
 
 def _deprecated(result, old: str, new: str):

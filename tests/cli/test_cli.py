@@ -464,3 +464,59 @@ def test_output_piped_into_head_is_not_an_error(tiny_dirs, tmp_path):
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "error" not in out.stderr and len(out.stdout.splitlines()) == 1
+
+
+# every command's -o, with a file where a folder must be: found only after the model loaded and the work ran,
+# as a raw "[Errno 17] File exists: 'afile'"
+OUT_CASES = [
+    (["neurons", "-o", "{afile}/out.csv", "x"], r"-o .*afile/out.csv: .*afile is a file, so no folder can be made there"),
+    (["neurons", "-o", "{afile}", "x"], r"-o .*afile: is a file, not a folder; a name without a suffix is a folder here "
+     r"\(the table would go in it as decay_neurons.csv\); give a name ending in .csv or .json, or a folder"),
+    (["sweep", "-o", "{afile}/sweep.json", "x"], r"-o .*afile/sweep.json: .*afile is a file, so no folder"),
+    (["attribute", "-o", "{afile}", "x"], r"-o .*afile: is a file, not a folder; .*as attribution.csv\)"),
+    (["view", "head", "-o", "{afile}/v.html", "x"], r"-o .*afile/v.html: .*afile is a file, so no folder"),
+    (["window", "--target", "8", "-o", "{afile}"], r"-o .*afile: is a file, not a folder; this command writes several "
+     r"files into a folder; give a folder name"),
+    (["window", "--target", "8", "-o", "{afile}/sub/deeper"], r"-o .*afile/sub/deeper: .*afile is a file, so no folder"),
+    (["analyze", "-o", "{afile}", "x"], r"-o .*afile: is a file, not a folder"),
+    (["bias", "-o", "{afile}"], r"-o .*afile: is a file, not a folder"),
+    (["demo", "-o", "{afile}"], r"-o .*afile: is a file, not a folder"),
+    (["sweep", "-o", "", "x"], r"-o '': give a file or folder name"),
+]
+
+
+@pytest.mark.parametrize("args, message", OUT_CASES, ids=[" ".join(a)[:40] for a, _ in OUT_CASES])
+def test_an_output_that_cannot_be_written_is_refused_before_loading(capsys, tmp_path, no_model_loading, args, message):
+    afile = tmp_path / "afile"
+    afile.write_text("x\n")
+    code, out, err = main(capsys, *[a.format(afile=afile) for a in args])
+    assert code == 2 and re.search(message, one_error_line(err)), err
+    assert out == "" and afile.read_text() == "x\n"
+
+
+def test_an_output_folder_without_permission_is_refused_before_loading(capsys, tmp_path, monkeypatch, no_model_loading):
+    """os.access stands in for a read-only folder (the tests may run as root, who may write anywhere)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "old.csv").write_text("a\n1\n")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and not str(p).startswith(str(locked)))
+    for args, message in [
+        (["neurons", "-o", locked / "new" / "t.csv", "x"], rf"-o .*new/t.csv: cannot write in the folder {locked} "
+         r"\(permission denied\)"),
+        (["analyze", "-o", locked, "x"], r"-o .*locked: cannot write in this folder \(permission denied\)"),
+        (["sweep", "-o", locked / "old.csv", "x"], r"-o .*old.csv: cannot overwrite this file \(permission denied\)"),
+        (["sweep", "--figure", locked / "f.png", "x"], r"--figure .*f.png: cannot write in the folder .*locked"),
+    ]:
+        code, _, err = main(capsys, *args)
+        assert code == 2 and re.search(message, one_error_line(err)), err
+
+
+def test_writable_outputs_still_reach_the_model(capsys, tmp_path, no_model_loading):
+    """A new folder under an existing one, an existing folder, a new file: the check passes and the model loads."""
+    (tmp_path / "there").mkdir()
+    for args in (["window", "--target", "8", "-o", tmp_path / "new" / "deeper"], ["analyze", "-o", tmp_path / "there", "x"],
+                 ["neurons", "-o", tmp_path / "there", "x"], ["view", "head", "-o", tmp_path / "a" / "v.html", "x"]):
+        with pytest.raises(AssertionError, match="loaded --model"):
+            main(capsys, *args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there"]  # nothing made before the work ran

@@ -157,10 +157,13 @@ def test_model_and_text_errors_are_one_line(capsys, model_dirs, text_files):
 
 ERROR_CASES = [
     ([], r"the following arguments are required: --target"),
-    (["--target", "0"], r"argument --target: must be > 0 \(tokens\), got 0"),
-    (["--target", "-5"], r"argument --target: must be > 0 \(tokens\), got -5"),
-    (["--target", "nan"], r"argument --target: must be > 0 \(tokens\), got nan"),
-    (["--target", "many"], r"argument --target: expected a number > 0 \(tokens\), got 'many'"),
+    (["--target", "0"], r"argument --target: must be >= 1 \(tokens\), got 0"),
+    (["--target", "-5"], r"argument --target: must be >= 1 \(tokens\), got -5"),
+    # the library's own bound (a window of at least 1 token): 0.5 passed '> 0' and failed after the model loaded
+    (["--target", "0.5"], r"argument --target: must be >= 1 \(tokens\), got 0.5"),
+    (["--target", "0.999"], r"argument --target: must be >= 1 \(tokens\), got 0.999"),
+    (["--target", "nan"], r"argument --target: must be >= 1 \(tokens\), got nan"),
+    (["--target", "many"], r"argument --target: expected a number >= 1 \(tokens\), got 'many'"),
     (["--target", "8", "--level", "1.5"], r"argument --level: must be in \(0, 1\], got 1.5"),
     (["--target", "8", "--level", "0"], r"argument --level: must be in \(0, 1\], got 0"),
     (["--target", "8", "--tolerance", "1"], r"argument --tolerance: must be in \(0, 1\), got 1"),
@@ -189,6 +192,10 @@ ERROR_CASES = [
     (["--target", "8", "--units", "{units_frac}"], r"units_frac.csv: column unit must hold integers .*got '1.5' \(line 2"),
     (["--target", "8", "--units", "{units_negative}"], r"units_negative.csv: column unit must hold integers .*got '-1' \(line 2"),
     (["--target", "8", "--units", "{units_empty}"], r"--units .*units_empty.csv: the table has no rows"),
+    # a repeated column gave a TypeError traceback (units['layer'] was a table of both columns), exit 1
+    (["--target", "8", "--units", "{units_twice}"],
+     r"--units .*units_twice.csv: column 'layer' appears 2 times in the header \(columns 1, 2\); give each column once"),
+    (["--target", "8", "--units", "{units_note}"], r"units_note.csv: column 'note' appears 2 times .*\(columns 4, 5\)"),
 ]
 
 
@@ -197,6 +204,10 @@ def test_bad_options_exit_2_with_one_line_before_loading(capsys, files, no_model
     files = {**files, "units_bad": tmp_path / "units_bad.csv", "units_empty": tmp_path / "units_empty.csv"}
     files["units_bad"].write_text("layer,head,unit\n0,1,2\n1,0,x\n")
     files["units_empty"].write_text("layer,head,unit\n")
+    files["units_twice"] = tmp_path / "units_twice.csv"
+    files["units_twice"].write_text("layer,layer,head,unit\n0,1,0,0\n")
+    files["units_note"] = tmp_path / "units_note.csv"
+    files["units_note"].write_text("layer,head,unit,note,note\n0,1,0,a,b\n")
     for name, rows in (("huge", "0,0,1e30\n"), ("inf", "0,0,1\n0,inf,1\n"), ("digits", "99999999999999999999,0,1\n"),
                        ("frac", "0,0,1.5\n"), ("negative", "0,0,-1\n")):
         files[f"units_{name}"] = tmp_path / f"units_{name}.csv"
@@ -217,4 +228,4 @@ def test_a_real_process_says_not_reached_on_stdout_only(model_dirs, text_files, 
     assert re.search(r"^reached:   no: target 20 not reached, closest window \d+ tokens", out.stdout, re.M)
     assert "Warning" not in out.stderr and "not reached" not in out.stderr
     bad = run("window", "--target", "0")
-    assert bad.returncode == 2 and "argument --target: must be > 0 (tokens), got 0" in one_error_line(bad.stderr)
+    assert bad.returncode == 2 and "argument --target: must be >= 1 (tokens), got 0" in one_error_line(bad.stderr)

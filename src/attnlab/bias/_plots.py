@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnlab.measure.plots import new_figure
-
 __all__ = ["scatter_log_ratio", "experiment_figure"]
 
 
 def scatter_log_ratio(result, ax=None, *, label=None):
     """Per occupation: log p(she)/p(he) against the share of women, with the least-squares line."""
-    fig, ax = new_figure(ax)
+    from attnlab.viz.plots import panels
+
+    fig, (ax,) = panels(ax, 1, 6.0, 4.5, "PronounBias.plot")
     df = result.table
     x, y = df.share_women.to_numpy(float), df.log_ratio.to_numpy(float)
     ax.scatter(x, y, s=18, label=label or result.model_name)
@@ -32,7 +32,9 @@ def scatter_log_ratio(result, ax=None, *, label=None):
 
 def experiment_figure(exp, axes=None):
     """Left: log ratio vs share of women before and after. Right: two bias metrics with their intervals."""
-    fig, (left, right) = new_figure(None, figsize=(11.0, 4.5), ncols=2) if axes is None else (axes[0].figure, axes)
+    from attnlab.viz.plots import panels
+
+    fig, (left, right) = panels(axes, 2, 11.0, 4.5, "BiasExperiment.plot")
     for res, label in ((exp.before, "before"), (exp.after, "after")):
         d = res.table
         left.scatter(d.share_women, d.log_ratio, s=16, label=f"{label} (r = {res.value('pearson_r'):.2f})")

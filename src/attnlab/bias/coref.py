@@ -29,7 +29,6 @@ from attnlab.errors import InvalidInput
 from attnlab import measure
 from attnlab.measure import PairLogRatio, Result, bootstrap, check_resampling
 from attnlab.measure.metrics import PAIR_SCORES
-from attnlab.measure.plots import new_figure
 from attnlab.measure.result import renamed
 
 __all__ = ["CorefBias", "pair_log_ratio", "coref_bias", "winogender_bias", "SCORES"]
@@ -99,7 +98,9 @@ class CorefBias(Result):
 
     def plot(self, ax=None):
         """The mean gap of each group with its interval, over the gaps of the pairs."""
-        fig, ax = new_figure(ax, figsize=(5.0, 3.5))
+        from attnlab.viz.plots import panels
+
+        fig, (ax,) = panels(ax, 1, 5.0, 3.5, "CorefBias.plot")
         groups = list(self.table.group)
         for i, g in enumerate(groups):
             rows = self.per_prompt if g == "all" else self.per_prompt[self._in_group(g)]
@@ -182,6 +183,20 @@ def coref_bias(
     return CorefBias(per_pair, _summary(per_pair, by, n_boot, seed), score)
 
 
+def _check_stats(stats_table) -> None:
+    """A table of one share of women per occupation (a repeated occupation doubled its templates' rows)."""
+    need = ["occupation", "bls_pct_female"]
+    if not isinstance(stats_table, pd.DataFrame) or not set(need) <= set(stats_table.columns):
+        raise InvalidInput(f"stats_table must be a DataFrame with columns {', '.join(need)} "
+                           "(from load_winogender_stats), or None")
+    twice = stats_table.occupation[stats_table.occupation.duplicated()]
+    if len(twice):
+        rows = stats_table.index[stats_table.occupation == twice.iloc[0]].tolist()
+        raise InvalidInput(f"stats_table lists occupation {twice.iloc[0]!r} {len(rows)} times (rows "
+                           f"{', '.join(map(str, rows))}); "
+                           "give one share of women per occupation")
+
+
 def winogender_bias(
     model,
     templates: pd.DataFrame,
@@ -197,13 +212,15 @@ def winogender_bias(
     ``attrs["pearson_r"]`` holds the correlation of the per-occupation mean log ratio with
     ``bls_pct_female`` when ``stats_table`` (from :func:`load_winogender_stats`) is given.
     """
+    if stats_table is not None:
+        _check_stats(stats_table)
     filled = fill_winogender(templates, genders=("female", "male"))
     fem = filled[filled.gender == "female"].reset_index(drop=True)
     mal = filled[filled.gender == "male"].reset_index(drop=True)
     lr = pair_log_ratio(model, list(fem.sentence), list(mal.sentence), score=score, batch_size=batch_size, progress=progress)
     out = fem[["occupation", "participant", "answer"]].assign(log_ratio=lr)
     if stats_table is not None:
-        out = out.merge(stats_table[["occupation", "bls_pct_female"]], on="occupation", how="left")
+        out = out.merge(stats_table[["occupation", "bls_pct_female"]], on="occupation", how="left", validate="many_to_one")
         occ = out.dropna(subset=["bls_pct_female"]).groupby("occupation")[["log_ratio", "bls_pct_female"]].mean()
         r = pearson(occ.bls_pct_female, occ.log_ratio)  # pronoun_bias's rule: NaN below 3 distinct points
         if not np.isnan(r):

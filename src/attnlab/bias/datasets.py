@@ -51,7 +51,9 @@ WINOGENDER_PRONOUNS = {
 
 _WINOBIAS_NAME = re.compile(r"(pro|anti)_stereotyped_type([12])\.txt(?:\.(dev|test))?$")
 _WINOBIAS_LINE = re.compile(r"^([0-9]+)\s+(\S.*)$")
-_BRACKET = re.compile(r"\[([^\[\]]+)\]")
+_BRACKET = re.compile(r"\[([^\[\]]*)\]")
+#: words that are a pronoun, never the entity a WinoBias line brackets first
+_PRONOUNS = frozenset(PRONOUN_GENDER) | {"they", "them", "their", "theirs", "themselves", "themself"}
 #: an entity, its pronoun and at most one more pronoun of it (87 of the 3,168 published lines)
 _MOST_MENTIONS = 3
 
@@ -86,6 +88,7 @@ def load_winobias(path, *, stereotype: str | None = None, type: int | None = Non
         raise InvalidInput(f"{p.name}: pass type=1 or 2 (not in the file name), got {type!r}")
     split = m.group(3) if m and m.group(3) else None
     rows = []
+    first_line: dict[int, int] = {}  # id -> the line it was first seen on
     expected = "'<number> <sentence with two [bracketed] mentions>'"
     for lineno, raw in enumerate(_lines(p), start=1):
         line = raw.strip()
@@ -106,6 +109,25 @@ def load_winobias(path, *, stereotype: str | None = None, type: int | None = Non
                 f"{p}:{lineno}: expected one entity and its pronoun(s), 2 or {_MOST_MENTIONS} [bracketed] mentions, "
                 f"got {n_found} in {text[:80]!r}: several sentences on one line?"
             )
+        empty = next((bm for bm in _BRACKET.finditer(text) if not bm.group(1).strip()), None)
+        if empty is not None:
+            raise DataFormatError(
+                f"{p}:{lineno}: empty mention {empty.group(0)!r}; expected a word or phrase in each of the "
+                f"[bracketed] mentions (entity, then pronoun), got {text[:80]!r}"
+            )
+        first = _BRACKET.search(text).group(1)
+        if first.strip().lower() in _PRONOUNS:
+            raise DataFormatError(
+                f"{p}:{lineno}: the first [bracketed] mention is the pronoun {first!r}; expected the entity first, "
+                f"then its pronoun (e.g. '1 [The doctor] said [he] left.'), got {text[:80]!r}"
+            )
+        sid = int(lm.group(1))
+        if sid in first_line:
+            raise DataFormatError(
+                f"{p}:{lineno}: sentence id {sid} again (first on line {first_line[sid]}); each id must appear once "
+                "in a file, as it pairs the sentence with its pro/anti twin"
+            )
+        first_line[sid] = lineno
         spans, clean, last = [], [], 0
         for bm in _BRACKET.finditer(text):
             clean.append(text[last : bm.start()])
@@ -117,7 +139,7 @@ def load_winobias(path, *, stereotype: str | None = None, type: int | None = Non
         (e_start, entity), (p_start, pronoun) = spans[:2]  # later brackets: more pronouns
         rows.append(
             {
-                "id": int(lm.group(1)),
+                "id": sid,
                 "sentence": "".join(clean),
                 "entity": entity,
                 "pronoun": pronoun,
@@ -165,6 +187,15 @@ def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
         df = df.assign(split=None)
     df = df.assign(split=df["split"].fillna("-"))
     keys = ["type", "split", "id"]
+    twice = df[df.duplicated(["stereotype", *keys], keep=False)]
+    if len(twice):  # .loc on a repeated key paired each copy with the twin: wrong, silent pairs
+        first = twice.iloc[0]
+        same = twice[(twice[["stereotype", *keys]] == first[["stereotype", *keys]]).all(axis=1)]
+        where = f" (lines {', '.join(map(str, same['line']))})" if "line" in same else ""
+        raise InvalidInput(
+            f"winobias_pairs: {len(same)} {first.stereotype} sentences share type {first.type}, split {first.split!r}, "
+            f"id {first.id}{where}; each (stereotype, type, split, id) must be unique: load each file once"
+        )
     pro = df[df.stereotype == "pro"].set_index(keys)
     anti = df[df.stereotype == "anti"].set_index(keys)
     both = pro.index.intersection(anti.index)
@@ -258,8 +289,16 @@ def load_winogender_stats(path) -> pd.DataFrame:
     p = _path(path)
     what = "occupation, bergsma_pct_female, bls_pct_female, bls_year"
     out = []
+    first_line: dict[str, int] = {}  # occupation -> the line it was first seen on
     header = ("occupation", "bergsma_pct_female", "bls_pct_female", "bls_year")
     for lineno, (occ, bergsma, bls, year) in _tsv(p, header, what):
+        if not occ:
+            raise DataFormatError(f"{p}:{lineno}: expected an occupation in column 1 ({what}), got an empty cell")
+        if occ in first_line:  # two shares for one occupation: a merge on it doubled the rows it joined
+            raise DataFormatError(
+                f"{p}:{lineno}: occupation {occ!r} again (first on line {first_line[occ]}); list each occupation once"
+            )
+        first_line[occ] = lineno
         try:
             row = {"occupation": occ, "bergsma_pct_female": float(bergsma), "bls_pct_female": float(bls), "bls_year": int(year)}
         except ValueError:
@@ -274,12 +313,34 @@ def load_winogender_stats(path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+#: third-person singular verbs that follow ``$NOM_PRONOUN`` and their forms after singular "they"
+#: (the published Winogender sentences read "they were", never "they was")
+_THEY_AGREEMENT = {
+    "was": "were", "is": "are", "has": "have", "does": "do",
+    "wasn't": "weren't", "isn't": "aren't", "hasn't": "haven't", "doesn't": "don't",
+}
+_AGREE = re.compile(r"\$NOM_PRONOUN(\s+)(" + "|".join(re.escape(v) for v in _THEY_AGREEMENT) + r")(?![\w'])")
+
+
+def _agree_with_they(template: str) -> str:
+    """``$NOM_PRONOUN was`` -> ``$NOM_PRONOUN were`` (and is, has, does, their negations), for "they"."""
+    return _AGREE.sub(lambda m: f"$NOM_PRONOUN{m.group(1)}{_THEY_AGREEMENT[m.group(2)]}", template)
+
+
+_ARTICLE_SOMEONE = re.compile(r"\b(the|an?) someone\b", re.IGNORECASE)
+
+
 def _capitalise_starts(text: str) -> str:
     return re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
 
 def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neutral"), someone: bool = False) -> pd.DataFrame:
-    """Fill every template with each gender's pronouns (and the participant or ``"someone"``)."""
+    """Fill every template with each gender's pronouns (and the participant or ``"someone"``).
+
+    For the neutral gender a verb right after ``$NOM_PRONOUN`` agrees with "they" as in the
+    published ``all_sentences.tsv``: was -> were, is -> are, has -> have, does -> do, and
+    their ``n't`` forms.
+    """
     if not isinstance(templates, pd.DataFrame) or templates.empty:
         raise InvalidInput("fill_winogender takes the non-empty DataFrame from load_winogender_templates")
     bad = [g for g in genders if g not in WINOGENDER_PRONOUNS]
@@ -289,14 +350,15 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
     for t in templates.itertuples():
         for g in genders:
             nom, poss, acc = WINOGENDER_PRONOUNS[g]
+            template = _agree_with_they(t.template) if g == "neutral" else t.template
             s = (
-                t.template.replace("$OCCUPATION", t.occupation)
+                template.replace("$OCCUPATION", t.occupation)
                 .replace("$PARTICIPANT", "someone" if someone else t.participant)
                 .replace("$NOM_PRONOUN", nom)
                 .replace("$POSS_PRONOUN", poss)
                 .replace("$ACC_PRONOUN", acc)
             )
-            if someone:
-                s = s.replace("the someone", "someone").replace("The someone", "Someone")
+            if someone:  # "the/a $PARTICIPANT" -> "someone", as in the published sentences
+                s = _ARTICLE_SOMEONE.sub(lambda m: "Someone" if m.group(1)[0].isupper() else "someone", s)
             rows.append({"occupation": t.occupation, "participant": t.participant, "answer": t.answer, "gender": g, "sentence": _capitalise_starts(s)})
     return pd.DataFrame(rows)

@@ -334,6 +334,10 @@ class MediationResult(Result):
     def plot(self, ax=None, *, effect: str | None = None):
         """Layer x head heatmap of the mean effect (default: the first computed; needs the head level)."""
         effect, heads = self._heads(effect)
+        if ax is not None:  # one Axes (or a list of one); anything else is refused as by the other results
+            from attnlab.viz.plots import panels
+
+            _, (ax,) = panels(ax, 1, 0, 0, "MediationResult.plot")
         grid = heads.pivot(index="layer", columns="head", values=effect)
         return heatmap(grid, title=f"{self.model_name}: {effect.upper()} per head (TE = {self.te[0]:.2f})",
                        label=f"{effect.upper()} (odds ratio - 1)", ax=ax)
