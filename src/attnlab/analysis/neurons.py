@@ -29,7 +29,7 @@ from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.attention import masked
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
-from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["NeuronData", "neuron_data", "unit_dims", "unit_scores", "decay_neurons", "DecayProfile"]
@@ -52,8 +52,9 @@ def unit_dims(model, unit: int, *, pairs: bool | None = None) -> list[int]:
     """The q/k dimensions of one unit: ``[unit]``, or ``[unit, unit + d_head/2]`` for a rotary pair."""
     pairs = model.cfg.rotary if pairs is None else pairs
     n_units = model.cfg.d_head // 2 if pairs else model.cfg.d_head
-    if not isinstance(unit, int) or isinstance(unit, bool) or not 0 <= unit < n_units:
+    if not is_integer(unit) or not 0 <= unit < n_units:
         raise InvalidLocation(f"unit {unit!r} out of range: {model.cfg.name} has {'pairs' if pairs else 'dims'} 0..{n_units - 1}")
+    unit = int(unit)
     return [unit, unit + model.cfg.d_head // 2] if pairs else [unit]
 
 
@@ -162,8 +163,9 @@ def neuron_data(model, text: str, *, layer: int, head: int, query: int) -> Neuro
     model.check_head(head)
     tokens = _text_tokens(model, text)
     n = int(tokens.lengths[0])
-    if not isinstance(query, int) or isinstance(query, bool) or not 0 <= query < n:
+    if not is_integer(query) or not 0 <= query < n:
         raise InvalidLocation(f"query position {query!r} out of range: this text has positions 0..{n - 1}")
+    query = int(query)
     q, k, scores = _qk_scores(model, tokens, layer)
     scale = model.cfg.scaling
     qv, kv = q[query, head].cpu(), k[:, head].cpu()  # [d_head], [key, d_head]

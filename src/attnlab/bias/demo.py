@@ -19,7 +19,7 @@ from attnlab.bias.experiment import BiasExperiment, bias_experiment
 from attnlab.bias.mediation import MediationResult, causal_mediation, mediation_pairs
 from attnlab.bias.pronouns import PronounBias, pronoun_bias
 from attnlab.bias.templates import neutral_prompts, occupation_frame, templates as shipped_templates
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.interventions import AblateHead
 
 __all__ = ["BiasDemo", "run_bias_demo"]
@@ -79,8 +79,9 @@ def run_bias_demo(
     the largest NIE are ablated (``method`` "zero" or "mean"; the mean is
     taken over the shipped neutral prompts). ``out_dir=None`` writes nothing.
     """
-    if not isinstance(k, int) or k < 1 or k > model.cfg.n_layers * model.cfg.n_heads:
+    if not is_integer(k) or k < 1 or k > model.cfg.n_layers * model.cfg.n_heads:
         raise InvalidInput(f"k must be an integer in 1..{model.cfg.n_layers * model.cfg.n_heads}, got {k!r}")
+    k = int(k)
     if method not in ("zero", "mean"):
         raise InvalidInput(f"method must be 'zero' or 'mean', got {method!r}")
     occ = occupation_frame(occupations)

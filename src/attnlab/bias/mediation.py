@@ -326,8 +326,9 @@ class MediationResult(Result):
     def top_heads(self, k: int = 5, *, effect: str | None = None) -> list[tuple[int, int]]:
         """The k heads with the largest mean effect (default: the first computed; needs the head level)."""
         effect, heads = self._heads(effect)
-        if not isinstance(k, int) or k < 1:
+        if not is_integer(k) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        k = int(k)
         best = heads.sort_values(effect, ascending=False).head(k)
         return [(int(layer), int(head)) for layer, head in zip(best["layer"], best["head"])]
 

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from attnlab.engine.locations import hook_name, norm_path, scale_name
 from attnlab.engine.norms import Norm
 from attnlab.engine.precision import computing_dtype
-from attnlab.errors import InvalidInput, InvalidLocation, UnsupportedModel
+from attnlab.errors import InvalidInput, InvalidLocation, UnsupportedModel, is_integer
 
 __all__ = ["ResidualAnalyses", "apply_slice"]
 
@@ -119,9 +119,9 @@ class ResidualAnalyses:
         n = self._n
         if layer is None or layer == -1:
             return n
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n:
+        if not is_integer(layer) or not 0 <= layer <= n:
             raise InvalidLocation(f"{what}: layer must be in 0..{n} (or -1/None for the final stream), got {layer!r}")
-        return layer
+        return int(layer)
 
     def _need(self, name: str, what: str) -> torch.Tensor:
         if name not in self.cache_dict:
@@ -373,9 +373,9 @@ class ResidualAnalyses:
     def get_neuron_results(self, layer: int, neuron_slice: SliceLike = None,
                            pos_slice: SliceLike = None) -> Float[torch.Tensor, "*batch_pos neuron d_model"]:
         """Each neuron's output ``post[n] * W_out[n]`` of one layer (before Gemma's post-MLP norm)."""
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self._n:
+        if not is_integer(layer) or not 0 <= layer < self._n:
             raise InvalidLocation(f"get_neuron_results: layer must be in 0..{self._n - 1}, got {layer!r}")
-        return self._neuron_results(layer, pos_slice, neuron_slice, "get_neuron_results")[0]
+        return self._neuron_results(int(layer), pos_slice, neuron_slice, "get_neuron_results")[0]
 
     def stack_neuron_results(self, layer: int, pos_slice: SliceLike = None, neuron_slice: SliceLike = None,
                              return_labels: bool = False, incl_remainder: bool = False, apply_ln: bool = False):

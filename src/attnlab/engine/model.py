@@ -596,9 +596,9 @@ class HookedModel(ModelWeights, nn.Module):
         """The string of one token id (TransformerLens' ``to_single_str_token``)."""
         if isinstance(token, torch.Tensor) and token.numel() == 1:
             token = int(token)
-        if isinstance(token, bool) or not isinstance(token, int):
+        if not is_integer(token):
             raise InvalidInput(f"to_single_str_token takes one token id, got {token!r}")
-        return self._need_tokenizer().decode([token])
+        return self._need_tokenizer().decode([int(token)])
 
     def get_token_position(self, single_token: str | int, input: str | torch.Tensor, mode: str = "first",
                            prepend_bos: bool | None = None, padding_side: str | None = None) -> int:
@@ -606,7 +606,7 @@ class HookedModel(ModelWeights, nn.Module):
         if mode not in ("first", "last"):
             raise InvalidInput(f"mode must be 'first' or 'last', got {mode!r}")
         token = self.to_single_token(single_token) if isinstance(single_token, str) else single_token
-        if isinstance(token, bool) or not isinstance(token, int):
+        if not is_integer(token):
             raise InvalidInput(f"single_token must be a one-token string or a token id, got {single_token!r}")
         ids = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side) if isinstance(input, str) \
             else torch.as_tensor(input)

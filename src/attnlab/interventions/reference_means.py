@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 
 __all__ = ["reference_means", "check_reference", "real_token_sum"]
 
@@ -51,8 +51,9 @@ def reference_means(model, names: Sequence[str], prompts: Sequence[str], *,
         raise InvalidInput(
             f"{by_head[0]} is laid out [batch, head, query, key]: it has no mean over token positions "
             "(mean ablation applies to sites laid out [batch, position, ...], e.g. z, q, k, v, resid, post)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
 
     def compute() -> dict[str, torch.Tensor]:
         sums: dict[str, torch.Tensor] = {}

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from attnlab import errors
-from attnlab.errors import AttnlabError, DistributedError, InvalidInput
+from attnlab.errors import AttnlabError, DistributedError, InvalidInput, is_integer
 
 __all__ = ["Group", "current", "local", "process_group", "map_units", "split_variants", "head_cost_in_layers", "BACKENDS"]
 
@@ -85,7 +85,7 @@ def local() -> Iterator[None]:
 
 
 def _check_threads(threads) -> None:
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+    if threads is not None and (not is_integer(threads) or threads < 1):
         raise InvalidInput(f"threads must be a positive integer or None (leave torch's setting), got {threads!r}")
 
 

@@ -19,7 +19,7 @@ from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import Tokens
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 
 __all__ = [
     "ViewInput", "view_input", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
@@ -63,8 +63,9 @@ def _check_cap(n: int, max_tokens: int, view: str) -> None:
 
 def view_input(model, text, *, max_tokens: int = DEFAULT_MAX_TOKENS, view: str = "view") -> ViewInput:
     """Tokenise ``text`` through the engine: a string, a ``(sentence_a, sentence_b)`` pair, or one row of token ids."""
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if not is_integer(max_tokens) or max_tokens < 1:
         raise InvalidInput(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    max_tokens = int(max_tokens)
     if isinstance(text, torch.Tensor):
         if text.ndim not in (1, 2) or (text.ndim == 2 and text.shape[0] != 1):
             raise InvalidInput(f"views show one input: give 1-D token ids or shape [1, pos], got {tuple(text.shape)}")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from attnlab.viz._data import DEFAULT_MAX_TOKENS, attention_payload
 from attnlab.viz._html import View
+from attnlab.errors import is_integer
 
 __all__ = ["model_view"]
 
@@ -31,10 +32,11 @@ def model_view(
     Same inputs and options as :func:`attnlab.viz.head_view`; ``thumbnail`` is the side of
     each thumbnail in pixels.
     """
-    if not isinstance(thumbnail, int) or not 24 <= thumbnail <= 400:
+    if not is_integer(thumbnail) or not 24 <= thumbnail <= 400:
         from attnlab.errors import InvalidInput
 
         raise InvalidInput(f"thumbnail must be an integer number of pixels in 24..400, got {thumbnail!r}")
+    thumbnail = int(thumbnail)
     data, _ = attention_payload(
         model, text, kind="model", title="Model view", layers=layers, heads=heads,
         interventions=interventions, max_tokens=max_tokens, threshold=threshold,

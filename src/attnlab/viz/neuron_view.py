@@ -17,7 +17,7 @@ import torch
 from einops import einsum
 
 from attnlab.engine.attention import masked
-from attnlab.errors import InvalidLocation
+from attnlab.errors import InvalidLocation, is_integer
 from attnlab.viz._data import base_payload, interventions_tuple, read_sites, select, to_list, view_input
 from attnlab.viz._html import View
 
@@ -53,8 +53,9 @@ def neuron_view(
     n = source.n_tokens
     if query is None:
         query = n - 1 if model.cfg.is_causal else min(1, n - 1)
-    if not isinstance(query, int) or isinstance(query, bool) or not 0 <= query < n:
+    if not is_integer(query) or not 0 <= query < n:
         raise InvalidLocation(f"query token {query!r} out of range: this input has tokens 0..{n - 1}")
+    query = int(query)
     sites = read_sites(model, source, layer_list, ["q", "k", "attn_scores", "pattern"], specs)
     data = base_payload(model, source, "neuron", "Neuron view", layer_list, head_list, specs)
     data["query"] = query
