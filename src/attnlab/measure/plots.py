@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from attnlab.errors import InvalidInput
+
 __all__ = ["new_figure", "heatmap", "MAX_FIGSIZE", "MAX_TICKS"]
 
 MAX_FIGSIZE = (16.0, 12.0)  # inches: a heatmap of 72 x 256 q dimensions still fits a screen
@@ -20,6 +22,9 @@ MAX_TICKS = 32  # labels per axis; more would overlap
 def new_figure(ax=None, *, figsize: tuple[float, float] = (6.0, 4.5), ncols: int = 1):
     """``(figure, axes)``: ``ax``'s own figure and ``ax``, or a new Figure with ``ncols`` axes side by side."""
     if ax is not None:
+        if ncols != 1 or not (hasattr(ax, "figure") and hasattr(ax, "plot") and hasattr(ax, "set_xlabel")):
+            wanted = "one matplotlib Axes" if ncols == 1 else f"None ({ncols} panels are drawn on a new figure)"
+            raise InvalidInput(f"ax must be None or {wanted}, got {type(ax).__name__}")
         return ax.figure, ax
     from matplotlib.figure import Figure
 
