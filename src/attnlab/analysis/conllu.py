@@ -42,6 +42,7 @@ class DependencySentence:
     text: str | None = None
     line: int = 0  # line number of the sentence's first word, for messages
     upos: list[str] = field(default_factory=list)
+    source: str | None = field(default=None, compare=False)  # the file (or parse_conllu's ``source``) read, for messages
 
     def __len__(self) -> int:
         return len(self.words)
@@ -115,7 +116,7 @@ def _iter_sentences(lines: Iterable[tuple[int, str]], source: str, subtypes: boo
     meta: dict[str, str] = {}
 
     def finish() -> DependencySentence:
-        sent = DependencySentence(words, heads, rels, meta.get("sent_id"), meta.get("text"), word_lines[0], upos)
+        sent = DependencySentence(words, heads, rels, meta.get("sent_id"), meta.get("text"), word_lines[0], upos, source)
         _check_tree(sent, word_lines, source)
         return sent
 

@@ -58,7 +58,7 @@ def word_maps(
     directly. Other special tokens ([SEP]) are dropped.
     """
     sentences = check_sentences(sentences)
-    prepared = prepare(model, [s.words for s in sentences])
+    prepared = prepare(model, sentences)  # their words; errors name the sentence's file:line
     out: list[torch.Tensor | None] = [None] * len(prepared)
     index = {id(p): i for i, p in enumerate(prepared)}
     for s in attention_batches(model, prepared, batch_size=batch_size, progress=progress,
