@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import numpy as np
@@ -80,3 +81,30 @@ def test_stats_of_another_model_rejected(tiny_gpt2, tiny_bert):
     stats.table = stats.table.iloc[:3]
     with pytest.raises(InvalidInput, match="stats has 3 heads but tiny-bert has 8"):
         head_distances(tiny_bert, [TEXT], stats=stats, progress=False)
+
+
+def test_mds_runs_on_scikit_learn_before_1_8(tiny_bert, monkeypatch):
+    """scikit-learn 1.4-1.7 spell MDS's options ``dissimilarity="precomputed"`` (``metric`` a bool, no
+    ``init=``): head_distances raised TypeError there although pyproject allows scikit-learn>=1.4."""
+    import sklearn.manifold
+
+    real = sklearn.manifold.MDS
+    new = head_distances(tiny_bert, [TEXT], progress=False, seed=1).table[["x", "y"]].to_numpy()
+    if "init" not in inspect.signature(real).parameters:
+        return  # an old scikit-learn is installed: the call above was the check
+    seen = {}
+
+    class MDS17:  # the 1.7 signature, running today's algorithm with the same options
+        def __init__(self, n_components=2, *, metric=True, n_init="warn", max_iter=300, verbose=0, eps=1e-6,
+                     n_jobs=None, random_state=None, dissimilarity="euclidean", normalized_stress="auto"):
+            seen.update(metric=metric, dissimilarity=dissimilarity, n_init=n_init, eps=eps)
+            self.mds = real(n_components, metric="precomputed", init="random", n_init=n_init, max_iter=max_iter,
+                            eps=eps, random_state=random_state, normalized_stress=normalized_stress)
+
+        def fit_transform(self, X):
+            return self.mds.fit_transform(X)
+
+    monkeypatch.setattr(sklearn.manifold, "MDS", MDS17)
+    old = head_distances(tiny_bert, [TEXT], progress=False, seed=1).table[["x", "y"]].to_numpy()
+    assert seen == {"metric": True, "dissimilarity": "precomputed", "n_init": 4, "eps": 1e-6}
+    np.testing.assert_array_equal(old, new)

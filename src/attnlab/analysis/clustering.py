@@ -105,6 +105,25 @@ class HeadMap(Result):
         return fig
 
 
+def _mds(dist: np.ndarray, seed: int) -> np.ndarray:
+    """2-D metric MDS of precomputed distances: 4 random starts, the best kept.
+
+    scikit-learn 1.8 renamed the options: ``metric="precomputed"`` and ``init="random"``
+    where 1.4-1.7 take ``dissimilarity="precomputed"`` (``metric`` was the bool now called
+    ``metric_mds``) and always start at random; both spellings give the same SMACOF run.
+    """
+    import inspect
+
+    from sklearn.manifold import MDS
+
+    common = dict(n_components=2, random_state=seed, n_init=4, max_iter=300, eps=1e-6, normalized_stress="auto")
+    if "init" in inspect.signature(MDS).parameters:  # scikit-learn >= 1.8
+        mds = MDS(metric="precomputed", init="random", **common)
+    else:
+        mds = MDS(dissimilarity="precomputed", **common)
+    return mds.fit_transform(dist)
+
+
 @torch.no_grad()
 def head_distances(
     model,
@@ -122,8 +141,6 @@ def head_distances(
     >>> hm.distances.shape, bool((hm.distances.diagonal() == 0).all())
     ((8, 8), True)
     """
-    from sklearn.manifold import MDS
-
     sentences = prepare(model, corpus)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     total = torch.zeros(L * H, L * H, dtype=torch.float64)  # JS summed over query tokens
@@ -136,8 +153,7 @@ def head_distances(
     dist = (dist + dist.T) / 2
     np.fill_diagonal(dist, 0.0)
     if L * H >= 3:
-        mds = MDS(n_components=2, metric="precomputed", random_state=seed, n_init=4, init="random", normalized_stress="auto")
-        xy = mds.fit_transform(dist)
+        xy = _mds(dist, seed)
     else:
         xy = np.zeros((L * H, 2))
     if stats is None:
