@@ -108,3 +108,12 @@ def test_mds_runs_on_scikit_learn_before_1_8(tiny_bert, monkeypatch):
     old = head_distances(tiny_bert, [TEXT], progress=False, seed=1).table[["x", "y"]].to_numpy()
     assert seen == {"metric": True, "dissimilarity": "precomputed", "n_init": 4, "eps": 1e-6}
     np.testing.assert_array_equal(old, new)
+
+
+def test_a_generator_corpus_is_read_once(tiny_bert):
+    """head_distances read the corpus again for head_stats: a generator was an empty corpus there."""
+    corpus = [TEXT, "a dog ran ."]
+    listed = head_distances(tiny_bert, corpus, progress=False)
+    lazy = head_distances(tiny_bert, (t for t in corpus), progress=False)
+    np.testing.assert_array_equal(lazy.distances, listed.distances)
+    assert lazy.table.equals(listed.table)

@@ -138,3 +138,13 @@ def test_late_from_must_be_a_position_of_the_texts(tiny_gpt2, monkeypatch):
     clean = res.loss[res.loss.condition == "clean"]
     assert res.summary.late_loss[0] == pytest.approx(clean.loss[clean.position >= n - 3].mean())
     assert len(clean[clean.position >= n - 3]) == 3
+
+
+def test_window_experiment_reads_a_generator_of_texts_once(tiny_gpt2):
+    """The texts were read once to find the longest and again per condition: a generator was an empty corpus."""
+    texts = [TEXT, "a dog ran to the house ."]
+    edit = {"edit": [EditScores(0, None, distance_penalty=2.0)]}
+    listed = window_experiment(tiny_gpt2, texts, edit, progress=False)
+    lazy = window_experiment(tiny_gpt2, (t for t in texts), edit, progress=False)
+    __import__("pandas").testing.assert_frame_equal(lazy.summary, listed.summary)
+    assert lazy.profiles["edit"].n_queries == sum(len(tiny_gpt2.to_tokens(t)[0]) for t in texts)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._corpus import attention_batches, check_corpus, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.analysis.heads import HeadStats, entropy, head_stats
 from attnlab.errors import InvalidInput
@@ -141,6 +141,7 @@ def head_distances(
     >>> hm.distances.shape, bool((hm.distances.diagonal() == 0).all())
     ((8, 8), True)
     """
+    corpus = check_corpus(corpus)  # a generator is read once: head_stats below needs the texts again
     sentences = prepare(model, corpus)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     total = torch.zeros(L * H, L * H, dtype=torch.float64)  # JS summed over query tokens

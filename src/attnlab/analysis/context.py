@@ -26,7 +26,7 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._corpus import attention_batches, check_corpus, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel, is_integer
@@ -335,6 +335,7 @@ def window_experiment(
     (an integer in 1..longest length - 1; default: the second half of the longest text).
     """
     runs = _window_conditions(conditions)
+    texts = check_corpus(texts)  # read once: every condition runs the same texts (a generator was empty the second time)
     for name, specs in runs.items():
         for spec in specs:
             spec.validate(model.cfg)
