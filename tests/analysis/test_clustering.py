@@ -117,3 +117,20 @@ def test_a_generator_corpus_is_read_once(tiny_bert):
     lazy = head_distances(tiny_bert, (t for t in corpus), progress=False)
     np.testing.assert_array_equal(lazy.distances, listed.distances)
     assert lazy.table.equals(listed.table)
+
+
+def test_distance_checks_its_heads(tiny_gpt2):
+    """(0, 5) on 4 heads read head (1, 1)'s row and negative indices wrapped around."""
+    from attnlab.errors import InvalidLocation
+
+    hm = head_distances(tiny_gpt2, [TEXT], progress=False)
+    assert hm.distance((1, 1), (0, 2)) == hm.distances[5, 2] and hm.distance([0, 3], (np.int64(1), 0)) == hm.distances[3, 4]
+    for bad in [(0, 4), (2, 0), (-1, 0), (0, -1)]:
+        with pytest.raises(InvalidLocation, match=rf"head a = \({bad[0]}, {bad[1]}\) out of range: tiny-gpt2 has "
+                                                  r"layers 0\.\.1 and heads 0\.\.3"):
+            hm.distance(bad, (0, 0))
+        with pytest.raises(InvalidLocation, match=rf"head b = \({bad[0]}, {bad[1]}\) out of range"):
+            hm.distance((0, 0), bad)
+    for bad in [(0,), (0, 1, 2), (0.0, 1), (True, 1), "01", 3]:
+        with pytest.raises(InvalidLocation, match=r"head a must be a \(layer, head\) pair of integers"):
+            hm.distance(bad, (0, 0))

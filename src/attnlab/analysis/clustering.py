@@ -22,7 +22,7 @@ from jaxtyping import Float
 from attnlab.analysis._corpus import attention_batches, check_corpus, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.analysis.heads import HeadStats, entropy, head_stats
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["js_divergence_matrix", "head_distances", "HeadMap", "behaviour", "BEHAVIOURS"]
@@ -90,8 +90,18 @@ class HeadMap(Result):
                              "n_heads": [int(counts[b]) for b in BEHAVIOURS if b in counts]})
 
     def distance(self, a: tuple[int, int], b: tuple[int, int]) -> float:
-        n_heads = int(self.table["head"].max()) + 1
-        return float(self.distances[a[0] * n_heads + a[1], b[0] * n_heads + b[1]])
+        """JS distance between heads ``a`` and ``b``, each a ``(layer, head)`` pair."""
+        n_layers, n_heads = int(self.table["layer"].max()) + 1, int(self.table["head"].max()) + 1
+        index = []
+        for name, loc in (("a", a), ("b", b)):
+            if not (isinstance(loc, (tuple, list)) and len(loc) == 2 and all(is_integer(v) for v in loc)):
+                raise InvalidLocation(f"head {name} must be a (layer, head) pair of integers, got {loc!r}")
+            layer, head = loc
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise InvalidLocation(f"head {name} = ({layer}, {head}) out of range: {self.model_name} has layers "
+                                      f"0..{n_layers - 1} and heads 0..{n_heads - 1}")
+            index.append(int(layer) * n_heads + int(head))
+        return float(self.distances[index[0], index[1]])
 
     def plot(self, ax=None):
         """Two panels like Clark et al. Fig. 6: the MDS map coloured by layer and by behaviour (``ax``: two Axes)."""
