@@ -29,11 +29,12 @@ from jaxtyping import Float
 
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.distributed import map_units
 
-__all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus"]
+__all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
+           "check_max_distance"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -105,6 +106,13 @@ def check_corpus(corpus) -> list:
     if not items:
         raise InvalidInput("empty corpus: pass at least one text (a string) or word list")
     return items
+
+
+def check_max_distance(max_distance) -> int | None:
+    """``max_distance`` as an int: None (keep every distance) or an integer >= 0, as the distance analyses take it."""
+    if max_distance is not None and not (is_integer(max_distance) and max_distance >= 0):
+        raise InvalidInput(f"max_distance must be an integer >= 0 or None (every distance), got {max_distance!r}")
+    return None if max_distance is None else int(max_distance)
 
 
 def _label(item, index: int) -> str:
