@@ -18,7 +18,7 @@ from pathlib import Path
 
 from attnlab.errors import DataFormatError, InvalidInput
 
-__all__ = ["open_error", "iter_lines", "read_lines", "read_text", "decode_lines"]
+__all__ = ["open_error", "iter_lines", "read_lines", "read_text", "decode_lines", "split_lines"]
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _SAVE_AS_UTF8 = "save it as UTF-8 text"
@@ -113,3 +113,15 @@ def decode_lines(data: bytes, *, source: str) -> list[str]:
     if pieces[-1] == b"":  # the last line's end, not an empty line after it
         pieces.pop()
     return [_strip_end(_decode(raw, source, lineno)) for lineno, raw in enumerate(pieces, start=1)]
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of a text already in memory (e.g. given as a string), ended as a file's are.
+
+    ``\\n`` ends a line, with every ``\\r`` right before it; a text with no ``\\n`` but a ``\\r``
+    ends its lines at ``\\r`` (old Mac), so a string gives the lines and numbers its file would.
+    """
+    pieces = text.split("\r" if "\n" not in text and "\r" in text else "\n")
+    if len(pieces) > 1 and pieces[-1] == "":  # the last line's end, not an empty line after it
+        pieces.pop()
+    return [piece.rstrip("\r") for piece in pieces]

@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import numpy as np
@@ -80,3 +81,56 @@ def test_stats_of_another_model_rejected(tiny_gpt2, tiny_bert):
     stats.table = stats.table.iloc[:3]
     with pytest.raises(InvalidInput, match="stats has 3 heads but tiny-bert has 8"):
         head_distances(tiny_bert, [TEXT], stats=stats, progress=False)
+
+
+def test_mds_runs_on_scikit_learn_before_1_8(tiny_bert, monkeypatch):
+    """scikit-learn 1.4-1.7 spell MDS's options ``dissimilarity="precomputed"`` (``metric`` a bool, no
+    ``init=``): head_distances raised TypeError there although pyproject allows scikit-learn>=1.4."""
+    import sklearn.manifold
+
+    real = sklearn.manifold.MDS
+    new = head_distances(tiny_bert, [TEXT], progress=False, seed=1).table[["x", "y"]].to_numpy()
+    if "init" not in inspect.signature(real).parameters:
+        return  # an old scikit-learn is installed: the call above was the check
+    seen = {}
+
+    class MDS17:  # the 1.7 signature, running today's algorithm with the same options
+        def __init__(self, n_components=2, *, metric=True, n_init="warn", max_iter=300, verbose=0, eps=1e-6,
+                     n_jobs=None, random_state=None, dissimilarity="euclidean", normalized_stress="auto"):
+            seen.update(metric=metric, dissimilarity=dissimilarity, n_init=n_init, eps=eps)
+            self.mds = real(n_components, metric="precomputed", init="random", n_init=n_init, max_iter=max_iter,
+                            eps=eps, random_state=random_state, normalized_stress=normalized_stress)
+
+        def fit_transform(self, X):
+            return self.mds.fit_transform(X)
+
+    monkeypatch.setattr(sklearn.manifold, "MDS", MDS17)
+    old = head_distances(tiny_bert, [TEXT], progress=False, seed=1).table[["x", "y"]].to_numpy()
+    assert seen == {"metric": True, "dissimilarity": "precomputed", "n_init": 4, "eps": 1e-6}
+    np.testing.assert_array_equal(old, new)
+
+
+def test_a_generator_corpus_is_read_once(tiny_bert):
+    """head_distances read the corpus again for head_stats: a generator was an empty corpus there."""
+    corpus = [TEXT, "a dog ran ."]
+    listed = head_distances(tiny_bert, corpus, progress=False)
+    lazy = head_distances(tiny_bert, (t for t in corpus), progress=False)
+    np.testing.assert_array_equal(lazy.distances, listed.distances)
+    assert lazy.table.equals(listed.table)
+
+
+def test_distance_checks_its_heads(tiny_gpt2):
+    """(0, 5) on 4 heads read head (1, 1)'s row and negative indices wrapped around."""
+    from attnlab.errors import InvalidLocation
+
+    hm = head_distances(tiny_gpt2, [TEXT], progress=False)
+    assert hm.distance((1, 1), (0, 2)) == hm.distances[5, 2] and hm.distance([0, 3], (np.int64(1), 0)) == hm.distances[3, 4]
+    for bad in [(0, 4), (2, 0), (-1, 0), (0, -1)]:
+        with pytest.raises(InvalidLocation, match=rf"head a = \({bad[0]}, {bad[1]}\) out of range: tiny-gpt2 has "
+                                                  r"layers 0\.\.1 and heads 0\.\.3"):
+            hm.distance(bad, (0, 0))
+        with pytest.raises(InvalidLocation, match=rf"head b = \({bad[0]}, {bad[1]}\) out of range"):
+            hm.distance((0, 0), bad)
+    for bad in [(0,), (0, 1, 2), (0.0, 1), (True, 1), "01", 3]:
+        with pytest.raises(InvalidLocation, match=r"head a must be a \(layer, head\) pair of integers"):
+            hm.distance(bad, (0, 0))

@@ -147,3 +147,32 @@ def test_every_whitespace_character_in_a_form_becomes_an_underscore():
     (sentence,) = parse_conllu(text + "\n")
     assert sentence.words == ["10_000", "a_b", "x_y_z", "_"]
     assert _words_of(sentence, 0)[0] == "10_000 a_b x_y_z _"  # accepted as the analyses' input
+
+
+def test_two_roots_are_refused_at_the_second(tmp_path):
+    """Universal Dependencies allows exactly one word with HEAD 0; two were accepted as a forest."""
+    f = tmp_path / "roots.conllu"
+    f.write_text(GOOD + "# sent_id = b\n" + "\n".join([_word(1, "she", 2, "nsubj"), _word(2, "left", 0, "root"),
+                                                       _word(3, "ran", 0, "root")]) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"roots.conllu:8 \(sent_id b\): words 2 \('left'\) and 3 \('ran'\) both "
+                                              r"have HEAD 0, but a sentence has exactly one root"):
+        read_conllu(f)
+
+
+@pytest.mark.parametrize("rel", ["", " ", ":tmod"])
+def test_an_empty_deprel_is_refused(tmp_path, rel):
+    f = tmp_path / "rel.conllu"
+    f.write_text(GOOD + "\n".join([_word(1, "she", 2, rel), _word(2, "left", 0, "root")]) + "\n", encoding="utf-8")
+    for subtypes in (False, True):
+        with pytest.raises(DataFormatError, match=rf"rel.conllu:5: DEPREL '{rel}' of word 1 is empty; expected a relation"):
+            read_conllu(f, subtypes=subtypes)
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"], ids=["CRLF", "CR only"])
+def test_parse_conllu_ends_lines_as_read_conllu_does(end):
+    """A CR-only string was one long line ('expected 10 tab-separated columns'), though read_conllu takes such a file."""
+    text = (FIX / "good.conllu").read_text()
+    assert parse_conllu(end.join(text.splitlines()) + end) == read_conllu(FIX / "good.conllu")  # words, heads, lines
+    cycle = (FIX / "cycle.conllu").read_text()
+    with pytest.raises(DataFormatError, match=r"^<string>:3 \(sent_id c1\): heads form a cycle 2 -> 3 -> 2"):
+        parse_conllu(end.join(cycle.splitlines()))

@@ -138,3 +138,33 @@ def test_late_from_must_be_a_position_of_the_texts(tiny_gpt2, monkeypatch):
     clean = res.loss[res.loss.condition == "clean"]
     assert res.summary.late_loss[0] == pytest.approx(clean.loss[clean.position >= n - 3].mean())
     assert len(clean[clean.position >= n - 3]) == 3
+
+
+def test_window_experiment_reads_a_generator_of_texts_once(tiny_gpt2):
+    """The texts were read once to find the longest and again per condition: a generator was an empty corpus."""
+    texts = [TEXT, "a dog ran to the house ."]
+    edit = {"edit": [EditScores(0, None, distance_penalty=2.0)]}
+    listed = window_experiment(tiny_gpt2, texts, edit, progress=False)
+    lazy = window_experiment(tiny_gpt2, (t for t in texts), edit, progress=False)
+    __import__("pandas").testing.assert_frame_equal(lazy.summary, listed.summary)
+    assert lazy.profiles["edit"].n_queries == sum(len(tiny_gpt2.to_tokens(t)[0]) for t in texts)
+
+
+@pytest.mark.parametrize("bad", [-3, -1, 2.5, "3", True])
+def test_max_distance_is_checked_as_decay_neurons_checks_it(tiny_gpt2, bad):
+    """-3 put every query-key pair in bin 0 without a word, while decay_neurons refused it."""
+    from attnlab.analysis.neurons import decay_neurons
+
+    for analysis in (attention_by_distance, decay_neurons):
+        with pytest.raises(InvalidInput, match=rf"max_distance must be an integer >= 0 or None \(every distance\), "
+                                               rf"got {bad!r}"):
+            analysis(tiny_gpt2, [TEXT], max_distance=bad, progress=False)
+
+
+def test_max_distance_folds_far_keys_into_the_last_bin(tiny_gpt2):
+    full = attention_by_distance(tiny_gpt2, [TEXT], progress=False)
+    for k in (0, 3, np.int64(5)):
+        folded = attention_by_distance(tiny_gpt2, [TEXT], max_distance=k, progress=False)
+        assert folded.mass.shape[-1] == k + 1
+        np.testing.assert_allclose(folded.mass[..., :k], full.mass[..., :k], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(folded.mass[..., k], full.mass[..., k:].sum(-1), rtol=0, atol=1e-12)

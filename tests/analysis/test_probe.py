@@ -88,3 +88,29 @@ def test_bad_input():
     probe = AttentionProbe(epochs=1).fit(None, s, maps=m, progress=False)
     with pytest.raises(InvalidInput, match=r"trained on \(2, 3\)"):
         probe.predict([torch.zeros(1, 3, 4, 4)])
+
+
+def test_evaluate_and_predict_check_their_maps():
+    """evaluate scored 1 map of 2 sentences as UAS over 1 while reporting 2 sentences, and
+    scored swapped maps; predict took a map of any shape."""
+    s, m = _synthetic(3, 4)
+    probe = AttentionProbe(epochs=2).fit(None, s, maps=m, progress=False)
+    assert probe.evaluate(None, s, maps=m, progress=False).n_words == sum(len(x) for x in s)
+    with pytest.raises(InvalidInput, match="got 2 maps for 3 sentences"):
+        probe.evaluate(None, s, maps=m[:2], progress=False)
+    sizes = [len(x) for x in s]
+    j = next(j for j in range(1, 3) if sizes[j] != sizes[0])
+    swapped = list(m)
+    swapped[0], swapped[j] = m[j], m[0]
+    with pytest.raises(InvalidInput, match=rf"map 0 has shape \(2, 3, {sizes[j] + 1}, {sizes[j] + 1}\); a sentence of "
+                                           rf"{sizes[0]} words needs \[layer, head, {sizes[0] + 1}, {sizes[0] + 1}\]"):
+        probe.evaluate(None, s, maps=swapped, progress=False)
+    mixed = [m[0], m[1][:, :2], m[2]]
+    with pytest.raises(InvalidInput, match=r"map 1 has \(2, 2\) layers x heads but map 0 has \(2, 3\)"):
+        probe.evaluate(None, s, maps=mixed, progress=False)
+    with pytest.raises(InvalidInput, match=r"map 1 has \(2, 2\) layers x heads but map 0 has \(2, 3\)"):
+        AttentionProbe(epochs=1).fit(None, s, maps=mixed, progress=False)
+    with pytest.raises(InvalidInput, match=r"map 0 has shape \(2, 3, 4, 5\); expected \[layer, head, 1 \+ n_words"):
+        probe.predict([torch.zeros(2, 3, 4, 5)])
+    with pytest.raises(InvalidInput, match=r"map 1 has shape \(2, 3, 1, 1\)"):
+        probe.predict([m[0], torch.zeros(2, 3, 1, 1)])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnlab.analysis import head_stats
+from attnlab.analysis import head_stats, prepare
 from attnlab.analysis.conllu import parse_conllu
 from attnlab.analysis.neurons import decay_neurons, neuron_data
 from attnlab.analysis.syntax import relation_accuracy
@@ -49,3 +49,13 @@ def test_gemma_neuron_view_and_decay(gemma):
     prof = decay_neurons(gemma, [text], layers=[1], progress=False)
     top = prof.ranked(max_distance=20).table.iloc[0]
     assert top["layer"] == 1 and top["spearman"] < -0.9 and top["decay"] > 0
+
+
+def test_gemma_punctuation_tokens_serve_every_word_they_span(gemma):
+    """gemma has single tokens for '...', '."', '?!', '--' and ').': each serves all the marks it spans."""
+    texts = ["Wait... what?", 'He said "no."', "Really?!", "a -- b", "(see above)."]
+    spans = []
+    for s in prepare(gemma, texts):  # each sentence was refused: "words [...] produced no tokens"
+        assert sorted(w for w in s.word_index if w is not None) == list(range(len(s.words)))
+        spans.append([[s.word_index[u] for u in units] for units in s.units_of if len(units) > 1])
+    assert spans == [[[1, 2, 3]], [[4, 5]], [[1, 2]], [[1, 2]], [[3, 4]]]

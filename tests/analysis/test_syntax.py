@@ -88,3 +88,30 @@ def test_bad_input(tiny_bert):
         res.head_matrix("det", "up")
     with pytest.raises(InvalidInput, match="no arcs with relation 'dobj'"):
         res.head_matrix("dobj")
+
+
+def test_maps_of_another_model_are_refused(tiny_bert):
+    """Maps with other layers x heads gave a raw RuntimeError (or, with more heads, were read in part)."""
+    from attnlab.testing import tiny_model
+
+    sents = read_conllu(FIX / "good.conllu")
+    deeper = word_maps(tiny_model("gpt2", n_layers=3), sents, progress=False)
+    with pytest.raises(InvalidInput, match=r"word map 0 has shape \(3, 4, 8, 8\) but a sentence of 7 words on tiny-bert "
+                                           r"needs \[layer, head, 1 \+ words, 1 \+ words\] = \(2, 4, 8, 8\)"):
+        relation_accuracy(tiny_bert, sents, maps=deeper, progress=False)
+    maps = word_maps(tiny_bert, sents, progress=False)
+    for bad in (maps[2][:, :3], torch.cat([maps[2], maps[2]], 1), maps[2][0], maps[0]):
+        with pytest.raises(InvalidInput, match=r"word map 2 has shape .* needs .* = \(2, 4, 4, 4\)"):
+            relation_accuracy(tiny_bert, sents, maps=[maps[0], maps[1], bad], progress=False)
+
+
+def test_accuracies_are_exact_fractions(tiny_bert):
+    """Counts were summed in float32: 1/3 came out as 0.3333333432674408."""
+    sent = parse_conllu("".join(f"{i}\tw{i}\t_\t_\t_\t_\t{h}\tdep\t_\t_\n" for i, h in enumerate([2, 0, 2, 3], start=1)))
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.rand(2, 4, 5, 5, generator=gen)]
+    res = relation_accuracy(tiny_bert, sent, maps=maps, progress=False)  # 3 arcs
+    acc = res.per_head["accuracy"]
+    assert (acc == (acc * 3).round() / 3).all()  # exactly k / 3 in float64
+    assert acc.isin([1 / 3, 2 / 3]).any()
+    assert res.baselines["accuracy"].tolist() == [2 / 3, 2 / 3]  # "dep" and "all": offset -1 (words 3 and 4)

@@ -7,10 +7,13 @@ batches with only ``hook_pattern`` read, then cut back to each sentence's own le
 
 A text is fed to the model as it is, and its words are runs of word characters and single
 punctuation marks; a word list (e.g. from CoNLL-U) is fed as the words joined by single
-spaces. Word alignment uses the fast tokenizer's character offsets: a token belongs to the
-first word its characters overlap. Special
-tokens ([CLS], [SEP], BOS) have empty offsets and become words of their own, flagged in
-``Sentence.special``.
+spaces. Word alignment uses the fast tokenizer's character offsets: a token belongs to
+every word its characters overlap, so one token may serve several words (gemma's ``."``,
+``...``, ``?!`` or ``).`` span two or three one-mark words). A token of spaces only goes
+to the next word. A word that no token covers (a character the tokenizer's normaliser
+drops, such as a soft hyphen for BERT) shares the token before it (the one after it for
+the first word). Special tokens ([CLS], [SEP], BOS) have empty offsets and become units of
+their own, flagged in ``Sentence.special``.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from jaxtyping import Float
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.distributed import map_units
 
-__all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus"]
+__all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
+           "check_max_distance"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -50,11 +54,13 @@ def is_punctuation(piece: str) -> bool:
 
 @dataclass
 class Sentence:
-    """One tokenised sentence: its tokens, words and which word each token belongs to.
+    """One tokenised sentence: its tokens, words and which words each token belongs to.
 
-    ``word_of[t]`` is the index (into ``units``) of the unit holding token ``t``; units are
-    the sentence's words in order plus one unit per special token, in token order.
-    ``word_index[u]`` maps a unit back to the word (``None`` for special tokens).
+    Units are the sentence's words in order plus one unit per special token, in token
+    order; ``word_index[u]`` maps a unit back to the word (``None`` for special tokens).
+    ``units_of[t]`` lists every unit token ``t`` serves: one, except for a token that spans
+    several words (``."`` is both ``.`` and ``"``) or one that also stands in for a word no
+    token covers. ``word_of[t]`` is the first of them.
     """
 
     text: str
@@ -62,9 +68,14 @@ class Sentence:
     tokens: list[str]
     token_ids: list[int]
     special: list[bool]  # per token
-    word_of: list[int]  # per token -> unit index
+    word_of: list[int]  # per token -> its first unit
     word_index: list[int | None]  # per unit -> word index or None for a special token
     pattern: torch.Tensor | None = field(default=None, repr=False)  # [layer, head, query, key]
+    units_of: list[list[int]] | None = None  # per token -> every unit it serves (default: [word_of[t]])
+
+    def __post_init__(self) -> None:
+        if self.units_of is None:
+            self.units_of = [[u] for u in self.word_of]
 
     @property
     def n_tokens(self) -> int:
@@ -75,9 +86,14 @@ class Sentence:
         return len(self.word_index)
 
     def alignment(self) -> Float[torch.Tensor, "token unit"]:
-        """One-hot ``[token, unit]`` matrix: 1 where the token is a piece of the unit."""
+        """``[token, unit]`` share of each token held by each unit; every row sums to 1.
+
+        One-hot unless a token serves k units, which then get 1/k of it each (so the
+        attention *to* a shared token is split evenly among its words).
+        """
         a = torch.zeros(self.n_tokens, self.n_units)
-        a[torch.arange(self.n_tokens), torch.tensor(self.word_of)] = 1.0
+        for t, units in enumerate(self.units_of):
+            a[t, units] = 1.0 / len(units)
         return a
 
 
@@ -93,8 +109,22 @@ def check_corpus(corpus) -> list:
     return items
 
 
+def check_max_distance(max_distance) -> int | None:
+    """``max_distance`` as an int: None (keep every distance) or an integer >= 0, as the distance analyses take it."""
+    if max_distance is not None and not (is_integer(max_distance) and max_distance >= 0):
+        raise InvalidInput(f"max_distance must be an integer >= 0 or None (every distance), got {max_distance!r}")
+    return None if max_distance is None else int(max_distance)
+
+
+def _label(item, index: int) -> str:
+    """How messages name a sentence: its index, and ``file:line`` for one read from a file."""
+    source, line = getattr(item, "source", None), getattr(item, "line", 0)
+    return f"sentence {index} ({source}:{line})" if not isinstance(item, str) and source and line else f"sentence {index}"
+
+
 def _words_of(item, index: int) -> tuple[str, list[str], list[int]]:
     """(text fed to the model, its words, each word's start character)."""
+    label = _label(item, index)
     if isinstance(item, str):
         found = list(_WORD_RE.finditer(item))
         text, words, starts = item, [m.group() for m in found], [m.start() for m in found]
@@ -102,20 +132,47 @@ def _words_of(item, index: int) -> tuple[str, list[str], list[int]]:
         if hasattr(item, "words") and not isinstance(item, Sequence):
             item = list(item.words)
         if not (isinstance(item, Sequence) and all(isinstance(w, str) for w in item)):
-            raise InvalidInput(f"sentence {index}: expected a string or a list of words, got {type(item).__name__}")
+            raise InvalidInput(f"{label}: expected a string or a list of words, got {type(item).__name__}")
         words = list(item)
         if any(not w or any(ch.isspace() for ch in w) for w in words):
-            raise InvalidInput(f"sentence {index}: words must be non-empty and contain no spaces, got {words!r}")
+            raise InvalidInput(f"{label}: words must be non-empty and contain no spaces, got {words!r}")
         text, starts, pos = " ".join(words), [], 0
         for w in words:
             starts.append(pos)
             pos += len(w) + 1
     if not words:
-        raise InvalidInput(f"sentence {index} is empty: every sentence needs at least one word")
+        raise InvalidInput(f"{label} is empty: every sentence needs at least one word")
     return text, words, starts
 
 
-def _align(model, text: str, words: list[str], starts: list[int], index: int) -> Sentence:
+def _token_words(offsets, starts: list[int], ends: list[int]) -> list[list[int]]:
+    """Per token, the words (indices) it serves; ``[]`` for a special token (empty offsets).
+
+    A token serves every word its characters ``[s, e)`` overlap; a token overlapping none
+    (spaces only) serves the next word, or the last. A word no token overlaps is then
+    served by the token before it (after it, for a word before every token).
+    """
+    n = len(starts)
+    served: list[list[int]] = []
+    for s, e in offsets:
+        if e <= s:
+            served.append([])
+            continue
+        first = bisect.bisect_right(ends, s)  # first word ending after the token starts
+        words = list(range(first, bisect.bisect_left(starts, e, lo=first)))  # ... and starting before it ends
+        served.append(words or [min(first, n - 1)])
+    covered = {w for words in served for w in words}
+    real = [t for t, words in enumerate(served) if words]
+    for w in range(n):
+        if w in covered or not real:
+            continue
+        before = [t for t in real if offsets[t][0] < starts[w]]
+        t = before[-1] if before else real[0]
+        served[t] = sorted(served[t] + [w])
+    return served
+
+
+def _align(model, text: str, words: list[str], starts: list[int], label: str) -> Sentence:
     # Offsets come from the tokenizer itself (the engine has no notion of words); the ids
     # are the ones ``model.token_rows`` gives, special tokens included.
     tok = model.tokenizer
@@ -127,28 +184,26 @@ def _align(model, text: str, words: list[str], starts: list[int], index: int) ->
     n_ctx = model.cfg.n_ctx
     if n_ctx is not None and len(ids) > n_ctx:
         raise InvalidInput(
-            f"sentence {index} has {len(ids)} tokens but {model.cfg.name} handles at most {n_ctx}; "
+            f"{label} has {len(ids)} tokens but {model.cfg.name} handles at most {n_ctx}; "
             "shorten or drop it"
         )
-    ends = [st + len(w) for st, w in zip(starts, words)]
-    word_of, word_index, special, unit_of_word = [], [], [], {}
-    for s, e in offsets:
-        if e <= s:  # no characters: a special token ([CLS], [SEP], BOS) is its own unit
-            special.append(True)
-            word_of.append(len(word_index))
+    served = _token_words(offsets, starts, [st + len(w) for st, w in zip(starts, words)])
+    if not any(served):  # the tokenizer dropped every character: nothing to align the words to
+        raise InvalidInput(f"{label}: words {words!r} produced no tokens (the tokenizer dropped every character); "
+                           "drop the sentence or replace those characters")
+    word_of, units_of, word_index, special, unit_of_word = [], [], [], [], {}
+    for ws in served:
+        special.append(not ws)
+        if not ws:  # a special token ([CLS], [SEP], BOS) is its own unit
+            units_of.append([len(word_index)])
             word_index.append(None)
-            continue
-        special.append(False)
-        # first word overlapping [s, e); a token of spaces only goes to the next word
-        w = bisect.bisect_right(ends, s)
-        w = min(w, len(words) - 1)
-        if w not in unit_of_word:
-            unit_of_word[w] = len(word_index)
-            word_index.append(w)
-        word_of.append(unit_of_word[w])
-    missing = sorted(set(range(len(words))) - set(unit_of_word))
-    if missing:
-        raise InvalidInput(f"sentence {index}: words {[words[i] for i in missing]} produced no tokens")
+        else:
+            for w in ws:
+                if w not in unit_of_word:
+                    unit_of_word[w] = len(word_index)
+                    word_index.append(w)
+            units_of.append([unit_of_word[w] for w in ws])
+        word_of.append(units_of[-1][0])
     return Sentence(
         text=text,
         words=words,
@@ -157,13 +212,22 @@ def _align(model, text: str, words: list[str], starts: list[int], index: int) ->
         special=special,
         word_of=word_of,
         word_index=word_index,
+        units_of=units_of,
     )
 
 
 def prepare(model, corpus: Iterable) -> list[Sentence]:
-    """Tokenise and word-align every sentence (no forward pass yet); checks lengths."""
+    """Tokenise and word-align every sentence (no forward pass yet); checks lengths.
+
+    Every word gets at least one token and a token may serve several words (see the
+    module docstring); only a sentence whose characters the tokenizer drops entirely is
+    refused, named by index (and ``file:line`` for a CoNLL-U sentence).
+    """
     items = check_corpus(corpus)
-    return [_align(model, *_words_of(item, i), i) for i, item in enumerate(items)]
+    out = []
+    for i, item in enumerate(items):
+        out.append(_align(model, *_words_of(item, i), _label(item, i)))
+    return out
 
 
 def _batches(sentences: list[Sentence], batch_size: int) -> Iterator[list[Sentence]]:

@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._corpus import attention_batches, check_corpus, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.analysis.heads import HeadStats, entropy, head_stats
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["js_divergence_matrix", "head_distances", "HeadMap", "behaviour", "BEHAVIOURS"]
@@ -90,8 +90,18 @@ class HeadMap(Result):
                              "n_heads": [int(counts[b]) for b in BEHAVIOURS if b in counts]})
 
     def distance(self, a: tuple[int, int], b: tuple[int, int]) -> float:
-        n_heads = int(self.table["head"].max()) + 1
-        return float(self.distances[a[0] * n_heads + a[1], b[0] * n_heads + b[1]])
+        """JS distance between heads ``a`` and ``b``, each a ``(layer, head)`` pair."""
+        n_layers, n_heads = int(self.table["layer"].max()) + 1, int(self.table["head"].max()) + 1
+        index = []
+        for name, loc in (("a", a), ("b", b)):
+            if not (isinstance(loc, (tuple, list)) and len(loc) == 2 and all(is_integer(v) for v in loc)):
+                raise InvalidLocation(f"head {name} must be a (layer, head) pair of integers, got {loc!r}")
+            layer, head = loc
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise InvalidLocation(f"head {name} = ({layer}, {head}) out of range: {self.model_name} has layers "
+                                      f"0..{n_layers - 1} and heads 0..{n_heads - 1}")
+            index.append(int(layer) * n_heads + int(head))
+        return float(self.distances[index[0], index[1]])
 
     def plot(self, ax=None):
         """Two panels like Clark et al. Fig. 6: the MDS map coloured by layer and by behaviour (``ax``: two Axes)."""
@@ -103,6 +113,25 @@ class HeadMap(Result):
         if ax is None:  # a caller's figure keeps its own title
             fig.suptitle(f"{self.model_name}: MDS of Jensen-Shannon distances between heads")
         return fig
+
+
+def _mds(dist: np.ndarray, seed: int) -> np.ndarray:
+    """2-D metric MDS of precomputed distances: 4 random starts, the best kept.
+
+    scikit-learn 1.8 renamed the options: ``metric="precomputed"`` and ``init="random"``
+    where 1.4-1.7 take ``dissimilarity="precomputed"`` (``metric`` was the bool now called
+    ``metric_mds``) and always start at random; both spellings give the same SMACOF run.
+    """
+    import inspect
+
+    from sklearn.manifold import MDS
+
+    common = dict(n_components=2, random_state=seed, n_init=4, max_iter=300, eps=1e-6, normalized_stress="auto")
+    if "init" in inspect.signature(MDS).parameters:  # scikit-learn >= 1.8
+        mds = MDS(metric="precomputed", init="random", **common)
+    else:
+        mds = MDS(dissimilarity="precomputed", **common)
+    return mds.fit_transform(dist)
 
 
 @torch.no_grad()
@@ -122,8 +151,7 @@ def head_distances(
     >>> hm.distances.shape, bool((hm.distances.diagonal() == 0).all())
     ((8, 8), True)
     """
-    from sklearn.manifold import MDS
-
+    corpus = check_corpus(corpus)  # a generator is read once: head_stats below needs the texts again
     sentences = prepare(model, corpus)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     total = torch.zeros(L * H, L * H, dtype=torch.float64)  # JS summed over query tokens
@@ -136,8 +164,7 @@ def head_distances(
     dist = (dist + dist.T) / 2
     np.fill_diagonal(dist, 0.0)
     if L * H >= 3:
-        mds = MDS(n_components=2, metric="precomputed", random_state=seed, n_init=4, init="random", normalized_stress="auto")
-        xy = mds.fit_transform(dist)
+        xy = _mds(dist, seed)
     else:
         xy = np.zeros((L * H, 2))
     if stats is None:

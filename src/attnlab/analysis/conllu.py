@@ -4,9 +4,11 @@ Handles the real format: ``#`` comment lines (``# text = ...`` and ``# sent_id =
 kept), multiword token ranges such as ``3-4`` (skipped: the syntactic words that follow
 carry the tree) and empty nodes such as ``5.1`` (skipped: they belong to enhanced
 dependencies). Every malformed line raises :class:`DataFormatError` naming ``file:line``;
-a sentence whose heads do not form one tree rooted at 0 (a missing head, a cycle, no root)
-is rejected the same way, and so is a file that is not UTF-8 text (a UTF-8 byte-order
-mark is accepted).
+a sentence whose heads do not form one tree rooted at 0 (a missing head, a cycle, no root
+or, as Universal Dependencies requires exactly one, several words with HEAD 0) is rejected
+the same way, and so are an empty DEPREL and a file that is not UTF-8 text (a UTF-8
+byte-order mark is accepted). Lines end at ``\\n``, ``\\r\\n`` or, in a file or string with no
+``\\n``, at ``\\r``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attnlab._textfile import iter_lines
+from attnlab._textfile import iter_lines, split_lines
 from attnlab.errors import DataFormatError, InvalidInput
 
 __all__ = ["DependencySentence", "read_conllu", "parse_conllu"]
@@ -42,6 +44,7 @@ class DependencySentence:
     text: str | None = None
     line: int = 0  # line number of the sentence's first word, for messages
     upos: list[str] = field(default_factory=list)
+    source: str | None = field(default=None, compare=False)  # the file (or parse_conllu's ``source``) read, for messages
 
     def __len__(self) -> int:
         return len(self.words)
@@ -57,6 +60,13 @@ def _check_tree(sent: DependencySentence, lines: list[int], where: str) -> None:
     label = f" (sent_id {sent.sent_id})" if sent.sent_id else ""
     if not any(h == 0 for h in sent.heads):
         raise DataFormatError(f"{where}:{lines[0]}{label}: sentence has no root (no word with HEAD 0)")
+    roots = [i for i, h in enumerate(sent.heads) if h == 0]
+    if len(roots) > 1:
+        first, second = roots[:2]
+        raise DataFormatError(
+            f"{where}:{lines[second]}{label}: words {first + 1} ({sent.words[first]!r}) and {second + 1} "
+            f"({sent.words[second]!r}) both have HEAD 0, but a sentence has exactly one root (the word with HEAD 0)"
+        )
     for i, h in enumerate(sent.heads):
         if not 0 <= h <= n:
             raise DataFormatError(
@@ -85,7 +95,7 @@ def parse_conllu(text: str, *, source: str = "<string>", subtypes: bool = False)
     if not isinstance(text, str):
         raise InvalidInput(f"parse_conllu takes the text of a CoNLL-U file, got {type(text).__name__}; use read_conllu for a path")
     text = text.removeprefix("\ufeff")
-    return list(_iter_sentences(enumerate(text.split("\n"), start=1), source, subtypes))
+    return list(_iter_sentences(enumerate(split_lines(text), start=1), source, subtypes))
 
 
 def read_conllu(path: str | Path, *, subtypes: bool = False, limit: int | None = None) -> list[DependencySentence]:
@@ -115,7 +125,7 @@ def _iter_sentences(lines: Iterable[tuple[int, str]], source: str, subtypes: boo
     meta: dict[str, str] = {}
 
     def finish() -> DependencySentence:
-        sent = DependencySentence(words, heads, rels, meta.get("sent_id"), meta.get("text"), word_lines[0], upos)
+        sent = DependencySentence(words, heads, rels, meta.get("sent_id"), meta.get("text"), word_lines[0], upos, source)
         _check_tree(sent, word_lines, source)
         return sent
 
@@ -149,6 +159,11 @@ def _iter_sentences(lines: Iterable[tuple[int, str]], source: str, subtypes: boo
             raise DataFormatError(
                 f"{source}:{lineno}: HEAD {head!r} of word {idx} is not a number (missing head; expected 0 for the "
                 f"root or a word ID)"
+            )
+        if not cols[7].split(":")[0].strip():
+            raise DataFormatError(
+                f"{source}:{lineno}: DEPREL {cols[7]!r} of word {idx} is empty; expected a relation (nsubj, obl:tmod, "
+                f"root, ...)"
             )
         # every whitespace character (a no-break space too), not only " ": the analyses split nothing,
         # but refuse a word holding any (str.isspace), so one kind missed here failed far from the file

@@ -26,7 +26,7 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._corpus import attention_batches, check_corpus, check_max_distance, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run, token_logprobs
@@ -158,17 +158,18 @@ def attention_by_distance(
 ) -> DistanceProfile:
     """Mean attention mass at every query-key distance, for every head, over ``corpus``.
 
-    Distances beyond ``max_distance`` are folded into the last bin.
+    Distances beyond ``max_distance`` (None or an integer >= 0) are folded into the last bin.
 
     >>> from attnlab.testing import tiny_model
     >>> prof = attention_by_distance(tiny_model("gpt2"), ["the nurse said that she left ."], progress=False)
     >>> bool(np.allclose(prof.mass.sum(-1) + prof.sink, 1.0))
     True
     """
+    max_distance = check_max_distance(max_distance)  # -3 put every pair in bin 0, silently
     sentences = prepare(model, corpus)
     order = {id(s): i for i, s in enumerate(sentences)}
     longest = max(s.n_tokens for s in sentences)
-    D = longest if max_distance is None else max(1, min(int(max_distance) + 1, longest))
+    D = longest if max_distance is None else min(max_distance + 1, longest)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     mass = torch.zeros(L, H, D, dtype=torch.float64)
     sink = torch.zeros(L, H, dtype=torch.float64)
@@ -337,6 +338,7 @@ def window_experiment(
     (an integer in 1..longest length - 1; default: the second half of the longest text).
     """
     runs = _window_conditions(conditions)
+    texts = check_corpus(texts)  # read once: every condition runs the same texts (a generator was empty the second time)
     for name, specs in runs.items():
         for spec in specs:
             spec.validate(model.cfg)

@@ -46,15 +46,18 @@ def word_attention(
     """Token attention -> word attention: sum over the pieces a word is attended *as*, mean over the pieces it attends *from*.
 
     Units are ordered as ``sentence.word_index`` (words plus special tokens in token
-    order). With ``drop_special=True`` special-token rows and columns are removed and the
+    order). A token that serves k words (``."`` for ``.`` and ``"``) is a piece of each:
+    the attention to it is split evenly, 1/k to each, so rows still sum to 1, and those
+    words attend from it alike. With ``drop_special=True`` special-token rows and columns are removed and the
     result is indexed by word (rows then sum to 1 minus the mass on special tokens).
     """
     n = sentence.n_tokens
     if pattern.shape[-1] != n or pattern.shape[-2] != n:
         raise InvalidInput(f"pattern is {tuple(pattern.shape)} but the sentence has {n} tokens")
-    a = sentence.alignment().to(pattern.dtype)  # [token, unit]
+    a = sentence.alignment().to(pattern.dtype)  # [token, unit], a shared token split evenly
     to_words = pattern @ a  # [..., query_token, unit]: summed over the pieces of each key word
-    mean_from = a / a.sum(0, keepdim=True)  # [token, unit], columns average a word's pieces
+    pieces = (a > 0).to(pattern.dtype)  # [token, unit]: 1 where the token is a piece of the unit
+    mean_from = pieces / pieces.sum(0, keepdim=True)  # [token, unit], columns average a word's pieces
     out = mean_from.transpose(0, 1) @ to_words  # [..., unit, unit]
     if drop_special:
         keep = [u for u, w in enumerate(sentence.word_index) if w is not None]

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import prepare
+from attnlab.analysis._corpus import check_max_distance, prepare
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.attention import masked
@@ -361,13 +361,12 @@ def decay_neurons(
     """
     from tqdm.auto import tqdm
 
+    max_distance = check_max_distance(max_distance)
     sentences = prepare(model, corpus)
     pairs = model.cfg.rotary if pairs is None else pairs
     layer_list = list(range(model.cfg.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     longest = max(s.n_tokens for s in sentences)
-    D = longest if max_distance is None else min(int(max_distance) + 1, longest)
-    if D < 1:
-        raise InvalidInput(f"max_distance must be >= 0, got {max_distance!r}")
+    D = longest if max_distance is None else min(max_distance + 1, longest)
     H, d = model.cfg.n_heads, model.cfg.d_head
     sums = torch.zeros(len(layer_list), H, d, D, dtype=torch.float64)
     counts = torch.zeros(len(layer_list), H, D, dtype=torch.float64)

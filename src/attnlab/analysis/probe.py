@@ -69,6 +69,22 @@ def _stack(maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, torch.tensor([m.shape[-1] - 1 for m in maps])
 
 
+def _check_maps(maps: Sequence[torch.Tensor], sentences: Sequence[DependencySentence]) -> list[torch.Tensor]:
+    """The caller's word maps, one per sentence in order, each ``[layer, head, 1 + n, 1 + n]`` for its n words."""
+    maps = list(maps)
+    if len(maps) != len(sentences):
+        raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences; pass one map per sentence, in order "
+                           "(from word_maps)")
+    for i, (m, s) in enumerate(zip(maps, sentences)):
+        if m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape[-1] != len(s) + 1:
+            raise InvalidInput(f"map {i} has shape {tuple(m.shape)}; a sentence of {len(s)} words needs "
+                               f"[layer, head, {len(s) + 1}, {len(s) + 1}]")
+        if m.shape[:2] != maps[0].shape[:2]:
+            raise InvalidInput(f"map {i} has {tuple(m.shape[:2])} layers x heads but map 0 has {tuple(maps[0].shape[:2])}; "
+                               "pass maps of one model")
+    return maps
+
+
 def _gold(sentences: Sequence[DependencySentence], size: int) -> torch.Tensor:
     gold = torch.full((len(sentences), size), -100, dtype=torch.long)  # -100: ignored
     for i, s in enumerate(sentences):
@@ -159,12 +175,7 @@ class AttentionProbe:
         from tqdm.auto import tqdm
 
         sentences = check_sentences(sentences)
-        maps = list(maps) if maps is not None else word_maps(model, sentences, progress=progress)
-        if len(maps) != len(sentences):
-            raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
-        for i, (m, s) in enumerate(zip(maps, sentences)):
-            if m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape[-1] != len(s) + 1:
-                raise InvalidInput(f"map {i} has shape {tuple(m.shape)}; a sentence of {len(s)} words needs [layer, head, {len(s) + 1}, {len(s) + 1}]")
+        maps = _check_maps(maps, sentences) if maps is not None else word_maps(model, sentences, progress=progress)
         self._shape = tuple(maps[0].shape[:2])
         gen = torch.Generator().manual_seed(self.seed)
         self.scorer = _Scorer(self._shape[0] * self._shape[1], self.max_offset, self.distance_features)
@@ -196,7 +207,10 @@ class AttentionProbe:
         if self.scorer is None:
             raise InvalidInput("the probe is not trained yet: call fit() first")
         out = []
-        for m in maps:
+        for i, m in enumerate(maps):
+            if m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape[-1] < 2:
+                raise InvalidInput(f"map {i} has shape {tuple(m.shape)}; expected [layer, head, 1 + n_words, "
+                                   "1 + n_words] with n_words >= 1 (see word_maps)")
             if tuple(m.shape[:2]) != self._shape:
                 raise InvalidInput(f"maps have {tuple(m.shape[:2])} layers x heads but the probe was trained on {self._shape}")
             x, n = _stack([m])
@@ -207,7 +221,7 @@ class AttentionProbe:
                  progress: bool = True) -> ProbeScore:
         """UAS on ``sentences`` (every word counted, punctuation included)."""
         sentences = check_sentences(sentences)
-        maps = list(maps) if maps is not None else word_maps(model, sentences, progress=progress)
+        maps = _check_maps(maps, sentences) if maps is not None else word_maps(model, sentences, progress=progress)
         preds = self.predict(maps)
         right = left = correct = total = 0
         rows = []

@@ -58,7 +58,7 @@ def word_maps(
     directly. Other special tokens ([SEP]) are dropped.
     """
     sentences = check_sentences(sentences)
-    prepared = prepare(model, [s.words for s in sentences])
+    prepared = prepare(model, sentences)  # their words; errors name the sentence's file:line
     out: list[torch.Tensor | None] = [None] * len(prepared)
     index = {id(p): i for i, p in enumerate(prepared)}
     for s in attention_batches(model, prepared, batch_size=batch_size, progress=progress,
@@ -181,13 +181,15 @@ def relation_accuracy(
     if len(maps) != len(sentences):
         raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    correct: dict[tuple[str, str], torch.Tensor] = defaultdict(lambda: torch.zeros(L, H))
+    correct: dict[tuple[str, str], torch.Tensor] = defaultdict(lambda: torch.zeros(L, H, dtype=torch.long))  # exact counts
     counts: Counter = Counter()
     offsets: dict[str, Counter] = defaultdict(Counter)
-    for sent, m in zip(sentences, maps):
+    for index, (sent, m) in enumerate(zip(sentences, maps)):
         n = len(sent)
-        if m.shape[-1] != n + 1:
-            raise InvalidInput(f"word map of shape {tuple(m.shape)} does not fit a sentence of {n} words")
+        if tuple(m.shape) != (L, H, n + 1, n + 1):
+            raise InvalidInput(f"word map {index} has shape {tuple(m.shape)} but a sentence of {n} words on "
+                               f"{model.cfg.name} needs [layer, head, 1 + words, 1 + words] = {(L, H, n + 1, n + 1)}; "
+                               "pass the maps word_maps gives for this model and these sentences")
         for i in range(1, n + 1):
             h = sent.heads[i - 1]
             if h == 0:
@@ -196,15 +198,15 @@ def relation_accuracy(
             pred_head = _argmax_excluding(m[:, :, i, :], i)  # [layer, head]
             pred_dep = _argmax_excluding(m[:, :, h, :], h)
             for r in rels:
-                correct[(r, "dep->head")] += (pred_head == h).float()
-                correct[(r, "head->dep")] += (pred_dep == i).float()
+                correct[(r, "dep->head")] += pred_head == h
+                correct[(r, "head->dep")] += pred_dep == i
                 counts[r] += 1
                 offsets[r][h - i] += 1
     if not counts:
         raise InvalidInput("the sentences have no dependency arcs (only roots); nothing to evaluate")
     rows = []
     for (r, d), c in correct.items():
-        acc = (c / counts[r]).numpy()
+        acc = c.double().numpy() / counts[r]  # float64: 18/222 is 0.08108108108108109, not float32's 0.0810810774...
         for layer in range(L):
             for head in range(H):
                 rows.append((r, d, layer, head, float(acc[layer, head]), counts[r]))
