@@ -30,3 +30,14 @@ def test_numpy_integers_equal_python_integers_across_floors():
     assert model.to_single_str_token(np.int64(5)) == model.to_single_str_token(5)
     _, cache = model.run_with_cache(TEXT)
     torch.testing.assert_close(cache.accumulated_resid(np.int64(1)), cache.accumulated_resid(1), rtol=0, atol=0)
+
+
+def test_numpy_integers_in_the_corpus_readers_and_the_probe(tmp_path):
+    from attnlab.analysis import AttentionProbe, read_conllu
+
+    path = tmp_path / "two.conllu"
+    row = "1\tshe\t_\t_\t_\t_\t2\tnsubj\t_\t_\n2\tleft\t_\t_\t_\t_\t0\troot\t_\t_\n\n"
+    path.write_text(row * 2)
+    assert read_conllu(path, limit=np.int64(1)) == read_conllu(path, limit=1)
+    probe = AttentionProbe(epochs=np.int64(2), batch_size=np.int32(4))
+    assert (probe.epochs, probe.batch_size) == (2, 4) and type(probe.epochs) is int

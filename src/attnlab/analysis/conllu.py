@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnlab._textfile import iter_lines, split_lines
-from attnlab.errors import DataFormatError, InvalidInput
+from attnlab.errors import DataFormatError, InvalidInput, is_integer
 
 __all__ = ["DependencySentence", "read_conllu", "parse_conllu"]
 
@@ -100,8 +100,9 @@ def parse_conllu(text: str, *, source: str = "<string>", subtypes: bool = False)
 
 def read_conllu(path: str | Path, *, subtypes: bool = False, limit: int | None = None) -> list[DependencySentence]:
     """Read every sentence of a UTF-8 CoNLL-U file (or the first ``limit``)."""
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+    if limit is not None and (not is_integer(limit) or limit < 1):
         raise InvalidInput(f"limit must be a positive number of sentences or None (all), got {limit!r}")
+    limit = None if limit is None else int(limit)
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"no CoNLL-U file at {str(path)!r}" + (" (it is a folder)" if path.is_dir() else ""))

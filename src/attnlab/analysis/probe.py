@@ -24,7 +24,7 @@ from torch import nn
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.analysis.conllu import DependencySentence
 from attnlab.analysis.syntax import check_sentences, word_maps
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["AttentionProbe", "ProbeScore"]
@@ -154,8 +154,9 @@ class AttentionProbe:
         seed: int = 0,
     ):
         for name, v in (("epochs", epochs), ("batch_size", batch_size), ("max_offset", max_offset)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not is_integer(v) or v < 1:
                 raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
+        epochs, batch_size, max_offset = int(epochs), int(batch_size), int(max_offset)
         if not lr > 0:
             raise InvalidInput(f"lr must be > 0, got {lr!r}")
         self.distance_features = distance_features
