@@ -52,6 +52,11 @@ __all__ = ["PRECISIONS", "check_precision", "computing_dtype", "reduced_linears"
 #: What ``precision=`` accepts, by name; the dtype itself is accepted too.
 PRECISIONS = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
+#: Switches for the benchmark that measures them against the plain path (``benchmarks/bench_precision_casts.py``):
+#: keep the MLPs' hidden activations in bfloat16; round an input shared by consecutive products once.
+KEEP_MLP_HIDDEN = True
+SHARE_CASTS = True
+
 #: The precision the innermost ``run`` asked for, in this context (None: full).
 _ASKED: ContextVar[torch.dtype | None] = ContextVar("attnlab_precision", default=None)
 
@@ -143,6 +148,8 @@ class _RoundedProducts(TorchFunctionMode):
         if kept is not None and kept[0] is x and kept[1] == x._version:
             return kept[2]
         rounded = x.to(self.dtype)
+        if not SHARE_CASTS:
+            return rounded
         self._cast = (x, x._version, rounded)
         return rounded
 
@@ -181,7 +188,7 @@ def reduced_linears(model, dtype: torch.dtype | None) -> Iterator[None]:
                 "offloaded (device_map with disk/CPU offload); load it fully on its devices, or use precision=None")
         linear = {id(m.weight) for m in linears if type(m) is nn.Linear}
         conv = {id(m.weight) for m in linears if type(m) is Conv1D}
-        hidden, last = _mlp_linears(model, linears) if dtype is torch.bfloat16 else (set(), set())
+        hidden, last = _mlp_linears(model, linears) if dtype is torch.bfloat16 and KEEP_MLP_HIDDEN else (set(), set())
         with _RoundedProducts(model, dtype, linear, conv, hidden, last):
             yield
     finally:
