@@ -333,3 +333,44 @@ def test_a_hook_points_add_hook_takes_transformer_lens_signature(tiny_gpt2):
     assert seen == ["permanent"]  # kept by reset_hooks() unless including_permanent=True
     tiny_gpt2.reset_hooks(including_permanent=True)
     assert tiny_gpt2.count_hooks() == 0
+
+
+@_own_context
+def test_add_hook_after_a_clean_block_closed_first_attaches_where_it_acts(tiny_gpt2):
+    """A hooks() block opened inside a clean() that has ended acts no more: add_hook must not attach to it."""
+    model = tiny_gpt2
+    clean = _run(model)
+    outer, inner = model.clean(), model.hooks([])
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    calls = []
+    model.add_hook("blocks.0.attn.hook_z", lambda x, hook: calls.append(1))
+    _run(model)
+    assert calls  # it acts (it was attached to the inert block before, and never fired)
+    inner.__exit__(None, None, None)
+    model.reset_hooks()
+    assert model.count_hooks() == 0 and torch.equal(_run(model), clean)
+
+
+@_own_context
+def test_add_hook_racing_with_its_block_closing_leaves_nothing(tiny_gpt2, monkeypatch):
+    """The block closes between add_hook choosing it and registering the undo: the hook goes with the block."""
+    import attnlab.engine.hooks as hooks_module
+
+    model = tiny_gpt2
+    clean = _run(model)
+    block = model.hooks([])
+    block.__enter__()
+    real = hooks_module.at_frame_exit
+
+    def close_first(frame, fn):  # another thread closes the block right now
+        block.__exit__(None, None, None)
+        return real(frame, fn)
+
+    monkeypatch.setattr(hooks_module, "at_frame_exit", close_first)
+    model.add_hook("blocks.0.attn.hook_z", lambda x, hook: x * 0)
+    monkeypatch.setattr(hooks_module, "at_frame_exit", real)
+    assert model.count_hooks() == 0 and _all_torch_hooks(model) == 0
+    assert not hooks_module._AT_EXIT
+    assert torch.equal(_run(model), clean)

@@ -319,3 +319,20 @@ def test_mlp_hidden_activations_stay_bfloat16_and_the_block_returns_float32(arch
         seen[precision] = [out.cache[n].dtype for n in names]
     assert seen["bf16"] == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
     assert seen["fp16"] == seen[None] == [torch.float32] * 4
+
+
+def test_reduced_precision_runs_under_inference_mode():
+    """Activations made under torch.inference_mode() have no version counter: rounded each time, same numbers."""
+    from attnlab.measure import LogitDiff, sweep_heads
+
+    model = tiny_model("llama")
+    tokens = model.tokens(TEXTS)
+    expected = run(model, tokens, logits="all", precision="bf16").logits
+    opts = dict(progress=False, n_boot=0)
+    swept = sweep_heads(model, TEXTS, LogitDiff(" she", " he"), "zero", precision="bf16", **opts).table.effect.to_numpy()
+    with torch.inference_mode():
+        got = run(model, tokens, logits="all", precision="bf16").logits
+        again = sweep_heads(model, TEXTS, LogitDiff(" she", " he"), "zero", precision="bf16", **opts).table.effect.to_numpy()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    np.testing.assert_allclose(again, swept, rtol=0, atol=1e-6)
+    assert model.count_hooks() == 0

@@ -240,3 +240,30 @@ def test_attribution_inside_an_outer_spec_with_rows_does_not_depend_on_batch_siz
             got = attribute(tiny_llama, prompts, metric, layers=[0], batch_size=batch_size, progress=False, n_boot=0)
             per_prompt = got.per_prompt.pivot(index="prompt", columns="head", values="effect").loc[prompts].to_numpy()
             assert np.allclose(per_prompt, np.stack(alone), atol=1e-5)
+
+
+def test_generation_metrics_draw_resamples_per_prompt_whatever_the_batch_size(tiny_gpt2):
+    """effect() with a generation metric generates chunk by chunk; each chunk names its prompts' numbers."""
+    ref = ["the cat sat on the mat", "a dog ran", "she gave him the book", "it rained all day"]
+    prompts = ["the nurse said", "a man", "the king told", "she left the", "they ran to", "it was a"]
+    specs = [AblateHead(layer, None, method="resample", reference=ref, seed=1) for layer in (0, 1)]
+    texts = [effect(tiny_gpt2, prompts, GenerationDiff(max_new_tokens=4), specs, batch_size=b, n_boot=0,
+                    progress=False).per_prompt.intervened_text.tolist() for b in (1, 3, 6)]
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_row_keys_are_checked(tiny_gpt2):
+    tokens = tiny_gpt2.tokens(["the nurse said that", "a man"])
+    from attnlab.engine.forward import run
+
+    for bad in ([7], torch.tensor([7, 9, 11]), [-1, 2], [[0, 1]], ["a", "b"], [0.5, 1.5]):
+        with pytest.raises(InvalidInput, match=r"row_keys must be one non-negative integer per row \(2 rows"):
+            run(tiny_gpt2, tokens, logits="last", row_keys=bad)
+        with pytest.raises(InvalidInput, match="row_keys must be"):
+            tiny_gpt2.generate(["the nurse said that", "a man"], max_new_tokens=1, row_keys=bad)
+    assert tiny_gpt2.count_hooks() == 0
+    spec = AblateHead(1, 0, method="resample", reference=["the cat sat", "a dog ran off", "it rained today"], seed=2)
+    with torch.no_grad(), tiny_gpt2.intervene(spec):
+        keyed = run(tiny_gpt2, tokens, logits="last", row_keys=[5, 9]).logits
+        alone = [run(tiny_gpt2, tokens.select(slice(i, i + 1)), logits="last", row_keys=[k]).logits for i, k in ((0, 5), (1, 9))]
+    torch.testing.assert_close(keyed, torch.cat(alone), rtol=0, atol=1e-5)

@@ -41,7 +41,7 @@ from torch import nn
 from attnlab.engine.hooks import scoped_module_hook
 from attnlab.engine.precision import check_precision, computing_dtype, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
-from attnlab.engine.state import ForwardState, current_state, forward_state, root_calls
+from attnlab.engine.state import ForwardState, check_row_keys, current_state, forward_state, root_calls
 from attnlab.engine.stop import StopForward, check_keep_layers, check_reached, check_stop_at_layer, last_layer_in_use, stop_at
 from attnlab.engine.tokens import Tokens
 from attnlab.errors import InvalidInput
@@ -251,7 +251,7 @@ def run(
     state = ForwardState(
         pad_left=tokens.pad_left if tokens.side == "left" else None,
         n_positions=int(tokens.lengths.max()),
-        row_keys=row_keys,
+        row_keys=check_row_keys(row_keys, tokens.n_rows),
     )
     kwargs = _model_kwargs(model, tokens, model_kwargs or {})
     result = Output(tokens=tokens)

@@ -85,6 +85,7 @@ def decode(
     stop_at_eos: bool = True,
     eos_token_id: int | torch.Tensor | None = None,
     pad_token_id: int = 0,
+    row_keys: Int[torch.Tensor, " batch"] | None = None,
 ) -> Int[torch.Tensor, "batch new"]:
     """New token ids per row (``pad_token_id`` after a row has stopped at EOS).
 
@@ -114,7 +115,7 @@ def decode(
     new = []
     for _ in range(max_new_tokens):
         state = ForwardState(pad_left=pad_left, n_positions=int(mask.sum(dim=1).max()), past=ids.shape[1] - step_ids.shape[1],
-                             generating=True)
+                             generating=True, row_keys=row_keys)
         kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True, cache_key: cache}
         if model._accepts("position_ids"):
             kwargs["position_ids"] = step_pos

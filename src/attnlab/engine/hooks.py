@@ -98,12 +98,12 @@ def hook_frame(*, user: bool = False) -> Iterator[int]:
     try:
         yield frame
     finally:
-        _OPEN.discard(frame)
+        with _AT_EXIT_LOCK:  # closed and its undo list taken at once: at_frame_exit() cannot add to it after
+            _OPEN.discard(frame)
+            undo = _AT_EXIT.pop(frame, [])
         if user_token is not None:
             _leave(_USER, user_token, users)
         _leave(_FRAMES, token, frames)
-        with _AT_EXIT_LOCK:
-            undo = _AT_EXIT.pop(frame, [])
         for fn in reversed(undo):
             fn()
 
@@ -128,17 +128,30 @@ def _drop_closed(var: ContextVar) -> None:
 
 
 def user_frame() -> int:
-    """The innermost ``hooks()`` block open in this context, else ``_GLOBAL`` (where ``add_hook`` attaches)."""
+    """The innermost ``hooks()`` block open and acting in this context, else ``_GLOBAL`` (where ``add_hook`` attaches).
+
+    Open: a context copied while a block was open may outlive the block. Acting: a block opened
+    inside a ``clean()`` that has ended no longer acts (inside a ``clean()`` block itself, the
+    blocks around it count: they act again when it ends).
+    """
+    frames = _FRAMES.get()
     for frame in reversed(_USER.get()):
-        if frame in _OPEN:  # (a context copied while a block was open may outlive the block)
+        if frame in _OPEN and (frames is None or frame in frames):
             return frame
     return _GLOBAL
 
 
-def at_frame_exit(frame: int, fn: Callable[[], None]) -> None:
-    """Run ``fn`` when ``frame`` closes (in ``finally``: also when the block raises)."""
+def at_frame_exit(frame: int, fn: Callable[[], None]) -> bool:
+    """Run ``fn`` when ``frame`` closes (in ``finally``: also when the block raises).
+
+    False, and ``fn`` is not kept, when ``frame`` has closed already (another thread closed it
+    meanwhile): the caller undoes at once what it would have undone then.
+    """
     with _AT_EXIT_LOCK:
+        if frame not in _OPEN:
+            return False
         _AT_EXIT.setdefault(frame, []).append(fn)
+        return True
 
 
 @contextmanager
@@ -272,8 +285,9 @@ class HookPoint(nn.Module):
             needs = list(getattr(self, "_needs", ()))  # a block edge's dispatcher on the HF module
             for need in needs:
                 need.acquire()
-            if owner != _GLOBAL:
-                at_frame_exit(owner, lambda: self._release(owner, needs))
+            ends_with_block = owner != _GLOBAL
+        else:
+            ends_with_block = False
         point = self
 
         def forward_hook(module, args, *rest):
@@ -296,6 +310,9 @@ class HookPoint(nn.Module):
             self._kind[handle.id] = (dir, is_permanent)
             if owner == _GLOBAL and needs:
                 self._held[handle.id] = needs  # released by remove_hooks() (model.reset_hooks())
+        # registered after the handle, so a block closing now in another thread removes it either way
+        if ends_with_block and not at_frame_exit(owner, lambda: self._release(owner, needs)):
+            self._release(owner, needs)  # the block ended meanwhile: its hooks end with it
 
     def remove_hooks(self, owner: int | None = None, *, including_permanent: bool = True, direction: str = "both") -> None:
         """Remove the hooks of one owner, or all of them (``direction``: only "fwd" or "bwd" hooks; permanent ones

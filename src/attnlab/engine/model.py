@@ -32,6 +32,7 @@ from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clea
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
+from attnlab.engine.state import check_row_keys
 from attnlab.engine.stop import check_reached, check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import SPLIT_INPUTS, HookTree, tree_of
@@ -728,6 +729,7 @@ class HookedModel(ModelWeights, nn.Module):
         eos_token_id: int | Sequence[int] | torch.Tensor | None = None,
         return_type: str = "str",
         attention_mask: torch.Tensor | None = None,
+        row_keys: torch.Tensor | Sequence[int] | None = None,
         **unknown: Any,
     ):
         """Continuation(s) of ``input`` with the KV cache, interventions and ``fwd_hooks`` active at every step.
@@ -738,12 +740,14 @@ class HookedModel(ModelWeights, nn.Module):
         ``eos_token_id``: one id or several (a row stops at any of them; default: the
         tokenizer's). Returns a string per prompt (one string for one prompt), or the new
         token ids with ``return_type="tokens"``. ``interventions``: one spec or a list of them.
+        ``row_keys``: which prompt each row is, when these are a chunk of a larger set (per-prompt
+        random draws such as resample ablation; default: the row index).
         """
         if unknown:
             raise InvalidInput(
                 f"unknown keyword argument(s) {sorted(unknown)} for generate(); valid: max_new_tokens, interventions, "
                 "fwd_hooks, do_sample, temperature, top_k, top_p, seed, stop_at_eos, eos_token_id, return_type, "
-                "attention_mask"
+                "attention_mask, row_keys"
             )
         if not self.cfg.is_causal or not self.cfg.has_lm_head:
             raise UnsupportedModel(f"{self.cfg.name} is not a causal language model; generate() needs one")
@@ -764,6 +768,7 @@ class HookedModel(ModelWeights, nn.Module):
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side="left")
         if tokens.side != "left" and not bool(tokens.mask.all()):  # right-padded Tokens: the new tokens follow each prompt
             tokens = self.pad([row[m.bool()].tolist() for row, m in zip(tokens.ids, tokens.mask)], padding_side="left")
+        keys = check_row_keys(row_keys, tokens.n_rows)
         tok = self.tokenizer
         # the caller's ids are checked against the vocabulary; the tokenizer's default is taken as it is
         eos = eos_ids(eos_token_id, self.cfg.d_vocab_out) if eos_token_id is not None \
@@ -771,7 +776,7 @@ class HookedModel(ModelWeights, nn.Module):
         with self.intervene(*interventions), self.hooks(fwd_hooks=fwd_hooks):
             new = decode(self, tokens, int(max_new_tokens), do_sample=do_sample, temperature=float(temperature),
                          top_k=None if top_k is None else int(top_k), top_p=top_p, seed=None if seed is None else int(seed),
-                         stop_at_eos=stop_at_eos, eos_token_id=eos, pad_token_id=self.pad_token_id)
+                         stop_at_eos=stop_at_eos, eos_token_id=eos, pad_token_id=self.pad_token_id, row_keys=keys)
         if return_type == "tokens":
             return new
         decoded = [tok.decode(row.tolist(), skip_special_tokens=True) for row in new]

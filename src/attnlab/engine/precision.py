@@ -101,6 +101,8 @@ def forget_rounded_weights(model) -> None:
 
 def _rounded_weight(model, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``weight`` in ``dtype`` (same layout), made once per weight tensor and version and kept on the model."""
+    if weight.is_inference():  # made under torch.inference_mode(): no version counter, so nothing can be kept
+        return weight.detach().to(dtype)
     store: dict = model.__dict__.setdefault("_rounded_weights", {})
     kept = store.get((id(weight), dtype))
     if kept is not None and kept[0]() is weight and kept[1] == (weight._version, weight.data_ptr()):
@@ -144,6 +146,8 @@ class _RoundedProducts(TorchFunctionMode):
         """``x`` in the reduced dtype, rounded once for consecutive products of the same input (q, k, v; gate, up)."""
         if x.dtype == self.dtype:
             return x
+        if x.is_inference():  # no version counter to tell an in-place edit by: round every time
+            return x.to(self.dtype)
         kept = self._cast
         if kept is not None and kept[0] is x and kept[1] == x._version:
             return kept[2]

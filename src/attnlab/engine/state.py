@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from attnlab.engine.hooks import scoped_module_hook
+from attnlab.errors import InvalidInput
 
-__all__ = ["ForwardState", "forward_state", "current_state", "root_calls"]
+__all__ = ["ForwardState", "forward_state", "current_state", "root_calls", "check_row_keys"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,22 @@ class ForwardState:
         return replace(self, pad_left=pad, row_keys=keys)
 
 
+def check_row_keys(row_keys, n_rows: int) -> torch.Tensor | None:
+    """``row_keys`` as a ``[n_rows]`` int64 tensor of prompt numbers (>= 0), or None; anything else is an error."""
+    if row_keys is None:
+        return None
+    try:
+        keys = torch.as_tensor(row_keys)
+    except (TypeError, ValueError, RuntimeError):
+        keys = None
+    ok = keys is not None and keys.ndim == 1 and (keys.dtype in _INTEGER_DTYPES or keys.numel() == 0)
+    if not ok or keys.shape[0] != n_rows or (keys.numel() and int(keys.min()) < 0):
+        raise InvalidInput(f"row_keys must be one non-negative integer per row ({n_rows} rows: which prompt each row "
+                           f"is), got {row_keys!r}")
+    return keys.to(torch.long).cpu()
+
+
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _STATE: ContextVar[ForwardState | None] = ContextVar("attnlab_forward_state", default=None)
 
 

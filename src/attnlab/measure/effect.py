@@ -266,8 +266,8 @@ def _generation(model, prompts, specs, metric, batch_size, progress):
     chunk = len(prompts) if any(addresses_rows(s) for s in specs) or outer_rows(model) else batch_size
     for start in tqdm(range(0, len(prompts), chunk), desc=f"effect ({metric.name})", disable=not progress, leave=False):
         part = prompts[start : start + chunk]
-        clean = metric.generate(model, part)
-        inter = metric.generate(model, part, specs)
+        clean = metric.generate(model, part, first=start)
+        inter = metric.generate(model, part, specs, first=start)
         for c, i in zip(clean, inter):
             cv, iv = metric.score(c, i)
             clean_v.append(cv)

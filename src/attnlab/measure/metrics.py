@@ -499,11 +499,14 @@ class GenerationDiff(Metric):
         self.max_new_tokens, self.measure = max_new_tokens, measure
         self.name = "generation_match" if measure == "match" else "generation_equal"
 
-    def generate(self, model, prompts: Sequence[str], interventions=()) -> list[list[int]]:
-        """Greedy new token ids per prompt (left-padded batch, KV cache, interventions active)."""
+    def generate(self, model, prompts: Sequence[str], interventions=(), *, first: int = 0) -> list[list[int]]:
+        """Greedy new token ids per prompt (left-padded batch, KV cache, interventions active).
+
+        ``first``: the number of the first prompt, when these are a chunk (per-prompt draws).
+        """
         tok = model.tokenizer
         new = model.generate(list(prompts), max_new_tokens=self.max_new_tokens, interventions=interventions,
-                             return_type="tokens").tolist()
+                             return_type="tokens", row_keys=torch.arange(first, first + len(prompts))).tolist()
         stops = {tok.eos_token_id, model.pad_token_id} - {None}
         cut = []
         for row in new:

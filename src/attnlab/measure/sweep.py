@@ -174,7 +174,7 @@ def sweep_heads(
 
     ``method``: ``"zero"``, ``"mean"`` (the head's mean output over ``reference``, default
     the prompts), ``"resample"`` (its output on a random ``reference`` prompt, drawn with
-    ``seed`` per chunk of rows) or ``"patch"`` (its attention pattern on the matching
+    ``seed`` and the prompt's number, whatever the chunking) or ``"patch"`` (its attention pattern on the matching
     ``counterfactuals`` prompt, which must have the same number of tokens). ``metric``
     defaults to :class:`KL` (:class:`HiddenShift` for encoders). ``batch_size`` bounds the
     rows of one forward pass. ``precision="bfloat16"``: the blocks' linear layers multiply in
