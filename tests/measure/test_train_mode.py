@@ -134,3 +134,16 @@ def test_active_dropout_names_what_drops():
     for module in llama.modules():  # training mode switched off where the probabilities are kept: nothing acts there
         module.training = module is llama
     assert active_dropout(llama) == ["config.attention_dropout=0.3"]
+
+
+def test_an_attention_module_in_training_mode_reading_its_eval_mode_dropouts_p_is_found():
+    """GPT-2's attention passes ``self.attn_dropout.p if self.training`` on: the module's mode decides, not the child's."""
+    model = tiny_model("gpt2")
+    model.eval()
+    model.hf_model.transformer.h[0].attn.train()
+    for module in model.hf_model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    assert any("attn_dropout.p=0.1" in part for part in active_dropout(model.hf_model))
+    with pytest.raises(InvalidInput, match="training mode and its dropout acts"):
+        score(model, PROMPTS, METRIC, progress=False)

@@ -62,6 +62,9 @@ def active_dropout(model: nn.Module) -> list[str]:
         for attr, value in vars(module).items():
             if not attr.startswith("_") and _is_probability_name(attr) and _positive(value):
                 parts.append(f"{where}.{attr}={value:g}")
+        for child_name, child in module.named_children():  # GPT-2's attention passes its eval-mode child's p on
+            if not child.training and isinstance(child, nn.modules.dropout._DropoutNd) and _positive(child.p):
+                parts.append(f"{where}.{child_name}.p={child.p:g} (read by the training-mode {type(module).__name__})")
     config = getattr(model, "config", None)
     if model.training and config is not None:
         fields = config.to_dict() if hasattr(config, "to_dict") else vars(config)
