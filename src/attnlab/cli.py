@@ -239,6 +239,11 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
     return path
 
 
+def _through_link(path: Path) -> Path:
+    """A symbolic link whose target does not exist yet stands for that target (writing creates it there)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() and not path.exists() else path
+
+
 def _check_place(path: Path, value: str, option: str) -> None:
     """``path`` (a file to write, or a folder to make) can be: an existing file is writable, else
     its nearest existing folder is a folder one may write in.
@@ -249,6 +254,7 @@ def _check_place(path: Path, value: str, option: str) -> None:
     """
     from attnlab.errors import InvalidInput
 
+    path = _through_link(path)
     if os.path.lexists(path):  # a file overwritten in place: its own permission is what counts
         if path.is_dir():
             raise InvalidInput(f"{option} {value}: {path} is a folder; give a file name")
@@ -275,7 +281,7 @@ def _check_out(args) -> None:
     value, kind = getattr(args, "out", None), getattr(args, "out_kind", None)
     if value is None or kind is None:  # the table is printed
         return
-    path = Path(value)
+    path = _through_link(Path(value))
     if str(value).strip() == "":
         raise InvalidInput("-o '': give a file or folder name")
     folder = kind == "folder" or (kind == "table" and (path.suffix == "" or path.is_dir()))

@@ -520,3 +520,15 @@ def test_writable_outputs_still_reach_the_model(capsys, tmp_path, no_model_loadi
         with pytest.raises(AssertionError, match="loaded --model"):
             main(capsys, *args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there"]  # nothing made before the work ran
+
+
+def test_a_link_to_a_file_or_folder_not_made_yet_is_written_through(capsys, tmp_path, no_model_loading):
+    """A dangling symbolic link stands for its target: the check judges the target's folder (it said permission denied)."""
+    (tmp_path / "to.csv").symlink_to(tmp_path / "target.csv")
+    (tmp_path / "to.html").symlink_to(tmp_path / "sub" / "target.html")
+    (tmp_path / "todir").symlink_to(tmp_path / "missing-folder")
+    (tmp_path / "to.png").symlink_to(tmp_path / "figure.png")
+    for args in (["sweep", "-o", tmp_path / "to.csv", "x"], ["view", "head", "-o", tmp_path / "to.html", "x"],
+                 ["demo", "-o", tmp_path / "todir"], ["sweep", "--figure", tmp_path / "to.png", "x"]):
+        with pytest.raises(AssertionError, match="loaded --model"):
+            main(capsys, *args)

@@ -120,7 +120,9 @@ def _mds(dist: np.ndarray, seed: int) -> np.ndarray:
 
     scikit-learn 1.8 renamed the options: ``metric="precomputed"`` and ``init="random"``
     where 1.4-1.7 take ``dissimilarity="precomputed"`` (``metric`` was the bool now called
-    ``metric_mds``) and always start at random; both spellings give the same SMACOF run.
+    ``metric_mds``) and always start at random; 1.7 and later give the same SMACOF run with
+    either spelling (1.4-1.6 stop by another convergence rule: coordinates differ slightly,
+    the behaviours read from them do not).
     """
     import inspect
 

@@ -161,10 +161,10 @@ def _iter_sentences(lines: Iterable[tuple[int, str]], source: str, subtypes: boo
                 f"{source}:{lineno}: HEAD {head!r} of word {idx} is not a number (missing head; expected 0 for the "
                 f"root or a word ID)"
             )
-        if not cols[7].split(":")[0].strip():
+        if cols[7].split(":")[0].strip() in ("", "_"):  # "_": CoNLL-U's unspecified value, as a missing HEAD is
             raise DataFormatError(
-                f"{source}:{lineno}: DEPREL {cols[7]!r} of word {idx} is empty; expected a relation (nsubj, obl:tmod, "
-                f"root, ...)"
+                f"{source}:{lineno}: DEPREL {cols[7]!r} of word {idx} is empty or unspecified; expected a relation "
+                f"(nsubj, obl:tmod, root, ...)"
             )
         # every whitespace character (a no-break space too), not only " ": the analyses split nothing,
         # but refuse a word holding any (str.isspace), so one kind missed here failed far from the file
