@@ -254,10 +254,10 @@ def attention_batches(
     """
     batch_size = check_batch_size(batch_size, auto=False)
     names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
+    check_deterministic(model)
 
     def patterns(batch: list[Sentence]) -> list[torch.Tensor]:
         tokens = model.pad([s.token_ids for s in batch], padding_side="right")
-        check_deterministic(model)
         cache = run(model, tokens, logits=None, read=names, interventions=interventions).cache
         stacked = torch.stack([cache[name] for name in names], 1)  # [batch, layer, head, query, key]
         return [stacked[row, :, :, : s.n_tokens, : s.n_tokens].float().cpu().clone() for row, s in enumerate(batch)]

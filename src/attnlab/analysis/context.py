@@ -216,10 +216,10 @@ def loss_by_position(model, texts, *, interventions: Sequence = (), progress: bo
     longest = max(s.n_tokens for s in sentences)
     total = torch.zeros(longest, dtype=torch.float64)
     count = torch.zeros(longest, dtype=torch.float64)
+    check_deterministic(model)
     with tqdm(total=len(sentences), desc="loss by position", disable=not progress) as bar:
         for start in range(0, len(sentences), batch_size):
             tokens = model.pad([s.token_ids for s in sentences[start : start + batch_size]], padding_side="right")
-            check_deterministic(model)
             out = run(model, tokens, logits="all", interventions=interventions)
             # column t: log p(token t | tokens before it); 0 at padding and in column 0, which nothing predicts
             logp = token_logprobs(out.logits, out.tokens).double().cpu()

@@ -372,8 +372,8 @@ def decay_neurons(
     counts = torch.zeros(len(layer_list), H, D, dtype=torch.float64)
     sites = {layer: [hook_name(layer, site) for site in ("q", "k", "attn_scores")] for layer in layer_list}
     names = [name for layer in layer_list for name in sites[layer]]
+    check_deterministic(model)
     for s in tqdm(sentences, desc="decay neurons", disable=not progress):
-        check_deterministic(model)
         cache = run(model, model.pad([s.token_ids]), logits=None, read=names).cache
         n = s.n_tokens
         for li, layer in enumerate(layer_list):

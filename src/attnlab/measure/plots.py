@@ -13,16 +13,21 @@ import pandas as pd
 
 from attnlab.errors import InvalidInput
 
-__all__ = ["new_figure", "heatmap", "MAX_FIGSIZE", "MAX_TICKS"]
+__all__ = ["is_axes", "new_figure", "heatmap", "MAX_FIGSIZE", "MAX_TICKS"]
 
 MAX_FIGSIZE = (16.0, 12.0)  # inches: a heatmap of 72 x 256 q dimensions still fits a screen
 MAX_TICKS = 32  # labels per axis; more would overlap
 
 
+def is_axes(obj) -> bool:
+    """A matplotlib Axes, or anything drawn on like one (checked without importing matplotlib)."""
+    return hasattr(obj, "figure") and hasattr(obj, "plot") and hasattr(obj, "set_xlabel")
+
+
 def new_figure(ax=None, *, figsize: tuple[float, float] = (6.0, 4.5), ncols: int = 1):
     """``(figure, axes)``: ``ax``'s own figure and ``ax``, or a new Figure with ``ncols`` axes side by side."""
     if ax is not None:
-        if ncols != 1 or not (hasattr(ax, "figure") and hasattr(ax, "plot") and hasattr(ax, "set_xlabel")):
+        if ncols != 1 or not is_axes(ax):
             wanted = "one matplotlib Axes" if ncols == 1 else f"None ({ncols} panels are drawn on a new figure)"
             raise InvalidInput(f"ax must be None or {wanted}, got {type(ax).__name__}")
         return ax.figure, ax

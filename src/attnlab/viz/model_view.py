@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from attnlab.viz._data import DEFAULT_MAX_TOKENS, attention_payload
 from attnlab.viz._html import View
-from attnlab.errors import is_integer
+from attnlab.errors import InvalidInput, is_integer
 
 __all__ = ["model_view"]
 
@@ -33,8 +33,6 @@ def model_view(
     each thumbnail in pixels.
     """
     if not is_integer(thumbnail) or not 24 <= thumbnail <= 400:
-        from attnlab.errors import InvalidInput
-
         raise InvalidInput(f"thumbnail must be an integer number of pixels in 24..400, got {thumbnail!r}")
     thumbnail = int(thumbnail)
     data, _ = attention_payload(

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from attnlab.errors import InvalidInput
+from attnlab.measure.plots import is_axes
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes
@@ -57,21 +58,17 @@ def panels(ax, n: int, width: float, height: float, what: str) -> tuple[Figure, 
     if ax is None:
         fig = _figure(width, height)
         return fig, list(fig.subplots(1, n, squeeze=False)[0])
-    if _is_axes(ax):
+    if is_axes(ax):
         axes = [ax]
     elif isinstance(ax, (Sequence, np.ndarray)) and not isinstance(ax, str):
         axes = list(np.ravel(np.asarray(ax, dtype=object)))
     else:
         axes = None
-    if axes is None or len(axes) != n or not all(_is_axes(a) for a in axes):
+    if axes is None or len(axes) != n or not all(is_axes(a) for a in axes):
         shown = type(ax).__name__ if axes is None else f"{len(axes)} item(s)"
         wanted = "one Axes" if n == 1 else f"a list of {n} Axes"
         raise InvalidInput(f"{what} draws {n} panel(s): pass ax=None or {wanted}, got {shown}")
     return axes[0].figure, axes
-
-
-def _is_axes(obj) -> bool:
-    return hasattr(obj, "figure") and hasattr(obj, "plot") and hasattr(obj, "set_xlabel")
 
 
 def _check_frame(df, columns: Sequence[str], what: str, *, numeric: Sequence[str] = ()) -> pd.DataFrame:
