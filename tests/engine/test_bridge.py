@@ -159,3 +159,15 @@ def test_block_edge_edits_act_on_attnlab_runs_only(arch):
             with model.hooks(fwd_hooks=[(name, zero)]):
                 assert (model(ids) - clean).abs().max() > 1e-3, name  # lands in attnlab's run
                 assert torch.equal(bridge(ids), before), name  # the bridge computes what it computed
+
+
+def test_a_bridge_backed_model_refuses_copies_and_says_what_to_copy():
+    import copy
+
+    from attnlab.errors import NotSupported
+
+    bridge, hf, _ = boot("gpt2")
+    model = attnlab.load(bridge)
+    with pytest.raises(NotSupported, match=r"copy.deepcopy\(model.hf_model\)"):
+        copy.deepcopy(model)
+    copy.deepcopy(model.hf_model)  # what the message offers works

@@ -62,9 +62,19 @@ class AttentionHooks(nn.Module):
     def points(self) -> list[HookPoint]:
         return [getattr(self, f"hook_{site}") for site in SITES]
 
+    def __reduce__(self):
+        # A deep copy or pickle of the HF model leaves its hook points behind: the copy gets None
+        # here, and a HookedModel built on it attaches fresh points (see HookTree.__reduce__).
+        return (_left_behind, ())
+
     def any_hooked(self) -> bool:
         """Some hook acts on this layer in the current context (then it runs explicitly)."""
         return any(p._forward_hooks for p in self.points()) and any(p.is_hooked() for p in self.points())
+
+
+def _left_behind() -> None:
+    """What a deep copy or pickle of an HF model holds where attnlab kept its hook points."""
+    return None
 
 
 def attach(attention_module: nn.Module, hooks: AttentionHooks) -> None:

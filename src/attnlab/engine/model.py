@@ -106,7 +106,7 @@ class HookedModel(ModelWeights, nn.Module):
         super().__init__()
         attention_modules = find_attention_modules(hf_model)
         self.original_attn_implementation = switch_implementation(hf_model)
-        fresh = "_attnlab_tree" not in hf_model.__dict__
+        fresh = hf_model.__dict__.get("_attnlab_tree") is None  # a copy of a wrapped model holds None there
         try:
             self._build(hf_model, tokenizer, attention_modules, name=name, bridge=bridge)
             if fresh:
@@ -836,9 +836,37 @@ class HookedModel(ModelWeights, nn.Module):
                 raise
             raise NotSupported(f"HookedModel has no {name!r} (a TransformerLens name): {hint}") from None
 
+    def __reduce__(self):
+        """Deep copies and pickles rebuild the wrapper around a copy of the HF model and tokenizer.
+
+        The hook tree is tied to one HF model (its dispatchers sit on that model's modules), so it
+        is never copied: the copy gets its own, with no hook attached, like a freshly wrapped model.
+        """
+        if self.bridge is not None:
+            raise NotSupported("a HookedModel over a TransformerBridge cannot be copied or pickled: copy the HF "
+                               "model (copy.deepcopy(model.hf_model)) and wrap it again")
+        hooked = sorted(name for name, point in self.hook_dict.items() if point._forward_hooks or point._backward_hooks)
+        if hooked:
+            raise InvalidInput(f"cannot copy or pickle a model with hooks attached ({', '.join(hooked[:3])}"
+                               f"{', ...' if len(hooked) > 3 else ''}): copy it outside intervene()/hooks() blocks "
+                               "and after reset_hooks(including_permanent=True)")
+        return (_rewrapped, (self.hf_model, self.tokenizer, self.cfg.name, self.padding_side, self._cache_split_inputs))
+
     def __repr__(self) -> str:
         c = self.cfg
         return (
             f"HookedModel({c.name!r}: {c.architecture}, {c.n_layers} layers x {c.n_heads} heads "
             f"({c.n_kv_heads} kv), d_head={c.d_head}, {'causal' if c.is_causal else 'bidirectional'})"
         )
+
+
+def _rewrapped(hf_model: nn.Module, tokenizer: Any, name: str, padding_side: str, cache_split_inputs: bool) -> HookedModel:
+    """A HookedModel rebuilt by ``copy.deepcopy`` or ``pickle`` (see ``HookedModel.__reduce__``)."""
+    modes = [module.training for module in hf_model.modules()]  # wrapping sets eval mode; a copy keeps the original's
+    model = HookedModel(hf_model, tokenizer, name=name)
+    model.train(modes[0])
+    for module, training in zip(hf_model.modules(), modes):
+        module.training = training
+    model.padding_side = padding_side
+    model._cache_split_inputs = cache_split_inputs
+    return model

@@ -25,7 +25,7 @@ import torch
 from einops import einsum, rearrange
 from torch import nn
 
-from attnlab.engine.attention import AttentionHooks, attach
+from attnlab.engine.attention import AttentionHooks, _left_behind, attach
 from attnlab.engine.hooks import Hook, HookPoint, OnDemand
 from attnlab.engine.layout import BlockLayout, ModelLayout
 from attnlab.engine.locations import norm_path
@@ -155,6 +155,11 @@ class HookTree(nn.Module):
             if isinstance(module, HookPoint):
                 module.name = name
                 self.hook_dict[name] = module
+
+    def __reduce__(self):
+        # Hook points belong to one model (locks, handles, dispatchers registered on its modules):
+        # a deep copy or pickle of the HF model holds None instead, and wrapping the copy builds its own.
+        return (_left_behind, ())
 
     # -- building ---------------------------------------------------------------------------
 

@@ -1,0 +1,94 @@
+"""Deep copies and pickles: of a HookedModel, and of an HF model attnlab has wrapped.
+
+Researchers copy a model to edit one copy's weights and keep the other clean. The hook tree
+(locks, dispatchers on the HF modules) belongs to one model, so it is never copied: a copy
+gets its own tree, and hooks on one model never act on the other.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput
+from attnlab.interventions import AblateHead
+
+TEXT = ["the nurse said that she was", "a doctor"]
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(TEXT)
+
+
+def _clean_tree(hf_model) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in hf_model.modules())
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_computes_the_same_and_is_independent(any_tiny, how):
+    model = any_tiny
+    before = _logits(model)
+    twin = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert twin.hf_model is not model.hf_model and twin.tree is not model.tree
+    torch.testing.assert_close(_logits(twin), before, rtol=0, atol=0)
+
+    # a hook on the copy does not act on the original, and the other way round
+    with twin.intervene(AblateHead(0, 0)):
+        edited = _logits(twin)
+        torch.testing.assert_close(_logits(model), before, rtol=0, atol=0)
+    assert (edited - before).abs().max() > 1e-4
+    with model.intervene(AblateHead(0, 0)):
+        torch.testing.assert_close(_logits(twin), before, rtol=0, atol=0)
+
+    # the weights are separate tensors
+    with torch.no_grad():
+        next(twin.hf_model.parameters()).add_(1.0)
+    torch.testing.assert_close(_logits(model), before, rtol=0, atol=0)
+    assert _clean_tree(model.hf_model) and _clean_tree(twin.hf_model)
+
+
+def test_a_copied_hf_model_runs_unhooked_and_can_be_wrapped_again(tiny_llama):
+    from attnlab.engine.model import HookedModel
+
+    model = tiny_llama
+    before = _logits(model)
+    hf_copy = copy.deepcopy(model.hf_model)
+    assert hf_copy.__dict__.get("_attnlab_tree") is None
+    ids = model.tokenizer(TEXT[0], return_tensors="pt").input_ids
+    with model.intervene(AblateHead(1, 0)):  # the original's hooks must not reach the copy
+        with torch.no_grad():
+            plain = hf_copy(ids).logits
+    with torch.no_grad():
+        torch.testing.assert_close(plain, model.hf_model(ids).logits, rtol=0, atol=0)
+
+    wrapped = HookedModel(hf_copy, model.tokenizer, name="copy")
+    assert wrapped.tree is not model.tree
+    torch.testing.assert_close(_logits(wrapped), before, rtol=0, atol=0)
+    with wrapped.intervene(AblateHead(1, 0)):
+        assert (_logits(wrapped) - before).abs().max() > 1e-4
+
+
+def test_a_copy_keeps_training_mode_and_settings(tiny_gpt2):
+    model = tiny_gpt2
+    model.train()
+    model.hf_model.transformer.h[0].eval()  # a mix of modes
+    model.padding_side = "left"
+    twin = copy.deepcopy(model)
+    assert [m.training for m in twin.hf_model.modules()] == [m.training for m in model.hf_model.modules()]
+    assert twin.training and twin.padding_side == "left"
+
+
+def test_a_model_with_hooks_attached_is_refused_and_left_as_it_was(tiny_gpt2):
+    model = tiny_gpt2
+    seen = []
+    model.add_hook("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(1))
+    with pytest.raises(InvalidInput, match="hooks attached.*blocks.0.attn.hook_pattern"):
+        copy.deepcopy(model)
+    model(TEXT)
+    assert seen  # the hook is still there and fires
+    model.reset_hooks(including_permanent=True)
+    copy.deepcopy(model)  # and once removed, copying works
