@@ -624,6 +624,14 @@ def cmd_attribute(args) -> None:
     dims, neurons = _indices(args.dims, "--dims"), _indices(args.neurons, "--neurons")
     metric = _attribution_metric(args)
     correction = _check_attribution(args, metric, heads, dims, neurons)
+    if args.out is not None and args.verify:  # the exact table goes next to -o's: checked before the model loads too
+        table = Path(args.out)
+        table = table / args.out_name if table.suffix == "" or table.is_dir() else table
+        verify_table = _sibling(table, "_verify")
+        if verify_table.is_dir():
+            raise InvalidInput(f"--verify {args.verify} writes the exact table to {verify_table}, which is a folder; "
+                               "move it away or give -o another name")
+        _check_place(verify_table, str(verify_table), "--verify table")
     figure = _figure_path(args.figure)
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")

@@ -512,6 +512,19 @@ def test_an_output_folder_without_permission_is_refused_before_loading(capsys, t
         assert code == 2 and re.search(message, one_error_line(err)), err
 
 
+def test_attribute_checks_where_verify_writes_before_loading(capsys, tmp_path, monkeypatch, no_model_loading):
+    """--verify K writes NAME_verify.csv next to -o's table: a folder there, or a folder one may not write in, fails early."""
+    (tmp_path / "t_verify.csv").mkdir()
+    code, out, err = main(capsys, "attribute", "--verify", "3", "-o", tmp_path / "t.csv", "x")
+    assert code == 2 and re.search(r"--verify 3 writes the exact table to .*t_verify.csv, which is a folder", one_error_line(err)), err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "attribution_verify.csv").mkdir()  # -o a folder: the table is attribution.csv in it
+    code, _, err = main(capsys, "attribute", "--verify", "3", "-o", tmp_path / "out", "x")
+    assert code == 2 and "attribution_verify.csv, which is a folder" in one_error_line(err), err
+    with pytest.raises(AssertionError, match="loaded --model"):  # without --verify the same -o is fine
+        main(capsys, "attribute", "-o", tmp_path / "t.csv", "x")
+
+
 def test_writable_outputs_still_reach_the_model(capsys, tmp_path, no_model_loading):
     """A new folder under an existing one, an existing folder, a new file: the check passes and the model loads."""
     (tmp_path / "there").mkdir()
