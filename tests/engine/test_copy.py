@@ -92,3 +92,19 @@ def test_a_model_with_hooks_attached_is_refused_and_left_as_it_was(tiny_gpt2):
     assert seen  # the hook is still there and fires
     model.reset_hooks(including_permanent=True)
     copy.deepcopy(model)  # and once removed, copying works
+
+
+def test_a_mean_taken_while_dropout_acts_is_not_kept_past_eval(tiny_gpt2):
+    """A source computed in training mode with dropout is one random draw: it is neither kept nor reused."""
+    model = tiny_gpt2
+    spec = AblateHead(1, 0, method="mean", reference=["a doctor said that", "the nurse was"])
+    with model.intervene(spec):
+        expected = _logits(model)
+    model.forget_prepared()
+    model.train()
+    torch.manual_seed(0)
+    with model.intervene(spec):
+        model(TEXT)  # the mean is taken with dropout acting
+    model.eval()
+    with model.intervene(spec):
+        torch.testing.assert_close(_logits(model), expected, rtol=0, atol=0)

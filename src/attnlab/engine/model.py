@@ -26,6 +26,7 @@ from attnlab.engine.adapters import find_attention_modules, is_causal_model, res
 from attnlab.engine.attention import detach
 from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
+from attnlab.engine.dropout import active_dropout
 from attnlab.engine.forward import Output, as_specs, run, token_logprobs
 from attnlab.engine.generate import decode, eos_ids
 from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame, user_frame
@@ -359,8 +360,13 @@ class HookedModel(ModelWeights, nn.Module):
         open, so a mean first used inside another edit is still the clean mean. Computed
         again after an in-place edit of a weight or a new ``Parameter`` (each parameter's
         identity and version counter are part of the entry; a write through ``.data``
-        bypasses the counter: call :meth:`forget_prepared` after one).
+        bypasses the counter: call :meth:`forget_prepared` after one). A model in training mode
+        whose dropout acts computes a fresh value every time and keeps none: such a value is one
+        random draw, and must not outlive ``model.eval()``.
         """
+        if self.hf_model.training and active_dropout(self.hf_model):
+            with self.clean():
+                return compute()
         stamp = self.weights_stamp()
         kept = self._prepared.get(key)
         if kept is not None and kept[0] == stamp:
