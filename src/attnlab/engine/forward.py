@@ -44,9 +44,10 @@ from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
 from attnlab.engine.state import ForwardState, check_row_keys, current_state, forward_state, root_calls
 from attnlab.engine.stop import StopForward, check_keep_layers, check_reached, check_stop_at_layer, last_layer_in_use, stop_at
 from attnlab.engine.tokens import Tokens
-from attnlab.errors import InvalidInput
+from attnlab.engine.finite import all_finite
+from attnlab.errors import InvalidInput, InvalidSpec
 
-__all__ = ["Output", "Resume", "run", "token_logprobs", "as_specs"]
+__all__ = ["blame_specs", "Output", "Resume", "run", "token_logprobs", "as_specs"]
 
 LogitsAt = str | torch.Tensor | None
 
@@ -304,7 +305,33 @@ def run(
         if keep_layers:
             result.prefix = Prefix(dict(kept), tokens.n_rows)
     result.cache = cache
+    specs = (*interventions, *model.acting_interventions())
+    produced = result.logits if result.logits is not None else result.hidden
+    if (specs or hooks) and produced is not None and not all_finite(produced.detach()):  # hooks: a sweep's variants
+        state = ForwardState(pad_left=tokens.pad_left if tokens.side == "left" else None,
+                             n_positions=int(tokens.lengths.max()))
+        blame_specs(model, specs, kwargs, state)
     return result
+
+
+def blame_specs(model, specs: Sequence, kwargs: dict[str, Any], state: ForwardState) -> None:
+    """The output holds inf or NaN under ``specs``: an ``InvalidSpec`` naming them, if the unedited model's is finite.
+
+    The attention function already refuses a non-finite head output; a value a spec writes
+    can also be finite there and overflow further on (a residual stream of 1e38 squared in
+    the next norm), which returned NaN logits without a word. Runs only on that failure: one
+    clean forward of the HF model with ``kwargs`` decides whom to blame (a model that overflows
+    by itself is not the specs' doing).
+    """
+    with torch.no_grad(), model.clean(), forward_state(state):
+        out = model.hf_model(**kwargs)
+    clean = getattr(out, "logits", None)
+    clean = out[0] if clean is None else clean
+    if all_finite(clean):
+        shown = ", ".join(map(repr, specs[:3])) + (f" and {len(specs) - 3} more" if len(specs) > 3 else "")
+        raise InvalidSpec(f"with {shown or 'the edits of this pass'} the model's output holds inf or NaN, though the unedited model's is finite: a "
+                          "value the interventions write overflowed further on (e.g. in a norm); use values of the size "
+                          "of the model's own activations")
 
 
 def token_logprobs(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Tokens) -> Float[torch.Tensor, "batch pos"]:

@@ -14,6 +14,8 @@ import inspect
 import torch
 from jaxtyping import Int
 
+from attnlab.engine.finite import all_finite
+from attnlab.engine.forward import blame_specs
 from attnlab.engine.precision import computing_dtype
 from attnlab.engine.state import ForwardState, forward_state
 from attnlab.engine.tokens import Tokens
@@ -112,7 +114,7 @@ def decode(
     step_ids, step_pos = ids, tokens.position_ids
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     stops = None if eos_token_id is None else torch.as_tensor(eos_token_id, dtype=torch.long, device=ids.device).reshape(-1)
-    new = []
+    new, positions = [], []  # the new tokens' ids and position ids
     for _ in range(max_new_tokens):
         state = ForwardState(pad_left=pad_left, n_positions=int(mask.sum(dim=1).max()), past=ids.shape[1] - step_ids.shape[1],
                              generating=True, row_keys=row_keys)
@@ -123,6 +125,12 @@ def decode(
             kwargs["logits_to_keep"] = 1
         with forward_state(state):
             logits = hf(**kwargs).logits[:, -1]
+        specs = model.acting_interventions()
+        if specs and not all_finite(logits):  # else argmax picks token 0 and sampling fails in torch
+            full = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+            if model._accepts("position_ids"):
+                full["position_ids"] = torch.cat([tokens.position_ids, *positions], dim=1)
+            blame_specs(model, specs, full, ForwardState(pad_left=pad_left, n_positions=int(mask.sum(dim=1).max())))
         nxt = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         new.append(nxt)
@@ -134,4 +142,5 @@ def decode(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_ids = nxt[:, None]
         step_pos = step_pos[:, -1:] + 1
+        positions.append(step_pos)
     return torch.stack(new, dim=1) if new else ids.new_zeros((ids.shape[0], 0))
