@@ -382,3 +382,35 @@ def hook_name_of(site, layer):
     from attnlab.engine.locations import hook_name
 
     return hook_name(layer, site)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+@pytest.mark.parametrize("texts, side", [(["the nurse said that she was happy", "he ran"], "right"),
+                                         (["the nurse said", "the doctor said"], "right"),
+                                         (["the nurse said that she was happy", "he ran"], "left")])
+def test_pos_embed_has_one_row_per_prompt_and_an_edit_stays_in_its_row(arch, texts, side):
+    """HF's default position ids are [1, pos]: hook_pos_embed was [1, pos, d] and an edit of row 0 changed row 1."""
+    from attnlab.testing import tiny_model
+
+    model = tiny_model(arch)
+    out = "hidden" if arch == "bert" else "logits"
+    _, cache = _cache(model, texts, padding_side=side, names_filter=["hook_pos_embed"])
+    pos = cache["hook_pos_embed"]
+    assert pos.shape[:2] == model.to_tokens(texts, padding_side=side).shape
+    table = model.layout.pos_embed.weight
+    lengths = [len(model.to_tokens(t)[0]) for t in texts]
+    for row, n in enumerate(lengths):  # each real token holds the embedding of its position
+        cols = range(n) if side == "right" else range(pos.shape[1] - n, pos.shape[1])
+        torch.testing.assert_close(pos[row, list(cols)], table[:n], rtol=0, atol=0)
+
+    def zero_row0(x, hook):
+        x = x.clone()
+        x[0] = 0
+        return x
+
+    with torch.no_grad():
+        clean = model(texts, padding_side=side, return_type=out)
+        edited = model.run_with_hooks(texts, padding_side=side, return_type=out, fwd_hooks=[("hook_pos_embed", zero_row0)])
+    torch.testing.assert_close(edited[1], clean[1], rtol=0, atol=0)
+    assert (edited[0] - clean[0]).abs().max() > 1e-3
+    cache.apply_slice_to_batch_dim(1)  # raised IndexError with a batch of one

@@ -167,6 +167,10 @@ def _model_kwargs(model, tokens: Tokens, extra: dict[str, Any]) -> dict[str, Any
     kwargs: dict[str, Any] = {"input_ids": tokens.ids, "attention_mask": tokens.mask, **extra}
     if tokens.side == "left" and model._accepts("position_ids"):
         kwargs["position_ids"] = tokens.position_ids
+    elif model.layout.pos_embed is not None and model._accepts("position_ids"):
+        # HF's default ids are [1, pos], which made hook_pos_embed [1, pos, d_model]: an edit of one row reached
+        # every row. The same ids, one row per prompt, make it [batch, pos, d_model] like every other point.
+        kwargs["position_ids"] = torch.arange(tokens.ids.shape[1], device=tokens.ids.device).expand_as(tokens.ids)
     if model.cfg.is_causal and model._accepts("use_cache"):
         kwargs["use_cache"] = False
     return kwargs
