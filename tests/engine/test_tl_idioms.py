@@ -221,3 +221,64 @@ def test_hook_layer_outside_a_block_is_a_typed_error(tiny_gpt2):
         assert layers == [0, 1]
         with pytest.raises(InvalidLocation, match="hook_embed is not inside a block"):
             tiny_gpt2.run_with_hooks(TEXT, fwd_hooks=[("hook_embed", lambda x, hook: hook.layer())])
+
+
+@pytest.mark.parametrize("name", ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.attn.hook_pattern",
+                                  "blocks.0.ln1.hook_scale", "hook_embed"])
+def test_a_gradient_hook_sees_the_final_value_whatever_the_order_of_blocks(tiny_llama, name):
+    """A backward hook opened before a forward edit of the same point got the gradient of the unedited value (2x here)."""
+    model, text = tiny_llama, "the nurse said that she was happy"
+    got, keep = {}, {}
+
+    def double(x, hook):
+        return x * 2
+
+    def grad_hook(grad, hook):
+        got["order"] = got.get("order", []) + [grad.clone()]
+
+    def double_keep(x, hook):
+        y = x * 2
+        y.retain_grad()
+        keep["y"] = y
+        return y
+
+    with model.hooks(fwd_hooks=[(name, double_keep)]):
+        model(text, return_type="loss").backward()
+    expected = keep["y"].grad
+    with model.hooks(fwd_hooks=[(name, double)], bwd_hooks=[(name, grad_hook)]):
+        model(text, return_type="loss").backward()
+    with model.hooks(bwd_hooks=[(name, grad_hook)]):  # the order the reviewer found wrong
+        with model.hooks(fwd_hooks=[(name, double)]):
+            model(text, return_type="loss").backward()
+    first, second = got["order"]
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+
+
+def test_to_tokens_truncates_to_the_context_as_transformerlens(tiny_gpt2):
+    long = " ".join(["word"] * 300)
+    n_ctx = tiny_gpt2.cfg.n_ctx
+    ids = tiny_gpt2.to_tokens(long)
+    assert ids.shape == (1, n_ctx)
+    full = tiny_gpt2.to_tokens(long, truncate=False)
+    assert full.shape[1] > n_ctx and torch.equal(full[:, :n_ctx], ids)
+    batch = tiny_gpt2.to_tokens([long, "a short one"])  # rows cut, then padded to the longest
+    assert batch.shape == (2, n_ctx)
+    with pytest.raises(InvalidInput, match="handles at most"):  # running it is still refused
+        tiny_gpt2(full)
+    with pytest.raises(InvalidInput, match="truncate must be True or False"):
+        tiny_gpt2.to_tokens("x", truncate="yes")
+
+
+def test_incl_bwd_gradients_move_to_the_cache_device(tiny_gpt2):
+    _, cache = tiny_gpt2.run_with_cache("the nurse said", return_type="loss", incl_bwd=True, device="meta",
+                                        names_filter=["blocks.0.attn.hook_z"])
+    assert cache["blocks.0.attn.hook_z"].device.type == "meta"
+    assert cache["blocks.0.attn.hook_z_grad"].device.type == "meta"
+
+
+def test_hook_points_and_generate_return_type_of_transformerlens(tiny_gpt2):
+    points = tiny_gpt2.hook_points()
+    assert points == list(tiny_gpt2.hook_dict.values()) and len(points) > 10
+    with pytest.raises(InvalidInput, match="never the prompt with them"):
+        tiny_gpt2.generate("the nurse", max_new_tokens=2, return_type="input")

@@ -53,6 +53,8 @@ _USER: ContextVar[tuple[int, ...]] = ContextVar("attnlab_user_frames", default=(
 #: What to undo when a frame closes: hooks ``add_hook`` attached inside it (whichever model's block it is).
 _AT_EXIT: dict[int, list[Callable[[], None]]] = {}
 _AT_EXIT_LOCK = threading.Lock()
+#: Gradient hooks met while one hook point's forward hooks run; registered on its final output (see HookPoint.__call__).
+_PENDING_GRAD_HOOKS: ContextVar[list | None] = ContextVar("attnlab_pending_grad_hooks", default=None)
 #: Ids of every block open now, in any context (a set's add/discard are atomic).
 _OPEN: set[int] = set()
 
@@ -261,6 +263,26 @@ class HookPoint(nn.Module):
     def forward(self, x: torch.Tensor, info: Hook | None = None) -> torch.Tensor:
         return x
 
+    def __call__(self, *args, **kwargs):
+        """A gradient hook sees the gradient of the point's final value, after every forward edit.
+
+        Its forward-side half only collects it; it is registered once every forward hook has run,
+        so an edit added after it (an inner block) cannot leave it with the gradient of the
+        unedited value (TransformerLens' full backward hook on the point gives the final one too).
+        """
+        if not self._forward_hooks:
+            return super().__call__(*args, **kwargs)
+        pending: list = []
+        token = _PENDING_GRAD_HOOKS.set(pending)
+        try:
+            out = super().__call__(*args, **kwargs)
+        finally:
+            _PENDING_GRAD_HOOKS.reset(token)
+        if pending and isinstance(out, torch.Tensor) and out.requires_grad:
+            for grad_hook in pending:
+                out.register_hook(grad_hook)
+        return out
+
     def layer(self) -> int:
         """TransformerLens' spelling of ``layer_index``."""
         if self.layer_index is None:
@@ -299,8 +321,12 @@ class HookPoint(nn.Module):
             kwargs, output = rest
             info = kwargs.get("info") or Hook(point)
             if dir == "bwd":
-                if output.requires_grad:
-                    output.register_hook(lambda grad: _checked(fn, grad, info, "gradient"))
+                pending = _PENDING_GRAD_HOOKS.get()
+                grad_hook = lambda grad: _checked(fn, grad, info, "gradient")  # noqa: E731
+                if pending is not None:  # registered on the final value by HookPoint.__call__
+                    pending.append(grad_hook)
+                elif output.requires_grad:
+                    output.register_hook(grad_hook)
                 return None
             return _checked(fn, output, info, "activation")
 

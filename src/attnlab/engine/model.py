@@ -326,7 +326,7 @@ class HookedModel(ModelWeights, nn.Module):
             cache[hook.name] = x.detach() if device is None else x.detach().to(device)
 
         def store_grad(g, hook):
-            grad_cache[hook.name + "_grad"] = g.detach()
+            grad_cache[hook.name + "_grad"] = g.detach() if device is None else g.detach().to(device)
 
         bwd = [(n, store_grad) for n in names] if incl_bwd else []
         with self.hooks(fwd_hooks=[(n, store) for n in names], bwd_hooks=bwd):
@@ -474,8 +474,12 @@ class HookedModel(ModelWeights, nn.Module):
         if n_ctx is not None and n > n_ctx:
             raise InvalidInput(f"{what} has {n} tokens but {self.cfg.name} handles at most {n_ctx}")
 
-    def token_rows(self, text: Text, *, prepend_bos: bool | None = None) -> list[list[int]]:
-        """Token ids of each text alone (special tokens included unless ``prepend_bos=False``)."""
+    def token_rows(self, text: Text, *, prepend_bos: bool | None = None, truncate: bool | None = None) -> list[list[int]]:
+        """Token ids of each text alone (special tokens included unless ``prepend_bos=False``).
+
+        A text longer than the model's context is refused; ``truncate=True`` cuts it to the
+        context instead and ``truncate=False`` keeps it whole (TransformerLens' ``to_tokens``).
+        """
         texts = check_texts(text)
         tok = self._need_tokenizer()
         rows = tok(texts, add_special_tokens=prepend_bos is not False)["input_ids"]
@@ -484,16 +488,19 @@ class HookedModel(ModelWeights, nn.Module):
         for i, row in enumerate(rows):
             if not row:
                 raise InvalidInput(f"text {i} ({texts[i]!r}) gives no tokens for {self.cfg.name}")
-            self._check_length(len(row), "input" if len(rows) == 1 else f"text {i}")
-        return [list(r) for r in rows]
+            if truncate is None:
+                self._check_length(len(row), "input" if len(rows) == 1 else f"text {i}")
+        n_ctx = self.cfg.n_ctx if truncate else None
+        return [list(r[:n_ctx]) for r in rows]
 
-    def pad(self, rows: Sequence[Sequence[int]], *, padding_side: str | None = None) -> Tokens:
+    def pad(self, rows: Sequence[Sequence[int]], *, padding_side: str | None = None, check_length: bool = True) -> Tokens:
         """Pad token lists into :class:`Tokens` with this model's pad id (default side: ``model.padding_side``)."""
         side = check_padding_side(padding_side or self.padding_side)
         for i, row in enumerate(rows):
             if not len(row):
                 raise InvalidInput(f"row {i} has no tokens")
-            self._check_length(len(row), f"row {i}")
+            if check_length:
+                self._check_length(len(row), f"row {i}")
         return pad_rows(rows, pad_id=self.pad_token_id, side=side)
 
     def tokens(self, input: Text | torch.Tensor | Tokens, *, attention_mask: torch.Tensor | None = None,
@@ -571,8 +578,15 @@ class HookedModel(ModelWeights, nn.Module):
 
     def to_tokens(self, input: Text, prepend_bos: bool | None = None, padding_side: str | None = None,
                   move_to_device: bool = True, truncate: bool = True) -> Int[torch.Tensor, "batch pos"]:
-        """Token ids ``[batch, pos]`` (TransformerLens' ``to_tokens``)."""
-        t = self.tokens(input, padding_side=padding_side, prepend_bos=prepend_bos)
+        """Token ids ``[batch, pos]`` (TransformerLens' ``to_tokens``): a text longer than the model's context is
+        cut to it (``truncate=True``, the default, as in TransformerLens) or kept whole (``truncate=False``)."""
+        if not isinstance(truncate, bool):
+            raise InvalidInput(f"truncate must be True or False, got {truncate!r}")
+        if isinstance(input, torch.Tensor):
+            t = self.tokens(input)
+        else:
+            rows = self.token_rows(input, prepend_bos=prepend_bos, truncate=truncate)
+            t = self.pad(rows, padding_side=padding_side, check_length=truncate)
         return t.ids.to(self.device) if move_to_device else t.ids
 
     def to_str_tokens(self, input, prepend_bos: bool | None = None, padding_side: str | None = None):
@@ -744,8 +758,9 @@ class HookedModel(ModelWeights, nn.Module):
         reads them, unless ``attention_mask`` marks padding) or :class:`Tokens`; padded rows are
         re-padded on the left, so the new tokens follow each prompt. Greedy unless ``do_sample=True``.
         ``eos_token_id``: one id or several (a row stops at any of them; default: the
-        tokenizer's). Returns a string per prompt (one string for one prompt), or the new
-        token ids with ``return_type="tokens"``. ``interventions``: one spec or a list of them.
+        tokenizer's). Returns the new text per prompt (one string for one prompt), or the new
+        token ids with ``return_type="tokens"``: the continuation only, without the prompt
+        (TransformerLens returns the prompt followed by it). ``interventions``: one spec or a list of them.
         ``row_keys``: which prompt each row is, when these are a chunk of a larger set (per-prompt
         random draws such as resample ablation; default: the row index).
         """
@@ -761,7 +776,9 @@ class HookedModel(ModelWeights, nn.Module):
         if not is_integer(max_new_tokens) or max_new_tokens < 1:
             raise InvalidInput(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if return_type not in ("str", "tokens"):
-            raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}")
+            raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}" + (
+                " (attnlab returns the new text or ids only, never the prompt with them as TransformerLens' "
+                "'input' does: prepend the prompt yourself)" if return_type in ("input", "embeds") else ""))
         if not (_is_real(temperature) and temperature > 0 and temperature == temperature):
             raise InvalidInput(f"temperature must be a positive number, got {temperature!r}")
         if top_k is not None and (not is_integer(top_k) or top_k < 1):
@@ -841,6 +858,10 @@ class HookedModel(ModelWeights, nn.Module):
             if hint is None:
                 raise
             raise NotSupported(f"HookedModel has no {name!r} (a TransformerLens name): {hint}") from None
+
+    def hook_points(self) -> list[HookPoint]:
+        """Every hook point (TransformerLens' ``hook_points()``; ``hook_dict`` maps their names to them)."""
+        return list(self.hook_dict.values())
 
     def __reduce__(self):
         """Deep copies and pickles rebuild the wrapper around a copy of the HF model and tokenizer.
