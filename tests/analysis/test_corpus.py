@@ -86,3 +86,12 @@ def test_a_sentence_the_tokenizer_drops_entirely_names_its_file_and_line(tmp_pat
         word_maps(_dropping_bert(), read_conllu(f), progress=False)
     with pytest.raises(InvalidInput, match=r"^sentence 0: words \['\\u200b'\] produced no tokens"):
         prepare(_dropping_bert(), [["\u200b"]])
+
+
+@pytest.mark.parametrize("piece, punct", [("#", True), ("##", True), ("###", True), ("▁##", True), ("▁####", True),
+                                          ("##.", True), ("##ing", False), ("Ġ,", True), ("▁the", False), ("##", True)])
+def test_hash_tokens_are_punctuation_and_wordpiece_markers_are_not(piece, punct):
+    """Gemma's '##' / '▁####' tokens (Markdown headings) were emptied by stripping WordPiece's marker."""
+    from attnlab.analysis._corpus import is_punctuation
+
+    assert is_punctuation(piece) is punct

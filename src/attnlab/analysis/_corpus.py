@@ -47,8 +47,14 @@ def split_words(text: str) -> list[str]:
 
 
 def is_punctuation(piece: str) -> bool:
-    """True for a token/word made only of punctuation (subword markers ``##``/``▁``/``Ġ`` ignored)."""
-    core = piece.replace("##", "").replace("▁", "").replace("Ġ", "").strip()
+    """True for a token/word made only of punctuation (subword markers ``##``/``▁``/``Ġ`` ignored).
+
+    WordPiece's ``##`` is a prefix with something after it (``##.``); a token that *is* ``##``
+    or ``####`` (Gemma's Markdown headings) is punctuation itself, not an empty marker.
+    """
+    core = piece.replace("▁", "").replace("Ġ", "").strip()
+    if core.startswith("##") and len(core) > 2:
+        core = core[2:]
     return bool(core) and all(ch in _PUNCT for ch in core)
 
 
