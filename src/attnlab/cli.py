@@ -127,11 +127,19 @@ def _file_lines(path: str | None, option: str) -> list[str] | None:
 
 
 def _specs(path: str | None) -> list:
+    """``--interventions FILE``: at least one spec; a file holding none (``[]``) is refused, since
+    running without the interventions that were asked for (or, for the diff view, reporting the
+    option as missing) hides the mistake."""
     if not path:
         return []
+    from attnlab.errors import InvalidInput
     from attnlab.interventions import load_specs
 
-    return load_specs(path)
+    specs = load_specs(path)
+    if not specs:
+        raise InvalidInput(f"--interventions {path}: the file holds no interventions (an empty list); "
+                           "write at least one spec in it (e.g. [{\"kind\": \"ablate_head\", \"layer\": 0, \"head\": 0}])")
+    return specs
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:

@@ -25,7 +25,7 @@ from attnlab.analysis.dial import (
 )
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
-from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel
 from attnlab.interventions import AblateHead, EditNeuron
 from attnlab.testing import VOCAB, tiny_model, tiny_tokenizer
 from tests.engine.test_cleanup_everywhere import _untouched, _weights
@@ -313,6 +313,13 @@ def _logits(model):
     (dict(units=pd.DataFrame({"layer": [0], "head": ["x"], "unit": [2]})), InvalidInput, r"units\['head'\] .*got 'x'"),
     (dict(units=pd.DataFrame({"layer": [5], "head": [0], "unit": [0]})), IndexError, r"layer 5 out of range"),
     (dict(units=pd.DataFrame({"layer": [0], "head": [0], "unit": [4]})), IndexError, r"unit 4 out of range"),
+    # whole floats past int64 once wrapped in astype(int) and were reported as -9223372036854775808
+    (dict(units=pd.DataFrame({"layer": [1e20], "head": [0], "unit": [0]})), InvalidLocation,
+     r"units\['layer'\] holds 1e\+20 in row 0: layer 100000000000000000000 out of range: .* has layers 0\.\.\d+$"),
+    (dict(units=pd.DataFrame({"layer": [0], "head": [-1e19], "unit": [0]}, index=[7])), InvalidLocation,
+     r"units\['head'\] holds -1e\+19 in row 7: .* has heads 0\.\.\d+$"),
+    (dict(units=pd.DataFrame({"layer": [0], "head": [0], "unit": [2.0**64]})), InvalidLocation,
+     r"units\['unit'\] holds 1.8446744073709552e\+19 in row 0: .* has pairs 0\.\.\d+$"),
 ])
 def test_bad_input_is_a_typed_error_and_leaves_the_model_alone(decay_model, units, kwargs, error, match):
     before, weights = _logits(decay_model), _weights(decay_model)

@@ -58,6 +58,7 @@ def files(tmp_path):
         "spec_nan": tmp_path / "nan.json",
         "spec_deep": tmp_path / "deep.json",
         "spec_digits": tmp_path / "digits.json",
+        "spec_none": tmp_path / "none.json",
         "no_config": tmp_path / "model_without_config",
         "empty": tmp_path / "empty.txt",
     }
@@ -68,6 +69,7 @@ def files(tmp_path):
     f["spec_nan"].write_text('[{"kind": "edit_scores", "layer": 0, "distance_penalty": NaN}]')
     f["spec_deep"].write_text("[" * 50_000 + "]" * 50_000)
     f["spec_digits"].write_text('[{"kind": "ablate_head", "layer": ' + "9" * 5000 + "}]")
+    f["spec_none"].write_text("[]\n")
     f["no_config"].mkdir()
     (f["no_config"] / "model.safetensors").write_bytes(b"")
     f["empty"].write_text("\n\n")

@@ -62,6 +62,10 @@ ERROR_CASES = [
     (["view", "diff", "--interventions", "{missing}", "x"], r"spec file .*missing.txt: no such file"),
     (["view", "diff", "--interventions", "{folder}", "x"], r"spec file .*: is a folder, not a file"),
     (["bias", "--interventions", "{latin}"], r"latin.txt:1: not UTF-8 text"),
+    # a file holding [] was read as no --interventions: "the diff view needs --interventions", or bias without them
+    (["view", "diff", "--interventions", "{spec_none}", "x"], r"error: --interventions .*none.json: the file holds no interventions"),
+    (["view", "head", "--interventions", "{spec_none}", "x"], r"--interventions .*none.json: the file holds no interventions"),
+    (["bias", "--interventions", "{spec_none}"], r"--interventions .*none.json: the file holds no interventions"),
     # models
     (["view", "head", "--model", "{no_config}", "x"], r"--model .*model_without_config: the folder has no config.json"),
     (["view", "head", "--model", "{good}", "x"], r"--model .*good.txt: a file, not a model folder"),

@@ -150,6 +150,21 @@ def test_neuron_sweep_equals_naive(tiny_gemma):
         sweep_neurons(tiny_gemma, PROMPTS, layer=2, head=0, site="z", progress=False)
 
 
+def test_neuron_sweep_value_alone_sets_each_dim_and_both_is_refused(tiny_llama):
+    # scale= used to default to 0.0, so value= alone sent both and every call raised
+    metric = KL()
+    res = sweep_neurons(tiny_llama, PROMPTS, metric, 1, 0, site="k", value=0.7, progress=False)
+    assert res.meta["what"] == "k dims (set to 0.7)" and len(res.table) == tiny_llama.cfg.d_head
+    for d, got in zip(res.table.dim, res.table.effect):
+        want = effect(tiny_llama, PROMPTS, metric, [EditNeuron(1, 0, site="k", dim=d, value=0.7)], progress=False).mean
+        assert want > 0 and got == pytest.approx(want, rel=1e-5)
+    zeroed = sweep_neurons(tiny_llama, PROMPTS, metric, 1, 0, site="k", dims=[0], progress=False)  # neither: zero the dim
+    want = effect(tiny_llama, PROMPTS, metric, [EditNeuron(1, 0, site="k", dim=0, scale=0.0)], progress=False).mean
+    assert zeroed.meta["what"] == "k dims (scale 0.0)" and zeroed.table.effect.iloc[0] == pytest.approx(want, rel=1e-5)
+    with pytest.raises(InvalidSpec, match=r"scale= \(multiply\) or value= \(set\), not both; got scale=2.0 and value=0.7"):
+        sweep_neurons(tiny_llama, PROMPTS, metric, 1, 0, site="k", scale=2.0, value=0.7, progress=False)
+
+
 def test_sweep_interventions_and_heatmap(tiny_gpt2):
     variants = {"L0": [AblateHead(0)], "L1": [AblateHead(1)], "both": [AblateHead(0), AblateHead(1, [0, 1])]}
     res = sweep_interventions(tiny_gpt2, PROMPTS, KL(), variants, batch_size=8, progress=False)

@@ -150,6 +150,27 @@ def test_diff_view_errors(tiny_gpt2):
     assert tiny_gpt2.count_hooks() == 0
 
 
+@pytest.mark.parametrize("layer, head", [(True, False), (1.0, 0.0)])
+def test_start_indices_refuse_bools_and_floats_as_layers_and_heads_do(tiny_gpt2, layer, head):
+    # ``True in [1]`` and ``1.0 in [1]`` hold, so head_view(layer=) and diff_view(start=) took them for layer 1
+    with pytest.raises(InvalidLocation, match=rf"^layer {layer!r} out of range: tiny-gpt2 has layers 0..1$"):
+        head_view(tiny_gpt2, TEXT, layer=layer)
+    with pytest.raises(InvalidLocation, match=rf"^layer {layer!r} out of range: tiny-gpt2 has layers 0..1$"):
+        diff_view(tiny_gpt2, TEXT, [AblateHead(0, 0)], start=(layer, 0))
+    with pytest.raises(InvalidLocation, match=rf"^head {head!r} out of range: tiny-gpt2 has heads 0..3$"):
+        diff_view(tiny_gpt2, TEXT, [AblateHead(0, 0)], start=(1, head))
+    assert tiny_gpt2.count_hooks() == 0
+
+
+def test_numpy_integers_pick_layers_heads_and_the_start(tiny_gpt2):
+    one, zero = np.int64(1), np.int64(0)
+    assert head_view(tiny_gpt2, TEXT, layer=one).data["layer"] == 1
+    assert diff_view(tiny_gpt2, TEXT, [AblateHead(0, 0)], start=(one, zero)).data["start"] == [1, 0]
+    # a bare numpy integer for layers=/heads= was iterated and refused as "not an int"
+    view = model_view(tiny_gpt2, TEXT, layers=one, heads=zero)
+    assert view.data["layers"] == [1] and view.data["heads"] == [0]
+
+
 def expected_keys(model, layer: int, i: int, n: int) -> list[int]:
     """Keys query i may see: all (encoder), earlier ones (decoder), within the window (sliding layers)."""
     if not model.cfg.is_causal:

@@ -49,7 +49,7 @@ from attnlab.engine.hooks import active_frames
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import Tokens
-from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, UnsupportedModel, did_you_mean
+from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean
 from attnlab.interventions import EditNeuron
 from attnlab.measure.result import Result
 
@@ -125,17 +125,20 @@ def _check_units(model, units) -> pd.DataFrame:
             "no distance-decay units to scale: the table is empty (on this text no rotary pair's score falls with distance "
             "while favouring near keys); pass a longer text, a looser max_spearman to decay_units, or your own units"
         )
+    checks = {"layer": model.check_layer, "head": model.check_head, "unit": lambda unit: unit_dims(model, unit)}
     for column in UNIT_COLUMNS:
         for index, value in units[column].items():
             whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
             if not (whole and float(value).is_integer()):
                 raise InvalidInput(f"units[{column!r}] must hold whole numbers (a {column} index), got {value!r} "
                                    f"in row {index!r}")
+            # range-check Python's int of the value, exact for any whole float, before astype(int), which wraps
+            # 1e20 to -2**63; the message names the value as given
+            try:
+                checks[column](int(value))
+            except InvalidLocation as err:
+                raise InvalidLocation(f"units[{column!r}] holds {value!r} in row {index!r}: {err}") from None
     units = units.astype({column: int for column in UNIT_COLUMNS})
-    for row in units[list(UNIT_COLUMNS)].itertuples(index=False):
-        model.check_layer(int(row.layer))
-        model.check_head(int(row.head))
-        unit_dims(model, int(row.unit))
     return units.drop_duplicates(list(UNIT_COLUMNS)).reset_index(drop=True)
 
 

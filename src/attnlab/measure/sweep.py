@@ -244,7 +244,7 @@ def sweep_neurons(
     *,
     site: str = "q",
     dims: Sequence[int] | None = None,
-    scale: float | None = 0.0,
+    scale: float | None = None,
     value: float | None = None,
     batch_size: int | str = "auto",
     n_boot: int = 1000,
@@ -253,6 +253,10 @@ def sweep_neurons(
     precision: str | torch.dtype | None = None,
 ) -> SweepResult:
     """Effect on ``metric`` of scaling (default: zeroing) each q/k/v dimension of chosen heads of ``layer``.
+
+    ``scale=`` multiplies each dimension, ``value=`` sets it instead; give at most one.
+    ``scale`` defaults to None, read as 0.0 only when ``value`` is not given, so that
+    ``value=`` alone sets the dimension rather than clashing with a default scale.
 
     >>> from attnlab.testing import tiny_model
     >>> from attnlab.measure import KL, sweep_neurons
@@ -271,6 +275,10 @@ def sweep_neurons(
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
     layer = model.check_layer(layer)
+    if scale is not None and value is not None:
+        raise InvalidSpec(f"sweep_neurons takes scale= (multiply) or value= (set), not both; got scale={scale!r} and value={value!r}")
+    if value is None and scale is None:
+        scale = 0.0
     head_list = _index_list(head, model.cfg.n_heads, "head", model.check_head)
     # validate site / scale / dims once, with the spec's own messages
     probe = EditNeuron(layer, head_list[0], site=site, dim=0, scale=scale, value=value)

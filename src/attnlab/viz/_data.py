@@ -129,7 +129,7 @@ def select(model, values, noun: str) -> list[int]:
     size, check = (model.cfg.n_layers, model.check_layer) if noun == "layer" else (model.cfg.n_heads, model.check_head)
     if values is None:
         return list(range(size))
-    items = [values] if isinstance(values, int) and not isinstance(values, bool) else values
+    items = [values] if is_integer(values) else values  # numpy's too: a layer read back from a result table
     try:
         items = [int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v for v in items]
     except TypeError:

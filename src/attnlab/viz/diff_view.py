@@ -49,6 +49,7 @@ def diff_view(
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")
     check_threshold(threshold)
+    start = _start(model, start, layer_list, head_list)
     for spec in specs:  # fail before any forward pass
         spec.validate(model.cfg)
     source = view_input(model, text, max_tokens=max_tokens, view="diff view")
@@ -75,12 +76,19 @@ def diff_view(
     change = np.asarray(data["change"])
     data["max_change"] = float(change.max())
     if start is None:
-        a, b = np.unravel_index(int(change.argmax()), change.shape)
-    else:
-        if not (isinstance(start, (tuple, list)) and len(start) == 2):
-            raise InvalidInput(f"start must be a (layer, head) pair, got {start!r}")
-        if start[0] not in layer_list or start[1] not in head_list:
-            raise InvalidLocation(f"start {tuple(start)} is not among the layers {layer_list} x heads {head_list} shown")
-        a, b = layer_list.index(start[0]), head_list.index(start[1])
-    data["start"] = [int(a), int(b)]
+        start = np.unravel_index(int(change.argmax()), change.shape)
+    data["start"] = [int(i) for i in start]
     return View("diff", f"Diff view: {model.cfg.name}", data)
+
+
+def _start(model, start, layer_list: list[int], head_list: list[int]) -> tuple[int, int] | None:
+    """``start=(layer, head)`` as positions in the layers x heads shown, checked before any forward pass."""
+    if start is None:
+        return None
+    if not (isinstance(start, (tuple, list)) and len(start) == 2):
+        raise InvalidInput(f"start must be a (layer, head) pair, got {start!r}")
+    # the engine's checks, as for layers=/heads=: a membership test alone took (True, 0.0) for (1, 0)
+    layer, head = model.check_layer(start[0]), model.check_head(start[1])
+    if layer not in layer_list or head not in head_list:
+        raise InvalidLocation(f"start {(layer, head)} is not among the layers {layer_list} x heads {head_list} shown")
+    return layer_list.index(layer), head_list.index(head)
