@@ -130,10 +130,13 @@ def _specs(path: str | None) -> list:
     """``--interventions FILE``: at least one spec; a file holding none (``[]``) is refused, since
     running without the interventions that were asked for (or, for the diff view, reporting the
     option as missing) hides the mistake."""
-    if not path:
+    if path is None:
         return []
     from attnlab.errors import InvalidInput
     from attnlab.interventions import load_specs
+
+    if not path.strip():
+        raise InvalidInput("--interventions '': give the spec file to read (JSON, see attnlab.interventions.save_specs)")
 
     specs = load_specs(path)
     if not specs:

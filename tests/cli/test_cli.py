@@ -66,6 +66,7 @@ ERROR_CASES = [
     (["view", "diff", "--interventions", "{spec_none}", "x"], r"error: --interventions .*none.json: the file holds no interventions"),
     (["view", "head", "--interventions", "{spec_none}", "x"], r"--interventions .*none.json: the file holds no interventions"),
     (["bias", "--interventions", "{spec_none}"], r"--interventions .*none.json: the file holds no interventions"),
+    (["view", "diff", "--interventions", "", "x"], r"--interventions '': give the spec file to read"),
     # models
     (["view", "head", "--model", "{no_config}", "x"], r"--model .*model_without_config: the folder has no config.json"),
     (["view", "head", "--model", "{good}", "x"], r"--model .*good.txt: a file, not a model folder"),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnlab.errors import InvalidInput, is_integer
+
 __all__ = ["Report"]
 
 _STYLE = """
@@ -51,6 +53,8 @@ class Report:
         return self
 
     def table(self, df: pd.DataFrame, *, max_rows: int = 30, float_format: str = "{:.3f}") -> Report:
+        if not is_integer(max_rows) or max_rows < 1:
+            raise InvalidInput(f"max_rows must be a whole number >= 1, got {max_rows!r}")
         shown = df.head(max_rows)
         self._parts.append(
             shown.to_html(index=False, border=0, float_format=lambda v: float_format.format(v), escape=True)
