@@ -414,3 +414,26 @@ def test_pos_embed_has_one_row_per_prompt_and_an_edit_stays_in_its_row(arch, tex
     torch.testing.assert_close(edited[1], clean[1], rtol=0, atol=0)
     assert (edited[0] - clean[0]).abs().max() > 1e-3
     cache.apply_slice_to_batch_dim(1)  # raised IndexError with a batch of one
+
+
+def test_roberta_keeps_its_own_position_ids_and_pos_embed_is_per_row():
+    """RoBERTa counts positions from padding_idx + 1: passing ids 0..n-1 (a first fix of the [1, pos] pos_embed) broke it."""
+    import transformers
+
+    from attnlab.engine.model import HookedModel
+    from attnlab.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer("encoder")
+    cfg = transformers.RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id or 0,
+                                     attn_implementation="sdpa")
+    hf = transformers.RobertaForMaskedLM(cfg).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 9, 8, 7, 6, 10]])
+    with torch.no_grad():
+        expected = hf(input_ids=ids).logits
+    model = HookedModel(hf, tok, name="tiny-roberta")
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), expected, rtol=0, atol=0)
+        _, cache = model.run_with_cache(ids, names_filter=["hook_pos_embed"])
+    assert cache["hook_pos_embed"].shape == (2, 6, 32)

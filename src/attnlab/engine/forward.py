@@ -167,10 +167,6 @@ def _model_kwargs(model, tokens: Tokens, extra: dict[str, Any]) -> dict[str, Any
     kwargs: dict[str, Any] = {"input_ids": tokens.ids, "attention_mask": tokens.mask, **extra}
     if tokens.side == "left" and model._accepts("position_ids"):
         kwargs["position_ids"] = tokens.position_ids
-    elif model.layout.pos_embed is not None and model._accepts("position_ids"):
-        # HF's default ids are [1, pos], which made hook_pos_embed [1, pos, d_model]: an edit of one row reached
-        # every row. The same ids, one row per prompt, make it [batch, pos, d_model] like every other point.
-        kwargs["position_ids"] = torch.arange(tokens.ids.shape[1], device=tokens.ids.device).expand_as(tokens.ids)
     if model.cfg.is_causal and model._accepts("use_cache"):
         kwargs["use_cache"] = False
     return kwargs
@@ -254,6 +250,7 @@ def run(
         cache[hook.name] = x if grad else x.detach()
 
     state = ForwardState(
+        n_rows=tokens.n_rows,
         pad_left=tokens.pad_left if tokens.side == "left" else None,
         n_positions=int(tokens.lengths.max()),
         row_keys=check_row_keys(row_keys, tokens.n_rows),
@@ -312,7 +309,7 @@ def run(
     specs = (*interventions, *model.acting_interventions())
     produced = result.logits if result.logits is not None else result.hidden
     if (specs or hooks) and produced is not None and not all_finite(produced.detach()):  # hooks: a sweep's variants
-        state = ForwardState(pad_left=tokens.pad_left if tokens.side == "left" else None,
+        state = ForwardState(n_rows=tokens.n_rows, pad_left=tokens.pad_left if tokens.side == "left" else None,
                              n_positions=int(tokens.lengths.max()))
         blame_specs(model, specs, kwargs, state)
     return result

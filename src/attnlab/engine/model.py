@@ -692,7 +692,7 @@ class HookedModel(ModelWeights, nn.Module):
             from attnlab.engine.forward import _model_kwargs
             from attnlab.engine.state import ForwardState, forward_state
 
-            state = ForwardState(pad_left=tokens.pad_left, n_positions=int(tokens.lengths.max()))
+            state = ForwardState(n_rows=tokens.n_rows, pad_left=tokens.pad_left, n_positions=int(tokens.lengths.max()))
             with forward_state(state):
                 return self.hf_model(**_model_kwargs(self, tokens.to(self.device), extra))
         if return_type == "hidden" or not self.cfg.has_lm_head:

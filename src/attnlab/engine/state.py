@@ -37,11 +37,13 @@ class ForwardState:
     past: int = 0  # columns already held in the KV cache before this call
     generating: bool = False  # inside generate(): positions not reached yet are not errors
     row_keys: torch.Tensor | None = None  # [batch] which prompt each row is (None: its row index)
+    n_rows: int | None = None  # rows of the batch (HF computes one row of position embeddings for all of them)
 
     def rows(self, index: slice) -> ForwardState:
         pad = self.pad_left[index] if self.pad_left is not None and self.pad_left.shape[0] > 1 else self.pad_left
         keys = self.row_keys[index] if self.row_keys is not None else None
-        return replace(self, pad_left=pad, row_keys=keys)
+        n_rows = len(range(self.n_rows)[index]) if self.n_rows is not None else None
+        return replace(self, pad_left=pad, row_keys=keys, n_rows=n_rows)
 
 
 def check_row_keys(row_keys, n_rows: int) -> torch.Tensor | None:

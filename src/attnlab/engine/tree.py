@@ -201,7 +201,7 @@ class HookTree(nn.Module):
         top = [("hook_embed", layout.embed), ("hook_pos_embed", layout.pos_embed), ("hook_token_type_embed", layout.token_type_embed)]
         for attr, module in top:
             if module is not None:
-                self._edge_output(self, attr, None, module)
+                self._edge_output(self, attr, None, module, per_row=attr == "hook_pos_embed")
         if layout.final_norm is not None:
             self.ln_final = _Norm(self.norms.get("ln_final"))
             self._edge_output(self.ln_final, "hook_normalized", None, layout.final_norm)
@@ -263,9 +263,18 @@ class HookTree(nn.Module):
 
         return dispatch
 
-    def _edge_output(self, parent, attr, layer, module) -> HookPoint:
+    def _edge_output(self, parent, attr, layer, module, *, per_row: bool = False) -> HookPoint:
+        """``per_row``: an output computed once for the whole batch (HF's position embeddings, ``[1, pos, d]`` for
+        ids it made itself) is given to the hook as one writable row per prompt, so an edit of a row stays in it."""
         holder: list[HookPoint] = []
-        needs = [self._on_output(module, lambda x, args: _call(holder[0], x))]
+
+        def dispatch(x, args):
+            state = current_state()
+            if per_row and holder[0]._forward_hooks and x.shape[0] == 1 and state is not None and (state.n_rows or 1) > 1:
+                x = x.expand(state.n_rows, *x.shape[1:]).clone()
+            return _call(holder[0], x)
+
+        needs = [self._on_output(module, dispatch)]
         holder.append(self._point(parent, attr, layer, needs))
         return holder[0]
 
