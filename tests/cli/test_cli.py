@@ -156,6 +156,28 @@ def test_a_truncated_safetensors_file_is_one_line_naming_it(capsys, tiny_dirs, t
                                    one_error_line(err))
 
 
+def test_sweep_refuses_an_index_that_names_a_pickle_shard_unread(capsys, tiny_dirs, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from attnlab.testing import tiny_hf_model
+
+    folder = shutil.copytree(tiny_dirs["gpt2"], tmp_path / "pickled")
+    weights = tiny_hf_model("gpt2").state_dict()
+    torch.save(weights, folder / "pytorch_model-00001-of-00001.bin")
+    (folder / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": dict.fromkeys(weights, "pytorch_model-00001-of-00001.bin")}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail(f"torch.load was called on {a[:1]}"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the nurse said that\n")
+    code, _, err = main(capsys, "sweep", "--model", folder, "--target", " she", "--foil", " he", "--quiet",
+                        "--out", tmp_path / "sweep.csv", "--file", prompts)
+    assert code == 2 and re.search(r"pickled/model\.safetensors\.index\.json: weight_map names "
+                                   r"pytorch_model-00001-of-00001\.bin, which is not a \.safetensors file", one_error_line(err))
+
+
 def test_debug_shows_the_traceback_instead(capsys, files, no_model_loading):
     with pytest.raises(Exception, match="seed must be an integer"):
         cli.main(["view", "diff", "--interventions", str(files["spec_seed"]), "x", "--debug"])

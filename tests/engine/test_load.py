@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -225,6 +227,83 @@ def test_a_damaged_safetensors_file_is_refused_by_name_before_transformers_reads
     assert not marker.exists()
 
 
+def _pickle_shard_folder(folder, index="model.safetensors.index.json", shard="pytorch_model-00001-of-00001.bin"):
+    """A saved tiny GPT-2 whose weights are a real torch.save pickle that a safetensors index names.
+
+    A variant's index (``model.safetensors.index.fp16.json``) is read instead of model.safetensors
+    when ``variant="fp16"`` is asked for, so model.safetensors stays beside it."""
+    folder = _saved_tiny_gpt2(folder)
+    state = tiny_hf_model("gpt2").state_dict()
+    if index == "model.safetensors.index.json":
+        (folder / "model.safetensors").unlink()
+    torch.save(state, folder / shard)
+    (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(state, shard)}))
+    return folder
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Fail the test if anything is unpickled (transformers reads a .bin shard with torch.load)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"torch.load was called on {args[:1]}")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+@pytest.mark.parametrize("index", ["model.safetensors.index.json", "model.safetensors.index.fp16.json"])
+def test_a_safetensors_index_naming_a_pickle_shard_is_refused_unread(tmp_path, no_unpickling, index):
+    folder = _pickle_shard_folder(tmp_path / "model", index=index)
+    message = rf"model/{re.escape(index)}: weight_map names pytorch_model-00001-of-00001\.bin, which is not a " \
+              r"\.safetensors file; attnlab reads safetensors only"
+    with pytest.raises(UnsupportedModel, match=message):
+        attnlab.load(str(folder), variant="fp16" if "fp16" in index else None)
+
+
+def test_config_transformers_weights_naming_a_pickle_is_refused_unread(tmp_path, no_unpickling):
+    folder = _saved_tiny_gpt2(tmp_path / "model")  # model.safetensors is there, but transformers would read the .bin
+    torch.save(tiny_hf_model("gpt2").state_dict(), folder / "adapter_model.bin")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "transformers_weights": "adapter_model.bin"}))
+    with pytest.raises(UnsupportedModel, match=r"config\.json: transformers_weights names adapter_model\.bin, which is not"):
+        attnlab.load(str(folder))
+
+
+def test_a_pickle_index_in_the_subfolder_asked_for_is_refused_unread(tmp_path, no_unpickling):
+    folder = _saved_tiny_gpt2(tmp_path / "model")  # a harmless model at the top, the pickle one below
+    _pickle_shard_folder(folder / "sub")
+    with pytest.raises(UnsupportedModel, match=r"sub/model\.safetensors\.index\.json: weight_map names pytorch_model"):
+        attnlab.load(str(folder), subfolder="sub")
+
+
+@pytest.mark.parametrize("shard, error, message", [
+    ("../outside.safetensors", DataFormatError, r"weight_map names \.\./outside\.safetensors, which lies outside the model folder"),
+    ("ABSOLUTE", DataFormatError, r"weight_map names /.*outside\.safetensors, which lies outside the model folder"),
+    ("model-00001-of-00002.safetensors", DataFormatError,
+     r"index\.json names model-00001-of-00002\.safetensors, which is not a file in .*model"),
+    (7, DataFormatError, r"weight_map names 7, not a file name"),
+])
+def test_index_shards_outside_the_folder_or_missing_are_refused(tmp_path, shard, error, message):
+    from safetensors.torch import save_file
+
+    folder = _saved_tiny_gpt2(tmp_path / "model")
+    state = {k: v.contiguous() for k, v in tiny_hf_model("gpt2").state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(tmp_path / "outside.safetensors"))  # real weights: the old check loaded them
+    (folder / "model.safetensors").unlink()
+    shard = str(tmp_path / "outside.safetensors") if shard == "ABSOLUTE" else shard
+    index = {"metadata": {}, "weight_map": dict.fromkeys(state, shard)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(error, match=message):
+        attnlab.load(str(folder))
+
+
+def test_an_index_without_a_weight_map_is_a_data_format_error(tmp_path):
+    folder = _saved_tiny_gpt2(tmp_path / "model")
+    (folder / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(DataFormatError, match=r"index\.json: a safetensors index needs a non-empty \"weight_map\""):
+        attnlab.load(str(folder))
+
+
 # -- HF ids without the hub ----------------------------------------------------------------------
 
 
@@ -310,6 +389,20 @@ def test_hf_id_in_the_local_hf_cache_loads_without_the_hub(hub_calls, monkeypatc
         attnlab.load("attnlab-test/other", cache_dir=str(tmp_path / "hub"), local_files_only=True)
 
 
+def test_an_hf_id_whose_cached_index_names_a_pickle_is_refused_unread(hub_calls, monkeypatch, tmp_path, no_unpickling):
+    from attnlab.engine import _pretrained
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--attnlab-test--pickled"
+    _pickle_shard_folder(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(_pretrained, "hub_reachable", _never_probe)
+    with pytest.raises(UnsupportedModel, match=r"index\.json: weight_map names pytorch_model-00001-of-00001\.bin"):
+        attnlab.load("attnlab-test/pickled", cache_dir=str(tmp_path / "hub"))
+
+
 def test_hub_probe_opens_a_connection_or_gives_up_quickly(monkeypatch):
     import socket
 
@@ -325,3 +418,86 @@ def test_hub_probe_opens_a_connection_or_gives_up_quickly(monkeypatch):
     assert not hub_reachable(timeout=2.0)
     monkeypatch.setenv("HF_ENDPOINT", "https://host.invalid")
     assert not hub_reachable(timeout=2.0)
+
+
+# -- a failed load hands the model back as it came ---------------------------------------------------
+
+
+def _state(hf):
+    """Everything load() may change on an HF model: weights (bits, dtype, device), modes, attention, attnlab attributes."""
+    return (
+        {k: (v.dtype, v.device, v.detach().clone()) for k, v in hf.state_dict().items()},
+        [m.training for m in hf.modules()],
+        hf.config._attn_implementation,
+        sorted(f"{type(m).__name__}.{k}" for m in hf.modules() for k in vars(m) if k.startswith("_attnlab")),
+    )
+
+
+def _assert_same(before, after):
+    assert after[1:] == before[1:]
+    assert before[0].keys() == after[0].keys()
+    for key, (dtype, device, value) in before[0].items():
+        assert after[0][key][:2] == (dtype, device) and torch.equal(after[0][key][2], value), key
+
+
+@pytest.mark.parametrize("tokenizer, got", [("gpt2", r"got str; to use the tokenizer saved as 'gpt2', pass "
+                                                      r"AutoTokenizer\.from_pretrained\('gpt2'\)"),
+                                            (Path("tok"), r"got PosixPath"),
+                                            (42, r"got int$")])
+def test_a_tokenizer_that_is_not_one_is_refused_before_the_model_is_touched(tokenizer, got):
+    hf = tiny_hf_model("gpt2").train()
+    before = _state(hf)
+    message = r"tokenizer= takes a loaded transformers tokenizer \(a PreTrainedTokenizerBase.*\) or None, " + got
+    with pytest.raises(InvalidInput, match=message):
+        attnlab.load(hf, tokenizer=tokenizer, dtype=torch.float64)
+    _assert_same(before, _state(hf))
+    with pytest.raises(InvalidInput, match=message):
+        attnlab.load("./no/such/folder", tokenizer=tokenizer)  # refused before any loading too
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"dtype": "float16"}, r"dtype= takes a floating-point torch\.dtype .*got 'float16'"),
+    ({"dtype": torch.int64}, r"dtype= takes a floating-point torch\.dtype .*got torch\.int64"),
+    ({"device": "gpu:0"}, r"device= takes a torch device .*got 'gpu:0'"),
+])
+def test_a_bad_dtype_or_device_is_refused_before_the_model_is_touched(options, message):
+    hf = tiny_hf_model("gpt2").train()
+    before = _state(hf)
+    with pytest.raises(InvalidInput, match=message):
+        attnlab.load(hf, tokenizer=tiny_tokenizer(), **options)
+    _assert_same(before, _state(hf))
+
+
+def test_a_model_refused_after_wrapping_comes_back_unconverted_in_train_mode(monkeypatch):
+    from attnlab.engine.model import HookedModel
+
+    def unreached(self):
+        raise UnsupportedModel("layers [1] do not route attention through transformers' AttentionInterface")
+
+    hf = tiny_hf_model("gpt2").train()
+    hf.transformer.h[0].eval()  # mixed modes come back module by module
+    tok = tiny_tokenizer()
+    tok.pad_token = None
+    before = _state(hf)
+    monkeypatch.setattr(HookedModel, "_check_every_layer_is_reached", unreached)
+    with pytest.raises(UnsupportedModel, match="layers \\[1\\] do not route attention"):
+        attnlab.load(hf, tokenizer=tok, dtype=torch.float64, device="cpu")
+    _assert_same(before, _state(hf))
+    assert tok.pad_token is None  # the tokenizer is left alone too
+    monkeypatch.undo()
+    model = attnlab.load(hf, tokenizer=tok, dtype=torch.float64)  # and it still loads
+    assert model.hf_model.transformer.wte.weight.dtype == torch.float64 and not hf.training
+
+
+def test_a_conversion_that_fails_half_way_is_undone():
+    hf = tiny_hf_model("gpt2").train()
+    before = _state(hf)
+
+    def out_of_memory(fn, *args, **kwargs):  # the transformer's tensors are converted by then, the head's not
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    hf.lm_head._apply = out_of_memory
+    with pytest.raises(torch.OutOfMemoryError, match="simulated"):
+        attnlab.load(hf, tokenizer=tiny_tokenizer(), dtype=torch.float64)
+    del hf.lm_head._apply
+    _assert_same(before, _state(hf))

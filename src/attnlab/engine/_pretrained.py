@@ -2,7 +2,9 @@
 
 * Weights are read from safetensors only (``use_safetensors=True``): a folder that holds
   only a pickle checkpoint (``pytorch_model.bin``) is refused with the way to convert it,
-  because unpickling a file can run code.
+  because unpickling a file can run code. ``use_safetensors=True`` alone is not enough:
+  transformers reads whatever file a ``*.safetensors.index.json`` or config.json's
+  ``transformers_weights`` names, so every such name is checked before anything is read.
 * An HF id is looked up in the local HF cache first. The hub is contacted only when the id
   is not cached, ``HF_HUB_OFFLINE`` is not set and a one-second connection probe reaches it,
   so on a machine without network a missing id fails at once with a typed error instead of
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from attnlab.errors import DataFormatError, InvalidInput, UnsupportedModel
+from attnlab.errors import AttnlabError, DataFormatError, InvalidInput, UnsupportedModel
 
 __all__ = [
     "load_pretrained", "fast_tokenizer", "check_local_folder", "check_safetensors_file", "hub_reachable",
@@ -29,7 +32,14 @@ __all__ = [
 ]
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: what config.json's transformers_weights may name
+_WEIGHTS_SUFFIXES = (".safetensors", ".safetensors.index.json")
+#: a safetensors index as transformers names it: model.safetensors.index.json, or with a variant
+#: model.safetensors.index.fp16.json
+_INDEX = re.compile(r"\.safetensors\.index(\.[^./]+)?\.json$")
 _PROBE_SECONDS = 1.0
+#: the from_pretrained options that say where a hub file comes from
+_HUB_KEYS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "proxies", "force_download")
 _TRUE = {"1", "on", "yes", "true"}
 _CONVERT = (
     "attnlab reads safetensors only, because unpickling a file can run code. Convert it once, where you "
@@ -49,15 +59,71 @@ def check_local_folder(folder: Path) -> None:
             f"{folder} has no config.json, so it is not a transformers model folder "
             "(save_pretrained writes config.json and model.safetensors)"
         )
-    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
-        for name in names:
-            if name.endswith(".safetensors"):
-                check_safetensors_file(folder / name)
+    if any(name.endswith(".safetensors") or _INDEX.search(name) for name in names):
+        files = {name: folder for name in names if name.endswith(".safetensors")}  # name -> where it is named
+        indexes = [name for name in names if _INDEX.search(name)]
+        explicit = _explicit_weights(folder)
+        if explicit.endswith(".json"):
+            indexes.append(explicit)
+        elif explicit:
+            files.setdefault(explicit, folder / "config.json")
+        for index in indexes:
+            files.update(dict.fromkeys(check_shard_index(folder / index), folder / index))
+        for name, named_in in files.items():
+            if not (folder / name).is_file():
+                raise DataFormatError(f"{named_in} names {name}, which is not a file in {folder}")
+            check_safetensors_file(folder / name)
         return
     pickles = [name for name in names if name.endswith(_PICKLE_SUFFIXES) or name.endswith(".bin.index.json")]
     if pickles:
         raise UnsupportedModel(f"{folder} holds its weights only as a pickle ({', '.join(pickles)}); {_CONVERT}")
     raise InvalidInput(f"{folder} has no model.safetensors (files: {', '.join(names)})")
+
+
+def _explicit_weights(folder: Path) -> str:
+    """The weights file that config.json's ``transformers_weights`` names ("" if none).
+
+    transformers loads that file instead of model.safetensors, and it accepts ``adapter_model.bin``
+    there (a pickle), so the name is held to the same rule as an index's shards.
+    """
+    try:
+        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("transformers_weights")
+    except (OSError, ValueError, AttributeError):
+        return ""  # transformers reports an unreadable config itself
+    if name is None:
+        return ""
+    _check_shard_name(name, folder / "config.json", "transformers_weights", suffixes=_WEIGHTS_SUFFIXES)
+    return name
+
+
+def _check_shard_name(name: Any, source: Path | str, what: str, *, suffixes: tuple[str, ...] = (".safetensors",)):
+    """A weights file named in ``source`` must be safetensors and lie inside the model folder."""
+    if not isinstance(name, str) or not name:
+        raise DataFormatError(f"{source}: {what} names {name!r}, not a file name")
+    if not name.endswith(suffixes):
+        raise UnsupportedModel(f"{source}: {what} names {name}, which is not a .safetensors file; {_CONVERT}")
+    if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise DataFormatError(f"{source}: {what} names {name}, which lies outside the model folder; the names "
+                              "must be plain file names beside the index (model-00001-of-00002.safetensors)")
+
+
+def check_shard_index(index: Path) -> list[str]:
+    """The shard names of a safetensors index, each checked before transformers opens any of them.
+
+    transformers reads every file that ``weight_map`` names, whatever its suffix: a
+    ``model.safetensors.index.json`` pointing at ``pytorch_model.bin`` gets that pickle
+    loaded, so a name that is not ``*.safetensors`` (or leaves the folder) is refused here.
+    """
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, ValueError, AttributeError) as err:
+        raise DataFormatError(f"{index}: not a readable safetensors index ({err})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise DataFormatError(f"{index}: a safetensors index needs a non-empty \"weight_map\" object "
+                              "(tensor name -> shard file)")
+    for shard in weight_map.values():
+        _check_shard_name(shard, index, "weight_map")
+    return sorted(set(weight_map.values()))
 
 
 def check_safetensors_file(path: Path) -> None:
@@ -122,6 +188,8 @@ def _from_pretrained(source: str, dtype, device, device_map, **kwargs):
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+    if not Path(source).is_dir():  # a folder was checked by check_local_folder
+        _check_hub_weights(source, config, kwargs)
     model = _auto_class(config).from_pretrained(
         source, dtype=dtype or torch.float32, device_map=device_map, attn_implementation="sdpa",
         use_safetensors=True, **kwargs,
@@ -130,6 +198,24 @@ def _from_pretrained(source: str, dtype, device, device_map, **kwargs):
     if device is not None and device_map is None:
         model = model.to(device)
     return model, tokenizer
+
+
+def _check_hub_weights(source: str, config, kwargs: dict) -> None:
+    """check_local_folder's rule for an HF id: the weights file config.json names and the safetensors
+    index (from the HF cache, or fetched as transformers would fetch it) are read before any shard is."""
+    from transformers.utils import cached_file
+
+    explicit = getattr(config, "transformers_weights", None)
+    if explicit is not None:
+        _check_shard_name(explicit, f"{source}: config.json", "transformers_weights", suffixes=_WEIGHTS_SUFFIXES)
+        if not explicit.endswith(".json"):
+            return
+    variant = kwargs.get("variant")
+    name = explicit or (f"model.safetensors.index.{variant}.json" if variant else "model.safetensors.index.json")
+    index = cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_gated_repo=False, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
+    if index is not None:
+        check_shard_index(Path(index))
 
 
 def _auto_class(config):
@@ -162,7 +248,7 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
         raise InvalidInput("attnlab reads safetensors only: use_safetensors=False is not supported")
     path = Path(source).expanduser()
     if path.exists():
-        check_local_folder(path)
+        check_local_folder(path / kwargs.get("subfolder", ""))  # where transformers reads config and weights
         return _load_or_explain(str(path), dtype, device, device_map, **kwargs)
     if _looks_like_path(source):
         raise InvalidInput(f"no such model folder: {source}")
@@ -171,6 +257,8 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
 
         try:  # the HF cache needs no network
             return _from_pretrained(source, dtype, device, device_map, **{**kwargs, "local_files_only": True})
+        except AttnlabError:
+            raise
         except SafetensorError as err:  # cached, but damaged: downloading again is the fix, not a silent retry
             raise _damaged(source, err) from None
         except (OSError, ValueError):

@@ -66,6 +66,36 @@ def _minilm_path() -> Path:
     return Path(package.__file__).parent / "model"
 
 
+def _check_tokenizer(tokenizer: Any) -> None:
+    """A tokenizer object or None. A name or path is refused rather than loaded: a folder or HF id
+    brings its own tokenizer, and load() reads nothing from disk or the hub that it was not asked to."""
+    from transformers import PreTrainedTokenizerBase
+
+    if tokenizer is None or isinstance(tokenizer, PreTrainedTokenizerBase):
+        return
+    hint = ""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        saved = repr(str(tokenizer))
+        hint = f"; to use the tokenizer saved as {saved}, pass AutoTokenizer.from_pretrained({saved})"
+    raise InvalidInput(
+        f"tokenizer= takes a loaded transformers tokenizer (a PreTrainedTokenizerBase, e.g. from "
+        f"AutoTokenizer.from_pretrained) or None, got {type(tokenizer).__name__}{hint}"
+    )
+
+
+def _check_dtype_device(dtype: Any, device: Any) -> None:
+    """A typed error, before the model is touched, where ``.to()`` would raise a bare RuntimeError or TypeError."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InvalidInput(f"dtype= takes a floating-point torch.dtype (torch.float32, torch.bfloat16, ...), "
+                           f"got {dtype!r}")
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise InvalidInput(f"device= takes a torch device ('cpu', 'cuda:0', torch.device(...)), "
+                               f"got {device!r} ({err})") from None
+
+
 def load(
     spec: Any,
     *,
@@ -79,10 +109,12 @@ def load(
     """Wrap a model so its attention can be read and overwritten.
 
     ``spec`` is ``"minilm"``, ``"gemma-3-270m"``, an HF id or local directory, a loaded
-    ``transformers`` model (pass ``tokenizer=``), a TransformerLens 4 ``TransformerBridge``
-    or an existing :class:`HookedModel`. Weights are read from safetensors only (a folder
-    with only ``pytorch_model.bin`` is refused with the way to convert it); an HF id is taken
-    from the local HF cache when it is there, and from the hub only when the hub is reachable.
+    ``transformers`` model (pass ``tokenizer=``, a loaded tokenizer object, not a name), a
+    TransformerLens 4 ``TransformerBridge`` or an existing :class:`HookedModel`. Weights are read
+    from safetensors only (a folder with only ``pytorch_model.bin``, or an index naming a
+    non-safetensors shard, is refused with the way to convert it); an HF id is taken from the
+    local HF cache when it is there, and from the hub only when the hub is reachable. A loaded
+    model that cannot be wrapped is handed back unchanged (dtype, device, modes).
 
     >>> model = attnlab.load("minilm")            # doctest: +SKIP
     >>> model.cfg.n_layers, model.cfg.n_heads     # doctest: +SKIP
@@ -90,6 +122,7 @@ def load(
     """
     if isinstance(spec, HookedModel):
         return spec
+    _check_tokenizer(tokenizer)
     if isinstance(spec, torch.nn.Module):
         bridge = None
         if is_bridge(spec):  # TransformerLens TransformerBridge: hook the HF model inside it
@@ -97,11 +130,8 @@ def load(
             spec = hf_model_of_bridge(spec)
         if not hasattr(spec, "config"):
             raise UnsupportedModel(f"{type(spec).__name__} is not a transformers model (it has no .config)")
-        if dtype is not None:
-            spec = spec.to(dtype)
-        if device is not None:
-            spec = spec.to(device)
-        return HookedModel(spec, tokenizer, name=name, bridge=bridge)
+        _check_dtype_device(dtype, device)
+        return HookedModel(spec, tokenizer, name=name, bridge=bridge, dtype=dtype, device=device)
     if not isinstance(spec, (str, os.PathLike)):
         raise InvalidInput(
             f"load() takes a model name, path, transformers model or TransformerBridge, got {type(spec).__name__}"

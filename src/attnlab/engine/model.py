@@ -96,6 +96,30 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _placement(model: nn.Module) -> list[tuple[nn.Module, str, str, torch.dtype, torch.device]]:
+    """Where each parameter and buffer of ``model`` lives, for :func:`_put_back`."""
+    return [(module, store, key, tensor.dtype, tensor.device) for module in model.modules()
+            for store in ("_parameters", "_buffers") for key, tensor in getattr(module, store).items()
+            if tensor is not None]
+
+
+def _put_back(placement) -> None:
+    """Return every tensor that ``.to()`` already converted to its recorded dtype and device.
+
+    ``.to()`` swaps a parameter's ``.data`` and replaces a buffer: an upcast or a device move
+    comes back bit for bit (a downcast that failed half-way cannot give back the lost bits).
+    """
+    with torch.no_grad():
+        for module, store, key, dtype, device in placement:
+            tensor = getattr(module, store)[key]
+            if tensor is None or (tensor.dtype, tensor.device) == (dtype, device):
+                continue
+            if store == "_parameters":
+                tensor.data = tensor.data.to(device=device, dtype=dtype)
+            else:
+                module._buffers[key] = tensor.to(device=device, dtype=dtype)
+
+
 class HookedModel(ModelWeights, nn.Module):
     """A wrapped HF model whose attention (and residual stream, and MLPs) can be read and overwritten.
 
@@ -103,22 +127,34 @@ class HookedModel(ModelWeights, nn.Module):
     (hidden states for encoders without an LM head).
     """
 
-    def __init__(self, hf_model: nn.Module, tokenizer: Any, *, name: str | None = None, bridge: Any = None):
+    def __init__(self, hf_model: nn.Module, tokenizer: Any, *, name: str | None = None, bridge: Any = None,
+                 dtype: torch.dtype | None = None, device: Any = None):
+        """Wrap ``hf_model``; ``dtype`` and ``device`` convert it only once it has been found wrappable,
+        so a model attnlab refuses is handed back exactly as it came (weights, dtype, device, modes)."""
         super().__init__()
         attention_modules = find_attention_modules(hf_model)
+        modes = [(module, module.training) for module in hf_model.modules()]
+        placement = _placement(hf_model) if dtype is not None or device is not None else []
         self.original_attn_implementation = switch_implementation(hf_model)
         fresh = hf_model.__dict__.get("_attnlab_tree") is None  # a copy of a wrapped model holds None there
         try:
             self._build(hf_model, tokenizer, attention_modules, name=name, bridge=bridge)
             if fresh:
                 self._check_every_layer_is_reached()
+            if dtype is not None or device is not None:
+                hf_model.to(device=device, dtype=dtype)
         except BaseException:
+            for module, training in modes:
+                module.training = training
+            _put_back(placement)  # a conversion that failed half-way (out of memory)
             if fresh:  # a model we cannot wrap is handed back exactly as it came
                 restore_implementation(hf_model, self.original_attn_implementation)
                 for module in attention_modules:
                     detach(module)
                 hf_model.__dict__.pop("_attnlab_tree", None)
             raise
+        if tokenizer is not None and tokenizer.pad_token is None:  # only now: a refused model leaves it alone too
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
     def _build(self, hf_model, tokenizer, attention_modules, *, name, bridge) -> None:
         self.hf_model = hf_model.eval()
@@ -145,8 +181,6 @@ class HookedModel(ModelWeights, nn.Module):
         self.padding_side = "right"
         self._prepared: OrderedDict[Any, Any] = OrderedDict()
         self._forward_params = set(inspect.signature(hf_model.forward).parameters)
-        if tokenizer is not None and tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.eval()  # the wrapper and its hook points too (TransformerLens' tools check every submodule)
 
     # -- structure ------------------------------------------------------------------------
