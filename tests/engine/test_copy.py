@@ -13,7 +13,6 @@ import pickle
 import pytest
 import torch
 
-from attnlab.errors import InvalidInput
 from attnlab.interventions import AblateHead
 
 TEXT = ["the nurse said that she was", "a doctor"]
@@ -82,16 +81,29 @@ def test_a_copy_keeps_training_mode_and_settings(tiny_gpt2):
     assert twin.training and twin.padding_side == "left"
 
 
-def test_a_model_with_hooks_attached_is_refused_and_left_as_it_was(tiny_gpt2):
-    model = tiny_gpt2
+def test_a_copy_made_inside_blocks_has_no_hooks_and_stays_independent(tiny_llama):
+    """Copies made while blocks are open (edge dispatchers sit on the HF modules then) carry none of them:
+    a dispatcher copied with its module does nothing and takes itself off (it used to call the original's points)."""
+    model = tiny_llama
+    before = _logits(model)
     seen = []
-    model.add_hook("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(1))
-    with pytest.raises(InvalidInput, match="hooks attached.*blocks.0.attn.hook_pattern"):
-        copy.deepcopy(model)
-    model(TEXT)
-    assert seen  # the hook is still there and fires
+    model.add_hook("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(1))  # a persistent hook
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x * 2)]):
+        twin = copy.deepcopy(model)
+        hf_copy = copy.deepcopy(model.hf_model)
     model.reset_hooks(including_permanent=True)
-    copy.deepcopy(model)  # and once removed, copying works
+    seen.clear()
+    torch.testing.assert_close(_logits(twin), before, rtol=0, atol=0)
+    ids = model.tokenizer(TEXT[0], return_tensors="pt").input_ids
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x * 3)]):
+        with torch.no_grad():
+            plain = hf_copy(ids).logits  # the original's block must not reach the copy
+        torch.testing.assert_close(_logits(twin), before, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, model.hf_model(ids).logits, rtol=0, atol=0)
+    assert not seen
+    assert _clean_tree(hf_copy) and _clean_tree(twin.hf_model)  # the left-behind hooks took themselves off
+    pickle.loads(pickle.dumps(hf_copy))
 
 
 def test_a_mean_taken_while_dropout_acts_is_not_kept_past_eval(tiny_gpt2):

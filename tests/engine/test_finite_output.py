@@ -85,3 +85,23 @@ def test_a_sweep_variant_that_overflows_is_refused(tiny_gpt2):
     with pytest.raises(InvalidSpec, match="inf or NaN"):
         sweep_interventions(tiny_gpt2, [TEXT], KL(), {"huge": [spec]}, progress=False)
     assert _hooks(tiny_gpt2) == 0
+
+
+def test_a_model_that_overflows_by_itself_is_checked_once_per_weights(tiny_gpt2, monkeypatch):
+    """Gemma in float16 overflows by itself: one clean forward finds that, later passes do not repeat it."""
+
+    model = tiny_gpt2
+    with torch.no_grad():
+        model.hf_model.transformer.ln_f.weight.fill_(float("inf"))
+    calls = []
+    real = model.hf_model.forward
+    monkeypatch.setattr(model.hf_model, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(3):
+        with model.intervene(AblateHead(0, 0)):
+            model(TEXT)
+    assert len(calls) == 4  # three passes, one clean check
+    with torch.no_grad():
+        model.hf_model.transformer.ln_f.weight.fill_(float("nan"))  # new weights: checked again
+    with model.intervene(AblateHead(0, 0)):
+        model(TEXT)
+    assert len(calls) == 6

@@ -282,3 +282,12 @@ def test_hook_points_and_generate_return_type_of_transformerlens(tiny_gpt2):
     assert points == list(tiny_gpt2.hook_dict.values()) and len(points) > 10
     with pytest.raises(InvalidInput, match="never the prompt with them"):
         tiny_gpt2.generate("the nurse", max_new_tokens=2, return_type="input")
+
+
+def test_to_tokens_takes_tokens_and_bert_truncation_keeps_its_final_sep(tiny_gpt2, tiny_bert):
+    tokens = tiny_gpt2.tokens(["the nurse said", "a doctor"])
+    assert torch.equal(tiny_gpt2.to_tokens(tokens), tokens.ids)
+    long = " ".join(["word"] * 300)
+    ids = tiny_bert.to_tokens(long)
+    sep = tiny_bert.tokenizer.sep_token_id
+    assert ids.shape[1] == tiny_bert.cfg.n_ctx and int(ids[0, -1]) == sep and int(ids[0, 0]) == tiny_bert.tokenizer.cls_token_id

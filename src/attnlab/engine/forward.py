@@ -322,17 +322,21 @@ def blame_specs(model, specs: Sequence, kwargs: dict[str, Any], state: ForwardSt
     can also be finite there and overflow further on (a residual stream of 1e38 squared in
     the next norm), which returned NaN logits without a word. Runs only on that failure: one
     clean forward of the HF model with ``kwargs`` decides whom to blame (a model that overflows
-    by itself is not the specs' doing).
+    by itself is not the specs' doing; such a model is not checked again until its weights change).
     """
+    if model.__dict__.get("_overflows_by_itself") == model.weights_stamp():
+        return
     with torch.no_grad(), model.clean(), forward_state(state):
         out = model.hf_model(**kwargs)
     clean = getattr(out, "logits", None)
     clean = out[0] if clean is None else clean
-    if all_finite(clean):
-        shown = ", ".join(map(repr, specs[:3])) + (f" and {len(specs) - 3} more" if len(specs) > 3 else "")
-        raise InvalidSpec(f"with {shown or 'the edits of this pass'} the model's output holds inf or NaN, though the unedited model's is finite: a "
-                          "value the interventions write overflowed further on (e.g. in a norm); use values of the size "
-                          "of the model's own activations")
+    if not all_finite(clean):  # the model overflows by itself (Gemma in float16): not checked again on these weights
+        model.__dict__["_overflows_by_itself"] = model.weights_stamp()
+        return
+    shown = ", ".join(map(repr, specs[:3])) + (f" and {len(specs) - 3} more" if len(specs) > 3 else "")
+    raise InvalidSpec(f"with {shown or 'the edits of this pass'} the model's output holds inf or NaN, though the "
+                      "unedited model's is finite: a value the interventions write overflowed further on (e.g. in a "
+                      "norm); use values of the size of the model's own activations")
 
 
 def token_logprobs(logits: Float[torch.Tensor, "batch pos vocab"], tokens: Tokens) -> Float[torch.Tensor, "batch pos"]:

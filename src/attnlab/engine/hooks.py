@@ -37,7 +37,7 @@ from torch import nn
 
 from attnlab.errors import InvalidInput, InvalidLocation, ShapeMismatch
 
-__all__ = ["HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "user_frame", "at_frame_exit", "clean_context",
+__all__ = ["Plumbing", "LeftBehind", "HookPoint", "Hook", "HookFn", "active_frames", "hook_frame", "user_frame", "at_frame_exit", "clean_context",
            "OnDemand"]
 
 HookFn = Callable[..., Any]
@@ -418,6 +418,38 @@ def _fn_name(fn) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
+class Plumbing:
+    """A hook attnlab puts on one of the HF model's own modules (a dispatcher, a reader of the LM head's input).
+
+    A copy of the module (``copy.deepcopy``, ``pickle``) must not reach this model's hook
+    points: it gets a :class:`LeftBehind` instead, which does nothing and takes itself off.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self):
+        return (LeftBehind, ())
+
+
+class LeftBehind:
+    """Where a copied module had attnlab's hook: returns None and removes itself on its first call."""
+
+    def __call__(self, module: nn.Module, *rest):
+        for table in (module._forward_hooks, module._forward_pre_hooks):
+            for key in [k for k, hook in table.items() if hook is self]:
+                del table[key]
+                for flags in (module._forward_hooks_with_kwargs, module._forward_hooks_always_called,
+                              module._forward_pre_hooks_with_kwargs):
+                    flags.pop(key, None)
+        return None
+
+
 class OnDemand:
     """A PyTorch hook on an HF module that exists only while some block needs it.
 
@@ -473,9 +505,9 @@ def scoped_module_hook(module: nn.Module, fn: Callable, *, kind: str = "forward"
             return fn(*args) if _is_active(owner) else None
 
         if kind == "forward":
-            handle = module.register_forward_hook(acting, prepend=prepend, always_call=always_call)
+            handle = module.register_forward_hook(Plumbing(acting), prepend=prepend, always_call=always_call)
         elif kind == "pre":
-            handle = module.register_forward_pre_hook(acting, with_kwargs=True, prepend=prepend)
+            handle = module.register_forward_pre_hook(Plumbing(acting), with_kwargs=True, prepend=prepend)
         else:
             raise ValueError(f"kind must be 'forward' or 'pre', got {kind!r}")
         try:

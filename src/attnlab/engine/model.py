@@ -516,7 +516,8 @@ class HookedModel(ModelWeights, nn.Module):
         """
         texts = check_texts(text)
         tok = self._need_tokenizer()
-        rows = tok(texts, add_special_tokens=prepend_bos is not False)["input_ids"]
+        cut = {"truncation": True, "max_length": self.cfg.n_ctx} if truncate and self.cfg.n_ctx is not None else {}
+        rows = tok(texts, add_special_tokens=prepend_bos is not False, **cut)["input_ids"]  # keeps a final [SEP]
         if prepend_bos is True and tok.bos_token_id is not None:
             rows = [r if r[:1] == [tok.bos_token_id] else [tok.bos_token_id, *r] for r in rows]
         for i, row in enumerate(rows):
@@ -616,7 +617,7 @@ class HookedModel(ModelWeights, nn.Module):
         cut to it (``truncate=True``, the default, as in TransformerLens) or kept whole (``truncate=False``)."""
         if not isinstance(truncate, bool):
             raise InvalidInput(f"truncate must be True or False, got {truncate!r}")
-        if isinstance(input, torch.Tensor):
+        if isinstance(input, (torch.Tensor, Tokens)):
             t = self.tokens(input)
         else:
             rows = self.token_rows(input, prepend_bos=prepend_bos, truncate=truncate)
@@ -901,16 +902,13 @@ class HookedModel(ModelWeights, nn.Module):
         """Deep copies and pickles rebuild the wrapper around a copy of the HF model and tokenizer.
 
         The hook tree is tied to one HF model (its dispatchers sit on that model's modules), so it
-        is never copied: the copy gets its own, with no hook attached, like a freshly wrapped model.
+        is never copied: the copy gets its own, with no hook attached, like a freshly wrapped model,
+        whatever blocks are open here or in other threads (a dispatcher copied with an HF module
+        does nothing in the copy, see :class:`~attnlab.engine.hooks.Plumbing`).
         """
         if self.bridge is not None:
             raise NotSupported("a HookedModel over a TransformerBridge cannot be copied or pickled: copy the HF "
                                "model (copy.deepcopy(model.hf_model)) and wrap it again")
-        hooked = sorted(name for name, point in self.hook_dict.items() if point._forward_hooks or point._backward_hooks)
-        if hooked:
-            raise InvalidInput(f"cannot copy or pickle a model with hooks attached ({', '.join(hooked[:3])}"
-                               f"{', ...' if len(hooked) > 3 else ''}): copy it outside intervene()/hooks() blocks "
-                               "and after reset_hooks(including_permanent=True)")
         return (_rewrapped, (self.hf_model, self.tokenizer, self.cfg.name, self.padding_side, self._cache_split_inputs))
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ from einops import einsum, rearrange
 from torch import nn
 
 from attnlab.engine.attention import AttentionHooks, _left_behind, attach
-from attnlab.engine.hooks import Hook, HookPoint, OnDemand
+from attnlab.engine.hooks import Hook, HookPoint, OnDemand, Plumbing
 from attnlab.engine.layout import BlockLayout, ModelLayout
 from attnlab.engine.locations import norm_path
 from attnlab.engine.norms import Norm, describe_norm
@@ -180,7 +180,7 @@ class HookTree(nn.Module):
             new = fn(_first(output), args)
             return None if new is None or new is _first(output) else _with_first(output, new)
 
-        return OnDemand(lambda: module.register_forward_hook(hook, prepend=prepend))
+        return OnDemand(lambda: module.register_forward_hook(Plumbing(hook), prepend=prepend))
 
     def _on_input(self, module: nn.Module, fn: Callable) -> OnDemand:
         """A dispatcher replacing ``module``'s first input (positional or ``hidden_states=``)."""
@@ -194,7 +194,7 @@ class HookTree(nn.Module):
                 return None if new is kwargs["hidden_states"] else (args, {**kwargs, "hidden_states": new})
             return None
 
-        return OnDemand(lambda: module.register_forward_pre_hook(hook, with_kwargs=True))
+        return OnDemand(lambda: module.register_forward_pre_hook(Plumbing(hook), with_kwargs=True))
 
     def _build_edges(self) -> None:
         layout = self.layout
@@ -315,9 +315,9 @@ class HookTree(nn.Module):
             for key in [k for k in list(stacks) if k[1] == i]:
                 stacks.pop(key, None)
 
-        popping = OnDemand(lambda: b.layer.register_forward_hook(pop_resid_pre, with_kwargs=True, always_call=True),
+        popping = OnDemand(lambda: b.layer.register_forward_hook(Plumbing(pop_resid_pre), with_kwargs=True, always_call=True),
                            on_remove=forget_layer)
-        resid_pre_input = OnDemand(lambda: b.layer.register_forward_pre_hook(keep_resid_pre, with_kwargs=True))
+        resid_pre_input = OnDemand(lambda: b.layer.register_forward_pre_hook(Plumbing(keep_resid_pre), with_kwargs=True))
         self._point(block, "hook_resid_pre", i, [resid_pre_input])
         if b.kind == "unknown":
             self._edge_output(block, "hook_resid_post", i, b.layer)
