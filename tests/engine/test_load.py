@@ -501,3 +501,17 @@ def test_a_conversion_that_fails_half_way_is_undone():
         attnlab.load(hf, tokenizer=tiny_tokenizer(), dtype=torch.float64)
     del hf.lm_head._apply
     _assert_same(before, _state(hf))
+
+
+@pytest.mark.parametrize("options, named", [({"device_map": "auto"}, "device_map"),
+                                            ({"revision": "main", "trust_remote_code": False}, "revision, trust_remote_code")])
+def test_loading_options_with_a_loaded_model_are_refused_not_ignored(options, named):
+    hf = tiny_hf_model("gpt2")
+    before = _state(hf)
+    with pytest.raises(InvalidInput, match=rf"load\(\) got {named} with a model that is loaded already \(GPT2LMHeadModel\)"):
+        attnlab.load(hf, tokenizer=tiny_tokenizer(), **options)
+    _assert_same(before, _state(hf))
+    wrapped = attnlab.load(hf, tokenizer=tiny_tokenizer())
+    assert attnlab.load(wrapped) is wrapped
+    with pytest.raises(InvalidInput, match=r"got dtype with a model that is loaded already \(HookedModel\)"):
+        attnlab.load(wrapped, dtype=torch.float64)  # returned as it was, float32, before

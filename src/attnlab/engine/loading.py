@@ -120,6 +120,15 @@ def load(
     >>> model.cfg.n_layers, model.cfg.n_heads     # doctest: +SKIP
     (6, 12)
     """
+    if isinstance(spec, torch.nn.Module):  # loaded already: loading options would be silently ignored
+        given = [k for k, v in (("device_map", device_map), *hf_kwargs.items()) if v is not None]
+        if isinstance(spec, HookedModel):
+            given += [k for k, v in (("tokenizer", tokenizer), ("dtype", dtype), ("device", device), ("name", name))
+                      if v is not None]
+        if given:
+            raise InvalidInput(f"load() got {', '.join(given)} with a model that is loaded already ({type(spec).__name__}); "
+                               "they apply when attnlab loads the model: give them to from_pretrained(...) (or convert "
+                               "the model yourself) and pass the result")
     if isinstance(spec, HookedModel):
         return spec
     _check_tokenizer(tokenizer)
