@@ -13,6 +13,7 @@ import pickle
 import pytest
 import torch
 
+from attnlab.engine.model import HookedModel
 from attnlab.interventions import AblateHead
 
 TEXT = ["the nurse said that she was", "a doctor"]
@@ -120,3 +121,32 @@ def test_a_mean_taken_while_dropout_acts_is_not_kept_past_eval(tiny_gpt2):
     model.eval()
     with model.intervene(spec):
         torch.testing.assert_close(_logits(model), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("what", ["model", "hf_model"])
+def test_a_copy_made_while_a_pass_resumes_from_a_prefix_runs_its_own_layers(what):
+    """Sweeps resume at a later layer by swapping the earlier layers' forward for the pass; a copy made then
+    (a hook here, another thread in practice) inherited the swap and ran the original's layers."""
+    from attnlab.engine.forward import Resume, run
+    from attnlab.testing import tiny_model
+
+    model = tiny_model("llama", n_layers=3)
+    tokens = model.tokens(TEXT[0])
+    kept = run(model, tokens, logits="last", keep_layers={1})
+    made = {}
+
+    def copy_now(x, hook):
+        made["copy"] = copy.deepcopy(model if what == "model" else model.hf_model)
+        made["pickled"] = pickle.dumps(model if what == "model" else model.hf_model)
+
+    run(model, tokens, logits="last", resume=Resume(kept.prefix, 2), hooks=[("blocks.2.attn.hook_z", copy_now)])
+    twin = made["copy"] if what == "model" else HookedModel(made["copy"], model.tokenizer, name="copy")
+    before = _logits(twin)
+    torch.testing.assert_close(before, _logits(model), rtol=0, atol=0)
+    with torch.no_grad():
+        for p in model.decoder_layers()[0].parameters():
+            p.mul_(0.0)  # the original changes; the copy must not
+    torch.testing.assert_close(_logits(twin), before, rtol=0, atol=0)
+    unpickled = pickle.loads(made["pickled"])
+    twin2 = unpickled if what == "model" else HookedModel(unpickled, model.tokenizer, name="copy")
+    torch.testing.assert_close(_logits(twin2), before, rtol=0, atol=0)

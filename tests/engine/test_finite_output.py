@@ -105,3 +105,19 @@ def test_a_model_that_overflows_by_itself_is_checked_once_per_weights(tiny_gpt2,
     with model.intervene(AblateHead(0, 0)):
         model(TEXT)
     assert len(calls) == 6
+
+
+def test_an_input_the_model_overflows_on_does_not_excuse_another(tiny_gpt2):
+    """Overflow depends on the input (a long text reaching a bad position): the mark is per weights *and* input."""
+    from attnlab.interventions import EditMLPNeuron
+
+    model = tiny_gpt2
+    with torch.no_grad():
+        model.hf_model.transformer.wpe.weight[8] = 3e38  # position 8 overflows by itself
+    long, short = "the nurse said that she was very happy today", "a doctor"
+    assert model.to_tokens(long).shape[1] > 8 and model.to_tokens(short).shape[1] <= 8
+    spec = EditMLPNeuron(1, 3, value=3e38)
+    with model.intervene(spec):
+        model(long)  # the model's own overflow: returned as it is
+        with pytest.raises(InvalidSpec, match="inf or NaN"):
+            model(short)

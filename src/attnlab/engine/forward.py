@@ -28,6 +28,8 @@ whatever the model does after the head (Gemma's logit soft-capping) still applie
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -322,16 +324,23 @@ def blame_specs(model, specs: Sequence, kwargs: dict[str, Any], state: ForwardSt
     can also be finite there and overflow further on (a residual stream of 1e38 squared in
     the next norm), which returned NaN logits without a word. Runs only on that failure: one
     clean forward of the HF model with ``kwargs`` decides whom to blame (a model that overflows
-    by itself is not the specs' doing; such a model is not checked again until its weights change).
+    by itself is not the specs' doing; it is not checked again on the same weights and input, as a
+    sweep runs one input under many variants).
     """
-    if model.__dict__.get("_overflows_by_itself") == model.weights_stamp():
+    ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+    key = (model.weights_stamp(), tuple(ids.shape), hashlib.sha1(ids.cpu().numpy().tobytes() + (
+        b"" if mask is None else mask.cpu().numpy().tobytes())).hexdigest())
+    known: OrderedDict = model.__dict__.setdefault("_overflows_by_itself", OrderedDict())
+    if key in known:
         return
     with torch.no_grad(), model.clean(), forward_state(state):
         out = model.hf_model(**kwargs)
     clean = getattr(out, "logits", None)
     clean = out[0] if clean is None else clean
-    if not all_finite(clean):  # the model overflows by itself (Gemma in float16): not checked again on these weights
-        model.__dict__["_overflows_by_itself"] = model.weights_stamp()
+    if not all_finite(clean):  # the model overflows by itself on this input (Gemma in float16, long texts)
+        known[key] = True
+        while len(known) > 64:
+            known.popitem(last=False)
         return
     shown = ", ".join(map(repr, specs[:3])) + (f" and {len(specs) - 3} more" if len(specs) > 3 else "")
     raise InvalidSpec(f"with {shown or 'the edits of this pass'} the model's output holds inf or NaN, though the "

@@ -97,6 +97,35 @@ def _stacked(pairs) -> Iterator[None]:
 _SKIP: ContextVar[dict[int, tuple[Any, Any]] | None] = ContextVar("attnlab_skip_layers", default=None)
 
 
+class _KeptOrReal:
+    """A decoder layer's ``forward`` while resumed passes run: the kept output for the context that skips it.
+
+    A copy of the layer made meanwhile (``copy.deepcopy``, ``pickle``; another thread may copy
+    the model during a sweep) gets the forward the layer had before, never this one, which
+    would run the original layer.
+    """
+
+    def __init__(self, layer: nn.Module, original: Callable | None):
+        self.layer, self._attnlab_original = layer, original
+        self.real = original if original is not None else layer.forward
+
+    def __call__(self, *args, **kwargs):
+        skip = _SKIP.get()
+        kept = skip.get(id(self.layer)) if skip else None
+        if kept is not None and current_state() is kept[0]:
+            return kept[1]
+        return self.real(*args, **kwargs)
+
+    def __reduce__(self):
+        if self._attnlab_original is not None:  # an instance forward of its own (accelerate's): copied as it is
+            return (_same, (self._attnlab_original,))
+        return (getattr, (self.layer, "forward"))  # the copy's class forward (its instance dict is not filled yet)
+
+
+def _same(value):
+    return value
+
+
 class _Dispatch:
     """Routes one layer's ``forward``: kept output for the context that skips it, else the real one."""
 
@@ -107,18 +136,7 @@ class _Dispatch:
     def install(cls, layer: nn.Module) -> None:
         with cls._lock:
             if cls._users.get(id(layer), 0) == 0:
-                original = layer.__dict__.get("forward")
-                real = original if original is not None else layer.forward
-
-                def forward(*args, **kwargs):
-                    skip = _SKIP.get()
-                    kept = skip.get(id(layer)) if skip else None
-                    if kept is not None and current_state() is kept[0]:
-                        return kept[1]
-                    return real(*args, **kwargs)
-
-                forward._attnlab_original = original  # type: ignore[attr-defined]
-                layer.forward = forward
+                layer.forward = _KeptOrReal(layer, layer.__dict__.get("forward"))
             cls._users[id(layer)] = cls._users.get(id(layer), 0) + 1
 
     @classmethod
