@@ -368,16 +368,21 @@ def test_hf_id_with_a_reachable_hub_is_loaded_from_the_hub(hub_calls, monkeypatc
     assert hub_calls == [("someone/no-such-model", True), ("someone/no-such-model", False)]
 
 
-def test_hf_id_in_the_local_hf_cache_loads_without_the_hub(hub_calls, monkeypatch, tmp_path):
+def _offline_hf_cache(monkeypatch, tmp_path, name: str, fill) -> None:
+    """An HF cache under ``tmp_path/hub`` holding ``attnlab-test/NAME`` (``fill(folder)`` writes its files), hub off."""
     from attnlab.engine import _pretrained
 
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--attnlab-test--tiny-gpt2"
-    _saved_tiny_gpt2(repo / "snapshots" / commit)
+    repo = tmp_path / "hub" / f"models--attnlab-test--{name}"
+    fill(repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(_pretrained, "hub_reachable", _never_probe)
+
+
+def test_hf_id_in_the_local_hf_cache_loads_without_the_hub(hub_calls, monkeypatch, tmp_path):
+    _offline_hf_cache(monkeypatch, tmp_path, "tiny-gpt2", _saved_tiny_gpt2)
     model = attnlab.load("attnlab-test/tiny-gpt2", cache_dir=str(tmp_path / "hub"))
     assert model.cfg.name == "attnlab-test/tiny-gpt2" and hub_calls == [("attnlab-test/tiny-gpt2", True)]
     with torch.no_grad():
@@ -390,15 +395,7 @@ def test_hf_id_in_the_local_hf_cache_loads_without_the_hub(hub_calls, monkeypatc
 
 
 def test_an_hf_id_whose_cached_index_names_a_pickle_is_refused_unread(hub_calls, monkeypatch, tmp_path, no_unpickling):
-    from attnlab.engine import _pretrained
-
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--attnlab-test--pickled"
-    _pickle_shard_folder(repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(_pretrained, "hub_reachable", _never_probe)
+    _offline_hf_cache(monkeypatch, tmp_path, "pickled", _pickle_shard_folder)
     with pytest.raises(UnsupportedModel, match=r"index\.json: weight_map names pytorch_model-00001-of-00001\.bin"):
         attnlab.load("attnlab-test/pickled", cache_dir=str(tmp_path / "hub"))
 
