@@ -40,13 +40,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import nn
 
+from attnlab.engine.finite import all_finite
 from attnlab.engine.hooks import scoped_module_hook
 from attnlab.engine.precision import check_precision, computing_dtype, full_precision, reduced_linears
 from attnlab.engine.prefix import Prefix, capture_layer_outputs, resumed
 from attnlab.engine.state import ForwardState, check_row_keys, current_state, forward_state, root_calls
 from attnlab.engine.stop import StopForward, check_keep_layers, check_reached, check_stop_at_layer, last_layer_in_use, stop_at
 from attnlab.engine.tokens import Tokens
-from attnlab.engine.finite import all_finite
 from attnlab.errors import InvalidInput, InvalidSpec
 
 __all__ = ["blame_specs", "Output", "Resume", "run", "token_logprobs", "as_specs"]
@@ -311,8 +311,6 @@ def run(
     specs = (*interventions, *model.acting_interventions())
     produced = result.logits if result.logits is not None else result.hidden
     if (specs or hooks) and produced is not None and not all_finite(produced.detach()):  # hooks: a sweep's variants
-        state = ForwardState(n_rows=tokens.n_rows, pad_left=tokens.pad_left if tokens.side == "left" else None,
-                             n_positions=int(tokens.lengths.max()))
         blame_specs(model, specs, kwargs, state)
     return result
 

@@ -10,6 +10,7 @@ default; ``do_sample=True`` samples with temperature / top-k / top-p from a seed
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import torch
 from jaxtyping import Int
@@ -116,8 +117,8 @@ def decode(
     stops = None if eos_token_id is None else torch.as_tensor(eos_token_id, dtype=torch.long, device=ids.device).reshape(-1)
     new, positions = [], []  # the new tokens' ids and position ids
     for _ in range(max_new_tokens):
-        state = ForwardState(n_rows=ids.shape[0], pad_left=pad_left, n_positions=int(mask.sum(dim=1).max()), past=ids.shape[1] - step_ids.shape[1],
-                             generating=True, row_keys=row_keys)
+        state = ForwardState(n_rows=ids.shape[0], pad_left=pad_left, n_positions=int(mask.sum(dim=1).max()),
+                             past=ids.shape[1] - step_ids.shape[1], generating=True, row_keys=row_keys)
         kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True, cache_key: cache}
         if model._accepts("position_ids"):
             kwargs["position_ids"] = step_pos
@@ -130,8 +131,7 @@ def decode(
             full = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
             if model._accepts("position_ids"):
                 full["position_ids"] = torch.cat([tokens.position_ids, *positions], dim=1)
-            blame_specs(model, specs, full, ForwardState(n_rows=ids.shape[0], pad_left=pad_left,
-                                                                   n_positions=int(mask.sum(dim=1).max())))
+            blame_specs(model, specs, full, replace(state, past=0, generating=False))
         nxt = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         new.append(nxt)
