@@ -237,10 +237,7 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
     if out is None:
         print(df.to_string(index=False, max_rows=40))
         return None
-    path = Path(out)
-    if path.suffix == "" or path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / default_name
+    path = _table_path(out, default_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":  # X.JSON too: it wrote CSV text into a .JSON file
         path.write_text(_json_records(df))
@@ -248,6 +245,12 @@ def _write_table(df, out: str | None, *, default_name: str) -> Path | None:
         df.to_csv(path, index=False)
     print(f"wrote {path}")
     return path
+
+
+def _table_path(out: str, default_name: str) -> Path:
+    """The file a table goes to: ``out`` itself, or ``default_name`` in it when ``out`` is a folder or has no suffix."""
+    path = Path(out)
+    return path / default_name if path.suffix == "" or path.is_dir() else path
 
 
 def _through_link(path: Path) -> Path:
@@ -636,9 +639,7 @@ def cmd_attribute(args) -> None:
     metric = _attribution_metric(args)
     correction = _check_attribution(args, metric, heads, dims, neurons)
     if args.out is not None and args.verify:  # the exact table goes next to -o's: checked before the model loads too
-        table = Path(args.out)
-        table = table / args.out_name if table.suffix == "" or table.is_dir() else table
-        verify_table = _sibling(table, "_verify")
+        verify_table = _sibling(_table_path(args.out, args.out_name), "_verify")
         if verify_table.is_dir():
             raise InvalidInput(f"--verify {args.verify} writes the exact table to {verify_table}, which is a folder; "
                                "move it away or give -o another name")
