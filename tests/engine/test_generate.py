@@ -232,3 +232,31 @@ def test_one_spec_is_taken_where_a_list_is(tiny_llama):
     with pytest.raises(InvalidInput, match=r"intervene\(\) takes intervention specs, got str: 'x'"):
         model.generate(PROMPT, max_new_tokens=1, interventions=[spec, "x"])
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("kind", ["pattern", "add", "replace"])
+def test_tensor_pattern_and_score_edits_cover_the_prompt_and_leave_new_tokens(tiny_llama, kind):
+    """A [query, key] tensor edits the prompt's step and not the positions generated after it (it crashed on step 2)."""
+    model = tiny_llama
+    n = model.to_tokens(PROMPT).shape[1]
+    torch.manual_seed(0)
+    given = torch.rand(n, n).tril()
+    given = given / given.sum(-1, keepdim=True)
+    spec = {"pattern": SetPattern(1, 0, pattern=given), "add": EditScores(1, 0, add=given * 5),
+            "replace": EditScores(1, 0, replace=given * 5)}[kind]
+    name = f"blocks.1.attn.{'hook_pattern' if kind == 'pattern' else 'hook_attn_scores'}"
+
+    def by_hand(x, hook):  # the prompt's step sees n query rows; a decoding step one, past the tensor
+        if x.shape[2] != n:
+            return None
+        x = x.clone()
+        edited = {"pattern": given, "add": x[:, 0] + given * 5, "replace": given * 5}[kind]
+        x[:, 0] = torch.where(x[:, 0] <= torch.finfo(x.dtype).min, x[:, 0], edited) if kind != "pattern" else edited
+        return x
+
+    want = model.generate(PROMPT, max_new_tokens=4, fwd_hooks=[(name, by_hand)], return_type="tokens")
+    got = model.generate(PROMPT, max_new_tokens=4, interventions=[spec], return_type="tokens")
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        assert (model.next_token_logits(PROMPT, interventions=spec) - model.next_token_logits(PROMPT)).abs().max() > 1e-3
+    assert model.count_hooks() == 0

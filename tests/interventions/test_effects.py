@@ -290,3 +290,31 @@ def test_text_patch_sources_are_read_at_token_positions_under_left_padding():
             model.padding_side = "right"
     n = alone.shape[0]
     assert torch.allclose(left[1, -n:], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_tensor_pattern_and_score_edits_address_tokens_not_columns(tiny_llama, padding_side):
+    """Entry [i, j] of a SetPattern / EditScores tensor is token i to token j in every row: a short prompt in a
+    padded batch gets what it gets alone (left padding shifted it onto padding columns: logits off by 1.3)."""
+    from attnlab.interventions import EditScores, SetPattern
+
+    model = tiny_llama
+    prompts = ["the nurse said", "the doctor told the teacher that she was happy"]
+    lengths = [model.to_tokens(p).shape[1] for p in prompts]
+    n = max(lengths)
+    torch.manual_seed(0)
+    pattern = torch.rand(n, n).tril()
+    pattern = pattern / pattern.sum(-1, keepdim=True)
+    add = torch.randn(n, n) * 3
+    for spec_of in (lambda m: SetPattern(1, None, pattern=pattern[:m, :m]),
+                    lambda m: EditScores(1, None, add=add[:m, :m]),
+                    lambda m: EditScores(1, 0, replace=add[:m, :m])):
+        with torch.no_grad():
+            batch = model.run(model.tokens(prompts, padding_side=padding_side), logits="last",
+                              interventions=spec_of(n)).logits
+            for row, (prompt, m) in enumerate(zip(prompts, lengths)):
+                alone = model.run(prompt, logits="last", interventions=spec_of(m)).logits[0]
+                clean = model.run(prompt, logits="last").logits[0]
+                assert (batch[row] - alone).abs().max() < 1e-5
+                assert (alone - clean).abs().max() > 1e-3
+    assert model.count_hooks() == 0

@@ -118,7 +118,7 @@ def test_unnormalised_and_negative_patterns():
 def test_wrong_pattern_shape(untouched):
     with pytest.raises(ShapeMismatch, match=r"pattern must be \[query, key\], \[batch, query, key\] or \[batch, head, query, key\], got \(8,\)"):
         SetPattern(0, 0, pattern=torch.ones(N) / N)
-    with pytest.raises(ShapeMismatch, match=r"pattern has shape \(3, 3\) but this input needs \[\.\.\., 8, 8\] \(query x key\)"):
+    with pytest.raises(ShapeMismatch, match=r"pattern has shape \(3, 3\) but this input needs \[\.\.\., 8, 8\] \(query x key"):
         _apply(untouched, SetPattern(0, 0, pattern=torch.eye(3)))
     with pytest.raises(ShapeMismatch, match=r"SetPattern fn must return a tensor of shape \(1, 4, 8, 8\), got \(1, 4, 8, 1\)"):
         _apply(untouched, SetPattern(0, 0, fn=lambda p: p[..., :1]))

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from attnlab.engine.config import ModelConfig
 from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES, hook_name
@@ -394,11 +395,14 @@ def check_site(site: str, allowed: Sequence[str], kind: str) -> str:
     return site
 
 
-def fit(value: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
-    """Broadcast a ``[query, key]``, ``[batch, query, key]`` or ``[batch, head, query, key]`` tensor onto ``x``."""
-    q, k = x.shape[-2:]
-    if value.shape[-2:] != (q, k):
-        raise ShapeMismatch(f"{what} has shape {tuple(value.shape)} but this input needs [..., {q}, {k}] (query x key)")
+def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``[query, key]``, ``[batch, query, key]`` or ``[batch, head, query, key]`` tensor read at this call's token positions.
+
+    Entry ``[i, j]`` of the tensor is token ``i`` attending to token ``j``, whatever the padding or KV cache:
+    a left-padded row reads it at its own tokens, not at its columns. Returns the values laid over ``x``
+    and where the tensor reaches (padding columns and, while generating, positions past it keep ``x``).
+    """
+    given_shape = tuple(value.shape)
     if value.ndim == 2:
         value = value[None, None]
     elif value.ndim == 3:
@@ -413,4 +417,20 @@ def fit(value: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
             )
     else:
         raise ShapeMismatch(f"{what} must be [query, key], [batch, query, key] or [batch, head, query, key]")
-    return value.to(device=x.device, dtype=x.dtype).expand_as(x)
+    n_q, n_k = value.shape[-2:]
+    q_pos, k_pos = hook.query_pos, hook.key_pos  # [batch or 1, query], [batch or 1, key]
+    if q_pos.shape[-1] != x.shape[-2] or k_pos.shape[-1] != x.shape[-1]:  # a call without geometry: columns
+        q_pos, k_pos = torch.arange(x.shape[-2])[None], torch.arange(x.shape[-1])[None]
+    if not getattr(hook, "decoding", False):  # generate()'s later steps may run past the tensor; a pass may not
+        n = getattr(hook, "n_positions", None) or int(k_pos.max()) + 1
+        if (n_q, n_k) != (n, n):
+            raise ShapeMismatch(
+                f"{what} has shape {given_shape} but this input needs [..., {n}, {n}] (query x key: one row "
+                f"and one column per token of the longest prompt)"
+            )
+    rows = torch.arange(x.shape[0])[:, None, None] if value.shape[0] > 1 else torch.zeros(1, 1, 1, dtype=torch.long)
+    q_at, k_at = q_pos.clamp(0, n_q - 1), k_pos.clamp(0, n_k - 1)
+    picked = value[rows, :, q_at[:, :, None], k_at[:, None, :]]  # [batch, query, key, head]
+    picked = rearrange(picked, "b q k h -> b h q k").to(device=x.device, dtype=x.dtype)
+    covered = ((q_pos >= 0) & (q_pos < n_q))[:, None, :, None] & ((k_pos >= 0) & (k_pos < n_k))[:, None, None, :]
+    return picked.expand_as(x), covered.to(x.device).expand_as(x)

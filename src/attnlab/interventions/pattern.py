@@ -14,7 +14,14 @@ import torch
 from attnlab.engine.attention import masked
 from attnlab.engine.finite import all_finite
 from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch
-from attnlab.interventions._base import Intervention, as_index_tuple, finite_number, fit, register, tensor_or_none
+from attnlab.interventions._base import (
+    Intervention,
+    as_index_tuple,
+    at_token_positions,
+    finite_number,
+    register,
+    tensor_or_none,
+)
 
 __all__ = ["SetPattern", "BlockKeys", "EditScores"]
 
@@ -33,7 +40,9 @@ def _check_rows_sum_to_one(pattern: torch.Tensor, what: str) -> None:
 class SetPattern(Intervention):
     """Set a head's attention pattern to a given tensor, or transform it with a function.
 
-    ``pattern``: ``[query, key]`` (or ``[batch, query, key]``) probabilities. ``fn``: a
+    ``pattern``: ``[query, key]`` (or ``[batch, query, key]``) probabilities by token position:
+    entry ``[i, j]`` is token ``i`` attending to token ``j`` in every row, left-padded or not
+    (padding and, in ``generate()``, tokens past the tensor keep their own pattern). ``fn``: a
     function of the current ``[batch, head, query, key]`` pattern returning a new one (not
     JSON-serialisable). ``renormalize`` rescales each row to sum to 1 after the edit.
     """
@@ -78,7 +87,8 @@ class SetPattern(Intervention):
     def make_edit(self, values):
         def edit(x, hook):
             if self.pattern is not None:
-                new = fit(self.pattern, x, "pattern")
+                given, covered = at_token_positions(self.pattern, x, hook, "pattern")
+                new = torch.where(covered, given, x)  # padding and tokens past the tensor keep their pattern
             else:
                 new = self.fn(x.clone())
                 if not isinstance(new, torch.Tensor) or new.shape != x.shape:
@@ -139,7 +149,8 @@ class BlockKeys(Intervention):
 class EditScores(Intervention):
     """Add to or replace pre-softmax scores; masked entries stay masked.
 
-    ``add``/``replace``: ``[query, key]`` (or batched) tensors. ``distance_penalty``: a
+    ``add``/``replace``: numbers or ``[query, key]`` (or batched) tensors by token position, as
+    ``SetPattern``'s pattern. ``distance_penalty``: a
     slope ``s`` giving ``score - s * |query_pos - key_pos|`` (positive s narrows attention).
     ``replace=0`` everywhere makes the pattern uniform over the keys a query may see.
     """
@@ -170,11 +181,16 @@ class EditScores(Intervention):
                 dist = (q_pos[:, :, None] - k_pos[:, None, :]).abs().to(device=x.device, dtype=x.dtype)
                 new = x - self.distance_penalty * dist[:, None]
             elif self.add is not None:
-                add = self.add.expand(x.shape[-2:]) if self.add.ndim == 0 else self.add
-                new = x + fit(add, x, "add")
+                if self.add.ndim == 0:
+                    new = x + self.add.to(device=x.device, dtype=x.dtype)
+                else:
+                    given, covered = at_token_positions(self.add, x, hook, "add")
+                    new = x + torch.where(covered, given, torch.zeros_like(given))
+            elif self.replace.ndim == 0:
+                new = torch.full_like(x, float(self.replace))
             else:
-                value = self.replace if self.replace.ndim > 0 else self.replace.expand(x.shape[-2:])
-                new = fit(value, x, "replace")
+                given, covered = at_token_positions(self.replace, x, hook, "replace")
+                new = torch.where(covered, given, x)
             new = new.masked_fill(hidden, torch.finfo(x.dtype).min)
             if not all_finite(new):
                 raise InvalidSpec(
