@@ -83,6 +83,28 @@ def switch_implementation(hf_model: nn.Module) -> str:
     return original
 
 
+def attention_configs(hf_model: nn.Module) -> list:
+    """The config objects whose ``_attn_implementation`` the layers read (kept to check them at every pass)."""
+    return _configs(hf_model)
+
+
+def reroute(configs: list) -> str | None:
+    """Point configs that something switched away from attnlab's attention function back to it.
+
+    ``hf_model.set_attn_implementation("eager")`` (transformers asks for it when a plain call wants
+    ``output_attentions``) or a TransformerLens bridge booted on the same model switch the layers to
+    another function: every hook at an attention site then stopped acting, without a word. Returns
+    the implementation they were switched to (its attnlab twin now runs: the same math), or None.
+    """
+    switched = None
+    for cfg in configs:
+        current = cfg._attn_implementation or "eager"
+        if not current.startswith("attnlab_"):
+            cfg._attn_implementation = IMPLEMENTATIONS.get(current, "attnlab_sdpa")
+            switched = current
+    return switched
+
+
 def restore_implementation(hf_model: nn.Module, original: str) -> None:
     for cfg in _configs(hf_model):
         cfg._attn_implementation = original

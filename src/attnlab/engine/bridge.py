@@ -15,7 +15,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-__all__ = ["is_bridge", "hf_model_of_bridge"]
+from attnlab.errors import NotSupported
+
+__all__ = ["is_bridge", "hf_model_of_bridge", "check_unprocessed"]
 
 
 def is_bridge(obj) -> bool:
@@ -52,3 +54,21 @@ _HOOK_DICTS = (
 def hf_model_of_bridge(bridge: nn.Module) -> nn.Module:
     """The HF model as it was before the bridge wrapped it (shares every weight with the bridge)."""
     return _unwrap(bridge.original_model, {})
+
+
+def check_unprocessed(bridge: nn.Module, name: str) -> None:
+    """Refuse a bridge whose weights TransformerLens has processed (``enable_compatibility_mode()``).
+
+    The processing (LayerNorm folding, centring, value biases folded into ``b_O``) rewrites
+    the shared HF weights in place, but not all of them the way the HF forward reads them
+    (GPT-2's fused ``c_attn`` stays unfolded while ``ln_1`` becomes 1/0): the HF model the
+    view runs is then a model nobody has (log-probabilities 0.08 off on a tiny GPT-2, head
+    outputs 0.6-0.8 off). ``enable_compatibility_mode(no_processing=True)`` keeps the weights.
+    """
+    if getattr(bridge, "_weights_processed", getattr(bridge, "compatibility_mode", False)):
+        raise NotSupported(
+            f"{name}: this TransformerBridge's weights were processed by enable_compatibility_mode() (folded and "
+            "centred in place), so its HF modules no longer compute the model; attnlab's reads and edits would "
+            "be wrong (the HF model shares the processed weights). Boot a bridge on a freshly loaded HF model "
+            "and leave its weights as they are (no compatibility mode, or enable_compatibility_mode(no_processing=True))"
+        )

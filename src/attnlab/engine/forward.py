@@ -259,6 +259,7 @@ def run(
     )
     kwargs = _model_kwargs(model, tokens, model_kwargs or {})
     result = Output(tokens=tokens)
+    model.ensure_routed()
     with ExitStack() as stack:
         stack.enter_context(torch.enable_grad() if grad else torch.no_grad())
         stack.enter_context(forward_state(state))

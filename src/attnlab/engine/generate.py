@@ -107,6 +107,7 @@ def decode(
             f"reach {int(tokens.lengths.max()) + max_new_tokens}, but {model.cfg.name} handles at most {n_ctx}"
         )
     hf = model.hf_model
+    model.ensure_routed()
     tokens = tokens.to(model.device)
     generator = torch.Generator().manual_seed(seed) if (do_sample and seed is not None) else None
     cache, cache_key = _new_cache(hf), _cache_kwarg(hf)

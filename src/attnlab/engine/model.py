@@ -11,6 +11,7 @@ global state, and a forgotten or shared one silently changes every later result.
 from __future__ import annotations
 
 import inspect
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,8 +23,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
-from attnlab.engine.adapters import find_attention_modules, is_causal_model, restore_implementation, switch_implementation
+from attnlab.engine.adapters import (
+    attention_configs,
+    find_attention_modules,
+    is_causal_model,
+    reroute,
+    restore_implementation,
+    switch_implementation,
+)
 from attnlab.engine.attention import detach
+from attnlab.engine.bridge import check_unprocessed
 from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.dropout import active_dropout
@@ -132,6 +141,8 @@ class HookedModel(ModelWeights, nn.Module):
         """Wrap ``hf_model``; ``dtype`` and ``device`` convert it only once it has been found wrappable,
         so a model attnlab refuses is handed back exactly as it came (weights, dtype, device, modes)."""
         super().__init__()
+        if bridge is not None:
+            check_unprocessed(bridge, name or type(hf_model).__name__)
         attention_modules = find_attention_modules(hf_model)
         modes = [(module, module.training) for module in hf_model.modules()]
         placement = _placement(hf_model) if dtype is not None or device is not None else []
@@ -159,6 +170,9 @@ class HookedModel(ModelWeights, nn.Module):
     def _build(self, hf_model, tokenizer, attention_modules, *, name, bridge) -> None:
         self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
+        self._attention_configs = attention_configs(hf_model)
+        wanted = {id(m) for m in attention_modules}
+        self._attention_paths = [(path, m) for path, m in hf_model.named_modules() if id(m) in wanted]
         self.bridge = bridge
         name = name or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
         has_lm_head = hasattr(hf_model, "get_output_embeddings") and hf_model.get_output_embeddings() is not None
@@ -419,6 +433,35 @@ class HookedModel(ModelWeights, nn.Module):
         weight copies of ``precision=`` runs (recomputed when next needed; for writes through ``.data``)."""
         self._prepared.clear()
         forget_rounded_weights(self)
+
+    def ensure_routed(self) -> None:
+        """Every pass starts here: layers switched to another attention function since load go back to attnlab's,
+        and layers replaced since load (a TransformerLens bridge booted on this HF model) are refused, as are a
+        bridge's weights processed since load (``enable_compatibility_mode()``)."""
+        if self.bridge is not None:
+            check_unprocessed(self.bridge, self.cfg.name)
+        for path, module in self._attention_paths:
+            try:
+                found = self.hf_model.get_submodule(path)
+            except AttributeError:
+                found = None
+            if found is not module:
+                raise NotSupported(
+                    f"{self.cfg.name}: the HF model's module {path!r} was replaced after attnlab wrapped it (by a "
+                    f"TransformerLens bridge booted on the same HF model?): its attention no longer runs through "
+                    f"attnlab's hook points, so every read and edit would silently miss. Wrap the bridge instead "
+                    f"(attnlab.load(bridge)) or load the HF model again"
+                )
+        switched = reroute(self._attention_configs)
+        if switched is not None:
+            self.original_attn_implementation = switched  # what the user asked for last, given back on unwrap
+            warnings.warn(
+                f"{self.cfg.name}: the HF model's attention implementation was switched to {switched!r} after "
+                f"attnlab wrapped it (set_attn_implementation, or a TransformerLens bridge booted on it), which "
+                f"would silence every hook at an attention site; attnlab routes it through "
+                f"{self._attention_configs[0]._attn_implementation!r} again (the same math, with its hook points)",
+                stacklevel=3,
+            )
 
     def weights_stamp(self) -> tuple:
         """Identity, version and storage of every parameter and buffer: equal stamps, same weights (unless
@@ -728,6 +771,7 @@ class HookedModel(ModelWeights, nn.Module):
             from attnlab.engine.state import ForwardState, forward_state
 
             state = ForwardState(n_rows=tokens.n_rows, pad_left=tokens.pad_left, n_positions=int(tokens.lengths.max()))
+            self.ensure_routed()
             with forward_state(state):
                 return self.hf_model(**_model_kwargs(self, tokens.to(self.device), extra))
         if return_type == "hidden" or not self.cfg.has_lm_head:

@@ -1,0 +1,109 @@
+"""The HF model changed under a wrapped model: attention switched away, layers replaced, bridge weights processed.
+
+Each of these made every attention-site read and edit silently miss (an ablation's effect became
+exactly 0, a cache came back empty) or gave wrong numbers; now the pass re-routes or refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+
+import attnlab
+from attnlab.errors import NotSupported
+from attnlab.interventions import AblateHead, EditScores
+from attnlab.testing import tiny_model
+
+TEXT = "the nurse said that she was happy"
+SPECS = [AblateHead(1, 0), EditScores(1, None, distance_penalty=2.0)]
+
+
+def _effect(model) -> float:
+    with torch.no_grad():
+        clean = model(TEXT)
+        with model.intervene(*SPECS):
+            edited = model(TEXT)
+    return float((edited - clean).abs().max())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("switch", ["set_attn_implementation", "config"])
+def test_attention_switched_after_load_is_routed_back(arch, switch):
+    """transformers asks for set_attn_implementation("eager") when a plain call wants output_attentions."""
+    model = tiny_model(arch)
+    before = _effect(model)
+    assert before > 1e-3
+    if switch == "config":
+        model.hf_model.config._attn_implementation = "eager"
+    else:
+        model.hf_model.set_attn_implementation("eager")
+    with pytest.warns(UserWarning, match="switched to 'eager' after attnlab wrapped it"):
+        after = _effect(model)
+    assert after == pytest.approx(before, abs=1e-5)
+    assert model.hf_model.config._attn_implementation == "attnlab_eager"
+    _, cache = model.run_with_cache(TEXT, names_filter="blocks.1.attn.hook_pattern")
+    assert cache["pattern", 1].shape[-1] == model.to_tokens(TEXT).shape[1]
+    switched = model.generate(TEXT, 3, interventions=SPECS, return_type="tokens")
+    model.hf_model.set_attn_implementation("sdpa")
+    with pytest.warns(UserWarning, match="switched to 'sdpa'"):
+        assert torch.equal(model.generate(TEXT, 3, interventions=SPECS, return_type="tokens"), switched)
+    assert model.count_hooks() == 0
+
+
+def _boot(arch, hf):
+    from ._tl import boot_bridge
+
+    return boot_bridge(arch, hf=hf)[0]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_a_bridge_booted_on_a_wrapped_model_is_refused_not_silently_missed(arch):
+    """Booting a bridge rewrites the HF model's module tree in place: the attention bridges recompute attention."""
+    pytest.importorskip("transformer_lens.model_bridge")
+    from ._tl import perturbed
+
+    model = perturbed(arch)
+    assert _effect(model) > 1e-3
+    _boot(arch, model.hf_model)
+    for call in (lambda: model(TEXT), lambda: model.generate(TEXT, 2),
+                 lambda: model.run_with_cache(TEXT, names_filter="blocks.1.attn.hook_pattern")):
+        with pytest.raises(NotSupported, match=r"was replaced after attnlab wrapped it .*attnlab.load\(bridge\)"):
+            call()
+    assert model.count_hooks() == 0
+
+
+def _quiet(fn):
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_a_bridge_with_processed_weights_is_refused_at_load_and_after():
+    """enable_compatibility_mode() folds and centres the shared HF weights (GPT-2's c_attn left unfolded):
+    attnlab's log-probabilities were 0.08 off the model, head outputs 0.8."""
+    pytest.importorskip("transformer_lens.model_bridge")
+    from ._tl import boot_bridge
+
+    bridge = boot_bridge("gpt2")[0]
+    _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True))
+    with pytest.raises(NotSupported, match=r"processed by enable_compatibility_mode\(\)"):
+        attnlab.load(bridge)
+
+    bridge = boot_bridge("gpt2")[0]
+    model = attnlab.load(bridge)
+    ok = model(TEXT)
+    _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True))
+    with pytest.raises(NotSupported, match="processed by enable_compatibility_mode"):
+        model(TEXT)
+
+    bridge = boot_bridge("gpt2")[0]  # no processing: the weights are the model's, and attnlab's numbers stand
+    _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True))
+    with torch.no_grad():
+        assert (attnlab.load(bridge)(TEXT) - ok).abs().max() < 1e-5
