@@ -47,14 +47,15 @@ def moved_names(package: str, moved: dict[str, str]) -> Callable[[str], object]:
     """A module ``__getattr__`` for names that left a package's surface: ``{old: "module:name"}``.
 
     ``from attnlab.bias import PronounBias`` keeps working, warns once per use and names
-    where the object lives now (``attnlab.bias.pronouns.PronounBias``).
+    where the object lives now, as an import (``from attnlab.bias.pronouns import PronounBias``:
+    a dotted path can be shadowed, ``attnlab.bias.templates`` is also a function's name).
     """
 
     def __getattr__(name: str):
         if name not in moved:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         module, _, attr = moved[name].partition(":")
-        deprecated(f"{package}.{name}", f"{module}.{attr or name}")
+        deprecated(f"{package}.{name}", f"from {module} import {attr or name}")
         return getattr(importlib.import_module(module), attr or name)
 
     return __getattr__

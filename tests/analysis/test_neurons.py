@@ -135,3 +135,20 @@ def test_bad_locations(tiny_llama):
         prof.ranked(min_distance=5, max_distance=3)
     with pytest.raises(InvalidLocation, match="key 40 out of range"):
         neuron_data(tiny_llama, TEXT, layer=0, head=0, query=2).top_dims(40)
+
+
+def test_decay_on_a_sliding_window_layer_spans_only_the_distances_it_sees(tiny_gemma):
+    """Layer 0 of tiny Gemma-3 sees distances 0..3 (window 4): its fall is its slope over 1..3, not over 1..n-1
+    (a line stretched past the window ranked such heads first: decay 3.47 = 14 x slope on a 16-token text)."""
+    prof = decay_neurons(tiny_gemma, [TEXT], progress=False)
+    n = len(tiny_gemma.to_tokens(TEXT)[0])
+    table = prof.table.set_index(["layer", "head", "unit"])
+    for (layer, head, unit), row in table.iterrows():
+        curve = prof.curve(layer, head, unit).dropna()
+        seen = curve[curve.distance >= 1]
+        assert row["span"] == seen.distance.max() - seen.distance.min()
+        slope = np.polyfit(seen.distance, seen.contribution, 1)[0]
+        assert row["slope"] == pytest.approx(slope, rel=1e-4, abs=1e-7)
+        assert row["decay"] == pytest.approx(-slope * row["span"], rel=1e-4, abs=1e-7)
+        assert row["far"] == pytest.approx(seen.contribution.iloc[-1], rel=1e-5)
+    assert table.loc[0, "span"].max() == 2 and table.loc[2, "span"].max() == n - 3  # key 0 (the sink) left out

@@ -155,7 +155,7 @@ def test_old_neuron_names_warn(tiny_llama):
         old = analysis.neuron_view(tiny_llama, TEXTS[0], layer=1, head=2, query=5)
     new = neuron_data(tiny_llama, TEXTS[0], layer=1, head=2, query=5)
     assert torch.equal(old.pattern, new.pattern) and torch.equal(old.qk, new.qk)
-    with pytest.warns(DeprecationWarning, match=r"use attnlab\.analysis\.neurons\.NeuronData"):
+    with pytest.warns(DeprecationWarning, match=r"use from attnlab\.analysis\.neurons import NeuronData"):
         assert analysis.NeuronView is neurons.NeuronData
     with pytest.warns(DeprecationWarning, match=r"use model\.cfg\.rotary"):
         assert analysis.is_rotary(tiny_llama) is True

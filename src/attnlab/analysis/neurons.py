@@ -199,7 +199,7 @@ def unit_scores(
 
 
 _RANKINGS = ("decay", "spearman", "slope")
-_RANK_COLUMNS = ["layer", "head", "unit", "dims", "decay", "slope", "spearman", "near", "far"]
+_RANK_COLUMNS = ["layer", "head", "unit", "dims", "decay", "slope", "spearman", "near", "far", "span"]
 
 
 @dataclass
@@ -254,8 +254,9 @@ class DecayProfile(Result):
         Over distances ``min_distance..max_distance`` with at least ``min_count`` token pairs:
         ``spearman`` = rank correlation of mean contribution with distance (-1: strictly
         falling), ``slope`` = least-squares slope (score units per token), ``decay`` =
-        ``-slope * (span)``, the fitted fall of the score over the range, ``near``/``far`` =
-        mean contribution at the first/last distance. Sorted by ``by`` (``decay``:
+        ``-slope * span``, the fitted fall of the score over the distances the head is ranked at
+        (``span``: last minus first; a sliding-window layer sees only its window), ``near``/``far`` =
+        mean contribution at the first/last of them. Sorted by ``by`` (``decay``:
         largest first; ``spearman``/``slope``: most negative first).
         """
         if by not in _RANKINGS:
@@ -294,7 +295,6 @@ class DecayProfile(Result):
         from scipy.stats import spearmanr
 
         L, H, U, D = self.mean.shape
-        lo, hi = self.min_distance, self._hi()
         window = self._window()
         rows = []
         for layer in range(L):
@@ -308,9 +308,11 @@ class DecayProfile(Result):
                 slopes = (ys - ys.mean(1, keepdims=True)) @ dc / (dc @ dc)
                 for u in range(U):
                     rho = spearmanr(d, ys[u]).statistic if np.ptp(ys[u]) > 0 else 0.0
-                    rows.append((layer, head, u, slopes[u], float(rho), ys[u, 0], ys[u, -1]))
-        df = pd.DataFrame(rows, columns=["layer", "head", "unit", "slope", "spearman", "near", "far"])
-        df["decay"] = -df["slope"] * (hi - lo)
+                    rows.append((layer, head, u, slopes[u], float(rho), ys[u, 0], ys[u, -1], d[-1] - d[0]))
+        df = pd.DataFrame(rows, columns=["layer", "head", "unit", "slope", "spearman", "near", "far", "span"])
+        # the fall over the distances this head is ranked at: a sliding-window layer sees only its window,
+        # and a line stretched past it would rank such heads first for a fall they never have
+        df["decay"] = -df["slope"] * df["span"]
         half = self.d_head // 2
         df["dims"] = [f"{u},{u + half}" if self.pairs else f"{u}" for u in df["unit"]]
         return df[_RANK_COLUMNS].sort_values(self.by, ascending=self.by != "decay").reset_index(drop=True)

@@ -172,8 +172,9 @@ class Hook:
 
     Attribute access falls through to the :class:`HookPoint` (``hook.name``,
     ``hook.layer()``, ``hook.ctx``). ``query_pos`` / ``key_pos`` are the absolute token
-    positions of this call's columns, per batch row (``[batch, pos]``): with left padding or
-    a KV cache they differ from the column index, and edits address tokens, not columns.
+    positions of this call's columns, per batch row (``[batch, pos]``; ``[1, pos]``, broadcast, when
+    they are the same for every row, as with right padding): with left padding or a KV cache they
+    differ from the column index, and edits address tokens, not columns.
     ``generating`` is True inside ``generate()``, where positions not reached yet are not an
     error; ``decoding`` only in its steps after the first (the prompt's own step is checked
     as a forward pass over the prompt is). ``row_keys(n)`` says which prompt each row is when a
