@@ -19,6 +19,7 @@ __all__ = [
     "InvalidInput",
     "DataFormatError",
     "DistributedError",
+    "ProcessLeft",
     "NotSupported",
 ]
 
@@ -57,6 +58,10 @@ class NotSupported(AttnlabError, AttributeError):
 
 class DistributedError(AttnlabError, RuntimeError):
     """A process of a parallel run failed with an error that is not attnlab's own (rank and traceback inside)."""
+
+
+class ProcessLeft(DistributedError):
+    """Another process of a parallel run left the group before a gather: its own error is the cause."""
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:

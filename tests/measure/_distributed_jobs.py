@@ -142,3 +142,31 @@ def unpicklable_result():
     import threading
 
     return threading.Lock()
+
+
+def vanish_on_rank_1() -> str:
+    """Rank 1 ends without a Python error (as a kill or a crash in native code would); rank 0 waits in a gather."""
+    import os
+
+    if current().rank == 1:
+        os._exit(3)
+    list(map_units(lambda unit: unit, range(4)))
+    return "not reached"
+
+
+def disagree_then_leave() -> dict:
+    """The ranks make different calls; then rank 1 fails before a gather, handles it and leaves the group."""
+    model = tiny_model("llama")
+    mine = PROMPTS[:4] if current().rank == 0 else PROMPTS[:2]
+    seen = {"disagree": _error_of(lambda: score(model, mine, LogitDiff(" she", " he")))}
+    layers = [0] if current().rank == 0 else [99]
+    seen["left"] = _error_of(lambda: sweep_heads(model, PROMPTS[:2], LogitDiff(" she", " he"), "zero", layers=layers))
+    return seen
+
+
+def sleep_everywhere() -> str:
+    """Every rank sleeps (the caller is interrupted meanwhile)."""
+    import time
+
+    time.sleep(60)
+    return "not interrupted"

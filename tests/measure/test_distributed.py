@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import signal
 import subprocess
 import sys
 from functools import partial
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnlab.errors import DistributedError, InvalidInput
+from attnlab.errors import DistributedError, InvalidInput, ProcessLeft
 from attnlab.measure import run_parallel
 from attnlab.measure.distributed import (
     Group,
@@ -235,6 +237,51 @@ def test_a_keyboard_interrupt_on_one_rank_fails_the_run_instead_of_hanging(tmp_p
                          "run_parallel(jobs.interrupt_on_rank_1, 2, backend='gloo')"], tmp_path)
     assert out.returncode == 1, out.stderr[-2000:]
     assert "attnlab.errors.DistributedError: rank 1 of 2 raised KeyboardInterrupt" in out.stderr
+
+
+def _launch_state():
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    return {name: signal.getsignal(getattr(signal, name)) for name in names}, os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
+
+
+def test_a_rank_that_vanishes_is_named_with_its_exit_code_and_the_caller_keeps_its_signals():
+    """Rank 1's os._exit(3) was reported as rank 0's gloo "Connection reset by peer"; and torch's launcher left its
+    handlers on SIGINT/SIGTERM/SIGHUP/SIGQUIT, so Ctrl-C raised an Exception that `except Exception:` swallowed."""
+    before = _launch_state()
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2 exited with code 3 without reporting a Python error "
+                                               r".*; then .*rank 0 of 2: another process left the group"):
+        run_parallel(jobs.vanish_on_rank_1, 2, backend="gloo")
+    assert _launch_state() == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ranks_that_disagree_or_leave_early_get_a_clear_error_not_zeros_or_a_raw_backend_error():
+    """Rank 1 scoring 2 prompts where rank 0 scored 4 gave rank 0 zeros for the missing ones; a rank that failed
+    before a gather left the others with gloo's raw "Connection closed by peer"."""
+    seen = run_parallel(jobs.disagree_then_leave, 2, backend="gloo")
+    kind, message = seen["disagree"]
+    assert kind == "InvalidInput"
+    assert re.search(r"the processes made different calls or gave different inputs \(rank 0 of 2: a batched run over "
+                     r"4 rows x 0 variants .*rank 1 of 2: a batched run over 2 rows x 0 variants", message)
+    kind, message = seen["left"]
+    assert kind == "ProcessLeft" and issubclass(ProcessLeft, DistributedError)
+    assert "rank 0 of 2: another process left the group before this gather" in message
+
+
+def test_ctrl_c_in_the_caller_is_a_keyboard_interrupt(tmp_path):
+    """Ctrl-C while the processes run was torch's SignalException (the CLI printed three tracebacks and exited 1)."""
+    script = ("import os, signal, threading\n"
+              "from attnlab.measure import run_parallel\n"
+              "from tests.measure import _distributed_jobs as jobs\n"
+              "if __name__ == '__main__':\n"
+              "    threading.Timer(8, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+              "    try:\n"
+              "        run_parallel(jobs.sleep_everywhere, 2, backend='gloo')\n"
+              "    except KeyboardInterrupt:\n"
+              "        print('KeyboardInterrupt', signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    (tmp_path / "interrupted.py").write_text(script)
+    out = _python([str(tmp_path / "interrupted.py")], tmp_path)
+    assert out.stdout.strip() == "KeyboardInterrupt True", (out.stdout, out.stderr[-2000:])
 
 
 def test_a_script_without_a_main_guard_is_told_so(tmp_path):

@@ -17,6 +17,7 @@ them, naming the rank it came from.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,7 +33,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from attnlab import errors
-from attnlab.errors import AttnlabError, DistributedError, InvalidInput, is_integer
+from attnlab.errors import AttnlabError, DistributedError, InvalidInput, ProcessLeft, is_integer
 
 __all__ = ["Group", "current", "local", "process_group", "map_units", "split_variants", "head_cost_in_layers", "BACKENDS"]
 
@@ -147,10 +148,14 @@ class _Outcome:
 
 
 def error_record(err: BaseException, group: Group) -> dict:
-    """An exception as plain data (type, message, traceback, rank), to send or write as JSON."""
+    """An exception as plain data (type, message, traceback, rank), to send or write as JSON.
+
+    ``knock_on``: the error only says that another process left (its own error is the cause).
+    """
     return {
         "rank": group.rank, "size": group.size, "module": type(err).__module__, "name": type(err).__name__,
         "message": str(err), "traceback": "".join(traceback.format_exception(err)),
+        "knock_on": isinstance(err, ProcessLeft),
     }
 
 
@@ -191,10 +196,53 @@ def _object_group():
     return _OBJECT_GROUPS[key]
 
 
+def _all_gather(value: Any, group: Group) -> list:
+    """``value`` from every process, in rank order; a process that left the group is named as such.
+
+    A process that raised before a gather (or was killed) closes its connections: the others
+    got gloo's raw "Connection closed by peer" from deep inside torch.
+    """
+    values: list = [None] * group.size
+    try:
+        dist.all_gather_object(values, value, group=_object_group())
+    except RuntimeError as err:  # gloo / NCCL errors (DistBackendError is a RuntimeError)
+        raise ProcessLeft(
+            f"rank {group.rank} of {group.size}: another process left the group before this gather (it raised an "
+            f"error or was stopped; its own error is the cause: see its output, or what run_parallel raises). "
+            f"The backend said: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return values
+
+
+def agree(call: str, digest: str, group: Group) -> None:
+    """Check that every process makes the same call on the same inputs, before its units are dealt out.
+
+    The processes meet at each gather, so a rank scoring other prompts, or fewer, got the
+    others' numbers filled in with zeros, and one making another call waited out the group's
+    timeout (30 minutes by default). Raises the same ``InvalidInput`` on every process.
+    """
+    everyone = _all_gather((call, digest), group)
+    if any(other != (call, digest) for other in everyone):
+        calls = "; ".join(f"rank {rank} of {group.size}: {c} (inputs {d[:10]})" for rank, (c, d) in enumerate(everyone))
+        raise InvalidInput(
+            f"the processes made different calls or gave different inputs ({calls}): every process must make "
+            "the same attnlab calls, on the same inputs, in the same order")
+
+
+def digest(*parts: Any) -> str:
+    """A short fingerprint of work units (tensors by their bytes, anything else by its repr)."""
+    h = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(str((part.dtype, tuple(part.shape))).encode())
+            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()
+
+
 def gather(outcome: _Outcome, group: Group) -> list[_Outcome]:
     """Every process's outcome, in rank order, on every process; raises the first error found."""
-    outcomes: list = [None] * group.size
-    dist.all_gather_object(outcomes, outcome, group=_object_group())
+    outcomes = _all_gather(outcome, group)
     for found in outcomes:
         if found.error is not None:
             raise rebuild_error(found.error)
@@ -221,6 +269,8 @@ def map_units(
     """
     units = list(units)
     group = current()
+    if group.size > 1:
+        agree(f"{desc or 'a corpus pass'} over {len(units)} units", digest(units), group)
     weigh = size or (lambda unit: 1)
     total = sum(weigh(u) for u in units)
     with tqdm(total=total, desc=desc, disable=not progress or not group.is_main, leave=leave) as bar:
@@ -316,6 +366,9 @@ def split_variants(
     batches of a chunk also runs that chunk's clean forward (its prefix).
     """
     group = current()
+    agree(f"a batched run over {rows.n_rows} rows x {len(variants)} variants",
+          digest(rows.input_ids, rows.attention_mask, *(rows.data[name] for name in sorted(rows.data)),
+                 sorted(rows.data), [(start, key) for start, key in variants], chunk, copies), group)
     k = rows.per_prompt
     firsts = list(range(0, rows.n_rows, chunk))
     sizes = [min(chunk, rows.n_rows - f) for f in firsts]

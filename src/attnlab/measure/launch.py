@@ -17,7 +17,9 @@ import multiprocessing
 import numbers
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -79,7 +81,8 @@ def run_parallel(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    with tempfile.TemporaryDirectory(prefix="attnlab-parallel-") as error_dir, _quiet(_NOISY_LOGGERS):
+    with tempfile.TemporaryDirectory(prefix="attnlab-parallel-") as error_dir, _quiet(_NOISY_LOGGERS), \
+            _launcher_leaves_no_trace():
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=f"attnlab-{uuid.uuid4().hex}",
             rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free local port
@@ -211,16 +214,68 @@ def _check_result(result) -> None:
 
 
 def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
-    """The error to raise for a failed launch: the first one written by a process, else the exit codes."""
+    """The error to raise for a failed launch: its cause, as well as the records and exit codes tell.
+
+    First the earliest error a process wrote that is not a knock-on ("another process left the
+    group"); else a process that died without writing one (``os._exit``, killed, out of memory:
+    the others only saw it leave), with its exit code; else the earliest record; else the codes.
+    """
     records = [json.loads(p.read_text()) for p in sorted(error_dir.glob("rank-*.json"))]
+    first = lambda found: min(found, key=lambda r: (r["time"], r["rank"]))  # noqa: E731
+    causes = [r for r in records if not r.get("knock_on")]
+    if causes:
+        return rebuild_error(first(causes))
+    recorded = {r["rank"] for r in records}
+    silent = {rank: f.exitcode for rank, f in sorted(failed.failures.items())
+              if rank not in recorded and f.exitcode != -signal.SIGTERM}  # SIGTERM: the launcher stopping the rest
+    if silent and records:  # the others only saw it leave
+        rank, code = next(iter(silent.items()))
+        return DistributedError(
+            f"rank {rank} of {n_procs} exited with code {code} without reporting a Python error (killed, out of "
+            f"memory, os._exit or a crash in native code); then {rebuild_error(first(records))}")
     if records:
-        return rebuild_error(min(records, key=lambda r: (r["time"], r["rank"])))
+        return rebuild_error(first(records))
     codes = ", ".join(f"rank {rank} exit code {f.exitcode}" for rank, f in sorted(failed.failures.items()))
     return DistributedError(
         f"a process of {n_procs} exited without reporting a Python error from the function ({codes}): killed, out of "
         "memory, or failed while starting (its own error, if any, is printed above; a script must call run_parallel "
         "under `if __name__ == \"__main__\":`, since new processes import it again)"
     )
+
+
+@contextmanager
+def _launcher_leaves_no_trace():
+    """Give the calling process back its signal handlers and environment, and Ctrl-C as ``KeyboardInterrupt``.
+
+    torch's launcher installs its own handlers for SIGINT, SIGTERM, SIGHUP and SIGQUIT (and
+    sets ``TORCHELASTIC_SIGNALS_TO_HANDLE``) and leaves them: after a run, Ctrl-C raised its
+    ``SignalException``, an ``Exception`` that an ``except Exception:`` swallowed, Ctrl-C and
+    SIGTERM included. A signal during the run is raised as Python raises it: ``KeyboardInterrupt``
+    for SIGINT, ``SystemExit(128 + signal)`` for the others.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)]
+    main = threading.current_thread() is threading.main_thread()  # handlers belong to the main thread
+    handlers = {name: signal.getsignal(getattr(signal, name)) for name in names} if main else {}
+    env = os.environ.get(_SIGNALS_ENV)
+    try:
+        yield
+    except SignalException as err:
+        if err.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise SystemExit(128 + int(err.sigval)) from None
+    finally:
+        for name, handler in handlers.items():
+            if handler is not None:  # None: set from outside Python, cannot be put back
+                signal.signal(getattr(signal, name), handler)
+        if env is None:
+            os.environ.pop(_SIGNALS_ENV, None)
+        else:
+            os.environ[_SIGNALS_ENV] = env
+
+
+_SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 
 
 @contextmanager
