@@ -159,6 +159,22 @@ def test_process_group_without_a_launcher_is_one_process(monkeypatch):
     assert torch.get_num_threads() == before
 
 
+def test_process_group_names_a_half_set_environment(monkeypatch):
+    """RANK and WORLD_SIZE without MASTER_ADDR gave torch's raw ValueError from inside its rendezvous."""
+    import torch
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    before = torch.get_num_threads()
+    with pytest.raises(InvalidInput, match=r"^RANK and WORLD_SIZE are set but MASTER_ADDR is not: start the processes "
+                                           r"with torchrun or accelerate launch"):
+        with process_group(threads=before + 1):
+            pass
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize("timeout_s", [0, -5, float("nan"), float("inf"), "30", True])
 def test_process_group_refuses_a_bad_timeout_even_without_a_launcher(timeout_s):
     import torch

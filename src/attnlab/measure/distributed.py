@@ -118,11 +118,17 @@ def process_group(backend: str | None = None, *, threads: int | None = 1, timeou
     backend = _check_backend(backend)
     if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or not 0 < timeout_s < float("inf"):
         raise InvalidInput(f"timeout_s must be a positive number of seconds (default 1800), got {timeout_s!r}")
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    owns = launched and dist.is_available() and not dist.is_initialized()
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if owns and missing:  # torch's own error is a ValueError from deep inside its rendezvous
+        raise InvalidInput(
+            f"RANK and WORLD_SIZE are set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: start "
+            "the processes with torchrun or accelerate launch (they set all four), or unset RANK and WORLD_SIZE to run "
+            "in one process")
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    owns = launched and dist.is_available() and not dist.is_initialized()
     try:
         if owns:
             if backend == "nccl":
