@@ -274,6 +274,7 @@ def _check_place(path: Path, value: str, option: str) -> None:
             raise InvalidInput(f"{option} {value}: {path} is a folder; give a file name")
         if not os.access(path, os.W_OK):
             raise InvalidInput(f"{option} {value}: cannot overwrite this file (permission denied)")
+        _try_writing(path, value, option)
         return
     existing = next((p for p in path.parents if os.path.lexists(p)), Path("."))
     if not existing.is_dir():
@@ -281,6 +282,29 @@ def _check_place(path: Path, value: str, option: str) -> None:
         raise InvalidInput(f"{option} {value}: {existing} is {what}, so no folder can be made there")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InvalidInput(f"{option} {value}: cannot write in the folder {existing} (permission denied)")
+    _try_writing(existing, value, option)
+
+
+def _try_writing(place: Path, value: str, option: str) -> None:
+    """Open the file for appending, or make a nameless file in the folder, and let go: what permission bits miss.
+
+    A read-only mount, ``/proc`` or a full disk passed the bits (as root, everything does) and
+    failed only after the work had run.
+    """
+    import tempfile
+
+    from attnlab.errors import InvalidInput
+
+    try:
+        if place.is_dir():
+            with tempfile.TemporaryFile(dir=place):
+                pass
+        else:
+            with open(place, "ab"):  # appending nothing: the file and its time stay as they are
+                pass
+    except OSError as err:
+        where = f"in the folder {place}" if place.is_dir() else "this file"
+        raise InvalidInput(f"{option} {value}: cannot write {where} ({err.strerror or err})") from None
 
 
 def _check_out(args) -> None:
@@ -308,6 +332,7 @@ def _check_out(args) -> None:
         if path.is_dir():
             if not os.access(path, os.W_OK | os.X_OK):
                 raise InvalidInput(f"-o {value}: cannot write in this folder (permission denied)")
+            _try_writing(path, value, "-o")
             return
         _check_place(path, value, "-o")
         return

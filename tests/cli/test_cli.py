@@ -539,6 +539,19 @@ def test_an_output_folder_without_permission_is_refused_before_loading(capsys, t
         assert code == 2 and re.search(message, one_error_line(err)), err
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_a_place_that_passes_the_permission_bits_but_cannot_be_written_is_refused_before_loading(capsys, no_model_loading):
+    """/proc (like a read-only mount or a full disk) passes os.access as root, and failed after the work had run."""
+    for args, message in [
+        (["sweep", "-o", "/proc/x.csv", "x"], r"^attnlab: error: -o /proc/x.csv: cannot write in the folder /proc \("),
+        (["analyze", "-o", "/proc", "x"], r"-o /proc: cannot write in the folder /proc \("),
+        (["sweep", "--figure", "/proc/f.png", "x"], r"--figure /proc/f.png: cannot write in the folder /proc \("),
+        (["view", "head", "-o", "/proc/version", "x"], r"-o /proc/version: cannot write this file \("),
+    ]:
+        code, out, err = main(capsys, *args)
+        assert code == 2 and re.search(message, one_error_line(err)), err
+
+
 def test_attribute_checks_where_verify_writes_before_loading(capsys, tmp_path, monkeypatch, no_model_loading):
     """--verify K writes NAME_verify.csv next to -o's table: a folder there, or a folder one may not write in, fails early."""
     (tmp_path / "t_verify.csv").mkdir()
