@@ -721,6 +721,7 @@ def _window_units(path: str | None):
     import pandas as pd
 
     from attnlab._textfile import read_text
+    from attnlab.analysis.dial import check_columns_once
     from attnlab.errors import InvalidInput
 
     text = read_text(path, what="--units")
@@ -742,11 +743,7 @@ def _window_units(path: str | None):
         raise InvalidInput(f"--units {path}: not a CSV table (line {reader.line_num}: {err})") from None
     if header is None:
         raise InvalidInput(f"--units {path}: not a CSV table (the file is empty)")
-    twice = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
-    if twice is not None:  # units[col] would be a table of both columns, not one column
-        where = [str(i + 1) for i, name in enumerate(header) if name == twice]
-        raise InvalidInput(f"--units {path}: column {twice!r} appears {len(where)} times in the header (columns "
-                           f"{', '.join(where)}); give each column once")
+    check_columns_once(header, f"--units {path}")  # units[col] would be a table of both columns, not one column
     missing = [c for c in ("layer", "head", "unit") if c not in header]
     if missing:
         raise InvalidInput(f"--units {path}: no column(s) {', '.join(missing)}; it needs layer, head, unit "
