@@ -156,6 +156,25 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise InvalidInput(f"{what} must be comma-separated integers like 0,3,5; got {text!r}") from None
 
 
+def _indices(text: str | None, option: str) -> list[int] | None:
+    """``--layers``/``--heads``/``--dims``/``--neurons``: comma-separated integers >= 0, at least one.
+
+    Every command's list options go through here, before the model loads: the library
+    refuses an empty or negative list too, but only with a model, and in its own words.
+    """
+    from attnlab.errors import InvalidInput
+
+    values = _ints(text, option)
+    if values is None:
+        return None
+    if not values:
+        raise InvalidInput(f"{option} {text!r}: no numbers given (e.g. {option} 0,2; leave it out for all)")
+    negative = [v for v in values if v < 0]
+    if negative:
+        raise InvalidInput(f"{option} must be integers >= 0 (counted from 0), got {negative[0]}")
+    return values
+
+
 def _occupations(value: str | None) -> list[str] | None:
     """``--occupations``: comma-separated names from the shipped list (which knows their share of women)."""
     if value is None:
@@ -404,7 +423,7 @@ def cmd_view(args) -> None:
     from attnlab.errors import InvalidInput
     from attnlab.viz import VIEWS
 
-    options = dict(layers=_ints(args.layers, "--layers"), heads=_ints(args.heads, "--heads"))
+    options = dict(layers=_indices(args.layers, "--layers"), heads=_indices(args.heads, "--heads"))
     if args.max_tokens is not None:
         options["max_tokens"] = args.max_tokens
     specs = _specs(args.interventions)
@@ -429,7 +448,7 @@ def cmd_sweep(args) -> None:
     from attnlab.measure import sweep_heads
     from attnlab.measure.metrics import metric_from_name
 
-    layers, heads = _ints(args.layers, "--layers"), _ints(args.heads, "--heads")
+    layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
     figure = _figure_path(args.figure)
     if args.reference and args.method not in ("mean", "resample"):
         raise InvalidInput(f"--reference is used by --method mean or resample, not {args.method}")
@@ -547,21 +566,6 @@ def cmd_neurons(args) -> None:
 
 
 # -- attribute: attribution patching (attnlab.measure.attribute) -----------------------------
-
-def _indices(text: str | None, option: str) -> list[int] | None:
-    """``--layers``/``--heads``/``--dims``/``--neurons``: comma-separated integers >= 0, at least one."""
-    from attnlab.errors import InvalidInput
-
-    values = _ints(text, option)
-    if values is None:
-        return None
-    if not values:
-        raise InvalidInput(f"{option} {text!r}: no numbers given (e.g. {option} 0,2; leave it out for all)")
-    negative = [v for v in values if v < 0]
-    if negative:
-        raise InvalidInput(f"{option} must be integers >= 0 (counted from 0), got {negative[0]}")
-    return values
-
 
 def _attribution_metric(args):
     from attnlab.errors import InvalidInput
