@@ -156,6 +156,25 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise InvalidInput(f"{what} must be comma-separated integers like 0,3,5; got {text!r}") from None
 
 
+def _indices(text: str | None, option: str) -> list[int] | None:
+    """``--layers``/``--heads``/``--dims``/``--neurons``: comma-separated integers >= 0, at least one.
+
+    Every command's list options go through here, before the model loads: the library
+    refuses an empty or negative list too, but only with a model, and in its own words.
+    """
+    from attnlab.errors import InvalidInput
+
+    values = _ints(text, option)
+    if values is None:
+        return None
+    if not values:
+        raise InvalidInput(f"{option} {text!r}: no numbers given (e.g. {option} 0,2; leave it out for all)")
+    negative = [v for v in values if v < 0]
+    if negative:
+        raise InvalidInput(f"{option} must be integers >= 0 (counted from 0), got {negative[0]}")
+    return values
+
+
 def _occupations(value: str | None) -> list[str] | None:
     """``--occupations``: comma-separated names from the shipped list (which knows their share of women)."""
     if value is None:
@@ -429,7 +448,7 @@ def cmd_view(args) -> None:
     from attnlab.errors import InvalidInput
     from attnlab.viz import VIEWS
 
-    options = dict(layers=_ints(args.layers, "--layers"), heads=_ints(args.heads, "--heads"))
+    options = dict(layers=_indices(args.layers, "--layers"), heads=_indices(args.heads, "--heads"))
     if args.max_tokens is not None:
         options["max_tokens"] = args.max_tokens
     specs = _specs(args.interventions)
@@ -454,7 +473,7 @@ def cmd_sweep(args) -> None:
     from attnlab.measure import sweep_heads
     from attnlab.measure.metrics import metric_from_name
 
-    layers, heads = _ints(args.layers, "--layers"), _ints(args.heads, "--heads")
+    layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
     figure = _figure_path(args.figure)
     if args.reference and args.method not in ("mean", "resample"):
         raise InvalidInput(f"--reference is used by --method mean or resample, not {args.method}")
@@ -572,21 +591,6 @@ def cmd_neurons(args) -> None:
 
 
 # -- attribute: attribution patching (attnlab.measure.attribute) -----------------------------
-
-def _indices(text: str | None, option: str) -> list[int] | None:
-    """``--layers``/``--heads``/``--dims``/``--neurons``: comma-separated integers >= 0, at least one."""
-    from attnlab.errors import InvalidInput
-
-    values = _ints(text, option)
-    if values is None:
-        return None
-    if not values:
-        raise InvalidInput(f"{option} {text!r}: no numbers given (e.g. {option} 0,2; leave it out for all)")
-    negative = [v for v in values if v < 0]
-    if negative:
-        raise InvalidInput(f"{option} must be integers >= 0 (counted from 0), got {negative[0]}")
-    return values
-
 
 def _attribution_metric(args):
     from attnlab.errors import InvalidInput
@@ -746,6 +750,7 @@ def _window_units(path: str | None):
     import pandas as pd
 
     from attnlab._textfile import read_text
+    from attnlab.analysis.dial import check_columns_once
     from attnlab.errors import InvalidInput
 
     text = read_text(path, what="--units")
@@ -767,11 +772,7 @@ def _window_units(path: str | None):
         raise InvalidInput(f"--units {path}: not a CSV table (line {reader.line_num}: {err})") from None
     if header is None:
         raise InvalidInput(f"--units {path}: not a CSV table (the file is empty)")
-    twice = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
-    if twice is not None:  # units[col] would be a table of both columns, not one column
-        where = [str(i + 1) for i, name in enumerate(header) if name == twice]
-        raise InvalidInput(f"--units {path}: column {twice!r} appears {len(where)} times in the header (columns "
-                           f"{', '.join(where)}); give each column once")
+    check_columns_once(header, f"--units {path}")  # units[col] would be a table of both columns, not one column
     missing = [c for c in ("layer", "head", "unit") if c not in header]
     if missing:
         raise InvalidInput(f"--units {path}: no column(s) {', '.join(missing)}; it needs layer, head, unit "

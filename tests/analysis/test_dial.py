@@ -304,6 +304,10 @@ def _logits(model):
     (dict(scales=[]), InvalidInput, r"scales must be a non-empty list of numbers"),
     (dict(scales=[0.0, 8.0], limits=(-1.0, 4.0)), InvalidInput, r"limits \(-1.0, 4.0\) must contain every scale"),
     (dict(units=pd.DataFrame({"layer": [0]})), InvalidInput, r"units lacks column\(s\) head, unit"),
+    # two 'unit' columns: units['unit'] was a table, and the message a multi-line Series "in row 'unit'"
+    (dict(units=pd.DataFrame([[0, 0, 2, 1]], columns=["layer", "head", "unit", "unit"])), InvalidInput,
+     r"^while setting the context window of .*: units: column 'unit' appears 2 times in the header \(columns 3, 4\); "
+     r"give each column once$"),
     (dict(units=pd.DataFrame(columns=["layer", "head", "unit"])), InvalidInput, r"no distance-decay units to scale"),
     (dict(units=pd.DataFrame({"layer": [0.7], "head": [0], "unit": [2]})), InvalidInput,
      r"units\['layer'\] must hold whole numbers \(a layer index\), got 0.7 in row 0"),

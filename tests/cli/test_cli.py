@@ -110,6 +110,11 @@ ERROR_CASES = [
     (["view", "diff", "x"], r"diff view needs --interventions"),
     (["sweep", "--layers", "0,x", "hello"], r"--layers must be comma-separated integers"),
     (["neurons", "--layers", ",", "hello"], r"--layers ',': no numbers given \(e.g. --layers 0,2; leave it out for all\)"),
+    # sweep and view once passed an empty or negative list to the library: refused after loading, in its words
+    (["sweep", "--heads", ",", "hello"], r"--heads ',': no numbers given \(e.g. --heads 0,2; leave it out for all\)$"),
+    (["sweep", "--layers", "-1", "hello"], r"--layers must be integers >= 0 \(counted from 0\), got -1$"),
+    (["view", "head", "--heads", " , ", "x"], r"--heads ' , ': no numbers given"),
+    (["view", "model", "--layers", ",", "x"], r"--layers ',': no numbers given"),
     (["view", "head", "--bogus", "x"], r"unrecognized arguments: --bogus"),
     ([], r"choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window"),
 ]

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+from unittest import mock
 
 import torch.distributed as dist
+from tqdm.auto import tqdm
+
+import attnlab.measure._batched
+import attnlab.measure.distributed
 
 from attnlab.analysis.context import attention_by_distance
 from attnlab.errors import InvalidInput
@@ -79,6 +84,31 @@ def forward_counts(model_llama, model_gemma) -> dict[str, int]:
     }
 
 
+def progress_bars(model) -> dict[str, list[tuple[str, int, int, bool]]]:
+    """The bars ``score`` / ``effect`` / a sweep create, with several chunks each: ``(desc, total, n, disabled)``."""
+    metric = LogitDiff(" she", " he")
+    calls = {
+        "score": lambda: score(model, PROMPTS, metric, batch_size=1, progress=True),
+        "effect": lambda: effect(model, PROMPTS, metric, [AblateHead(1, 2)], batch_size=1, n_boot=10, progress=True),
+        "sweep": lambda: sweep_heads(model, PROMPTS, metric, "zero", batch_size=2, n_boot=10, progress=True),
+    }
+    out = {}
+    for name, call in calls.items():
+        made = []
+
+        class Recorded(tqdm):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append((self, kwargs.get("desc", ""), self.disable))  # close() sets disable
+
+        with mock.patch.object(attnlab.measure._batched, "tqdm", Recorded), \
+                mock.patch.object(attnlab.measure.distributed, "tqdm", Recorded), \
+                contextlib.redirect_stderr(io.StringIO()):
+            call()
+        out[name] = [(desc, bar.total, bar.n, disabled) for bar, desc, disabled in made]
+    return out
+
+
 def _error_of(compute) -> tuple[str, str]:
     try:
         compute()
@@ -105,6 +135,7 @@ def everything() -> list[dict]:
         sweep_heads(tiny_model("llama"), PROMPTS[:2], "zero", LogitDiff(" she", " he"), n_boot=10, progress=True)
         score(tiny_model("llama"), PROMPTS, LogitDiff(" she", " he"), batch_size=2, progress=True)
     out["stderr"] = stderr.getvalue()
+    out["bars"] = progress_bars(tiny_model("llama"))
     out["typed_error"] = _error_of(_fail_on_rank_1(InvalidInput("no such occupation 'nurze'")))
     out["other_error"] = _error_of(_fail_on_rank_1(ValueError("a bug")))
     out["rank"], out["size"] = current().rank, current().size

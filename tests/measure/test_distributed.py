@@ -58,6 +58,18 @@ def one_process() -> dict:
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def one_process_bars() -> dict:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return jobs.progress_bars(tiny_model("llama"))
+    finally:
+        torch.set_num_threads(before)
+
+
 KEYS = ["sweep_zero", "sweep_zero_table", "sweep_chunks", "sweep_patch", "sweep_rows_tied", "sweep_interventions", "one_variant", "score",
         "score_one_chunk", "effect", "distance_mass", "distance_sink"]
 
@@ -95,6 +107,22 @@ def test_one_progress_bar_on_the_main_process(two_processes):
     main, other = two_processes
     assert "sweep heads (zero)" in main["stderr"] and "score (logit_diff" in main["stderr"]
     assert other["stderr"] == ""
+
+
+@pytest.mark.parametrize("call", ["score", "effect", "sweep"])
+def test_one_bar_for_the_whole_call_counting_the_main_process_share(two_processes, one_process_bars, call):
+    """Rank 0 drew one bar per chunk it held (two 0/1 bars for a score of 4 prompts at batch size 1)."""
+    alone = one_process_bars[call]
+    assert len(alone) == 1
+    main, other = (got["bars"][call] for got in two_processes)
+    drawn = [bar for bar in main if not bar[3]]
+    assert len(drawn) == 1, main
+    desc, total, n, _ = drawn[0]
+    assert desc == f"{alone[0][0]} [rank 0's share]"
+    assert 0 < total < alone[0][1] and n == total  # a part of the units, all of them done
+    assert all(bar[3] for bar in other) and len(other) == 1  # rank 1 draws nothing
+    if call != "sweep":  # chunks are not shared: the two shares add up to the whole (a sweep repeats clean forwards)
+        assert total + other[0][1] == alone[0][1] == {"score": 5, "effect": 10}[call]
 
 
 def test_an_attnlab_error_on_one_rank_is_raised_on_all_with_its_type_and_rank(two_processes):

@@ -54,7 +54,7 @@ from attnlab.interventions import EditNeuron
 from attnlab.measure.result import Result
 
 __all__ = [
-    "set_context_window", "check_window_options", "decay_units", "DialResult", "WindowNotReached", "DEFAULT_SCALES", "pooled_window",
+    "set_context_window", "check_window_options", "check_columns_once", "decay_units", "DialResult", "WindowNotReached", "DEFAULT_SCALES", "pooled_window",
 ]
 
 #: The first grid of scales every search measures (1.0, the clean model, is always added).
@@ -113,10 +113,25 @@ def _positive_int(value, what: str) -> int:
     return int(value)
 
 
+def check_columns_once(columns: Sequence, what: str = "units") -> None:
+    """Refuse a table header naming a column twice: ``table[name]`` would be a table of both, not one column.
+
+    Shared by :func:`set_context_window` and the CLI's ``--units`` file; the message counts
+    columns from 1, as a spreadsheet does. Blank names (a CSV's empty header cells) are not compared.
+    """
+    names = list(columns)
+    twice = next((name for i, name in enumerate(names) if name != "" and name in names[:i]), None)
+    if twice is not None:
+        where = [str(i + 1) for i, name in enumerate(names) if name == twice]
+        raise InvalidInput(f"{what}: column {twice!r} appears {len(where)} times in the header (columns "
+                           f"{', '.join(where)}); give each column once")
+
+
 def _check_units(model, units) -> pd.DataFrame:
     if not isinstance(units, pd.DataFrame):
         raise InvalidInput(f"units must be a DataFrame with columns {', '.join(UNIT_COLUMNS)} (e.g. decay_units(...)), "
                            f"got {type(units).__name__}")
+    check_columns_once(units.columns)
     missing = [c for c in UNIT_COLUMNS if c not in units.columns]
     if missing:
         raise InvalidInput(f"units lacks column(s) {', '.join(missing)}; it needs {', '.join(UNIT_COLUMNS)}")

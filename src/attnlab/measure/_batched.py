@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,7 @@ def run_variants(
     single_chunk: bool = False,
     interventions: Sequence = (),
     precision: torch.dtype | None = None,
+    bar: tqdm | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Baseline values ``[prompt]`` and intervened values ``[variant, prompt]`` of ``metric``.
 
@@ -105,6 +107,8 @@ def run_variants(
     text patch sources); with no variants only the baseline runs, and a
     metric with several numbers per prompt (``vector``) gives ``[prompt, ...]``. ``precision``:
     every pass's linear layers multiply in that dtype (:mod:`attnlab.engine.precision`).
+    ``bar``: a bar to advance by one per forward instead of drawing one (a process's share
+    of a parallel run: one bar for all the chunks it holds).
     """
     batch_size = metric_batch_size(model, rows, batch_size, metric)  # "auto": from the device
     outer = outer_rows(model)  # an outer spec's rows=: every row in one batch, no copies stacked under it
@@ -113,12 +117,13 @@ def run_variants(
     copies = 1 if outer else max(1, batch_size // chunk)
     if current().size > 1:  # a process group: the processes share (chunk, batch) units (docs/parallel.md)
         def share(part, mine, size, setup, bar):
-            return run_variants(model, part, metric, mine, build, batch_size=size, progress=bar, desc=desc,
+            return run_variants(model, part, metric, mine, build, batch_size=size, progress=False, desc=desc,
                                 chunk_setup=setup, single_chunk=single_chunk, interventions=interventions,
-                                precision=precision)
+                                precision=precision, bar=bar)
 
         return split_variants(share, rows, variants, chunk=chunk, copies=copies, n_layers=model.cfg.n_layers,
-                              head_layers=_head_layers(model, rows, metric), chunk_setup=chunk_setup, progress=progress)
+                              head_layers=_head_layers(model, rows, metric), chunk_setup=chunk_setup, progress=progress,
+                              desc=desc)
     layers = model.decoder_layers()
     by_start: dict[int, list[int]] = {}
     for i, (start, _) in enumerate(variants):
@@ -139,7 +144,7 @@ def run_variants(
     clean_rows: list[torch.Tensor] = []
     inter_rows = torch.empty(len(variants), rows.n_rows)
     checked = False
-    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+    with nullcontext(bar) if bar is not None else tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
         for c0 in range(0, rows.n_rows, chunk):
             sl = slice(c0, c0 + chunk)
             part = rows.select(sl).to(model.device)

@@ -331,7 +331,7 @@ def _offset(chunk_setup, first_row: int):
     return lambda part, sl: chunk_setup(part, slice(sl.start + first_row, sl.stop + first_row))
 
 
-RunShare = Callable[[Any, list, int, Any, bool], tuple[np.ndarray, np.ndarray]]
+RunShare = Callable[[Any, list, int, Any, Any], tuple[np.ndarray, np.ndarray]]  # the last: a tqdm bar
 
 
 def head_cost_in_layers(layer_params: int, head_params: int, tokens_per_row: float, head_positions_per_row: float) -> float:
@@ -358,11 +358,13 @@ def split_variants(
     head_layers: float = 1.0,
     chunk_setup=None,
     progress: bool,
+    desc: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The batched runner over the process group: processes share ``(chunk of rows, batch of variants)`` units.
 
-    ``run_share(rows, variants, batch_size, chunk_setup, progress)`` is the one-process
-    runner (baseline ``[prompt, ...]``, intervened ``[variant, prompt, ...]``); each process
+    ``run_share(rows, variants, batch_size, chunk_setup, bar)`` is the one-process
+    runner (baseline ``[prompt, ...]``, intervened ``[variant, prompt, ...]``) advancing
+    ``bar`` by one per forward instead of drawing its own; each process
     calls it once per chunk it holds, on that chunk's rows and its batches of variants, with
     a batch size that makes the runner form the very batches of a one-process run (same
     rows, same variants together), so the numbers are the same. With no variants (scores)
@@ -370,6 +372,10 @@ def split_variants(
     resuming at layer ``s`` costing about ``rows x variants x (n_layers - s + 1)`` (the +1:
     the LM head) and a chunk's clean forward ``rows x (n_layers + 1)``; a process holding
     batches of a chunk also runs that chunk's clean forward (its prefix).
+
+    One bar, on the main process, for the whole call: it counts the main process's own
+    forwards (labelled ``[rank 0's share]``); the others' progress would cost a message
+    per forward, and a bar per chunk showed many partial bars.
     """
     group = current()
     agree(f"a batched run over {rows.n_rows} rows x {len(variants)} variants",
@@ -385,18 +391,21 @@ def split_variants(
         jobs.append((c, None, n * (n_layers + head_layers)))
         jobs.extend((c, b, n * len(idx) * (n_layers - start + head_layers)) for b, (start, idx) in enumerate(blocks))
     held: dict[int, list[int]] = {}
+    forwards = 0  # this process's: a clean forward per chunk held, one per batch of variants (a block)
     for (c, b, _), proc in zip(jobs, partition([cost for _, _, cost in jobs], group.size)):
         if proc == group.rank and (b is not None or not blocks):  # a clean forward alone: only for scores
+            forwards += (c not in held) + (b is not None)
             held.setdefault(c, []).extend(blocks[b][1] if b is not None else [])
 
     def mine():
         done = []
-        with local():
+        with local(), tqdm(total=forwards, desc=f"{desc} [rank 0's share]", disable=not progress or not group.is_main,
+                           leave=False) as bar:
             for c, idx in sorted(held.items()):
                 idx = sorted(idx)
                 part = rows.select(slice(firsts[c], firsts[c] + sizes[c]))
                 clean, inter = run_share(part, [variants[i] for i in idx], copies * sizes[c],
-                                         _offset(chunk_setup, firsts[c]), progress and group.is_main)
+                                         _offset(chunk_setup, firsts[c]), bar)
                 done.append((c, idx, clean, inter))
         return done
 
