@@ -213,7 +213,8 @@ def _all_gather(value: Any, group: Group) -> list:
         dist.all_gather_object(values, value, group=_object_group())
     except RuntimeError as err:  # gloo / NCCL errors (DistBackendError is a RuntimeError)
         raise ProcessLeft(
-            f"rank {group.rank} of {group.size}: another process left the group before this gather (it raised an "
+            f"rank {group.rank} of {group.size}: another process left the group before this gather, or did not "
+            f"reach it within the group's timeout (it raised an "
             f"error or was stopped; its own error is the cause: see its output, or what run_parallel raises). "
             f"The backend said: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     return values
@@ -380,7 +381,7 @@ def split_variants(
     group = current()
     agree(f"a batched run over {rows.n_rows} rows x {len(variants)} variants",
           digest(rows.input_ids, rows.attention_mask, *(rows.data[name] for name in sorted(rows.data)),
-                 sorted(rows.data), [(start, key) for start, key in variants], chunk, copies), group)
+                 sorted(rows.data), [start for start, _ in variants], chunk, copies), group)  # not labels: hash order
     k = rows.per_prompt
     firsts = list(range(0, rows.n_rows, chunk))
     sizes = [min(chunk, rows.n_rows - f) for f in firsts]
