@@ -428,6 +428,10 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
                 f"{what} has shape {given_shape} but this input needs [..., {n}, {n}] (query x key: one row "
                 f"and one column per token of the longest prompt)"
             )
+    if (q_pos.shape[0] == 1 and k_pos.shape[0] == 1 and (n_q, n_k) == tuple(x.shape[-2:])
+            and int(q_pos[0, 0]) == 0 and int(k_pos[0, 0]) == 0):  # positions are the columns: a free broadcast view
+        everywhere = torch.ones((), dtype=torch.bool, device=x.device).expand_as(x)
+        return value.to(device=x.device, dtype=x.dtype).expand_as(x), everywhere
     rows = torch.arange(x.shape[0])[:, None, None] if value.shape[0] > 1 else torch.zeros(1, 1, 1, dtype=torch.long)
     q_at, k_at = q_pos.clamp(0, n_q - 1), k_pos.clamp(0, n_k - 1)
     picked = value[rows, :, q_at[:, :, None], k_at[:, None, :]]  # [batch, query, key, head]
