@@ -17,7 +17,13 @@ def encode(arch: str, texts=TEXTS) -> dict[str, torch.Tensor]:
 
 
 def hf_output(hf_model, **inputs) -> torch.Tensor:
-    """Logits, or the last hidden state for an encoder without an LM head."""
+    """Logits, or the last hidden state for an encoder without an LM head.
+
+    A decoder runs without its KV cache, as attnlab runs it: the cache stores keys and values
+    contiguously, and a product over another layout may round differently on some CPUs.
+    """
+    if hasattr(hf_model, "lm_head"):
+        inputs = {"use_cache": False, **inputs}
     with torch.no_grad():
         out = hf_model(**inputs)
     logits = getattr(out, "logits", None)

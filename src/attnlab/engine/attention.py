@@ -129,6 +129,16 @@ def _copy_per_position(x: Float[torch.Tensor, "batch head pos d_head"]) -> Float
     return rearrange(x, "b h p d -> b p h d").clone(memory_format=torch.contiguous_format)
 
 
+def _in_layout_of(original: torch.Tensor, hooked: Float[torch.Tensor, "batch pos head d_head"]) -> torch.Tensor:
+    """The hooked copy back as ``[batch, head, pos, d_head]``, contiguous where the model's own tensor was.
+
+    Matrix products may round differently for other strides (MKL on AVX2 CPUs does), so an identity hook
+    keeps the model's arithmetic bit for bit only if the layout comes back too.
+    """
+    back = rearrange(hooked, "b p h d -> b h p d")
+    return back.contiguous() if original.is_contiguous() else back
+
+
 def explicit_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -168,11 +178,11 @@ def explicit_attention(
         # writable in place with gradients on), the KV cache's stored tensor (an in-place edit would be applied
         # again at every later step) or one kv head expanded to several (not writable in place at all)
         if hooks.hook_q._forward_hooks:
-            query = rearrange(_run(hooks.hook_q, _copy_per_position(query), infos["q"]), "b p h d -> b h p d")
+            query = _in_layout_of(query, _run(hooks.hook_q, _copy_per_position(query), infos["q"]))
         if hooks.hook_k._forward_hooks:
-            key = rearrange(_run(hooks.hook_k, _copy_per_position(key), infos["k"]), "b p h d -> b h p d")
+            key = _in_layout_of(key, _run(hooks.hook_k, _copy_per_position(key), infos["k"]))
         if hooks.hook_v._forward_hooks:
-            value = rearrange(_run(hooks.hook_v, _copy_per_position(value), infos["v"]), "b p h d -> b h p d")
+            value = _in_layout_of(value, _run(hooks.hook_v, _copy_per_position(value), infos["v"]))
 
     # Edited scores are computed in float32 in a half-precision model: adding a constant of
     # 1e4 to fp16 scores loses the scores themselves (and 7e4 overflows to inf).
