@@ -336,3 +336,29 @@ def test_reduced_precision_runs_under_inference_mode():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     np.testing.assert_allclose(again, swept, rtol=0, atol=1e-6)
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_emulated_bfloat16_products_warn_once(native, monkeypatch):
+    """On an x86 CPU without bfloat16 matrix instructions precision= makes a call slower: say so, once."""
+    import attnlab.engine.precision as precision
+
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(precision, "_warned_emulated", set())
+    model = tiny_model("llama")
+    ids = model.tokens(TEXTS)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(model, ids, precision="bfloat16")
+        run(model, ids, precision="bfloat16")
+        run(model, ids)
+    slow = [w for w in caught if "emulates every product" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
+    if not native:
+        assert issubclass(slow[0].category, RuntimeWarning) and "precision=None" in str(slow[0].message)
+        assert slow[0].filename == __file__  # points at the caller's line, not into attnlab
+    assert precision.has_native_products(torch.bfloat16, torch.device("cpu")) is native
