@@ -401,7 +401,8 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
     Entry ``[i, j]`` of the tensor is token ``i`` attending to token ``j``, whatever the padding or KV cache:
     a left-padded row reads it at its own tokens, not at its columns. Returns the values laid over ``x``
     and where the tensor reaches: only a row's own tokens (queries and keys below its length), so padding
-    on either side and, while generating, every new token keep ``x``.
+    on either side and, while generating, every new token keep ``x``. The tensor must cover the longest
+    row; entries past a shorter row's length are unused (a measurement's chunks share one tensor).
     """
     given_shape = tuple(value.shape)
     batch = x.shape[0]
@@ -409,7 +410,8 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
         value = value[None, None]
     elif value.ndim == 3:
         if value.shape[0] not in (1, batch):
-            raise ShapeMismatch(f"{what} has {value.shape[0]} rows but the batch has {batch}")
+            raise ShapeMismatch(f"{what} has {value.shape[0]} rows but the batch has {batch} (one row per batch row, "
+                                "or 1 for every row)")
         value = value[:, None]
     elif value.ndim == 4:
         if value.shape[0] not in (1, batch) or value.shape[1] not in (1, x.shape[1]):
@@ -430,17 +432,19 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
     elif not getattr(hook, "decoding", False):  # generate()'s later steps may run past the tensor; a pass may not
         n = getattr(hook, "n_positions", None) or int(k_pos.max()) + 1
     else:
-        n = None
-    if n is not None and (n_q, n_k) != (n, n):
+        n = 0
+    if n_q < n or n_k < n:
+        valid = ", ".join(map(str, (*given_shape[:-2], n, n)))
         raise ShapeMismatch(
-            f"{what} has shape {given_shape} but this input needs [..., {n}, {n}] (query x key: one row "
-            f"and one column per token of the longest prompt)"
+            f"{what} has shape {given_shape} but this input needs at least [{valid}] (query x key: one row and "
+            f"one column per token of the longest prompt, {n} tokens; a shorter row reads its own corner)"
         )
     short = lengths is not None and int(lengths.min()) < x.shape[-1]  # padding (or new tokens) in some row
-    if (q_pos.shape[0] == 1 and k_pos.shape[0] == 1 and not short and (n_q, n_k) == tuple(x.shape[-2:])
+    if (q_pos.shape[0] == 1 and k_pos.shape[0] == 1 and not short and n_q >= x.shape[-2] and n_k >= x.shape[-1]
             and int(q_pos[0, 0]) == 0 and int(k_pos[0, 0]) == 0):  # positions are the columns: a free broadcast view
         everywhere = torch.ones((), dtype=torch.bool, device=x.device).expand_as(x)
-        return value.to(device=x.device, dtype=x.dtype).expand_as(x), everywhere
+        view = value[..., : x.shape[-2], : x.shape[-1]]
+        return view.to(device=x.device, dtype=x.dtype).expand_as(x), everywhere
     rows = torch.arange(batch)[:, None, None] if value.shape[0] > 1 else torch.zeros(1, 1, 1, dtype=torch.long)
     q_at, k_at = q_pos.clamp(0, n_q - 1), k_pos.clamp(0, n_k - 1)
     picked = value[rows, :, q_at[:, :, None], k_at[:, None, :]]  # [batch, query, key, head]
