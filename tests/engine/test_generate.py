@@ -260,3 +260,37 @@ def test_tensor_pattern_and_score_edits_cover_the_prompt_and_leave_new_tokens(ti
     with torch.no_grad():
         assert (model.next_token_logits(PROMPT, interventions=spec) - model.next_token_logits(PROMPT)).abs().max() > 1e-3
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("kind", ["pattern", "add", "replace"])
+def test_tensor_edits_stop_at_each_rows_own_prompt_in_a_batch(tiny_llama, kind):
+    """A tensor sized for the longest prompt edits every row at its own prompt's tokens only, as alone: the shorter
+    prompt's new tokens (positions the longest prompt still has) were edited with the tensor's meaningless entries."""
+    model = tiny_llama
+    prompts = ["the nurse said", "the doctor told the teacher that she was happy"]
+    lengths = [model.to_tokens(p).shape[1] for p in prompts]
+    n = max(lengths)
+    assert min(lengths) + 2 < n  # the short prompt generates tokens at positions the tensor has
+    torch.manual_seed(0)
+    given = torch.rand(n, n).tril() + 0.05
+    given = given / given.sum(-1, keepdim=True)
+    scores = torch.randn(n, n) * 4
+
+    def spec_of(m):
+        return {"pattern": SetPattern(1, None, pattern=given[:m, :m], renormalize=True),
+                "add": EditScores(1, None, add=scores[:m, :m]), "replace": EditScores(1, None, replace=scores[:m, :m])}[kind]
+
+    def generate(prompt, m):
+        seen = []  # blocks.1.attn.hook_z of every step: the head outputs under the edit
+        new = model.generate(prompt, max_new_tokens=N_NEW, interventions=spec_of(m), return_type="tokens",
+                             stop_at_eos=False, fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: seen.append(z.clone()))])
+        return new, seen
+
+    batch, batch_z = generate(prompts, n)
+    for row, (prompt, m) in enumerate(zip(prompts, lengths)):
+        alone, alone_z = generate(prompt, m)
+        assert batch[row].tolist() == alone[0].tolist(), f"row {row}"
+        assert (batch_z[0][row, -m:] - alone_z[0][0]).abs().max() <= 1e-5  # the prompt's step (left-padded)
+        for step, (b, a) in enumerate(zip(batch_z[1:], alone_z[1:]), 1):  # the new tokens' steps
+            assert (b[row] - a[0]).abs().max() <= 1e-5, f"row {row}, step {step}"
+    assert model.count_hooks() == 0

@@ -255,6 +255,7 @@ def run(
         n_rows=tokens.n_rows,
         pad_left=tokens.pad_left if tokens.side == "left" else None,
         n_positions=int(tokens.lengths.max()),
+        lengths=tokens.lengths.cpu(),
         row_keys=check_row_keys(row_keys, tokens.n_rows),
     )
     kwargs = _model_kwargs(model, tokens, model_kwargs or {})

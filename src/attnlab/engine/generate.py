@@ -117,9 +117,11 @@ def decode(
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     stops = None if eos_token_id is None else torch.as_tensor(eos_token_id, dtype=torch.long, device=ids.device).reshape(-1)
     new, positions = [], []  # the new tokens' ids and position ids
+    prompt_lengths = tokens.lengths.cpu()  # a tensor edit covers each row's own prompt, not the longest one's
     for _ in range(max_new_tokens):
         state = ForwardState(n_rows=ids.shape[0], pad_left=pad_left, n_positions=int(mask.sum(dim=1).max()),
-                             past=ids.shape[1] - step_ids.shape[1], generating=True, row_keys=row_keys)
+                             past=ids.shape[1] - step_ids.shape[1], generating=True, row_keys=row_keys,
+                             lengths=prompt_lengths)
         kwargs = {"input_ids": step_ids, "attention_mask": mask, "use_cache": True, cache_key: cache}
         if model._accepts("position_ids"):
             kwargs["position_ids"] = step_pos

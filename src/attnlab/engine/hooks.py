@@ -178,7 +178,7 @@ class Hook:
     ``generating`` is True inside ``generate()``, where positions not reached yet are not an
     error; ``decoding`` only in its steps after the first (the prompt's own step is checked
     as a forward pass over the prompt is). ``row_keys(n)`` says which prompt each row is when a
-    measurement chunks or stacks them.
+    measurement chunks or stacks them; ``row_lengths(n)`` how many tokens each row has.
     """
 
     __slots__ = ("point", "q_col", "q_len", "k_col", "k_len", "state")
@@ -219,6 +219,14 @@ class Hook:
     def decoding(self) -> bool:
         """A KV-cached step of ``generate()`` after the prompt's: this call sees only the newest columns."""
         return self.generating and getattr(self.state, "past", 0) > 0
+
+    def row_lengths(self, n_rows: int) -> torch.Tensor | None:
+        """Each of this call's ``n_rows`` rows' own tokens (``[batch]``; in ``generate()`` its prompt's), or None when
+        unknown: a short row's padding, or its generated tokens, lie at positions from its length on."""
+        lengths = getattr(self.state, "lengths", None)
+        if lengths is None or lengths.shape[0] != n_rows:
+            return None
+        return lengths.cpu()
 
     @property
     def n_positions(self) -> int | None:

@@ -770,7 +770,8 @@ class HookedModel(ModelWeights, nn.Module):
             from attnlab.engine.forward import _model_kwargs
             from attnlab.engine.state import ForwardState, forward_state
 
-            state = ForwardState(n_rows=tokens.n_rows, pad_left=tokens.pad_left, n_positions=int(tokens.lengths.max()))
+            state = ForwardState(n_rows=tokens.n_rows, pad_left=tokens.pad_left, n_positions=int(tokens.lengths.max()),
+                                 lengths=tokens.lengths.cpu())
             self.ensure_routed()
             with forward_state(state):
                 return self.hf_model(**_model_kwargs(self, tokens.to(self.device), extra))

@@ -29,11 +29,13 @@ class ForwardState:
 
     ``row_keys``: a measurement split into chunks (or stacked copies of its rows) names the
     prompt behind every row, so a random per-prompt choice (resample ablation) is the same
-    whatever the batch size.
+    whatever the batch size. ``lengths``: each row's own tokens, so an edit by token position
+    knows where a short row's padding (either side) or, while generating, its new tokens begin.
     """
 
     pad_left: torch.Tensor | None = None  # [batch] left-padding columns of each row (None: no padding)
     n_positions: int | None = None  # longest row in tokens (range checks of position edits)
+    lengths: torch.Tensor | None = None  # [batch] tokens of each row, on the CPU (in generate(): its prompt's)
     past: int = 0  # columns already held in the KV cache before this call
     generating: bool = False  # inside generate(): positions not reached yet are not errors
     row_keys: torch.Tensor | None = None  # [batch] which prompt each row is (None: its row index)
@@ -42,8 +44,9 @@ class ForwardState:
     def rows(self, index: slice) -> ForwardState:
         pad = self.pad_left[index] if self.pad_left is not None and self.pad_left.shape[0] > 1 else self.pad_left
         keys = self.row_keys[index] if self.row_keys is not None else None
+        lengths = self.lengths[index] if self.lengths is not None else None
         n_rows = len(range(self.n_rows)[index]) if self.n_rows is not None else None
-        return replace(self, pad_left=pad, row_keys=keys, n_rows=n_rows)
+        return replace(self, pad_left=pad, row_keys=keys, lengths=lengths, n_rows=n_rows)
 
 
 def check_row_keys(row_keys, n_rows: int) -> torch.Tensor | None:

@@ -400,17 +400,21 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
 
     Entry ``[i, j]`` of the tensor is token ``i`` attending to token ``j``, whatever the padding or KV cache:
     a left-padded row reads it at its own tokens, not at its columns. Returns the values laid over ``x``
-    and where the tensor reaches (padding columns and, while generating, positions past it keep ``x``).
+    and where the tensor reaches: only a row's own tokens (queries and keys below its length), so padding
+    on either side and, while generating, every new token keep ``x``. The tensor must cover the longest
+    row; entries past a shorter row's length are unused (a measurement's chunks share one tensor).
     """
     given_shape = tuple(value.shape)
+    batch = x.shape[0]
     if value.ndim == 2:
         value = value[None, None]
     elif value.ndim == 3:
-        if value.shape[0] not in (1, x.shape[0]):
-            raise ShapeMismatch(f"{what} has {value.shape[0]} rows but the batch has {x.shape[0]}")
+        if value.shape[0] not in (1, batch):
+            raise ShapeMismatch(f"{what} has {value.shape[0]} rows but the batch has {batch} (one row per batch row, "
+                                "or 1 for every row)")
         value = value[:, None]
     elif value.ndim == 4:
-        if value.shape[0] not in (1, x.shape[0]) or value.shape[1] not in (1, x.shape[1]):
+        if value.shape[0] not in (1, batch) or value.shape[1] not in (1, x.shape[1]):
             raise ShapeMismatch(
                 f"{what} has shape {tuple(value.shape)} but this input is {tuple(x.shape)} "
                 "([batch, head, query, key]; batch and head may also be 1)"
@@ -421,20 +425,32 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
     q_pos, k_pos = hook.query_pos, hook.key_pos  # [batch or 1, query], [batch or 1, key]
     if q_pos.shape[-1] != x.shape[-2] or k_pos.shape[-1] != x.shape[-1]:  # a call without geometry: columns
         q_pos, k_pos = torch.arange(x.shape[-2])[None], torch.arange(x.shape[-1])[None]
-    if not getattr(hook, "decoding", False):  # generate()'s later steps may run past the tensor; a pass may not
+    row_lengths = getattr(hook, "row_lengths", None)
+    lengths = row_lengths(batch) if callable(row_lengths) else None  # [batch] tokens of each row (its prompt's)
+    if lengths is not None:  # every row's own tokens, in every step of generate() too
+        n = int(lengths.max())
+    elif not getattr(hook, "decoding", False):  # generate()'s later steps may run past the tensor; a pass may not
         n = getattr(hook, "n_positions", None) or int(k_pos.max()) + 1
-        if (n_q, n_k) != (n, n):
-            raise ShapeMismatch(
-                f"{what} has shape {given_shape} but this input needs [..., {n}, {n}] (query x key: one row "
-                f"and one column per token of the longest prompt)"
-            )
-    if (q_pos.shape[0] == 1 and k_pos.shape[0] == 1 and (n_q, n_k) == tuple(x.shape[-2:])
+    else:
+        n = 0
+    if n_q < n or n_k < n:
+        valid = ", ".join(map(str, (*given_shape[:-2], n, n)))
+        raise ShapeMismatch(
+            f"{what} has shape {given_shape} but this input needs at least [{valid}] (query x key: one row and "
+            f"one column per token of the longest prompt, {n} tokens; a shorter row reads its own corner)"
+        )
+    short = lengths is not None and int(lengths.min()) < x.shape[-1]  # padding (or new tokens) in some row
+    if (q_pos.shape[0] == 1 and k_pos.shape[0] == 1 and not short and n_q >= x.shape[-2] and n_k >= x.shape[-1]
             and int(q_pos[0, 0]) == 0 and int(k_pos[0, 0]) == 0):  # positions are the columns: a free broadcast view
         everywhere = torch.ones((), dtype=torch.bool, device=x.device).expand_as(x)
-        return value.to(device=x.device, dtype=x.dtype).expand_as(x), everywhere
-    rows = torch.arange(x.shape[0])[:, None, None] if value.shape[0] > 1 else torch.zeros(1, 1, 1, dtype=torch.long)
+        view = value[..., : x.shape[-2], : x.shape[-1]]
+        return view.to(device=x.device, dtype=x.dtype).expand_as(x), everywhere
+    rows = torch.arange(batch)[:, None, None] if value.shape[0] > 1 else torch.zeros(1, 1, 1, dtype=torch.long)
     q_at, k_at = q_pos.clamp(0, n_q - 1), k_pos.clamp(0, n_k - 1)
     picked = value[rows, :, q_at[:, :, None], k_at[:, None, :]]  # [batch, query, key, head]
     picked = rearrange(picked, "b q k h -> b h q k").to(device=x.device, dtype=x.dtype)
-    covered = ((q_pos >= 0) & (q_pos < n_q))[:, None, :, None] & ((k_pos >= 0) & (k_pos < n_k))[:, None, None, :]
+    q_in, k_in = (q_pos >= 0) & (q_pos < n_q), (k_pos >= 0) & (k_pos < n_k)  # [batch or 1, query], [batch or 1, key]
+    if lengths is not None:  # a row's padding (either side) and generated tokens are not its prompt's tokens
+        q_in, k_in = q_in & (q_pos < lengths[:, None]), k_in & (k_pos < lengths[:, None])
+    covered = q_in[:, None, :, None] & k_in[:, None, None, :]  # [batch or 1, 1, query, key]
     return picked.expand_as(x), covered.to(x.device).expand_as(x)

@@ -41,8 +41,9 @@ class SetPattern(Intervention):
     """Set a head's attention pattern to a given tensor, or transform it with a function.
 
     ``pattern``: ``[query, key]`` (or ``[batch, query, key]``) probabilities by token position:
-    entry ``[i, j]`` is token ``i`` attending to token ``j`` in every row, left-padded or not
-    (padding and, in ``generate()``, tokens past the tensor keep their own pattern). ``fn``: a
+    entry ``[i, j]`` is token ``i`` attending to token ``j`` in every row, padded or not; it must
+    cover the longest row, and each row reads its own corner (padding on either side and, in
+    ``generate()``, every new token keep their own pattern). ``fn``: a
     function of the current ``[batch, head, query, key]`` pattern returning a new one (not
     JSON-serialisable). ``renormalize`` rescales each row to sum to 1 after the edit.
     """
@@ -88,7 +89,7 @@ class SetPattern(Intervention):
         def edit(x, hook):
             if self.pattern is not None:
                 given, covered = at_token_positions(self.pattern, x, hook, "pattern")
-                new = torch.where(covered, given, x)  # padding and tokens past the tensor keep their pattern
+                new = torch.where(covered, given, x)  # padding and generated tokens keep their pattern
             else:
                 new = self.fn(x.clone())
                 if not isinstance(new, torch.Tensor) or new.shape != x.shape:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import torch
+
 from attnlab.engine.forward import run
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.interventions import Patch
@@ -26,14 +28,19 @@ __all__ = ["RowSources", "addresses_rows", "follows_prompts", "one_batch", "oute
 
 
 def addresses_rows(spec) -> bool:
-    """Specs tied to batch rows (``rows=``, a source with one row per prompt) fix which rows share a batch."""
+    """Specs tied to batch rows (``rows=``, a source or pattern/score tensor with one row per prompt) fix which rows
+    share a batch."""
     if getattr(spec, "rows", None) is not None:
         return True
     source = getattr(spec, "source", None)
     if isinstance(source, list):
         return len(source) > 1
     shape = getattr(source, "shape", None)
-    return shape is not None and len(shape) == 4 and shape[0] > 1
+    if shape is not None and len(shape) == 4 and shape[0] > 1:
+        return True
+    # a SetPattern / EditScores tensor with one row per batch row: [batch, query, key] or [batch, head, query, key]
+    tensors = (getattr(spec, name, None) for name in ("pattern", "add", "replace"))
+    return any(isinstance(t, torch.Tensor) and t.ndim >= 3 and t.shape[0] > 1 for t in tensors)
 
 
 def follows_prompts(spec, n_prompts: int) -> bool:
