@@ -107,3 +107,54 @@ def test_a_bridge_with_processed_weights_is_refused_at_load_and_after():
     _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True))
     with torch.no_grad():
         assert (attnlab.load(bridge)(TEXT) - ok).abs().max() < 1e-5
+
+
+_STEPS_OFF = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False,
+                  refactor_factored_attn_matrices=False)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_bridge_in_compatibility_mode_with_every_step_off_is_accepted(arch):
+    """TransformerLens marks such a bridge processed (_weights_processed) though its weights are the model's own."""
+    pytest.importorskip("transformer_lens.model_bridge")
+    from ._tl import boot_bridge, perturbed
+
+    reference = perturbed(arch)
+    want, want_effect = reference(TEXT).detach(), _effect(reference)
+    bridge = boot_bridge(arch)[0]
+    _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True, **_STEPS_OFF))
+    assert bridge._weights_processed
+    model = attnlab.load(bridge)
+    with torch.no_grad():
+        assert (model(TEXT) - want).abs().max() < 1e-5
+    assert _effect(model) == pytest.approx(want_effect, abs=1e-5)
+
+    bridge = boot_bridge(arch)[0]  # turned on after attnlab wrapped it: the same
+    model = attnlab.load(bridge)
+    _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True, **_STEPS_OFF))
+    with torch.no_grad():
+        assert (model(TEXT) - want).abs().max() < 1e-5
+    assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("step, named", [
+    ("fold_ln", "fold_ln"), ("center_writing_weights", "center_writing_weights"), ("center_unembed", "center_unembed"),
+    ("fold_value_biases", "fold_value_biases"), ("refactor_factored_attn_matrices", "refactor_factored_attn_matrices"),
+])
+def test_each_processing_step_alone_is_still_refused(step, named):
+    """Each step rewrites the shared HF weights (center_unembed shifts the logits; center_writing_weights the residual
+    stream), so the HF modules attnlab runs no longer compute the model's own activations."""
+    pytest.importorskip("transformer_lens.model_bridge")
+    from ._tl import boot_bridge
+
+    bridge = boot_bridge("gpt2")[0]
+    _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True, **{**_STEPS_OFF, step: True}))
+    with pytest.raises(NotSupported, match=rf"processed by enable_compatibility_mode\(\) \(.*{named}.*no_processing=True"):
+        attnlab.load(bridge)
+
+    bridge = boot_bridge("gpt2")[0]
+    model = attnlab.load(bridge)
+    _quiet(lambda: bridge.enable_compatibility_mode(disable_warnings=True, **{**_STEPS_OFF, step: True}))
+    with pytest.raises(NotSupported, match=named):
+        model(TEXT)
+    assert model.count_hooks() == 0

@@ -141,8 +141,6 @@ class HookedModel(ModelWeights, nn.Module):
         """Wrap ``hf_model``; ``dtype`` and ``device`` convert it only once it has been found wrappable,
         so a model attnlab refuses is handed back exactly as it came (weights, dtype, device, modes)."""
         super().__init__()
-        if bridge is not None:
-            check_unprocessed(bridge, name or type(hf_model).__name__)
         attention_modules = find_attention_modules(hf_model)
         modes = [(module, module.training) for module in hf_model.modules()]
         placement = _placement(hf_model) if dtype is not None or device is not None else []
@@ -150,6 +148,7 @@ class HookedModel(ModelWeights, nn.Module):
         fresh = hf_model.__dict__.get("_attnlab_tree") is None  # a copy of a wrapped model holds None there
         try:
             self._build(hf_model, tokenizer, attention_modules, name=name, bridge=bridge)
+            self._check_bridge()  # the weights' traces tell, so only once the weight views exist
             if fresh:
                 self._check_every_layer_is_reached()
             if dtype is not None or device is not None:
@@ -438,8 +437,7 @@ class HookedModel(ModelWeights, nn.Module):
         """Every pass starts here: layers switched to another attention function since load go back to attnlab's,
         and layers replaced since load (a TransformerLens bridge booted on this HF model) are refused, as are a
         bridge's weights processed since load (``enable_compatibility_mode()``)."""
-        if self.bridge is not None:
-            check_unprocessed(self.bridge, self.cfg.name)
+        self._check_bridge()
         for path, module in self._attention_paths:
             try:
                 found = self.hf_model.get_submodule(path)
@@ -462,6 +460,21 @@ class HookedModel(ModelWeights, nn.Module):
                 f"{self._attention_configs[0]._attn_implementation!r} again (the same math, with its hook points)",
                 stacklevel=3,
             )
+
+    def _check_bridge(self) -> None:
+        """Refuse a bridge whose weights TransformerLens processed (see :func:`~attnlab.engine.bridge.check_unprocessed`).
+
+        Looking for the processing's traces reads every weight, so a verdict is kept while the weights stay
+        the same (their stamp); a bridge TransformerLens never marked processed costs one attribute look-up.
+        """
+        bridge = self.bridge
+        if bridge is None or not getattr(bridge, "_weights_processed", getattr(bridge, "compatibility_mode", False)):
+            return
+        stamp = self.weights_stamp()
+        if self.__dict__.get("_unprocessed_stamp") == stamp:
+            return
+        check_unprocessed(bridge, self.cfg.name, self)
+        self.__dict__["_unprocessed_stamp"] = stamp
 
     def weights_stamp(self) -> tuple:
         """Identity, version and storage of every parameter and buffer: equal stamps, same weights (unless
