@@ -191,9 +191,11 @@ def test_a_direct_hf_call_in_a_block_after_a_switch_is_routed_back(arch, switch)
         assert _torch_hooks(model) == 0  # outside any block the HF model carries no attnlab hook ...
         assert float((direct() - clean).abs().max()) < 1e-5
         assert model.hf_model.config._attn_implementation == "eager"  # ... and a plain call leaves it as it is
-        with pytest.warns(UserWarning, match="switched to 'eager' after attnlab wrapped it"), model.intervene(*SPECS):
+        with pytest.warns(UserWarning, match="switched to 'eager' after attnlab wrapped it") as record, \
+                model.intervene(*SPECS):
             assert _torch_hooks(model) >= 1  # the pre-hook that re-routes a direct call
             after = direct()
+        assert record[0].filename == __file__  # the warning points at the caller's line, not into torch
         assert float((after - edited).abs().max()) < 1e-5
         assert model.hf_model.config._attn_implementation == "attnlab_eager"
         model.hf_model.set_attn_implementation("sdpa")

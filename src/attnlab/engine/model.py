@@ -525,7 +525,7 @@ class HookedModel(ModelWeights, nn.Module):
                 f"attnlab wrapped it (set_attn_implementation, or a TransformerLens bridge booted on it), which "
                 f"would silence every hook at an attention site; attnlab routes it through "
                 f"{self._attention_configs[0]._attn_implementation!r} again (the same math, with its hook points)",
-                stacklevel=6 if direct else 3,  # direct: past the pre-hook and torch.nn.Module.__call__
+                stacklevel=7 if direct else 3,  # direct: past the pre-hook and torch.nn.Module.__call__
             )
 
     def _compiled_message(self, what: str) -> str:
