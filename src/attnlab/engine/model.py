@@ -38,11 +38,11 @@ from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.dropout import active_dropout
 from attnlab.engine.forward import Output, as_specs, run, token_logprobs
 from attnlab.engine.generate import decode, eos_ids
-from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, acting_owners, clean_context, hook_frame, user_frame
+from attnlab.engine.hooks import _GLOBAL, HookFn, HookPoint, OnDemand, Plumbing, acting_owners, clean_context, hook_frame, user_frame
 from attnlab.engine.layout import ModelLayout, model_layout
 from attnlab.engine.locations import ALL_SITES, missing_name_hint, parse_hook_name
 from attnlab.engine.precision import forget_rounded_weights
-from attnlab.engine.state import check_row_keys
+from attnlab.engine.state import check_row_keys, current_state
 from attnlab.engine.stop import check_reached, check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import SPLIT_INPUTS, HookTree, tree_of
@@ -129,6 +129,50 @@ def _put_back(placement) -> None:
                 module._buffers[key] = tensor.to(device=device, dtype=dtype)
 
 
+class _Handles:
+    """Several PyTorch hook handles removed as one (what :class:`OnDemand` keeps)."""
+
+    def __init__(self, handles: list):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _route_guard(tree: HookTree, roots: list[nn.Module]) -> weakref.WeakSet:
+    """The wrappers of ``tree``'s HF model; a direct call of the HF model checks their routing first.
+
+    A plain ``model.hf_model(...)`` call inside a ``hooks()`` or ``intervene()`` block (or while
+    an ``add_hook`` hook persists) bypasses attnlab's passes, which re-route a switched attention
+    implementation and refuse replaced or compiled layers: every read and edit at an attention site
+    then missed without a word. So every hook point needs a pre-hook on the HF model (and on its
+    base model, ``layout.body``) that calls ``ensure_routed()`` of each wrapper still alive. Like the
+    block-edge dispatchers it exists only while some hook does (:class:`OnDemand`): a model with
+    no hook carries none, and a call outside any block costs nothing. Inside an attnlab pass
+    (a forward state is set) it does nothing: the pass checked when it started.
+    """
+    wrappers = tree.__dict__.get("_attnlab_wrappers")
+    if wrappers is not None:
+        return wrappers
+    wrappers = weakref.WeakSet()
+
+    def check(module, args, kwargs):
+        if current_state() is None:
+            for wrapper in list(wrappers):
+                wrapper.ensure_routed(direct=True)
+        return None
+
+    def register() -> _Handles:
+        return _Handles([root.register_forward_pre_hook(Plumbing(check), with_kwargs=True, prepend=True) for root in roots])
+
+    guard = OnDemand(register)
+    for point in tree.hook_dict.values():
+        point._needs = [*getattr(point, "_needs", ()), guard]
+    tree.__dict__["_attnlab_wrappers"] = wrappers
+    return wrappers
+
+
 class HookedModel(ModelWeights, nn.Module):
     """A wrapped HF model whose attention (and residual stream, and MLPs) can be read and overwritten.
 
@@ -141,8 +185,6 @@ class HookedModel(ModelWeights, nn.Module):
         """Wrap ``hf_model``; ``dtype`` and ``device`` convert it only once it has been found wrappable,
         so a model attnlab refuses is handed back exactly as it came (weights, dtype, device, modes)."""
         super().__init__()
-        if bridge is not None:
-            check_unprocessed(bridge, name or type(hf_model).__name__)
         attention_modules = find_attention_modules(hf_model)
         modes = [(module, module.training) for module in hf_model.modules()]
         placement = _placement(hf_model) if dtype is not None or device is not None else []
@@ -150,6 +192,7 @@ class HookedModel(ModelWeights, nn.Module):
         fresh = hf_model.__dict__.get("_attnlab_tree") is None  # a copy of a wrapped model holds None there
         try:
             self._build(hf_model, tokenizer, attention_modules, name=name, bridge=bridge)
+            self._check_bridge()  # the weights' traces tell, so only once the weight views exist
             if fresh:
                 self._check_every_layer_is_reached()
             if dtype is not None or device is not None:
@@ -173,6 +216,14 @@ class HookedModel(ModelWeights, nn.Module):
         self._attention_configs = attention_configs(hf_model)
         wanted = {id(m) for m in attention_modules}
         self._attention_paths = [(path, m) for path, m in hf_model.named_modules() if id(m) in wanted]
+        edges: dict[tuple[int, str], tuple[nn.Module, str, nn.Module]] = {}
+        for path, _ in self._attention_paths:  # every (parent, name, child) link from the model to its attention modules
+            parent = hf_model
+            for part in path.split("."):
+                child = parent._modules[part]
+                edges[(id(parent), part)] = (parent, part, child)
+                parent = child
+        self._attention_links = list(edges.values())  # all still in place: every path leads to the same module
         self.bridge = bridge
         name = name or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
         has_lm_head = hasattr(hf_model, "get_output_embeddings") and hf_model.get_output_embeddings() is not None
@@ -190,6 +241,11 @@ class HookedModel(ModelWeights, nn.Module):
         object.__setattr__(self.cfg, "_model_of", weakref.ref(self))  # cfg.device (TransformerLens reads it)
         self.blocks = self.tree.blocks
         self.hook_dict: dict[str, HookPoint] = self.tree.hook_dict
+        body = self.tree.layout.body
+        roots = [hf_model] + ([body] if isinstance(body, nn.Module) and body is not hf_model else [])
+        _route_guard(self.tree, roots).add(self)
+        # compiled code never calls attnlab's hooks: ensure_routed refuses a model in which any module was compiled
+        self._modules_at_load = [(module, module.__dict__) for module in hf_model.modules()]
         self._cache_split_inputs = False  # run_with_cache() without names_filter leaves the per-head input copies out
         self.mod_dict: dict[str, nn.Module] = dict(self.tree.named_modules())
         self.padding_side = "right"
@@ -298,6 +354,8 @@ class HookedModel(ModelWeights, nn.Module):
         if not reset_hooks_end:
             raise InvalidInput("attnlab removes a block's hooks when it ends; for hooks that persist use model.add_hook()")
         wanted = self._expand(list(fwd_hooks), "fwd") + self._expand(list(bwd_hooks), "bwd")
+        if wanted:  # a direct hf_model(...) call in the block would run the compiled code, which skips every hook
+            self._check_not_compiled()
         with hook_frame(user=True) as owner:
             points, needs = [], []
             try:
@@ -434,13 +492,20 @@ class HookedModel(ModelWeights, nn.Module):
         self._prepared.clear()
         forget_rounded_weights(self)
 
-    def ensure_routed(self) -> None:
+    def ensure_routed(self, *, direct: bool = False) -> None:
         """Every pass starts here: layers switched to another attention function since load go back to attnlab's,
         and layers replaced since load (a TransformerLens bridge booted on this HF model) are refused, as are a
-        bridge's weights processed since load (``enable_compatibility_mode()``)."""
-        if self.bridge is not None:
-            check_unprocessed(self.bridge, self.cfg.name)
-        for path, module in self._attention_paths:
+        bridge's weights processed since load (``enable_compatibility_mode()``) and compiled modules.
+
+        ``direct``: called by the pre-hook a direct ``model.hf_model(...)`` call meets while some hook exists
+        (see :func:`_route_guard`)."""
+        if direct and torch.compiler.is_compiling():
+            raise NotSupported(self._compiled_message("the HF model is being compiled (torch.compile(model.hf_model) "
+                                                      "called inside a hooks() or intervene() block)"))
+        self._check_not_compiled()
+        self._check_bridge()
+        replaced = any(parent._modules.get(name) is not child for parent, name, child in self._attention_links)
+        for path, module in self._attention_paths if replaced else ():  # get_submodule: 300 us on 18 layers
             try:
                 found = self.hf_model.get_submodule(path)
             except AttributeError:
@@ -460,8 +525,38 @@ class HookedModel(ModelWeights, nn.Module):
                 f"attnlab wrapped it (set_attn_implementation, or a TransformerLens bridge booted on it), which "
                 f"would silence every hook at an attention site; attnlab routes it through "
                 f"{self._attention_configs[0]._attn_implementation!r} again (the same math, with its hook points)",
-                stacklevel=3,
+                stacklevel=7 if direct else 3,  # direct: past the pre-hook and torch.nn.Module.__call__
             )
+
+    def _compiled_message(self, what: str) -> str:
+        return (f"{self.cfg.name}: {what}. Compiled code replays the graph traced at its first call and never calls "
+                "attnlab's hooks (PyTorch does not trace again when hooks are added), so every read and edit would "
+                "silently do nothing. attnlab does not support compiled models: run the uncompiled model (load it "
+                "again, and compile a copy you keep apart: copy.deepcopy(model.hf_model))")
+
+    def _check_not_compiled(self) -> None:
+        """``Module.compile()`` on the HF model or any of its modules since load: refused (~25 µs per pass for the
+        313 modules of an 18-layer Gemma-3)."""
+        for module, attributes in self._modules_at_load:
+            if attributes.get("_compiled_call_impl") is not None:
+                where = "the HF model" if module is self.hf_model else f"its module {type(module).__name__}"
+                raise NotSupported(self._compiled_message(f"{where} was compiled (Module.compile()) after attnlab "
+                                                          "wrapped it"))
+
+    def _check_bridge(self) -> None:
+        """Refuse a bridge whose weights TransformerLens processed (see :func:`~attnlab.engine.bridge.check_unprocessed`).
+
+        Looking for the processing's traces reads every weight, so a verdict is kept while the weights stay
+        the same (their stamp); a bridge TransformerLens never marked processed costs one attribute look-up.
+        """
+        bridge = self.bridge
+        if bridge is None or not getattr(bridge, "_weights_processed", getattr(bridge, "compatibility_mode", False)):
+            return
+        stamp = self.weights_stamp()
+        if self.__dict__.get("_unprocessed_stamp") == stamp:
+            return
+        check_unprocessed(bridge, self.cfg.name, self)
+        self.__dict__["_unprocessed_stamp"] = stamp
 
     def weights_stamp(self) -> tuple:
         """Identity, version and storage of every parameter and buffer: equal stamps, same weights (unless
