@@ -201,3 +201,25 @@ def sleep_everywhere() -> str:
 
     time.sleep(60)
     return "not interrupted"
+
+
+def disagree_on_what() -> dict:
+    """The ranks give the same rows but other specs (same labels), another metric, another model."""
+    from attnlab.measure import TopKChange
+
+    rank = current().rank
+    model = tiny_model("llama")
+    metric = LogitDiff(" she", " he")
+    seen = {"specs": _error_of(lambda: sweep_interventions(model, PROMPTS[:2], {"the head": [AblateHead(1, rank)]}, metric,
+                                                           n_boot=10, progress=False)),
+            "score_specs": _error_of(lambda: score(model, PROMPTS[:2], metric, [AblateHead(0, rank)])),
+            "metric": _error_of(lambda: effect(model, PROMPTS[:2], [AblateHead(1, 2)], TopKChange(k=1 + 4 * rank),
+                                               n_boot=10, progress=False)),
+            "model": _error_of(lambda: score(tiny_model("llama", seed=rank), PROMPTS[:2], metric)),
+            "corpus_model": _error_of(lambda: attention_by_distance(tiny_model("gemma3", seed=rank), CORPUS[:2],
+                                                                    progress=False)),
+            "rows": _error_of(lambda: score(model, PROMPTS[rank : rank + 2], metric))}
+    # and a sweep whose specs are equal but built apart in each process still runs
+    seen["equal"] = sweep_interventions(model, PROMPTS[:2], {frozenset({"a", "b"}): [AblateHead(1, 0)]}, metric, n_boot=10,
+                                        progress=False).table["effect"].tolist()
+    return seen

@@ -357,3 +357,25 @@ def test_one_process_runs_here_with_the_model_loaded_from_its_spec():
                        model=partial(tiny_model, "llama"), progress=False)
     direct = sweep_heads(tiny_model("llama"), ["the nurse said that"], "zero", LogitDiff(" she", " he"), progress=False)
     assert np.array_equal(res.table["effect"].to_numpy(), direct.table["effect"].to_numpy())
+
+
+@pytest.fixture(scope="module")
+def disagreements() -> dict:
+    return run_parallel(jobs.disagree_on_what, 2, backend="gloo")
+
+
+@pytest.mark.parametrize("call, part", [("specs", "specs"), ("score_specs", "specs"), ("metric", "metric"),
+                                        ("model", "model"), ("corpus_model", "model"), ("rows", "rows")])
+def test_ranks_that_differ_in_specs_metric_or_model_are_told_what_differs(disagreements, call, part):
+    """Other specs under the same labels, another metric or another model were run and their numbers mixed."""
+    kind, message = disagreements[call]
+    assert kind == "InvalidInput", message
+    assert "the processes made different calls or gave different inputs (rank 0 of 2: " in message
+    differs = message.split("what differs: ", 1)[1].split(": every process must", 1)[0]
+    assert [item.split(" (", 1)[0] for item in differs.split("; ")] == [part], message
+
+
+def test_equal_specs_built_apart_in_each_process_agree(disagreements):
+    alone = jobs.sweep_interventions(tiny_model("llama"), jobs.PROMPTS[:2], {frozenset({"a", "b"}): [jobs.AblateHead(1, 0)]},
+                                     jobs.LogitDiff(" she", " he"), n_boot=10, progress=False)
+    assert np.abs(np.array(disagreements["equal"]) - alone.table["effect"].to_numpy()).max() <= 1e-6
