@@ -223,3 +223,29 @@ def disagree_on_what() -> dict:
     seen["equal"] = sweep_interventions(model, PROMPTS[:2], {frozenset({"a", "b"}): [AblateHead(1, 0)]}, metric, n_boot=10,
                                         progress=False).table["effect"].tolist()
     return seen
+
+
+def auto_batch_sizes_differ() -> list[dict]:
+    """batch_size="auto" picks 4 rows on rank 0 and 2 on rank 1 (as GPUs with different free memory would)."""
+    import attnlab.measure.batch_size
+
+    rank = current().rank
+    chunks = []
+    split = attnlab.measure._batched.split_variants
+
+    def spy(*args, **kwargs):
+        chunks.append((kwargs["chunk"], kwargs["copies"]))
+        return split(*args, **kwargs)
+
+    model, metric = tiny_model("llama"), LogitDiff(" she", " he")
+    with mock.patch.object(attnlab.measure.batch_size, "auto_batch_size", lambda *a, **k: (4, 2)[rank]), \
+            mock.patch.object(attnlab.measure._batched, "split_variants", spy):
+        out = {"sweep": sweep_heads(model, PROMPTS, "zero", metric, batch_size="auto", n_boot=10,
+                                    progress=False).per_prompt["intervened"].to_numpy(),
+               "score": score(model, PROMPTS, metric, batch_size="auto"),
+               "effect": effect(model, PROMPTS, [AblateHead(1, 2)], metric, batch_size="auto", n_boot=10,
+                                progress=False).per_prompt["intervened"].to_numpy()}
+    out["chunks"] = chunks
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, out)
+    return everyone

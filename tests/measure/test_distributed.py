@@ -379,3 +379,25 @@ def test_equal_specs_built_apart_in_each_process_agree(disagreements):
     alone = jobs.sweep_interventions(tiny_model("llama"), jobs.PROMPTS[:2], {frozenset({"a", "b"}): [jobs.AblateHead(1, 0)]},
                                      jobs.LogitDiff(" she", " he"), n_boot=10, progress=False)
     assert np.abs(np.array(disagreements["equal"]) - alone.table["effect"].to_numpy()).max() <= 1e-6
+
+
+def test_auto_batch_sizes_that_differ_between_ranks_use_the_smallest():
+    """batch_size="auto" picked per process (GPUs with different free memory) was refused as a disagreement."""
+    import torch
+
+    got = run_parallel(jobs.auto_batch_sizes_differ, 2, backend="gloo")
+    model, metric = tiny_model("llama"), jobs.LogitDiff(" she", " he")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = {"sweep": jobs.sweep_heads(model, jobs.PROMPTS, "zero", metric, batch_size=2, n_boot=10,
+                                           progress=False).per_prompt["intervened"].to_numpy(),
+                 "score": jobs.score(model, jobs.PROMPTS, metric, batch_size=2),
+                 "effect": jobs.effect(model, jobs.PROMPTS, [jobs.AblateHead(1, 2)], metric, batch_size=2, n_boot=10,
+                                       progress=False).per_prompt["intervened"].to_numpy()}
+    finally:
+        torch.set_num_threads(before)
+    for rank, out in enumerate(got):
+        assert out["chunks"] == [(2, 1)] * 3, out["chunks"]  # rank 0's 4 rows and rank 1's 2: both cut batches of 2
+        for key, expected in alone.items():
+            assert np.abs(np.asarray(out[key], dtype=float) - expected).max() <= 1e-6, (key, rank)
