@@ -249,3 +249,19 @@ def auto_batch_sizes_differ() -> list[dict]:
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, out)
     return everyone
+
+
+def sigterm_on_rank_1(in_a_gather: bool) -> str:
+    """Rank 1 is stopped by a SIGTERM from outside; rank 0 computes (sleeps) or waits for it in a gather."""
+    import os
+    import signal
+    import time
+
+    if current().rank == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    if in_a_gather:
+        list(map_units(lambda unit: unit, range(4)))
+    else:
+        time.sleep(60)
+    return "not reached"

@@ -401,3 +401,15 @@ def test_auto_batch_sizes_that_differ_between_ranks_use_the_smallest():
         assert out["chunks"] == [(2, 1)] * 3, out["chunks"]  # rank 0's 4 rows and rank 1's 2: both cut batches of 2
         for key, expected in alone.items():
             assert np.abs(np.asarray(out[key], dtype=float) - expected).max() <= 1e-6, (key, rank)
+
+
+def test_a_rank_stopped_by_sigterm_from_outside_is_named():
+    """A SIGTERM exit was taken for the launcher stopping the rest: rank 1 went unnamed."""
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2 died of SIGTERM \(exit code -15\), sent from outside "
+                                               r"run_parallel, without reporting a Python error"):
+        run_parallel(jobs.sigterm_on_rank_1, 2, False, backend="gloo")
+    # rank 0 waiting in a gather reports that another process left; the launcher may see either rank fail first
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2 (died of SIGTERM \(exit code -15\)|left the group "
+                                               r"without reporting a Python error)"):
+        run_parallel(jobs.sigterm_on_rank_1, 2, True, backend="gloo")
+

@@ -217,8 +217,15 @@ def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
     """The error to raise for a failed launch: its cause, as well as the records and exit codes tell.
 
     First the earliest error a process wrote that is not a knock-on ("another process left the
-    group"); else a process that died without writing one (``os._exit``, killed, out of memory:
-    the others only saw it leave), with its exit code; else the earliest record; else the codes.
+    group"); else the process the launcher saw fail if it wrote nothing (``os._exit``, killed,
+    a SIGTERM from outside included, out of memory: the others only saw it leave), with its
+    exit code, when the others wrote that it left or it died of a signal; else, when every
+    record is a knock-on, the one process that wrote none (it left first, and the launcher
+    saw a knock-on before it); else the earliest record; else the codes.
+
+    torch's launcher (its ``MultiprocessContext``) reports the first process it finds exited
+    with a failure, and only then stops the others (SIGTERM): the process it reports was not
+    stopped by it, so a SIGTERM exit there came from outside.
     """
     records = [json.loads(p.read_text()) for p in sorted(error_dir.glob("rank-*.json"))]
     first = lambda found: min(found, key=lambda r: (r["time"], r["rank"]))  # noqa: E731
@@ -226,13 +233,23 @@ def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
     if causes:
         return rebuild_error(first(causes))
     recorded = {r["rank"] for r in records}
-    silent = {rank: f.exitcode for rank, f in sorted(failed.failures.items())
-              if rank not in recorded and f.exitcode != -signal.SIGTERM}  # SIGTERM: the launcher stopping the rest
-    if silent and records:  # the others only saw it leave
-        rank, code = next(iter(silent.items()))
+    silent = {rank: f.exitcode for rank, f in sorted(failed.failures.items()) if rank not in recorded}
+    rank, code = next(iter(silent.items()), (None, 0))
+    if silent and (records or code < 0):  # else it may have failed while starting: the message below says how
+        how = f"died of {_signal_name(-code)} (exit code {code})" if code < 0 else f"exited with code {code}"
+        how += ", sent from outside run_parallel," if code == -signal.SIGTERM else ""
+        then = f"; then {rebuild_error(first(records))}" if records else ""
         return DistributedError(
-            f"rank {rank} of {n_procs} exited with code {code} without reporting a Python error (killed, out of "
-            f"memory, os._exit or a crash in native code); then {rebuild_error(first(records))}")
+            f"rank {rank} of {n_procs} {how} without reporting a Python error (killed, out of memory, os._exit or a "
+            f"crash in native code){then}")
+    unrecorded = [rank for rank in range(n_procs) if rank not in recorded]
+    if records and unrecorded:  # every record says another process left: one that wrote nothing left first
+        who = f"rank {unrecorded[0]} of {n_procs}" if len(unrecorded) == 1 else \
+            f"one of ranks {', '.join(map(str, unrecorded))} of {n_procs}"
+        return DistributedError(
+            f"{who} left the group without reporting a Python error (killed, a SIGTERM from outside included, out of "
+            f"memory, os._exit or a crash in native code; its exit code is unknown: the launcher saw another process "
+            f"fail first); then {rebuild_error(first(records))}")
     if records:
         return rebuild_error(first(records))
     codes = ", ".join(f"rank {rank} exit code {f.exitcode}" for rank, f in sorted(failed.failures.items()))
@@ -241,6 +258,13 @@ def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
         "memory, or failed while starting (its own error, if any, is printed above; a script must call run_parallel "
         "under `if __name__ == \"__main__\":`, since new processes import it again)"
     )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @contextmanager
