@@ -265,3 +265,13 @@ def sigterm_on_rank_1(in_a_gather: bool) -> str:
     else:
         time.sleep(60)
     return "not reached"
+
+
+def mark_then_sleep(folder: str) -> str:
+    """Every rank says it runs (a file in ``folder``), then sleeps (the caller is interrupted meanwhile)."""
+    import time
+    from pathlib import Path
+
+    (Path(folder) / f"running-{current().rank}").touch()
+    time.sleep(60)
+    return "not interrupted"

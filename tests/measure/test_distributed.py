@@ -413,3 +413,47 @@ def test_a_rank_stopped_by_sigterm_from_outside_is_named():
                                                r"without reporting a Python error)"):
         run_parallel(jobs.sigterm_on_rank_1, 2, True, backend="gloo")
 
+
+def _children_importing_torch(pid: int) -> int:
+    """How many processes ``pid`` started with multiprocessing's spawn are importing torch (read from /proc)."""
+    found = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes() and \
+                    "libtorch" in (stat.parent / "maps").read_text():  # its native library is loaded: Python runs
+                found += 1
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; process groups")
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_ctrl_c_stops_the_processes_quietly(tmp_path, when):
+    """Ctrl-C while the new processes still imported torch printed a KeyboardInterrupt traceback from each."""
+    import time
+
+    script = tmp_path / "interrupted.py"
+    script.write_text("from attnlab.measure import run_parallel\n"
+                      "from tests.measure import _distributed_jobs as jobs\n"
+                      "if __name__ == '__main__':\n"
+                      "    try:\n"
+                      f"        run_parallel(jobs.mark_then_sleep, 2, {str(tmp_path)!r}, backend='gloo')\n"
+                      "    except KeyboardInterrupt:\n"
+                      "        print('interrupted')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # its own group, as a terminal's
+    try:
+        while proc.poll() is None:  # "starting": both processes import torch (for seconds); "running": both run
+            if (_children_importing_torch(proc.pid) == 2) if when == "starting" else len(list(tmp_path.glob("running-*"))) == 2:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: every process of the group
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert out.strip() == "interrupted", (out, err[-3000:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
