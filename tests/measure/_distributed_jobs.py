@@ -201,3 +201,77 @@ def sleep_everywhere() -> str:
 
     time.sleep(60)
     return "not interrupted"
+
+
+def disagree_on_what() -> dict:
+    """The ranks give the same rows but other specs (same labels), another metric, another model."""
+    from attnlab.measure import TopKChange
+
+    rank = current().rank
+    model = tiny_model("llama")
+    metric = LogitDiff(" she", " he")
+    seen = {"specs": _error_of(lambda: sweep_interventions(model, PROMPTS[:2], {"the head": [AblateHead(1, rank)]}, metric,
+                                                           n_boot=10, progress=False)),
+            "score_specs": _error_of(lambda: score(model, PROMPTS[:2], metric, [AblateHead(0, rank)])),
+            "metric": _error_of(lambda: effect(model, PROMPTS[:2], [AblateHead(1, 2)], TopKChange(k=1 + 4 * rank),
+                                               n_boot=10, progress=False)),
+            "model": _error_of(lambda: score(tiny_model("llama", seed=rank), PROMPTS[:2], metric)),
+            "corpus_model": _error_of(lambda: attention_by_distance(tiny_model("gemma3", seed=rank), CORPUS[:2],
+                                                                    progress=False)),
+            "rows": _error_of(lambda: score(model, PROMPTS[rank : rank + 2], metric))}
+    # and a sweep whose specs are equal but built apart in each process still runs
+    seen["equal"] = sweep_interventions(model, PROMPTS[:2], {frozenset({"a", "b"}): [AblateHead(1, 0)]}, metric, n_boot=10,
+                                        progress=False).table["effect"].tolist()
+    return seen
+
+
+def auto_batch_sizes_differ() -> list[dict]:
+    """batch_size="auto" picks 4 rows on rank 0 and 2 on rank 1 (as GPUs with different free memory would)."""
+    import attnlab.measure.batch_size
+
+    rank = current().rank
+    chunks = []
+    split = attnlab.measure._batched.split_variants
+
+    def spy(*args, **kwargs):
+        chunks.append((kwargs["chunk"], kwargs["copies"]))
+        return split(*args, **kwargs)
+
+    model, metric = tiny_model("llama"), LogitDiff(" she", " he")
+    with mock.patch.object(attnlab.measure.batch_size, "auto_batch_size", lambda *a, **k: (4, 2)[rank]), \
+            mock.patch.object(attnlab.measure._batched, "split_variants", spy):
+        out = {"sweep": sweep_heads(model, PROMPTS, "zero", metric, batch_size="auto", n_boot=10,
+                                    progress=False).per_prompt["intervened"].to_numpy(),
+               "score": score(model, PROMPTS, metric, batch_size="auto"),
+               "effect": effect(model, PROMPTS, [AblateHead(1, 2)], metric, batch_size="auto", n_boot=10,
+                                progress=False).per_prompt["intervened"].to_numpy()}
+    out["chunks"] = chunks
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, out)
+    return everyone
+
+
+def sigterm_on_rank_1(in_a_gather: bool) -> str:
+    """Rank 1 is stopped by a SIGTERM from outside; rank 0 computes (sleeps) or waits for it in a gather."""
+    import os
+    import signal
+    import time
+
+    if current().rank == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    if in_a_gather:
+        list(map_units(lambda unit: unit, range(4)))
+    else:
+        time.sleep(60)
+    return "not reached"
+
+
+def mark_then_sleep(folder: str) -> str:
+    """Every rank says it runs (a file in ``folder``), then sleeps (the caller is interrupted meanwhile)."""
+    import time
+    from pathlib import Path
+
+    (Path(folder) / f"running-{current().rank}").touch()
+    time.sleep(60)
+    return "not interrupted"

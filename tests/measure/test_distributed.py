@@ -357,3 +357,103 @@ def test_one_process_runs_here_with_the_model_loaded_from_its_spec():
                        model=partial(tiny_model, "llama"), progress=False)
     direct = sweep_heads(tiny_model("llama"), ["the nurse said that"], "zero", LogitDiff(" she", " he"), progress=False)
     assert np.array_equal(res.table["effect"].to_numpy(), direct.table["effect"].to_numpy())
+
+
+@pytest.fixture(scope="module")
+def disagreements() -> dict:
+    return run_parallel(jobs.disagree_on_what, 2, backend="gloo")
+
+
+@pytest.mark.parametrize("call, part", [("specs", "specs"), ("score_specs", "specs"), ("metric", "metric"),
+                                        ("model", "model"), ("corpus_model", "model"), ("rows", "rows")])
+def test_ranks_that_differ_in_specs_metric_or_model_are_told_what_differs(disagreements, call, part):
+    """Other specs under the same labels, another metric or another model were run and their numbers mixed."""
+    kind, message = disagreements[call]
+    assert kind == "InvalidInput", message
+    assert "the processes made different calls or gave different inputs (rank 0 of 2: " in message
+    differs = message.split("what differs: ", 1)[1].split(": every process must", 1)[0]
+    assert [item.split(" (", 1)[0] for item in differs.split("; ")] == [part], message
+
+
+def test_equal_specs_built_apart_in_each_process_agree(disagreements):
+    alone = jobs.sweep_interventions(tiny_model("llama"), jobs.PROMPTS[:2], {frozenset({"a", "b"}): [jobs.AblateHead(1, 0)]},
+                                     jobs.LogitDiff(" she", " he"), n_boot=10, progress=False)
+    assert np.abs(np.array(disagreements["equal"]) - alone.table["effect"].to_numpy()).max() <= 1e-6
+
+
+def test_auto_batch_sizes_that_differ_between_ranks_use_the_smallest():
+    """batch_size="auto" picked per process (GPUs with different free memory) was refused as a disagreement."""
+    import torch
+
+    got = run_parallel(jobs.auto_batch_sizes_differ, 2, backend="gloo")
+    model, metric = tiny_model("llama"), jobs.LogitDiff(" she", " he")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = {"sweep": jobs.sweep_heads(model, jobs.PROMPTS, "zero", metric, batch_size=2, n_boot=10,
+                                           progress=False).per_prompt["intervened"].to_numpy(),
+                 "score": jobs.score(model, jobs.PROMPTS, metric, batch_size=2),
+                 "effect": jobs.effect(model, jobs.PROMPTS, [jobs.AblateHead(1, 2)], metric, batch_size=2, n_boot=10,
+                                       progress=False).per_prompt["intervened"].to_numpy()}
+    finally:
+        torch.set_num_threads(before)
+    for rank, out in enumerate(got):
+        assert out["chunks"] == [(2, 1)] * 3, out["chunks"]  # rank 0's 4 rows and rank 1's 2: both cut batches of 2
+        for key, expected in alone.items():
+            assert np.abs(np.asarray(out[key], dtype=float) - expected).max() <= 1e-6, (key, rank)
+
+
+def test_a_rank_stopped_by_sigterm_from_outside_is_named():
+    """A SIGTERM exit was taken for the launcher stopping the rest: rank 1 went unnamed."""
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2 died of SIGTERM \(exit code -15\), sent from outside "
+                                               r"run_parallel, without reporting a Python error"):
+        run_parallel(jobs.sigterm_on_rank_1, 2, False, backend="gloo")
+    # rank 0 waiting in a gather reports that another process left; the launcher may see either rank fail first
+    with pytest.raises(DistributedError, match=r"^rank 1 of 2 (died of SIGTERM \(exit code -15\)|left the group "
+                                               r"without reporting a Python error)"):
+        run_parallel(jobs.sigterm_on_rank_1, 2, True, backend="gloo")
+
+
+def _children_importing_torch(pid: int) -> int:
+    """How many processes ``pid`` started with multiprocessing's spawn are importing torch (read from /proc)."""
+    found = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes() and \
+                    "libtorch" in (stat.parent / "maps").read_text():  # its native library is loaded: Python runs
+                found += 1
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; process groups")
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_ctrl_c_stops_the_processes_quietly(tmp_path, when):
+    """Ctrl-C while the new processes still imported torch printed a KeyboardInterrupt traceback from each."""
+    import time
+
+    script = tmp_path / "interrupted.py"
+    script.write_text("from attnlab.measure import run_parallel\n"
+                      "from tests.measure import _distributed_jobs as jobs\n"
+                      "if __name__ == '__main__':\n"
+                      "    try:\n"
+                      f"        run_parallel(jobs.mark_then_sleep, 2, {str(tmp_path)!r}, backend='gloo')\n"
+                      "    except KeyboardInterrupt:\n"
+                      "        print('interrupted')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # its own group, as a terminal's
+    try:
+        while proc.poll() is None:  # "starting": both processes import torch (for seconds); "running": both run
+            if (_children_importing_torch(proc.pid) == 2) if when == "starting" else len(list(tmp_path.glob("running-*"))) == 2:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: every process of the group
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert out.strip() == "interrupted", (out, err[-3000:])
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]

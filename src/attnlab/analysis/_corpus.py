@@ -32,7 +32,7 @@ from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
-from attnlab.measure.distributed import map_units
+from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
            "check_max_distance"]
@@ -269,7 +269,9 @@ def attention_batches(
         return [stacked[row, :, :, : s.n_tokens, : s.n_tokens].float().cpu().clone() for row, s in enumerate(batch)]
 
     batches = list(_batches(sentences, batch_size))  # in a process group, batches are dealt to the processes
-    for batch, maps in zip(batches, map_units(patterns, batches, progress=progress, desc=desc, size=len, leave=True)):
+    same = lambda: {"specs": fingerprint(interventions), "model": model_fingerprint(model)}  # noqa: E731
+    for batch, maps in zip(batches, map_units(patterns, batches, progress=progress, desc=desc, size=len, leave=True,
+                                              same=same)):
         for s, pattern in zip(batch, maps):
             s.pattern = pattern
             yield s

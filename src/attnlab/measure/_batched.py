@@ -26,7 +26,7 @@ from attnlab.measure._forward import metric_output
 from attnlab.measure._rows import Rows
 from attnlab.measure._sources import outer_rows
 from attnlab.measure.batch_size import metric_batch_size
-from attnlab.measure.distributed import current, head_cost_in_layers, split_variants
+from attnlab.measure.distributed import current, fingerprint, head_cost_in_layers, model_fingerprint, split_variants
 
 __all__ = ["run_variants"]
 
@@ -81,6 +81,18 @@ def _head_layers(model, rows: Rows, metric) -> float:
     return head_cost_in_layers(layer_params, width * model.cfg.d_model, tokens, positions)
 
 
+def _fingerprints(model, metric, variants, build, interventions, precision) -> dict[str, str]:
+    """What the processes of a parallel run must agree on besides the rows: the specs, the metric, the model.
+
+    ``build(key, None)`` gives a variant's specs as given (text patch sources as text, before
+    any chunk's sources are run), so nothing is computed for the check.
+    """
+    specs = [(start, build(key, None) if build is not None else key) for start, key in variants]
+    always = interventions(None) if callable(interventions) else list(interventions)
+    return {"specs": fingerprint((specs, always, precision)), "metric": fingerprint(metric),
+            "model": model_fingerprint(model)}
+
+
 @torch.no_grad()
 def run_variants(
     model,
@@ -102,7 +114,8 @@ def run_variants(
 
     ``variants``: ``(start layer, key)`` pairs; ``build(key, ctx)`` makes the specs of one
     variant for one chunk (``ctx`` from ``chunk_setup(chunk rows, slice)``, e.g. that chunk's
-    patch sources). ``interventions`` act in every pass, the baseline included (what
+    patch sources; ``build(key, None)``: the specs as given, fingerprinted in a process
+    group). ``interventions`` act in every pass, the baseline included (what
     :func:`attnlab.measure.score` measures; a function of ``ctx`` for specs that differ per chunk, such as
     text patch sources); with no variants only the baseline runs, and a
     metric with several numbers per prompt (``vector``) gives ``[prompt, ...]``. ``precision``:
@@ -123,7 +136,7 @@ def run_variants(
 
         return split_variants(share, rows, variants, chunk=chunk, copies=copies, n_layers=model.cfg.n_layers,
                               head_layers=_head_layers(model, rows, metric), chunk_setup=chunk_setup, progress=progress,
-                              desc=desc)
+                              desc=desc, same=_fingerprints(model, metric, variants, build, interventions, precision))
     layers = model.decoder_layers()
     by_start: dict[int, list[int]] = {}
     for i, (start, _) in enumerate(variants):

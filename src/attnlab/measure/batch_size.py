@@ -24,6 +24,7 @@ import numbers
 import torch
 
 from attnlab.errors import InvalidInput
+from attnlab.measure.distributed import smallest
 
 __all__ = ["AUTO", "CPU_ROWS", "MAX_ROWS", "MEMORY_SHARE", "check_batch_size", "row_bytes", "rows_that_fit",
            "auto_batch_size", "resolve_batch_size", "metric_batch_size", "BACKWARD_CPU_ROWS", "backward_batch_size"]
@@ -137,10 +138,18 @@ def resolve_batch_size(model, rows, batch_size: int | str, output: str = "logits
 
 
 def metric_batch_size(model, rows, batch_size: int | str, metric) -> int:
-    """:func:`resolve_batch_size` for ``metric``: what it reads and how many vocabulary entries it needs."""
+    """:func:`resolve_batch_size` for ``metric``: what it reads and how many vocabulary entries it needs.
+
+    In a process group (a parallel sweep, ``score`` or ``effect``) ``"auto"`` is the smallest
+    of the processes' own picks (GPUs with different free memory pick different sizes), so
+    every process cuts the work into the same batches.
+    """
     vocab = metric.vocab(rows) if metric.output == "logits" else None
-    return resolve_batch_size(model, rows, batch_size, metric.output,
+    size = resolve_batch_size(model, rows, batch_size, metric.output,
                               vocab_width=None if vocab is None else int(vocab.numel()))
+    if batch_size == AUTO:
+        size = smallest(f"batch_size='auto' for {metric.name} on {rows.n_rows} rows", size)
+    return size
 
 
 def backward_batch_size(model, rows, batch_size: int | str, *, vocab_width: int | None = None,

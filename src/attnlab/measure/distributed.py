@@ -17,10 +17,12 @@ them, naming the rank it came from.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import os
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -220,19 +222,79 @@ def _all_gather(value: Any, group: Group) -> list:
     return values
 
 
-def agree(call: str, digest: str, group: Group) -> None:
+#: what each named part of a fingerprint covers, for the error that names the parts that differ
+PARTS = {
+    "the call": "which call each process makes",
+    "rows": "the prompts' token ids, masks and row data",
+    "units": "the work units (e.g. the sentences of a corpus pass)",
+    "specs": "the interventions: each variant's specs and start layer",
+    "batching": "the chunks of rows and batches of variants (batch size)",
+    "metric": "the metric's type and settings",
+    "model": "the model's config, parameter shapes and sampled parameter values",
+}
+
+
+def agree(call: str, inputs: str | Mapping[str, str], group: Group) -> None:
     """Check that every process makes the same call on the same inputs, before its units are dealt out.
 
     The processes meet at each gather, so a rank scoring other prompts, or fewer, got the
     others' numbers filled in with zeros, and one making another call waited out the group's
-    timeout (30 minutes by default). Raises the same ``InvalidInput`` on every process.
+    timeout (30 minutes by default). ``inputs``: fingerprints by name (``{"rows": ...,
+    "specs": ..., "metric": ..., "model": ...}``; one string: ``{"inputs": ...}``). Raises
+    the same ``InvalidInput`` on every process, naming what differs.
     """
-    everyone = _all_gather((call, digest), group)
-    if any(other != (call, digest) for other in everyone):
-        calls = "; ".join(f"rank {rank} of {group.size}: {c} (inputs {d[:10]})" for rank, (c, d) in enumerate(everyone))
-        raise InvalidInput(
-            f"the processes made different calls or gave different inputs ({calls}): every process must make "
-            "the same attnlab calls, on the same inputs, in the same order")
+    mine = _Meeting(call, dict(inputs) if isinstance(inputs, Mapping) else {"inputs": inputs})
+    everyone = _all_gather(mine, group)
+    if any(other != mine for other in everyone):
+        raise InvalidInput(_disagreement(everyone, group))
+
+
+@dataclass(frozen=True)
+class _Meeting:
+    """What a process sends when the processes check that they make the same call (``value``: to combine)."""
+
+    call: str
+    parts: dict
+    value: Any = None
+
+    def short(self) -> str:
+        return hashlib.sha1(repr(sorted(self.parts.items())).encode()).hexdigest()[:10]
+
+
+def _disagreement(everyone: list, group: Group) -> str:
+    """The message of an ``InvalidInput``: each rank's call, then the named parts of the inputs that differ."""
+    meetings = [m for m in everyone if isinstance(m, _Meeting)]
+    calls = "; ".join(
+        f"rank {rank} of {group.size}: {m.call} (inputs {m.short()})" if isinstance(m, _Meeting)
+        else f"rank {rank} of {group.size}: another step of a call" for rank, m in enumerate(everyone))
+    differs = ["the call"] if len({m.call for m in meetings}) > 1 or len(meetings) < len(everyone) else []
+    names = dict.fromkeys(name for m in meetings for name in m.parts)
+    differs += [name for name in names if len({m.parts.get(name) for m in meetings}) > 1]
+    what = "; ".join(f"{name} ({PARTS.get(name, 'as named')})" for name in differs) or "the inputs"
+    return (f"the processes made different calls or gave different inputs ({calls}); what differs: {what}: every "
+            "process must make the same attnlab calls, on the same inputs, in the same order")
+
+
+def smallest(call: str, value: int, group: Group | None = None) -> int:
+    """The smallest of the processes' ``value`` (e.g. each one's ``batch_size="auto"``), on every process.
+
+    One small gather, like :func:`agree`: the processes must make the same ``call``; one
+    making another call gets the same ``InvalidInput`` as there.
+    """
+    group = group or current()
+    if group.size == 1:
+        return value
+    mine = _Meeting(call, {}, value)
+    everyone = _all_gather(mine, group)
+    if any(not isinstance(m, _Meeting) or (m.call, m.parts) != (call, {}) for m in everyone):
+        raise InvalidInput(_disagreement(everyone, group))
+    return min(m.value for m in everyone)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's raw bytes, whatever its dtype (bfloat16 has no NumPy type)."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
 
 
 def digest(*parts: Any) -> str:
@@ -241,15 +303,111 @@ def digest(*parts: Any) -> str:
     for part in parts:
         if isinstance(part, torch.Tensor):
             h.update(str((part.dtype, tuple(part.shape))).encode())
-            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+            h.update(_tensor_bytes(part))
         else:
             h.update(repr(part).encode())
     return h.hexdigest()
 
 
+def fingerprint(value: Any) -> str:
+    """A digest of specs, metrics and their settings that is the same in every process for equal values.
+
+    Tensors and arrays count by their bytes; attnlab's intervention specs and metrics, and
+    dataclasses, by their type and public fields; containers by their items (sets and dicts
+    sorted, so hash order does not matter); functions by module and qualified name. A lambda
+    is known by where it is defined (``make_metric.<locals>.<lambda>``), not by its code or
+    the values it closes over, and another object by its type (and its ``repr`` when its class
+    writes one without a memory address): two such objects that differ only inside are taken
+    as equal.
+    """
+    return hashlib.sha1(repr(_plain(value, 0)).encode()).hexdigest()
+
+
+_DEPTH = 8
+_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
+_FIELDED: tuple[type, ...] = ()  # attnlab's specs and metrics, known by their public attributes (set on first use)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """``value`` as nested tuples of plain values that ``repr`` writes the same in every process."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is tuple or kind is list:
+        if all(type(v) in _ATOMS for v in value):  # the usual case (heads, positions, prompts): no recursion
+            return (kind.__name__, *value)
+        return (kind.__name__, *(_plain(v, depth + 1) for v in value)) if depth < _DEPTH else ("deep", kind.__name__)
+    if isinstance(value, _fielded()):
+        items = vars(value).items()
+        return (kind.__module__, kind.__qualname__,
+                tuple((k, v if type(v) in _ATOMS else _plain(v, depth + 1)) for k, v in items if k[0] != "_"))
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+        return ("tensor", str(tensor.dtype), tuple(tensor.shape), hashlib.sha1(_tensor_bytes(tensor)).hexdigest())
+    if isinstance(value, (bool, int, float, complex, str, bytes)):  # subclasses (an IntEnum): by value and type
+        return (kind.__qualname__, repr(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    if depth > _DEPTH:
+        return ("deep", kind.__qualname__)
+    if isinstance(value, Mapping):
+        return ("dict", tuple(sorted((repr(_plain(k, depth + 1)), _plain(v, depth + 1)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return (kind.__name__, *(_plain(v, depth + 1) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", *sorted(repr(_plain(v, depth + 1)) for v in value))
+    if isinstance(value, functools.partial):
+        return ("partial", _plain(value.func, depth + 1), _plain(value.args, depth + 1), _plain(value.keywords, depth + 1))
+    if isinstance(value, torch.nn.Module):
+        return ("module", kind.__module__, kind.__qualname__)
+    if callable(value) and hasattr(value, "__qualname__"):  # functions, methods, classes
+        return ("function", getattr(value, "__module__", None), value.__qualname__)
+    if dataclasses.is_dataclass(value):
+        return (kind.__module__, kind.__qualname__,
+                tuple((f.name, _plain(getattr(value, f.name), depth + 1)) for f in dataclasses.fields(value)))
+    shown = repr(value) if kind.__repr__ is not object.__repr__ else ""
+    return (kind.__module__, kind.__qualname__, "" if " at 0x" in shown else shown)
+
+
+def _fielded() -> tuple[type, ...]:
+    """Intervention specs and metrics: what they do is in their public attributes."""
+    global _FIELDED
+    if not _FIELDED:
+        from attnlab.interventions import Intervention
+        from attnlab.measure.metrics import Metric
+
+        _FIELDED = (Intervention, Metric)
+    return _FIELDED
+
+
+def model_fingerprint(model: Any) -> str:
+    """A cheap digest of a model: its config, its parameters' shapes and dtypes, and 64 values of three of them.
+
+    The values are sampled evenly from the first, middle and last parameter tensors, so two
+    checkpoints of one architecture differ here; weights that differ only elsewhere (a
+    fine-tune that changed only some middle layers) are not seen. No full pass over the
+    weights: it costs well under a millisecond for a small model (docs/parallel.md).
+    """
+    net = getattr(model, "hf_model", model)
+    parts: list = [type(model).__qualname__, _plain(getattr(model, "cfg", None), 0)]
+    if isinstance(net, torch.nn.Module):
+        params = list(net.parameters())
+        parts.append((type(net).__qualname__, sum(p.numel() for p in params),
+                       tuple((tuple(p.shape), str(p.dtype)) for p in params)))
+        for p in dict.fromkeys(params[i] for i in (0, len(params) // 2, -1)) if params else ():
+            if p.device.type != "meta":
+                flat = p.detach().reshape(-1)
+                parts.append(_plain(flat[:: max(1, flat.numel() // 64)][:64], 0))
+    return hashlib.sha1(repr(parts).encode()).hexdigest()
+
+
 def gather(outcome: _Outcome, group: Group) -> list[_Outcome]:
     """Every process's outcome, in rank order, on every process; raises the first error found."""
     outcomes = _all_gather(outcome, group)
+    if not all(isinstance(found, _Outcome) for found in outcomes):  # a process is checking a call's inputs
+        raise InvalidInput(_disagreement(outcomes, group))
     for found in outcomes:
         if found.error is not None:
             raise rebuild_error(found.error)
@@ -267,17 +425,21 @@ def map_units(
     desc: str = "",
     size: Callable[[Unit], int] | None = None,
     leave: bool = False,
+    same: Callable[[], Mapping[str, str]] | None = None,
 ) -> Iterator[Value]:
     """``compute(unit)`` for every unit, yielded in order; in a process group, unit ``i`` runs on rank ``i % size``.
 
     Units are dealt in rounds of one per process; each round ends with one gather, so memory
     holds at most one round of results. One progress bar, on the main process, advancing by
-    ``size(unit)`` (default 1) per unit. ``compute`` must return CPU values.
+    ``size(unit)`` (default 1) per unit. ``compute`` must return CPU values. ``same()``:
+    more fingerprints the processes must agree on (e.g. ``{"model": ...}``), computed only
+    in a process group.
     """
     units = list(units)
     group = current()
     if group.size > 1:
-        agree(f"{desc or 'a corpus pass'} over {len(units)} units", digest(units), group)
+        agree(f"{desc or 'a corpus pass'} over {len(units)} units", {"units": digest(units), **(same() if same else {})},
+              group)
     weigh = size or (lambda unit: 1)
     total = sum(weigh(u) for u in units)
     with tqdm(total=total, desc=desc, disable=not progress or not group.is_main, leave=leave) as bar:
@@ -360,6 +522,7 @@ def split_variants(
     chunk_setup=None,
     progress: bool,
     desc: str = "",
+    same: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The batched runner over the process group: processes share ``(chunk of rows, batch of variants)`` units.
 
@@ -377,11 +540,17 @@ def split_variants(
     One bar, on the main process, for the whole call: it counts the main process's own
     forwards (labelled ``[rank 0's share]``); the others' progress would cost a message
     per forward, and a bar per chunk showed many partial bars.
+
+    Before anything runs, the processes check that they agree on the rows, the variants'
+    start layers, the batching and ``same`` (more fingerprints by name: the specs, the
+    metric, the model; see :func:`agree`).
     """
     group = current()
-    agree(f"a batched run over {rows.n_rows} rows x {len(variants)} variants",
-          digest(rows.input_ids, rows.attention_mask, *(rows.data[name] for name in sorted(rows.data)),
-                 sorted(rows.data), [start for start, _ in variants], chunk, copies), group)  # not labels: hash order
+    agree(f"a batched run over {rows.n_rows} rows x {len(variants)} variants", {
+        "rows": digest(rows.input_ids, rows.attention_mask, *(rows.data[name] for name in sorted(rows.data)),
+                       sorted(rows.data)),
+        "specs": digest([start for start, _ in variants]),  # not labels: a frozenset's repr differs per process
+        "batching": digest(chunk, copies), **(same or {})}, group)
     k = rows.per_prompt
     firsts = list(range(0, rows.n_rows, chunk))
     sizes = [min(chunk, rows.n_rows - f) for f in firsts]

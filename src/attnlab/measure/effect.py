@@ -26,7 +26,7 @@ from attnlab.measure._forward import check_measurable, metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
-from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, metric_batch_size
+from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, resolve_batch_size
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import new_figure
 from attnlab.measure.result import Result
@@ -234,7 +234,7 @@ def perplexity(
     specs = check_interventions(model, interventions)
     rows = metric.rows(model, texts)
     one = any(addresses_rows(s) for s in specs) or outer_rows(model)
-    chunk = rows.n_rows if one else metric_batch_size(model, rows, batch_size, metric)
+    chunk = rows.n_rows if one else resolve_batch_size(model, rows, batch_size, metric.output)  # not split: this process's
     nll = []
     for c0 in range(0, rows.n_rows, chunk):
         part = rows.select(slice(c0, c0 + chunk)).to(model.device)

@@ -17,13 +17,14 @@ import multiprocessing
 import numbers
 import os
 import pickle
+import select
 import signal
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def run_parallel(
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     with tempfile.TemporaryDirectory(prefix="attnlab-parallel-") as error_dir, _quiet(_NOISY_LOGGERS), \
-            _launcher_leaves_no_trace():
+            _launcher_leaves_no_trace(), _children_start_deaf_to_ctrl_c(error_dir):
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=n_procs, run_id=f"attnlab-{uuid.uuid4().hex}",
             rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free local port
@@ -175,6 +176,7 @@ def _worker(fn, args, kwargs, model, backend, threads, error_dir):
             path.write_text(json.dumps(record))
 
     try:
+        _hear_ctrl_c(error_dir)  # a Ctrl-C while this process started is raised here, as a KeyboardInterrupt
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # N loading bars say nothing; attnlab's own bar shows on rank 0
@@ -200,6 +202,16 @@ def _worker(fn, args, kwargs, model, backend, threads, error_dir):
     except BaseException as err:
         write(err)
         raise
+    finally:  # what is left (sending the result back) ends quietly on a Ctrl-C, without a traceback
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _hear_ctrl_c(error_dir) -> None:
+    """In a new process: say it has started, and take Ctrl-C again (held back while it imported)."""
+    (Path(error_dir) / f"started-{os.getpid()}").touch()
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 def _check_result(result) -> None:
@@ -217,8 +229,15 @@ def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
     """The error to raise for a failed launch: its cause, as well as the records and exit codes tell.
 
     First the earliest error a process wrote that is not a knock-on ("another process left the
-    group"); else a process that died without writing one (``os._exit``, killed, out of memory:
-    the others only saw it leave), with its exit code; else the earliest record; else the codes.
+    group"); else the process the launcher saw fail if it wrote nothing (``os._exit``, killed,
+    a SIGTERM from outside included, out of memory: the others only saw it leave), with its
+    exit code, when the others wrote that it left or it died of a signal; else, when every
+    record is a knock-on, the one process that wrote none (it left first, and the launcher
+    saw a knock-on before it); else the earliest record; else the codes.
+
+    torch's launcher (its ``MultiprocessContext``) reports the first process it finds exited
+    with a failure, and only then stops the others (SIGTERM): the process it reports was not
+    stopped by it, so a SIGTERM exit there came from outside.
     """
     records = [json.loads(p.read_text()) for p in sorted(error_dir.glob("rank-*.json"))]
     first = lambda found: min(found, key=lambda r: (r["time"], r["rank"]))  # noqa: E731
@@ -226,13 +245,23 @@ def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
     if causes:
         return rebuild_error(first(causes))
     recorded = {r["rank"] for r in records}
-    silent = {rank: f.exitcode for rank, f in sorted(failed.failures.items())
-              if rank not in recorded and f.exitcode != -signal.SIGTERM}  # SIGTERM: the launcher stopping the rest
-    if silent and records:  # the others only saw it leave
-        rank, code = next(iter(silent.items()))
+    silent = {rank: f.exitcode for rank, f in sorted(failed.failures.items()) if rank not in recorded}
+    rank, code = next(iter(silent.items()), (None, 0))
+    if silent and (records or code < 0):  # else it may have failed while starting: the message below says how
+        how = f"died of {_signal_name(-code)} (exit code {code})" if code < 0 else f"exited with code {code}"
+        how += ", sent from outside run_parallel," if code == -signal.SIGTERM else ""
+        then = f"; then {rebuild_error(first(records))}" if records else ""
         return DistributedError(
-            f"rank {rank} of {n_procs} exited with code {code} without reporting a Python error (killed, out of "
-            f"memory, os._exit or a crash in native code); then {rebuild_error(first(records))}")
+            f"rank {rank} of {n_procs} {how} without reporting a Python error (killed, out of memory, os._exit or a "
+            f"crash in native code){then}")
+    unrecorded = [rank for rank in range(n_procs) if rank not in recorded]
+    if records and unrecorded:  # every record says another process left: one that wrote nothing left first
+        who = f"rank {unrecorded[0]} of {n_procs}" if len(unrecorded) == 1 else \
+            f"one of ranks {', '.join(map(str, unrecorded))} of {n_procs}"
+        return DistributedError(
+            f"{who} left the group without reporting a Python error (killed, a SIGTERM from outside included, out of "
+            f"memory, os._exit or a crash in native code; its exit code is unknown: the launcher saw another process "
+            f"fail first); then {rebuild_error(first(records))}")
     if records:
         return rebuild_error(first(records))
     codes = ", ".join(f"rank {rank} exit code {f.exitcode}" for rank, f in sorted(failed.failures.items()))
@@ -241,6 +270,13 @@ def _failure(failed, error_dir: Path, n_procs: int) -> Exception:
         "memory, or failed while starting (its own error, if any, is printed above; a script must call run_parallel "
         "under `if __name__ == \"__main__\":`, since new processes import it again)"
     )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @contextmanager
@@ -279,9 +315,69 @@ _SIGNALS_ENV = "TORCHELASTIC_SIGNALS_TO_HANDLE"
 
 
 @contextmanager
+def _children_start_deaf_to_ctrl_c(error_dir: str):
+    """New processes hold Ctrl-C back until they run attnlab's code; one that comes earlier stops them quietly.
+
+    A Ctrl-C reaches every process of the terminal's group: new processes still importing
+    torch (seconds) printed a ``KeyboardInterrupt`` traceback each. SIGINT is blocked in this
+    thread while the launcher starts them, so they start with it blocked (a signal mask
+    survives ``spawn``), and :func:`_worker` unblocks it first thing (a held-back Ctrl-C is then
+    a ``KeyboardInterrupt`` there, ending the process quietly with 130). This process still
+    hears Ctrl-C: its other threads take the signal and the launcher's handler runs in the main
+    thread as before; a thread here sees it (through ``signal.set_wakeup_fd``) and stops with
+    SIGTERM (no traceback) the new processes that have not reached ``_worker``, which would
+    otherwise hold the launcher until they finished importing. Only where signal masks exist
+    (POSIX) and on the main thread.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # it unblocks SIGINT after starting itself: start it before blocking
+    before = set(multiprocessing.active_children())
+    heard, tell = os.pipe()
+    os.set_blocking(heard, False)
+    os.set_blocking(tell, False)
+    stop = threading.Event()
+    previous = -1
+
+    def watch() -> None:
+        while not stop.is_set():
+            if not select.select([heard], [], [], 0.1)[0]:
+                continue
+            with suppress(BlockingIOError):
+                signals = os.read(heard, 512)
+                if previous >= 0:  # a wakeup fd set before (asyncio's) still hears its signals
+                    with suppress(OSError):
+                        os.write(previous, signals)
+                if signal.SIGINT in signals:
+                    for child in set(multiprocessing.active_children()) - before:
+                        if child.pid is not None and not (Path(error_dir) / f"started-{child.pid}").exists():
+                            with suppress(ProcessLookupError):
+                                os.kill(child.pid, signal.SIGTERM)
+
+    watcher = threading.Thread(target=watch, name="attnlab-run-parallel-ctrl-c", daemon=True)
+    watcher.start()  # before the block: a thread of this process that takes SIGINT
+    previous = signal.set_wakeup_fd(tell, warn_on_full_buffer=False)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.set_wakeup_fd(previous)
+        stop.set()
+        watcher.join()
+        os.close(heard)
+        os.close(tell)
+
+
+@contextmanager
 def _quiet(names):
     """Silence the launcher's own logging of a failure: the failure is raised here, with its rank."""
-    loggers = [logging.getLogger(name) for name in names]
+    known = list(logging.root.manager.loggerDict)  # torch sets each module's logger's own level: not inherited
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(
+        [*names, *(n for n in known if any(n.startswith(f"{name}.") for name in names))])]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
