@@ -76,3 +76,34 @@ def test_tensor_edits_leave_padding_keys_alone(padding_side, kind):
             assert (out.hidden[row, cols] - alone).abs().max() <= 1e-5, f"row {row}"
             assert (alone - clean).abs().max() > 1e-3  # the edit does something
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("site", ["q", "k", "v", "attn_scores", "pattern", "z"])
+def test_patch_leaves_padding_alone(padding_side, site):
+    """A Patch source as long as the longest text patches a shorter row at its own tokens only, as alone. Under right
+    padding the source's later tokens landed on the row's padding keys, which then drew attention."""
+    from attnlab.interventions import Patch
+
+    model = tiny_model("bert")
+    lengths = [model.to_tokens(t).shape[1] for t in TEXTS]
+    n = max(lengths)
+    other = "the man said that she was very sad"  # as long as the longest text
+    assert model.to_tokens(other).shape[1] == n
+    name = f"blocks.0.attn.hook_{site}"
+    with torch.no_grad():
+        source = model.run(other, logits=None, read=[name]).cache[name]
+
+    def spec_of(m):  # alone, a row is patched with the source's first m tokens
+        return Patch(0, None, site=site, source=source[:, :, :m, :m] if site in ("attn_scores", "pattern") else source[:, :m])
+
+    tokens = model.tokens(TEXTS, padding_side=padding_side)
+    with torch.no_grad():
+        out = model.run(tokens, logits=None, hidden=True, interventions=[spec_of(n)])
+        for row, (text, m) in enumerate(zip(TEXTS, lengths)):
+            alone = model.run(text, logits=None, hidden=True, interventions=[spec_of(m)]).hidden[0]
+            clean = model.run(text, logits=None, hidden=True).hidden[0]
+            cols = slice(0, m) if padding_side == "right" else slice(n - m, n)
+            assert (out.hidden[row, cols] - alone).abs().max() <= 1e-5, f"row {row}"
+            assert (alone - clean).abs().max() > 1e-3  # the patch does something
+    assert model.count_hooks() == 0
