@@ -107,3 +107,21 @@ def test_patch_leaves_padding_alone(padding_side, site):
             assert (out.hidden[row, cols] - alone).abs().max() <= 1e-5, f"row {row}"
             assert (alone - clean).abs().max() > 1e-3  # the patch does something
     assert model.count_hooks() == 0
+
+
+def test_positions_leave_a_short_rows_right_padding_alone():
+    """``positions=`` past a short row's length edit nothing of that row: its right padding (columns a longer row
+    has) is no token of its own and keeps its values, as with left padding and as in a chunk without the longer
+    row. It was zeroed there."""
+    model = tiny_model("bert")
+    lengths = [model.to_tokens(t).shape[1] for t in TEXTS]
+    short, long_ = lengths.index(min(lengths)), lengths.index(max(lengths))
+    at = min(lengths) + 1
+    name = "blocks.0.attn.hook_z"
+    tokens = model.tokens(TEXTS, padding_side="right")
+    with torch.no_grad():
+        clean = model.run(tokens, logits=None, read=[name]).cache[name]
+        edited = model.run(tokens, logits=None, read=[name], interventions=[AblateHead(0, 1, positions=[at])]).cache[name]
+    assert (edited[long_, at, 1] == 0).all() and (clean[long_, at, 1] != 0).any()  # a row that has the position
+    assert torch.equal(edited[short], clean[short])  # one that has not: untouched, padding included
+    assert model.count_hooks() == 0
