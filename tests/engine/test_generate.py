@@ -294,3 +294,42 @@ def test_tensor_edits_stop_at_each_rows_own_prompt_in_a_batch(tiny_llama, kind):
         for step, (b, a) in enumerate(zip(batch_z[1:], alone_z[1:]), 1):  # the new tokens' steps
             assert (b[row] - a[0]).abs().max() <= 1e-5, f"row {row}, step {step}"
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("site", ["z", "k", "pattern", "attn_scores"])
+@pytest.mark.parametrize("given", ["tensor", "text"])
+def test_patch_stops_at_each_rows_own_prompt_in_a_batch(tiny_llama, site, given):
+    """A Patch source as long as the longest prompt patches every row at its own prompt's tokens only, as alone: the
+    shorter prompt's new tokens (positions the source still has) were patched with the source's later tokens."""
+    from attnlab.interventions import Patch
+
+    model = tiny_llama
+    prompts = ["the nurse said", "the doctor told the teacher that she was happy"]
+    other = "a man told the doctor that he was sad"  # as long as the longer prompt
+    lengths = [model.to_tokens(p).shape[1] for p in prompts]
+    n = max(lengths)
+    assert model.to_tokens(other).shape[1] == n and min(lengths) + 2 < n
+    name = f"blocks.1.attn.hook_{site}"
+    _, cache = model.run_with_cache(other, names_filter=name)
+    source = cache[name]
+
+    def spec_of(m):  # alone, a row is patched with the source's first m tokens
+        if m == n:
+            return Patch(1, None, site=site, source=other if given == "text" else source)
+        return Patch(1, None, site=site, source=source[:, :, :m, :m] if site in ("pattern", "attn_scores") else source[:, :m])
+
+    def generate(prompt, spec):
+        seen = []  # blocks.1.attn.hook_z of every step: the head outputs under the patch
+        new = model.generate(prompt, max_new_tokens=N_NEW, interventions=spec, return_type="tokens",
+                             stop_at_eos=False, fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: seen.append(z.clone()))])
+        return new, seen
+
+    batch, batch_z = generate(prompts, spec_of(n))
+    for row, (prompt, m) in enumerate(zip(prompts, lengths)):
+        alone, alone_z = generate(prompt, spec_of(m))
+        assert (alone_z[0] - generate(prompt, [])[1][0]).abs().max() > 1e-3  # the patch does something
+        assert batch[row].tolist() == alone[0].tolist(), f"row {row}"
+        assert (batch_z[0][row, -m:] - alone_z[0][0]).abs().max() <= 1e-5  # the prompt's step (left-padded)
+        for step, (b, a) in enumerate(zip(batch_z[1:], alone_z[1:]), 1):  # the new tokens' steps
+            assert (b[row] - a[0]).abs().max() <= 1e-5, f"row {row}, step {step}"
+    assert model.count_hooks() == 0

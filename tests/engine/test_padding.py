@@ -76,3 +76,52 @@ def test_tensor_edits_leave_padding_keys_alone(padding_side, kind):
             assert (out.hidden[row, cols] - alone).abs().max() <= 1e-5, f"row {row}"
             assert (alone - clean).abs().max() > 1e-3  # the edit does something
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("site", ["q", "k", "v", "attn_scores", "pattern", "z"])
+def test_patch_leaves_padding_alone(padding_side, site):
+    """A Patch source as long as the longest text patches a shorter row at its own tokens only, as alone. Under right
+    padding the source's later tokens landed on the row's padding keys, which then drew attention."""
+    from attnlab.interventions import Patch
+
+    model = tiny_model("bert")
+    lengths = [model.to_tokens(t).shape[1] for t in TEXTS]
+    n = max(lengths)
+    other = "the man said that she was very sad"  # as long as the longest text
+    assert model.to_tokens(other).shape[1] == n
+    name = f"blocks.0.attn.hook_{site}"
+    with torch.no_grad():
+        source = model.run(other, logits=None, read=[name]).cache[name]
+
+    def spec_of(m):  # alone, a row is patched with the source's first m tokens
+        return Patch(0, None, site=site, source=source[:, :, :m, :m] if site in ("attn_scores", "pattern") else source[:, :m])
+
+    tokens = model.tokens(TEXTS, padding_side=padding_side)
+    with torch.no_grad():
+        out = model.run(tokens, logits=None, hidden=True, interventions=[spec_of(n)])
+        for row, (text, m) in enumerate(zip(TEXTS, lengths)):
+            alone = model.run(text, logits=None, hidden=True, interventions=[spec_of(m)]).hidden[0]
+            clean = model.run(text, logits=None, hidden=True).hidden[0]
+            cols = slice(0, m) if padding_side == "right" else slice(n - m, n)
+            assert (out.hidden[row, cols] - alone).abs().max() <= 1e-5, f"row {row}"
+            assert (alone - clean).abs().max() > 1e-3  # the patch does something
+    assert model.count_hooks() == 0
+
+
+def test_positions_leave_a_short_rows_right_padding_alone():
+    """``positions=`` past a short row's length edit nothing of that row: its right padding (columns a longer row
+    has) is no token of its own and keeps its values, as with left padding and as in a chunk without the longer
+    row. It was zeroed there."""
+    model = tiny_model("bert")
+    lengths = [model.to_tokens(t).shape[1] for t in TEXTS]
+    short, long_ = lengths.index(min(lengths)), lengths.index(max(lengths))
+    at = min(lengths) + 1
+    name = "blocks.0.attn.hook_z"
+    tokens = model.tokens(TEXTS, padding_side="right")
+    with torch.no_grad():
+        clean = model.run(tokens, logits=None, read=[name]).cache[name]
+        edited = model.run(tokens, logits=None, read=[name], interventions=[AblateHead(0, 1, positions=[at])]).cache[name]
+    assert (edited[long_, at, 1] == 0).all() and (clean[long_, at, 1] != 0).any()  # a row that has the position
+    assert torch.equal(edited[short], clean[short])  # one that has not: untouched, padding included
+    assert model.count_hooks() == 0

@@ -254,7 +254,7 @@ def run(
     state = ForwardState(
         n_rows=tokens.n_rows,
         pad_left=tokens.pad_left if tokens.side == "left" else None,
-        n_positions=int(tokens.lengths.max()),
+        n_positions=tokens.n_positions,  # a measurement's chunk: its prompts' longest, not the chunk's
         lengths=tokens.lengths.cpu(),
         row_keys=check_row_keys(row_keys, tokens.n_rows),
     )

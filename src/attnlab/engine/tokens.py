@@ -62,15 +62,27 @@ def check_unicode(text: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Tokens:
-    """Padded token rows: ``ids`` and ``mask`` are ``[batch, pos]``; ``side`` is where the padding is."""
+    """Padded token rows: ``ids`` and ``mask`` are ``[batch, pos]``; ``side`` is where the padding is.
+
+    ``longest``: tokens of the longest row of the set these rows were selected from (a measurement's
+    chunk keeps its prompts' longest), so a position edit is checked against every prompt of a
+    measurement, not only against the prompts of one chunk; None: these rows' own longest.
+    """
 
     ids: Int[torch.Tensor, "batch pos"]
     mask: Int[torch.Tensor, "batch pos"]
     side: str = "right"
+    longest: int | None = None
 
     @property
     def n_rows(self) -> int:
         return int(self.ids.shape[0])
+
+    @property
+    def n_positions(self) -> int:
+        """Tokens of the longest row these rows belong with (their set's, when they were selected from one)."""
+        own = int(self.lengths.max()) if self.n_rows else 0
+        return max(own, self.longest or 0)
 
     @property
     def lengths(self) -> Int[torch.Tensor, " batch"]:
@@ -121,16 +133,16 @@ class Tokens:
         ids, mask = self.ids[index], self.mask[index]
         width = int(mask.sum(dim=1).max()) if mask.shape[0] else 0
         cut = slice(0, width) if self.side == "right" else slice(mask.shape[1] - width, mask.shape[1])
-        return Tokens(ids[:, cut], mask[:, cut], self.side)
+        return Tokens(ids[:, cut], mask[:, cut], self.side, self.n_positions)
 
     def repeat(self, times: int) -> Tokens:
         """The rows stacked ``times`` over (copy g holds rows ``g * n ... g * n + n - 1``)."""
         if times == 1:
             return self
-        return Tokens(self.ids.repeat(times, 1), self.mask.repeat(times, 1), self.side)
+        return Tokens(self.ids.repeat(times, 1), self.mask.repeat(times, 1), self.side, self.longest)
 
     def to(self, device) -> Tokens:
-        return Tokens(self.ids.to(device), self.mask.to(device), self.side)
+        return Tokens(self.ids.to(device), self.mask.to(device), self.side, self.longest)
 
 
 def pad_rows(rows: Sequence[Sequence[int]], *, pad_id: int, side: str = "right") -> Tokens:

@@ -257,12 +257,19 @@ class Intervention:
         if positions is None or positions.shape[-1] != n_pos:
             positions = torch.arange(n_pos)[None, :]
         wanted = torch.tensor(self.positions)
-        if not getattr(hook, "generating", False):
-            longest = getattr(hook, "n_positions", None) or int(positions.max()) + 1
-            bad = [p for p in self.positions if p >= longest]
-            if bad:
-                raise InvalidLocation(f"position {bad[0]} out of range: this input has positions 0..{longest - 1}")
-        return torch.isin(positions, wanted)
+        if getattr(hook, "generating", False):  # positions not reached yet are not errors; new tokens count
+            return torch.isin(positions, wanted)
+        # a measurement's chunk checks against its prompts' longest: the same positions are valid in every chunk
+        longest = getattr(hook, "n_positions", None) or int(positions.max()) + 1
+        bad = [p for p in self.positions if p >= longest]
+        if bad:
+            raise InvalidLocation(f"position {bad[0]} out of range: this input has positions 0..{longest - 1}")
+        row_lengths = getattr(hook, "row_lengths", None)
+        lengths = row_lengths(x.shape[0]) if callable(row_lengths) else None  # [batch] tokens of each row
+        if lengths is None:
+            return torch.isin(positions, wanted)
+        # a row shorter than a position is not edited there: its right padding is no token of its own
+        return torch.isin(positions, wanted) & (positions < lengths[:, None])
 
     # -- describing -------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from einops import rearrange
+from jaxtyping import Int
 
 from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES
 from attnlab.errors import InvalidSpec, ShapeMismatch
@@ -84,14 +86,15 @@ class Patch(Intervention):
             n_src = _check_fits(src, x, hook, head_major, name)
             axis_pos = hook.key_pos if site in ("k", "v") else hook.query_pos  # [batch or 1, n] token positions
             rows = torch.arange(x.shape[0])[:, None] if src.shape[0] > 1 else torch.zeros(1, 1, dtype=torch.long)
-            inside = (axis_pos >= 0) & (axis_pos < n_src)  # positions past the source (while generating) keep x
+            end = _row_ends(hook, x.shape[0], n_src)  # [batch or 1, 1]
+            inside = (axis_pos >= 0) & (axis_pos < end)  # a row's padding and new tokens keep x
             at = axis_pos.clamp(0, n_src - 1)
             if head_major:
                 keys = hook.key_pos
                 key_at = keys.clamp(0, n_src - 1)
                 picked = src[rows[:, :, None], :, at[:, :, None], key_at[:, None, :]]  # [batch, query, key, head]
-                picked = picked.permute(0, 3, 1, 2)
-                keep = inside[:, None, :, None] & ((keys >= 0) & (keys < n_src))[:, None, None, :]
+                picked = rearrange(picked, "b q k h -> b h q k")
+                keep = inside[:, None, :, None] & ((keys >= 0) & (keys < end))[:, None, None, :]
             else:
                 picked = src[rows, at]  # [batch, pos, head, d_head]
                 keep = inside[:, :, None, None]
@@ -100,19 +103,45 @@ class Patch(Intervention):
         return edit
 
 
+def _lengths(hook, n_rows: int) -> torch.Tensor | None:
+    """Each row's own tokens (``[batch]``; in ``generate()`` its prompt's), or None when the call does not say."""
+    row_lengths = getattr(hook, "row_lengths", None)
+    return row_lengths(n_rows) if callable(row_lengths) else None
+
+
+def _row_ends(hook, n_rows: int, n_src: int) -> Int[torch.Tensor, "batch 1"]:
+    """Where each row's patched positions end: its own length, within the source.
+
+    As for a tensor ``SetPattern`` (``at_token_positions``): a shorter row of a batch is patched at
+    its own tokens only, never at its padding (right padding: columns a longer row still has) nor,
+    in ``generate()``, at its new tokens, which the source does not hold.
+    """
+    lengths = _lengths(hook, n_rows)
+    if lengths is None:
+        return torch.full((1, 1), n_src)
+    return lengths.clamp(max=n_src)[:, None]
+
+
 def _check_fits(src: torch.Tensor, x: torch.Tensor, hook, head_major: bool, name: str) -> int:
-    """The source's number of token positions, after checking it can be patched into ``x``."""
+    """The source's number of token positions, after checking it can be patched into ``x``.
+
+    The source must cover the longest row of this pass, or of the measurement this pass is a chunk of
+    (one source tensor shared by every chunk); a shorter row is patched at its own tokens only.
+    """
     n_src = src.shape[2] if head_major else src.shape[1]
     fits = src.shape[0] in (1, x.shape[0])
     fits &= (src.shape[1] == x.shape[1] and src.shape[3] == n_src) if head_major else src.shape[2:] == x.shape[2:]
+    lengths = _lengths(hook, x.shape[0])
+    own = int(lengths.max()) if lengths is not None else (x.shape[2] if head_major else x.shape[1])
     known = getattr(hook, "n_positions", None)
     # generate()'s first step runs the prompt itself, so it is checked like a forward pass; only the
     # later steps (positions past the prompt) may run past the source, keeping their own values
     if not getattr(hook, "decoding", False):
-        fits &= (known if known is not None else (x.shape[2] if head_major else x.shape[1])) == n_src
+        fits &= n_src in (own, known)
     if not fits:
+        need = own if known in (None, own) else f"{own} in this chunk, {known} in the whole measurement"
         raise ShapeMismatch(
             f"patch source for {name} has shape {tuple(src.shape)} but the input gives {tuple(x.shape)}; "
-            "source and input must tokenize to the same length"
+            f"source and input must tokenize to the same length (the longest prompt: {need} tokens)"
         )
     return n_src
