@@ -362,3 +362,11 @@ def test_emulated_bfloat16_products_warn_once(native, monkeypatch):
         assert issubclass(slow[0].category, RuntimeWarning) and "precision=None" in str(slow[0].message)
         assert slow[0].filename == __file__  # points at the caller's line, not into attnlab
     assert precision.has_native_products(torch.bfloat16, torch.device("cpu")) is native
+    if not native:  # through a measurement too: its torch.no_grad() decorator is no user's line either
+        from attnlab.measure import LogitDiff, sweep_heads
+
+        monkeypatch.setattr(precision, "_warned_emulated", set())
+        with pytest.warns(RuntimeWarning, match="emulates every product") as caught:
+            sweep_heads(model, TEXTS, LogitDiff(" she", " he"), "zero", layers=[0], heads=[0], n_boot=0,
+                        progress=False, precision="bfloat16")
+        assert [w.filename for w in caught if "emulates" in str(w.message)] == [__file__]

@@ -239,3 +239,17 @@ def test_a_compiled_model_is_refused_not_silently_unedited(target):
         hf(input_ids=ids)  # never reached: the block refuses to open
     assert module.__dict__["_compiled_call_impl"] is not None  # left as it was
     assert model.count_hooks() == 0 and _torch_hooks(model) == 0
+
+
+def test_a_model_compiled_before_wrapping_is_refused_and_handed_back():
+    """The message says when: compiled before attnlab could wrap it (not "after"), and the model comes back as it was."""
+    from attnlab.engine.model import HookedModel
+    from attnlab.testing import tiny_hf_model, tiny_tokenizer
+
+    hf = tiny_hf_model("gpt2")
+    implementation = hf.config._attn_implementation
+    hf.compile(backend="eager")
+    with pytest.raises(NotSupported, match=r"compiled \(Module.compile\(\)\) before attnlab could wrap it"):
+        HookedModel(hf, tiny_tokenizer("decoder"))
+    assert hf.config._attn_implementation == implementation
+    assert "_attnlab_tree" not in hf.__dict__ and not any(m._forward_hooks or m._forward_pre_hooks for m in hf.modules())

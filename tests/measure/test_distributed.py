@@ -457,3 +457,45 @@ def test_ctrl_c_stops_the_processes_quietly(tmp_path, when):
             os.killpg(proc.pid, signal.SIGKILL)
     assert out.strip() == "interrupted", (out, err[-3000:])
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+
+
+def test_fingerprint_reads_arrays_of_strings_and_objects():
+    """A custom metric holding a string array fingerprints like any other (it raised a raw TypeError under run_parallel)."""
+    from attnlab.measure.distributed import fingerprint
+
+    words = np.array(["she", "he"])
+    assert fingerprint(words) == fingerprint(np.array(["she", "he"]))
+    assert fingerprint(words) != fingerprint(np.array(["he", "she"]))
+    assert fingerprint(np.array([("a", 1)], dtype=object)) != fingerprint(np.array([("a", 2)], dtype=object))
+    assert fingerprint(np.array([1.0, 2.0])) != fingerprint(np.array(["1.0", "2.0"]))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd") or not hasattr(signal, "pthread_sigmask"),
+                    reason="signal masks are POSIX; open files read from /proc")
+@pytest.mark.parametrize("fails", ["set_wakeup_fd", "pthread_sigmask", "body"])
+def test_ctrl_c_guard_hands_everything_back_when_a_step_fails(fails, monkeypatch, tmp_path):
+    """Whatever step fails, the guard leaves no thread, no open pipe, SIGINT unblocked and the caller's wakeup fd."""
+    import threading
+    from multiprocessing import resource_tracker
+
+    from attnlab.measure import launch
+
+    real = getattr(signal, fails, None)
+
+    def refused(*args, **kwargs):
+        raise OSError(f"{fails} refused")
+
+    resource_tracker.ensure_running()  # its own pipe, once per process
+    open_before = len(os.listdir("/proc/self/fd"))
+    previous = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(previous)
+    if fails != "body":
+        monkeypatch.setattr(launch.signal, fails, refused)
+    with pytest.raises(OSError, match="refused"), launch._children_start_deaf_to_ctrl_c(str(tmp_path)):
+        raise OSError("body refused")
+    if real is not None:
+        monkeypatch.setattr(launch.signal, fails, real)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert signal.set_wakeup_fd(previous) == previous
+    assert not [t for t in threading.enumerate() if t.name == "attnlab-run-parallel-ctrl-c"]
+    assert len(os.listdir("/proc/self/fd")) == open_before

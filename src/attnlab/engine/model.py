@@ -207,6 +207,7 @@ class HookedModel(ModelWeights, nn.Module):
                     detach(module)
                 hf_model.__dict__.pop("_attnlab_tree", None)
             raise
+        self.__dict__["_loaded"] = True  # from here on a compiled module was compiled after wrapping
         if tokenizer is not None and tokenizer.pad_token is None:  # only now: a refused model leaves it alone too
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
@@ -540,8 +541,8 @@ class HookedModel(ModelWeights, nn.Module):
         for module, attributes in self._modules_at_load:
             if attributes.get("_compiled_call_impl") is not None:
                 where = "the HF model" if module is self.hf_model else f"its module {type(module).__name__}"
-                raise NotSupported(self._compiled_message(f"{where} was compiled (Module.compile()) after attnlab "
-                                                          "wrapped it"))
+                when = "after attnlab wrapped it" if self.__dict__.get("_loaded") else "before attnlab could wrap it"
+                raise NotSupported(self._compiled_message(f"{where} was compiled (Module.compile()) {when}"))
 
     def _check_bridge(self) -> None:
         """Refuse a bridge whose weights TransformerLens processed (see :func:`~attnlab.engine.bridge.check_unprocessed`).

@@ -195,7 +195,7 @@ def reduced_linears(model, dtype: torch.dtype | None) -> Iterator[None]:
             raise UnsupportedModel(
                 f"{model.cfg.name}: precision= keeps rounded copies of the weights, but this model's weights are "
                 "offloaded (device_map with disk/CPU offload); load it fully on its devices, or use precision=None")
-        _warn_if_emulated(dtype, linears[0].weight.device)
+        _warn_if_emulated(dtype, {m.weight.device for m in linears})
         linear = {id(m.weight) for m in linears if type(m) is nn.Linear}
         conv = {id(m.weight) for m in linears if type(m) is Conv1D}
         hidden, last = _mlp_linears(model, linears) if dtype is torch.bfloat16 and KEEP_MLP_HIDDEN else (set(), set())
@@ -223,30 +223,35 @@ def has_native_products(dtype: torch.dtype, device: torch.device) -> bool:
 
 _warned_emulated: set = set()
 
+#: What a CPU needs to multiply each dtype in hardware (x86).
+_NATIVE = {torch.bfloat16: "AVX512-BF16 or AMX", torch.float16: "AMX-FP16"}
 
-def _warn_if_emulated(dtype: torch.dtype, device: torch.device) -> None:
+
+def _warn_if_emulated(dtype: torch.dtype, devices) -> None:
     """Warn once per process and dtype: on such a CPU ``precision=`` makes a call many times slower, not faster."""
-    if dtype in _warned_emulated or has_native_products(dtype, device):
+    if dtype in _warned_emulated or all(has_native_products(dtype, device) for device in devices):
         return
     _warned_emulated.add(dtype)
     name = str(dtype).removeprefix("torch.")
     warnings.warn(
         f"precision={name!r}: this CPU has no {name} matrix instructions (it reports "
-        f"{torch.backends.cpu.get_cpu_capability()}; needs AVX512-BF16 or AMX), so PyTorch emulates every product: "
-        f"about 8x slower than float32 per product, 25-30x slower for a whole attribution call on Gemma-3-270m. "
-        f"Pass precision=None on this machine",
+        f"{torch.backends.cpu.get_cpu_capability()}; needs {_NATIVE.get(dtype, 'them')}), so PyTorch emulates every "
+        f"product: about 8x slower than float32 per product, 25-30x slower for a whole attribution call on "
+        f"Gemma-3-270m. Pass precision=None on this machine",
         RuntimeWarning,
         stacklevel=_user_stacklevel(),
     )
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 def _user_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside attnlab (and contextlib): the user's line, however deep the call."""
+    """The ``stacklevel`` of the first frame outside attnlab, torch (its ``no_grad`` decorators) and contextlib:
+    the user's line, however deep the call."""
     frame, level = sys._getframe(2), 2
-    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+    while frame is not None and (frame.f_code.co_filename.startswith((_PACKAGE_DIR, _TORCH_DIR))
                                  or frame.f_code.co_filename == contextlib.__file__):
         frame, level = frame.f_back, level + 1
     return level

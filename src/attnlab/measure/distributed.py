@@ -341,6 +341,8 @@ def _plain(value: Any, depth: int) -> Any:
         items = vars(value).items()
         return (kind.__module__, kind.__qualname__,
                 tuple((k, v if type(v) in _ATOMS else _plain(v, depth + 1)) for k, v in items if k[0] != "_"))
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "biufc":  # strings, objects: no tensor of them
+        return ("array", str(value.dtype), value.shape, _plain(value.tolist(), depth + 1))
     if isinstance(value, (torch.Tensor, np.ndarray)):
         tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
         return ("tensor", str(tensor.dtype), tuple(tensor.shape), hashlib.sha1(_tensor_bytes(tensor)).hexdigest())

@@ -343,6 +343,10 @@ def _children_start_deaf_to_ctrl_c(error_dir: str):
     previous = -1
 
     def watch() -> None:
+        with suppress(OSError, ValueError):  # the pipe closed under it (a second Ctrl-C while stopping): done
+            _watch()
+
+    def _watch() -> None:
         while not stop.is_set():
             if not select.select([heard], [], [], 0.1)[0]:
                 continue
@@ -358,18 +362,27 @@ def _children_start_deaf_to_ctrl_c(error_dir: str):
                                 os.kill(child.pid, signal.SIGTERM)
 
     watcher = threading.Thread(target=watch, name="attnlab-run-parallel-ctrl-c", daemon=True)
-    watcher.start()  # before the block: a thread of this process that takes SIGINT
-    previous = signal.set_wakeup_fd(tell, warn_on_full_buffer=False)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    replaced, mask = False, None
     try:
+        watcher.start()  # before the block: a thread of this process that takes SIGINT
+        previous = signal.set_wakeup_fd(tell, warn_on_full_buffer=False)
+        replaced = True
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        signal.set_wakeup_fd(previous)
-        stop.set()
-        watcher.join()
-        os.close(heard)
-        os.close(tell)
+        try:  # the caller's wakeup fd first: a Ctrl-C landing as SIGINT is unblocked reaches it, not our pipe
+            if replaced:
+                signal.set_wakeup_fd(previous)
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        finally:  # a second Ctrl-C in here still stops the thread and closes the pipe
+            stop.set()
+            try:
+                if watcher.is_alive():
+                    watcher.join()
+            finally:
+                os.close(heard)
+                os.close(tell)
 
 
 @contextmanager
