@@ -512,3 +512,42 @@ def test_loading_options_with_a_loaded_model_are_refused_not_ignored(options, na
     assert attnlab.load(wrapped) is wrapped
     with pytest.raises(InvalidInput, match=r"got dtype with a model that is loaded already \(HookedModel\)"):
         attnlab.load(wrapped, dtype=torch.float64)  # returned as it was, float32, before
+
+
+def _with_model_code(folder, marker: Path):
+    """A saved tiny GPT-2 whose config maps its classes to a Python file that leaves ``marker`` when run."""
+    _saved_tiny_gpt2(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.CustomConfig", "AutoModelForCausalLM": "custom.CustomModel"}
+    config["model_type"] = "custom_gpt2"
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import GPT2Config as CustomConfig, GPT2LMHeadModel as CustomModel\n")
+    return folder
+
+
+def test_a_folder_with_its_own_model_code_is_refused_unrun_without_a_prompt(tmp_path, monkeypatch):
+    """transformers would ask on stdin (a script blocks) or raise a bare ValueError; the code must not run."""
+    import io
+
+    marker = tmp_path / "ran"
+    folder = _with_model_code(tmp_path / "model", marker)
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # a prompt would read this "yes"
+    with pytest.raises(UnsupportedModel, match=r"config\.json maps its classes to Python code shipped with the model "
+                                               r"\(custom\.CustomConfig, custom\.CustomModel\).*trust_remote_code=True"):
+        attnlab.load(str(folder))
+    with pytest.raises(InvalidInput, match="trust_remote_code must be True or False, not 'yes'"):
+        attnlab.load(str(folder), trust_remote_code="yes")
+    assert not marker.exists()
+
+
+def test_an_hf_id_with_its_own_model_code_is_refused_unrun(hub_calls, monkeypatch, tmp_path):
+    import io
+
+    marker = tmp_path / "ran"
+    _offline_hf_cache(monkeypatch, tmp_path, "custom", lambda folder: _with_model_code(folder, marker))
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    with pytest.raises(UnsupportedModel, match=r"'attnlab-test/custom' ships its own Python code.*trust_remote_code=True"):
+        attnlab.load("attnlab-test/custom", cache_dir=str(tmp_path / "hub"))
+    assert not marker.exists()

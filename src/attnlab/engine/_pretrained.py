@@ -28,7 +28,7 @@ from attnlab.errors import AttnlabError, DataFormatError, InvalidInput, Unsuppor
 
 __all__ = [
     "load_pretrained", "fast_tokenizer", "check_local_folder", "check_safetensors_file", "hub_reachable",
-    "hub_offline_by_setting",
+    "hub_offline_by_setting", "check_no_model_code",
 ]
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -246,9 +246,13 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
     """``(hf_model, tokenizer)`` from a local folder or an HF id (cache first, hub only when reachable)."""
     if kwargs.pop("use_safetensors", True) is not True:
         raise InvalidInput("attnlab reads safetensors only: use_safetensors=False is not supported")
+    # transformers would ask on stdin (a script blocks on a prompt) before running a folder's own Python files
+    kwargs["trust_remote_code"] = _trusted(kwargs.get("trust_remote_code", False))
     path = Path(source).expanduser()
     if path.exists():
         check_local_folder(path / kwargs.get("subfolder", ""))  # where transformers reads config and weights
+        if not kwargs["trust_remote_code"]:
+            check_no_model_code(path / kwargs.get("subfolder", ""))
         return _load_or_explain(str(path), dtype, device, device_map, **kwargs)
     if _looks_like_path(source):
         raise InvalidInput(f"no such model folder: {source}")
@@ -261,8 +265,10 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
             raise
         except SafetensorError as err:  # cached, but damaged: downloading again is the fix, not a silent retry
             raise _damaged(source, err) from None
-        except (OSError, ValueError):
-            pass  # not (completely) cached: go on to the hub if it can be reached
+        except (OSError, ValueError) as err:
+            if "trust_remote_code" in str(err):
+                raise _custom_code(source) from None
+            # not (completely) cached: go on to the hub if it can be reached
     if kwargs.get("local_files_only") or hub_offline_by_setting():
         raise _offline_error(
             source, "HF_HUB_OFFLINE (or local_files_only=True) forbids the hub",
@@ -277,6 +283,36 @@ def load_pretrained(source: str, *, dtype=None, device=None, device_map=None, **
     return _load_or_explain(source, dtype, device, device_map, **kwargs)
 
 
+def _trusted(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"trust_remote_code must be True or False, not {value!r}")
+    return value
+
+
+_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def check_no_model_code(folder: Path) -> None:
+    """Refuse a folder whose config maps classes to its own Python files: loading it would run them.
+
+    transformers runs such files only with ``trust_remote_code=True``; without it, it asks on stdin
+    or fails with a ``ValueError``. attnlab says so before anything is read, with what to check.
+    """
+    for name in _CODE_FILES:
+        try:
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if auto_map:
+            targets = ", ".join(sorted({str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [auto_map])}))
+            raise UnsupportedModel(
+                f"{folder / name} maps its classes to Python code shipped with the model ({targets}): loading it "
+                f"runs that code. attnlab runs no model code by default; read the files, then pass "
+                f"trust_remote_code=True to load it"
+            )
+
+
 def _load_or_explain(source: str, dtype, device, device_map, **kwargs):
     """Load through transformers; its errors become typed ones that say what to do."""
     from safetensors import SafetensorError
@@ -285,11 +321,23 @@ def _load_or_explain(source: str, dtype, device, device_map, **kwargs):
         return _from_pretrained(source, dtype, device, device_map, **kwargs)
     except SafetensorError as err:  # a hub file that check_local_folder never saw
         raise _damaged(source, err) from None
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise _custom_code(source) from None
     except OSError as err:
         text = str(err)
         if "safetensors" in text or "pytorch_model.bin" in text:
             raise UnsupportedModel(f"{source!r} has no safetensors weights ({text}); {_CONVERT}") from None
         raise InvalidInput(f"cannot load {source!r}: {text}") from None
+
+
+def _custom_code(source: str) -> UnsupportedModel:
+    return UnsupportedModel(
+        f"{source!r} ships its own Python code (its config maps classes to files in the repository), which "
+        f"loading it would run. attnlab runs no model code by default; read the code, then pass "
+        f"trust_remote_code=True to load it"
+    )
 
 
 # -- tokenizer --------------------------------------------------------------------------------
