@@ -240,7 +240,7 @@ def _load(args):
     hf_logging.disable_progress_bar()  # keep stderr to our own progress bars and one-line errors
     hf_logging.set_verbosity_error()
     try:
-        return attnlab.load(args.model)
+        return attnlab.load(args.model, **({"trust_remote_code": True} if args.trust_remote_code else {}))
     except AttnlabError:
         raise
     except (OSError, ValueError) as err:  # transformers' errors for a folder or id it cannot read
@@ -871,6 +871,8 @@ def _command(
         first(p)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"embedded name ({DEFAULT_MODEL}, minilm), HF id or local folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a model folder or HF id run the Python code it ships (auto_map); read it first")
     if text:
         p.add_argument("text", nargs="*", help="input text(s); or use --file, or pipe them on standard input")
         p.add_argument("--file", help="read inputs from this UTF-8 file, one per line")

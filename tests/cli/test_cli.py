@@ -590,3 +590,29 @@ def test_a_link_to_a_file_or_folder_not_made_yet_is_written_through(capsys, tmp_
                  ["demo", "-o", tmp_path / "todir"], ["sweep", "--figure", tmp_path / "to.png", "x"]):
         with pytest.raises(AssertionError, match="loaded --model"):
             main(capsys, *args)
+
+
+def test_a_model_with_its_own_code_is_refused_unless_trusted(capsys, tmp_path):
+    """No stdin prompt, one line naming the flag; --trust-remote-code hands the choice to transformers (the code runs)."""
+    import json
+
+    from attnlab.testing import tiny_hf_model, tiny_tokenizer
+
+    folder, marker = tmp_path / "custom", tmp_path / "ran"
+    hf = tiny_hf_model("gpt2")
+    hf.config.architectures = ["GPT2LMHeadModel"]
+    hf.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(auto_map={"AutoConfig": "custom.CustomConfig"}, model_type="custom_gpt2")
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom.py").write_text(  # a class of its own: transformers marks a trusted class as the folder's
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import GPT2Config\n"
+        "class CustomConfig(GPT2Config):\n    model_type = 'custom_gpt2'\n")
+    capsys.readouterr()  # save_pretrained's progress bar
+    code, _, err = main(capsys, "view", "head", "--model", folder, "-o", tmp_path / "v.html", "hello")
+    assert code == 2 and re.search(r"maps its classes to Python code .*--trust-remote-code", one_error_line(err))
+    assert not marker.exists()
+    main(capsys, "view", "head", "--model", folder, "--trust-remote-code", "-o", tmp_path / "v.html", "hello")
+    assert marker.exists()

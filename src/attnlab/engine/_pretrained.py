@@ -309,7 +309,7 @@ def check_no_model_code(folder: Path) -> None:
             raise UnsupportedModel(
                 f"{folder / name} maps its classes to Python code shipped with the model ({targets}): loading it "
                 f"runs that code. attnlab runs no model code by default; read the files, then pass "
-                f"trust_remote_code=True to load it"
+                f"trust_remote_code=True (CLI: --trust-remote-code) to load it"
             )
 
 
@@ -336,7 +336,7 @@ def _custom_code(source: str) -> UnsupportedModel:
     return UnsupportedModel(
         f"{source!r} ships its own Python code (its config maps classes to files in the repository), which "
         f"loading it would run. attnlab runs no model code by default; read the code, then pass "
-        f"trust_remote_code=True to load it"
+        f"trust_remote_code=True (CLI: --trust-remote-code) to load it"
     )
 
 
