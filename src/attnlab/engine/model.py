@@ -33,6 +33,7 @@ from attnlab.engine.adapters import (
 )
 from attnlab.engine.attention import detach
 from attnlab.engine.bridge import check_unprocessed
+from attnlab.engine.caller import user_stacklevel
 from attnlab.engine.cache import ActivationCache
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.dropout import active_dropout
@@ -526,7 +527,7 @@ class HookedModel(ModelWeights, nn.Module):
                 f"attnlab wrapped it (set_attn_implementation, or a TransformerLens bridge booted on it), which "
                 f"would silence every hook at an attention site; attnlab routes it through "
                 f"{self._attention_configs[0]._attn_implementation!r} again (the same math, with its hook points)",
-                stacklevel=7 if direct else 3,  # direct: past the pre-hook and torch.nn.Module.__call__
+                stacklevel=user_stacklevel(),
             )
 
     def _compiled_message(self, what: str) -> str:

@@ -33,10 +33,7 @@ call :func:`forget_rounded_weights` after them.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import platform
-import sys
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -49,6 +46,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from transformers.pytorch_utils import Conv1D
 
+from attnlab.engine.caller import user_stacklevel
 from attnlab.engine.finite import all_finite
 from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel
 
@@ -239,22 +237,8 @@ def _warn_if_emulated(dtype: torch.dtype, devices) -> None:
         f"product: about 8x slower than float32 per product, 25-30x slower for a whole attribution call on "
         f"Gemma-3-270m. Pass precision=None on this machine",
         RuntimeWarning,
-        stacklevel=_user_stacklevel(),
+        stacklevel=user_stacklevel(),
     )
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside attnlab, torch (its ``no_grad`` decorators) and contextlib:
-    the user's line, however deep the call."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and (frame.f_code.co_filename.startswith((_PACKAGE_DIR, _TORCH_DIR))
-                                 or frame.f_code.co_filename == contextlib.__file__):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def computing_dtype(dtype: torch.dtype) -> torch.dtype:

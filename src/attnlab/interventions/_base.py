@@ -264,8 +264,7 @@ class Intervention:
         bad = [p for p in self.positions if p >= longest]
         if bad:
             raise InvalidLocation(f"position {bad[0]} out of range: this input has positions 0..{longest - 1}")
-        row_lengths = getattr(hook, "row_lengths", None)
-        lengths = row_lengths(x.shape[0]) if callable(row_lengths) else None  # [batch] tokens of each row
+        lengths = own_lengths(hook, x.shape[0])
         if lengths is None:
             return torch.isin(positions, wanted)
         # a row shorter than a position is not edited there: its right padding is no token of its own
@@ -402,6 +401,13 @@ def check_site(site: str, allowed: Sequence[str], kind: str) -> str:
     return site
 
 
+def own_lengths(hook, n_rows: int) -> torch.Tensor | None:
+    """Each row's own tokens (``[batch]``; in ``generate()`` its prompt's), or None when the call does not say
+    (a hook object without the engine's geometry)."""
+    row_lengths = getattr(hook, "row_lengths", None)
+    return row_lengths(n_rows) if callable(row_lengths) else None
+
+
 def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``[query, key]``, ``[batch, query, key]`` or ``[batch, head, query, key]`` tensor read at this call's token positions.
 
@@ -432,8 +438,7 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
     q_pos, k_pos = hook.query_pos, hook.key_pos  # [batch or 1, query], [batch or 1, key]
     if q_pos.shape[-1] != x.shape[-2] or k_pos.shape[-1] != x.shape[-1]:  # a call without geometry: columns
         q_pos, k_pos = torch.arange(x.shape[-2])[None], torch.arange(x.shape[-1])[None]
-    row_lengths = getattr(hook, "row_lengths", None)
-    lengths = row_lengths(batch) if callable(row_lengths) else None  # [batch] tokens of each row (its prompt's)
+    lengths = own_lengths(hook, batch)
     if lengths is not None:  # every row's own tokens, in every step of generate() too
         n = int(lengths.max())
     elif not getattr(hook, "decoding", False):  # generate()'s later steps may run past the tensor; a pass may not

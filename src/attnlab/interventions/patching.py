@@ -16,7 +16,7 @@ from jaxtyping import Int
 
 from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES
 from attnlab.errors import InvalidSpec, ShapeMismatch
-from attnlab.interventions._base import Intervention, check_site, register, tensor_or_none
+from attnlab.interventions._base import Intervention, check_site, own_lengths, register, tensor_or_none
 
 __all__ = ["Patch"]
 
@@ -103,12 +103,6 @@ class Patch(Intervention):
         return edit
 
 
-def _lengths(hook, n_rows: int) -> torch.Tensor | None:
-    """Each row's own tokens (``[batch]``; in ``generate()`` its prompt's), or None when the call does not say."""
-    row_lengths = getattr(hook, "row_lengths", None)
-    return row_lengths(n_rows) if callable(row_lengths) else None
-
-
 def _row_ends(hook, n_rows: int, n_src: int) -> Int[torch.Tensor, "batch 1"]:
     """Where each row's patched positions end: its own length, within the source.
 
@@ -116,7 +110,7 @@ def _row_ends(hook, n_rows: int, n_src: int) -> Int[torch.Tensor, "batch 1"]:
     its own tokens only, never at its padding (right padding: columns a longer row still has) nor,
     in ``generate()``, at its new tokens, which the source does not hold.
     """
-    lengths = _lengths(hook, n_rows)
+    lengths = own_lengths(hook, n_rows)
     if lengths is None:
         return torch.full((1, 1), n_src)
     return lengths.clamp(max=n_src)[:, None]
@@ -131,7 +125,7 @@ def _check_fits(src: torch.Tensor, x: torch.Tensor, hook, head_major: bool, name
     n_src = src.shape[2] if head_major else src.shape[1]
     fits = src.shape[0] in (1, x.shape[0])
     fits &= (src.shape[1] == x.shape[1] and src.shape[3] == n_src) if head_major else src.shape[2:] == x.shape[2:]
-    lengths = _lengths(hook, x.shape[0])
+    lengths = own_lengths(hook, x.shape[0])
     own = int(lengths.max()) if lengths is not None else (x.shape[2] if head_major else x.shape[1])
     known = getattr(hook, "n_positions", None)
     # generate()'s first step runs the prompt itself, so it is checked like a forward pass; only the
