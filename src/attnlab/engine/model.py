@@ -10,6 +10,7 @@ global state, and a forgotten or shared one silently changes every later result.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import warnings
 import weakref
@@ -572,6 +573,28 @@ class HookedModel(ModelWeights, nn.Module):
             holders = self.__dict__["_tensor_holders"] = [m for m in self.hf_model.modules() if m._parameters or m._buffers]
         return tuple((id(t), t._version, t.data_ptr()) for m in holders for d in (m._parameters, m._buffers)
                      for t in d.values() if t is not None)
+
+    def weights_digest(self) -> str:
+        """A cheap digest of the weights for telling two processes' models apart: every parameter's shape and
+        dtype, and 64 values sampled evenly from each of the first, middle and last parameter tensors.
+
+        Two checkpoints of one architecture differ here; weights that differ only elsewhere (a fine-tune of
+        some middle layers) are not seen. Kept while :meth:`weights_stamp` stays the same, so a run of
+        parallel calls walks the parameters once.
+        """
+        stamp = self.weights_stamp()
+        kept = self.__dict__.get("_weights_digest")
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
+        params = list(self.hf_model.parameters())
+        parts: list = [type(self.hf_model).__qualname__, tuple((tuple(p.shape), str(p.dtype)) for p in params)]
+        for p in dict.fromkeys(params[i] for i in (0, len(params) // 2, -1)) if params else ():
+            if p.device.type != "meta":  # offloaded: its values exist only inside the module's call
+                flat = p.detach().reshape(-1)
+                parts.append(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().tolist())
+        digest = hashlib.sha1(repr(parts).encode()).hexdigest()
+        self.__dict__["_weights_digest"] = (stamp, digest)
+        return digest
 
     @contextmanager
     def intervene(self, *interventions: Intervention) -> Iterator[HookedModel]:

@@ -385,24 +385,10 @@ def _fielded() -> tuple[type, ...]:
 
 
 def model_fingerprint(model: Any) -> str:
-    """A cheap digest of a model: its config, its parameters' shapes and dtypes, and 64 values of three of them.
-
-    The values are sampled evenly from the first, middle and last parameter tensors, so two
-    checkpoints of one architecture differ here; weights that differ only elsewhere (a
-    fine-tune that changed only some middle layers) are not seen. No full pass over the
-    weights: it costs well under a millisecond for a small model (docs/parallel.md).
-    """
-    net = getattr(model, "hf_model", model)
-    parts: list = [type(model).__qualname__, _plain(getattr(model, "cfg", None), 0)]
-    if isinstance(net, torch.nn.Module):
-        params = list(net.parameters())
-        parts.append((type(net).__qualname__, sum(p.numel() for p in params),
-                       tuple((tuple(p.shape), str(p.dtype)) for p in params)))
-        for p in dict.fromkeys(params[i] for i in (0, len(params) // 2, -1)) if params else ():
-            if p.device.type != "meta":
-                flat = p.detach().reshape(-1)
-                parts.append(_plain(flat[:: max(1, flat.numel() // 64)][:64], 0))
-    return hashlib.sha1(repr(parts).encode()).hexdigest()
+    """A digest of a model: its type, its config and the engine's cheap digest of its weights
+    (:meth:`~attnlab.engine.model.HookedModel.weights_digest`: shapes, dtypes and sampled values)."""
+    weights = model.weights_digest() if hasattr(model, "weights_digest") else None
+    return digest(type(model).__qualname__, _plain(getattr(model, "cfg", None), 0), weights)
 
 
 def gather(outcome: _Outcome, group: Group) -> list[_Outcome]:
