@@ -118,12 +118,15 @@ def test_unnormalised_and_negative_patterns():
 def test_wrong_pattern_shape(untouched):
     with pytest.raises(ShapeMismatch, match=r"pattern must be \[query, key\], \[batch, query, key\] or \[batch, head, query, key\], got \(8,\)"):
         SetPattern(0, 0, pattern=torch.ones(N) / N)
-    with pytest.raises(ShapeMismatch, match=r"pattern has shape \(3, 3\) but this input needs at least \[8, 8\] \(query x key"):
+    with pytest.raises(ShapeMismatch, match=r"pattern has shape \(3, 3\) but this input needs \[8, 8\] \(query x key"):
         _apply(untouched, SetPattern(0, 0, pattern=torch.eye(3)))
-    with pytest.raises(ShapeMismatch, match=r"add has shape \(1, 4, 8, 5\) but this input needs at least \[1, 4, 8, 8\] "):
+    with pytest.raises(ShapeMismatch, match=r"add has shape \(1, 4, 8, 5\) but this input needs \[1, 4, 8, 8\] "):
         _apply(untouched, EditScores(0, 0, add=torch.zeros(1, 4, 8, 5)))
-    # larger covers the input: its [8, 8] corner is read (a measurement's chunks share a tensor for the longest prompt)
-    assert torch.equal(_apply(untouched, SetPattern(0, 0, pattern=torch.eye(11))), _apply(untouched, SetPattern(0, 0, pattern=torch.eye(N))))
+    # larger than the longest prompt is a miscount too (its extra rows would never be read)
+    with pytest.raises(ShapeMismatch, match=r"pattern has shape \(11, 11\) but this input needs \[8, 8\] \(query x key"):
+        _apply(untouched, SetPattern(0, 0, pattern=torch.eye(11)))
+    with pytest.raises(ShapeMismatch, match=r"replace has shape \(8, 9\) but this input needs \[8, 8\] "):
+        _apply(untouched, EditScores(0, 0, replace=torch.zeros(8, 9)))
     with pytest.raises(ShapeMismatch, match=r"SetPattern fn must return a tensor of shape \(1, 4, 8, 8\), got \(1, 4, 8, 1\)"):
         _apply(untouched, SetPattern(0, 0, fn=lambda p: p[..., :1]))
     with pytest.raises(InvalidSpec, match="SetPattern fn returned NaN or inf values"):

@@ -77,8 +77,13 @@ def test_a_tensor_too_small_for_a_prompt_names_the_shape_it_needs():
         clean = model(PROMPTS[2])
     for spec, valid in ((SetPattern(1, 0, pattern=torch.eye(n - 1)), f"{n}, {n}"),
                         (EditScores(1, 0, add=torch.zeros(1, n, n - 1)), f"1, {n}, {n}")):
-        with pytest.raises(ShapeMismatch, match=rf"has shape \(.*{n - 1}\) but this input needs at least \[{valid}\] "
+        with pytest.raises(ShapeMismatch, match=rf"has shape \(.*{n - 1}\) but this input needs \[{valid}\] "
                                                 rf"\(query x key: one row and one column per token of the longest prompt"):
+            effect(model, PROMPTS, METRIC, [spec], batch_size=2, n_boot=0, progress=False)
+    for spec, valid in ((SetPattern(1, 0, pattern=torch.eye(n + 1)), f"{n}, {n}"),
+                        (EditScores(1, 0, add=torch.zeros(1, n, n + 1)), f"1, {n}, {n}")):
+        # larger than the longest prompt: a miscount (a forgotten BOS, another text), refused in every chunk
+        with pytest.raises(ShapeMismatch, match=rf"has shape \(.*{n + 1}\) but this input needs \[{valid}\] "):
             effect(model, PROMPTS, METRIC, [spec], batch_size=2, n_boot=0, progress=False)
     with pytest.raises(ShapeMismatch, match=r"pattern has 3 rows but the batch has 5 \(one row per batch row"):
         effect(model, PROMPTS, METRIC, [SetPattern(1, 0, pattern=torch.eye(n).expand(3, n, n))], batch_size=2,

@@ -414,8 +414,9 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
     Entry ``[i, j]`` of the tensor is token ``i`` attending to token ``j``, whatever the padding or KV cache:
     a left-padded row reads it at its own tokens, not at its columns. Returns the values laid over ``x``
     and where the tensor reaches: only a row's own tokens (queries and keys below its length), so padding
-    on either side and, while generating, every new token keep ``x``. The tensor must cover the longest
-    row; entries past a shorter row's length are unused (a measurement's chunks share one tensor).
+    on either side and, while generating, every new token keep ``x``. The tensor is sized for the longest
+    row (of the measurement, when this pass is one of its chunks; larger is refused as a miscount); entries
+    past a shorter row's length are unused (a measurement's chunks share one tensor).
     """
     given_shape = tuple(value.shape)
     batch = x.shape[0]
@@ -445,11 +446,14 @@ def at_token_positions(value: torch.Tensor, x: torch.Tensor, hook, what: str) ->
         n = getattr(hook, "n_positions", None) or int(k_pos.max()) + 1
     else:
         n = 0
-    if n_q < n or n_k < n:
+    known = None if getattr(hook, "decoding", False) else getattr(hook, "n_positions", None)
+    if n_q < n or n_k < n or (known is not None and (n_q, n_k) != (known, known)):
+        n = known or n  # the measurement's longest prompt when known: larger is a miscount too (its extra rows are never read)
         valid = ", ".join(map(str, (*given_shape[:-2], n, n)))
         raise ShapeMismatch(
-            f"{what} has shape {given_shape} but this input needs at least [{valid}] (query x key: one row and "
-            f"one column per token of the longest prompt, {n} tokens; a shorter row reads its own corner)"
+            f"{what} has shape {given_shape} but this input needs [{valid}]{'' if known else ' or larger'} "
+            f"(query x key: one row and one column per token of the longest prompt, {n} tokens; a shorter row "
+            "reads its own corner)"
         )
     short = lengths is not None and int(lengths.min()) < x.shape[-1]  # padding (or new tokens) in some row
     if (q_pos.shape[0] == 1 and k_pos.shape[0] == 1 and not short and n_q >= x.shape[-2] and n_k >= x.shape[-1]

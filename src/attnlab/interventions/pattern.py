@@ -41,8 +41,8 @@ class SetPattern(Intervention):
     """Set a head's attention pattern to a given tensor, or transform it with a function.
 
     ``pattern``: ``[query, key]`` (or ``[batch, query, key]``) probabilities by token position:
-    entry ``[i, j]`` is token ``i`` attending to token ``j`` in every row, padded or not; it must
-    cover the longest row, and each row reads its own corner (padding on either side and, in
+    entry ``[i, j]`` is token ``i`` attending to token ``j`` in every row, padded or not; it is
+    sized for the longest row (no larger), and each row reads its own corner (padding on either side and, in
     ``generate()``, every new token keep their own pattern). ``fn``: a
     function of the current ``[batch, head, query, key]`` pattern returning a new one (not
     JSON-serialisable). ``renormalize`` rescales each row to sum to 1 after the edit.
