@@ -25,7 +25,8 @@ estimated and exact mean effects over all units, the overlap of the two top-10 s
 |effect|; by the GradDrop score for AtP*) and the largest absolute error.
 
 Run: ``python benchmarks/bench_attribution.py [--threads N] [--stages heads,dims,mlp]
-[--dims-layer L] [--mlp-layer L] [--repeats N] [--json out.json]``.
+[--dims-layer L] [--mlp-layer L] [--repeats N] [--json out.json]``; ``--stages heads,floor`` adds
+what a bare HF forward and forward + backward cost on the same batch (the ceiling of any gradient estimate's speed-up).
 """
 
 from __future__ import annotations
@@ -53,7 +54,18 @@ def fidelity(estimate: np.ndarray, exact: np.ndarray, rank_by: np.ndarray | None
 
 
 def with_bf16(estimate_fns):
-    """Each ``(label, fn(**options))`` as given and again with ``precision="bfloat16"``."""
+    """Each ``(label, fn(**options))`` as given and again with ``precision="bfloat16"``.
+
+    Only where the CPU multiplies bfloat16 in hardware: elsewhere (AVX2) the estimates would be
+    25-30x slower and say nothing about the method, so they are left out (printed once).
+    """
+    from attnlab.engine.precision import has_native_products
+
+    if not has_native_products(torch.bfloat16, torch.device("cpu")):
+        if not getattr(with_bf16, "said", False):
+            print("no bfloat16 units on this CPU: the bfloat16 rows are left out", flush=True)
+            with_bf16.said = True
+        return list(estimate_fns)
     return [(label, lambda fn=fn: fn()) for label, fn in estimate_fns] + [
         (f"{label} (bf16)", lambda fn=fn: fn(precision="bfloat16")) for label, fn in estimate_fns]
 
@@ -81,6 +93,40 @@ def compare(name, rows, exact_fn, estimate_fns, repeats: int = 1, fresh=None):
               f"max |error| {row['max_abs_error']:.3g} (largest |exact| {row['largest_exact']:.3g})", flush=True)
 
 
+def floor(model, prompts, rows, repeats: int) -> None:
+    """What any gradient estimate must pay on this batch, as plain transformers code: one forward, one backward.
+
+    Times the HF model body on the padded batch without gradients ("one forward") and with the
+    gradient to the input embeddings ("forward + backward", weights' gradients not computed;
+    every activation's gradient is then available, which is all AtP needs). With the heads
+    stage in the same run it prints the exact sweep in forwards and the ratio no estimate that
+    needs a forward and a backward can exceed here.
+    """
+    body = model.hf_model.get_decoder()
+    batch = model.tokenizer(prompts, return_tensors="pt", padding=True)
+
+    def forward():
+        with torch.no_grad():
+            return body(**batch).last_hidden_state
+
+    def forward_backward():
+        embeds = body.get_input_embeddings()(batch.input_ids).detach().requires_grad_(True)
+        out = body(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        return torch.autograd.grad(out[:, -1].sum(), embeds)[0]
+
+    fwd = [timed(forward)[1:] for _ in range(repeats)]
+    both = [timed(forward_backward)[1:] for _ in range(repeats)]
+    f_wall, f_cpu = np.median([t[0] for t in fwd]), np.median([t[1] for t in fwd])
+    b_wall, b_cpu = np.median([t[0] for t in both]), np.median([t[1] for t in both])
+    print(f"[floor] batch {tuple(batch.input_ids.shape)}: one forward {f_wall:.3f} s wall / {f_cpu:.3f} s CPU; "
+          f"forward + backward {b_wall:.3f} / {b_cpu:.3f} s", flush=True)
+    for r in rows:
+        if r["stage"].startswith("72 heads") and r["estimate"] in ("AtP", "AtP* (GradDrop)"):
+            print(f"[floor] {r['stage']}, {r['estimate']}: exact sweep = {r['exact_cpu_s'] / f_cpu:.1f} forwards; "
+                  f"estimate = {r['estimate_cpu_s'] / b_cpu:.2f}x a bare forward + backward; ceiling for any "
+                  f"forward+backward estimate: {r['exact_cpu_s'] / b_cpu:.1f}x (CPU s)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
@@ -97,6 +143,7 @@ def main() -> None:
     import attnlab
     from attnlab.bias.mediation import mediation_pairs
     from attnlab.bias.templates import occupations, templates
+    from attnlab.engine.precision import has_native_products
     from attnlab.interventions import EditMLPNeuron
     from attnlab.measure import LogitDiff, attribute, sweep_heads, sweep_interventions, sweep_neurons
 
@@ -123,7 +170,9 @@ def main() -> None:
     # warm-up: first calls pay one-off costs (allocator, lazily built hook dispatchers)
     sweep_heads(model, prompts[:4], metric, "zero", layers=[17], heads=[0], progress=False, n_boot=10)
     attribute(model, prompts[:4], metric, layers=[17], heads=[0], progress=False, n_boot=10)
-    attribute(model, prompts[:4], metric, layers=[17], heads=[0], progress=False, n_boot=10, precision="bfloat16")
+    native_bf16 = has_native_products(torch.bfloat16, torch.device("cpu"))
+    if native_bf16:
+        attribute(model, prompts[:4], metric, layers=[17], heads=[0], progress=False, n_boot=10, precision="bfloat16")
 
     if "heads" in stages:
         for method in ("zero", "mean"):
@@ -133,8 +182,9 @@ def main() -> None:
                                                                             **opts, **o)),
                                ("AtP* (GradDrop)", lambda method=method, **o: attribute(
                                    model, prompts, metric, site="z", method=method, correction="atp*", **opts, **o))])
-                    + [("exact sweep, precision='bfloat16'", lambda method=method: sweep_heads(
-                        model, prompts, metric, method, batch_size=args.batch_size, precision="bfloat16", **opts))])
+                    + ([("exact sweep, precision='bfloat16'", lambda method=method: sweep_heads(
+                        model, prompts, metric, method, batch_size=args.batch_size, precision="bfloat16", **opts))]
+                        if native_bf16 else []))
         compare_here("72 heads, pattern patching x -> x'", rows,
                 lambda: sweep_heads(model, base, pair_metric, "patch", counterfactuals=counter, batch_size=args.batch_size,
                                     **opts),
@@ -159,6 +209,9 @@ def main() -> None:
         compare_here(f"MLP neurons of layer {layer} ({width}), zeroed", rows,
                 lambda: sweep_interventions(model, prompts, metric, variants, batch_size=args.batch_size, **opts),
                 with_bf16([("AtP", lambda **o: attribute(model, prompts, metric, site="post", layers=[layer], **opts, **o))]))
+
+    if "floor" in stages:
+        floor(model, prompts, rows, args.repeats)
 
     print("\n| stage | estimate | units | exact (s wall / CPU) | estimate (s wall / CPU) | ratio wall / CPU | Spearman | top-10 overlap | max abs error (largest exact) |")
     print("|---|---|---|---|---|---|---|---|---|")
