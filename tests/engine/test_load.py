@@ -195,6 +195,13 @@ def test_folders_that_are_not_models_get_typed_errors(tmp_path):
         attnlab.load(str(folder / "tokenizer.json"))
     with pytest.raises(InvalidInput, match=r"no such model folder: \./no/such/folder"):
         attnlab.load("./no/such/folder")
+    (folder / "weights.gguf").write_bytes(b"GGUF")
+    with pytest.raises(InvalidInput, match=r"weights\.gguf is a file; .*for a GGUF file, load it with transformers "
+                                           r"\(AutoModelForCausalLM\.from_pretrained\(its folder, gguf_file=its name\)"):
+        attnlab.load(folder / "weights.gguf")
+    for empty in ("", "  "):  # "" was read as the current folder
+        with pytest.raises(InvalidInput, match=r"load\(\) got an empty model name '\s*'; give an embedded model"):
+            attnlab.load(empty)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "pickle renamed"])

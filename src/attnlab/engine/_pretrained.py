@@ -52,7 +52,10 @@ _CONVERT = (
 def check_local_folder(folder: Path) -> None:
     """Refuse, with a typed error, a path that is not a safetensors model folder."""
     if not folder.is_dir():
-        raise InvalidInput(f"{folder} is a file; load() takes a model folder (config.json + model.safetensors)")
+        hint = ("; for a GGUF file, load it with transformers (AutoModelForCausalLM.from_pretrained(its folder, "
+                "gguf_file=its name), which dequantises it) and pass the model with tokenizer=" if folder.suffix.lower()
+                == ".gguf" else "")
+        raise InvalidInput(f"{folder} is a file; load() takes a model folder (config.json + model.safetensors){hint}")
     names = sorted(p.name for p in folder.iterdir())
     if "config.json" not in names:
         raise InvalidInput(

@@ -146,6 +146,9 @@ def load(
             f"load() takes a model name, path, transformers model or TransformerBridge, got {type(spec).__name__}"
         )
     source = str(spec)
+    if not source.strip():  # "" would be read as the current folder
+        raise InvalidInput(f"load() got an empty model name {source!r}; give an embedded model "
+                           f"({', '.join(EMBEDDED_MODELS)}), a model folder or an HF id")
     if source == "minilm":
         hf_model, tok = load_pretrained(str(_minilm_path()), dtype=dtype, device=device, device_map=device_map)
         return HookedModel(hf_model, tok, name=name or "minilm")
