@@ -16,9 +16,9 @@ import torch
 from jaxtyping import Float
 
 from attnlab.engine.dropout import check_deterministic
-from attnlab.engine.forward import run
+from attnlab.engine.forward import as_specs, run
 from attnlab.engine.locations import hook_name
-from attnlab.engine.tokens import Tokens
+from attnlab.engine.tokens import Tokens, check_unicode
 from attnlab.errors import InvalidInput, is_integer
 
 __all__ = [
@@ -102,6 +102,8 @@ def _pair_input(model, pair: Sequence[str], max_tokens: int, view: str) -> ViewI
         )
     if not all(t.strip() for t in pair):
         raise InvalidInput("both sentences of a pair must be non-empty")
+    for name, sentence in zip(("sentence_a", "sentence_b"), pair):  # the tokenizer is called directly, not via the
+        check_unicode(sentence, name)  # engine: a lone surrogate failed inside it ("TextInputSequence must be str")
     if model.tokenizer is None:
         raise InvalidInput(f"{model.cfg.name} was loaded without a tokenizer; a sentence pair needs one")
     # The engine tokenises single texts; a pair's joining and segment marks come from the tokenizer itself.
@@ -129,6 +131,8 @@ def select(model, values, noun: str) -> list[int]:
     size, check = (model.cfg.n_layers, model.check_layer) if noun == "layer" else (model.cfg.n_heads, model.check_head)
     if values is None:
         return list(range(size))
+    if isinstance(values, (str, bytes)):  # iterated, "12" was heads 1 and 2 and the error named only '1'
+        raise InvalidInput(f"{noun}s must be an int, a list of ints or None (all), got {values!r}")
     items = [values] if is_integer(values) else values  # numpy's too: a layer read back from a result table
     try:
         items = [int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v for v in items]
@@ -164,12 +168,18 @@ def to_list(array: np.ndarray, decimals: int = 4) -> list:
 
 
 def interventions_tuple(interventions) -> tuple:
-    """Accept one spec or a sequence of specs (``None``/``()`` = none)."""
-    if interventions is None:
-        return ()
-    if hasattr(interventions, "validate") and hasattr(interventions, "hooks"):
-        return (interventions,)
-    return tuple(interventions)
+    """Accept one spec or a sequence of specs (``None``/``()`` = none), each checked to be a spec.
+
+    Checked here, before any forward pass: the diff view validates each spec itself, so a
+    string (iterated letter by letter), a number or a ``None`` in the list failed there with a
+    bare ``AttributeError``/``TypeError``.
+    """
+    specs = as_specs(interventions)
+    for spec in specs:
+        if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):
+            raise InvalidInput(f"interventions must be intervention specs (e.g. AblateHead(layer, head)), "
+                               f"got {type(spec).__name__}: {spec!r}")
+    return specs
 
 
 def base_payload(model, source: ViewInput, kind: str, title: str, layers: list[int], heads: list[int],

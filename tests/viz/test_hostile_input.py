@@ -1,0 +1,58 @@
+"""Hostile or malformed input to the views, the report and the plots: typed errors that name the
+problem, raised before any forward pass, with the model left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput
+from attnlab.interventions import AblateHead
+from attnlab.viz import diff_view, head_view, model_view, neuron_view
+
+TEXT = "the nurse said that she was happy"
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.hf_model.state_dict().items()}
+
+
+def _untouched(model, before) -> bool:
+    after = model.hf_model.state_dict()
+    return model.count_hooks() == 0 and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("bad, shown", [
+    ("abc", "got str: 'abc'"),
+    (42, "got int: 42"),
+    ([None], "got NoneType: None"),
+    ([AblateHead(0, 0), "ablate"], "got str: 'ablate'"),
+])
+def test_interventions_that_are_not_specs_are_refused_before_any_forward_pass(tiny_gpt2, bad, shown):
+    # the diff view called spec.validate on each item: AttributeError for a str or None, TypeError for an int
+    before = _weights(tiny_gpt2)
+    for make in (lambda: diff_view(tiny_gpt2, TEXT, bad), lambda: head_view(tiny_gpt2, TEXT, interventions=bad),
+                 lambda: neuron_view(tiny_gpt2, TEXT, interventions=bad)):
+        with pytest.raises(InvalidInput, match=r"^interventions must be .*" + shown.replace("(", r"\(")
+                           .replace(")", r"\)").replace("[", r"\[") + "$"):
+            make()
+    assert _untouched(tiny_gpt2, before)
+
+
+def test_a_sentence_pair_with_a_lone_surrogate_is_refused_naming_the_sentence(tiny_bert):
+    # the pair goes to the tokenizer directly, past the engine's text check: it failed with
+    # "TypeError: TextInputSequence must be str"
+    before = _weights(tiny_bert)
+    with pytest.raises(InvalidInput, match=r"^sentence_b holds '\\udc80' at character 4, which is not a Unicode"):
+        head_view(tiny_bert, ("the nurse", "she \udc80 was"))
+    with pytest.raises(InvalidInput, match=r"^sentence_a holds '\\ud800' at character 0"):
+        model_view(tiny_bert, ("\ud800", "she"))
+    assert _untouched(tiny_bert, before)
+
+
+@pytest.mark.parametrize("noun", ["layers", "heads"])
+def test_a_string_of_digits_is_not_a_list_of_layers_or_heads(tiny_gpt2, noun):
+    # "12" was iterated letter by letter and refused as "head '1' out of range", naming a valid head
+    with pytest.raises(InvalidInput, match=rf"^{noun} must be an int, a list of ints or None \(all\), got '01'$"):
+        head_view(tiny_gpt2, TEXT, **{noun: "01"})
+    assert head_view(tiny_gpt2, TEXT, **{noun: [0, 1]}).data[noun] == [0, 1]
