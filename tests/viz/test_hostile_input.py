@@ -56,3 +56,25 @@ def test_a_string_of_digits_is_not_a_list_of_layers_or_heads(tiny_gpt2, noun):
     with pytest.raises(InvalidInput, match=rf"^{noun} must be an int, a list of ints or None \(all\), got '01'$"):
         head_view(tiny_gpt2, TEXT, **{noun: "01"})
     assert head_view(tiny_gpt2, TEXT, **{noun: [0, 1]}).data[noun] == [0, 1]
+
+
+def test_view_and_report_save_refuse_a_folder_or_a_file_on_the_way_by_name(tiny_gpt2, tmp_path):
+    from attnlab.viz.report import Report
+
+    view, report = head_view(tiny_gpt2, "the nurse"), Report("r").text("x")
+    (tmp_path / "notes.txt").write_text("keep me")
+    for obj, what, example in ((view, "the view", "view.html"), (report, "the report", "report.html")):
+        # Report.save raised a bare "[Errno 21] Is a directory"; both raised "[Errno 17] File exists: '.../notes.txt'"
+        with pytest.raises(InvalidInput, match=rf"^cannot write {what} to .*: it is a folder; give a file name such as "
+                                               rf".*{example}$"):
+            obj.save(tmp_path)
+        with pytest.raises(InvalidInput, match=rf"^cannot write {what} to .*notes.txt/sub/page.html: .*notes.txt is a "
+                                               "file, not a folder"):
+            obj.save(tmp_path / "notes.txt" / "sub" / "page.html")
+        with pytest.raises(InvalidInput, match=rf"^cannot write {what} to 42: give a file name"):
+            obj.save(42)
+        assert (tmp_path / "notes.txt").read_text() == "keep me"
+        written = obj.save(str(tmp_path / "new" / "deeper" / example))  # missing folders are made
+        assert written == tmp_path / "new" / "deeper" / example
+        assert written.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert (tmp_path / "new" / "deeper" / "report.html").read_text(encoding="utf-8") == report.html

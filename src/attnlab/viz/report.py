@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnlab.errors import InvalidInput, is_integer
+from attnlab.viz._html import write_page
 
 __all__ = ["Report"]
 
@@ -85,7 +86,5 @@ class Report:
         )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html, encoding="utf-8")
-        return path
+        """Write the report to ``path`` (UTF-8), making missing folders, and return the path."""
+        return write_page(path, self.html, "the report", "report.html")
