@@ -78,3 +78,33 @@ def test_view_and_report_save_refuse_a_folder_or_a_file_on_the_way_by_name(tiny_
         assert written == tmp_path / "new" / "deeper" / example
         assert written.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert (tmp_path / "new" / "deeper" / "report.html").read_text(encoding="utf-8") == report.html
+
+
+@pytest.mark.parametrize("column, values, shown", [
+    ("layer", [0.0, 0.5], "0.5"),  # cut to 0 by to_numpy(int): the second cell overwrote the first, silently
+    ("layer", [0, float("nan")], "nan"),  # IndexError: index -9223372036854775808 is out of bounds
+    ("head", [0, float("inf")], "inf"),  # OverflowError: cannot convert float infinity to integer
+])
+def test_head_heatmap_refuses_grid_indices_that_are_not_whole_numbers(column, values, shown):
+    import pandas as pd
+
+    from attnlab.viz.plots import head_heatmap
+
+    df = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "effect": [1.0, 2.0]}).assign(**{column: values})
+    with pytest.raises(InvalidInput, match=rf"^head_heatmap: column '{column}' must hold whole numbers \(it indexes "
+                                           rf"the grid\), got {shown}$"):
+        head_heatmap(df)
+
+
+@pytest.mark.parametrize("option, value", [("n_layers", 2.7), ("n_heads", True), ("n_layers", "3"), ("n_heads", 0)])
+def test_head_heatmap_grid_size_must_be_a_positive_integer(option, value):
+    import numpy as np
+    import pandas as pd
+
+    from attnlab.viz.plots import head_heatmap
+
+    df = pd.DataFrame({"layer": [0, 1], "head": [0, 0], "effect": [1.0, -2.0]})
+    with pytest.raises(InvalidInput, match=rf"^head_heatmap: {option} must be a positive integer .*got {value!r}$"):
+        head_heatmap(df, **{option: value})
+    grid = head_heatmap(df, n_layers=np.int64(3), n_heads=2).axes[0].images[0].get_array()
+    assert grid.shape == (3, 2) and grid[1, 0] == -2.0 and grid.mask[2].all() and grid.mask[:, 1].all()

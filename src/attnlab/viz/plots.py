@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.plots import is_axes
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -116,6 +116,15 @@ def head_heatmap(
     if df.duplicated([layer, head]).any():
         dup = df[df.duplicated([layer, head], keep=False)][[layer, head]].iloc[0].tolist()
         raise InvalidInput(f"head_heatmap: ({layer}, {head}) {tuple(dup)} appears more than once; aggregate first")
+    for column in (layer, head):  # the cells are indexed by them: 0.5 was cut to 0 (and overwrote that cell), NaN crashed
+        values = df[column].to_numpy(dtype=float, na_value=np.nan)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            raise InvalidInput(f"head_heatmap: column {column!r} must hold whole numbers (it indexes the grid), "
+                               f"got {float(values[int(np.argmax(bad))])!r}")
+    for name, size in (("n_layers", n_layers), ("n_heads", n_heads)):
+        if size is not None and (not is_integer(size) or size < 1):
+            raise InvalidInput(f"head_heatmap: {name} must be a positive integer (or None: from the data), got {size!r}")
     L = int(n_layers if n_layers is not None else df[layer].max() + 1)
     H = int(n_heads if n_heads is not None else df[head].max() + 1)
     if df[layer].min() < 0 or df[head].min() < 0 or df[layer].max() >= L or df[head].max() >= H:
