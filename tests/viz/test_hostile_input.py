@@ -108,3 +108,19 @@ def test_head_heatmap_grid_size_must_be_a_positive_integer(option, value):
         head_heatmap(df, **{option: value})
     grid = head_heatmap(df, n_layers=np.int64(3), n_heads=2).axes[0].images[0].get_array()
     assert grid.shape == (3, 2) and grid[1, 0] == -2.0 and grid.mask[2].all() and grid.mask[:, 1].all()
+
+
+def test_numpy_thresholds_are_numbers_and_reach_the_page_as_floats(tiny_gpt2):
+    import numpy as np
+
+    from tests.viz.test_view_data import embedded_data
+
+    # np.float32 (a float read back from an array) was refused as "not a number"; np.float64 passed only as a float subclass
+    for threshold in (np.float32(0.25), np.int64(0)):
+        for make in (lambda: head_view(tiny_gpt2, TEXT, threshold=threshold),
+                     lambda: diff_view(tiny_gpt2, TEXT, AblateHead(0, 1), threshold=threshold)):
+            view = make()
+            assert type(view.data["threshold"]) is float and view.data["threshold"] == float(threshold)
+            assert embedded_data(view)["threshold"] == float(threshold)
+    with pytest.raises(InvalidInput, match=r"^threshold must be a number in \[0, 1\), got np.float32\(1.5\)$"):
+        head_view(tiny_gpt2, TEXT, threshold=np.float32(1.5))

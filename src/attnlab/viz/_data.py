@@ -8,6 +8,7 @@ primitive (:func:`attnlab.engine.forward.run`, no LM head; interventions applied
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -205,7 +206,7 @@ def attention_payload(
     specs = interventions_tuple(interventions)
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")
-    check_threshold(threshold)
+    threshold = check_threshold(threshold)
     source = view_input(model, text, max_tokens=max_tokens, view=f"{kind} view")
     patterns = read_sites(model, source, layer_list, ["pattern"], specs)
     data = base_payload(model, source, kind, title, layer_list, head_list, specs)
@@ -215,6 +216,7 @@ def attention_payload(
 
 
 def check_threshold(threshold) -> float:
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold < 1:
+    """A real number in [0, 1) (numpy's too: ``np.float32(0.05)`` was refused as "not a number"), as a float."""
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold < 1:
         raise InvalidInput(f"threshold must be a number in [0, 1), got {threshold!r}")
     return float(threshold)

@@ -48,7 +48,7 @@ def diff_view(
         raise InvalidInput("diff_view needs at least one intervention (e.g. AblateHead(layer, head)) to compare against")
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")
-    check_threshold(threshold)
+    threshold = check_threshold(threshold)
     start = _start(model, start, layer_list, head_list)
     for spec in specs:  # fail before any forward pass
         spec.validate(model.cfg)
