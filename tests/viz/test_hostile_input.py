@@ -124,3 +124,30 @@ def test_numpy_thresholds_are_numbers_and_reach_the_page_as_floats(tiny_gpt2):
             assert embedded_data(view)["threshold"] == float(threshold)
     with pytest.raises(InvalidInput, match=r"^threshold must be a number in \[0, 1\), got np.float32\(1.5\)$"):
         head_view(tiny_gpt2, TEXT, threshold=np.float32(1.5))
+
+
+def test_report_refuses_what_it_cannot_write_when_it_is_given_and_keeps_its_sections(tiny_gpt2):
+    import pandas as pd
+
+    from attnlab.viz.report import Report
+
+    # each failed later, at .html/.save(), or at once with a bare AttributeError ('float' object has no attribute 'replace')
+    with pytest.raises(InvalidInput, match=r"^Report: title must be a string, got int: 3$"):
+        Report(3)
+    report = Report("r").heading("h")
+    before = report.html
+    cases = [
+        (lambda: report.numbers([("bias", 0.5)]), r"^Report: the value of 'bias' must be a string, got float: 0.5$"),
+        (lambda: report.numbers([("bias",)]), r"^Report.numbers takes \(label, value\) pairs of strings, got \('bias',\)$"),
+        (lambda: report.heading(None), r"^Report: a heading must be a string, got NoneType: None$"),
+        (lambda: report.text(7), r"^Report: a text must be a string, got int: 7$"),
+        (lambda: report.table(pd.DataFrame({"v": [1.0]}).to_numpy()), r"^Report.table takes a pandas DataFrame, got ndarray$"),
+        (lambda: report.figure("fig.png"), r"^Report.figure takes a matplotlib Figure, got str$"),
+        (lambda: report.views(head_view(tiny_gpt2, "the nurse"), "view.html"),
+         r"^Report.views takes views \(head_view\(...\) and the like\), got str$"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            call()
+    assert report.html == before  # nothing half-added
+    assert report.numbers([("bias", "0.50")]).html.count('<div class="num">bias<b>0.50</b></div>') == 1
