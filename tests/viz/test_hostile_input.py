@@ -151,3 +151,24 @@ def test_report_refuses_what_it_cannot_write_when_it_is_given_and_keeps_its_sect
             call()
     assert report.html == before  # nothing half-added
     assert report.numbers([("bias", "0.50")]).html.count('<div class="num">bias<b>0.50</b></div>') == 1
+
+
+def test_a_model_name_with_a_lone_surrogate_does_not_truncate_the_page(tmp_path):
+    import json
+    import re
+
+    from attnlab.engine.model import HookedModel
+    from attnlab.testing import tiny_hf_model, tiny_tokenizer
+
+    # a folder name decoded with surrogateescape ends up in the page's <title>: write_text raised
+    # UnicodeEncodeError after opening the file, so the page written before was left empty
+    model = HookedModel(tiny_hf_model("gpt2"), tiny_tokenizer("decoder"), name="caf\udce9")
+    path = tmp_path / "view.html"
+    path.write_text("the page from before", encoding="utf-8")
+    view = head_view(model, "the nurse")
+    view.save(path)
+    page = path.read_text(encoding="utf-8")  # valid UTF-8
+    assert "<title>Head view: caf\\udce9</title>" in page
+    data = json.loads(re.search(r'<script type="application/json" id="[^"]+">(.*?)</script>', page, re.S).group(1))
+    assert data["model"] == "caf\udce9" and data["tokens"] == ["[BOS]", "the", "nurse"]
+    assert model.count_hooks() == 0
