@@ -172,3 +172,57 @@ def test_a_model_name_with_a_lone_surrogate_does_not_truncate_the_page(tmp_path)
     data = json.loads(re.search(r'<script type="application/json" id="[^"]+">(.*?)</script>', page, re.S).group(1))
     assert data["model"] == "caf\udce9" and data["tokens"] == ["[BOS]", "the", "nurse"]
     assert model.count_hooks() == 0
+
+
+def _tiny_softcapped(cap: float):
+    """A tiny Gemma-2-style decoder whose attention scores are soft-capped: cap * tanh(s / cap)."""
+    import transformers as tf
+
+    from attnlab.engine.model import HookedModel
+    from attnlab.testing import VOCAB, tiny_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tf.Gemma2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=128, attn_logit_softcapping=cap,
+        query_pre_attn_scalar=8, sliding_window=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+    )
+    hf = tf.Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.ndim == 2 and "embed" not in name:
+                p.mul_(6.0)
+    return HookedModel(hf, tiny_tokenizer("decoder"), name="tiny-gemma2")
+
+
+def test_neuron_view_names_the_soft_cap_its_scores_went_through(tiny_gemma):
+    import numpy as np
+
+    # the page said "q.k = (sum q x k) x scale" while the scores it showed were cap * tanh(that / cap)
+    model = _tiny_softcapped(0.5)
+    view = neuron_view(model, TEXT, layers=[0, 1], heads=[0])
+    assert view.data["softcaps"] == [0.5, 0.5]
+    q, k = np.asarray(view.data["q"][1][0]), np.asarray(view.data["k"][1][0])  # [pos, d_head]
+    n = len(view.data["tokens"])
+    raw = (q[n - 1] * k).sum(-1) * view.data["scales"][1]
+    shown = np.asarray(view.data["scores"][1][0][n - 1], dtype=float)
+    assert np.abs(shown - raw).max() > 0.05  # the cap really bends these scores
+    np.testing.assert_allclose(0.5 * np.tanh(raw / 0.5), shown, atol=2e-3)
+    # a model without a cap says so, and its scores are scale * q.k
+    assert neuron_view(tiny_gemma, TEXT, layers=[0, 2], heads=[0]).data["softcaps"] == [None, None]
+    assert model.count_hooks() == 0
+
+
+@pytest.mark.browser
+def test_neuron_view_page_shows_the_soft_cap(render, tiny_llama):
+    import html
+    import re
+
+    model = _tiny_softcapped(0.5)
+    page = render(neuron_view(model, TEXT, layers=[1], heads=[0]).html, selftest=False)
+    assert page.root["data-status"] == "ok", page.root.get("data-error")
+    hint = html.unescape(re.search(r'<span class="al-hint">(click a query token[^<]*)</span>', page.dom).group(1))
+    assert hint.endswith("q\u00b7k = 0.5000 \u00b7 tanh((\u03a3 q\u00d7k) \u00d7 0.3536 / 0.5000)")
+    plain = render(neuron_view(tiny_llama, TEXT, layers=[1], heads=[0]).html, selftest=False)
+    hint = html.unescape(re.search(r'<span class="al-hint">(click a query token[^<]*)</span>', plain.dom).group(1))
+    assert hint.endswith("q\u00b7k = (\u03a3 q\u00d7k) \u00d7 0.3536")

@@ -60,6 +60,8 @@ def neuron_view(
     data = base_payload(model, source, "neuron", "Neuron view", layer_list, head_list, specs)
     data["query"] = query
     data["q"], data["k"], data["scores"], data["attention"], data["scales"] = [], [], [], [], []
+    # Gemma 2 style logit soft-capping: scores = cap * tanh(scale * q.k / cap), not scale * q.k
+    data["softcaps"] = [softcap(model, layer) for layer in layer_list]
     for layer in layer_list:
         q = sites[(layer, "q")][:, head_list]  # [pos, head, d_head]
         k = sites[(layer, "k")][:, head_list]
@@ -73,6 +75,16 @@ def neuron_view(
         data["attention"].append(to_list(sites[(layer, "pattern")][head_list]))
         data["scales"].append(model.cfg.scaling)
     return View("neuron", f"Neuron view: {model.cfg.name}", data)
+
+
+def softcap(model, layer: int) -> float | None:
+    """The soft cap the model applies to layer ``layer``'s scores (``cap * tanh(s / cap)``), or None.
+
+    Read from the attention module, which passes it to the attention function
+    (``attn_logit_softcapping`` on Gemma 2): what the model really does, as for the scale.
+    """
+    value = getattr(model.layout.blocks[layer].attention, "attn_logit_softcapping", None)
+    return float(value) if value else None
 
 
 def effective_scale(q: np.ndarray, k: np.ndarray, scores: np.ndarray, masked: np.ndarray) -> float:
