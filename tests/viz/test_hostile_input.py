@@ -226,3 +226,36 @@ def test_neuron_view_page_shows_the_soft_cap(render, tiny_llama):
     plain = render(neuron_view(tiny_llama, TEXT, layers=[1], heads=[0]).html, selftest=False)
     hint = html.unescape(re.search(r'<span class="al-hint">(click a query token[^<]*)</span>', plain.dom).group(1))
     assert hint.endswith("q\u00b7k = (\u03a3 q\u00d7k) \u00d7 0.3536")
+
+
+HOSTILE_TOKENS = [
+    "</script><script>document.title='PWNED'</script>", "<img src=x onerror=\"document.title='PWNED'\">",
+    "\"'`\\", "a\u2028b\u2029c", "nul\x00l", "\u202eRTL\u200f", "<!--", "\U0001F600" * 8, "\U0001F600" * 20,
+]
+
+
+def _label(token: str) -> str:
+    """common.js tokenText: at most 14 characters (code points), else 13 and an ellipsis."""
+    return token if len(token) <= 14 else token[:13] + "\u2026"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("kind", ["head", "diff"])
+def test_hostile_token_strings_are_shown_as_text_and_long_emoji_tokens_are_cut_whole(render, tiny_gpt2, kind):
+    import html
+    import re
+
+    ids = torch.arange(10, 10 + len(HOSTILE_TOKENS))
+    view = head_view(tiny_gpt2, ids) if kind == "head" else diff_view(tiny_gpt2, ids, AblateHead(0, 1))
+    view.data["tokens"] = list(HOSTILE_TOKENS)
+    view.data["interventions"] = ["</script><img src=x onerror=\"document.title='PWNED'\">"]
+    # a token of 8+ emoji was cut after 13 UTF-16 units, half an emoji: a lone surrogate in the page
+    # (chromium's --dump-dom died on it with SIGILL, so render() failed)
+    page = render(view.html, selftest=False)
+    assert page.root["data-status"] == "ok", page.root.get("data-error")
+    assert re.search(r"<title>(.*?)</title>", page.dom).group(1).startswith(f"{kind.capitalize()} view: ")
+    body = page.dom.split("<body>", 1)[1]
+    assert "<img" not in body and body.count("<script") == 3  # the page's own three scripts, nothing added
+    labels = [html.unescape(t) for t in re.findall(r'<text [^>]*text-anchor="start"[^>]*>([^<]*)</text>', page.dom)]
+    expected = [_label(t) for t in HOSTILE_TOKENS]
+    assert labels[1:1 + len(HOSTILE_TOKENS)] == expected  # the key column of the first lines panel, after "key"
