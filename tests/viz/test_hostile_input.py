@@ -259,3 +259,25 @@ def test_hostile_token_strings_are_shown_as_text_and_long_emoji_tokens_are_cut_w
     labels = [html.unescape(t) for t in re.findall(r'<text [^>]*text-anchor="start"[^>]*>([^<]*)</text>', page.dom)]
     expected = [_label(t) for t in HOSTILE_TOKENS]
     assert labels[1:1 + len(HOSTILE_TOKENS)] == expected  # the key column of the first lines panel, after "key"
+
+
+def test_diff_view_marks_keys_outside_a_sliding_window_masked_not_zero(tiny_gemma):
+    from attnlab.interventions import SetPattern
+    from tests.viz.test_view_data import expected_keys
+
+    # the view hid a fixed causal triangle: keys outside Gemma's sliding window showed as weight 0.0
+    view = diff_view(tiny_gemma, TEXT, AblateHead(0, 0))
+    n = len(view.data["tokens"])
+    assert n > 5  # longer than the tiny model's window of 4
+    for a, layer in enumerate(view.data["layers"]):
+        for panel in ("clean", "intervened"):
+            for h in range(len(view.data["heads"])):
+                for i in range(n):
+                    shown = [j for j in range(n) if view.data[panel][a][h][i][j] is not None]
+                    assert shown == expected_keys(tiny_gemma, layer, i, n), (panel, layer, h, i)
+    # an edit that puts weight on a masked key shows it (clean: 0), rather than hiding it
+    uniform = torch.full((n, n), 1.0 / n)
+    edited = diff_view(tiny_gemma, TEXT, SetPattern(0, 1, pattern=uniform))
+    assert edited.data["intervened"][0][1][2] == [pytest.approx(1.0 / n, abs=1e-4)] * n
+    assert edited.data["clean"][0][1][2][:3] != [None] * 3 and edited.data["clean"][0][1][2][3:] == [0.0] * (n - 3)
+    assert tiny_gemma.count_hooks() == 0
