@@ -57,8 +57,8 @@ def _check_cap(n: int, max_tokens: int, view: str) -> None:
     if n > max_tokens:
         raise InvalidInput(
             f"the input has {n} tokens but the {view} caps it at max_tokens={max_tokens} (the page holds "
-            f"layers x heads x tokens^2 numbers); pass max_tokens={n} or more to raise the cap, "
-            "restrict layers=/heads=, or shorten the text"
+            f"layers x heads x tokens^2 numbers); pass max_tokens={n} or more to raise the cap "
+            f"(attnlab view: --max-tokens {n}), restrict layers=/heads= (--layers/--heads), or shorten the text"
         )
 
 
