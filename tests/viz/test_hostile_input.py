@@ -281,3 +281,18 @@ def test_diff_view_marks_keys_outside_a_sliding_window_masked_not_zero(tiny_gemm
     assert edited.data["intervened"][0][1][2] == [pytest.approx(1.0 / n, abs=1e-4)] * n
     assert edited.data["clean"][0][1][2][:3] != [None] * 3 and edited.data["clean"][0][1][2][3:] == [0.0] * (n - 3)
     assert tiny_gemma.count_hooks() == 0
+
+
+@pytest.mark.parametrize("heads, shown", [([0, float("nan")], "nan"), ([float("nan")] * 2, "nan"), ([0, 1.5], "1.5")])
+def test_head_statistics_refuses_heads_that_are_not_whole_numbers(heads, shown):
+    import pandas as pd
+
+    from attnlab.viz.plots import head_statistics
+
+    # a NaN head's dot went to x = NaN (silently not drawn); all NaN raised "cannot convert float NaN to integer"
+    df = pd.DataFrame({"layer": [0, 1], "head": heads, "entropy": [1.0, 2.0]})
+    with pytest.raises(InvalidInput, match=rf"^head_statistics: column 'head' must hold whole numbers \(they place "
+                                           rf"the dots\), got {shown}$"):
+        head_statistics(df)
+    dots = head_statistics(df.assign(head=[0, 1])).axes[0].collections[0].get_offsets()
+    assert dots.shape == (2, 2) and list(dots[:, 1]) == [1.0, 2.0]

@@ -85,6 +85,16 @@ def _check_frame(df, columns: Sequence[str], what: str, *, numeric: Sequence[str
     return df
 
 
+def _check_whole(df: pd.DataFrame, columns: Sequence[str], what: str, why: str) -> None:
+    """Layer and head columns hold whole numbers (NaN, inf and 0.5 are refused, naming the first)."""
+    for column in columns:
+        values = df[column].to_numpy(dtype=float, na_value=np.nan)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            raise InvalidInput(f"{what}: column {column!r} must hold whole numbers ({why}), "
+                               f"got {float(values[int(np.argmax(bad))])!r}")
+
+
 def _symmetric_limit(values: np.ndarray) -> float:
     finite = np.abs(values[np.isfinite(values)])
     vmax = float(finite.max()) if finite.size else 0.0
@@ -116,12 +126,8 @@ def head_heatmap(
     if df.duplicated([layer, head]).any():
         dup = df[df.duplicated([layer, head], keep=False)][[layer, head]].iloc[0].tolist()
         raise InvalidInput(f"head_heatmap: ({layer}, {head}) {tuple(dup)} appears more than once; aggregate first")
-    for column in (layer, head):  # the cells are indexed by them: 0.5 was cut to 0 (and overwrote that cell), NaN crashed
-        values = df[column].to_numpy(dtype=float, na_value=np.nan)
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if bad.any():
-            raise InvalidInput(f"head_heatmap: column {column!r} must hold whole numbers (it indexes the grid), "
-                               f"got {float(values[int(np.argmax(bad))])!r}")
+    # the cells are indexed by them: 0.5 was cut to 0 (and overwrote that cell), NaN crashed
+    _check_whole(df, [layer, head], "head_heatmap", "it indexes the grid")
     for name, size in (("n_layers", n_layers), ("n_heads", n_heads)):
         if size is not None and (not is_integer(size) or size < 1):
             raise InvalidInput(f"head_heatmap: {name} must be a positive integer (or None: from the data), got {size!r}")
@@ -173,6 +179,8 @@ def head_statistics(
     if not columns:
         raise InvalidInput("head_statistics: no numeric statistic columns besides layer and head")
     _check_frame(df, columns, "head_statistics", numeric=columns)
+    # a NaN head put its dot at x = NaN (not drawn), and with every head NaN: "cannot convert float NaN to integer"
+    _check_whole(df, [layer, head], "head_statistics", "they place the dots")
     n_heads = int(df[head].max()) + 1
     fig, axes = panels(ax, len(columns), min(3.2 * len(columns), 16), 3.0, "head_statistics")
     x_layer = df[layer].to_numpy(float)
