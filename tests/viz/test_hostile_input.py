@@ -296,3 +296,19 @@ def test_head_statistics_refuses_heads_that_are_not_whole_numbers(heads, shown):
         head_statistics(df)
     dots = head_statistics(df.assign(head=[0, 1])).axes[0].collections[0].get_offsets()
     assert dots.shape == (2, 2) and list(dots[:, 1]) == [1.0, 2.0]
+
+
+def test_bias_by_occupation_fits_the_rows_that_have_both_numbers():
+    import numpy as np
+    import pandas as pd
+
+    from attnlab.viz.plots import bias_by_occupation
+
+    # one occupation without a share of women made np.ptp NaN: the fit line and its legend vanished silently
+    df = pd.DataFrame({"occupation": ["mechanic", "lawyer", "baker", "teacher", "nurse"],
+                       "share_women": [0.1, 0.3, np.nan, 0.7, 0.9], "log_ratio": [-0.8, -0.4, 5.0, 0.4, 0.8]})
+    ax = bias_by_occupation(df).axes[0]
+    fits = [line for line in ax.lines if "fit" in line.get_label()]
+    assert len(fits) == 1 and "slope 2.00, r = 1.00" in fits[0].get_label()
+    np.testing.assert_allclose(fits[0].get_ydata(), 2 * fits[0].get_xdata() - 1, atol=1e-9)
+    assert fits[0].get_xdata().min() == 0.1 and fits[0].get_xdata().max() == 0.9

@@ -299,10 +299,13 @@ def bias_by_occupation(
     for name, rows in groups:
         xs, ys = rows[x].to_numpy(float), rows[y].to_numpy(float)
         points = axis.scatter(xs, ys, s=24, alpha=0.85, linewidths=0, label=None if name is None else str(name))
-        if len(rows) >= 2 and np.ptp(xs) > 0:
-            slope, intercept = np.polyfit(xs, ys, 1)
-            r = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) > 0 else float("nan")
-            grid = np.linspace(xs.min(), xs.max(), 50)
+        # the fit is over the rows with both numbers: one NaN made np.ptp NaN and the line vanished silently
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        fx, fy = xs[keep], ys[keep]
+        if len(fx) >= 2 and np.ptp(fx) > 0:
+            slope, intercept = np.polyfit(fx, fy, 1)
+            r = float(np.corrcoef(fx, fy)[0, 1]) if np.ptp(fy) > 0 else float("nan")
+            grid = np.linspace(fx.min(), fx.max(), 50)
             prefix = "" if name is None else f"{name}: "
             axis.plot(grid, slope * grid + intercept, color=points.get_facecolor()[0], linewidth=1.5,
                       label=f"{prefix}fit slope {slope:.2f}, r = {r:.2f}")
