@@ -312,3 +312,19 @@ def test_bias_by_occupation_fits_the_rows_that_have_both_numbers():
     assert len(fits) == 1 and "slope 2.00, r = 1.00" in fits[0].get_label()
     np.testing.assert_allclose(fits[0].get_ydata(), 2 * fits[0].get_xdata() - 1, atol=1e-9)
     assert fits[0].get_xdata().min() == 0.1 and fits[0].get_xdata().max() == 0.9
+
+
+@pytest.mark.parametrize("kind", ["head", "model", "neuron", "diff"])
+def test_a_model_that_is_not_wrapped_is_named(kind):
+    from attnlab.testing import tiny_hf_model
+    from attnlab.viz import VIEWS
+
+    hf = tiny_hf_model("gpt2")
+    args = (AblateHead(0, 0),) if kind == "diff" else ()
+    extra = {"layer": 1} if kind == "head" else {}  # layer= was checked on the model first
+    # a bare transformers model failed with "'GPT2LMHeadModel' object has no attribute 'cfg'"
+    for model, shown in ((hf, "GPT2LMHeadModel"), ("gpt2", "str")):
+        with pytest.raises(InvalidInput, match=rf"^the {kind} view takes a model wrapped by attnlab.load\(...\) .*, "
+                                               rf"got {shown}$"):
+            VIEWS[kind](model, TEXT, *args, **extra)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in hf.modules())

@@ -19,11 +19,12 @@ from jaxtyping import Float
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import as_specs, run
 from attnlab.engine.locations import hook_name
+from attnlab.engine.model import HookedModel
 from attnlab.engine.tokens import Tokens, check_unicode
 from attnlab.errors import InvalidInput, is_integer
 
 __all__ = [
-    "ViewInput", "view_input", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
+    "ViewInput", "view_input", "check_model", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
     "interventions_tuple", "base_payload", "attention_payload", "check_threshold",
 ]
 
@@ -127,6 +128,15 @@ def _pair_input(model, pair: Sequence[str], max_tokens: int, view: str) -> ViewI
     return ViewInput(tokens, model.to_str_tokens(tokens.ids[0]), segments, types)
 
 
+def check_model(model, view: str) -> None:
+    """A view draws a wrapped model; a bare HF model or a name failed with "... has no attribute 'cfg'"."""
+    if not isinstance(model, HookedModel):
+        raise InvalidInput(
+            f"the {view} takes a model wrapped by attnlab.load(...) (an embedded name, an HF id or folder, a loaded "
+            f"transformers model with tokenizer=, or a TransformerBridge), got {type(model).__name__}"
+        )
+
+
 def select(model, values, noun: str) -> list[int]:
     """``layers=``/``heads=`` of a view: ``None`` -> all; an int or a list of ints, each checked by the engine."""
     size, check = (model.cfg.n_layers, model.check_layer) if noun == "layer" else (model.cfg.n_heads, model.check_head)
@@ -203,6 +213,7 @@ def attention_payload(
     model, text, *, kind: str, title: str, layers, heads, interventions, max_tokens: int, threshold: float
 ) -> tuple[dict, ViewInput]:
     """Tokens and patterns ``[layer][head][query][key]`` for the layers and heads asked for."""
+    check_model(model, f"{kind} view")
     specs = interventions_tuple(interventions)
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")

@@ -14,7 +14,8 @@ import torch
 from attnlab.engine.attention import masked
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.viz._data import (
-    DEFAULT_MAX_TOKENS, base_payload, check_threshold, interventions_tuple, read_sites, select, to_list, view_input,
+    DEFAULT_MAX_TOKENS, base_payload, check_model, check_threshold, interventions_tuple, read_sites, select, to_list,
+    view_input,
 )
 from attnlab.viz._html import View
 
@@ -45,6 +46,7 @@ def diff_view(
     minus clean as a red (more attention) / blue (less) heatmap. ``start`` picks the head
     shown first as ``(layer, head)``; default: the head that changed most.
     """
+    check_model(model, "diff view")
     specs = interventions_tuple(interventions)
     if not specs:
         raise InvalidInput("diff_view needs at least one intervention (e.g. AblateHead(layer, head)) to compare against")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attnlab.viz._data import DEFAULT_MAX_TOKENS, attention_payload
+from attnlab.viz._data import DEFAULT_MAX_TOKENS, attention_payload, check_model
 from attnlab.viz._html import View
 
 __all__ = ["head_view"]
@@ -36,6 +36,7 @@ def head_view(
     """
     # the engine's check, as for layers=, before any forward pass: ``True in [1]`` and ``1.0 in [1]``
     # hold, so the membership test alone took True or 1.0 for layer 1
+    check_model(model, "head view")
     layer = None if layer is None else model.check_layer(layer)
     data, _ = attention_payload(
         model, text, kind="head", title="Head view", layers=layers, heads=heads,

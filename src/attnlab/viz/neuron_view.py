@@ -18,7 +18,7 @@ from einops import einsum
 
 from attnlab.engine.attention import masked
 from attnlab.errors import InvalidLocation, is_integer
-from attnlab.viz._data import base_payload, interventions_tuple, read_sites, select, to_list, view_input
+from attnlab.viz._data import base_payload, check_model, interventions_tuple, read_sites, select, to_list, view_input
 from attnlab.viz._html import View
 
 __all__ = ["neuron_view"]
@@ -46,6 +46,7 @@ def neuron_view(
     ``query`` is the token selected first (default: the last token of a decoder, the first
     word of an encoder input).
     """
+    check_model(model, "neuron view")
     specs = interventions_tuple(interventions)
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")
