@@ -104,8 +104,10 @@ def _pair_input(model, pair: Sequence[str], max_tokens: int, view: str) -> ViewI
         )
     if not all(t.strip() for t in pair):
         raise InvalidInput("both sentences of a pair must be non-empty")
-    for name, sentence in zip(("sentence_a", "sentence_b"), pair):  # the tokenizer is called directly, not via the
-        check_unicode(sentence, name)  # engine: a lone surrogate failed inside it ("TextInputSequence must be str")
+    # the pair goes to the tokenizer directly, not through the engine: a lone surrogate failed inside it
+    # with "TypeError: TextInputSequence must be str"
+    for name, sentence in zip(("sentence_a", "sentence_b"), pair):
+        check_unicode(sentence, name)
     if model.tokenizer is None:
         raise InvalidInput(f"{model.cfg.name} was loaded without a tokenizer; a sentence pair needs one")
     # The engine tokenises single texts; a pair's joining and segment marks come from the tokenizer itself.

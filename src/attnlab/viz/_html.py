@@ -47,7 +47,8 @@ def write_page(path: str | Path, text: str, what: str, example: str) -> Path:
         raise InvalidInput(f"cannot write {what} to {path}: it is a folder; give a file name such as {path / example}")
     blocker = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
     if blocker is not None and not blocker.is_dir():
-        raise InvalidInput(f"cannot write {what} to {path}: {blocker} is a file, not a folder, so no folder can be made there")
+        raise InvalidInput(f"cannot write {what} to {path}: {blocker} is a file, not a folder, "
+                           "so no folder can be made there")
     # Encoded before the file is opened: a lone surrogate (a model or folder name decoded with
     # surrogateescape, in the page's <title>) raised UnicodeEncodeError after the file had been
     # truncated, leaving it empty. It is written as its escape, \udce9, as the command line shows it.

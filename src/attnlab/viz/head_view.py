@@ -34,9 +34,9 @@ def head_view(
     first. ``interventions`` (attnlab specs) are applied while reading the patterns. Lines
     below ``threshold`` are not drawn. Returns a :class:`View` (``.html``, ``.save(path)``).
     """
+    check_model(model, "head view")
     # the engine's check, as for layers=, before any forward pass: ``True in [1]`` and ``1.0 in [1]``
     # hold, so the membership test alone took True or 1.0 for layer 1
-    check_model(model, "head view")
     layer = None if layer is None else model.check_layer(layer)
     data, _ = attention_payload(
         model, text, kind="head", title="Head view", layers=layers, heads=heads,

@@ -130,7 +130,8 @@ def head_heatmap(
     _check_whole(df, [layer, head], "head_heatmap", "it indexes the grid")
     for name, size in (("n_layers", n_layers), ("n_heads", n_heads)):
         if size is not None and (not is_integer(size) or size < 1):
-            raise InvalidInput(f"head_heatmap: {name} must be a positive integer (or None: from the data), got {size!r}")
+            raise InvalidInput(f"head_heatmap: {name} must be a positive integer (or None: from the data), "
+                               f"got {size!r}")
     L = int(n_layers if n_layers is not None else df[layer].max() + 1)
     H = int(n_heads if n_heads is not None else df[head].max() + 1)
     if df[layer].min() < 0 or df[head].min() < 0 or df[layer].max() >= L or df[head].max() >= H:

@@ -61,8 +61,10 @@ class Report:
         for item in pairs:
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
                 raise InvalidInput(f"Report.numbers takes (label, value) pairs of strings, got {item!r}")
-        cells = "".join(f'<div class="num">{_escaped(label, "a label")}<b>{_escaped(value, f"the value of {label!r}")}</b>'
-                        "</div>" for label, value in pairs)
+        cells = "".join(
+            f'<div class="num">{_escaped(label, "a label")}<b>{_escaped(value, f"the value of {label!r}")}</b></div>'
+            for label, value in pairs
+        )
         self._parts.append(f'<div class="numbers">{cells}</div>')
         return self
 
