@@ -328,3 +328,20 @@ def test_a_model_that_is_not_wrapped_is_named(kind):
                                                rf"got {shown}$"):
             VIEWS[kind](model, TEXT, *args, **extra)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in hf.modules())
+
+
+def test_rows_without_a_group_label_are_drawn_not_dropped():
+    import numpy as np
+    import pandas as pd
+
+    from attnlab.viz.plots import bias_by_occupation, context_window_curves
+
+    # groupby dropped the rows whose label is missing: their curve / points vanished without a word
+    df = pd.DataFrame({"distance": [0, 1, 0, 1], "mass": [0.5, 0.4, 0.3, 0.2], "label": ["a", "a", None, None]})
+    lines = context_window_curves(df).axes[0].lines
+    assert [line.get_label() for line in lines] == ["a", "nan"]
+    np.testing.assert_allclose(lines[1].get_ydata(), [0.3, 0.2])
+    df = pd.DataFrame({"share_women": [0.1, 0.2, 0.3, 0.4], "log_ratio": [1.0, 2.0, 3.0, 4.0],
+                       "occupation": list("abcd"), "run": ["x", "x", None, None]})
+    ax = bias_by_occupation(df, group="run").axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 4

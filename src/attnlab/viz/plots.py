@@ -261,7 +261,7 @@ def context_window_curves(
     """
     _check_frame(df, [x, y, group], "context_window_curves", numeric=[x, y])
     fig, (axis,) = panels(ax, 1, 6.0, 3.8, "context_window_curves")
-    for name, rows in df.groupby(group, sort=False):
+    for name, rows in df.groupby(group, sort=False, dropna=False):  # rows without a label are a curve too, not dropped
         rows = rows.sort_values(x)
         axis.plot(rows[x], rows[y], marker="o" if markers else None, markersize=3, linewidth=1.5, label=str(name))
     if reference is not None:
@@ -296,7 +296,7 @@ def bias_by_occupation(
     needed = [x, y] + ([label] if label else []) + ([group] if group else [])
     _check_frame(df, needed, "bias_by_occupation", numeric=[x, y])
     fig, (axis,) = panels(ax, 1, 6.4, 4.6, "bias_by_occupation")
-    groups = [(None, df)] if group is None else list(df.groupby(group, sort=False))
+    groups = [(None, df)] if group is None else list(df.groupby(group, sort=False, dropna=False))  # NaN: a group too
     for name, rows in groups:
         xs, ys = rows[x].to_numpy(float), rows[y].to_numpy(float)
         points = axis.scatter(xs, ys, s=24, alpha=0.85, linewidths=0, label=None if name is None else str(name))
