@@ -616,3 +616,18 @@ def test_a_model_with_its_own_code_is_refused_unless_trusted(capsys, tmp_path):
     assert not marker.exists()
     main(capsys, "view", "head", "--model", folder, "--trust-remote-code", "-o", tmp_path / "v.html", "hello")
     assert marker.exists()
+
+
+def test_the_views_token_cap_names_the_command_line_options(capsys, tiny_dirs, tmp_path):
+    # the one-line error told a command-line user to "pass max_tokens=9", a Python keyword they cannot give
+    target = tmp_path / "view.html"
+    code, _, err = main(capsys, "view", "model", "--model", tiny_dirs["gpt2"], "the nurse said that she was very happy",
+                        "--max-tokens", "4", "-o", target)
+    assert code == 2 and not target.exists()
+    assert one_error_line(err) == (
+        "attnlab: error: the input has 9 tokens but the model view caps it at max_tokens=4 (the page holds layers x "
+        "heads x tokens^2 numbers); pass max_tokens=9 or more to raise the cap (attnlab view: --max-tokens 9), "
+        "restrict layers=/heads= (--layers/--heads), or shorten the text")
+    code, _, err = main(capsys, "view", "model", "--model", tiny_dirs["gpt2"], "the nurse said that she was very happy",
+                        "--max-tokens", "9", "-o", target)
+    assert code == 0 and target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -8,6 +8,7 @@ primitive (:func:`attnlab.engine.forward.run`, no LM head; interventions applied
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,13 +17,14 @@ import torch
 from jaxtyping import Float
 
 from attnlab.engine.dropout import check_deterministic
-from attnlab.engine.forward import run
+from attnlab.engine.forward import as_specs, run
 from attnlab.engine.locations import hook_name
-from attnlab.engine.tokens import Tokens
+from attnlab.engine.model import HookedModel
+from attnlab.engine.tokens import Tokens, check_unicode
 from attnlab.errors import InvalidInput, is_integer
 
 __all__ = [
-    "ViewInput", "view_input", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
+    "ViewInput", "view_input", "check_model", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
     "interventions_tuple", "base_payload", "attention_payload", "check_threshold",
 ]
 
@@ -56,8 +58,8 @@ def _check_cap(n: int, max_tokens: int, view: str) -> None:
     if n > max_tokens:
         raise InvalidInput(
             f"the input has {n} tokens but the {view} caps it at max_tokens={max_tokens} (the page holds "
-            f"layers x heads x tokens^2 numbers); pass max_tokens={n} or more to raise the cap, "
-            "restrict layers=/heads=, or shorten the text"
+            f"layers x heads x tokens^2 numbers); pass max_tokens={n} or more to raise the cap "
+            f"(attnlab view: --max-tokens {n}), restrict layers=/heads= (--layers/--heads), or shorten the text"
         )
 
 
@@ -102,6 +104,10 @@ def _pair_input(model, pair: Sequence[str], max_tokens: int, view: str) -> ViewI
         )
     if not all(t.strip() for t in pair):
         raise InvalidInput("both sentences of a pair must be non-empty")
+    # the pair goes to the tokenizer directly, not through the engine: a lone surrogate failed inside it
+    # with "TypeError: TextInputSequence must be str"
+    for name, sentence in zip(("sentence_a", "sentence_b"), pair):
+        check_unicode(sentence, name)
     if model.tokenizer is None:
         raise InvalidInput(f"{model.cfg.name} was loaded without a tokenizer; a sentence pair needs one")
     # The engine tokenises single texts; a pair's joining and segment marks come from the tokenizer itself.
@@ -124,11 +130,22 @@ def _pair_input(model, pair: Sequence[str], max_tokens: int, view: str) -> ViewI
     return ViewInput(tokens, model.to_str_tokens(tokens.ids[0]), segments, types)
 
 
+def check_model(model, view: str) -> None:
+    """A view draws a wrapped model; a bare HF model or a name failed with "... has no attribute 'cfg'"."""
+    if not isinstance(model, HookedModel):
+        raise InvalidInput(
+            f"the {view} takes a model wrapped by attnlab.load(...) (an embedded name, an HF id or folder, a loaded "
+            f"transformers model with tokenizer=, or a TransformerBridge), got {type(model).__name__}"
+        )
+
+
 def select(model, values, noun: str) -> list[int]:
     """``layers=``/``heads=`` of a view: ``None`` -> all; an int or a list of ints, each checked by the engine."""
     size, check = (model.cfg.n_layers, model.check_layer) if noun == "layer" else (model.cfg.n_heads, model.check_head)
     if values is None:
         return list(range(size))
+    if isinstance(values, (str, bytes)):  # iterated, "12" was heads 1 and 2 and the error named only '1'
+        raise InvalidInput(f"{noun}s must be an int, a list of ints or None (all), got {values!r}")
     items = [values] if is_integer(values) else values  # numpy's too: a layer read back from a result table
     try:
         items = [int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v for v in items]
@@ -164,12 +181,18 @@ def to_list(array: np.ndarray, decimals: int = 4) -> list:
 
 
 def interventions_tuple(interventions) -> tuple:
-    """Accept one spec or a sequence of specs (``None``/``()`` = none)."""
-    if interventions is None:
-        return ()
-    if hasattr(interventions, "validate") and hasattr(interventions, "hooks"):
-        return (interventions,)
-    return tuple(interventions)
+    """Accept one spec or a sequence of specs (``None``/``()`` = none), each checked to be a spec.
+
+    Checked here, before any forward pass: the diff view validates each spec itself, so a
+    string (iterated letter by letter), a number or a ``None`` in the list failed there with a
+    bare ``AttributeError``/``TypeError``.
+    """
+    specs = as_specs(interventions)
+    for spec in specs:
+        if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):
+            raise InvalidInput(f"interventions must be intervention specs (e.g. AblateHead(layer, head)), "
+                               f"got {type(spec).__name__}: {spec!r}")
+    return specs
 
 
 def base_payload(model, source: ViewInput, kind: str, title: str, layers: list[int], heads: list[int],
@@ -192,10 +215,11 @@ def attention_payload(
     model, text, *, kind: str, title: str, layers, heads, interventions, max_tokens: int, threshold: float
 ) -> tuple[dict, ViewInput]:
     """Tokens and patterns ``[layer][head][query][key]`` for the layers and heads asked for."""
+    check_model(model, f"{kind} view")
     specs = interventions_tuple(interventions)
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")
-    check_threshold(threshold)
+    threshold = check_threshold(threshold)
     source = view_input(model, text, max_tokens=max_tokens, view=f"{kind} view")
     patterns = read_sites(model, source, layer_list, ["pattern"], specs)
     data = base_payload(model, source, kind, title, layer_list, head_list, specs)
@@ -205,6 +229,7 @@ def attention_payload(
 
 
 def check_threshold(threshold) -> float:
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold < 1:
+    """A real number in [0, 1) (numpy's too: ``np.float32(0.05)`` was refused as "not a number"), as a float."""
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold < 1:
         raise InvalidInput(f"threshold must be a number in [0, 1), got {threshold!r}")
     return float(threshold)

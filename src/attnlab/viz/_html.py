@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import html as _html
 import json
+import os
 import uuid
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["View", "asset", "json_for_script"]
+__all__ = ["View", "asset", "json_for_script", "write_page"]
 
 
 @cache
@@ -28,6 +29,33 @@ def json_for_script(data: Any) -> str:
     """JSON that is safe inside ``<script>``: no ``</script>`` or ``<!--`` can end it early."""
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def write_page(path: str | Path, text: str, what: str, example: str) -> Path:
+    """Write ``text`` to ``path`` (UTF-8), making missing folders; a path no file can be written to is an InvalidInput.
+
+    A folder given as the path, or a file where one of the folders on the way should be,
+    failed with a bare ``[Errno 21] Is a directory`` or ``[Errno 17] File exists`` naming
+    another path than the one given.
+    """
+    from attnlab.errors import InvalidInput
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInput(f"cannot write {what} to {path!r}: give a file name (str or pathlib.Path)")
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInput(f"cannot write {what} to {path}: it is a folder; give a file name such as {path / example}")
+    blocker = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InvalidInput(f"cannot write {what} to {path}: {blocker} is a file, not a folder, "
+                           "so no folder can be made there")
+    # Encoded before the file is opened: a lone surrogate (a model or folder name decoded with
+    # surrogateescape, in the page's <title>) raised UnicodeEncodeError after the file had been
+    # truncated, leaving it empty. It is written as its escape, \udce9, as the command line shows it.
+    data = text.encode("utf-8", errors="backslashreplace")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
 
 
 class View:
@@ -69,15 +97,7 @@ class View:
 
     def save(self, path: str | Path) -> Path:
         """Write the page to ``path`` (UTF-8) and return the path."""
-        path = Path(path)
-        if path.is_dir():  # else a bare "[Errno 21] Is a directory"
-            from attnlab.errors import InvalidInput
-
-            raise InvalidInput(f"cannot write the view to {path}: it is a folder; give a file name such as "
-                               f"{path / 'view.html'}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html, encoding="utf-8")
-        return path
+        return write_page(path, self.html, "the view", "view.html")
 
     def _repr_html_(self) -> str:
         # An iframe keeps the page's CSS and script apart from the notebook's; it grows to fit.

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
+from attnlab.engine.attention import masked
 from attnlab.errors import InvalidInput, InvalidLocation
 from attnlab.viz._data import (
-    DEFAULT_MAX_TOKENS, base_payload, check_threshold, interventions_tuple, read_sites, select, to_list, view_input,
+    DEFAULT_MAX_TOKENS, base_payload, check_model, check_threshold, interventions_tuple, read_sites, select, to_list,
+    view_input,
 )
 from attnlab.viz._html import View
 
@@ -43,25 +46,27 @@ def diff_view(
     minus clean as a red (more attention) / blue (less) heatmap. ``start`` picks the head
     shown first as ``(layer, head)``; default: the head that changed most.
     """
+    check_model(model, "diff view")
     specs = interventions_tuple(interventions)
     if not specs:
         raise InvalidInput("diff_view needs at least one intervention (e.g. AblateHead(layer, head)) to compare against")
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")
-    check_threshold(threshold)
+    threshold = check_threshold(threshold)
     start = _start(model, start, layer_list, head_list)
     for spec in specs:  # fail before any forward pass
         spec.validate(model.cfg)
     source = view_input(model, text, max_tokens=max_tokens, view="diff view")
-    clean = read_sites(model, source, layer_list, ["pattern"])
+    # the clean scores say which keys each query cannot see (edits keep masked scores masked)
+    clean = read_sites(model, source, layer_list, ["pattern", "attn_scores"])
     edited = read_sites(model, source, layer_list, ["pattern"], specs)
-    n = source.n_tokens
-    future = np.triu(np.ones((n, n), dtype=bool), 1) if model.cfg.is_causal else np.zeros((n, n), dtype=bool)
 
-    def payload(arr: np.ndarray) -> list:
+    def payload(arr: np.ndarray, hidden: np.ndarray) -> list:
         out = np.round(arr.astype(np.float64), 4).astype(object)
         out[~np.isfinite(arr)] = None  # JSON has no NaN
-        out[:, future] = None  # a decoder's future keys are masked, not "zero attention"
+        # masked keys (a decoder's future, outside a sliding window) are "masked", not "zero attention":
+        # a fixed causal triangle showed out-of-window keys of Gemma's sliding layers as 0
+        out[hidden] = None
         return out.tolist()
 
     data = base_payload(model, source, "diff", "Diff view", layer_list, head_list, specs)
@@ -70,8 +75,10 @@ def diff_view(
     for layer in layer_list:
         c = clean[(layer, "pattern")][head_list]
         e = edited[(layer, "pattern")][head_list]
-        data["clean"].append(payload(c))
-        data["intervened"].append(payload(e))
+        # a pattern edit (SetPattern) may put weight on a masked key: that weight is shown
+        hidden = masked(torch.from_numpy(clean[(layer, "attn_scores")][head_list])).numpy() & (e == 0)
+        data["clean"].append(payload(c, hidden))
+        data["intervened"].append(payload(e, hidden))
         data["change"].append(to_list(np.abs(e - c).max(axis=(1, 2))))
     change = np.asarray(data["change"])
     data["max_change"] = float(change.max())

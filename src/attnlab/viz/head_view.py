@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attnlab.viz._data import DEFAULT_MAX_TOKENS, attention_payload
+from attnlab.viz._data import DEFAULT_MAX_TOKENS, attention_payload, check_model
 from attnlab.viz._html import View
 
 __all__ = ["head_view"]
@@ -34,6 +34,7 @@ def head_view(
     first. ``interventions`` (attnlab specs) are applied while reading the patterns. Lines
     below ``threshold`` are not drawn. Returns a :class:`View` (``.html``, ``.save(path)``).
     """
+    check_model(model, "head view")
     # the engine's check, as for layers=, before any forward pass: ``True in [1]`` and ``1.0 in [1]``
     # hold, so the membership test alone took True or 1.0 for layer 1
     layer = None if layer is None else model.check_layer(layer)

@@ -18,7 +18,7 @@ from einops import einsum
 
 from attnlab.engine.attention import masked
 from attnlab.errors import InvalidLocation, is_integer
-from attnlab.viz._data import base_payload, interventions_tuple, read_sites, select, to_list, view_input
+from attnlab.viz._data import base_payload, check_model, interventions_tuple, read_sites, select, to_list, view_input
 from attnlab.viz._html import View
 
 __all__ = ["neuron_view"]
@@ -46,6 +46,7 @@ def neuron_view(
     ``query`` is the token selected first (default: the last token of a decoder, the first
     word of an encoder input).
     """
+    check_model(model, "neuron view")
     specs = interventions_tuple(interventions)
     layer_list = select(model, layers, "layer")
     head_list = select(model, heads, "head")
@@ -60,6 +61,8 @@ def neuron_view(
     data = base_payload(model, source, "neuron", "Neuron view", layer_list, head_list, specs)
     data["query"] = query
     data["q"], data["k"], data["scores"], data["attention"], data["scales"] = [], [], [], [], []
+    # Gemma 2 style logit soft-capping: scores = cap * tanh(scale * q.k / cap), not scale * q.k
+    data["softcaps"] = [softcap(model, layer) for layer in layer_list]
     for layer in layer_list:
         q = sites[(layer, "q")][:, head_list]  # [pos, head, d_head]
         k = sites[(layer, "k")][:, head_list]
@@ -73,6 +76,16 @@ def neuron_view(
         data["attention"].append(to_list(sites[(layer, "pattern")][head_list]))
         data["scales"].append(model.cfg.scaling)
     return View("neuron", f"Neuron view: {model.cfg.name}", data)
+
+
+def softcap(model, layer: int) -> float | None:
+    """The soft cap the model applies to layer ``layer``'s scores (``cap * tanh(s / cap)``), or None.
+
+    Read from the attention module, which passes it to the attention function
+    (``attn_logit_softcapping`` on Gemma 2): what the model really does, as for the scale.
+    """
+    value = getattr(model.layout.blocks[layer].attention, "attn_logit_softcapping", None)
+    return float(value) if value else None
 
 
 def effective_scale(q: np.ndarray, k: np.ndarray, scores: np.ndarray, masked: np.ndarray) -> float:

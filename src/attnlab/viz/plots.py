@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.plots import is_axes
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -85,6 +85,16 @@ def _check_frame(df, columns: Sequence[str], what: str, *, numeric: Sequence[str
     return df
 
 
+def _check_whole(df: pd.DataFrame, columns: Sequence[str], what: str, why: str) -> None:
+    """Layer and head columns hold whole numbers (NaN, inf and 0.5 are refused, naming the first)."""
+    for column in columns:
+        values = df[column].to_numpy(dtype=float, na_value=np.nan)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            raise InvalidInput(f"{what}: column {column!r} must hold whole numbers ({why}), "
+                               f"got {float(values[int(np.argmax(bad))])!r}")
+
+
 def _symmetric_limit(values: np.ndarray) -> float:
     finite = np.abs(values[np.isfinite(values)])
     vmax = float(finite.max()) if finite.size else 0.0
@@ -116,6 +126,12 @@ def head_heatmap(
     if df.duplicated([layer, head]).any():
         dup = df[df.duplicated([layer, head], keep=False)][[layer, head]].iloc[0].tolist()
         raise InvalidInput(f"head_heatmap: ({layer}, {head}) {tuple(dup)} appears more than once; aggregate first")
+    # the cells are indexed by them: 0.5 was cut to 0 (and overwrote that cell), NaN crashed
+    _check_whole(df, [layer, head], "head_heatmap", "it indexes the grid")
+    for name, size in (("n_layers", n_layers), ("n_heads", n_heads)):
+        if size is not None and (not is_integer(size) or size < 1):
+            raise InvalidInput(f"head_heatmap: {name} must be a positive integer (or None: from the data), "
+                               f"got {size!r}")
     L = int(n_layers if n_layers is not None else df[layer].max() + 1)
     H = int(n_heads if n_heads is not None else df[head].max() + 1)
     if df[layer].min() < 0 or df[head].min() < 0 or df[layer].max() >= L or df[head].max() >= H:
@@ -164,6 +180,8 @@ def head_statistics(
     if not columns:
         raise InvalidInput("head_statistics: no numeric statistic columns besides layer and head")
     _check_frame(df, columns, "head_statistics", numeric=columns)
+    # a NaN head put its dot at x = NaN (not drawn), and with every head NaN: "cannot convert float NaN to integer"
+    _check_whole(df, [layer, head], "head_statistics", "they place the dots")
     n_heads = int(df[head].max()) + 1
     fig, axes = panels(ax, len(columns), min(3.2 * len(columns), 16), 3.0, "head_statistics")
     x_layer = df[layer].to_numpy(float)
@@ -243,7 +261,7 @@ def context_window_curves(
     """
     _check_frame(df, [x, y, group], "context_window_curves", numeric=[x, y])
     fig, (axis,) = panels(ax, 1, 6.0, 3.8, "context_window_curves")
-    for name, rows in df.groupby(group, sort=False):
+    for name, rows in df.groupby(group, sort=False, dropna=False):  # rows without a label are a curve too, not dropped
         rows = rows.sort_values(x)
         axis.plot(rows[x], rows[y], marker="o" if markers else None, markersize=3, linewidth=1.5, label=str(name))
     if reference is not None:
@@ -278,14 +296,17 @@ def bias_by_occupation(
     needed = [x, y] + ([label] if label else []) + ([group] if group else [])
     _check_frame(df, needed, "bias_by_occupation", numeric=[x, y])
     fig, (axis,) = panels(ax, 1, 6.4, 4.6, "bias_by_occupation")
-    groups = [(None, df)] if group is None else list(df.groupby(group, sort=False))
+    groups = [(None, df)] if group is None else list(df.groupby(group, sort=False, dropna=False))  # NaN: a group too
     for name, rows in groups:
         xs, ys = rows[x].to_numpy(float), rows[y].to_numpy(float)
         points = axis.scatter(xs, ys, s=24, alpha=0.85, linewidths=0, label=None if name is None else str(name))
-        if len(rows) >= 2 and np.ptp(xs) > 0:
-            slope, intercept = np.polyfit(xs, ys, 1)
-            r = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) > 0 else float("nan")
-            grid = np.linspace(xs.min(), xs.max(), 50)
+        # the fit is over the rows with both numbers: one NaN made np.ptp NaN and the line vanished silently
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        fx, fy = xs[keep], ys[keep]
+        if len(fx) >= 2 and np.ptp(fx) > 0:
+            slope, intercept = np.polyfit(fx, fy, 1)
+            r = float(np.corrcoef(fx, fy)[0, 1]) if np.ptp(fy) > 0 else float("nan")
+            grid = np.linspace(fx.min(), fx.max(), 50)
             prefix = "" if name is None else f"{name}: "
             axis.plot(grid, slope * grid + intercept, color=points.get_facecolor()[0], linewidth=1.5,
                       label=f"{prefix}fit slope {slope:.2f}, r = {r:.2f}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnlab.errors import InvalidInput, is_integer
+from attnlab.viz._html import View, write_page
 
 __all__ = ["Report"]
 
@@ -31,28 +32,45 @@ img{max-width:100%} iframe{width:100%;height:560px;border:1px solid #ddd;border-
 """
 
 
+def _escaped(value, what: str) -> str:
+    """``value`` escaped for HTML; anything but a string is refused here, not later as a bare AttributeError."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"Report: {what} must be a string, got {type(value).__name__}: {value!r}")
+    return html.escape(value)
+
+
 class Report:
     """Collect sections, then ``.save(path)`` one offline HTML file."""
 
     def __init__(self, title: str, subtitle: str = ""):
+        _escaped(title, "title"), _escaped(subtitle, "subtitle")  # else the failure came only at .html / .save()
         self.title, self.subtitle = title, subtitle
         self._parts: list[str] = []
 
     def heading(self, text: str) -> Report:
-        self._parts.append(f"<h2>{html.escape(text)}</h2>")
+        self._parts.append(f"<h2>{_escaped(text, 'a heading')}</h2>")
         return self
 
     def text(self, text: str, *, note: bool = False) -> Report:
         cls = ' class="note"' if note else ""
-        self._parts.append(f"<p{cls}>{html.escape(text)}</p>")
+        self._parts.append(f"<p{cls}>{_escaped(text, 'a text')}</p>")
         return self
 
     def numbers(self, items: Sequence[tuple[str, str]]) -> Report:
-        cells = "".join(f'<div class="num">{html.escape(label)}<b>{html.escape(value)}</b></div>' for label, value in items)
+        pairs = list(items)
+        for item in pairs:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise InvalidInput(f"Report.numbers takes (label, value) pairs of strings, got {item!r}")
+        cells = "".join(
+            f'<div class="num">{_escaped(label, "a label")}<b>{_escaped(value, f"the value of {label!r}")}</b></div>'
+            for label, value in pairs
+        )
         self._parts.append(f'<div class="numbers">{cells}</div>')
         return self
 
     def table(self, df: pd.DataFrame, *, max_rows: int = 30, float_format: str = "{:.3f}") -> Report:
+        if not isinstance(df, pd.DataFrame):
+            raise InvalidInput(f"Report.table takes a pandas DataFrame, got {type(df).__name__}")
         if not is_integer(max_rows) or max_rows < 1:
             raise InvalidInput(f"max_rows must be a whole number >= 1, got {max_rows!r}")
         shown = df.head(max_rows)
@@ -64,13 +82,19 @@ class Report:
         return self
 
     def figure(self, fig, *, alt: str = "figure") -> Report:
+        if not callable(getattr(fig, "savefig", None)):
+            raise InvalidInput(f"Report.figure takes a matplotlib Figure, got {type(fig).__name__}")
+        alt_text = _escaped(alt, "alt")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         data = base64.b64encode(buf.getvalue()).decode()
-        self._parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+        self._parts.append(f'<img alt="{alt_text}" src="data:image/png;base64,{data}">')
         return self
 
     def views(self, *views) -> Report:
+        for view in views:
+            if not isinstance(view, View):
+                raise InvalidInput(f"Report.views takes views (head_view(...) and the like), got {type(view).__name__}")
         frames = "".join(f'<iframe srcdoc="{html.escape(v.html, quote=True)}"></iframe>' for v in views)
         self._parts.append(f'<div class="pair">{frames}</div>' if len(views) == 2 else frames)
         return self
@@ -85,7 +109,5 @@ class Report:
         )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html, encoding="utf-8")
-        return path
+        """Write the report to ``path`` (UTF-8), making missing folders, and return the path."""
+        return write_page(path, self.html, "the report", "report.html")

@@ -80,7 +80,8 @@ attnlab.views = attnlab.views || {};
     var s = String(t).replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5");
     if (s.length === 0) { return "\u2205"; }
     if (s.trim().length === 0) { return "\u2423".repeat(Math.min(s.length, 3)); }
-    return s.length > 14 ? s.slice(0, 13) + "\u2026" : s;
+    var chars = Array.from(s);  /* code points: cutting UTF-16 units split an emoji into a lone surrogate */
+    return chars.length > 14 ? chars.slice(0, 13).join("") + "\u2026" : s;
   };
 
   /* Attention lines from query tokens (left) to key tokens (right).

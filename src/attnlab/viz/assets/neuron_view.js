@@ -36,7 +36,9 @@
     function draw() {
       body.innerHTML = "";
       var a = state.layer, b = state.head, idx = A.filterIndices(data, state.filter);
-      hint.textContent = "click a query token \u00b7 blue < 0 < red \u00b7 q\u00b7k = (\u03a3 q\u00d7k) \u00d7 " + (+data.scales[a]).toPrecision(4);
+      var cap = data.softcaps ? data.softcaps[a] : null, scaled = "(\u03a3 q\u00d7k) \u00d7 " + (+data.scales[a]).toPrecision(4);
+      hint.textContent = "click a query token \u00b7 blue < 0 < red \u00b7 q\u00b7k = " +
+        (cap ? (+cap).toPrecision(4) + " \u00b7 tanh(" + scaled + " / " + (+cap).toPrecision(4) + ")" : scaled);
       if (idx.left.indexOf(state.query) < 0) { state.query = idx.left[idx.left.length - 1]; }
       var qlist = A.el("div", { "class": "al-qlist" }, body);
       A.el("div", { "class": "al-hint" }, qlist, "query");
