@@ -121,3 +121,26 @@ def test_an_input_the_model_overflows_on_does_not_excuse_another(tiny_gpt2):
         model(long)  # the model's own overflow: returned as it is
         with pytest.raises(InvalidSpec, match="inf or NaN"):
             model(short)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_a_model_whose_own_weights_hold_nan_is_read_not_blamed_on_edits(arch):
+    """A NaN in the model's own weights gave non-finite attention output in every hooked layer, and the
+    attention function raised "the edits at layer 1 ... an edit's values are too large" for a hook that only
+    reads (every view, run_with_cache): now the model gives its own NaN, hooked or not."""
+    from attnlab.testing import tiny_model
+
+    model = tiny_model(arch)
+    with torch.no_grad():  # one value weight of layer 1
+        if arch == "gpt2":
+            model.hf_model.transformer.h[1].attn.c_attn.weight[0, -1] = float("nan")
+        else:
+            model.hf_model.get_decoder().layers[1].self_attn.v_proj.weight[0, 0] = float("nan")
+        plain = model(TEXT)
+        logits, cache = model.run_with_cache(TEXT, names_filter=lambda n: n.endswith("hook_pattern"))
+        with model.intervene(AblateHead(0, 0)):  # an edit upstream is not the cause either
+            edited = model(TEXT)
+    assert torch.isnan(plain).any()
+    assert torch.equal(torch.isnan(logits), torch.isnan(plain)) and torch.equal(torch.isnan(edited), torch.isnan(plain))
+    assert torch.isfinite(cache["blocks.0.attn.hook_pattern"]).all()
+    assert _hooks(model) == 0

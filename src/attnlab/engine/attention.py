@@ -161,6 +161,7 @@ def explicit_attention(
     ``[batch, head, q_pos, k_pos]``.
     """
     n_heads, q_len, k_len = query.shape[1], query.shape[2], key.shape[2]
+    received = (query, key, value)  # as the layer gave them, before any hook (hooks get copies)
     group = n_heads // key.shape[1]
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
@@ -223,12 +224,25 @@ def explicit_attention(
     z = torch.matmul(pattern, value).transpose(1, 2)  # [batch, q_pos, head, d_head]
     if hooks is not None:
         z = _run(hooks.hook_z, z, infos["z"])
-        if not all_finite(z):  # an edit of q, k, v, scores, pattern or z overflowed
+        if not all_finite(z) and _finite_unedited(module, received, attention_mask, scaling, softcap, is_causal,
+                                                  position_ids, sliding_window):  # an edit overflowed
             raise InvalidSpec(
                 f"the edits at layer {hooks.layer_index} gave non-finite attention output (inf or NaN) in "
                 f"{z.dtype}: an edit's values are too large for this model's precision"
             )
     return z.contiguous(), pattern
+
+
+def _finite_unedited(module, received, attention_mask, scaling, softcap, is_causal, position_ids, sliding_window) -> bool:
+    """Whether this layer's attention output is finite without the hooks (run only when it is not with them).
+
+    A model whose own weights or inputs hold NaN gives non-finite attention with or without
+    edits: that is not the edits' doing, and a hook that only reads must not be blamed for it.
+    """
+    with torch.no_grad():
+        z, _ = explicit_attention(module, *received, attention_mask, None, scaling=scaling, softcap=softcap,
+                                  is_causal=is_causal, position_ids=position_ids, sliding_window=sliding_window)
+    return all_finite(z)
 
 
 def _attnlab_attention(fast_path):
