@@ -30,6 +30,23 @@ def test_neuron_view_softmax_is_the_models_pattern(any_tiny):
     assert len(top) == 3 and top["contribution"].abs().is_monotonic_decreasing
 
 
+def test_neuron_data_soft_caps_the_scores_as_the_model_does():
+    """On a soft-capped model (Gemma 2) the scores were scale * q.k and their softmax was not the model's pattern."""
+    from tests._softcapped import tiny_softcapped
+
+    model = tiny_softcapped(0.5)
+    layer, head, query = 1, 0, 6
+    v = neuron_data(model, TEXT, layer=layer, head=head, query=query)
+    pattern, scores = _model_attention(model, TEXT, layer)
+    vis = v.visible
+    raw = v.qk.sum(-1)[vis] * v.scale
+    assert (raw - scores[head, query][vis]).abs().max() > 0.05  # the cap bends these scores
+    assert torch.allclose(v.scores[vis], 0.5 * torch.tanh(raw / 0.5), atol=1e-6)
+    assert torch.allclose(v.scores[vis], scores[head, query][vis], atol=1e-5)
+    assert torch.allclose(v.pattern, pattern[head, query], atol=1e-6)
+    assert model.count_hooks() == 0
+
+
 def test_unit_contributions_sum_to_the_scores(any_tiny):
     us = unit_scores(any_tiny, TEXT, layer=1, head=3)
     _, scores = _model_attention(any_tiny, TEXT, 1)

@@ -9,6 +9,7 @@ import torch
 from attnlab.errors import InvalidInput
 from attnlab.interventions import AblateHead
 from attnlab.viz import diff_view, head_view, model_view, neuron_view
+from tests._softcapped import tiny_softcapped
 
 TEXT = "the nurse said that she was happy"
 
@@ -174,32 +175,11 @@ def test_a_model_name_with_a_lone_surrogate_does_not_truncate_the_page(tmp_path)
     assert model.count_hooks() == 0
 
 
-def _tiny_softcapped(cap: float):
-    """A tiny Gemma-2-style decoder whose attention scores are soft-capped: cap * tanh(s / cap)."""
-    import transformers as tf
-
-    from attnlab.engine.model import HookedModel
-    from attnlab.testing import VOCAB, tiny_tokenizer
-
-    torch.manual_seed(0)
-    cfg = tf.Gemma2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-        intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=128, attn_logit_softcapping=cap,
-        query_pre_attn_scalar=8, sliding_window=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
-    )
-    hf = tf.Gemma2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if p.ndim == 2 and "embed" not in name:
-                p.mul_(6.0)
-    return HookedModel(hf, tiny_tokenizer("decoder"), name="tiny-gemma2")
-
-
 def test_neuron_view_names_the_soft_cap_its_scores_went_through(tiny_gemma):
     import numpy as np
 
     # the page said "q.k = (sum q x k) x scale" while the scores it showed were cap * tanh(that / cap)
-    model = _tiny_softcapped(0.5)
+    model = tiny_softcapped(0.5)
     view = neuron_view(model, TEXT, layers=[0, 1], heads=[0])
     assert view.data["softcaps"] == [0.5, 0.5]
     q, k = np.asarray(view.data["q"][1][0]), np.asarray(view.data["k"][1][0])  # [pos, d_head]
@@ -218,7 +198,7 @@ def test_neuron_view_page_shows_the_soft_cap(render, tiny_llama):
     import html
     import re
 
-    model = _tiny_softcapped(0.5)
+    model = tiny_softcapped(0.5)
     page = render(neuron_view(model, TEXT, layers=[1], heads=[0]).html, selftest=False)
     assert page.root["data-status"] == "ok", page.root.get("data-error")
     hint = html.unescape(re.search(r'<span class="al-hint">(click a query token[^<]*)</span>', page.dom).group(1))

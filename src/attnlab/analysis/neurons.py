@@ -84,8 +84,9 @@ class NeuronData(Result):
     """Everything Vig's neuron view shows for one head and one query position.
 
     ``q`` [d_head]; ``k``, ``qk`` [n_keys, d_head] (``qk = q * k`` elementwise); ``scores``
-    [n_keys] = ``scale * qk.sum(-1)``, ``-inf`` where the key is masked (causal, sliding
-    window); ``pattern`` [n_keys] = softmax of ``scores`` (equals the model's own pattern).
+    [n_keys] = ``scale * qk.sum(-1)`` (soft-capped as the model does, ``cap * tanh(. / cap)``,
+    on Gemma 2), ``-inf`` where the key is masked (causal, sliding window); ``pattern``
+    [n_keys] = softmax of ``scores`` (equals the model's own pattern).
 
     ``table``: one row per key (``key, token, visible, score, pattern``); ``per_prompt``:
     one row per key and q/k dimension (``key, dim, q, k, contribution``), the terms each
@@ -171,7 +172,11 @@ def neuron_data(model, text: str, *, layer: int, head: int, query: int) -> Neuro
     qv, kv = q[query, head].cpu(), k[:, head].cpu()  # [d_head], [key, d_head]
     qk = qv[None] * kv
     visible = ~masked(scores[head, query]).cpu()
-    dots = (qk.sum(-1) * scale).masked_fill(~visible, float("-inf"))
+    dots = qk.sum(-1) * scale
+    cap = model.layout.blocks[layer].score_softcap  # Gemma 2: the model's scores are cap * tanh(dots / cap)
+    if cap is not None:
+        dots = cap * torch.tanh(dots / cap)
+    dots = dots.masked_fill(~visible, float("-inf"))
     return NeuronData(
         model_name=model.cfg.name, layer=layer, head=head, query=query,
         tokens=model.to_str_tokens(tokens.ids[0]), q=qv, k=kv, qk=qk, scale=scale,

@@ -69,6 +69,16 @@ class BlockLayout:
     def gated(self) -> bool:
         return self.mlp_in_linear is not None
 
+    @property
+    def score_softcap(self) -> float | None:
+        """The soft cap on this layer's scores (``cap * tanh(s / cap)``, Gemma 2), or None.
+
+        Read from the attention module, which hands it to the attention function: what the model
+        really does, for code that recomputes scores from q and k.
+        """
+        value = getattr(self.attention, "attn_logit_softcapping", None)
+        return float(value) if value else None
+
 
 @dataclass(frozen=True)
 class ModelLayout:

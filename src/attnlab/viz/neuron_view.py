@@ -84,8 +84,7 @@ def softcap(model, layer: int) -> float | None:
     Read from the attention module, which passes it to the attention function
     (``attn_logit_softcapping`` on Gemma 2): what the model really does, as for the scale.
     """
-    value = getattr(model.layout.blocks[layer].attention, "attn_logit_softcapping", None)
-    return float(value) if value else None
+    return model.layout.blocks[layer].score_softcap
 
 
 def effective_scale(q: np.ndarray, k: np.ndarray, scores: np.ndarray, masked: np.ndarray) -> float:
