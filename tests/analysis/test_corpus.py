@@ -95,3 +95,13 @@ def test_hash_tokens_are_punctuation_and_wordpiece_markers_are_not(piece, punct)
     from attnlab.analysis._corpus import is_punctuation
 
     assert is_punctuation(piece) is punct
+
+
+@pytest.mark.parametrize("item", ["the \ud800 nurse", ["the", "nurse\udcff"]])
+def test_a_lone_surrogate_is_refused_naming_the_sentence(item):
+    """A string decoded with errors='surrogateescape' reached the tokenizer, which raised a bare TypeError."""
+    from attnlab.testing import tiny_model
+
+    with pytest.raises(InvalidInput, match=r"^sentence 1 holds '\\ud[8c][0f][0f]' at character \d+, which is not a "
+                                           r"Unicode character"):
+        prepare(tiny_model("gpt2"), ["the nurse left", item])

@@ -30,6 +30,7 @@ from jaxtyping import Float
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
+from attnlab.engine.tokens import check_unicode
 from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
@@ -148,6 +149,7 @@ def _words_of(item, index: int) -> tuple[str, list[str], list[int]]:
             pos += len(w) + 1
     if not words:
         raise InvalidInput(f"{label} is empty: every sentence needs at least one word")
+    check_unicode(text, label)  # a lone surrogate failed inside the tokenizer with a bare TypeError
     return text, words, starts
 
 
