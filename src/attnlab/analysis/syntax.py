@@ -75,6 +75,15 @@ def word_maps(
     return out  # type: ignore[return-value]
 
 
+def check_map(m, index: int, what: str = "word map") -> None:
+    """A caller's word map is a torch tensor of finite numbers (a NaN map was scored as if it were attention)."""
+    if not isinstance(m, torch.Tensor):
+        raise InvalidInput(f"{what} {index} is a {type(m).__name__}; pass the torch tensors word_maps gives")
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        raise InvalidInput(f"{what} {index} holds NaN or infinite values; attention maps are finite weights "
+                           "(did the model overflow?)")
+
+
 def _argmax_excluding(rows: torch.Tensor, exclude: int) -> torch.Tensor:
     """Argmax over word columns 1..n of ``[..., 1 + n]`` rows, never choosing ``exclude`` or the root column."""
     r = rows.clone()
@@ -186,6 +195,7 @@ def relation_accuracy(
     offsets: dict[str, Counter] = defaultdict(Counter)
     for index, (sent, m) in enumerate(zip(sentences, maps)):
         n = len(sent)
+        check_map(m, index)
         if tuple(m.shape) != (L, H, n + 1, n + 1):
             raise InvalidInput(f"word map {index} has shape {tuple(m.shape)} but a sentence of {n} words on "
                                f"{model.cfg.name} needs [layer, head, 1 + words, 1 + words] = {(L, H, n + 1, n + 1)}; "
