@@ -353,3 +353,17 @@ def test_a_stray_carriage_return_inside_a_line_stays_in_it(tmp_path):
     assert read_lines(f) == decode_lines(data, source="stdin") == ["# text = The cat\rsat", "second"]
     assert decode_lines(b"a\rb\r", source="stdin") == ["a", "b"] and decode_lines(b"", source="stdin") == []
     assert decode_lines(b"the nurse\nthe doctor\r", source="stdin") == ["the nurse", "the doctor"]  # was one text
+
+
+@pytest.mark.parametrize("path", [3, None])
+def test_readers_refuse_what_is_not_a_path(path):
+    """Path(None) raised a bare TypeError in every reader."""
+    from attnlab.bias.datasets import load_winobias_dir, load_winogender_stats
+
+    for reader in (load_winobias, load_winogender_templates, load_winogender_stats):
+        with pytest.raises(InvalidInput, match=rf"^expected the path of a data file \(a str or Path\), got "
+                                               rf"{type(path).__name__}$"):
+            reader(path)
+    with pytest.raises(InvalidInput, match=rf"^expected the path of a WinoBias folder \(a str or Path\), got "
+                                           rf"{type(path).__name__}$"):
+        load_winobias_dir(path)

@@ -17,6 +17,7 @@ and ``occupations-stats.tsv`` (occupation, bergsma_pct_female, bls_pct_female, b
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -58,7 +59,9 @@ _PRONOUNS = frozenset(PRONOUN_GENDER) | {"they", "them", "their", "theirs", "the
 _MOST_MENTIONS = 3
 
 
-def _path(path) -> Path:
+def _path(path, what: str = "file") -> Path:
+    if not isinstance(path, (str, os.PathLike)):  # Path(None) raised a bare TypeError
+        raise InvalidInput(f"expected the path of a data {what} (a str or Path), got {type(path).__name__}")
     p = Path(path)
     if not p.is_file():
         raise InvalidInput(f"no such file: {p}" + (" (it is a folder)" if p.is_dir() else ""))
@@ -162,6 +165,8 @@ def load_winobias_dir(folder, *, split: str = "dev", types=(1, 2)) -> pd.DataFra
     """All pro/anti files of ``split`` ("dev" or "test") and ``types`` in a WinoBias folder."""
     if split not in ("dev", "test"):
         raise InvalidInput(f"split must be 'dev' or 'test', got {split!r}")
+    if not isinstance(folder, (str, os.PathLike)):
+        raise InvalidInput(f"expected the path of a WinoBias folder (a str or Path), got {type(folder).__name__}")
     folder = Path(folder)
     frames = []
     for t in types:
