@@ -52,31 +52,26 @@ class DependencySentence:
         return len(self.words)
 
 
-def _check_tree(sent: DependencySentence, lines: list[int], where: str) -> None:
-    """Raise unless the heads form one tree rooted at 0, in time linear in the sentence length.
+def tree_problem(sent: DependencySentence) -> tuple[int, str] | None:
+    """``(word index to name, what is wrong)`` unless the heads form one tree rooted at 0; linear time.
 
     Each word is walked up towards the root at most once: a walk stops at a word already
     known to reach the root, so a 4,000-word sentence is as cheap per word as a 10-word one.
     """
     n = len(sent.words)
-    label = f" (sent_id {sent.sent_id})" if sent.sent_id else ""
     if not any(h == 0 for h in sent.heads):
-        raise DataFormatError(f"{where}:{lines[0]}{label}: sentence has no root (no word with HEAD 0)")
+        return 0, "sentence has no root (no word with HEAD 0)"
     roots = [i for i, h in enumerate(sent.heads) if h == 0]
     if len(roots) > 1:
         first, second = roots[:2]
-        raise DataFormatError(
-            f"{where}:{lines[second]}{label}: words {first + 1} ({sent.words[first]!r}) and {second + 1} "
-            f"({sent.words[second]!r}) both have HEAD 0, but a sentence has exactly one root (the word with HEAD 0)"
-        )
+        return second, (f"words {first + 1} ({sent.words[first]!r}) and {second + 1} ({sent.words[second]!r}) both "
+                        "have HEAD 0, but a sentence has exactly one root (the word with HEAD 0)")
     for i, h in enumerate(sent.heads):
         if not 0 <= h <= n:
-            raise DataFormatError(
-                f"{where}:{lines[i]}{label}: word {i + 1} ({sent.words[i]!r}) has head {h}, but the sentence has words "
-                f"1..{n} (missing head word)"
-            )
+            return i, (f"word {i + 1} ({sent.words[i]!r}) has head {h}, but the sentence has words 1..{n} "
+                       "(missing head word)")
         if h == i + 1:
-            raise DataFormatError(f"{where}:{lines[i]}{label}: word {i + 1} ({sent.words[i]!r}) is its own head")
+            return i, f"word {i + 1} ({sent.words[i]!r}) is its own head"
     state = [_UNSEEN] * (n + 1)  # index 0 is the root
     state[0] = _REACHES_ROOT
     for start in range(1, n + 1):
@@ -87,9 +82,18 @@ def _check_tree(sent: DependencySentence, lines: list[int], where: str) -> None:
             node = sent.heads[node - 1]
         if state[node] == _ON_PATH:  # the walk came back to a word of this very walk
             cycle = path[path.index(node) :] + [node]
-            raise DataFormatError(f"{where}:{lines[node - 1]}{label}: heads form a cycle {' -> '.join(map(str, cycle))}")
+            return node - 1, f"heads form a cycle {' -> '.join(map(str, cycle))}"
         for word in path:
             state[word] = _REACHES_ROOT
+    return None
+
+
+def _check_tree(sent: DependencySentence, lines: list[int], where: str) -> None:
+    """Raise :class:`DataFormatError` naming ``where:line`` unless the heads form one tree rooted at 0."""
+    problem = tree_problem(sent)
+    if problem is not None:
+        label = f" (sent_id {sent.sent_id})" if sent.sent_id else ""
+        raise DataFormatError(f"{where}:{lines[problem[0]]}{label}: {problem[1]}")
 
 
 def parse_conllu(text: str, *, source: str = "<string>", subtypes: bool = False) -> list[DependencySentence]:
