@@ -367,3 +367,27 @@ def test_readers_refuse_what_is_not_a_path(path):
     with pytest.raises(InvalidInput, match=rf"^expected the path of a WinoBias folder \(a str or Path\), got "
                                            rf"{type(path).__name__}$"):
         load_winobias_dir(path)
+
+
+def test_sentences_without_a_twin_are_not_dropped_silently(tmp_path):
+    """A cut-short anti file paired only the ids both files hold and dropped the rest without a word."""
+    import shutil
+    import warnings
+
+    FIXTURES = Path(__file__).parent / "fixtures"
+    for name in ("pro_stereotyped_type1.txt.dev", "anti_stereotyped_type1.txt.dev"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    anti = tmp_path / "anti_stereotyped_type1.txt.dev"
+    lines = anti.read_text(encoding="utf-8").splitlines(keepends=True)
+    anti.write_text("".join(lines[:-1]), encoding="utf-8")  # the last line lost
+    pro_df = load_winobias(tmp_path / "pro_stereotyped_type1.txt.dev")
+    df = pd.concat([pro_df, load_winobias(anti)], ignore_index=True)
+    last = pro_df.iloc[-1]
+    with pytest.warns(UserWarning, match=rf"^winobias_pairs: 1 of {len(df)} sentences have no twin and are left out "
+                                         rf"of the pairs, e\.g\. the pro sentence of type 1, split 'dev', id "
+                                         rf"{last.id} \(line {last.line}\)"):
+        pairs = winobias_pairs(df)
+    assert len(pairs) == len(pro_df) - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # complete files: no warning
+        winobias_pairs(pd.concat([pro_df, load_winobias(FIXTURES / "anti_stereotyped_type1.txt.dev")]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -206,6 +207,18 @@ def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
     both = pro.index.intersection(anti.index)
     if len(both) == 0:
         raise InvalidInput("no pro/anti sentence pairs share (type, split, id); load both pro and anti files")
+    alone = [(name, side) for name, side in (("pro", pro), ("anti", anti)) if len(side.index.difference(both))]
+    if alone:  # a truncated or edited file: its twins' sentences were dropped from the pairs without a word
+        name, side = alone[0]
+        key = side.index.difference(both)[0]
+        line = side.loc[key, "line"] if "line" in side else None
+        n_alone = sum(len(side.index.difference(both)) for _, side in alone)
+        warnings.warn(
+            f"winobias_pairs: {n_alone} of {len(df)} sentences have no twin and are left out of the pairs, e.g. the "
+            f"{name} sentence of type {key[0]}, split {key[1]!r}, id {key[2]}"
+            + (f" (line {line})" if line is not None else "") + "; is one of the files cut short?",
+            UserWarning, stacklevel=2,
+        )
     out = pd.DataFrame(
         {
             "entity": pro.loc[both, "entity"],
