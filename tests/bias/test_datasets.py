@@ -391,3 +391,12 @@ def test_sentences_without_a_twin_are_not_dropped_silently(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # complete files: no warning
         winobias_pairs(pd.concat([pro_df, load_winobias(FIXTURES / "anti_stereotyped_type1.txt.dev")]))
+
+
+def test_fill_winogender_fills_each_placeholder_once():
+    """Chained str.replace filled a placeholder inside an inserted name: an occupation written '$PARTICIPANT'
+    became the participant, and a participant holding '$NOM_PRONOUN' became 'he'."""
+    templates = pd.DataFrame({"occupation": ["$PARTICIPANT"], "participant": ["$NOM_PRONOUN fan"], "answer": [0],
+                              "template": ["The $OCCUPATION met the $PARTICIPANT because $NOM_PRONOUN was late."]})
+    out = fill_winogender(templates, genders=("male",))
+    assert out.sentence.tolist() == ["The $PARTICIPANT met the $NOM_PRONOUN fan because he was late."]

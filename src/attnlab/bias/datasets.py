@@ -345,6 +345,7 @@ def _agree_with_they(template: str) -> str:
     return _AGREE.sub(lambda m: f"$NOM_PRONOUN{m.group(1)}{_THEY_AGREEMENT[m.group(2)]}", template)
 
 
+_PLACEHOLDER = re.compile(r"\$(?:OCCUPATION|PARTICIPANT|NOM_PRONOUN|POSS_PRONOUN|ACC_PRONOUN)")
 _ARTICLE_SOMEONE = re.compile(r"\b(the|an?) someone\b", re.IGNORECASE)
 
 
@@ -369,13 +370,10 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
         for g in genders:
             nom, poss, acc = WINOGENDER_PRONOUNS[g]
             template = _agree_with_they(t.template) if g == "neutral" else t.template
-            s = (
-                template.replace("$OCCUPATION", t.occupation)
-                .replace("$PARTICIPANT", "someone" if someone else t.participant)
-                .replace("$NOM_PRONOUN", nom)
-                .replace("$POSS_PRONOUN", poss)
-                .replace("$ACC_PRONOUN", acc)
-            )
+            fills = {"$OCCUPATION": t.occupation, "$PARTICIPANT": "someone" if someone else t.participant,
+                     "$NOM_PRONOUN": nom, "$POSS_PRONOUN": poss, "$ACC_PRONOUN": acc}
+            # one pass: chained replaces filled a placeholder inside an inserted name ("$PARTICIPANT" as occupation)
+            s = _PLACEHOLDER.sub(lambda m: fills[m.group(0)], template)
             if someone:  # "the/a $PARTICIPANT" -> "someone", as in the published sentences
                 s = _ARTICLE_SOMEONE.sub(lambda m: "Someone" if m.group(1)[0].isupper() else "someone", s)
             rows.append({"occupation": t.occupation, "participant": t.participant, "answer": t.answer, "gender": g, "sentence": _capitalise_starts(s)})
