@@ -400,3 +400,11 @@ def test_fill_winogender_fills_each_placeholder_once():
                               "template": ["The $OCCUPATION met the $PARTICIPANT because $NOM_PRONOUN was late."]})
     out = fill_winogender(templates, genders=("male",))
     assert out.sentence.tolist() == ["The $PARTICIPANT met the $NOM_PRONOUN fan because he was late."]
+
+
+@pytest.mark.parametrize("type_", [True, 1.0, "1", 3])
+def test_winobias_type_must_be_the_integer_1_or_2(type_):
+    """type=True and type=1.0 were stored in the type column (a bool / float group apart from 1)."""
+    with pytest.raises(InvalidInput, match=rf"^pro_stereotyped_type1\.txt\.dev: pass type=1 or 2, got {type_!r}$"):
+        load_winobias(FIX / "pro_stereotyped_type1.txt.dev", type=type_)
+    assert load_winobias(FIX / "pro_stereotyped_type1.txt.dev", type=2).type.tolist()[0] == 2

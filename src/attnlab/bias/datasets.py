@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnlab._textfile import read_lines
-from attnlab.errors import DataFormatError, InvalidInput
+from attnlab.errors import DataFormatError, InvalidInput, is_integer
 
 __all__ = [
     "load_winobias",
@@ -86,10 +86,12 @@ def load_winobias(path, *, stereotype: str | None = None, type: int | None = Non
     m = _WINOBIAS_NAME.search(p.name)
     stereotype = stereotype or (m.group(1) if m else None)
     type = type if type is not None else (int(m.group(2)) if m else None)
+    hint = "" if m else " (not in the file name)"
     if stereotype not in ("pro", "anti"):
-        raise InvalidInput(f"{p.name}: pass stereotype='pro' or 'anti' (not in the file name), got {stereotype!r}")
-    if type not in (1, 2):
-        raise InvalidInput(f"{p.name}: pass type=1 or 2 (not in the file name), got {type!r}")
+        raise InvalidInput(f"{p.name}: pass stereotype='pro' or 'anti'{hint}, got {stereotype!r}")
+    if not (is_integer(type) and type in (1, 2)):  # True and 1.0 were stored as the type and grouped apart from 1
+        raise InvalidInput(f"{p.name}: pass type=1 or 2{hint}, got {type!r}")
+    type = int(type)
     split = m.group(3) if m and m.group(3) else None
     rows = []
     first_line: dict[int, int] = {}  # id -> the line it was first seen on
