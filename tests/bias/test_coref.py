@@ -72,7 +72,7 @@ def test_winogender_bias_refuses_a_repeated_occupation(monkeypatch):
     stats = load_winogender_stats(FIX / "occupations-stats.tsv")
     twice = pd.concat([stats, stats.head(1)], ignore_index=True)
     with monkeypatch.context() as m:
-        m.setattr(coref, "pair_log_ratio", lambda *a, **k: pytest.fail("scored before checking stats_table"))
+        m.setattr(coref, "_gaps", lambda *a, **k: pytest.fail("scored before checking stats_table"))
         with pytest.raises(InvalidInput, match=r"stats_table lists occupation 'nurse' 2 times \(rows 0, 2\)"):
             winogender_bias(tiny_model("gpt2"), t, twice)
         with pytest.raises(InvalidInput, match="stats_table must be a DataFrame with columns occupation, bls_pct_female"):
@@ -158,3 +158,14 @@ def test_pair_log_ratio_refuses_a_pronoun_score_with_no_differing_token():
     """pair_log_ratio itself (not only coref_bias) scored 'a' vs 'a b' with score='pronoun' as 0 - log p(b | a)."""
     with pytest.raises(InvalidInput, match=r"pair 0 .*one sentence is the start of the other"):
         pair_log_ratio(tiny_model("gpt2"), ["the nurse said she"], ["the nurse said she left"], score="pronoun")
+
+
+def test_winogender_occupations_without_a_share_are_named_not_dropped_silently():
+    """An occupation missing from stats_table was left out of pearson_r without a word."""
+    model = tiny_model("gpt2")
+    t = load_winogender_templates(FIX / "templates.tsv")
+    stats = load_winogender_stats(FIX / "occupations-stats.tsv")
+    with pytest.warns(UserWarning, match=r"^winogender_bias: 1 occupation\(s\) of the templates have no share of women "
+                                         r"in stats_table and are left out of pearson_r: 'nurse'$"):
+        out = winogender_bias(model, t, stats[stats.occupation != "nurse"])
+    assert out.bls_pct_female.isna().sum() == 2

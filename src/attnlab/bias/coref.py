@@ -16,6 +16,7 @@ bootstrap interval over pairs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -263,6 +264,11 @@ def winogender_bias(
     out = fem[["occupation", "participant", "answer"]].assign(log_ratio=lr)
     if stats_table is not None:
         out = out.merge(stats_table[["occupation", "bls_pct_female"]], on="occupation", how="left", validate="many_to_one")
+        missing = list(dict.fromkeys(out.loc[out.bls_pct_female.isna(), "occupation"]))
+        if missing:  # they were left out of pearson_r without a word
+            warnings.warn(f"winogender_bias: {len(missing)} occupation(s) of the templates have no share of women in "
+                          f"stats_table and are left out of pearson_r: {', '.join(map(repr, missing[:5]))}"
+                          + (" ..." if len(missing) > 5 else ""), UserWarning, stacklevel=2)
         occ = out.dropna(subset=["bls_pct_female"]).groupby("occupation")[["log_ratio", "bls_pct_female"]].mean()
         r = pearson(occ.bls_pct_female, occ.log_ratio)  # pronoun_bias's rule: NaN below 3 distinct points
         if not np.isnan(r):
