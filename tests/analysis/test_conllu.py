@@ -176,3 +176,43 @@ def test_parse_conllu_ends_lines_as_read_conllu_does(end):
     cycle = (FIX / "cycle.conllu").read_text()
     with pytest.raises(DataFormatError, match=r"^<string>:3 \(sent_id c1\): heads form a cycle 2 -> 3 -> 2"):
         parse_conllu(end.join(cycle.splitlines()))
+
+
+_RANGE_LINE = "{}\t{}\t_\t_\t_\t_\t_\t_\t_\t_"
+
+
+@pytest.mark.parametrize("lines, line, message", [
+    ([_RANGE_LINE.format("2-1", "x"), _word(1, "do", 0, "root"), _word(2, "n't", 1, "advmod")], 1,
+     r"multiword token 2-1 out of place: expected a range 1-k \(k > 1\) right before its first word 1"),
+    ([_RANGE_LINE.format("5-6", "x"), _word(1, "do", 0, "root"), _word(2, "n't", 1, "advmod")], 1,
+     r"multiword token 5-6 out of place"),
+    ([_word(1, "do", 0, "root"), _word(2, "n't", 1, "advmod"), _RANGE_LINE.format("1-2", "don't")], 3,
+     r"multiword token 1-2 out of place: expected a range 3-k"),
+    ([_RANGE_LINE.format("1-3", "x"), _word(1, "do", 0, "root"), _RANGE_LINE.format("2-3", "y"),
+      _word(2, "n't", 1, "advmod"), _word(3, "go", 1, "xcomp")], 3, r"multiword token 2-3 out of place: .*, but range "
+                                                                     r"1-3 still covers word 2"),
+    ([_RANGE_LINE.format("1-3", "x"), _word(1, "do", 0, "root"), _word(2, "n't", 1, "advmod")], 1,
+     r"multiword token 1-3 covers words up to 3, but the sentence ends at word 2"),
+    ([_word(1, "do", 0, "root"), "3.1\tx\t_\t_\t_\t_\t_\t_\t1:dep\t_", _word(2, "n't", 1, "advmod")], 2,
+     r"empty node 3.1 out of place: expected 1.k"),
+])
+def test_a_misplaced_multiword_range_or_empty_node_is_refused(tmp_path, lines, line, message):
+    """Range and empty-node lines were skipped unchecked, so '2-1', a range past the sentence's end or one after
+    its words passed: lines out of place, read as a good sentence."""
+    f = tmp_path / "mwt.conllu"
+    f.write_text(GOOD + "# sent_id = m\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=rf"mwt.conllu:{line + 5}: {message}"):
+        read_conllu(f)
+
+
+def test_a_range_with_no_words_is_not_dropped_silently():
+    with pytest.raises(DataFormatError, match=r"^<string>:1: multiword token 1-2 covers words up to 2, but the "
+                                              r"sentence ends at word 0"):
+        parse_conllu(_RANGE_LINE.format("1-2", "don't") + "\n\n" + GOOD)
+
+
+@pytest.mark.parametrize("path", [3, None, b"x.conllu"])
+def test_read_conllu_refuses_what_is_not_a_path(path):
+    with pytest.raises(InvalidInput, match=rf"^read_conllu takes the path of a CoNLL-U file \(a str or Path\), got "
+                                           rf"{type(path).__name__}"):
+        read_conllu(path)

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -79,7 +81,7 @@ def test_bad_input(tiny_bert, tiny_gpt2):
     with pytest.raises(InvalidInput, match="empty corpus"):
         attention_by_distance(tiny_gpt2, [], progress=False)
     prof = attention_by_distance(tiny_gpt2, [TEXT], progress=False)
-    with pytest.raises(InvalidInput, match=r"level must be in \(0, 1\]"):
+    with pytest.raises(InvalidInput, match=r"level must be a number in \(0, 1\]"):
         prof.windows(1.5)
     with pytest.raises(InvalidInput, match="conditions must be a dict"):
         window_experiment(tiny_gpt2, [TEXT], [EditScores(0, 0, replace=0.0)], progress=False)
@@ -168,3 +170,29 @@ def test_max_distance_folds_far_keys_into_the_last_bin(tiny_gpt2):
         assert folded.mass.shape[-1] == k + 1
         np.testing.assert_allclose(folded.mass[..., :k], full.mass[..., :k], rtol=0, atol=1e-12)
         np.testing.assert_allclose(folded.mass[..., k], full.mass[..., k:].sum(-1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("level", ["0.9", None, True])
+def test_level_must_be_a_number_and_is_checked_before_any_pass(tiny_gpt2, level, monkeypatch):
+    """level='0.9' or None raised a bare TypeError, after window_experiment had run the first condition; True was 1.0."""
+    import attnlab.analysis.context as context
+
+    prof = attention_by_distance(tiny_gpt2, [TEXT], progress=False)
+    for call in (lambda: prof.windows(level), lambda: prof.model_window(level)):
+        with pytest.raises(InvalidInput, match=rf"^level must be a number in \(0, 1\], got {re.escape(repr(level))}$"):
+            call()
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the options were checked")
+
+    monkeypatch.setattr(context, "attention_by_distance", no_pass)
+    with pytest.raises(InvalidInput, match=r"^level must be a number in \(0, 1\]"):
+        window_experiment(tiny_gpt2, [TEXT], {}, level=level, progress=False)
+
+
+def test_ignore_first_must_be_a_bool(tiny_gpt2):
+    """ignore_first='no' is truthy: it set the sink apart, the opposite of what it says."""
+    with pytest.raises(InvalidInput, match=r"^ignore_first must be True or False, got 'no'$"):
+        attention_by_distance(tiny_gpt2, [TEXT], ignore_first="no", progress=False)
+    with pytest.raises(InvalidInput, match=r"^ignore_first must be True or False, got 'no'$"):
+        window_experiment(tiny_gpt2, [TEXT], {}, ignore_first="no", progress=False)

@@ -95,3 +95,30 @@ def test_hash_tokens_are_punctuation_and_wordpiece_markers_are_not(piece, punct)
     from attnlab.analysis._corpus import is_punctuation
 
     assert is_punctuation(piece) is punct
+
+
+@pytest.mark.parametrize("item", ["the \ud800 nurse", ["the", "nurse\udcff"]])
+def test_a_lone_surrogate_is_refused_naming_the_sentence(item):
+    """A string decoded with errors='surrogateescape' reached the tokenizer, which raised a bare TypeError."""
+    from attnlab.testing import tiny_model
+
+    with pytest.raises(InvalidInput, match=r"^sentence 1 holds '\\ud[8c][0f][0f]' at character \d+, which is not a "
+                                           r"Unicode character"):
+        prepare(tiny_model("gpt2"), ["the nurse left", item])
+
+
+@pytest.mark.parametrize("text, words", [
+    ("हिन्दी भाषा", ["हिन्दी", "भाषा"]),
+    ("عَرَبِيّ كلمة", ["عَرَبِيّ", "كلمة"]),
+    ("the cafe\u0301-bar is open.", ["the", "cafe\u0301-bar", "is", "open", "."]),
+    ("Wait... what?", ["Wait", ".", ".", ".", "what", "?"]),
+])
+def test_a_combining_mark_belongs_to_its_word(text, words):
+    """re's \\w does not match combining marks: Hindi 'हिन्दी भाषा' was 10 words (vowel signs and the virama as
+    punctuation), Arabic with harakat one word per letter, an NFD 'café' two words."""
+    from attnlab.analysis import split_words
+    from attnlab.testing import tiny_model
+
+    assert split_words(text) == words
+    (s,) = prepare(tiny_model("gpt2"), [text])
+    assert s.words == words and len([u for u in s.word_index if u is not None]) == len(words)

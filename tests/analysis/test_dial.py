@@ -367,3 +367,18 @@ def test_example_runs_on_gemma(tmp_path):
     for name in ("dial.png", "target_128.png", "target_128_table.csv", "units.csv"):
         assert (tmp_path / name).stat().st_size > 100
     assert "target 128:" in out.stdout
+
+
+def test_a_target_no_whole_window_can_reach_is_refused_before_any_pass(monkeypatch):
+    """Windows are whole numbers of tokens: target 2.5 ± 10% (2.25..2.75) measured every scale of the search and
+    ended in WindowNotReached."""
+    import attnlab.analysis.dial as dial
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the target was checked")
+
+    monkeypatch.setattr(dial, "_measure_rows", no_pass)
+    monkeypatch.setattr(dial, "decay_units", no_pass)
+    with pytest.raises(InvalidInput, match=r"no whole number of tokens lies within ±10% of target 2\.5 \(2\.25\.\.2\.75\)"
+                                           r".*pass a whole target \(2 or 3\) or a larger tolerance$"):
+        set_context_window(tiny_model("llama"), 2.5, TEXT, progress=False)

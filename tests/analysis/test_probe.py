@@ -76,7 +76,7 @@ def test_end_to_end_on_a_tiny_model(tiny_bert):
 def test_bad_input():
     with pytest.raises(InvalidInput, match="epochs must be a positive integer"):
         AttentionProbe(epochs=0)
-    with pytest.raises(InvalidInput, match="lr must be > 0"):
+    with pytest.raises(InvalidInput, match="lr must be a finite number > 0"):
         AttentionProbe(lr=0)
     with pytest.raises(InvalidInput, match="not trained yet"):
         AttentionProbe().predict([torch.zeros(1, 1, 3, 3)])
@@ -114,3 +114,56 @@ def test_evaluate_and_predict_check_their_maps():
         probe.predict([torch.zeros(2, 3, 4, 5)])
     with pytest.raises(InvalidInput, match=r"map 1 has shape \(2, 3, 1, 1\)"):
         probe.predict([m[0], torch.zeros(2, 3, 1, 1)])
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"lr": float("inf")}, r"lr must be a finite number > 0, got inf"),
+    ({"lr": True}, r"lr must be a finite number > 0, got True"),
+    ({"lr": "0.1"}, r"lr must be a finite number > 0, got '0.1'"),
+    ({"weight_decay": -1.0}, r"weight_decay must be a finite number >= 0, got -1.0"),
+    ({"weight_decay": float("nan")}, r"weight_decay must be a finite number >= 0, got nan"),
+    ({"seed": 1.5}, r"seed must be an integer in 0..2\*\*63-1, got 1.5"),
+    ({"seed": "a"}, r"seed must be an integer in 0..2\*\*63-1, got 'a'"),
+    ({"distance_features": "no"}, r"distance_features must be True or False, got 'no'"),
+])
+def test_options_are_checked_when_the_probe_is_made(option, message):
+    """lr=inf trained to NaN weights and still reported a UAS; weight_decay=-1 and seed=1.5 failed only in fit()
+    with torch's bare ValueError / RuntimeError; distance_features='no' switched the features on."""
+    with pytest.raises(InvalidInput, match=f"^{message}$"):
+        AttentionProbe(**option)
+
+
+def test_a_huge_max_offset_stores_only_the_offsets_training_can_reach():
+    """max_offset=10**9 allocated an 8 GB offset table (the process was killed); offsets past the longest
+    training sentence never get a gradient, so the probe is the same with a table that stops there."""
+    s, m = _synthetic(12, 5)
+    longest = max(len(x) for x in s)
+    huge = AttentionProbe(epochs=3, seed=0, max_offset=10**12).fit(None, s, maps=m, progress=False)
+    exact = AttentionProbe(epochs=3, seed=0, max_offset=longest - 1).fit(None, s, maps=m, progress=False)
+    assert huge.scorer.dist.numel() == 2 * (longest - 1) + 1
+    assert huge.losses == exact.losses and torch.equal(huge.scorer.dist, exact.scorer.dist)
+    assert huge.predict(m) == exact.predict(m)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda m: [m[0].numpy(), *m[1:]], r"map 0 is a ndarray; pass the torch tensors word_maps gives"),
+    (lambda m: [m[0], torch.full_like(m[1], float("nan")), m[2]], r"map 1 holds NaN or infinite values"),
+])
+def test_maps_must_be_finite_tensors(bad, message):
+    """A NaN map was scored like attention (evaluate reported UAS 0.8 on a 5-word corpus); a numpy map failed with a
+    bare TypeError inside torch."""
+    from attnlab.analysis.syntax import relation_accuracy
+    from attnlab.testing import tiny_model
+
+    s, m = _synthetic(3, 4)
+    probe = AttentionProbe(epochs=1).fit(None, s, maps=m, progress=False)
+    with pytest.raises(InvalidInput, match=message):
+        probe.evaluate(None, s, maps=bad(m), progress=False)
+    with pytest.raises(InvalidInput, match=message):
+        probe.predict(bad(m))
+    with pytest.raises(InvalidInput, match=message):
+        AttentionProbe(epochs=1).fit(None, s, maps=bad(m), progress=False)
+    model = tiny_model("gpt2")  # 2 layers x 4 heads: maps of that model's shape, for relation_accuracy
+    maps = [torch.softmax(torch.randn(2, 4, len(x) + 1, len(x) + 1), -1) for x in s]
+    with pytest.raises(InvalidInput, match=message.replace("map", "word map", 1)):
+        relation_accuracy(model, s, maps=bad(maps), progress=False)

@@ -115,3 +115,30 @@ def test_accuracies_are_exact_fractions(tiny_bert):
     assert (acc == (acc * 3).round() / 3).all()  # exactly k / 3 in float64
     assert acc.isin([1 / 3, 2 / 3]).any()
     assert res.baselines["accuracy"].tolist() == [2 / 3, 2 / 3]  # "dep" and "all": offset -1 (words 3 and 4)
+
+
+@pytest.mark.parametrize("words, heads, relations, message", [
+    (["she", "left"], [0], ["root"], r"2 words but 1 heads and 1 relations"),
+    (["she", "left"], [2, 0], ["nsubj"], r"2 words but 2 heads and 1 relations"),
+    (["she", "left"], [5, 0], ["nsubj", "root"], r"word 1 \('she'\) has head 5, but the sentence has words 1\.\.2"),
+    (["she", "left"], [-1, 0], ["nsubj", "root"], r"word 1 \('she'\) has head -1"),
+    (["a", "b", "c"], [2, 3, 2], ["x", "y", "z"], r"sentence has no root"),
+    (["a", "b", "c"], [0, 3, 2], ["root", "y", "z"], r"heads form a cycle 2 -> 3 -> 2"),
+    (["she", "left"], ["2", 0], ["nsubj", "root"], r"head of word 1 is '2'; heads are integers"),
+    (["she", "left"], [2, 0], [None, "root"], r"relation of word 1 is None; expected a relation name"),
+])
+def test_a_hand_made_sentence_must_be_a_tree(words, heads, relations, message):
+    """DependencySentence made by hand skipped read_conllu's checks: heads [0] for two words made the probe score
+    one word, a head out of range raised a bare IndexError and a cycle or head -1 was evaluated as arcs."""
+    from attnlab.analysis.conllu import DependencySentence
+    from attnlab.analysis.probe import AttentionProbe
+    from attnlab.testing import tiny_model
+
+    good = DependencySentence(["she", "left"], [2, 0], ["nsubj", "root"])
+    bad = DependencySentence(words, heads, relations)
+    model = tiny_model("bert")
+    with pytest.raises(InvalidInput, match=rf"^sentence 1: {message}"):
+        relation_accuracy(model, [good, bad], progress=False)
+    with pytest.raises(InvalidInput, match=rf"^sentence 1: {message}"):
+        AttentionProbe(epochs=1).fit(model, [good, bad], progress=False)
+    assert model.count_hooks() == 0

@@ -72,7 +72,7 @@ def test_winogender_bias_refuses_a_repeated_occupation(monkeypatch):
     stats = load_winogender_stats(FIX / "occupations-stats.tsv")
     twice = pd.concat([stats, stats.head(1)], ignore_index=True)
     with monkeypatch.context() as m:
-        m.setattr(coref, "pair_log_ratio", lambda *a, **k: pytest.fail("scored before checking stats_table"))
+        m.setattr(coref, "_gaps", lambda *a, **k: pytest.fail("scored before checking stats_table"))
         with pytest.raises(InvalidInput, match=r"stats_table lists occupation 'nurse' 2 times \(rows 0, 2\)"):
             winogender_bias(tiny_model("gpt2"), t, twice)
         with pytest.raises(InvalidInput, match="stats_table must be a DataFrame with columns occupation, bls_pct_female"):
@@ -106,3 +106,66 @@ def test_by_must_name_a_column(monkeypatch):
                 coref_bias(model, pairs, by=by, n_boot=0)
     assert list(coref_bias(model, pairs, n_boot=0).summary.group.unique()) == ["all"]  # the default: type when present
     assert list(coref_bias(model, pairs, by="kind", n_boot=0).summary.group.unique()) == ["all", "kind=1", "kind=2"]
+
+
+@pytest.mark.parametrize("pro, anti, score, message", [
+    ("the nurse said she left", "the nurse said she left", "sentence", r"pair 1 .*: the two sentences are the same "
+     r"tokens for tiny-gpt2, so their gap would be exactly 0"),
+    ("the nurse said xx left", "the nurse said yy left", "sentence", r"pair 1 .*: the two sentences are the same tokens"),
+    ("the nurse said she", "the nurse said she left", "pronoun", r"pair 1 .*: one sentence is the start of the other"),
+    ("the nurse said xe left", "the nurse said he left", "pronoun", r"pair 1 .*: where the sentences differ, tiny-gpt2's "
+     r"tokenizer reads an unknown word \('\[UNK\]'\)"),
+])
+def test_a_pair_with_nothing_to_compare_is_refused(pro, anti, score, message):
+    """Identical twins (or words both mapped to [UNK]) scored gap 0.0 and counted as 'no preference'; with
+    score='pronoun' a twin that starts the other scored 0 - log p(next token) as its gap."""
+    model = tiny_model("gpt2")
+    pairs = pd.DataFrame({"pro": ["the nurse said she left", pro], "anti": ["the nurse said he left", anti]})
+    with pytest.raises(InvalidInput, match=message):
+        coref_bias(model, pairs, score=score, n_boot=0)
+    assert model.count_hooks() == 0
+
+
+def test_a_pair_where_one_sentence_extends_the_other_keeps_the_exact_sentence_gap():
+    """score='sentence' of 'a' vs 'a b' is log p(a) - log p(a b) = -log p(b | a): defined, so it is still scored."""
+    model = tiny_model("gpt2")
+    gap = pair_log_ratio(model, ["the nurse said she"], ["the nurse said she left"])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(model.to_tokens("the nurse said she left")).float(), -1)[0]
+    left = model.to_tokens("the nurse said she left")[0, -1]
+    assert gap[0] == pytest.approx(-float(lp[-2, left]), abs=1e-4)
+
+
+def test_pairs_that_differ_at_the_first_token_are_refused_without_a_bos():
+    """On a tokenizer that adds no BOS, 'she left' vs 'he left' scored only 'left': the differing first token is
+    predicted by nothing, so the gap (both scores) was log p(left | she) - log p(left | he), silently."""
+    from tokenizers import processors
+
+    from attnlab.engine.model import HookedModel
+    from attnlab.testing import tiny_hf_model, tiny_tokenizer
+
+    tok = tiny_tokenizer("decoder")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    model = HookedModel(tiny_hf_model("gpt2"), tok, name="tiny-gpt2-nobos")
+    for score in ("sentence", "pronoun"):
+        with pytest.raises(InvalidInput, match=r"pair 0 \('she left' / 'he left'\): the sentences differ at their "
+                                               r"first token, which nothing predicts"):
+            pair_log_ratio(model, ["she left"], ["he left"], score=score)
+    assert pair_log_ratio(model, ["the nurse said she left"], ["the nurse said he left"]).shape == (1,)
+
+
+def test_pair_log_ratio_refuses_a_pronoun_score_with_no_differing_token():
+    """pair_log_ratio itself (not only coref_bias) scored 'a' vs 'a b' with score='pronoun' as 0 - log p(b | a)."""
+    with pytest.raises(InvalidInput, match=r"pair 0 .*one sentence is the start of the other"):
+        pair_log_ratio(tiny_model("gpt2"), ["the nurse said she"], ["the nurse said she left"], score="pronoun")
+
+
+def test_winogender_occupations_without_a_share_are_named_not_dropped_silently():
+    """An occupation missing from stats_table was left out of pearson_r without a word."""
+    model = tiny_model("gpt2")
+    t = load_winogender_templates(FIX / "templates.tsv")
+    stats = load_winogender_stats(FIX / "occupations-stats.tsv")
+    with pytest.warns(UserWarning, match=r"^winogender_bias: 1 occupation\(s\) of the templates have no share of women "
+                                         r"in stats_table and are left out of pearson_r: 'nurse'$"):
+        out = winogender_bias(model, t, stats[stats.occupation != "nurse"])
+    assert out.bls_pct_female.isna().sum() == 2

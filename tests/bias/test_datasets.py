@@ -353,3 +353,58 @@ def test_a_stray_carriage_return_inside_a_line_stays_in_it(tmp_path):
     assert read_lines(f) == decode_lines(data, source="stdin") == ["# text = The cat\rsat", "second"]
     assert decode_lines(b"a\rb\r", source="stdin") == ["a", "b"] and decode_lines(b"", source="stdin") == []
     assert decode_lines(b"the nurse\nthe doctor\r", source="stdin") == ["the nurse", "the doctor"]  # was one text
+
+
+@pytest.mark.parametrize("path", [3, None])
+def test_readers_refuse_what_is_not_a_path(path):
+    """Path(None) raised a bare TypeError in every reader."""
+    from attnlab.bias.datasets import load_winobias_dir, load_winogender_stats
+
+    for reader in (load_winobias, load_winogender_templates, load_winogender_stats):
+        with pytest.raises(InvalidInput, match=rf"^expected the path of a data file \(a str or Path\), got "
+                                               rf"{type(path).__name__}$"):
+            reader(path)
+    with pytest.raises(InvalidInput, match=rf"^expected the path of a WinoBias folder \(a str or Path\), got "
+                                           rf"{type(path).__name__}$"):
+        load_winobias_dir(path)
+
+
+def test_sentences_without_a_twin_are_not_dropped_silently(tmp_path):
+    """A cut-short anti file paired only the ids both files hold and dropped the rest without a word."""
+    import shutil
+    import warnings
+
+    FIXTURES = Path(__file__).parent / "fixtures"
+    for name in ("pro_stereotyped_type1.txt.dev", "anti_stereotyped_type1.txt.dev"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    anti = tmp_path / "anti_stereotyped_type1.txt.dev"
+    lines = anti.read_text(encoding="utf-8").splitlines(keepends=True)
+    anti.write_text("".join(lines[:-1]), encoding="utf-8")  # the last line lost
+    pro_df = load_winobias(tmp_path / "pro_stereotyped_type1.txt.dev")
+    df = pd.concat([pro_df, load_winobias(anti)], ignore_index=True)
+    last = pro_df.iloc[-1]
+    with pytest.warns(UserWarning, match=rf"^winobias_pairs: 1 of {len(df)} sentences have no twin and are left out "
+                                         rf"of the pairs, e\.g\. the pro sentence of type 1, split 'dev', id "
+                                         rf"{last.id} \(line {last.line}\)"):
+        pairs = winobias_pairs(df)
+    assert len(pairs) == len(pro_df) - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # complete files: no warning
+        winobias_pairs(pd.concat([pro_df, load_winobias(FIXTURES / "anti_stereotyped_type1.txt.dev")]))
+
+
+def test_fill_winogender_fills_each_placeholder_once():
+    """Chained str.replace filled a placeholder inside an inserted name: an occupation written '$PARTICIPANT'
+    became the participant, and a participant holding '$NOM_PRONOUN' became 'he'."""
+    templates = pd.DataFrame({"occupation": ["$PARTICIPANT"], "participant": ["$NOM_PRONOUN fan"], "answer": [0],
+                              "template": ["The $OCCUPATION met the $PARTICIPANT because $NOM_PRONOUN was late."]})
+    out = fill_winogender(templates, genders=("male",))
+    assert out.sentence.tolist() == ["The $PARTICIPANT met the $NOM_PRONOUN fan because he was late."]
+
+
+@pytest.mark.parametrize("type_", [True, 1.0, "1", 3])
+def test_winobias_type_must_be_the_integer_1_or_2(type_):
+    """type=True and type=1.0 were stored in the type column (a bool / float group apart from 1)."""
+    with pytest.raises(InvalidInput, match=rf"^pro_stereotyped_type1\.txt\.dev: pass type=1 or 2, got {type_!r}$"):
+        load_winobias(FIX / "pro_stereotyped_type1.txt.dev", type=type_)
+    assert load_winobias(FIX / "pro_stereotyped_type1.txt.dev", type=2).type.tolist()[0] == 2

@@ -99,7 +99,7 @@ def test_bad_input():
     with pytest.raises(InvalidInput, match=r"\(female, male\) pair"):
         pronoun_bias(model, occupations=OCC, pronouns=("she",))
     with pytest.raises(InvalidInput, match="handles at most 128"):
-        pronoun_bias(model, occupations=OCC, templates=["The {occupation} " + "said that " * 80])
+        pronoun_bias(model, occupations=OCC, templates=["The {occupation}" + " said that" * 80])
     with pytest.raises(InvalidInput, match="unknown metric"):
         pronoun_bias(model, occupations=OCC).value("r")
 
@@ -206,3 +206,16 @@ def test_correlation_interval_skips_resamples_of_fewer_than_three_points():
     assert np.isnan(rs).sum() > 50  # the case is exercised
     assert s.loc["pearson_r", ["low", "high"]].tolist() == pytest.approx(list(np.nanquantile(rs, [0.025, 0.975])))
     assert _summary(share[:3], lr[:3], n_boot=500).loc["pearson_r", ["low", "high"]].isna().all()  # 3 points: NaN
+
+
+def test_a_causal_template_ending_in_whitespace_is_refused():
+    """'The {occupation} said that ' scored ' she' after a trailing space: two spaces, not the next word."""
+    from attnlab.testing import tiny_model
+
+    with pytest.raises(InvalidInput, match=r"^template prefix 'The \{occupation\} said that ' ends with whitespace; "
+                                           r"a causal LM scores the pronoun as the next word with its own space "
+                                           r"\(' she'\)"):
+        pronoun_bias(tiny_model("gpt2"), occupations=["nurse"], templates=["The {occupation} said that "], n_boot=0)
+    masked = pronoun_bias(tiny_model("bert-mlm"), occupations=["nurse"], templates=["The {occupation} said that "],
+                          n_boot=0)  # a masked LM reads 'prefix [MASK] suffix': the space does no harm
+    assert masked.per_prompt.prompt[0] == "The nurse said that  [MASK]" and np.isfinite(masked.per_prompt.log_ratio[0])

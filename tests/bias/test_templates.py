@@ -59,3 +59,34 @@ def test_neutral_text_has_no_gendered_words():
     assert len(neutral_text()) >= 3 and len(neutral_prompts()) >= 8
     assert not words & {"he", "she", "him", "her", "his", "hers", "man", "woman", "men", "women"}
     assert isinstance(occupations(), pd.DataFrame)
+
+
+@pytest.mark.parametrize("items, message", [
+    ([5], r"^template 0: expected a string with an '\{occupation\}' slot, a Template or a dict with keys 'prefix' "
+          r"\(and optionally 'suffix'\), got 5$"),
+    (["The {occupation} said", {"bad": 1}], r"^template 1: expected .*got \{'bad': 1\}$"),
+    ([{"suffix": "x"}], r"^template 0: expected .*got \{'suffix': 'x'\}$"),
+    (5, r"^templates must be a list of strings, Template objects or dicts, got int$"),
+])
+def test_as_templates_refuses_what_is_not_a_template(items, message):
+    """An int or a dict with other keys than prefix/suffix failed in Template(**t) with a bare TypeError."""
+    from attnlab.bias.templates import as_templates
+
+    with pytest.raises(InvalidInput, match=message):
+        as_templates(items)
+
+
+def test_one_template_string_is_one_template():
+    """A single string was read as a list of one-character templates ('T' has no slot)."""
+    from attnlab.bias.templates import as_templates
+
+    assert as_templates("The {occupation} said") == [Template("The {occupation} said")]
+    assert as_templates([{"prefix": "The {occupation} said", "suffix": "x"}]) == [Template("The {occupation} said", "x")]
+
+
+def test_a_bool_share_of_women_is_refused():
+    """share_women=True was taken as 1.0 (100% women) without a word."""
+    from attnlab.bias.templates import occupation_frame
+
+    with pytest.raises(InvalidInput, match=r"row 1 \('doctor'\): share_women must be a number in 0\.\.1 .*got True"):
+        occupation_frame(pd.DataFrame({"occupation": ["nurse", "doctor"], "share_women": [0.9, True]}))

@@ -5,7 +5,8 @@ CoNLL-U) are tokenised once, padded by the engine (``model.pad``) and run throug
 engine's one forward primitive (:func:`attnlab.engine.forward.run`, no LM head) in
 batches with only ``hook_pattern`` read, then cut back to each sentence's own length.
 
-A text is fed to the model as it is, and its words are runs of word characters and single
+A text is fed to the model as it is, and its words are runs of word characters (with their
+combining marks: Hindi vowel signs, Arabic harakat, decomposed accents) and single
 punctuation marks; a word list (e.g. from CoNLL-U) is fed as the words joined by single
 spaces. Word alignment uses the fast tokenizer's character offsets: a token belongs to
 every word its characters overlap, so one token may serve several words (gemma's ``."``,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import bisect
 import re
 import string
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +32,7 @@ from jaxtyping import Float
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
+from attnlab.engine.tokens import check_unicode
 from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
@@ -41,9 +44,22 @@ _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
 
 
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each word of a plain text (see :func:`split_words`).
+
+    A combining mark (Unicode category M: Hindi vowel signs and virama, Arabic harakat, a
+    decomposed accent) is part of the word it sits in; ``re``'s ``\\w`` does not match it, so
+    "हिन्दी" was six words and "cafe\\u0301" two. Marks are matched as word characters in a copy
+    of the text (one character for one, so the offsets are the text's own).
+    """
+    if not text.isascii():
+        text = "".join("a" if unicodedata.category(ch).startswith("M") else ch for ch in text)
+    return [m.span() for m in _WORD_RE.finditer(text)]
+
+
 def split_words(text: str) -> list[str]:
-    """Words of a plain text: runs of word characters, and each punctuation mark on its own."""
-    return _WORD_RE.findall(text)
+    """Words of a plain text: runs of word characters (with their combining marks), and each punctuation mark on its own."""
+    return [text[a:b] for a, b in _word_spans(text)]
 
 
 def is_punctuation(piece: str) -> bool:
@@ -132,8 +148,8 @@ def _words_of(item, index: int) -> tuple[str, list[str], list[int]]:
     """(text fed to the model, its words, each word's start character)."""
     label = _label(item, index)
     if isinstance(item, str):
-        found = list(_WORD_RE.finditer(item))
-        text, words, starts = item, [m.group() for m in found], [m.start() for m in found]
+        spans = _word_spans(item)
+        text, words, starts = item, [item[a:b] for a, b in spans], [a for a, _ in spans]
     else:
         if hasattr(item, "words") and not isinstance(item, Sequence):
             item = list(item.words)
@@ -148,6 +164,7 @@ def _words_of(item, index: int) -> tuple[str, list[str], list[int]]:
             pos += len(w) + 1
     if not words:
         raise InvalidInput(f"{label} is empty: every sentence needs at least one word")
+    check_unicode(text, label)  # a lone surrogate failed inside the tokenizer with a bare TypeError
     return text, words, starts
 
 

@@ -17,6 +17,7 @@ distance-decay neurons with ``EditNeuron``) so their effect can be compared side
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -83,8 +84,14 @@ def _cumulative(mass: np.ndarray) -> np.ndarray:
 
 
 def _check_level(level: float) -> None:
-    if not 0 < level <= 1:
-        raise InvalidInput(f"level must be in (0, 1], got {level!r}")
+    # a real number, not a bool: "0.9" or None raised a bare TypeError from the comparison, True passed as 1.0
+    if not (isinstance(level, numbers.Real) and not isinstance(level, bool) and 0 < level <= 1):
+        raise InvalidInput(f"level must be a number in (0, 1], got {level!r}")
+
+
+def _check_ignore_first(ignore_first) -> None:
+    if not isinstance(ignore_first, bool):  # "no" is truthy: it set the sink apart
+        raise InvalidInput(f"ignore_first must be True or False, got {ignore_first!r}")
 
 
 @dataclass
@@ -166,6 +173,7 @@ def attention_by_distance(
     True
     """
     max_distance = check_max_distance(max_distance)  # -3 put every pair in bin 0, silently
+    _check_ignore_first(ignore_first)
     sentences = prepare(model, corpus)
     order = {id(s): i for i, s in enumerate(sentences)}
     longest = max(s.n_tokens for s in sentences)
@@ -338,6 +346,8 @@ def window_experiment(
     (an integer in 1..longest length - 1; default: the second half of the longest text).
     """
     runs = _window_conditions(conditions)
+    _check_level(level)  # before any pass, not after the first condition's
+    _check_ignore_first(ignore_first)
     texts = check_corpus(texts)  # read once: every condition runs the same texts (a generator was empty the second time)
     for name, specs in runs.items():
         for spec in specs:

@@ -495,8 +495,9 @@ def check_window_options(
     return target, level, tolerance, grid, limits
 
 
-def _check_target(target: float, n: int) -> None:
-    """A window of 1 token up to half the text (windows are whole distances; half the queries must reach back)."""
+def _check_target(target: float, n: int, tolerance: float) -> None:
+    """A window of 1 token up to half the text (windows are whole distances; half the queries must reach back),
+    with a whole number of tokens within ``tolerance`` of it."""
     if target < 1:
         raise InvalidInput(
             f"target must be a window of at least 1 token (windows are whole numbers of tokens; valid for this "
@@ -507,6 +508,13 @@ def _check_target(target: float, n: int) -> None:
             f"text has {n} tokens; measuring a window of {target:g} tokens needs at least {math.ceil(2 * target)} "
             f"(half of the queries must be able to look that far back; valid targets: 1 to {n / 2:g}): pass a longer "
             "text or a smaller target"
+        )
+    low, high = target - tolerance * target - 1e-9, target + tolerance * target + 1e-9  # as _within compares
+    if math.floor(high) < low:  # 2.5 ± 10%: every scale was measured, then WindowNotReached
+        raise InvalidInput(
+            f"no whole number of tokens lies within ±{tolerance:.0%} of target {target:g} ({target - tolerance * target:g}"
+            f"..{target + tolerance * target:g}), and windows are whole numbers of tokens, so the target could never "
+            f"be reached; pass a whole target ({math.floor(target)} or {math.ceil(target)}) or a larger tolerance"
         )
 
 
@@ -521,7 +529,7 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
         scales=scales, limits=limits, site=site)
     tokens = model.tokens(_check_text(text))
     n = int(tokens.ids.shape[1])
-    _check_target(target, n)
+    _check_target(target, n, tolerance)
     if units is None:
         units = start_from.units if isinstance(start_from, DialResult) else decay_units(model, text)
     units = _check_units(model, units)

@@ -14,6 +14,8 @@ everything (initialisation, shuffling) is fixed by ``seed``. Evaluation reports 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,15 +25,24 @@ from torch import nn
 
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.analysis.conllu import DependencySentence
-from attnlab.analysis.syntax import check_sentences, word_maps
+from attnlab.analysis.syntax import check_map, check_sentences, word_maps
 from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["AttentionProbe", "ProbeScore"]
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 class _Scorer(nn.Module):
-    def __init__(self, n_features: int, max_offset: int, distance: bool):
+    def __init__(self, n_features: int, max_offset: int, distance: bool, reach: int):
+        """``reach``: the largest word offset training can see (longest sentence - 1); the offset table stops there.
+
+        An offset past ``reach`` (up to ``max_offset``) never gets a gradient, so its weight would stay 0:
+        it scores 0 without being stored (max_offset=10**9 allocated 8 GB for nothing).
+        """
         super().__init__()
         self.w = nn.Parameter(torch.zeros(n_features))  # dependent -> candidate attention
         self.u = nn.Parameter(torch.zeros(n_features))  # candidate -> dependent attention
@@ -39,7 +50,8 @@ class _Scorer(nn.Module):
         self.u_root = nn.Parameter(torch.zeros(n_features))
         self.root_bias = nn.Parameter(torch.zeros(()))
         self.max_offset = max_offset
-        self.dist = nn.Parameter(torch.zeros(2 * max_offset + 1)) if distance else None
+        self.reach = min(max_offset, max(reach, 0))
+        self.dist = nn.Parameter(torch.zeros(2 * self.reach + 1)) if distance else None
 
     def forward(self, maps: torch.Tensor, n_words: torch.Tensor) -> torch.Tensor:
         """``maps`` [batch, feature, 1+N, 1+N] -> scores [batch, 1+N (dependent), 1+N (candidate)], invalid = -inf."""
@@ -51,8 +63,9 @@ class _Scorer(nn.Module):
         scores[:, :, 0] = root + self.root_bias
         pos = torch.arange(size)
         if self.dist is not None:
-            off = (pos[None, :] - pos[:, None]).clamp(-self.max_offset, self.max_offset) + self.max_offset  # [i, j]
-            extra = self.dist[off]
+            off = (pos[None, :] - pos[:, None]).clamp(-self.max_offset, self.max_offset)  # [i, j]
+            stored = self.dist[off.clamp(-self.reach, self.reach) + self.reach]
+            extra = torch.where(off.abs() <= self.reach, stored, torch.zeros((), dtype=stored.dtype))
             extra[:, 0] = 0.0
             scores = scores + extra[None]
         valid = pos[None, None, :] <= n_words[:, None, None]  # candidate exists
@@ -76,6 +89,7 @@ def _check_maps(maps: Sequence[torch.Tensor], sentences: Sequence[DependencySent
         raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences; pass one map per sentence, in order "
                            "(from word_maps)")
     for i, (m, s) in enumerate(zip(maps, sentences)):
+        check_map(m, i, "map")
         if m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape[-1] != len(s) + 1:
             raise InvalidInput(f"map {i} has shape {tuple(m.shape)}; a sentence of {len(s)} words needs "
                                f"[layer, head, {len(s) + 1}, {len(s) + 1}]")
@@ -157,8 +171,17 @@ class AttentionProbe:
             if not is_integer(v) or v < 1:
                 raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
         epochs, batch_size, max_offset = int(epochs), int(batch_size), int(max_offset)
-        if not lr > 0:
-            raise InvalidInput(f"lr must be > 0, got {lr!r}")
+        # checked here, not by torch at fit(): lr=inf trained to NaN weights and reported a UAS without a word,
+        # a negative weight_decay or a float seed failed only in fit() with torch's bare ValueError / RuntimeError
+        if not _is_real(lr) or not 0 < lr < math.inf:
+            raise InvalidInput(f"lr must be a finite number > 0, got {lr!r}")
+        if not _is_real(weight_decay) or not 0 <= weight_decay < math.inf:
+            raise InvalidInput(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        if not is_integer(seed) or not 0 <= seed < 2**63:  # the range measure's seeds take
+            raise InvalidInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        if not isinstance(distance_features, bool):
+            raise InvalidInput(f"distance_features must be True or False, got {distance_features!r}")
+        lr, weight_decay, seed = float(lr), float(weight_decay), int(seed)
         self.distance_features = distance_features
         self.max_offset = max_offset
         self.epochs = epochs
@@ -179,7 +202,8 @@ class AttentionProbe:
         maps = _check_maps(maps, sentences) if maps is not None else word_maps(model, sentences, progress=progress)
         self._shape = tuple(maps[0].shape[:2])
         gen = torch.Generator().manual_seed(self.seed)
-        self.scorer = _Scorer(self._shape[0] * self._shape[1], self.max_offset, self.distance_features)
+        self.scorer = _Scorer(self._shape[0] * self._shape[1], self.max_offset, self.distance_features,
+                              reach=max(m.shape[-1] for m in maps) - 2)
         opt = torch.optim.Adam(self.scorer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         order = sorted(range(len(maps)), key=lambda i: maps[i].shape[-1])  # batches of similar length
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -208,7 +232,10 @@ class AttentionProbe:
         if self.scorer is None:
             raise InvalidInput("the probe is not trained yet: call fit() first")
         out = []
+        if isinstance(maps, torch.Tensor) or not isinstance(maps, Sequence):
+            raise InvalidInput(f"maps must be a list of word maps (from word_maps), got {type(maps).__name__}")
         for i, m in enumerate(maps):
+            check_map(m, i, "map")
             if m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape[-1] < 2:
                 raise InvalidInput(f"map {i} has shape {tuple(m.shape)}; expected [layer, head, 1 + n_words, "
                                    "1 + n_words] with n_words >= 1 (see word_maps)")

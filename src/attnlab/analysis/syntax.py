@@ -22,9 +22,9 @@ import torch
 
 from attnlab.analysis._corpus import attention_batches, prepare
 from attnlab.analysis._result import CallableTable, empty_frame
-from attnlab.analysis.conllu import DependencySentence
+from attnlab.analysis.conllu import DependencySentence, tree_problem
 from attnlab.analysis.heads import word_attention
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["word_maps", "relation_accuracy", "RelationAccuracy", "DIRECTIONS"]
@@ -39,7 +39,33 @@ def check_sentences(sentences) -> list[DependencySentence]:
     for i, s in enumerate(sentences):
         if not isinstance(s, DependencySentence):
             raise InvalidInput(f"sentence {i} is a {type(s).__name__}; pass DependencySentence objects from read_conllu")
+        _check_sentence(s, i)
     return sentences
+
+
+def _check_sentence(s: DependencySentence, index: int) -> None:
+    """A sentence made by hand holds what read_conllu guarantees: aligned lists, integer heads forming one tree.
+
+    Heads [0] for two words made the probe score one word as if the sentence had one, a head
+    out of range raised a bare IndexError, and a cycle or a head of -1 was evaluated as an arc.
+    """
+    where = f"sentence {index}" + (f" ({s.source}:{s.line})" if s.source and s.line else "")
+    if not all(isinstance(x, (list, tuple)) for x in (s.words, s.heads, s.relations)):
+        raise InvalidInput(f"{where}: words, heads and relations must be lists")
+    n = len(s.words)
+    if len(s.heads) != n or len(s.relations) != n:
+        raise InvalidInput(f"{where}: {n} words but {len(s.heads)} heads and {len(s.relations)} relations; "
+                           "a DependencySentence holds one head and one relation per word")
+    bad = next((k for k, h in enumerate(s.heads) if not is_integer(h)), None)
+    if bad is not None:
+        raise InvalidInput(f"{where}: head of word {bad + 1} is {s.heads[bad]!r}; heads are integers (0 = root, "
+                           f"else a word 1..{n})")
+    bad = next((k for k, r in enumerate(s.relations) if not (isinstance(r, str) and r.strip())), None)
+    if bad is not None:
+        raise InvalidInput(f"{where}: relation of word {bad + 1} is {s.relations[bad]!r}; expected a relation name")
+    problem = tree_problem(s) if n else None
+    if problem is not None:
+        raise InvalidInput(f"{where}: {problem[1]}")
 
 
 @torch.no_grad()
@@ -73,6 +99,15 @@ def word_maps(
         out[index[id(s)]] = m
         s.pattern = None  # free the token-level map
     return out  # type: ignore[return-value]
+
+
+def check_map(m, index: int, what: str = "word map") -> None:
+    """A caller's word map is a torch tensor of finite numbers (a NaN map was scored as if it were attention)."""
+    if not isinstance(m, torch.Tensor):
+        raise InvalidInput(f"{what} {index} is a {type(m).__name__}; pass the torch tensors word_maps gives")
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        raise InvalidInput(f"{what} {index} holds NaN or infinite values; attention maps are finite weights "
+                           "(did the model overflow?)")
 
 
 def _argmax_excluding(rows: torch.Tensor, exclude: int) -> torch.Tensor:
@@ -186,6 +221,7 @@ def relation_accuracy(
     offsets: dict[str, Counter] = defaultdict(Counter)
     for index, (sent, m) in enumerate(zip(sentences, maps)):
         n = len(sent)
+        check_map(m, index)
         if tuple(m.shape) != (L, H, n + 1, n + 1):
             raise InvalidInput(f"word map {index} has shape {tuple(m.shape)} but a sentence of {n} words on "
                                f"{model.cfg.name} needs [layer, head, 1 + words, 1 + words] = {(L, H, n + 1, n + 1)}; "

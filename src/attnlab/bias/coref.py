@@ -16,6 +16,7 @@ bootstrap interval over pairs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,14 +50,54 @@ def pair_log_ratio(
     """``log p(first[i]) - log p(second[i])`` for each pair of sentences (see module docstring).
 
     :func:`attnlab.measure.score` with the :class:`~attnlab.measure.PairLogRatio` metric.
+    A pair that differs at its first token (a tokenizer without BOS: nothing predicts that
+    token) is refused, and so is, with ``score="pronoun"``, a pair where one sentence is the
+    start of the other (no differing token to score).
     """
+    return _gaps(model, first, second, score=score, batch_size=batch_size, progress=progress, twins=False)
+
+
+def _gaps(model, first, second, *, score: str, batch_size: int, progress: bool, twins: bool) -> np.ndarray:
+    """:func:`pair_log_ratio`; ``twins``: the pairs are bias twins, which must differ in a known word."""
     check_lm(model, causal=True)
     if score not in SCORES:
         raise InvalidInput(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
     first, second = check_texts(first, "sentence", "sentences"), check_texts(second, "sentence", "sentences")
     if len(first) != len(second):
         raise InvalidInput(f"got {len(first)} first sentences but {len(second)} second ones; pairs must match")
+    _check_pairs_differ(model, first, second, score, twins)
     return measure.score(model, first, PairLogRatio(second, score=score), batch_size=batch_size, progress=progress)
+
+
+def _check_pairs_differ(model, first: list[str], second: list[str], score: str, twins: bool) -> None:
+    """Refuse a pair with nothing to compare, which scored a gap that reads as a result.
+
+    Sentences that differ at their first token (a tokenizer without BOS) had that token, which
+    nothing predicts, left out: "she left" vs "he left" scored only "left". With
+    ``score="pronoun"``, a sentence that is the start of its twin has no token where they
+    differ, and the gap was ``0 - log p(next token)``. For bias ``twins`` (coref_bias,
+    winogender_bias) also: twins that are the same tokens (the same text, or words the
+    tokenizer maps to one unknown token) gave a gap of exactly 0, counted as "no preference",
+    and a differing token that is the tokenizer's unknown token scored ``log p([UNK])`` as the
+    pronoun's probability.
+    """
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    for i, (a, b) in enumerate(zip(model.token_rows(first), model.token_rows(second))):
+        pair = f"pair {i} ({first[i]!r:.60} / {second[i]!r:.60})"
+        at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if twins and a == b:
+            raise InvalidInput(f"{pair}: the two sentences are the same tokens for {model.cfg.name}, so their gap "
+                               "would be exactly 0 (read as no preference); each pair must differ, e.g. in the pronoun")
+        if at == 0:
+            raise InvalidInput(f"{pair}: the sentences differ at their first token, which nothing predicts "
+                               f"({model.cfg.name}'s tokenizer puts no BOS token before it), so the word where they "
+                               "differ would not be scored; start both sentences with the same words")
+        if at is None and score == "pronoun" and a != b:
+            raise InvalidInput(f"{pair}: one sentence is the start of the other, so there is no token where they "
+                               "differ for score='pronoun' to score; use score='sentence' or fix the pair")
+        if twins and at is not None and unk is not None and unk in (a[at], b[at]):
+            raise InvalidInput(f"{pair}: where the sentences differ, {model.cfg.name}'s tokenizer reads an unknown "
+                               f"word ({model.tokenizer.unk_token!r}), whose probability says nothing about the word")
 
 
 SUMMARY_METRICS = ("mean_gap", "pro_preferred")
@@ -178,7 +219,8 @@ def coref_bias(
     if pairs.empty:
         raise InvalidInput("no sentence pairs given")
     by = _check_by(by, pairs)
-    gap = pair_log_ratio(model, list(pairs.pro), list(pairs.anti), score=score, batch_size=batch_size, progress=progress)
+    gap = _gaps(model, list(pairs.pro), list(pairs.anti), score=score, batch_size=batch_size, progress=progress,
+                twins=True)
     per_pair = pairs.reset_index(drop=True).assign(gap=gap, prefers_pro=gap > 0)
     return CorefBias(per_pair, _summary(per_pair, by, n_boot, seed), score)
 
@@ -217,10 +259,16 @@ def winogender_bias(
     filled = fill_winogender(templates, genders=("female", "male"))
     fem = filled[filled.gender == "female"].reset_index(drop=True)
     mal = filled[filled.gender == "male"].reset_index(drop=True)
-    lr = pair_log_ratio(model, list(fem.sentence), list(mal.sentence), score=score, batch_size=batch_size, progress=progress)
+    lr = _gaps(model, list(fem.sentence), list(mal.sentence), score=score, batch_size=batch_size, progress=progress,
+               twins=True)
     out = fem[["occupation", "participant", "answer"]].assign(log_ratio=lr)
     if stats_table is not None:
         out = out.merge(stats_table[["occupation", "bls_pct_female"]], on="occupation", how="left", validate="many_to_one")
+        missing = list(dict.fromkeys(out.loc[out.bls_pct_female.isna(), "occupation"]))
+        if missing:  # they were left out of pearson_r without a word
+            warnings.warn(f"winogender_bias: {len(missing)} occupation(s) of the templates have no share of women in "
+                          f"stats_table and are left out of pearson_r: {', '.join(map(repr, missing[:5]))}"
+                          + (" ..." if len(missing) > 5 else ""), UserWarning, stacklevel=2)
         occ = out.dropna(subset=["bls_pct_female"]).groupby("occupation")[["log_ratio", "bls_pct_female"]].mean()
         r = pearson(occ.bls_pct_female, occ.log_ratio)  # pronoun_bias's rule: NaN below 3 distinct points
         if not np.isnan(r):

@@ -17,13 +17,15 @@ and ``occupations-stats.tsv`` (occupation, bergsma_pct_female, bls_pct_female, b
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from attnlab._textfile import read_lines
-from attnlab.errors import DataFormatError, InvalidInput
+from attnlab.errors import DataFormatError, InvalidInput, is_integer
 
 __all__ = [
     "load_winobias",
@@ -58,7 +60,9 @@ _PRONOUNS = frozenset(PRONOUN_GENDER) | {"they", "them", "their", "theirs", "the
 _MOST_MENTIONS = 3
 
 
-def _path(path) -> Path:
+def _path(path, what: str = "file") -> Path:
+    if not isinstance(path, (str, os.PathLike)):  # Path(None) raised a bare TypeError
+        raise InvalidInput(f"expected the path of a data {what} (a str or Path), got {type(path).__name__}")
     p = Path(path)
     if not p.is_file():
         raise InvalidInput(f"no such file: {p}" + (" (it is a folder)" if p.is_dir() else ""))
@@ -82,10 +86,12 @@ def load_winobias(path, *, stereotype: str | None = None, type: int | None = Non
     m = _WINOBIAS_NAME.search(p.name)
     stereotype = stereotype or (m.group(1) if m else None)
     type = type if type is not None else (int(m.group(2)) if m else None)
+    hint = "" if m else " (not in the file name)"
     if stereotype not in ("pro", "anti"):
-        raise InvalidInput(f"{p.name}: pass stereotype='pro' or 'anti' (not in the file name), got {stereotype!r}")
-    if type not in (1, 2):
-        raise InvalidInput(f"{p.name}: pass type=1 or 2 (not in the file name), got {type!r}")
+        raise InvalidInput(f"{p.name}: pass stereotype='pro' or 'anti'{hint}, got {stereotype!r}")
+    if not (is_integer(type) and type in (1, 2)):  # True and 1.0 were stored as the type and grouped apart from 1
+        raise InvalidInput(f"{p.name}: pass type=1 or 2{hint}, got {type!r}")
+    type = int(type)
     split = m.group(3) if m and m.group(3) else None
     rows = []
     first_line: dict[int, int] = {}  # id -> the line it was first seen on
@@ -162,6 +168,8 @@ def load_winobias_dir(folder, *, split: str = "dev", types=(1, 2)) -> pd.DataFra
     """All pro/anti files of ``split`` ("dev" or "test") and ``types`` in a WinoBias folder."""
     if split not in ("dev", "test"):
         raise InvalidInput(f"split must be 'dev' or 'test', got {split!r}")
+    if not isinstance(folder, (str, os.PathLike)):
+        raise InvalidInput(f"expected the path of a WinoBias folder (a str or Path), got {type(folder).__name__}")
     folder = Path(folder)
     frames = []
     for t in types:
@@ -201,6 +209,18 @@ def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
     both = pro.index.intersection(anti.index)
     if len(both) == 0:
         raise InvalidInput("no pro/anti sentence pairs share (type, split, id); load both pro and anti files")
+    alone = [(name, side) for name, side in (("pro", pro), ("anti", anti)) if len(side.index.difference(both))]
+    if alone:  # a truncated or edited file: its twins' sentences were dropped from the pairs without a word
+        name, side = alone[0]
+        key = side.index.difference(both)[0]
+        line = side.loc[key, "line"] if "line" in side else None
+        n_alone = sum(len(side.index.difference(both)) for _, side in alone)
+        warnings.warn(
+            f"winobias_pairs: {n_alone} of {len(df)} sentences have no twin and are left out of the pairs, e.g. the "
+            f"{name} sentence of type {key[0]}, split {key[1]!r}, id {key[2]}"
+            + (f" (line {line})" if line is not None else "") + "; is one of the files cut short?",
+            UserWarning, stacklevel=2,
+        )
     out = pd.DataFrame(
         {
             "entity": pro.loc[both, "entity"],
@@ -327,6 +347,7 @@ def _agree_with_they(template: str) -> str:
     return _AGREE.sub(lambda m: f"$NOM_PRONOUN{m.group(1)}{_THEY_AGREEMENT[m.group(2)]}", template)
 
 
+_PLACEHOLDER = re.compile(r"\$(?:OCCUPATION|PARTICIPANT|NOM_PRONOUN|POSS_PRONOUN|ACC_PRONOUN)")
 _ARTICLE_SOMEONE = re.compile(r"\b(the|an?) someone\b", re.IGNORECASE)
 
 
@@ -351,13 +372,10 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
         for g in genders:
             nom, poss, acc = WINOGENDER_PRONOUNS[g]
             template = _agree_with_they(t.template) if g == "neutral" else t.template
-            s = (
-                template.replace("$OCCUPATION", t.occupation)
-                .replace("$PARTICIPANT", "someone" if someone else t.participant)
-                .replace("$NOM_PRONOUN", nom)
-                .replace("$POSS_PRONOUN", poss)
-                .replace("$ACC_PRONOUN", acc)
-            )
+            fills = {"$OCCUPATION": t.occupation, "$PARTICIPANT": "someone" if someone else t.participant,
+                     "$NOM_PRONOUN": nom, "$POSS_PRONOUN": poss, "$ACC_PRONOUN": acc}
+            # one pass: chained replaces filled a placeholder inside an inserted name ("$PARTICIPANT" as occupation)
+            s = _PLACEHOLDER.sub(lambda m: fills[m.group(0)], template)
             if someone:  # "the/a $PARTICIPANT" -> "someone", as in the published sentences
                 s = _ARTICLE_SOMEONE.sub(lambda m: "Someone" if m.group(1)[0].isupper() else "someone", s)
             rows.append({"occupation": t.occupation, "participant": t.participant, "answer": t.answer, "gender": g, "sentence": _capitalise_starts(s)})

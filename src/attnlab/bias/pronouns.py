@@ -175,6 +175,10 @@ def pronoun_bias(
     if model.cfg.is_causal:
         prompts = [t.causal(o) for o, _, t in rows]
         words, read_at = [" " + female, " " + male], "last"
+        spaced = next((t for _, _, t in rows if t.prefix != t.prefix.rstrip()), None)
+        if spaced is not None:  # "...that " + " she": the pronoun was scored after two spaces, not as the next word
+            raise InvalidInput(f"template prefix {spaced.prefix!r} ends with whitespace; a causal LM scores the pronoun "
+                               f"as the next word with its own space ({words[0]!r}), so end the prefix with its last word")
     else:
         mask = getattr(model.tokenizer, "mask_token", None)
         if mask is None:

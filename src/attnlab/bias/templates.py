@@ -86,9 +86,22 @@ def _json(name: str) -> dict:
 
 def as_templates(items) -> list[Template]:
     """Templates from Template objects, prefix strings or ``{"prefix": ..., "suffix": ...}`` dicts."""
+    if isinstance(items, (str, Template)):  # one template, not a list of its characters
+        items = [items]
+    try:
+        items = list(items)
+    except TypeError:
+        raise InvalidInput(f"templates must be a list of strings, Template objects or dicts, got "
+                           f"{type(items).__name__}") from None
     out = []
-    for t in items:
-        out.append(t if isinstance(t, Template) else Template(t) if isinstance(t, str) else Template(**t))
+    for i, t in enumerate(items):
+        if isinstance(t, dict) and set(t) <= {"prefix", "suffix"} and "prefix" in t:
+            out.append(Template(**t))
+        elif isinstance(t, (Template, str)):
+            out.append(t if isinstance(t, Template) else Template(t))
+        else:  # Template(**t) raised a bare TypeError for an int or a dict with other keys
+            raise InvalidInput(f"template {i}: expected a string with an '{{occupation}}' slot, a Template or a dict "
+                               f"with keys 'prefix' (and optionally 'suffix'), got {t!r:.80}")
     if not out:
         raise InvalidInput("no templates given: pass a non-empty list of strings with an '{occupation}' slot")
     return out
@@ -145,7 +158,7 @@ def _check_occupation_rows(df: pd.DataFrame) -> None:
                                "give each occupation once")
         seen[name.strip()] = label
         try:
-            value = float(share)
+            value = math.nan if isinstance(share, bool) else float(share)  # True was taken as 1.0 (100% women)
         except (TypeError, ValueError):
             value = math.nan
         if not 0 <= value <= 1:  # NaN fails this too
