@@ -136,6 +136,14 @@ def test_mediation_pairs_keep_equal_lengths():
     assert skipped.empty
 
 
+def test_mediation_pairs_refuse_a_prefix_ending_in_whitespace():
+    """x = 'The nurse said that ' was scored for ' she' after two spaces, as pronoun_bias did before."""
+    with pytest.raises(InvalidInput, match=r"^template prefix 'The \{occupation\} said that ' ends with whitespace; "
+                                           r"a causal LM scores the pronoun as the next word with its own space "
+                                           r"\(' she'\)"):
+        mediation_pairs(tiny_model("gpt2"), occupations=["nurse"], templates=["The {occupation} said that "])
+
+
 @pytest.mark.parametrize("anti", [" she", "she", " SHE"])
 def test_pronouns_of_one_token_are_refused(anti):
     """A pair scoring one token against itself gave TE, NIE and NDE of exactly 0: 'no bias, no mediator'."""

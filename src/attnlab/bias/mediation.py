@@ -44,7 +44,13 @@ import numpy as np
 import pandas as pd
 
 from attnlab.bias._checks import check_lm, check_pronouns, distinct_tokens, single_token
-from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
+from attnlab.bias.templates import (
+    Template,
+    as_templates,
+    check_next_word_prefixes,
+    occupation_frame,
+    templates as shipped_templates,
+)
 from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.interventions import Patch
 from attnlab.measure import LogitDiff, Result, bootstrap, check_resampling, score, sweep_interventions
@@ -132,6 +138,7 @@ def mediation_pairs(
     tmpl = shipped_templates() if templates is None else as_templates(templates)
     female, male = check_pronouns(pronouns)
     w_female, w_male = check_pronouns(replacements)
+    check_next_word_prefixes(tmpl, " " + female)
     pairs, skipped = [], []
     for o, share in zip(occ.occupation, occ.share_women):
         fem = share >= threshold

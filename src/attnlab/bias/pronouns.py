@@ -29,7 +29,13 @@ from scipy import stats
 
 from attnlab.bias._checks import check_lm, check_pronouns, distinct_tokens, single_token
 from attnlab.bias._correlation import n_points as _n_points, pearson as _pearson
-from attnlab.bias.templates import Template, as_templates, occupation_frame, templates as shipped_templates
+from attnlab.bias.templates import (
+    Template,
+    as_templates,
+    check_next_word_prefixes,
+    occupation_frame,
+    templates as shipped_templates,
+)
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure import LogProbs, Result, bootstrap, check_resampling, score
 from attnlab.measure.result import renamed
@@ -175,10 +181,7 @@ def pronoun_bias(
     if model.cfg.is_causal:
         prompts = [t.causal(o) for o, _, t in rows]
         words, read_at = [" " + female, " " + male], "last"
-        spaced = next((t for _, _, t in rows if t.prefix != t.prefix.rstrip()), None)
-        if spaced is not None:  # "...that " + " she": the pronoun was scored after two spaces, not as the next word
-            raise InvalidInput(f"template prefix {spaced.prefix!r} ends with whitespace; a causal LM scores the pronoun "
-                               f"as the next word with its own space ({words[0]!r}), so end the prefix with its last word")
+        check_next_word_prefixes([t for _, _, t in rows], words[0])
     else:
         mask = getattr(model.tokenizer, "mask_token", None)
         if mask is None:

@@ -29,6 +29,7 @@ from attnlab.errors import InvalidInput, did_you_mean
 __all__ = [
     "Template",
     "as_templates",
+    "check_next_word_prefixes",
     "templates",
     "occupations",
     "occupation_frame",
@@ -105,6 +106,17 @@ def as_templates(items) -> list[Template]:
     if not out:
         raise InvalidInput("no templates given: pass a non-empty list of strings with an '{occupation}' slot")
     return out
+
+
+def check_next_word_prefixes(items: Sequence[Template], word: str) -> None:
+    """Refuse a prefix that ends in whitespace where a causal LM scores ``word`` (with its own space) next.
+
+    ``"...said that " + " she"``: the pronoun was scored after two spaces, not as the next word.
+    """
+    spaced = next((t for t in items if t.prefix != t.prefix.rstrip()), None)
+    if spaced is not None:
+        raise InvalidInput(f"template prefix {spaced.prefix!r} ends with whitespace; a causal LM scores the pronoun "
+                           f"as the next word with its own space ({word!r}), so end the prefix with its last word")
 
 
 def templates() -> list[Template]:
