@@ -76,6 +76,31 @@ def test_readings_equal_the_bridge(arch):
             assert (ours[name] - reference).abs().max() <= 1e-5, name
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_pre_rotary_q_and_k_equal_the_bridges_hook_q_and_hook_k(arch):
+    """attnlab's hook_q_pre_rotary / hook_k_pre_rotary are the bridge's hook_q / hook_k (Llama) and, on Gemma-3,
+    its hook_q_normed / hook_k_normed (q and k after their norm, before the rotation)."""
+    bridge, _, tok = boot(arch)
+    model = tiny_model(arch)
+    ids = tok([TEXT], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        _, theirs = bridge.run_with_cache(ids)
+        _, ours = model.run_with_cache(ids)
+    group = model.cfg.n_heads // model.cfg.n_kv_heads
+    for layer in range(model.cfg.n_layers):
+        for site in ("q", "k"):
+            normed = f"blocks.{layer}.attn.hook_{site}_normed"
+            if normed in theirs.cache_dict:  # [batch, head, pos, d_head] there
+                reference = theirs[normed].transpose(1, 2)
+            else:
+                reference = theirs[f"blocks.{layer}.attn.hook_{site}"]
+            if reference.shape[2] != model.cfg.n_heads:
+                reference = repeat(reference, "b p kvh d -> b p (kvh g) d", g=group)
+            name = f"blocks.{layer}.attn.hook_{site}_pre_rotary"
+            assert (ours[name] - reference).abs().max() <= 1e-5, name
+            assert (ours[f"blocks.{layer}.attn.hook_{site}"] - reference)[:, 1:].abs().max() > 1e-3  # rotated
+
+
 def test_bert_bridge_loads_and_pattern_edits_land_everywhere():
     bridge, hf, tok = boot("bert-mlm")
     ids = tok([TEXT], return_tensors="pt")["input_ids"]

@@ -21,9 +21,11 @@ def test_names_filter_caches_only_what_is_asked(any_tiny):
     _, patterns = model.run_with_cache(TEXT, names_filter=lambda name: name.endswith("hook_pattern"))
     assert sorted(patterns.keys()) == [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
     _, everything = model.run_with_cache(TEXT)
-    # no filter caches every hook point: the six attention sites of every layer, and the block edges
+    # no filter caches every hook point: the six attention sites of every layer (and q, k before the rotary
+    # embedding where the model has one), and the block edges
     attention = [k for k in everything.keys() if ".attn.hook_" in k and not k.endswith("hook_result")]
-    assert len(attention) == 6 * model.cfg.n_layers
+    assert len(attention) == (8 if model.cfg.rotary else 6) * model.cfg.n_layers
+    assert any(k.endswith("hook_q_pre_rotary") for k in attention) == model.cfg.rotary
     assert {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.attn.hook_result"} <= set(everything.keys())
     # layer 0 ran fused in the first call and explicitly in the last: equal up to rounding
     assert torch.allclose(one["blocks.1.attn.hook_pattern"], everything["blocks.1.attn.hook_pattern"], atol=1e-5)

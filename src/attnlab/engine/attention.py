@@ -16,6 +16,8 @@ for identity edits); the fast path is exactly the model's own sdpa call.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -31,7 +33,7 @@ from attnlab.engine.hooks import Hook, HookPoint
 from attnlab.engine.locations import SITES
 from attnlab.engine.precision import computing_dtype, full_precision
 from attnlab.engine.state import current_state
-from attnlab.errors import InvalidSpec
+from attnlab.errors import InvalidSpec, NotSupported
 
 __all__ = ["AttentionHooks", "IMPLEMENTATIONS", "register_attention", "attach", "detach", "hooks_of", "masked"]
 
@@ -51,13 +53,14 @@ def masked(scores: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionHooks(nn.Module):
-    """The six hook points of one attention layer (``hook_q`` ... ``hook_z``)."""
+    """The hook points of one attention layer (``hook_q_pre_rotary`` ... ``hook_z``)."""
 
     def __init__(self, layer: int):
         super().__init__()
         self.layer_index = layer
         for site in SITES:
             self.add_module(f"hook_{site}", HookPoint(layer, site))
+        self.rotary_seen = threading.local()  # this thread's last call's rotary embedding (see capture_rotary)
 
     def points(self) -> list[HookPoint]:
         return [getattr(self, f"hook_{site}") for site in SITES]
@@ -70,6 +73,90 @@ class AttentionHooks(nn.Module):
     def any_hooked(self) -> bool:
         """Some hook acts on this layer in the current context (then it runs explicitly)."""
         return any(p._forward_hooks for p in self.points()) and any(p.is_hooked() for p in self.points())
+
+
+def capture_rotary(hooks: AttentionHooks) -> Callable:
+    """A pre-hook for the attention module: keep the call's rotary embedding for the pre-rotary sites.
+
+    Rotary layers get ``position_embeddings=(cos, sin)`` and rotate q and k before the attention
+    function sees them; the pre-rotary sites undo that rotation with the same ``cos``/``sin``. While
+    generating with a KV cache, the cached keys were rotated in earlier calls: each call's
+    ``cos``/``sin`` are appended to a record kept on the cache object, so every key column has its own.
+    """
+
+    def capture(module, args, kwargs):
+        embedding = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+        if not (isinstance(embedding, (tuple, list)) and len(embedding) == 2):
+            hooks.rotary_seen.value = (None, None)  # no rotary embedding: pre-rotary = post-rotary
+            return None
+        cos, sin = embedding
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None:
+            hooks.rotary_seen.value = ((cos, sin), (cos, sin))
+            return None
+        record = cache.__dict__.setdefault("_attnlab_rotary", {})
+        before = record.get(hooks.layer_index)
+        if before is not None:
+            rows = max(before[0].shape[0], cos.shape[0])
+            cos, sin = (torch.cat([old.expand(rows, *old.shape[1:]), new.expand(rows, *new.shape[1:])], dim=-2)
+                        for old, new in zip(before, (cos, sin)))
+        record[hooks.layer_index] = (cos, sin)
+        hooks.rotary_seen.value = (embedding, (cos, sin))
+        return None
+
+    return capture
+
+
+def _rotate(x: Float[torch.Tensor, "batch head pos d_head"], cos: torch.Tensor, sin: torch.Tensor, *,
+            inverse: bool = False) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of ``x`` as transformers' ``rotate_half`` convention does (or undo it).
+
+    ``cos``/``sin``: ``[batch or 1, pos, rotary_dim]``. The inverse divides by ``cos^2 + sin^2``, so a
+    scaled rotary embedding (``attention_scaling``) is undone too. Computed in float32 at least.
+    """
+    dtype = computing_dtype(x.dtype)
+    c, s = cos[:, None].to(dtype), sin[:, None].to(dtype)
+    r = c.shape[-1]
+    xr, rest = x[..., :r].to(dtype), x[..., r:]
+    half = torch.cat([-xr[..., r // 2:], xr[..., : r // 2]], dim=-1)  # rotate_half
+    out = (xr * c - half * s) / (c * c + s * s) if inverse else xr * c + half * s
+    return torch.cat([out.to(x.dtype), rest], dim=-1)
+
+
+def _check_rotate_half(cos: torch.Tensor, d_head: int, layer: int) -> None:
+    r = cos.shape[-1]
+    if r > d_head or r % 2 or not torch.equal(cos[..., : r // 2], cos[..., r // 2:]):
+        raise NotSupported(
+            f"layer {layer}: the pre-rotary q/k sites undo transformers' rotate_half rotary embedding (cos repeated "
+            f"over both halves of the rotary dims); this model's rotary embedding ({r} dims of {d_head}) is laid out "
+            "otherwise. Use hook_q / hook_k (after the rotary embedding)"
+        )
+
+
+def _through_pre_rotary(point: HookPoint, x: Float[torch.Tensor, "batch head pos d_head"], rotation, n_cols: int,
+                        info: Hook, layer: int) -> torch.Tensor:
+    """``x`` (after the rotary embedding) with the edit ``point``'s hooks make before it.
+
+    The hook sees ``x`` rotated back. Only the edit's difference is rotated forward and added, so
+    unedited entries (an identity hook, positions left alone) keep the model's own values bit for bit.
+    """
+    if rotation is None:  # no rotary embedding: before = after
+        pre = x
+    else:
+        cos, sin = (t[..., -n_cols:, :] for t in rotation)
+        if cos.shape[-2] != n_cols:
+            raise NotSupported(
+                f"{point.name}: {n_cols} key columns but the rotary embedding of only {cos.shape[-2]} was seen; the "
+                "pre-rotary keys of a KV cache need the hook attached before the cache was filled (before generate())"
+            )
+        _check_rotate_half(cos, x.shape[-1], layer)
+        pre = _rotate(x, cos, sin, inverse=True)
+    given = _copy_per_position(pre)
+    edited = rearrange(_run(point, given, info), "b p h d -> b h p d")
+    if torch.equal(edited, pre):
+        return x
+    delta = edited - pre
+    return x + (delta if rotation is None else _rotate(delta, cos, sin)).to(x.dtype)
 
 
 def _left_behind() -> None:
@@ -175,6 +262,18 @@ def explicit_attention(
         q_col = state.past if state is not None else _first_query_column(q_len, k_len, position_ids, sliding_window)
         geometry = dict(q_col=q_col, q_len=q_len, k_col=q_col + q_len - k_len, k_len=k_len, state=state)
         infos = {site: Hook(point, **geometry) for site, point in zip(SITES, hooks.points())}
+        if hooks.hook_q_pre_rotary._forward_hooks or hooks.hook_k_pre_rotary._forward_hooks:
+            seen = getattr(hooks.rotary_seen, "value", None)
+            hooks.rotary_seen.value = None  # one call's: a later call without the capture must not read it
+            if seen is None:
+                raise NotSupported(f"layer {hooks.layer_index}: a pre-rotary hook was attached while the layer ran, so "
+                                   "its rotary embedding was not seen; attach it before the forward pass")
+            if hooks.hook_q_pre_rotary._forward_hooks:
+                query = _through_pre_rotary(hooks.hook_q_pre_rotary, query, seen[0], q_len, infos["q_pre_rotary"],
+                                            hooks.layer_index)
+            if hooks.hook_k_pre_rotary._forward_hooks:
+                key = _through_pre_rotary(hooks.hook_k_pre_rotary, key, seen[1], k_len, infos["k_pre_rotary"],
+                                          hooks.layer_index)
         # q, k and v go to the hook as copies: the model's own may be a view of a fused projection (GPT-2: not
         # writable in place with gradients on), the KV cache's stored tensor (an in-place edit would be applied
         # again at every later step) or one kv head expanded to several (not writable in place at all)

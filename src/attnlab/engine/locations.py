@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from attnlab.errors import InvalidLocation, did_you_mean
 
 __all__ = [
-    "SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "BLOCK_SITES", "MODEL_SITES", "ALL_SITES",
+    "SITES", "KEY_SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "BLOCK_SITES", "MODEL_SITES", "ALL_SITES",
     "Location", "hook_name", "parse_hook_name", "get_act_name", "check_site", "BLOCK_NORMS", "norm_path", "scale_name",
     "missing_name_hint",
 ]
 
-#: The attention sites, in the order the attention computation visits them.
-SITES: tuple[str, ...] = ("q", "k", "v", "attn_scores", "pattern", "z")
+#: The attention sites, in the order the attention computation visits them. ``q_pre_rotary`` /
+#: ``k_pre_rotary``: q and k before the rotary embedding (TransformerLens' ``hook_q`` / ``hook_k`` on Llama-style
+#: models, ``hook_q_normed`` / ``hook_k_normed`` on Gemma); ``q`` / ``k``: after it, what the scores are computed
+#: from (its ``hook_rot_q`` / ``hook_rot_k``).
+SITES: tuple[str, ...] = ("q_pre_rotary", "k_pre_rotary", "q", "k", "v", "attn_scores", "pattern", "z")
+
+#: Attention sites with one entry per *key* position (the others: one per query position).
+KEY_SITES = frozenset({"k_pre_rotary", "k", "v"})
 
 #: Block-edge sites of layer L and the name each gets (after ``blocks.L.``), in forward order.
 BLOCK_SITES: dict[str, str] = {
@@ -52,6 +58,8 @@ ALL_SITES: tuple[str, ...] = (*SITES, *BLOCK_SITES, *MODEL_SITES)
 
 #: The axes of the tensor each site carries (TransformerLens conventions).
 SITE_SHAPES: dict[str, str] = {
+    "q_pre_rotary": "batch pos head d_head",
+    "k_pre_rotary": "batch pos head d_head",
     "q": "batch pos head d_head",
     "k": "batch pos head d_head",
     "v": "batch pos head d_head",
@@ -188,8 +196,10 @@ _TL_ONLY = {
     "ln2.hook_in": "ln2's input is blocks.L.hook_resid_mid (BERT: hook_resid_post)",
     "ln1_post.hook_normalized": "the post-attention norm's output is blocks.L.hook_attn_out",
     "ln2_post.hook_normalized": "the post-MLP norm's output is blocks.L.hook_mlp_out",
-    "attn.hook_rot_q": "attnlab's hook_q is already after the rotary embedding (TransformerLens' hook_rot_q)",
-    "attn.hook_rot_k": "attnlab's hook_k is already after the rotary embedding (TransformerLens' hook_rot_k)",
+    "attn.hook_rot_q": "attnlab's hook_q is already after the rotary embedding (TransformerLens' hook_rot_q); "
+                       "before it: hook_q_pre_rotary",
+    "attn.hook_rot_k": "attnlab's hook_k is already after the rotary embedding (TransformerLens' hook_rot_k); "
+                       "before it: hook_k_pre_rotary",
     "attn.hook_q_input": "the query inputs are blocks.L.hook_q_input (TransformerLens' name, on the block)",
     "attn.hook_k_input": "the key inputs are blocks.L.hook_k_input (TransformerLens' name, on the block)",
     "attn.hook_v_input": "the value inputs are blocks.L.hook_v_input (TransformerLens' name, on the block)",

@@ -175,6 +175,10 @@ def _route_guard(tree: HookTree, roots: list[nn.Module]) -> weakref.WeakSet:
     return wrappers
 
 
+#: The pre-rotary points (equal to hook_q / hook_k on a model without a rotary embedding).
+_PRE_ROTARY = ("attn.hook_q_pre_rotary", "attn.hook_k_pre_rotary")
+
+
 class HookedModel(ModelWeights, nn.Module):
     """A wrapped HF model whose attention (and residual stream, and MLPs) can be read and overwritten.
 
@@ -319,7 +323,9 @@ class HookedModel(ModelWeights, nn.Module):
     def _resolve_names(self, names, *, what: str = "hook names") -> list[str]:
         """A name, a list of names or a predicate on names -> the hook names it selects."""
         if names is None:  # every point, the per-head input copies only when asked for (set_use_split_qkv_input)
-            return [n for n in self.hook_dict if self._cache_split_inputs or not n.endswith(SPLIT_INPUTS)]
+            # and q/k before the rotary embedding only where there is one (elsewhere they are hook_q/hook_k again)
+            skip = (*(() if self._cache_split_inputs else SPLIT_INPUTS), *(() if self.cfg.rotary else _PRE_ROTARY))
+            return [n for n in self.hook_dict if not n.endswith(skip)]
         if isinstance(names, str):
             names = [names]
         if callable(names):

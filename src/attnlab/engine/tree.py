@@ -25,7 +25,7 @@ import torch
 from einops import einsum, rearrange
 from torch import nn
 
-from attnlab.engine.attention import AttentionHooks, _left_behind, attach
+from attnlab.engine.attention import AttentionHooks, _left_behind, attach, capture_rotary
 from attnlab.engine.hooks import Hook, HookPoint, OnDemand, Plumbing
 from attnlab.engine.layout import BlockLayout, ModelLayout
 from attnlab.engine.locations import norm_path
@@ -145,6 +145,11 @@ class HookTree(nn.Module):
         self.norms: dict[str, Norm] = self._describe_norms()  # before any dispatcher exists: probes run clean
         for block, module in zip(self.blocks, attention_modules):
             attach(module, block.attn)
+            # the pre-rotary sites need the call's rotary embedding: a pre-hook on the module, while they are hooked
+            capture = OnDemand(lambda m=module, a=block.attn: m.register_forward_pre_hook(
+                Plumbing(capture_rotary(a)), with_kwargs=True))
+            block.attn.hook_q_pre_rotary._needs = [capture]
+            block.attn.hook_k_pre_rotary._needs = [capture]
         self._needs: dict[str, list[OnDemand]] = {}
         # {(thread, layer): [(the call's kwargs, resid_pre), ...]}: the block calls running now that resid_mid
         # edits need (see _build_block)

@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 
 from attnlab.engine.config import ModelConfig
-from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES, hook_name
+from attnlab.engine.locations import HEAD_MAJOR_SITES, KEY_SITES, SITES, hook_name
 from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, ShapeMismatch, did_you_mean, is_integer
 
 __all__ = [
@@ -252,7 +252,7 @@ class Intervention:
         n_pos = x.shape[2] if head_major else x.shape[1]
         if self.positions is None:
             return torch.ones(1, n_pos, dtype=torch.bool)
-        key_site = self.site in ("k", "v")
+        key_site = self.site in KEY_SITES
         positions = hook.key_pos if key_site else hook.query_pos  # [batch or 1, pos]
         if positions is None or positions.shape[-1] != n_pos:
             positions = torch.arange(n_pos)[None, :]

@@ -1,7 +1,9 @@
 """Scale or set single q/k/v dimensions ("neurons") of a head.
 
-On rotary models q and k are read *after* rotation, so dimension d is mixed with its
-rotary partner; scale both dimensions of a pair to act on one frequency.
+On rotary models ``site="q"``/``"k"`` are read *after* rotation, so dimension d is mixed with its
+rotary partner; scale both dimensions of a pair to act on one frequency. ``site="q_pre_rotary"`` /
+``"k_pre_rotary"`` edit the dimension before the rotation: an output unit of the q/k projection
+(after a q/k norm), as TransformerLens' ``hook_q``/``hook_k`` name it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from attnlab.interventions._base import Intervention, check_site, register, requ
 
 __all__ = ["EditNeuron", "NEURON_SITES"]
 
-NEURON_SITES = ("q", "k", "v")
+NEURON_SITES = ("q", "k", "v", "q_pre_rotary", "k_pre_rotary")
 
 
 @register
 class EditNeuron(Intervention):
-    """Multiply (``scale=``) or overwrite (``value=``) dimension(s) ``dim`` of a head's q, k or v.
+    """Multiply (``scale=``) or overwrite (``value=``) dimension(s) ``dim`` of a head's q, k or v (or pre-rotary q, k).
 
     >>> EditNeuron(2, 1, site="k", dim=7, scale=0.0)
     EditNeuron(layer=2, head=1, site='k', dim=7, scale=0.0)

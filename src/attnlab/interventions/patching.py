@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from jaxtyping import Int
 
-from attnlab.engine.locations import HEAD_MAJOR_SITES, SITES
+from attnlab.engine.locations import HEAD_MAJOR_SITES, KEY_SITES, SITES
 from attnlab.errors import InvalidSpec, ShapeMismatch
 from attnlab.interventions._base import Intervention, check_site, own_lengths, register, tensor_or_none
 
@@ -84,7 +84,7 @@ class Patch(Intervention):
             src = source.to(device=x.device, dtype=x.dtype)
             head_major = site in HEAD_MAJOR_SITES
             n_src = _check_fits(src, x, hook, head_major, name)
-            axis_pos = hook.key_pos if site in ("k", "v") else hook.query_pos  # [batch or 1, n] token positions
+            axis_pos = hook.key_pos if site in KEY_SITES else hook.query_pos  # [batch or 1, n] token positions
             rows = torch.arange(x.shape[0])[:, None] if src.shape[0] > 1 else torch.zeros(1, 1, dtype=torch.long)
             end = _row_ends(hook, x.shape[0], n_src)  # [batch or 1, 1]
             inside = (axis_pos >= 0) & (axis_pos < end)  # a row's padding and new tokens keep x

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from attnlab.engine.locations import hook_name
+from attnlab.engine.locations import KEY_SITES, hook_name
 from attnlab.errors import InvalidLocation, ShapeMismatch
 from attnlab.interventions import AblateHead, EditMLPNeuron, EditNeuron, Patch
 from attnlab.measure._attribution_units import DIM_SITES
@@ -58,7 +58,7 @@ class UnitEdit:
             mask[self.index] = True
             mask = mask[None, None]
             if self.positions is not None:
-                pos = hook.key_pos if self.site in ("k", "v") else hook.query_pos  # [batch or 1, pos]
+                pos = hook.key_pos if self.site in KEY_SITES else hook.query_pos  # [batch or 1, pos]
                 if pos.shape[-1] != x.shape[1]:
                     pos = torch.arange(x.shape[1])[None, :]
                 at = torch.isin(pos, torch.tensor(self.positions)).to(x.device)
