@@ -177,6 +177,7 @@ class _Continuations(Metric):
         n = len(prompts)
         single = self.single_token or self.read_at == "mask"
         ids = [_ids_per_prompt(model, value, n, what, single) for value, what in self.candidates()]  # [candidate][prompt]
+        self.check_ids(model, prompts, ids)
         if all(len(x) == 1 for per_prompt in ids for x in per_prompt):
             rows = _read_rows(model, prompts, self.read_at)
             rows.data["candidates"] = torch.tensor([[c[i][0] for c in ids] for i in range(n)])  # [row, candidate]
@@ -184,6 +185,9 @@ class _Continuations(Metric):
         if not model.cfg.is_causal:
             raise InvalidInput(f"multi-token {self.plural} need a causal LM; {model.cfg.name} is bidirectional")
         return _continuation_rows(model, prompts, [[c[i] for c in ids] for i in range(n)])
+
+    def check_ids(self, model, prompts: list[str], ids: list[list[list[int]]]) -> None:
+        """Refuse candidates whose token ids (``ids[candidate][prompt]``) cannot give a meaningful number."""
 
     def logprobs(self, out: torch.Tensor, rows: Rows) -> torch.Tensor:
         """``[row, candidate]`` log-probabilities at the read position, or ``[row]`` for continuation rows."""
@@ -215,12 +219,27 @@ class LogitDiff(_Continuations):
 
     def __init__(self, target: str | Sequence[str], foil: str | Sequence[str], *, single_token: bool = False,
                  read_at: str = "last"):
+        if isinstance(target, str) and target == foil:
+            raise InvalidSpec(f"LogitDiff: target and foil are the same text {target!r}, so the difference is 0 whatever "
+                              "the model does; give two different continuations")
         self.target, self.foil = target, foil
         self.single_token = bool(single_token)
         self.read_at = read_at
 
     def candidates(self):
         return [(self.target, "target"), (self.foil, "foil")]
+
+    def check_ids(self, model, prompts, ids):
+        """A target and foil that are the same tokens (``" she"`` twice, or texts tokenizing alike) always differ by 0."""
+        n = len(prompts)
+        texts = zip(per_prompt_list(self.target, n, "target"), per_prompt_list(self.foil, n, "foil"))
+        for i, (target, foil, (target_text, foil_text)) in enumerate(zip(*ids, texts)):
+            if target == foil:
+                raise InvalidInput(
+                    f"LogitDiff: the target and foil of prompt {i} ({target_text!r} and {foil_text!r}) are the same tokens "
+                    f"for {model.cfg.name} ({model.tokenizer.convert_ids_to_tokens(target)}), so their difference is 0 "
+                    "whatever the model does; give two different continuations"
+                )
 
     def vocab(self, rows):
         """Single tokens: only the targets' and foils' logits (the softmax normaliser cancels)."""
