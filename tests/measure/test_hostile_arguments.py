@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,54 @@ def test_per_prompt_targets_may_be_any_sequence_of_strings(tiny_gpt2):
     listed = score(tiny_gpt2, PROMPTS, LogitDiff([" she", " he"], [" he", " she"]))
     as_array = score(tiny_gpt2, PROMPTS, LogitDiff(np.array([" she", " he"]), (" he", " she")))
     np.testing.assert_array_equal(listed, as_array)
+
+
+def test_a_huge_n_boot_is_refused_before_the_measurement_runs(tiny_gpt2):
+    from attnlab.measure import sweep_heads
+
+    calls = []
+    handle = tiny_gpt2.hf_model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        for run in (lambda n: effect(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), [AblateHead(1, 0)], n_boot=n, progress=False),
+                    lambda n: sweep_heads(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), n_boot=n, progress=False)):
+            with pytest.raises(InvalidInput, match=r"^n_boot must be a non-negative integer, at most 1,000,000, got 1000001$"):
+                run(1_000_001)
+            with pytest.raises(InvalidInput, match=r"at most 1,000,000, got 1000000000000$"):
+                run(10**12)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+@pytest.mark.parametrize("values, given", [(["a", "b"], r"list \"\['a', 'b'\]\""), ([[1.0, 2.0], [3.0]], r"list '\[\[1.0, 2.0\], \[3.0\]\]'")])
+def test_bootstrap_of_values_that_are_not_numbers_is_a_typed_error(values, given):
+    from attnlab.measure import bootstrap
+
+    with pytest.raises(InvalidInput, match=r"^bootstrap needs numbers \(an array, or a list of equal-length rows\), got " + given):
+        bootstrap(values)
+    with pytest.raises(InvalidInput, match="^bootstrap needs numbers"):
+        bootstrap((np.ones(len(values)), values), lambda a, b: 0.0)
+
+
+@pytest.mark.parametrize("level", ["0.9", True, None, float("nan")])
+def test_bootstrap_level_must_be_a_number_in_the_open_unit_interval(level):
+    from attnlab.measure import bootstrap
+
+    with pytest.raises(InvalidInput, match=rf"^level must lie in \(0, 1\), got {re.escape(repr(level))}$"):
+        bootstrap(np.ones(3), level=level)
+
+
+def test_bootstrap_draws_the_same_interval_however_the_resamples_are_chunked(monkeypatch):
+    from attnlab.measure import bootstrap, stats
+
+    values = np.random.default_rng(1).normal(size=(7, 23))
+    whole = [bootstrap(values, s, n_boot=500, seed=3) for s in ("mean", "median")]
+    monkeypatch.setattr(stats, "_CHUNK_VALUES", 7 * 23 * 3)  # three resamples per step, the last step shorter
+    chunked = [bootstrap(values, s, n_boot=500, seed=3) for s in ("mean", "median")]
+    for a, b in zip(whole, chunked):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    picks = np.random.default_rng(3).integers(0, 23, size=(500, 23))
+    expected = np.quantile(values[:, picks].mean(axis=-1), [0.025, 0.975], axis=-1)
+    np.testing.assert_allclose(chunked[0][1], expected[0], rtol=1e-12)
+    np.testing.assert_allclose(chunked[0][2], expected[1], rtol=1e-12)
