@@ -97,3 +97,17 @@ def test_bootstrap_draws_the_same_interval_however_the_resamples_are_chunked(mon
     expected = np.quantile(values[:, picks].mean(axis=-1), [0.025, 0.975], axis=-1)
     np.testing.assert_allclose(chunked[0][1], expected[0], rtol=1e-12)
     np.testing.assert_allclose(chunked[0][2], expected[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [-1, 0, "3", 2.0, True, None])
+def test_top_k_must_be_a_positive_integer(tiny_gpt2, k):
+    """top(-1) gave every row but the last one; top("3") a raw TypeError."""
+    from attnlab.measure import attribute, sweep_heads
+
+    sweep = sweep_heads(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), n_boot=0, progress=False)
+    estimate = attribute(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), n_boot=0, progress=False)
+    for result in (sweep, estimate):
+        with pytest.raises(InvalidInput, match=rf"^k must be a positive integer \(how many rows to keep\), got {re.escape(repr(k))}$"):
+            result.top(k)
+    assert len(sweep.top(np.int64(3))) == 3 and len(estimate.top(3)) == 3
+    assert sweep.top(100).shape == sweep.table.shape

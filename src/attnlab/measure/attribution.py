@@ -49,7 +49,7 @@ from attnlab.measure.batch_size import backward_batch_size, check_batch_size, me
 from attnlab.measure.effect import check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
 from attnlab.measure.stats import check_resampling
-from attnlab.measure.sweep import SweepResult, sweep_interventions, sweep_result
+from attnlab.measure.sweep import SweepResult, check_top, sweep_interventions, sweep_result
 
 __all__ = ["attribute", "check_attribution_options", "AttributionResult", "ATTRIBUTION_METHODS", "CORRECTIONS", "UNIT_SITES"]
 
@@ -89,7 +89,7 @@ class AttributionResult(SweepResult):
 
     def top(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` units ranked first: by ``graddrop`` when present, else by ``|effect|``."""
-        return self._ranked(k).reset_index(drop=True)
+        return self._ranked(check_top(k)).reset_index(drop=True)
 
     def _ranked(self, k: int) -> pd.DataFrame:
         score = self.table["graddrop"] if "graddrop" in self.table.columns else self.table["effect"].abs()

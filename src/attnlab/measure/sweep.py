@@ -62,6 +62,7 @@ class SweepResult(Result):
 
     def top(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` variants with the largest absolute mean effect."""
+        k = check_top(k)
         order = self.table["effect"].abs().sort_values(ascending=False).index
         return self.table.loc[order[:k]].reset_index(drop=True)
 
@@ -79,6 +80,13 @@ class SweepResult(Result):
             f"SweepResult({self.meta.get('what', 'sweep')} on {self.metric}: {len(self.table)} variants x "
             f"{self.meta.get('n_prompts', '?')} prompts; largest |effect| {best['effect'].iloc[0]:.4g} at {where})"
         )
+
+
+def check_top(k) -> int:
+    """``k`` of ``top(k)``: a positive integer (``table.loc[order[:-1]]`` would be every row but one, silently)."""
+    if not is_integer(k) or k < 1:
+        raise InvalidInput(f"k must be a positive integer (how many rows to keep), got {k!r}")
+    return int(k)
 
 
 def _index_list(values, valid: int, what: str, check) -> list[int]:
