@@ -111,3 +111,20 @@ def test_top_k_must_be_a_positive_integer(tiny_gpt2, k):
             result.top(k)
     assert len(sweep.top(np.int64(3))) == 3 and len(estimate.top(3)) == 3
     assert sweep.top(100).shape == sweep.table.shape
+
+
+@pytest.mark.parametrize("metric", [
+    lambda v: TokenProb(" she", log=v), lambda v: LogitDiff(" she", " he", single_token=v),
+    lambda v: __import__("attnlab.measure", fromlist=["Loss"]).Loss(perplexity=v),
+])
+@pytest.mark.parametrize("value", ["False", "no", 0, 1, None])
+def test_a_metric_switch_must_be_a_bool(metric, value):
+    """bool("False") is True: Loss(perplexity="False") silently reported perplexities."""
+    with pytest.raises(InvalidSpec, match=rf"^\w+ must be True or False, got {re.escape(repr(value))}$"):
+        metric(value)
+
+
+def test_numpy_bools_are_switches_too():
+    from attnlab.measure import Loss
+
+    assert Loss(perplexity=np.bool_(True)).name == "perplexity" and TokenProb(" she", log=np.False_).name == "prob"
