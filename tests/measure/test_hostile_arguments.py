@@ -128,3 +128,27 @@ def test_numpy_bools_are_switches_too():
     from attnlab.measure import Loss
 
     assert Loss(perplexity=np.bool_(True)).name == "perplexity" and TokenProb(" she", log=np.False_).name == "prob"
+
+
+@pytest.mark.parametrize("given, shown", [
+    (LogitDiff(" she", " he"), r"LogitDiff: LogitDiff\(target=' she', foil=' he'\)"),  # two metrics: a raw TypeError before
+    ({"kind": "ablate_head", "layer": 0}, r"dict: \{'kind': 'ablate_head'"),  # a spec's dict: its keys were read as specs
+    (3, r"int: 3"),
+])
+def test_interventions_that_are_not_specs_are_named_as_given(tiny_gpt2, given, shown):
+    with pytest.raises(InvalidInput, match=r"^interventions must be an intervention spec or a list of them \(AblateHead, "
+                                           r"Patch, \.\.\.\), got " + shown):
+        effect(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), given, progress=False)
+    with pytest.raises(InvalidInput, match=r"^interventions must be an intervention spec or a list of them"):
+        score(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), given)
+
+
+def test_the_old_sweep_neurons_order_takes_a_numpy_layer(tiny_gpt2):
+    """sweep_neurons(model, prompts, layer, head, metric=...) with numpy.int64(0) was a raw 'multiple values' TypeError."""
+    from attnlab.measure import sweep_neurons
+
+    new = sweep_neurons(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), 0, 1, dims=[2], n_boot=0, progress=False)
+    with pytest.warns(DeprecationWarning, match=r"sweep_neurons\(model, prompts, layer, head\) is deprecated"):
+        old = sweep_neurons(tiny_gpt2, PROMPTS, np.int64(0), np.int64(1), metric=LogitDiff(" she", " he"), dims=[2],
+                            n_boot=0, progress=False)
+    assert old.table.equals(new.table)

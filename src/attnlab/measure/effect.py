@@ -11,7 +11,7 @@ interventions)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,9 @@ def check_interventions(model, interventions) -> list:
         return []
     if hasattr(interventions, "validate"):
         interventions = [interventions]
+    if isinstance(interventions, (str, bytes, Mapping)) or not isinstance(interventions, Iterable):
+        raise InvalidInput(f"interventions must be an intervention spec or a list of them (AblateHead, Patch, ...), "
+                           f"got {type(interventions).__name__}: {interventions!r}"[:300])
     specs = list(interventions)
     for spec in specs:
         if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):

@@ -238,7 +238,7 @@ def _head_spec(model, prompts, method, counterfactuals, reference, seed, layer_l
 
 def _neurons_is_old(args, kwargs) -> bool:
     """sweep_neurons(model, prompts, layer, head): a layer number where the metric goes."""
-    return isinstance(args[0], int) and not isinstance(args[0], bool)
+    return is_integer(args[0])  # numpy's too: a layer read from a result table is numpy.int64
 
 
 @metric_third(("layer", "head"), _neurons_is_old, "sweep_neurons(model, prompts, metric, layer, head)")
