@@ -152,3 +152,20 @@ def test_the_old_sweep_neurons_order_takes_a_numpy_layer(tiny_gpt2):
         old = sweep_neurons(tiny_gpt2, PROMPTS, np.int64(0), np.int64(1), metric=LogitDiff(" she", " he"), dims=[2],
                             n_boot=0, progress=False)
     assert old.table.equals(new.table)
+
+
+@pytest.mark.parametrize("model, shown", [("gpt2", "str 'gpt2'"), (None, "NoneType None")])
+def test_a_model_that_is_not_an_attnlab_model_is_a_typed_error(model, shown):
+    """A model name or None got a raw AttributeError ("'str' object has no attribute 'cfg'")."""
+    from attnlab.measure import attribute, perplexity, sweep_heads, sweep_interventions, sweep_neurons
+
+    metric = LogitDiff(" she", " he")
+    calls = [
+        lambda: effect(model, PROMPTS, metric, [AblateHead(0)], progress=False), lambda: score(model, PROMPTS, metric),
+        lambda: perplexity(model, PROMPTS), lambda: sweep_heads(model, PROMPTS, metric, progress=False),
+        lambda: sweep_neurons(model, PROMPTS, metric, 0, progress=False), lambda: attribute(model, PROMPTS, metric, progress=False),
+        lambda: sweep_interventions(model, PROMPTS, metric, {"a": [AblateHead(0)]}, progress=False),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInput, match=rf"^model must be an attnlab model \(attnlab.load\(name\), .*\), got {shown}$"):
+            call()

@@ -42,7 +42,7 @@ from attnlab.measure._attribution_units import (
     site_means,
     site_values,
 )
-from attnlab.measure._forward import check_deterministic, check_measurable
+from attnlab.measure._forward import check_deterministic, check_measurable, check_model
 from attnlab.measure._rows import Rows, check_prompts
 from attnlab.measure._sources import outer_rows, paired_rows
 from attnlab.measure.batch_size import backward_batch_size, check_batch_size, metric_batch_size
@@ -205,6 +205,7 @@ def attribute(
     in the estimate's passes, faster on CPUs with bfloat16 units and on GPUs; the estimate
     moves far less than its own error (``docs/attribution.md``). ``verify()`` stays exact.
     """
+    check_model(model)
     method, correction = check_attribution_options(
         site, method, correction, metric=metric, heads=heads, dims=dims, neurons=neurons,
         counterfactuals=counterfactuals, reference=reference, probes=probes)

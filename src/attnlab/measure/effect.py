@@ -22,7 +22,7 @@ from attnlab.engine.forward import token_logprobs
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import AttnlabError, InvalidInput
 from attnlab.measure._batched import run_variants
-from attnlab.measure._forward import check_measurable, metric_output
+from attnlab.measure._forward import check_measurable, check_model, metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
@@ -140,6 +140,7 @@ def effect(
     chunks of ``batch_size`` rows. (The previous order ``effect(model, prompts,
     interventions, metric)`` still works, with a ``DeprecationWarning``.)
     """
+    check_model(model)
     metric = check_metric(metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
@@ -185,6 +186,7 @@ def score(
     >>> score(tiny_model("gpt2"), ["the nurse said that", "the man said that"], LogitDiff(" she", " he")).shape
     (2,)
     """
+    check_model(model)
     metric = check_metric(metric, scalar=False)
     if metric.comparative or metric.generation:
         raise InvalidInput(f"{metric.name} compares with a clean run; use effect() for it")
@@ -229,6 +231,7 @@ def perplexity(
     >>> ppl > 1
     True
     """
+    check_model(model)
     metric = Loss()
     check_measurable(model, metric)
     texts = check_texts(texts, "text", "texts")

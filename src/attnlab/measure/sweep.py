@@ -23,7 +23,7 @@ from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean
 from attnlab.interventions import AblateHead, EditNeuron, Patch
 from attnlab.interventions.ablation import head_means
 from attnlab.measure._batched import run_variants
-from attnlab.measure._forward import check_measurable
+from attnlab.measure._forward import check_measurable, check_model
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, one_batch
@@ -191,6 +191,7 @@ def sweep_heads(
     (The previous order ``sweep_heads(model, prompts, method, metric)`` still works, with a
     ``DeprecationWarning``.)
     """
+    check_model(model)
     precision = check_precision(precision)
     n_boot, seed = check_resampling(n_boot, seed)
     metric = _default_metric(model, metric)
@@ -275,6 +276,7 @@ def sweep_neurons(
     ``precision``: as for :func:`sweep_heads`. (The previous order ``sweep_neurons(model,
     prompts, layer, head, metric=...)`` still works, with a ``DeprecationWarning``.)
     """
+    check_model(model)
     precision = check_precision(precision)
     n_boot, seed = check_resampling(n_boot, seed)
     if layer is None:
@@ -347,6 +349,7 @@ def sweep_interventions(
     ``precision``: as for :func:`sweep_heads`. (The previous order
     ``sweep_interventions(model, prompts, variants, metric)`` still works, with a ``DeprecationWarning``.)
     """
+    check_model(model)
     precision = check_precision(precision)
     n_boot, seed = check_resampling(n_boot, seed)
     metric = _default_metric(model, metric)
