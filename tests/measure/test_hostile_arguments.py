@@ -169,3 +169,12 @@ def test_a_model_that_is_not_an_attnlab_model_is_a_typed_error(model, shown):
     for call in calls:
         with pytest.raises(InvalidInput, match=rf"^model must be an attnlab model \(attnlab.load\(name\), .*\), got {shown}$"):
             call()
+
+
+@pytest.mark.parametrize("method, extra", [("zero", {}), ("patch", {"counterfactuals": ["the doctor said that", "the woman said that"]})])
+def test_sweep_heads_refuses_references_its_method_ignores(tiny_gpt2, method, extra):
+    """sweep_heads(..., "zero", reference=[...]) ran a zero ablation, silently, where a mean one was likely meant."""
+    from attnlab.measure import sweep_heads
+
+    with pytest.raises(InvalidInput, match=rf"^reference= is only used by method='mean' or method='resample', not '{method}'$"):
+        sweep_heads(tiny_gpt2, PROMPTS, LogitDiff(" she", " he"), method, reference=["the cat sat"], progress=False, **extra)

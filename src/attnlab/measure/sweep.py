@@ -206,6 +206,8 @@ def sweep_heads(
         raise InvalidInput("method='patch' needs counterfactuals=[...], one prompt per prompt, whose patterns are patched in")
     if method != "patch" and counterfactuals is not None:
         raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
+    if method not in ("mean", "resample") and reference is not None:  # ignored, it would leave a zero ablation unnoticed
+        raise InvalidInput(f"reference= is only used by method='mean' or method='resample', not {method!r}")
     try:
         rows = metric.rows(model, prompts)
         make = _head_spec(model, prompts, method, counterfactuals, reference, seed, layer_list)
