@@ -28,7 +28,7 @@ from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
 from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, resolve_batch_size
 from attnlab.measure.metrics import Loss, Metric
-from attnlab.measure.plots import new_figure
+from attnlab.measure.plots import MAX_FIGSIZE, every_tick, new_figure
 from attnlab.measure.result import Result
 from attnlab.measure.stats import bootstrap, check_resampling
 
@@ -58,14 +58,16 @@ class EffectResult(Result):
 
     def plot(self, ax=None):
         """The effect on each prompt, with the mean and its interval as a band."""
-        fig, ax = new_figure(ax, figsize=(6.0, 1.2 + 0.3 * len(self.per_prompt)))
-        y = np.arange(len(self.per_prompt))
+        n = len(self.per_prompt)  # a bar per prompt; past a few dozen the page stays a page and the labels thin out
+        fig, ax = new_figure(ax, figsize=(6.0, min(MAX_FIGSIZE[1], 1.2 + 0.3 * n)))
+        y = np.arange(n)
         ax.barh(y, self.per_prompt["effect"].to_numpy(float), color="tab:blue")
         low, high = self.interval
         ax.axvspan(low, high, color="grey", alpha=0.2, lw=0)
         ax.axvline(self.mean, color="black", lw=1)
         ax.axvline(0.0, color="grey", lw=0.5)
-        ax.set_yticks(y, [str(p)[:40] for p in self.per_prompt["prompt"]], fontsize=7)
+        shown = every_tick(n)
+        ax.set_yticks(shown, [str(self.per_prompt["prompt"].iloc[i])[:40] for i in shown], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(f"{self.table['metric'].iloc[0]} (intervened - clean)")
         return fig
