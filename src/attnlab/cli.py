@@ -65,6 +65,16 @@ def _real(valid: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
     return parse
 
 
+def _n_boot(text: str) -> int:
+    """An argparse type for ``--n-boot``: 0 (no intervals) up to the bootstrap's bound, refused before a model loads."""
+    from attnlab.measure.stats import MAX_BOOT
+
+    value = _count(0, " (0: no intervals)")(text)
+    if value > MAX_BOOT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BOOT} (intervals settle by about 10000 resamples), got {value}")
+    return value
+
+
 def _procs(text: str) -> int:
     """An argparse type for ``--procs``: 1 up to the machine's CPU cores (run_parallel's own bound)."""
     from attnlab.measure.launch import max_procs
@@ -893,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="attnlab 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    n_boot = dict(type=_count(0, " (0: no intervals)"), default=1000, help="bootstrap resamples for intervals (default: 1000)")
+    n_boot = dict(type=_n_boot, default=1000, help="bootstrap resamples for intervals (default: 1000)")
 
     p = _command(sub, "demo", cmd_demo, text=False, out_default="attnlab-out", out_kind="folder",
                  out_help="output folder (default: attnlab-out)")

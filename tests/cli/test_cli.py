@@ -74,6 +74,9 @@ ERROR_CASES = [
     (["sweep", "--n-boot", "-5", "x"], r"argument --n-boot: must be >= 0 \(0: no intervals\), got -5"),
     (["bias", "--n-boot", "-5"], r"argument --n-boot: must be >= 0"),
     (["demo", "--n-boot", "many"], r"argument --n-boot: expected an integer >= 0 .*got 'many'"),
+    # a huge --n-boot ran the whole measurement, then failed with a MemoryError in the bootstrap
+    (["sweep", "--n-boot", "1000001", "x"], r"argument --n-boot: must be at most 1000000 \(intervals settle by about 10000 resamples\), got 1000001"),
+    (["attribute", "--n-boot", "10000000000", "x"], r"argument --n-boot: must be at most 1000000"),
     (["neurons", "--top", "-5", "x"], r"argument --top: must be >= 0 \(0 keeps all\), got -5"),
     (["bias", "--limit", "-1"], r"argument --limit: must be >= 1, got -1"),
     (["analyze", "--limit", "0", "x"], r"argument --limit: must be >= 1, got 0"),

@@ -163,6 +163,19 @@ def test_patch_source_of_another_length(untouched):
         Patch(1, 0, site="z", source=torch.full((1, N, 4, 8), float("nan")))
 
 
+@pytest.mark.parametrize("site, shape, message", [
+    ("z", (1, N, 4, 16), r"has shape \(1, 8, 4, 16\) but the input gives \(1, 8, 4, 8\): its \[head, d_head\] axes "
+                         r"\(4, 16\) differ from this model's \(4, 8\) \(a source from another model\?\)$"),
+    ("v", (1, N, 6, 8), r"its \[head, d_head\] axes \(6, 8\) differ from this model's \(4, 8\)"),
+    ("pattern", (1, 2, N, N), r"has shape \(1, 2, 8, 8\) but the input gives \(1, 4, 8, 8\): its head axis \(2,\) differs from this model's \(4,\)"),
+    ("z", (3, N, 4, 8), r"has shape \(3, 8, 4, 8\) but the input gives \(1, 8, 4, 8\): it has 3 rows but the batch has 1"),
+])
+def test_a_patch_source_that_differs_in_more_than_length_says_which_axes(untouched, site, shape, message):
+    """A source cached from another model (other heads or d_head) was blamed on the prompts' token counts."""
+    with pytest.raises(ShapeMismatch, match=message):
+        _apply(untouched, Patch(1, 0, site=site, source=torch.zeros(shape)))
+
+
 def test_generate_checks_the_prompt_against_a_patch_source(untouched):
     """generate()'s first step runs the whole prompt: a source of another length is refused there, as in a forward."""
     with pytest.raises(ShapeMismatch, match=r"has shape \(1, 3, 4, 8\) but the input gives \(1, 8, 4, 8\)"):

@@ -298,3 +298,24 @@ def test_raw_constructor_errors_become_invalid_spec_naming_the_field(monkeypatch
     assert isinstance(err.value.__cause__, ValueError)
     with pytest.raises(InvalidSpec, match=r"widen: field 'label' = 3 is not valid \(AttributeError"):
         from_dict({"kind": "widen", "layer": 0, "width": 2, "label": 3})
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"mean": [[0.5] * 8] * 4}, r"zero ablation does not use mean= \(only method='mean' does\)"),
+    ({"reference": ["the cat sat"]}, r"zero ablation does not use reference= \(only method='mean' or method='resample' does\)"),
+    ({"method": "resample", "reference": ["the cat sat"], "mean": [[0.5] * 8] * 4},
+     r"resample ablation does not use mean= \(only method='mean' does\)"),
+])
+def test_an_ablation_field_its_method_ignores_is_refused_not_a_silent_zero_ablation(tmp_path, fields, message):
+    """A hand-written mean ablation without "method": "mean" used to run as a zero ablation, silently."""
+    with pytest.raises(InvalidSpec, match=message):
+        AblateHead(0, 1, **fields)
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps([{"kind": "ablate_head", "layer": 0, "head": 1, **fields}]))
+    with pytest.raises(DataFormatError, match=rf"^{path}: intervention #0: {message}.*leave \w+= out$"):
+        load_specs(path)
+
+
+def test_a_mean_ablation_may_keep_the_references_its_mean_came_from():
+    spec = AblateHead(0, 1, method="mean", reference=["the cat sat"], mean=torch.ones(4, 8))
+    assert from_dict(spec.to_dict()) == spec

@@ -92,3 +92,19 @@ def test_repeated_names_count_once_and_batch_size_bounds_the_rows_of_a_pass():
     torch.testing.assert_close(twice, by_hand(model, name), rtol=0, atol=1e-6)
     with pytest.raises(InvalidInput, match="batch_size must be a positive integer, got 0"):
         reference_means(model, [name], REFERENCE, batch_size=0)
+
+
+def test_reference_prompts_may_come_from_a_generator(tiny_gpt2):
+    """The check used to read the generator up, so the means were taken over no prompts ("no text given")."""
+    from attnlab.interventions.ablation import head_means
+    from attnlab.interventions.reference_means import reference_means
+
+    prompts = ["the cat sat", "a dog ran on the car"]
+    listed = head_means(tiny_gpt2, 0, prompts)
+    torch.testing.assert_close(head_means(tiny_gpt2, 0, (p for p in prompts)), listed, rtol=0, atol=0)
+    name = "blocks.1.attn.hook_z"
+    torch.testing.assert_close(reference_means(tiny_gpt2, [name], iter(prompts))[name],
+                               reference_means(tiny_gpt2, [name], prompts)[name], rtol=0, atol=0)
+    for bad in (3, {"the cat": 1}, b"the cat"):
+        with pytest.raises(InvalidInput, match=r"^reference prompts must be a non-empty list of non-empty strings, got"):
+            head_means(tiny_gpt2, 0, bad)

@@ -32,3 +32,22 @@ def test_large_matrices_are_capped_and_their_labels_thinned():
     assert ys == list(range(0, 72, 3))
     # the image still holds every cell
     assert ax.images[0].get_array().shape == (72, 256)
+
+
+def test_an_effect_plot_of_many_prompts_stays_a_page():
+    """3000 prompts drew a 901-inch figure with 3000 overlapping labels (31 s to save)."""
+    from attnlab.measure.effect import EffectResult
+
+    n = 3000
+    per_prompt = pd.DataFrame({"prompt": [f"prompt {i}" for i in range(n)], "clean": 0.0, "intervened": 1.0,
+                               "effect": np.linspace(-1, 1, n)})
+    summary = pd.DataFrame([{"metric": "kl", "n_prompts": n, "clean": 0.0, "intervened": 1.0, "effect": 0.0,
+                             "ci_low": -0.1, "ci_high": 0.1}])
+    fig = EffectResult(per_prompt, summary).plot()
+    assert fig.get_size_inches()[1] == MAX_FIGSIZE[1]
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert 0 < len(labels) <= MAX_TICKS and labels[0] == "prompt 0" and labels[1] == f"prompt {-(-n // MAX_TICKS)}"
+    assert len(fig.axes[0].patches) == n + 1  # every prompt keeps its bar; the interval band is one more patch
+    few = EffectResult(per_prompt.iloc[:3], summary).plot()
+    assert [t.get_text() for t in few.axes[0].get_yticklabels()] == ["prompt 0", "prompt 1", "prompt 2"]
+    assert few.get_size_inches()[1] == 1.2 + 0.3 * 3

@@ -23,6 +23,7 @@ from attnlab.interventions.reference_means import check_reference, reference_mea
 __all__ = ["AblateHead", "ABLATION_METHODS", "head_means"]
 
 ABLATION_METHODS = ("zero", "mean", "resample")
+_USED_BY = {"reference": ("mean", "resample"), "mean": ("mean",)}  # the methods that read each field
 
 
 def _reference_z(model, layer: int, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +79,11 @@ class AblateHead(Intervention):
             raise InvalidSpec("mean ablation needs reference prompts (reference=[...]) or a precomputed mean=")
         if method == "resample" and not reference:
             raise InvalidSpec("resample ablation needs reference prompts to resample from (reference=[...])")
+        for name, value in (("reference", reference), ("mean", mean)):  # ignored: a silent other ablation than meant
+            if value is not None and method not in _USED_BY[name]:
+                uses = " or ".join(f"method={m!r}" for m in _USED_BY[name])
+                raise InvalidSpec(f"{method} ablation does not use {name}= (only {uses} does); pass the method that "
+                                  f"should use it, or leave {name}= out")
         if reference is not None and (
             isinstance(reference, str) or not isinstance(reference, (list, tuple))
             or not all(isinstance(r, str) and r.strip() for r in reference)

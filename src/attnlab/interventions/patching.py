@@ -123,8 +123,17 @@ def _check_fits(src: torch.Tensor, x: torch.Tensor, hook, head_major: bool, name
     (one source tensor shared by every chunk); a shorter row is patched at its own tokens only.
     """
     n_src = src.shape[2] if head_major else src.shape[1]
-    fits = src.shape[0] in (1, x.shape[0])
-    fits &= (src.shape[1] == x.shape[1] and src.shape[3] == n_src) if head_major else src.shape[2:] == x.shape[2:]
+    given = f"patch source for {name} has shape {tuple(src.shape)} but the input gives {tuple(x.shape)}"
+    widths, model_widths = (src.shape[1:2], x.shape[1:2]) if head_major else (src.shape[2:], x.shape[2:])
+    if widths != model_widths:  # not a matter of tokens: the source has another model's heads
+        axes = "head axis" if head_major else "[head, d_head] axes"
+        verb = "differs" if head_major else "differ"
+        raise ShapeMismatch(f"{given}: its {axes} {tuple(widths)} {verb} from this model's {tuple(model_widths)} "
+                            "(a source from another model?)")
+    if src.shape[0] not in (1, x.shape[0]):
+        raise ShapeMismatch(f"{given}: it has {src.shape[0]} rows but the batch has {x.shape[0]} (one source row per "
+                            "batch row, or 1 for every row)")
+    fits = src.shape[3] == n_src if head_major else True
     lengths = own_lengths(hook, x.shape[0])
     own = int(lengths.max()) if lengths is not None else (x.shape[2] if head_major else x.shape[1])
     known = getattr(hook, "n_positions", None)
@@ -135,7 +144,6 @@ def _check_fits(src: torch.Tensor, x: torch.Tensor, hook, head_major: bool, name
     if not fits:
         need = own if known in (None, own) else f"{own} in this chunk, {known} in the whole measurement"
         raise ShapeMismatch(
-            f"patch source for {name} has shape {tuple(src.shape)} but the input gives {tuple(x.shape)}; "
-            f"source and input must tokenize to the same length (the longest prompt: {need} tokens)"
+            f"{given}; source and input must tokenize to the same length (the longest prompt: {need} tokens)"
         )
     return n_src

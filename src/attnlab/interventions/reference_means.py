@@ -10,7 +10,7 @@ over 18 layers used to run 18 passes, one per layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -23,9 +23,13 @@ REFERENCE_BATCH = 32
 
 
 def check_reference(prompts) -> list[str]:
-    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+    """The reference prompts as a list (read once: a generator's prompts are not used up by the check)."""
+    if isinstance(prompts, (str, bytes, Mapping)) or not isinstance(prompts, Iterable):
+        raise InvalidInput(f"reference prompts must be a non-empty list of non-empty strings, got {type(prompts).__name__}")
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise InvalidInput("reference prompts must be a non-empty list of non-empty strings")
-    return list(prompts)
+    return prompts
 
 
 def real_token_sum(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

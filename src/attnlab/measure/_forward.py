@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import torch
 
+from attnlab.engine.config import ModelConfig
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run
+from attnlab.errors import InvalidInput
 from attnlab.measure._rows import Rows
 
-__all__ = ["metric_output", "check_measurable", "check_deterministic"]
+__all__ = ["metric_output", "check_model", "check_measurable", "check_deterministic"]
+
+
+def check_model(model) -> None:
+    """The first check of every public measurement: ``model`` is an attnlab model (not a name, an HF model, None)."""
+    if not isinstance(getattr(model, "cfg", None), ModelConfig):
+        raise InvalidInput(f"model must be an attnlab model (attnlab.load(name), HookedModel(hf_model, tokenizer) or "
+                           f"attnlab.testing.tiny_model(...)), got {type(model).__name__} {repr(model)[:60]}")
 
 
 def check_measurable(model, metric) -> None:

@@ -10,7 +10,7 @@ in all its rows, so a chunk costs only its own longest prompt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -82,6 +82,8 @@ def per_prompt_list(value: str | Sequence[str], n: int, what: str) -> list[str]:
     """One string for every prompt: a shared string, or a list with exactly one per prompt."""
     if isinstance(value, str):
         return [value] * n
+    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Iterable):
+        raise InvalidInput(f"{what} must be a string or a list of strings (one per prompt), got {type(value).__name__} {value!r}")
     items = list(value)
     if len(items) != n:
         raise InvalidInput(f"mismatched {what}s: {len(items)} {what}s for {n} prompts; give one per prompt or a single string")

@@ -42,14 +42,14 @@ from attnlab.measure._attribution_units import (
     site_means,
     site_values,
 )
-from attnlab.measure._forward import check_deterministic, check_measurable
+from attnlab.measure._forward import check_deterministic, check_measurable, check_model
 from attnlab.measure._rows import Rows, check_prompts
 from attnlab.measure._sources import outer_rows, paired_rows
 from attnlab.measure.batch_size import backward_batch_size, check_batch_size, metric_batch_size
 from attnlab.measure.effect import check_metric
 from attnlab.measure.metrics import KL, LogitDiff, Loss, Metric, PairLogRatio, TokenProb
 from attnlab.measure.stats import check_resampling
-from attnlab.measure.sweep import SweepResult, sweep_interventions, sweep_result
+from attnlab.measure.sweep import SweepResult, check_top, sweep_interventions, sweep_result
 
 __all__ = ["attribute", "check_attribution_options", "AttributionResult", "ATTRIBUTION_METHODS", "CORRECTIONS", "UNIT_SITES"]
 
@@ -89,7 +89,7 @@ class AttributionResult(SweepResult):
 
     def top(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` units ranked first: by ``graddrop`` when present, else by ``|effect|``."""
-        return self._ranked(k).reset_index(drop=True)
+        return self._ranked(check_top(k)).reset_index(drop=True)
 
     def _ranked(self, k: int) -> pd.DataFrame:
         score = self.table["graddrop"] if "graddrop" in self.table.columns else self.table["effect"].abs()
@@ -205,6 +205,7 @@ def attribute(
     in the estimate's passes, faster on CPUs with bfloat16 units and on GPUs; the estimate
     moves far less than its own error (``docs/attribution.md``). ``verify()`` stays exact.
     """
+    check_model(model)
     method, correction = check_attribution_options(
         site, method, correction, metric=metric, heads=heads, dims=dims, neurons=neurons,
         counterfactuals=counterfactuals, reference=reference, probes=probes)

@@ -11,7 +11,7 @@ interventions)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,13 +22,13 @@ from attnlab.engine.forward import token_logprobs
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import AttnlabError, InvalidInput
 from attnlab.measure._batched import run_variants
-from attnlab.measure._forward import check_measurable, metric_output
+from attnlab.measure._forward import check_measurable, check_model, metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
 from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, resolve_batch_size
 from attnlab.measure.metrics import Loss, Metric
-from attnlab.measure.plots import new_figure
+from attnlab.measure.plots import MAX_FIGSIZE, every_tick, new_figure
 from attnlab.measure.result import Result
 from attnlab.measure.stats import bootstrap, check_resampling
 
@@ -58,14 +58,16 @@ class EffectResult(Result):
 
     def plot(self, ax=None):
         """The effect on each prompt, with the mean and its interval as a band."""
-        fig, ax = new_figure(ax, figsize=(6.0, 1.2 + 0.3 * len(self.per_prompt)))
-        y = np.arange(len(self.per_prompt))
+        n = len(self.per_prompt)  # a bar per prompt; past a few dozen the page stays a page and the labels thin out
+        fig, ax = new_figure(ax, figsize=(6.0, min(MAX_FIGSIZE[1], 1.2 + 0.3 * n)))
+        y = np.arange(n)
         ax.barh(y, self.per_prompt["effect"].to_numpy(float), color="tab:blue")
         low, high = self.interval
         ax.axvspan(low, high, color="grey", alpha=0.2, lw=0)
         ax.axvline(self.mean, color="black", lw=1)
         ax.axvline(0.0, color="grey", lw=0.5)
-        ax.set_yticks(y, [str(p)[:40] for p in self.per_prompt["prompt"]], fontsize=7)
+        shown = every_tick(n)
+        ax.set_yticks(shown, [str(self.per_prompt["prompt"].iloc[i])[:40] for i in shown], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(f"{self.table['metric'].iloc[0]} (intervened - clean)")
         return fig
@@ -84,6 +86,9 @@ def check_interventions(model, interventions) -> list:
         return []
     if hasattr(interventions, "validate"):
         interventions = [interventions]
+    if isinstance(interventions, (str, bytes, Mapping)) or not isinstance(interventions, Iterable):
+        raise InvalidInput(f"interventions must be an intervention spec or a list of them (AblateHead, Patch, ...), "
+                           f"got {type(interventions).__name__}: {interventions!r}"[:300])
     specs = list(interventions)
     for spec in specs:
         if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):
@@ -137,6 +142,7 @@ def effect(
     chunks of ``batch_size`` rows. (The previous order ``effect(model, prompts,
     interventions, metric)`` still works, with a ``DeprecationWarning``.)
     """
+    check_model(model)
     metric = check_metric(metric)
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
@@ -182,6 +188,7 @@ def score(
     >>> score(tiny_model("gpt2"), ["the nurse said that", "the man said that"], LogitDiff(" she", " he")).shape
     (2,)
     """
+    check_model(model)
     metric = check_metric(metric, scalar=False)
     if metric.comparative or metric.generation:
         raise InvalidInput(f"{metric.name} compares with a clean run; use effect() for it")
@@ -226,6 +233,7 @@ def perplexity(
     >>> ppl > 1
     True
     """
+    check_model(model)
     metric = Loss()
     check_measurable(model, metric)
     texts = check_texts(texts, "text", "texts")

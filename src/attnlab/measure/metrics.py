@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 
@@ -95,6 +96,13 @@ class Metric:
 
 
 # -- shared pieces --------------------------------------------------------------------------
+
+
+def _flag(value, name: str) -> bool:
+    """A true/false option: ``bool("False")`` is True, so a string (or a number) would silently switch it on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidSpec(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _read_rows(model, prompts, read_at: str) -> Rows:
@@ -177,6 +185,7 @@ class _Continuations(Metric):
         n = len(prompts)
         single = self.single_token or self.read_at == "mask"
         ids = [_ids_per_prompt(model, value, n, what, single) for value, what in self.candidates()]  # [candidate][prompt]
+        self.check_ids(model, prompts, ids)
         if all(len(x) == 1 for per_prompt in ids for x in per_prompt):
             rows = _read_rows(model, prompts, self.read_at)
             rows.data["candidates"] = torch.tensor([[c[i][0] for c in ids] for i in range(n)])  # [row, candidate]
@@ -184,6 +193,9 @@ class _Continuations(Metric):
         if not model.cfg.is_causal:
             raise InvalidInput(f"multi-token {self.plural} need a causal LM; {model.cfg.name} is bidirectional")
         return _continuation_rows(model, prompts, [[c[i] for c in ids] for i in range(n)])
+
+    def check_ids(self, model, prompts: list[str], ids: list[list[list[int]]]) -> None:
+        """Refuse candidates whose token ids (``ids[candidate][prompt]``) cannot give a meaningful number."""
 
     def logprobs(self, out: torch.Tensor, rows: Rows) -> torch.Tensor:
         """``[row, candidate]`` log-probabilities at the read position, or ``[row]`` for continuation rows."""
@@ -215,12 +227,27 @@ class LogitDiff(_Continuations):
 
     def __init__(self, target: str | Sequence[str], foil: str | Sequence[str], *, single_token: bool = False,
                  read_at: str = "last"):
+        if isinstance(target, str) and target == foil:
+            raise InvalidSpec(f"LogitDiff: target and foil are the same text {target!r}, so the difference is 0 whatever "
+                              "the model does; give two different continuations")
         self.target, self.foil = target, foil
-        self.single_token = bool(single_token)
+        self.single_token = _flag(single_token, "single_token")
         self.read_at = read_at
 
     def candidates(self):
         return [(self.target, "target"), (self.foil, "foil")]
+
+    def check_ids(self, model, prompts, ids):
+        """A target and foil that are the same tokens (``" she"`` twice, or texts tokenizing alike) always differ by 0."""
+        n = len(prompts)
+        texts = zip(per_prompt_list(self.target, n, "target"), per_prompt_list(self.foil, n, "foil"))
+        for i, (target, foil, (target_text, foil_text)) in enumerate(zip(*ids, texts)):
+            if target == foil:
+                raise InvalidInput(
+                    f"LogitDiff: the target and foil of prompt {i} ({target_text!r} and {foil_text!r}) are the same tokens "
+                    f"for {model.cfg.name} ({model.tokenizer.convert_ids_to_tokens(target)}), so their difference is 0 "
+                    "whatever the model does; give two different continuations"
+                )
 
     def vocab(self, rows):
         """Single tokens: only the targets' and foils' logits (the softmax normaliser cancels)."""
@@ -255,8 +282,8 @@ class TokenProb(_Continuations):
     def __init__(self, token: str | Sequence[str], *, log: bool = False, single_token: bool = False,
                  read_at: str = "last"):
         self.token = token
-        self.log = bool(log)
-        self.single_token = bool(single_token)
+        self.log = _flag(log, "log")
+        self.single_token = _flag(single_token, "single_token")
         self.read_at = read_at
         self.name = "logprob" if self.log else "prob"
 
@@ -292,7 +319,7 @@ class LogProbs(_Continuations):
         if isinstance(candidates, str) or not list(candidates):
             raise InvalidSpec(f"candidates must be a non-empty list of continuations, got {candidates!r}")
         self.candidate_list = list(candidates)
-        self.single_token = bool(single_token)
+        self.single_token = _flag(single_token, "single_token")
         self.read_at = read_at
 
     def candidates(self):
@@ -389,7 +416,7 @@ class Loss(Metric):
     causal = "is a next-token loss"
 
     def __init__(self, *, perplexity: bool = False):
-        self.perplexity = bool(perplexity)
+        self.perplexity = _flag(perplexity, "perplexity")
         self.name = "perplexity" if self.perplexity else "loss"
 
     def rows(self, model, prompts) -> Rows:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from attnlab.errors import InvalidInput
 
-__all__ = ["is_axes", "new_figure", "heatmap", "MAX_FIGSIZE", "MAX_TICKS"]
+__all__ = ["is_axes", "new_figure", "heatmap", "every_tick", "MAX_FIGSIZE", "MAX_TICKS"]
 
 MAX_FIGSIZE = (16.0, 12.0)  # inches: a heatmap of 72 x 256 q dimensions still fits a screen
 MAX_TICKS = 32  # labels per axis; more would overlap
@@ -47,7 +47,7 @@ def heatmap(matrix: pd.DataFrame, *, title: str, label: str, ax=None, cmap: str 
     finite = np.isfinite(values)
     lim = float(np.abs(values[finite]).max()) if finite.any() else 1.0
     im = ax.imshow(values, cmap=cmap, vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto")
-    xs, ys = _every(cols), _every(rows)
+    xs, ys = every_tick(cols), every_tick(rows)
     ax.set_xticks(xs, [str(matrix.columns[i]) for i in xs])
     ax.set_yticks(ys, [str(matrix.index[i]) for i in ys])
     ax.set_xlabel(str(matrix.columns.name or ""))
@@ -57,7 +57,7 @@ def heatmap(matrix: pd.DataFrame, *, title: str, label: str, ax=None, cmap: str 
     return fig
 
 
-def _every(n: int) -> list[int]:
+def every_tick(n: int) -> list[int]:
     """Tick positions: every cell up to ``MAX_TICKS``, else every k-th (the first one kept)."""
     step = max(1, -(-n // MAX_TICKS))
     return list(range(0, n, step))

@@ -20,6 +20,7 @@ rows were computed together.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -27,16 +28,24 @@ import numpy as np
 
 from attnlab.errors import InvalidInput, did_you_mean, is_integer
 
-__all__ = ["bootstrap", "bootstrap_mean", "check_resampling", "STATISTICS"]
+__all__ = ["bootstrap", "bootstrap_mean", "check_resampling", "STATISTICS", "MAX_BOOT"]
 
 #: statistics :func:`bootstrap` computes vectorised over the last axis
 STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.nanmean, "median": np.nanmedian}
 
 
+#: Most resamples one interval may draw: percentile intervals settle by ~10,000; far more only exhausts memory
+#: (the resampled indices alone are ``n_boot * n`` integers), after the whole measurement has run.
+MAX_BOOT = 1_000_000
+
+#: Resampled values (float64) one step of the statistic holds at most: a sweep's ``[head, n_boot, n]`` in chunks of resamples.
+_CHUNK_VALUES = 2**23
+
+
 def check_resampling(n_boot, seed) -> tuple[int, int]:
     """``(n_boot, seed)`` as plain ints, checked before any work (numpy integers are accepted)."""
-    if not is_integer(n_boot) or n_boot < 0:
-        raise InvalidInput(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    if not is_integer(n_boot) or not 0 <= n_boot <= MAX_BOOT:
+        raise InvalidInput(f"n_boot must be a non-negative integer, at most {MAX_BOOT:,}, got {n_boot!r}")
     if not is_integer(seed) or not 0 <= seed < 2**63:
         raise InvalidInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     return int(n_boot), int(seed)
@@ -87,15 +96,15 @@ def bootstrap(
     indices (a paired bootstrap, e.g. a correlation). A 1-D array (or a callable statistic)
     gives floats; ``[..., n]`` gives arrays of shape ``[...]``.
     """
-    if not 0 < level < 1:
-        raise InvalidInput(f"level must lie in (0, 1), got {level}")
+    if not isinstance(level, numbers.Real) or isinstance(level, bool) or not 0 < level < 1:
+        raise InvalidInput(f"level must lie in (0, 1), got {level!r}")
     n_boot, seed = check_resampling(n_boot, seed)
     if callable(statistic):
         return _bootstrap_function(values, statistic, n_boot, seed, level)
     if statistic not in STATISTICS:
         raise InvalidInput(f"unknown statistic {statistic!r}{did_you_mean(statistic, STATISTICS)} (valid: {', '.join(STATISTICS)} or a function)")
     reduce = STATISTICS[statistic]
-    x = np.asarray(values, dtype=np.float64)
+    x = _numbers(values)
     if x.ndim == 0:
         raise InvalidInput("bootstrap needs an array of values, got a single number")
     n = x.shape[-1]
@@ -104,7 +113,10 @@ def bootstrap(
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN
         estimate = reduce(x, axis=-1) if n else np.full(x.shape[:-1], np.nan)
         if n >= 2 and n_boot >= 1:
-            low, high = _quantiles(reduce(x[..., _picks(n, n_boot, seed)], axis=-1), level)  # [..., n_boot] -> [...]
+            picks = _picks(n, n_boot, seed)
+            step = max(1, _CHUNK_VALUES // max(1, x[..., 0].size * n))  # resamples per step: [..., step, n] values
+            boots = np.concatenate([reduce(x[..., picks[i : i + step]], axis=-1) for i in range(0, n_boot, step)], axis=-1)
+            low, high = _quantiles(boots, level)  # [..., n_boot] -> [...]
             low, high = np.where(counted >= 2, low, np.nan), np.where(counted >= 2, high, np.nan)
         else:
             low, high = np.full(x.shape[:-1], np.nan), np.full(x.shape[:-1], np.nan)
@@ -114,7 +126,7 @@ def bootstrap(
 
 
 def _bootstrap_function(values, statistic, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:
-    arrays = [np.asarray(v, dtype=np.float64) for v in (values if isinstance(values, tuple) else (values,))]
+    arrays = [_numbers(v) for v in (values if isinstance(values, tuple) else (values,))]
     n = len(arrays[0])
     if any(a.ndim != 1 or len(a) != n for a in arrays):
         raise InvalidInput(f"paired samples must be 1-D and of equal length, got shapes {[a.shape for a in arrays]}")
@@ -127,6 +139,15 @@ def _bootstrap_function(values, statistic, n_boot: int, seed: int, level: float)
         boots = np.array([statistic(*(a[i] for a in arrays)) for i in _picks(n, n_boot, seed)], dtype=np.float64)
     low, high = _quantiles(boots, level)
     return estimate, float(low), float(high)
+
+
+def _numbers(values) -> np.ndarray:
+    """``values`` as a float64 array, or an :class:`InvalidInput` saying what is not a number."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidInput(f"bootstrap needs numbers (an array, or a list of equal-length rows), got {type(values).__name__} "
+                           f"{str(values)[:60]!r} ({err})") from None
 
 
 def bootstrap_mean(values, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95):

@@ -23,7 +23,7 @@ from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean
 from attnlab.interventions import AblateHead, EditNeuron, Patch
 from attnlab.interventions.ablation import head_means
 from attnlab.measure._batched import run_variants
-from attnlab.measure._forward import check_measurable
+from attnlab.measure._forward import check_measurable, check_model
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
 from attnlab.measure._sources import RowSources, one_batch
@@ -62,6 +62,7 @@ class SweepResult(Result):
 
     def top(self, k: int = 10) -> pd.DataFrame:
         """The ``k`` variants with the largest absolute mean effect."""
+        k = check_top(k)
         order = self.table["effect"].abs().sort_values(ascending=False).index
         return self.table.loc[order[:k]].reset_index(drop=True)
 
@@ -79,6 +80,13 @@ class SweepResult(Result):
             f"SweepResult({self.meta.get('what', 'sweep')} on {self.metric}: {len(self.table)} variants x "
             f"{self.meta.get('n_prompts', '?')} prompts; largest |effect| {best['effect'].iloc[0]:.4g} at {where})"
         )
+
+
+def check_top(k) -> int:
+    """``k`` of ``top(k)``: a positive integer (``table.loc[order[:-1]]`` would be every row but one, silently)."""
+    if not is_integer(k) or k < 1:
+        raise InvalidInput(f"k must be a positive integer (how many rows to keep), got {k!r}")
+    return int(k)
 
 
 def _index_list(values, valid: int, what: str, check) -> list[int]:
@@ -183,6 +191,7 @@ def sweep_heads(
     (The previous order ``sweep_heads(model, prompts, method, metric)`` still works, with a
     ``DeprecationWarning``.)
     """
+    check_model(model)
     precision = check_precision(precision)
     n_boot, seed = check_resampling(n_boot, seed)
     metric = _default_metric(model, metric)
@@ -197,6 +206,8 @@ def sweep_heads(
         raise InvalidInput("method='patch' needs counterfactuals=[...], one prompt per prompt, whose patterns are patched in")
     if method != "patch" and counterfactuals is not None:
         raise InvalidInput(f"counterfactuals= is only used by method='patch', not {method!r}")
+    if method not in ("mean", "resample") and reference is not None:  # ignored, it would leave a zero ablation unnoticed
+        raise InvalidInput(f"reference= is only used by method='mean' or method='resample', not {method!r}")
     try:
         rows = metric.rows(model, prompts)
         make = _head_spec(model, prompts, method, counterfactuals, reference, seed, layer_list)
@@ -230,7 +241,7 @@ def _head_spec(model, prompts, method, counterfactuals, reference, seed, layer_l
 
 def _neurons_is_old(args, kwargs) -> bool:
     """sweep_neurons(model, prompts, layer, head): a layer number where the metric goes."""
-    return isinstance(args[0], int) and not isinstance(args[0], bool)
+    return is_integer(args[0])  # numpy's too: a layer read from a result table is numpy.int64
 
 
 @metric_third(("layer", "head"), _neurons_is_old, "sweep_neurons(model, prompts, metric, layer, head)")
@@ -267,6 +278,7 @@ def sweep_neurons(
     ``precision``: as for :func:`sweep_heads`. (The previous order ``sweep_neurons(model,
     prompts, layer, head, metric=...)`` still works, with a ``DeprecationWarning``.)
     """
+    check_model(model)
     precision = check_precision(precision)
     n_boot, seed = check_resampling(n_boot, seed)
     if layer is None:
@@ -339,6 +351,7 @@ def sweep_interventions(
     ``precision``: as for :func:`sweep_heads`. (The previous order
     ``sweep_interventions(model, prompts, variants, metric)`` still works, with a ``DeprecationWarning``.)
     """
+    check_model(model)
     precision = check_precision(precision)
     n_boot, seed = check_resampling(n_boot, seed)
     metric = _default_metric(model, metric)
