@@ -167,3 +167,20 @@ def test_the_rotary_capture_is_on_the_attention_module_only_while_a_pre_rotary_s
         with model.intervene(EditNeuron(LAYER, HEAD, site="k_pre_rotary", dim=DIMS, scale=0.0)):
             raise RuntimeError("boom")
     assert len(attention._forward_pre_hooks) == before and model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_gradients_reach_the_pre_rotary_sites_rotated_back(arch):
+    """A reading hook keeps the pre-rotary tensor in the graph: its gradient is the post-rotary one rotated back
+    (each rotary pair's gradient keeps its length; the identity shortcut used to drop it from the graph)."""
+    model = tiny_model(arch)
+    names = [f"blocks.{LAYER}.attn.hook_{s}" for s in ("q_pre_rotary", "q", "k_pre_rotary", "k")]
+    _, cache = model.run_with_cache(TEXTS[0], names_filter=names, incl_bwd=True, return_type="loss")
+    half = model.cfg.d_head // 2
+    for site in ("q", "k"):
+        pre, post = cache[f"blocks.{LAYER}.attn.hook_{site}_pre_rotary_grad"], cache[f"blocks.{LAYER}.attn.hook_{site}_grad"]
+        pair_length = lambda g: (g[..., :half] ** 2 + g[..., half:] ** 2).sqrt()  # noqa: E731
+        assert post.abs().max() > 1e-4
+        assert (pair_length(pre) - pair_length(post)).abs().max() < 1e-7
+        assert (pre - post)[:, 1:].abs().max() > 1e-5  # rotated: not the same numbers
+    assert model.count_hooks() == 0

@@ -153,7 +153,7 @@ def _through_pre_rotary(point: HookPoint, x: Float[torch.Tensor, "batch head pos
         pre = _rotate(x, cos, sin, inverse=True)
     given = _copy_per_position(pre)
     edited = rearrange(_run(point, given, info), "b p h d -> b h p d")
-    if torch.equal(edited, pre):
+    if not edited.requires_grad and torch.equal(edited, pre):  # with gradients, the hook's tensor stays in the graph
         return x
     delta = edited - pre
     return x + (delta if rotation is None else _rotate(delta, cos, sin)).to(x.dtype)
