@@ -97,6 +97,28 @@ def test_verify_matches_estimates_on_linear_tail(site, method):
     assert np.abs(checked.table.effect).max() > 1e-3
 
 
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_pre_rotary_dims_sum_over_a_rotary_pair_to_the_post_rotary_estimate(site):
+    """Zeroing a whole rotary pair is the same edit before and after the rotation, and (a' - a) . dM/da is
+    unchanged by the rotation: the pair sums of the two estimates agree; single dims do not."""
+    model = tiny_model("llama")
+    half = model.cfg.d_head // 2
+    pre = _run(model, site=f"{site}_pre_rotary", method="zero", layers=[1]).table
+    post = _run(model, site=site, method="zero", layers=[1]).table
+    assert list(pre.dim) == list(post.dim) and set(pre.site) == {f"{site}_pre_rotary"}
+
+    def pair_sums(table):
+        return table.assign(pair=table.dim % half).groupby(["head", "pair"]).effect.sum().to_numpy()
+
+    assert np.abs(pair_sums(pre) - pair_sums(post)).max() < 1e-6
+    assert np.abs(pre.effect.to_numpy() - post.effect.to_numpy()).max() > 1e-4
+    verified = _run(model, site=f"{site}_pre_rotary", method="zero", layers=[1]).verify(k=3)
+    assert set(verified.table.site) == {f"{site}_pre_rotary"} and np.isfinite(verified.table.effect).all()
+    with pytest.raises(InvalidSpec, match=rf"the QK fix recomputes the softmax from q and k after the rotary "
+                                          rf"embedding: use site='{site}' for it"):
+        _run(model, site=f"{site}_pre_rotary", method="zero", layers=[1], correction="qk")
+
+
 def test_per_position_units_equal_the_exact_interventions():
     model = linear_tail("gpt2")
     est = _run(model, site="z", layers=[1], per_position=True)

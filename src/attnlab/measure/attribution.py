@@ -386,6 +386,11 @@ def _check_method(site: str, method: str, correction) -> tuple[str, str | None]:
             f"unknown correction {correction!r}{did_you_mean(str(correction), CORRECTIONS)} "
             f"(valid: None, {', '.join(CORRECTIONS)})"
         )
+    if correction == "qk" and site in ("q_pre_rotary", "k_pre_rotary"):
+        raise InvalidSpec(
+            f"the QK fix recomputes the softmax from q and k after the rotary embedding: use site={site[0]!r} for it; "
+            f"{site!r} units take correction='graddrop' or None (correction='atp*' applies GradDrop only to them)"
+        )
     if correction == "qk" and site not in ("q", "k"):
         raise InvalidSpec(
             f"the QK fix applies to q and k units (their softmax); {site!r} units reach the metric without passing "
