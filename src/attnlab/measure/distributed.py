@@ -136,6 +136,10 @@ def process_group(backend: str | None = None, *, threads: int | None = 1, timeou
             if backend == "nccl":
                 torch.cuda.set_device(_device(int(os.environ["RANK"])))
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+            # every process holds all its connections before any goes on: one that finished its share at once and
+            # left closed a connection another was still opening (its init failed: "Gloo connectFullMesh failed
+            # ... Connection closed by peer", seen under load, and was reported as that process's error)
+            dist.barrier(**({"device_ids": [torch.cuda.current_device()]} if backend == "nccl" else {}))
         yield current()
     finally:
         if owns and dist.is_initialized():
