@@ -325,3 +325,22 @@ def test_rows_without_a_group_label_are_drawn_not_dropped():
                        "occupation": list("abcd"), "run": ["x", "x", None, None]})
     ax = bias_by_occupation(df, group="run").axes[0]
     assert sum(len(c.get_offsets()) for c in ax.collections) == 4
+
+
+def test_a_bad_ylim_or_float_format_is_named_when_given():
+    """grouped_bars(ylim=3) raised matplotlib's bare TypeError; Report.table(float_format='{:d}') pandas' ValueError."""
+    import pandas as pd
+
+    from attnlab.viz.plots import grouped_bars
+    from attnlab.viz.report import Report
+
+    df = pd.DataFrame({"relation": ["det", "nsubj"], "uas": [0.5, 0.7]})
+    for ylim in (3, (0,), ("0", "1"), (0, True)):
+        with pytest.raises(InvalidInput, match=r"grouped_bars: ylim must be \(low, high\), two numbers"):
+            grouped_bars(df, "uas", x="relation", ylim=ylim)
+    assert grouped_bars(df, "uas", x="relation", ylim=(0, 1)).axes[0].get_ylim() == (0, 1)
+    report = Report("t")
+    for fmt in ("{:d}", "{0} {1}", "{x}", 3):
+        with pytest.raises(InvalidInput, match=r"float_format must be a format string for one number"):
+            report.table(df, float_format=fmt)
+    assert "0.70" in report.table(df, float_format="{:.2f}").html

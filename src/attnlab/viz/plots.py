@@ -343,6 +343,9 @@ def grouped_bars(
     ys = [y] if isinstance(y, str) else list(y)
     if not ys:
         raise InvalidInput("grouped_bars: give at least one column in y")
+    if ylim is not None and not (isinstance(ylim, (tuple, list)) and len(ylim) == 2
+                                 and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in ylim)):
+        raise InvalidInput(f"grouped_bars: ylim must be (low, high), two numbers, got {ylim!r}")
     _check_frame(df, [x, *ys], "grouped_bars", numeric=ys)
     fig, (axis,) = panels(ax, 1, max(4.0, 0.25 * len(df) * len(ys) + 2), 3.2, "grouped_bars")
     width = 0.8 / len(ys)

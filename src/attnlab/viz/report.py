@@ -73,6 +73,11 @@ class Report:
             raise InvalidInput(f"Report.table takes a pandas DataFrame, got {type(df).__name__}")
         if not is_integer(max_rows) or max_rows < 1:
             raise InvalidInput(f"max_rows must be a whole number >= 1, got {max_rows!r}")
+        try:  # a format that fails would otherwise fail inside pandas, or only for some values
+            float_format.format(1.5)
+        except (AttributeError, ValueError, IndexError, KeyError) as err:
+            raise InvalidInput(f"float_format must be a format string for one number, such as '{{:.3f}}', got "
+                               f"{float_format!r} ({err})") from None
         shown = df.head(max_rows)
         self._parts.append(
             shown.to_html(index=False, border=0, float_format=lambda v: float_format.format(v), escape=True)
