@@ -1,0 +1,49 @@
+"""Hostile input to the engine's public surface: every bad argument is refused with attnlab's typed error,
+naming what was wrong and the valid range, instead of a raw torch/Python error from deep inside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnlab.errors import InvalidInput
+
+IDS = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+
+
+@pytest.fixture
+def cached(tiny_gpt2):
+    return tiny_gpt2.run_with_cache(IDS)[1]
+
+
+# -- pos_slice / neuron_slice / batch_slice ------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos_slice", [4, -5, 100, [5], [0, -5], torch.tensor([0, 4]), torch.tensor([0.5]),
+                                       torch.tensor([True, False]), (1, 2.5), slice(0, 2, -1), slice(0.5, 2)])
+def test_a_bad_pos_slice_is_refused_naming_the_axis_size(cached, pos_slice):
+    for method in (cached.accumulated_resid, cached.decompose_resid, cached.stack_head_results):
+        with pytest.raises(InvalidInput, match=r"pos_slice indexes an axis of size 4: .*an int in -4\.\.3"):
+            method(pos_slice=pos_slice, apply_ln=True)
+
+
+def test_numpy_integers_and_every_valid_kind_of_pos_slice_select_what_plain_indexing_does(cached):
+    full = cached.decompose_resid()
+    for pos_slice, index in [(np.int64(2), 2), (-1, -1), ([0, 2], [0, 2]), ((1, 3), slice(1, 3)), (slice(None, None, 2), slice(None, None, 2)),
+                             (torch.tensor([True, False, True, False]), [0, 2]), (torch.tensor(3), 3), ([np.int32(1)], [1])]:
+        assert torch.equal(cached.decompose_resid(pos_slice=pos_slice), full[:, :, index])
+
+
+def test_an_out_of_range_neuron_slice_is_refused(cached, tiny_gpt2):
+    d_mlp = tiny_gpt2.cfg.d_mlp
+    with pytest.raises(InvalidInput, match=rf"neuron_slice indexes an axis of size {d_mlp}: .*-{d_mlp}\.\.{d_mlp - 1}.*\[999\]"):
+        cached.get_neuron_results(0, neuron_slice=[999])
+    with pytest.raises(InvalidInput, match="neuron_slice"):
+        cached.stack_neuron_results(1, neuron_slice=d_mlp)
+
+
+def test_an_out_of_range_batch_slice_is_refused(cached):
+    stack = cached.decompose_resid()
+    with pytest.raises(InvalidInput, match=r"batch_slice indexes an axis of size 2: .*-2\.\.1.*got 2, out of range"):
+        cached.apply_ln_to_stack(stack, batch_slice=2)
