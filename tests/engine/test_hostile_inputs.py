@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, InvalidLocation
 
 IDS = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
 
@@ -47,3 +47,34 @@ def test_an_out_of_range_batch_slice_is_refused(cached):
     stack = cached.decompose_resid()
     with pytest.raises(InvalidInput, match=r"batch_slice indexes an axis of size 2: .*-2\.\.1.*got 2, out of range"):
         cached.apply_ln_to_stack(stack, batch_slice=2)
+
+
+# -- cache keys, batch slices, stack_activation ------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [(), ("q", 0, "attn", 5), (5, 0), (None,)])
+def test_a_malformed_cache_key_tuple_is_refused(cached, key):
+    with pytest.raises(InvalidInput, match=r"cache keys are hook names or \(site, layer\[, sublayer type\]\) tuples"):
+        cached[key]
+
+
+@pytest.mark.parametrize("row", [1, np.int64(1), torch.tensor(1)])
+def test_one_row_of_the_batch_drops_the_batch_axis_and_says_so(cached, row):
+    one = cached.apply_slice_to_batch_dim(row)
+    assert not one.has_batch_dim
+    assert torch.equal(one["pattern", 0], cached["pattern", 0][1])
+    assert one.remove_batch_dim() is one  # nothing more to drop
+    assert torch.equal(one.decompose_resid(), cached.decompose_resid()[:, 1])
+
+
+def test_an_out_of_range_batch_row_is_refused(cached):
+    with pytest.raises(InvalidInput, match=r"batch_slice indexes an axis of size 2: .*got 2, out of range"):
+        cached.apply_slice_to_batch_dim(2)
+
+
+def test_stack_activation_checks_its_layer(cached):
+    assert torch.equal(cached.stack_activation("pattern", None), cached.stack_activation("pattern"))
+    assert torch.equal(cached.stack_activation("pattern", 1), cached["pattern", 0][None])
+    for layer in (0, 3, -2, 1.0, "1"):
+        with pytest.raises(InvalidLocation, match=r"stack_activation .* must be an integer in 1\.\.2, or -1 or None"):
+            cached.stack_activation("pattern", layer)
