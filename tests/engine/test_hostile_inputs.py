@@ -78,3 +78,45 @@ def test_stack_activation_checks_its_layer(cached):
     for layer in (0, 3, -2, 1.0, "1"):
         with pytest.raises(InvalidLocation, match=r"stack_activation .* must be an integer in 1\.\.2, or -1 or None"):
             cached.stack_activation("pattern", layer)
+
+
+# -- decoding ids --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ids", [[140], [-1], torch.tensor([1, 140]), torch.tensor([[1, 2], [3, -2]])])
+def test_ids_outside_the_vocabulary_are_refused_when_decoded(tiny_gpt2, ids):
+    """An id past the vocabulary decoded to "" (a silent wrong answer); a negative one raised an OverflowError."""
+    for decode in (tiny_gpt2.to_string, tiny_gpt2.to_str_tokens):
+        with pytest.raises(InvalidInput, match=r"token ids must lie in 0\.\.139 for tiny-gpt2"):
+            decode(ids)
+    with pytest.raises(InvalidInput, match=r"to_single_str_token: token ids must lie in 0\.\.139"):
+        tiny_gpt2.to_single_str_token(140)
+
+
+@pytest.mark.parametrize("ids, message", [
+    (torch.zeros(2, 2, 2, dtype=torch.long), r"one id, a row \[pos\] or rows \[batch, pos\] of token ids, got shape \(2, 2, 2\)"),
+    (torch.tensor([1.0, 2.0]), "integer token ids, got torch.float32"),
+    (torch.tensor([True, False]), "integer token ids, got torch.bool"),
+    ([1.5], "integer token ids, got torch.float32"),
+])
+def test_ids_of_the_wrong_kind_are_refused_when_decoded(tiny_gpt2, ids, message):
+    """A 3-D tensor was flattened into one string; floats and bools failed deep inside or decoded as ids 0/1."""
+    for decode in (tiny_gpt2.to_string, tiny_gpt2.to_str_tokens):
+        with pytest.raises(InvalidInput, match=message):
+            decode(ids)
+
+
+@pytest.mark.parametrize("text", ["the nurse", ["the", "nurse"], None])
+def test_to_string_refuses_what_is_not_token_ids(tiny_gpt2, text):
+    with pytest.raises(InvalidInput, match=r"to_string takes token ids"):
+        tiny_gpt2.to_string(text)
+
+
+def test_valid_ids_still_decode(tiny_gpt2):
+    ids = tiny_gpt2.to_tokens(["the nurse said", "he ran"], prepend_bos=False)
+    rows = tiny_gpt2.to_string(ids)
+    assert rows[0] == "the nurse said" and rows[1].startswith("he ran")
+    assert tiny_gpt2.to_string(ids[0].tolist()) == "the nurse said"
+    assert tiny_gpt2.to_string(np.asarray(ids[0])) == "the nurse said"
+    assert tiny_gpt2.to_str_tokens(ids[:1]) == ["the", "nurse", "said"]
+    assert tiny_gpt2.to_string([]) == ""

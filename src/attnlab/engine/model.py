@@ -792,21 +792,20 @@ class HookedModel(ModelWeights, nn.Module):
         tok = self._need_tokenizer()
         if isinstance(input, str):
             return [tok.decode([i]) for i in self.token_rows(input, prepend_bos=prepend_bos)[0]]
-        if isinstance(input, torch.Tensor):
-            ids = input.squeeze(0) if input.ndim == 2 and input.shape[0] == 1 else input
-            if ids.ndim == 2:
-                return [[tok.decode([int(i)]) for i in row] for row in ids]
-            return [tok.decode([int(i)]) for i in ids.reshape(-1)]
         if isinstance(input, Sequence) and all(isinstance(t, str) for t in input):
             return [[tok.decode([i]) for i in row] for row in self.token_rows(list(input), prepend_bos=prepend_bos)]
-        if isinstance(input, Sequence) and all(isinstance(t, int) for t in input):
-            return [tok.decode([i]) for i in input]
-        raise InvalidInput(f"to_str_tokens takes a text, a list of texts or token ids, got {type(input).__name__}")
+        if not isinstance(input, (torch.Tensor, Sequence)) and not hasattr(input, "__array__"):
+            raise InvalidInput(f"to_str_tokens takes a text, a list of texts or token ids, got {type(input).__name__}")
+        ids = self._ids_to_decode(input, "to_str_tokens")
+        ids = ids.squeeze(0) if ids.ndim == 2 and ids.shape[0] == 1 else ids
+        if ids.ndim == 2:
+            return [[tok.decode([i]) for i in row] for row in ids.tolist()]
+        return [tok.decode([i]) for i in ids.reshape(-1).tolist()]
 
     def to_string(self, tokens) -> str | list[str]:
         """Decode ids back to text: 1-D ids (or a list of ints) -> str, 2-D ids -> one str per row."""
         tok = self._need_tokenizer()
-        ids = torch.as_tensor(tokens)
+        ids = self._ids_to_decode(tokens, "to_string")
         if ids.ndim == 2:
             return [tok.decode(row.tolist()) for row in ids]
         return tok.decode(ids.reshape(-1).tolist())
@@ -817,7 +816,32 @@ class HookedModel(ModelWeights, nn.Module):
             token = int(token)
         if not is_integer(token):
             raise InvalidInput(f"to_single_str_token takes one token id, got {token!r}")
-        return self._need_tokenizer().decode([int(token)])
+        return self._need_tokenizer().decode(self._ids_to_decode([int(token)], "to_single_str_token").tolist())
+
+    def _ids_to_decode(self, tokens, what: str) -> torch.Tensor:
+        """``tokens`` (a tensor, an array, a list of ids or of rows of ids) as a 0-, 1- or 2-D tensor of ids within the
+        vocabulary: the tokenizer turns an id past it into "" and a negative one into an OverflowError."""
+        if isinstance(tokens, Tokens):
+            tokens = tokens.ids
+        if isinstance(tokens, torch.Tensor):
+            ids = tokens
+        else:
+            try:
+                ids = torch.as_tensor(tokens)
+            except (TypeError, ValueError, RuntimeError, OverflowError):
+                raise InvalidInput(f"{what} takes token ids (a tensor, or a list of ids or of equal-length rows of ids), "
+                                   f"got {repr(tokens)[:80]}") from None
+            if ids.numel() == 0:
+                ids = ids.long()
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise InvalidInput(f"{what} takes integer token ids, got {ids.dtype} values")
+        if ids.ndim > 2:
+            raise InvalidInput(f"{what} takes one id, a row [pos] or rows [batch, pos] of token ids, got shape {tuple(ids.shape)}")
+        vocab = self.hf_model.get_input_embeddings().num_embeddings
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)].unique()
+            raise InvalidInput(f"{what}: token ids must lie in 0..{vocab - 1} for {self.cfg.name}, got {bad[:5].tolist()}")
+        return ids
 
     def get_token_position(self, single_token: str | int, input: str | torch.Tensor, mode: str = "first",
                            prepend_bos: bool | None = None, padding_side: str | None = None) -> int:
