@@ -120,3 +120,31 @@ def test_valid_ids_still_decode(tiny_gpt2):
     assert tiny_gpt2.to_string(np.asarray(ids[0])) == "the nurse said"
     assert tiny_gpt2.to_str_tokens(ids[:1]) == ["the", "nurse", "said"]
     assert tiny_gpt2.to_string([]) == ""
+
+
+# -- run_with_cache(device=) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["garbage", "cpu:x", 1.5, "meta:0:1"])
+def test_a_bad_cache_device_is_refused_before_the_pass(tiny_gpt2, device):
+    seen = []
+    tiny_gpt2.add_hook("blocks.0.hook_resid_pre", lambda x, hook: seen.append(1))
+    try:
+        with pytest.raises(InvalidInput, match=rf"run_with_cache: device={device!r} is not a device this machine has"):
+            tiny_gpt2.run_with_cache(IDS, device=device)
+    finally:
+        tiny_gpt2.reset_hooks()
+    assert seen == []  # refused before any forward pass
+    assert tiny_gpt2.count_hooks() == 0
+
+
+def test_a_cache_device_given_by_name_is_where_the_cache_lands(tiny_gpt2):
+    _, cache = tiny_gpt2.run_with_cache(IDS, device="cpu", names_filter="blocks.0.attn.hook_pattern")
+    assert cache["pattern", 0].device == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cache_device_this_machine_lacks_is_refused(tiny_gpt2):
+    with pytest.raises(InvalidInput, match="device='cuda' is not a device this machine has"):
+        tiny_gpt2.run_with_cache(IDS, device="cuda")
+    assert tiny_gpt2.count_hooks() == 0

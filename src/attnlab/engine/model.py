@@ -131,6 +131,19 @@ def _put_back(placement) -> None:
                 module._buffers[key] = tensor.to(device=device, dtype=dtype)
 
 
+def _cache_device(device) -> torch.device | None:
+    """``run_with_cache(device=...)`` checked before the pass: a bad one failed inside the first caching hook."""
+    if device is None:
+        return None
+    try:
+        checked = torch.device(device)
+        torch.empty(0, device=checked)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise InvalidInput(f"run_with_cache: device={device!r} is not a device this machine has "
+                           f"(a torch.device or a name such as 'cpu' or 'cuda:0'): {err}") from None
+    return checked
+
+
 class _Handles:
     """Several PyTorch hook handles removed as one (what :class:`OnDemand` keeps)."""
 
@@ -425,6 +438,7 @@ class HookedModel(ModelWeights, nn.Module):
                        incl_bwd: bool = False, return_cache_object: bool = True, **model_kwargs):
         """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
         names = self._resolve_names(names_filter, what="names_filter")
+        device = _cache_device(device)
         stopped = check_stop_at_layer(model_kwargs.get("stop_at_layer"), self.cfg.n_layers)
         if names_filter is not None and not callable(names_filter):  # named one by one: each must come back
             check_reached(self, names, stopped, "names_filter", model_kwargs.get("stop_at_layer"))
