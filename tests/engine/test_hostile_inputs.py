@@ -148,3 +148,35 @@ def test_a_cache_device_this_machine_lacks_is_refused(tiny_gpt2):
     with pytest.raises(InvalidInput, match="device='cuda' is not a device this machine has"):
         tiny_gpt2.run_with_cache(IDS, device="cuda")
     assert tiny_gpt2.count_hooks() == 0
+
+
+# -- apply_ln_to_stack / logit_attrs: the stack's shape -------------------------------------------
+
+
+@pytest.mark.parametrize("stack", [torch.zeros(3, 2, 4, 7), torch.zeros(32), torch.zeros(3, 2, 4, 32, dtype=torch.long), [0.0] * 32])
+def test_a_stack_that_is_not_float_components_of_d_model_is_refused(cached, stack):
+    """d_model 7 was centred and scaled as if it were a stream, a (32,) vector came back (2, 4, 32), ints came back ints."""
+    with pytest.raises(InvalidInput, match=r"residual_stack must be a float tensor \[component, \*batch_pos, d_model=32\]"):
+        cached.apply_ln_to_stack(stack)
+
+
+@pytest.mark.parametrize("shape, slices, expected", [
+    ((3, 2, 5, 32), {}, r"\(2, 4, 1\): give \[component, 2, 4, 32\]"),
+    ((3, 4, 32), {}, r"\(2, 4, 1\): give \[component, 2, 4, 32\]"),
+    ((3, 2, 4, 32), {"pos_slice": -1}, r"\(2, 1\): give \[component, 2, 32\]"),
+    # the whole stack divided by row 0's last scale came back (3, 4, 32) before
+    ((3, 2, 4, 32), {"pos_slice": -1, "batch_slice": 0}, r"\(1,\): give \[component, 32\]"),
+])
+def test_a_stack_made_with_other_slices_is_refused(cached, shape, slices, expected):
+    with pytest.raises(InvalidInput, match=rf"residual_stack has shape .*the norm's scale for this cache.* is {expected}"):
+        cached.apply_ln_to_stack(torch.zeros(shape), **slices)
+    with pytest.raises(InvalidInput, match="residual_stack has shape"):
+        cached.logit_attrs(torch.zeros(shape), torch.tensor([1, 2]), **slices)
+
+
+def test_stacks_made_with_the_same_slices_still_go_through(cached):
+    stack = cached.decompose_resid(pos_slice=-1)
+    scaled = cached.apply_ln_to_stack(stack, pos_slice=-1)
+    assert torch.allclose(scaled, cached.decompose_resid(apply_ln=True, pos_slice=-1))
+    one_row = cached.apply_ln_to_stack(stack, pos_slice=-1, batch_slice=1)
+    assert torch.allclose(one_row, scaled[:, 1])

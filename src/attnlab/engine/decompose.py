@@ -319,6 +319,13 @@ class ResidualAnalyses:
         what = "apply_ln_to_stack"
         layer = self._layer(layer, what)
         self._kind(what)
+        d_model = self.model.cfg.d_model
+        if not isinstance(residual_stack, torch.Tensor) or not residual_stack.is_floating_point() \
+                or residual_stack.ndim < 2 or residual_stack.shape[-1] != d_model:
+            got = f"a {residual_stack.dtype} tensor of shape {tuple(residual_stack.shape)}" \
+                if isinstance(residual_stack, torch.Tensor) else type(residual_stack).__name__
+            raise InvalidInput(f"{what}: residual_stack must be a float tensor [component, *batch_pos, d_model={d_model}], "
+                               f"got {got}")
         if has_batch_dim and batch_slice is not None:
             residual_stack = apply_slice(residual_stack, batch_slice, 1, "batch_slice")
         path = self._reader_norm(layer, mlp_input)
@@ -330,6 +337,12 @@ class ResidualAnalyses:
         scale = self._scale(path, pos_slice, what)
         if has_batch_dim and batch_slice is not None:
             scale = apply_slice(scale, batch_slice, 0, "batch_slice")
+        expected = (*scale.shape[:-1], d_model)
+        if tuple(residual_stack.shape[1:]) != expected:
+            raise InvalidInput(f"{what}: residual_stack has shape {tuple(residual_stack.shape)}, but the norm's scale for this "
+                               f"cache{' and these slices' if pos_slice is not None or batch_slice is not None else ''} is "
+                               f"{tuple(scale.shape)}: give [component, {', '.join(map(str, expected))}] (the same "
+                               "pos_slice / batch_slice the stack was made with)")
         return norm.normalize(residual_stack, scale).to(residual_stack.dtype)
 
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
