@@ -180,3 +180,28 @@ def test_stacks_made_with_the_same_slices_still_go_through(cached):
     assert torch.allclose(scaled, cached.decompose_resid(apply_ln=True, pos_slice=-1))
     one_row = cached.apply_ln_to_stack(stack, pos_slice=-1, batch_slice=1)
     assert torch.allclose(one_row, scaled[:, 1])
+
+
+# -- switches must be True or False ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, flag", [
+    (lambda m: m.generate(IDS[:1], 2, do_sample="no"), "do_sample must be True or False, got 'no'"),
+    (lambda m: m.generate(IDS[:1], 2, stop_at_eos="no"), "stop_at_eos must be True or False, got 'no'"),
+    (lambda m: m.to_tokens("the nurse", prepend_bos="False"), "prepend_bos must be True, False or None, got 'False'"),
+    (lambda m: m("the nurse", prepend_bos=0), "prepend_bos must be True, False or None, got 0"),
+    (lambda m: m.run_with_cache(IDS, remove_batch_dim="no"), "remove_batch_dim must be True or False, got 'no'"),
+    (lambda m: m.run_with_cache(IDS, return_cache_object="no"), "return_cache_object must be True or False, got 'no'"),
+    (lambda m: m(IDS, return_type="loss", loss_per_token="no"), "loss_per_token must be True or False, got 'no'"),
+])
+def test_a_switch_that_is_not_a_bool_is_refused(tiny_gpt2, call, flag):
+    """A string such as "no" is truthy: do_sample="no" sampled, prepend_bos="False" added the BOS token."""
+    with pytest.raises(InvalidInput, match=flag):
+        call(tiny_gpt2)
+    assert tiny_gpt2.count_hooks() == 0
+
+
+def test_numpy_bools_are_switches_too(tiny_gpt2):
+    assert torch.equal(tiny_gpt2.to_tokens("the nurse", prepend_bos=np.bool_(False)), tiny_gpt2.to_tokens("the nurse", prepend_bos=False))
+    assert torch.equal(tiny_gpt2.to_tokens("the nurse", prepend_bos=np.bool_(True)), tiny_gpt2.to_tokens("the nurse", prepend_bos=True))
+    assert not torch.equal(tiny_gpt2.to_tokens("the nurse", prepend_bos=False), tiny_gpt2.to_tokens("the nurse", prepend_bos=True))

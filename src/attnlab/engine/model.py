@@ -100,6 +100,14 @@ class Intervention(Protocol):
     def prepare(self, model: HookedModel) -> Any: ...
 
 
+def _check_flag(value, name: str, *, none: bool = False) -> None:
+    """``value`` is True or False (or None where ``none``): a string such as "no" is truthy, and was taken as True."""
+    import numpy as np
+
+    if not (isinstance(value, (bool, np.bool_)) or (none and value is None)):
+        raise InvalidInput(f"{name} must be True{', False or None' if none else ' or False'}, got {value!r}")
+
+
 def _is_real(value) -> bool:
     """A real number of any kind (Python, numpy), but not a bool."""
     import numbers
@@ -438,6 +446,8 @@ class HookedModel(ModelWeights, nn.Module):
                        incl_bwd: bool = False, return_cache_object: bool = True, **model_kwargs):
         """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
         names = self._resolve_names(names_filter, what="names_filter")
+        for flag, value in (("remove_batch_dim", remove_batch_dim), ("incl_bwd", incl_bwd), ("return_cache_object", return_cache_object)):
+            _check_flag(value, flag)
         device = _cache_device(device)
         stopped = check_stop_at_layer(model_kwargs.get("stop_at_layer"), self.cfg.n_layers)
         if names_filter is not None and not callable(names_filter):  # named one by one: each must come back
@@ -692,6 +702,8 @@ class HookedModel(ModelWeights, nn.Module):
         context instead and ``truncate=False`` keeps it whole (TransformerLens' ``to_tokens``).
         """
         texts = check_texts(text)
+        _check_flag(prepend_bos, "prepend_bos", none=True)
+        prepend_bos = None if prepend_bos is None else bool(prepend_bos)  # numpy's False is not False
         tok = self._need_tokenizer()
         cut = {"truncation": True, "max_length": self.cfg.n_ctx} if truncate and self.cfg.n_ctx is not None else {}
         rows = tok(texts, add_special_tokens=prepend_bos is not False, **cut)["input_ids"]  # keeps a final [SEP]
@@ -917,6 +929,8 @@ class HookedModel(ModelWeights, nn.Module):
             )
         if return_type not in RETURN_TYPES:
             raise InvalidInput(f"unknown return_type {return_type!r}; valid: {', '.join(map(repr, RETURN_TYPES))}")
+        _check_flag(loss_per_token, "loss_per_token")
+        _check_flag(prepend_bos, "prepend_bos", none=True)
         if stop_at_layer is not None and return_type in ("loss", "both", "outputs"):
             raise InvalidInput(f"stop_at_layer returns the residual stream; return_type={return_type!r} needs the whole model")
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side=padding_side, prepend_bos=prepend_bos)
@@ -1017,6 +1031,8 @@ class HookedModel(ModelWeights, nn.Module):
             raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}" + (
                 " (attnlab returns the new text or ids only, never the prompt with them as TransformerLens' "
                 "'input' does: prepend the prompt yourself)" if return_type in ("input", "embeds") else ""))
+        _check_flag(do_sample, "do_sample")
+        _check_flag(stop_at_eos, "stop_at_eos")
         if not (_is_real(temperature) and temperature > 0 and temperature == temperature):
             raise InvalidInput(f"temperature must be a positive number, got {temperature!r}")
         if top_k is not None and (not is_integer(top_k) or top_k < 1):
