@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.errors import InvalidInput, InvalidLocation, ShapeMismatch
 
 IDS = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
 
@@ -205,3 +205,48 @@ def test_numpy_bools_are_switches_too(tiny_gpt2):
     assert torch.equal(tiny_gpt2.to_tokens("the nurse", prepend_bos=np.bool_(False)), tiny_gpt2.to_tokens("the nurse", prepend_bos=False))
     assert torch.equal(tiny_gpt2.to_tokens("the nurse", prepend_bos=np.bool_(True)), tiny_gpt2.to_tokens("the nurse", prepend_bos=True))
     assert not torch.equal(tiny_gpt2.to_tokens("the nurse", prepend_bos=False), tiny_gpt2.to_tokens("the nurse", prepend_bos=True))
+
+
+# -- TransformerLens helpers: tokens, unembed, QK / OV --------------------------------------------
+
+
+def test_to_single_token_refuses_what_is_not_a_string(tiny_gpt2):
+    with pytest.raises(InvalidInput, match="to_single_token takes a string, got int: 5"):
+        tiny_gpt2.to_single_token(5)
+
+
+def test_residual_directions_take_numpy_integers_and_refuse_bool_tensors(tiny_gpt2):
+    assert torch.equal(tiny_gpt2.tokens_to_residual_directions(np.int64(3)), tiny_gpt2.tokens_to_residual_directions(3))
+    with pytest.raises(InvalidInput, match=r"token ids must be integers in 0\.\.139"):
+        tiny_gpt2.tokens_to_residual_directions(torch.tensor([True, False]))
+
+
+@pytest.mark.parametrize("residual", [torch.zeros(3), torch.zeros(2, 4, 7), torch.zeros(2, 32, dtype=torch.long)])
+def test_unembed_refuses_what_is_not_a_residual_stream(tiny_gpt2, residual):
+    with pytest.raises(InvalidInput, match=r"unembed takes a float residual stream \[\.\.\., d_model=32\]"):
+        tiny_gpt2.unembed(residual)
+
+
+@pytest.mark.parametrize("index", [(0, 9), 5, -3, 0.5, (0, "a")])
+def test_a_factored_matrix_index_out_of_its_leading_axes_is_refused(tiny_gpt2, index):
+    with pytest.raises(InvalidInput, match=r"a FactoredMatrix's leading axes \(2, 4\) cannot be indexed"):
+        tiny_gpt2.QK[index]
+
+
+def test_a_factored_matrix_product_of_the_wrong_size_is_refused(tiny_gpt2):
+    ov = tiny_gpt2.OV[0, 0]
+    with pytest.raises(ShapeMismatch, match=r"FactoredMatrix product \(32, 32\) @ \(7,\): the inner sizes 32 and 7 differ"):
+        ov @ torch.zeros(7)
+    with pytest.raises(ShapeMismatch, match=r"\(5, 7\) @ \(32, 32\): the inner sizes 32 and 7 differ"):
+        torch.zeros(5, 7) @ ov
+    with pytest.raises(InvalidInput, match="multiplies tensors and FactoredMatrix objects, got str"):
+        ov @ "x"
+    x = torch.randn(32)
+    assert torch.allclose(ov @ x, ov.AB @ x, atol=1e-5) and torch.allclose(x @ ov, x @ ov.AB, atol=1e-5)
+    assert torch.allclose((ov @ tiny_gpt2.OV[1, 2]).AB, ov.AB @ tiny_gpt2.OV[1, 2].AB, atol=1e-5)
+
+
+def test_a_hooks_block_switch_that_is_not_a_bool_is_refused(tiny_gpt2):
+    with pytest.raises(InvalidInput, match="reset_hooks_end must be True or False, got 'no'"):
+        tiny_gpt2.run_with_hooks(IDS, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x * 0)], reset_hooks_end="no")
+    assert tiny_gpt2.count_hooks() == 0

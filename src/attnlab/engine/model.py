@@ -375,6 +375,8 @@ class HookedModel(ModelWeights, nn.Module):
 
         Names are checked before anything is attached; every hook is removed in ``finally``.
         """
+        _check_flag(reset_hooks_end, "reset_hooks_end")
+        _check_flag(clear_contexts, "clear_contexts")
         if not reset_hooks_end:
             raise InvalidInput("attnlab removes a block's hooks when it ends; for hooks that persist use model.add_hook()")
         wanted = self._expand(list(fwd_hooks), "fwd") + self._expand(list(bwd_hooks), "bwd")
@@ -889,6 +891,8 @@ class HookedModel(ModelWeights, nn.Module):
         return hits[0] if mode == "first" else hits[-1]
 
     def to_single_token(self, word: str) -> int:
+        if not isinstance(word, str):
+            raise InvalidInput(f"to_single_token takes a string, got {type(word).__name__}: {word!r}")
         ids = self._need_tokenizer()(word, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise InvalidInput(f"{word!r} is {len(ids)} tokens for {self.cfg.name}, not one: {ids}")
@@ -1074,6 +1078,11 @@ class HookedModel(ModelWeights, nn.Module):
 
     def unembed(self, residual: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         """``residual @ W_U + b_U`` (TransformerLens' ``model.unembed``); apply ``model.ln_final`` first."""
+        if not isinstance(residual, torch.Tensor) or not residual.is_floating_point() or residual.ndim < 1 \
+                or residual.shape[-1] != self.cfg.d_model:
+            got = f"a {residual.dtype} tensor of shape {tuple(residual.shape)}" if isinstance(residual, torch.Tensor) \
+                else type(residual).__name__
+            raise InvalidInput(f"unembed takes a float residual stream [..., d_model={self.cfg.d_model}], got {got}")
         return residual @ self.W_U.to(residual.dtype) + self.b_U.to(residual.dtype)
 
     def all_head_labels(self) -> list[str]:
