@@ -250,3 +250,29 @@ def test_a_hooks_block_switch_that_is_not_a_bool_is_refused(tiny_gpt2):
     with pytest.raises(InvalidInput, match="reset_hooks_end must be True or False, got 'no'"):
         tiny_gpt2.run_with_hooks(IDS, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x * 0)], reset_hooks_end="no")
     assert tiny_gpt2.count_hooks() == 0
+
+
+# -- generate: logits no token can be picked from ------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_generate_refuses_non_finite_logits_from_a_hook(tiny_gpt2, sample):
+    """Greedy decoding picked token 0 from NaN logits without a word; sampling failed inside torch.multinomial."""
+    nan = [("blocks.1.hook_resid_post", lambda x, hook: x * float("nan"))]
+    with pytest.raises(InvalidInput, match=r"generate\(\): the logits for new token 0 hold inf or NaN"):
+        tiny_gpt2.generate(IDS[:1], 3, fwd_hooks=nan, do_sample=sample, seed=0)
+    assert tiny_gpt2.count_hooks() == 0
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_a_temperature_near_zero_samples_the_greedy_tokens(tiny_gpt2, temperature):
+    """logits / 1e-40 overflowed to inf (and 1e-300 is 0 in float32: 0 / 0), so torch.multinomial failed on NaN."""
+    greedy = tiny_gpt2.generate(IDS[:1], 4, return_type="tokens", stop_at_eos=False)
+    sampled = tiny_gpt2.generate(IDS[:1], 4, return_type="tokens", stop_at_eos=False, do_sample=True,
+                                 temperature=temperature, seed=0)
+    assert torch.equal(sampled, greedy)
+
+
+def test_an_infinite_temperature_is_refused(tiny_gpt2):
+    with pytest.raises(InvalidInput, match="temperature must be a positive finite number, got inf"):
+        tiny_gpt2.generate(IDS[:1], 2, do_sample=True, temperature=float("inf"))

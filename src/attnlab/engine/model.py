@@ -1037,8 +1037,8 @@ class HookedModel(ModelWeights, nn.Module):
                 "'input' does: prepend the prompt yourself)" if return_type in ("input", "embeds") else ""))
         _check_flag(do_sample, "do_sample")
         _check_flag(stop_at_eos, "stop_at_eos")
-        if not (_is_real(temperature) and temperature > 0 and temperature == temperature):
-            raise InvalidInput(f"temperature must be a positive number, got {temperature!r}")
+        if not (_is_real(temperature) and 0 < temperature < float("inf")):
+            raise InvalidInput(f"temperature must be a positive finite number, got {temperature!r}")
         if top_k is not None and (not is_integer(top_k) or top_k < 1):
             raise InvalidInput(f"top_k must be a positive integer or None, got {top_k!r}")
         if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
