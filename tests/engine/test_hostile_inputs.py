@@ -276,3 +276,38 @@ def test_a_temperature_near_zero_samples_the_greedy_tokens(tiny_gpt2, temperatur
 def test_an_infinite_temperature_is_refused(tiny_gpt2):
     with pytest.raises(InvalidInput, match="temperature must be a positive finite number, got inf"):
         tiny_gpt2.generate(IDS[:1], 2, do_sample=True, temperature=float("inf"))
+
+
+# -- model.pad and hand-built Tokens ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([[999]], r"token ids must lie in 0\.\.139 for tiny-gpt2, got \[999\]"),
+    ([[-1, 2]], r"token ids must lie in 0\.\.139 for tiny-gpt2, got \[-1\]"),
+    ([[1.5, 2]], r"row 0 must be a list of integer token ids, got \[1\.5, 2\]"),  # was cut to [1, 2]
+    ([[True, 2]], r"row 0 must be a list of integer token ids"),  # was read as [1, 2]
+    ([[1, 2], ["a"]], r"row 1 must be a list of integer token ids"),
+    ([torch.tensor([1.0, 2.0])], r"row 0 must be a list of integer token ids"),
+])
+def test_pad_refuses_ids_that_are_not_token_ids_of_the_model(tiny_gpt2, rows, message):
+    with pytest.raises(InvalidInput, match=message):
+        tiny_gpt2.pad(rows)
+
+
+def test_pad_takes_ints_numpy_ints_and_integer_tensors(tiny_gpt2):
+    for rows in ([[1, 2], [3]], [np.array([1, 2]), np.array([3])], [torch.tensor([1, 2]), torch.tensor([3])]):
+        tokens = tiny_gpt2.pad(rows)
+        assert tokens.ids.tolist() == [[1, 2], [3, tiny_gpt2.pad_token_id]] and tokens.mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_hand_built_tokens_are_checked_like_ids(tiny_gpt2):
+    """Tokens went to the embedding unchecked: an id past the vocabulary was a raw IndexError (a device assert on a GPU)."""
+    from attnlab.engine.tokens import Tokens
+
+    outside = Tokens(torch.tensor([[1, 999]]), torch.ones(1, 2, dtype=torch.long), "right")
+    with pytest.raises(InvalidInput, match=r"token ids must lie in 0\.\.139 for tiny-gpt2, got \[999\]"):
+        tiny_gpt2(outside)
+    too_long = Tokens(torch.ones(1, 200, dtype=torch.long), torch.ones(1, 200, dtype=torch.long), "right")
+    with pytest.raises(InvalidInput, match="input has 200 tokens but tiny-gpt2 handles at most 128"):
+        tiny_gpt2.run(too_long)
+    assert tiny_gpt2.count_hooks() == 0

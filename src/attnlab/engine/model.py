@@ -725,14 +725,22 @@ class HookedModel(ModelWeights, nn.Module):
         for i, row in enumerate(rows):
             if not len(row):
                 raise InvalidInput(f"row {i} has no tokens")
+            integers = (row.ndim == 1 and not (row.is_floating_point() or row.is_complex() or row.dtype == torch.bool)) \
+                if isinstance(row, torch.Tensor) else all(is_integer(t) for t in row)
+            if not integers:  # torch.as_tensor would cut 1.5 to 1 and read True as 1
+                raise InvalidInput(f"row {i} must be a list of integer token ids, got {row!r}")
             if check_length:
                 self._check_length(len(row), f"row {i}")
-        return pad_rows(rows, pad_id=self.pad_token_id, side=side)
+        tokens = pad_rows(rows, pad_id=self.pad_token_id, side=side)
+        self._check_vocab(tokens.ids)
+        return tokens
 
     def tokens(self, input: Text | torch.Tensor | Tokens, *, attention_mask: torch.Tensor | None = None,
                padding_side: str | None = None, prepend_bos: bool | None = None) -> Tokens:
         """Text(s) or token ids -> :class:`Tokens`, checked against the vocabulary and the context length."""
-        if isinstance(input, Tokens):
+        if isinstance(input, Tokens):  # built by hand or by model.pad(): checked like ids
+            self._check_vocab(input.ids)
+            self._check_length(int(input.lengths.max()) if input.n_rows else 0)
             return input
         if isinstance(input, torch.Tensor):
             return self._id_tokens(input, attention_mask)
@@ -748,9 +756,7 @@ class HookedModel(ModelWeights, nn.Module):
         ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
         if ids.shape[0] == 0 or ids.shape[1] == 0:
             raise InvalidInput(f"token ids of shape {tuple(ids.shape)} hold no tokens; give at least one row of one token")
-        vocab = self.hf_model.get_input_embeddings().num_embeddings
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise InvalidInput(f"token ids must lie in 0..{vocab - 1} for {self.cfg.name}")
+        self._check_vocab(ids)
         self._check_length(int(ids.shape[1]))
         ids = ids.long().to(self.device)
         if attention_mask is None:
@@ -774,6 +780,13 @@ class HookedModel(ModelWeights, nn.Module):
         if bool((mask.sum(dim=1) == 0).any()):
             raise InvalidInput("attention_mask has a row with no tokens (all zeros)")
         return Tokens.from_mask(ids, mask)
+
+    def _check_vocab(self, ids: torch.Tensor) -> None:
+        """Every id within the embedding (an id past it fails deep inside the embedding, on a GPU as a device assert)."""
+        vocab = self.hf_model.get_input_embeddings().num_embeddings
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)].unique()
+            raise InvalidInput(f"token ids must lie in 0..{vocab - 1} for {self.cfg.name}, got {bad[:5].tolist()}")
 
     def _token_type_kwargs(self, token_type_ids, tokens: Tokens) -> dict[str, torch.Tensor]:
         """``{"token_type_ids": ...}`` for the HF call, checked: shaped like the ids, integers within the model's types."""
