@@ -3,6 +3,8 @@ naming what was wrong and the valid range, instead of a raw torch/Python error f
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -311,3 +313,23 @@ def test_hand_built_tokens_are_checked_like_ids(tiny_gpt2):
     with pytest.raises(InvalidInput, match="input has 200 tokens but tiny-gpt2 handles at most 128"):
         tiny_gpt2.run(too_long)
     assert tiny_gpt2.count_hooks() == 0
+
+
+@pytest.mark.parametrize("tokens, pos_slice, stack_axes", [
+    (torch.tensor([1, 2, 3]), -1, r"\(2,\)"),
+    (torch.tensor([1, 2, 3]), None, r"\(2, 4\)"),
+    (torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]]), -1, r"\(2,\)"),
+    (torch.tensor([[1, 2], [3, 4]]), None, r"\(2, 4\)"),
+])
+def test_logit_attrs_refuses_tokens_that_do_not_fit_the_stack(cached, tokens, pos_slice, stack_axes):
+    stack = cached.decompose_resid(pos_slice=pos_slice)
+    with pytest.raises(InvalidInput, match=rf"logit_attrs: tokens of shape {re.escape(str(tuple(tokens.shape)))} do not fit "
+                                           rf"the stack's {stack_axes}"):
+        cached.logit_attrs(stack, tokens, pos_slice=pos_slice)
+
+
+def test_logit_attrs_takes_one_token_one_per_row_or_one_per_position(cached):
+    stack = cached.decompose_resid()
+    per_position = cached.logit_attrs(stack, torch.tensor([[1, 1, 1, 1], [2, 2, 2, 2]]))
+    assert torch.allclose(cached.logit_attrs(stack, torch.tensor([1, 2])), per_position)
+    assert torch.allclose(cached.logit_attrs(stack, 1)[:, 0], per_position[:, 0])

@@ -478,7 +478,17 @@ class ResidualAnalyses:
             directions = directions - wrong
         scaled = self.apply_ln_to_stack(residual_stack, -1, pos_slice=pos_slice, batch_slice=batch_slice,
                                         has_batch_dim=has_batch_dim)
+        token_shape = tuple(directions.shape[:-1])
         batch_kept = not (isinstance(batch_slice, int) or (isinstance(batch_slice, torch.Tensor) and batch_slice.ndim == 0))
         if has_batch_dim and batch_kept and scaled.ndim == 4 and directions.ndim == 2 and directions.shape[0] == scaled.shape[1]:
             directions = directions[:, None]  # one direction per batch row, shared by its positions
+        try:
+            fits = tuple(torch.broadcast_shapes(scaled.shape, directions.shape)) == tuple(scaled.shape)
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise InvalidInput(
+                f"logit_attrs: tokens of shape {token_shape} do not fit the stack's "
+                f"{tuple(scaled.shape[1:-1])} (its *batch_pos axes after the slices): give one token, one per batch "
+                "row, or one per (row, position) of the stack")
         return (scaled * directions.to(scaled.dtype)).sum(dim=-1)
