@@ -333,3 +333,9 @@ def test_logit_attrs_takes_one_token_one_per_row_or_one_per_position(cached):
     per_position = cached.logit_attrs(stack, torch.tensor([[1, 1, 1, 1], [2, 2, 2, 2]]))
     assert torch.allclose(cached.logit_attrs(stack, torch.tensor([1, 2])), per_position)
     assert torch.allclose(cached.logit_attrs(stack, 1)[:, 0], per_position[:, 0])
+
+
+def test_moving_a_cache_to_a_bad_device_is_refused(cached):
+    with pytest.raises(InvalidInput, match=r"ActivationCache.to: device='garbage' is not a device this machine has"):
+        cached.to("garbage")
+    assert cached.to("cpu")["pattern", 0].device == torch.device("cpu")

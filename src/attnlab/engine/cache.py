@@ -21,7 +21,21 @@ from attnlab.engine.locations import BLOCK_NORMS, get_act_name, missing_name_hin
 from attnlab.engine.stop import blocks_run, not_reached
 from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean, is_integer
 
-__all__ = ["ActivationCache"]
+__all__ = ["ActivationCache", "check_device"]
+
+
+def check_device(device, what: str) -> torch.device | None:
+    """``device`` as a torch.device this machine has (None stays None), checked before any work: a bad name or a
+    device the machine lacks failed inside the first hook that moved a tensor there."""
+    if device is None:
+        return None
+    try:
+        checked = torch.device(device)
+        torch.empty(0, device=checked)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise InvalidInput(f"{what}: device={device!r} is not a device this machine has "
+                           f"(a torch.device or a name such as 'cpu' or 'cuda:0'): {err}") from None
+    return checked
 
 
 class ActivationCache(ResidualAnalyses):
@@ -127,6 +141,7 @@ class ActivationCache(ResidualAnalyses):
 
     def to(self, device, move_model: bool = False) -> ActivationCache:
         """The cache on ``device`` (``move_model=True`` moves the model there too, as in TransformerLens)."""
+        device = check_device(device, "ActivationCache.to")
         if move_model:
             self.model.to(device)
         return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model,

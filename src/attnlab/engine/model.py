@@ -35,7 +35,7 @@ from attnlab.engine.adapters import (
 from attnlab.engine.attention import detach
 from attnlab.engine.bridge import check_unprocessed
 from attnlab.engine.caller import user_stacklevel
-from attnlab.engine.cache import ActivationCache
+from attnlab.engine.cache import ActivationCache, check_device
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.dropout import active_dropout
 from attnlab.engine.forward import Output, as_specs, run, token_logprobs
@@ -137,19 +137,6 @@ def _put_back(placement) -> None:
                 tensor.data = tensor.data.to(device=device, dtype=dtype)
             else:
                 module._buffers[key] = tensor.to(device=device, dtype=dtype)
-
-
-def _cache_device(device) -> torch.device | None:
-    """``run_with_cache(device=...)`` checked before the pass: a bad one failed inside the first caching hook."""
-    if device is None:
-        return None
-    try:
-        checked = torch.device(device)
-        torch.empty(0, device=checked)
-    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise InvalidInput(f"run_with_cache: device={device!r} is not a device this machine has "
-                           f"(a torch.device or a name such as 'cpu' or 'cuda:0'): {err}") from None
-    return checked
 
 
 class _Handles:
@@ -450,7 +437,7 @@ class HookedModel(ModelWeights, nn.Module):
         names = self._resolve_names(names_filter, what="names_filter")
         for flag, value in (("remove_batch_dim", remove_batch_dim), ("incl_bwd", incl_bwd), ("return_cache_object", return_cache_object)):
             _check_flag(value, flag)
-        device = _cache_device(device)
+        device = check_device(device, "run_with_cache")
         stopped = check_stop_at_layer(model_kwargs.get("stop_at_layer"), self.cfg.n_layers)
         if names_filter is not None and not callable(names_filter):  # named one by one: each must come back
             check_reached(self, names, stopped, "names_filter", model_kwargs.get("stop_at_layer"))
