@@ -192,6 +192,7 @@ def test_stacks_made_with_the_same_slices_still_go_through(cached):
     (lambda m: m.generate(IDS[:1], 2, stop_at_eos="no"), "stop_at_eos must be True or False, got 'no'"),
     (lambda m: m.to_tokens("the nurse", prepend_bos="False"), "prepend_bos must be True, False or None, got 'False'"),
     (lambda m: m("the nurse", prepend_bos=0), "prepend_bos must be True, False or None, got 0"),
+    (lambda m: m.token_rows("the nurse " * 100, truncate="no"), "truncate must be True, False or None, got 'no'"),
     (lambda m: m.run_with_cache(IDS, remove_batch_dim="no"), "remove_batch_dim must be True or False, got 'no'"),
     (lambda m: m.run_with_cache(IDS, return_cache_object="no"), "return_cache_object must be True or False, got 'no'"),
     (lambda m: m(IDS, return_type="loss", loss_per_token="no"), "loss_per_token must be True or False, got 'no'"),

@@ -692,7 +692,9 @@ class HookedModel(ModelWeights, nn.Module):
         """
         texts = check_texts(text)
         _check_flag(prepend_bos, "prepend_bos", none=True)
+        _check_flag(truncate, "truncate", none=True)
         prepend_bos = None if prepend_bos is None else bool(prepend_bos)  # numpy's False is not False
+        truncate = None if truncate is None else bool(truncate)
         tok = self._need_tokenizer()
         cut = {"truncation": True, "max_length": self.cfg.n_ctx} if truncate and self.cfg.n_ctx is not None else {}
         rows = tok(texts, add_special_tokens=prepend_bos is not False, **cut)["input_ids"]  # keeps a final [SEP]
