@@ -340,3 +340,17 @@ def test_moving_a_cache_to_a_bad_device_is_refused(cached):
     with pytest.raises(InvalidInput, match=r"ActivationCache.to: device='garbage' is not a device this machine has"):
         cached.to("garbage")
     assert cached.to("cpu")["pattern", 0].device == torch.device("cpu")
+
+
+def test_run_refuses_an_unknown_option_naming_the_valid_ones(tiny_gpt2):
+    with pytest.raises(InvalidInput, match=r"unknown keyword argument\(s\) \['bogus'\] for model.run\(\); valid: logits, vocab, .*prepend_bos"):
+        tiny_gpt2.run(IDS, bogus=1)
+    assert tiny_gpt2.run(IDS, logits="last", padding_side="left").logits.shape == (2, 140)
+
+
+@pytest.mark.parametrize("flag", ["is_permanent", "prepend"])
+def test_add_hook_switches_must_be_bools(tiny_gpt2, flag):
+    """is_permanent="no" made a hook that reset_hooks() keeps."""
+    with pytest.raises(InvalidInput, match=rf"{flag} must be True or False, got 'no'"):
+        tiny_gpt2.add_hook("blocks.0.hook_resid_pre", lambda x, hook: x, **{flag: "no"})
+    assert tiny_gpt2.count_hooks() == 0

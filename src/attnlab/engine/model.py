@@ -396,6 +396,8 @@ class HookedModel(ModelWeights, nn.Module):
         unless ``including_permanent=True`` (TransformerLens').
         """
         _check_direction(dir, ("fwd", "bwd"), "dir")
+        _check_flag(is_permanent, "is_permanent")
+        _check_flag(prepend, "prepend")
         for point, f, direction in self._expand([(name, fn)], dir):
             point.add_hook(f, direction, prepend=prepend, is_permanent=is_permanent)  # the point picks the block
 
@@ -904,6 +906,10 @@ class HookedModel(ModelWeights, nn.Module):
 
     def run(self, input, **options) -> Output:
         """The engine's forward primitive on text, ids or :class:`Tokens` (see :func:`attnlab.engine.forward.run`)."""
+        valid = [n for n in inspect.signature(run).parameters if n not in ("model", "tokens")] + ["padding_side", "prepend_bos"]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise InvalidInput(f"unknown keyword argument(s) {unknown} for model.run(); valid: {', '.join(valid)}")
         tokens = self.tokens(input, padding_side=options.pop("padding_side", None), prepend_bos=options.pop("prepend_bos", None))
         return run(self, tokens, **options)
 
