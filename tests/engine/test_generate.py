@@ -181,7 +181,7 @@ def test_bad_eos_ids_are_named(tiny_llama, eos, message):
     (dict(do_sample=True, top_k=True), "top_k must be a positive integer or None, got True"),
     (dict(do_sample=True, seed=1.5), r"seed must be an integer in -2\*\*63\.\.2\*\*64-1 or None, got 1.5"),
     (dict(do_sample=True, seed="a"), "seed must be an integer .* got 'a'"),
-    (dict(temperature=True), "temperature must be a positive number, got True"),
+    (dict(temperature=True), "temperature must be a positive finite number, got True"),
 ])
 def test_generate_options_are_checked(tiny_llama, options, message):
     with pytest.raises(InvalidInput, match=message):

@@ -16,12 +16,26 @@ from collections.abc import Iterator
 
 import torch
 
-from attnlab.engine.decompose import ResidualAnalyses
+from attnlab.engine.decompose import ResidualAnalyses, apply_slice
 from attnlab.engine.locations import BLOCK_NORMS, get_act_name, missing_name_hint, norm_path, scale_name
 from attnlab.engine.stop import blocks_run, not_reached
 from attnlab.errors import InvalidInput, InvalidLocation, did_you_mean, is_integer
 
-__all__ = ["ActivationCache"]
+__all__ = ["ActivationCache", "check_device"]
+
+
+def check_device(device, what: str) -> torch.device | None:
+    """``device`` as a torch.device this machine has (None stays None), checked before any work: a bad name or a
+    device the machine lacks failed inside the first hook that moved a tensor there."""
+    if device is None:
+        return None
+    try:
+        checked = torch.device(device)
+        torch.empty(0, device=checked)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise InvalidInput(f"{what}: device={device!r} is not a device this machine has "
+                           f"(a torch.device or a name such as 'cpu' or 'cuda:0'): {err}") from None
+    return checked
 
 
 class ActivationCache(ResidualAnalyses):
@@ -48,6 +62,9 @@ class ActivationCache(ResidualAnalyses):
                 return get_act_name(key)
             except InvalidLocation:
                 return key  # not a shorthand either: reported as missing by the caller
+        if isinstance(key, tuple) and not (1 <= len(key) <= 3 and isinstance(key[0], str)):
+            raise InvalidInput(f"cache keys are hook names or (site, layer[, sublayer type]) tuples such as "
+                               f"('pattern', 3) or ('scale', 3, 'ln1'), got {key!r}")
         if isinstance(key, tuple) and len(key) > 1 and key[1] is not None:
             # numpy integers and 0-d integer tensors (for layer in torch.arange(n)) are layers too; True is not layer 1
             layer = key[1]
@@ -124,6 +141,7 @@ class ActivationCache(ResidualAnalyses):
 
     def to(self, device, move_model: bool = False) -> ActivationCache:
         """The cache on ``device`` (``move_model=True`` moves the model there too, as in TransformerLens)."""
+        device = check_device(device, "ActivationCache.to")
         if move_model:
             self.model.to(device)
         return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model,
@@ -143,13 +161,18 @@ class ActivationCache(ResidualAnalyses):
         """Keep some rows (an int keeps one row and drops the batch axis)."""
         if not self.has_batch_dim:
             raise InvalidInput("this cache has no batch axis")
-        index = slice(*batch_slice) if isinstance(batch_slice, tuple) else batch_slice
-        sliced = {k: v[index] for k, v in self.cache_dict.items()}
-        return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(index, int), stopped_at=self.stopped_at)
+        sliced = {k: apply_slice(v, batch_slice, 0, "batch_slice") for k, v in self.cache_dict.items()}
+        # one row (a Python or numpy int, a 0-d integer tensor) drops the axis: the result must say so
+        dropped = any(v.ndim < self.cache_dict[k].ndim for k, v in sliced.items())
+        return ActivationCache(sliced, self.model, has_batch_dim=not dropped, stopped_at=self.stopped_at)
 
-    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> torch.Tensor:
-        """``[layer, ...]``: one site of every layer up to ``layer`` (exclusive; -1: all) stacked."""
-        n = self.model.cfg.n_layers if layer == -1 else layer
+    def stack_activation(self, activation_name: str, layer: int | None = -1, sublayer_type: str | None = None) -> torch.Tensor:
+        """``[layer, ...]``: one site of every layer up to ``layer`` (exclusive; -1 or None: all) stacked."""
+        n_layers = self.model.cfg.n_layers
+        if layer is not None and (not is_integer(layer) or not (layer == -1 or 1 <= layer <= n_layers)):
+            raise InvalidLocation(f"stack_activation stacks the layers before `layer`: it must be an integer in "
+                                  f"1..{n_layers}, or -1 or None for all {n_layers}, got {layer!r}")
+        n = n_layers if layer is None or layer == -1 else int(layer)
         return torch.stack([self[get_act_name(activation_name, i, sublayer_type)] for i in range(n)], dim=0)
 
 

@@ -44,18 +44,45 @@ SliceLike = None | int | tuple | slice | Sequence[int] | torch.Tensor
 _EMBEDS = (("embed", "hook_embed"), ("pos_embed", "hook_pos_embed"), ("token_type_embed", "hook_token_type_embed"))
 
 
-def apply_slice(tensor: torch.Tensor, index: SliceLike, dim: int) -> torch.Tensor:
-    """TransformerLens' ``Slice``: None keeps all, an int drops the axis, a tuple is ``slice(*t)``, a list picks."""
+def apply_slice(tensor: torch.Tensor, index: SliceLike, dim: int, what: str = "slice") -> torch.Tensor:
+    """TransformerLens' ``Slice``: None keeps all, an int drops the axis, a tuple is ``slice(*t)``, a list picks.
+
+    Checked against the axis it indexes: an index out of range, a float or a mask of the wrong
+    length is refused naming ``what`` (``pos_slice``, ``batch_slice``, ``neuron_slice``) and the valid range.
+    """
     if index is None:
         return tensor
-    if isinstance(index, torch.Tensor) and index.ndim == 0:
+    size = tensor.shape[dim]
+    valid = f"{what} indexes an axis of size {size}: give None, an int in {-size}..{size - 1}, a slice, a (start, stop[, step]) tuple, a list of ints or an integer / bool tensor"
+    if isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point() and not index.is_complex() \
+            and index.dtype != torch.bool:
         index = int(index)
     if isinstance(index, tuple):
-        index = slice(*index)
+        if not 1 <= len(index) <= 3 or not all(i is None or is_integer(i) for i in index):
+            raise InvalidInput(f"{valid}; got the tuple {index!r}")
+        index = slice(*(None if i is None else int(i) for i in index))
     elif isinstance(index, (list, range)):
-        index = torch.as_tensor(list(index), dtype=torch.long)
-    if isinstance(index, bool) or not isinstance(index, (int, slice, torch.Tensor)):
-        raise InvalidInput(f"a slice must be None, an int, a tuple, a slice or a list of ints, got {index!r}")
+        if not all(is_integer(i) for i in index):
+            raise InvalidInput(f"{valid}; got {index!r}")
+        index = torch.as_tensor([int(i) for i in index], dtype=torch.long)
+    if is_integer(index):
+        if not -size <= index < size:
+            raise InvalidInput(f"{valid}; got {index!r}, out of range")
+        index = int(index)
+    elif isinstance(index, slice):
+        if not all(i is None or is_integer(i) for i in (index.start, index.stop, index.step)) or (index.step or 1) < 1:
+            raise InvalidInput(f"{valid} (slices need integer bounds and a positive step); got {index!r}")
+    elif isinstance(index, torch.Tensor):
+        if index.dtype == torch.bool:
+            if index.ndim != 1 or index.shape[0] != size:
+                raise InvalidInput(f"{valid}; got a bool mask of shape {tuple(index.shape)}")
+        elif index.is_floating_point() or index.is_complex() or index.ndim > 1:
+            raise InvalidInput(f"{valid}; got a {index.dtype} tensor of shape {tuple(index.shape)}")
+        elif index.numel() and not (-size <= int(index.min()) and int(index.max()) < size):
+            raise InvalidInput(f"{valid}; got {index.tolist()}, out of range")
+        index = index.to(tensor.device)
+    else:
+        raise InvalidInput(f"{valid}; got {index!r}")
     parts: list = [slice(None)] * tensor.ndim
     parts[dim] = index
     return tensor[tuple(parts)]
@@ -138,7 +165,7 @@ class ResidualAnalyses:
         return self.cache_dict[name]
 
     def _stream(self, name: str, pos_slice: SliceLike, what: str) -> torch.Tensor:
-        return apply_slice(self._need(name, what), pos_slice, -2)
+        return apply_slice(self._need(name, what), pos_slice, -2, "pos_slice")
 
     def _norm_at(self, path: str, what: str) -> Norm:
         norm = self.model.tree.norms.get(path)
@@ -169,7 +196,7 @@ class ResidualAnalyses:
         cached = self.cache_dict.get(scale_name(path))
         if cached is None:
             cached = self._norm_at(path, what).scale(self._scale_input(path, what))
-        return apply_slice(cached, pos_slice, -2)
+        return apply_slice(cached, pos_slice, -2, "pos_slice")
 
     def _reader_norm(self, layer: int, mlp_input: bool) -> str | None:
         """Path of the norm that reads the target stream of ``layer`` (None: the stream is read as it is)."""
@@ -189,14 +216,14 @@ class ResidualAnalyses:
             z = self._need(hook_name(layer, "z"), what)
             W_O = self.model.blocks[layer].attn.W_O
             result = torch.einsum("...hd,hdm->...hm", z, W_O.to(z.dtype))
-        return apply_slice(result, pos_slice, -3)
+        return apply_slice(result, pos_slice, -3, "pos_slice")
 
     def _neuron_results(self, layer: int, pos_slice: SliceLike, neuron_slice: SliceLike, what: str):
-        post = apply_slice(self._need(hook_name(layer, "post"), what), pos_slice, -2)  # [..., d_mlp]
+        post = apply_slice(self._need(hook_name(layer, "post"), what), pos_slice, -2, "pos_slice")  # [..., d_mlp]
         W_out = self.model.blocks[layer].mlp.W_out  # [d_mlp, d_model]
         neurons = torch.arange(W_out.shape[0])
         if neuron_slice is not None:
-            neurons = apply_slice(neurons, neuron_slice, 0).reshape(-1)
+            neurons = apply_slice(neurons, neuron_slice, 0, "neuron_slice").reshape(-1)
             post, W_out = post[..., neurons], W_out[neurons]
         return post[..., None] * W_out.to(post.dtype), neurons.tolist()  # [..., neuron, d_model]
 
@@ -292,8 +319,15 @@ class ResidualAnalyses:
         what = "apply_ln_to_stack"
         layer = self._layer(layer, what)
         self._kind(what)
+        d_model = self.model.cfg.d_model
+        if not isinstance(residual_stack, torch.Tensor) or not residual_stack.is_floating_point() \
+                or residual_stack.ndim < 2 or residual_stack.shape[-1] != d_model:
+            got = f"a {residual_stack.dtype} tensor of shape {tuple(residual_stack.shape)}" \
+                if isinstance(residual_stack, torch.Tensor) else type(residual_stack).__name__
+            raise InvalidInput(f"{what}: residual_stack must be a float tensor [component, *batch_pos, d_model={d_model}], "
+                               f"got {got}")
         if has_batch_dim and batch_slice is not None:
-            residual_stack = apply_slice(residual_stack, batch_slice, 1)
+            residual_stack = apply_slice(residual_stack, batch_slice, 1, "batch_slice")
         path = self._reader_norm(layer, mlp_input)
         if path is None:
             return residual_stack
@@ -302,7 +336,13 @@ class ResidualAnalyses:
             return norm.output_with_scale(residual_stack, norm.scale(residual_stack))
         scale = self._scale(path, pos_slice, what)
         if has_batch_dim and batch_slice is not None:
-            scale = apply_slice(scale, batch_slice, 0)
+            scale = apply_slice(scale, batch_slice, 0, "batch_slice")
+        expected = (*scale.shape[:-1], d_model)
+        if tuple(residual_stack.shape[1:]) != expected:
+            raise InvalidInput(f"{what}: residual_stack has shape {tuple(residual_stack.shape)}, but the norm's scale for this "
+                               f"cache{' and these slices' if pos_slice is not None or batch_slice is not None else ''} is "
+                               f"{tuple(scale.shape)}: give [component, {', '.join(map(str, expected))}] (the same "
+                               "pos_slice / batch_slice the stack was made with)")
         return norm.normalize(residual_stack, scale).to(residual_stack.dtype)
 
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
@@ -438,7 +478,17 @@ class ResidualAnalyses:
             directions = directions - wrong
         scaled = self.apply_ln_to_stack(residual_stack, -1, pos_slice=pos_slice, batch_slice=batch_slice,
                                         has_batch_dim=has_batch_dim)
+        token_shape = tuple(directions.shape[:-1])
         batch_kept = not (isinstance(batch_slice, int) or (isinstance(batch_slice, torch.Tensor) and batch_slice.ndim == 0))
         if has_batch_dim and batch_kept and scaled.ndim == 4 and directions.ndim == 2 and directions.shape[0] == scaled.shape[1]:
             directions = directions[:, None]  # one direction per batch row, shared by its positions
+        try:
+            fits = tuple(torch.broadcast_shapes(scaled.shape, directions.shape)) == tuple(scaled.shape)
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise InvalidInput(
+                f"logit_attrs: tokens of shape {token_shape} do not fit the stack's "
+                f"{tuple(scaled.shape[1:-1])} (its *batch_pos axes after the slices): give one token, one per batch "
+                "row, or one per (row, position) of the stack")
         return (scaled * directions.to(scaled.dtype)).sum(dim=-1)

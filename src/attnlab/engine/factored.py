@@ -55,9 +55,26 @@ class FactoredMatrix:
                 f"index only the leading axes {tuple(self.A.shape[:-2])} of a FactoredMatrix (e.g. QK[layer, head]); "
                 "for rows or columns index the dense product .AB"
             )
-        return FactoredMatrix(self.A[parts], self.B[parts])
+        try:
+            return FactoredMatrix(self.A[parts], self.B[parts])
+        except (IndexError, TypeError) as err:
+            raise InvalidInput(f"a FactoredMatrix's leading axes {tuple(self.A.shape[:-2])} cannot be indexed by {index!r}: "
+                               f"{err}") from None
+
+    def _check_operand(self, other, side: str) -> None:
+        """``other`` multiplies this matrix from ``side``: a tensor (or FactoredMatrix) whose inner size matches."""
+        if not isinstance(other, (torch.Tensor, FactoredMatrix)):
+            raise InvalidInput(f"a FactoredMatrix multiplies tensors and FactoredMatrix objects, got {type(other).__name__}")
+        if other.ndim < 1:
+            raise ShapeMismatch("a FactoredMatrix cannot be multiplied by a 0-d tensor")
+        inner, size = (self.shape[-1], other.shape[0 if other.ndim == 1 else -2]) if side == "right" \
+            else (self.shape[-2], other.shape[-1])
+        if inner != size:
+            shown = f"{tuple(self.shape)} @ {tuple(other.shape)}" if side == "right" else f"{tuple(other.shape)} @ {tuple(self.shape)}"
+            raise ShapeMismatch(f"FactoredMatrix product {shown}: the inner sizes {inner} and {size} differ")
 
     def __matmul__(self, other):
+        self._check_operand(other, "right")
         if isinstance(other, FactoredMatrix):
             return FactoredMatrix(self.A, (self.B @ other.A) @ other.B)
         if isinstance(other, torch.Tensor) and other.ndim == 1:
@@ -65,6 +82,7 @@ class FactoredMatrix:
         return FactoredMatrix(self.A, self.B @ other)
 
     def __rmatmul__(self, other):
+        self._check_operand(other, "left")
         if isinstance(other, torch.Tensor) and other.ndim == 1:
             return (other @ self.A) @ self.B
         return FactoredMatrix(other @ self.A, self.B)

@@ -40,7 +40,11 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_
     """Next token per row from ``[batch, vocab]`` logits."""
     if not do_sample:
         return logits.argmax(dim=-1)
-    logits = logits.to(computing_dtype(logits.dtype)) / temperature  # float32 at least; float64 stays float64
+    logits = logits.to(computing_dtype(logits.dtype))  # float32 at least; float64 stays float64
+    # less the row's largest first, which stays 0: a small temperature (one that is 0 in this dtype too) sends the
+    # others to -inf, never the largest to inf or 0 / 0 (NaN: torch's sampling failed)
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    logits = torch.where(shifted == 0, shifted, shifted / temperature)
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -129,12 +133,17 @@ def decode(
             kwargs["logits_to_keep"] = 1
         with forward_state(state):
             logits = hf(**kwargs).logits[:, -1]
-        specs = model.acting_interventions()
-        if specs and not all_finite(logits):  # else argmax picks token 0 and sampling fails in torch
-            full = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
-            if model._accepts("position_ids"):
-                full["position_ids"] = torch.cat([tokens.position_ids, *positions], dim=1)
-            blame_specs(model, specs, full, replace(state, past=0, generating=False))
+        if not all_finite(logits):  # else argmax picks token 0 and sampling fails in torch
+            specs = model.acting_interventions()
+            if specs:
+                full = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+                if model._accepts("position_ids"):
+                    full["position_ids"] = torch.cat([tokens.position_ids, *positions], dim=1)
+                blame_specs(model, specs, full, replace(state, past=0, generating=False))
+            raise InvalidInput(
+                f"generate(): the logits for new token {len(new)} hold inf or NaN, so no token can be picked from them: "
+                f"a hook (fwd_hooks=, add_hook) wrote a non-finite value, or {model.cfg.name} overflows by itself on "
+                f"this input in {logits.dtype} (model(input) shows the same logits)")
         nxt = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         new.append(nxt)

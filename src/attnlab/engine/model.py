@@ -35,7 +35,7 @@ from attnlab.engine.adapters import (
 from attnlab.engine.attention import detach
 from attnlab.engine.bridge import check_unprocessed
 from attnlab.engine.caller import user_stacklevel
-from attnlab.engine.cache import ActivationCache
+from attnlab.engine.cache import ActivationCache, check_device
 from attnlab.engine.config import ModelConfig, config_from_hf
 from attnlab.engine.dropout import active_dropout
 from attnlab.engine.forward import Output, as_specs, run, token_logprobs
@@ -98,6 +98,14 @@ class Intervention(Protocol):
     def validate(self, cfg: ModelConfig) -> None: ...
 
     def prepare(self, model: HookedModel) -> Any: ...
+
+
+def _check_flag(value, name: str, *, none: bool = False) -> None:
+    """``value`` is True or False (or None where ``none``): a string such as "no" is truthy, and was taken as True."""
+    import numpy as np
+
+    if not (isinstance(value, (bool, np.bool_)) or (none and value is None)):
+        raise InvalidInput(f"{name} must be True{', False or None' if none else ' or False'}, got {value!r}")
 
 
 def _is_real(value) -> bool:
@@ -360,6 +368,8 @@ class HookedModel(ModelWeights, nn.Module):
 
         Names are checked before anything is attached; every hook is removed in ``finally``.
         """
+        _check_flag(reset_hooks_end, "reset_hooks_end")
+        _check_flag(clear_contexts, "clear_contexts")
         if not reset_hooks_end:
             raise InvalidInput("attnlab removes a block's hooks when it ends; for hooks that persist use model.add_hook()")
         wanted = self._expand(list(fwd_hooks), "fwd") + self._expand(list(bwd_hooks), "bwd")
@@ -392,6 +402,8 @@ class HookedModel(ModelWeights, nn.Module):
         unless ``including_permanent=True`` (TransformerLens').
         """
         _check_direction(dir, ("fwd", "bwd"), "dir")
+        _check_flag(is_permanent, "is_permanent")
+        _check_flag(prepend, "prepend")
         for point, f, direction in self._expand([(name, fn)], dir):
             point.add_hook(f, direction, prepend=prepend, is_permanent=is_permanent)  # the point picks the block
 
@@ -431,6 +443,9 @@ class HookedModel(ModelWeights, nn.Module):
                        incl_bwd: bool = False, return_cache_object: bool = True, **model_kwargs):
         """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
         names = self._resolve_names(names_filter, what="names_filter")
+        for flag, value in (("remove_batch_dim", remove_batch_dim), ("incl_bwd", incl_bwd), ("return_cache_object", return_cache_object)):
+            _check_flag(value, flag)
+        device = check_device(device, "run_with_cache")
         stopped = check_stop_at_layer(model_kwargs.get("stop_at_layer"), self.cfg.n_layers)
         if names_filter is not None and not callable(names_filter):  # named one by one: each must come back
             check_reached(self, names, stopped, "names_filter", model_kwargs.get("stop_at_layer"))
@@ -684,6 +699,10 @@ class HookedModel(ModelWeights, nn.Module):
         context instead and ``truncate=False`` keeps it whole (TransformerLens' ``to_tokens``).
         """
         texts = check_texts(text)
+        _check_flag(prepend_bos, "prepend_bos", none=True)
+        _check_flag(truncate, "truncate", none=True)
+        prepend_bos = None if prepend_bos is None else bool(prepend_bos)  # numpy's False is not False
+        truncate = None if truncate is None else bool(truncate)
         tok = self._need_tokenizer()
         cut = {"truncation": True, "max_length": self.cfg.n_ctx} if truncate and self.cfg.n_ctx is not None else {}
         rows = tok(texts, add_special_tokens=prepend_bos is not False, **cut)["input_ids"]  # keeps a final [SEP]
@@ -703,14 +722,22 @@ class HookedModel(ModelWeights, nn.Module):
         for i, row in enumerate(rows):
             if not len(row):
                 raise InvalidInput(f"row {i} has no tokens")
+            integers = (row.ndim == 1 and not (row.is_floating_point() or row.is_complex() or row.dtype == torch.bool)) \
+                if isinstance(row, torch.Tensor) else all(is_integer(t) for t in row)
+            if not integers:  # torch.as_tensor would cut 1.5 to 1 and read True as 1
+                raise InvalidInput(f"row {i} must be a list of integer token ids, got {row!r}")
             if check_length:
                 self._check_length(len(row), f"row {i}")
-        return pad_rows(rows, pad_id=self.pad_token_id, side=side)
+        tokens = pad_rows(rows, pad_id=self.pad_token_id, side=side)
+        self._check_vocab(tokens.ids)
+        return tokens
 
     def tokens(self, input: Text | torch.Tensor | Tokens, *, attention_mask: torch.Tensor | None = None,
                padding_side: str | None = None, prepend_bos: bool | None = None) -> Tokens:
         """Text(s) or token ids -> :class:`Tokens`, checked against the vocabulary and the context length."""
-        if isinstance(input, Tokens):
+        if isinstance(input, Tokens):  # built by hand or by model.pad(): checked like ids
+            self._check_vocab(input.ids)
+            self._check_length(int(input.lengths.max()) if input.n_rows else 0)
             return input
         if isinstance(input, torch.Tensor):
             return self._id_tokens(input, attention_mask)
@@ -726,9 +753,7 @@ class HookedModel(ModelWeights, nn.Module):
         ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
         if ids.shape[0] == 0 or ids.shape[1] == 0:
             raise InvalidInput(f"token ids of shape {tuple(ids.shape)} hold no tokens; give at least one row of one token")
-        vocab = self.hf_model.get_input_embeddings().num_embeddings
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise InvalidInput(f"token ids must lie in 0..{vocab - 1} for {self.cfg.name}")
+        self._check_vocab(ids)
         self._check_length(int(ids.shape[1]))
         ids = ids.long().to(self.device)
         if attention_mask is None:
@@ -752,6 +777,13 @@ class HookedModel(ModelWeights, nn.Module):
         if bool((mask.sum(dim=1) == 0).any()):
             raise InvalidInput("attention_mask has a row with no tokens (all zeros)")
         return Tokens.from_mask(ids, mask)
+
+    def _check_vocab(self, ids: torch.Tensor) -> None:
+        """Every id within the embedding (an id past it fails deep inside the embedding, on a GPU as a device assert)."""
+        vocab = self.hf_model.get_input_embeddings().num_embeddings
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)].unique()
+            raise InvalidInput(f"token ids must lie in 0..{vocab - 1} for {self.cfg.name}, got {bad[:5].tolist()}")
 
     def _token_type_kwargs(self, token_type_ids, tokens: Tokens) -> dict[str, torch.Tensor]:
         """``{"token_type_ids": ...}`` for the HF call, checked: shaped like the ids, integers within the model's types."""
@@ -798,21 +830,20 @@ class HookedModel(ModelWeights, nn.Module):
         tok = self._need_tokenizer()
         if isinstance(input, str):
             return [tok.decode([i]) for i in self.token_rows(input, prepend_bos=prepend_bos)[0]]
-        if isinstance(input, torch.Tensor):
-            ids = input.squeeze(0) if input.ndim == 2 and input.shape[0] == 1 else input
-            if ids.ndim == 2:
-                return [[tok.decode([int(i)]) for i in row] for row in ids]
-            return [tok.decode([int(i)]) for i in ids.reshape(-1)]
         if isinstance(input, Sequence) and all(isinstance(t, str) for t in input):
             return [[tok.decode([i]) for i in row] for row in self.token_rows(list(input), prepend_bos=prepend_bos)]
-        if isinstance(input, Sequence) and all(isinstance(t, int) for t in input):
-            return [tok.decode([i]) for i in input]
-        raise InvalidInput(f"to_str_tokens takes a text, a list of texts or token ids, got {type(input).__name__}")
+        if not isinstance(input, (torch.Tensor, Sequence)) and not hasattr(input, "__array__"):
+            raise InvalidInput(f"to_str_tokens takes a text, a list of texts or token ids, got {type(input).__name__}")
+        ids = self._ids_to_decode(input, "to_str_tokens")
+        ids = ids.squeeze(0) if ids.ndim == 2 and ids.shape[0] == 1 else ids
+        if ids.ndim == 2:
+            return [[tok.decode([i]) for i in row] for row in ids.tolist()]
+        return [tok.decode([i]) for i in ids.reshape(-1).tolist()]
 
     def to_string(self, tokens) -> str | list[str]:
         """Decode ids back to text: 1-D ids (or a list of ints) -> str, 2-D ids -> one str per row."""
         tok = self._need_tokenizer()
-        ids = torch.as_tensor(tokens)
+        ids = self._ids_to_decode(tokens, "to_string")
         if ids.ndim == 2:
             return [tok.decode(row.tolist()) for row in ids]
         return tok.decode(ids.reshape(-1).tolist())
@@ -823,7 +854,32 @@ class HookedModel(ModelWeights, nn.Module):
             token = int(token)
         if not is_integer(token):
             raise InvalidInput(f"to_single_str_token takes one token id, got {token!r}")
-        return self._need_tokenizer().decode([int(token)])
+        return self._need_tokenizer().decode(self._ids_to_decode([int(token)], "to_single_str_token").tolist())
+
+    def _ids_to_decode(self, tokens, what: str) -> torch.Tensor:
+        """``tokens`` (a tensor, an array, a list of ids or of rows of ids) as a 0-, 1- or 2-D tensor of ids within the
+        vocabulary: the tokenizer turns an id past it into "" and a negative one into an OverflowError."""
+        if isinstance(tokens, Tokens):
+            tokens = tokens.ids
+        if isinstance(tokens, torch.Tensor):
+            ids = tokens
+        else:
+            try:
+                ids = torch.as_tensor(tokens)
+            except (TypeError, ValueError, RuntimeError, OverflowError):
+                raise InvalidInput(f"{what} takes token ids (a tensor, or a list of ids or of equal-length rows of ids), "
+                                   f"got {repr(tokens)[:80]}") from None
+            if ids.numel() == 0:
+                ids = ids.long()
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise InvalidInput(f"{what} takes integer token ids, got {ids.dtype} values")
+        if ids.ndim > 2:
+            raise InvalidInput(f"{what} takes one id, a row [pos] or rows [batch, pos] of token ids, got shape {tuple(ids.shape)}")
+        vocab = self.hf_model.get_input_embeddings().num_embeddings
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)].unique()
+            raise InvalidInput(f"{what}: token ids must lie in 0..{vocab - 1} for {self.cfg.name}, got {bad[:5].tolist()}")
+        return ids
 
     def get_token_position(self, single_token: str | int, input: str | torch.Tensor, mode: str = "first",
                            prepend_bos: bool | None = None, padding_side: str | None = None) -> int:
@@ -845,6 +901,8 @@ class HookedModel(ModelWeights, nn.Module):
         return hits[0] if mode == "first" else hits[-1]
 
     def to_single_token(self, word: str) -> int:
+        if not isinstance(word, str):
+            raise InvalidInput(f"to_single_token takes a string, got {type(word).__name__}: {word!r}")
         ids = self._need_tokenizer()(word, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise InvalidInput(f"{word!r} is {len(ids)} tokens for {self.cfg.name}, not one: {ids}")
@@ -854,6 +912,10 @@ class HookedModel(ModelWeights, nn.Module):
 
     def run(self, input, **options) -> Output:
         """The engine's forward primitive on text, ids or :class:`Tokens` (see :func:`attnlab.engine.forward.run`)."""
+        valid = [n for n in inspect.signature(run).parameters if n not in ("model", "tokens")] + ["padding_side", "prepend_bos"]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise InvalidInput(f"unknown keyword argument(s) {unknown} for model.run(); valid: {', '.join(valid)}")
         tokens = self.tokens(input, padding_side=options.pop("padding_side", None), prepend_bos=options.pop("prepend_bos", None))
         return run(self, tokens, **options)
 
@@ -885,6 +947,8 @@ class HookedModel(ModelWeights, nn.Module):
             )
         if return_type not in RETURN_TYPES:
             raise InvalidInput(f"unknown return_type {return_type!r}; valid: {', '.join(map(repr, RETURN_TYPES))}")
+        _check_flag(loss_per_token, "loss_per_token")
+        _check_flag(prepend_bos, "prepend_bos", none=True)
         if stop_at_layer is not None and return_type in ("loss", "both", "outputs"):
             raise InvalidInput(f"stop_at_layer returns the residual stream; return_type={return_type!r} needs the whole model")
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side=padding_side, prepend_bos=prepend_bos)
@@ -985,8 +1049,10 @@ class HookedModel(ModelWeights, nn.Module):
             raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}" + (
                 " (attnlab returns the new text or ids only, never the prompt with them as TransformerLens' "
                 "'input' does: prepend the prompt yourself)" if return_type in ("input", "embeds") else ""))
-        if not (_is_real(temperature) and temperature > 0 and temperature == temperature):
-            raise InvalidInput(f"temperature must be a positive number, got {temperature!r}")
+        _check_flag(do_sample, "do_sample")
+        _check_flag(stop_at_eos, "stop_at_eos")
+        if not (_is_real(temperature) and 0 < temperature < float("inf")):
+            raise InvalidInput(f"temperature must be a positive finite number, got {temperature!r}")
         if top_k is not None and (not is_integer(top_k) or top_k < 1):
             raise InvalidInput(f"top_k must be a positive integer or None, got {top_k!r}")
         if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):
@@ -1026,6 +1092,11 @@ class HookedModel(ModelWeights, nn.Module):
 
     def unembed(self, residual: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         """``residual @ W_U + b_U`` (TransformerLens' ``model.unembed``); apply ``model.ln_final`` first."""
+        if not isinstance(residual, torch.Tensor) or not residual.is_floating_point() or residual.ndim < 1 \
+                or residual.shape[-1] != self.cfg.d_model:
+            got = f"a {residual.dtype} tensor of shape {tuple(residual.shape)}" if isinstance(residual, torch.Tensor) \
+                else type(residual).__name__
+            raise InvalidInput(f"unembed takes a float residual stream [..., d_model={self.cfg.d_model}], got {got}")
         return residual @ self.W_U.to(residual.dtype) + self.b_U.to(residual.dtype)
 
     def all_head_labels(self) -> list[str]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from attnlab.engine.factored import FactoredMatrix
 from attnlab.engine.layout import BlockLayout
-from attnlab.errors import InvalidInput, UnsupportedModel
+from attnlab.errors import InvalidInput, UnsupportedModel, is_integer
 
 __all__ = ["AttentionWeights", "MlpWeights", "ModelWeights", "head_out_weight", "in_out", "structure_config"]
 
@@ -297,10 +297,12 @@ class ModelWeights:
         W_U = self.W_U
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
+        if is_integer(tokens):
+            tokens = int(tokens)
         if isinstance(tokens, bool) or not isinstance(tokens, (int, torch.Tensor)):
             raise InvalidInput(f"tokens must be a one-token string, an int or an integer tensor, got {tokens!r}")
         index = torch.as_tensor(tokens, device=W_U.device)
-        if index.is_floating_point() or (index.numel() and not 0 <= int(index.min()) <= int(index.max()) < W_U.shape[1]):
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool or (index.numel() and not 0 <= int(index.min()) <= int(index.max()) < W_U.shape[1]):
             raise InvalidInput(f"token ids must be integers in 0..{W_U.shape[1] - 1}, got {tokens!r}")
         directions = W_U[:, index]  # [d_model, *tokens]
         directions = directions.movedim(0, -1) if index.ndim else directions
