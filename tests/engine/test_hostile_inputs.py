@@ -354,3 +354,21 @@ def test_add_hook_switches_must_be_bools(tiny_gpt2, flag):
     with pytest.raises(InvalidInput, match=rf"{flag} must be True or False, got 'no'"):
         tiny_gpt2.add_hook("blocks.0.hook_resid_pre", lambda x, hook: x, **{flag: "no"})
     assert tiny_gpt2.count_hooks() == 0
+
+
+def test_a_layer_or_head_that_is_not_a_whole_number_is_named_as_such():
+    """sweep_heads(layers=[1.0]) said 'layer 1.0 out of range' (a valid layer number); True, '1' likewise."""
+    from attnlab.errors import InvalidLocation
+    from attnlab.measure import LogitDiff, sweep_heads
+    from attnlab.testing import tiny_model
+
+    model = tiny_model("gpt2")
+    for bad in (1.0, True, "1"):
+        with pytest.raises(InvalidLocation, match=rf"^layer must be a whole number \(an int\), got {bad!r} "
+                                                  rf"\({type(bad).__name__}\); tiny-gpt2 has layers 0\.\.1$"):
+            model.check_layer(bad)
+        with pytest.raises(InvalidLocation, match=rf"head must be a whole number \(an int\), got {bad!r}"):
+            model.check_head(bad)
+    with pytest.raises(InvalidLocation, match=r"layer must be a whole number \(an int\), got 1\.0 \(float\)"):
+        sweep_heads(model, ["the nurse said that"], LogitDiff(" she", " he"), "zero", layers=[1.0], progress=False)
+    assert model.check_layer(np.int64(1)) == 1 and model.count_hooks() == 0

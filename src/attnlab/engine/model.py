@@ -296,12 +296,18 @@ class HookedModel(ModelWeights, nn.Module):
         return self.hook_dict[name]
 
     def check_layer(self, layer: int) -> int:
-        if not is_integer(layer) or not 0 <= layer < self.cfg.n_layers:
+        if not is_integer(layer):  # 1.0 or True is no layer index: "layer 1.0 out of range" misled
+            raise InvalidLocation(f"layer must be a whole number (an int), got {layer!r} ({type(layer).__name__}); "
+                                  f"{self.cfg.name} has {self.cfg.layer_range()}")
+        if not 0 <= layer < self.cfg.n_layers:
             raise InvalidLocation(f"layer {layer!r} out of range: {self.cfg.name} has {self.cfg.layer_range()}")
         return int(layer)
 
     def check_head(self, head: int) -> int:
-        if not is_integer(head) or not 0 <= head < self.cfg.n_heads:
+        if not is_integer(head):
+            raise InvalidLocation(f"head must be a whole number (an int), got {head!r} ({type(head).__name__}); "
+                                  f"{self.cfg.name} has {self.cfg.head_range()}")
+        if not 0 <= head < self.cfg.n_heads:
             raise InvalidLocation(f"head {head!r} out of range: {self.cfg.name} has {self.cfg.head_range()}")
         return int(head)
 
