@@ -525,9 +525,15 @@ def cmd_bias(args) -> None:
     occupations = _occupations(args.occupations)
     templates = _templates(args.templates)
     specs = _specs(args.interventions)
+    from attnlab.errors import InvalidInput
+
     pairs = None
+    if not args.winobias:  # they select WinoBias pairs: without --winobias they were silently ignored
+        for option, value in (("--limit", args.limit), ("--split", args.split)):
+            if value is not None:
+                raise InvalidInput(f"{option} {value} selects WinoBias pairs; give the folder with --winobias DIR too")
     if args.winobias:
-        pairs = winobias_pairs(load_winobias_dir(args.winobias, split=args.split))
+        pairs = winobias_pairs(load_winobias_dir(args.winobias, split=args.split or "dev"))
         if args.limit:
             pairs = _types_in_turn(pairs, args.limit)
     model = _load(args)
@@ -940,8 +946,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the six shipped templates)")
     p.add_argument("--interventions", help="JSON file of specs: report the bias before/after them with the cost")
     p.add_argument("--winobias", help="folder with the WinoBias files (pro/anti_stereotyped_type{1,2}.txt.SPLIT)")
-    p.add_argument("--split", default="dev", choices=["dev", "test"], help="WinoBias split (default: dev)")
-    p.add_argument("--limit", type=_count(1), help="use at most this many WinoBias pairs")
+    p.add_argument("--split", choices=["dev", "test"], help="WinoBias split, with --winobias (default: dev)")
+    p.add_argument("--limit", type=_count(1), help="use at most this many WinoBias pairs, with --winobias")
     p.add_argument("--n-boot", **n_boot)
 
     p = _command(sub, "analyze", cmd_analyze, out_default="attnlab-analysis", out_kind="folder",
@@ -1065,6 +1071,20 @@ def _check_text_arguments(parser, args) -> None:
                 parser.error(f"{name} {shown!r} is not valid UTF-8 text (the terminal sent another encoding?)")
 
 
+#: options that name a file (or, for --winobias, a folder) to read or write
+_PATH_OPTIONS = {"file": "file", "reference": "file", "counterfactuals": "file", "units": "file", "conllu": "file",
+                 "figure": "file", "winobias": "folder"}
+
+
+def _check_path_options(parser, args) -> None:
+    """An empty name (``--conllu ""``, from an unset shell variable) is refused: ``--winobias``, ``--conllu`` and
+    ``--figure`` were skipped as if not given (the work ran without them), the others read the current folder."""
+    for option, what in _PATH_OPTIONS.items():
+        value = getattr(args, option, None)
+        if isinstance(value, str) and not value.strip():
+            parser.error(f"argument --{option}: empty name {value!r}; give the {what} (or leave the option out)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 for any user error, 130 on Ctrl-C)."""
     parser = build_parser()
@@ -1077,6 +1097,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "command", None):
             parser.error("choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window")
         _check_text_arguments(parser, args)
+        _check_path_options(parser, args)
     except SystemExit as done:  # --help, --version and usage errors end here, already printed
         return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     from attnlab.errors import AttnlabError
@@ -1094,6 +1115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"attnlab: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as err:  # e.g. --n-boot 300000000: numpy's 'Unable to allocate 4.47 GiB' came as a traceback
+        if args.debug:
+            raise
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        print(f"attnlab: error: out of memory ({detail}); ask for less: a smaller --n-boot or --batch-size, "
+              "fewer or shorter texts, or a smaller model", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)

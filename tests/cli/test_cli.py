@@ -117,6 +117,16 @@ ERROR_CASES = [
     (["view", "model", "--layers", ",", "x"], r"--layers ',': no numbers given"),
     (["view", "head", "--bogus", "x"], r"unrecognized arguments: --bogus"),
     ([], r"choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window"),
+    # WinoBias options without --winobias were ignored: the bias ran without the pairs asked for
+    (["bias", "--limit", "5"], r"--limit 5 selects WinoBias pairs; give the folder with --winobias DIR too$"),
+    (["bias", "--split", "test"], r"--split test selects WinoBias pairs; give the folder with --winobias DIR too$"),
+    # an empty name (an unset shell variable): --winobias, --conllu and --figure were skipped as if not given,
+    # --reference and --units read the current folder ("--units .: is a folder")
+    (["bias", "--winobias", ""], r"argument --winobias: empty name ''; give the folder \(or leave the option out\)"),
+    (["analyze", "--conllu", "", "x"], r"argument --conllu: empty name ''; give the file"),
+    (["sweep", "--figure", "", "x"], r"argument --figure: empty name ''; give the file"),
+    (["sweep", "--method", "mean", "--reference", " ", "x"], r"argument --reference: empty name ' '; give the file"),
+    (["window", "--target", "8", "--units", ""], r"argument --units: empty name ''; give the file"),
 ]
 
 
@@ -631,3 +641,18 @@ def test_the_views_token_cap_names_the_command_line_options(capsys, tiny_dirs, t
     code, _, err = main(capsys, "view", "model", "--model", tiny_dirs["gpt2"], "the nurse said that she was very happy",
                         "--max-tokens", "9", "-o", target)
     assert code == 0 and target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_running_out_of_memory_is_one_line(capsys, llama_dir, monkeypatch):
+    """--n-boot 300000000 on two prompts: numpy's MemoryError ('Unable to allocate 4.47 GiB') was a traceback."""
+    from attnlab.measure import stats
+
+    def too_big(n, n_boot, seed):
+        raise MemoryError("Unable to allocate 4.47 GiB for an array with shape (300000000, 2) and data type int64")
+
+    monkeypatch.setattr(stats, "_picks", too_big)
+    code, out, err = main(capsys, "sweep", "--model", llama_dir, "--quiet", "--n-boot", 300000000, "a b", "c d")
+    assert code == 2 and out == ""
+    assert one_error_line(err) == (
+        "attnlab: error: out of memory (Unable to allocate 4.47 GiB for an array with shape (300000000, 2) and data "
+        "type int64); ask for less: a smaller --n-boot or --batch-size, fewer or shorter texts, or a smaller model")
