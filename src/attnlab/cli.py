@@ -395,6 +395,22 @@ def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
     return path
 
 
+def _distinct_outputs(outputs: dict[str, Path | None]) -> None:
+    """Refuse two outputs of one command naming the same file (``-o t.png --figure t.png``): the second
+    overwrote the first, and both 'wrote' lines named the one file left."""
+    from attnlab.errors import InvalidInput
+
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        key = os.path.realpath(_through_link(Path(path)))
+        if key in seen:
+            raise InvalidInput(f"{option} {path}: the same file as {seen[key]}, which it would overwrite; "
+                               "give each output its own name")
+        seen[key] = f"{option} {path}"
+
+
 def _json_value(value):
     """One cell as JSON data: Python's float repr round-trips every float; NaN, inf and missing are null."""
     import numpy as np
@@ -475,6 +491,7 @@ def cmd_sweep(args) -> None:
 
     layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
     figure = _figure_path(args.figure)
+    _distinct_outputs({"-o": _table_path(args.out, args.out_name) if args.out else None, "--figure": figure})
     if args.reference and args.method not in ("mean", "resample"):
         raise InvalidInput(f"--reference is used by --method mean or resample, not {args.method}")
     if args.counterfactuals and args.method != "patch":
@@ -680,6 +697,9 @@ def cmd_attribute(args) -> None:
                                "move it away or give -o another name")
         _check_place(verify_table, str(verify_table), "--verify table")
     figure = _figure_path(args.figure)
+    table = _table_path(args.out, args.out_name) if args.out is not None else None
+    _distinct_outputs({"-o": table, "--verify table": _sibling(table, "_verify") if table and args.verify else None,
+                       "--figure": figure})
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
     prompts = _read_lines(args, what="prompts")

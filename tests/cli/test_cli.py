@@ -127,6 +127,12 @@ ERROR_CASES = [
     (["sweep", "--figure", "", "x"], r"argument --figure: empty name ''; give the file"),
     (["sweep", "--method", "mean", "--reference", " ", "x"], r"argument --reference: empty name ' '; give the file"),
     (["window", "--target", "8", "--units", ""], r"argument --units: empty name ''; give the file"),
+    # two outputs naming one file: the figure overwrote the table, and both 'wrote' lines named it
+    (["sweep", "-o", "{folder}/t.png", "--figure", "{folder}/t.png", "x"],
+     r"--figure .*/t.png: the same file as -o .*/t.png, which it would overwrite; give each output its own name$"),
+    (["sweep", "-o", "{folder}/t.png", "--figure", "{folder}/t", "x"], r"--figure .*/t.png: the same file as -o .*/t.png"),
+    (["attribute", "-o", "{folder}/a.png", "--verify", "2", "--figure", "{folder}/a_verify.png", "x"],
+     r"--figure .*/a_verify.png: the same file as --verify table .*/a_verify.png, which it would overwrite"),
 ]
 
 
