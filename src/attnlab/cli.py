@@ -512,9 +512,14 @@ def cmd_sweep(args) -> None:
         precision=None if args.precision == "full" else args.precision,
     )
     if args.procs > 1:  # --procs N: N processes split the sweep, each loading its own model (docs/parallel.md)
+        from functools import partial
+
+        import attnlab
         from attnlab.measure import run_parallel
 
-        result = run_parallel(sweep_heads, args.procs, prompts, model=args.model, **sweep_options)
+        # each process loads the model as one process would: with --trust-remote-code too (it was dropped)
+        model = partial(attnlab.load, args.model, trust_remote_code=True) if args.trust_remote_code else args.model
+        result = run_parallel(sweep_heads, args.procs, prompts, model=model, **sweep_options)
     else:
         result = sweep_heads(_load(args), prompts, **sweep_options)
     _write_table(result.table, args.out, default_name=args.out_name)
