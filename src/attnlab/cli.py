@@ -1116,9 +1116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # texts given after options land here (argparse stops a nargs="*" at the first option)
-            if any(e.startswith("-") for e in extra) or not hasattr(args, "text"):
+            # after '--' every word is text, also one starting with '-' ('view head -o v.html -- "-1 is less"'
+            # was refused as an unrecognized '--')
+            cut = extra.index("--") if "--" in extra else len(extra)
+            if any(e.startswith("-") for e in extra[:cut]) or not hasattr(args, "text"):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
-            args.text = [*args.text, *extra]
+            args.text = [*args.text, *extra[:cut], *extra[cut + 1:]]
         if not getattr(args, "command", None):
             parser.error("choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window")
         _check_text_arguments(parser, args)

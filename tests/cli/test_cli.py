@@ -662,3 +662,17 @@ def test_running_out_of_memory_is_one_line(capsys, llama_dir, monkeypatch):
     assert one_error_line(err) == (
         "attnlab: error: out of memory (Unable to allocate 4.47 GiB for an array with shape (300000000, 2) and data "
         "type int64); ask for less: a smaller --n-boot or --batch-size, fewer or shorter texts, or a smaller model")
+
+
+def test_words_after_a_double_dash_are_texts(capsys, monkeypatch, tmp_path):
+    """'--' ends the options: 'view head -o v.html -- "-1 is less"' was refused as 'unrecognized arguments: -- ...'."""
+    seen = []
+    monkeypatch.setattr(cli, "cmd_view", lambda args: seen.append(args.text))
+    monkeypatch.setattr(cli, "cmd_sweep", lambda args: seen.append((args.text, args.layers)))
+    code, _, err = main(capsys, "view", "head", "-o", tmp_path / "v.html", "--", "-1 is less", "--layers")
+    assert (code, err) == (0, "") and seen.pop() == ["-1 is less", "--layers"]
+    code, _, err = main(capsys, "sweep", "a b", "--layers", "0", "--", "-c d")
+    assert (code, err) == (0, "") and seen.pop() == (["a b", "-c d"], "0")
+    code, _, err = main(capsys, "view", "head", "-o", tmp_path / "v.html", "x", "--bogus", "--", "y")
+    assert code == 2 and one_error_line(err).startswith("attnlab: error: unrecognized arguments: x --bogus -- y")
+    assert seen == []
