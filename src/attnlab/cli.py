@@ -756,6 +756,9 @@ def _window_text(args) -> tuple[str, str]:
     from attnlab.errors import InvalidInput
 
     given = [t for t in (args.text or []) if t.strip()]
+    if args.text and not given:  # "$TEXT" of an empty variable: it measured the packaged text instead
+        raise InvalidInput("the text given is empty (only spaces); give the text, --file FILE, or no text for "
+                           "attnlab's packaged neutral text")
     if given and args.file:
         raise InvalidInput("give the text as arguments or with --file, not both")
     if given:

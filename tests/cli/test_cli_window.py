@@ -180,6 +180,9 @@ ERROR_CASES = [
     (["--target", "8", "--file", "{latin}"], r"latin.txt:1: not UTF-8 text"),
     (["--target", "8", "--file", "{empty}"], r"--file .*empty.txt: the file has no text"),
     (["--target", "8", "--file", "{good}", "x"], r"give the text as arguments or with --file, not both"),
+    # an empty "$TEXT" was measured as attnlab's packaged neutral text instead
+    (["--target", "8", ""], r"the text given is empty \(only spaces\); give the text, --file FILE, or no text"),
+    (["--target", "8", "  ", "\t"], r"the text given is empty"),
     (["--target", "8", "--units", "{missing}"], r"--units .*missing.txt: no such file"),
     (["--target", "8", "--units", "{good}"], r"--units .*good.txt: no column\(s\) layer, head, unit"),
     (["--target", "8", "--units", "{units_bad}"],
