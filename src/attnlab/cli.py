@@ -583,7 +583,12 @@ def cmd_analyze(args) -> None:
     """Clark et al. head statistics and clustering over a corpus (plus dependency tables from CoNLL-U)."""
     from attnlab.analysis import head_distances, head_stats
 
+    from attnlab.errors import InvalidInput
+
     sentences = None
+    if args.conllu and (args.text or args.file):  # they were ignored: the statistics came from --conllu's sentences
+        given = "--file" if args.file else "texts"
+        raise InvalidInput(f"give the corpus as {given} or with --conllu, not both (--conllu's sentences are the corpus)")
     if args.conllu:
         from attnlab.analysis.conllu import read_conllu
 

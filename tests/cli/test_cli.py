@@ -53,6 +53,11 @@ ERROR_CASES = [
     (["analyze", "--conllu", "{latin}"], r"latin.txt:1: not UTF-8 text"),
     (["analyze", "--conllu", str(CONLLU / "cycle.conllu")], r"cycle.conllu:3 \(sent_id c1\): heads form a cycle 2 -> 3 -> 2"),
     (["analyze", "--conllu", "{missing}"], r"no CoNLL-U file at"),
+    # texts or --file beside --conllu were ignored: the statistics came from the CoNLL-U sentences alone
+    (["analyze", "--conllu", str(CONLLU / "good.conllu"), "my own sentence"],
+     r"give the corpus as texts or with --conllu, not both \(--conllu's sentences are the corpus\)$"),
+    (["analyze", "--conllu", str(CONLLU / "good.conllu"), "--file", "{good}"],
+     r"give the corpus as --file or with --conllu, not both"),
     (["bias", "--winobias", "{folder}"], r"missing WinoBias file"),
     # spec files
     (["view", "diff", "--interventions", "{spec_seed}", "x"], r"seed.json: intervention #0: ablate_head: seed must be an integer, got 'x'"),
