@@ -681,3 +681,21 @@ def test_words_after_a_double_dash_are_texts(capsys, monkeypatch, tmp_path):
     code, _, err = main(capsys, "view", "head", "-o", tmp_path / "v.html", "x", "--bogus", "--", "y")
     assert code == 2 and one_error_line(err).startswith("attnlab: error: unrecognized arguments: x --bogus -- y")
     assert seen == []
+
+
+def test_the_slow_precision_warning_names_the_command_line_option(capsys, llama_dir, monkeypatch):
+    """On a CPU that emulates bfloat16 the warning told a command-line user to 'Pass precision=None'."""
+    import warnings
+
+    from attnlab.engine import precision
+
+    monkeypatch.setattr(precision, "has_native_products", lambda dtype, device: False)
+    monkeypatch.setattr(precision, "_warned_emulated", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = main(capsys, "sweep", "--model", llama_dir, "--quiet", "--precision", "bfloat16",
+                            "--layers", 0, "--heads", 0, "--n-boot", 0, "the nurse said that")
+    assert code == 0 and err == ""
+    slow = [str(w.message) for w in caught if "emulates every product" in str(w.message)]
+    assert len(slow) == 1 and slow[0].endswith("Pass precision=None on this machine (attnlab sweep/attribute: "
+                                               "--precision full)")
