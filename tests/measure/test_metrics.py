@@ -342,3 +342,23 @@ def test_rows_of_a_per_prompt_patch_are_rows_of_the_prompt_list(tiny_llama):
             assert np.allclose(swept.per_prompt.effect, want, atol=1e-6)
     with pytest.raises(InvalidLocation, match="row 4 out of range: these prompts have batch rows 0..3"):
         effect(tiny_llama, prompts, metric, [Patch(1, None, site="z", source=cf, rows=[4])], progress=False)
+
+
+def test_logit_diff_of_the_same_tokens_is_refused():
+    """target == foil (or two spellings of one token) gave 0 for every prompt and every intervention, silently."""
+    from attnlab.errors import InvalidInput
+    from attnlab.measure import LogitDiff, sweep_heads
+    from attnlab.testing import tiny_model
+
+    model = tiny_model("gpt2")
+    assert model.to_tokens(" she", prepend_bos=False).tolist() == model.to_tokens("she", prepend_bos=False).tolist()
+    with pytest.raises(InvalidInput, match=r"^target ' she' and foil 'she' are the same tokens \[18\] for tiny-gpt2: "
+                                           r"log p\(target\) - log p\(foil\) would be 0 whatever the model does"):
+        LogitDiff(" she", "she").rows(model, ["the nurse said that"])
+    with pytest.raises(InvalidInput, match=r"target ' he' and foil ' he' are the same tokens \[17\] for tiny-gpt2 "
+                                           r"for prompt #1: "):
+        LogitDiff([" she", " he"], [" he", " he"]).rows(model, ["a b", "c d"])
+    with pytest.raises(InvalidInput, match="while sweeping heads .* are the same tokens"):
+        sweep_heads(model, ["the nurse said that"], LogitDiff(" she", " she"), "zero", progress=False)
+    assert model.count_hooks() == 0
+    assert LogitDiff(" she", " he").rows(model, ["a b"]).data["candidates"].tolist() == [[18, 17]]

@@ -172,11 +172,15 @@ class _Continuations(Metric):
         """``(strings, what)`` per candidate: one string for all prompts or one per prompt."""
         raise NotImplementedError
 
+    def _check_ids(self, model, ids) -> None:
+        """Refuse candidates that cannot measure anything (``ids``: ``[candidate][prompt]`` token lists)."""
+
     def rows(self, model, prompts) -> Rows:
         prompts = check_prompts(prompts)
         n = len(prompts)
         single = self.single_token or self.read_at == "mask"
         ids = [_ids_per_prompt(model, value, n, what, single) for value, what in self.candidates()]  # [candidate][prompt]
+        self._check_ids(model, ids)
         if all(len(x) == 1 for per_prompt in ids for x in per_prompt):
             rows = _read_rows(model, prompts, self.read_at)
             rows.data["candidates"] = torch.tensor([[c[i][0] for c in ids] for i in range(n)])  # [row, candidate]
@@ -221,6 +225,17 @@ class LogitDiff(_Continuations):
 
     def candidates(self):
         return [(self.target, "target"), (self.foil, "foil")]
+
+    def _check_ids(self, model, ids) -> None:
+        """A target and foil of the same tokens give 0 on every prompt, whatever the model does (it was returned)."""
+        for i, (target, foil) in enumerate(zip(*ids)):
+            if list(target) == list(foil):
+                names = [v if isinstance(v, str) else v[i] for v in (self.target, self.foil)]
+                where = "" if all(isinstance(v, str) for v in (self.target, self.foil)) else f" for prompt #{i}"
+                raise InvalidInput(
+                    f"target {names[0]!r} and foil {names[1]!r} are the same tokens {list(target)} for {model.cfg.name}"
+                    f"{where}: log p(target) - log p(foil) would be 0 whatever the model does; give two different "
+                    "continuations")
 
     def vocab(self, rows):
         """Single tokens: only the targets' and foils' logits (the softmax normaliser cancels)."""
