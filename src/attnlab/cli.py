@@ -559,22 +559,24 @@ def cmd_bias(args) -> None:
         if args.limit:
             pairs = _types_in_turn(pairs, args.limit)
     model = _load(args)
+    options = dict(occupations=occupations, templates=templates, n_boot=args.n_boot, progress=not args.quiet)
+    # everything is computed before anything is written: an error (a spec that does not fit the model) left
+    # the -o folder made, empty or with the first tables only
+    exp = bias_experiment(model, specs, **options) if specs else None
+    bias = None if specs else pronoun_bias(model, **options)
+    result = coref_bias(model, pairs, n_boot=args.n_boot, progress=not args.quiet) if pairs is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    options = dict(occupations=occupations, templates=templates, n_boot=args.n_boot, progress=not args.quiet)
-    if specs:
-        exp = bias_experiment(model, specs, **options)
+    if exp is not None:
         _write_table(exp.table, out / "bias_experiment.csv", default_name="bias_experiment.csv")
         _save_figure(exp.plot(), out / "bias_experiment.png")
         print(exp.table.to_string(index=False))
     else:
-        bias = pronoun_bias(model, **options)
         _write_table(bias.table, out / "bias_per_occupation.csv", default_name="x.csv")
         _write_table(bias.summary, out / "bias_summary.csv", default_name="x.csv")
         _save_figure(bias.plot(), out / "bias_per_occupation.png")
         print(bias.summary.to_string(index=False))
-    if pairs is not None:
-        result = coref_bias(model, pairs, n_boot=args.n_boot, progress=not args.quiet)
+    if result is not None:
         _write_table(result.summary, out / "winobias.csv", default_name="winobias.csv")
         print(result.summary.to_string(index=False))
 
@@ -597,18 +599,20 @@ def cmd_analyze(args) -> None:
     else:
         corpus = _read_lines(args, what="corpus sentences")[: args.limit]
     model = _load(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if sentences is not None:
+    acc = None
+    if sentences is not None:  # everything is computed before anything is written (as in cmd_bias)
         from attnlab.analysis.syntax import relation_accuracy
 
         acc = relation_accuracy(model, sentences, progress=not args.quiet)
-        _write_table(acc.table, out / "relations.csv", default_name="relations.csv")
     stats = head_stats(model, corpus, progress=not args.quiet)
+    head_map = head_distances(model, corpus, stats=stats, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if acc is not None:
+        _write_table(acc.table, out / "relations.csv", default_name="relations.csv")
     _write_table(stats.table, out / "head_stats.csv", default_name="head_stats.csv")
     _save_figure(stats.plot(kind="targets"), out / "head_stats.png")
     _save_figure(stats.plot(kind="entropy"), out / "head_entropy.png")
-    head_map = head_distances(model, corpus, stats=stats, progress=not args.quiet)
     _write_table(head_map.table, out / "head_clusters.csv", default_name="head_clusters.csv")
     _save_figure(head_map.plot(), out / "head_clusters.png")
 

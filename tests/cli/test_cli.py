@@ -699,3 +699,16 @@ def test_the_slow_precision_warning_names_the_command_line_option(capsys, llama_
     slow = [str(w.message) for w in caught if "emulates every product" in str(w.message)]
     assert len(slow) == 1 and slow[0].endswith("Pass precision=None on this machine (attnlab sweep/attribute: "
                                                "--precision full)")
+
+
+def test_a_bias_run_that_fails_writes_nothing(capsys, llama_dir, tmp_path):
+    """A spec that does not fit the model fails after loading: the -o folder was made anyway (empty)."""
+    import json
+
+    specs, out = tmp_path / "specs.json", tmp_path / "bias-out"
+    specs.write_text(json.dumps([{"kind": "ablate_head", "layer": 5, "head": 0}]))
+    code, stdout, err = main(capsys, "bias", "--model", llama_dir, "--occupations", "nurse", "--n-boot", 0, "--quiet",
+                             "--interventions", specs, "-o", out)
+    assert code == 2 and stdout == ""
+    assert one_error_line(err).endswith("layer 5 out of range: " + str(llama_dir) + " has layers 0..1")
+    assert not out.exists()
