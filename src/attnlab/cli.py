@@ -1160,8 +1160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
-        print(f"attnlab: error: out of memory ({detail}); ask for less: a smaller --n-boot or --batch-size, "
-              "fewer or shorter texts, or a smaller model", file=sys.stderr)
+        print(f"attnlab: error: out of memory ({detail}); ask for less: smaller counts (--n-boot, --per-step, "
+              "--batch-size, ...), fewer or shorter texts, or a smaller model", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)

@@ -666,7 +666,8 @@ def test_running_out_of_memory_is_one_line(capsys, llama_dir, monkeypatch):
     assert code == 2 and out == ""
     assert one_error_line(err) == (
         "attnlab: error: out of memory (Unable to allocate 4.47 GiB for an array with shape (300000000, 2) and data "
-        "type int64); ask for less: a smaller --n-boot or --batch-size, fewer or shorter texts, or a smaller model")
+        "type int64); ask for less: smaller counts (--n-boot, --per-step, --batch-size, ...), fewer or shorter texts, "
+        "or a smaller model")
 
 
 def test_words_after_a_double_dash_are_texts(capsys, monkeypatch, tmp_path):
