@@ -405,6 +405,22 @@ def _figure_path(value: str | None, option: str = "--figure") -> Path | None:
     return path
 
 
+def _distinct_outputs(outputs: dict[str, Path | None]) -> None:
+    """Refuse two outputs of one command naming the same file (``-o t.png --figure t.png``): the second
+    overwrote the first, and both 'wrote' lines named the one file left."""
+    from attnlab.errors import InvalidInput
+
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        key = os.path.realpath(_through_link(Path(path)))
+        if key in seen:
+            raise InvalidInput(f"{option} {path}: the same file as {seen[key]}, which it would overwrite; "
+                               "give each output its own name")
+        seen[key] = f"{option} {path}"
+
+
 def _json_value(value):
     """One cell as JSON data: Python's float repr round-trips every float; NaN, inf and missing are null."""
     import numpy as np
@@ -485,6 +501,7 @@ def cmd_sweep(args) -> None:
 
     layers, heads = _indices(args.layers, "--layers"), _indices(args.heads, "--heads")
     figure = _figure_path(args.figure)
+    _distinct_outputs({"-o": _table_path(args.out, args.out_name) if args.out else None, "--figure": figure})
     if args.reference and args.method not in ("mean", "resample"):
         raise InvalidInput(f"--reference is used by --method mean or resample, not {args.method}")
     if args.counterfactuals and args.method != "patch":
@@ -505,9 +522,14 @@ def cmd_sweep(args) -> None:
         precision=None if args.precision == "full" else args.precision,
     )
     if args.procs > 1:  # --procs N: N processes split the sweep, each loading its own model (docs/parallel.md)
+        from functools import partial
+
+        import attnlab
         from attnlab.measure import run_parallel
 
-        result = run_parallel(sweep_heads, args.procs, prompts, model=args.model, **sweep_options)
+        # each process loads the model as one process would: with --trust-remote-code too (it was dropped)
+        model = partial(attnlab.load, args.model, trust_remote_code=True) if args.trust_remote_code else args.model
+        result = run_parallel(sweep_heads, args.procs, prompts, model=model, **sweep_options)
     else:
         result = sweep_heads(_load(args), prompts, **sweep_options)
     _write_table(result.table, args.out, default_name=args.out_name)
@@ -535,28 +557,36 @@ def cmd_bias(args) -> None:
     occupations = _occupations(args.occupations)
     templates = _templates(args.templates)
     specs = _specs(args.interventions)
+    from attnlab.errors import InvalidInput
+
     pairs = None
+    if not args.winobias:  # they select WinoBias pairs: without --winobias they were silently ignored
+        for option, value in (("--limit", args.limit), ("--split", args.split)):
+            if value is not None:
+                raise InvalidInput(f"{option} {value} selects WinoBias pairs; give the folder with --winobias DIR too")
     if args.winobias:
-        pairs = winobias_pairs(load_winobias_dir(args.winobias, split=args.split))
+        pairs = winobias_pairs(load_winobias_dir(args.winobias, split=args.split or "dev"))
         if args.limit:
             pairs = _types_in_turn(pairs, args.limit)
     model = _load(args)
+    options = dict(occupations=occupations, templates=templates, n_boot=args.n_boot, progress=not args.quiet)
+    # everything is computed before anything is written: an error (a spec that does not fit the model) left
+    # the -o folder made, empty or with the first tables only
+    exp = bias_experiment(model, specs, **options) if specs else None
+    bias = None if specs else pronoun_bias(model, **options)
+    result = coref_bias(model, pairs, n_boot=args.n_boot, progress=not args.quiet) if pairs is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    options = dict(occupations=occupations, templates=templates, n_boot=args.n_boot, progress=not args.quiet)
-    if specs:
-        exp = bias_experiment(model, specs, **options)
+    if exp is not None:
         _write_table(exp.table, out / "bias_experiment.csv", default_name="bias_experiment.csv")
         _save_figure(exp.plot(), out / "bias_experiment.png")
         print(exp.table.to_string(index=False))
     else:
-        bias = pronoun_bias(model, **options)
         _write_table(bias.table, out / "bias_per_occupation.csv", default_name="x.csv")
         _write_table(bias.summary, out / "bias_summary.csv", default_name="x.csv")
         _save_figure(bias.plot(), out / "bias_per_occupation.png")
         print(bias.summary.to_string(index=False))
-    if pairs is not None:
-        result = coref_bias(model, pairs, n_boot=args.n_boot, progress=not args.quiet)
+    if result is not None:
         _write_table(result.summary, out / "winobias.csv", default_name="winobias.csv")
         print(result.summary.to_string(index=False))
 
@@ -565,7 +595,12 @@ def cmd_analyze(args) -> None:
     """Clark et al. head statistics and clustering over a corpus (plus dependency tables from CoNLL-U)."""
     from attnlab.analysis import head_distances, head_stats
 
+    from attnlab.errors import InvalidInput
+
     sentences = None
+    if args.conllu and (args.text or args.file):  # they were ignored: the statistics came from --conllu's sentences
+        given = "--file" if args.file else "texts"
+        raise InvalidInput(f"give the corpus as {given} or with --conllu, not both (--conllu's sentences are the corpus)")
     if args.conllu:
         from attnlab.analysis.conllu import read_conllu
 
@@ -574,18 +609,20 @@ def cmd_analyze(args) -> None:
     else:
         corpus = _read_lines(args, what="corpus sentences")[: args.limit]
     model = _load(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if sentences is not None:
+    acc = None
+    if sentences is not None:  # everything is computed before anything is written (as in cmd_bias)
         from attnlab.analysis.syntax import relation_accuracy
 
         acc = relation_accuracy(model, sentences, progress=not args.quiet)
-        _write_table(acc.table, out / "relations.csv", default_name="relations.csv")
     stats = head_stats(model, corpus, progress=not args.quiet)
+    head_map = head_distances(model, corpus, stats=stats, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if acc is not None:
+        _write_table(acc.table, out / "relations.csv", default_name="relations.csv")
     _write_table(stats.table, out / "head_stats.csv", default_name="head_stats.csv")
     _save_figure(stats.plot(kind="targets"), out / "head_stats.png")
     _save_figure(stats.plot(kind="entropy"), out / "head_entropy.png")
-    head_map = head_distances(model, corpus, stats=stats, progress=not args.quiet)
     _write_table(head_map.table, out / "head_clusters.csv", default_name="head_clusters.csv")
     _save_figure(head_map.plot(), out / "head_clusters.png")
 
@@ -684,6 +721,9 @@ def cmd_attribute(args) -> None:
                                "move it away or give -o another name")
         _check_place(verify_table, str(verify_table), "--verify table")
     figure = _figure_path(args.figure)
+    table = _table_path(args.out, args.out_name) if args.out is not None else None
+    _distinct_outputs({"-o": table, "--verify table": _sibling(table, "_verify") if table and args.verify else None,
+                       "--figure": figure})
     reference = _file_lines(args.reference, "--reference")
     counterfactuals = _file_lines(args.counterfactuals, "--counterfactuals")
     prompts = _read_lines(args, what="prompts")
@@ -735,6 +775,9 @@ def _window_text(args) -> tuple[str, str]:
     from attnlab.errors import InvalidInput
 
     given = [t for t in (args.text or []) if t.strip()]
+    if args.text and not given:  # "$TEXT" of an empty variable: it measured the packaged text instead
+        raise InvalidInput("the text given is empty (only spaces); give the text, --file FILE, or no text for "
+                           "attnlab's packaged neutral text")
     if given and args.file:
         raise InvalidInput("give the text as arguments or with --file, not both")
     if given:
@@ -950,8 +993,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the six shipped templates)")
     p.add_argument("--interventions", help="JSON file of specs: report the bias before/after them with the cost")
     p.add_argument("--winobias", help="folder with the WinoBias files (pro/anti_stereotyped_type{1,2}.txt.SPLIT)")
-    p.add_argument("--split", default="dev", choices=["dev", "test"], help="WinoBias split (default: dev)")
-    p.add_argument("--limit", type=_count(1), help="use at most this many WinoBias pairs")
+    p.add_argument("--split", choices=["dev", "test"], help="WinoBias split, with --winobias (default: dev)")
+    p.add_argument("--limit", type=_count(1), help="use at most this many WinoBias pairs, with --winobias")
     p.add_argument("--n-boot", **n_boot)
 
     p = _command(sub, "analyze", cmd_analyze, out_default="attnlab-analysis", out_kind="folder",
@@ -1075,18 +1118,36 @@ def _check_text_arguments(parser, args) -> None:
                 parser.error(f"{name} {shown!r} is not valid UTF-8 text (the terminal sent another encoding?)")
 
 
+#: options that name a file (or, for --winobias, a folder) to read or write
+_PATH_OPTIONS = {"file": "file", "reference": "file", "counterfactuals": "file", "units": "file", "conllu": "file",
+                 "figure": "file", "winobias": "folder"}
+
+
+def _check_path_options(parser, args) -> None:
+    """An empty name (``--conllu ""``, from an unset shell variable) is refused: ``--winobias``, ``--conllu`` and
+    ``--figure`` were skipped as if not given (the work ran without them), the others read the current folder."""
+    for option, what in _PATH_OPTIONS.items():
+        value = getattr(args, option, None)
+        if isinstance(value, str) and not value.strip():
+            parser.error(f"argument --{option}: empty name {value!r}; give the {what} (or leave the option out)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 for any user error, 130 on Ctrl-C)."""
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # texts given after options land here (argparse stops a nargs="*" at the first option)
-            if any(e.startswith("-") for e in extra) or not hasattr(args, "text"):
+            # after '--' every word is text, also one starting with '-' ('view head -o v.html -- "-1 is less"'
+            # was refused as an unrecognized '--')
+            cut = extra.index("--") if "--" in extra else len(extra)
+            if any(e.startswith("-") for e in extra[:cut]) or not hasattr(args, "text"):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
-            args.text = [*args.text, *extra]
+            args.text = [*args.text, *extra[:cut], *extra[cut + 1:]]
         if not getattr(args, "command", None):
             parser.error("choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window")
         _check_text_arguments(parser, args)
+        _check_path_options(parser, args)
     except SystemExit as done:  # --help, --version and usage errors end here, already printed
         return 0 if done.code is None else done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     from attnlab.errors import AttnlabError
@@ -1104,6 +1165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"attnlab: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as err:  # e.g. --n-boot 300000000: numpy's 'Unable to allocate 4.47 GiB' came as a traceback
+        if args.debug:
+            raise
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        print(f"attnlab: error: out of memory ({detail}); ask for less: smaller counts (--n-boot, --per-step, "
+              "--batch-size, ...), fewer or shorter texts, or a smaller model", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)

@@ -53,6 +53,11 @@ ERROR_CASES = [
     (["analyze", "--conllu", "{latin}"], r"latin.txt:1: not UTF-8 text"),
     (["analyze", "--conllu", str(CONLLU / "cycle.conllu")], r"cycle.conllu:3 \(sent_id c1\): heads form a cycle 2 -> 3 -> 2"),
     (["analyze", "--conllu", "{missing}"], r"no CoNLL-U file at"),
+    # texts or --file beside --conllu were ignored: the statistics came from the CoNLL-U sentences alone
+    (["analyze", "--conllu", str(CONLLU / "good.conllu"), "my own sentence"],
+     r"give the corpus as texts or with --conllu, not both \(--conllu's sentences are the corpus\)$"),
+    (["analyze", "--conllu", str(CONLLU / "good.conllu"), "--file", "{good}"],
+     r"give the corpus as --file or with --conllu, not both"),
     (["bias", "--winobias", "{folder}"], r"missing WinoBias file"),
     # spec files
     (["view", "diff", "--interventions", "{spec_seed}", "x"], r"seed.json: intervention #0: ablate_head: seed must be an integer, got 'x'"),
@@ -120,6 +125,22 @@ ERROR_CASES = [
     (["view", "model", "--layers", ",", "x"], r"--layers ',': no numbers given"),
     (["view", "head", "--bogus", "x"], r"unrecognized arguments: --bogus"),
     ([], r"choose a command: demo, view, sweep, bias, analyze, neurons, attribute or window"),
+    # WinoBias options without --winobias were ignored: the bias ran without the pairs asked for
+    (["bias", "--limit", "5"], r"--limit 5 selects WinoBias pairs; give the folder with --winobias DIR too$"),
+    (["bias", "--split", "test"], r"--split test selects WinoBias pairs; give the folder with --winobias DIR too$"),
+    # an empty name (an unset shell variable): --winobias, --conllu and --figure were skipped as if not given,
+    # --reference and --units read the current folder ("--units .: is a folder")
+    (["bias", "--winobias", ""], r"argument --winobias: empty name ''; give the folder \(or leave the option out\)"),
+    (["analyze", "--conllu", "", "x"], r"argument --conllu: empty name ''; give the file"),
+    (["sweep", "--figure", "", "x"], r"argument --figure: empty name ''; give the file"),
+    (["sweep", "--method", "mean", "--reference", " ", "x"], r"argument --reference: empty name ' '; give the file"),
+    (["window", "--target", "8", "--units", ""], r"argument --units: empty name ''; give the file"),
+    # two outputs naming one file: the figure overwrote the table, and both 'wrote' lines named it
+    (["sweep", "-o", "{folder}/t.png", "--figure", "{folder}/t.png", "x"],
+     r"--figure .*/t.png: the same file as -o .*/t.png, which it would overwrite; give each output its own name$"),
+    (["sweep", "-o", "{folder}/t.png", "--figure", "{folder}/t", "x"], r"--figure .*/t.png: the same file as -o .*/t.png"),
+    (["attribute", "-o", "{folder}/a.png", "--verify", "2", "--figure", "{folder}/a_verify.png", "x"],
+     r"--figure .*/a_verify.png: the same file as --verify table .*/a_verify.png, which it would overwrite"),
 ]
 
 
@@ -634,3 +655,64 @@ def test_the_views_token_cap_names_the_command_line_options(capsys, tiny_dirs, t
     code, _, err = main(capsys, "view", "model", "--model", tiny_dirs["gpt2"], "the nurse said that she was very happy",
                         "--max-tokens", "9", "-o", target)
     assert code == 0 and target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_running_out_of_memory_is_one_line(capsys, llama_dir, monkeypatch):
+    """--n-boot 300000000 on two prompts: numpy's MemoryError ('Unable to allocate 4.47 GiB') was a traceback."""
+    from attnlab.measure import stats
+
+    def too_big(n, n_boot, seed):
+        raise MemoryError("Unable to allocate 4.47 GiB for an array with shape (300000000, 2) and data type int64")
+
+    monkeypatch.setattr(stats, "_picks", too_big)
+    code, out, err = main(capsys, "sweep", "--model", llama_dir, "--quiet", "--n-boot", 300000000, "a b", "c d")
+    assert code == 2 and out == ""
+    assert one_error_line(err) == (
+        "attnlab: error: out of memory (Unable to allocate 4.47 GiB for an array with shape (300000000, 2) and data "
+        "type int64); ask for less: smaller counts (--n-boot, --per-step, --batch-size, ...), fewer or shorter texts, "
+        "or a smaller model")
+
+
+def test_words_after_a_double_dash_are_texts(capsys, monkeypatch, tmp_path):
+    """'--' ends the options: 'view head -o v.html -- "-1 is less"' was refused as 'unrecognized arguments: -- ...'."""
+    seen = []
+    monkeypatch.setattr(cli, "cmd_view", lambda args: seen.append(args.text))
+    monkeypatch.setattr(cli, "cmd_sweep", lambda args: seen.append((args.text, args.layers)))
+    code, _, err = main(capsys, "view", "head", "-o", tmp_path / "v.html", "--", "-1 is less", "--layers")
+    assert (code, err) == (0, "") and seen.pop() == ["-1 is less", "--layers"]
+    code, _, err = main(capsys, "sweep", "a b", "--layers", "0", "--", "-c d")
+    assert (code, err) == (0, "") and seen.pop() == (["a b", "-c d"], "0")
+    code, _, err = main(capsys, "view", "head", "-o", tmp_path / "v.html", "x", "--bogus", "--", "y")
+    assert code == 2 and one_error_line(err).startswith("attnlab: error: unrecognized arguments: x --bogus -- y")
+    assert seen == []
+
+
+def test_the_slow_precision_warning_names_the_command_line_option(capsys, llama_dir, monkeypatch):
+    """On a CPU that emulates bfloat16 the warning told a command-line user to 'Pass precision=None'."""
+    import warnings
+
+    from attnlab.engine import precision
+
+    monkeypatch.setattr(precision, "has_native_products", lambda dtype, device: False)
+    monkeypatch.setattr(precision, "_warned_emulated", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = main(capsys, "sweep", "--model", llama_dir, "--quiet", "--precision", "bfloat16",
+                            "--layers", 0, "--heads", 0, "--n-boot", 0, "the nurse said that")
+    assert code == 0 and err == ""
+    slow = [str(w.message) for w in caught if "emulates every product" in str(w.message)]
+    assert len(slow) == 1 and slow[0].endswith("Pass precision=None on this machine (attnlab sweep/attribute: "
+                                               "--precision full)")
+
+
+def test_a_bias_run_that_fails_writes_nothing(capsys, llama_dir, tmp_path):
+    """A spec that does not fit the model fails after loading: the -o folder was made anyway (empty)."""
+    import json
+
+    specs, out = tmp_path / "specs.json", tmp_path / "bias-out"
+    specs.write_text(json.dumps([{"kind": "ablate_head", "layer": 5, "head": 0}]))
+    code, stdout, err = main(capsys, "bias", "--model", llama_dir, "--occupations", "nurse", "--n-boot", 0, "--quiet",
+                             "--interventions", specs, "-o", out)
+    assert code == 2 and stdout == ""
+    assert one_error_line(err).endswith("layer 5 out of range: " + str(llama_dir) + " has layers 0..1")
+    assert not out.exists()

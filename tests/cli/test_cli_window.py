@@ -180,6 +180,9 @@ ERROR_CASES = [
     (["--target", "8", "--file", "{latin}"], r"latin.txt:1: not UTF-8 text"),
     (["--target", "8", "--file", "{empty}"], r"--file .*empty.txt: the file has no text"),
     (["--target", "8", "--file", "{good}", "x"], r"give the text as arguments or with --file, not both"),
+    # an empty "$TEXT" was measured as attnlab's packaged neutral text instead
+    (["--target", "8", ""], r"the text given is empty \(only spaces\); give the text, --file FILE, or no text"),
+    (["--target", "8", "  ", "\t"], r"the text given is empty"),
     (["--target", "8", "--units", "{missing}"], r"--units .*missing.txt: no such file"),
     (["--target", "8", "--units", "{good}"], r"--units .*good.txt: no column\(s\) layer, head, unit"),
     (["--target", "8", "--units", "{units_bad}"],
@@ -229,3 +232,14 @@ def test_a_real_process_says_not_reached_on_stdout_only(model_dirs, text_files, 
     assert "Warning" not in out.stderr and "not reached" not in out.stderr
     bad = run("window", "--target", "0")
     assert bad.returncode == 2 and "argument --target: must be >= 1 (tokens), got 0" in one_error_line(bad.stderr)
+
+
+def test_a_huge_count_is_one_line_out_of_memory(capsys, model_dirs, text_files, tmp_path):
+    """--per-step 10**18: numpy's MemoryError ('Unable to allocate 6.94 EiB') came as a traceback, exit 1."""
+    out = tmp_path / "w"
+    code, stdout, err = main(capsys, "window", "--model", model_dirs["llama"], "--target", 2, "--per-step", 10**18,
+                             "--quiet", "--file", text_files["short"], "-o", out)
+    assert code == 2 and stdout == ""
+    assert re.match(r"attnlab: error: out of memory \(Unable to allocate .* EiB .*\); ask for less: smaller counts "
+                    r"\(--n-boot, --per-step, --batch-size, \.\.\.\)", one_error_line(err))
+    assert not out.exists()

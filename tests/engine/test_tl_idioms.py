@@ -183,6 +183,13 @@ def test_tl_switches_and_missing_names_say_what_to_use(tiny_gpt2):
         model.set_use_attn_in(True)
     with pytest.raises(InvalidInput, match="True or False"):
         model.set_use_split_qkv_input("yes")
+    # every switch takes a bool: "False" was refused as set_use_attn_in(True), "no" and 1 accepted
+    for switch in ("set_use_attn_result", "set_use_attn_in", "set_use_hook_mlp_in", "set_use_split_qkv_input"):
+        for value in ("False", "no", 1, None):
+            with pytest.raises(InvalidInput, match=rf"^{switch} takes True or False, got {value!r}$"):
+                getattr(model, switch)(value)
+    model.set_use_attn_in(False)
+    model.set_use_hook_mlp_in(False)
     with pytest.raises(NotSupported, match="model.W_E"):
         model.embed
     with pytest.raises(NotSupported, match="nothing folded"):

@@ -59,6 +59,19 @@ def test_mean_and_resample_equal_naive(tiny_gemma, method):
     assert (res.table.effect > 0).any()  # KL of a real change is positive
 
 
+def test_resample_of_one_prompt_without_reference_is_refused(tiny_gpt2):
+    """The one prompt was its own reference: every head's output was replaced by itself, every effect 0 (5e-7)."""
+    metric = LogitDiff(" she", " he")
+    with pytest.raises(InvalidInput, match=r"method='resample' .* without reference= the one prompt is the only "
+                                           r"reference, so nothing would change \(every effect 0\); give reference="):
+        sweep_heads(tiny_gpt2, ["the nurse said that"], metric, "resample", progress=False)
+    assert tiny_gpt2.count_hooks() == 0
+    # a reference of its own, or several prompts, is a real resample: some head changes the metric
+    for prompts, ref in ((["the nurse said that"], ["a dog ran to the car"]), (PROMPTS[:2], None)):
+        res = sweep_heads(tiny_gpt2, prompts, metric, "resample", reference=ref, n_boot=0, progress=False)
+        assert res.table.effect.abs().max() > 1e-3
+
+
 def test_resample_draws_per_prompt_whatever_the_batch_size(tiny_gpt2):
     """Each prompt draws its reference from (seed, its index), so chunking or stacking copies changes nothing."""
     metric, ref = LogitDiff(" she", " he"), ["the cat sat on the mat", "a dog ran", "she gave him the book", "it rained"]

@@ -1111,8 +1111,10 @@ class HookedModel(ModelWeights, nn.Module):
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Accepted for TransformerLens scripts: ``blocks.L.attn.hook_result`` is always available."""
+        _check_switch("set_use_attn_result", use_attn_result)
 
     def _no_switch(self, name: str, value: bool, hint: str) -> None:
+        _check_switch(name, value)
         if value:
             raise NotSupported(f"{name}(True): {hint}")
 
@@ -1122,8 +1124,7 @@ class HookedModel(ModelWeights, nn.Module):
 
         They are left out by default because each is a copy of the stream per head (per kv head for k and v).
         """
-        if not isinstance(use_split_qkv_input, bool):
-            raise InvalidInput(f"set_use_split_qkv_input takes True or False, got {use_split_qkv_input!r}")
+        _check_switch("set_use_split_qkv_input", use_split_qkv_input)
         self._cache_split_inputs = use_split_qkv_input
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
@@ -1132,6 +1133,7 @@ class HookedModel(ModelWeights, nn.Module):
 
     def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
         """Accepted for TransformerLens scripts: ``blocks.L.hook_mlp_in`` is always available."""
+        _check_switch("set_use_hook_mlp_in", use_hook_mlp_in)
 
     def __getattr__(self, name: str):
         try:
@@ -1165,6 +1167,13 @@ class HookedModel(ModelWeights, nn.Module):
             f"HookedModel({c.name!r}: {c.architecture}, {c.n_layers} layers x {c.n_heads} heads "
             f"({c.n_kv_heads} kv), d_head={c.d_head}, {'causal' if c.is_causal else 'bidirectional'})"
         )
+
+
+def _check_switch(name: str, value) -> None:
+    """TransformerLens' ``set_use_*`` switches take a bool: ``set_use_attn_in("False")`` was refused as ``(True)``,
+    ``set_use_attn_result("no")`` accepted."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} takes True or False, got {value!r}")
 
 
 def _rewrapped(hf_model: nn.Module, tokenizer: Any, name: str, padding_side: str, cache_split_inputs: bool) -> HookedModel:

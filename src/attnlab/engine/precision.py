@@ -235,7 +235,7 @@ def _warn_if_emulated(dtype: torch.dtype, devices) -> None:
         f"precision={name!r}: this CPU has no {name} matrix instructions (it reports "
         f"{torch.backends.cpu.get_cpu_capability()}; needs {_NATIVE.get(dtype, 'them')}), so PyTorch emulates every "
         f"product: about 8x slower than float32 per product, 25-30x slower for a whole attribution call on "
-        f"Gemma-3-270m. Pass precision=None on this machine",
+        f"Gemma-3-270m. Pass precision=None on this machine (attnlab sweep/attribute: --precision full)",
         RuntimeWarning,
         stacklevel=user_stacklevel(),
     )

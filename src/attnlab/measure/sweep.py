@@ -231,6 +231,11 @@ def _head_spec(model, prompts, method, counterfactuals, reference, seed, layer_l
         means = {layer: head_means(model, layer, ref) for layer in layer_list}
         return lambda layer, head: AblateHead(layer, head, method="mean", mean=means[layer])
     if method == "resample":  # the model caches each layer's reference run, so it runs once per layer
+        if reference is None and len(prompts) == 1:  # the prompt would be its own reference: every effect 0
+            raise InvalidInput("method='resample' replaces each head's output with its output on a random reference "
+                               "prompt, but without reference= the one prompt is the only reference, so nothing would "
+                               "change (every effect 0); give reference=[...] (attnlab sweep: --reference FILE) or "
+                               "more prompts")
         ref = check_prompts(reference) if reference is not None else prompts
         return lambda layer, head: AblateHead(layer, head, method="resample", reference=ref, seed=seed)
     cf = check_prompts(counterfactuals)  # pattern patching: one counterfactual per prompt, run chunk by chunk
