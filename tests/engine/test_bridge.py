@@ -54,24 +54,35 @@ def boot(arch: str):
     return bridge, hf, tok
 
 
-@pytest.mark.parametrize("arch", list(BRIDGED))
-def test_readings_equal_the_bridge(arch):
+def both_caches(arch: str):
+    """The model, the bridge's cache and attnlab's, on the same tiny weights and tokens."""
     bridge, _, tok = boot(arch)
     model = tiny_model(arch)  # same seed: same weights, never touched by the bridge
     ids = tok([TEXT], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         _, theirs = bridge.run_with_cache(ids)
         _, ours = model.run_with_cache(ids)
-    group = model.cfg.n_heads // model.cfg.n_kv_heads
+    return model, theirs, ours
+
+
+def per_query_head(model, reference: torch.Tensor) -> torch.Tensor:
+    """The bridge keeps one k/v per kv head; attnlab expands them to query heads."""
+    if reference.shape[2] == model.cfg.n_heads:
+        return reference
+    return repeat(reference, "b p kvh d -> b p (kvh g) d", g=model.cfg.n_heads // model.cfg.n_kv_heads)
+
+
+@pytest.mark.parametrize("arch", list(BRIDGED))
+def test_readings_equal_the_bridge(arch):
+    model, theirs, ours = both_caches(arch)
     for layer in range(model.cfg.n_layers):
         for site in ("q", "k", "v", "pattern", "z"):
             name = f"blocks.{layer}.attn.hook_{site}"
             # on rotary models the bridge's hook_q/hook_k are pre-rotation; attnlab's are after it
             rotated = f"blocks.{layer}.attn.hook_rot_{site}"
             reference = theirs[rotated] if rotated in theirs.cache_dict else theirs[name]
-            if site in ("k", "v") and reference.shape[2] != model.cfg.n_heads:
-                # the bridge keeps one k/v per kv head; attnlab expands them to query heads
-                reference = repeat(reference, "b p kvh d -> b p (kvh g) d", g=group)
+            if site in ("k", "v"):
+                reference = per_query_head(model, reference)
             assert ours[name].shape == reference.shape, name
             assert (ours[name] - reference).abs().max() <= 1e-5, name
 
@@ -80,13 +91,7 @@ def test_readings_equal_the_bridge(arch):
 def test_pre_rotary_q_and_k_equal_the_bridges_hook_q_and_hook_k(arch):
     """attnlab's hook_q_pre_rotary / hook_k_pre_rotary are the bridge's hook_q / hook_k (Llama) and, on Gemma-3,
     its hook_q_normed / hook_k_normed (q and k after their norm, before the rotation)."""
-    bridge, _, tok = boot(arch)
-    model = tiny_model(arch)
-    ids = tok([TEXT], return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        _, theirs = bridge.run_with_cache(ids)
-        _, ours = model.run_with_cache(ids)
-    group = model.cfg.n_heads // model.cfg.n_kv_heads
+    model, theirs, ours = both_caches(arch)
     for layer in range(model.cfg.n_layers):
         for site in ("q", "k"):
             normed = f"blocks.{layer}.attn.hook_{site}_normed"
@@ -94,8 +99,7 @@ def test_pre_rotary_q_and_k_equal_the_bridges_hook_q_and_hook_k(arch):
                 reference = theirs[normed].transpose(1, 2)
             else:
                 reference = theirs[f"blocks.{layer}.attn.hook_{site}"]
-            if reference.shape[2] != model.cfg.n_heads:
-                reference = repeat(reference, "b p kvh d -> b p (kvh g) d", g=group)
+            reference = per_query_head(model, reference)
             name = f"blocks.{layer}.attn.hook_{site}_pre_rotary"
             assert (ours[name] - reference).abs().max() <= 1e-5, name
             assert (ours[f"blocks.{layer}.attn.hook_{site}"] - reference)[:, 1:].abs().max() > 1e-3  # rotated
