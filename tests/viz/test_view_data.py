@@ -153,11 +153,14 @@ def test_diff_view_errors(tiny_gpt2):
 @pytest.mark.parametrize("layer, head", [(True, False), (1.0, 0.0)])
 def test_start_indices_refuse_bools_and_floats_as_layers_and_heads_do(tiny_gpt2, layer, head):
     # ``True in [1]`` and ``1.0 in [1]`` hold, so head_view(layer=) and diff_view(start=) took them for layer 1
-    with pytest.raises(InvalidLocation, match=rf"^layer {layer!r} out of range: tiny-gpt2 has layers 0..1$"):
+    kind = type(layer).__name__
+    with pytest.raises(InvalidLocation, match=rf"^layer must be a whole number \(an int\), got {layer!r} \({kind}\); "
+                                              r"tiny-gpt2 has layers 0..1$"):
         head_view(tiny_gpt2, TEXT, layer=layer)
-    with pytest.raises(InvalidLocation, match=rf"^layer {layer!r} out of range: tiny-gpt2 has layers 0..1$"):
+    with pytest.raises(InvalidLocation, match=rf"^layer must be a whole number \(an int\), got {layer!r} "):
         diff_view(tiny_gpt2, TEXT, [AblateHead(0, 0)], start=(layer, 0))
-    with pytest.raises(InvalidLocation, match=rf"^head {head!r} out of range: tiny-gpt2 has heads 0..3$"):
+    with pytest.raises(InvalidLocation, match=rf"^head must be a whole number \(an int\), got {head!r} \({kind}\); "
+                                              r"tiny-gpt2 has heads 0..3$"):
         diff_view(tiny_gpt2, TEXT, [AblateHead(0, 0)], start=(1, head))
     assert tiny_gpt2.count_hooks() == 0
 
