@@ -114,9 +114,6 @@ def test_pre_rotary_dims_sum_over_a_rotary_pair_to_the_post_rotary_estimate(site
     assert np.abs(pre.effect.to_numpy() - post.effect.to_numpy()).max() > 1e-4
     verified = _run(model, site=f"{site}_pre_rotary", method="zero", layers=[1]).verify(k=3)
     assert set(verified.table.site) == {f"{site}_pre_rotary"} and np.isfinite(verified.table.effect).all()
-    with pytest.raises(InvalidSpec, match=rf"the QK fix recomputes the softmax from q and k after the rotary "
-                                          rf"embedding: use site='{site}' for it"):
-        _run(model, site=f"{site}_pre_rotary", method="zero", layers=[1], correction="qk")
 
 
 def test_per_position_units_equal_the_exact_interventions():
@@ -185,6 +182,25 @@ def test_qk_fix_per_position_and_mean_are_exact(site):
     model = linear_tail("llama")
     for options in ({"per_position": True}, {"method": "mean"}, {"method": "patch", "counterfactuals": COUNTER}):
         est = _run(model, site=site, layers=[1], heads=[0, 3], dims=[0, 1, 4, 7], correction="qk", **options)
+        assert np.abs(est.verify(k=6).table.error).max() < 1e-5, options
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_qk_fix_before_the_rotary_embedding_is_exact_where_only_the_softmax_is_nonlinear(site):
+    """A pre-rotary dimension moves two rotated dims (cos and sin of its position): the fix must rotate its change."""
+    model = linear_tail("llama")
+    pre = f"{site}_pre_rotary"
+    exact = sweep_neurons(model, PROMPTS, METRIC, 1, site=pre, progress=False, n_boot=10)
+    fixed = _run(model, site=pre, layers=[1], correction="qk")
+    plain = _run(model, site=pre, layers=[1])
+    assert list(zip(fixed.table["head"], fixed.table.dim)) == list(zip(exact.table["head"], exact.table.dim))
+    assert np.abs(fixed.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() < 1e-5
+    assert np.abs(plain.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() > 1e-4
+    # the post-rotary fix on the same dims is a different edit, so treating pre as post would be visibly off
+    post = _run(model, site=site, layers=[1], correction="qk")
+    assert np.abs(post.per_prompt.effect.to_numpy() - exact.per_prompt.effect.to_numpy()).max() > 1e-4
+    for options in ({"per_position": True}, {"method": "mean"}, {"method": "patch", "counterfactuals": COUNTER}):
+        est = _run(model, site=pre, layers=[1], heads=[0, 3], dims=[0, 1, 4, 7], correction="qk", **options)
         assert np.abs(est.verify(k=6).table.error).max() < 1e-5, options
 
 
@@ -640,3 +656,24 @@ def test_kl_probes_depend_on_the_prompt_not_on_the_batch(tiny_llama):
                                rtol=1e-5, atol=1e-9)
     other_seed = run(prompts[2:3], seed=1)
     assert np.abs(other_seed.per_prompt.effect.to_numpy() - alone.per_prompt.effect.to_numpy()).max() > 1e-4
+
+
+def test_rotary_coefficients_say_how_one_pre_rotary_dim_moves_the_rotated_vector():
+    """Against the engine's own rotation, with a partial rotary embedding (4 of 8 dims rotated, scaled)."""
+    from attnlab.engine.attention import _rotate
+    from attnlab.measure._attribution_qk import rotary_coefficients
+
+    gen = torch.Generator().manual_seed(0)
+    angles = torch.rand(1, 5, 2, generator=gen) * 6
+    cos, sin = (1.3 * torch.cat([f(angles)] * 2, dim=-1) for f in (torch.cos, torch.sin))  # [1, pos, 4]
+    own, partner_coef, partner = rotary_coefficients(cos, sin, 8)
+    x = torch.randn(1, 1, 5, 8, generator=gen)  # [batch, head, pos, d_head]
+    for e in range(8):
+        moved = x.clone()
+        moved[..., e] += 1.0
+        change = (_rotate(moved, cos, sin) - _rotate(x, cos, sin))[0, 0]  # [pos, d_head]
+        expected = torch.zeros(5, 8)
+        expected[:, e] += own[0, :, e]
+        expected[:, int(partner[e])] += partner_coef[0, :, e]
+        assert torch.allclose(change, expected, atol=1e-5), e
+    assert partner.tolist() == [2, 3, 0, 1, 4, 5, 6, 7]

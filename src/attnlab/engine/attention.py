@@ -151,6 +151,7 @@ def _through_pre_rotary(point: HookPoint, x: Float[torch.Tensor, "batch head pos
             )
         _check_rotate_half(cos, x.shape[-1], layer)
         pre = _rotate(x, cos, sin, inverse=True)
+        info.rotary = (cos, sin)
     given = _copy_per_position(pre)
     edited = rearrange(_run(point, given, info), "b p h d -> b h p d")
     if not edited.requires_grad and torch.equal(edited, pre):  # with gradients, the hook's tensor stays in the graph

@@ -179,14 +179,18 @@ class Hook:
     error; ``decoding`` only in its steps after the first (the prompt's own step is checked
     as a forward pass over the prompt is). ``row_keys(n)`` says which prompt each row is when a
     measurement chunks or stacks them; ``row_lengths(n)`` how many tokens each row has.
+    ``rotary``: at a pre-rotary point, the ``(cos, sin)`` (``[batch or 1, pos, rotary_dim]``,
+    transformers' ``rotate_half`` layout) that rotate this call's values after the hook, so that
+    a caller can map a change made here to the scores (AtP*'s QK fix does); None elsewhere.
     """
 
-    __slots__ = ("point", "q_col", "q_len", "k_col", "k_len", "state")
+    __slots__ = ("point", "q_col", "q_len", "k_col", "k_len", "state", "rotary")
 
     def __init__(self, point: HookPoint, *, q_col: int = 0, q_len: int = 0, k_col: int = 0, k_len: int = 0, state=None):
         self.point = point
         self.q_col, self.q_len, self.k_col, self.k_len = q_col, q_len, k_col, k_len
         self.state = state  # attnlab.engine.state.ForwardState or None (a plain HF call)
+        self.rotary = None
 
     def __getattr__(self, name: str):
         return getattr(self.point, name)

@@ -17,7 +17,7 @@ from attnlab.engine.locations import hook_name
 from attnlab.errors import UnsupportedModel
 from attnlab.interventions.reference_means import real_token_sum
 from attnlab.measure._attribution_grad import GradForward, grad_forward
-from attnlab.measure._attribution_qk import check_scores_are_dot_products, qk_fixed
+from attnlab.measure._attribution_qk import check_scores_are_dot_products, qk_fixed, rotary_coefficients
 from attnlab.measure._attribution_units import Units, site_values
 from attnlab.measure._rows import Rows
 
@@ -33,7 +33,7 @@ def estimate(model, rows: Rows, cf_rows, metric, units: Units, method, means, co
     unedited, all in one chunk, so the grad-enabled forward's own activations give the means
     (see :func:`forward_means`) and no separate pass over the references is needed.
     """
-    qk = correction in ("qk", "atp*") and units.site in ("q", "k")
+    qk = correction in ("qk", "atp*") and units.site in ("q", "k", "q_pre_rotary", "k_pre_rotary")
     graddrop = correction in ("graddrop", "atp*")
     k = rows.per_prompt
     chunk = max(k, batch_size // k * k)
@@ -129,10 +129,12 @@ def _layer_estimator(model, units: Units, fwd: GradForward, targets, valid, own,
             return units.linear(act, grads[own[layer]], targets[layer], valid)
         names = extra[layer]
         delta = targets[layer].float() - act.detach().float()
+        rotary = fwd.rotary.get(own[layer])  # pre-rotary units of a rotary layer: delta is before the rotation
+        rotation = None if rotary is None else rotary_coefficients(*rotary, act.shape[-1])
         return qk_fixed(
-            units.site, fwd.acts[names["q"]].detach(), fwd.acts[names["k"]].detach(), delta.expand_as(act),
+            units.site[0], fwd.acts[names["q"]].detach(), fwd.acts[names["k"]].detach(), delta.expand_as(act),
             fwd.acts[names["attn_scores"]].detach(), grads[names["pattern"]], valid, list(units.heads), list(units.dims),
-            scaling, units.per_position,
+            scaling, units.per_position, rotation,
         )
 
     return estimate

@@ -47,6 +47,7 @@ class GradForward:
     second_order: bool  # KL: the estimate is 1/2 * mean over probes of (a' - a).g_r squared
     shortcut: bool = False  # GradDrop through the residual shortcut (see the module docstring)
     n_layers: int = 0
+    rotary: dict = field(default_factory=dict)  # pre-rotary point name -> the (cos, sin) its values were rotated by
     dropped: dict = field(default_factory=lambda: {"layer": None})  # read by the GradDrop hooks
     _post_grads: list = field(default_factory=list)  # per direction: {layer: dM/d resid_post}
 
@@ -83,9 +84,12 @@ def grad_forward(model, part: Rows, metric, names: Sequence[str], *, graddrop: b
                  seed: int, precision: torch.dtype | None = None) -> GradForward:
     """One clean forward of ``part`` building the graph from the captured ``names`` to the metric."""
     acts: dict[str, torch.Tensor] = {}
+    rotary: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     dropped: dict = {"layer": None}
 
     def capture(x, hook):
+        if getattr(hook, "rotary", None) is not None:
+            rotary[hook.name] = hook.rotary
         if not x.requires_grad:  # frozen weights: start the graph here
             x = x.detach().requires_grad_(True)
             acts[hook.name] = x
@@ -121,7 +125,7 @@ def grad_forward(model, part: Rows, metric, names: Sequence[str], *, graddrop: b
         if not per_prompt.requires_grad:
             raise InvalidInput(f"{metric.name} gave a value with no gradient; attribution needs a differentiable metric")
         scalars, values, second = [per_prompt.sum()], per_prompt.detach().float().cpu(), False
-    return GradForward(acts, values, scalars, second, shortcut, n_layers, dropped)
+    return GradForward(acts, values, scalars, second, shortcut, n_layers, rotary, dropped)
 
 
 def has_residual_shortcut(model) -> bool:

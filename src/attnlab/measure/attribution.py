@@ -10,8 +10,9 @@ units exactly with the sweep machinery. What the estimate costs and when to trus
 
 Corrections (AtP*):
 
-* ``"qk"``: for q/k dimension units, the head's softmax is recomputed exactly with the
-  patched query or key and the estimate linearised from the attention probabilities on;
+* ``"qk"``: for q/k dimension units (before or after the rotary embedding), the head's
+  softmax is recomputed exactly with the patched query or key and the estimate linearised
+  from the attention probabilities on;
 * ``"graddrop"``: one more backward pass per layer with that layer's residual-stream writes
   cut out of the gradient; the unit's score is the mean absolute estimate over those passes
   (a magnitude for ranking, in the ``graddrop`` column);
@@ -386,12 +387,7 @@ def _check_method(site: str, method: str, correction) -> tuple[str, str | None]:
             f"unknown correction {correction!r}{did_you_mean(str(correction), CORRECTIONS)} "
             f"(valid: None, {', '.join(CORRECTIONS)})"
         )
-    if correction == "qk" and site in ("q_pre_rotary", "k_pre_rotary"):
-        raise InvalidSpec(
-            f"the QK fix recomputes the softmax from q and k after the rotary embedding: use site={site[0]!r} for it; "
-            f"{site!r} units take correction='graddrop' or None (correction='atp*' applies GradDrop only to them)"
-        )
-    if correction == "qk" and site not in ("q", "k"):
+    if correction == "qk" and site not in ("q", "k", "q_pre_rotary", "k_pre_rotary"):
         raise InvalidSpec(
             f"the QK fix applies to q and k units (their softmax); {site!r} units reach the metric without passing "
             "through their own head's softmax. Use correction='graddrop' or None"
