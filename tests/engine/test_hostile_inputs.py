@@ -372,3 +372,12 @@ def test_a_layer_or_head_that_is_not_a_whole_number_is_named_as_such():
     with pytest.raises(InvalidLocation, match=r"layer must be a whole number \(an int\), got 1\.0 \(float\)"):
         sweep_heads(model, ["the nurse said that"], LogitDiff(" she", " he"), "zero", layers=[1.0], progress=False)
     assert model.check_layer(np.int64(1)) == 1 and model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("flag", ["grad", "hidden", "stop_early"])
+def test_run_switches_must_be_bools(tiny_gpt2, flag):
+    """run(grad="no") built an autograd graph (a non-empty string is truthy)."""
+    with pytest.raises(InvalidInput, match=rf"^{flag} must be True or False, got 'no'$"):
+        tiny_gpt2.run(IDS, logits="last", **{flag: "no"})
+    assert tiny_gpt2.count_hooks() == 0
+    assert not tiny_gpt2.run(IDS, logits="last", grad=False).logits.requires_grad

@@ -922,6 +922,9 @@ class HookedModel(ModelWeights, nn.Module):
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise InvalidInput(f"unknown keyword argument(s) {unknown} for model.run(); valid: {', '.join(valid)}")
+        for flag in ("grad", "hidden", "stop_early"):  # grad="no" is truthy: it built a graph
+            if flag in options:
+                _check_flag(options[flag], flag)
         tokens = self.tokens(input, padding_side=options.pop("padding_side", None), prepend_bos=options.pop("prepend_bos", None))
         return run(self, tokens, **options)
 
