@@ -344,3 +344,17 @@ def test_a_bad_ylim_or_float_format_is_named_when_given():
         with pytest.raises(InvalidInput, match=r"float_format must be a format string for one number"):
             report.table(df, float_format=fmt)
     assert "0.70" in report.table(df, float_format="{:.2f}").html
+
+
+def test_head_heatmap_refuses_a_grid_too_large_to_draw_before_building_it():
+    """A stray layer of 10**7 built a 10M x 4 grid (and its image) before anything was said."""
+    import pandas as pd
+
+    from attnlab.viz.plots import head_heatmap
+
+    df = pd.DataFrame({"layer": [0, 10**7], "head": [0, 3], "effect": [1.0, 2.0]})
+    with pytest.raises(InvalidInput, match=r"^head_heatmap: a 10000001 x 4 grid \(layers 0\.\.10000000, heads 0\.\.3\) is too "
+                                           r"large to draw \(at most 4,000,000 cells\)"):
+        head_heatmap(df)
+    grid = head_heatmap(df.assign(layer=[0, 999])).axes[0].images[0].get_array()
+    assert grid.shape == (1000, 4) and grid[999, 3] == 2.0

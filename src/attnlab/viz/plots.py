@@ -101,6 +101,9 @@ def _symmetric_limit(values: np.ndarray) -> float:
     return vmax if vmax > 0 else 1.0
 
 
+_MAX_CELLS = 4_000_000  # 4096 keys x 1024 dims; far past what an image can show cell by cell
+
+
 def head_heatmap(
     df: pd.DataFrame,
     *,
@@ -136,6 +139,9 @@ def head_heatmap(
     H = int(n_heads if n_heads is not None else df[head].max() + 1)
     if df[layer].min() < 0 or df[head].min() < 0 or df[layer].max() >= L or df[head].max() >= H:
         raise InvalidInput(f"head_heatmap: {layer}s must lie in 0..{L - 1} and {head}s in 0..{H - 1}")
+    if L * H > _MAX_CELLS:  # a stray layer of 10**7 built a 10M-row grid before any error
+        raise InvalidInput(f"head_heatmap: a {L} x {H} grid ({layer}s 0..{L - 1}, {head}s 0..{H - 1}) is too large to draw "
+                           f"(at most {_MAX_CELLS:,} cells); check the largest {layer} and {head} in the data")
     grid = np.full((L, H), np.nan)
     grid[df[layer].to_numpy(int), df[head].to_numpy(int)] = df[value].to_numpy(float)
     vmax = _symmetric_limit(grid)
