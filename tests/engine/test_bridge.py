@@ -105,6 +105,20 @@ def test_pre_rotary_q_and_k_equal_the_bridges_hook_q_and_hook_k(arch):
             assert (ours[f"blocks.{layer}.attn.hook_{site}"] - reference)[:, 1:].abs().max() > 1e-3  # rotated
 
 
+def test_pre_norm_q_and_k_equal_the_bridges_hook_q_and_hook_k_on_gemma3():
+    """On a model that normalises q and k, the bridge's hook_q / hook_k are taken before that norm (attnlab's
+    hook_q_pre_norm / hook_k_pre_norm; k per kv head in both)."""
+    model, theirs, ours = both_caches("gemma3")
+    for layer in range(model.cfg.n_layers):
+        for site in ("q", "k"):
+            assert f"blocks.{layer}.attn.hook_{site}_normed" in theirs.cache_dict
+            reference = theirs[f"blocks.{layer}.attn.hook_{site}"]
+            mine = ours[f"blocks.{layer}.attn.hook_{site}_pre_norm"]
+            assert mine.shape == reference.shape
+            assert (mine - reference).abs().max() <= 1e-5, (layer, site)
+            assert (mine - ours[f"blocks.{layer}.attn.hook_{site}_pre_rotary"][:, :, : mine.shape[2]]).abs().max() > 1e-3
+
+
 def test_bert_bridge_loads_and_pattern_edits_land_everywhere():
     bridge, hf, tok = boot("bert-mlm")
     ids = tok([TEXT], return_tensors="pt")["input_ids"]

@@ -23,8 +23,12 @@ def test_names_filter_caches_only_what_is_asked(any_tiny):
     _, everything = model.run_with_cache(TEXT)
     # no filter caches every hook point: the six attention sites of every layer (and q, k before the rotary
     # embedding where the model has one), and the block edges
-    attention = [k for k in everything.keys() if ".attn.hook_" in k and not k.endswith("hook_result")]
+    attention = [k for k in everything.keys() if ".attn.hook_" in k and not k.endswith(("hook_result", "_pre_norm"))]
     assert len(attention) == (8 if model.cfg.rotary else 6) * model.cfg.n_layers
+    # and q, k before their norm where the model normalises them (Gemma-3)
+    pre_norm = [k for k in everything.keys() if k.endswith("_pre_norm")]
+    has_norm = hasattr(model.layout.blocks[0].attention, "q_norm")
+    assert len(pre_norm) == (2 * model.cfg.n_layers if has_norm else 0)
     assert any(k.endswith("hook_q_pre_rotary") for k in attention) == model.cfg.rotary
     assert {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.attn.hook_result"} <= set(everything.keys())
     # layer 0 ran fused in the first call and explicitly in the last: equal up to rounding

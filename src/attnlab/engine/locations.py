@@ -29,11 +29,15 @@ SITES: tuple[str, ...] = ("q_pre_rotary", "k_pre_rotary", "q", "k", "v", "attn_s
 KEY_SITES = frozenset({"k_pre_rotary", "k", "v"})
 
 #: Block-edge sites of layer L and the name each gets (after ``blocks.L.``), in forward order.
+#: ``q_pre_norm`` / ``k_pre_norm`` exist only on models that normalise q and k (Gemma-3, Qwen3, OLMo-2):
+#: the projections' outputs before that norm (TransformerLens' ``hook_q`` / ``hook_k`` there).
 BLOCK_SITES: dict[str, str] = {
     "resid_pre": "hook_resid_pre",
     "q_input": "hook_q_input",
     "k_input": "hook_k_input",
     "v_input": "hook_v_input",
+    "q_pre_norm": "attn.hook_q_pre_norm",
+    "k_pre_norm": "attn.hook_k_pre_norm",
     "result": "attn.hook_result",
     "attn_out": "hook_attn_out",
     "resid_mid": "hook_resid_mid",
@@ -70,6 +74,8 @@ SITE_SHAPES: dict[str, str] = {
     "q_input": "batch pos head d_model",
     "k_input": "batch pos kv_head d_model",
     "v_input": "batch pos kv_head d_model",
+    "q_pre_norm": "batch pos head d_head",
+    "k_pre_norm": "batch pos kv_head d_head",
     "pre": "batch pos d_mlp",
     "pre_linear": "batch pos d_mlp",
     "post": "batch pos d_mlp",
@@ -200,6 +206,10 @@ _TL_ONLY = {
                        "before it: hook_q_pre_rotary",
     "attn.hook_rot_k": "attnlab's hook_k is already after the rotary embedding (TransformerLens' hook_rot_k); "
                        "before it: hook_k_pre_rotary",
+    "attn.hook_q_normed": "q after its norm and before the rotary embedding is blocks.L.attn.hook_q_pre_rotary in attnlab "
+                          "(before the norm: hook_q_pre_norm)",
+    "attn.hook_k_normed": "k after its norm and before the rotary embedding is blocks.L.attn.hook_k_pre_rotary in attnlab "
+                          "(before the norm: hook_k_pre_norm)",
     "attn.hook_q_input": "the query inputs are blocks.L.hook_q_input (TransformerLens' name, on the block)",
     "attn.hook_k_input": "the key inputs are blocks.L.hook_k_input (TransformerLens' name, on the block)",
     "attn.hook_v_input": "the value inputs are blocks.L.hook_v_input (TransformerLens' name, on the block)",

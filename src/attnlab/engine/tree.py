@@ -41,7 +41,8 @@ _MAX_NESTING = 32  # passes started by hooks inside a block, one inside another
 
 #: Block-edge hook names (after ``blocks.L.``) and model-level ones, in forward order.
 EDGE_SITES = (
-    "hook_resid_pre", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_pre_linear",
+    "hook_resid_pre", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_q_pre_norm", "attn.hook_k_pre_norm",
+    "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_pre_linear",
     "hook_mlp_in", "mlp.hook_post", "hook_mlp_out", "hook_resid_post", "hook_normalized_resid_post",
 )
 #: Per-head copies of the stream that only one head's q, k or v reads (TransformerLens' split inputs).
@@ -441,8 +442,37 @@ class HookTree(nn.Module):
             return
         for which in "qkv":
             module = getattr(b, f"{which}_proj")
-            dispatch = self._on_output(module, lambda output, args, which=which: project(which, output))
+            pre_norm = self._pre_norm(block, b, which) if which in "qk" else None
+
+            def on_output(output, args, which=which, pre_norm=pre_norm):
+                out = project(which, output)
+                return out if pre_norm is None else pre_norm(out)
+
+            dispatch = self._on_output(module, on_output)
             self._point(block, f"hook_{which}_input", i, [*keep_resid_pre, dispatch])
+            if pre_norm is not None:
+                self._point(block.attn, f"hook_{which}_pre_norm", i, [dispatch])
+
+    def _pre_norm(self, block: _Block, b: BlockLayout, which: str) -> Callable | None:
+        """``attn.hook_q_pre_norm`` / ``hook_k_pre_norm``: the projection's output per (kv) head, before the model's q/k norm.
+
+        Only where the attention normalises q and k itself (``q_norm`` / ``k_norm``: Gemma-3,
+        Qwen3, OLMo-2), where TransformerLens' ``hook_q`` / ``hook_k`` are taken there; elsewhere the
+        projection's output is ``hook_q_pre_rotary`` already. The point runs in the same dispatcher as
+        the split inputs, after them: an edited ``hook_q_input`` reaches it, as in the forward order.
+        """
+        if not isinstance(getattr(b.attention, f"{which}_norm", None), nn.Module):
+            return None
+        name, d_head = f"hook_{which}_pre_norm", block.attn._per_head(which)[0].shape[-1]
+
+        def pre_norm(output: torch.Tensor) -> torch.Tensor:
+            point = getattr(block.attn, name)
+            if not point.is_hooked():
+                return output
+            given = rearrange(output, "b p (h d) -> b p h d", d=d_head).clone()  # a copy: the output is the model's own
+            return rearrange(_call(point, given), "b p h d -> b p (h d)")
+
+        return pre_norm
 
     def _result_dispatch(self, block: _Block, b: BlockLayout) -> Callable:
         """Per-head outputs of the output projection, ``[batch, pos, head, d_model]``, only when hooked.

@@ -1,0 +1,124 @@
+"""q and k before the model's own q/k norm: ``blocks.L.attn.hook_q_pre_norm`` / ``hook_k_pre_norm``.
+
+Only models that normalise q and k per head (Gemma-3, Qwen3, OLMo-2) have them: there they are
+TransformerLens' ``hook_q`` / ``hook_k`` (its ``hook_q_normed`` is attnlab's ``hook_q_pre_rotary``).
+Checked against the projections' outputs and an edit there against a PyTorch hook on the projection.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.testing import tiny_model
+
+TEXTS = ["the nurse said that she was happy", "the cat"]
+LAYER, HEAD, DIM = 1, 1, 3
+
+
+def _scale_dim(x, hook):
+    x = x.clone()
+    x[:, :, HEAD if hook.name.endswith("q_pre_norm") else 0, DIM] *= 4.0
+    return x
+
+
+def _projection(model, site):
+    return getattr(model.hf_model.get_decoder().layers[LAYER].self_attn, f"{site}_proj")
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_the_pre_norm_site_holds_the_projection_output_per_head(site):
+    model = tiny_model("gemma3")
+    seen = {}
+    handle = _projection(model, site).register_forward_hook(lambda mod, args, out: seen.__setitem__("hf", out.detach()))
+    try:
+        _, cache = model.run_with_cache(TEXTS, names_filter=f"blocks.{LAYER}.attn.hook_{site}_pre_norm")
+    finally:
+        handle.remove()
+    value = cache[f"blocks.{LAYER}.attn.hook_{site}_pre_norm"]
+    heads = model.cfg.n_heads if site == "q" else model.hf_model.config.num_key_value_heads
+    assert value.shape == (2, seen["hf"].shape[1], heads, model.cfg.d_head)
+    assert torch.equal(value.flatten(-2), seen["hf"])
+    assert model.count_hooks() == 0
+    # the norm sits between this point and hook_q_pre_rotary: they differ
+    _, after = model.run_with_cache(TEXTS, names_filter=f"blocks.{LAYER}.attn.hook_{site}_pre_rotary")
+    assert (after[f"blocks.{LAYER}.attn.hook_{site}_pre_rotary"][..., : heads, :] - value).abs().max() > 1e-2
+
+
+def test_only_models_that_normalise_q_and_k_have_the_points():
+    assert "blocks.0.attn.hook_q_pre_norm" in tiny_model("gemma3").hook_dict
+    for arch in ("llama", "gpt2", "bert"):
+        names = tiny_model(arch).hook_dict
+        assert not any("pre_norm" in n for n in names), arch
+    _, cache = tiny_model("gemma3").run_with_cache("the cat")  # a cache of every point includes them
+    assert "blocks.1.attn.hook_k_pre_norm" in cache
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_an_edit_before_the_norm_equals_the_same_edit_of_the_projection_output(site):
+    model = tiny_model("gemma3")
+    ids = model.to_tokens(TEXTS, padding_side="right")
+    with torch.no_grad():
+        clean = model(ids)
+        with model.hooks(fwd_hooks=[(f"blocks.{LAYER}.attn.hook_{site}_pre_norm", lambda x, hook: x)]):
+            assert torch.equal(model(ids), clean)  # an identity hook changes nothing, bit for bit
+        with model.hooks(fwd_hooks=[(f"blocks.{LAYER}.attn.hook_{site}_pre_norm", _scale_dim)]):
+            ours = model(ids)
+        with model.hooks(fwd_hooks=[(f"blocks.{LAYER}.attn.hook_{site}_pre_rotary", _scale_dim)]):
+            after_norm = model(ids)
+
+        def edit(mod, args, out):
+            out = out.clone().unflatten(-1, (-1, model.cfg.d_head))
+            out[:, :, HEAD if site == "q" else 0, DIM] *= 4.0
+            return out.flatten(-2)
+
+        handle = _projection(model, site).register_forward_hook(edit)
+        try:
+            theirs = model(ids)
+        finally:
+            handle.remove()
+    assert (ours - clean).abs().max() > 1e-3
+    assert (ours - theirs).abs().max() < 1e-5
+    assert (ours - after_norm).abs().max() > 1e-4  # the norm rescales the head: before it is another edit
+    assert model.count_hooks() == 0
+
+
+def test_an_edited_query_input_reaches_the_pre_norm_point():
+    """The split input is upstream of the projection: its edit must be in what hook_q_pre_norm sees."""
+    model = tiny_model("gemma3")
+    name = f"blocks.{LAYER}.attn.hook_q_pre_norm"
+    _, clean = model.run_with_cache(TEXTS, names_filter=name)
+    with model.hooks(fwd_hooks=[(f"blocks.{LAYER}.hook_q_input", lambda x, hook: x * 0.0)]):
+        _, edited = model.run_with_cache(TEXTS, names_filter=name)
+    attention = model.hf_model.get_decoder().layers[LAYER].self_attn
+    bias = attention.q_proj.bias
+    expected = torch.zeros_like(clean[name]) + (0.0 if bias is None else bias.view(-1, model.cfg.d_head))
+    assert (clean[name] - expected).abs().max() > 1e-2
+    assert torch.allclose(edited[name], expected, atol=1e-6)
+
+
+def test_generate_under_a_pre_norm_edit_gives_the_tokens_of_full_forward_passes():
+    """Each step's new keys are edited before the norm and cached edited, as a full pass computes them."""
+    model = tiny_model("gemma3")
+    hooks = [(f"blocks.{LAYER}.attn.hook_k_pre_norm", _scale_dim), (f"blocks.{LAYER}.attn.hook_q_pre_norm", _scale_dim)]
+    generated = model.generate(TEXTS, max_new_tokens=6, return_type="tokens", fwd_hooks=hooks)
+    plain = model.generate(TEXTS, max_new_tokens=6, return_type="tokens")
+    assert not torch.equal(plain, generated)
+    for row, text in enumerate(TEXTS):
+        ids = model.to_tokens(text)
+        for step in range(6):
+            with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+                nxt = model(ids)[0, -1].argmax()
+            assert int(nxt) == int(generated[row, step])
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    assert model.count_hooks() == 0
+
+
+def test_transformerlens_normed_names_point_to_the_pre_rotary_sites():
+    from attnlab.errors import InvalidLocation
+
+    model = tiny_model("gemma3")
+    with pytest.raises(InvalidLocation, match=r"hook_q_normed.*blocks\.L\.attn\.hook_q_pre_rotary in attnlab \(before the "
+                                              r"norm: hook_q_pre_norm\)"):
+        model.run_with_cache("the cat", names_filter="blocks.0.attn.hook_q_normed")
+    assert model.count_hooks() == 0
