@@ -15,6 +15,11 @@ position. This script reads both on the embedded Gemma-3-270m and checks what fo
 3. One dimension zeroed before the rotation is not one dimension zeroed after it: the
    patterns differ (by 0.001 here, for a slowly turning pair; more for fast ones). Edit
    ``*_pre_rotary`` to act on a projection unit, ``q``/``k`` to act on what the score sums.
+4. Gemma-3 also normalises each head's q and k (``q_norm``/``k_norm``) before the rotation, so
+   a unit of the k projection itself (``hook_k_pre_norm``, TransformerLens' ``hook_k`` here; one
+   key for all four heads of the layer) is a third place. Zeroing the same pair there, the norm
+   rescales the rest of the key to the same size: the pattern moves differently from the same
+   pair zeroed after the norm.
 
     python examples/pre_rotary_neurons.py [--layer 5] [--head 0] [--json numbers.json]
 """
@@ -83,6 +88,20 @@ def main() -> None:
     one_gap = float((before - after).abs().max())
     print(f"3. Key dim {one} alone zeroed before vs after the rotation: patterns differ by up to {one_gap:.3f}")
     numbers.update(pair=dims, pair_gap=pair_gap, pair_effect=pair_effect, one_dim=one, one_dim_gap=one_gap)
+
+    def zero_pair(x, hook):  # [batch, pos, kv_head, d_head]: the layer's one key, before its norm
+        x = x.clone()
+        x[..., dims] = 0.0
+        return x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_k_pre_norm", zero_pair)]):
+        _, cache = model.run_with_cache(text, names_filter=[f"blocks.{layer}.attn.hook_pattern"])
+    before_norm = cache[f"blocks.{layer}.attn.hook_pattern"][0, head]
+    after_norm = pattern_under(model, text, layer, head, [EditNeuron(layer, head, site="k_pre_rotary", dim=dims, scale=0.0)])
+    norm_gap, norm_effect = float((before_norm - after_norm).abs().max()), float((before_norm - clean).abs().max())
+    print(f"4. Key pair {pair} zeroed before Gemma's k norm vs after it: patterns differ by up to {norm_gap:.3f} "
+          f"(the edit before the norm moves the pattern by up to {norm_effect:.3f})")
+    numbers.update(norm_gap=norm_gap, norm_effect=norm_effect)
     assert model.count_hooks() == 0
     if args.json:
         with open(args.json, "w") as f:

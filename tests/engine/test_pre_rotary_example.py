@@ -22,3 +22,6 @@ def test_the_pre_rotary_example_says_true_things(tmp_path):
     assert numbers["one_dim_gap"] > 1e-4  # one dimension: not the same edit
     assert all(d % half > half // 2 for d in numbers["k_top_dims"])  # the largest keys: low-frequency pairs
     assert f"Key pair {numbers['pair'][0] % half} (dims {numbers['pair']}) zeroed before vs after" in out.stdout
+    # before Gemma's k norm: the norm rescales the rest of the key, so it is another edit than after the norm
+    assert numbers["norm_gap"] > 1e-3 and numbers["norm_effect"] > 0.05
+    assert f"Key pair {numbers['pair'][0] % half} zeroed before Gemma's k norm vs after it" in out.stdout
