@@ -7,7 +7,8 @@ Every stage runs both methods in this process, on the same model, prompts and me
   ``sweep_heads``), and pattern patching on 32 mediation pairs x -> x' (stereotypical minus
   anti-stereotypical pronoun);
 * q/k dimensions of one layer (4 heads x 256 dims each, zeroed): ``attribute(site="q"/"k")``,
-  plain and with the QK fix, vs ``sweep_neurons``;
+  plain and with the QK fix, vs ``sweep_neurons`` (``--dims-sites q_pre_rotary,k_pre_rotary``: the
+  dimensions before the rotary embedding instead);
 * MLP neurons of one layer (2048, zeroed): ``attribute(site="post")`` vs the exact sweep
   (``sweep_interventions`` with one ``EditMLPNeuron`` per variant).
 
@@ -25,7 +26,7 @@ estimated and exact mean effects over all units, the overlap of the two top-10 s
 |effect|; by the GradDrop score for AtP*) and the largest absolute error.
 
 Run: ``python benchmarks/bench_attribution.py [--threads N] [--stages heads,dims,mlp]
-[--dims-layer L] [--mlp-layer L] [--repeats N] [--json out.json]``; ``--stages heads,floor`` adds
+[--dims-layer L] [--dims-sites q,k] [--mlp-layer L] [--repeats N] [--json out.json]``; ``--stages heads,floor`` adds
 what a bare HF forward and forward + backward cost on the same batch (the ceiling of any gradient estimate's speed-up).
 """
 
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--stages", default="heads,dims,mlp")
     parser.add_argument("--dims-layer", type=int, default=15, help="layer whose q/k dims are swept")
+    parser.add_argument("--dims-sites", default="q,k", help="sites of the dims stage (q, k, q_pre_rotary, k_pre_rotary)")
     parser.add_argument("--mlp-layer", type=int, default=15, help="layer whose MLP neurons are swept")
     parser.add_argument("--batch-size", type=int, default=128, help="rows per forward of the exact sweeps")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each estimate; the median time is reported")
@@ -194,7 +196,7 @@ def main() -> None:
                                                                      counterfactuals=counter, correction="atp*", **opts, **o))]))
     if "dims" in stages:
         layer = args.dims_layer
-        for site in ("q", "k"):
+        for site in args.dims_sites.split(","):
             compare_here(f"{site} dims of layer {layer} (4 x 256), zeroed", rows,
                     lambda site=site: sweep_neurons(model, prompts, metric, layer, site=site, batch_size=args.batch_size,
                                                     **opts),
