@@ -457,8 +457,8 @@ class HookTree(nn.Module):
         """``attn.hook_q_pre_norm`` / ``hook_k_pre_norm``: the projection's output per (kv) head, before the model's q/k norm.
 
         Only where the attention normalises q and k itself (``q_norm`` / ``k_norm``: Gemma-3,
-        Qwen3, OLMo-2), where TransformerLens' ``hook_q`` / ``hook_k`` are taken there; elsewhere the
-        projection's output is ``hook_q_pre_rotary`` already. The point runs in the same dispatcher as
+        Qwen3, OLMo-2); TransformerLens' ``hook_q`` / ``hook_k`` are read here on those models.
+        Elsewhere the projection's output is ``hook_q_pre_rotary`` already. The point runs in the same dispatcher as
         the split inputs, after them: an edited ``hook_q_input`` reaches it, as in the forward order.
         """
         if not isinstance(getattr(b.attention, f"{which}_norm", None), nn.Module):
