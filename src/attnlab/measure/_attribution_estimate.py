@@ -132,7 +132,7 @@ def _layer_estimator(model, units: Units, fwd: GradForward, targets, valid, own,
         rotary = fwd.rotary.get(own[layer])  # pre-rotary units of a rotary layer: delta is before the rotation
         rotation = None if rotary is None else rotary_coefficients(*rotary, act.shape[-1])
         return qk_fixed(
-            units.site[0], fwd.acts[names["q"]].detach(), fwd.acts[names["k"]].detach(), delta.expand_as(act),
+            units.site.removesuffix("_pre_rotary"), fwd.acts[names["q"]].detach(), fwd.acts[names["k"]].detach(), delta.expand_as(act),
             fwd.acts[names["attn_scores"]].detach(), grads[names["pattern"]], valid, list(units.heads), list(units.dims),
             scaling, units.per_position, rotation,
         )
