@@ -137,7 +137,7 @@ def mediation_pairs(
     occ = occupation_frame(occupations)
     tmpl = shipped_templates() if templates is None else as_templates(templates)
     female, male = check_pronouns(pronouns)
-    w_female, w_male = check_pronouns(replacements)
+    w_female, w_male = check_pronouns(replacements, "replacements")
     check_next_word_prefixes(tmpl, " " + female)
     pairs, skipped = [], []
     for o, share in zip(occ.occupation, occ.share_women):
