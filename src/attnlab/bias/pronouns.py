@@ -181,7 +181,7 @@ def pronoun_bias(
     if model.cfg.is_causal:
         prompts = [t.causal(o) for o, _, t in rows]
         words, read_at = [" " + female, " " + male], "last"
-        check_next_word_prefixes([t for _, _, t in rows], words[0])
+        check_next_word_prefixes(list(dict.fromkeys(t for _, _, t in rows)), words[0])  # each template once
     else:
         mask = getattr(model.tokenizer, "mask_token", None)
         if mask is None:

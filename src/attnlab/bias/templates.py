@@ -105,14 +105,29 @@ def as_templates(items) -> list[Template]:
                                f"with keys 'prefix' (and optionally 'suffix'), got {t!r:.80}")
     if not out:
         raise InvalidInput("no templates given: pass a non-empty list of strings with an '{occupation}' slot")
+    first: dict[Template, int] = {}
+    for i, t in enumerate(out):  # a repeat was scored again for every occupation: twice the weight in its mean
+        if t in first:
+            raise InvalidInput(f"template {i} ({t.prefix!r}{', ' + repr(t.suffix) if t.suffix else ''}) is also "
+                               f"template {first[t]}; give each template once")
+        first.setdefault(t, i)
     return out
 
 
 def check_next_word_prefixes(items: Sequence[Template], word: str) -> None:
-    """Refuse a prefix that ends in whitespace where a causal LM scores ``word`` (with its own space) next.
+    """Refuse prefixes a causal LM cannot score ``word`` (with its own space) after as asked.
 
     ``"...said that " + " she"``: the pronoun was scored after two spaces, not as the next word.
+    Two templates with one prefix (other suffixes) are one prompt to a causal LM, which reads
+    only the prefix: it was scored and counted twice per occupation.
     """
+    first: dict[str, int] = {}
+    for i, t in enumerate(items):
+        if t.prefix in first:
+            raise InvalidInput(f"templates {first[t.prefix]} and {i} have the same prefix {t.prefix!r}; a causal LM "
+                               "reads only the prefix (the suffix is for masked LMs), so they are one prompt: give "
+                               "each prefix once")
+        first[t.prefix] = i
     spaced = next((t for t in items if t.prefix != t.prefix.rstrip()), None)
     if spaced is not None:
         raise InvalidInput(f"template prefix {spaced.prefix!r} ends with whitespace; a causal LM scores the pronoun "
