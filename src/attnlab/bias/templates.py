@@ -196,7 +196,8 @@ def _check_occupation_rows(df: pd.DataFrame) -> None:
 def occupation_frame(chosen) -> pd.DataFrame:
     """Normalise an ``occupations=`` option: None (all shipped), names from the shipped list, or a DataFrame.
 
-    A DataFrame needs the columns ``occupation`` and ``share_women`` (a fraction in 0..1).
+    A DataFrame needs the columns ``occupation`` and ``share_women`` (a fraction in 0..1);
+    names are stripped of surrounding whitespace.
     """
     if chosen is None or (isinstance(chosen, Sequence) and not isinstance(chosen, str)):
         return occupations(chosen)
@@ -210,7 +211,8 @@ def occupation_frame(chosen) -> pd.DataFrame:
             raise InvalidInput("occupations DataFrame is empty")
         _check_occupation_rows(chosen)
         out = chosen[["occupation", "share_women"]].reset_index(drop=True)
-        return out.assign(share_women=out["share_women"].astype(float))
+        # names as the duplicate check reads them: " nurse" made the prompt "The  nurse said that" (two spaces)
+        return out.assign(occupation=out["occupation"].str.strip(), share_women=out["share_women"].astype(float))
     raise InvalidInput(f"occupations must be None, a list of names or a DataFrame, got {type(chosen).__name__}")
 
 
