@@ -35,9 +35,10 @@ and TE is measured once.
 
 from __future__ import annotations
 
+import numbers
 import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +135,9 @@ def mediation_pairs(
     otherwise the reverse (``"woman"``). Returns the pairs (occupation-major, templates in
     order) and a DataFrame of the skipped (occupation, template) combinations with the reason.
     """
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+        # NaN (every comparison False) or a percent (50) made every occupation male-stereotyped without a word
+        raise InvalidInput(f"threshold must be a share of women in 0..1 (a fraction, not a percent), got {threshold!r}")
     occ = occupation_frame(occupations)
     tmpl = shipped_templates() if templates is None else as_templates(templates)
     female, male = check_pronouns(pronouns)
@@ -168,17 +172,28 @@ def _as_int(v):
         return v
 
 
-def _check_units(model, units: Sequence[Sequence[Head]]) -> list[list[Head]]:
+def _check_head(model, item, where: str) -> Head:
+    """One ``(layer, head)`` pair (``head`` None: every head of the layer); an int or a triple raised a bare
+    TypeError / ValueError from unpacking."""
+    try:
+        if isinstance(item, (str, bytes)):
+            raise TypeError
+        layer, head = (_as_int(v) for v in item)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{where} must be a (layer, head) pair, got {item!r}; {model.cfg.name} has "
+                           f"{model.cfg.layer_range()} and {model.cfg.head_range()}") from None
+    model.check_layer(layer)
+    if head is not None:
+        model.check_head(head)
+    return layer, head
+
+
+def _check_units(model, units: Sequence[Sequence[Head]], what: str = "units") -> list[list[Head]]:
     out = []
-    for u in units:
-        heads = []
-        for item in u:
-            layer, head = (_as_int(v) for v in item)
-            model.check_layer(layer)
-            if head is not None:
-                model.check_head(head)
-            heads.append((layer, head))
-        out.append(heads)
+    for j, u in enumerate(units):
+        if isinstance(u, (str, bytes)) or not isinstance(u, Iterable):
+            raise InvalidInput(f"{what}[{j}] must be a list of (layer, head) pairs, got {u!r}")
+        out.append([_check_head(model, item, f"{what}[{j}][{i}]") for i, item in enumerate(u)])
     return out
 
 
@@ -408,8 +423,8 @@ def causal_mediation(
         warnings.warn("causal_mediation(level=...) is deprecated and will be removed in the next release; "
                       "use levels=(...)", DeprecationWarning, stacklevel=2)
         levels = level
-    levels = (levels,) if isinstance(levels, str) else tuple(levels)
-    if not levels or len(set(levels)) != len(levels):
+    levels = (levels,) if isinstance(levels, str) else tuple(levels) if isinstance(levels, Sequence) else ()
+    if not levels or not all(isinstance(lv, str) for lv in levels) or len(set(levels)) != len(levels):
         raise InvalidInput(f"levels must be a non-empty list of distinct levels from {', '.join(LEVELS)}, got {levels!r}")
     units_by_level = {lv: _units_for(model, lv) for lv in levels}
     effects = _check_effects(effects)
@@ -459,7 +474,7 @@ def greedy_heads(
     check_batch_size(batch_size)
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)
-    pool = _check_units(model, [pool])[0]
+    pool = [_check_head(model, item, f"candidates[{i}]") for i, item in enumerate(pool)]
     twice = sorted({h for h in pool if pool.count(h) > 1}, key=str)
     if twice:  # a chosen head leaves the options with its copies, and a later step had none to pick from
         raise InvalidInput(f"candidates must be distinct heads; given more than once: {', '.join(map(str, twice))}")
