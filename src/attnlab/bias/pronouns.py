@@ -38,6 +38,7 @@ from attnlab.bias.templates import (
 )
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure import LogProbs, Result, bootstrap, check_resampling, score
+from attnlab.measure.effect import check_interventions
 from attnlab.measure.result import renamed
 
 __all__ = ["PronounBias", "pronoun_bias", "design", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
@@ -121,10 +122,12 @@ class PronounBias(Result):
     """
 
     def __init__(self, per_prompt: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, model_name: str,
-                 pronouns: tuple[str, str], *, n_boot: int | None = None, seed: int | None = None):
+                 pronouns: tuple[str, str], *, n_boot: int | None = None, seed: int | None = None,
+                 interventions: Sequence = ()):
         self.per_prompt, self.table, self._summary = per_prompt, table, summary
         self.model_name, self.pronouns = model_name, pronouns
         self.n_boot, self.seed = n_boot, seed  # what the intervals came from (a baseline must match them)
+        self.interventions = tuple(interventions)  # the specs passed (a clean baseline has none)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -176,6 +179,7 @@ def pronoun_bias(
     """
     n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model)
+    interventions = check_interventions(model, interventions)
     rows = design(occupations, templates)
     female, male = check_pronouns(pronouns)
     if model.cfg.is_causal:
@@ -215,4 +219,5 @@ def pronoun_bias(
         .reset_index()
     )
     summary = summarize_log_ratios(per_occupation, n_boot=n_boot, seed=seed)
-    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male), n_boot=n_boot, seed=seed)
+    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male), n_boot=n_boot, seed=seed,
+                       interventions=interventions)
