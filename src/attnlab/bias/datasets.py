@@ -171,10 +171,12 @@ def load_winobias_dir(folder, *, split: str = "dev", types=(1, 2)) -> pd.DataFra
     if not isinstance(folder, (str, os.PathLike)):
         raise InvalidInput(f"expected the path of a WinoBias folder (a str or Path), got {type(folder).__name__}")
     folder = Path(folder)
+    chosen = list(types) if isinstance(types, (list, tuple)) else None
+    if not chosen or not all(is_integer(t) and t in (1, 2) for t in chosen) or len(set(chosen)) != len(chosen):
+        # 1 raised a TypeError, True read the file 'typeTrue', (1, 1) loaded each file twice
+        raise InvalidInput(f"types must be a list of distinct types from 1, 2, got {types!r}")
     frames = []
-    for t in types:
-        if t not in (1, 2):
-            raise InvalidInput(f"types must be 1 and/or 2, got {t!r}")
+    for t in map(int, chosen):
         for s in ("pro", "anti"):
             f = folder / f"{s}_stereotyped_type{t}.txt.{split}"
             if not f.is_file():
@@ -364,9 +366,27 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
     """
     if not isinstance(templates, pd.DataFrame) or templates.empty:
         raise InvalidInput("fill_winogender takes the non-empty DataFrame from load_winogender_templates")
+    need = ["occupation", "participant", "answer", "template"]
+    missing = [c for c in need if c not in templates.columns]
+    if missing:  # itertuples raised AttributeError on the first row
+        raise InvalidInput(f"the Winogender templates DataFrame needs the columns {', '.join(need)}; missing {missing} "
+                           "(load it with load_winogender_templates)")
+    key = templates[need].astype(str).apply(tuple, axis=1).tolist()
+    seen: dict[tuple, object] = {}
+    for label, row in zip(templates.index, key):  # a file loaded twice: each template scored twice, twice the weight
+        if row in seen:
+            raise InvalidInput(f"templates row {label!r} repeats row {seen[row]!r} (occupation {row[0]!r}, participant "
+                               f"{row[1]!r}, answer {row[2]}, the same sentence); give each template once")
+        seen[row] = label
+    genders = [genders] if isinstance(genders, str) else list(genders)
+    if not genders:
+        raise InvalidInput(f"genders must be a non-empty list from {', '.join(WINOGENDER_PRONOUNS)}")
     bad = [g for g in genders if g not in WINOGENDER_PRONOUNS]
     if bad:
         raise InvalidInput(f"unknown gender {bad[0]!r}; valid: {', '.join(WINOGENDER_PRONOUNS)}")
+    twice = [g for i, g in enumerate(genders) if g in genders[:i]]
+    if twice:  # every template was filled twice with it
+        raise InvalidInput(f"gender {twice[0]!r} is given twice; give each of {', '.join(WINOGENDER_PRONOUNS)} at most once")
     rows = []
     for t in templates.itertuples():
         for g in genders:

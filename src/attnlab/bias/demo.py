@@ -82,6 +82,10 @@ def run_bias_demo(
     if not is_integer(k) or k < 1 or k > model.cfg.n_layers * model.cfg.n_heads:
         raise InvalidInput(f"k must be an integer in 1..{model.cfg.n_layers * model.cfg.n_heads}, got {k!r}")
     k = int(k)
+    for name, value in (("n_mediation_occupations", n_mediation_occupations),
+                        ("n_mediation_templates", n_mediation_templates)):
+        if not is_integer(value) or value < 1:  # -1 sliced off the last template or dropped the extremes; 1.5 a TypeError
+            raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
     if method not in ("zero", "mean"):
         raise InvalidInput(f"method must be 'zero' or 'mean', got {method!r}")
     occ = occupation_frame(occupations)
