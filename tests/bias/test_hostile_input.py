@@ -1,0 +1,164 @@
+"""Hostile input to the bias measurements: what was accepted and gave a silently wrong number, or a raw error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnlab.bias import bias_experiment, coref_bias, greedy_heads, mediation_pairs, pronoun_bias, winogender_bias
+from attnlab.bias.datasets import fill_winogender, load_winobias_dir
+from attnlab.bias.demo import run_bias_demo
+from attnlab.bias.mediation import MediationPair, causal_mediation, mediation_effects
+from attnlab.bias.templates import Template, as_templates
+from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.interventions import AblateHead
+from attnlab.testing import tiny_model
+
+OCC = ["nurse", "mechanic", "teacher"]
+PAIR = MediationPair("The nurse said that", "The man said that", " she", " he", "nurse")
+WINOGENDER = pd.DataFrame({"occupation": ["nurse", "mechanic"], "participant": ["patient", "customer"],
+                           "answer": [0, 0], "template": ["The $OCCUPATION said that $NOM_PRONOUN was tired.",
+                                                          "The $OCCUPATION said that $NOM_PRONOUN was late."]})
+
+
+@pytest.mark.parametrize("pronouns", [{"she": 0, "he": 1}, {"she", "he"}, None, 5])
+def test_pronouns_that_are_not_a_pair_of_words_are_refused(pronouns):
+    """A dict raised KeyError 0, a set or None a TypeError, from inside check_pronouns."""
+    with pytest.raises(InvalidInput, match=r"pronouns must be a \(female, male\) pair of words"):
+        pronoun_bias(tiny_model("gpt2"), occupations=OCC, pronouns=pronouns, n_boot=0)
+
+
+def test_replacements_are_named_in_their_own_error():
+    """mediation_pairs(replacements=('man', 'man')) said 'pronouns must be two different words'."""
+    with pytest.raises(InvalidInput, match=r"^replacements must be two different words \(female, male\)"):
+        mediation_pairs(tiny_model("gpt2"), occupations=OCC, replacements=("man", "man"))
+
+
+@pytest.mark.parametrize("items", [["The {occupation} said that"] * 2,
+                                   [Template("The {occupation} said that", "a"), Template("The {occupation} said that", "a")]])
+def test_a_template_given_twice_is_refused(items):
+    """A repeated template was scored twice per occupation: n_templates 2 and a doubled weight in the mean."""
+    with pytest.raises(InvalidInput, match=r"template 1 \('The \{occupation\} said that'(, 'a')?\) is also template 0"):
+        as_templates(items)
+    with pytest.raises(InvalidInput, match="is also template 0"):
+        pronoun_bias(tiny_model("gpt2"), occupations=OCC, templates=items, n_boot=0)
+    with pytest.raises(InvalidInput, match="is also template 0"):
+        mediation_pairs(tiny_model("gpt2"), occupations=OCC, templates=items)
+
+
+def test_templates_a_causal_lm_reads_as_one_prompt_are_refused():
+    """Same prefix, other suffix: a causal LM reads only the prefix, so one prompt was scored and counted twice."""
+    items = [Template("The {occupation} said that", "was late."), Template("The {occupation} said that", "was ill.")]
+    assert len(as_templates(items)) == 2  # a masked LM reads both suffixes: two prompts
+    with pytest.raises(InvalidInput, match=r"templates 0 and 1 have the same prefix 'The \{occupation\} said that'"):
+        pronoun_bias(tiny_model("gpt2"), occupations=OCC, templates=items, n_boot=0)
+    with pytest.raises(InvalidInput, match="have the same prefix"):
+        mediation_pairs(tiny_model("gpt2"), occupations=OCC, templates=items)
+
+
+def test_occupation_names_are_stripped_in_the_prompts():
+    """' nurse' in an occupations DataFrame gave the prompt 'The  nurse said that' (two spaces)."""
+    frame = pd.DataFrame({"occupation": [" nurse", "mechanic ", "teacher"], "share_women": [0.9, 0.1, 0.5]})
+    model = tiny_model("gpt2")
+    result = pronoun_bias(model, occupations=frame, templates=["The {occupation} said that"], n_boot=0)
+    clean = pronoun_bias(model, occupations=OCC, templates=["The {occupation} said that"], n_boot=0)
+    assert result.per_prompt.prompt.tolist() == ["The nurse said that", "The mechanic said that", "The teacher said that"]
+    assert result.table.occupation.tolist() == OCC
+    assert np.allclose(result.table.log_ratio, clean.table.log_ratio)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 50, -0.1, "0.5", True, None])
+def test_mediation_threshold_must_be_a_share_in_0_1(threshold):
+    """NaN (every comparison False) and 50 (a percent) made every occupation male-stereotyped; '0.5' a TypeError."""
+    with pytest.raises(InvalidInput, match=r"threshold must be a share of women in 0\.\.1 \(a fraction, not a percent\), "
+                                           rf"got {threshold!r:.4}"):
+        mediation_pairs(tiny_model("gpt2"), occupations=OCC, threshold=threshold)
+
+
+def test_a_numpy_threshold_is_a_threshold():
+    """A threshold read from a table (numpy float) keeps working and splits the occupations."""
+    pairs, _ = mediation_pairs(tiny_model("gpt2"), occupations=OCC, templates=["The {occupation} said that"],
+                               threshold=np.float64(0.5))
+    assert [p.stereotypical for p in pairs] == [" she", " he", " she"]  # nurse 0.87, mechanic, teacher 0.7
+
+
+@pytest.mark.parametrize("candidates, shown", [([0, 1], "0"), ([(0, 1, 2)], r"\(0, 1, 2\)"), (["01"], "'01'")])
+def test_candidate_heads_that_are_not_layer_head_pairs_are_refused(candidates, shown):
+    """[0, 1] raised "'int' object is not iterable", (0, 1, 2) "too many values to unpack"."""
+    with pytest.raises(InvalidInput, match=rf"candidates\[0\] must be a \(layer, head\) pair, got {shown}"):
+        greedy_heads(tiny_model("gpt2"), [PAIR], k=1, candidates=candidates, n_boot=0)
+
+
+def test_head_sets_that_are_not_lists_of_pairs_are_refused():
+    """mediation_effects(units=[0]) raised "'int' object is not iterable"."""
+    with pytest.raises(InvalidInput, match=r"units\[0\] must be a list of \(layer, head\) pairs, got 0"):
+        mediation_effects(tiny_model("gpt2"), [PAIR], [0])
+    with pytest.raises(InvalidInput, match=r"units\[1\]\[0\] must be a \(layer, head\) pair, got 3"):
+        mediation_effects(tiny_model("gpt2"), [PAIR], [[(0, 1)], [3]])
+
+
+@pytest.mark.parametrize("levels", [5, None, [("head",)]])
+def test_levels_that_are_not_names_are_refused(levels):
+    """levels=5 raised "'int' object is not iterable"; a list holding a tuple a TypeError of hashing."""
+    with pytest.raises(InvalidInput, match="levels must be a non-empty list of distinct levels from head, layer, model"):
+        causal_mediation(tiny_model("gpt2"), [PAIR], levels=levels, n_boot=0)
+
+
+def test_one_intervention_spec_is_a_list_of_one():
+    """bias_experiment(model, AblateHead(1, 0)) raised "'AblateHead' object is not iterable" (score() takes one spec)."""
+    model = tiny_model("gpt2")
+    one = bias_experiment(model, AblateHead(1, 0), occupations=OCC, n_boot=0)
+    listed = bias_experiment(model, [AblateHead(1, 0)], occupations=OCC, n_boot=0)
+    pd.testing.assert_frame_equal(one.table, listed.table)
+    with pytest.raises(InvalidInput, match="interventions must be an intervention spec or a list of them"):
+        bias_experiment(model, "AblateHead(1, 0)", occupations=OCC, n_boot=0)
+
+
+def test_a_baseline_measured_with_interventions_is_refused():
+    """A pronoun_bias run with interventions was taken as the clean 'before': the change read 0 for every bias metric."""
+    model = tiny_model("gpt2")
+    edited = pronoun_bias(model, occupations=OCC, n_boot=0, interventions=[AblateHead(1, 0)])
+    with pytest.raises(InvalidInput, match=r"baseline does not match .* interventions \[AblateHead"):
+        bias_experiment(model, [AblateHead(1, 0)], occupations=OCC, n_boot=0, baseline=edited)
+    clean = pronoun_bias(model, occupations=OCC, n_boot=0)
+    assert clean.interventions == () and edited.interventions == (AblateHead(1, 0),)
+    bias_experiment(model, [AblateHead(1, 0)], occupations=OCC, n_boot=0, baseline=clean)  # still accepted
+    assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("option", ["n_mediation_occupations", "n_mediation_templates"])
+@pytest.mark.parametrize("value", [-1, 0, 1.5, True])
+def test_demo_mediation_sizes_must_be_positive_integers(option, value):
+    """-1 silently used 5 of the 6 templates (a slice [:-1]) or dropped the extremes; 1.5 raised a pandas TypeError."""
+    with pytest.raises(InvalidInput, match=rf"^{option} must be a positive integer, got {value!r}$"):
+        run_bias_demo(tiny_model("gpt2"), None, occupations=OCC, k=1, n_boot=0, progress=False, **{option: value})
+
+
+def test_winogender_templates_without_their_columns_are_refused():
+    """A templates DataFrame without a 'template' column raised AttributeError from inside itertuples."""
+    with pytest.raises(InvalidInput, match=r"needs the columns occupation, participant, answer, template; missing "
+                                           r"\['template'\]"):
+        winogender_bias(tiny_model("gpt2"), WINOGENDER.rename(columns={"template": "sentence"}))
+
+
+def test_a_winogender_template_given_twice_is_refused():
+    """A templates file loaded twice (concatenated) scored each template twice: double weight per occupation."""
+    twice = pd.concat([WINOGENDER, WINOGENDER.iloc[[0]]], ignore_index=True)
+    with pytest.raises(InvalidInput, match=r"templates row 2 repeats row 0 \(occupation 'nurse', participant 'patient'"):
+        winogender_bias(tiny_model("gpt2"), twice)
+
+
+@pytest.mark.parametrize("genders, message", [((), "genders must be a non-empty list"),
+                                              (("male", "male"), "gender 'male' is given twice")])
+def test_fill_winogender_genders_are_distinct_and_some(genders, message):
+    """genders=() gave an empty DataFrame without columns; a gender twice filled every template twice."""
+    with pytest.raises(InvalidInput, match=message):
+        fill_winogender(WINOGENDER, genders=genders)
+
+
+@pytest.mark.parametrize("types, shown", [(1, "1"), ([True], r"\[True\]"), ((1, 1), r"\(1, 1\)"), ([1.0], r"\[1\.0\]")])
+def test_winobias_folder_types_must_be_distinct_1_or_2(types, shown, tmp_path):
+    """types=1 raised "'int' object is not iterable"; True looked for a file 'typeTrue'; (1, 1) loaded each file twice."""
+    with pytest.raises(InvalidInput, match=rf"^types must be a list of distinct types from 1, 2, got {shown}$"):
+        load_winobias_dir(tmp_path, types=types)
