@@ -102,6 +102,10 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
         if not isinstance(p, MediationPair):
             raise InvalidInput(f"pairs[{i}] must be a MediationPair, got {type(p).__name__}")
         x, xp = model.token_rows([p.base, p.counterfactual])
+        if x == xp:  # nothing intervened: its effects are exactly 0, averaged in as "gender has no effect"
+            warnings.warn(f"pair {i}: {p.base!r} and {p.counterfactual!r} are the same tokens for {model.cfg.name}, so "
+                          "its TE, NIE and NDE are exactly 0 (a check of the method, or a replacement word that was "
+                          "left out?); x' should differ from x in the gendered word", UserWarning, stacklevel=3)
         if len(x) != len(xp):
             raise InvalidInput(
                 f"pair {i}: {p.base!r} is {len(x)} tokens but {p.counterfactual!r} is {len(xp)} for "
