@@ -162,3 +162,24 @@ def test_winobias_folder_types_must_be_distinct_1_or_2(types, shown, tmp_path):
     """types=1 raised "'int' object is not iterable"; True looked for a file 'typeTrue'; (1, 1) loaded each file twice."""
     with pytest.raises(InvalidInput, match=rf"^types must be a list of distinct types from 1, 2, got {shown}$"):
         load_winobias_dir(tmp_path, types=types)
+
+
+def test_a_mediation_pair_whose_prompts_are_the_same_tokens_warns():
+    """x == x' intervened on nothing: its TE and every NIE/NDE, exactly 0, were averaged in without a word."""
+    same = MediationPair("The nurse said that", "The nurse said that", " she", " he", "nurse")
+    with pytest.warns(UserWarning, match=r"pair 1: 'The nurse said that' and 'The nurse said that' are the same "
+                                         r"tokens for tiny-gpt2, so its TE, NIE and NDE are exactly 0"):
+        result = causal_mediation(tiny_model("gpt2"), [PAIR, same], n_boot=0)
+    assert result.total["te"].iloc[1] == 0  # still measured: the identity check of test_no_intervention_means_no_effect
+
+
+def test_coref_groups_of_a_column_whose_name_holds_an_equals_sign_plot():
+    """A by column named 'a=b' raised KeyError 'a' in plot(): the group label was split at its first '='."""
+    pairs = pd.DataFrame({"pro": ["the nurse said that she was tired .", "the cook said that he was tired ."],
+                          "anti": ["the nurse said that he was tired .", "the cook said that she was tired ."],
+                          "a=b": ["x=1", "y"]})
+    result = coref_bias(tiny_model("gpt2"), pairs, by="a=b", n_boot=0)
+    assert result.table.group.tolist() == ["all", "a=b=x=1", "a=b=y"]
+    fig = result.plot()
+    offsets = [len(c.get_offsets()) for c in fig.axes[0].collections[:3]]
+    assert offsets == [2, 1, 1]  # the grey dots of each group: all pairs, then one per group

@@ -112,8 +112,8 @@ class CorefBias(Result):
     and their intervals side by side; ``plot()``: the gap per pair, by group.
     """
 
-    def __init__(self, per_prompt: pd.DataFrame, summary: pd.DataFrame, score: str):
-        self.per_prompt, self._summary, self.score = per_prompt, summary, score
+    def __init__(self, per_prompt: pd.DataFrame, summary: pd.DataFrame, score: str, by: str | None = None):
+        self.per_prompt, self._summary, self.score, self.by = per_prompt, summary, score, by
         wide = summary.pivot(index="group", columns="metric", values=["value", "low", "high"])
         table = summary[["group", "n"]].drop_duplicates("group").set_index("group")
         for metric in SUMMARY_METRICS:
@@ -155,7 +155,8 @@ class CorefBias(Result):
         return fig
 
     def _in_group(self, group: str) -> pd.Series:
-        column, value = group.split("=", 1)
+        """The rows of group ``"{by}={value}"``, read with the known ``by`` (a column named 'a=b' was split at its '=')."""
+        column, value = (self.by, group[len(self.by) + 1:]) if self.by else group.split("=", 1)
         return self.per_prompt[column].astype(str) == value
 
 
@@ -222,7 +223,7 @@ def coref_bias(
     gap = _gaps(model, list(pairs.pro), list(pairs.anti), score=score, batch_size=batch_size, progress=progress,
                 twins=True)
     per_pair = pairs.reset_index(drop=True).assign(gap=gap, prefers_pro=gap > 0)
-    return CorefBias(per_pair, _summary(per_pair, by, n_boot, seed), score)
+    return CorefBias(per_pair, _summary(per_pair, by, n_boot, seed), score, by)
 
 
 def _check_stats(stats_table) -> None:
