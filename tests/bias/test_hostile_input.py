@@ -183,3 +183,16 @@ def test_coref_groups_of_a_column_whose_name_holds_an_equals_sign_plot():
     fig = result.plot()
     offsets = [len(c.get_offsets()) for c in fig.axes[0].collections[:3]]
     assert offsets == [2, 1, 1]  # the grey dots of each group: all pairs, then one per group
+
+
+def test_a_baseline_measured_inside_an_intervene_block_is_refused():
+    """A pronoun_bias run inside `with model.intervene(...)` was taken as the clean 'before' of a later experiment."""
+    model = tiny_model("gpt2")
+    with model.intervene(AblateHead(1, 0)):
+        edited = pronoun_bias(model, occupations=OCC, n_boot=0)
+        inside = bias_experiment(model, [AblateHead(0, 1)], occupations=OCC, n_boot=0, baseline=edited)  # same block: fine
+    assert inside.before is edited
+    with pytest.raises(InvalidInput, match=r"it was measured with 1 hook\(s\) already acting, e\.g\. in a "
+                                           r"`with model\.intervene\(\.\.\.\)` block \(this experiment: 0\)"):
+        bias_experiment(model, [AblateHead(1, 0)], occupations=OCC, n_boot=0, baseline=edited)
+    assert model.count_hooks() == 0

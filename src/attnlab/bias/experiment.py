@@ -97,6 +97,10 @@ def _check_baseline(baseline, model, occupations, templates, pronouns, n_boot: i
     if getattr(baseline, "interventions", ()):  # its "before" was an edited model: every change read 0
         differs.append(f"interventions {list(baseline.interventions)!r} (this experiment's 'before' is the model "
                        "without them)")
+    hooks = getattr(baseline, "active_hooks", 0)
+    if hooks != model.count_hooks():  # measured inside another `with model.intervene(...)` block than this call
+        differs.append(f"{hooks} hook(s) already acting, e.g. in a `with model.intervene(...)` block (this experiment: "
+                       f"{model.count_hooks()})")
     if baseline.model_name != model.cfg.name:
         differs.append(f"model {baseline.model_name!r} (this experiment: {model.cfg.name!r})")
     if tuple(baseline.pronouns) != check_pronouns(pronouns):

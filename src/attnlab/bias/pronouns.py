@@ -123,11 +123,12 @@ class PronounBias(Result):
 
     def __init__(self, per_prompt: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, model_name: str,
                  pronouns: tuple[str, str], *, n_boot: int | None = None, seed: int | None = None,
-                 interventions: Sequence = ()):
+                 interventions: Sequence = (), active_hooks: int = 0):
         self.per_prompt, self.table, self._summary = per_prompt, table, summary
         self.model_name, self.pronouns = model_name, pronouns
         self.n_boot, self.seed = n_boot, seed  # what the intervals came from (a baseline must match them)
         self.interventions = tuple(interventions)  # the specs passed (a clean baseline has none)
+        self.active_hooks = active_hooks  # hooks already acting when it ran (a `with model.intervene(...)` block)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -180,6 +181,7 @@ def pronoun_bias(
     n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model)
     interventions = check_interventions(model, interventions)
+    active_hooks = model.count_hooks()
     rows = design(occupations, templates)
     female, male = check_pronouns(pronouns)
     if model.cfg.is_causal:
@@ -220,4 +222,4 @@ def pronoun_bias(
     )
     summary = summarize_log_ratios(per_occupation, n_boot=n_boot, seed=seed)
     return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male), n_boot=n_boot, seed=seed,
-                       interventions=interventions)
+                       interventions=interventions, active_hooks=active_hooks)
