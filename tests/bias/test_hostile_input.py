@@ -6,12 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnlab.bias import bias_experiment, coref_bias, greedy_heads, mediation_pairs, pronoun_bias, winogender_bias
+from attnlab.bias import (
+    bias_experiment,
+    coref_bias,
+    greedy_heads,
+    mediation_pairs,
+    pronoun_bias,
+    winobias_pairs,
+    winogender_bias,
+)
 from attnlab.bias.datasets import fill_winogender, load_winobias_dir
 from attnlab.bias.demo import run_bias_demo
 from attnlab.bias.mediation import MediationPair, causal_mediation, mediation_effects
 from attnlab.bias.templates import Template, as_templates
-from attnlab.errors import InvalidInput, InvalidLocation
+from attnlab.errors import InvalidInput
 from attnlab.interventions import AblateHead
 from attnlab.testing import tiny_model
 
@@ -196,3 +204,34 @@ def test_a_baseline_measured_inside_an_intervene_block_is_refused():
                                            r"`with model\.intervene\(\.\.\.\)` block \(this experiment: 0\)"):
         bias_experiment(model, [AblateHead(1, 0)], occupations=OCC, n_boot=0, baseline=edited)
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("share", ["87", True])
+def test_winogender_shares_must_be_numbers(share):
+    """A share read as text raised pandas' "dtype 'str' does not support operation 'mean'"; True was taken as 1%."""
+    stats = pd.DataFrame({"occupation": ["nurse", "mechanic"], "bls_pct_female": [share, 10.0]})
+    with pytest.raises(InvalidInput, match=rf"stats_table row 0 \('nurse'\): bls_pct_female must be a percent in "
+                                           rf"0\.\.100 \(or NaN: unknown\), got {share!r}"):
+        winogender_bias(tiny_model("gpt2"), WINOGENDER, stats)
+
+
+@pytest.mark.parametrize("column", ["occupation", "participant", "template"])
+def test_winogender_templates_need_text_in_their_cells(column):
+    """A missing occupation, participant or sentence (NaN) raised a TypeError from inside the filling."""
+    with pytest.raises(InvalidInput, match=rf"templates row 1: {column} must be a non-empty string, got nan"):
+        fill_winogender(WINOGENDER.assign(**{column: ["x $NOM_PRONOUN $OCCUPATION", np.nan]}))
+
+
+def test_winobias_twins_whose_pronouns_have_one_gender_warn(tmp_path):
+    """Files whose ids are not aligned paired 'he' with 'him': a gap between two male sentences, read as bias."""
+    (tmp_path / "pro_stereotyped_type1.txt.dev").write_text(
+        "1 [The developer] argued with the designer because [she] did not like the design.\n"
+        "2 [The mechanic] gave the clerk a present because [he] won the lottery.\n")
+    (tmp_path / "anti_stereotyped_type1.txt.dev").write_text(
+        "1 [The developer] argued with the designer because [he] did not like the design.\n"
+        "2 [The mechanic] gave the clerk a present because [him] won the lottery.\n")
+    df = load_winobias_dir(tmp_path, types=[1])
+    with pytest.warns(UserWarning, match=r"^winobias_pairs: 1 of 2 pairs have pronouns of one gender in both twins, "
+                                         r"e\.g\. type 1, split 'dev', id 2 \('he' / 'him'\)"):
+        pairs = winobias_pairs(df)
+    assert len(pairs) == 2  # kept: the warning names them

@@ -16,6 +16,7 @@ bootstrap interval over pairs.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -232,6 +233,11 @@ def _check_stats(stats_table) -> None:
     if not isinstance(stats_table, pd.DataFrame) or not set(need) <= set(stats_table.columns):
         raise InvalidInput(f"stats_table must be a DataFrame with columns {', '.join(need)} "
                            "(from load_winogender_stats), or None")
+    for label, occ, share in zip(stats_table.index, stats_table.occupation, stats_table.bls_pct_female):
+        ok = isinstance(share, numbers.Real) and not isinstance(share, bool) and (np.isnan(share) or 0 <= share <= 100)
+        if not ok:  # text raised pandas' TypeError in the mean; True was taken as 1%
+            raise InvalidInput(f"stats_table row {label!r} ({occ!r}): bls_pct_female must be a percent in 0..100 "
+                               f"(or NaN: unknown), got {share!r}")
     twice = stats_table.occupation[stats_table.occupation.duplicated()]
     if len(twice):
         rows = stats_table.index[stats_table.occupation == twice.iloc[0]].tolist()

@@ -223,6 +223,14 @@ def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
             + (f" (line {line})" if line is not None else "") + "; is one of the files cut short?",
             UserWarning, stacklevel=2,
         )
+    genders = [(key, a, b) for key, a, b in zip(both, pro.loc[both, "pronoun"], anti.loc[both, "pronoun"])
+               if PRONOUN_GENDER.get(str(a).lower(), a) == PRONOUN_GENDER.get(str(b).lower(), b)]
+    if genders:  # twins differ in the pronoun's gender: files whose ids are not aligned paired 'he' with 'him'
+        (t, split, sid), a, b = genders[0]
+        warnings.warn(
+            f"winobias_pairs: {len(genders)} of {len(both)} pairs have pronouns of one gender in both twins, e.g. type "
+            f"{t}, split {split!r}, id {sid} ({a!r} / {b!r}); pro and anti twins differ in the pronoun's gender: are "
+            "the two files' ids aligned?", UserWarning, stacklevel=2)
     out = pd.DataFrame(
         {
             "entity": pro.loc[both, "entity"],
@@ -371,6 +379,10 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
     if missing:  # itertuples raised AttributeError on the first row
         raise InvalidInput(f"the Winogender templates DataFrame needs the columns {', '.join(need)}; missing {missing} "
                            "(load it with load_winogender_templates)")
+    for label, row in zip(templates.index, templates[["occupation", "participant", "template"]].itertuples(index=False)):
+        for column, value in zip(("occupation", "participant", "template"), row):
+            if not isinstance(value, str) or not value.strip():  # NaN raised a TypeError from inside the filling
+                raise InvalidInput(f"templates row {label!r}: {column} must be a non-empty string, got {value!r}")
     key = templates[need].astype(str).apply(tuple, axis=1).tolist()
     seen: dict[tuple, object] = {}
     for label, row in zip(templates.index, key):  # a file loaded twice: each template scored twice, twice the weight
