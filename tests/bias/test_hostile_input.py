@@ -235,3 +235,12 @@ def test_winobias_twins_whose_pronouns_have_one_gender_warn(tmp_path):
                                          r"e\.g\. type 1, split 'dev', id 2 \('he' / 'him'\)"):
         pairs = winobias_pairs(df)
     assert len(pairs) == 2  # kept: the warning names them
+
+
+def test_an_occupation_slot_in_a_template_suffix_is_refused():
+    """Only the prefix is formatted: a masked LM read 'The nurse said that [MASK] {occupation} was late.' literally."""
+    with pytest.raises(InvalidInput, match=r"template suffix '\{occupation\} was late\.' has an '\{occupation\}' slot; "
+                                           r"only the prefix is filled"):
+        Template("The {occupation} said that", "{occupation} was late.")
+    assert Template("The {occupation} said", "{{literal}} braces").masked("nurse", "[MASK]") == \
+        "The nurse said [MASK] {{literal}} braces"  # a suffix is text, braces and all

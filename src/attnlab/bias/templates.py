@@ -68,6 +68,9 @@ class Template:
         if not fields:
             raise InvalidInput(f"template prefix {self.prefix!r} has no '{{occupation}}' slot "
                                "(a doubled {{occupation}} is a literal, not a slot)")
+        if "{occupation}" in self.suffix.replace("{{", "").replace("}}", ""):  # the suffix is text, never formatted
+            raise InvalidInput(f"template suffix {self.suffix!r} has an '{{occupation}}' slot; only the prefix is "
+                               "filled with the occupation (a masked LM reads 'prefix [MASK] suffix')")
 
     def causal(self, occupation: str) -> str:
         return self.prefix.format(occupation=occupation)
