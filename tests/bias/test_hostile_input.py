@@ -244,3 +244,10 @@ def test_an_occupation_slot_in_a_template_suffix_is_refused():
         Template("The {occupation} said that", "{occupation} was late.")
     assert Template("The {occupation} said", "{{literal}} braces").masked("nurse", "[MASK]") == \
         "The nurse said [MASK] {{literal}} braces"  # a suffix is text, braces and all
+
+
+def test_mediation_pronouns_with_and_without_a_leading_space_are_refused():
+    """(' she', 'he') compared a next word with a word glued to the prompt: the odds measured the space, not gender."""
+    glued = MediationPair("The nurse said that", "The man said that", " she", "he", "nurse")
+    with pytest.raises(InvalidInput, match=r"pair 0: stereotypical ' she' starts with a space but anti 'he' does not"):
+        causal_mediation(tiny_model("gpt2"), [glued], n_boot=0)

@@ -115,6 +115,11 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
         for word in (p.stereotypical, p.anti):
             single_token(model, word, "the odds need single-token pronouns (try a leading space, e.g. ' she')")
         distinct_tokens(model, p.stereotypical, p.anti, f"pair {i} (stereotypical, anti)")
+        spaced = [w[:1].isspace() for w in (p.stereotypical, p.anti)]
+        if spaced[0] != spaced[1]:  # the odds compared a next word with a word glued to the prompt: they measured the space
+            yes, no = ("stereotypical", "anti") if spaced[0] else ("anti", "stereotypical")
+            raise InvalidInput(f"pair {i}: {yes} {getattr(p, yes)!r} starts with a space but {no} {getattr(p, no)!r} "
+                               "does not; write both as the next word, with a leading space (' she', ' he')")
     return pairs
 
 
