@@ -251,3 +251,15 @@ def test_mediation_pronouns_with_and_without_a_leading_space_are_refused():
     glued = MediationPair("The nurse said that", "The man said that", " she", "he", "nurse")
     with pytest.raises(InvalidInput, match=r"pair 0: stereotypical ' she' starts with a space but anti 'he' does not"):
         causal_mediation(tiny_model("gpt2"), [glued], n_boot=0)
+
+
+def test_demo_out_dir_is_checked_before_any_work(tmp_path, monkeypatch):
+    """out_dir=5 raised TypeError, and a file as out_dir FileExistsError, only after the whole demo had run."""
+    import attnlab.bias.demo as demo
+
+    monkeypatch.setattr(demo, "pronoun_bias", lambda *a, **k: pytest.fail("measured before checking out_dir"))
+    with pytest.raises(InvalidInput, match=r"^out_dir must be a folder path \(a str or Path\) or None, got 5$"):
+        run_bias_demo(tiny_model("gpt2"), 5, occupations=OCC, k=1, n_boot=0, progress=False)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(InvalidInput, match=r"out_dir '.*file\.txt' is a file, not a folder"):
+        run_bias_demo(tiny_model("gpt2"), tmp_path / "file.txt", occupations=OCC, k=1, n_boot=0, progress=False)
