@@ -263,3 +263,14 @@ def test_demo_out_dir_is_checked_before_any_work(tmp_path, monkeypatch):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(InvalidInput, match=r"out_dir '.*file\.txt' is a file, not a folder"):
         run_bias_demo(tiny_model("gpt2"), tmp_path / "file.txt", occupations=OCC, k=1, n_boot=0, progress=False)
+
+
+def test_coref_pairs_without_a_group_value_warn():
+    """Pairs whose by column is empty (NaN) were left out of every group's row without a word (only in 'all')."""
+    pairs = pd.DataFrame({"pro": ["the nurse said that she was tired .", "the cook said that he was tired ."],
+                          "anti": ["the nurse said that he was tired .", "the cook said that she was tired ."],
+                          "g": ["a", None]})
+    with pytest.warns(UserWarning, match=r"^coref_bias: 1 of 2 pairs have no value in column 'g' \(rows 1\); they are "
+                                         r"in group 'all' only"):
+        result = coref_bias(tiny_model("gpt2"), pairs, by="g", n_boot=0)
+    assert result.table[["group", "n"]].values.tolist() == [["all", 2], ["g=a", 1]]

@@ -221,6 +221,11 @@ def coref_bias(
     if pairs.empty:
         raise InvalidInput("no sentence pairs given")
     by = _check_by(by, pairs)
+    if by is not None and pairs[by].isna().any():  # groupby leaves them out of every group's row
+        rows = pairs.index[pairs[by].isna()].tolist()
+        warnings.warn(f"coref_bias: {len(rows)} of {len(pairs)} pairs have no value in column {by!r} (rows "
+                      f"{', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}); they are in group 'all' only",
+                      UserWarning, stacklevel=2)
     gap = _gaps(model, list(pairs.pro), list(pairs.anti), score=score, batch_size=batch_size, progress=progress,
                 twins=True)
     per_pair = pairs.reset_index(drop=True).assign(gap=gap, prefers_pro=gap > 0)
