@@ -274,3 +274,12 @@ def test_coref_pairs_without_a_group_value_warn():
                                          r"in group 'all' only"):
         result = coref_bias(tiny_model("gpt2"), pairs, by="g", n_boot=0)
     assert result.table[["group", "n"]].values.tolist() == [["all", 2], ["g=a", 1]]
+
+
+@pytest.mark.parametrize("field", ["base", "counterfactual", "stereotypical", "anti"])
+def test_a_mediation_pair_field_that_is_not_text_is_named(field):
+    """A number as a pair's word said only 'text 0 is int, not a string' (or 'to_str_tokens takes a text'): which pair?"""
+    words = {"base": "The nurse said that", "counterfactual": "The man said that", "stereotypical": " she", "anti": " he"}
+    bad = MediationPair(**{**words, field: 5})
+    with pytest.raises(InvalidInput, match=rf"^pair 1: {field} must be a string, got 5 \(int\)$"):
+        causal_mediation(tiny_model("gpt2"), [PAIR, bad], n_boot=0)

@@ -101,6 +101,10 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
     for i, p in enumerate(pairs):
         if not isinstance(p, MediationPair):
             raise InvalidInput(f"pairs[{i}] must be a MediationPair, got {type(p).__name__}")
+        for name in ("base", "counterfactual", "stereotypical", "anti"):  # the tokenizer's error named no pair
+            value = getattr(p, name)
+            if not isinstance(value, str):
+                raise InvalidInput(f"pair {i}: {name} must be a string, got {value!r} ({type(value).__name__})")
         x, xp = model.token_rows([p.base, p.counterfactual])
         if x == xp:  # nothing intervened: its effects are exactly 0, averaged in as "gender has no effect"
             warnings.warn(f"pair {i}: {p.base!r} and {p.counterfactual!r} are the same tokens for {model.cfg.name}, so "
