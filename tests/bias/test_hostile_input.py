@@ -283,3 +283,10 @@ def test_a_mediation_pair_field_that_is_not_text_is_named(field):
     bad = MediationPair(**{**words, field: 5})
     with pytest.raises(InvalidInput, match=rf"^pair 1: {field} must be a string, got 5 \(int\)$"):
         causal_mediation(tiny_model("gpt2"), [PAIR, bad], n_boot=0)
+
+
+@pytest.mark.parametrize("someone", ["no", 0.0, None])
+def test_fill_winogender_someone_must_be_a_bool(someone):
+    """someone='no' was truthy: every participant became 'someone' without a word."""
+    with pytest.raises(InvalidInput, match=rf"^someone must be True or False, got {someone!r}$"):
+        fill_winogender(WINOGENDER, someone=someone)

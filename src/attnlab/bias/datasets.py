@@ -374,6 +374,8 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
     """
     if not isinstance(templates, pd.DataFrame) or templates.empty:
         raise InvalidInput("fill_winogender takes the non-empty DataFrame from load_winogender_templates")
+    if not isinstance(someone, bool):  # 'no' was truthy: every participant became "someone"
+        raise InvalidInput(f"someone must be True or False, got {someone!r}")
     need = ["occupation", "participant", "answer", "template"]
     missing = [c for c in need if c not in templates.columns]
     if missing:  # itertuples raised AttributeError on the first row
