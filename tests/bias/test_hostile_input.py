@@ -290,3 +290,18 @@ def test_fill_winogender_someone_must_be_a_bool(someone):
     """someone='no' was truthy: every participant became 'someone' without a word."""
     with pytest.raises(InvalidInput, match=rf"^someone must be True or False, got {someone!r}$"):
         fill_winogender(WINOGENDER, someone=someone)
+
+
+def test_summarize_log_ratios_checks_its_table():
+    """A table without log_ratio raised KeyError; a NaN log ratio was skipped by the means (3 occupations read as 4)."""
+    from attnlab.bias.pronouns import summarize_log_ratios
+
+    frame = pd.DataFrame({"occupation": ["a", "b", "c", "d"], "share_women": [0.1, 0.2, 0.3, 0.4],
+                          "log_ratio": [np.nan, 1.0, 2.0, 3.0]})
+    with pytest.raises(InvalidInput, match=r"^per_occupation needs the columns share_women, log_ratio; missing "
+                                           r"\['log_ratio'\]$"):
+        summarize_log_ratios(frame.drop(columns="log_ratio"))
+    with pytest.raises(InvalidInput, match=r"^per_occupation is empty"):
+        summarize_log_ratios(frame.iloc[:0])
+    with pytest.raises(InvalidInput, match=r"^per_occupation row 0 \('a'\): log_ratio must be a finite number, got nan"):
+        summarize_log_ratios(frame, n_boot=0)

@@ -72,6 +72,23 @@ def _p_value(x, y, rank: bool) -> float:
     return float(np.mean(np.abs(rs) >= abs(r) - 1e-12))
 
 
+def _check_per_occupation(table) -> None:
+    """A table to summarise: a missing column raised KeyError, and a NaN log ratio was skipped by the means."""
+    need = ["share_women", "log_ratio"]
+    if not isinstance(table, pd.DataFrame) or set(need) - set(table.columns):
+        missing = [c for c in need if not isinstance(table, pd.DataFrame) or c not in table.columns]
+        raise InvalidInput(f"per_occupation needs the columns {', '.join(need)}; missing {missing}")
+    if table.empty:
+        raise InvalidInput("per_occupation is empty: pass one row per occupation")
+    for column in need:
+        bad = np.flatnonzero(~np.isfinite(pd.to_numeric(table[column], errors="coerce").to_numpy(float)))
+        if len(bad):
+            i, value = bad[0], table[column].iloc[bad[0]]
+            name = table["occupation"].iloc[i] if "occupation" in table.columns else table.index[i]
+            raise InvalidInput(f"per_occupation row {i} ({name!r}): {column} must be a finite number, got "
+                               f"{value.item() if isinstance(value, np.generic) else value!r}")
+
+
 def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The summary table (metric, value, low, high, p_value) of per-occupation log ratios.
 
@@ -86,6 +103,7 @@ def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, se
     correlation, exact (all orderings) up to :data:`EXACT_P_MAX` occupations, scipy's
     ``pearsonr`` / ``spearmanr`` above.
     """
+    _check_per_occupation(per_occupation)
     lr = per_occupation["log_ratio"].to_numpy(float)
     share = per_occupation["share_women"].to_numpy(float)
     rows = []
