@@ -165,11 +165,20 @@ def test_fill_winogender_genders_are_distinct_and_some(genders, message):
         fill_winogender(WINOGENDER, genders=genders)
 
 
-@pytest.mark.parametrize("types, shown", [(1, "1"), ([True], r"\[True\]"), ((1, 1), r"\(1, 1\)"), ([1.0], r"\[1\.0\]")])
+@pytest.mark.parametrize("types, shown", [(1, "1"), ([True], r"\[True\]"), ((1, 1), r"\(1, 1\)"), ([1.0], r"\[1\.0\]"),
+                                          ("12", "'12'")])
 def test_winobias_folder_types_must_be_distinct_1_or_2(types, shown, tmp_path):
     """types=1 raised "'int' object is not iterable"; True looked for a file 'typeTrue'; (1, 1) loaded each file twice."""
     with pytest.raises(InvalidInput, match=rf"^types must be a list of distinct types from 1, 2, got {shown}$"):
         load_winobias_dir(tmp_path, types=types)
+
+
+def test_winobias_folder_types_may_be_any_collection_of_1_and_2():
+    """A NumPy array of types (from a table) still reads the files of those types."""
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    assert sorted(load_winobias_dir(fixtures, types=np.array([2])).type.unique()) == [2]
 
 
 def test_a_mediation_pair_whose_prompts_are_the_same_tokens_warns():

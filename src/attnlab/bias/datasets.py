@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -171,7 +172,7 @@ def load_winobias_dir(folder, *, split: str = "dev", types=(1, 2)) -> pd.DataFra
     if not isinstance(folder, (str, os.PathLike)):
         raise InvalidInput(f"expected the path of a WinoBias folder (a str or Path), got {type(folder).__name__}")
     folder = Path(folder)
-    chosen = list(types) if isinstance(types, (list, tuple)) else None
+    chosen = list(types) if isinstance(types, Iterable) and not isinstance(types, (str, bytes, Mapping)) else None
     if not chosen or not all(is_integer(t) and t in (1, 2) for t in chosen) or len(set(chosen)) != len(chosen):
         # 1 raised a TypeError, True read the file 'typeTrue', (1, 1) loaded each file twice
         raise InvalidInput(f"types must be a list of distinct types from 1, 2, got {types!r}")
