@@ -106,11 +106,19 @@ def test_head_sets_that_are_not_lists_of_pairs_are_refused():
         mediation_effects(tiny_model("gpt2"), [PAIR], [[(0, 1)], [3]])
 
 
-@pytest.mark.parametrize("levels", [5, None, [("head",)]])
+@pytest.mark.parametrize("levels", [5, None, [("head",)], {"head": 1}])
 def test_levels_that_are_not_names_are_refused(levels):
     """levels=5 raised "'int' object is not iterable"; a list holding a tuple a TypeError of hashing."""
     with pytest.raises(InvalidInput, match="levels must be a non-empty list of distinct levels from head, layer, model"):
         causal_mediation(tiny_model("gpt2"), [PAIR], levels=levels, n_boot=0)
+
+
+def test_levels_from_a_numpy_array_are_levels():
+    """An array of level names (read from a table) keeps working, in its order."""
+    result = causal_mediation(tiny_model("gpt2"), [PAIR], levels=np.array(["layer", "model"]), effects="nie", n_boot=0)
+    assert result.table.level.tolist() == ["layer", "layer", "model"]
+    result = causal_mediation(tiny_model("gpt2"), [PAIR], levels={"model", "layer"}, effects="nie", n_boot=0)
+    assert result.table.level.tolist() == ["layer", "layer", "model"]  # a set: in the order of LEVELS, every run
 
 
 def test_one_intervention_spec_is_a_list_of_one():

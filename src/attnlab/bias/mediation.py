@@ -38,7 +38,7 @@ from __future__ import annotations
 import numbers
 import operator
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -436,7 +436,10 @@ def causal_mediation(
         warnings.warn("causal_mediation(level=...) is deprecated and will be removed in the next release; "
                       "use levels=(...)", DeprecationWarning, stacklevel=2)
         levels = level
-    levels = (levels,) if isinstance(levels, str) else tuple(levels) if isinstance(levels, Sequence) else ()
+    if isinstance(levels, Set):  # its order varies from run to run: the table's rows follow LEVELS
+        levels = sorted(levels, key=lambda lv: (LEVELS.index(lv) if lv in LEVELS else len(LEVELS), str(lv)))
+    ordered = isinstance(levels, Iterable) and not isinstance(levels, Mapping)
+    levels = (levels,) if isinstance(levels, str) else tuple(levels) if ordered else ()
     if not levels or not all(isinstance(lv, str) for lv in levels) or len(set(levels)) != len(levels):
         raise InvalidInput(f"levels must be a non-empty list of distinct levels from {', '.join(LEVELS)}, got {levels!r}")
     units_by_level = {lv: _units_for(model, lv) for lv in levels}
