@@ -322,3 +322,22 @@ def test_summarize_log_ratios_checks_its_table():
         summarize_log_ratios(frame.iloc[:0])
     with pytest.raises(InvalidInput, match=r"^per_occupation row 0 \('a'\): log_ratio must be a finite number, got nan"):
         summarize_log_ratios(frame, n_boot=0)
+
+
+def test_coref_pairs_given_twice_warn():
+    """A pair repeated (pairs concatenated twice) was counted again in mean_gap and pro_preferred without a word."""
+    pairs = pd.DataFrame({"pro": ["the nurse said that she was tired .", "the cook said that he was tired ."] * 2,
+                          "anti": ["the nurse said that he was tired .", "the cook said that she was tired ."] * 2})
+    with pytest.warns(UserWarning, match=r"^coref_bias: 2 of 4 pairs repeat an earlier pair, e\.g\. row 2 repeats row 0 "
+                                         r"\('the nurse said that she was tired \.'"):
+        result = coref_bias(tiny_model("gpt2"), pairs, n_boot=0)
+    assert result.value("mean_gap") == pytest.approx(result.per_prompt.gap.iloc[:2].mean())  # still measured as given
+
+
+def test_mediation_pairs_given_twice_warn():
+    """A MediationPair repeated was counted again in every mean effect without a word."""
+    other = MediationPair("The mechanic said that", "The woman said that", " he", " she", "mechanic")
+    with pytest.warns(UserWarning, match=r"^pair 2 repeats pair 0 \('The nurse said that' / 'The man said that'\); it is "
+                                         r"counted again in every mean"):
+        result = causal_mediation(tiny_model("gpt2"), [PAIR, other, PAIR], effects="nie", n_boot=0)
+    assert result.total.te.iloc[2] == result.total.te.iloc[0]  # still measured as given

@@ -192,6 +192,21 @@ def _summary(df: pd.DataFrame, by: str | None, n_boot: int, seed: int) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def _warn_repeats(pairs: pd.DataFrame) -> None:
+    """Name pairs given again (tables concatenated twice): each copy counts again in the means."""
+    first: dict[tuple, int] = {}
+    repeats = []
+    for i, key in enumerate(zip(pairs.pro, pairs.anti)):
+        if key in first:
+            repeats.append((i, first[key]))
+        first.setdefault(key, i)
+    if repeats:
+        i, j = repeats[0]
+        warnings.warn(f"coref_bias: {len(repeats)} of {len(pairs)} pairs repeat an earlier pair, e.g. row {i} repeats row "
+                      f"{j} ({pairs.pro.iloc[i]!r:.60}); each copy counts again in mean_gap and pro_preferred",
+                      UserWarning, stacklevel=3)
+
+
 def coref_bias(
     model,
     pairs: pd.DataFrame,
@@ -226,6 +241,7 @@ def coref_bias(
         warnings.warn(f"coref_bias: {len(rows)} of {len(pairs)} pairs have no value in column {by!r} (rows "
                       f"{', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}); they are in group 'all' only",
                       UserWarning, stacklevel=2)
+    _warn_repeats(pairs)
     gap = _gaps(model, list(pairs.pro), list(pairs.anti), score=score, batch_size=batch_size, progress=progress,
                 twins=True)
     per_pair = pairs.reset_index(drop=True).assign(gap=gap, prefers_pro=gap > 0)

@@ -98,6 +98,7 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
     pairs = [pairs] if isinstance(pairs, MediationPair) else list(pairs)
     if not pairs:
         raise InvalidInput("no prompt pairs given: pass a non-empty list of MediationPair")
+    seen: dict[tuple[str, ...], int] = {}
     for i, p in enumerate(pairs):
         if not isinstance(p, MediationPair):
             raise InvalidInput(f"pairs[{i}] must be a MediationPair, got {type(p).__name__}")
@@ -105,6 +106,11 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
             value = getattr(p, name)
             if not isinstance(value, str):
                 raise InvalidInput(f"pair {i}: {name} must be a string, got {value!r} ({type(value).__name__})")
+        key = (p.base, p.counterfactual, p.stereotypical, p.anti)  # the label aside: the same measurement
+        if key in seen:  # each copy counts again in every mean effect
+            warnings.warn(f"pair {i} repeats pair {seen[key]} ({p.base!r} / {p.counterfactual!r}); it is counted again "
+                          "in every mean", UserWarning, stacklevel=3)
+        seen.setdefault(key, i)
         x, xp = model.token_rows([p.base, p.counterfactual])
         if x == xp:  # nothing intervened: its effects are exactly 0, averaged in as "gender has no effect"
             warnings.warn(f"pair {i}: {p.base!r} and {p.counterfactual!r} are the same tokens for {model.cfg.name}, so "
