@@ -232,6 +232,15 @@ def test_winogender_shares_must_be_numbers(share):
         winogender_bias(tiny_model("gpt2"), WINOGENDER, stats)
 
 
+def test_a_missing_winogender_share_is_unknown_not_an_error():
+    """None in an object column is missing, like NaN: the occupation is named in a warning and left out of pearson_r."""
+    stats = pd.DataFrame({"occupation": ["nurse", "mechanic"], "bls_pct_female": [None, "x"]}).iloc[[0]]
+    with pytest.warns(UserWarning, match=r"2 occupation\(s\) of the templates have no share of women in stats_table and are left out of "
+                                         r"pearson_r: 'nurse', 'mechanic'"):
+        out = winogender_bias(tiny_model("gpt2"), WINOGENDER, stats)
+    assert out.bls_pct_female.isna().all()
+
+
 @pytest.mark.parametrize("column", ["occupation", "participant", "template"])
 def test_winogender_templates_need_text_in_their_cells(column):
     """A missing occupation, participant or sentence (NaN) raised a TypeError from inside the filling."""

@@ -255,7 +255,8 @@ def _check_stats(stats_table) -> None:
         raise InvalidInput(f"stats_table must be a DataFrame with columns {', '.join(need)} "
                            "(from load_winogender_stats), or None")
     for label, occ, share in zip(stats_table.index, stats_table.occupation, stats_table.bls_pct_female):
-        ok = isinstance(share, numbers.Real) and not isinstance(share, bool) and (np.isnan(share) or 0 <= share <= 100)
+        number = isinstance(share, numbers.Real) and not isinstance(share, bool)
+        ok = share is None or share is pd.NA or (number and (np.isnan(share) or 0 <= share <= 100))  # missing: unknown
         if not ok:  # text raised pandas' TypeError in the mean; True was taken as 1%
             raise InvalidInput(f"stats_table row {label!r} ({occ!r}): bls_pct_female must be a percent in 0..100 "
                                f"(or NaN: unknown), got {share!r}")
@@ -291,7 +292,8 @@ def winogender_bias(
                twins=True)
     out = fem[["occupation", "participant", "answer"]].assign(log_ratio=lr)
     if stats_table is not None:
-        out = out.merge(stats_table[["occupation", "bls_pct_female"]], on="occupation", how="left", validate="many_to_one")
+        shares = stats_table[["occupation", "bls_pct_female"]].astype({"bls_pct_female": float})  # None: NaN, unknown
+        out = out.merge(shares, on="occupation", how="left", validate="many_to_one")
         missing = list(dict.fromkeys(out.loc[out.bls_pct_female.isna(), "occupation"]))
         if missing:  # they were left out of pearson_r without a word
             warnings.warn(f"winogender_bias: {len(missing)} occupation(s) of the templates have no share of women in "
