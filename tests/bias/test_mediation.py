@@ -86,7 +86,8 @@ def test_layer_level_equals_all_heads_of_the_layer():
 def test_no_intervention_means_no_effect():
     model = tiny_model("gpt2")
     same = [MediationPair("The nurse said that", "The nurse said that", " she", " he")]
-    res = causal_mediation(model, same, n_boot=0)
+    with pytest.warns(UserWarning, match="are the same tokens"):  # measured, and said to be exactly 0
+        res = causal_mediation(model, same, n_boot=0)
     assert np.abs(res.per_unit[["nie", "nde"]].to_numpy()).max() < 1e-6
     assert abs(res.te[0]) < 1e-6
 

@@ -244,6 +244,14 @@ def test_bad_calls_are_refused_before_any_process_starts(call, message):
         call()
 
 
+@pytest.mark.parametrize("n_procs", [1, 2])
+def test_a_function_that_is_not_callable_is_refused_before_any_process_starts(n_procs):
+    """run_parallel(5, 1) raised "'int' object is not callable"; with 2 it started both processes to fail in each."""
+    with pytest.raises(InvalidInput, match=r"^run_parallel runs fn\(\*args, \*\*kwargs\) in each process: fn must be "
+                                           r"a function \(defined at module level\), got int: 5$"):
+        run_parallel(5, n_procs)
+
+
 def test_more_processes_than_cores_are_refused_before_any_starts():
     import os
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Set
+
 from attnlab.errors import InvalidInput, UnsupportedModel
 
 __all__ = ["check_lm", "check_pronouns", "distinct_tokens", "single_token"]
@@ -21,13 +23,18 @@ def check_lm(model, *, causal: bool | None = None) -> None:
         raise UnsupportedModel(f"{model.cfg.name} is a causal LM; this needs a masked LM")
 
 
-def check_pronouns(pronouns) -> tuple[str, str]:
-    """A (female, male) pair of words, stripped."""
-    if isinstance(pronouns, str) or len(pronouns) != 2 or not all(isinstance(p, str) and p.strip() for p in pronouns):
-        raise InvalidInput(f"pronouns must be a (female, male) pair of words, got {pronouns!r}")
+def check_pronouns(pronouns, what: str = "pronouns") -> tuple[str, str]:
+    """A (female, male) pair of words, stripped; ``what`` names the argument in the error.
+
+    A set has no order (which one is female?), a dict raised ``KeyError: 0`` and None a ``TypeError``.
+    """
+    given = pronouns
+    pronouns = list(pronouns) if isinstance(pronouns, Iterable) and not isinstance(pronouns, (str, Mapping, Set)) else []
+    if len(pronouns) != 2 or not all(isinstance(p, str) and p.strip() for p in pronouns):
+        raise InvalidInput(f"{what} must be a (female, male) pair of words (a tuple or list), got {given!r}")
     female, male = pronouns[0].strip(), pronouns[1].strip()
     if female == male:  # every log ratio would be exactly 0: a result that looks like "no bias" (see distinct_tokens)
-        raise InvalidInput(f"pronouns must be two different words (female, male), got {pronouns!r}")
+        raise InvalidInput(f"{what} must be two different words (female, male), got {given!r}")
     return female, male
 
 

@@ -16,6 +16,7 @@ bootstrap interval over pairs.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -112,8 +113,8 @@ class CorefBias(Result):
     and their intervals side by side; ``plot()``: the gap per pair, by group.
     """
 
-    def __init__(self, per_prompt: pd.DataFrame, summary: pd.DataFrame, score: str):
-        self.per_prompt, self._summary, self.score = per_prompt, summary, score
+    def __init__(self, per_prompt: pd.DataFrame, summary: pd.DataFrame, score: str, by: str | None = None):
+        self.per_prompt, self._summary, self.score, self.by = per_prompt, summary, score, by
         wide = summary.pivot(index="group", columns="metric", values=["value", "low", "high"])
         table = summary[["group", "n"]].drop_duplicates("group").set_index("group")
         for metric in SUMMARY_METRICS:
@@ -155,7 +156,8 @@ class CorefBias(Result):
         return fig
 
     def _in_group(self, group: str) -> pd.Series:
-        column, value = group.split("=", 1)
+        """The rows of group ``"{by}={value}"``, read with the known ``by`` (a column named 'a=b' was split at its '=')."""
+        column, value = (self.by, group[len(self.by) + 1:]) if self.by else group.split("=", 1)
         return self.per_prompt[column].astype(str) == value
 
 
@@ -190,6 +192,21 @@ def _summary(df: pd.DataFrame, by: str | None, n_boot: int, seed: int) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def _warn_repeats(pairs: pd.DataFrame) -> None:
+    """Name pairs given again (tables concatenated twice): each copy counts again in the means."""
+    first: dict[tuple, int] = {}
+    repeats = []
+    for i, key in enumerate(zip(pairs.pro, pairs.anti)):
+        if key in first:
+            repeats.append((i, first[key]))
+        first.setdefault(key, i)
+    if repeats:
+        i, j = repeats[0]
+        warnings.warn(f"coref_bias: {len(repeats)} of {len(pairs)} pairs repeat an earlier pair, e.g. row {i} repeats row "
+                      f"{j} ({pairs.pro.iloc[i]!r:.60}); each copy counts again in mean_gap and pro_preferred",
+                      UserWarning, stacklevel=3)
+
+
 def coref_bias(
     model,
     pairs: pd.DataFrame,
@@ -219,10 +236,16 @@ def coref_bias(
     if pairs.empty:
         raise InvalidInput("no sentence pairs given")
     by = _check_by(by, pairs)
+    if by is not None and pairs[by].isna().any():  # groupby leaves them out of every group's row
+        rows = pairs.index[pairs[by].isna()].tolist()
+        warnings.warn(f"coref_bias: {len(rows)} of {len(pairs)} pairs have no value in column {by!r} (rows "
+                      f"{', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}); they are in group 'all' only",
+                      UserWarning, stacklevel=2)
+    _warn_repeats(pairs)
     gap = _gaps(model, list(pairs.pro), list(pairs.anti), score=score, batch_size=batch_size, progress=progress,
                 twins=True)
     per_pair = pairs.reset_index(drop=True).assign(gap=gap, prefers_pro=gap > 0)
-    return CorefBias(per_pair, _summary(per_pair, by, n_boot, seed), score)
+    return CorefBias(per_pair, _summary(per_pair, by, n_boot, seed), score, by)
 
 
 def _check_stats(stats_table) -> None:
@@ -231,6 +254,12 @@ def _check_stats(stats_table) -> None:
     if not isinstance(stats_table, pd.DataFrame) or not set(need) <= set(stats_table.columns):
         raise InvalidInput(f"stats_table must be a DataFrame with columns {', '.join(need)} "
                            "(from load_winogender_stats), or None")
+    for label, occ, share in zip(stats_table.index, stats_table.occupation, stats_table.bls_pct_female):
+        number = isinstance(share, numbers.Real) and not isinstance(share, bool)
+        ok = share is None or share is pd.NA or (number and (np.isnan(share) or 0 <= share <= 100))  # missing: unknown
+        if not ok:  # text raised pandas' TypeError in the mean; True was taken as 1%
+            raise InvalidInput(f"stats_table row {label!r} ({occ!r}): bls_pct_female must be a percent in 0..100 "
+                               f"(or NaN: unknown), got {share!r}")
     twice = stats_table.occupation[stats_table.occupation.duplicated()]
     if len(twice):
         rows = stats_table.index[stats_table.occupation == twice.iloc[0]].tolist()
@@ -263,7 +292,8 @@ def winogender_bias(
                twins=True)
     out = fem[["occupation", "participant", "answer"]].assign(log_ratio=lr)
     if stats_table is not None:
-        out = out.merge(stats_table[["occupation", "bls_pct_female"]], on="occupation", how="left", validate="many_to_one")
+        shares = stats_table[["occupation", "bls_pct_female"]].astype({"bls_pct_female": float})  # None: NaN, unknown
+        out = out.merge(shares, on="occupation", how="left", validate="many_to_one")
         missing = list(dict.fromkeys(out.loc[out.bls_pct_female.isna(), "occupation"]))
         if missing:  # they were left out of pearson_r without a word
             warnings.warn(f"winogender_bias: {len(missing)} occupation(s) of the templates have no share of women in "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -171,10 +172,12 @@ def load_winobias_dir(folder, *, split: str = "dev", types=(1, 2)) -> pd.DataFra
     if not isinstance(folder, (str, os.PathLike)):
         raise InvalidInput(f"expected the path of a WinoBias folder (a str or Path), got {type(folder).__name__}")
     folder = Path(folder)
+    chosen = list(types) if isinstance(types, Iterable) and not isinstance(types, (str, bytes, Mapping)) else None
+    if not chosen or not all(is_integer(t) and t in (1, 2) for t in chosen) or len(set(chosen)) != len(chosen):
+        # 1 raised a TypeError, True read the file 'typeTrue', (1, 1) loaded each file twice
+        raise InvalidInput(f"types must be a list of distinct types from 1, 2, got {types!r}")
     frames = []
-    for t in types:
-        if t not in (1, 2):
-            raise InvalidInput(f"types must be 1 and/or 2, got {t!r}")
+    for t in map(int, chosen):
         for s in ("pro", "anti"):
             f = folder / f"{s}_stereotyped_type{t}.txt.{split}"
             if not f.is_file():
@@ -221,6 +224,14 @@ def winobias_pairs(df: pd.DataFrame) -> pd.DataFrame:
             + (f" (line {line})" if line is not None else "") + "; is one of the files cut short?",
             UserWarning, stacklevel=2,
         )
+    genders = [(key, a, b) for key, a, b in zip(both, pro.loc[both, "pronoun"], anti.loc[both, "pronoun"])
+               if PRONOUN_GENDER.get(str(a).lower(), a) == PRONOUN_GENDER.get(str(b).lower(), b)]
+    if genders:  # twins differ in the pronoun's gender: files whose ids are not aligned paired 'he' with 'him'
+        (t, split, sid), a, b = genders[0]
+        warnings.warn(
+            f"winobias_pairs: {len(genders)} of {len(both)} pairs have pronouns of one gender in both twins, e.g. type "
+            f"{t}, split {split!r}, id {sid} ({a!r} / {b!r}); pro and anti twins differ in the pronoun's gender: are "
+            "the two files' ids aligned?", UserWarning, stacklevel=2)
     out = pd.DataFrame(
         {
             "entity": pro.loc[both, "entity"],
@@ -364,9 +375,33 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
     """
     if not isinstance(templates, pd.DataFrame) or templates.empty:
         raise InvalidInput("fill_winogender takes the non-empty DataFrame from load_winogender_templates")
+    if not isinstance(someone, bool):  # 'no' was truthy: every participant became "someone"
+        raise InvalidInput(f"someone must be True or False, got {someone!r}")
+    need = ["occupation", "participant", "answer", "template"]
+    missing = [c for c in need if c not in templates.columns]
+    if missing:  # itertuples raised AttributeError on the first row
+        raise InvalidInput(f"the Winogender templates DataFrame needs the columns {', '.join(need)}; missing {missing} "
+                           "(load it with load_winogender_templates)")
+    for label, row in zip(templates.index, templates[["occupation", "participant", "template"]].itertuples(index=False)):
+        for column, value in zip(("occupation", "participant", "template"), row):
+            if not isinstance(value, str) or not value.strip():  # NaN raised a TypeError from inside the filling
+                raise InvalidInput(f"templates row {label!r}: {column} must be a non-empty string, got {value!r}")
+    key = templates[need].astype(str).apply(tuple, axis=1).tolist()
+    seen: dict[tuple, object] = {}
+    for label, row in zip(templates.index, key):  # a file loaded twice: each template scored twice, twice the weight
+        if row in seen:
+            raise InvalidInput(f"templates row {label!r} repeats row {seen[row]!r} (occupation {row[0]!r}, participant "
+                               f"{row[1]!r}, answer {row[2]}, the same sentence); give each template once")
+        seen[row] = label
+    genders = [genders] if isinstance(genders, str) else list(genders)
+    if not genders:
+        raise InvalidInput(f"genders must be a non-empty list from {', '.join(WINOGENDER_PRONOUNS)}")
     bad = [g for g in genders if g not in WINOGENDER_PRONOUNS]
     if bad:
         raise InvalidInput(f"unknown gender {bad[0]!r}; valid: {', '.join(WINOGENDER_PRONOUNS)}")
+    twice = [g for i, g in enumerate(genders) if g in genders[:i]]
+    if twice:  # every template was filled twice with it
+        raise InvalidInput(f"gender {twice[0]!r} is given twice; give each of {', '.join(WINOGENDER_PRONOUNS)} at most once")
     rows = []
     for t in templates.itertuples():
         for g in genders:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def run_bias_demo(
     if not is_integer(k) or k < 1 or k > model.cfg.n_layers * model.cfg.n_heads:
         raise InvalidInput(f"k must be an integer in 1..{model.cfg.n_layers * model.cfg.n_heads}, got {k!r}")
     k = int(k)
+    for name, value in (("n_mediation_occupations", n_mediation_occupations),
+                        ("n_mediation_templates", n_mediation_templates)):
+        if not is_integer(value) or value < 1:  # -1 sliced off the last template or dropped the extremes; 1.5 a TypeError
+            raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+    if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):  # else a TypeError after the whole run
+        raise InvalidInput(f"out_dir must be a folder path (a str or Path) or None, got {out_dir!r}")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InvalidInput(f"out_dir {str(out_dir)!r} is a file, not a folder; pass a folder to write the figures and "
+                           "tables into (it is made if missing)")
     if method not in ("zero", "mean"):
         raise InvalidInput(f"method must be 'zero' or 'mean', got {method!r}")
     occ = occupation_frame(occupations)

@@ -34,6 +34,7 @@ from attnlab.bias.templates import Template, neutral_prompts as shipped_prompts,
 from attnlab.engine.tokens import check_texts
 from attnlab.errors import InvalidInput
 from attnlab.measure import KL, Result, check_resampling, effect, perplexity
+from attnlab.measure.effect import check_interventions
 from attnlab.measure.result import renamed
 
 __all__ = ["BiasExperiment", "bias_experiment", "perplexity", "next_token_kl"]
@@ -93,6 +94,13 @@ def _check_baseline(baseline, model, occupations, templates, pronouns, n_boot: i
     if not isinstance(baseline, PronounBias):
         raise InvalidInput(f"baseline must be a PronounBias from pronoun_bias(), got {type(baseline).__name__}")
     differs = []
+    if getattr(baseline, "interventions", ()):  # its "before" was an edited model: every change read 0
+        differs.append(f"interventions {list(baseline.interventions)!r} (this experiment's 'before' is the model "
+                       "without them)")
+    hooks = getattr(baseline, "active_hooks", 0)
+    if hooks != model.count_hooks():  # measured inside another `with model.intervene(...)` block than this call
+        differs.append(f"{hooks} hook(s) already acting, e.g. in a `with model.intervene(...)` block (this experiment: "
+                       f"{model.count_hooks()})")
     if baseline.model_name != model.cfg.name:
         differs.append(f"model {baseline.model_name!r} (this experiment: {model.cfg.name!r})")
     if tuple(baseline.pronouns) != check_pronouns(pronouns):
@@ -143,13 +151,9 @@ def bias_experiment(
     """
     n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model, causal=True)
-    interventions = list(interventions)
+    interventions = check_interventions(model, interventions)  # one spec is a list of one; fails before any pass
     if not interventions:
         raise InvalidInput("no interventions given: pass a non-empty list of specs (e.g. [AblateHead(3, 1)])")
-    for spec in interventions:  # fail before any forward pass
-        if not (hasattr(spec, "validate") and hasattr(spec, "prepare")):
-            raise InvalidInput(f"interventions must be intervention specs, got {type(spec).__name__}")
-        spec.validate(model.cfg)
     text = shipped_text() if neutral_text is None else check_texts(neutral_text, "neutral_text")
     prompts = shipped_prompts() if neutral_prompts is None else check_texts(neutral_prompts, "neutral_prompts")
     if baseline is not None:

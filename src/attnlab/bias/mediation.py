@@ -35,9 +35,10 @@ and TE is measured once.
 
 from __future__ import annotations
 
+import numbers
 import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,10 +98,24 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
     pairs = [pairs] if isinstance(pairs, MediationPair) else list(pairs)
     if not pairs:
         raise InvalidInput("no prompt pairs given: pass a non-empty list of MediationPair")
+    seen: dict[tuple[str, ...], int] = {}
     for i, p in enumerate(pairs):
         if not isinstance(p, MediationPair):
             raise InvalidInput(f"pairs[{i}] must be a MediationPair, got {type(p).__name__}")
+        for name in ("base", "counterfactual", "stereotypical", "anti"):  # the tokenizer's error named no pair
+            value = getattr(p, name)
+            if not isinstance(value, str):
+                raise InvalidInput(f"pair {i}: {name} must be a string, got {value!r} ({type(value).__name__})")
+        key = (p.base, p.counterfactual, p.stereotypical, p.anti)  # the label aside: the same measurement
+        if key in seen:  # each copy counts again in every mean effect
+            warnings.warn(f"pair {i} repeats pair {seen[key]} ({p.base!r} / {p.counterfactual!r}); it is counted again "
+                          "in every mean", UserWarning, stacklevel=3)
+        seen.setdefault(key, i)
         x, xp = model.token_rows([p.base, p.counterfactual])
+        if x == xp:  # nothing intervened: its effects are exactly 0, averaged in as "gender has no effect"
+            warnings.warn(f"pair {i}: {p.base!r} and {p.counterfactual!r} are the same tokens for {model.cfg.name}, so "
+                          "its TE, NIE and NDE are exactly 0 (a check of the method, or a replacement word that was "
+                          "left out?); x' should differ from x in the gendered word", UserWarning, stacklevel=3)
         if len(x) != len(xp):
             raise InvalidInput(
                 f"pair {i}: {p.base!r} is {len(x)} tokens but {p.counterfactual!r} is {len(xp)} for "
@@ -110,6 +125,11 @@ def _checked_pairs(model, pairs) -> list[MediationPair]:
         for word in (p.stereotypical, p.anti):
             single_token(model, word, "the odds need single-token pronouns (try a leading space, e.g. ' she')")
         distinct_tokens(model, p.stereotypical, p.anti, f"pair {i} (stereotypical, anti)")
+        spaced = [w[:1].isspace() for w in (p.stereotypical, p.anti)]
+        if spaced[0] != spaced[1]:  # the odds compared a next word with a word glued to the prompt: they measured the space
+            yes, no = ("stereotypical", "anti") if spaced[0] else ("anti", "stereotypical")
+            raise InvalidInput(f"pair {i}: {yes} {getattr(p, yes)!r} starts with a space but {no} {getattr(p, no)!r} "
+                               "does not; write both as the next word, with a leading space (' she', ' he')")
     return pairs
 
 
@@ -134,10 +154,13 @@ def mediation_pairs(
     otherwise the reverse (``"woman"``). Returns the pairs (occupation-major, templates in
     order) and a DataFrame of the skipped (occupation, template) combinations with the reason.
     """
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+        # NaN (every comparison False) or a percent (50) made every occupation male-stereotyped without a word
+        raise InvalidInput(f"threshold must be a share of women in 0..1 (a fraction, not a percent), got {threshold!r}")
     occ = occupation_frame(occupations)
     tmpl = shipped_templates() if templates is None else as_templates(templates)
     female, male = check_pronouns(pronouns)
-    w_female, w_male = check_pronouns(replacements)
+    w_female, w_male = check_pronouns(replacements, "replacements")
     check_next_word_prefixes(tmpl, " " + female)
     pairs, skipped = [], []
     for o, share in zip(occ.occupation, occ.share_women):
@@ -168,17 +191,28 @@ def _as_int(v):
         return v
 
 
-def _check_units(model, units: Sequence[Sequence[Head]]) -> list[list[Head]]:
+def _check_head(model, item, where: str) -> Head:
+    """One ``(layer, head)`` pair (``head`` None: every head of the layer); an int or a triple raised a bare
+    TypeError / ValueError from unpacking."""
+    try:
+        if isinstance(item, (str, bytes)):
+            raise TypeError
+        layer, head = (_as_int(v) for v in item)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{where} must be a (layer, head) pair, got {item!r}; {model.cfg.name} has "
+                           f"{model.cfg.layer_range()} and {model.cfg.head_range()}") from None
+    model.check_layer(layer)
+    if head is not None:
+        model.check_head(head)
+    return layer, head
+
+
+def _check_units(model, units: Sequence[Sequence[Head]], what: str = "units") -> list[list[Head]]:
     out = []
-    for u in units:
-        heads = []
-        for item in u:
-            layer, head = (_as_int(v) for v in item)
-            model.check_layer(layer)
-            if head is not None:
-                model.check_head(head)
-            heads.append((layer, head))
-        out.append(heads)
+    for j, u in enumerate(units):
+        if isinstance(u, (str, bytes)) or not isinstance(u, Iterable):
+            raise InvalidInput(f"{what}[{j}] must be a list of (layer, head) pairs, got {u!r}")
+        out.append([_check_head(model, item, f"{what}[{j}][{i}]") for i, item in enumerate(u)])
     return out
 
 
@@ -408,8 +442,11 @@ def causal_mediation(
         warnings.warn("causal_mediation(level=...) is deprecated and will be removed in the next release; "
                       "use levels=(...)", DeprecationWarning, stacklevel=2)
         levels = level
-    levels = (levels,) if isinstance(levels, str) else tuple(levels)
-    if not levels or len(set(levels)) != len(levels):
+    if isinstance(levels, Set):  # its order varies from run to run: the table's rows follow LEVELS
+        levels = sorted(levels, key=lambda lv: (LEVELS.index(lv) if lv in LEVELS else len(LEVELS), str(lv)))
+    ordered = isinstance(levels, Iterable) and not isinstance(levels, Mapping)
+    levels = (levels,) if isinstance(levels, str) else tuple(levels) if ordered else ()
+    if not levels or not all(isinstance(lv, str) for lv in levels) or len(set(levels)) != len(levels):
         raise InvalidInput(f"levels must be a non-empty list of distinct levels from {', '.join(LEVELS)}, got {levels!r}")
     units_by_level = {lv: _units_for(model, lv) for lv in levels}
     effects = _check_effects(effects)
@@ -459,7 +496,7 @@ def greedy_heads(
     check_batch_size(batch_size)
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)
-    pool = _check_units(model, [pool])[0]
+    pool = [_check_head(model, item, f"candidates[{i}]") for i, item in enumerate(pool)]
     twice = sorted({h for h in pool if pool.count(h) > 1}, key=str)
     if twice:  # a chosen head leaves the options with its copies, and a later step had none to pick from
         raise InvalidInput(f"candidates must be distinct heads; given more than once: {', '.join(map(str, twice))}")

@@ -38,6 +38,7 @@ from attnlab.bias.templates import (
 )
 from attnlab.errors import InvalidInput, UnsupportedModel
 from attnlab.measure import LogProbs, Result, bootstrap, check_resampling, score
+from attnlab.measure.effect import check_interventions
 from attnlab.measure.result import renamed
 
 __all__ = ["PronounBias", "pronoun_bias", "design", "occupation_frame", "summarize_log_ratios", "BIAS_METRICS"]
@@ -71,6 +72,23 @@ def _p_value(x, y, rank: bool) -> float:
     return float(np.mean(np.abs(rs) >= abs(r) - 1e-12))
 
 
+def _check_per_occupation(table) -> None:
+    """A table to summarise: a missing column raised KeyError, and a NaN log ratio was skipped by the means."""
+    need = ["share_women", "log_ratio"]
+    if not isinstance(table, pd.DataFrame) or set(need) - set(table.columns):
+        missing = [c for c in need if not isinstance(table, pd.DataFrame) or c not in table.columns]
+        raise InvalidInput(f"per_occupation needs the columns {', '.join(need)}; missing {missing}")
+    if table.empty:
+        raise InvalidInput("per_occupation is empty: pass one row per occupation")
+    for column in need:
+        bad = np.flatnonzero(~np.isfinite(pd.to_numeric(table[column], errors="coerce").to_numpy(float)))
+        if len(bad):
+            i, value = bad[0], table[column].iloc[bad[0]]
+            name = table["occupation"].iloc[i] if "occupation" in table.columns else table.index[i]
+            raise InvalidInput(f"per_occupation row {i} ({name!r}): {column} must be a finite number, got "
+                               f"{value.item() if isinstance(value, np.generic) else value!r}")
+
+
 def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The summary table (metric, value, low, high, p_value) of per-occupation log ratios.
 
@@ -85,6 +103,7 @@ def summarize_log_ratios(per_occupation: pd.DataFrame, *, n_boot: int = 1000, se
     correlation, exact (all orderings) up to :data:`EXACT_P_MAX` occupations, scipy's
     ``pearsonr`` / ``spearmanr`` above.
     """
+    _check_per_occupation(per_occupation)
     lr = per_occupation["log_ratio"].to_numpy(float)
     share = per_occupation["share_women"].to_numpy(float)
     rows = []
@@ -121,10 +140,13 @@ class PronounBias(Result):
     """
 
     def __init__(self, per_prompt: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, model_name: str,
-                 pronouns: tuple[str, str], *, n_boot: int | None = None, seed: int | None = None):
+                 pronouns: tuple[str, str], *, n_boot: int | None = None, seed: int | None = None,
+                 interventions: Sequence = (), active_hooks: int = 0):
         self.per_prompt, self.table, self._summary = per_prompt, table, summary
         self.model_name, self.pronouns = model_name, pronouns
         self.n_boot, self.seed = n_boot, seed  # what the intervals came from (a baseline must match them)
+        self.interventions = tuple(interventions)  # the specs passed (a clean baseline has none)
+        self.active_hooks = active_hooks  # hooks already acting when it ran (a `with model.intervene(...)` block)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -176,12 +198,14 @@ def pronoun_bias(
     """
     n_boot, seed = check_resampling(n_boot, seed)
     check_lm(model)
+    interventions = check_interventions(model, interventions)
+    active_hooks = model.count_hooks()
     rows = design(occupations, templates)
     female, male = check_pronouns(pronouns)
     if model.cfg.is_causal:
         prompts = [t.causal(o) for o, _, t in rows]
         words, read_at = [" " + female, " " + male], "last"
-        check_next_word_prefixes([t for _, _, t in rows], words[0])
+        check_next_word_prefixes(list(dict.fromkeys(t for _, _, t in rows)), words[0])  # each template once
     else:
         mask = getattr(model.tokenizer, "mask_token", None)
         if mask is None:
@@ -215,4 +239,5 @@ def pronoun_bias(
         .reset_index()
     )
     summary = summarize_log_ratios(per_occupation, n_boot=n_boot, seed=seed)
-    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male), n_boot=n_boot, seed=seed)
+    return PronounBias(per_prompt, per_occupation, summary, model.cfg.name, (female, male), n_boot=n_boot, seed=seed,
+                       interventions=interventions, active_hooks=active_hooks)

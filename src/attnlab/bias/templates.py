@@ -68,6 +68,9 @@ class Template:
         if not fields:
             raise InvalidInput(f"template prefix {self.prefix!r} has no '{{occupation}}' slot "
                                "(a doubled {{occupation}} is a literal, not a slot)")
+        if "{occupation}" in self.suffix.replace("{{", "").replace("}}", ""):  # the suffix is text, never formatted
+            raise InvalidInput(f"template suffix {self.suffix!r} has an '{{occupation}}' slot; only the prefix is "
+                               "filled with the occupation (a masked LM reads 'prefix [MASK] suffix')")
 
     def causal(self, occupation: str) -> str:
         return self.prefix.format(occupation=occupation)
@@ -105,14 +108,29 @@ def as_templates(items) -> list[Template]:
                                f"with keys 'prefix' (and optionally 'suffix'), got {t!r:.80}")
     if not out:
         raise InvalidInput("no templates given: pass a non-empty list of strings with an '{occupation}' slot")
+    first: dict[Template, int] = {}
+    for i, t in enumerate(out):  # a repeat was scored again for every occupation: twice the weight in its mean
+        if t in first:
+            raise InvalidInput(f"template {i} ({t.prefix!r}{', ' + repr(t.suffix) if t.suffix else ''}) is also "
+                               f"template {first[t]}; give each template once")
+        first.setdefault(t, i)
     return out
 
 
 def check_next_word_prefixes(items: Sequence[Template], word: str) -> None:
-    """Refuse a prefix that ends in whitespace where a causal LM scores ``word`` (with its own space) next.
+    """Refuse prefixes a causal LM cannot score ``word`` (with its own space) after as asked.
 
     ``"...said that " + " she"``: the pronoun was scored after two spaces, not as the next word.
+    Two templates with one prefix (other suffixes) are one prompt to a causal LM, which reads
+    only the prefix: it was scored and counted twice per occupation.
     """
+    first: dict[str, int] = {}
+    for i, t in enumerate(items):
+        if t.prefix in first:
+            raise InvalidInput(f"templates {first[t.prefix]} and {i} have the same prefix {t.prefix!r}; a causal LM "
+                               "reads only the prefix (the suffix is for masked LMs), so they are one prompt: give "
+                               "each prefix once")
+        first[t.prefix] = i
     spaced = next((t for t in items if t.prefix != t.prefix.rstrip()), None)
     if spaced is not None:
         raise InvalidInput(f"template prefix {spaced.prefix!r} ends with whitespace; a causal LM scores the pronoun "
@@ -181,7 +199,8 @@ def _check_occupation_rows(df: pd.DataFrame) -> None:
 def occupation_frame(chosen) -> pd.DataFrame:
     """Normalise an ``occupations=`` option: None (all shipped), names from the shipped list, or a DataFrame.
 
-    A DataFrame needs the columns ``occupation`` and ``share_women`` (a fraction in 0..1).
+    A DataFrame needs the columns ``occupation`` and ``share_women`` (a fraction in 0..1);
+    names are stripped of surrounding whitespace.
     """
     if chosen is None or (isinstance(chosen, Sequence) and not isinstance(chosen, str)):
         return occupations(chosen)
@@ -195,7 +214,8 @@ def occupation_frame(chosen) -> pd.DataFrame:
             raise InvalidInput("occupations DataFrame is empty")
         _check_occupation_rows(chosen)
         out = chosen[["occupation", "share_women"]].reset_index(drop=True)
-        return out.assign(share_women=out["share_women"].astype(float))
+        # names as the duplicate check reads them: " nurse" made the prompt "The  nurse said that" (two spaces)
+        return out.assign(occupation=out["occupation"].str.strip(), share_women=out["share_women"].astype(float))
     raise InvalidInput(f"occupations must be None, a list of names or a DataFrame, got {type(chosen).__name__}")
 
 

@@ -70,6 +70,9 @@ def run_parallel(
     An error in any process is raised here, naming its rank; attnlab's own error types are kept.
     """
     n_procs = _check_n_procs(n_procs)
+    if not callable(fn):  # else a TypeError here, or in every new process after they all started
+        raise InvalidInput(f"run_parallel runs fn(*args, **kwargs) in each process: fn must be a function (defined at "
+                           f"module level), got {type(fn).__name__}: {fn!r:.80}")
     _check_not_bootstrapping()
     _check_threads(threads)
     _check_backend(backend)
