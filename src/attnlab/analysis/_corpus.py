@@ -20,6 +20,7 @@ their own, flagged in ``Sentence.special``.
 from __future__ import annotations
 
 import bisect
+import numbers
 import re
 import string
 import unicodedata
@@ -38,7 +39,7 @@ from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
-           "check_max_distance"]
+           "check_max_distance", "check_flag", "check_positive_int", "check_fraction"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -136,6 +137,27 @@ def check_max_distance(max_distance) -> int | None:
     if max_distance is not None and not (is_integer(max_distance) and max_distance >= 0):
         raise InvalidInput(f"max_distance must be an integer >= 0 or None (every distance), got {max_distance!r}")
     return None if max_distance is None else int(max_distance)
+
+
+def check_flag(value, name: str) -> bool:
+    """A switch of an analysis: True or False only (``"no"`` is truthy, and was read as True)."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_positive_int(value, what: str) -> int:
+    """An integer >= 1 (Python's or numpy's; not a bool), as an int."""
+    if not is_integer(value) or value < 1:
+        raise InvalidInput(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_fraction(value, name: str) -> float:
+    """A real number in [0, 1] (numpy's too; not a bool, not NaN), as a float: 50 meant as a percent is refused."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1):
+        raise InvalidInput(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _label(item, index: int) -> str:

@@ -42,6 +42,7 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
+from attnlab.analysis._corpus import check_positive_int
 from attnlab.analysis.context import pooled_window
 from attnlab.analysis.neurons import decay_neurons, unit_dims
 from attnlab.engine.dropout import check_deterministic
@@ -105,12 +106,6 @@ def _check_text(text) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"text must be one non-empty string (join paragraphs yourself), got {text!r:.80}")
     return text
-
-
-def _positive_int(value, what: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise InvalidInput(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def check_columns_once(columns: Sequence, what: str = "units") -> None:
@@ -473,8 +468,8 @@ def check_window_options(
     tolerance = _check_number(tolerance, "tolerance")
     if not 0 < tolerance < 1:
         raise InvalidInput(f"tolerance must be in (0, 1) (a fraction of the target), got {tolerance:g}")
-    _positive_int(per_step, "per_step")
-    _positive_int(batch_size, "batch_size")
+    check_positive_int(per_step, "per_step")
+    check_positive_int(batch_size, "batch_size")
     if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 0:
         raise InvalidInput(f"max_steps must be a non-negative integer, got {max_steps!r}")
     if isinstance(scales, np.ndarray) and scales.ndim == 1:
