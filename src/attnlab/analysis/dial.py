@@ -80,8 +80,9 @@ def decay_units(model, text: str, *, max_spearman: float = -0.8, progress: bool 
     by distance, and moves attention to keys such as the first token instead of near ones.
     """
     _check_rotary_lm(model)
-    if not -1 <= max_spearman <= 1:
-        raise InvalidInput(f"max_spearman must be in [-1, 1], got {max_spearman!r}")
+    # a real number, not a bool: "x" failed in the comparison, True passed as 1 (every unit)
+    if not (isinstance(max_spearman, numbers.Real) and not isinstance(max_spearman, bool) and -1 <= max_spearman <= 1):
+        raise InvalidInput(f"max_spearman must be a number in [-1, 1], got {max_spearman!r}")
     table = decay_neurons(model, [_check_text(text)], progress=progress).table
     chosen = table[(table["spearman"] <= max_spearman) & (table["near"] > 0)]
     return chosen.reset_index(drop=True)
