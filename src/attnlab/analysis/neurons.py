@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import check_max_distance, prepare
+from attnlab.analysis._corpus import check_flag, check_max_distance, check_positive_int, prepare
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.attention import masked
@@ -31,6 +31,7 @@ from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.measure.result import Result
+from attnlab.measure.sweep import _index_list
 
 __all__ = ["NeuronData", "neuron_data", "unit_dims", "unit_scores", "decay_neurons", "DecayProfile"]
 
@@ -50,12 +51,27 @@ def head_scale(model, layer: int) -> float:
 
 def unit_dims(model, unit: int, *, pairs: bool | None = None) -> list[int]:
     """The q/k dimensions of one unit: ``[unit]``, or ``[unit, unit + d_head/2]`` for a rotary pair."""
-    pairs = model.cfg.rotary if pairs is None else pairs
+    pairs = _pairs(model, pairs)
     n_units = model.cfg.d_head // 2 if pairs else model.cfg.d_head
     if not is_integer(unit) or not 0 <= unit < n_units:
         raise InvalidLocation(f"unit {unit!r} out of range: {model.cfg.name} has {'pairs' if pairs else 'dims'} 0..{n_units - 1}")
     unit = int(unit)
     return [unit, unit + model.cfg.d_head // 2] if pairs else [unit]
+
+
+def _pairs(model, pairs) -> bool:
+    """``pairs=``: None (the model is rotary) or a bool; ``"no"`` is truthy and summed the rotary pairs."""
+    return model.cfg.rotary if pairs is None else check_flag(pairs, "pairs")
+
+
+def _check_index(value, size: int, what: str, where: str) -> int:
+    """An index into one axis of a result's array: negative ones wrapped round silently, past the end numpy's IndexError."""
+    if not is_integer(value):
+        raise InvalidLocation(f"{what} must be a whole number (an int), got {value!r} ({type(value).__name__}); "
+                              f"{where} 0..{size - 1}")
+    if not 0 <= value < size:
+        raise InvalidLocation(f"{what} {value!r} out of range: {where} 0..{size - 1}")
+    return int(value)
 
 
 def _to_units(x: torch.Tensor, pairs: bool) -> torch.Tensor:
@@ -197,7 +213,7 @@ def unit_scores(
     """Each unit's contribution ``scale * q_u . k_u`` to every score of one head on ``text`` (masks ignored)."""
     model.check_layer(layer)
     model.check_head(head)
-    pairs = model.cfg.rotary if pairs is None else pairs
+    pairs = _pairs(model, pairs)
     q, k, _ = _qk_scores(model, _text_tokens(model, text), layer)
     prod = torch.einsum("qd,kd->dqk", q[:, head], k[:, head]).cpu() * model.cfg.scaling  # [d_head, query, key]
     return _to_units(prod.movedim(0, -1), pairs).movedim(-1, 0)
@@ -369,9 +385,11 @@ def decay_neurons(
     from tqdm.auto import tqdm
 
     max_distance = check_max_distance(max_distance)
+    pairs = _pairs(model, pairs)
+    check_flag(ignore_first, "ignore_first")  # "no" is truthy: key 0 was left out
+    # an int is one layer (layers=1 failed iterating it); [] is refused (it said "give longer texts"); [1, 1] is layer 1
+    layer_list = list(dict.fromkeys(_index_list(layers, model.cfg.n_layers, "layers", model.check_layer)))
     sentences = prepare(model, corpus)
-    pairs = model.cfg.rotary if pairs is None else pairs
-    layer_list = list(range(model.cfg.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     longest = max(s.n_tokens for s in sentences)
     D = longest if max_distance is None else min(max_distance + 1, longest)
     H, d = model.cfg.n_heads, model.cfg.d_head
