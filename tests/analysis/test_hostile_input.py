@@ -49,6 +49,45 @@ def test_decay_neurons_layers_is_an_int_or_a_non_empty_list(tiny_llama):
     np.testing.assert_allclose(one.mean[1], twice.mean[1])
 
 
+def test_decay_ranking_options_are_whole_numbers_and_min_count_positive(tiny_llama):
+    """min_count=0 ranked every unit of a head with an empty distance as NaN; 1.5 or "1" passed or failed in numpy."""
+    prof = decay_neurons(tiny_llama, [TEXT], progress=False)
+    with pytest.raises(InvalidInput, match=r"^min_count must be a positive integer, got 0$"):
+        prof.ranked(min_count=0)
+    with pytest.raises(InvalidInput, match=r"^min_distance must be an integer >= 0, got 1\.5$"):
+        prof.ranked(min_distance=1.5)
+    with pytest.raises(InvalidInput, match=r"^min_distance must be an integer >= 0, got '1'$"):
+        prof.ranked(min_distance="1")
+    with pytest.raises(InvalidInput, match=r"^max_distance must be an integer >= 0 or None \(every distance\), got 3\.5$"):
+        prof.ranked(max_distance=3.5)
+    assert not prof.ranked(min_count=1).table["decay"].isna().any()
+
+
+def test_decay_curve_checks_its_location(tiny_llama):
+    """curve(-1, 0, 0) read the last layer and curve(99, 0, 0) raised numpy's bare IndexError."""
+    prof = decay_neurons(tiny_llama, [TEXT], progress=False)
+    with pytest.raises(InvalidLocation, match=r"^layer -1 out of range: the profile has layers 0\.\.1$"):
+        prof.curve(-1, 0, 0)
+    with pytest.raises(InvalidLocation, match=r"^head 99 out of range: the profile has heads 0\.\.3$"):
+        prof.curve(0, 99, 0)
+    with pytest.raises(InvalidLocation, match=r"^unit must be a whole number \(an int\), got 1\.0 \(float\); the profile "
+                                              r"has units 0\.\.3$"):
+        prof.curve(0, 0, 1.0)
+    np.testing.assert_array_equal(prof.curve(1, 2, 3)["contribution"].to_numpy(), prof.mean[1, 2, 3])
+
+
+def test_neuron_top_dims_checks_key_and_n(tiny_llama):
+    """top_dims(True) indexed a new axis, top_dims(1.5) raised torch's IndexError, n=-1 dropped the last dim."""
+    v = neuron_data(tiny_llama, TEXT, layer=0, head=0, query=5)
+    with pytest.raises(InvalidLocation, match=r"^key must be a whole number \(an int\), got True \(bool\); keys 0\.\.15$"):
+        v.top_dims(True)
+    with pytest.raises(InvalidLocation, match=r"^key must be a whole number \(an int\), got 1\.5 \(float\); keys 0\.\.15$"):
+        v.top_dims(1.5)
+    with pytest.raises(InvalidInput, match=r"^n must be a positive integer \(how many dimensions to keep\), got -1$"):
+        v.top_dims(1, n=-1)
+    assert len(v.top_dims(np.int64(1), n=3)) == 3
+
+
 def test_decay_units_max_spearman_must_be_a_number(tiny_llama):
     """max_spearman="x" raised a bare TypeError and True passed as 1 (every unit)."""
     for bad in ("x", True, float("nan")):

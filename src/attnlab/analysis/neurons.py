@@ -147,8 +147,9 @@ class NeuronData(Result):
 
     def top_dims(self, key: int, n: int = 5) -> pd.DataFrame:
         """The dimensions contributing most (by magnitude) to the score of one key."""
-        if not 0 <= key < len(self.tokens):
-            raise InvalidLocation(f"key {key} out of range: keys 0..{len(self.tokens) - 1}")
+        key = _check_index(key, len(self.tokens), "key", "keys")  # True indexed a new axis; 1.5 failed in torch
+        if not is_integer(n) or n < 1:  # -1 kept every dimension but the last
+            raise InvalidInput(f"n must be a positive integer (how many dimensions to keep), got {n!r}")
         contrib = self.qk[key] * self.scale
         idx = contrib.abs().argsort(descending=True)[:n]
         return pd.DataFrame({"dim": idx.tolist(), "q": self.q[idx].tolist(), "k": self.k[key, idx].tolist(),
@@ -265,6 +266,10 @@ class DecayProfile(Result):
 
     def curve(self, layer: int, head: int, unit: int) -> pd.DataFrame:
         """One unit's mean contribution by distance."""
+        L, H, U, _ = self.mean.shape
+        layer = _check_index(layer, L, "layer", "the profile has layers")
+        head = _check_index(head, H, "head", "the profile has heads")
+        unit = _check_index(unit, U, "unit", "the profile has units")
         m = self.mean[layer, head, unit]
         return pd.DataFrame({"distance": np.arange(len(m)), "contribution": m, "count": self.counts[layer, head]})
 
@@ -282,6 +287,10 @@ class DecayProfile(Result):
         """
         if by not in _RANKINGS:
             raise InvalidInput(f"unknown ranking {by!r}; valid: {', '.join(_RANKINGS)}")
+        if not is_integer(min_distance) or min_distance < 0:  # 1.5 and 3.5 were taken as bounds, "1" failed in numpy
+            raise InvalidInput(f"min_distance must be an integer >= 0, got {min_distance!r}")
+        max_distance = check_max_distance(max_distance)
+        min_count = check_positive_int(min_count, "min_count")  # 0 let in distances with no pairs: NaN rankings
         D = self.mean.shape[-1]
         hi = D - 1 if max_distance is None else min(max_distance, D - 1)
         if not 0 <= min_distance < hi:
