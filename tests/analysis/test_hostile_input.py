@@ -88,6 +88,28 @@ def test_neuron_top_dims_checks_key_and_n(tiny_llama):
     assert len(v.top_dims(np.int64(1), n=3)) == 3
 
 
+def test_head_stats_top_n_must_be_a_positive_integer(tiny_llama):
+    """top(column, n=-1) gave an empty table and n=2.5 raised a bare TypeError from pandas."""
+    stats = head_stats(tiny_llama, [TEXT], progress=False)
+    for n in (-1, 0, 2.5, True):
+        with pytest.raises(InvalidInput, match=rf"^n must be a positive integer \(how many heads to keep\), got {n!r}$"):
+            stats.top("entropy", n=n)
+    assert len(stats.top("entropy", n=np.int64(3))) == 3
+
+
+def test_word_attention_checks_pattern_and_drop_special(tiny_bert):
+    """A list raised a bare AttributeError, a long tensor torch's RuntimeError, drop_special="no" dropped them."""
+    s = prepare(tiny_bert, ["hi there ."])[0]
+    n = s.n_tokens
+    with pytest.raises(InvalidInput, match=r"^pattern must be a float tensor \[\.\.\., query, key\], got list$"):
+        word_attention([[1.0] * n] * n, s)
+    with pytest.raises(InvalidInput, match=r"^pattern must be a float tensor \[\.\.\., query, key\], got torch\.int64"):
+        word_attention(torch.ones(n, n, dtype=torch.long), s)
+    with pytest.raises(InvalidInput, match=r"^drop_special must be True or False, got 'no'$"):
+        word_attention(torch.ones(n, n) / n, s, drop_special="no")
+    assert word_attention(torch.ones(n, n) / n, s, drop_special=False).shape == (s.n_units, s.n_units)
+
+
 def test_decay_units_max_spearman_must_be_a_number(tiny_llama):
     """max_spearman="x" raised a bare TypeError and True passed as 1 (every unit)."""
     for bad in ("x", True, float("nan")):
