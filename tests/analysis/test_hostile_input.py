@@ -110,6 +110,28 @@ def test_word_attention_checks_pattern_and_drop_special(tiny_bert):
     assert word_attention(torch.ones(n, n) / n, s, drop_special=False).shape == (s.n_units, s.n_units)
 
 
+def test_behaviour_thresholds_are_fractions(tiny_llama):
+    """threshold=50 (a percent) or NaN labelled every head without a word."""
+    stats = head_stats(tiny_llama, [TEXT], progress=False).table
+    for bad in (50, float("nan"), -0.1, "0.5", True):
+        with pytest.raises(InvalidInput, match=rf"^threshold must be a number in \[0, 1\], got {bad!r}$"):
+            behaviour(stats, threshold=bad)
+    with pytest.raises(InvalidInput, match=r"^broad must be a number in \[0, 1\], got 70$"):
+        behaviour(stats, broad=70)
+    assert (behaviour(stats, threshold=np.float32(1.0), broad=1.0) == "other").all()
+
+
+def test_head_distances_checks_seed_and_stats(tiny_gpt2):
+    """seed=-1 or 1.5 failed in scikit-learn's MDS after the forward passes; stats="x" raised AttributeError."""
+    for seed in (-1, 1.5, 2**32):
+        with pytest.raises(InvalidInput, match=rf"^seed must be an integer in 0\.\.2\*\*32-1 \(scikit-learn's MDS "
+                                               rf"takes no more\), got {seed!r}$"):
+            head_distances(tiny_gpt2, [TEXT], seed=seed, progress=False)
+    with pytest.raises(InvalidInput, match=r"^stats must be a HeadStats from head_stats\(\) or None, got str$"):
+        head_distances(tiny_gpt2, [TEXT], stats="x", progress=False)
+    assert tiny_gpt2.count_hooks() == 0
+
+
 def test_decay_units_max_spearman_must_be_a_number(tiny_llama):
     """max_spearman="x" raised a bare TypeError and True passed as 1 (every unit)."""
     for bad in ("x", True, float("nan")):
