@@ -132,6 +132,33 @@ def test_head_distances_checks_seed_and_stats(tiny_gpt2):
     assert tiny_gpt2.count_hooks() == 0
 
 
+def test_relation_named_all_is_not_counted_twice(tiny_bert):
+    """An arc whose relation is "all" was counted twice in the pseudo-relation "all" (count 2 for one arc)."""
+    sents = parse_conllu(TREE.replace("nsubj:pass", "all"))
+    with pytest.raises(InvalidInput, match=r"^sentence 0 has a relation named 'all', the name of the pseudo-relation "
+                                           r"include_all adds; pass include_all=False"):
+        relation_accuracy(tiny_bert, sents, progress=False)
+    res = relation_accuracy(tiny_bert, sents, include_all=False, progress=False)
+    assert res.baselines.set_index("relation").loc["all", "count"] == 1
+
+
+def test_relation_accuracy_include_all_must_be_a_bool(tiny_bert):
+    """include_all="no" added the pseudo-relation "all" (a non-empty string is truthy)."""
+    with pytest.raises(InvalidInput, match=r"^include_all must be True or False, got 'no'$"):
+        relation_accuracy(tiny_bert, parse_conllu(TREE), include_all="no", progress=False)
+
+
+def test_conllu_subtypes_must_be_a_bool(tmp_path):
+    """subtypes="no" kept "nsubj:pass" (a non-empty string is truthy)."""
+    with pytest.raises(InvalidInput, match=r"^subtypes must be True or False, got 'no'$"):
+        parse_conllu(TREE, subtypes="no")
+    path = tmp_path / "t.conllu"
+    path.write_text(TREE, encoding="utf-8")
+    with pytest.raises(InvalidInput, match=r"^subtypes must be True or False, got 1$"):
+        read_conllu(path, subtypes=1)
+    assert parse_conllu(TREE)[0].relations == ["nsubj", "root"]
+
+
 def test_decay_units_max_spearman_must_be_a_number(tiny_llama):
     """max_spearman="x" raised a bare TypeError and True passed as 1 (every unit)."""
     for bad in ("x", True, float("nan")):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._corpus import attention_batches, check_flag, prepare
 from attnlab.analysis._result import CallableTable, empty_frame
 from attnlab.analysis.conllu import DependencySentence, tree_problem
 from attnlab.analysis.heads import word_attention
@@ -211,6 +211,11 @@ def relation_accuracy(
     1.0
     """
     sentences = check_sentences(sentences)
+    if check_flag(include_all, "include_all"):  # an arc of a relation named "all" was counted twice in "all"
+        clash = next((i for i, s in enumerate(sentences) if "all" in s.relations), None)
+        if clash is not None:
+            raise InvalidInput(f"sentence {clash} has a relation named 'all', the name of the pseudo-relation "
+                               "include_all adds; pass include_all=False to score it as a relation of its own")
     if maps is None:
         maps = word_maps(model, sentences, batch_size=batch_size, progress=progress, interventions=interventions)
     if len(maps) != len(sentences):
