@@ -18,6 +18,9 @@ TEXT = "the nurse said that she left the house because the doctor was not happy 
 TREE = "1\tshe\t_\t_\t_\t_\t2\tnsubj:pass\t_\t_\n2\tleft\t_\t_\t_\t_\t0\troot\t_\t_\n"
 
 
+# -- neurons ----------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("flag", ["pairs", "ignore_first"])
 def test_decay_neurons_switches_must_be_bools(tiny_llama, flag):
     """pairs="no" summed rotary pairs and ignore_first="no" dropped key 0 (a non-empty string is truthy)."""
@@ -88,6 +91,9 @@ def test_neuron_top_dims_checks_key_and_n(tiny_llama):
     assert len(v.top_dims(np.int64(1), n=3)) == 3
 
 
+# -- heads, clustering ------------------------------------------------------------------------
+
+
 def test_head_stats_top_n_must_be_a_positive_integer(tiny_llama):
     """top(column, n=-1) gave an empty table and n=2.5 raised a bare TypeError from pandas."""
     stats = head_stats(tiny_llama, [TEXT], progress=False)
@@ -132,6 +138,9 @@ def test_head_distances_checks_seed_and_stats(tiny_gpt2):
     assert tiny_gpt2.count_hooks() == 0
 
 
+# -- syntax, conllu ---------------------------------------------------------------------------
+
+
 def test_relation_named_all_is_not_counted_twice(tiny_bert):
     """An arc whose relation is "all" was counted twice in the pseudo-relation "all" (count 2 for one arc)."""
     sents = parse_conllu(TREE.replace("nsubj:pass", "all"))
@@ -159,8 +168,29 @@ def test_conllu_subtypes_must_be_a_bool(tmp_path):
     assert parse_conllu(TREE)[0].relations == ["nsubj", "root"]
 
 
+# -- dial, context ----------------------------------------------------------------------------
+
+
 def test_decay_units_max_spearman_must_be_a_number(tiny_llama):
     """max_spearman="x" raised a bare TypeError and True passed as 1 (every unit)."""
     for bad in ("x", True, float("nan")):
         with pytest.raises(InvalidInput, match=rf"^max_spearman must be a number in \[-1, 1\], got {bad!r}$"):
             decay_units(tiny_llama, TEXT, max_spearman=bad)
+
+
+def test_window_experiment_plot_checks_heads_and_smooth(tiny_llama):
+    """heads=[(-1, 0)] plotted the last layer, (9, 0) raised numpy's IndexError, smooth=0 pandas' ValueError."""
+    exp = window_experiment(tiny_llama, [TEXT], {"ablated": [AblateHead(0, 0)]}, progress=False)
+    with pytest.raises(InvalidLocation, match=r"^heads\[0\] = \(-1, 0\) out of range: the profiles have layers 0\.\.1 "
+                                              r"and heads 0\.\.3$"):
+        exp.plot(heads=[(-1, 0)])
+    with pytest.raises(InvalidLocation, match=r"^heads\[1\] = \(9, 0\) out of range"):
+        exp.plot(heads=[(0, 0), (9, 0)])
+    with pytest.raises(InvalidLocation, match=r"^heads\[0\] must be a \(layer, head\) pair of integers, got 3$"):
+        exp.plot(heads=[3])
+    with pytest.raises(InvalidLocation, match=r"^heads must be a list of \(layer, head\) pairs or None \(all\), got 3$"):
+        exp.plot(heads=3)
+    with pytest.raises(InvalidInput, match=r"^smooth must be a positive integer, got 0$"):
+        exp.plot(smooth=0)
+    fig = exp.plot(heads=[(1, 3)], smooth=2)
+    assert len(fig.axes) == 2

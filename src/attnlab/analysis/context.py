@@ -27,11 +27,12 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import attention_batches, check_corpus, check_max_distance, prepare
+from attnlab.analysis._corpus import (attention_batches, check_corpus, check_flag, check_max_distance,
+                                      check_positive_int, prepare)
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run, token_logprobs
-from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel, is_integer
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, is_integer
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.result import Result
 
@@ -90,8 +91,7 @@ def _check_level(level: float) -> None:
 
 
 def _check_ignore_first(ignore_first) -> None:
-    if not isinstance(ignore_first, bool):  # "no" is truthy: it set the sink apart
-        raise InvalidInput(f"ignore_first must be True or False, got {ignore_first!r}")
+    check_flag(ignore_first, "ignore_first")  # "no" is truthy: it set the sink apart
 
 
 @dataclass
@@ -271,11 +271,28 @@ class WindowExperiment(Result):
 
     windows = Renamed("table")
 
+    def _check_heads(self, heads) -> list[tuple[int, int]]:
+        """``(layer, head)`` pairs in range: -1 read the last layer, one past the end failed in numpy."""
+        L, H = next(iter(self.profiles.values())).mass.shape[:2]
+        if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            raise InvalidLocation(f"heads must be a list of (layer, head) pairs or None (all), got {heads!r}")
+        out = []
+        for i, loc in enumerate(heads):
+            if not (isinstance(loc, (tuple, list)) and len(loc) == 2 and all(is_integer(v) for v in loc)):
+                raise InvalidLocation(f"heads[{i}] must be a (layer, head) pair of integers, got {loc!r}")
+            if not (0 <= loc[0] < L and 0 <= loc[1] < H):
+                raise InvalidLocation(f"heads[{i}] = ({loc[0]}, {loc[1]}) out of range: the profiles have layers "
+                                      f"0..{L - 1} and heads 0..{H - 1}")
+            out.append((int(loc[0]), int(loc[1])))
+        return out
+
     def plot(self, ax=None, *, heads: Sequence[tuple[int, int]] | None = None, smooth: int = 16):
         """Two panels: cumulative attention mass vs distance (mean over ``heads``, default all;
         non-sink mass normalised per head), and loss by position (moving average). ``ax``: two Axes."""
         from attnlab.viz.plots import context_window_curves, panels
 
+        heads = None if heads is None else self._check_heads(heads)
+        smooth = check_positive_int(smooth, "smooth")  # 0 failed in pandas' rolling()
         fig, (left, right) = panels(ax, 2, 11, 3.8, "WindowExperiment.plot")
         y = "cumulative attention mass " + ("(all heads)" if heads is None else f"({len(heads)} heads)")
         curves = []
