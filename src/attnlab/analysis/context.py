@@ -172,8 +172,18 @@ def attention_by_distance(
     >>> bool(np.allclose(prof.mass.sum(-1) + prof.sink, 1.0))
     True
     """
+    return _distance_profile(model, corpus, interventions=interventions, max_distance=max_distance,
+                             ignore_first=ignore_first, batch_size=batch_size, progress=progress, level=0.9)
+
+
+@torch.no_grad()
+def _distance_profile(model, corpus, *, interventions: Sequence, max_distance: int | None, ignore_first: bool,
+                      batch_size: int, progress: bool, level: float) -> DistanceProfile:
+    """:func:`attention_by_distance` with ``per_prompt``'s windows at ``level`` (``window_experiment``'s, whose
+    table is at its level: per_prompt said 27 tokens where the table said 9 at level 0.5)."""
     max_distance = check_max_distance(max_distance)  # -3 put every pair in bin 0, silently
     _check_ignore_first(ignore_first)
+    _check_level(level)
     sentences = prepare(model, corpus)
     order = {id(s): i for i, s in enumerate(sentences)}
     longest = max(s.n_tokens for s in sentences)
@@ -197,7 +207,7 @@ def attention_by_distance(
         mass += s_mass
         sink += s_sink
         n_q += n
-        per_sentence.append(_window_table((s_mass / n).numpy(), (s_sink / n).numpy(), 0.9)
+        per_sentence.append(_window_table((s_mass / n).numpy(), (s_sink / n).numpy(), level)
                             .assign(sentence=order[id(s)], n_tokens=n))
     per_prompt = pd.concat(per_sentence, ignore_index=True)[["sentence", *_WINDOW_COLUMNS, "n_tokens"]]
     per_prompt = per_prompt.sort_values(["sentence", "layer", "head"], kind="stable").reset_index(drop=True)
@@ -246,7 +256,7 @@ class WindowExperiment(Result):
     ``table``: every head's window under each condition (``condition, layer, head, window,
     sink, mean_distance``); ``summary``: per condition ``model_window`` and, for language
     models, ``mean_loss`` and ``late_loss``; ``per_prompt``: the windows per sentence and
-    head under each condition; ``loss``: loss by position per condition; ``profiles``: the
+    head under each condition (at the experiment's ``level``, as ``table``); ``loss``: loss by position per condition; ``profiles``: the
     :class:`DistanceProfile` of each condition.
     """
 
@@ -378,7 +388,8 @@ def window_experiment(
     lm = model.cfg.is_causal and model.cfg.has_lm_head
     win_rows, summary, losses, profiles = [], [], [], {}
     for name, specs in runs.items():
-        prof = attention_by_distance(model, texts, interventions=specs, ignore_first=ignore_first, progress=progress)
+        prof = _distance_profile(model, texts, interventions=specs, max_distance=None, ignore_first=ignore_first,
+                                 batch_size=8, progress=progress, level=level)
         profiles[name] = prof
         win_rows.append(prof.windows(level).assign(condition=name))
         row = {"condition": name, "model_window": prof.model_window(level)}
