@@ -15,7 +15,7 @@ distance i - j and ranks units by how strongly that mean falls with distance.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -357,6 +357,12 @@ class DecayProfile(Result):
         if units is None:
             self._check_rankable()
             units = list(self.table[["layer", "head", "unit"]].head(3).itertuples(index=False, name=None))
+        if isinstance(units, (str, bytes)) or not isinstance(units, Iterable):
+            raise InvalidLocation(f"units must be a list of (layer, head, unit) triples or None, got {units!r}")
+        units = list(units)
+        for i, u in enumerate(units):  # a pair failed unpacking with Python's bare ValueError
+            if not (isinstance(u, (tuple, list)) and len(u) == 3):
+                raise InvalidLocation(f"units[{i}] must be a (layer, head, unit) triple, got {u!r}")
         kind = "pair" if self.pairs else "dim"
         curves = pd.concat([
             self.curve(layer, head, unit).assign(unit=f"L{layer} H{head} {kind} {unit}") for layer, head, unit in units
