@@ -204,3 +204,15 @@ def test_decay_plot_units_are_triples(tiny_llama):
     with pytest.raises(InvalidLocation, match=r"^units must be a list of \(layer, head, unit\) triples or None, got 3$"):
         prof.plot(units=3)
     assert len(prof.plot(units=[(1, 2, 3)]).axes) == 1
+
+
+def test_relation_accuracy_refuses_interventions_with_given_maps(tiny_bert):
+    """interventions= with maps= was dropped without a word: the maps, read without them, were scored."""
+    from attnlab.analysis.syntax import word_maps
+
+    sents = parse_conllu(TREE)
+    maps = word_maps(tiny_bert, sents, progress=False)
+    with pytest.raises(InvalidInput, match=r"^interventions act while word maps are computed, but maps= were given"):
+        relation_accuracy(tiny_bert, sents, maps=maps, interventions=[AblateHead(0, 0)], progress=False)
+    assert tiny_bert.count_hooks() == 0
+    assert relation_accuracy(tiny_bert, sents, maps=maps, progress=False).baselines["count"].tolist() == [1, 1]

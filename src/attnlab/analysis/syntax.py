@@ -200,7 +200,8 @@ def relation_accuracy(
 
     ``maps`` reuses word maps from :func:`word_maps`. ``include_all`` adds the pseudo
     relation ``"all"`` (every non-root arc). ``interventions`` are active while attention
-    is read (e.g. to plant or ablate a head).
+    is read (e.g. to plant or ablate a head); with ``maps`` there is nothing to read, so
+    they are refused (give them to :func:`word_maps`).
 
     >>> from attnlab.analysis.conllu import parse_conllu
     >>> from attnlab.testing import tiny_model
@@ -218,6 +219,9 @@ def relation_accuracy(
                                "include_all adds; pass include_all=False to score it as a relation of its own")
     if maps is None:
         maps = word_maps(model, sentences, batch_size=batch_size, progress=progress, interventions=interventions)
+    elif hasattr(interventions, "validate") or list(interventions or ()):  # a lone spec, or a non-empty list
+        raise InvalidInput("interventions act while word maps are computed, but maps= were given (read without them); "
+                           "pass word_maps(model, sentences, interventions=...) as maps=, or no maps")
     if len(maps) != len(sentences):
         raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
     L, H = model.cfg.n_layers, model.cfg.n_heads
