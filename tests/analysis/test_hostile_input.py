@@ -8,11 +8,11 @@ import torch
 from attnlab.analysis import head_distances, head_stats, prepare, relation_accuracy, word_attention
 from attnlab.analysis.clustering import behaviour
 from attnlab.analysis.conllu import parse_conllu, read_conllu
-from attnlab.analysis.context import window_experiment
+from attnlab.analysis.context import attention_by_distance, loss_by_position, window_experiment
 from attnlab.analysis.dial import decay_units
 from attnlab.analysis.neurons import decay_neurons, neuron_data, unit_dims, unit_scores
 from attnlab.errors import InvalidInput, InvalidLocation
-from attnlab.interventions import AblateHead
+from attnlab.interventions import AblateHead, EditScores
 
 TEXT = "the nurse said that she left the house because the doctor was not happy ."
 TREE = "1\tshe\t_\t_\t_\t_\t2\tnsubj:pass\t_\t_\n2\tleft\t_\t_\t_\t_\t0\troot\t_\t_\n"
@@ -216,3 +216,41 @@ def test_relation_accuracy_refuses_interventions_with_given_maps(tiny_bert):
         relation_accuracy(tiny_bert, sents, maps=maps, interventions=[AblateHead(0, 0)], progress=False)
     assert tiny_bert.count_hooks() == 0
     assert relation_accuracy(tiny_bert, sents, maps=maps, progress=False).baselines["count"].tolist() == [1, 1]
+
+
+# -- interventions of the corpus analyses ---------------------------------------------------------
+
+TEXTS = [TEXT, "hi there .", "a much longer sentence that goes on and on and on ."]
+
+
+def _uniform():
+    return EditScores(0, None, replace=0.0)
+
+
+def test_a_generator_of_interventions_acts_on_every_batch(tiny_llama):
+    """A generator was used up by the first batch: later batches ran clean (mass off by 0.03, loss by 0.16)."""
+    def gen():
+        yield _uniform()
+
+    listed = attention_by_distance(tiny_llama, TEXTS, interventions=[_uniform()], batch_size=1, progress=False)
+    once = attention_by_distance(tiny_llama, TEXTS, interventions=gen(), batch_size=1, progress=False)
+    np.testing.assert_allclose(once.mass, listed.mass, atol=1e-12)
+    listed = loss_by_position(tiny_llama, TEXTS, interventions=[_uniform()], batch_size=1, progress=False)
+    once = loss_by_position(tiny_llama, TEXTS, interventions=gen(), batch_size=1, progress=False)
+    np.testing.assert_allclose(once.to_numpy(), listed.to_numpy(), atol=1e-12)
+    listed = head_stats(tiny_llama, TEXTS, interventions=[_uniform()], batch_size=1, progress=False).table
+    once = head_stats(tiny_llama, TEXTS, interventions=gen(), batch_size=1, progress=False).table
+    np.testing.assert_allclose(once.to_numpy(), listed.to_numpy(), atol=1e-12)
+
+
+def test_row_addressed_interventions_are_refused_by_corpus_analyses(tiny_llama):
+    """rows=[0] hit whichever sentence the length-sorted batch put first: results changed with batch_size."""
+    spec = EditScores(0, 0, replace=0.0, rows=[0])
+    message = r"^interventions addressed to batch rows \(rows=\) cannot be used on a corpus: sentences are batched by length"
+    for run_it in (lambda: attention_by_distance(tiny_llama, TEXTS, interventions=[spec], progress=False),
+                   lambda: head_stats(tiny_llama, TEXTS, interventions=spec, progress=False),
+                   lambda: loss_by_position(tiny_llama, TEXTS, interventions=[spec], progress=False),
+                   lambda: window_experiment(tiny_llama, TEXTS, {"row 0": [spec]}, progress=False)):
+        with pytest.raises(InvalidInput, match=message):
+            run_it()
+    assert tiny_llama.count_hooks() == 0

@@ -36,10 +36,11 @@ from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import check_unicode
 from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
+from attnlab.measure.effect import check_interventions
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
-           "check_max_distance", "check_flag", "check_positive_int", "check_fraction"]
+           "check_max_distance", "check_flag", "check_positive_int", "check_fraction", "check_corpus_interventions"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -158,6 +159,21 @@ def check_fraction(value, name: str) -> float:
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1):
         raise InvalidInput(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def check_corpus_interventions(model, interventions) -> list:
+    """The specs as a list, read once, for analyses that run a corpus batch by batch.
+
+    A generator was used up by the first batch (the later ones ran clean), and a spec
+    addressed to batch ``rows`` hit whichever sentence the length-sorted batch held there.
+    """
+    specs = check_interventions(model, interventions)
+    rowed = next((spec for spec in specs if getattr(spec, "rows", None) is not None), None)
+    if rowed is not None:
+        raise InvalidInput(f"interventions addressed to batch rows (rows=) cannot be used on a corpus: sentences are "
+                           f"batched by length, so a row is no fixed sentence and the result would change with "
+                           f"batch_size; drop rows= from {rowed!r:.120}")
+    return specs
 
 
 def _label(item, index: int) -> str:
@@ -298,6 +314,7 @@ def attention_batches(
     measure attention under an edit).
     """
     batch_size = check_batch_size(batch_size, auto=False)
+    interventions = check_corpus_interventions(model, interventions)
     names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
     check_deterministic(model)
 

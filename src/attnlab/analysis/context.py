@@ -27,8 +27,8 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import (attention_batches, check_corpus, check_flag, check_max_distance,
-                                      check_positive_int, prepare)
+from attnlab.analysis._corpus import (attention_batches, check_corpus, check_corpus_interventions, check_flag,
+                                      check_max_distance, check_positive_int, prepare)
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run, token_logprobs
@@ -230,6 +230,7 @@ def loss_by_position(model, texts, *, interventions: Sequence = (), progress: bo
     if not model.cfg.is_causal or not model.cfg.has_lm_head:
         raise UnsupportedModel(f"{model.cfg.name} is not a causal language model; loss by position needs one")
     batch_size = check_batch_size(batch_size, auto=False)
+    interventions = check_corpus_interventions(model, interventions)  # a generator served only the first batch
     sentences = prepare(model, texts)
     longest = max(s.n_tokens for s in sentences)
     total = torch.zeros(longest, dtype=torch.float64)
@@ -376,9 +377,7 @@ def window_experiment(
     _check_level(level)  # before any pass, not after the first condition's
     _check_ignore_first(ignore_first)
     texts = check_corpus(texts)  # read once: every condition runs the same texts (a generator was empty the second time)
-    for name, specs in runs.items():
-        for spec in specs:
-            spec.validate(model.cfg)
+    runs = {name: check_corpus_interventions(model, specs) for name, specs in runs.items()}  # before any pass
     longest = max(s.n_tokens for s in prepare(model, texts))
     if late_from is not None and not (is_integer(late_from) and 1 <= late_from <= longest - 1):
         # 1000 gave late_loss NaN, -5 averaged every position, 2.5 passed: all without a word
