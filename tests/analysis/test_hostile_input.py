@@ -254,3 +254,16 @@ def test_row_addressed_interventions_are_refused_by_corpus_analyses(tiny_llama):
         with pytest.raises(InvalidInput, match=message):
             run_it()
     assert tiny_llama.count_hooks() == 0
+
+
+def test_relation_accuracy_takes_maps_from_a_generator(tiny_bert):
+    """maps=(m for m in maps) raised Python's bare "object of type 'generator' has no len()"."""
+    from attnlab.analysis.syntax import word_maps
+
+    sents = parse_conllu(TREE + "\n" + TREE)
+    maps = word_maps(tiny_bert, sents, progress=False)
+    listed = relation_accuracy(tiny_bert, sents, maps=maps, progress=False).per_head
+    streamed = relation_accuracy(tiny_bert, sents, maps=(m for m in maps), progress=False).per_head
+    assert listed.equals(streamed) and listed["count"].max() == 2
+    with pytest.raises(InvalidInput, match=r"^maps must be a list of word maps \(from word_maps\), got Tensor$"):
+        relation_accuracy(tiny_bert, sents[:1], maps=maps[0], progress=False)

@@ -15,7 +15,7 @@ Attention is converted to word level first (see :func:`attnlab.analysis.word_att
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -222,6 +222,9 @@ def relation_accuracy(
     elif hasattr(interventions, "validate") or list(interventions or ()):  # a lone spec, or a non-empty list
         raise InvalidInput("interventions act while word maps are computed, but maps= were given (read without them); "
                            "pass word_maps(model, sentences, interventions=...) as maps=, or no maps")
+    elif isinstance(maps, torch.Tensor) or not isinstance(maps, Iterable):  # one tensor was split along its layers
+        raise InvalidInput(f"maps must be a list of word maps (from word_maps), got {type(maps).__name__}")
+    maps = list(maps)  # a generator has no len()
     if len(maps) != len(sentences):
         raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
     L, H = model.cfg.n_layers, model.cfg.n_heads
