@@ -267,3 +267,13 @@ def test_relation_accuracy_takes_maps_from_a_generator(tiny_bert):
     assert listed.equals(streamed) and listed["count"].max() == 2
     with pytest.raises(InvalidInput, match=r"^maps must be a list of word maps \(from word_maps\), got Tensor$"):
         relation_accuracy(tiny_bert, sents[:1], maps=maps[0], progress=False)
+
+
+def test_relation_accuracy_plot_top_is_a_positive_integer(tiny_bert):
+    """plot(top=-1) drew every relation but the last (pandas' head(-1)); top=2.5 raised a bare TypeError."""
+    res = relation_accuracy(tiny_bert, parse_conllu(TREE), progress=False)
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(InvalidInput, match=rf"^top must be a positive integer, got {bad!r}$"):
+            res.plot(top=bad)
+    assert len(res.plot(top=1).axes[0].patches) == 2  # one relation: best head and best offset
+

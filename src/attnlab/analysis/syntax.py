@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 import torch
 
-from attnlab.analysis._corpus import attention_batches, check_flag, prepare
+from attnlab.analysis._corpus import attention_batches, check_flag, check_positive_int, prepare
 from attnlab.analysis._result import CallableTable, empty_frame
 from attnlab.analysis.conllu import DependencySentence, tree_problem
 from attnlab.analysis.heads import word_attention
@@ -177,7 +177,7 @@ class RelationAccuracy(Result):
         """Bars of the best head's accuracy vs the fixed-offset baseline for the ``top`` most frequent relations."""
         from attnlab.viz.plots import grouped_bars
 
-        t = self._best_heads().head(top)
+        t = self._best_heads().head(check_positive_int(top, "top"))  # head(-1) drew all but the last relation
         bars = pd.DataFrame({
             "relation": [f"{r}\n{l}-{h}" for r, l, h in zip(t["relation"], t["layer"], t["head"])],
             "best head": t["accuracy"], "best fixed offset": t["baseline_accuracy"],
