@@ -277,3 +277,16 @@ def test_relation_accuracy_plot_top_is_a_positive_integer(tiny_bert):
             res.plot(top=bad)
     assert len(res.plot(top=1).axes[0].patches) == 2  # one relation: best head and best offset
 
+
+
+def test_js_divergence_matrix_needs_heads_queries_keys():
+    """A 2-D [query, key] map was read as 5 one-row heads (a 5 x 5 answer); 4-D raised torch's RuntimeError."""
+    from attnlab.analysis.clustering import js_divergence_matrix
+
+    p = torch.softmax(torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(0)), -1)
+    for bad, got in ((p, r"torch\.float32 of shape \(2, 4, 5, 5\)"), (p[0, 0], r"torch\.float32 of shape \(5, 5\)"),
+                     (p[0].long(), r"torch\.int64 of shape \(4, 5, 5\)"), (p[0].tolist(), "list")):
+        with pytest.raises(InvalidInput, match=rf"^pattern must be a float tensor \[head, query, key\], got {got}$"):
+            js_divergence_matrix(bad)
+    d = js_divergence_matrix(p[0])
+    assert d.shape == (4, 4) and torch.allclose(d.diagonal(), torch.zeros(4, dtype=torch.float64))

@@ -32,6 +32,10 @@ BEHAVIOURS = ("special", "previous", "next", "self", "broad", "other")
 
 def js_divergence_matrix(pattern: Float[torch.Tensor, "n_heads query key"]) -> Float[torch.Tensor, "n_heads n_heads"]:
     """Mean over query rows of the JS divergence between every pair of heads' attention rows."""
+    if not (isinstance(pattern, torch.Tensor) and pattern.is_floating_point() and pattern.ndim == 3):
+        # a 2-D [query, key] map was read as one-row heads, and its answer was query x query
+        got = f"{pattern.dtype} of shape {tuple(pattern.shape)}" if isinstance(pattern, torch.Tensor) else type(pattern).__name__
+        raise InvalidInput(f"pattern must be a float tensor [head, query, key], got {got}")
     p = pattern.double()
     h_each = entropy(p)  # [head, query]
     out = torch.zeros(p.shape[0], p.shape[0], dtype=torch.float64)
