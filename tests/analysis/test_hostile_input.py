@@ -290,3 +290,16 @@ def test_js_divergence_matrix_needs_heads_queries_keys():
             js_divergence_matrix(bad)
     d = js_divergence_matrix(p[0])
     assert d.shape == (4, 4) and torch.allclose(d.diagonal(), torch.zeros(4, dtype=torch.float64))
+
+
+def test_pooled_window_checks_level_and_mass():
+    """level=90 (a percent) gave NaN without a word; a [head, distance] mass raised einops' own error."""
+    from attnlab.analysis.context import pooled_window
+
+    mass = np.zeros((1, 2, 4))
+    mass[0, :, 1] = 1.0  # every head attends one token back
+    with pytest.raises(InvalidInput, match=r"^level must be a number in \(0, 1\], got 90$"):
+        pooled_window(mass, 90)
+    with pytest.raises(InvalidInput, match=r"^mass must be an array \[\.\.\., layer, head, distance\], got shape \(2, 4\)$"):
+        pooled_window(mass[0], 0.9)
+    assert pooled_window(mass, 0.9) == 1.0

@@ -58,6 +58,10 @@ def pooled_window(mass: Float[np.ndarray, "*rows layer head distance"], level: f
     share below ``level`` once a tenth of the heads did, and the window was NaN), and the
     smallest distance whose cumulative share reaches ``level`` is returned (NaN if no head has mass).
     """
+    _check_level(level)  # 90 (a percent) gave NaN
+    if np.ndim(mass) < 3:
+        raise InvalidInput(f"mass must be an array [..., layer, head, distance], got shape {np.shape(mass)}")
+    mass = np.asarray(mass)
     total = mass.sum(-1, keepdims=True)
     norm = rearrange(mass / np.where(total > 0, total, 1), "... layer head d -> ... (layer head) d")
     has_mass = rearrange(total > 0, "... layer head one -> ... (layer head) one")
