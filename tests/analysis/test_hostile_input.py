@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attnlab.analysis import head_distances, head_stats, prepare, relation_accuracy, word_attention
+from attnlab.analysis import head_distances, head_stats, prepare, relation_accuracy, split_words, word_attention
 from attnlab.analysis.clustering import behaviour
 from attnlab.analysis.conllu import parse_conllu, read_conllu
 from attnlab.analysis.context import attention_by_distance, loss_by_position, window_experiment
@@ -303,3 +303,12 @@ def test_pooled_window_checks_level_and_mass():
     with pytest.raises(InvalidInput, match=r"^mass must be an array \[\.\.\., layer, head, distance\], got shape \(2, 4\)$"):
         pooled_window(mass[0], 0.9)
     assert pooled_window(mass, 0.9) == 1.0
+
+
+def test_split_words_and_word_attention_name_a_wrong_type(tiny_bert):
+    """split_words(None) and word_attention(p, "text") raised Python's bare AttributeError."""
+    with pytest.raises(InvalidInput, match=r"^split_words takes a string, got NoneType$"):
+        split_words(None)
+    with pytest.raises(InvalidInput, match=r"^sentence must be a Sentence from prepare\(model, corpus\), got str$"):
+        word_attention(torch.ones(3, 3) / 3, "hi there .")
+    assert split_words("don't stop.") == ["don't", "stop", "."]

@@ -61,6 +61,8 @@ def _word_spans(text: str) -> list[tuple[int, int]]:
 
 def split_words(text: str) -> list[str]:
     """Words of a plain text: runs of word characters (with their combining marks), and each punctuation mark on its own."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"split_words takes a string, got {type(text).__name__}")
     return [text[a:b] for a, b in _word_spans(text)]
 
 

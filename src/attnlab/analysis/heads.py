@@ -56,6 +56,8 @@ def word_attention(
         got = pattern.dtype if isinstance(pattern, torch.Tensor) else type(pattern).__name__
         raise InvalidInput(f"pattern must be a float tensor [..., query, key], got {got}")
     check_flag(drop_special, "drop_special")
+    if not isinstance(sentence, Sentence):
+        raise InvalidInput(f"sentence must be a Sentence from prepare(model, corpus), got {type(sentence).__name__}")
     n = sentence.n_tokens
     if pattern.shape[-1] != n or pattern.shape[-2] != n:
         raise InvalidInput(f"pattern is {tuple(pattern.shape)} but the sentence has {n} tokens")
