@@ -312,3 +312,10 @@ def test_split_words_and_word_attention_name_a_wrong_type(tiny_bert):
     with pytest.raises(InvalidInput, match=r"^sentence must be a Sentence from prepare\(model, corpus\), got str$"):
         word_attention(torch.ones(3, 3) / 3, "hi there .")
     assert split_words("don't stop.") == ["don't", "stop", "."]
+
+
+def test_sentences_that_are_not_a_list_are_named(tiny_bert):
+    """relation_accuracy(model, None) raised Python's bare "'NoneType' object is not iterable"."""
+    with pytest.raises(InvalidInput, match=r"^sentences must be a list of DependencySentence \(see read_conllu\), "
+                                           r"got NoneType$"):
+        relation_accuracy(tiny_bert, None, progress=False)

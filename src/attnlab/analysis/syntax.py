@@ -33,7 +33,11 @@ DIRECTIONS = ("dep->head", "head->dep")
 
 
 def check_sentences(sentences) -> list[DependencySentence]:
-    sentences = list(sentences) if not isinstance(sentences, DependencySentence) else [sentences]
+    if isinstance(sentences, DependencySentence):
+        sentences = [sentences]
+    elif isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
+        raise InvalidInput(f"sentences must be a list of DependencySentence (see read_conllu), got {type(sentences).__name__}")
+    sentences = list(sentences)
     if not sentences:
         raise InvalidInput("no sentences given: pass a non-empty list of DependencySentence (see read_conllu)")
     for i, s in enumerate(sentences):
