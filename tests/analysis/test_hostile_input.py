@@ -319,3 +319,12 @@ def test_sentences_that_are_not_a_list_are_named(tiny_bert):
     with pytest.raises(InvalidInput, match=r"^sentences must be a list of DependencySentence \(see read_conllu\), "
                                            r"got NoneType$"):
         relation_accuracy(tiny_bert, None, progress=False)
+
+
+def test_fixed_offset_baseline_does_not_depend_on_sentence_order(tiny_bert):
+    """Offsets +1 and -1 tied: the baseline named whichever the first sentence had, so shuffling changed it."""
+    left = parse_conllu("1\tshe\t_\t_\t_\t_\t2\tdep\t_\t_\n2\tleft\t_\t_\t_\t_\t0\troot\t_\t_\n")  # head one to the right
+    right = parse_conllu("1\tgo\t_\t_\t_\t_\t0\troot\t_\t_\n2\tnow\t_\t_\t_\t_\t1\tdep\t_\t_\n")  # head one to the left
+    offsets = [relation_accuracy(tiny_bert, order, include_all=False, progress=False).baselines.set_index("relation")
+               .loc["dep", ["offset", "accuracy"]].tolist() for order in (left + right, right + left)]
+    assert offsets == [[-1, 0.5], [-1, 0.5]]

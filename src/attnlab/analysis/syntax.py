@@ -8,7 +8,8 @@ For every relation and every head, in both directions:
 
 Accuracy is the fraction of arcs of that relation predicted right. The baseline is the
 best *fixed offset* for the relation: always predicting the word ``k`` positions away,
-with ``k`` chosen on the same data (so it is an upper bound for any fixed-offset rule).
+with ``k`` chosen on the same data (so it is an upper bound for any fixed-offset rule; on a
+tie the nearer ``k``, then the one to the left).
 Attention is converted to word level first (see :func:`attnlab.analysis.word_attention`).
 """
 
@@ -265,7 +266,8 @@ def relation_accuracy(
     per_head = pd.DataFrame(rows, columns=["relation", "direction", "layer", "head", "accuracy", "count"])
     base = []
     for r, cnt in offsets.items():
-        off, k = max(cnt.items(), key=lambda kv: (kv[1], -abs(kv[0])))
+        # ties: the nearer offset, then the one to the left (+1 and -1 tied went to the first sentence's)
+        off, k = max(cnt.items(), key=lambda kv: (kv[1], -abs(kv[0]), -kv[0]))
         base.append((r, counts[r], off, k / counts[r]))
     baselines = pd.DataFrame(base, columns=["relation", "count", "offset", "accuracy"])
     return RelationAccuracy(per_head, baselines, model.cfg.name)
