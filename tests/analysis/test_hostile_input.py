@@ -328,3 +328,18 @@ def test_fixed_offset_baseline_does_not_depend_on_sentence_order(tiny_bert):
     offsets = [relation_accuracy(tiny_bert, order, include_all=False, progress=False).baselines.set_index("relation")
                .loc["dep", ["offset", "accuracy"]].tolist() for order in (left + right, right + left)]
     assert offsets == [[-1, 0.5], [-1, 0.5]]
+
+
+def test_dial_refuses_a_wrong_start_from_before_finding_units(tiny_llama, monkeypatch):
+    """start_from="x" was refused only after decay_units had run a pass over the text to find the units."""
+    import attnlab.analysis.dial as dial
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("decay_units ran before start_from was checked")
+
+    monkeypatch.setattr(dial, "decay_units", no_pass)
+    text = " ".join([TEXT] * 3)
+    with pytest.raises(InvalidInput, match=r"start_from must be a DialResult from an earlier set_context_window call, "
+                                           r"got str$"):
+        dial.set_context_window(tiny_llama, 5, text, start_from="x", progress=False)
+    assert tiny_llama.count_hooks() == 0

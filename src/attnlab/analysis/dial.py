@@ -526,8 +526,11 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
     tokens = model.tokens(_check_text(text))
     n = int(tokens.ids.shape[1])
     _check_target(target, n, tolerance)
+    if start_from is not None and not isinstance(start_from, DialResult):  # before decay_units' pass, not after
+        raise InvalidInput(f"start_from must be a DialResult from an earlier set_context_window call, "
+                           f"got {type(start_from).__name__}")
     if units is None:
-        units = start_from.units if isinstance(start_from, DialResult) else decay_units(model, text)
+        units = start_from.units if start_from is not None else decay_units(model, text)
     units = _check_units(model, units)
     points: dict[float, _Measured] = {}
     if start_from is not None:
@@ -618,10 +621,7 @@ def _choose(table: pd.DataFrame, target: float) -> int:
     return int(ranked.sort_values(["off", "edit", "loss_cost"], kind="stable").index[0])
 
 
-def _check_start(previous, model, text: str, units: pd.DataFrame, site: str, level: float) -> None:
-    if not isinstance(previous, DialResult):
-        raise InvalidInput(
-            f"start_from must be a DialResult from an earlier set_context_window call, got {type(previous).__name__}")
+def _check_start(previous: DialResult, model, text: str, units: pd.DataFrame, site: str, level: float) -> None:
     key = list(UNIT_COLUMNS)
 
     def ordered(frame: pd.DataFrame) -> pd.DataFrame:
