@@ -343,3 +343,29 @@ def test_dial_refuses_a_wrong_start_from_before_finding_units(tiny_llama, monkey
                                            r"got str$"):
         dial.set_context_window(tiny_llama, 5, text, start_from="x", progress=False)
     assert tiny_llama.count_hooks() == 0
+
+
+def test_result_lookups_name_a_column_or_relation_that_is_no_string(tiny_llama, tiny_bert):
+    """HeadStats.matrix([]) raised "unhashable type: 'list'", head_matrix([]) pandas' "Lengths must match"."""
+    stats = head_stats(tiny_llama, [TEXT], progress=False)
+    with pytest.raises(InvalidInput, match=r"^unknown statistic \[\]; valid: special, cls, sep, first"):
+        stats.matrix([])
+    res = relation_accuracy(tiny_bert, parse_conllu(TREE), progress=False)
+    with pytest.raises(InvalidInput, match=r"^no arcs with relation \[\]; relations here: all, nsubj$"):
+        res.head_matrix([])
+    assert res.head_matrix("nsubj").shape == (2, 4)
+
+
+def test_probe_maps_must_be_a_list_of_maps(tiny_bert):
+    """fit(maps=1.5) raised Python's bare TypeError; one tensor was split along its layers into "2 maps"."""
+    from attnlab.analysis import AttentionProbe
+    from attnlab.analysis.syntax import word_maps
+
+    sents = parse_conllu(TREE)
+    maps = word_maps(tiny_bert, sents, progress=False)
+    probe = AttentionProbe(epochs=2)
+    for bad, got in ((1.5, "float"), (maps[0], "Tensor")):
+        with pytest.raises(InvalidInput, match=rf"^maps must be a list of word maps \(from word_maps\), got {got}$"):
+            probe.fit(tiny_bert, sents, maps=bad, progress=False)
+    probe.fit(tiny_bert, sents, maps=(m for m in maps), progress=False)
+    assert probe.evaluate(tiny_bert, sents, maps=maps, progress=False).n_words == 2

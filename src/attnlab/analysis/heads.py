@@ -110,7 +110,7 @@ class HeadStats(Result):
 
     def matrix(self, column: str) -> np.ndarray:
         """One statistic as a ``[layer, head]`` array."""
-        if column not in self.table.columns or column in ("layer", "head"):
+        if not isinstance(column, str) or column not in self.table.columns or column in ("layer", "head"):
             raise InvalidInput(f"unknown statistic {column!r}; valid: {', '.join(STAT_COLUMNS)}")
         return self.table.pivot(index="layer", columns="head", values=column).to_numpy()
 

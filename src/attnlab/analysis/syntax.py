@@ -173,7 +173,8 @@ class RelationAccuracy(Result):
         """Accuracy of every head for one relation as a ``[layer, head]`` array."""
         if direction not in DIRECTIONS:
             raise InvalidInput(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
-        sub = self.per_head[(self.per_head["relation"] == relation) & (self.per_head["direction"] == direction)]
+        sub = self.per_head.iloc[:0] if not isinstance(relation, str) else self.per_head[  # a list failed in pandas
+            (self.per_head["relation"] == relation) & (self.per_head["direction"] == direction)]
         if sub.empty:
             raise InvalidInput(f"no arcs with relation {relation!r}; relations here: {', '.join(sorted(self.per_head['relation'].unique()))}")
         return sub.pivot(index="layer", columns="head", values="accuracy").to_numpy()
