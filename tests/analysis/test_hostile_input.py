@@ -179,7 +179,7 @@ def test_decay_units_max_spearman_must_be_a_number(tiny_llama):
 
 
 def test_window_experiment_plot_checks_heads_and_smooth(tiny_llama):
-    """heads=[(-1, 0)] plotted the last layer, (9, 0) raised numpy's IndexError, smooth=0 pandas' ValueError."""
+    """heads=[(-1, 0)] plotted the last layer, (9, 0) raised numpy's IndexError, [] and smooth=0 a bare ValueError."""
     exp = window_experiment(tiny_llama, [TEXT], {"ablated": [AblateHead(0, 0)]}, progress=False)
     with pytest.raises(InvalidLocation, match=r"^heads\[0\] = \(-1, 0\) out of range: the profiles have layers 0\.\.1 "
                                               r"and heads 0\.\.3$"):
@@ -190,6 +190,8 @@ def test_window_experiment_plot_checks_heads_and_smooth(tiny_llama):
         exp.plot(heads=[3])
     with pytest.raises(InvalidLocation, match=r"^heads must be a list of \(layer, head\) pairs or None \(all\), got 3$"):
         exp.plot(heads=3)
+    with pytest.raises(InvalidLocation, match=r"^heads is empty: give at least one \(layer, head\) pair, or None for all$"):
+        exp.plot(heads=[])
     with pytest.raises(InvalidInput, match=r"^smooth must be a positive integer, got 0$"):
         exp.plot(smooth=0)
     fig = exp.plot(heads=[(1, 3)], smooth=2)

@@ -299,6 +299,8 @@ class WindowExperiment(Result):
                 raise InvalidLocation(f"heads[{i}] = ({loc[0]}, {loc[1]}) out of range: the profiles have layers "
                                       f"0..{L - 1} and heads 0..{H - 1}")
             out.append((int(loc[0]), int(loc[1])))
+        if not out:  # np.stack([]) failed with a bare ValueError
+            raise InvalidLocation("heads is empty: give at least one (layer, head) pair, or None for all")
         return out
 
     def plot(self, ax=None, *, heads: Sequence[tuple[int, int]] | None = None, smooth: int = 16):
