@@ -199,12 +199,15 @@ def test_window_experiment_plot_checks_heads_and_smooth(tiny_llama):
 
 
 def test_decay_plot_units_are_triples(tiny_llama):
-    """plot(units=[(0, 0)]) raised Python's bare 'not enough values to unpack'."""
+    """plot(units=[(0, 0)]) raised Python's bare 'not enough values to unpack', units=[] pandas' 'No objects'."""
     prof = decay_neurons(tiny_llama, [TEXT], progress=False)
     with pytest.raises(InvalidLocation, match=r"^units\[1\] must be a \(layer, head, unit\) triple, got \(0, 0\)$"):
         prof.plot(units=[(0, 0, 0), (0, 0)])
     with pytest.raises(InvalidLocation, match=r"^units must be a list of \(layer, head, unit\) triples or None, got 3$"):
         prof.plot(units=3)
+    with pytest.raises(InvalidLocation, match=r"^units is empty: give at least one \(layer, head, unit\) triple, or None "
+                                              r"for the table's top 3$"):
+        prof.plot(units=[])
     assert len(prof.plot(units=[(1, 2, 3)]).axes) == 1
 
 

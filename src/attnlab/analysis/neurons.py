@@ -360,6 +360,8 @@ class DecayProfile(Result):
         if isinstance(units, (str, bytes)) or not isinstance(units, Iterable):
             raise InvalidLocation(f"units must be a list of (layer, head, unit) triples or None, got {units!r}")
         units = list(units)
+        if not units:  # pandas' "No objects to concatenate"
+            raise InvalidLocation("units is empty: give at least one (layer, head, unit) triple, or None for the table's top 3")
         for i, u in enumerate(units):  # a pair failed unpacking with Python's bare ValueError
             if not (isinstance(u, (tuple, list)) and len(u) == 3):
                 raise InvalidLocation(f"units[{i}] must be a (layer, head, unit) triple, got {u!r}")
