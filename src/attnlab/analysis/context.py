@@ -261,8 +261,8 @@ class WindowExperiment(Result):
     ``table``: every head's window under each condition (``condition, layer, head, window,
     sink, mean_distance``); ``summary``: per condition ``model_window`` and, for language
     models, ``mean_loss`` and ``late_loss``; ``per_prompt``: the windows per sentence and
-    head under each condition (at the experiment's ``level``, as ``table``); ``loss``: loss by position per condition; ``profiles``: the
-    :class:`DistanceProfile` of each condition.
+    head under each condition (at the experiment's ``level``, as ``table``); ``loss``: loss
+    by position per condition; ``profiles``: the :class:`DistanceProfile` of each condition.
     """
 
     def __init__(self, table: pd.DataFrame, summary: pd.DataFrame, loss: pd.DataFrame,
