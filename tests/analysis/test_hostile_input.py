@@ -374,3 +374,15 @@ def test_probe_maps_must_be_a_list_of_maps(tiny_bert):
             probe.fit(tiny_bert, sents, maps=bad, progress=False)
     probe.fit(tiny_bert, sents, maps=(m for m in maps), progress=False)
     assert probe.evaluate(tiny_bert, sents, maps=maps, progress=False).n_words == 2
+
+
+def test_behaviour_names_a_wrong_table(tiny_llama):
+    """behaviour(HeadStats) raised a bare AttributeError and a table without "prev" a bare KeyError."""
+    stats = head_stats(tiny_llama, [TEXT], progress=False)
+    with pytest.raises(InvalidInput, match=r"^stats must be a DataFrame of head statistics \(HeadStats\.table\), "
+                                           r"got HeadStats$"):
+        behaviour(stats)
+    with pytest.raises(InvalidInput, match=r"^stats lacks column\(s\) prev; behaviour needs special, prev, next, self, "
+                                           r"entropy, uniform_entropy \(HeadStats\.table has them\)$"):
+        behaviour(stats.table.drop(columns="prev"))
+    assert len(behaviour(stats.table)) == 8

@@ -51,6 +51,13 @@ def behaviour(stats: pd.DataFrame, *, threshold: float = 0.5, broad: float = 0.7
     ``previous`` / ``next`` / ``self`` (> threshold on that token), ``broad`` (entropy above
     ``broad`` x the uniform entropy), else ``other``. Checked in that order."""
     threshold, broad = check_fraction(threshold, "threshold"), check_fraction(broad, "broad")  # 50 or NaN: all "broad"
+    if not isinstance(stats, pd.DataFrame):  # a HeadStats failed on .iterrows, a missing column with a bare KeyError
+        raise InvalidInput(f"stats must be a DataFrame of head statistics (HeadStats.table), got {type(stats).__name__}")
+    needed = ["special", "prev", "next", "self", "entropy", "uniform_entropy"]
+    missing = [c for c in needed if c not in stats.columns]
+    if missing:
+        raise InvalidInput(f"stats lacks column(s) {', '.join(missing)}; behaviour needs {', '.join(needed)} "
+                           "(HeadStats.table has them)")
     labels = []
     for _, r in stats.iterrows():
         if r["special"] > threshold:
