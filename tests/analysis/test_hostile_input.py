@@ -386,3 +386,28 @@ def test_behaviour_names_a_wrong_table(tiny_llama):
                                            r"entropy, uniform_entropy \(HeadStats\.table has them\)$"):
         behaviour(stats.table.drop(columns="prev"))
     assert len(behaviour(stats.table)) == 8
+
+
+def test_interventions_with_a_value_per_batch_row_are_refused_by_corpus_analyses(tiny_llama):
+    """Patch(source=[two prompts]) paired its rows with the length-sorted batch: sentence 0 got the other's source."""
+    from attnlab.interventions import Patch, SetPattern
+
+    long, short = TEXT, "hi there , said the dog ."
+    patch = Patch(0, None, site="pattern", source=["we all went home after the long show at the old town hall .",
+                                                   "the cat sat on a mat ."])
+    n = len(tiny_llama.to_tokens(long)[0])
+    planted = SetPattern(0, 0, pattern=torch.eye(n).expand(2, n, n).clone())
+    message = r"^interventions with one value per batch row \((Patch source|SetPattern pattern) of 2 rows\) cannot be used"
+    for spec in (patch, planted):
+        with pytest.raises(InvalidInput, match=message):
+            head_stats(tiny_llama, [long, short], interventions=[spec], progress=False)
+    assert tiny_llama.count_hooks() == 0
+    one = head_stats(tiny_llama, [long], interventions=[SetPattern(0, 0, pattern=torch.eye(n))], progress=False).table
+    assert one.set_index(["layer", "head"]).loc[(0, 0), "self"] == pytest.approx(1.0)
+
+
+def test_a_mean_ablation_with_several_reference_prompts_still_runs_on_a_corpus(tiny_llama):
+    """The per-row check must not take a mean ablation's pooled reference prompts for one value per row."""
+    spec = AblateHead(0, 0, method="mean", reference=["the cat sat .", "a dog ran off ."])
+    stats = head_stats(tiny_llama, [TEXT, "hi there ."], interventions=[spec], progress=False)
+    assert stats.n_sentences == 2 and tiny_llama.count_hooks() == 0
