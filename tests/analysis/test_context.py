@@ -196,3 +196,14 @@ def test_ignore_first_must_be_a_bool(tiny_gpt2):
         attention_by_distance(tiny_gpt2, [TEXT], ignore_first="no", progress=False)
     with pytest.raises(InvalidInput, match=r"^ignore_first must be True or False, got 'no'$"):
         window_experiment(tiny_gpt2, [TEXT], {}, ignore_first="no", progress=False)
+
+
+def test_window_experiment_per_prompt_windows_are_at_its_level(tiny_llama):
+    """per_prompt's windows were always at 90%: with level=0.5 and one text they were 27 where the table said 9."""
+    text = " ".join(["the nurse said that she left the house because the doctor was not happy ."] * 3)
+    exp = window_experiment(tiny_llama, [text], {"ablated": [EditScores(0, 0, replace=0.0)]}, level=0.5, progress=False)
+    key = ["condition", "layer", "head"]
+    table = exp.table.set_index(key)["window"]
+    per_prompt = exp.per_prompt.set_index(key)["window"]
+    assert (table == 9.0).any() and table.equals(per_prompt.loc[table.index])
+    assert exp.profiles["clean"].per_prompt["window"].equals(exp.profiles["clean"].windows(0.5)["window"])

@@ -20,6 +20,7 @@ their own, flagged in ``Sentence.special``.
 from __future__ import annotations
 
 import bisect
+import numbers
 import re
 import string
 import unicodedata
@@ -35,10 +36,11 @@ from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import check_unicode
 from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
+from attnlab.measure.effect import check_interventions
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
-           "check_max_distance"]
+           "check_max_distance", "check_flag", "check_positive_int", "check_fraction", "check_corpus_interventions"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -59,6 +61,8 @@ def _word_spans(text: str) -> list[tuple[int, int]]:
 
 def split_words(text: str) -> list[str]:
     """Words of a plain text: runs of word characters (with their combining marks), and each punctuation mark on its own."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"split_words takes a string, got {type(text).__name__}")
     return [text[a:b] for a, b in _word_spans(text)]
 
 
@@ -136,6 +140,68 @@ def check_max_distance(max_distance) -> int | None:
     if max_distance is not None and not (is_integer(max_distance) and max_distance >= 0):
         raise InvalidInput(f"max_distance must be an integer >= 0 or None (every distance), got {max_distance!r}")
     return None if max_distance is None else int(max_distance)
+
+
+def check_flag(value, name: str) -> bool:
+    """A switch of an analysis: True or False only (``"no"`` is truthy, and was read as True)."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_positive_int(value, what: str) -> int:
+    """An integer >= 1 (Python's or numpy's; not a bool), as an int."""
+    if not is_integer(value) or value < 1:
+        raise InvalidInput(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_fraction(value, name: str) -> float:
+    """A real number in [0, 1] (numpy's too; not a bool, not NaN), as a float: 50 meant as a percent is refused."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1):
+        raise InvalidInput(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_corpus_interventions(model, interventions) -> list:
+    """The specs as a list, read once, for analyses that run a corpus batch by batch.
+
+    A generator was used up by the first batch (the later ones ran clean), and a spec
+    addressed to batch ``rows`` hit whichever sentence the length-sorted batch held there.
+    """
+    specs = check_interventions(model, interventions)
+    rowed = next((spec for spec in specs if getattr(spec, "rows", None) is not None), None)
+    if rowed is not None:
+        raise InvalidInput(f"interventions addressed to batch rows (rows=) cannot be used on a corpus: sentences are "
+                           f"batched by length, so a row is no fixed sentence and the result would change with "
+                           f"batch_size; drop rows= from {rowed!r:.120}")
+    for spec in specs:
+        per_row = _value_per_row(spec)
+        if per_row is not None:
+            raise InvalidInput(f"interventions with one value per batch row ({type(spec).__name__} {per_row}) cannot be "
+                               "used on a corpus: sentences are batched by length, so a row is no fixed sentence; "
+                               "give one value for every sentence")
+    return specs
+
+
+def _value_per_row(spec) -> str | None:
+    """``"<field> of <n> rows"`` when a spec carries one value per batch row, else None.
+
+    Patterns and scores of 3 or more axes lead with the batch (``[batch, query, key]``), and so
+    does a patch source (a tensor, or one prompt per row); a mean ablation's reference prompts
+    are pooled, not per row.
+    """
+    for name in _BATCH_LED:
+        value = getattr(spec, name, None) if name in getattr(spec, "fields", ()) else None
+        if isinstance(value, torch.Tensor) and value.ndim >= 3 and value.shape[0] > 1:
+            return f"{name} of {value.shape[0]} rows"
+        if name == "source" and isinstance(value, (list, tuple)) and len(value) > 1:
+            return f"{name} of {len(value)} rows"
+    return None
+
+
+#: Spec fields whose tensors lead with the batch (SetPattern, EditScores, Patch).
+_BATCH_LED = ("pattern", "add", "replace", "source")
 
 
 def _label(item, index: int) -> str:
@@ -276,6 +342,7 @@ def attention_batches(
     measure attention under an edit).
     """
     batch_size = check_batch_size(batch_size, auto=False)
+    interventions = check_corpus_interventions(model, interventions)
     names = [hook_name(layer, "pattern") for layer in range(model.cfg.n_layers)]
     check_deterministic(model)
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import attention_batches, check_corpus, prepare
+from attnlab.analysis._corpus import attention_batches, check_corpus, check_fraction, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.analysis.heads import HeadStats, entropy, head_stats
 from attnlab.errors import InvalidInput, InvalidLocation, is_integer
@@ -32,6 +32,10 @@ BEHAVIOURS = ("special", "previous", "next", "self", "broad", "other")
 
 def js_divergence_matrix(pattern: Float[torch.Tensor, "n_heads query key"]) -> Float[torch.Tensor, "n_heads n_heads"]:
     """Mean over query rows of the JS divergence between every pair of heads' attention rows."""
+    if not (isinstance(pattern, torch.Tensor) and pattern.is_floating_point() and pattern.ndim == 3):
+        # a 2-D [query, key] map was read as one-row heads, and its answer was query x query
+        got = f"{pattern.dtype} of shape {tuple(pattern.shape)}" if isinstance(pattern, torch.Tensor) else type(pattern).__name__
+        raise InvalidInput(f"pattern must be a float tensor [head, query, key], got {got}")
     p = pattern.double()
     h_each = entropy(p)  # [head, query]
     out = torch.zeros(p.shape[0], p.shape[0], dtype=torch.float64)
@@ -46,6 +50,14 @@ def behaviour(stats: pd.DataFrame, *, threshold: float = 0.5, broad: float = 0.7
     """Label each head: ``special`` (> threshold of its attention on special tokens),
     ``previous`` / ``next`` / ``self`` (> threshold on that token), ``broad`` (entropy above
     ``broad`` x the uniform entropy), else ``other``. Checked in that order."""
+    threshold, broad = check_fraction(threshold, "threshold"), check_fraction(broad, "broad")  # 50 or NaN: all "broad"
+    if not isinstance(stats, pd.DataFrame):  # a HeadStats failed on .iterrows, a missing column with a bare KeyError
+        raise InvalidInput(f"stats must be a DataFrame of head statistics (HeadStats.table), got {type(stats).__name__}")
+    needed = ["special", "prev", "next", "self", "entropy", "uniform_entropy"]
+    missing = [c for c in needed if c not in stats.columns]
+    if missing:
+        raise InvalidInput(f"stats lacks column(s) {', '.join(missing)}; behaviour needs {', '.join(needed)} "
+                           "(HeadStats.table has them)")
     labels = []
     for _, r in stats.iterrows():
         if r["special"] > threshold:
@@ -154,6 +166,11 @@ def head_distances(
     ((8, 8), True)
     """
     corpus = check_corpus(corpus)  # a generator is read once: head_stats below needs the texts again
+    # checked before the forward passes: scikit-learn's MDS refused them only at the end, with its own error
+    if not is_integer(seed) or not 0 <= seed < 2**32:
+        raise InvalidInput(f"seed must be an integer in 0..2**32-1 (scikit-learn's MDS takes no more), got {seed!r}")
+    if stats is not None and not isinstance(stats, HeadStats):
+        raise InvalidInput(f"stats must be a HeadStats from head_stats() or None, got {type(stats).__name__}")
     sentences = prepare(model, corpus)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     total = torch.zeros(L * H, L * H, dtype=torch.float64)  # JS summed over query tokens
@@ -166,7 +183,7 @@ def head_distances(
     dist = (dist + dist.T) / 2
     np.fill_diagonal(dist, 0.0)
     if L * H >= 3:
-        xy = _mds(dist, seed)
+        xy = _mds(dist, int(seed))
     else:
         xy = np.zeros((L * H, 2))
     if stats is None:

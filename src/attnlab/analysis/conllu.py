@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnlab._textfile import iter_lines, split_lines
+from attnlab.analysis._corpus import check_flag
 from attnlab.errors import DataFormatError, InvalidInput, is_integer
 
 __all__ = ["DependencySentence", "read_conllu", "parse_conllu"]
@@ -101,6 +102,7 @@ def parse_conllu(text: str, *, source: str = "<string>", subtypes: bool = False)
     if not isinstance(text, str):
         raise InvalidInput(f"parse_conllu takes the text of a CoNLL-U file, got {type(text).__name__}; use read_conllu for a path")
     text = text.removeprefix("\ufeff")
+    check_flag(subtypes, "subtypes")  # "no" is truthy: it kept nmod:poss
     return list(_iter_sentences(enumerate(split_lines(text), start=1), source, subtypes))
 
 
@@ -109,6 +111,7 @@ def read_conllu(path: str | Path, *, subtypes: bool = False, limit: int | None =
     if limit is not None and (not is_integer(limit) or limit < 1):
         raise InvalidInput(f"limit must be a positive number of sentences or None (all), got {limit!r}")
     limit = None if limit is None else int(limit)
+    check_flag(subtypes, "subtypes")  # "no" is truthy: it kept nmod:poss
     if not isinstance(path, (str, os.PathLike)):  # Path(3) raised a bare TypeError
         raise InvalidInput(f"read_conllu takes the path of a CoNLL-U file (a str or Path), got {type(path).__name__}"
                            + ("; use parse_conllu for text already in memory" if isinstance(path, bytes) else ""))

@@ -27,11 +27,12 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import attention_batches, check_corpus, check_max_distance, prepare
+from attnlab.analysis._corpus import (attention_batches, check_corpus, check_corpus_interventions, check_flag,
+                                      check_max_distance, check_positive_int, prepare)
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run, token_logprobs
-from attnlab.errors import InvalidInput, InvalidSpec, UnsupportedModel, is_integer
+from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, is_integer
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.result import Result
 
@@ -57,6 +58,10 @@ def pooled_window(mass: Float[np.ndarray, "*rows layer head distance"], level: f
     share below ``level`` once a tenth of the heads did, and the window was NaN), and the
     smallest distance whose cumulative share reaches ``level`` is returned (NaN if no head has mass).
     """
+    _check_level(level)  # 90 (a percent) gave NaN
+    if np.ndim(mass) < 3:
+        raise InvalidInput(f"mass must be an array [..., layer, head, distance], got shape {np.shape(mass)}")
+    mass = np.asarray(mass)
     total = mass.sum(-1, keepdims=True)
     norm = rearrange(mass / np.where(total > 0, total, 1), "... layer head d -> ... (layer head) d")
     has_mass = rearrange(total > 0, "... layer head one -> ... (layer head) one")
@@ -90,8 +95,7 @@ def _check_level(level: float) -> None:
 
 
 def _check_ignore_first(ignore_first) -> None:
-    if not isinstance(ignore_first, bool):  # "no" is truthy: it set the sink apart
-        raise InvalidInput(f"ignore_first must be True or False, got {ignore_first!r}")
+    check_flag(ignore_first, "ignore_first")  # "no" is truthy: it set the sink apart
 
 
 @dataclass
@@ -172,8 +176,18 @@ def attention_by_distance(
     >>> bool(np.allclose(prof.mass.sum(-1) + prof.sink, 1.0))
     True
     """
+    return _distance_profile(model, corpus, interventions=interventions, max_distance=max_distance,
+                             ignore_first=ignore_first, batch_size=batch_size, progress=progress, level=0.9)
+
+
+@torch.no_grad()
+def _distance_profile(model, corpus, *, interventions: Sequence, max_distance: int | None, ignore_first: bool,
+                      batch_size: int, progress: bool, level: float) -> DistanceProfile:
+    """:func:`attention_by_distance` with ``per_prompt``'s windows at ``level`` (``window_experiment``'s, whose
+    table is at its level: per_prompt said 27 tokens where the table said 9 at level 0.5)."""
     max_distance = check_max_distance(max_distance)  # -3 put every pair in bin 0, silently
     _check_ignore_first(ignore_first)
+    _check_level(level)
     sentences = prepare(model, corpus)
     order = {id(s): i for i, s in enumerate(sentences)}
     longest = max(s.n_tokens for s in sentences)
@@ -197,7 +211,7 @@ def attention_by_distance(
         mass += s_mass
         sink += s_sink
         n_q += n
-        per_sentence.append(_window_table((s_mass / n).numpy(), (s_sink / n).numpy(), 0.9)
+        per_sentence.append(_window_table((s_mass / n).numpy(), (s_sink / n).numpy(), level)
                             .assign(sentence=order[id(s)], n_tokens=n))
     per_prompt = pd.concat(per_sentence, ignore_index=True)[["sentence", *_WINDOW_COLUMNS, "n_tokens"]]
     per_prompt = per_prompt.sort_values(["sentence", "layer", "head"], kind="stable").reset_index(drop=True)
@@ -220,6 +234,7 @@ def loss_by_position(model, texts, *, interventions: Sequence = (), progress: bo
     if not model.cfg.is_causal or not model.cfg.has_lm_head:
         raise UnsupportedModel(f"{model.cfg.name} is not a causal language model; loss by position needs one")
     batch_size = check_batch_size(batch_size, auto=False)
+    interventions = check_corpus_interventions(model, interventions)  # a generator served only the first batch
     sentences = prepare(model, texts)
     longest = max(s.n_tokens for s in sentences)
     total = torch.zeros(longest, dtype=torch.float64)
@@ -246,8 +261,8 @@ class WindowExperiment(Result):
     ``table``: every head's window under each condition (``condition, layer, head, window,
     sink, mean_distance``); ``summary``: per condition ``model_window`` and, for language
     models, ``mean_loss`` and ``late_loss``; ``per_prompt``: the windows per sentence and
-    head under each condition; ``loss``: loss by position per condition; ``profiles``: the
-    :class:`DistanceProfile` of each condition.
+    head under each condition (at the experiment's ``level``, as ``table``); ``loss``: loss
+    by position per condition; ``profiles``: the :class:`DistanceProfile` of each condition.
     """
 
     def __init__(self, table: pd.DataFrame, summary: pd.DataFrame, loss: pd.DataFrame,
@@ -271,11 +286,30 @@ class WindowExperiment(Result):
 
     windows = Renamed("table")
 
+    def _check_heads(self, heads) -> list[tuple[int, int]]:
+        """``(layer, head)`` pairs in range: -1 read the last layer, one past the end failed in numpy."""
+        L, H = next(iter(self.profiles.values())).mass.shape[:2]
+        if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            raise InvalidLocation(f"heads must be a list of (layer, head) pairs or None (all), got {heads!r}")
+        out = []
+        for i, loc in enumerate(heads):
+            if not (isinstance(loc, (tuple, list)) and len(loc) == 2 and all(is_integer(v) for v in loc)):
+                raise InvalidLocation(f"heads[{i}] must be a (layer, head) pair of integers, got {loc!r}")
+            if not (0 <= loc[0] < L and 0 <= loc[1] < H):
+                raise InvalidLocation(f"heads[{i}] = ({loc[0]}, {loc[1]}) out of range: the profiles have layers "
+                                      f"0..{L - 1} and heads 0..{H - 1}")
+            out.append((int(loc[0]), int(loc[1])))
+        if not out:  # np.stack([]) failed with a bare ValueError
+            raise InvalidLocation("heads is empty: give at least one (layer, head) pair, or None for all")
+        return out
+
     def plot(self, ax=None, *, heads: Sequence[tuple[int, int]] | None = None, smooth: int = 16):
         """Two panels: cumulative attention mass vs distance (mean over ``heads``, default all;
         non-sink mass normalised per head), and loss by position (moving average). ``ax``: two Axes."""
         from attnlab.viz.plots import context_window_curves, panels
 
+        heads = None if heads is None else self._check_heads(heads)
+        smooth = check_positive_int(smooth, "smooth")  # 0 failed in pandas' rolling()
         fig, (left, right) = panels(ax, 2, 11, 3.8, "WindowExperiment.plot")
         y = "cumulative attention mass " + ("(all heads)" if heads is None else f"({len(heads)} heads)")
         curves = []
@@ -349,9 +383,7 @@ def window_experiment(
     _check_level(level)  # before any pass, not after the first condition's
     _check_ignore_first(ignore_first)
     texts = check_corpus(texts)  # read once: every condition runs the same texts (a generator was empty the second time)
-    for name, specs in runs.items():
-        for spec in specs:
-            spec.validate(model.cfg)
+    runs = {name: check_corpus_interventions(model, specs) for name, specs in runs.items()}  # before any pass
     longest = max(s.n_tokens for s in prepare(model, texts))
     if late_from is not None and not (is_integer(late_from) and 1 <= late_from <= longest - 1):
         # 1000 gave late_loss NaN, -5 averaged every position, 2.5 passed: all without a word
@@ -361,7 +393,8 @@ def window_experiment(
     lm = model.cfg.is_causal and model.cfg.has_lm_head
     win_rows, summary, losses, profiles = [], [], [], {}
     for name, specs in runs.items():
-        prof = attention_by_distance(model, texts, interventions=specs, ignore_first=ignore_first, progress=progress)
+        prof = _distance_profile(model, texts, interventions=specs, max_distance=None, ignore_first=ignore_first,
+                                 batch_size=8, progress=progress, level=level)
         profiles[name] = prof
         win_rows.append(prof.windows(level).assign(condition=name))
         row = {"condition": name, "model_window": prof.model_window(level)}

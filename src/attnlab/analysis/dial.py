@@ -42,6 +42,7 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
+from attnlab.analysis._corpus import check_positive_int
 from attnlab.analysis.context import pooled_window
 from attnlab.analysis.neurons import decay_neurons, unit_dims
 from attnlab.engine.dropout import check_deterministic
@@ -79,8 +80,9 @@ def decay_units(model, text: str, *, max_spearman: float = -0.8, progress: bool 
     by distance, and moves attention to keys such as the first token instead of near ones.
     """
     _check_rotary_lm(model)
-    if not -1 <= max_spearman <= 1:
-        raise InvalidInput(f"max_spearman must be in [-1, 1], got {max_spearman!r}")
+    # a real number, not a bool: "x" failed in the comparison, True passed as 1 (every unit)
+    if not (isinstance(max_spearman, numbers.Real) and not isinstance(max_spearman, bool) and -1 <= max_spearman <= 1):
+        raise InvalidInput(f"max_spearman must be a number in [-1, 1], got {max_spearman!r}")
     table = decay_neurons(model, [_check_text(text)], progress=progress).table
     chosen = table[(table["spearman"] <= max_spearman) & (table["near"] > 0)]
     return chosen.reset_index(drop=True)
@@ -105,12 +107,6 @@ def _check_text(text) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"text must be one non-empty string (join paragraphs yourself), got {text!r:.80}")
     return text
-
-
-def _positive_int(value, what: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise InvalidInput(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def check_columns_once(columns: Sequence, what: str = "units") -> None:
@@ -473,8 +469,8 @@ def check_window_options(
     tolerance = _check_number(tolerance, "tolerance")
     if not 0 < tolerance < 1:
         raise InvalidInput(f"tolerance must be in (0, 1) (a fraction of the target), got {tolerance:g}")
-    _positive_int(per_step, "per_step")
-    _positive_int(batch_size, "batch_size")
+    check_positive_int(per_step, "per_step")
+    check_positive_int(batch_size, "batch_size")
     if not isinstance(max_steps, numbers.Integral) or isinstance(max_steps, bool) or max_steps < 0:
         raise InvalidInput(f"max_steps must be a non-negative integer, got {max_steps!r}")
     if isinstance(scales, np.ndarray) and scales.ndim == 1:
@@ -530,8 +526,11 @@ def _search(model, target, text, *, units, site, level, tolerance, scales, limit
     tokens = model.tokens(_check_text(text))
     n = int(tokens.ids.shape[1])
     _check_target(target, n, tolerance)
+    if start_from is not None and not isinstance(start_from, DialResult):  # before decay_units' pass, not after
+        raise InvalidInput(f"start_from must be a DialResult from an earlier set_context_window call, "
+                           f"got {type(start_from).__name__}")
     if units is None:
-        units = start_from.units if isinstance(start_from, DialResult) else decay_units(model, text)
+        units = start_from.units if start_from is not None else decay_units(model, text)
     units = _check_units(model, units)
     points: dict[float, _Measured] = {}
     if start_from is not None:
@@ -622,10 +621,7 @@ def _choose(table: pd.DataFrame, target: float) -> int:
     return int(ranked.sort_values(["off", "edit", "loss_cost"], kind="stable").index[0])
 
 
-def _check_start(previous, model, text: str, units: pd.DataFrame, site: str, level: float) -> None:
-    if not isinstance(previous, DialResult):
-        raise InvalidInput(
-            f"start_from must be a DialResult from an earlier set_context_window call, got {type(previous).__name__}")
+def _check_start(previous: DialResult, model, text: str, units: pd.DataFrame, site: str, level: float) -> None:
     key = list(UNIT_COLUMNS)
 
     def ordered(frame: pd.DataFrame) -> pd.DataFrame:

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import Sentence, attention_batches, is_punctuation, prepare
+from attnlab.analysis._corpus import Sentence, attention_batches, check_flag, is_punctuation, prepare
 from attnlab.analysis._result import Renamed, deprecated, empty_frame
-from attnlab.errors import InvalidInput
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["word_attention", "head_stats", "HeadStats", "STAT_COLUMNS", "entropy"]
@@ -51,6 +51,13 @@ def word_attention(
     words attend from it alike. With ``drop_special=True`` special-token rows and columns are removed and the
     result is indexed by word (rows then sum to 1 minus the mass on special tokens).
     """
+    # a list failed on .shape, an integer tensor in the matmul, and drop_special="no" (truthy) dropped them
+    if not (isinstance(pattern, torch.Tensor) and pattern.is_floating_point()):
+        got = pattern.dtype if isinstance(pattern, torch.Tensor) else type(pattern).__name__
+        raise InvalidInput(f"pattern must be a float tensor [..., query, key], got {got}")
+    check_flag(drop_special, "drop_special")
+    if not isinstance(sentence, Sentence):
+        raise InvalidInput(f"sentence must be a Sentence from prepare(model, corpus), got {type(sentence).__name__}")
     n = sentence.n_tokens
     if pattern.shape[-1] != n or pattern.shape[-2] != n:
         raise InvalidInput(f"pattern is {tuple(pattern.shape)} but the sentence has {n} tokens")
@@ -103,13 +110,15 @@ class HeadStats(Result):
 
     def matrix(self, column: str) -> np.ndarray:
         """One statistic as a ``[layer, head]`` array."""
-        if column not in self.table.columns or column in ("layer", "head"):
+        if not isinstance(column, str) or column not in self.table.columns or column in ("layer", "head"):
             raise InvalidInput(f"unknown statistic {column!r}; valid: {', '.join(STAT_COLUMNS)}")
         return self.table.pivot(index="layer", columns="head", values=column).to_numpy()
 
     def top(self, column: str, n: int = 5) -> pd.DataFrame:
         """The ``n`` heads with the highest value of ``column``."""
         self.matrix(column)
+        if not is_integer(n) or n < 1:  # pandas' nlargest(-1) gave an empty table
+            raise InvalidInput(f"n must be a positive integer (how many heads to keep), got {n!r}")
         return self.table.nlargest(n, column)[["layer", "head", column]].reset_index(drop=True)
 
     def plot(self, ax=None, *, kind: str = "targets", columns: Sequence[str] | None = None):

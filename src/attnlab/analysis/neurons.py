@@ -15,7 +15,7 @@ distance i - j and ranks units by how strongly that mean falls with distance.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import check_max_distance, prepare
+from attnlab.analysis._corpus import check_flag, check_max_distance, check_positive_int, prepare
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.attention import masked
@@ -31,6 +31,7 @@ from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
 from attnlab.errors import InvalidInput, InvalidLocation, is_integer
 from attnlab.measure.result import Result
+from attnlab.measure.sweep import _index_list
 
 __all__ = ["NeuronData", "neuron_data", "unit_dims", "unit_scores", "decay_neurons", "DecayProfile"]
 
@@ -50,12 +51,27 @@ def head_scale(model, layer: int) -> float:
 
 def unit_dims(model, unit: int, *, pairs: bool | None = None) -> list[int]:
     """The q/k dimensions of one unit: ``[unit]``, or ``[unit, unit + d_head/2]`` for a rotary pair."""
-    pairs = model.cfg.rotary if pairs is None else pairs
+    pairs = _pairs(model, pairs)
     n_units = model.cfg.d_head // 2 if pairs else model.cfg.d_head
     if not is_integer(unit) or not 0 <= unit < n_units:
         raise InvalidLocation(f"unit {unit!r} out of range: {model.cfg.name} has {'pairs' if pairs else 'dims'} 0..{n_units - 1}")
     unit = int(unit)
     return [unit, unit + model.cfg.d_head // 2] if pairs else [unit]
+
+
+def _pairs(model, pairs) -> bool:
+    """``pairs=``: None (the model is rotary) or a bool; ``"no"`` is truthy and summed the rotary pairs."""
+    return model.cfg.rotary if pairs is None else check_flag(pairs, "pairs")
+
+
+def _check_index(value, size: int, what: str, where: str) -> int:
+    """An index into one axis of a result's array: negative ones wrapped round silently, past the end numpy's IndexError."""
+    if not is_integer(value):
+        raise InvalidLocation(f"{what} must be a whole number (an int), got {value!r} ({type(value).__name__}); "
+                              f"{where} 0..{size - 1}")
+    if not 0 <= value < size:
+        raise InvalidLocation(f"{what} {value!r} out of range: {where} 0..{size - 1}")
+    return int(value)
 
 
 def _to_units(x: torch.Tensor, pairs: bool) -> torch.Tensor:
@@ -131,8 +147,9 @@ class NeuronData(Result):
 
     def top_dims(self, key: int, n: int = 5) -> pd.DataFrame:
         """The dimensions contributing most (by magnitude) to the score of one key."""
-        if not 0 <= key < len(self.tokens):
-            raise InvalidLocation(f"key {key} out of range: keys 0..{len(self.tokens) - 1}")
+        key = _check_index(key, len(self.tokens), "key", "keys")  # True indexed a new axis; 1.5 failed in torch
+        if not is_integer(n) or n < 1:  # -1 kept every dimension but the last
+            raise InvalidInput(f"n must be a positive integer (how many dimensions to keep), got {n!r}")
         contrib = self.qk[key] * self.scale
         idx = contrib.abs().argsort(descending=True)[:n]
         return pd.DataFrame({"dim": idx.tolist(), "q": self.q[idx].tolist(), "k": self.k[key, idx].tolist(),
@@ -197,7 +214,7 @@ def unit_scores(
     """Each unit's contribution ``scale * q_u . k_u`` to every score of one head on ``text`` (masks ignored)."""
     model.check_layer(layer)
     model.check_head(head)
-    pairs = model.cfg.rotary if pairs is None else pairs
+    pairs = _pairs(model, pairs)
     q, k, _ = _qk_scores(model, _text_tokens(model, text), layer)
     prod = torch.einsum("qd,kd->dqk", q[:, head], k[:, head]).cpu() * model.cfg.scaling  # [d_head, query, key]
     return _to_units(prod.movedim(0, -1), pairs).movedim(-1, 0)
@@ -249,6 +266,10 @@ class DecayProfile(Result):
 
     def curve(self, layer: int, head: int, unit: int) -> pd.DataFrame:
         """One unit's mean contribution by distance."""
+        L, H, U, _ = self.mean.shape
+        layer = _check_index(layer, L, "layer", "the profile has layers")
+        head = _check_index(head, H, "head", "the profile has heads")
+        unit = _check_index(unit, U, "unit", "the profile has units")
         m = self.mean[layer, head, unit]
         return pd.DataFrame({"distance": np.arange(len(m)), "contribution": m, "count": self.counts[layer, head]})
 
@@ -266,6 +287,10 @@ class DecayProfile(Result):
         """
         if by not in _RANKINGS:
             raise InvalidInput(f"unknown ranking {by!r}; valid: {', '.join(_RANKINGS)}")
+        if not is_integer(min_distance) or min_distance < 0:  # 1.5 and 3.5 were taken as bounds, "1" failed in numpy
+            raise InvalidInput(f"min_distance must be an integer >= 0, got {min_distance!r}")
+        max_distance = check_max_distance(max_distance)
+        min_count = check_positive_int(min_count, "min_count")  # 0 let in distances with no pairs: NaN rankings
         D = self.mean.shape[-1]
         hi = D - 1 if max_distance is None else min(max_distance, D - 1)
         if not 0 <= min_distance < hi:
@@ -332,6 +357,14 @@ class DecayProfile(Result):
         if units is None:
             self._check_rankable()
             units = list(self.table[["layer", "head", "unit"]].head(3).itertuples(index=False, name=None))
+        if isinstance(units, (str, bytes)) or not isinstance(units, Iterable):
+            raise InvalidLocation(f"units must be a list of (layer, head, unit) triples or None, got {units!r}")
+        units = list(units)
+        if not units:  # pandas' "No objects to concatenate"
+            raise InvalidLocation("units is empty: give at least one (layer, head, unit) triple, or None for the table's top 3")
+        for i, u in enumerate(units):  # a pair failed unpacking with Python's bare ValueError
+            if not (isinstance(u, (tuple, list)) and len(u) == 3):
+                raise InvalidLocation(f"units[{i}] must be a (layer, head, unit) triple, got {u!r}")
         kind = "pair" if self.pairs else "dim"
         curves = pd.concat([
             self.curve(layer, head, unit).assign(unit=f"L{layer} H{head} {kind} {unit}") for layer, head, unit in units
@@ -369,9 +402,11 @@ def decay_neurons(
     from tqdm.auto import tqdm
 
     max_distance = check_max_distance(max_distance)
+    pairs = _pairs(model, pairs)
+    check_flag(ignore_first, "ignore_first")  # "no" is truthy: key 0 was left out
+    # an int is one layer (layers=1 failed iterating it); [] is refused (it said "give longer texts"); [1, 1] is layer 1
+    layer_list = list(dict.fromkeys(_index_list(layers, model.cfg.n_layers, "layers", model.check_layer)))
     sentences = prepare(model, corpus)
-    pairs = model.cfg.rotary if pairs is None else pairs
-    layer_list = list(range(model.cfg.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     longest = max(s.n_tokens for s in sentences)
     D = longest if max_distance is None else min(max_distance + 1, longest)
     H, d = model.cfg.n_heads, model.cfg.d_head

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -84,6 +84,8 @@ def _stack(maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_maps(maps: Sequence[torch.Tensor], sentences: Sequence[DependencySentence]) -> list[torch.Tensor]:
     """The caller's word maps, one per sentence in order, each ``[layer, head, 1 + n, 1 + n]`` for its n words."""
+    if isinstance(maps, torch.Tensor) or not isinstance(maps, Iterable):  # one tensor was split along its layers
+        raise InvalidInput(f"maps must be a list of word maps (from word_maps), got {type(maps).__name__}")
     maps = list(maps)
     if len(maps) != len(sentences):
         raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences; pass one map per sentence, in order "

@@ -8,19 +8,20 @@ For every relation and every head, in both directions:
 
 Accuracy is the fraction of arcs of that relation predicted right. The baseline is the
 best *fixed offset* for the relation: always predicting the word ``k`` positions away,
-with ``k`` chosen on the same data (so it is an upper bound for any fixed-offset rule).
+with ``k`` chosen on the same data (so it is an upper bound for any fixed-offset rule; on a
+tie the nearer ``k``, then the one to the left).
 Attention is converted to word level first (see :func:`attnlab.analysis.word_attention`).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import torch
 
-from attnlab.analysis._corpus import attention_batches, prepare
+from attnlab.analysis._corpus import attention_batches, check_flag, check_positive_int, prepare
 from attnlab.analysis._result import CallableTable, empty_frame
 from attnlab.analysis.conllu import DependencySentence, tree_problem
 from attnlab.analysis.heads import word_attention
@@ -33,7 +34,11 @@ DIRECTIONS = ("dep->head", "head->dep")
 
 
 def check_sentences(sentences) -> list[DependencySentence]:
-    sentences = list(sentences) if not isinstance(sentences, DependencySentence) else [sentences]
+    if isinstance(sentences, DependencySentence):
+        sentences = [sentences]
+    elif isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
+        raise InvalidInput(f"sentences must be a list of DependencySentence (see read_conllu), got {type(sentences).__name__}")
+    sentences = list(sentences)
     if not sentences:
         raise InvalidInput("no sentences given: pass a non-empty list of DependencySentence (see read_conllu)")
     for i, s in enumerate(sentences):
@@ -168,7 +173,8 @@ class RelationAccuracy(Result):
         """Accuracy of every head for one relation as a ``[layer, head]`` array."""
         if direction not in DIRECTIONS:
             raise InvalidInput(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
-        sub = self.per_head[(self.per_head["relation"] == relation) & (self.per_head["direction"] == direction)]
+        sub = self.per_head.iloc[:0] if not isinstance(relation, str) else self.per_head[  # a list failed in pandas
+            (self.per_head["relation"] == relation) & (self.per_head["direction"] == direction)]
         if sub.empty:
             raise InvalidInput(f"no arcs with relation {relation!r}; relations here: {', '.join(sorted(self.per_head['relation'].unique()))}")
         return sub.pivot(index="layer", columns="head", values="accuracy").to_numpy()
@@ -177,7 +183,7 @@ class RelationAccuracy(Result):
         """Bars of the best head's accuracy vs the fixed-offset baseline for the ``top`` most frequent relations."""
         from attnlab.viz.plots import grouped_bars
 
-        t = self._best_heads().head(top)
+        t = self._best_heads().head(check_positive_int(top, "top"))  # head(-1) drew all but the last relation
         bars = pd.DataFrame({
             "relation": [f"{r}\n{l}-{h}" for r, l, h in zip(t["relation"], t["layer"], t["head"])],
             "best head": t["accuracy"], "best fixed offset": t["baseline_accuracy"],
@@ -200,7 +206,8 @@ def relation_accuracy(
 
     ``maps`` reuses word maps from :func:`word_maps`. ``include_all`` adds the pseudo
     relation ``"all"`` (every non-root arc). ``interventions`` are active while attention
-    is read (e.g. to plant or ablate a head).
+    is read (e.g. to plant or ablate a head); with ``maps`` there is nothing to read, so
+    they are refused (give them to :func:`word_maps`).
 
     >>> from attnlab.analysis.conllu import parse_conllu
     >>> from attnlab.testing import tiny_model
@@ -211,8 +218,19 @@ def relation_accuracy(
     1.0
     """
     sentences = check_sentences(sentences)
+    if check_flag(include_all, "include_all"):  # an arc of a relation named "all" was counted twice in "all"
+        clash = next((i for i, s in enumerate(sentences) if "all" in s.relations), None)
+        if clash is not None:
+            raise InvalidInput(f"sentence {clash} has a relation named 'all', the name of the pseudo-relation "
+                               "include_all adds; pass include_all=False to score it as a relation of its own")
     if maps is None:
         maps = word_maps(model, sentences, batch_size=batch_size, progress=progress, interventions=interventions)
+    elif hasattr(interventions, "validate") or list(interventions or ()):  # a lone spec, or a non-empty list
+        raise InvalidInput("interventions act while word maps are computed, but maps= were given (read without them); "
+                           "pass word_maps(model, sentences, interventions=...) as maps=, or no maps")
+    elif isinstance(maps, torch.Tensor) or not isinstance(maps, Iterable):  # one tensor was split along its layers
+        raise InvalidInput(f"maps must be a list of word maps (from word_maps), got {type(maps).__name__}")
+    maps = list(maps)  # a generator has no len()
     if len(maps) != len(sentences):
         raise InvalidInput(f"got {len(maps)} maps for {len(sentences)} sentences")
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -249,7 +267,8 @@ def relation_accuracy(
     per_head = pd.DataFrame(rows, columns=["relation", "direction", "layer", "head", "accuracy", "count"])
     base = []
     for r, cnt in offsets.items():
-        off, k = max(cnt.items(), key=lambda kv: (kv[1], -abs(kv[0])))
+        # ties: the nearer offset, then the one to the left (+1 and -1 tied went to the first sentence's)
+        off, k = max(cnt.items(), key=lambda kv: (kv[1], -abs(kv[0]), -kv[0]))
         base.append((r, counts[r], off, k / counts[r]))
     baselines = pd.DataFrame(base, columns=["relation", "count", "offset", "accuracy"])
     return RelationAccuracy(per_head, baselines, model.cfg.name)
