@@ -203,6 +203,25 @@ def test_process_group_names_a_half_set_environment(monkeypatch):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("rank, world, shown", [("2", "2", r"RANK=2 must lie in 0\.\.WORLD_SIZE-1 with WORLD_SIZE >= 1 "
+                                                            r"\(WORLD_SIZE=2\)"),
+                                              ("0", "0", r"RANK=0 must lie in 0\.\.WORLD_SIZE-1"),
+                                              ("0", "x", r"WORLD_SIZE must be a whole number >= 0, got 'x'"),
+                                              ("-1", "2", r"RANK must be a whole number >= 0, got '-1'")])
+def test_process_group_names_a_rank_the_group_cannot_have(monkeypatch, rank, world, shown):
+    """RANK=2 of WORLD_SIZE=2 waited out the whole timeout for processes that never came; WORLD_SIZE="x" was
+    torch's bare ValueError."""
+    import torch
+
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    before = torch.get_num_threads()
+    with pytest.raises(InvalidInput, match=rf"^environment variable {shown}"):
+        with process_group(threads=before + 1, timeout_s=5):  # without the check: a 5 s wait, then torch's error
+            pass
+    assert torch.get_num_threads() == before and not torch.distributed.is_initialized()
+
+
 @pytest.mark.parametrize("timeout_s", [0, -5, float("nan"), float("inf"), "30", True])
 def test_process_group_refuses_a_bad_timeout_even_without_a_launcher(timeout_s):
     import torch

@@ -128,6 +128,8 @@ def process_group(backend: str | None = None, *, threads: int | None = 1, timeou
             f"RANK and WORLD_SIZE are set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: start "
             "the processes with torchrun or accelerate launch (they set all four), or unset RANK and WORLD_SIZE to run "
             "in one process")
+    if owns:
+        _check_rank_env()
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -146,6 +148,20 @@ def process_group(backend: str | None = None, *, threads: int | None = 1, timeou
             _OBJECT_GROUPS.clear()
             dist.destroy_process_group()
         torch.set_num_threads(before)
+
+
+def _check_rank_env() -> None:
+    """RANK in 0..WORLD_SIZE-1, both whole numbers: a RANK past the last waited out the whole timeout for
+    processes that never come, and WORLD_SIZE="x" was torch's bare ValueError."""
+    values = {}
+    for name in ("RANK", "WORLD_SIZE"):
+        text = os.environ[name].strip()
+        if not text.isdigit():
+            raise InvalidInput(f"environment variable {name} must be a whole number >= 0, got {os.environ[name]!r}")
+        values[name] = int(text)
+    if values["WORLD_SIZE"] < 1 or values["RANK"] >= values["WORLD_SIZE"]:
+        raise InvalidInput(f"environment variable RANK={values['RANK']} must lie in 0..WORLD_SIZE-1 with WORLD_SIZE >= 1 "
+                           f"(WORLD_SIZE={values['WORLD_SIZE']}); torchrun and accelerate launch set both")
 
 
 # -- gathering, with errors travelling to every process -----------------------------------
