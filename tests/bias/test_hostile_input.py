@@ -121,6 +121,25 @@ def test_levels_from_a_numpy_array_are_levels():
     assert result.table.level.tolist() == ["layer", "layer", "model"]  # a set: in the order of LEVELS, every run
 
 
+@pytest.mark.parametrize("effects", [("nie", "nie"), ["nde", 5], 5, ()])
+def test_effects_named_twice_or_not_named_are_refused(effects):
+    """("nie", "nie") made two "nie" columns (each pair's effect counted twice in a wide table); 5 a TypeError."""
+    with pytest.raises(InvalidInput, match=r"^effects must be a non-empty subset of \('nie', 'nde'\), each named once"):
+        causal_mediation(tiny_model("gpt2"), [PAIR], levels=["model"], effects=effects, n_boot=0)
+
+
+def test_a_set_of_effects_gives_the_columns_in_the_order_of_effects():
+    """A set's iteration order varies between runs (string hashing): so did the table's columns."""
+    model = tiny_model("gpt2")
+
+    def columns(effects):
+        table = causal_mediation(model, [PAIR], levels=["model"], effects=effects, n_boot=0).table
+        return [c for c in table.columns if c in ("nie", "nde")]
+
+    assert columns(["nde", "nie"]) == ["nde", "nie"]  # a list keeps its order
+    assert columns({"nde", "nie"}) == ["nie", "nde"]
+
+
 def test_one_intervention_spec_is_a_list_of_one():
     """bias_experiment(model, AblateHead(1, 0)) raised "'AblateHead' object is not iterable" (score() takes one spec)."""
     model = tiny_model("gpt2")

@@ -241,11 +241,13 @@ def _log_ratios(model, pairs, units, effect: str, lo_x: np.ndarray, lo_xp: np.nd
 
 
 def _check_effects(effects) -> list[str]:
-    effects = [effects] if isinstance(effects, str) else list(effects)
-    bad = [e for e in effects if e not in EFFECTS]
-    if bad or not effects:
-        raise InvalidInput(f"effects must be a non-empty subset of ('nie', 'nde'), got {effects!r}")
-    return effects
+    """The asked effects, each once (("nie", "nie") made two "nie" columns); a set in EFFECTS' order (its own varied)."""
+    given = effects
+    effects = [effects] if isinstance(effects, str) else list(effects) if isinstance(effects, Iterable) else [effects]
+    bad = [e for e in effects if not isinstance(e, str) or e not in EFFECTS]
+    if bad or not effects or len(set(effects)) < len(effects):
+        raise InvalidInput(f"effects must be a non-empty subset of ('nie', 'nde'), each named once, got {given!r}")
+    return [e for e in EFFECTS if e in effects] if isinstance(given, Set) else effects
 
 
 def mediation_effects(
