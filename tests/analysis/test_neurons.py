@@ -126,6 +126,10 @@ def test_texts_too_short_to_rank_are_refused(tiny_llama):
     message = r"need at least 3 ranked distances \(1\.\.\d+, each with >= 1 query-key pairs\) .* give longer texts"
     with pytest.raises(InvalidInput, match=message):
         decay_neurons(tiny_llama, ["the nurse"], progress=False)
+    # a max_distance too small for a ranking said "give longer texts" of texts that were long enough
+    with pytest.raises(InvalidInput, match=r"holds distances up to 1 \(the texts' length or decay_neurons\(max_distance=\.\.\.\) "
+                                           r"sets that\); give longer texts or a larger max_distance"):
+        decay_neurons(tiny_llama, [TEXT], max_distance=1, progress=False)
     prof = decay_neurons(tiny_llama, [TEXT], progress=False).ranked(min_count=10 ** 6)  # no distance has that many
     assert prof.table.empty
     with pytest.raises(InvalidInput, match=r"need at least 3 ranked distances \(1\.\.\d+, each with >= 1000000 "):

@@ -318,8 +318,9 @@ class DecayProfile(Result):
         if self._window().sum(-1).max(initial=0) < 3:
             raise InvalidInput(
                 f"need at least 3 ranked distances ({self.min_distance}..{self._hi()}, each with >= {self.min_count} "
-                f"query-key pairs) to rank the units, but the texts give distances up to {self.mean.shape[-1] - 1}; "
-                "give longer texts")
+                f"query-key pairs) to rank the units, but the profile holds distances up to {self.mean.shape[-1] - 1} "
+                "(the texts' length or decay_neurons(max_distance=...) sets that); give longer texts or a larger "
+                "max_distance")
 
     def _rank(self) -> pd.DataFrame:
         from scipy.stats import spearmanr
