@@ -114,6 +114,10 @@ def test_evaluate_and_predict_check_their_maps():
         probe.predict([torch.zeros(2, 3, 4, 5)])
     with pytest.raises(InvalidInput, match=r"map 1 has shape \(2, 3, 1, 1\)"):
         probe.predict([m[0], torch.zeros(2, 3, 1, 1)])
+    # maps from a generator, as fit() and evaluate() take them (predict() refused them)
+    assert probe.predict(x for x in m) == probe.predict(list(m))
+    with pytest.raises(InvalidInput, match=r"maps must be a list of word maps \(from word_maps\), got Tensor"):
+        probe.predict(m[0])
 
 
 @pytest.mark.parametrize("option, message", [

@@ -234,7 +234,7 @@ class AttentionProbe:
         if self.scorer is None:
             raise InvalidInput("the probe is not trained yet: call fit() first")
         out = []
-        if isinstance(maps, torch.Tensor) or not isinstance(maps, Sequence):
+        if isinstance(maps, torch.Tensor) or not isinstance(maps, Iterable):  # any iterable, as fit() and evaluate()
             raise InvalidInput(f"maps must be a list of word maps (from word_maps), got {type(maps).__name__}")
         for i, m in enumerate(maps):
             check_map(m, i, "map")
