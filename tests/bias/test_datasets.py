@@ -53,6 +53,21 @@ def test_winobias_stereotype_from_argument(tmp_path):
     assert df.stereotype[0] == "anti" and df.type[0] == 2
 
 
+def test_a_label_against_the_file_name_warns():
+    """stereotype='anti' on pro_stereotyped_type1 relabelled every row without a word (the files swapped?)."""
+    with pytest.warns(UserWarning, match=r"pro_stereotyped_type1\.txt\.dev is named stereotype 'pro' but "
+                                         r"stereotype='anti' was given: its rows are labelled 'anti'"):
+        df = load_winobias(FIX / "pro_stereotyped_type1.txt.dev", stereotype="anti")
+    assert set(df.stereotype) == {"anti"}
+    with pytest.warns(UserWarning, match=r"is named type 1 but type=2 was given"):
+        load_winobias(FIX / "pro_stereotyped_type1.txt.dev", type=2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # agreeing labels: no warning
+        load_winobias(FIX / "pro_stereotyped_type1.txt.dev", stereotype="pro", type=1)
+
+
 @pytest.mark.parametrize(
     "line, expected",
     [

@@ -85,6 +85,11 @@ def load_winobias(path, *, stereotype: str | None = None, type: int | None = Non
     """
     p = _path(path)
     m = _WINOBIAS_NAME.search(p.name)
+    if m:  # a label against the file's own name is most likely a slip (the pro and anti files swapped)
+        for what, given, named in (("stereotype", stereotype, m.group(1)), ("type", type, int(m.group(2)))):
+            if given is not None and given != named:
+                warnings.warn(f"{p.name} is named {what} {named!r} but {what}={given!r} was given: its rows are "
+                              f"labelled {given!r}", stacklevel=2)
     stereotype = stereotype or (m.group(1) if m else None)
     type = type if type is not None else (int(m.group(2)) if m else None)
     hint = "" if m else " (not in the file name)"
