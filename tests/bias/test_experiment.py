@@ -93,6 +93,21 @@ def test_bad_input_leaves_model_clean():
     assert model.count_hooks() == 0
 
 
+def test_a_neutral_text_too_long_is_refused_before_the_bias_runs(monkeypatch):
+    """It was refused by the perplexity step, after both pronoun_bias runs had been paid for."""
+    from attnlab.bias import experiment
+
+    model = tiny_model("gpt2")
+    ran = []
+    monkeypatch.setattr(experiment, "pronoun_bias", lambda *a, **k: ran.append(1))
+    long = " ".join(["the cat sat on the mat ."] * 40)  # > 128 tokens of the tiny GPT-2
+    with pytest.raises(InvalidInput, match=r"has \d+ tokens but tiny-gpt2 handles at most 128"):
+        bias_experiment(model, [AblateHead(0, 0)], occupations=OCC, neutral_text=[long], neutral_prompts=PROMPTS)
+    with pytest.raises(InvalidInput, match=r"has \d+ tokens but tiny-gpt2 handles at most 128"):
+        bias_experiment(model, [AblateHead(0, 0)], occupations=OCC, neutral_text=TEXT, neutral_prompts=[long])
+    assert ran == [] and model.count_hooks() == 0
+
+
 def test_baseline_must_match_the_experiment(monkeypatch):
     """A baseline on other occupations or pronouns was accepted: per_prompt paired its log ratios with other prompts."""
     model = tiny_model("gpt2")

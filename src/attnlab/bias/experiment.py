@@ -158,6 +158,7 @@ def bias_experiment(
     prompts = shipped_prompts() if neutral_prompts is None else check_texts(neutral_prompts, "neutral_prompts")
     if baseline is not None:
         _check_baseline(baseline, model, occupations, templates, pronouns, n_boot, seed)
+    model.token_rows(list(text) + list(prompts))  # one too long for the model is refused now, not after two bias runs
     kw = dict(occupations=occupations, templates=templates, pronouns=pronouns, batch_size=batch_size, n_boot=n_boot,
               seed=seed, progress=progress)
     before = pronoun_bias(model, **kw) if baseline is None else baseline
