@@ -122,3 +122,49 @@ def test_transformerlens_normed_names_point_to_the_pre_rotary_sites():
                                               r"norm: hook_q_pre_norm\)"):
         model.run_with_cache("the cat", names_filter="blocks.0.attn.hook_q_normed")
     assert model.count_hooks() == 0
+
+
+@pytest.mark.parametrize("site", ["q", "k"])
+def test_edit_neuron_before_the_norm_equals_the_hand_written_hook(site):
+    from attnlab.interventions import EditNeuron, from_dict
+
+    model = tiny_model("gemma3")
+    head = HEAD if site == "q" else 0  # k: one entry per kv head (Gemma-3 tiny: one)
+    spec = EditNeuron(LAYER, head, site=f"{site}_pre_norm", dim=DIM, scale=4.0)
+    assert from_dict(spec.to_dict()) == spec
+    ids = model.to_tokens(TEXTS, padding_side="right")
+    with torch.no_grad():
+        with model.intervene(spec):
+            ours = model(ids)
+        with model.hooks(fwd_hooks=[(f"blocks.{LAYER}.attn.hook_{site}_pre_norm", _scale_dim)]):
+            theirs = model(ids)
+        clean = model(ids)
+
+        def at_position_2(x, hook):
+            x = x.clone()
+            x[:, 2, head, DIM] = 0.0
+            return x
+
+        with model.intervene(EditNeuron(LAYER, head, site=f"{site}_pre_norm", dim=DIM, value=0.0, positions=[2])):
+            one = model(ids)
+        with model.hooks(fwd_hooks=[(f"blocks.{LAYER}.attn.hook_{site}_pre_norm", at_position_2)]):
+            hand = model(ids)
+    assert (ours - clean).abs().max() > 1e-3 and torch.equal(ours, theirs)
+    assert (one - clean).abs().max() > 1e-4 and torch.equal(one, hand)
+    assert model.count_hooks() == 0
+
+
+def test_edit_neuron_before_the_norm_is_refused_where_it_cannot_act():
+    from attnlab.errors import InvalidLocation
+    from attnlab.interventions import EditNeuron
+
+    gemma, llama = tiny_model("gemma3"), tiny_model("llama")
+    with pytest.raises(InvalidLocation, match=r"^head 2 out of range for site 'k_pre_norm', whose keys are one per kv "
+                                              r"head: tiny-gemma3 has kv heads 0\.\.0$"):
+        with gemma.intervene(EditNeuron(LAYER, 2, site="k_pre_norm", dim=DIM, scale=0.0)):
+            pass
+    with pytest.raises(InvalidLocation, match=r"no hook point 'blocks\.1\.attn\.hook_q_pre_norm' in tiny-llama \(only models "
+                                              r"that normalise q and k \(Gemma-3, Qwen3, OLMo-2\) have it"):
+        with llama.intervene(EditNeuron(LAYER, 0, site="q_pre_norm", dim=DIM, scale=0.0)):
+            llama("the cat")
+    assert gemma.count_hooks() == 0 and llama.count_hooks() == 0

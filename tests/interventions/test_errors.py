@@ -84,9 +84,9 @@ def test_unknown_method(untouched):
 
 
 def test_unknown_site(untouched):
-    with pytest.raises(InvalidSpec, match=r"EditNeuron: unknown site 'kk'; did you mean 'k'\? \(valid: q, k, v, q_pre_rotary, k_pre_rotary\)"):
+    with pytest.raises(InvalidSpec, match=r"EditNeuron: unknown site 'kk'; did you mean 'k'\? \(valid: q, k, v, q_pre_rotary, k_pre_rotary, q_pre_norm, k_pre_norm\)"):
         EditNeuron(0, 0, site="kk", dim=0, scale=0.0)
-    with pytest.raises(InvalidSpec, match=r"^EditNeuron cannot act on site 'pattern' \(valid: q, k, v, q_pre_rotary, k_pre_rotary\)$"):
+    with pytest.raises(InvalidSpec, match=r"^EditNeuron cannot act on site 'pattern' \(valid: q, k, v, q_pre_rotary, k_pre_rotary, q_pre_norm, k_pre_norm\)$"):
         EditNeuron(0, 0, site="pattern", dim=0, scale=0.0)
     with pytest.raises(InvalidSpec, match=r"Patch: unknown site 'patern'; did you mean 'pattern'\?"):
         Patch(0, 0, site="patern", source=[TEXT])

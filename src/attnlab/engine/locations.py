@@ -210,6 +210,10 @@ _TL_ONLY = {
                           "(before the norm: hook_q_pre_norm)",
     "attn.hook_k_normed": "k after its norm and before the rotary embedding is blocks.L.attn.hook_k_pre_rotary in attnlab "
                           "(before the norm: hook_k_pre_norm)",
+    "attn.hook_q_pre_norm": "only models that normalise q and k (Gemma-3, Qwen3, OLMo-2) have it; without a q norm the "
+                            "projection's output is blocks.L.attn.hook_q_pre_rotary",
+    "attn.hook_k_pre_norm": "only models that normalise q and k (Gemma-3, Qwen3, OLMo-2) have it; without a k norm the "
+                            "projection's output is blocks.L.attn.hook_k_pre_rotary",
     "attn.hook_q_input": "the query inputs are blocks.L.hook_q_input (TransformerLens' name, on the block)",
     "attn.hook_k_input": "the key inputs are blocks.L.hook_k_input (TransformerLens' name, on the block)",
     "attn.hook_v_input": "the value inputs are blocks.L.hook_v_input (TransformerLens' name, on the block)",

@@ -3,7 +3,11 @@
 On rotary models ``site="q"``/``"k"`` are read *after* rotation, so dimension d is mixed with its
 rotary partner; scale both dimensions of a pair to act on one frequency. ``site="q_pre_rotary"`` /
 ``"k_pre_rotary"`` edit the dimension before the rotation: an output unit of the q/k projection
-(after a q/k norm), as TransformerLens' ``hook_q``/``hook_k`` name it.
+(after a q/k norm), as TransformerLens' ``hook_q``/``hook_k`` name it on Llama-style models.
+``site="q_pre_norm"`` / ``"k_pre_norm"`` (models with a q/k norm: Gemma-3, Qwen3, OLMo-2) edit the
+projection's own output unit, before that norm: what an edit of a row of ``W_Q``/``W_K`` changes.
+There k has one entry per *kv* head, so ``head`` counts kv heads and an edit reaches every
+query head that shares the key.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from attnlab.interventions._base import Intervention, check_site, register, requ
 
 __all__ = ["EditNeuron", "NEURON_SITES"]
 
-NEURON_SITES = ("q", "k", "v", "q_pre_rotary", "k_pre_rotary")
+NEURON_SITES = ("q", "k", "v", "q_pre_rotary", "k_pre_rotary", "q_pre_norm", "k_pre_norm")
 
 
 @register
@@ -39,6 +43,11 @@ class EditNeuron(Intervention):
         self.scale, self.value = scale_or_value("EditNeuron", scale, value)
 
     def validate(self, cfg) -> None:
+        if self.site == "k_pre_norm":  # one key per kv head there: head counts kv heads
+            bad = [h for h in self.heads or () if h >= cfg.n_kv_heads]
+            if bad:
+                raise InvalidLocation(f"head {bad[0]} out of range for site 'k_pre_norm', whose keys are one per kv head: "
+                                      f"{cfg.name} has kv heads 0..{cfg.n_kv_heads - 1}")
         super().validate(cfg)
         for d in self._dims:
             if d >= cfg.d_head:
