@@ -89,14 +89,8 @@ def main() -> None:
     print(f"3. Key dim {one} alone zeroed before vs after the rotation: patterns differ by up to {one_gap:.3f}")
     numbers.update(pair=dims, pair_gap=pair_gap, pair_effect=pair_effect, one_dim=one, one_dim_gap=one_gap)
 
-    def zero_pair(x, hook):  # [batch, pos, kv_head, d_head]: the layer's one key, before its norm
-        x = x.clone()
-        x[..., dims] = 0.0
-        return x
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_k_pre_norm", zero_pair)]):
-        _, cache = model.run_with_cache(text, names_filter=[f"blocks.{layer}.attn.hook_pattern"])
-    before_norm = cache[f"blocks.{layer}.attn.hook_pattern"][0, head]
+    # before the norm, k has one entry per kv head: Gemma-3-270m's one key (kv head 0) serves all four heads
+    before_norm = pattern_under(model, text, layer, head, [EditNeuron(layer, 0, site="k_pre_norm", dim=dims, scale=0.0)])
     after_norm = pattern_under(model, text, layer, head, [EditNeuron(layer, head, site="k_pre_rotary", dim=dims, scale=0.0)])
     norm_gap, norm_effect = float((before_norm - after_norm).abs().max()), float((before_norm - clean).abs().max())
     print(f"4. Key pair {pair} zeroed before Gemma's k norm vs after it: patterns differ by up to {norm_gap:.3f} "
