@@ -168,3 +168,25 @@ def test_edit_neuron_before_the_norm_is_refused_where_it_cannot_act():
         with llama.intervene(EditNeuron(LAYER, 0, site="q_pre_norm", dim=DIM, scale=0.0)):
             llama("the cat")
     assert gemma.count_hooks() == 0 and llama.count_hooks() == 0
+
+
+@pytest.mark.parametrize("site, heads", [("q_pre_norm", 4), ("k_pre_norm", 1)])
+def test_sweep_neurons_before_the_norm_equals_one_edit_at_a_time(site, heads):
+    """k before the norm is per kv head: the sweep's heads are the kv heads (1 on the tiny Gemma-3)."""
+    from attnlab.interventions import EditNeuron
+    from attnlab.measure import LogitDiff, effect, sweep_neurons
+
+    model = tiny_model("gemma3")
+    metric = LogitDiff(" she", " he")
+    swept = sweep_neurons(model, TEXTS, metric, LAYER, site=site, dims=[0, DIM], progress=False, n_boot=10)
+    assert len(swept.table) == heads * 2 and sorted(set(swept.table["head"])) == list(range(heads))
+    for row in swept.table.itertuples():
+        one = effect(model, TEXTS, metric, [EditNeuron(LAYER, row.head, site=site, dim=row.dim, scale=0.0)],
+                     progress=False, n_boot=10)
+        assert row.effect == pytest.approx(one.mean, abs=1e-6)
+    assert swept.table.effect.abs().max() > 1e-4
+    from attnlab.errors import InvalidLocation
+
+    with pytest.raises(InvalidLocation, match=r"head 1 out of range for site 'k_pre_norm'"):
+        sweep_neurons(model, TEXTS, metric, LAYER, site="k_pre_norm", head=[0, 1], progress=False, n_boot=10)
+    assert model.count_hooks() == 0

@@ -296,8 +296,11 @@ def sweep_neurons(
         raise InvalidSpec(f"sweep_neurons takes scale= (multiply) or value= (set), not both; got scale={scale!r} and value={value!r}")
     if value is None and scale is None:
         scale = 0.0
-    head_list = _index_list(head, model.cfg.n_heads, "head", model.check_head)
-    # validate site / scale / dims once, with the spec's own messages
+    n_heads = model.cfg.n_kv_heads if site == "k_pre_norm" else model.cfg.n_heads  # one key per kv head there
+    head_list = _index_list(head, n_heads, "head", model.check_head)
+    # validate site / scale / dims / heads once, with the spec's own messages
+    for h in head_list[1:]:
+        EditNeuron(layer, h, site=site, dim=0, scale=scale, value=value).validate(model.cfg)
     probe = EditNeuron(layer, head_list[0], site=site, dim=0, scale=scale, value=value)
     dim_list = _index_list(dims, model.cfg.d_head, "dims", lambda d: int(d) if is_integer(d) else d)
     for d in dim_list:
