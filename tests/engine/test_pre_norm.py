@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from attnlab.testing import tiny_model
+from tests._generation import assert_generate_matches_full_passes
 
 TEXTS = ["the nurse said that she was happy", "the cat"]
 LAYER, HEAD, DIM = 1, 1, 3
@@ -101,17 +102,7 @@ def test_generate_under_a_pre_norm_edit_gives_the_tokens_of_full_forward_passes(
     """Each step's new keys are edited before the norm and cached edited, as a full pass computes them."""
     model = tiny_model("gemma3")
     hooks = [(f"blocks.{LAYER}.attn.hook_k_pre_norm", _scale_dim), (f"blocks.{LAYER}.attn.hook_q_pre_norm", _scale_dim)]
-    generated = model.generate(TEXTS, max_new_tokens=6, return_type="tokens", fwd_hooks=hooks)
-    plain = model.generate(TEXTS, max_new_tokens=6, return_type="tokens")
-    assert not torch.equal(plain, generated)
-    for row, text in enumerate(TEXTS):
-        ids = model.to_tokens(text)
-        for step in range(6):
-            with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-                nxt = model(ids)[0, -1].argmax()
-            assert int(nxt) == int(generated[row, step])
-            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-    assert model.count_hooks() == 0
+    assert_generate_matches_full_passes(model, TEXTS, lambda: model.hooks(fwd_hooks=hooks))
 
 
 def test_transformerlens_normed_names_point_to_the_pre_rotary_sites():

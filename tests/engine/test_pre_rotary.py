@@ -13,6 +13,7 @@ import torch
 
 from attnlab.interventions import EditNeuron, Patch
 from attnlab.testing import tiny_model
+from tests._generation import assert_generate_matches_full_passes
 
 TEXTS = ["the nurse said that she was happy", "the cat"]  # two lengths: right padding in a batch
 LAYER, HEAD, DIMS = 1, 1, [2, 5]
@@ -113,18 +114,7 @@ def test_generate_under_a_pre_rotary_edit_gives_the_tokens_of_full_forward_passe
     (Gemma-3's sliding-window layers keep only the last 4 keys)."""
     model = tiny_model("gemma3")
     spec = EditNeuron(LAYER, HEAD, site=site, dim=DIMS, scale=4.0)
-    with model.intervene(spec):
-        generated = model.generate(TEXTS, max_new_tokens=6, return_type="tokens")
-    plain = model.generate(TEXTS, max_new_tokens=6, return_type="tokens")
-    assert not torch.equal(plain, generated)
-    for row, text in enumerate(TEXTS):
-        ids = model.to_tokens(text)
-        for step in range(6):
-            with torch.no_grad(), model.intervene(spec):
-                nxt = model(ids)[0, -1].argmax()
-            assert int(nxt) == int(generated[row, step])
-            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-    assert model.count_hooks() == 0
+    assert_generate_matches_full_passes(model, TEXTS, lambda: model.intervene(spec))
 
 
 def test_on_a_model_without_rotary_embedding_before_is_after():
