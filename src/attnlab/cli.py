@@ -1022,7 +1022,7 @@ def _attribute_parser(sub, n_boot: dict) -> None:
         "(intervened - clean); it is exact only where the metric is linear in the unit. --verify K measures "
         "the top K exactly (an intervened forward each) and writes both side by side. See docs/attribution.md."
     )
-    p.add_argument("--site", default="z", choices=["z", "result", "pattern", "q", "k", "v", "q_pre_rotary", "k_pre_rotary", "post"],
+    p.add_argument("--site", default="z", choices=["z", "result", "pattern", "q", "k", "v", "q_pre_rotary", "k_pre_rotary", "q_pre_norm", "k_pre_norm", "post"],
                    help="z, result, pattern: one unit per head; q, k, v: per head and dimension; post: MLP neurons "
                    "(default: z)")
     p.add_argument("--method", default="zero", choices=["zero", "mean", "patch"],

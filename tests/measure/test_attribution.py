@@ -671,3 +671,36 @@ def test_rotary_coefficients_say_how_one_pre_rotary_dim_moves_the_rotated_vector
         expected[:, int(partner[e])] += partner_coef[0, :, e]
         assert torch.allclose(change, expected, atol=1e-5), e
     assert partner.tolist() == [2, 3, 0, 1, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("site, head", [("q_pre_norm", 2), ("k_pre_norm", 0)])
+def test_dims_before_the_q_k_norm_are_attributed_as_minus_a_times_the_gradient(site, head):
+    """Zeroing one dimension before Gemma's q/k norm: the estimate is -a . dM/da, computed here by hand per prompt
+    (k there is per kv head: the units' heads are the kv heads)."""
+    model = tiny_model("gemma3")
+    dims = [0, 3, 5]
+    est = _run(model, site=site, layers=[1], dims=dims)
+    assert sorted(set(est.table["head"])) == list(range(4 if site == "q_pre_norm" else 1))
+    she, he = (int(model.to_tokens(w, prepend_bos=False)[0, 0]) for w in (" she", " he"))
+    name = f"blocks.1.attn.hook_{site}"
+    per_prompt = est.per_prompt[est.per_prompt["head"] == head]
+    for i, text in enumerate(PROMPTS):
+        box = {}
+
+        def keep(x, hook):
+            box["a"] = x.detach().requires_grad_(True)
+            return box["a"]
+
+        with model.hooks(fwd_hooks=[(name, keep)]):
+            logits = model(model.to_tokens(text))
+        (logits[0, -1, she] - logits[0, -1, he]).backward()
+        a, g = box["a"].detach()[0, :, head], box["a"].grad[0, :, head]  # [pos, d_head]
+        for j, d in enumerate(dims):
+            assert per_prompt.effect.iloc[j * len(PROMPTS) + i] == pytest.approx(float(-(a[:, d] * g[:, d]).sum()), abs=1e-6)
+    assert np.isfinite(est.verify(k=3).table.effect).all()
+    with pytest.raises(InvalidSpec, match=rf"before the model's q/k norm \('{site}'\) that change passes through the norm"):
+        _run(model, site=site, layers=[1], correction="qk")
+    with pytest.raises(InvalidLocation, match=r"tiny-llama has no hook point 'blocks\.1\.attn\.hook_q_pre_norm' \(only models "
+                                              r"that normalise q and k"):
+        _run(tiny_model("llama"), site="q_pre_norm", layers=[1])
+    assert model.count_hooks() == 0

@@ -27,7 +27,7 @@ from attnlab.measure._rows import Rows
 __all__ = ["UNIT_SITES", "HEAD_SITES", "DIM_SITES", "Units", "site_means", "site_values"]
 
 HEAD_SITES = ("z", "result", "pattern")
-DIM_SITES = ("q", "k", "v", "q_pre_rotary", "k_pre_rotary")
+DIM_SITES = ("q", "k", "v", "q_pre_rotary", "k_pre_rotary", "q_pre_norm", "k_pre_norm")
 UNIT_SITES = (*HEAD_SITES, *DIM_SITES, "post")
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from attnlab.engine.hooks import active_frames
-from attnlab.engine.locations import hook_name
+from attnlab.engine.locations import hook_name, missing_name_hint
 from attnlab.engine.precision import check_precision
 from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean, is_integer
 from attnlab.measure._attribution_exact import exact_spec, unit_label
@@ -387,6 +387,12 @@ def _check_method(site: str, method: str, correction) -> tuple[str, str | None]:
             f"unknown correction {correction!r}{did_you_mean(str(correction), CORRECTIONS)} "
             f"(valid: None, {', '.join(CORRECTIONS)})"
         )
+    if correction == "qk" and site in ("q_pre_norm", "k_pre_norm"):
+        raise InvalidSpec(
+            f"the QK fix recomputes the scores from a unit's change; before the model's q/k norm ({site!r}) that change "
+            "passes through the norm first, which the fix does not linearise. Use correction='graddrop' or None, or "
+            f"the fix at site={site.replace('_pre_norm', '_pre_rotary')!r} (after the norm)"
+        )
     if correction == "qk" and site not in ("q", "k", "q_pre_rotary", "k_pre_rotary"):
         raise InvalidSpec(
             f"the QK fix applies to q and k units (their softmax); {site!r} units reach the metric without passing "
@@ -421,13 +427,14 @@ def _units(model, site, layers, heads, dims, neurons, per_position) -> Units:
     names = [hook_name(l, site) for l in layer_ids]
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
-        raise InvalidLocation(f"{cfg.name} has no hook point {missing[0]!r}, so its {site!r} units cannot be attributed")
+        raise InvalidLocation(f"{cfg.name} has no hook point {missing[0]!r}{missing_name_hint(missing[0])}, so its {site!r} "
+                              "units cannot be attributed")
     if site == "post":
         if cfg.d_mlp is None:
             raise UnsupportedModel(f"{cfg.name}: attnlab does not know this model's MLP, so it has no neurons to attribute")
         d_mlp = cfg.d_mlp
         return Units(site, layer_ids, neurons=_indices(neurons, d_mlp, "neurons"), per_position=per_position)
-    head_ids = _indices(heads, cfg.n_heads, "heads")
+    head_ids = _indices(heads, cfg.n_kv_heads if site == "k_pre_norm" else cfg.n_heads, "heads")  # k there: per kv head
     dim_ids = _indices(dims, cfg.d_head, "dims") if site in DIM_SITES else ()
     return Units(site, layer_ids, heads=head_ids, dims=dim_ids, per_position=per_position)
 
