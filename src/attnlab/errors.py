@@ -75,3 +75,17 @@ def is_integer(value) -> bool:
     import numbers
 
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_flag(value, name: str, *, none: bool = False, error: type[AttnlabError] = InvalidInput) -> bool | None:
+    """``value`` as a bool: True or False (a NumPy bool too), or None where ``none``.
+
+    A string such as ``"no"`` is truthy, so an option taking any value would silently switch on.
+    """
+    import numpy as np
+
+    if none and value is None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise error(f"{name} must be True{', False or None' if none else ' or False'}, got {value!r}")
+    return bool(value)

@@ -40,7 +40,7 @@ from attnlab.measure.effect import check_interventions
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
-           "check_max_distance", "check_flag", "check_positive_int", "check_fraction", "check_corpus_interventions"]
+           "check_max_distance", "check_positive_int", "check_fraction", "check_corpus_interventions"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -140,13 +140,6 @@ def check_max_distance(max_distance) -> int | None:
     if max_distance is not None and not (is_integer(max_distance) and max_distance >= 0):
         raise InvalidInput(f"max_distance must be an integer >= 0 or None (every distance), got {max_distance!r}")
     return None if max_distance is None else int(max_distance)
-
-
-def check_flag(value, name: str) -> bool:
-    """A switch of an analysis: True or False only (``"no"`` is truthy, and was read as True)."""
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def check_positive_int(value, what: str) -> int:

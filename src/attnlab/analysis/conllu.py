@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnlab._textfile import iter_lines, split_lines
-from attnlab.analysis._corpus import check_flag
-from attnlab.errors import DataFormatError, InvalidInput, is_integer
+from attnlab.errors import DataFormatError, InvalidInput, check_flag, is_integer
 
 __all__ = ["DependencySentence", "read_conllu", "parse_conllu"]
 

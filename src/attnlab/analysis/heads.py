@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import Sentence, attention_batches, check_flag, is_punctuation, prepare
+from attnlab.analysis._corpus import Sentence, attention_batches, is_punctuation, prepare
 from attnlab.analysis._result import Renamed, deprecated, empty_frame
-from attnlab.errors import InvalidInput, is_integer
+from attnlab.errors import InvalidInput, check_flag, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["word_attention", "head_stats", "HeadStats", "STAT_COLUMNS", "entropy"]

@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import check_flag, check_max_distance, check_positive_int, prepare
+from attnlab.analysis._corpus import check_max_distance, check_positive_int, prepare
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.attention import masked
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
-from attnlab.errors import InvalidInput, InvalidLocation, is_integer
+from attnlab.errors import InvalidInput, InvalidLocation, check_flag, is_integer
 from attnlab.measure.result import Result
 from attnlab.measure.sweep import _index_list
 

@@ -26,7 +26,7 @@ from torch import nn
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.analysis.conllu import DependencySentence
 from attnlab.analysis.syntax import check_map, check_sentences, word_maps
-from attnlab.errors import InvalidInput, is_integer
+from attnlab.errors import InvalidInput, check_flag, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["AttentionProbe", "ProbeScore"]
@@ -181,8 +181,7 @@ class AttentionProbe:
             raise InvalidInput(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         if not is_integer(seed) or not 0 <= seed < 2**63:  # the range measure's seeds take
             raise InvalidInput(f"seed must be an integer in 0..2**63-1, got {seed!r}")
-        if not isinstance(distance_features, bool):
-            raise InvalidInput(f"distance_features must be True or False, got {distance_features!r}")
+        distance_features = check_flag(distance_features, "distance_features")
         lr, weight_decay, seed = float(lr), float(weight_decay), int(seed)
         self.distance_features = distance_features
         self.max_offset = max_offset

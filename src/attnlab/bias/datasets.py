@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnlab._textfile import read_lines
-from attnlab.errors import DataFormatError, InvalidInput, is_integer
+from attnlab.errors import DataFormatError, InvalidInput, check_flag, is_integer
 
 __all__ = [
     "load_winobias",
@@ -380,8 +380,7 @@ def fill_winogender(templates: pd.DataFrame, *, genders=("male", "female", "neut
     """
     if not isinstance(templates, pd.DataFrame) or templates.empty:
         raise InvalidInput("fill_winogender takes the non-empty DataFrame from load_winogender_templates")
-    if not isinstance(someone, bool):  # 'no' was truthy: every participant became "someone"
-        raise InvalidInput(f"someone must be True or False, got {someone!r}")
+    check_flag(someone, "someone")  # 'no' was truthy: every participant became "someone"
     need = ["occupation", "participant", "answer", "template"]
     missing = [c for c in need if c not in templates.columns]
     if missing:  # itertuples raised AttributeError on the first row

@@ -49,7 +49,8 @@ from attnlab.engine.stop import check_reached, check_stop_at_layer
 from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_rows
 from attnlab.engine.tree import SPLIT_INPUTS, HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
-from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, NotSupported, UnsupportedModel, did_you_mean, is_integer
+from attnlab.errors import (AttnlabError, InvalidInput, InvalidLocation, NotSupported, UnsupportedModel, check_flag,
+                            did_you_mean, is_integer)
 
 __all__ = ["HookedModel", "Intervention", "Text", "RETURN_TYPES"]
 
@@ -98,14 +99,6 @@ class Intervention(Protocol):
     def validate(self, cfg: ModelConfig) -> None: ...
 
     def prepare(self, model: HookedModel) -> Any: ...
-
-
-def _check_flag(value, name: str, *, none: bool = False) -> None:
-    """``value`` is True or False (or None where ``none``): a string such as "no" is truthy, and was taken as True."""
-    import numpy as np
-
-    if not (isinstance(value, (bool, np.bool_)) or (none and value is None)):
-        raise InvalidInput(f"{name} must be True{', False or None' if none else ' or False'}, got {value!r}")
 
 
 def _is_real(value) -> bool:
@@ -374,8 +367,8 @@ class HookedModel(ModelWeights, nn.Module):
 
         Names are checked before anything is attached; every hook is removed in ``finally``.
         """
-        _check_flag(reset_hooks_end, "reset_hooks_end")
-        _check_flag(clear_contexts, "clear_contexts")
+        check_flag(reset_hooks_end, "reset_hooks_end")
+        check_flag(clear_contexts, "clear_contexts")
         if not reset_hooks_end:
             raise InvalidInput("attnlab removes a block's hooks when it ends; for hooks that persist use model.add_hook()")
         wanted = self._expand(list(fwd_hooks), "fwd") + self._expand(list(bwd_hooks), "bwd")
@@ -408,8 +401,8 @@ class HookedModel(ModelWeights, nn.Module):
         unless ``including_permanent=True`` (TransformerLens').
         """
         _check_direction(dir, ("fwd", "bwd"), "dir")
-        _check_flag(is_permanent, "is_permanent")
-        _check_flag(prepend, "prepend")
+        check_flag(is_permanent, "is_permanent")
+        check_flag(prepend, "prepend")
         for point, f, direction in self._expand([(name, fn)], dir):
             point.add_hook(f, direction, prepend=prepend, is_permanent=is_permanent)  # the point picks the block
 
@@ -450,7 +443,7 @@ class HookedModel(ModelWeights, nn.Module):
         """Run and cache the hook points ``names_filter`` selects (a name, a list, a predicate; None: all)."""
         names = self._resolve_names(names_filter, what="names_filter")
         for flag, value in (("remove_batch_dim", remove_batch_dim), ("incl_bwd", incl_bwd), ("return_cache_object", return_cache_object)):
-            _check_flag(value, flag)
+            check_flag(value, flag)
         device = check_device(device, "run_with_cache")
         stopped = check_stop_at_layer(model_kwargs.get("stop_at_layer"), self.cfg.n_layers)
         if names_filter is not None and not callable(names_filter):  # named one by one: each must come back
@@ -705,8 +698,8 @@ class HookedModel(ModelWeights, nn.Module):
         context instead and ``truncate=False`` keeps it whole (TransformerLens' ``to_tokens``).
         """
         texts = check_texts(text)
-        _check_flag(prepend_bos, "prepend_bos", none=True)
-        _check_flag(truncate, "truncate", none=True)
+        check_flag(prepend_bos, "prepend_bos", none=True)
+        check_flag(truncate, "truncate", none=True)
         prepend_bos = None if prepend_bos is None else bool(prepend_bos)  # numpy's False is not False
         truncate = None if truncate is None else bool(truncate)
         tok = self._need_tokenizer()
@@ -822,8 +815,7 @@ class HookedModel(ModelWeights, nn.Module):
                   move_to_device: bool = True, truncate: bool = True) -> Int[torch.Tensor, "batch pos"]:
         """Token ids ``[batch, pos]`` (TransformerLens' ``to_tokens``): a text longer than the model's context is
         cut to it (``truncate=True``, the default, as in TransformerLens) or kept whole (``truncate=False``)."""
-        if not isinstance(truncate, bool):
-            raise InvalidInput(f"truncate must be True or False, got {truncate!r}")
+        check_flag(truncate, "truncate")
         if isinstance(input, (torch.Tensor, Tokens)):
             t = self.tokens(input)
         else:
@@ -924,7 +916,7 @@ class HookedModel(ModelWeights, nn.Module):
             raise InvalidInput(f"unknown keyword argument(s) {unknown} for model.run(); valid: {', '.join(valid)}")
         for flag in ("grad", "hidden", "stop_early"):  # grad="no" is truthy: it built a graph
             if flag in options:
-                _check_flag(options[flag], flag)
+                check_flag(options[flag], flag)
         tokens = self.tokens(input, padding_side=options.pop("padding_side", None), prepend_bos=options.pop("prepend_bos", None))
         return run(self, tokens, **options)
 
@@ -956,8 +948,8 @@ class HookedModel(ModelWeights, nn.Module):
             )
         if return_type not in RETURN_TYPES:
             raise InvalidInput(f"unknown return_type {return_type!r}; valid: {', '.join(map(repr, RETURN_TYPES))}")
-        _check_flag(loss_per_token, "loss_per_token")
-        _check_flag(prepend_bos, "prepend_bos", none=True)
+        check_flag(loss_per_token, "loss_per_token")
+        check_flag(prepend_bos, "prepend_bos", none=True)
         if stop_at_layer is not None and return_type in ("loss", "both", "outputs"):
             raise InvalidInput(f"stop_at_layer returns the residual stream; return_type={return_type!r} needs the whole model")
         tokens = self.tokens(input, attention_mask=attention_mask, padding_side=padding_side, prepend_bos=prepend_bos)
@@ -1058,8 +1050,8 @@ class HookedModel(ModelWeights, nn.Module):
             raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}" + (
                 " (attnlab returns the new text or ids only, never the prompt with them as TransformerLens' "
                 "'input' does: prepend the prompt yourself)" if return_type in ("input", "embeds") else ""))
-        _check_flag(do_sample, "do_sample")
-        _check_flag(stop_at_eos, "stop_at_eos")
+        check_flag(do_sample, "do_sample")
+        check_flag(stop_at_eos, "stop_at_eos")
         if not (_is_real(temperature) and 0 < temperature < float("inf")):
             raise InvalidInput(f"temperature must be a positive finite number, got {temperature!r}")
         if top_k is not None and (not is_integer(top_k) or top_k < 1):

@@ -13,7 +13,7 @@ import torch
 
 from attnlab.engine.attention import masked
 from attnlab.engine.finite import all_finite
-from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch
+from attnlab.errors import InvalidLocation, InvalidSpec, ShapeMismatch, check_flag
 from attnlab.interventions._base import (
     Intervention,
     as_index_tuple,
@@ -82,8 +82,8 @@ class SetPattern(Intervention):
             if not renormalize and not allow_unnormalized:
                 _check_rows_sum_to_one(self.pattern, "pattern")
         self.fn = fn
-        self.renormalize = _flag(renormalize, "renormalize")
-        self.allow_unnormalized = _flag(allow_unnormalized, "allow_unnormalized")
+        self.renormalize = check_flag(renormalize, "renormalize", error=InvalidSpec)
+        self.allow_unnormalized = check_flag(allow_unnormalized, "allow_unnormalized", error=InvalidSpec)
 
     def make_edit(self, values):
         def edit(x, hook):
@@ -121,7 +121,7 @@ class BlockKeys(Intervention):
         if keys is None:
             raise InvalidSpec("BlockKeys needs keys= (the key positions to block: an int or a list of ints)")
         self.keys = list(keys)
-        self.renormalize = _flag(renormalize, "renormalize")
+        self.renormalize = check_flag(renormalize, "renormalize", error=InvalidSpec)
 
     def make_edit(self, values):
         blocked = torch.tensor(self.keys)
@@ -201,8 +201,3 @@ class EditScores(Intervention):
 
         return edit
 
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidSpec(f"{name} must be True or False, got {value!r}")
-    return value

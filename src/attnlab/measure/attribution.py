@@ -33,7 +33,7 @@ import torch
 from attnlab.engine.hooks import active_frames
 from attnlab.engine.locations import hook_name, missing_name_hint
 from attnlab.engine.precision import check_precision
-from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean, is_integer
+from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, check_flag, did_you_mean, is_integer
 from attnlab.measure._attribution_exact import exact_spec, unit_label
 from attnlab.measure._attribution_estimate import estimate
 from attnlab.measure._attribution_units import (
@@ -421,8 +421,7 @@ def _indices(values, size: int, what: str) -> tuple[int, ...]:
 
 def _units(model, site, layers, heads, dims, neurons, per_position) -> Units:
     cfg = model.cfg
-    if not isinstance(per_position, bool):
-        raise InvalidSpec(f"per_position must be True or False, got {per_position!r}")
+    per_position = check_flag(per_position, "per_position", error=InvalidSpec)
     layer_ids = _indices(layers, cfg.n_layers, "layers")
     names = [hook_name(l, site) for l in layer_ids]
     missing = [n for n in names if n not in model.hook_dict]

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 
 from attnlab.engine.forward import token_logprobs
-from attnlab.errors import InvalidInput, InvalidSpec, did_you_mean, is_integer
+from attnlab.errors import InvalidInput, InvalidSpec, check_flag, did_you_mean, is_integer
 from attnlab.measure._rows import Rows, check_prompts, continuation_ids, encode_prompts, per_prompt_list
 
 __all__ = [
@@ -97,12 +97,6 @@ class Metric:
 
 # -- shared pieces --------------------------------------------------------------------------
 
-
-def _flag(value, name: str) -> bool:
-    """A true/false option: ``bool("False")`` is True, so a string (or a number) would silently switch it on."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidSpec(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _read_rows(model, prompts, read_at: str) -> Rows:
@@ -231,7 +225,7 @@ class LogitDiff(_Continuations):
             raise InvalidSpec(f"LogitDiff: target and foil are the same text {target!r}, so the difference is 0 whatever "
                               "the model does; give two different continuations")
         self.target, self.foil = target, foil
-        self.single_token = _flag(single_token, "single_token")
+        self.single_token = check_flag(single_token, "single_token", error=InvalidSpec)
         self.read_at = read_at
 
     def candidates(self):
@@ -282,8 +276,8 @@ class TokenProb(_Continuations):
     def __init__(self, token: str | Sequence[str], *, log: bool = False, single_token: bool = False,
                  read_at: str = "last"):
         self.token = token
-        self.log = _flag(log, "log")
-        self.single_token = _flag(single_token, "single_token")
+        self.log = check_flag(log, "log", error=InvalidSpec)
+        self.single_token = check_flag(single_token, "single_token", error=InvalidSpec)
         self.read_at = read_at
         self.name = "logprob" if self.log else "prob"
 
@@ -319,7 +313,7 @@ class LogProbs(_Continuations):
         if isinstance(candidates, str) or not list(candidates):
             raise InvalidSpec(f"candidates must be a non-empty list of continuations, got {candidates!r}")
         self.candidate_list = list(candidates)
-        self.single_token = _flag(single_token, "single_token")
+        self.single_token = check_flag(single_token, "single_token", error=InvalidSpec)
         self.read_at = read_at
 
     def candidates(self):
@@ -416,7 +410,7 @@ class Loss(Metric):
     causal = "is a next-token loss"
 
     def __init__(self, *, perplexity: bool = False):
-        self.perplexity = _flag(perplexity, "perplexity")
+        self.perplexity = check_flag(perplexity, "perplexity", error=InvalidSpec)
         self.name = "perplexity" if self.perplexity else "loss"
 
     def rows(self, model, prompts) -> Rows:
