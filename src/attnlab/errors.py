@@ -89,3 +89,10 @@ def check_flag(value, name: str, *, none: bool = False, error: type[AttnlabError
     if not isinstance(value, (bool, np.bool_)):
         raise error(f"{name} must be True{', False or None' if none else ' or False'}, got {value!r}")
     return bool(value)
+
+
+def check_positive_int(value, what: str, *, hint: str = "", error: type[AttnlabError] = InvalidInput) -> int:
+    """``value`` as an int >= 1 (Python's or NumPy's; not a bool): ``-1`` or ``1.5`` would slice or fail far away."""
+    if not is_integer(value) or value < 1:
+        raise error(f"{what} must be a positive integer{hint}, got {value!r}")
+    return int(value)

@@ -40,7 +40,7 @@ from attnlab.measure.effect import check_interventions
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
-           "check_max_distance", "check_positive_int", "check_fraction", "check_corpus_interventions"]
+           "check_max_distance", "check_fraction", "check_corpus_interventions"]
 
 _WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
 _PUNCT = set(string.punctuation) | set("“”‘’«»…–—")
@@ -140,13 +140,6 @@ def check_max_distance(max_distance) -> int | None:
     if max_distance is not None and not (is_integer(max_distance) and max_distance >= 0):
         raise InvalidInput(f"max_distance must be an integer >= 0 or None (every distance), got {max_distance!r}")
     return None if max_distance is None else int(max_distance)
-
-
-def check_positive_int(value, what: str) -> int:
-    """An integer >= 1 (Python's or numpy's; not a bool), as an int."""
-    if not is_integer(value) or value < 1:
-        raise InvalidInput(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def check_fraction(value, name: str) -> float:

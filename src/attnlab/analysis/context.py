@@ -28,11 +28,12 @@ from einops import rearrange
 from jaxtyping import Float
 
 from attnlab.analysis._corpus import (attention_batches, check_corpus, check_corpus_interventions,
-                                      check_max_distance, check_positive_int, prepare)
+                                      check_max_distance, prepare)
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.forward import run, token_logprobs
-from attnlab.errors import InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, check_flag, is_integer
+from attnlab.errors import (InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, check_flag,
+    check_positive_int, is_integer)
 from attnlab.measure.batch_size import check_batch_size
 from attnlab.measure.result import Result
 

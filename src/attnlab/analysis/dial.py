@@ -42,7 +42,6 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import check_positive_int
 from attnlab.analysis.context import pooled_window
 from attnlab.analysis.neurons import decay_neurons, unit_dims
 from attnlab.engine.dropout import check_deterministic
@@ -50,7 +49,8 @@ from attnlab.engine.hooks import active_frames
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import Tokens
-from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, did_you_mean
+from attnlab.errors import (AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel,
+    check_positive_int, did_you_mean)
 from attnlab.interventions import EditNeuron
 from attnlab.measure.result import Result
 

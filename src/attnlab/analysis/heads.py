@@ -19,7 +19,7 @@ from jaxtyping import Float
 
 from attnlab.analysis._corpus import Sentence, attention_batches, is_punctuation, prepare
 from attnlab.analysis._result import Renamed, deprecated, empty_frame
-from attnlab.errors import InvalidInput, check_flag, is_integer
+from attnlab.errors import InvalidInput, check_flag, check_positive_int
 from attnlab.measure.result import Result
 
 __all__ = ["word_attention", "head_stats", "HeadStats", "STAT_COLUMNS", "entropy"]
@@ -117,8 +117,7 @@ class HeadStats(Result):
     def top(self, column: str, n: int = 5) -> pd.DataFrame:
         """The ``n`` heads with the highest value of ``column``."""
         self.matrix(column)
-        if not is_integer(n) or n < 1:  # pandas' nlargest(-1) gave an empty table
-            raise InvalidInput(f"n must be a positive integer (how many heads to keep), got {n!r}")
+        check_positive_int(n, "n", hint=" (how many heads to keep)")  # pandas' nlargest(-1) gave an empty table
         return self.table.nlargest(n, column)[["layer", "head", column]].reset_index(drop=True)
 
     def plot(self, ax=None, *, kind: str = "targets", columns: Sequence[str] | None = None):

@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from attnlab.analysis._corpus import check_max_distance, check_positive_int, prepare
+from attnlab.analysis._corpus import check_max_distance, prepare
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.engine.dropout import check_deterministic
 from attnlab.engine.attention import masked
 from attnlab.engine.forward import run
 from attnlab.engine.locations import hook_name
-from attnlab.errors import InvalidInput, InvalidLocation, check_flag, is_integer
+from attnlab.errors import InvalidInput, InvalidLocation, check_flag, check_positive_int, is_integer
 from attnlab.measure.result import Result
 from attnlab.measure.sweep import _index_list
 
@@ -148,8 +148,7 @@ class NeuronData(Result):
     def top_dims(self, key: int, n: int = 5) -> pd.DataFrame:
         """The dimensions contributing most (by magnitude) to the score of one key."""
         key = _check_index(key, len(self.tokens), "key", "keys")  # True indexed a new axis; 1.5 failed in torch
-        if not is_integer(n) or n < 1:  # -1 kept every dimension but the last
-            raise InvalidInput(f"n must be a positive integer (how many dimensions to keep), got {n!r}")
+        check_positive_int(n, "n", hint=" (how many dimensions to keep)")  # -1 kept every dimension but the last
         contrib = self.qk[key] * self.scale
         idx = contrib.abs().argsort(descending=True)[:n]
         return pd.DataFrame({"dim": idx.tolist(), "q": self.q[idx].tolist(), "k": self.k[key, idx].tolist(),

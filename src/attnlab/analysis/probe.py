@@ -26,7 +26,7 @@ from torch import nn
 from attnlab.analysis._result import deprecated, empty_frame
 from attnlab.analysis.conllu import DependencySentence
 from attnlab.analysis.syntax import check_map, check_sentences, word_maps
-from attnlab.errors import InvalidInput, check_flag, is_integer
+from attnlab.errors import InvalidInput, check_flag, check_positive_int, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["AttentionProbe", "ProbeScore"]
@@ -170,8 +170,7 @@ class AttentionProbe:
         seed: int = 0,
     ):
         for name, v in (("epochs", epochs), ("batch_size", batch_size), ("max_offset", max_offset)):
-            if not is_integer(v) or v < 1:
-                raise InvalidInput(f"{name} must be a positive integer, got {v!r}")
+            check_positive_int(v, name)
         epochs, batch_size, max_offset = int(epochs), int(batch_size), int(max_offset)
         # checked here, not by torch at fit(): lr=inf trained to NaN weights and reported a UAS without a word,
         # a negative weight_decay or a float seed failed only in fit() with torch's bare ValueError / RuntimeError

@@ -21,11 +21,11 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 import torch
 
-from attnlab.analysis._corpus import attention_batches, check_positive_int, prepare
+from attnlab.analysis._corpus import attention_batches, prepare
 from attnlab.analysis._result import CallableTable, empty_frame
 from attnlab.analysis.conllu import DependencySentence, tree_problem
 from attnlab.analysis.heads import word_attention
-from attnlab.errors import InvalidInput, check_flag, is_integer
+from attnlab.errors import InvalidInput, check_flag, check_positive_int, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["word_maps", "relation_accuracy", "RelationAccuracy", "DIRECTIONS"]

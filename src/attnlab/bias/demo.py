@@ -20,7 +20,7 @@ from attnlab.bias.experiment import BiasExperiment, bias_experiment
 from attnlab.bias.mediation import MediationResult, causal_mediation, mediation_pairs
 from attnlab.bias.pronouns import PronounBias, pronoun_bias
 from attnlab.bias.templates import neutral_prompts, occupation_frame, templates as shipped_templates
-from attnlab.errors import InvalidInput, is_integer
+from attnlab.errors import InvalidInput, check_positive_int, is_integer
 from attnlab.interventions import AblateHead
 
 __all__ = ["BiasDemo", "run_bias_demo"]
@@ -85,8 +85,7 @@ def run_bias_demo(
     k = int(k)
     for name, value in (("n_mediation_occupations", n_mediation_occupations),
                         ("n_mediation_templates", n_mediation_templates)):
-        if not is_integer(value) or value < 1:  # -1 sliced off the last template or dropped the extremes; 1.5 a TypeError
-            raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(value, name)  # -1 sliced off the last template or dropped the extremes; 1.5 a TypeError
     if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):  # else a TypeError after the whole run
         raise InvalidInput(f"out_dir must be a folder path (a str or Path) or None, got {out_dir!r}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():

@@ -52,7 +52,7 @@ from attnlab.bias.templates import (
     occupation_frame,
     templates as shipped_templates,
 )
-from attnlab.errors import InvalidInput, InvalidLocation, is_integer
+from attnlab.errors import InvalidInput, InvalidLocation, check_positive_int
 from attnlab.interventions import Patch
 from attnlab.measure import LogitDiff, Result, bootstrap, check_resampling, score, sweep_interventions
 from attnlab.measure.batch_size import check_batch_size
@@ -369,9 +369,7 @@ class MediationResult(Result):
     def top_heads(self, k: int = 5, *, effect: str | None = None) -> list[tuple[int, int]]:
         """The k heads with the largest mean effect (default: the first computed; needs the head level)."""
         effect, heads = self._heads(effect)
-        if not is_integer(k) or k < 1:
-            raise InvalidInput(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        k = check_positive_int(k, "k")
         best = heads.sort_values(effect, ascending=False).head(k)
         return [(int(layer), int(head)) for layer, head in zip(best["layer"], best["head"])]
 
@@ -492,9 +490,7 @@ def greedy_heads(
     ``nie_low``, ``nie_high``, ``nie_log``, ..., ``nie_median``, ...).
     """
     n_boot, seed = check_resampling(n_boot, seed)
-    if not is_integer(k) or k < 1:
-        raise InvalidInput(f"k must be a positive integer, got {k!r}")
-    k = int(k)
+    k = check_positive_int(k, "k")
     check_batch_size(batch_size)
     c = model.cfg
     pool = [(layer, head) for layer in range(c.n_layers) for head in range(c.n_heads)] if candidates is None else list(candidates)

@@ -50,7 +50,7 @@ from attnlab.engine.tokens import Tokens, check_padding_side, check_texts, pad_r
 from attnlab.engine.tree import SPLIT_INPUTS, HookTree, tree_of
 from attnlab.engine.weights import ModelWeights, structure_config
 from attnlab.errors import (AttnlabError, InvalidInput, InvalidLocation, NotSupported, UnsupportedModel, check_flag,
-                            did_you_mean, is_integer)
+    check_positive_int, did_you_mean, is_integer)
 
 __all__ = ["HookedModel", "Intervention", "Text", "RETURN_TYPES"]
 
@@ -1044,8 +1044,7 @@ class HookedModel(ModelWeights, nn.Module):
         if not self.cfg.is_causal or not self.cfg.has_lm_head:
             raise UnsupportedModel(f"{self.cfg.name} is not a causal language model; generate() needs one")
         # numpy integers count as integers (is_integer); bools do not
-        if not is_integer(max_new_tokens) or max_new_tokens < 1:
-            raise InvalidInput(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_positive_int(max_new_tokens, "max_new_tokens")
         if return_type not in ("str", "tokens"):
             raise InvalidInput(f"return_type must be 'str' or 'tokens', got {return_type!r}" + (
                 " (attnlab returns the new text or ids only, never the prompt with them as TransformerLens' "

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from attnlab.errors import InvalidInput, is_integer
+from attnlab.errors import InvalidInput, check_positive_int
 
 __all__ = ["reference_means", "check_reference", "real_token_sum"]
 
@@ -55,8 +55,7 @@ def reference_means(model, names: Sequence[str], prompts: Sequence[str], *,
         raise InvalidInput(
             f"{by_head[0]} is laid out [batch, head, query, key]: it has no mean over token positions "
             "(mean ablation applies to sites laid out [batch, position, ...], e.g. z, q, k, v, resid, post)")
-    if not is_integer(batch_size) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     batch_size = int(batch_size)
 
     def compute() -> dict[str, torch.Tensor]:

@@ -33,7 +33,8 @@ import torch
 from attnlab.engine.hooks import active_frames
 from attnlab.engine.locations import hook_name, missing_name_hint
 from attnlab.engine.precision import check_precision
-from attnlab.errors import AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, check_flag, did_you_mean, is_integer
+from attnlab.errors import (AttnlabError, InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, check_flag,
+    check_positive_int, did_you_mean)
 from attnlab.measure._attribution_exact import exact_spec, unit_label
 from attnlab.measure._attribution_estimate import estimate
 from attnlab.measure._attribution_units import (
@@ -105,8 +106,7 @@ class AttributionResult(SweepResult):
         its table also has ``estimate`` (this result's ``effect``), ``graddrop`` (if computed)
         and ``error = estimate - effect``, and its ``per_prompt`` an ``estimate`` column.
         """
-        if not is_integer(k) or k < 1:
-            raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        check_positive_int(k, "k")
         check_batch_size(batch_size)
         ctx = self._context
         if not ctx:
@@ -364,8 +364,7 @@ def check_attribution_options(
     if method != "mean" and reference is not None:
         raise InvalidInput(f"reference= is only used by method='mean', not {method!r}")
     if probes is not None:
-        if not is_integer(probes) or probes < 1:
-            raise InvalidSpec(f"probes must be a positive integer, got {probes!r}")
+        check_positive_int(probes, "probes", error=InvalidSpec)
         if metric is not None and not isinstance(metric, KL):
             raise InvalidInput(
                 f"probes= sets the random directions of KL's second-order estimate; {metric.name} is first order "

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 
 from attnlab.engine.forward import token_logprobs
-from attnlab.errors import InvalidInput, InvalidSpec, check_flag, did_you_mean, is_integer
+from attnlab.errors import InvalidInput, InvalidSpec, check_flag, check_positive_int, did_you_mean
 from attnlab.measure._rows import Rows, check_prompts, continuation_ids, encode_prompts, per_prompt_list
 
 __all__ = [
@@ -441,8 +441,7 @@ class TopKChange(Metric):
     comparative = True
 
     def __init__(self, k: int = 10, *, measure: str = "jaccard", read_at: str = "last"):
-        if not is_integer(k) or k < 1:
-            raise InvalidSpec(f"k must be a positive integer, got {k!r}")
+        check_positive_int(k, "k", error=InvalidSpec)
         k = int(k)
         if measure not in TOPK_MEASURES:
             raise InvalidSpec(f"unknown measure {measure!r}{did_you_mean(measure, TOPK_MEASURES)} (valid: {', '.join(TOPK_MEASURES)})")
@@ -509,8 +508,7 @@ class GenerationDiff(Metric):
     causal = "generates text"
 
     def __init__(self, max_new_tokens: int = 10, *, measure: str = "match"):
-        if not is_integer(max_new_tokens) or max_new_tokens < 1:
-            raise InvalidSpec(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_positive_int(max_new_tokens, "max_new_tokens", error=InvalidSpec)
         max_new_tokens = int(max_new_tokens)
         if measure not in GENERATION_MEASURES:
             raise InvalidSpec(

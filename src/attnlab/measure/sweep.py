@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from attnlab.engine.precision import check_precision
-from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, did_you_mean, is_integer
+from attnlab.errors import AttnlabError, InvalidInput, InvalidSpec, check_positive_int, did_you_mean, is_integer
 from attnlab.interventions import AblateHead, EditNeuron, Patch
 from attnlab.interventions.ablation import head_means
 from attnlab.measure._batched import run_variants
@@ -84,8 +84,7 @@ class SweepResult(Result):
 
 def check_top(k) -> int:
     """``k`` of ``top(k)``: a positive integer (``table.loc[order[:-1]]`` would be every row but one, silently)."""
-    if not is_integer(k) or k < 1:
-        raise InvalidInput(f"k must be a positive integer (how many rows to keep), got {k!r}")
+    check_positive_int(k, "k", hint=" (how many rows to keep)")
     return int(k)
 
 

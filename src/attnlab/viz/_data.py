@@ -21,7 +21,7 @@ from attnlab.engine.forward import as_specs, run
 from attnlab.engine.locations import hook_name
 from attnlab.engine.model import HookedModel
 from attnlab.engine.tokens import Tokens, check_unicode
-from attnlab.errors import InvalidInput, is_integer
+from attnlab.errors import InvalidInput, check_positive_int, is_integer
 
 __all__ = [
     "ViewInput", "view_input", "check_model", "select", "read_sites", "to_list", "DEFAULT_MAX_TOKENS",
@@ -65,8 +65,7 @@ def _check_cap(n: int, max_tokens: int, view: str) -> None:
 
 def view_input(model, text, *, max_tokens: int = DEFAULT_MAX_TOKENS, view: str = "view") -> ViewInput:
     """Tokenise ``text`` through the engine: a string, a ``(sentence_a, sentence_b)`` pair, or one row of token ids."""
-    if not is_integer(max_tokens) or max_tokens < 1:
-        raise InvalidInput(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    check_positive_int(max_tokens, "max_tokens")
     max_tokens = int(max_tokens)
     if isinstance(text, torch.Tensor):
         if text.ndim not in (1, 2) or (text.ndim == 2 and text.shape[0] != 1):
