@@ -36,7 +36,7 @@ from attnlab.engine.locations import hook_name
 from attnlab.engine.tokens import check_unicode
 from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.batch_size import check_batch_size
-from attnlab.measure.effect import check_interventions
+from attnlab.measure.effect import check_interventions, row_tie  # the specs tied to batch rows, as measure batches them
 from attnlab.measure.distributed import fingerprint, map_units, model_fingerprint
 
 __all__ = ["Sentence", "prepare", "attention_batches", "split_words", "is_punctuation", "check_corpus",
@@ -152,42 +152,22 @@ def check_fraction(value, name: str) -> float:
 def check_corpus_interventions(model, interventions) -> list:
     """The specs as a list, read once, for analyses that run a corpus batch by batch.
 
-    A generator was used up by the first batch (the later ones ran clean), and a spec
-    addressed to batch ``rows`` hit whichever sentence the length-sorted batch held there.
+    A generator was used up by the first batch (the later ones ran clean), and a spec tied to
+    batch rows (``rows=``, one source or pattern per row) hit whichever sentence the
+    length-sorted batch held there.
     """
     specs = check_interventions(model, interventions)
-    rowed = next((spec for spec in specs if getattr(spec, "rows", None) is not None), None)
-    if rowed is not None:
-        raise InvalidInput(f"interventions addressed to batch rows (rows=) cannot be used on a corpus: sentences are "
-                           f"batched by length, so a row is no fixed sentence and the result would change with "
-                           f"batch_size; drop rows= from {rowed!r:.120}")
     for spec in specs:
-        per_row = _value_per_row(spec)
-        if per_row is not None:
-            raise InvalidInput(f"interventions with one value per batch row ({type(spec).__name__} {per_row}) cannot be "
+        tie = row_tie(spec)
+        if tie == "rows=":
+            raise InvalidInput(f"interventions addressed to batch rows (rows=) cannot be used on a corpus: sentences are "
+                               f"batched by length, so a row is no fixed sentence and the result would change with "
+                               f"batch_size; drop rows= from {spec!r:.120}")
+        if tie is not None:
+            raise InvalidInput(f"interventions with one value per batch row ({type(spec).__name__} {tie}) cannot be "
                                "used on a corpus: sentences are batched by length, so a row is no fixed sentence; "
                                "give one value for every sentence")
     return specs
-
-
-def _value_per_row(spec) -> str | None:
-    """``"<field> of <n> rows"`` when a spec carries one value per batch row, else None.
-
-    Patterns and scores of 3 or more axes lead with the batch (``[batch, query, key]``), and so
-    does a patch source (a tensor, or one prompt per row); a mean ablation's reference prompts
-    are pooled, not per row.
-    """
-    for name in _BATCH_LED:
-        value = getattr(spec, name, None) if name in getattr(spec, "fields", ()) else None
-        if isinstance(value, torch.Tensor) and value.ndim >= 3 and value.shape[0] > 1:
-            return f"{name} of {value.shape[0]} rows"
-        if name == "source" and isinstance(value, (list, tuple)) and len(value) > 1:
-            return f"{name} of {len(value)} rows"
-    return None
-
-
-#: Spec fields whose tensors lead with the batch (SetPattern, EditScores, Patch).
-_BATCH_LED = ("pattern", "add", "replace", "source")
 
 
 def _label(item, index: int) -> str:

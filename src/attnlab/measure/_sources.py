@@ -30,17 +30,25 @@ __all__ = ["RowSources", "addresses_rows", "follows_prompts", "one_batch", "oute
 def addresses_rows(spec) -> bool:
     """Specs tied to batch rows (``rows=``, a source or pattern/score tensor with one row per prompt) fix which rows
     share a batch."""
+    return row_tie(spec) is not None
+
+
+def row_tie(spec) -> str | None:
+    """What ties ``spec`` to batch rows, for messages (``"rows="``, ``"source of 2 rows"``), or None."""
     if getattr(spec, "rows", None) is not None:
-        return True
+        return "rows="
     source = getattr(spec, "source", None)
     if isinstance(source, list):
-        return len(source) > 1
+        return f"source of {len(source)} rows" if len(source) > 1 else None
     shape = getattr(source, "shape", None)
     if shape is not None and len(shape) == 4 and shape[0] > 1:
-        return True
+        return f"source of {shape[0]} rows"
     # a SetPattern / EditScores tensor with one row per batch row: [batch, query, key] or [batch, head, query, key]
-    tensors = (getattr(spec, name, None) for name in ("pattern", "add", "replace"))
-    return any(isinstance(t, torch.Tensor) and t.ndim >= 3 and t.shape[0] > 1 for t in tensors)
+    for name in ("pattern", "add", "replace"):
+        t = getattr(spec, name, None)
+        if isinstance(t, torch.Tensor) and t.ndim >= 3 and t.shape[0] > 1:
+            return f"{name} of {t.shape[0]} rows"
+    return None
 
 
 def follows_prompts(spec, n_prompts: int) -> bool:

@@ -25,14 +25,14 @@ from attnlab.measure._batched import run_variants
 from attnlab.measure._forward import check_measurable, check_model, metric_output
 from attnlab.measure._order import metric_third
 from attnlab.measure._rows import check_prompts
-from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows
+from attnlab.measure._sources import RowSources, addresses_rows, one_batch, outer_rows, row_tie
 from attnlab.measure.batch_size import AUTO, CPU_ROWS, check_batch_size, resolve_batch_size
 from attnlab.measure.metrics import Loss, Metric
 from attnlab.measure.plots import MAX_FIGSIZE, every_tick, new_figure
 from attnlab.measure.result import Result
 from attnlab.measure.stats import bootstrap, check_resampling
 
-__all__ = ["EffectResult", "effect", "score", "perplexity", "check_interventions", "check_batch_size", "check_metric"]
+__all__ = ["EffectResult", "effect", "score", "perplexity", "check_interventions", "row_tie", "check_batch_size", "check_metric"]
 
 
 class EffectResult(Result):
