@@ -22,7 +22,8 @@ from jaxtyping import Float
 from attnlab.analysis._corpus import attention_batches, check_corpus, check_fraction, prepare
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.analysis.heads import HeadStats, entropy, head_stats
-from attnlab.errors import InvalidInput, InvalidLocation, is_integer
+from attnlab.engine.locations import check_head_pair
+from attnlab.errors import InvalidInput, is_integer
 from attnlab.measure.result import Result
 
 __all__ = ["js_divergence_matrix", "head_distances", "HeadMap", "behaviour", "BEHAVIOURS"]
@@ -106,13 +107,8 @@ class HeadMap(Result):
         n_layers, n_heads = int(self.table["layer"].max()) + 1, int(self.table["head"].max()) + 1
         index = []
         for name, loc in (("a", a), ("b", b)):
-            if not (isinstance(loc, (tuple, list)) and len(loc) == 2 and all(is_integer(v) for v in loc)):
-                raise InvalidLocation(f"head {name} must be a (layer, head) pair of integers, got {loc!r}")
-            layer, head = loc
-            if not (0 <= layer < n_layers and 0 <= head < n_heads):
-                raise InvalidLocation(f"head {name} = ({layer}, {head}) out of range: {self.model_name} has layers "
-                                      f"0..{n_layers - 1} and heads 0..{n_heads - 1}")
-            index.append(int(layer) * n_heads + int(head))
+            layer, head = check_head_pair(loc, f"head {name}", n_layers, n_heads, f"{self.model_name} has")
+            index.append(layer * n_heads + head)
         return float(self.distances[index[0], index[1]])
 
     def plot(self, ax=None):

@@ -31,6 +31,7 @@ from attnlab.analysis._corpus import (attention_batches, check_corpus, check_cor
                                       check_max_distance, prepare)
 from attnlab.analysis._result import Renamed, empty_frame
 from attnlab.engine.dropout import check_deterministic
+from attnlab.engine.locations import check_head_pair
 from attnlab.engine.forward import run, token_logprobs
 from attnlab.errors import (InvalidInput, InvalidLocation, InvalidSpec, UnsupportedModel, check_flag,
     check_positive_int, is_integer)
@@ -292,14 +293,7 @@ class WindowExperiment(Result):
         L, H = next(iter(self.profiles.values())).mass.shape[:2]
         if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
             raise InvalidLocation(f"heads must be a list of (layer, head) pairs or None (all), got {heads!r}")
-        out = []
-        for i, loc in enumerate(heads):
-            if not (isinstance(loc, (tuple, list)) and len(loc) == 2 and all(is_integer(v) for v in loc)):
-                raise InvalidLocation(f"heads[{i}] must be a (layer, head) pair of integers, got {loc!r}")
-            if not (0 <= loc[0] < L and 0 <= loc[1] < H):
-                raise InvalidLocation(f"heads[{i}] = ({loc[0]}, {loc[1]}) out of range: the profiles have layers "
-                                      f"0..{L - 1} and heads 0..{H - 1}")
-            out.append((int(loc[0]), int(loc[1])))
+        out = [check_head_pair(loc, f"heads[{i}]", L, H, "the profiles have") for i, loc in enumerate(heads)]
         if not out:  # np.stack([]) failed with a bare ValueError
             raise InvalidLocation("heads is empty: give at least one (layer, head) pair, or None for all")
         return out

@@ -16,7 +16,7 @@ from attnlab.errors import InvalidLocation, did_you_mean
 __all__ = [
     "SITES", "KEY_SITES", "SITE_SHAPES", "HEAD_MAJOR_SITES", "BLOCK_SITES", "MODEL_SITES", "ALL_SITES",
     "Location", "hook_name", "parse_hook_name", "get_act_name", "check_site", "BLOCK_NORMS", "norm_path", "scale_name",
-    "missing_name_hint",
+    "missing_name_hint", "check_head_pair",
 ]
 
 #: The attention sites, in the order the attention computation visits them. ``q_pre_rotary`` /
@@ -112,6 +112,23 @@ class Location:
     @property
     def name(self) -> str:
         return hook_name(self.layer, self.site)
+
+
+def check_head_pair(value, what: str, n_layers: int, n_heads: int, owner: str) -> tuple[int, int]:
+    """``value`` as a ``(layer, head)`` pair of integers within ``n_layers`` x ``n_heads``.
+
+    For results that hold heads without a model (``owner``: who holds them, with its verb, e.g.
+    ``"tiny-gpt2 has"``): -1 would read the last layer, and 1.5 or a triple fail far away.
+    """
+    from attnlab.errors import is_integer
+
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(is_integer(v) for v in value)):
+        raise InvalidLocation(f"{what} must be a (layer, head) pair of integers, got {value!r}")
+    layer, head = value
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise InvalidLocation(f"{what} = ({layer}, {head}) out of range: {owner} layers 0..{n_layers - 1} and heads "
+                              f"0..{n_heads - 1}")
+    return int(layer), int(head)
 
 
 def hook_name(layer: int | None, site: str) -> str:
